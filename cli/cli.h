@@ -1,0 +1,27 @@
+// cli.h: the subcommands and the small option parser they share.
+#pragma once
+#include <stdbool.h>
+
+int cmd_check(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+
+// Options are "--name value" or "--flag". A command declares what it accepts; anything else is an error.
+typedef enum { OPT_STRING, OPT_INT, OPT_FLOAT, OPT_FLAG } OptKind;
+typedef struct {
+    const char *name;     // without the leading "--"
+    OptKind kind;
+    void *dest;           // const char **, int *, float *, bool *
+    const char *help;
+} Option;
+
+// Parses argv[1..]; positional arguments are collected into positional (up to max_positional).
+// Prints an error (or the help, for --help) and returns non-zero when the command should exit.
+int parse_options(const char *command, int argc, char **argv, const Option *opts, int n_opts,
+                  char **positional, int max_positional, int *n_positional);
+// Prints "peft: error: <last library error>" and returns 1.
+int fail_with_library_error(void);

@@ -1,0 +1,32 @@
+// peft: the command-line interface. Each subcommand is a thin layer over the library.
+#include "cli.h"
+#include <stdio.h>
+#include <string.h>
+
+static const struct { const char *name; int (*run)(int, char **); const char *help; } commands[] = {
+    {"check", cmd_check, "run HF PEFT reference cases: peft check DIR..."},
+    {"info", cmd_info, "describe a model and adapter: peft info --model DIR [--adapter DIR]"},
+    {"merge", cmd_merge, "merge an adapter into its base: peft merge --model DIR --adapter DIR --out DIR"},
+    {"train", cmd_train, "fine-tune: peft train --model DIR --data PATH --method lora|vera|adalora|full --out DIR"},
+    {"generate", cmd_generate, "generate text: peft generate --model DIR [--adapter DIR] --prompt TEXT"},
+    {"eval", cmd_eval, "loss and perplexity: peft eval --model DIR [--adapter DIR] --data PATH"},
+    {"tokenize", cmd_tokenize, "print token ids: peft tokenize --model DIR TEXT"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "peft: parameter-efficient fine-tuning (LoRA, VeRA, AdaLoRA) of GPT-2 and Llama-family models\n\nusage: peft COMMAND [options]\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\n`peft COMMAND --help` lists a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "peft: unknown command \"%s\"\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

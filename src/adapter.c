@@ -1,0 +1,544 @@
+#include "adapter.h"
+#include "kernels.h"
+#include "safetensors.h"
+#include "util.h"
+#include <cjson/cJSON.h>
+#include <math.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *peft_type_name(PeftType t) {
+    return t == PEFT_LORA ? "LORA" : t == PEFT_VERA ? "VERA" : "ADALORA";
+}
+
+int peft_type_parse(const char *s, PeftType *out) {
+    if (!strcasecmp(s, "LORA")) *out = PEFT_LORA;
+    else if (!strcasecmp(s, "VERA")) *out = PEFT_VERA;
+    else if (!strcasecmp(s, "ADALORA")) *out = PEFT_ADALORA;
+    else return -1;
+    return 0;
+}
+
+static const AdapterMethod *method_for(PeftType t) {
+    return t == PEFT_LORA ? &lora_method : t == PEFT_VERA ? &vera_method : &adalora_method;
+}
+
+// PEFT's defaults for each config class.
+void adapter_config_defaults(AdapterConfig *c, PeftType type) {
+    memset(c, 0, sizeof *c);
+    c->type = type;
+    c->r = type == PEFT_VERA ? 256 : 8;
+    c->alpha = 8;
+    c->d_initial = 0.1f;
+    c->save_projection = true;
+    c->init_r = 12;
+    c->target_r = 8;
+    c->deltaT = 1;
+    c->beta1 = c->beta2 = 0.85f;
+    c->orth_reg_weight = 0.5f;
+}
+
+static void clear_targets(AdapterConfig *c) {
+    for (int i = 0; i < c->n_targets; i++) free(c->targets[i]);
+    free(c->targets);
+    free(c->target_regex);
+    c->targets = NULL;
+    c->target_regex = NULL;
+    c->n_targets = 0;
+}
+
+void adapter_config_free(AdapterConfig *c) {
+    clear_targets(c);
+    free(c->base_model);
+    for (int i = 0; i < c->n_rank_pattern; i++) free(c->rank_pattern[i].mask);
+    free(c->rank_pattern);
+    memset(c, 0, sizeof *c);
+}
+
+void adapter_config_set_targets(AdapterConfig *c, const char *spec) {
+    clear_targets(c);
+    if (!strncmp(spec, "re:", 3)) { c->target_regex = xstrdup(spec + 3); return; }
+    char *copy = xstrdup(spec), *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') tok++;
+        if (!*tok) continue;
+        c->targets = xrealloc(c->targets, sizeof(char *) * (c->n_targets + 1));
+        c->targets[c->n_targets++] = xstrdup(tok);
+    }
+    free(copy);
+}
+
+void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc) {
+    adapter_config_set_targets(c, mc->arch == ARCH_GPT2 ? "c_attn" : "q_proj,v_proj");
+    if (mc->arch == ARCH_GPT2) c->fan_in_fan_out = true;
+}
+
+static bool regex_full_match(const char *pattern, const char *s) {
+    int err;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED | PCRE2_ENDANCHORED, &err, &off, NULL);
+    if (!re) return false;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    bool ok = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, md, NULL) >= 0;
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    return ok;
+}
+
+bool adapter_targets_module(const AdapterConfig *c, const char *module) {
+    if (c->target_regex) return regex_full_match(c->target_regex, module);
+    size_t n = strlen(module);
+    for (int i = 0; i < c->n_targets; i++) {
+        const char *t = c->targets[i];
+        if (!strcmp(t, "all-linear")) return true;
+        size_t k = strlen(t);
+        if (!strcmp(module, t)) return true;
+        if (n > k && module[n - k - 1] == '.' && !strcmp(module + n - k, t)) return true;
+    }
+    return false;
+}
+
+// ---- adapter_config.json ----
+
+static const cJSON *jfield(const cJSON *o, const char *name) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
+    return (f && !cJSON_IsNull(f)) ? f : NULL;
+}
+
+static int jnum(const cJSON *o, const char *name, double *out, const char *path) {
+    const cJSON *f = jfield(o, name);
+    if (!f) return 0;
+    if (!cJSON_IsNumber(f)) return peft_fail("%s: \"%s\" must be a number", path, name);
+    *out = f->valuedouble;
+    return 0;
+}
+
+static int jint(const cJSON *o, const char *name, int *out, const char *path) {
+    double v = *out;
+    if (jnum(o, name, &v, path)) return -1;
+    if (v != floor(v) || fabs(v) > 1e9) return peft_fail("%s: \"%s\" must be an integer", path, name);
+    *out = (int)v;
+    return 0;
+}
+
+static int jfloat(const cJSON *o, const char *name, float *out, const char *path) {
+    double v = *out;
+    if (jnum(o, name, &v, path)) return -1;
+    *out = (float)v;
+    return 0;
+}
+
+static void jbool(const cJSON *o, const char *name, bool *out) {
+    const cJSON *f = jfield(o, name);
+    if (f && cJSON_IsBool(f)) *out = cJSON_IsTrue(f);
+}
+
+// AdaLoRA's rank_pattern: {"<module>.lora_E.default" or "<module>": [bool, ...]}.
+static int parse_rank_pattern(AdapterConfig *c, const cJSON *rp, const char *path) {
+    if (!rp) return 0;
+    if (!cJSON_IsObject(rp)) return peft_fail("%s: rank_pattern must be an object", path);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, rp) {
+        if (!cJSON_IsArray(e)) return peft_fail("%s: rank_pattern[\"%s\"] must be a list of booleans", path, e->string);
+        c->rank_pattern = xrealloc(c->rank_pattern, sizeof(RankPatternEntry) * (c->n_rank_pattern + 1));
+        RankPatternEntry *r = &c->rank_pattern[c->n_rank_pattern++];
+        memset(r, 0, sizeof *r);
+        snprintf(r->module, sizeof r->module, "%s", e->string);
+        char *suffix = strstr(r->module, ".lora_E");
+        if (suffix) *suffix = 0;
+        int n = cJSON_GetArraySize(e);
+        if (n != c->init_r) return peft_fail("%s: rank_pattern[\"%s\"] has %d entries but init_r is %d", path, e->string, n, c->init_r);
+        r->mask = xcalloc(n ? n : 1, sizeof(bool));
+        for (int i = 0; i < n; i++) {
+            const cJSON *b = cJSON_GetArrayItem(e, i);
+            if (!cJSON_IsBool(b) && !cJSON_IsNumber(b)) return peft_fail("%s: rank_pattern[\"%s\"] must hold booleans", path, e->string);
+            r->mask[i] = cJSON_IsTrue(b) || (cJSON_IsNumber(b) && b->valuedouble != 0);
+            r->rank += r->mask[i];
+        }
+    }
+    return 0;
+}
+
+static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *path) {
+    const cJSON *pt = jfield(j, "peft_type");
+    if (!pt || !cJSON_IsString(pt)) return peft_fail("%s: missing \"peft_type\"", path);
+    PeftType type;
+    if (peft_type_parse(pt->valuestring, &type))
+        return peft_fail("%s: unknown peft_type \"%s\" (LORA, VERA, ADALORA are supported)", path, pt->valuestring);
+    adapter_config_defaults(c, type);
+    double key = 0;
+    if (jint(j, "r", &c->r, path) || jfloat(j, "lora_alpha", &c->alpha, path) ||
+        jfloat(j, type == PEFT_VERA ? "vera_dropout" : "lora_dropout", &c->dropout, path) ||
+        jfloat(j, "d_initial", &c->d_initial, path) || jnum(j, "projection_prng_key", &key, path) ||
+        jint(j, "init_r", &c->init_r, path) || jint(j, "target_r", &c->target_r, path) || jint(j, "tinit", &c->tinit, path) ||
+        jint(j, "tfinal", &c->tfinal, path) || jint(j, "deltaT", &c->deltaT, path) || jint(j, "total_step", &c->total_step, path) ||
+        jfloat(j, "beta1", &c->beta1, path) || jfloat(j, "beta2", &c->beta2, path) ||
+        jfloat(j, "orth_reg_weight", &c->orth_reg_weight, path))
+        return -1;
+    c->prng_key = (uint64_t)key;
+    jbool(j, "use_rslora", &c->use_rslora);
+    jbool(j, "fan_in_fan_out", &c->fan_in_fan_out);
+    jbool(j, "save_projection", &c->save_projection);
+    const cJSON *bm = jfield(j, "base_model_name_or_path");
+    if (bm && cJSON_IsString(bm)) c->base_model = xstrdup(bm->valuestring);
+    const cJSON *t = jfield(j, "target_modules");
+    if (t && cJSON_IsString(t)) c->target_regex = xstrdup(t->valuestring);
+    else if (t && cJSON_IsArray(t)) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, t) {
+            if (!cJSON_IsString(e)) return peft_fail("%s: target_modules must hold strings", path);
+            c->targets = xrealloc(c->targets, sizeof(char *) * (c->n_targets + 1));
+            c->targets[c->n_targets++] = xstrdup(e->valuestring);
+        }
+    } else return peft_fail("%s: missing \"target_modules\"", path);
+    const cJSON *dora = jfield(j, "use_dora");
+    if (dora && cJSON_IsTrue(dora)) return peft_fail("%s: use_dora is not supported", path);
+    const cJSON *bias = jfield(j, "bias");
+    if (bias && cJSON_IsString(bias) && strcmp(bias->valuestring, "none")) return peft_fail("%s: bias \"%s\" is not supported (\"none\" is)", path, bias->valuestring);
+    const cJSON *ap = jfield(j, "alpha_pattern");
+    if (ap && cJSON_GetArraySize(ap) > 0) return peft_fail("%s: alpha_pattern is not supported", path);
+    const cJSON *rp = jfield(j, "rank_pattern");
+    if (type == PEFT_LORA && rp && cJSON_GetArraySize(rp) > 0) return peft_fail("%s: rank_pattern for LoRA is not supported", path);
+    if (type == PEFT_ADALORA && parse_rank_pattern(c, rp, path)) return -1;
+    if (type == PEFT_ADALORA) c->r = c->init_r;
+    if (c->r <= 0) return peft_fail("%s: r must be positive (got %d)", path, c->r);
+    if (c->dropout < 0 || c->dropout >= 1) return peft_fail("%s: dropout must be in [0, 1)", path);
+    return 0;
+}
+
+int adapter_config_load(AdapterConfig *c, const char *path) {
+    char *text = read_file(path, NULL);
+    if (!text) return -1;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    memset(c, 0, sizeof *c);
+    int rc = (!j || !cJSON_IsObject(j)) ? peft_fail("%s: not a JSON object", path) : parse_adapter_config(c, j, path);
+    cJSON_Delete(j);
+    if (rc) adapter_config_free(c);
+    return rc;
+}
+
+static cJSON *adapter_config_to_json(const AdapterConfig *c) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "peft_type", peft_type_name(c->type));
+    cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
+    if (c->base_model) cJSON_AddStringToObject(j, "base_model_name_or_path", c->base_model);
+    else cJSON_AddNullToObject(j, "base_model_name_or_path");
+    cJSON_AddNumberToObject(j, "r", c->r);
+    if (c->target_regex) cJSON_AddStringToObject(j, "target_modules", c->target_regex);
+    else cJSON_AddItemToObject(j, "target_modules", cJSON_CreateStringArray((const char *const *)c->targets, c->n_targets));
+    cJSON_AddBoolToObject(j, "fan_in_fan_out", c->fan_in_fan_out);
+    cJSON_AddStringToObject(j, "bias", "none");
+    cJSON_AddBoolToObject(j, "inference_mode", true);
+    cJSON_AddNullToObject(j, "modules_to_save");
+    if (c->type == PEFT_VERA) {
+        cJSON_AddNumberToObject(j, "vera_dropout", c->dropout);
+        cJSON_AddNumberToObject(j, "d_initial", c->d_initial);
+        cJSON_AddNumberToObject(j, "projection_prng_key", (double)c->prng_key);
+        cJSON_AddBoolToObject(j, "save_projection", c->save_projection);
+        cJSON_AddBoolToObject(j, "init_weights", true);
+    } else {
+        cJSON_AddNumberToObject(j, "lora_alpha", c->alpha);
+        cJSON_AddNumberToObject(j, "lora_dropout", c->dropout);
+        cJSON_AddBoolToObject(j, "use_rslora", c->use_rslora);
+        cJSON_AddBoolToObject(j, "init_lora_weights", true);
+        cJSON_AddItemToObject(j, "alpha_pattern", cJSON_CreateObject());
+    }
+    if (c->type == PEFT_LORA) cJSON_AddItemToObject(j, "rank_pattern", cJSON_CreateObject());
+    if (c->type == PEFT_ADALORA) {
+        cJSON_AddNumberToObject(j, "init_r", c->init_r);
+        cJSON_AddNumberToObject(j, "target_r", c->target_r);
+        cJSON_AddNumberToObject(j, "tinit", c->tinit);
+        cJSON_AddNumberToObject(j, "tfinal", c->tfinal);
+        cJSON_AddNumberToObject(j, "deltaT", c->deltaT);
+        cJSON_AddNumberToObject(j, "beta1", c->beta1);
+        cJSON_AddNumberToObject(j, "beta2", c->beta2);
+        cJSON_AddNumberToObject(j, "orth_reg_weight", c->orth_reg_weight);
+        if (c->total_step) cJSON_AddNumberToObject(j, "total_step", c->total_step);
+        else cJSON_AddNullToObject(j, "total_step");
+    }
+    return j;
+}
+
+// ---- attaching ----
+
+Param *adapter_new_param(Adapter *a, const char *suffix, int rows, int cols, bool is_vector) {
+    AdapterSet *set = a->set;
+    Param *p = xcalloc(1, sizeof *p);
+    p->name = xasprintf("base_model.model.%s.%s", a->lin->module, suffix);
+    p->ndim = is_vector ? 1 : 2;
+    p->shape[0] = rows;
+    p->shape[1] = is_vector ? 1 : cols;
+    p->numel = (long)rows * (is_vector ? 1 : cols);
+    p->w = xcalloc(p->numel, sizeof(float));
+    p->grad = xcalloc(p->numel, sizeof(float));
+    p->trainable = p->decay = true;
+    set->params = xrealloc(set->params, sizeof(Param *) * (set->n_params + 1));
+    set->params[set->n_params++] = p;
+    return p;
+}
+
+void adapter_ensure_capacity(Adapter *a, int N, long extra_per_row) {
+    if (N <= a->cap_N) return;
+    free(a->h);
+    free(a->extra);
+    free(a->x_drop);
+    a->h = xcalloc((long)N * (a->r ? a->r : 1), sizeof(float));
+    a->extra = extra_per_row ? xcalloc((long)N * extra_per_row, sizeof(float)) : NULL;
+    a->x_drop = a->set->cfg.dropout > 0 ? xcalloc((long)N * a->lin->in, sizeof(float)) : NULL;
+    a->cap_N = N;
+}
+
+static inline uint64_t splitmix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Dropout masks are a pure function of (seed, module, element): backward recomputes them.
+static inline bool dropout_keep(uint64_t seed, long i, float p) {
+    return (float)(splitmix64(seed ^ ((uint64_t)i * 0xD1B54A32D192ED03ull)) >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+static uint64_t adapter_dropout_seed(const Adapter *a) {
+    return splitmix64(a->set->model->dropout_seed * 1000003u + (uint64_t)(a - a->set->adapters));
+}
+
+const float *adapter_dropout_input(Adapter *a, const float *x, int N, bool train) {
+    float p = a->set->cfg.dropout;
+    if (!train || p <= 0) return x;
+    uint64_t seed = adapter_dropout_seed(a);
+    float scale = 1.0f / (1.0f - p);
+    long n = (long)N * a->lin->in;
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) a->x_drop[i] = dropout_keep(seed, i, p) ? x[i] * scale : 0.0f;
+    return a->x_drop;
+}
+
+static int find_rank_pattern(const AdapterConfig *c, const char *module) {
+    for (int i = 0; i < c->n_rank_pattern; i++)
+        if (!strcmp(c->rank_pattern[i].module, module)) return i;
+    return -1;
+}
+
+int adapters_attach(Model *m, const AdapterConfig *cfg, uint64_t seed) {
+    if (m->adapters) return peft_fail("the model already has an adapter");
+    AdapterSet *set = xcalloc(1, sizeof *set);
+    set->cfg = *cfg;  // shallow: deep-copy the owned parts below
+    set->cfg.targets = NULL;
+    set->cfg.target_regex = NULL;
+    set->cfg.n_targets = 0;
+    set->cfg.base_model = cfg->base_model ? xstrdup(cfg->base_model) : NULL;
+    if (cfg->target_regex) set->cfg.target_regex = xstrdup(cfg->target_regex);
+    for (int i = 0; i < cfg->n_targets; i++) {
+        set->cfg.targets = xrealloc(set->cfg.targets, sizeof(char *) * (i + 1));
+        set->cfg.targets[set->cfg.n_targets++] = xstrdup(cfg->targets[i]);
+    }
+    set->cfg.rank_pattern = cfg->n_rank_pattern ? xcalloc(cfg->n_rank_pattern, sizeof(RankPatternEntry)) : NULL;
+    for (int i = 0; i < cfg->n_rank_pattern; i++) {
+        set->cfg.rank_pattern[i] = cfg->rank_pattern[i];
+        set->cfg.rank_pattern[i].mask = xcalloc(cfg->init_r ? cfg->init_r : 1, sizeof(bool));
+        memcpy(set->cfg.rank_pattern[i].mask, cfg->rank_pattern[i].mask, sizeof(bool) * cfg->init_r);
+    }
+    set->model = m;
+    m->adapters = set;
+    if (cfg->r <= 0) { adapters_free(m); return peft_fail("adapter rank r must be positive (got %d)", cfg->r); }
+    if (cfg->type == PEFT_ADALORA && cfg->target_r > cfg->init_r) { adapters_free(m); return peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); }
+    set->adapters = xcalloc(m->n_linears, sizeof(Adapter));
+    for (int i = 0; i < m->n_linears; i++) {
+        if (!adapter_targets_module(cfg, m->linears[i].module)) continue;
+        Adapter *a = &set->adapters[set->n++];
+        a->method = method_for(cfg->type);
+        a->set = set;
+        a->lin = &m->linears[i];
+        a->r = cfg->r;
+        int rp = find_rank_pattern(cfg, a->lin->module);
+        if (rp >= 0) a->r = cfg->rank_pattern[rp].rank;
+    }
+    if (set->n == 0) {
+        adapters_free(m);
+        if (cfg->target_regex) return peft_fail("target_modules \"%s\" matched no module of the model", cfg->target_regex);
+        return peft_fail("target_modules [%s%s] matched no module of the model", cfg->n_targets ? cfg->targets[0] : "", cfg->n_targets > 1 ? ", ..." : "");
+    }
+    const AdapterMethod *method = method_for(cfg->type);
+    if (method->prepare && method->prepare(set)) { adapters_free(m); return -1; }
+    uint64_t rng = seed;
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        a->lin->adapter = a;
+        if (method->init(set, a, &rng)) { adapters_free(m); return -1; }
+    }
+    return 0;
+}
+
+void adapters_free(Model *m) {
+    AdapterSet *set = m->adapters;
+    if (!set) return;
+    if (set->adapters && set->n && set->adapters[0].method->free_state) set->adapters[0].method->free_state(set);
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        if (a->lin) a->lin->adapter = NULL;
+        free(a->h);
+        free(a->extra);
+        free(a->x_drop);
+    }
+    for (int i = 0; i < set->n_params; i++) {
+        free(set->params[i]->name);
+        free(set->params[i]->w);
+        free(set->params[i]->grad);
+        free(set->params[i]);
+    }
+    free(set->params);
+    free(set->adapters);
+    free(set->vera_A);
+    free(set->vera_B);
+    adapter_config_free(&set->cfg);
+    free(set);
+    m->adapters = NULL;
+}
+
+static int check_finite(const float *x, long n, const char *path, const char *name) {
+    for (long i = 0; i < n; i++)
+        if (!isfinite(x[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", path, name, x[i], i);
+    return 0;
+}
+
+int adapters_load(Model *m, const char *dir) {
+    char *cfg_path = path_join(dir, "adapter_config.json");
+    char *st_path = path_join(dir, "adapter_model.safetensors");
+    AdapterConfig cfg;
+    SafeTensors st = {0};
+    int rc = -1;
+    if (adapter_config_load(&cfg, cfg_path)) goto out_paths;
+    rc = adapters_attach(m, &cfg, 0);
+    adapter_config_free(&cfg);
+    if (rc) { peft_fail_context("%s: ", cfg_path); goto out_paths; }
+    rc = -1;
+    if (st_open(&st, st_path)) { adapters_free(m); goto out_paths; }
+    AdapterSet *set = m->adapters;
+    for (int i = 0; i < set->n_params; i++) {
+        Param *p = set->params[i];
+        const StTensor *t = st_find(&st, p->name);
+        if (!t) { peft_fail("%s: missing tensor %s", st_path, p->name); goto fail; }
+        bool shape_ok = t->numel == p->numel && (t->ndim == p->ndim || (p->ndim == 1 && t->ndim == 2 && t->shape[1] == 1) ||
+                                                 (p->ndim == 2 && p->shape[1] == 1 && t->ndim == 1));
+        if (shape_ok && p->ndim == 2 && t->ndim == 2) shape_ok = t->shape[0] == p->shape[0] && t->shape[1] == p->shape[1];
+        if (!shape_ok) {
+            peft_fail("%s: tensor %s has shape [%lld%s%lld] but the base model needs [%lld, %lld]", st_path, p->name,
+                      (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                      (long long)p->shape[0], (long long)p->shape[1]);
+            goto fail;
+        }
+        if (st_to_f32(t, p->w) || check_finite(p->w, p->numel, st_path, p->name)) goto fail;
+    }
+    const AdapterMethod *method = set->adapters[0].method;
+    if (method->after_load && method->after_load(set, &st, st_path)) goto fail;
+    rc = 0;
+    goto out;
+fail:
+    adapters_free(m);
+out:
+    st_close(&st);
+out_paths:
+    free(cfg_path);
+    free(st_path);
+    return rc;
+}
+
+int adapters_save(Model *m, const char *dir) {
+    AdapterSet *set = m->adapters;
+    if (!set) return peft_fail("no adapter to save");
+    if (make_dir(dir)) return -1;
+    StWriter *w = st_writer_new();
+    cJSON *j = adapter_config_to_json(&set->cfg);
+    const AdapterMethod *method = set->adapters[0].method;
+    int rc = 0;
+    if (method->save) rc = method->save(set, w, j);
+    else
+        for (int i = 0; i < set->n_params; i++) {
+            Param *p = set->params[i];
+            st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
+        }
+    char *st_path = path_join(dir, "adapter_model.safetensors");
+    char *cfg_path = path_join(dir, "adapter_config.json");
+    char *text = cJSON_Print(j);
+    if (!rc) rc = st_writer_save(w, st_path);
+    if (!rc) rc = write_file_atomic(cfg_path, text, strlen(text));
+    free(text);
+    free(st_path);
+    free(cfg_path);
+    cJSON_Delete(j);
+    st_writer_free(w);
+    return rc;
+}
+
+// ---- merge ----
+
+static void apply_delta(Adapter *a, float sign) {
+    Linear *lin = a->lin;
+    float *delta = xmalloc(sizeof(float) * lin->in * lin->out);
+    a->method->delta(a, delta);
+    float *W = lin->weight->w;
+    for (int o = 0; o < lin->out; o++)
+        for (int i = 0; i < lin->in; i++) {
+            long wi = lin->fan_in_fan_out ? (long)i * lin->out + o : (long)o * lin->in + i;
+            W[wi] += sign * delta[(long)o * lin->in + i];
+        }
+    free(delta);
+}
+
+void adapters_merge(Model *m) {
+    AdapterSet *set = m->adapters;
+    for (int i = 0; set && i < set->n; i++)
+        if (!set->adapters[i].merged) { apply_delta(&set->adapters[i], 1.0f); set->adapters[i].merged = true; }
+}
+
+void adapters_unmerge(Model *m) {
+    AdapterSet *set = m->adapters;
+    for (int i = 0; set && i < set->n; i++)
+        if (set->adapters[i].merged) { apply_delta(&set->adapters[i], -1.0f); set->adapters[i].merged = false; }
+}
+
+double adapters_regularizer(Model *m, bool want_grad) {
+    AdapterSet *set = m->adapters;
+    if (!set || !set->adapters[0].method->regularizer) return 0;
+    return set->last_regularizer = set->adapters[0].method->regularizer(set, want_grad);
+}
+
+// ---- the adapted linear ----
+
+void linear_forward(Model *m, Linear *lin, const float *x, float *y, int N) {
+    matmul(y, x, lin->weight->w, N, lin->out, lin->in, false, !lin->fan_in_fan_out, 1.0f, 0.0f);
+    if (lin->bias) add_bias(y, lin->bias->w, N, lin->out);
+    Adapter *a = lin->adapter;
+    if (a && !a->merged && a->r > 0) a->method->forward(a, x, y, N, m->training);
+}
+
+void linear_backward(Model *m, Linear *lin, const float *x, const float *dy, float *dx, int N) {
+    Param *W = lin->weight;
+    if (dx) matmul(dx, dy, W->w, N, lin->in, lin->out, false, lin->fan_in_fan_out, 1.0f, 1.0f);
+    if (W->grad) {
+        if (lin->fan_in_fan_out) matmul(W->grad, x, dy, lin->in, lin->out, N, true, false, 1.0f, 1.0f);   // [in,out] += x^T dy
+        else matmul(W->grad, dy, x, lin->out, lin->in, N, true, false, 1.0f, 1.0f);                       // [out,in] += dy^T x
+    }
+    if (lin->bias && lin->bias->grad) bias_backward(lin->bias->grad, dy, N, lin->out);
+    Adapter *a = lin->adapter;
+    if (!a || a->merged || a->r == 0) return;
+    float p = a->set->cfg.dropout;
+    if (!(m->training && p > 0)) { a->method->backward(a, x, dy, dx, N); return; }
+    // Backward through dropout: the adapter sees dropout(x); route its input gradient through the same mask.
+    long n = (long)N * lin->in;
+    float *dxd = dx ? xcalloc(n, sizeof(float)) : NULL;
+    a->method->backward(a, a->x_drop, dy, dxd, N);
+    if (dx) {
+        uint64_t seed = adapter_dropout_seed(a);
+        float scale = 1.0f / (1.0f - p);
+#pragma omp parallel for
+        for (long i = 0; i < n; i++) if (dropout_keep(seed, i, p)) dx[i] += dxd[i] * scale;
+    }
+    free(dxd);
+}

@@ -1,0 +1,283 @@
+// check.c: one reference case = same files in, same numbers out. For a model case:
+// logits and loss, d loss / d p for every trainable tensor, one AdamW step, and the merged
+// weights, each against what HF transformers + PEFT computed in float64.
+#include "check.h"
+#include "adapter.h"
+#include "adalora.h"
+#include "model.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+#include "util.h"
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+double rel_error(const float *a, const float *ref, long n) {
+    double num = 0, den = 0;
+    for (long i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    if (!isfinite(num)) return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void set_result(CheckResult *r, CheckStatus st, const char *fmt, ...) {
+    r->status = st;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->detail, sizeof r->detail, fmt, ap);
+    va_end(ap);
+}
+
+typedef struct {
+    const char *dir;
+    CheckResult *res;
+    double tol_logits, tol_grads, tol_step, tol_merged;
+    float lr, beta1, beta2, eps, wd;
+    int B, T;
+    int32_t *ids, *labels;
+} Case;
+
+// Compare one tensor; records the worst error and fails the case past tol. Returns 0 when within.
+static int compare(Case *c, const char *what, const char *name, const float *got, const float *ref, long n, double tol) {
+    double e = rel_error(got, ref, n);
+    if (e > c->res->max_rel_err || isnan(e)) c->res->max_rel_err = e;
+    if (!(e <= tol)) {
+        set_result(c->res, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, name, e, tol);
+        return -1;
+    }
+    return 0;
+}
+
+static int compare_with_file(Case *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol) {
+    const StTensor *t = st_find(st, name);
+    if (!t) { set_result(c->res, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return -1; }
+    if (t->numel != n) { set_result(c->res, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return -1; }
+    float *ref = xmalloc(sizeof(float) * (n ? n : 1));
+    int rc = st_to_f32(t, ref);
+    if (rc) set_result(c->res, CHECK_FAIL, "%s", peft_last_error());
+    else rc = compare(c, what, name, got, ref, n, tol);
+    free(ref);
+    return rc;
+}
+
+static int read_case(Case *c, const char *dir, cJSON **out) {
+    char *path = path_join(dir, "case.json");
+    char *text = read_file(path, NULL);
+    free(path);
+    if (!text) return -1;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    if (!j) return peft_fail("%s/case.json: not valid JSON", dir);
+    const cJSON *tol = cJSON_GetObjectItem(j, "tolerance"), *opt = cJSON_GetObjectItem(j, "optimizer");
+    c->tol_logits = 1e-4; c->tol_grads = 1e-3; c->tol_step = 1e-3; c->tol_merged = 1e-5;
+    if (tol) {
+        const cJSON *v;
+        if ((v = cJSON_GetObjectItem(tol, "logits_rel"))) c->tol_logits = v->valuedouble;
+        if ((v = cJSON_GetObjectItem(tol, "grads_rel"))) c->tol_grads = v->valuedouble;
+        if ((v = cJSON_GetObjectItem(tol, "step_rel"))) c->tol_step = v->valuedouble;
+    }
+    c->lr = 1e-3f; c->beta1 = 0.9f; c->beta2 = 0.999f; c->eps = 1e-8f; c->wd = 0.01f;
+    if (opt) {
+        const cJSON *v, *betas = cJSON_GetObjectItem(opt, "betas");
+        if ((v = cJSON_GetObjectItem(opt, "lr"))) c->lr = (float)v->valuedouble;
+        if ((v = cJSON_GetObjectItem(opt, "eps"))) c->eps = (float)v->valuedouble;
+        if ((v = cJSON_GetObjectItem(opt, "weight_decay"))) c->wd = (float)v->valuedouble;
+        if (cJSON_GetArraySize(betas) == 2) {
+            c->beta1 = (float)cJSON_GetArrayItem(betas, 0)->valuedouble;
+            c->beta2 = (float)cJSON_GetArrayItem(betas, 1)->valuedouble;
+        }
+    }
+    *out = j;
+    return 0;
+}
+
+static Model *load_case_model(const char *dir, bool with_adapter) {
+    char *model_dir = path_join(dir, "model"), *adapter_dir = path_join(dir, "adapter");
+    Model *m = model_load(model_dir);
+    if (m && with_adapter && adapters_load(m, adapter_dir)) { model_free(m); m = NULL; }
+    free(model_dir);
+    free(adapter_dir);
+    return m;
+}
+
+static int read_ids(const SafeTensors *io, const char *name, int32_t **out, int *B, int *T) {
+    const StTensor *t = st_find(io, name);
+    if (!t || t->ndim != 2) return peft_fail("%s: no [B,T] tensor %s", io->path, name);
+    *B = (int)t->shape[0];
+    *T = (int)t->shape[1];
+    int64_t *tmp = xmalloc(sizeof(int64_t) * t->numel);
+    if (st_to_i64(t, tmp)) { free(tmp); return -1; }
+    *out = xmalloc(sizeof(int32_t) * t->numel);
+    for (long i = 0; i < t->numel; i++) (*out)[i] = (int32_t)tmp[i];
+    free(tmp);
+    return 0;
+}
+
+static float scalar(const SafeTensors *st, const char *name) {
+    const StTensor *t = st_find(st, name);
+    float v = NAN;
+    if (t && t->numel == 1) st_to_f32(t, &v);
+    return v;
+}
+
+// logits, loss, gradients and one AdamW step on the model (+ adapter) as given.
+static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
+    CheckResult *r = c->res;
+    int B, T;
+    if (read_ids(io, "input_ids", &c->ids, &B, &T) || read_ids(io, "labels", &c->labels, &c->B, &c->T)) {
+        set_result(r, CHECK_FAIL, "%s", peft_last_error());
+        return -1;
+    }
+    c->B = B; c->T = T;
+    if (isnan(model_forward(m, c->ids, NULL, B, T))) { set_result(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (compare_with_file(c, "logits", io, "logits", m->act.logits, (long)B * T * m->cfg.vocab_size, c->tol_logits)) return -1;
+    double loss = model_forward(m, c->ids, c->labels, B, T);
+    float ref_loss = scalar(io, "loss"), ref_lm = scalar(io, "lm_loss");
+    float got_loss = (float)loss, got_lm = (float)m->act.lm_loss;
+    if (compare(c, "loss", "lm_loss", &got_lm, &ref_lm, 1, c->tol_logits) || compare(c, "loss", "loss", &got_loss, &ref_loss, 1, c->tol_logits)) return -1;
+
+    model_zero_grad(m);
+    model_backward(m);
+    Param **params;
+    int n = model_trainable(m, &params);
+    char *grads_path = path_join(c->dir, "grads.safetensors"), *step_path = path_join(c->dir, "step.safetensors");
+    SafeTensors grads = {0}, step = {0};
+    int rc = -1;
+    if (st_open(&grads, grads_path) || st_open(&step, step_path)) { set_result(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (grads.n != n) { set_result(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
+    for (int i = 0; i < n; i++)
+        if (compare_with_file(c, "gradient", &grads, params[i]->name, params[i]->grad, params[i]->numel, c->tol_grads)) goto out;
+    AdamW opt;
+    adamw_init(&opt, params, n, c->lr, c->beta1, c->beta2, c->eps, c->wd);
+    adamw_step(&opt, params, n, c->lr);
+    adamw_free(&opt);
+    for (int i = 0; i < n; i++)
+        if (compare_with_file(c, "AdamW step", &step, params[i]->name, params[i]->w, params[i]->numel, c->tol_step)) goto out;
+    rc = 0;
+out:
+    st_close(&grads);
+    st_close(&step);
+    free(grads_path);
+    free(step_path);
+    return rc;
+}
+
+// Merge the adapter as saved and compare every adapted weight; unmerge must restore the base.
+static int check_merge(Case *c, const char *dir) {
+    Model *m = load_case_model(dir, true);
+    if (!m) { set_result(c->res, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    AdapterSet *set = m->adapters;
+    float **before = xcalloc(set->n, sizeof(float *));
+    for (int i = 0; i < set->n; i++) {
+        Param *w = set->adapters[i].lin->weight;
+        before[i] = xmalloc(sizeof(float) * w->numel);
+        memcpy(before[i], w->w, sizeof(float) * w->numel);
+    }
+    char *path = path_join(dir, "merged.safetensors");
+    SafeTensors merged = {0};
+    int rc = st_open(&merged, path);
+    if (rc) set_result(c->res, CHECK_FAIL, "%s", peft_last_error());
+    adapters_merge(m);
+    for (int i = 0; !rc && i < set->n; i++) {
+        Param *w = set->adapters[i].lin->weight;
+        rc = compare_with_file(c, "merged weight", &merged, w->name, w->w, w->numel, c->tol_merged);
+    }
+    adapters_unmerge(m);
+    for (int i = 0; !rc && i < set->n; i++) {
+        Param *w = set->adapters[i].lin->weight;
+        rc = compare(c, "unmerged weight", w->name, w->w, before[i], w->numel, 1e-6);
+    }
+    for (int i = 0; i < set->n; i++) free(before[i]);
+    free(before);
+    st_close(&merged);
+    free(path);
+    model_free(m);
+    return rc;
+}
+
+// Save the adapter the way we write it, load it back, and require identical logits.
+static int check_save_roundtrip(Case *c, Model *m) {
+    char *tmp = xasprintf("/tmp/peft-check-%d", (int)getpid());
+    int rc = adapters_save(m, tmp);
+    if (rc) { set_result(c->res, CHECK_FAIL, "saving the adapter: %s", peft_last_error()); free(tmp); return -1; }
+    char *model_dir = path_join(c->dir, "model");
+    Model *m2 = model_load(model_dir);
+    free(model_dir);
+    if (!m2 || adapters_load(m2, tmp)) { set_result(c->res, CHECK_FAIL, "reloading the saved adapter: %s", peft_last_error()); rc = -1; }
+    if (!rc) {
+        long n = (long)c->B * c->T * m->cfg.vocab_size;
+        model_forward(m, c->ids, NULL, c->B, c->T);
+        float *a = xmalloc(sizeof(float) * n);
+        memcpy(a, m->act.logits, sizeof(float) * n);
+        model_forward(m2, c->ids, NULL, c->B, c->T);
+        rc = compare(c, "saved and reloaded adapter", "logits", m2->act.logits, a, n, 1e-6);
+        free(a);
+    }
+    model_free(m2);
+    char *cmd = xasprintf("rm -rf '%s'", tmp);
+    if (system(cmd) != 0) rc = -1;
+    free(cmd);
+    free(tmp);
+    return rc;
+}
+
+static void check_model_case(const char *dir, const char *method, Case *c) {
+    bool full = !strcmp(method, "full");
+    Model *m = load_case_model(dir, !full);
+    if (!m) { set_result(c->res, CHECK_FAIL, "%s", peft_last_error()); return; }
+    if (full) model_train_all(m);
+    char *io_path = path_join(dir, "io.safetensors");
+    SafeTensors io = {0};
+    if (st_open(&io, io_path)) set_result(c->res, CHECK_FAIL, "%s", peft_last_error());
+    else if (!check_training_step(c, m, &io) && !full && !check_merge(c, dir)) check_save_roundtrip(c, m);
+    st_close(&io);
+    free(io_path);
+    model_free(m);
+}
+
+void check_case(const char *dir_in, CheckResult *res) {
+    memset(res, 0, sizeof *res);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", dir_in);
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/') dir[--len] = 0;
+    const char *base = strrchr(dir, '/');
+    snprintf(res->name, sizeof res->name, "%s", base ? base + 1 : dir);
+    res->status = CHECK_PASS;
+
+    char *cases = path_join(dir, "cases.jsonl");
+    bool tokenizer_case = file_exists(cases);
+    free(cases);
+    if (tokenizer_case) {
+        int n = 0;
+        char first[512] = "";
+        int failures = tokenizer_check_cases(dir, &n, first, sizeof first);
+        if (failures < 0) set_result(res, CHECK_FAIL, "%s", peft_last_error());
+        else if (failures > 0) set_result(res, CHECK_FAIL, "%d of %d tokenizer cases differ; first: %s", failures, n, first);
+        return;
+    }
+    Case c = {.dir = dir, .res = res};
+    cJSON *j = NULL;
+    if (read_case(&c, dir, &j)) { set_result(res, CHECK_SKIP, "not a reference case: %s", peft_last_error()); return; }
+    const cJSON *method = cJSON_GetObjectItem(j, "method");
+    const char *mname = cJSON_IsString(method) ? method->valuestring : "";
+    if (!strcmp(mname, "adalora-schedule")) {
+        char msg[1024] = "";
+        double err = 0;
+        if (adalora_check_schedule(dir, j, &err, msg, sizeof msg)) set_result(res, CHECK_FAIL, "%s", msg);
+        res->max_rel_err = err;
+    } else if (!strcmp(mname, "full") || !strcmp(mname, "lora") || !strcmp(mname, "vera") || !strcmp(mname, "adalora"))
+        check_model_case(dir, mname, &c);
+    else set_result(res, CHECK_SKIP, "unknown method \"%s\" in case.json", mname);
+    free(c.ids);
+    free(c.labels);
+    cJSON_Delete(j);
+}

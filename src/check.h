@@ -1,0 +1,17 @@
+// check.h: run HF PEFT reference cases (../shared/fixtures/hf-peft layout, see its README).
+#pragma once
+#include <stddef.h>
+
+typedef enum { CHECK_PASS, CHECK_FAIL, CHECK_SKIP } CheckStatus;
+
+typedef struct {
+    CheckStatus status;
+    char name[128];
+    double max_rel_err;    // worst relative error over everything compared
+    char detail[1024];     // FAIL: what and how far; SKIP: why
+} CheckResult;
+
+// Runs the case in dir (a model case, the AdaLoRA schedule case, or a tokenizer case).
+void check_case(const char *dir, CheckResult *res);
+// Relative Frobenius error ||a - ref|| / ||ref|| (absolute when ref is all zeros).
+double rel_error(const float *a, const float *ref, long n);

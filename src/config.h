@@ -1,0 +1,39 @@
+// config.h: the architecture of a Hugging Face model folder, read from config.json.
+// One struct covers GPT-2 and the Llama family (Llama, Mistral, Qwen2): the differences
+// are flags (norm kind, biases, rope, sliding window), not separate code paths.
+#pragma once
+#include <stdbool.h>
+
+typedef enum { ARCH_GPT2, ARCH_LLAMA } Arch;  // LLAMA covers llama, mistral, qwen2
+typedef enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } RopeType;
+
+typedef struct {
+    Arch arch;
+    char model_type[32];      // "gpt2", "llama", "mistral", "qwen2"
+    int vocab_size;
+    int n_layer;
+    int n_embd;               // hidden size C
+    int n_head;
+    int n_kv_head;            // GPT-2: = n_head
+    int head_dim;             // usually n_embd / n_head
+    int n_inner;              // MLP hidden size
+    int n_positions;          // max positions (GPT-2 learned positions; Llama rope limit)
+    float norm_eps;
+    bool tie_word_embeddings;
+    bool qkv_bias;            // Qwen2 (and attention_bias=true Llamas)
+    bool o_bias;              // attention_bias=true Llamas also bias o_proj
+    bool mlp_bias;
+    float rope_theta;
+    RopeType rope_type;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_pos;
+    int sliding_window;       // 0 = full causal attention
+    int bos_token_id, eos_token_id;
+} ModelConfig;
+
+// Parses and validates; errors name the file and the field.
+int config_load(ModelConfig *cfg, const char *path);
+int config_parse(ModelConfig *cfg, const char *json_text, const char *path_for_errors);
+const char *config_arch_name(const ModelConfig *cfg);
+// config.json text that transformers can load (malloc'd).
+char *config_to_json(const ModelConfig *cfg);

@@ -1,0 +1,49 @@
+// kernels.h: the numeric building blocks of the CPU path (fp32, OpenMP, OpenBLAS).
+// Shapes: N rows (= B*T tokens) of width C; attention over B sequences of T tokens with
+// NH query heads and NKV key/value heads of size HD. Backward functions ACCUMULATE (+=)
+// into their gradient outputs, so shared inputs (residuals, tied weights) just work.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, row-major. op(A) is [M,K]: A is stored [M,K],
+// or [K,M] when transA. op(B) is [K,N]: B is stored [K,N], or [N,K] when transB.
+void matmul(float *C, const float *A, const float *B, int M, int N, int K, bool transA, bool transB, float alpha, float beta);
+// The same with explicit leading dimensions (for column slices such as VeRA's A[:, :in]).
+void matmul_ld(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+               bool transA, bool transB, float alpha, float beta);
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b, int N, int C, float eps);
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                        const float *mean, const float *rstd, int N, int C);
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps);
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int C);
+
+void gelu_forward(float *out, const float *inp, long n);                 // GPT-2's tanh approximation
+void gelu_backward(float *dinp, const float *inp, const float *dout, long n);
+void swiglu_forward(float *out, const float *gate, const float *up, long n);  // silu(gate) * up
+void swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout, long n);
+
+// Rotary embeddings in the rotate_half layout, applied in place to x [B*T, nheads*HD].
+// cos/sin are [T, HD/2] tables (see rope_tables).
+void rope_tables(float *cos_t, float *sin_t, int T, int HD, const float *inv_freq);
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD);
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD);
+
+// Causal softmax attention. q/k/v rows have strides qs/ks/vs floats (GPT-2 packs them in one
+// [N, 3C] buffer). att [B, NH, T, T] keeps the probabilities for backward. window > 0 limits
+// each query to the last `window` keys (Mistral's sliding window).
+typedef struct { int B, T, NH, NKV, HD, window; float scale; } AttnShape;
+void attention_forward(float *out, float *att, const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s);
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                        const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s);
+
+// Causal-LM cross-entropy as transformers computes it: position t predicts labels[t+1],
+// labels of -100 are ignored, the loss is the mean over kept positions. Writes dlogits
+// (d mean loss / d logits) in place of the logits when want_grad. Returns the loss and
+// the number of kept positions in *count.
+double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T, int V, bool want_grad, int *count);
+
+void add_inplace(float *a, const float *b, long n);
+void add_bias(float *y, const float *bias, int N, int C);
+void bias_backward(float *dbias, const float *dy, int N, int C);

@@ -1,0 +1,299 @@
+// kernels_cpu.c: fp32 reference kernels. GEMMs go to OpenBLAS; the rest are OpenMP loops
+// written for clarity first (each mirrors the formula in its header comment).
+#include "kernels.h"
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+void matmul_ld(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+               bool transA, bool transB, float alpha, float beta) {
+    if (M == 0 || N == 0) return;
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void matmul(float *C, const float *A, const float *B, int M, int N, int K, bool transA, bool transB, float alpha, float beta) {
+    matmul_ld(C, N, A, transA ? M : K, B, transB ? K : N, M, N, K, transA, transB, alpha, beta);
+}
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b, int N, int C, float eps) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (long)i * C;
+        double m = 0, v = 0;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        v /= C;
+        float s = (float)(1.0 / sqrt(v + eps));
+        float *o = out + (long)i * C;
+        for (int c = 0; c < C; c++) o[c] = ((x[c] - (float)m) * s) * w[c] + b[c];
+        mean[i] = (float)m;
+        rstd[i] = s;
+    }
+}
+
+// Per-thread partial sums for the weight gradients, reduced at the end, keep this deterministic
+// for a fixed thread count.
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                        const float *mean, const float *rstd, int N, int C) {
+#pragma omp parallel
+    {
+        float dw_local[C], db_local[C];
+        memset(dw_local, 0, sizeof dw_local);
+        memset(db_local, 0, sizeof db_local);
+#pragma omp for
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (long)i * C, *dy = dout + (long)i * C;
+            float *dx = dinp + (long)i * C;
+            float m = mean[i], s = rstd[i];
+            double dnorm_mean = 0, dnorm_norm_mean = 0;
+            for (int c = 0; c < C; c++) {
+                float norm = (x[c] - m) * s, dnorm = w[c] * dy[c];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+            }
+            dnorm_mean /= C;
+            dnorm_norm_mean /= C;
+            for (int c = 0; c < C; c++) {
+                float norm = (x[c] - m) * s, dnorm = w[c] * dy[c];
+                dw_local[c] += norm * dy[c];
+                db_local[c] += dy[c];
+                dx[c] += (float)((dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
+            }
+        }
+#pragma omp critical
+        for (int c = 0; c < C; c++) {
+            if (dw) dw[c] += dw_local[c];
+            if (db) db[c] += db_local[c];
+        }
+    }
+}
+
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (long)i * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        float s = (float)(1.0 / sqrt(ss / C + eps));
+        float *o = out + (long)i * C;
+        for (int c = 0; c < C; c++) o[c] = w[c] * (x[c] * s);
+        rstd[i] = s;
+    }
+}
+
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int C) {
+#pragma omp parallel
+    {
+        float dw_local[C];
+        memset(dw_local, 0, sizeof dw_local);
+#pragma omp for
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (long)i * C, *dy = dout + (long)i * C;
+            float *dx = dinp + (long)i * C;
+            float s = rstd[i];
+            double dot = 0;  // sum_c dy*w*x
+            for (int c = 0; c < C; c++) dot += (double)dy[c] * w[c] * x[c];
+            float k = (float)(dot * s * s * s / C);
+            for (int c = 0; c < C; c++) {
+                dw_local[c] += dy[c] * x[c] * s;
+                dx[c] += dy[c] * w[c] * s - k * x[c];
+            }
+        }
+#pragma omp critical
+        for (int c = 0; c < C; c++) if (dw) dw[c] += dw_local[c];
+    }
+}
+
+#define GELU_SCALE 0.7978845608028654f  // sqrt(2/pi)
+
+void gelu_forward(float *out, const float *inp, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+    }
+}
+
+void gelu_backward(float *dinp, const float *inp, const float *dout, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        float t = tanhf(u);
+        float sech2 = 1.0f - t * t;
+        float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] += grad * dout[i];
+    }
+}
+
+void swiglu_forward(float *out, const float *gate, const float *up, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        float g = gate[i], sig = 1.0f / (1.0f + expf(-g));
+        dup[i] += dout[i] * g * sig;
+        dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+void rope_tables(float *cos_t, float *sin_t, int T, int HD, const float *inv_freq) {
+    int half = HD / 2;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            float angle = (float)t * inv_freq[i];  // fp32 product, as transformers computes it
+            cos_t[t * half + i] = cosf(angle);
+            sin_t[t * half + i] = sinf(angle);
+        }
+}
+
+// sign = +1 rotates forward; the backward pass is the rotation by -angle.
+static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, float sign) {
+    int half = HD / 2;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < nheads; h++) {
+                float *v = x + ((long)(b * T + t) * nheads + h) * HD;
+                for (int i = 0; i < half; i++) {
+                    float c = cos_t[t * half + i], s = sign * sin_t[t * half + i];
+                    float x1 = v[i], x2 = v[i + half];
+                    v[i] = x1 * c - x2 * s;
+                    v[i + half] = x2 * c + x1 * s;
+                }
+            }
+}
+
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD) {
+    rope_apply(x, cos_t, sin_t, B, T, nheads, HD, 1.0f);
+}
+
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD) {
+    rope_apply(dx, cos_t, sin_t, B, T, nheads, HD, -1.0f);
+}
+
+static inline int window_start(int t, int window) { return (window > 0 && t - window + 1 > 0) ? t - window + 1 : 0; }
+
+void attention_forward(float *out, float *att, const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
+    int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV;
+#pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                int kvh = h / group;
+                const float *qt = q + (long)(b * T + t) * qs + h * HD;
+                float *a = att + (((long)b * NH + h) * T + t) * T;
+                int t0 = window_start(t, s.window);
+                float maxv = -INFINITY;
+                for (int t2 = t0; t2 <= t; t2++) {
+                    const float *kt = k + (long)(b * T + t2) * ks + kvh * HD;
+                    float dot = 0;
+                    for (int i = 0; i < HD; i++) dot += qt[i] * kt[i];
+                    a[t2] = dot * s.scale;
+                    if (a[t2] > maxv) maxv = a[t2];
+                }
+                float sum = 0;
+                for (int t2 = t0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 < T; t2++) a[t2] = (t2 >= t0 && t2 <= t) ? a[t2] * inv : 0.0f;
+                float *o = out + (long)(b * T + t) * (NH * HD) + h * HD;
+                for (int i = 0; i < HD; i++) o[i] = 0;
+                for (int t2 = t0; t2 <= t; t2++) {
+                    const float *vt = v + (long)(b * T + t2) * vs + kvh * HD;
+                    for (int i = 0; i < HD; i++) o[i] += a[t2] * vt[i];
+                }
+            }
+}
+
+// Parallel over (sequence, kv head): the query heads of one group all add into the same
+// dk/dv rows, so they are handled by one thread.
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                        const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
+    int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int kvh = 0; kvh < s.NKV; kvh++) {
+            float datt[T];
+            for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    const float *a = att + (((long)b * NH + h) * T + t) * T;
+                    const float *dot_ = dout + (long)(b * T + t) * (NH * HD) + h * HD;
+                    const float *qt = q + (long)(b * T + t) * qs + h * HD;
+                    float *dqt = dq + (long)(b * T + t) * qs + h * HD;
+                    int t0 = window_start(t, s.window);
+                    float sum = 0;
+                    for (int t2 = t0; t2 <= t; t2++) {
+                        const float *vt = v + (long)(b * T + t2) * vs + kvh * HD;
+                        float *dvt = dv + (long)(b * T + t2) * vs + kvh * HD;
+                        float d = 0;
+                        for (int i = 0; i < HD; i++) { d += dot_[i] * vt[i]; dvt[i] += a[t2] * dot_[i]; }
+                        datt[t2] = d;
+                        sum += a[t2] * d;
+                    }
+                    for (int t2 = t0; t2 <= t; t2++) {
+                        float dpre = a[t2] * (datt[t2] - sum) * s.scale;
+                        const float *kt = k + (long)(b * T + t2) * ks + kvh * HD;
+                        float *dkt = dk + (long)(b * T + t2) * ks + kvh * HD;
+                        for (int i = 0; i < HD; i++) { dqt[i] += dpre * kt[i]; dkt[i] += dpre * qt[i]; }
+                    }
+                }
+        }
+}
+
+double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T, int V, bool want_grad, int *count_out) {
+    int count = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t + 1 < T; t++) count += labels[b * T + t + 1] != -100;
+    double loss = 0;
+#pragma omp parallel for reduction(+ : loss)
+    for (int i = 0; i < B * T; i++) {
+        int t = i % T;
+        float *row = logits + (long)i * V;
+        int target = (t + 1 < T) ? labels[i + 1] : -100;
+        if (target == -100 || count == 0) {
+            if (want_grad) memset(row, 0, sizeof(float) * V);
+            continue;
+        }
+        float maxv = -INFINITY;
+        for (int j = 0; j < V; j++) if (row[j] > maxv) maxv = row[j];
+        double sum = 0;
+        for (int j = 0; j < V; j++) sum += exp((double)row[j] - maxv);
+        double logz = maxv + log(sum);
+        loss += logz - row[target];
+        if (want_grad) {
+            float inv_count = 1.0f / count;
+            for (int j = 0; j < V; j++) row[j] = (float)exp(row[j] - logz) * inv_count;
+            row[target] -= inv_count;
+        }
+    }
+    if (count_out) *count_out = count;
+    return count ? loss / count : 0.0;
+}
+
+void add_inplace(float *a, const float *b, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) a[i] += b[i];
+}
+
+void add_bias(float *y, const float *bias, int N, int C) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) y[(long)i * C + c] += bias[c];
+}
+
+void bias_backward(float *dbias, const float *dy, int N, int C) {
+#pragma omp parallel for
+    for (int c = 0; c < C; c++) {
+        double s = 0;
+        for (int i = 0; i < N; i++) s += dy[(long)i * C + c];
+        dbias[c] += (float)s;
+    }
+}

@@ -1,0 +1,53 @@
+// lora.c: LoRA (Hu et al. 2021) as HF PEFT implements it.
+//   y += scaling * (x A^T) B^T,  A [r,in] Kaiming-uniform (a = sqrt 5), B [out,r] zeros,
+//   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA.
+#include "adapter.h"
+#include "kernels.h"
+#include "torch_rng.h"
+#include "util.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int lora_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
+    const AdapterConfig *c = &set->cfg;
+    int in = a->lin->in, out = a->lin->out, r = a->r;
+    a->scaling = c->use_rslora ? c->alpha / sqrtf((float)r) : c->alpha / (float)r;
+    a->A = adapter_new_param(a, "lora_A.weight", r, in, false);
+    a->B = adapter_new_param(a, "lora_B.weight", out, r, false);
+    // PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)), i.e. uniform(+-1/sqrt(in)); B stays zero.
+    TorchGen g;
+    torch_gen_seed(&g, (*rng)++);
+    torch_kaiming_uniform_(&g, a->A->w, a->A->numel, sqrt(5.0), in);
+    return 0;
+}
+
+static void lora_forward(Adapter *a, const float *x, float *y, int N, bool train) {
+    int in = a->lin->in, out = a->lin->out, r = a->r;
+    adapter_ensure_capacity(a, N, 0);
+    const float *xin = adapter_dropout_input(a, x, N, train);
+    matmul(a->h, xin, a->A->w, N, r, in, false, true, 1.0f, 0.0f);          // h = x A^T      [N,r]
+    matmul(y, a->h, a->B->w, N, out, r, false, true, a->scaling, 1.0f);     // y += s h B^T   [N,out]
+}
+
+static void lora_backward(Adapter *a, const float *x, const float *dy, float *dx, int N) {
+    int in = a->lin->in, out = a->lin->out, r = a->r;
+    float *dh = xmalloc(sizeof(float) * N * r);
+    matmul(a->B->grad, dy, a->h, out, r, N, true, false, a->scaling, 1.0f); // dB += s dy^T h  [out,r]
+    matmul(dh, dy, a->B->w, N, r, out, false, false, a->scaling, 0.0f);     // dh = s dy B     [N,r]
+    matmul(a->A->grad, dh, x, r, in, N, true, false, 1.0f, 1.0f);           // dA += dh^T x    [r,in]
+    if (dx) matmul(dx, dh, a->A->w, N, in, r, false, false, 1.0f, 1.0f);    // dx += dh A      [N,in]
+    free(dh);
+}
+
+static void lora_delta(const Adapter *a, float *delta) {
+    matmul(delta, a->B->w, a->A->w, a->lin->out, a->lin->in, a->r, false, false, a->scaling, 0.0f);  // s B A
+}
+
+const AdapterMethod lora_method = {
+    .peft_type = "LORA",
+    .init = lora_init,
+    .forward = lora_forward,
+    .backward = lora_backward,
+    .delta = lora_delta,
+};

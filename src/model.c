@@ -1,0 +1,295 @@
+// model.c: building a Model from a config, loading HF weights into it, saving it back.
+#include "model.h"
+#include "adapter.h"
+#include "safetensors.h"
+#include "util.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static Param *add_param(Model *m, int cap, const char *name, int rows, int cols) {
+    if (m->n_params >= cap) { fprintf(stderr, "peft: internal error: parameter table too small\n"); abort(); }
+    Param *p = &m->params[m->n_params++];
+    p->name = xstrdup(name);
+    p->ndim = cols ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols ? cols : 1;
+    p->numel = (long)rows * (cols ? cols : 1);
+    p->w = xcalloc(p->numel, sizeof(float));
+    return p;
+}
+
+// A linear module's weight in HF layout: Conv1D [in,out] for GPT-2, nn.Linear [out,in] otherwise.
+static Linear *add_linear(Model *m, int cap, int *li, const char *module, int in, int out, bool bias) {
+    Linear *lin = &m->linears[(*li)++];
+    lin->module = xstrdup(module);
+    lin->in = in;
+    lin->out = out;
+    lin->fan_in_fan_out = m->cfg.arch == ARCH_GPT2;
+    char *name = xasprintf("%s.weight", module);
+    lin->weight = lin->fan_in_fan_out ? add_param(m, cap, name, in, out) : add_param(m, cap, name, out, in);
+    free(name);
+    if (bias) {
+        name = xasprintf("%s.bias", module);
+        lin->bias = add_param(m, cap, name, out, 0);
+        free(name);
+    }
+    return lin;
+}
+
+static void build_gpt2(Model *m, int cap) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->n_embd, li = 0;
+    char name[256];
+    m->wte = add_param(m, cap, "transformer.wte.weight", c->vocab_size, C);
+    m->wpe = add_param(m, cap, "transformer.wpe.weight", c->n_positions, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        Block *b = &m->blocks[l];
+#define P(field, suffix, rows) (snprintf(name, sizeof name, "transformer.h.%d." suffix, l), b->field = add_param(m, cap, name, rows, 0))
+#define L(field, suffix, in, out) (snprintf(name, sizeof name, "transformer.h.%d." suffix, l), b->field = add_linear(m, cap, &li, name, in, out, true))
+        P(norm1_w, "ln_1.weight", C);
+        P(norm1_b, "ln_1.bias", C);
+        L(qkv, "attn.c_attn", C, 3 * C);
+        L(attn_out, "attn.c_proj", C, C);
+        P(norm2_w, "ln_2.weight", C);
+        P(norm2_b, "ln_2.bias", C);
+        L(fc, "mlp.c_fc", C, c->n_inner);
+        L(fc_out, "mlp.c_proj", c->n_inner, C);
+#undef P
+#undef L
+    }
+    m->norm_f_w = add_param(m, cap, "transformer.ln_f.weight", C, 0);
+    m->norm_f_b = add_param(m, cap, "transformer.ln_f.bias", C, 0);
+    m->lm_head = c->tie_word_embeddings ? m->wte : add_param(m, cap, "lm_head.weight", c->vocab_size, C);
+    m->n_linears = li;
+}
+
+static void build_llama(Model *m, int cap) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->n_embd, li = 0, q = c->n_head * c->head_dim, kv = c->n_kv_head * c->head_dim;
+    char name[256];
+    m->wte = add_param(m, cap, "model.embed_tokens.weight", c->vocab_size, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        Block *b = &m->blocks[l];
+#define P(field, suffix, rows) (snprintf(name, sizeof name, "model.layers.%d." suffix, l), b->field = add_param(m, cap, name, rows, 0))
+#define L(field, suffix, in, out, bias) (snprintf(name, sizeof name, "model.layers.%d." suffix, l), b->field = add_linear(m, cap, &li, name, in, out, bias))
+        P(norm1_w, "input_layernorm.weight", C);
+        L(q, "self_attn.q_proj", C, q, c->qkv_bias);
+        L(k, "self_attn.k_proj", C, kv, c->qkv_bias);
+        L(v, "self_attn.v_proj", C, kv, c->qkv_bias);
+        L(o, "self_attn.o_proj", q, C, c->o_bias);
+        P(norm2_w, "post_attention_layernorm.weight", C);
+        L(gate, "mlp.gate_proj", C, c->n_inner, c->mlp_bias);
+        L(up, "mlp.up_proj", C, c->n_inner, c->mlp_bias);
+        L(down, "mlp.down_proj", c->n_inner, C, c->mlp_bias);
+#undef P
+#undef L
+    }
+    m->norm_f_w = add_param(m, cap, "model.norm.weight", C, 0);
+    m->lm_head = c->tie_word_embeddings ? m->wte : add_param(m, cap, "lm_head.weight", c->vocab_size, C);
+    m->n_linears = li;
+}
+
+// Rotary inverse frequencies, with transformers' linear and llama3 rope scaling.
+static void build_inv_freq(Model *m) {
+    const ModelConfig *c = &m->cfg;
+    int half = c->head_dim / 2;
+    m->inv_freq = xcalloc(half, sizeof(float));
+    for (int i = 0; i < half; i++) {
+        // transformers: 1 / theta ** (arange(0, dim, 2).float() / dim), in fp32
+        float f = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (c->rope_type == ROPE_LINEAR) f /= c->rope_factor;
+        else if (c->rope_type == ROPE_LLAMA3) {
+            double low_wavelen = c->rope_original_max_pos / c->rope_low_freq_factor;
+            double high_wavelen = c->rope_original_max_pos / c->rope_high_freq_factor;
+            double wavelen = 2 * M_PI / f;
+            if (wavelen > low_wavelen) f = f / c->rope_factor;
+            else if (wavelen >= high_wavelen) {
+                double smooth = (c->rope_original_max_pos / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (float)((1 - smooth) * f / c->rope_factor + smooth * f);
+            }
+        }
+        m->inv_freq[i] = f;
+    }
+}
+
+static Model *model_build(const ModelConfig *cfg) {
+    Model *m = xcalloc(1, sizeof *m);
+    m->cfg = *cfg;
+    int cap = 4 + cfg->n_layer * 20;
+    m->params = xcalloc(cap, sizeof(Param));
+    m->blocks = xcalloc(cfg->n_layer, sizeof(Block));
+    m->linears = xcalloc(cfg->n_layer * 7, sizeof(Linear));
+    if (cfg->arch == ARCH_GPT2) build_gpt2(m, cap);
+    else { build_llama(m, cap); build_inv_freq(m); }
+    return m;
+}
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+Model *model_create_random(const ModelConfig *cfg, uint64_t seed) {
+    Model *m = model_build(cfg);
+    uint64_t s = seed;
+    for (int i = 0; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        bool is_norm = strstr(p->name, "ln_") || strstr(p->name, "norm");
+        if (p->ndim == 1) { for (long j = 0; j < p->numel; j++) p->w[j] = is_norm && strstr(p->name, "weight") ? 1.0f : 0.0f; continue; }
+        for (long j = 0; j < p->numel; j += 2) {  // Box-Muller, std 0.02
+            double u1 = ((rng_next(&s) >> 11) + 1.0) * 0x1.0p-53, u2 = (rng_next(&s) >> 11) * 0x1.0p-53;
+            double r = sqrt(-2 * log(u1)) * 0.02;
+            p->w[j] = (float)(r * cos(2 * M_PI * u2));
+            if (j + 1 < p->numel) p->w[j + 1] = (float)(r * sin(2 * M_PI * u2));
+        }
+    }
+    return m;
+}
+
+static int load_param(Param *p, const StModel *st, const char *dir, bool gpt2) {
+    const char *file = NULL;
+    const StTensor *t = st_model_find(st, p->name, &file);
+    // The original GPT-2 checkpoints name tensors without the "transformer." prefix.
+    if (!t && gpt2 && !strncmp(p->name, "transformer.", 12)) t = st_model_find(st, p->name + 12, &file);
+    if (!t) return peft_fail("%s: the weights have no tensor %s", dir, p->name);
+    bool ok = t->numel == p->numel && ((p->ndim == 1 && t->ndim == 1) || (p->ndim == 2 && t->ndim == 2 && t->shape[0] == p->shape[0] && t->shape[1] == p->shape[1]));
+    if (!ok) {
+        char got[128] = "", *g = got;
+        for (int d = 0; d < t->ndim; d++) g += snprintf(g, got + sizeof got - g, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        if (p->ndim == 2) return peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld, %lld]", file, p->name, got, (long long)p->shape[0], (long long)p->shape[1]);
+        return peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld]", file, p->name, got, (long long)p->shape[0]);
+    }
+    if (st_to_f32(t, p->w)) return -1;
+    for (long i = 0; i < p->numel; i++)
+        if (!isfinite(p->w[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", file, p->name, p->w[i], i);
+    return 0;
+}
+
+Model *model_load(const char *dir) {
+    if (!dir_exists(dir)) { peft_fail("%s: not a directory", dir); return NULL; }
+    char *cfg_path = path_join(dir, "config.json");
+    ModelConfig cfg;
+    int rc = config_load(&cfg, cfg_path);
+    free(cfg_path);
+    if (rc) return NULL;
+    StModel st;
+    if (st_model_open(&st, dir)) return NULL;
+    Model *m = model_build(&cfg);
+    m->dir = xstrdup(dir);
+    for (int i = 0; i < m->n_params; i++)
+        if (load_param(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2)) { st_model_close(&st); model_free(m); return NULL; }
+    st_model_close(&st);
+    return m;
+}
+
+void model_free(Model *m) {
+    if (!m) return;
+    adapters_free(m);
+    activations_free(&m->act, m->cfg.n_layer);
+    for (int i = 0; i < m->n_params; i++) {
+        free(m->params[i].name);
+        free(m->params[i].w);
+        free(m->params[i].grad);
+    }
+    for (int i = 0; i < m->n_linears; i++) free(m->linears[i].module);
+    free(m->params);
+    free(m->linears);
+    free(m->blocks);
+    free(m->inv_freq);
+    free(m->dir);
+    free(m);
+}
+
+Param *model_find_param(Model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (!strcmp(m->params[i].name, name)) return &m->params[i];
+    return NULL;
+}
+
+Linear *model_find_linear(Model *m, const char *module) {
+    for (int i = 0; i < m->n_linears; i++)
+        if (!strcmp(m->linears[i].module, module)) return &m->linears[i];
+    return NULL;
+}
+
+void model_train_all(Model *m) {
+    for (int i = 0; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        p->trainable = p->decay = true;
+        if (!p->grad) p->grad = xcalloc(p->numel, sizeof(float));
+    }
+}
+
+int model_trainable(Model *m, Param ***out) {
+    if (m->adapters) { *out = m->adapters->params; return m->adapters->n_params; }
+    static _Thread_local Param **list;
+    static _Thread_local int cap;
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++) n += m->params[i].trainable;
+    if (n > cap) { list = xrealloc(list, sizeof(Param *) * n); cap = n; }
+    n = 0;
+    for (int i = 0; i < m->n_params; i++) if (m->params[i].trainable) list[n++] = &m->params[i];
+    *out = list;
+    return n;
+}
+
+long model_count_params(const Model *m, bool trainable_only) {
+    long n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (!trainable_only || m->params[i].trainable) n += m->params[i].numel;
+    if (m->adapters)
+        for (int i = 0; i < m->adapters->n_params; i++) n += m->adapters->params[i]->numel;
+    return n;
+}
+
+void model_zero_grad(Model *m) {
+    Param **list;
+    int n = model_trainable(m, &list);
+    for (int i = 0; i < n; i++) memset(list[i]->grad, 0, sizeof(float) * list[i]->numel);
+}
+
+static bool file_exists_in(const char *dir, const char *name) {
+    char *p = path_join(dir, name);
+    bool ok = file_exists(p);
+    free(p);
+    return ok;
+}
+
+// Copies the folder's config.json (and tokenizer files) and writes every base weight in fp32.
+int model_save(Model *m, const char *dir) {
+    if (make_dir(dir)) return -1;
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
+    }
+    char *path = path_join(dir, "model.safetensors");
+    int rc = st_writer_save(w, path);
+    free(path);
+    st_writer_free(w);
+    static const char *copied[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                   "vocab.json", "merges.txt", "special_tokens_map.json", NULL};
+    if (!rc && !(m->dir && file_exists_in(m->dir, "config.json"))) {
+        char *text = config_to_json(&m->cfg), *cfg_path = path_join(dir, "config.json");
+        rc = write_file_atomic(cfg_path, text, strlen(text));
+        free(text);
+        free(cfg_path);
+    }
+    for (int i = 0; !rc && m->dir && copied[i]; i++) {
+        char *src = path_join(m->dir, copied[i]), *dst = path_join(dir, copied[i]);
+        if (file_exists(src)) {
+            size_t len;
+            char *data = read_file(src, &len);
+            rc = data ? write_file_atomic(dst, data, len) : -1;
+            free(data);
+        }
+        free(src);
+        free(dst);
+    }
+    return rc;
+}

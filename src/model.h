@@ -1,0 +1,109 @@
+// model.h: a decoder-only transformer loaded from a Hugging Face folder (GPT-2 or the
+// Llama family), its parameters, activations, forward and backward on the CPU.
+#pragma once
+#include "config.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// One named tensor. `name` is the key it has in the file it comes from (HF model keys for base
+// weights, PEFT keys such as "base_model.model.<module>.lora_A.weight" for adapter weights).
+typedef struct {
+    char *name;
+    int ndim;
+    int64_t shape[2];
+    long numel;
+    float *w;
+    float *grad;      // allocated only when trainable
+    bool trainable;
+    bool decay;       // AdamW weight decay applies (all trainables, as torch's default group)
+} Param;
+
+typedef struct Adapter Adapter;
+
+// A linear layer y = x W^T + b. HF GPT-2 stores Conv1D weights as [in, out] (fan_in_fan_out);
+// nn.Linear stores [out, in].
+typedef struct {
+    char *module;        // HF module name, e.g. "transformer.h.0.attn.c_attn"
+    int in, out;
+    bool fan_in_fan_out;
+    Param *weight, *bias;
+    Adapter *adapter;    // NULL when the module is not adapted
+} Linear;
+
+typedef struct {
+    Param *norm1_w, *norm1_b;    // GPT-2 ln_1 / Llama input_layernorm (no bias)
+    Param *norm2_w, *norm2_b;    // GPT-2 ln_2 / Llama post_attention_layernorm
+    Linear *qkv, *attn_out, *fc, *fc_out;                // GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj
+    Linear *q, *k, *v, *o, *gate, *up, *down;            // Llama family
+} Block;
+
+// What backward needs from forward, sized for B*T tokens.
+typedef struct {
+    int B, T;
+    float *x0;                  // embeddings [N,C]
+    float **res_mid;            // per layer: residual stream after attention [N,C]
+    float **res_out;            // per layer: residual stream leaving the block [N,C]
+    float **norm1, **norm2;     // normalised inputs [N,C]
+    float **norm1_mean, **norm1_rstd, **norm2_mean, **norm2_rstd;  // [N]
+    float **q, **k, **v;        // GPT-2: q holds packed qkv [N,3C]; Llama: q [N,NH*HD], k,v [N,NKV*HD] (after rope)
+    float **att;                // [B,NH,T,T]
+    float **attn_y;             // attention output before the projection [N,NH*HD]
+    float **fc, **fc_act;       // GPT-2: fc pre-activation [N,4C] and gelu; Llama: gate and silu(gate)*up
+    float **up;                 // Llama: up projection [N,I]
+    float *final_norm, *final_mean, *final_rstd;
+    float *logits;              // [N,V]; replaced by dlogits after a backward-ready forward
+    int32_t *labels;            // copy of the labels of the last forward
+    int32_t *ids;               // copy of the token ids of the last forward
+    float *rope_cos, *rope_sin; // [T, HD/2]
+    float *scratch[5];          // backward work buffers, [N, widest layer] each
+    double lm_loss;             // causal-LM part of the last loss
+    int cap_N, cap_T;           // what the buffers are sized for
+} Activations;
+
+typedef struct AdapterSet AdapterSet;
+
+typedef struct Model {
+    ModelConfig cfg;
+    char *dir;
+    int n_params;
+    Param *params;               // base weights, in file order of our naming
+    Param *wte, *wpe, *norm_f_w, *norm_f_b, *lm_head;  // lm_head == wte when tied
+    Block *blocks;
+    int n_linears;
+    Linear *linears;             // every linear module, in model order
+    float *inv_freq;             // rope [HD/2]
+    Activations act;
+    AdapterSet *adapters;        // NULL when training all weights or none
+    bool training;               // dropout on
+    uint64_t dropout_seed;
+} Model;
+
+// Load config.json and the weights (model.safetensors or sharded); checks every tensor's shape
+// against the config and that every value is finite. Errors name the file and tensor.
+Model *model_load(const char *dir);
+// A model with random weights (std 0.02, biases 0, norms 1) for a config: tests and benchmarks.
+Model *model_create_random(const ModelConfig *cfg, uint64_t seed);
+void model_free(Model *m);
+Param *model_find_param(Model *m, const char *name);
+Linear *model_find_linear(Model *m, const char *module);
+
+// Mark all base weights trainable (full fine-tuning) and allocate their gradients.
+void model_train_all(Model *m);
+long model_count_params(const Model *m, bool trainable_only);
+
+// Forward over ids [B,T]. With labels, returns the loss (causal-LM loss plus any adapter
+// regulariser) and prepares backward; logits are in m->act.logits only when labels is NULL.
+// Returns NAN on error.
+double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B, int T);
+// Accumulate d loss / d p into every trainable Param's grad.
+void model_backward(Model *m);
+void model_zero_grad(Model *m);
+
+void activations_free(Activations *a, int n_layer);
+
+// Write the base weights (HF names; tied lm_head omitted) and config.json to an HF folder.
+int model_save(Model *m, const char *dir);
+
+// Every trainable parameter, in a stable order (adapter tensors, or all base weights).
+int model_trainable(Model *m, Param ***out);

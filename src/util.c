@@ -1,0 +1,151 @@
+#include "util.h"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Thread_local char error_message[2048];
+
+int peft_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(error_message, sizeof error_message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int peft_fail_context(const char *fmt, ...) {
+    char prefix[1024], old[sizeof error_message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, error_message, sizeof old);
+    size_t n = strlen(prefix);
+    if (n >= sizeof error_message) n = sizeof error_message - 1;
+    memcpy(error_message, prefix, n);
+    snprintf(error_message + n, sizeof error_message - n, "%.*s", (int)(sizeof error_message - n - 1), old);
+    return -1;
+}
+
+const char *peft_last_error(void) { return error_message[0] ? error_message : "unknown error"; }
+void peft_clear_error(void) { error_message[0] = 0; }
+
+static void out_of_memory(size_t n) {
+    fprintf(stderr, "peft: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) out_of_memory(n);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) out_of_memory(count * size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) out_of_memory(n);
+    return q;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    return memcpy(xmalloc(n), s, n);
+}
+
+char *xasprintf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0) out_of_memory(0);
+    va_end(ap);
+    return s;
+}
+
+char *read_file(const char *path, size_t *len_out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { peft_fail("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = xmalloc(cap);
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += got;
+        if (cap - len - 1 == 0) buf = xrealloc(buf, cap *= 2);
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) { free(buf); peft_fail("%s: read error", path); return NULL; }
+    buf[len] = 0;
+    if (len_out) *len_out = len;
+    return buf;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len) {
+    char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { int e = errno; free(tmp); return peft_fail("%s: cannot write: %s", path, strerror(e)); }
+    bool ok = fwrite(data, 1, len, f) == len;
+    ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        free(tmp);
+        return peft_fail("%s: write failed: %s", path, strerror(e));
+    }
+    free(tmp);
+    return 0;
+}
+
+bool file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool dir_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int make_dir(const char *path) {
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) { int e = errno; free(p); return peft_fail("%s: cannot create directory: %s", path, strerror(e)); }
+        *s = '/';
+    }
+    int rc = 0;
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) rc = peft_fail("%s: cannot create directory: %s", path, strerror(errno));
+    free(p);
+    return rc;
+}
+
+char *path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir);
+    return xasprintf("%s%s%s", dir, (n && dir[n - 1] == '/') ? "" : "/", name);
+}
+
+double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+size_t peak_rss_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (size_t)ru.ru_maxrss * 1024;
+}

@@ -1,0 +1,32 @@
+// util.h: errors, allocation, files. Every library function that can fail returns
+// non-zero (or NULL) and leaves a message for peft_last_error(); the CLI prints it.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+// Record an error message (printf-style). Returns -1 so callers can `return peft_fail(...)`.
+int peft_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// Prefix the current message with context, e.g. the file name: "model/config.json: " + message.
+int peft_fail_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *peft_last_error(void);
+void peft_clear_error(void);
+
+// Allocation that aborts on out-of-memory: the only failure we do not try to recover from.
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// Whole-file read into a NUL-terminated buffer. NULL + error on failure.
+char *read_file(const char *path, size_t *len_out);
+// Write via "<path>.tmp.<pid>" then rename(), so readers never see a half-written file.
+int write_file_atomic(const char *path, const void *data, size_t len);
+bool file_exists(const char *path);
+bool dir_exists(const char *path);
+int make_dir(const char *path); // mkdir -p
+char *path_join(const char *dir, const char *name); // malloc'd
+
+double now_seconds(void);
+size_t peak_rss_bytes(void);
