@@ -3,6 +3,3 @@
 int cmd_train(int argc, char **argv) { fprintf(stderr, "peft train: not implemented yet\n"); return 1; }
 int cmd_generate(int argc, char **argv) { fprintf(stderr, "peft generate: not implemented yet\n"); return 1; }
 int cmd_eval(int argc, char **argv) { fprintf(stderr, "peft eval: not implemented yet\n"); return 1; }
-int cmd_tokenize(int argc, char **argv) { fprintf(stderr, "peft tokenize: not implemented yet\n"); return 1; }
-int cmd_info(int argc, char **argv) { fprintf(stderr, "peft info: not implemented yet\n"); return 1; }
-int cmd_merge(int argc, char **argv) { fprintf(stderr, "peft merge: not implemented yet\n"); return 1; }

@@ -169,9 +169,10 @@ double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B,
     return a->lm_loss + adapters_regularizer(m, false);
 }
 
-// A key bias adds the same q.b to every score of a query, which softmax ignores: its gradient
-// is exactly zero (HF's float64 reference has ~1e-18). fp32 summation leaves ~1e-9 of noise,
-// which Adam's normalised step would turn into full-size updates, so it is set to zero.
+// Without rotary embeddings (GPT-2) a key bias adds the same q.b to every score of a query,
+// which softmax ignores: its gradient is exactly zero (HF's float64 reference has ~1e-18).
+// fp32 summation leaves ~1e-9 of noise, which Adam's normalised step would turn into
+// full-size updates, so it is set to zero. (With rope, q.R(t2)b varies by key: not zero.)
 static void zero_key_bias_grad(float *grad, int n) { memset(grad, 0, sizeof(float) * n); }
 
 static void gpt2_block_backward(Model *m, int l, const float *x, float *dres, int N) {
@@ -226,7 +227,6 @@ static void llama_block_backward(Model *m, int l, const float *x, float *dres, i
     memset(d_norm, 0, sizeof(float) * N * C);
     linear_backward(m, b->q, a->norm1[l], dq, d_norm, N);
     linear_backward(m, b->k, a->norm1[l], dk, d_norm, N);
-    if (b->k->bias && b->k->bias->grad) zero_key_bias_grad(b->k->bias->grad, KVW);
     linear_backward(m, b->v, a->norm1[l], dv, d_norm, N);
     rmsnorm_backward(dres, b->norm1_w->grad, d_norm, x, b->norm1_w->w, a->norm1_rstd[l], N, C);
 }

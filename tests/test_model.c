@@ -1,0 +1,272 @@
+// Model tests: finite-difference gradients for every architecture variant (GPT-2, Llama with
+// GQA, Mistral's sliding window, Qwen2's q/k/v biases) and method (full, LoRA), variants
+// checked against the plain Llama path, and the errors bad configs and weights must give.
+#include "test.h"
+#include "adapter.h"
+#include "model.h"
+#include "safetensors.h"
+#include "util.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ModelConfig tiny_config(const char *type) {
+    ModelConfig c = {0};
+    snprintf(c.model_type, sizeof c.model_type, "%s", type);
+    c.arch = strcmp(type, "gpt2") ? ARCH_LLAMA : ARCH_GPT2;
+    c.vocab_size = 23; c.n_layer = 2; c.n_embd = 16; c.n_head = 4; c.head_dim = 4;
+    c.n_kv_head = c.arch == ARCH_GPT2 ? 4 : 2;
+    c.n_inner = c.arch == ARCH_GPT2 ? 64 : 24;
+    c.n_positions = 32; c.norm_eps = 1e-5f; c.rope_theta = 10000.0f;
+    c.tie_word_embeddings = c.arch == ARCH_GPT2;
+    c.qkv_bias = c.arch == ARCH_GPT2 || !strcmp(type, "qwen2");
+    c.o_bias = c.mlp_bias = c.arch == ARCH_GPT2;
+    if (!strcmp(type, "mistral")) c.sliding_window = 3;
+    return c;
+}
+
+// Larger-than-default random values so every path carries signal, including biases and norms.
+static void randomize(Model *m, uint64_t seed, float scale) {
+    srand((unsigned)seed);
+    for (int i = 0; i < m->n_params; i++)
+        for (long j = 0; j < m->params[i].numel; j++) {
+            float u = (float)rand() / RAND_MAX - 0.5f;
+            bool norm_w = m->params[i].ndim == 1 && (strstr(m->params[i].name, "norm") || strstr(m->params[i].name, "ln_")) && strstr(m->params[i].name, "weight");
+            m->params[i].w[j] = norm_w ? 1.0f + 0.2f * u : scale * u;
+        }
+}
+
+static void batch(int B, int T, int V, int32_t *ids, int32_t *labels) {
+    for (int i = 0; i < B * T; i++) { ids[i] = (i * 7 + 3) % V; labels[i] = (i % 5 == 1) ? -100 : ids[i]; }
+}
+
+// Directional derivative per trainable tensor: (L(p + e d) - L(p - e d)) / 2e against g.d.
+static double worst_fd_error(Model *m, int B, int T) {
+    int32_t ids[64], labels[64];
+    batch(B, T, m->cfg.vocab_size, ids, labels);
+    model_zero_grad(m);
+    model_forward(m, ids, labels, B, T);
+    model_backward(m);
+    Param **ps;
+    int n = model_trainable(m, &ps);
+    double worst = 0;
+    for (int t = 0; t < n; t++) {
+        Param *p = ps[t];
+        float *d = xmalloc(sizeof(float) * p->numel), *w0 = xmalloc(sizeof(float) * p->numel);
+        memcpy(w0, p->w, sizeof(float) * p->numel);
+        double gd = 0, eps = 3e-3;  // large enough over fp32 loss noise, small enough to stay linear
+        for (long i = 0; i < p->numel; i++) { d[i] = (float)rand() / RAND_MAX - 0.5f; gd += (double)p->grad[i] * d[i]; }
+        for (long i = 0; i < p->numel; i++) p->w[i] = w0[i] + (float)eps * d[i];
+        double lp = model_forward(m, ids, labels, B, T);
+        for (long i = 0; i < p->numel; i++) p->w[i] = w0[i] - (float)eps * d[i];
+        double lm = model_forward(m, ids, labels, B, T);
+        memcpy(p->w, w0, sizeof(float) * p->numel);
+        double fd = (lp - lm) / (2 * eps);
+        double err = fabs(fd - gd) / fmax(fabs(gd), 1e-2);
+        if (err > worst) worst = err;
+        if (err > 2e-2) fprintf(stderr, "  %s: finite difference %.6g, analytic %.6g\n", p->name, fd, gd);
+        free(d);
+        free(w0);
+    }
+    return worst;
+}
+
+static Model *tiny_model(const char *type, uint64_t seed) {
+    ModelConfig c = tiny_config(type);
+    Model *m = model_create_random(&c, seed);
+    randomize(m, seed, 0.6f);
+    return m;
+}
+
+static void attach_lora(Model *m, const char *targets) {
+    AdapterConfig ac;
+    adapter_config_defaults(&ac, PEFT_LORA);
+    ac.r = 3;
+    ac.alpha = 6;
+    adapter_config_set_targets(&ac, targets);
+    adapters_attach(m, &ac, 1);
+    adapter_config_free(&ac);
+    for (int i = 0; i < m->adapters->n_params; i++)  // B starts at zero: make it nonzero so A gets gradient
+        for (long j = 0; j < m->adapters->params[i]->numel; j++) m->adapters->params[i]->w[j] = 0.3f * ((float)rand() / RAND_MAX - 0.5f);
+}
+
+TEST(gradcheck_full_all_architectures) {
+    const char *types[] = {"gpt2", "llama", "mistral", "qwen2"};
+    for (int i = 0; i < 4; i++) {
+        Model *m = tiny_model(types[i], 10 + i);
+        model_train_all(m);
+        double e = worst_fd_error(m, 2, 7);
+        model_free(m);
+        CHECK_MSG(e < 2e-2, "%s full fine-tuning: worst relative error %.3g", types[i], e);
+    }
+}
+
+TEST(gradcheck_lora_all_architectures) {
+    const char *types[] = {"gpt2", "llama", "mistral", "qwen2"};
+    for (int i = 0; i < 4; i++) {
+        Model *m = tiny_model(types[i], 20 + i);
+        attach_lora(m, i == 0 ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+        CHECK(m->adapters && m->adapters->n == (i == 0 ? 8 : 14));
+        double e = worst_fd_error(m, 2, 7);
+        model_free(m);
+        CHECK_MSG(e < 2e-2, "%s LoRA: worst relative error %.3g", types[i], e);
+    }
+}
+
+TEST(gradcheck_lora_rslora_and_dropout_off_at_eval) {
+    Model *m = tiny_model("llama", 5);
+    AdapterConfig ac;
+    adapter_config_defaults(&ac, PEFT_LORA);
+    ac.r = 4; ac.alpha = 8; ac.use_rslora = true;
+    adapter_config_set_targets(&ac, "re:.*\\.(q|v)_proj");
+    CHECK(adapters_attach(m, &ac, 3) == 0);
+    adapter_config_free(&ac);
+    CHECK(m->adapters->n == 4);
+    CHECK_NEAR(m->adapters->adapters[0].scaling, 8.0 / 2.0, 1e-6);
+    for (int i = 0; i < m->adapters->n_params; i++)
+        for (long j = 0; j < m->adapters->params[i]->numel; j++) m->adapters->params[i]->w[j] = 0.3f * ((float)rand() / RAND_MAX - 0.5f);
+    double e = worst_fd_error(m, 2, 6);
+    model_free(m);
+    CHECK_MSG(e < 2e-2, "worst relative error %.3g", e);
+}
+
+static void copy_weights(Model *dst, const Model *src) {
+    for (int i = 0; i < src->n_params; i++) {
+        Param *p = model_find_param(dst, src->params[i].name);
+        if (p) memcpy(p->w, src->params[i].w, sizeof(float) * p->numel);
+    }
+}
+
+static double logits_diff(Model *a, Model *b, int B, int T) {
+    int32_t ids[64], labels[64];
+    batch(B, T, a->cfg.vocab_size, ids, labels);
+    model_forward(a, ids, NULL, B, T);
+    model_forward(b, ids, NULL, B, T);
+    long n = (long)B * T * a->cfg.vocab_size;
+    double worst = 0;
+    for (long i = 0; i < n; i++) worst = fmax(worst, fabs(a->act.logits[i] - b->act.logits[i]));
+    return worst;
+}
+
+TEST(mistral_window_covering_the_sequence_equals_llama) {
+    Model *llama = tiny_model("llama", 7);
+    ModelConfig c = tiny_config("mistral");
+    c.sliding_window = 8;
+    Model *mistral = model_create_random(&c, 1);
+    copy_weights(mistral, llama);
+    CHECK(logits_diff(llama, mistral, 2, 8) == 0.0);
+    // A window shorter than the sequence must change later positions but not the first `window`.
+    mistral->cfg.sliding_window = 3;
+    int32_t ids[16], labels[16];
+    batch(2, 8, c.vocab_size, ids, labels);
+    model_forward(llama, ids, NULL, 2, 8);
+    float *ref = xmalloc(sizeof(float) * 16 * c.vocab_size);
+    memcpy(ref, llama->act.logits, sizeof(float) * 16 * c.vocab_size);
+    model_forward(mistral, ids, NULL, 2, 8);
+    double early = 0, late = 0;
+    for (int t = 0; t < 8; t++)
+        for (int v = 0; v < c.vocab_size; v++) {
+            double d = fabs(ref[t * c.vocab_size + v] - mistral->act.logits[t * c.vocab_size + v]);
+            if (t < 3) early = fmax(early, d); else late = fmax(late, d);
+        }
+    free(ref);
+    model_free(llama);
+    model_free(mistral);
+    CHECK(early == 0.0);
+    CHECK(late > 1e-4);
+}
+
+TEST(qwen2_with_zero_biases_equals_llama) {
+    Model *llama = tiny_model("llama", 8);
+    ModelConfig c = tiny_config("qwen2");
+    Model *qwen = model_create_random(&c, 2);
+    copy_weights(qwen, llama);
+    for (int l = 0; l < c.n_layer; l++) {
+        Block *b = &qwen->blocks[l];
+        memset(b->q->bias->w, 0, sizeof(float) * b->q->out);
+        memset(b->k->bias->w, 0, sizeof(float) * b->k->out);
+        memset(b->v->bias->w, 0, sizeof(float) * b->v->out);
+    }
+    CHECK(logits_diff(llama, qwen, 2, 6) == 0.0);
+    qwen->blocks[0].v->bias->w[0] = 0.5f;
+    CHECK(logits_diff(llama, qwen, 2, 6) > 1e-5);
+    model_free(llama);
+    model_free(qwen);
+}
+
+TEST(gpt2_key_bias_gradient_is_exactly_zero) {
+    Model *m = tiny_model("gpt2", 9);
+    model_train_all(m);
+    int32_t ids[14], labels[14];
+    batch(2, 7, m->cfg.vocab_size, ids, labels);
+    model_zero_grad(m);
+    model_forward(m, ids, labels, 2, 7);
+    model_backward(m);
+    int C = m->cfg.n_embd;
+    const float *g = m->blocks[0].qkv->bias->grad;  // [q | k | v]
+    for (int i = C; i < 2 * C; i++) CHECK(g[i] == 0.0f);
+    double vsum = 0;
+    for (int i = 2 * C; i < 3 * C; i++) vsum += fabs(g[i]);
+    model_free(m);
+    CHECK(vsum > 0);
+}
+
+static int parse(const char *json) {
+    ModelConfig c;
+    return config_parse(&c, json, "config.json");
+}
+
+TEST(config_errors_name_the_field) {
+    CHECK(parse("{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_key_value_heads\":3,\"num_hidden_layers\":1,\"intermediate_size\":8,\"vocab_size\":10}") != 0);
+    CHECK(strstr(peft_last_error(), "num_key_value_heads"));
+    CHECK(parse("{\"model_type\":\"gpt2\",\"n_embd\":30,\"n_head\":4,\"n_layer\":1,\"vocab_size\":10}") != 0);
+    CHECK(strstr(peft_last_error(), "not divisible by the number of heads"));
+    CHECK(parse("{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":1,\"intermediate_size\":8,\"vocab_size\":10,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":2}}") != 0);
+    CHECK(strstr(peft_last_error(), "rope_scaling") && strstr(peft_last_error(), "yarn"));
+    CHECK(parse("{\"model_type\":\"bert\"}") != 0);
+    CHECK(strstr(peft_last_error(), "model_type") && strstr(peft_last_error(), "bert"));
+    CHECK(parse("{\"model_type\":\"gpt2\",\"n_head\":4,\"n_layer\":1,\"vocab_size\":10}") != 0);
+    CHECK(strstr(peft_last_error(), "n_embd"));
+    CHECK(parse("[1,2]") != 0);
+    CHECK(parse("{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":1,\"intermediate_size\":8,\"vocab_size\":10,\"rope_parameters\":{\"rope_type\":\"llama3\",\"factor\":8,\"rope_theta\":500000}}") == 0);
+}
+
+TEST(llama3_rope_scaling_frequencies) {
+    ModelConfig c;
+    CHECK(config_parse(&c, "{\"model_type\":\"llama\",\"hidden_size\":512,\"num_attention_heads\":4,\"num_hidden_layers\":1,\"intermediate_size\":8,\"vocab_size\":10,"
+                           "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":1,\"high_freq_factor\":4,\"original_max_position_embeddings\":8192},\"rope_theta\":500000}", "c") == 0);
+    Model *m = model_create_random(&c, 1);
+    // High frequencies unchanged, the lowest divided by the factor.
+    CHECK_NEAR(m->inv_freq[0], 1.0, 1e-6);
+    double base_last = 1.0 / pow(500000.0, (double)(2 * 63) / 128);
+    CHECK_NEAR(m->inv_freq[63], base_last / 8, base_last * 1e-4);
+    model_free(m);
+}
+
+
+TEST(model_save_load_roundtrip_and_bad_weights) {
+    const char *dir = test_tmpdir();
+    Model *m = tiny_model("llama", 11);
+    CHECK(model_save(m, dir) == 0);
+    Model *m2 = model_load(dir);
+    CHECK_MSG(m2 != NULL, "%s", peft_last_error());
+    CHECK(logits_diff(m, m2, 1, 5) == 0.0);
+    model_free(m2);
+    // A weight whose shape disagrees with config.json: the error names the tensor.
+    m->params[3].shape[0] += 1;
+    m->params[3].numel += m->params[3].shape[1];
+    m->params[3].w = xrealloc(m->params[3].w, sizeof(float) * m->params[3].numel);
+    const char *bad = test_tmpdir();
+    CHECK(model_save(m, bad) == 0);
+    CHECK(model_load(bad) == NULL);
+    CHECK_MSG(strstr(peft_last_error(), m->params[3].name) != NULL, "%s", peft_last_error());
+    model_free(m);
+    // A NaN weight.
+    m = tiny_model("gpt2", 12);
+    m->params[5].w[2] = NAN;
+    const char *nan_dir = test_tmpdir();
+    CHECK(model_save(m, nan_dir) == 0);
+    CHECK(model_load(nan_dir) == NULL);
+    CHECK_MSG(strstr(peft_last_error(), "non-finite") && strstr(peft_last_error(), m->params[5].name), "%s", peft_last_error());
+    model_free(m);
+}
