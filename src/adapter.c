@@ -39,6 +39,7 @@ void adapter_config_defaults(AdapterConfig *c, PeftType type) {
     c->deltaT = 1;
     c->beta1 = c->beta2 = 0.85f;
     c->orth_reg_weight = 0.5f;
+    snprintf(c->task_type, sizeof c->task_type, "CAUSAL_LM");
 }
 
 static void clear_targets(AdapterConfig *c) {
@@ -169,7 +170,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
     if (peft_type_parse(pt->valuestring, &type))
         return peft_fail("%s: unknown peft_type \"%s\" (LORA, VERA, ADALORA are supported)", path, pt->valuestring);
     adapter_config_defaults(c, type);
-    double key = 0;
+    double key = 0;  // projection_prng_key: an integer seed; torch wraps negative ones to uint64
     if (jint(j, "r", &c->r, path) || jfloat(j, "lora_alpha", &c->alpha, path) ||
         jfloat(j, type == PEFT_VERA ? "vera_dropout" : "lora_dropout", &c->dropout, path) ||
         jfloat(j, "d_initial", &c->d_initial, path) || jnum(j, "projection_prng_key", &key, path) ||
@@ -178,10 +179,13 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
         jfloat(j, "beta1", &c->beta1, path) || jfloat(j, "beta2", &c->beta2, path) ||
         jfloat(j, "orth_reg_weight", &c->orth_reg_weight, path))
         return -1;
-    c->prng_key = (uint64_t)key;
+    if (key != floor(key) || fabs(key) > 9007199254740992.0) return peft_fail("%s: projection_prng_key must be an integer below 2^53", path);
+    c->prng_key = (uint64_t)(int64_t)key;
     jbool(j, "use_rslora", &c->use_rslora);
     jbool(j, "fan_in_fan_out", &c->fan_in_fan_out);
     jbool(j, "save_projection", &c->save_projection);
+    const cJSON *tt = jfield(j, "task_type");
+    snprintf(c->task_type, sizeof c->task_type, "%s", tt && cJSON_IsString(tt) ? tt->valuestring : "");
     const cJSON *bm = jfield(j, "base_model_name_or_path");
     if (bm && cJSON_IsString(bm)) c->base_model = xstrdup(bm->valuestring);
     const cJSON *t = jfield(j, "target_modules");
@@ -201,7 +205,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
     const cJSON *ap = jfield(j, "alpha_pattern");
     if (ap && cJSON_GetArraySize(ap) > 0) return peft_fail("%s: alpha_pattern is not supported", path);
     const cJSON *rp = jfield(j, "rank_pattern");
-    if (type == PEFT_LORA && rp && cJSON_GetArraySize(rp) > 0) return peft_fail("%s: rank_pattern for LoRA is not supported", path);
+    if (type != PEFT_ADALORA && rp && cJSON_GetArraySize(rp) > 0) return peft_fail("%s: rank_pattern is only supported for AdaLoRA", path);
     if (type == PEFT_ADALORA && parse_rank_pattern(c, rp, path)) return -1;
     if (type == PEFT_ADALORA) c->r = c->init_r;
     if (c->r <= 0) return peft_fail("%s: r must be positive (got %d)", path, c->r);
@@ -224,7 +228,8 @@ int adapter_config_load(AdapterConfig *c, const char *path) {
 static cJSON *adapter_config_to_json(const AdapterConfig *c) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "peft_type", peft_type_name(c->type));
-    cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
+    if (c->task_type[0]) cJSON_AddStringToObject(j, "task_type", c->task_type);
+    else cJSON_AddNullToObject(j, "task_type");
     if (c->base_model) cJSON_AddStringToObject(j, "base_model_name_or_path", c->base_model);
     else cJSON_AddNullToObject(j, "base_model_name_or_path");
     cJSON_AddNumberToObject(j, "r", c->r);

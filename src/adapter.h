@@ -26,6 +26,9 @@ typedef struct {
     char *target_regex;      // ... or as one regex (PEFT: a string is matched with re.fullmatch)
     bool fan_in_fan_out;
     char *base_model;        // base_model_name_or_path (may be NULL)
+    // PEFT's task_type: "CAUSAL_LM" for what we create; "" when a file says null. It matters:
+    // with null, PEFT runs the plain PeftModel forward, which skips AdaLoRA's regulariser.
+    char task_type[32];
     // VeRA
     float d_initial;
     uint64_t prng_key;

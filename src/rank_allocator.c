@@ -1,0 +1,307 @@
+// rank_allocator.c: AdaLoRA's rank allocator, step for step as HF PEFT 0.21's RankAllocator
+// (tuners/adalora/layer.py) driven by AdaLoraModel.update_and_allocate (tuners/adalora/model.py):
+//   sensitivity   ipt = |p * grad|                  for every entry of A, E and B
+//   smoothing     avg_ipt = beta1 avg_ipt + (1 - beta1) ipt
+//   uncertainty   avg_unc = beta2 avg_unc + (1 - beta2) |ipt - avg_ipt|
+//   score         s = avg_ipt * avg_unc; triplet i: s(E_i) + mean_j s(A_ij) + mean_o s(B_oi)
+//   budget        init_bgt (= sum of ranks) up to tinit, target_r * modules after total - tfinal,
+//                 a cubic decay between; masks every deltaT steps (step % deltaT == 0)
+//   mask          E_i = 0 for triplets whose score <= the (init_bgt - budget)-th smallest score.
+// Scores are kept in double (the reference ran in float64).
+// Also the gpt2-adalora-schedule reference check (several real training steps).
+#include "adalora.h"
+#include "adapter.h"
+#include "check.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "util.h"
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int adalora_budget_schedule(int init_bgt, int target_bgt, int tinit, int tfinal, int total_step, int deltaT, int step,
+                            bool *mask_ind) {
+    if (step <= tinit) { *mask_ind = false; return init_bgt; }  // initial warm-up
+    if (step > total_step - tfinal) { *mask_ind = true; return target_bgt; }  // final fine-tuning
+    // Python: mul_coeff = 1 - (step - tinit) / (total_step - tfinal - tinit)   (float division)
+    //         budget = int((init_bgt - target_bgt) * (mul_coeff ** 3) + target_bgt)
+    double mul = 1.0 - (double)(step - tinit) / (double)(total_step - tfinal - tinit);
+    double b = (double)(init_bgt - target_bgt) * pow(mul, 3.0) + (double)target_bgt;
+    *mask_ind = deltaT > 0 && step % deltaT == 0;
+    return (int)b;  // int() truncates toward zero, as C's conversion
+}
+
+static Param *module_param(Adapter *a, int t) { return t == 0 ? a->A : t == 1 ? a->E : a->B; }
+
+// PEFT's update_ipt.
+static void update_scores(AdapterSet *set, AdaLoraState *st) {
+    double b1 = set->cfg.beta1, b2 = set->cfg.beta2;
+    for (int i = 0; i < set->n; i++)
+        for (int t = 0; t < 3; t++) {
+            Param *p = module_param(&set->adapters[i], t);
+            AdaLoraModuleState *ms = &st->mod[i];
+            if (!ms->avg_ipt[t]) {
+                ms->avg_ipt[t] = xcalloc(p->numel ? p->numel : 1, sizeof(double));
+                ms->avg_unc[t] = xcalloc(p->numel ? p->numel : 1, sizeof(double));
+            }
+            double *ai = ms->avg_ipt[t], *au = ms->avg_unc[t];
+            for (long k = 0; k < p->numel; k++) {
+                double ipt = fabs((double)p->w[k] * p->grad[k]);
+                ai[k] = b1 * ai[k] + (1 - b1) * ipt;
+                au[k] = b2 * au[k] + (1 - b2) * fabs(ipt - ai[k]);
+            }
+        }
+}
+
+static int cmp_double(const void *x, const void *y) {
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+// Store kept[] of adapter i (over its current ranks) as its rank_pattern entry (over init_r).
+static void set_pattern(AdapterSet *set, int i, const bool *kept) {
+    AdapterConfig *c = &set->cfg;
+    Adapter *a = &set->adapters[i];
+    const AdaLoraState *st = set->method_state;
+    RankPatternEntry *e = adalora_pattern_entry(set, a->lin->module);
+    if (!e) {
+        c->rank_pattern = xrealloc(c->rank_pattern, sizeof(RankPatternEntry) * (c->n_rank_pattern + 1));
+        e = &c->rank_pattern[c->n_rank_pattern++];
+        memset(e, 0, sizeof *e);
+        snprintf(e->module, sizeof e->module, "%s", a->lin->module);
+        e->mask = xcalloc(c->init_r ? c->init_r : 1, sizeof(bool));
+    }
+    memset(e->mask, 0, sizeof(bool) * c->init_r);
+    e->rank = 0;
+    for (int j = 0; j < a->r; j++)
+        if (kept[j]) { e->mask[st->mod[i].orig_idx[j]] = true; e->rank++; }
+}
+
+// PEFT's mask_to_budget: E_i = 0 where the triplet score <= the k-th smallest, k = init_bgt - budget.
+static void mask_to_budget(AdapterSet *set, AdaLoraState *st, int budget) {
+    int total = 0;
+    for (int i = 0; i < set->n; i++) total += set->adapters[i].r;
+    double *score = xcalloc(total ? total : 1, sizeof(double)), *sorted = xcalloc(total ? total : 1, sizeof(double));
+    for (int i = 0, off = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        int r = a->r, in = a->lin->in, out = a->lin->out;
+        const AdaLoraModuleState *ms = &st->mod[i];
+        for (int j = 0; j < r; j++) {
+            double sA = 0, sB = 0, sE = 0;
+            if (ms->avg_ipt[0]) {
+                for (int k = 0; k < in; k++) sA += ms->avg_ipt[0][(long)j * in + k] * ms->avg_unc[0][(long)j * in + k];
+                for (int o = 0; o < out; o++) sB += ms->avg_ipt[2][(long)o * r + j] * ms->avg_unc[2][(long)o * r + j];
+                sE = ms->avg_ipt[1][j] * ms->avg_unc[1][j];
+            }
+            score[off + j] = sE + (sA / in + sB / out);
+        }
+        off += r;
+    }
+    memcpy(sorted, score, sizeof(double) * total);
+    qsort(sorted, total, sizeof(double), cmp_double);
+    int k = st->init_bgt - budget;
+    if (k > total) k = total;
+    // torch.kthvalue needs k >= 1; a budget at or above init_bgt masks nothing here.
+    double threshold = k >= 1 ? sorted[k - 1] : -INFINITY;
+    for (int i = 0, off = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        bool *kept = xcalloc(a->r ? a->r : 1, sizeof(bool));
+        for (int j = 0; j < a->r; j++) {
+            kept[j] = !(score[off + j] <= threshold);
+            if (!kept[j]) a->E->w[j] = 0.0f;
+        }
+        set_pattern(set, i, kept);
+        free(kept);
+        off += a->r;
+    }
+    free(score);
+    free(sorted);
+}
+
+// PEFT's mask_using_rank_pattern with the adapter's current rank pattern.
+static int mask_using_pattern(AdapterSet *set) {
+    if (set->cfg.n_rank_pattern == 0)
+        return peft_fail("AdaLoRA: no rank pattern to apply after step total_step - tfinal (%d): the final allocation at that "
+                         "step has not run", set->cfg.total_step - set->cfg.tfinal);
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        if (!adalora_pattern_entry(set, a->lin->module))
+            return peft_fail("AdaLoRA: the rank pattern has no entry for module %s", a->lin->module);
+        bool *kept = xcalloc(a->r ? a->r : 1, sizeof(bool));
+        adalora_kept_ranks(set, i, kept);
+        for (int j = 0; j < a->r; j++)
+            if (!kept[j]) a->E->w[j] = 0.0f;
+        free(kept);
+    }
+    return 0;
+}
+
+int adalora_update_and_allocate(Model *m, int step, int *mask_applied) {
+    *mask_applied = 0;
+    AdapterSet *set = m->adapters;
+    if (!set || set->cfg.type != PEFT_ADALORA || !set->method_state) return peft_fail("AdaLoRA rank allocation: the model has no AdaLoRA adapter");
+    if (adalora_check_options(&set->cfg, true)) return -1;
+    if (step < 0) return peft_fail("AdaLoRA rank allocation: negative step %d", step);
+    AdaLoraState *st = set->method_state;
+    const AdapterConfig *c = &set->cfg;
+    if (!st->allocator_ready) {  // PEFT's _set_budget_scheduler
+        st->init_bgt = 0;
+        for (int i = 0; i < set->n; i++) st->init_bgt += set->adapters[i].r;
+        st->target_bgt = c->target_r * set->n;
+        st->allocator_ready = true;
+    }
+    bool mask_ind;
+    int budget = adalora_budget_schedule(st->init_bgt, st->target_bgt, c->tinit, c->tfinal, c->total_step, c->deltaT, step, &mask_ind);
+    int final_step = c->total_step - c->tfinal;
+    if (step < final_step) {
+        update_scores(set, st);
+        if (mask_ind) mask_to_budget(set, st, budget);
+    } else if (step == final_step) {
+        // PEFT would fail on the missing scores (KeyError); all-zero scores would mask everything.
+        if (set->n && !st->mod[0].avg_ipt[0])
+            return peft_fail("AdaLoRA: no sensitivity scores for the final allocation at step %d: update_and_allocate "
+                             "must run every step from the start of training", step);
+        mask_to_budget(set, st, budget);  // force_mask: the final pattern
+        adalora_free_scores(st);          // reset_ipt
+    } else if (mask_using_pattern(set)) return -1;
+    *mask_applied = mask_ind;
+    return budget;
+}
+
+// ---- the schedule reference case ----
+
+static double jnum_or(const cJSON *o, const char *name, double def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+static double rel1(double got, double ref) { return fabs(got - ref) / (fabs(ref) > 0 ? fabs(ref) : 1.0); }
+
+int adalora_check_schedule(const char *dir, const void *case_json, double *max_err, char *msg, size_t cap) {
+    const cJSON *j = case_json;
+    *max_err = 0;
+    int rc = -1;
+    Model *m = NULL;
+    SafeTensors batches = {0}, final = {0};
+    int64_t *ids64 = NULL;
+    int32_t *ids = NULL;
+    AdamW opt = {0};
+    bool have_opt = false;
+    char *model_dir = path_join(dir, "model"), *adapter_dir = path_join(dir, "adapter");
+    char *batches_path = path_join(dir, "batches.safetensors"), *final_path = path_join(dir, "final.safetensors");
+
+    const cJSON *budgets = cJSON_GetObjectItemCaseSensitive(j, "budget_per_step");
+    const cJSON *losses = cJSON_GetObjectItemCaseSensitive(j, "loss_per_step");
+    const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(j, "rank_pattern");
+    const cJSON *optj = cJSON_GetObjectItemCaseSensitive(j, "optimizer");
+    int steps = (int)jnum_or(j, "steps", -1);
+    if (steps < 0 || !cJSON_IsArray(budgets) || !cJSON_IsArray(losses) || cJSON_GetArraySize(budgets) < steps ||
+        cJSON_GetArraySize(losses) < steps || !cJSON_IsObject(pattern)) {
+        snprintf(msg, cap, "%s/case.json: needs steps, budget_per_step, loss_per_step and rank_pattern", dir);
+        goto out;
+    }
+    float lr = (float)jnum_or(optj, "lr", 1e-3), eps = (float)jnum_or(optj, "eps", 1e-8), wd = (float)jnum_or(optj, "weight_decay", 0.01);
+    float beta1 = 0.9f, beta2 = 0.999f;
+    const cJSON *betas = cJSON_GetObjectItemCaseSensitive(optj, "betas");
+    if (cJSON_GetArraySize(betas) == 2) {
+        beta1 = (float)cJSON_GetArrayItem(betas, 0)->valuedouble;
+        beta2 = (float)cJSON_GetArrayItem(betas, 1)->valuedouble;
+    }
+
+    if (!(m = model_load(model_dir)) || adapters_load(m, adapter_dir)) { snprintf(msg, cap, "%s", peft_last_error()); goto out; }
+    AdapterSet *set = m->adapters;
+    if (set->cfg.type != PEFT_ADALORA) { snprintf(msg, cap, "%s: not an AdaLoRA adapter", adapter_dir); goto out; }
+    if (st_open(&batches, batches_path) || st_open(&final, final_path)) { snprintf(msg, cap, "%s", peft_last_error()); goto out; }
+    const StTensor *bt = st_find(&batches, "batches");
+    if (!bt || bt->ndim != 3 || bt->shape[0] < steps) { snprintf(msg, cap, "%s: no [steps,B,T] tensor \"batches\"", batches_path); goto out; }
+    int B = (int)bt->shape[1], T = (int)bt->shape[2];
+    ids64 = xmalloc(sizeof(int64_t) * bt->numel);
+    if (st_to_i64(bt, ids64)) { snprintf(msg, cap, "%s", peft_last_error()); goto out; }
+    ids = xmalloc(sizeof(int32_t) * bt->numel);
+    for (long i = 0; i < bt->numel; i++) ids[i] = (int32_t)ids64[i];
+
+    Param **params;
+    int np = model_trainable(m, &params);
+    adamw_init(&opt, params, np, lr, beta1, beta2, eps, wd);
+    have_opt = true;
+    m->training = true;
+    model_zero_grad(m);
+    for (int s = 0; s < steps; s++) {
+        const int32_t *batch = ids + (long)s * B * T;
+        double loss = model_forward(m, batch, batch, B, T);
+        if (isnan(loss)) { snprintf(msg, cap, "step %d: %s", s, peft_last_error()); goto out; }
+        double ref_loss = cJSON_GetArrayItem(losses, s)->valuedouble, e = rel1(loss, ref_loss);
+        if (e > *max_err) *max_err = e;
+        if (!(e <= 1e-4)) { snprintf(msg, cap, "step %d: loss %.8g, reference %.8g (relative error %.3g > 1e-4)", s, loss, ref_loss, e); goto out; }
+        model_backward(m);
+        adamw_step(&opt, params, np, lr);
+        int mask_applied;
+        int budget = adalora_update_and_allocate(m, s, &mask_applied);
+        if (budget < 0) { snprintf(msg, cap, "step %d: %s", s, peft_last_error()); goto out; }
+        const cJSON *ref = cJSON_GetArrayItem(budgets, s);
+        int ref_budget = (int)cJSON_GetArrayItem(ref, 0)->valuedouble;
+        bool ref_mask = cJSON_IsTrue(cJSON_GetArrayItem(ref, 1));
+        if (budget != ref_budget || (bool)mask_applied != ref_mask) {
+            snprintf(msg, cap, "step %d: budget %d, mask %s; reference %d, %s", s, budget, mask_applied ? "true" : "false",
+                     ref_budget, ref_mask ? "true" : "false");
+            goto out;
+        }
+        model_zero_grad(m);
+    }
+    int init_bgt = (int)jnum_or(j, "init_bgt", -1), target_bgt = (int)jnum_or(j, "target_bgt", -1);
+    const AdaLoraState *st = set->method_state;
+    if ((init_bgt >= 0 && init_bgt != st->init_bgt) || (target_bgt >= 0 && target_bgt != st->target_bgt)) {
+        snprintf(msg, cap, "init_bgt/target_bgt %d/%d, reference %d/%d", st->init_bgt, st->target_bgt, init_bgt, target_bgt);
+        goto out;
+    }
+    // The final rank pattern: keys "<module>.lora_E.default".
+    int n_ref = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, pattern) {
+        n_ref++;
+        char module[256];
+        snprintf(module, sizeof module, "%s", e->string);
+        char *suffix = strstr(module, ".lora_E");
+        if (suffix) *suffix = 0;
+        const RankPatternEntry *got = adalora_pattern_entry(set, module);
+        if (!got) { snprintf(msg, cap, "rank pattern: no entry for %s", module); goto out; }
+        int n = cJSON_GetArraySize(e);
+        bool same = n == set->cfg.init_r;
+        for (int k = 0; same && k < n; k++) same = got->mask[k] == cJSON_IsTrue(cJSON_GetArrayItem(e, k));
+        if (!same) {
+            char g[128] = "", *p = g;
+            for (int k = 0; k < set->cfg.init_r && p < g + sizeof g - 8; k++) p += sprintf(p, "%s%d", k ? "," : "", got->mask[k]);
+            snprintf(msg, cap, "rank pattern of %s differs from the reference (ours: [%s])", module, g);
+            goto out;
+        }
+    }
+    if (n_ref != set->cfg.n_rank_pattern) {
+        snprintf(msg, cap, "rank pattern: %d modules here, %d in the reference", set->cfg.n_rank_pattern, n_ref);
+        goto out;
+    }
+    for (int i = 0; i < np; i++) {
+        const StTensor *t = st_find(&final, params[i]->name);
+        if (!t || t->numel != params[i]->numel) { snprintf(msg, cap, "%s: no tensor %s of %ld values", final_path, params[i]->name, params[i]->numel); goto out; }
+        float *ref = xmalloc(sizeof(float) * (t->numel ? t->numel : 1));
+        if (st_to_f32(t, ref)) { free(ref); snprintf(msg, cap, "%s", peft_last_error()); goto out; }
+        double err = rel_error(params[i]->w, ref, t->numel);
+        free(ref);
+        if (err > *max_err || isnan(err)) *max_err = err;
+        if (!(err <= 1e-3)) { snprintf(msg, cap, "final %s: relative error %.3g > 1e-3", params[i]->name, err); goto out; }
+    }
+    rc = 0;
+out:
+    if (have_opt) adamw_free(&opt);
+    free(ids64);
+    free(ids);
+    st_close(&batches);
+    st_close(&final);
+    model_free(m);
+    free(model_dir);
+    free(adapter_dir);
+    free(batches_path);
+    free(final_path);
+    return rc;
+}
