@@ -10,6 +10,7 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
     {"train", cmd_train, "fine-tune: peft train --model DIR --data PATH --method lora|vera|adalora|full --out DIR"},
     {"generate", cmd_generate, "generate text: peft generate --model DIR [--adapter DIR] --prompt TEXT"},
     {"eval", cmd_eval, "loss and perplexity: peft eval --model DIR [--adapter DIR] --data PATH"},
+    {"init", cmd_init, "new random model folder: peft init --arch gpt2 --layers 4 --hidden 128 --out DIR"},
     {"tokenize", cmd_tokenize, "print token ids: peft tokenize --model DIR TEXT"},
 };
 

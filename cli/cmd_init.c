@@ -1,0 +1,81 @@
+// peft init: a new HF model folder with random weights (std 0.02), to pretrain from scratch.
+// Without --tokenizer-from it gets a byte-level tokenizer (vocab 257).
+#include "byte_tokenizer.h"
+#include "cli.h"
+#include "model.h"
+#include "util.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int copy_file(const char *from_dir, const char *to_dir, const char *name) {
+    char *src = path_join(from_dir, name), *dst = path_join(to_dir, name);
+    int rc = 0;
+    if (file_exists(src)) {
+        size_t len;
+        char *data = read_file(src, &len);
+        rc = data ? write_file_atomic(dst, data, len) : -1;
+        free(data);
+    }
+    free(src);
+    free(dst);
+    return rc;
+}
+
+int cmd_init(int argc, char **argv) {
+    const char *arch = "gpt2", *out = NULL, *tok_from = NULL;
+    int layers = 4, hidden = 128, heads = 4, kv_heads = 0, inner = 0, context = 256, vocab = 0, seed = 1;
+    Option opts[] = {
+        {"arch", OPT_STRING, &arch, "gpt2 | llama | mistral | qwen2 (default gpt2)"},
+        {"layers", OPT_INT, &layers, "number of blocks (default 4)"},
+        {"hidden", OPT_INT, &hidden, "hidden size (default 128)"},
+        {"heads", OPT_INT, &heads, "attention heads (default 4)"},
+        {"kv-heads", OPT_INT, &kv_heads, "key/value heads (Llama family; default = heads)"},
+        {"inner", OPT_INT, &inner, "MLP size (default 4*hidden for GPT-2, 8/3*hidden for Llama)"},
+        {"context", OPT_INT, &context, "context length (default 256)"},
+        {"vocab", OPT_INT, &vocab, "vocabulary size (default: the tokenizer's)"},
+        {"tokenizer-from", OPT_STRING, &tok_from, "copy tokenizer files from this model folder"},
+        {"seed", OPT_INT, &seed, "random seed (default 1)"},
+        {"out", OPT_STRING, &out, "folder to create"},
+    };
+    if (parse_options("init", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
+    if (!out) { fprintf(stderr, "peft init: --out DIR is required\n"); return 2; }
+    bool gpt2 = !strcmp(arch, "gpt2");
+    if (!gpt2 && strcmp(arch, "llama") && strcmp(arch, "mistral") && strcmp(arch, "qwen2")) {
+        fprintf(stderr, "peft init: unknown --arch %s (gpt2, llama, mistral, qwen2)\n", arch);
+        return 2;
+    }
+    if (!tok_from && vocab && vocab < BYTE_TOKENIZER_VOCAB) { fprintf(stderr, "peft init: --vocab must be at least %d for the byte tokenizer\n", BYTE_TOKENIZER_VOCAB); return 2; }
+    if (hidden <= 0 || heads <= 0 || layers <= 0 || context <= 0 || hidden % heads) {
+        fprintf(stderr, "peft init: sizes must be positive and --hidden divisible by --heads\n");
+        return 2;
+    }
+    ModelConfig c = {0};
+    snprintf(c.model_type, sizeof c.model_type, "%s", arch);
+    c.arch = gpt2 ? ARCH_GPT2 : ARCH_LLAMA;
+    c.n_layer = layers; c.n_embd = hidden; c.n_head = heads; c.n_kv_head = kv_heads ? kv_heads : heads;
+    c.head_dim = hidden / heads;
+    c.n_inner = inner ? inner : gpt2 ? 4 * hidden : (8 * hidden / 3 + 7) / 8 * 8;
+    c.n_positions = context;
+    c.vocab_size = vocab ? vocab : BYTE_TOKENIZER_VOCAB;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.tie_word_embeddings = gpt2;
+    c.qkv_bias = gpt2 || !strcmp(arch, "qwen2");
+    c.o_bias = c.mlp_bias = gpt2;
+    c.bos_token_id = c.eos_token_id = BYTE_TOKENIZER_EOS;
+    if (c.n_head % c.n_kv_head) { fprintf(stderr, "peft init: --heads must be divisible by --kv-heads\n"); return 2; }
+    if (make_dir(out)) return fail_with_library_error();
+    if (tok_from) {
+        static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", NULL};
+        for (int i = 0; files[i]; i++)
+            if (copy_file(tok_from, out, files[i])) return fail_with_library_error();
+    } else if (byte_tokenizer_write(out)) return fail_with_library_error();
+    Model *m = model_create_random(&c, (uint64_t)seed);
+    int rc = model_save(m, out);
+    long n = model_count_params(m, false);
+    model_free(m);
+    if (rc) return fail_with_library_error();
+    printf("created %s: %s, %d layers, hidden %d, %ld parameters\n", out, config_arch_name(&c), layers, hidden, n);
+    return 0;
+}
