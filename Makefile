@@ -5,7 +5,11 @@ CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2 -march=x86-64-v2
 CFLAGS  += -std=c11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -Icli
-LDLIBS  += -lopenblas -lcjson -lpcre2-8 -lmicrohttpd -lm -fopenmp
+# The OpenMP build of OpenBLAS: the pthread build (Debian's default alternative when both are
+# installed) spins its own threads against ours and wastes most of the cores.
+OPENBLAS_OMP := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
+LDLIBS  += $(if $(OPENBLAS_OMP),-L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas -lcjson -lpcre2-8 -lmicrohttpd -lm -fopenmp
+comma   := ,
 
 ifeq ($(SAN),1)
 BUILD   := build-san
@@ -24,7 +28,26 @@ CLI_OBJ  = $(CLI_SRC:cli/%.c=$(BUILD)/cli/%.o)
 TEST_SRC = $(wildcard tests/*.c)
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
 
-.PHONY: all setup test unit-test check-fixtures cli-test demo bench fuzz clean
+# CUDA backend (src/cuda): built when nvcc is found (CUDA=0 leaves it out); otherwise gpu_stub.c
+# answers "built without CUDA". tests/gpu and bench/gpu use it; they SKIP loudly without a GPU.
+NVCC      ?= $(shell command -v nvcc 2>/dev/null)
+CUDA      ?= $(if $(NVCC),1,0)
+CUDA_ARCH ?= sm_90
+ifeq ($(SAN),1)
+CUDA      := 0
+endif
+GPU_OBJ    = $(BUILD)/cuda/gpu_check.o
+ifeq ($(CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+NVFLAGS   += -std=c++17 -O3 -g -lineinfo -arch=$(CUDA_ARCH) -Iinclude -Isrc -Isrc/cuda
+GPU_OBJ   += $(patsubst src/cuda/%.cu,$(BUILD)/cuda/%.o,$(wildcard src/cuda/*.cu))
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart_static -lrt -ldl -lpthread -lstdc++
+else
+GPU_OBJ   += $(BUILD)/cuda/gpu_stub.o
+endif
+LIB_OBJ   += $(GPU_OBJ)
+
+.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu fuzz clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
@@ -37,11 +60,25 @@ $(BUILD)/tests/%.o: tests/%.c $(wildcard src/*.h include/*.h tests/*.h) | $(BUIL
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+$(BUILD)/cuda/%.o: src/cuda/%.cu $(wildcard src/cuda/*.cuh src/cuda/*.h src/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+$(BUILD)/cuda/%.o: src/cuda/%.c $(wildcard src/cuda/*.h src/*.h include/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/gpu/%.o: bench/gpu/%.c $(wildcard src/*.h src/cuda/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
 $(BUILD)/libpeft.a: $(LIB_OBJ)
 	ar rcs $@ $^
 $(BUILD)/peft: $(CLI_OBJ) $(BUILD)/libpeft.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 $(BUILD)/test_peft: $(TEST_OBJ) $(BUILD)/libpeft.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/test_gpu: $(BUILD)/tests/gpu/test_gpu.o $(BUILD)/libpeft.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/bench_gpu: $(BUILD)/gpu/bench_gpu.o $(BUILD)/libpeft.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 # Installs missing Debian packages when run as root; otherwise prints the exact command.
@@ -55,7 +92,7 @@ $(BUILD)/.setup:
 	  else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; fi
 	@mkdir -p $(BUILD) && touch $@
 
-test: unit-test check-fixtures cli-test
+test: unit-test check-fixtures cli-test gpu-test
 
 unit-test: $(BUILD)/test_peft
 	OMP_NUM_THREADS=2 ./$(BUILD)/test_peft
@@ -66,14 +103,26 @@ check-fixtures: $(BUILD)/peft
 	@if [ -d $(FIXTURES) ]; then ./$(BUILD)/peft check $(FIXTURES)/*/; \
 	else echo "*** SKIPPED: $(FIXTURES) not found: HF PEFT reference cases not run ***"; fi
 
+# The reference cases and kernel checks on the GPU (fp32 and bf16); SKIPs loudly without one.
+gpu-test: $(BUILD)/test_gpu
+	./$(BUILD)/test_gpu $(FIXTURES)
+
+# Our trainer against HF PEFT on the same GPU machine (bench/gpu/README.md).
+bench-gpu: $(BUILD)/bench_gpu
+	bash bench/gpu/run.sh ./$(BUILD)/bench_gpu
+
 cli-test: $(BUILD)/peft
 	PEFT=./$(BUILD)/peft bash tests/cli_test.sh
 
 demo: $(BUILD)/peft
 	bash tools/demo.sh ./$(BUILD)/peft
 
-bench: $(BUILD)/peft
-	bash bench/cpu_bench.sh ./$(BUILD)/peft
+bench: $(BUILD)/train_bench
+	OMP_NUM_THREADS=2 ./$(BUILD)/train_bench
 
 clean:
 	rm -rf build build-san build-fuzz
+
+# Benchmarks (bench/): not timed in unit tests.
+$(BUILD)/%: bench/%.c $(BUILD)/libpeft.a
+	$(CC) $(CFLAGS) $< $(BUILD)/libpeft.a $(LDLIBS) -o $@

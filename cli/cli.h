@@ -10,6 +10,8 @@ int cmd_generate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_init(int argc, char **argv);
+int cmd_estimate(int argc, char **argv);
+int cmd_score(int argc, char **argv);
 
 // Options are "--name value" or "--flag". A command declares what it accepts; anything else is an error.
 typedef enum { OPT_STRING, OPT_INT, OPT_FLOAT, OPT_FLAG } OptKind;

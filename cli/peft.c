@@ -11,6 +11,8 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
     {"generate", cmd_generate, "generate text: peft generate --model DIR [--adapter DIR] --prompt TEXT"},
     {"eval", cmd_eval, "loss and perplexity: peft eval --model DIR [--adapter DIR] --data PATH"},
     {"init", cmd_init, "new random model folder: peft init --arch gpt2 --layers 4 --hidden 128 --out DIR"},
+    {"estimate", cmd_estimate, "parameters, file size and training memory of a method: peft estimate --model NAME --method vera --r 256"},
+    {"score", cmd_score, "corpus BLEU-4 and ROUGE-L: peft score --hyp FILE --refs FILE"},
     {"tokenize", cmd_tokenize, "print token ids: peft tokenize --model DIR TEXT"},
 };
 

@@ -1,0 +1,243 @@
+// Estimator tests: the papers' parameter counts (LoRA on RoBERTa and GPT-3, VeRA on RoBERTa), the
+// presets' parameter counts against the published models, the module enumeration against a built
+// Model, and every method's estimate against a real built, attached and saved adapter.
+#include "test.h"
+#include "adapter.h"
+#include "estimate.h"
+#include "model.h"
+#include "util.h"
+#include <malloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int64_t estimate_trainable(const char *preset, EstMethod method, int r, const char *targets, Estimate *out) {
+    EstModel em;
+    if (est_model_preset(&em, preset)) return -1;
+    AdapterConfig c;
+    adapter_config_defaults(&c, method == EST_VERA ? PEFT_VERA : method == EST_ADALORA ? PEFT_ADALORA : PEFT_LORA);
+    c.r = r;
+    if (method == EST_ADALORA) c.init_r = r;
+    adapter_config_set_targets(&c, targets);
+    Estimate e;
+    int rc = estimate_compute(&e, &em, method, &c, 1, 128);
+    adapter_config_free(&c);
+    est_model_free(&em);
+    if (out) *out = e;
+    return rc ? -1 : e.trainable;
+}
+
+// LoRA paper Table 2 / VeRA paper Table 1: RoBERTa-base, query and value of all 12 layers.
+TEST(estimate_roberta_paper_counts) {
+    CHECK(estimate_trainable("roberta-base", EST_LORA, 1, "query,value", NULL) == 36864);
+    CHECK(estimate_trainable("roberta-base", EST_LORA, 16, "query,value", NULL) == 589824);
+    CHECK(estimate_trainable("roberta-base", EST_LORA, 256, "query,value", NULL) == 9437184);
+    // VeRA: b [out] and d [r] per adapted matrix: 24 * (768 + r)
+    CHECK(estimate_trainable("roberta-base", EST_VERA, 1, "query,value", NULL) == 18456);
+    CHECK(estimate_trainable("roberta-base", EST_VERA, 16, "query,value", NULL) == 18816);
+    Estimate e;
+    CHECK(estimate_trainable("roberta-base", EST_VERA, 256, "query,value", &e) == 24576);
+    CHECK(e.n_adapted == 24 && e.vera_max_in == 768 && e.vera_max_out == 768);
+    CHECK(e.vera_projection == 256 * 768 * 2);
+    // 24 * 2 vectors + vera_A/B: file = header + 4 bytes per value
+    CHECK(e.file_bytes_without_projection > 24576 * 4 && e.file_bytes_without_projection < 24576 * 4 + 8192);
+    CHECK(e.file_bytes_with_projection - e.file_bytes_without_projection > 4 * e.vera_projection);
+}
+
+// LoRA paper: GPT-3 175B, W_q and W_v, r = 4: 18.9M parameters, "35 MB" in fp16.
+TEST(estimate_gpt3_lora) {
+    Estimate e;
+    CHECK(estimate_trainable("gpt3-175b", EST_LORA, 4, "query,value", &e) == 18874368);
+    CHECK(e.n_adapted == 192);
+    CHECK_NEAR(e.trainable * 2 / 1048576.0, 36.0, 1e-9);  // 36 MiB = 37.7 MB in fp16
+    CHECK(e.base_params == 174604259328LL);
+}
+
+TEST(estimate_preset_parameter_counts) {
+    static const struct { const char *name; int64_t params; } known[] = {
+        {"gpt2", 124439808},         {"gpt2-medium", 354823168},     {"gpt2-large", 774030080},
+        {"llama-2-7b", 6738415616LL}, {"llama-2-13b", 13015864320LL}, {"tinyllama-1.1b", 1100048384},
+        {"roberta-base", 124645632}, {"roberta-large", 355359744},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++) {
+        EstModel em;
+        CHECK_MSG(est_model_preset(&em, known[i].name) == 0, "%s", peft_last_error());
+        CHECK_MSG(em.n_params == known[i].params, "%s: %lld, expected %lld", known[i].name, (long long)em.n_params, (long long)known[i].params);
+        est_model_free(&em);
+    }
+    EstModel em;
+    CHECK(est_model_preset(&em, "no-such-model") != 0);
+    CHECK(strstr(peft_last_error(), "roberta-base") != NULL);
+}
+
+static ModelConfig tiny(const char *type, bool tied, bool attention_bias) {
+    ModelConfig c = {0};
+    snprintf(c.model_type, sizeof c.model_type, "%s", type);
+    c.arch = strcmp(type, "gpt2") ? ARCH_LLAMA : ARCH_GPT2;
+    c.vocab_size = 37; c.n_layer = 3; c.n_embd = 16; c.n_head = 4; c.head_dim = 4;
+    c.n_kv_head = c.arch == ARCH_GPT2 ? 4 : 2;
+    c.n_inner = c.arch == ARCH_GPT2 ? 64 : 24;
+    c.n_positions = 32; c.norm_eps = 1e-5f; c.rope_theta = 10000.0f;
+    c.tie_word_embeddings = tied;
+    c.qkv_bias = c.arch == ARCH_GPT2 || !strcmp(type, "qwen2") || attention_bias;
+    c.o_bias = c.arch == ARCH_GPT2 || attention_bias;
+    c.mlp_bias = c.arch == ARCH_GPT2;
+    return c;
+}
+
+// The enumeration (names, shapes, biases, order) and the parameter count equal a built Model's.
+TEST(estimate_enumeration_matches_model) {
+    ModelConfig cfgs[] = {tiny("gpt2", true, false), tiny("gpt2", false, false), tiny("llama", false, false),
+                          tiny("llama", true, true), tiny("qwen2", false, false), tiny("mistral", false, false)};
+    for (size_t k = 0; k < sizeof cfgs / sizeof *cfgs; k++) {
+        Model *m = model_create_random(&cfgs[k], 1);
+        EstModel em;
+        CHECK(est_model_from_config(&em, &cfgs[k], "tiny") == 0);
+        CHECK_MSG(em.n_linears == m->n_linears, "%s: %d vs %d", cfgs[k].model_type, em.n_linears, m->n_linears);
+        for (int i = 0; i < m->n_linears; i++) {
+            const Linear *l = &m->linears[i];
+            CHECK_MSG(!strcmp(em.linears[i].name, l->module) && em.linears[i].in == l->in && em.linears[i].out == l->out &&
+                          em.linears[i].bias == (l->bias != NULL),
+                      "%s: module %d: %s [%d->%d] vs %s [%d->%d]", cfgs[k].model_type, i, em.linears[i].name, em.linears[i].in,
+                      em.linears[i].out, l->module, l->in, l->out);
+        }
+        CHECK_MSG(em.n_params == model_count_params(m, false), "%s: %lld vs %ld", cfgs[k].model_type, (long long)em.n_params,
+                  model_count_params(m, false));
+        est_model_free(&em);
+        model_free(m);
+    }
+}
+
+static int64_t file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
+}
+
+// For every method: the estimate's trainable count equals the attached model's, VeRA's projection
+// shapes equal vera.c's, and the predicted adapter_model.safetensors size is the size written.
+TEST(estimate_matches_built_model_every_method) {
+    const struct { const char *type; const char *targets; } cases[] = {
+        {"gpt2", "c_attn"}, {"gpt2", "all-linear"}, {"gpt2", "c_proj"},
+        {"llama", "q_proj,v_proj"}, {"llama", "all-linear"}, {"llama", "re:.*\\.(k_proj|down_proj)"},
+    };
+    const PeftType types[] = {PEFT_LORA, PEFT_VERA, PEFT_ADALORA};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        ModelConfig mc = tiny(cases[k].type, !strcmp(cases[k].type, "gpt2"), false);
+        EstModel em;
+        CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
+        for (int t = 0; t < 3; t++)
+            for (int save_proj = 0; save_proj < 2; save_proj++) {
+                if (types[t] != PEFT_VERA && !save_proj) continue;
+                AdapterConfig c;
+                adapter_config_defaults(&c, types[t]);
+                c.r = types[t] == PEFT_VERA ? 5 : 3;
+                if (types[t] == PEFT_ADALORA) { c.init_r = 6; c.target_r = 6; c.r = c.init_r; }
+                c.save_projection = save_proj;
+                adapter_config_set_targets(&c, cases[k].targets);
+                Model *m = model_create_random(&mc, 7);
+                CHECK_MSG(adapters_attach(m, &c, 3) == 0, "%s", peft_last_error());
+                EstMethod method = types[t] == PEFT_LORA ? EST_LORA : types[t] == PEFT_VERA ? EST_VERA : EST_ADALORA;
+                Estimate e;
+                CHECK_MSG(estimate_compute(&e, &em, method, &c, 2, 8) == 0, "%s", peft_last_error());
+                CHECK_MSG(e.trainable == model_count_params(m, true), "%s %s %s: %lld vs %ld", cases[k].type, cases[k].targets,
+                          peft_type_name(types[t]), (long long)e.trainable, model_count_params(m, true));
+                CHECK(e.n_adapted == m->adapters->n);
+                if (types[t] == PEFT_VERA) CHECK(e.vera_max_in == m->adapters->vera_max_in && e.vera_max_out == m->adapters->vera_max_out);
+                const char *dir = test_tmpdir();
+                CHECK_MSG(adapters_save(m, dir) == 0, "%s", peft_last_error());
+                char *path = path_join(dir, "adapter_model.safetensors");
+                int64_t got = file_size(path);
+                free(path);
+                CHECK_MSG(got == e.file_bytes, "%s %s %s save_projection=%d: file %lld bytes, estimate %lld", cases[k].type,
+                          cases[k].targets, peft_type_name(types[t]), save_proj, (long long)got, (long long)e.file_bytes);
+                // AdaLoRA with target_r = init_r: the final-budget file is this file.
+                if (types[t] == PEFT_ADALORA) CHECK(e.adalora_final_file_bytes == e.file_bytes && e.adalora_final_params == e.trainable);
+                model_free(m);
+                adapter_config_free(&c);
+            }
+        // Full fine-tuning: every parameter.
+        Model *m = model_create_random(&mc, 7);
+        model_train_all(m);
+        AdapterConfig c;
+        adapter_config_defaults(&c, PEFT_LORA);
+        Estimate e;
+        CHECK(estimate_compute(&e, &em, EST_FULL, &c, 2, 8) == 0);
+        CHECK(e.trainable == model_count_params(m, true) && e.trainable == e.base_params);
+        CHECK(e.cpu.total == e.cpu_full.total && e.gpu.total == e.gpu_full.total);
+        model_free(m);
+        adapter_config_free(&c);
+        est_model_free(&em);
+    }
+}
+
+TEST(estimate_targets_must_match) {
+    EstModel em;
+    CHECK(est_model_preset(&em, "gpt2") == 0);
+    AdapterConfig c;
+    adapter_config_defaults(&c, PEFT_LORA);
+    adapter_config_set_targets(&c, "query,value");
+    Estimate e;
+    CHECK(estimate_compute(&e, &em, EST_LORA, &c, 1, 16) != 0);
+    CHECK(strstr(peft_last_error(), "matched no module") != NULL);
+    adapter_config_free(&c);
+    est_model_free(&em);
+}
+
+// AdaLoRA: A [r,in], E [r,1], B [out,r] at init_r; the final budget at target_r.
+TEST(estimate_adalora_budget) {
+    EstModel em;
+    CHECK(est_model_preset(&em, "roberta-base") == 0);
+    AdapterConfig c;
+    adapter_config_defaults(&c, PEFT_ADALORA);
+    c.init_r = 12;
+    c.target_r = 8;
+    c.r = 12;
+    adapter_config_set_targets(&c, "query,value");
+    Estimate e;
+    CHECK(estimate_compute(&e, &em, EST_ADALORA, &c, 1, 16) == 0);
+    CHECK(e.trainable == 24LL * 12 * (768 + 768 + 1));
+    CHECK(e.adalora_budget_ranks == 24 * 8);
+    CHECK(e.adalora_final_params == 24LL * 8 * (768 + 768 + 1));
+    adapter_config_free(&c);
+    est_model_free(&em);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EST_NO_MALLINFO 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EST_NO_MALLINFO 1
+#endif
+#endif
+
+// The CPU activation count is what transformer.c allocates: measure the heap around a forward.
+TEST(estimate_cpu_activations_match_allocations) {
+#if defined(EST_NO_MALLINFO) || !defined(__GLIBC__) || __GLIBC__ < 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ < 33)
+    fprintf(stderr, "  (skipped: needs glibc mallinfo2 and no sanitizer)\n");
+#else
+    const char *types[] = {"gpt2", "llama"};
+    for (int k = 0; k < 2; k++) {
+        ModelConfig mc = tiny(types[k], k == 0, false);
+        Model *m = model_create_random(&mc, 5);
+        int B = 3, T = 16, N = B * T;
+        int32_t ids[48], labels[48];
+        for (int i = 0; i < N; i++) { ids[i] = (i * 5 + 1) % mc.vocab_size; labels[i] = ids[i]; }
+        CHECK(!isnan(model_forward(m, ids, labels, B, T)));  // warm up BLAS / OpenMP
+        model_backward(m);
+        activations_free(&m->act, mc.n_layer);
+        struct mallinfo2 before = mallinfo2();
+        CHECK(!isnan(model_forward(m, ids, labels, B, T)));
+        struct mallinfo2 after = mallinfo2();
+        int64_t used = (int64_t)(after.uordblks + after.hblkhd) - (int64_t)(before.uordblks + before.hblkhd);
+        EstModel em;
+        CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
+        // forward allocates everything but backward's dres and d_norm [N,C] each
+        int64_t expect = est_cpu_activation_bytes(&em, B, T) - 2LL * N * mc.n_embd * 4;
+        int64_t slack = 64LL * (20 + 16 * mc.n_layer);  // malloc chunk headers and rounding
+        CHECK_MSG(used >= expect && used <= expect + slack, "%s: heap grew %lld bytes, estimate %lld", types[k], (long long)used,
+                  (long long)expect);
+        est_model_free(&em);
+        model_free(m);
+    }
+#endif
+}
