@@ -28,3 +28,7 @@ int parse_options(const char *command, int argc, char **argv, const Option *opts
                   char **positional, int max_positional, int *n_positional);
 // Prints "peft: error: <last library error>" and returns 1.
 int fail_with_library_error(void);
+
+// The data options train and eval share (--seq-len, --prompt-column, ...): fills o[], returns how many.
+struct DataOptions;
+int data_options(Option *o, struct DataOptions *d, bool *no_cache);

@@ -99,6 +99,9 @@ extern const AdapterMethod lora_method, vera_method, adalora_method;
 
 void adapter_config_defaults(AdapterConfig *c, PeftType type);
 int adapter_config_load(AdapterConfig *c, const char *path);
+int adapter_config_parse(AdapterConfig *c, const char *json_text, const char *path_for_errors);
+// The adapter_config.json object PEFT expects (a cJSON *; the caller deletes it).
+void *adapter_config_to_json_object(const AdapterConfig *c);
 void adapter_config_free(AdapterConfig *c);
 // Comma-separated list, or a regex when it starts with "re:" (PEFT's string form); "all-linear" too.
 void adapter_config_set_targets(AdapterConfig *c, const char *spec);

@@ -137,7 +137,7 @@ static void vera_delta(const Adapter *a, float *delta) {
 }
 
 static int vera_save(AdapterSet *set, void *writer, void *config_json) {
-    (void)config_json;  // adapter_config_to_json already writes save_projection and the key
+    (void)config_json;  // adapter_config_to_json_object already writes save_projection and the key
     StWriter *w = writer;
     for (int i = 0; i < set->n_params; i++) {
         const Param *p = set->params[i];

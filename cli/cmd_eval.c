@@ -1,0 +1,34 @@
+// peft eval: the loss and perplexity of a model (with an adapter, if given) on a dataset.
+#include "cli.h"
+#include "train.h"
+#include "util.h"
+#include <stdio.h>
+
+
+static void print_message(void *user, const char *text) { fprintf(stderr, "%s\n", text); }
+
+int cmd_eval(int argc, char **argv) {
+    EvalConfig c = {0};
+    bool no_cache = false;
+    Option opts[32] = {
+        {"model", OPT_STRING, &c.model_dir, "base model folder"},
+        {"adapter", OPT_STRING, &c.adapter_dir, "PEFT adapter folder to apply"},
+        {"data", OPT_STRING, &c.data_path, "data: text, .jsonl or .csv file, or a folder of them"},
+        {"batch", OPT_INT, &c.batch, "sequences per batch (default 8)"},
+        {"threads", OPT_INT, &c.threads, "CPU threads (default: all)"},
+    };
+    int n = 5;
+    n += data_options(opts + n, &c.data, &no_cache);
+    char *pos[1];
+    int rc = parse_options("eval", argc, argv, opts, n, pos, 0, NULL);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (!c.model_dir || !c.data_path) {
+        fprintf(stderr, "usage: peft eval --model DIR [--adapter DIR] --data PATH (see --help)\n");
+        return 2;
+    }
+    c.data.no_cache = no_cache;
+    EvalInfo e;
+    if (eval_run(&c, &e, print_message, NULL)) return fail_with_library_error();
+    printf("loss %.4f  perplexity %.3f  (%ld tokens)\n", e.loss, e.ppl, e.n_tokens);
+    return 0;
+}

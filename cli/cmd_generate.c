@@ -1,0 +1,226 @@
+// peft generate --model DIR [--adapter DIR] --prompt TEXT | --prompts FILE [sampling options]
+// Streams the continuation of each prompt to stdout. With --prompts, each line of FILE is one
+// prompt and each gets exactly one output line, in order (newlines in prompts and outputs are
+// written as \n, backslashes as \\). An adapter is merged into the weights unless --no-merge.
+#include "adapter.h"
+#include "cli.h"
+#include "generate.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "util.h"
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// "\n", "\t", "\r", "\\" -> the characters (in place).
+static void unescape(char *s) {
+    char *o = s;
+    for (; *s; s++) {
+        if (*s == '\\' && s[1]) {
+            char c = s[1];
+            if (c == 'n' || c == 't' || c == 'r' || c == '\\') { *o++ = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : '\\'; s++; continue; }
+        }
+        *o++ = *s;
+    }
+    *o = 0;
+}
+
+// Writes prompts' outputs in order while they stream in any order: the first unfinished
+// prompt goes straight to stdout, later ones are buffered until it is done.
+typedef struct {
+    int n, next;
+    bool escape;
+    char **buf;
+    size_t *len, *cap;
+    bool *done;
+    long tokens;
+} Printer;
+
+static void put(const Printer *pr, const char *s, size_t n) {
+    if (!pr->escape) { fwrite(s, 1, n, stdout); return; }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\n') fputs("\\n", stdout);
+        else if (s[i] == '\r') fputs("\\r", stdout);
+        else if (s[i] == '\\') fputs("\\\\", stdout);
+        else putchar(s[i]);
+    }
+}
+
+static void advance(Printer *pr) {
+    while (pr->next < pr->n) {
+        int i = pr->next;
+        put(pr, pr->buf[i] ? pr->buf[i] : "", pr->len[i]);
+        pr->len[i] = 0;
+        if (!pr->done[i]) break;
+        putchar('\n');
+        pr->next++;
+    }
+    fflush(stdout);
+}
+
+static void on_piece(void *user, int index, const char *piece, size_t len) {
+    Printer *pr = user;
+    if (piece) {
+        if (index == pr->next) { put(pr, piece, len); fflush(stdout); return; }
+        if (pr->len[index] + len + 1 > pr->cap[index]) {
+            pr->cap[index] = (pr->len[index] + len + 1) * 2;
+            pr->buf[index] = xrealloc(pr->buf[index], pr->cap[index]);
+        }
+        memcpy(pr->buf[index] + pr->len[index], piece, len);
+        pr->len[index] += len;
+        return;
+    }
+    pr->done[index] = true;
+    if (index == pr->next) advance(pr);
+}
+
+// eos_token_id of generation_config.json (a number or a list), when the folder has one.
+static void read_generation_eos(const char *dir, GenParams *p) {
+    char *path = path_join(dir, "generation_config.json");
+    char *text = file_exists(path) ? read_file(path, NULL) : NULL;
+    free(path);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    const cJSON *e = j ? cJSON_GetObjectItemCaseSensitive(j, "eos_token_id") : NULL;
+    if (e && cJSON_IsNumber(e)) p->eos_id = e->valueint;
+    else if (e && cJSON_IsArray(e)) {
+        int k = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, e) {
+            if (!cJSON_IsNumber(x)) continue;
+            if (k == 0) p->eos_id = x->valueint;
+            else if (p->n_extra_eos < 8) p->extra_eos[p->n_extra_eos++] = x->valueint;
+            k++;
+        }
+    }
+    cJSON_Delete(j);
+}
+
+static char **read_lines(const char *path, int *n_out) {
+    size_t len;
+    char *text = read_file(path, &len);
+    if (!text) return NULL;
+    char **lines = NULL;
+    int n = 0;
+    for (char *s = text; s < text + len;) {
+        char *end = memchr(s, '\n', text + len - s);
+        size_t k = end ? (size_t)(end - s) : (size_t)(text + len - s);
+        if (k && s[k - 1] == '\r') k--;
+        lines = xrealloc(lines, sizeof(char *) * (n + 1));
+        lines[n] = xmalloc(k + 1);
+        memcpy(lines[n], s, k);
+        lines[n][k] = 0;
+        unescape(lines[n++]);
+        s = end ? end + 1 : text + len;
+    }
+    free(text);
+    *n_out = n;
+    return lines ? lines : xcalloc(1, sizeof(char *));
+}
+
+int cmd_generate(int argc, char **argv) {
+    const char *model_dir = NULL, *adapter_dir = NULL, *prompt = NULL, *prompts_file = NULL, *stop_last = NULL;
+    int max_tokens = 64, top_k = 0, beams = 1, seed = 0, threads = 0, batch = 8;
+    float temperature = 0, top_p = 1, rep = 1, length_penalty = 1;
+    bool no_merge = false;
+    Option opts[] = {
+        {"model", OPT_STRING, &model_dir, "HF model folder (config.json, safetensors, tokenizer)"},
+        {"adapter", OPT_STRING, &adapter_dir, "PEFT adapter folder (LoRA, VeRA, AdaLoRA)"},
+        {"prompt", OPT_STRING, &prompt, "the prompt text"},
+        {"prompts", OPT_STRING, &prompts_file, "file of prompts, one per line (\\n and \\\\ escapes); one output line each"},
+        {"max-tokens", OPT_INT, &max_tokens, "most new tokens per prompt (64)"},
+        {"temperature", OPT_FLOAT, &temperature, "0 = greedy (default); > 0 samples"},
+        {"top-k", OPT_INT, &top_k, "sample from the k most likely tokens (0 = off)"},
+        {"top-p", OPT_FLOAT, &top_p, "nucleus sampling mass (1 = off)"},
+        {"repetition-penalty", OPT_FLOAT, &rep, "HF repetition penalty (1 = off)"},
+        {"beams", OPT_INT, &beams, "beam search with N beams (1 = off)"},
+        {"length-penalty", OPT_FLOAT, &length_penalty, "beam score = logprob / length^X (1)"},
+        {"seed", OPT_INT, &seed, "sampling seed (0)"},
+        {"stop", OPT_STRING, &stop_last, "stop string, repeatable (\\n escapes); the output ends before it"},
+        {"no-merge", OPT_FLAG, &no_merge, "apply the adapter live instead of merging it into the weights"},
+        {"threads", OPT_INT, &threads, "CPU threads (default: OMP_NUM_THREADS or all cores)"},
+        {"batch", OPT_INT, &batch, "prompts generated together with --prompts (8)"},
+    };
+    if (parse_options("generate", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
+    if (!model_dir) { fprintf(stderr, "peft generate: --model DIR is required\n"); return 2; }
+    if (!prompt == !prompts_file) { fprintf(stderr, "peft generate: give exactly one of --prompt TEXT or --prompts FILE\n"); return 2; }
+    if (max_tokens < 0 || beams < 1 || batch < 1 || threads < 0) {
+        fprintf(stderr, "peft generate: --max-tokens must be >= 0, --beams, --batch >= 1, --threads >= 0\n");
+        return 2;
+    }
+    // --stop may be given several times (the option parser keeps the last): collect them all.
+    char **stops = xcalloc(argc, sizeof(char *));
+    int n_stop = 0;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--stop")) { stops[n_stop] = xstrdup(argv[++i]); unescape(stops[n_stop++]); }
+    if (threads > 0) { omp_set_num_threads(threads); openblas_set_num_threads(threads); }
+
+    int rc = 1, n_prompts = 1;
+    char **lines = NULL;
+    Tokenizer *tok = NULL;
+    Model *m = NULL;
+    if (prompts_file && !(lines = read_lines(prompts_file, &n_prompts))) { rc = fail_with_library_error(); goto out; }
+    m = model_load(model_dir);
+    if (!m) { rc = fail_with_library_error(); goto out; }
+    if (!(tok = tokenizer_load(model_dir))) { rc = fail_with_library_error(); goto out; }
+    if (adapter_dir) {
+        if (adapters_load(m, adapter_dir)) { rc = fail_with_library_error(); goto out; }
+        if (!no_merge) adapters_merge(m);
+    }
+    GenParams p;
+    gen_params_default(&p);
+    read_generation_eos(model_dir, &p);
+    p.max_new_tokens = max_tokens;
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.repetition_penalty = rep;
+    p.num_beams = beams;
+    p.length_penalty = length_penalty;
+    p.seed = (uint64_t)(uint32_t)seed;
+    p.stop = (const char *const *)stops;
+    p.n_stop = n_stop;
+    const char *single[1] = {prompt};
+    const char *const *all = lines ? (const char *const *)lines : single;
+    int per_call = lines ? batch : 1;
+    Printer pr = {.escape = lines != NULL};
+    GenResult *res = xcalloc(per_call, sizeof *res);
+    pr.buf = xcalloc(per_call, sizeof(char *));
+    pr.len = xcalloc(per_call, sizeof(size_t));
+    pr.cap = xcalloc(per_call, sizeof(size_t));
+    pr.done = xcalloc(per_call, sizeof(bool));
+    double t0 = now_seconds();
+    long tokens = 0;
+    rc = 0;
+    for (int start = 0; start < n_prompts && !rc; start += per_call) {
+        int n = n_prompts - start < per_call ? n_prompts - start : per_call;
+        pr.n = n;
+        pr.next = 0;
+        memset(pr.done, 0, sizeof(bool) * per_call);
+        memset(pr.len, 0, sizeof(size_t) * per_call);
+        if (generate_text(m, tok, all + start, n, &p, on_piece, &pr, res)) { rc = fail_with_library_error(); break; }
+        for (int i = 0; i < n; i++) {
+            tokens += res[i].n_ids;
+            gen_result_free(&res[i]);
+        }
+    }
+    double dt = now_seconds() - t0;
+    if (!rc) fprintf(stderr, "peft generate: %ld tokens in %.2f s (%.1f tokens/s)\n", tokens, dt, dt > 0 ? tokens / dt : 0.0);
+    for (int i = 0; i < per_call; i++) free(pr.buf[i]);
+    free(pr.buf);
+    free(pr.len);
+    free(pr.cap);
+    free(pr.done);
+    free(res);
+out:
+    tokenizer_free(tok);
+    model_free(m);
+    for (int i = 0; lines && i < n_prompts; i++) free(lines[i]);
+    free(lines);
+    for (int i = 0; i < n_stop; i++) free(stops[i]);
+    free(stops);
+    return rc;
+}

@@ -1,0 +1,147 @@
+// peft train: options -> TrainConfig -> train_run, with a progress bar (or plain lines when
+// stderr is not a terminal). Ctrl-C saves a checkpoint and exits; --resume continues from it.
+#include "cli.h"
+#include "progress.h"
+#include "train.h"
+#include "util.h"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// The data options train and eval share (cmd_eval.c uses this too). Returns how many it wrote.
+int data_options(Option *o, DataOptions *d, bool *no_cache) {
+    const Option list[] = {
+        {"seq-len", OPT_INT, &d->seq_len, "longest sequence in tokens; longer examples are truncated (default: min(512, model positions))"},
+        {"prompt-column", OPT_STRING, &d->prompt_column, "CSV column holding the prompt (default: prompt, else mr)"},
+        {"completion-column", OPT_STRING, &d->completion_column, "CSV column holding the completion (default: completion, else ref)"},
+        {"text-column", OPT_STRING, &d->text_column, "CSV column of plain text, when there is no prompt column (default: text)"},
+        {"separator", OPT_STRING, &d->separator, "text between prompt and completion (default: none for JSONL, newline for CSV)"},
+        {"cache-dir", OPT_STRING, &d->cache_dir, "where to cache tokenized data when the data's folder is read-only (train: --out)"},
+        {"no-cache", OPT_FLAG, no_cache, "do not read or write the tokenized-data cache"},
+    };
+    memcpy(o, list, sizeof list);
+    return sizeof list / sizeof *list;
+}
+
+static void on_sigint(int sig) {
+    train_request_stop();
+    signal(sig, SIG_DFL);  // a second Ctrl-C ends the process at once
+}
+
+typedef struct {
+    Progress *progress;
+    int log_every;
+    bool bar, interrupted;
+} Ui;
+
+static void ui_start(void *user, int first, int total) {
+    Ui *ui = user;
+    ui->progress = progress_new(stderr, ui->bar, first, total, ui->log_every);
+}
+
+static void ui_step(void *user, const TrainStepInfo *s) {
+    Ui *ui = user;
+    char extra[128];
+    int k = snprintf(extra, sizeof extra, "lr %.2e  grad_norm %.3f", s->lr, s->grad_norm);
+    if (s->budget >= 0) snprintf(extra + k, sizeof extra - k, "  budget %d", s->budget);
+    progress_update(ui->progress, s->step, s->loss, s->tokens_per_s, ui->bar ? NULL : extra);
+}
+
+static void ui_eval(void *user, const EvalInfo *e) {
+    progress_print(((Ui *)user)->progress, "step %d: validation loss %.4f, perplexity %.2f (%ld tokens)", e->step, e->loss, e->ppl, e->n_tokens);
+}
+
+static void ui_message(void *user, const char *text) { progress_print(((Ui *)user)->progress, "%s", text); }
+
+static const char *HELP_METHODS = "lora | vera | adalora | full";
+
+int cmd_train(int argc, char **argv) {
+    TrainConfig c;
+    train_config_defaults(&c, TRAIN_LORA);
+    const char *method = "lora", *targets = NULL, *schedule = "linear";
+    int r = 0, seed = 42, log_every = 10;
+    float clip = c.max_grad_norm;
+    bool rslora = false, no_allocate = false, no_cache = false;
+    Option opts[64] = {
+        {"model", OPT_STRING, &c.model_dir, "base model folder (Hugging Face layout)"},
+        {"data", OPT_STRING, &c.data_path, "training data: text, .jsonl or .csv file, or a folder of them"},
+        {"val", OPT_STRING, &c.val_path, "validation data file or folder"},
+        {"val-fraction", OPT_FLOAT, &c.val_fraction, "hold out this fraction of --data for validation"},
+        {"out", OPT_STRING, &c.out_dir, "output folder: adapter (or model), train_log.jsonl, loss.svg, checkpoint/"},
+        {"method", OPT_STRING, &method, HELP_METHODS},
+        {"r", OPT_INT, &r, "rank (LoRA default 8, VeRA 256; AdaLoRA: same as --init-r)"},
+        {"alpha", OPT_FLOAT, &c.adapter.alpha, "lora_alpha (default 8)"},
+        {"targets", OPT_STRING, &targets, "modules to adapt: names (comma-separated), all-linear, or re:REGEX (default: PEFT's)"},
+        {"dropout", OPT_FLOAT, &c.adapter.dropout, "adapter dropout (default 0)"},
+        {"rslora", OPT_FLAG, &rslora, "LoRA: scale by alpha/sqrt(r)"},
+        {"d-initial", OPT_FLOAT, &c.adapter.d_initial, "VeRA: initial lambda_d (default 0.1)"},
+        {"init-r", OPT_INT, &c.adapter.init_r, "AdaLoRA: initial rank (default 12)"},
+        {"target-r", OPT_INT, &c.adapter.target_r, "AdaLoRA: average target rank (default 8)"},
+        {"tinit", OPT_INT, &c.adapter.tinit, "AdaLoRA: steps before pruning starts (default 0)"},
+        {"tfinal", OPT_INT, &c.adapter.tfinal, "AdaLoRA: final steps at the target budget (default 0)"},
+        {"delta-t", OPT_INT, &c.adapter.deltaT, "AdaLoRA: steps between budget allocations (default 1)"},
+        {"total-step", OPT_INT, &c.adapter.total_step, "AdaLoRA: schedule length (default: the run's steps)"},
+        {"orth-reg-weight", OPT_FLOAT, &c.adapter.orth_reg_weight, "AdaLoRA: orthogonality regulariser weight (default 0.5)"},
+        {"no-allocate", OPT_FLAG, &no_allocate, "AdaLoRA: do not run the rank allocator"},
+        {"lr", OPT_FLOAT, &c.lr, "peak learning rate (default: lora 2e-4, vera 1e-2, adalora 5e-4, full 5e-5)"},
+        {"schedule", OPT_STRING, &schedule, "learning-rate decay: linear, cosine or constant (default linear)"},
+        {"warmup", OPT_INT, &c.warmup_steps, "linear warm-up steps (default 0)"},
+        {"epochs", OPT_INT, &c.epochs, "passes over the data (default 1)"},
+        {"steps", OPT_INT, &c.max_steps, "optimizer steps (overrides --epochs)"},
+        {"batch", OPT_INT, &c.batch, "sequences per micro-batch (default 4)"},
+        {"grad-accum", OPT_INT, &c.grad_accum, "micro-batches per optimizer step (default 1)"},
+        {"clip", OPT_FLOAT, &clip, "clip the gradient norm to this (default 1; 0 = off)"},
+        {"weight-decay", OPT_FLOAT, &c.weight_decay, "AdamW weight decay (default 0)"},
+        {"seed", OPT_INT, &seed, "random seed (default 42)"},
+        {"threads", OPT_INT, &c.threads, "CPU threads (default: all)"},
+        {"eval-every", OPT_INT, &c.eval_every, "evaluate on the validation data every N steps (always at start and end)"},
+        {"eval-batch", OPT_INT, &c.eval_batch, "sequences per evaluation batch (default: --batch)"},
+        {"save-every", OPT_INT, &c.save_every, "save a checkpoint every N steps"},
+        {"resume", OPT_FLAG, &c.resume, "continue from --out's checkpoint"},
+        {"log-every", OPT_INT, &log_every, "without a terminal, print a progress line every N steps (default 10)"},
+    };
+    int n = 0;
+    while (opts[n].name) n++;
+    n += data_options(opts + n, &c.data, &no_cache);
+    char *pos[1];
+    int rc = parse_options("train", argc, argv, opts, n, pos, 0, NULL);
+    if (rc) { train_config_free(&c); return rc == 1 ? 0 : 2; }
+    if (!c.model_dir || !c.data_path || !c.out_dir) {
+        fprintf(stderr, "usage: peft train --model DIR --data PATH --out DIR [--method %s] [options] (see --help)\n", HELP_METHODS);
+        train_config_free(&c);
+        return 2;
+    }
+    if (train_method_parse(method, &c.method) || lr_schedule_parse(schedule, &c.schedule)) { train_config_free(&c); return fail_with_library_error(); }
+    if (c.method == TRAIN_VERA && !r) c.adapter.r = 256;  // VeRA's PEFT default
+    if (r) c.adapter.r = c.method == TRAIN_ADALORA ? (c.adapter.init_r = r) : r;
+    if (targets) adapter_config_set_targets(&c.adapter, targets);
+    c.adapter.use_rslora = rslora;
+    c.adalora_allocate = !no_allocate;
+    c.max_grad_norm = clip;
+    c.seed = (uint64_t)(uint32_t)seed;
+    c.data.no_cache = no_cache;
+
+    Ui ui = {.bar = isatty(fileno(stderr)), .log_every = log_every};
+    TrainCallbacks cb = {ui_start, ui_step, ui_eval, ui_message, &ui};
+    struct sigaction sa = {.sa_handler = on_sigint}, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old);
+    TrainResult res;
+    rc = train_run(&c, &cb, &res);
+    sigaction(SIGINT, &old, NULL);
+    progress_free(ui.progress);
+    if (rc) { train_config_free(&c); return fail_with_library_error(); }
+    if (res.stopped) {
+        fprintf(stderr, "stopped at step %d of %d; the checkpoint is in %s/checkpoint: continue with --resume\n", res.steps_done,
+                res.total_steps, c.out_dir);
+        train_config_free(&c);
+        return 130;  // interrupted by SIGINT, as shells report it
+    }
+    fprintf(stderr, "done: %d steps, last loss %.4f", res.steps_done, res.last_loss);
+    if (res.n_val) fprintf(stderr, ", validation loss %.4f -> %.4f", res.first_val_loss, res.last_val_loss);
+    fprintf(stderr, "; output in %s\n", c.out_dir);
+    train_config_free(&c);
+    return 0;
+}

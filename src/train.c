@@ -1,0 +1,787 @@
+// train.c: the training loop, checkpoints (resume), the JSONL log and loss curve, evaluation.
+#include "train.h"
+#include "adalora.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "svg_plot.h"
+#include "tokenizer.h"
+#include "util.h"
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_requested;
+
+void train_request_stop(void) { stop_requested = 1; }
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+static PeftType peft_type_of(TrainMethod m) { return m == TRAIN_VERA ? PEFT_VERA : m == TRAIN_ADALORA ? PEFT_ADALORA : PEFT_LORA; }
+
+void train_config_defaults(TrainConfig *c, TrainMethod method) {
+    memset(c, 0, sizeof *c);
+    c->method = method;
+    adapter_config_defaults(&c->adapter, peft_type_of(method));
+    c->adalora_allocate = true;
+    c->schedule = SCHED_LINEAR;
+    c->beta1 = 0.9f;
+    c->beta2 = 0.999f;
+    c->eps = 1e-8f;
+    c->max_grad_norm = 1.0f;
+    c->epochs = 1;
+    c->batch = 4;
+    c->grad_accum = 1;
+    c->seed = 42;
+}
+
+void train_config_free(TrainConfig *c) { adapter_config_free(&c->adapter); }
+
+static const char *method_names[] = {"lora", "vera", "adalora", "full"};
+
+int train_method_parse(const char *s, TrainMethod *out) {
+    for (int i = 0; i < 4; i++)
+        if (!strcasecmp(s, method_names[i])) { *out = (TrainMethod)i; return 0; }
+    return peft_fail("unknown method \"%s\" (lora, vera, adalora or full)", s);
+}
+
+const char *train_method_name(TrainMethod m) { return method_names[m]; }
+
+int lr_schedule_parse(const char *s, LrSchedule *out) {
+    if (!strcasecmp(s, "linear")) *out = SCHED_LINEAR;
+    else if (!strcasecmp(s, "cosine")) *out = SCHED_COSINE;
+    else if (!strcasecmp(s, "constant")) *out = SCHED_CONSTANT;
+    else return peft_fail("unknown learning-rate schedule \"%s\" (linear, cosine or constant)", s);
+    return 0;
+}
+
+// Common starting points: LoRA's 2e-4 (QLoRA, PEFT examples), AdaLoRA's paper 5e-4, VeRA's
+// trainable vectors need a much larger one (the paper uses 1e-2 and up), full fine-tuning 5e-5 (HF).
+float train_default_lr(TrainMethod m) {
+    static const float lr[] = {2e-4f, 1e-2f, 5e-4f, 5e-5f};
+    return lr[m];
+}
+
+// HF's schedules (get_linear/cosine_schedule_with_warmup) after the warm-up; the warm-up itself
+// starts at lr/warmup rather than HF's 0, so the first step is not wasted.
+double train_lr_at(const TrainConfig *c, int step, int total) {
+    // The float as its shortest decimal (2e-4, not 0.000199999995): the log then shows what was asked for.
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.7g", c->lr > 0 ? c->lr : train_default_lr(c->method));
+    double lr = strtod(buf, NULL);
+    if (step < c->warmup_steps) return lr * (step + 1) / c->warmup_steps;
+    if (c->schedule == SCHED_CONSTANT) return lr;
+    double span = total - c->warmup_steps, progress = span > 0 ? (step - c->warmup_steps) / span : 0;
+    if (c->schedule == SCHED_LINEAR) return lr * (1 - progress);
+    return lr * 0.5 * (1 + cos(M_PI * progress));
+}
+
+static int check_config(const TrainConfig *c) {
+    if (!c->model_dir || !c->data_path || !c->out_dir) return peft_fail("training needs a model, data and an output folder");
+    if (c->batch < 1 || c->grad_accum < 1) return peft_fail("batch and gradient accumulation must be at least 1");
+    if (c->max_steps < 0 || (c->max_steps == 0 && c->epochs < 1)) return peft_fail("give a positive number of steps or epochs");
+    if (c->val_fraction < 0 || c->val_fraction >= 1) return peft_fail("the validation fraction must be in [0, 1) (got %g)", c->val_fraction);
+    if (c->val_path && c->val_fraction > 0) return peft_fail("give a validation file or a validation fraction, not both");
+    if (c->lr < 0 || c->weight_decay < 0 || c->max_grad_norm < 0 || c->warmup_steps < 0) return peft_fail("lr, weight decay, clipping and warm-up must not be negative");
+    if (c->eval_every < 0 || c->save_every < 0 || c->stop_after < 0) return peft_fail("eval/save intervals must not be negative");
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trainer's state
+
+typedef struct { int n, cap; double *x, *y; } Series;
+
+static void series_add(Series *s, double x, double y) {
+    if (s->n == s->cap) { s->cap = 2 * s->cap + 64; s->x = xrealloc(s->x, sizeof(double) * s->cap); s->y = xrealloc(s->y, sizeof(double) * s->cap); }
+    s->x[s->n] = x;
+    s->y[s->n++] = y;
+}
+
+static void series_free(Series *s) { free(s->x); free(s->y); }
+
+typedef struct {
+    TrainConfig c;               // cfg with the defaults resolved (shallow: owns nothing)
+    const TrainCallbacks *cb;
+    TrainResult *res;
+    Model *m;
+    Tokenizer *tok;
+    Dataset train, val;
+    bool has_val;
+    Param **params;
+    int n_params;
+    AdamW opt;
+    int total_steps, micro_per_epoch;
+    int *perm, perm_epoch;       // the shuffle of the epoch perm_epoch
+    int32_t *ids, *labels;       // one micro-batch
+    FILE *log;
+    Series loss_curve, val_curve;
+    char *log_path, *svg_path, *ckpt_dir;
+} Trainer;
+
+static void message(Trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void message(Trainer *t, const char *fmt, ...) {
+    if (!t->cb || !t->cb->on_message) return;
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    t->cb->on_message(t->cb->user, buf);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup
+
+static void describe_data(Trainer *t, const char *what, const char *path, const Dataset *ds) {
+    message(t, "%s: %s: %d sequences from %d record%s (%ld tokens with a loss, the longest sequence %d)%s", what, path, ds->n_seq,
+            ds->n_examples, ds->n_examples == 1 ? "" : "s", ds->n_loss_tokens, ds->max_len, ds->from_cache ? "; read from the cache" : "");
+    if (ds->n_truncated)
+        message(t, "%s: %d of %d examples were longer than the sequence length %d and were truncated", what, ds->n_truncated,
+                ds->n_examples, t->c.data.seq_len);
+    if (ds->n_dropped) message(t, "%s: %d examples had no tokens to learn from after truncation and were skipped", what, ds->n_dropped);
+    if (ds->cache_warning) message(t, "%s: %s", what, ds->cache_warning);
+}
+
+static int check_vocab(const Dataset *ds, int vocab, const char *path) {
+    for (long i = 0; i < ds->offset[ds->n_seq]; i++)
+        if (ds->ids[i] < 0 || ds->ids[i] >= vocab)
+            return peft_fail("%s: token id %d is outside the model's vocabulary (%d ids): the tokenizer does not match the model",
+                             path, ds->ids[i], vocab);
+    return 0;
+}
+
+static int load_data(Trainer *t) {
+    Dataset all;
+    if (dataset_load(&all, t->c.data_path, t->tok, t->c.model_dir, &t->c.data)) return -1;
+    describe_data(t, "data", t->c.data_path, &all);
+    int rc = 0;
+    if (t->c.val_fraction > 0) {
+        rc = dataset_split(&all, t->c.val_fraction, t->c.seed, &t->train, &t->val);
+        dataset_free(&all);
+        if (rc) return -1;
+        t->has_val = true;
+        message(t, "validation: %d sequences held out (%.3g of the data)", t->val.n_seq, t->c.val_fraction);
+    } else t->train = all;
+    if (t->c.val_path) {
+        if (dataset_load(&t->val, t->c.val_path, t->tok, t->c.model_dir, &t->c.data)) return -1;
+        describe_data(t, "validation", t->c.val_path, &t->val);
+        t->has_val = true;
+    }
+    if (check_vocab(&t->train, t->m->cfg.vocab_size, t->c.data_path)) return -1;
+    if (t->has_val && check_vocab(&t->val, t->m->cfg.vocab_size, t->c.val_path ? t->c.val_path : t->c.data_path)) return -1;
+    return 0;
+}
+
+static int attach_method(Trainer *t) {
+    if (t->c.method == TRAIN_FULL) {
+        model_train_all(t->m);
+        // HF Trainer's parameter groups: no weight decay on biases and norm weights (the 1-D tensors).
+        for (int i = 0; i < t->m->n_params; i++) t->m->params[i].decay = t->m->params[i].ndim == 2;
+        return 0;
+    }
+    // A copy that shares the caller's allocations; only default targets are allocated here.
+    AdapterConfig a = t->c.adapter;
+    bool own_targets = a.n_targets == 0 && !a.target_regex;
+    if (own_targets) adapter_config_default_targets(&a, &t->m->cfg);
+    a.type = peft_type_of(t->c.method);
+    a.fan_in_fan_out = t->m->cfg.arch == ARCH_GPT2;  // GPT-2's Conv1D layers store W transposed (PEFT sets it too)
+    if (a.type == PEFT_VERA) a.save_projection = false;  // regenerated from projection_prng_key on load
+    if (a.type == PEFT_ADALORA) {
+        a.r = a.init_r;
+        if (a.total_step == 0) a.total_step = t->total_steps;
+    }
+    int rc = a.type == PEFT_ADALORA && t->c.adalora_allocate ? adalora_check_options(&a, true) : 0;
+    if (!rc) rc = adapters_attach(t->m, &a, t->c.seed);
+    if (own_targets) {
+        for (int i = 0; i < a.n_targets; i++) free(a.targets[i]);
+        free(a.targets);
+    }
+    if (rc) return -1;
+    AdapterConfig *saved = &t->m->adapters->cfg;  // what adapters_save writes
+    free(saved->base_model);
+    saved->base_model = xstrdup(t->c.model_dir);
+    return 0;
+}
+
+// 512 tokens, or fewer when the model has fewer positions: long enough for most fine-tuning
+// examples, short enough for attention's T^2 memory on a CPU.
+static int default_seq_len(const Model *m) {
+    int max_pos = m->cfg.n_positions > 0 ? m->cfg.n_positions : 512;
+    return max_pos < 512 ? max_pos : 512;
+}
+
+// The model, tokenizer, data, adapter and optimizer; t->c gets its defaults resolved.
+static int setup(Trainer *t, const TrainConfig *cfg) {
+    t->c = *cfg;
+    if (check_config(&t->c)) return -1;
+    if (t->c.threads > 0) omp_set_num_threads(t->c.threads);
+    if (make_dir(t->c.out_dir)) return -1;
+    if (!(t->m = model_load(t->c.model_dir)) || !(t->tok = tokenizer_load(t->c.model_dir))) return -1;
+    if (t->c.data.seq_len == 0) t->c.data.seq_len = default_seq_len(t->m);
+    if (t->m->cfg.arch == ARCH_GPT2 && t->c.data.seq_len > t->m->cfg.n_positions)
+        return peft_fail("sequence length %d exceeds the model's %d positions", t->c.data.seq_len, t->m->cfg.n_positions);
+    if (!t->c.data.cache_dir) t->c.data.cache_dir = t->c.out_dir;
+    if (load_data(t)) return -1;
+    t->micro_per_epoch = (t->train.n_seq + t->c.batch - 1) / t->c.batch;
+    long total = t->c.max_steps > 0 ? t->c.max_steps : ((long)t->c.epochs * t->micro_per_epoch + t->c.grad_accum - 1) / t->c.grad_accum;
+    if (total > 1000000000L) return peft_fail("too many steps (%ld)", total);
+    t->total_steps = (int)total;
+    if (attach_method(t)) return -1;
+    t->n_params = model_trainable(t->m, &t->params);
+    adamw_init(&t->opt, t->params, t->n_params, 0, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay);
+    t->perm = xmalloc(sizeof(int) * t->train.n_seq);
+    t->perm_epoch = -1;
+    t->ids = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
+    t->labels = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
+    t->log_path = path_join(t->c.out_dir, "train_log.jsonl");
+    t->svg_path = path_join(t->c.out_dir, "loss.svg");
+    t->ckpt_dir = path_join(t->c.out_dir, "checkpoint");
+    long trainable = model_count_params(t->m, true), all = model_count_params(t->m, false);
+    message(t, "%s: %ld trainable parameters (%.3g%% of %ld); %d steps of %d x %d sequences; lr %.3g",
+            train_method_name(t->c.method), trainable, 100.0 * trainable / all, all, t->total_steps, t->c.grad_accum,
+            t->c.batch, t->c.lr > 0 ? t->c.lr : train_default_lr(t->c.method));
+    return 0;
+}
+
+static void teardown(Trainer *t) {
+    if (t->log) fclose(t->log);
+    if (t->opt.n) adamw_free(&t->opt);
+    model_free(t->m);
+    tokenizer_free(t->tok);
+    dataset_free(&t->train);
+    dataset_free(&t->val);
+    free(t->perm);
+    free(t->ids);
+    free(t->labels);
+    series_free(&t->loss_curve);
+    series_free(&t->val_curve);
+    free(t->log_path);
+    free(t->svg_path);
+    free(t->ckpt_dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The log (train_log.jsonl) and the loss curve (loss.svg)
+
+static void log_record(Trainer *t, cJSON *j) {
+    char *line = cJSON_PrintUnformatted(j);
+    fprintf(t->log, "%s\n", line);
+    fflush(t->log);
+    free(line);
+    cJSON_Delete(j);
+}
+
+// The ranks the allocator keeps for adapter i: its rank-pattern entry once a mask was applied.
+static int kept_ranks(AdapterSet *set, int i) {
+    const RankPatternEntry *e = adalora_pattern_entry(set, set->adapters[i].lin->module);
+    return e ? e->rank : set->adapters[i].r;
+}
+
+static void log_step(Trainer *t, const TrainStepInfo *s) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "step", s->step);
+    cJSON_AddNumberToObject(j, "epoch", s->epoch);
+    cJSON_AddNumberToObject(j, "loss", s->loss);
+    if (s->lm_loss != s->loss) cJSON_AddNumberToObject(j, "lm_loss", s->lm_loss);  // AdaLoRA: without the regulariser
+    cJSON_AddNumberToObject(j, "lr", s->lr);
+    cJSON_AddNumberToObject(j, "grad_norm", s->grad_norm);
+    cJSON_AddNumberToObject(j, "tokens", (double)s->tokens);
+    cJSON_AddNumberToObject(j, "tokens_per_s", s->tokens_per_s);
+    cJSON_AddNumberToObject(j, "elapsed_s", s->elapsed_s);
+    if (s->budget >= 0) {  // AdaLoRA: the budget and what each module keeps of it
+        cJSON_AddNumberToObject(j, "budget", s->budget);
+        cJSON *ranks = cJSON_AddObjectToObject(j, "ranks");
+        for (int i = 0; i < t->m->adapters->n; i++)
+            cJSON_AddNumberToObject(ranks, t->m->adapters->adapters[i].lin->module, kept_ranks(t->m->adapters, i));
+    }
+    log_record(t, j);
+    series_add(&t->loss_curve, s->step, s->lm_loss);  // comparable with the validation loss
+}
+
+static void log_eval(Trainer *t, const EvalInfo *e) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "step", e->step);
+    cJSON_AddNumberToObject(j, "eval_loss", e->loss);
+    cJSON_AddNumberToObject(j, "eval_ppl", e->ppl);
+    cJSON_AddNumberToObject(j, "eval_tokens", (double)e->n_tokens);
+    log_record(t, j);
+    series_add(&t->val_curve, e->step, e->loss);
+}
+
+// A long run's per-step losses are noisy: over 50 steps, the curve gets a moving average on top.
+static void write_plot(Trainer *t) {
+    const Series *raw = &t->loss_curve;
+    int n = raw->n, w = n / 25 > 1 ? n / 25 : 1;
+    double *avg = xmalloc(sizeof(double) * (n ? n : 1)), sum = 0;
+    for (int i = 0; i < n; i++) {
+        sum += raw->y[i] - (i >= w ? raw->y[i - w] : 0);
+        avg[i] = sum / (i + 1 < w ? i + 1 : w);
+    }
+    PlotSeries s[3];
+    int n_series = 0;
+    s[n_series++] = (PlotSeries){"training loss", n >= 50 ? "#9ecae1" : "#1f77b4", n, raw->x, raw->y, false};
+    if (n >= 50) s[n_series++] = (PlotSeries){"training loss (moving average)", "#08519c", n, raw->x, avg, false};
+    if (t->val_curve.n) s[n_series++] = (PlotSeries){"validation loss", "#ff7f0e", t->val_curve.n, t->val_curve.x, t->val_curve.y, true};
+    char title[256];
+    snprintf(title, sizeof title, "%s fine-tuning", train_method_name(t->c.method));
+    if (svg_plot_write(t->svg_path, title, "step", "loss", s, n_series)) {
+        message(t, "warning: %s", peft_last_error());
+        peft_clear_error();
+    }
+    free(avg);
+}
+
+// A fresh run starts the log; a resumed one keeps the records up to its checkpoint's step (later
+// ones are about to be redone) and reloads them into the curves.
+static int open_log(Trainer *t, int first_step) {
+    if (first_step == 0) {
+        if (!(t->log = fopen(t->log_path, "w"))) return peft_fail("%s: cannot write", t->log_path);
+        return 0;
+    }
+    size_t len = 0;
+    char *text = file_exists(t->log_path) ? read_file(t->log_path, &len) : xstrdup("");
+    if (!text) return -1;
+    char *kept = xcalloc(len + 2, 1), *k = kept, *save = NULL;  // + a newline the last line may lack
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *step = cJSON_GetObjectItemCaseSensitive(j, "step"), *loss = cJSON_GetObjectItemCaseSensitive(j, "lm_loss"),
+                    *eval = cJSON_GetObjectItemCaseSensitive(j, "eval_loss");
+        if (!loss) loss = cJSON_GetObjectItemCaseSensitive(j, "loss");
+        if (cJSON_IsNumber(step) && step->valuedouble <= first_step) {
+            k += sprintf(k, "%s\n", line);
+            if (cJSON_IsNumber(loss)) series_add(&t->loss_curve, step->valuedouble, loss->valuedouble);
+            if (cJSON_IsNumber(eval)) series_add(&t->val_curve, step->valuedouble, eval->valuedouble);
+        }
+        cJSON_Delete(j);
+    }
+    int rc = write_file_atomic(t->log_path, kept, k - kept);
+    free(text);
+    free(kept);
+    if (!rc && !(t->log = fopen(t->log_path, "a"))) rc = peft_fail("%s: cannot write", t->log_path);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints: checkpoint/state.safetensors (trainable tensors, AdamW moments, AdaLoRA's
+// allocator) and checkpoint/state.json (the step and the settings that must not change).
+
+static const char *CKPT_TENSORS = "state.safetensors", *CKPT_STATE = "state.json";
+
+// AdaLoRA's scores are float64; safetensors has no such dtype here, so they go as raw bytes.
+static void put_f64(StWriter *w, const char *name, const double *x, long n) {
+    int64_t shape[1] = {n * (int64_t)sizeof(double)};
+    st_writer_add(w, name, DT_U8, 1, shape, x);
+}
+
+static double *get_f64(const SafeTensors *st, const char *name, long n) {
+    const StTensor *t = st_find(st, name);
+    if (!t || t->dtype != DT_U8 || t->nbytes != (size_t)n * sizeof(double)) return NULL;
+    double *x = xmalloc(sizeof(double) * (n ? n : 1));
+    memcpy(x, t->data, t->nbytes);
+    return x;
+}
+
+static void adalora_save_state(AdapterSet *set, StWriter *w) {
+    AdaLoraState *st = set->method_state;
+    char name[512];
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        Param *p[3] = {a->A, a->E, a->B};
+        for (int k = 0; k < 3 && st->mod[i].avg_ipt[k]; k++) {
+            snprintf(name, sizeof name, "adalora/ipt/%d/%s", k, a->lin->module);
+            put_f64(w, name, st->mod[i].avg_ipt[k], p[k]->numel);
+            snprintf(name, sizeof name, "adalora/unc/%d/%s", k, a->lin->module);
+            put_f64(w, name, st->mod[i].avg_unc[k], p[k]->numel);
+        }
+    }
+    for (int i = 0; i < set->cfg.n_rank_pattern; i++) {
+        RankPatternEntry *e = &set->cfg.rank_pattern[i];
+        snprintf(name, sizeof name, "adalora/pattern/%s", e->module);
+        int64_t shape[1] = {set->cfg.init_r};
+        st_writer_add(w, name, DT_BOOL, 1, shape, e->mask);
+    }
+    int32_t bgt[3] = {st->init_bgt, st->target_bgt, st->allocator_ready};
+    int64_t shape[1] = {3};
+    st_writer_add(w, "adalora/budget", DT_I32, 1, shape, bgt);
+}
+
+static int adalora_load_state(AdapterSet *set, const SafeTensors *f, const char *path) {
+    AdaLoraState *st = set->method_state;
+    const StTensor *b = st_find(f, "adalora/budget");
+    if (!b || b->dtype != DT_I32 || b->numel != 3) return peft_fail("%s: no AdaLoRA allocator state", path);
+    const int32_t *bgt = b->data;
+    st->init_bgt = bgt[0];
+    st->target_bgt = bgt[1];
+    st->allocator_ready = bgt[2];
+    adalora_free_scores(st);
+    char name[512];
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        Param *p[3] = {a->A, a->E, a->B};
+        for (int k = 0; k < 3; k++) {
+            snprintf(name, sizeof name, "adalora/ipt/%d/%s", k, a->lin->module);
+            st->mod[i].avg_ipt[k] = get_f64(f, name, p[k]->numel);
+            snprintf(name, sizeof name, "adalora/unc/%d/%s", k, a->lin->module);
+            st->mod[i].avg_unc[k] = get_f64(f, name, p[k]->numel);
+            if (!st->mod[i].avg_ipt[k] != !st->mod[i].avg_unc[k]) return peft_fail("%s: incomplete AdaLoRA scores for %s", path, a->lin->module);
+        }
+    }
+    for (int i = 0; i < f->n; i++) {
+        const StTensor *t = &f->tensors[i];
+        if (strncmp(t->name, "adalora/pattern/", 16)) continue;
+        if (t->numel != set->cfg.init_r || t->dtype != DT_BOOL) return peft_fail("%s: bad AdaLoRA rank pattern %s", path, t->name);
+        RankPatternEntry *e = adalora_pattern_entry(set, t->name + 16);
+        if (!e) {
+            AdapterConfig *c = &set->cfg;
+            c->rank_pattern = xrealloc(c->rank_pattern, sizeof(RankPatternEntry) * (c->n_rank_pattern + 1));
+            e = &c->rank_pattern[c->n_rank_pattern++];
+            memset(e, 0, sizeof *e);
+            snprintf(e->module, sizeof e->module, "%s", t->name + 16);
+            e->mask = xcalloc(c->init_r, sizeof(bool));
+        }
+        memcpy(e->mask, t->data, sizeof(bool) * set->cfg.init_r);
+        e->rank = 0;
+        for (int j = 0; j < set->cfg.init_r; j++) e->rank += e->mask[j];
+    }
+    return 0;
+}
+
+static bool is_adalora(const Trainer *t) { return t->c.method == TRAIN_ADALORA && t->m->adapters && t->m->adapters->method_state; }
+
+static cJSON *checkpoint_state(const Trainer *t, int step) {
+    cJSON *j = cJSON_CreateObject();
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)t->c.seed);
+    cJSON_AddNumberToObject(j, "step", step);
+    cJSON_AddNumberToObject(j, "adam_step", t->opt.step);
+    cJSON_AddNumberToObject(j, "micro_batch", (double)step * t->c.grad_accum);  // the data position
+    // What the run's randomness and data order derive from: it must not change on resume.
+    cJSON_AddStringToObject(j, "method", train_method_name(t->c.method));
+    cJSON_AddStringToObject(j, "seed", seed);
+    cJSON_AddNumberToObject(j, "total_steps", t->total_steps);
+    cJSON_AddNumberToObject(j, "batch", t->c.batch);
+    cJSON_AddNumberToObject(j, "grad_accum", t->c.grad_accum);
+    cJSON_AddNumberToObject(j, "seq_len", t->c.data.seq_len);
+    cJSON_AddNumberToObject(j, "train_sequences", t->train.n_seq);
+    cJSON_AddNumberToObject(j, "trainable_tensors", t->n_params);
+    return j;
+}
+
+static void remove_checkpoint_dir(const char *dir) {
+    const char *files[] = {CKPT_TENSORS, CKPT_STATE};
+    for (int i = 0; i < 2; i++) {
+        char *p = path_join(dir, files[i]);
+        unlink(p);
+        free(p);
+    }
+    rmdir(dir);
+}
+
+static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
+    if (make_dir(dir)) return -1;
+    StWriter *w = st_writer_new();
+    char name[600];
+    for (int i = 0; i < t->n_params; i++) {
+        Param *p = t->params[i];
+        const char *kind[] = {"param", "adam_m", "adam_v"};
+        const float *data[] = {p->w, t->opt.m[i], t->opt.v[i]};
+        for (int k = 0; k < 3; k++) {
+            snprintf(name, sizeof name, "%s/%s", kind[k], p->name);
+            st_writer_add_f32(w, name, p->ndim, p->shape, data[k]);
+        }
+    }
+    if (is_adalora(t)) adalora_save_state(t->m->adapters, w);
+    char *tensors = path_join(dir, CKPT_TENSORS), *state = path_join(dir, CKPT_STATE);
+    int rc = st_writer_save(w, tensors);
+    st_writer_free(w);
+    cJSON *j = checkpoint_state(t, step);
+    char *text = cJSON_Print(j);
+    if (!rc) rc = write_file_atomic(state, text, strlen(text));  // last: its presence marks a complete checkpoint
+    free(text);
+    cJSON_Delete(j);
+    free(tensors);
+    free(state);
+    return rc;
+}
+
+// Written to checkpoint.new, then swapped in, so an interruption never leaves no valid checkpoint.
+static int save_checkpoint(Trainer *t, int step) {
+    char *tmp = xasprintf("%s.new", t->ckpt_dir), *old = xasprintf("%s.old", t->ckpt_dir);
+    remove_checkpoint_dir(tmp);
+    int rc = write_checkpoint_files(t, tmp, step);
+    if (!rc) {
+        remove_checkpoint_dir(old);
+        if (dir_exists(t->ckpt_dir) && rename(t->ckpt_dir, old)) rc = peft_fail("%s: cannot replace the old checkpoint", t->ckpt_dir);
+        if (!rc && rename(tmp, t->ckpt_dir)) rc = peft_fail("%s: cannot rename the new checkpoint into place", tmp);
+        if (!rc) remove_checkpoint_dir(old);
+    }
+    if (!rc) message(t, "checkpoint saved at step %d: %s", step, t->ckpt_dir);
+    free(tmp);
+    free(old);
+    return rc;
+}
+
+static int state_int(const cJSON *j, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    return cJSON_IsNumber(v) ? (int)v->valuedouble : -1;
+}
+
+// The checkpoint must come from the same run: same method, seed, batch shape and data.
+static int check_same_run(const Trainer *t, const cJSON *saved, const char *path) {
+    cJSON *now = checkpoint_state(t, 0);
+    static const char *keys[] = {"method", "seed", "total_steps", "batch", "grad_accum", "seq_len", "train_sequences", "trainable_tensors"};
+    int rc = 0;
+    for (size_t i = 0; !rc && i < sizeof keys / sizeof *keys; i++) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(saved, keys[i]), *b = cJSON_GetObjectItemCaseSensitive(now, keys[i]);
+        if (!a || !cJSON_Compare(a, b, true)) {
+            char *sa = a ? cJSON_PrintUnformatted(a) : xstrdup("(missing)"), *sb = cJSON_PrintUnformatted(b);
+            rc = peft_fail("%s: the checkpoint has %s %s but this run has %s: resume with the same settings and data", path, keys[i], sa, sb);
+            free(sa);
+            free(sb);
+        }
+    }
+    cJSON_Delete(now);
+    return rc;
+}
+
+static int load_tensor(const SafeTensors *st, const char *kind, const Param *p, float *dst, const char *path) {
+    char name[600];
+    snprintf(name, sizeof name, "%s/%s", kind, p->name);
+    const StTensor *t = st_find(st, name);
+    if (!t || t->numel != p->numel) return peft_fail("%s: missing or mis-shaped tensor %s", path, name);
+    return st_to_f32(t, dst);
+}
+
+static int load_checkpoint_files(Trainer *t, const char *dir, int *step) {
+    char *state_path = path_join(dir, CKPT_STATE), *tensor_path = path_join(dir, CKPT_TENSORS);
+    char *text = read_file(state_path, NULL);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    SafeTensors st = {0};
+    int rc = -1;
+    if (!j) { if (text) peft_fail("%s: invalid JSON", state_path); goto out; }
+    if (check_same_run(t, j, state_path)) goto out;
+    *step = state_int(j, "step");
+    t->opt.step = state_int(j, "adam_step");
+    if (*step < 0 || *step > t->total_steps || t->opt.step < 0) { peft_fail("%s: bad step", state_path); goto out; }
+    if (st_open(&st, tensor_path)) goto out;
+    for (int i = 0; i < t->n_params; i++) {
+        Param *p = t->params[i];
+        if (load_tensor(&st, "param", p, p->w, tensor_path) || load_tensor(&st, "adam_m", p, t->opt.m[i], tensor_path) ||
+            load_tensor(&st, "adam_v", p, t->opt.v[i], tensor_path))
+            goto out;
+    }
+    if (is_adalora(t) && adalora_load_state(t->m->adapters, &st, tensor_path)) goto out;
+    rc = 0;
+out:
+    st_close(&st);
+    cJSON_Delete(j);
+    free(text);
+    free(state_path);
+    free(tensor_path);
+    return rc;
+}
+
+// The latest complete checkpoint: checkpoint/, or checkpoint.old/ when a save was cut off
+// between its two renames.
+static int resume(Trainer *t, int *step) {
+    char *old = xasprintf("%s.old", t->ckpt_dir), *state = path_join(t->ckpt_dir, CKPT_STATE), *old_state = path_join(old, CKPT_STATE);
+    const char *dir = file_exists(state) ? t->ckpt_dir : file_exists(old_state) ? old : NULL;
+    int rc = -1;
+    if (!dir) peft_fail("%s: no checkpoint to resume from", t->ckpt_dir);
+    else if (!(rc = load_checkpoint_files(t, dir, step))) message(t, "resuming from %s at step %d of %d", dir, *step, t->total_steps);
+    free(old);
+    free(state);
+    free(old_state);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+// Micro-batch k of the run: epoch k / per_epoch of a fresh seeded shuffle; the last batch of an
+// epoch may be smaller. Everything is a function of k, so a resumed run sees the same batches.
+static const int *micro_batch(Trainer *t, long k, int *n) {
+    int epoch = (int)(k / t->micro_per_epoch), pos = (int)(k % t->micro_per_epoch);
+    if (epoch != t->perm_epoch) {
+        shuffle_indices(t->perm, t->train.n_seq, seed_mix(t->c.seed, (uint64_t)epoch));
+        t->perm_epoch = epoch;
+    }
+    int start = pos * t->c.batch;
+    *n = t->train.n_seq - start < t->c.batch ? t->train.n_seq - start : t->c.batch;
+    return t->perm + start;
+}
+
+static long batch_tokens(const Dataset *ds, const int *idx, int n) {
+    long s = 0;
+    for (int i = 0; i < n; i++) s += ds->offset[idx[i] + 1] - ds->offset[idx[i]];
+    return s;
+}
+
+static void scale_grads(Param **params, int n, float k) {
+    for (int i = 0; i < n; i++)
+        for (long j = 0; j < params[i]->numel; j++) params[i]->grad[j] *= k;
+}
+
+// One optimizer step (0-based `step`): grad_accum micro-batches, the mean gradient, clipping,
+// AdamW, then AdaLoRA's allocator (which reads the gradients, so before they are zeroed again).
+static int train_step(Trainer *t, int step, TrainStepInfo *info) {
+    double t0 = now_seconds(), loss_sum = 0, lm_sum = 0;
+    long tokens = 0;
+    int accum = t->c.grad_accum;
+    t->m->training = true;
+    model_zero_grad(t->m);
+    for (int k = 0; k < accum; k++) {
+        long micro = (long)step * accum + k;
+        int n;
+        const int *idx = micro_batch(t, micro, &n);
+        int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
+        t->m->dropout_seed = seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro);
+        double loss = model_forward(t->m, t->ids, t->labels, n, T);
+        if (!isfinite(loss)) return peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
+        model_backward(t->m);
+        loss_sum += loss;
+        lm_sum += t->m->act.lm_loss;
+        tokens += batch_tokens(&t->train, idx, n);
+    }
+    if (accum > 1) scale_grads(t->params, t->n_params, 1.0f / accum);
+    double norm = clip_grad_norm(t->params, t->n_params, t->c.max_grad_norm);
+    double lr = train_lr_at(&t->c, step, t->total_steps);
+    adamw_step(&t->opt, t->params, t->n_params, (float)lr);
+    int budget = -1, masked;
+    if (is_adalora(t) && t->c.adalora_allocate && (budget = adalora_update_and_allocate(t->m, step, &masked)) < 0) return -1;
+    double dt = now_seconds() - t0;
+    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * accum / t->micro_per_epoch,
+                            .loss = loss_sum / accum, .lm_loss = lm_sum / accum, .lr = lr, .grad_norm = norm, .tokens = tokens,
+                            .tokens_per_s = dt > 0 ? tokens / dt : 0, .budget = budget};
+    return 0;
+}
+
+static int run_eval(Trainer *t, int step) {
+    EvalInfo e;
+    if (evaluate_dataset(t->m, &t->val, t->c.eval_batch > 0 ? t->c.eval_batch : t->c.batch, &e)) return -1;
+    e.step = step;
+    log_eval(t, &e);
+    if (isnan(t->res->first_val_loss)) t->res->first_val_loss = e.loss;
+    t->res->last_val_loss = e.loss;
+    if (t->cb && t->cb->on_eval) t->cb->on_eval(t->cb->user, &e);
+    write_plot(t);
+    return 0;
+}
+
+static int save_final(Trainer *t) {
+    int rc = t->m->adapters ? adapters_save(t->m, t->c.out_dir) : model_save(t->m, t->c.out_dir);
+    if (!rc) message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);
+    return rc;
+}
+
+static int train_loop(Trainer *t, int first_step) {
+    double t_start = now_seconds();
+    if (t->has_val && first_step == 0 && run_eval(t, 0)) return -1;
+    for (int step = first_step; step < t->total_steps; step++) {
+        TrainStepInfo info;
+        if (train_step(t, step, &info)) return -1;
+        info.elapsed_s = now_seconds() - t_start;
+        log_step(t, &info);
+        t->res->steps_done = info.step;
+        t->res->last_loss = info.loss;
+        if (t->cb && t->cb->on_step) t->cb->on_step(t->cb->user, &info);
+        bool last = info.step == t->total_steps;
+        if (t->has_val && (last || (t->c.eval_every && info.step % t->c.eval_every == 0)) && run_eval(t, info.step)) return -1;
+        if (last) break;
+        bool stop = stop_requested || (t->c.stop_after && info.step >= t->c.stop_after);
+        if (stop || (t->c.save_every && info.step % t->c.save_every == 0)) {
+            if (save_checkpoint(t, info.step)) return -1;
+            write_plot(t);
+        }
+        if (stop) { t->res->stopped = true; return 0; }
+    }
+    write_plot(t);
+    return save_final(t);
+}
+
+int train_run(const TrainConfig *cfg, const TrainCallbacks *cb, TrainResult *res) {
+    Trainer t = {.cb = cb, .res = res};
+    *res = (TrainResult){.last_loss = NAN, .first_val_loss = NAN, .last_val_loss = NAN};
+    stop_requested = 0;
+    int threads_before = omp_get_max_threads();  // cfg->threads is for this run only
+    int first_step = 0, rc = setup(&t, cfg);
+    if (!rc && cfg->resume) rc = resume(&t, &first_step);
+    if (!rc) rc = open_log(&t, first_step);
+    if (!rc) {
+        res->first_step = res->steps_done = first_step;
+        res->total_steps = t.total_steps;
+        res->n_train = t.train.n_seq;
+        res->n_val = t.has_val ? t.val.n_seq : 0;
+        if (cb && cb->on_start) cb->on_start(cb->user, first_step, t.total_steps);
+        rc = train_loop(&t, first_step);
+    }
+    teardown(&t);
+    omp_set_num_threads(threads_before);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
+
+int evaluate_dataset(Model *m, const Dataset *ds, int batch, EvalInfo *out) {
+    if (batch < 1) batch = 1;
+    bool was_training = m->training;
+    m->training = false;
+    int *idx = xmalloc(sizeof(int) * batch);
+    int32_t *ids = xmalloc(sizeof(int32_t) * batch * ds->max_len), *labels = xmalloc(sizeof(int32_t) * batch * ds->max_len);
+    double sum = 0;
+    long count = 0;
+    int rc = 0;
+    for (int s = 0; s < ds->n_seq && !rc; s += batch) {
+        int n = ds->n_seq - s < batch ? ds->n_seq - s : batch;
+        for (int i = 0; i < n; i++) idx[i] = s + i;
+        int T = dataset_batch(ds, idx, n, ids, labels);
+        double loss = model_forward(m, ids, labels, n, T);
+        if (isnan(loss)) { rc = -1; break; }
+        long k = count_loss_tokens(labels, n, T);
+        sum += m->act.lm_loss * k;  // lm_loss: the causal-LM part, without a regulariser
+        count += k;
+    }
+    m->training = was_training;
+    free(idx);
+    free(ids);
+    free(labels);
+    if (rc) return -1;
+    if (count == 0) return peft_fail("evaluation: the data has no tokens to score");
+    *out = (EvalInfo){.loss = sum / count, .ppl = exp(sum / count), .n_tokens = count};
+    return 0;
+}
+
+int eval_run(const EvalConfig *cfg, EvalInfo *out, void (*on_message)(void *, const char *), void *user) {
+    int threads_before = omp_get_max_threads();
+    if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
+    Model *m = model_load(cfg->model_dir);
+    Tokenizer *tok = m ? tokenizer_load(cfg->model_dir) : NULL;
+    int rc = tok ? 0 : -1;
+    if (!rc && cfg->adapter_dir) rc = adapters_load(m, cfg->adapter_dir);
+    DataOptions opt = cfg->data;
+    if (m && opt.seq_len == 0) opt.seq_len = default_seq_len(m);
+    Dataset ds = {0};
+    if (!rc) rc = dataset_load(&ds, cfg->data_path, tok, cfg->model_dir, &opt);
+    if (!rc) rc = check_vocab(&ds, m->cfg.vocab_size, cfg->data_path);
+    if (!rc && on_message) {
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%s: %d sequences (%d examples, %d truncated to %d tokens)%s", cfg->data_path, ds.n_seq,
+                 ds.n_examples, ds.n_truncated, opt.seq_len, ds.from_cache ? ", from the cache" : "");
+        on_message(user, buf);
+        if (ds.cache_warning) on_message(user, ds.cache_warning);
+    }
+    if (!rc) rc = evaluate_dataset(m, &ds, cfg->batch > 0 ? cfg->batch : 8, out);
+    dataset_free(&ds);
+    tokenizer_free(tok);
+    model_free(m);
+    omp_set_num_threads(threads_before);
+    return rc;
+}

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# CLI tests of `peft train` and `peft eval` on a tiny GPT-2: the reference fixtures' gpt2 model
+# (vocabulary 96, 64 positions) with a byte-level tokenizer written here for it. LoRA on plain text
+# and full fine-tuning on JSONL end to end, the output folders' files, evaluation of what was saved,
+# Ctrl-C and --resume, and data errors that name the file and line.
+# Usage: PEFT=build/peft bash tests/cli_train_test.sh
+set -u
+PEFT=${PEFT:-build/peft}
+FIX=${PEFT_FIXTURES:-../shared/fixtures/hf-peft}
+TMP=$(mktemp -d /tmp/peft-cli-train.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+passed=0 failed=0
+
+ok() { passed=$((passed + 1)); echo "ok   $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+# check NAME CONDITION-COMMAND...: ok when the command succeeds.
+check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+# run_ok NAME CMD...: exits 0 (stderr kept in $TMP/err).
+run_ok() {
+    local name=$1; shift
+    if "$@" >"$TMP/out" 2>"$TMP/err"; then ok "$name"; else bad "$name (exit $?: $(tail -c 400 "$TMP/err"))"; fi
+}
+# run_fails NAME STATUS PATTERN CMD...: that exit status, and stderr matches PATTERN.
+run_fails() {
+    local name=$1 want=$2 pattern=$3; shift 3
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    local rc=$?
+    if [ $rc -eq "$want" ] && grep -qE -- "$pattern" "$TMP/err"; then ok "$name"
+    else bad "$name (exit $rc, stderr: $(head -c 400 "$TMP/err"))"; fi
+}
+has_files() { local d=$1; shift; for f in "$@"; do [ -s "$d/$f" ] || { echo "  missing $d/$f"; return 1; }; done; }
+count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
+
+if [ ! -d "$FIX/gpt2-lora/model" ]; then
+    echo "*** SKIPPED: $FIX not found: the train/eval CLI tests need its tiny gpt2 model ***"
+    echo "0 passed, 0 failed"; exit 0
+fi
+
+# ---- the model: the fixture's weights + a byte-level tokenizer of exactly 96 tokens ----
+# ids: 0 = newline, 1..94 = the bytes 32..125, 95 = <|endoftext|>; byte-level BPE spells a byte as
+# GPT-2's printable stand-in (space = U+0120 'Ġ', newline = U+010A 'Ċ'). Other characters vanish.
+M=$TMP/model
+mkdir -p "$M"
+cp "$FIX/gpt2-lora/model/config.json" "$FIX/gpt2-lora/model/model.safetensors" "$M/"
+chmod u+w "$M"/*
+vocab='"Ċ": 0' id=1
+for b in $(seq 32 125); do
+    case $b in 32) tok='Ġ' ;; 34) tok='\"' ;; 92) tok='\\' ;; *) tok=$(printf '%b' "\\$(printf %03o "$b")") ;; esac
+    vocab="$vocab, \"$tok\": $id"; id=$((id + 1))
+done
+cat >"$M/tokenizer.json" <<JSON
+{"model": {"type": "BPE", "vocab": {$vocab, "<|endoftext|>": 95}, "merges": []},
+ "added_tokens": [{"id": 95, "content": "<|endoftext|>", "special": true}],
+ "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}, "decoder": {"type": "ByteLevel"}}
+JSON
+echo '{"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}' >"$M/tokenizer_config.json"
+
+# ---- data ----
+D=$TMP/data
+mkdir -p "$D"
+for i in $(seq 1 150); do echo "The Eagle $i is a coffee shop near the river; it serves cheap food."; done >"$D/train.txt"
+for i in $(seq 151 180); do echo "The Eagle $i is a coffee shop near the river; it serves cheap food."; done >"$D/val.txt"
+for i in $(seq 1 40); do echo "{\"prompt\": \"name[Eagle $i], food[cheap]\n\", \"completion\": \"Eagle $i serves cheap food.\"}"; done >"$D/pc.jsonl"
+printf 'mr,ref\n"name[Eagle], food[Thai]","The Eagle serves ""Thai"" food, cheaply."\nname[Mill],The Mill is by the river.\n' >"$D/e2e.csv"
+
+COMMON=(--model "$M" --seq-len 64 --batch 4 --threads 1)
+last_eval() { grep '"eval_loss"' "$1" | tail -1 | sed 's/.*"eval_loss":\([^,}]*\).*/\1/'; }
+near() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < 1e-3) }'; }
+
+# ---- LoRA on plain text, with validation ----
+echo "# peft train --method lora on a text file"
+run_ok "train lora" "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --val "$D/val.txt" --method lora --steps 12 \
+    --lr 1e-2 --eval-every 6 --out "$TMP/lora"
+check "lora output: adapter_config.json, adapter_model.safetensors, train_log.jsonl, loss.svg" \
+    has_files "$TMP/lora" adapter_config.json adapter_model.safetensors train_log.jsonl loss.svg
+check "lora adapter_config.json is a PEFT LoRA config" grep -q '"peft_type":[[:space:]]*"LORA"' "$TMP/lora/adapter_config.json"
+check "train_log.jsonl: 12 steps with loss, lr, grad_norm, tokens_per_s" \
+    test "$(grep '"loss"' "$TMP/lora/train_log.jsonl" | grep '"lr"' | grep '"grad_norm"' | grep -c '"tokens_per_s"')" -eq 12
+check "train_log.jsonl: evaluations at steps 0, 6 and 12" test "$(count "$TMP/lora/train_log.jsonl" '"eval_loss"')" -eq 3
+check "loss.svg is an SVG with the two curves" test "$(count "$TMP/lora/loss.svg" '<polyline')" -eq 2
+check "plain progress lines without a terminal" grep -q '^step 12/12 ' "$TMP/err"
+check "validation loss reported" grep -qE 'validation loss [0-9.]+ -> [0-9.]+' "$TMP/err"
+check "tokenized data cached next to the source" test -n "$(ls "$D"/train.txt.*.peft-cache 2>/dev/null)"
+
+echo "# peft eval"
+run_ok "eval with the adapter" "$PEFT" eval --model "$M" --adapter "$TMP/lora" --data "$D/val.txt" --seq-len 64 --threads 1
+check "eval prints loss and perplexity" grep -qE '^loss [0-9.]+  perplexity [0-9.]+' "$TMP/out"
+lora_eval=$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")
+check "eval of the saved adapter = the last validation loss of training ($lora_eval)" near "$lora_eval" "$(last_eval "$TMP/lora/train_log.jsonl")"
+run_ok "eval of the base model on CSV" "$PEFT" eval --model "$M" --data "$D/e2e.csv" --seq-len 64 --threads 1
+check "eval output on CSV" grep -qE '^loss [0-9.]+  perplexity' "$TMP/out"
+
+# ---- full fine-tuning on JSONL prompt/completion ----
+echo "# peft train --method full on JSONL"
+run_ok "train full" "$PEFT" train "${COMMON[@]}" --data "$D/pc.jsonl" --val-fraction 0.2 --method full --steps 4 \
+    --out "$TMP/full"
+check "full output: config.json, model.safetensors, tokenizer files, train_log.jsonl, loss.svg" \
+    has_files "$TMP/full" config.json model.safetensors tokenizer.json train_log.jsonl loss.svg
+run_ok "eval the fully fine-tuned model" "$PEFT" eval --model "$TMP/full" --data "$D/pc.jsonl" --seq-len 64 --threads 1
+
+# ---- VeRA and AdaLoRA ----
+run_ok "train vera" "$PEFT" train "${COMMON[@]}" --data "$D/pc.jsonl" --method vera --r 16 --steps 2 --out "$TMP/vera"
+check "vera saved without its projections" grep -q '"save_projection":[[:space:]]*false' "$TMP/vera/adapter_config.json"
+run_ok "train adalora" "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --method adalora --init-r 4 --target-r 2 \
+    --tinit 1 --tfinal 1 --steps 6 --out "$TMP/ada"
+check "adalora log has the budget and per-module ranks" test "$(grep '"budget"' "$TMP/ada/train_log.jsonl" | grep -c '"ranks"')" -eq 6
+
+# ---- Ctrl-C and --resume ----
+echo "# Ctrl-C saves a checkpoint; --resume continues the same run"
+LONG=("$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --method lora --steps 100000 --out "$TMP/long")
+interrupt_after() {  # run LONG (+ args) until the log has more than $1 lines, then SIGINT it
+    local lines=$1; shift
+    "${LONG[@]}" "$@" >"$TMP/out" 2>"$TMP/err" &
+    local pid=$! i=0
+    while [ "$(wc -l 2>/dev/null <"$TMP/long/train_log.jsonl" || echo 0)" -le "$lines" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+    kill -INT $pid
+    wait $pid
+}
+interrupt_after 3
+rc=$?
+check "SIGINT: exit 130 with a message" test $rc -eq 130 -a -n "$(grep 'continue with --resume' "$TMP/err")"
+check "SIGINT: checkpoint written" has_files "$TMP/long/checkpoint" state.json state.safetensors
+first=$(wc -l <"$TMP/long/train_log.jsonl")
+interrupt_after $((first + 3)) --resume
+check "resumed from the checkpoint" grep -q "resuming from .* at step $first of" "$TMP/err"
+steps_ok() { awk -F'"step":' '{ split($2, a, ","); if (a[1] != NR) exit 1 } END { exit NR < 2 }' "$1"; }
+check "the log counts each step once across the interruption" steps_ok "$TMP/long/train_log.jsonl"
+run_fails "resume with other settings is refused" 1 'checkpoint has batch 4 but this run has 2' "${LONG[@]}" --resume --batch 2
+
+# ---- errors ----
+echo "# data errors"
+printf '{"text": "ok"}\n{"text": oops}\n' >"$D/bad.jsonl"
+run_fails "malformed JSONL names file and line" 1 'bad\.jsonl:2: invalid JSON' "$PEFT" train "${COMMON[@]}" --data "$D/bad.jsonl" --out "$TMP/x"
+printf 'mr,ref\na,b\n"c,d\n' >"$D/bad.csv"
+run_fails "malformed CSV names file and line" 1 'bad\.csv:3: unterminated quoted field' "$PEFT" eval --model "$M" --data "$D/bad.csv" --seq-len 64
+: >"$D/empty.txt"
+run_fails "an empty dataset is an error" 1 'empty\.txt: the dataset is empty' "$PEFT" train "${COMMON[@]}" --data "$D/empty.txt" --out "$TMP/x"
+run_fails "unknown method" 1 'unknown method "lorax"' "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --method lorax --out "$TMP/x"
+run_fails "missing --out is a usage error" 2 'usage: peft train' "$PEFT" train --model "$M" --data "$D/train.txt"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

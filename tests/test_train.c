@@ -1,0 +1,306 @@
+// test_train.c: training on the tiny GPT-2 of test_data.c. Validation loss goes down on real text;
+// an interrupted and resumed run repeats the uninterrupted one's losses bit for bit (LoRA with
+// dropout and gradient accumulation across epochs, and AdaLoRA with its allocator); a stop request
+// (what Ctrl-C does) saves a checkpoint; the outputs (adapter, full model, log, SVG) load back and
+// evaluate to the loss training reported; an empty dataset is an error.
+#include "test.h"
+#include "../src/safetensors.h"
+#include "../src/train.h"
+#include "../src/util.h"
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *test_tiny_model(void);  // test_data.c
+
+// ---------------------------------------------------------------------------------------------
+// Data: rows of the E2E dev set when ../shared has it, else similar rows made here.
+
+static char *e2e_rows(int first, int n) {
+    const char *candidates[] = {"../shared/data/e2e/devset.csv", "shared/data/e2e/devset.csv"};
+    char *text = NULL;
+    for (int i = 0; i < 2 && !text; i++) text = file_exists(candidates[i]) ? read_file(candidates[i], NULL) : NULL;
+    size_t cap = 256 + (size_t)n * 400, len = 0;
+    char *out = xmalloc(cap);
+    len += snprintf(out, cap, "mr,ref\n");
+    if (text) {  // E2E rows are one line each: skip the header and `first` rows
+        char *line = strchr(text, '\n') + 1;
+        for (int i = 0; i < first && line; i++) line = strchr(line, '\n') + 1;
+        for (int i = 0; i < n && line && *line; i++) {
+            char *end = strchr(line, '\n');
+            size_t k = end ? (size_t)(end - line + 1) : strlen(line);
+            if (len + k + 1 > cap) break;
+            memcpy(out + len, line, k);
+            len += k;
+            line = end ? end + 1 : NULL;
+        }
+        out[len] = 0;
+        free(text);
+        return out;
+    }
+    static const char *names[] = {"Alimentum", "Aromi", "The Eagle", "Zizzi", "Cotto", "Loch Fyne"};
+    static const char *foods[] = {"Italian", "Chinese", "French", "English", "Indian"};
+    static const char *areas[] = {"city centre", "riverside"};
+    for (int i = first; i < first + n; i++) {
+        const char *nm = names[i % 6], *fd = foods[(i / 6) % 5], *ar = areas[(i / 30) % 2];
+        len += snprintf(out + len, cap - len, "\"name[%s], food[%s], area[%s]\",%s serves %s food in the %s.\n", nm, fd, ar, nm, fd, ar);
+    }
+    return out;
+}
+
+static char *write_text(const char *dir, const char *name, char *text) {
+    char *p = path_join(dir, name);
+    write_file_atomic(p, text, strlen(text));
+    free(text);
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+typedef struct {
+    int n;
+    double loss[256];
+    int budget[256];
+    int stop_at;  // call train_request_stop() after this step (0: never)
+} Record;
+
+static void on_step(void *user, const TrainStepInfo *s) {
+    Record *r = user;
+    if (r->n < 256) { r->loss[r->n] = s->loss; r->budget[r->n++] = s->budget; }
+    if (r->stop_at && s->step == r->stop_at) train_request_stop();
+}
+
+static int run(TrainConfig *c, Record *rec, TrainResult *res) {
+    TrainCallbacks cb = {.on_step = on_step, .user = rec};
+    int rc = train_run(c, &cb, res);
+    if (rc) fprintf(stderr, "  train_run: %s\n", peft_last_error());
+    return rc;
+}
+
+static TrainConfig small_config(TrainMethod method, const char *data, const char *out) {
+    TrainConfig c;
+    train_config_defaults(&c, method);
+    c.model_dir = test_tiny_model();
+    c.data_path = data;
+    c.out_dir = out;
+    c.data.seq_len = 256;
+    c.data.no_cache = true;
+    c.batch = 4;
+    c.seed = 3;
+    c.threads = 1;  // tiny matrices: more threads only wait on each other
+    return c;
+}
+
+static bool same_file(const char *a, const char *b) {
+    size_t la, lb;
+    char *x = read_file(a, &la), *y = read_file(b, &lb);
+    bool same = x && y && la == lb && !memcmp(x, y, la);
+    free(x);
+    free(y);
+    return same;
+}
+
+static int count_lines_with(const char *path, const char *needle) {
+    char *text = read_file(path, NULL);
+    int n = 0;
+    for (char *p = text; p && (p = strstr(p, needle)); p++) n++;
+    free(text);
+    return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(train_lora_lowers_validation_loss) {
+    const char *dir = test_tmpdir();
+    char *train = write_text(dir, "train.csv", e2e_rows(0, 160)), *val = write_text(dir, "val.csv", e2e_rows(400, 40));
+    char *out = path_join(dir, "out");
+    TrainConfig c = small_config(TRAIN_LORA, train, out);
+    c.val_path = val;
+    c.batch = 8;
+    c.max_steps = 30;
+    c.data.seq_len = 128;      // attention's cost grows with the square of the length: keep it short,
+    c.data.text_column = "ref";  // and train on the E2E references alone (the mr prompts are long)
+    c.lr = 1e-2f;
+    c.adapter.alpha = 16;
+    adapter_config_set_targets(&c.adapter, "c_attn,c_proj,c_fc");
+    Record rec = {0};
+    TrainResult res;
+    CHECK(run(&c, &rec, &res) == 0);
+    fprintf(stderr, "  validation loss %.4f -> %.4f over %d steps (train loss %.4f -> %.4f)\n", res.first_val_loss,
+            res.last_val_loss, res.steps_done, rec.loss[0], rec.loss[rec.n - 1]);
+    CHECK(res.steps_done == 30 && rec.n == 30 && !res.stopped);
+    CHECK_MSG(res.last_val_loss < res.first_val_loss - 1.0, "%g -> %g", res.first_val_loss, res.last_val_loss);
+    // The outputs: a PEFT adapter folder, the log (30 steps + 2 evaluations), the loss curve.
+    const char *files[] = {"adapter_config.json", "adapter_model.safetensors", "train_log.jsonl", "loss.svg"};
+    for (int i = 0; i < 4; i++) {
+        char *p = path_join(out, files[i]);
+        CHECK_MSG(file_exists(p), "%s missing", p);
+        free(p);
+    }
+    char *log = path_join(out, "train_log.jsonl"), *svg = path_join(out, "loss.svg");
+    CHECK(count_lines_with(log, "\"grad_norm\"") == 30 && count_lines_with(log, "\"eval_loss\"") == 2);
+    CHECK(count_lines_with(svg, "<polyline") == 2);
+    // The saved adapter, loaded back, scores the validation data as training last did.
+    EvalConfig ec = {.model_dir = c.model_dir, .adapter_dir = out, .data_path = val, .batch = 8, .threads = 1};
+    ec.data = c.data;
+    EvalInfo e;
+    CHECK_MSG(eval_run(&ec, &e, NULL, NULL) == 0, "%s", peft_last_error());
+    CHECK_NEAR(e.loss, res.last_val_loss, 1e-5);
+    ec.adapter_dir = NULL;
+    CHECK(eval_run(&ec, &e, NULL, NULL) == 0);
+    CHECK_NEAR(e.loss, res.first_val_loss, 1e-5);  // the base model: the loss before training
+    train_config_free(&c);
+    free(log);
+    free(svg);
+    free(train);
+    free(val);
+    free(out);
+}
+
+// Train `steps` steps straight, and again stopped after `stop` steps and resumed: the losses,
+// the log and the final adapter must be the same.
+static void check_resume(int *failed_, TrainMethod method, int steps, int stop, int threads) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 22));  // 6 micro-batches of 4 (the last one 2): 3 steps an epoch
+    char *out_a = path_join(dir, "a"), *out_b = path_join(dir, "b");
+    TrainConfig c = small_config(method, data, out_a);
+    c.max_steps = steps;
+    c.threads = threads;
+    c.data.seq_len = 128;
+    c.data.text_column = "ref";
+    c.grad_accum = 2;
+    c.lr = 5e-3f;
+    c.warmup_steps = 2;
+    c.schedule = SCHED_COSINE;
+    c.adapter.dropout = 0.1f;
+    if (method == TRAIN_ADALORA) { c.adapter.init_r = 4; c.adapter.target_r = 2; c.adapter.tinit = 2; c.adapter.tfinal = 3; }
+    Record a = {0}, b1 = {0}, b2 = {0};
+    TrainResult ra, rb;
+    CHECK(run(&c, &a, &ra) == 0 && a.n == steps);
+    c.out_dir = out_b;
+    c.stop_after = stop;
+    CHECK(run(&c, &b1, &rb) == 0);
+    CHECK(rb.stopped && rb.steps_done == stop && b1.n == stop);
+    char *ckpt = path_join(out_b, "checkpoint/state.json");
+    CHECK(file_exists(ckpt));
+    free(ckpt);
+    c.stop_after = 0;
+    c.resume = true;
+    CHECK(run(&c, &b2, &rb) == 0);
+    CHECK(rb.first_step == stop && rb.steps_done == steps && b2.n == steps - stop && !rb.stopped);
+    for (int i = 0; i < steps; i++) {
+        double got = i < stop ? b1.loss[i] : b2.loss[i - stop];
+        int budget = i < stop ? b1.budget[i] : b2.budget[i - stop];
+        CHECK_MSG(memcmp(&got, &a.loss[i], sizeof got) == 0, "step %d: loss %.17g resumed, %.17g straight", i + 1, got, a.loss[i]);
+        CHECK_MSG(budget == a.budget[i], "step %d: budget %d resumed, %d straight", i + 1, budget, a.budget[i]);
+    }
+    char *fa = path_join(out_a, "adapter_model.safetensors"), *fb = path_join(out_b, "adapter_model.safetensors");
+    char *ca = path_join(out_a, "adapter_config.json"), *cb = path_join(out_b, "adapter_config.json");
+    char *log = path_join(out_b, "train_log.jsonl");
+    CHECK_MSG(same_file(fa, fb) && same_file(ca, cb), "the resumed run saved a different adapter");
+    CHECK(count_lines_with(log, "\"grad_norm\"") == steps);  // the log has each step once
+    if (method == TRAIN_ADALORA) {
+        CHECK(count_lines_with(log, "\"budget\"") == steps && count_lines_with(log, "\"ranks\"") == steps);
+        CHECK(a.budget[0] == 4 * 2 && a.budget[steps - 1] == 2 * 2);  // init_r, then target_r, times 2 modules (c_attn)
+    }
+    train_config_free(&c);
+    free(fa);
+    free(fb);
+    free(ca);
+    free(cb);
+    free(log);
+    free(data);
+    free(out_a);
+    free(out_b);
+}
+
+// Two threads: OpenMP's reductions must not make the runs differ either.
+TEST(train_resume_reproduces_lora_losses) { check_resume(failed_, TRAIN_LORA, 6, 2, 2); }
+TEST(train_resume_reproduces_adalora_losses) { check_resume(failed_, TRAIN_ADALORA, 10, 4, 1); }
+
+TEST(train_stop_request_saves_checkpoint) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
+    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    c.max_steps = 10;
+    Record rec = {.stop_at = 2};  // what the CLI's SIGINT handler does
+    TrainResult res;
+    CHECK(run(&c, &rec, &res) == 0);
+    CHECK(res.stopped && res.steps_done == 2);
+    char *state = path_join(out, "checkpoint/state.json"), *adapter = path_join(out, "adapter_model.safetensors");
+    CHECK(file_exists(state) && !file_exists(adapter));
+    // Resuming with other settings is refused, naming what changed.
+    c.resume = true;
+    c.batch = 2;
+    CHECK(train_run(&c, NULL, &res) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "batch"), "%s", peft_last_error());
+    train_config_free(&c);
+    free(state);
+    free(adapter);
+    free(data);
+    free(out);
+}
+
+TEST(train_full_and_vera_save_loadable_outputs) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 24)), *val = write_text(dir, "v.csv", e2e_rows(300, 8));
+    TrainMethod methods[] = {TRAIN_FULL, TRAIN_VERA};
+    for (int k = 0; k < 2; k++) {
+        char *out = path_join(dir, k ? "vera" : "full");
+        TrainConfig c = small_config(methods[k], data, out);
+        c.val_path = val;
+        c.max_steps = 3;
+        if (k) c.adapter.r = 16;
+        Record rec = {0};
+        TrainResult res;
+        CHECK(run(&c, &rec, &res) == 0 && res.steps_done == 3);
+        EvalConfig ec = {.model_dir = k ? c.model_dir : out, .adapter_dir = k ? out : NULL, .data_path = val, .batch = 4, .threads = 1};
+        ec.data.seq_len = 256;
+        ec.data.no_cache = true;
+        EvalInfo e;
+        CHECK_MSG(eval_run(&ec, &e, NULL, NULL) == 0, "%s", peft_last_error());
+        CHECK_NEAR(e.loss, res.last_val_loss, 1e-5);
+        if (k) {  // VeRA adapters trained here leave the projections out of the file
+            char *cfg = path_join(out, "adapter_config.json"), *text = read_file(cfg, NULL);
+            cJSON *j = cJSON_Parse(text);
+            CHECK(cJSON_IsFalse(cJSON_GetObjectItem(j, "save_projection")));
+            cJSON_Delete(j);
+            free(text);
+            free(cfg);
+        }
+        train_config_free(&c);
+        free(out);
+    }
+    free(data);
+    free(val);
+}
+
+TEST(train_empty_dataset_is_an_error) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "empty.jsonl", xstrdup("\n")), *out = path_join(dir, "out");
+    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    TrainResult res;
+    CHECK(train_run(&c, NULL, &res) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "empty.jsonl") && strstr(peft_last_error(), "empty"), "%s", peft_last_error());
+    train_config_free(&c);
+    free(data);
+    free(out);
+}
+
+TEST(train_lr_schedules) {
+    TrainConfig c;
+    train_config_defaults(&c, TRAIN_LORA);
+    c.lr = 1.0f;
+    c.warmup_steps = 2;
+    CHECK_NEAR(train_lr_at(&c, 0, 10), 0.5, 1e-12);
+    CHECK_NEAR(train_lr_at(&c, 1, 10), 1.0, 1e-12);
+    CHECK_NEAR(train_lr_at(&c, 2, 10), 1.0, 1e-12);
+    CHECK_NEAR(train_lr_at(&c, 6, 10), 0.5, 1e-12);
+    c.schedule = SCHED_COSINE;
+    CHECK_NEAR(train_lr_at(&c, 6, 10), 0.5, 1e-12);
+    CHECK_NEAR(train_lr_at(&c, 4, 10), 0.5 * (1 + cos(M_PI * 0.25)), 1e-12);
+    c.schedule = SCHED_CONSTANT;
+    CHECK_NEAR(train_lr_at(&c, 9, 10), 1.0, 1e-12);
+    train_config_free(&c);
+}
