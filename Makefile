@@ -126,3 +126,5 @@ clean:
 # Benchmarks (bench/): not timed in unit tests.
 $(BUILD)/%: bench/%.c $(BUILD)/libpeft.a
 	$(CC) $(CFLAGS) $< $(BUILD)/libpeft.a $(LDLIBS) -o $@
+$(BUILD)/dump_logits: tools/interop/dump_logits.c $(BUILD)/libpeft.a
+	$(CC) $(CFLAGS) $< $(BUILD)/libpeft.a $(LDLIBS) -o $@

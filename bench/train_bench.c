@@ -10,6 +10,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 static ModelConfig gpt2_124m(void) {
@@ -29,7 +30,17 @@ static int cmp_double(const void *a, const void *b) { double x = *(const double 
 
 typedef struct { const char *family, *method; double step_s, tok_s; long trainable; double peak_gb; } Row;
 
+// PEFT_BENCH_ONLY=gpt2-124m/lora runs one row (for profiling).
+static bool wanted(const char *family, const char *method) {
+    const char *only = getenv("PEFT_BENCH_ONLY");
+    if (!only) return true;
+    char name[64];
+    snprintf(name, sizeof name, "%s/%s", family, method);
+    return !strcmp(only, name);
+}
+
 static Row run(const char *family, const char *method, ModelConfig cfg, const char *targets, int steps) {
+    if (!wanted(family, method)) return (Row){family, method, 0, 0, 0, 0};
     int B = 4, T = 256, warm = 2;
     Model *m = model_create_random(&cfg, 1);
     if (!strcmp(method, "full")) model_train_all(m);
@@ -76,6 +87,7 @@ int main(int argc, char **argv) {
     printf("\npeft.c CPU training, fp32, B x T = 4 x 256, %d threads, median of %d steps\n", omp_get_max_threads(), steps);
     printf("%-10s %-5s %11s %9s %9s %12s %10s\n", "model", "method", "trainable", "step s", "tok/s", "peak RSS GB", "vs HF PEFT");
     for (int i = 0; i < 4; i++) {
+        if (!rows[i].step_s) continue;
         char env[64], ratio[32] = "-";
         snprintf(env, sizeof env, "PEFT_REF_%s_%s", i < 2 ? "GPT2" : "LLAMA", strcmp(rows[i].method, "full") ? "LORA" : "FULL");
         if (getenv(env)) snprintf(ratio, sizeof ratio, "%.2fx", rows[i].tok_s / atof(getenv(env)));

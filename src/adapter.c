@@ -74,6 +74,25 @@ static int find_rank_pattern(const AdapterConfig *c, const char *module) {
     return -1;
 }
 
+// PEFT replaces "all-linear" by the names of the layers it matched before saving (a literal
+// "all-linear" in a saved list would match nothing when PEFT loads it): do the same.
+static void expand_all_linear(AdapterSet *set) {
+    AdapterConfig *c = &set->cfg;
+    bool all = false;
+    for (int i = 0; i < c->n_targets; i++) all |= !strcmp(c->targets[i], "all-linear");
+    if (!all) return;
+    for (int i = 0; i < c->n_targets; i++) free(c->targets[i]);
+    c->n_targets = 0;
+    c->targets = xrealloc(c->targets, sizeof(char *) * set->n);
+    for (int i = 0; i < set->n; i++) {
+        const char *dot = strrchr(set->adapters[i].lin->module, '.');
+        const char *leaf = dot ? dot + 1 : set->adapters[i].lin->module;
+        bool seen = false;
+        for (int k = 0; k < c->n_targets; k++) seen |= !strcmp(c->targets[k], leaf);
+        if (!seen) c->targets[c->n_targets++] = xstrdup(leaf);
+    }
+}
+
 int adapters_attach(Model *m, const AdapterConfig *cfg, uint64_t seed) {
     if (m->adapters) return peft_fail("the model already has an adapter");
     AdapterSet *set = xcalloc(1, sizeof *set);
@@ -113,6 +132,7 @@ int adapters_attach(Model *m, const AdapterConfig *cfg, uint64_t seed) {
         if (cfg->target_regex) return peft_fail("target_modules \"%s\" matched no module of the model", cfg->target_regex);
         return peft_fail("target_modules [%s%s] matched no module of the model", cfg->n_targets ? cfg->targets[0] : "", cfg->n_targets > 1 ? ", ..." : "");
     }
+    expand_all_linear(set);
     const AdapterMethod *method = method_for(cfg->type);
     if (method->prepare && method->prepare(set)) { adapters_free(m); return -1; }
     uint64_t rng = seed;

@@ -3,6 +3,7 @@
 #include "kernels.h"
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 void matmul_ld(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
@@ -108,11 +109,18 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 
 #define GELU_SCALE 0.7978845608028654f  // sqrt(2/pi)
 
+// tanh through one expf: glibc's tanhf goes through expm1f and costs several times more.
+static inline float fast_tanh(float u) {
+    float e = expf(-2.0f * fabsf(u));
+    float t = (1.0f - e) / (1.0f + e);
+    return u < 0 ? -t : t;
+}
+
 void gelu_forward(float *out, const float *inp, long n) {
 #pragma omp parallel for
     for (long i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+        out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_SCALE * (x + 0.044715f * x * x * x)));
     }
 }
 
@@ -120,8 +128,7 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, long n) {
 #pragma omp parallel for
     for (long i = 0; i < n; i++) {
         float x = inp[i];
-        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float t = tanhf(u);
+        float t = fast_tanh(GELU_SCALE * (x + 0.044715f * x * x * x));
         float sech2 = 1.0f - t * t;
         float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] += grad * dout[i];
@@ -182,70 +189,65 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int
 
 static inline int window_start(int t, int window) { return (window > 0 && t - window + 1 > 0) ? t - window + 1 : 0; }
 
-void attention_forward(float *out, float *att, const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
-    int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV;
-#pragma omp parallel for collapse(3)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                int kvh = h / group;
-                const float *qt = q + (long)(b * T + t) * qs + h * HD;
-                float *a = att + (((long)b * NH + h) * T + t) * T;
-                int t0 = window_start(t, s.window);
-                float maxv = -INFINITY;
-                for (int t2 = t0; t2 <= t; t2++) {
-                    const float *kt = k + (long)(b * T + t2) * ks + kvh * HD;
-                    float dot = 0;
-                    for (int i = 0; i < HD; i++) dot += qt[i] * kt[i];
-                    a[t2] = dot * s.scale;
-                    if (a[t2] > maxv) maxv = a[t2];
-                }
-                float sum = 0;
-                for (int t2 = t0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
-                float inv = 1.0f / sum;
-                for (int t2 = 0; t2 < T; t2++) a[t2] = (t2 >= t0 && t2 <= t) ? a[t2] * inv : 0.0f;
-                float *o = out + (long)(b * T + t) * (NH * HD) + h * HD;
-                for (int i = 0; i < HD; i++) o[i] = 0;
-                for (int t2 = t0; t2 <= t; t2++) {
-                    const float *vt = v + (long)(b * T + t2) * vs + kvh * HD;
-                    for (int i = 0; i < HD; i++) o[i] += a[t2] * vt[i];
-                }
-            }
+// Row t of scores S [T,T] -> causal (and windowed) softmax probabilities, zeros elsewhere.
+static void causal_softmax_row(float *a, int t, int T, int window) {
+    int t0 = window_start(t, window);
+    float maxv = -INFINITY;
+    for (int t2 = t0; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
+    float sum = 0;
+    for (int t2 = t0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+    float inv = 1.0f / sum;
+    for (int t2 = 0; t2 < T; t2++) a[t2] = (t2 >= t0 && t2 <= t) ? a[t2] * inv : 0.0f;
 }
 
-// Parallel over (sequence, kv head): the query heads of one group all add into the same
-// dk/dv rows, so they are handled by one thread.
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
-                        const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
-    int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV;
+// Per (sequence, head): S = scale Q K^T, P = softmax(S) kept in att, O = P V. Each head is a few
+// GEMMs; OpenBLAS runs them single-threaded inside this parallel loop. The masked half of S is
+// computed and discarded: BLAS on the full square is still far faster than masked loops.
+void attention_forward(float *out, float *att, const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
+    int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV, os = NH * HD;
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
-        for (int kvh = 0; kvh < s.NKV; kvh++) {
-            float datt[T];
-            for (int h = kvh * group; h < (kvh + 1) * group; h++)
-                for (int t = 0; t < T; t++) {
-                    const float *a = att + (((long)b * NH + h) * T + t) * T;
-                    const float *dot_ = dout + (long)(b * T + t) * (NH * HD) + h * HD;
-                    const float *qt = q + (long)(b * T + t) * qs + h * HD;
-                    float *dqt = dq + (long)(b * T + t) * qs + h * HD;
-                    int t0 = window_start(t, s.window);
-                    float sum = 0;
-                    for (int t2 = t0; t2 <= t; t2++) {
-                        const float *vt = v + (long)(b * T + t2) * vs + kvh * HD;
-                        float *dvt = dv + (long)(b * T + t2) * vs + kvh * HD;
-                        float d = 0;
-                        for (int i = 0; i < HD; i++) { d += dot_[i] * vt[i]; dvt[i] += a[t2] * dot_[i]; }
-                        datt[t2] = d;
-                        sum += a[t2] * d;
-                    }
-                    for (int t2 = t0; t2 <= t; t2++) {
-                        float dpre = a[t2] * (datt[t2] - sum) * s.scale;
-                        const float *kt = k + (long)(b * T + t2) * ks + kvh * HD;
-                        float *dkt = dk + (long)(b * T + t2) * ks + kvh * HD;
-                        for (int i = 0; i < HD; i++) { dqt[i] += dpre * kt[i]; dkt[i] += dpre * qt[i]; }
-                    }
-                }
+        for (int h = 0; h < NH; h++) {
+            int kvh = h / group;
+            const float *Q = q + (long)b * T * qs + h * HD, *K = k + (long)b * T * ks + kvh * HD, *V = v + (long)b * T * vs + kvh * HD;
+            float *P = att + ((long)b * NH + h) * T * T, *O = out + (long)b * T * os + h * HD;
+            matmul_ld(P, T, Q, qs, K, ks, T, T, HD, false, true, s.scale, 0.0f);
+            for (int t = 0; t < T; t++) causal_softmax_row(P + (long)t * T, t, T, s.window);
+            matmul_ld(O, os, P, T, V, vs, T, HD, T, false, false, 1.0f, 0.0f);
         }
+}
+
+// Per (sequence, kv head), so the query heads that share K and V add into dK, dV in one thread:
+// dP = dO V^T, dV += P^T dO, dS = P (dP - rowsum(P dP)) scale, dQ += dS K, dK += dS^T Q.
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                        const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
+    int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV, os = NH * HD;
+#pragma omp parallel
+    {
+        float *dS = malloc(sizeof(float) * T * T);
+#pragma omp for collapse(2)
+        for (int b = 0; b < B; b++)
+            for (int kvh = 0; kvh < s.NKV; kvh++) {
+                const float *K = k + (long)b * T * ks + kvh * HD, *V = v + (long)b * T * vs + kvh * HD;
+                float *dK = dk + (long)b * T * ks + kvh * HD, *dV = dv + (long)b * T * vs + kvh * HD;
+                for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                    const float *Q = q + (long)b * T * qs + h * HD, *dO = dout + (long)b * T * os + h * HD;
+                    const float *P = att + ((long)b * NH + h) * T * T;
+                    float *dQ = dq + (long)b * T * qs + h * HD;
+                    matmul_ld(dS, T, dO, os, V, vs, T, T, HD, false, true, 1.0f, 0.0f);   // dP
+                    matmul_ld(dV, vs, P, T, dO, os, T, HD, T, true, false, 1.0f, 1.0f);
+                    for (int t = 0; t < T; t++) {
+                        const float *p = P + (long)t * T;
+                        float *d = dS + (long)t * T, sum = 0;
+                        for (int t2 = 0; t2 <= t; t2++) sum += p[t2] * d[t2];
+                        for (int t2 = 0; t2 < T; t2++) d[t2] = t2 <= t ? p[t2] * (d[t2] - sum) * s.scale : 0.0f;
+                    }
+                    matmul_ld(dQ, qs, dS, T, K, ks, T, HD, T, false, false, 1.0f, 1.0f);
+                    matmul_ld(dK, ks, dS, T, Q, qs, T, HD, T, true, false, 1.0f, 1.0f);
+                }
+            }
+        free(dS);
+    }
 }
 
 double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T, int V, bool want_grad, int *count_out) {

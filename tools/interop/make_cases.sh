@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make_cases.sh PEFT DUMP_LOGITS OUT_DIR: adapters trained and saved by peft.c (VeRA without its
+# projections, LoRA, AdaLoRA with a pruned rank pattern) and a merged model, each with our logits,
+# for tools/interop/check_peft.py to load with HF transformers + PEFT.
+set -euo pipefail
+PEFT=$1 DUMP=$2 OUT=$3
+rm -rf "$OUT"; mkdir -p "$OUT"
+text="$OUT/text.txt"
+for i in $(seq 1 60); do echo "The quick brown fox $i jumps over the lazy dog; a stitch in time saves nine."; done > "$text"
+case_dir() {  # NAME MODEL ADAPTER(or empty)
+    mkdir -p "$OUT/$1"
+    printf '{"model": "%s", "adapter": "%s"}\n' "$2" "$3" > "$OUT/$1/case.json"
+}
+for arch in gpt2 llama; do
+    base="$OUT/base-$arch"
+    "$PEFT" init --arch $arch --layers 2 --hidden 64 --heads 4 --kv-heads 2 --context 64 --seed 3 --out "$base" >/dev/null
+    for method in lora vera adalora; do
+        name=$arch-$method
+        extra=()
+        [ $method = adalora ] && extra=(--init-r 6 --target-r 2 --tinit 2 --tfinal 2 --delta-t 1)
+        [ $method = vera ] && extra=(--r 16)
+        "$PEFT" train --model "$base" --data "$text" --method $method --targets all-linear --steps 12 --batch 4 \
+            --seq-len 32 --lr 1e-2 --threads 2 --out "$OUT/train-$name" "${extra[@]}" >/dev/null
+        case_dir $name ../base-$arch ../train-$name
+        "$DUMP" "$base" "$OUT/train-$name" "$OUT/$name/logits.safetensors"
+    done
+    "$PEFT" merge --model "$base" --adapter "$OUT/train-$arch-lora" --out "$OUT/merged-$arch" >/dev/null
+    case_dir $arch-lora-merged ../merged-$arch ""
+    "$DUMP" "$OUT/merged-$arch" - "$OUT/$arch-lora-merged/logits.safetensors"
+done
+ls "$OUT"
