@@ -8,15 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int copy_file(const char *from_dir, const char *to_dir, const char *name) {
+// Copies dir/name when it exists.
+static int copy_if_present(const char *from_dir, const char *to_dir, const char *name) {
     char *src = path_join(from_dir, name), *dst = path_join(to_dir, name);
-    int rc = 0;
-    if (file_exists(src)) {
-        size_t len;
-        char *data = read_file(src, &len);
-        rc = data ? write_file_atomic(dst, data, len) : -1;
-        free(data);
-    }
+    int rc = file_exists(src) ? copy_file(src, dst) : 0;
     free(src);
     free(dst);
     return rc;
@@ -69,7 +64,7 @@ int cmd_init(int argc, char **argv) {
     if (tok_from) {
         static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", NULL};
         for (int i = 0; files[i]; i++)
-            if (copy_file(tok_from, out, files[i])) return fail_with_library_error();
+            if (copy_if_present(tok_from, out, files[i])) return fail_with_library_error();
     } else if (byte_tokenizer_write(out)) return fail_with_library_error();
     Model *m = model_create_random(&c, (uint64_t)seed);
     int rc = model_save(m, out);

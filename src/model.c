@@ -282,12 +282,7 @@ int model_save(Model *m, const char *dir) {
     }
     for (int i = 0; !rc && m->dir && copied[i]; i++) {
         char *src = path_join(m->dir, copied[i]), *dst = path_join(dir, copied[i]);
-        if (file_exists(src)) {
-            size_t len;
-            char *data = read_file(src, &len);
-            rc = data ? write_file_atomic(dst, data, len) : -1;
-            free(data);
-        }
+        if (file_exists(src)) rc = copy_file(src, dst);
         free(src);
         free(dst);
     }

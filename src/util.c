@@ -149,3 +149,11 @@ size_t peak_rss_bytes(void) {
     getrusage(RUSAGE_SELF, &ru);
     return (size_t)ru.ru_maxrss * 1024;
 }
+
+int copy_file(const char *src, const char *dst) {
+    size_t len;
+    char *data = read_file(src, &len);
+    int rc = data ? write_file_atomic(dst, data, len) : -1;
+    free(data);
+    return rc;
+}

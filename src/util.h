@@ -23,6 +23,8 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *read_file(const char *path, size_t *len_out);
 // Write via "<path>.tmp.<pid>" then rename(), so readers never see a half-written file.
 int write_file_atomic(const char *path, const void *data, size_t len);
+// Whole-file copy, written atomically.
+int copy_file(const char *src, const char *dst);
 bool file_exists(const char *path);
 bool dir_exists(const char *path);
 int make_dir(const char *path); // mkdir -p

@@ -1,7 +1,7 @@
 // test_data.c: the data loader: text packing, JSONL (text, prompt/completion, chat), CSV with
 // quoting, truncation counts, the cache, splits, batches, and errors that name file and line.
-// Also test_tiny_model(), the small GPT-2 + byte-level tokenizer folder test_train.c trains.
 #include "test.h"
+#include "helpers.h"
 #include "../src/config.h"
 #include "../src/data.h"
 #include "../src/model.h"
@@ -11,73 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-// ---------------------------------------------------------------------------------------------
-// The tiny model folder
-
-// GPT-2's byte -> printable code point map (bytes_to_unicode): printable Latin-1 bytes map to
-// themselves, the rest to 256 + n in byte order.
-static int byte_to_codepoint(int b) {
-    bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    if (printable) return b;
-    int n = 0;
-    for (int i = 0; i < b; i++) n += !((i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE && i <= 0xFF));
-    return 256 + n;
-}
-
-static void utf8(int cp, char *out) {
-    if (cp < 0x80) { out[0] = (char)cp; out[1] = 0; }
-    else { out[0] = (char)(0xC0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3F)); out[2] = 0; }
-}
-
-// A byte-level BPE tokenizer.json with no merges: id = byte value, and <|endoftext|> = 256.
-static void write_byte_tokenizer(const char *dir) {
-    cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model"), *vocab;
-    cJSON_AddStringToObject(model, "type", "BPE");
-    vocab = cJSON_AddObjectToObject(model, "vocab");
-    for (int b = 0; b < 256; b++) {
-        char s[4];
-        utf8(byte_to_codepoint(b), s);
-        cJSON_AddNumberToObject(vocab, s, b);
-    }
-    cJSON_AddNumberToObject(vocab, "<|endoftext|>", 256);
-    cJSON_AddItemToObject(model, "merges", cJSON_CreateArray());
-    cJSON *added = cJSON_AddArrayToObject(root, "added_tokens"), *eot = cJSON_CreateObject();
-    cJSON_AddNumberToObject(eot, "id", 256);
-    cJSON_AddStringToObject(eot, "content", "<|endoftext|>");
-    cJSON_AddBoolToObject(eot, "special", true);
-    cJSON_AddItemToArray(added, eot);
-    cJSON *pre = cJSON_AddObjectToObject(root, "pre_tokenizer");
-    cJSON_AddStringToObject(pre, "type", "ByteLevel");
-    cJSON_AddBoolToObject(pre, "add_prefix_space", false);
-    cJSON *dec = cJSON_AddObjectToObject(root, "decoder");
-    cJSON_AddStringToObject(dec, "type", "ByteLevel");
-    char *text = cJSON_Print(root), *path = path_join(dir, "tokenizer.json");
-    write_file_atomic(path, text, strlen(text));
-    free(text);
-    free(path);
-    cJSON_Delete(root);
-}
-
-// A 2-layer GPT-2 (C = 32, vocab 257, 256 positions) with the byte tokenizer, made once.
-const char *test_tiny_model(void);
-const char *test_tiny_model(void) {
-    static char dir[512];
-    if (dir[0]) return dir;
-    snprintf(dir, sizeof dir, "%s", test_tmpdir());
-    static const char *json = "{\"model_type\":\"gpt2\",\"vocab_size\":257,\"n_embd\":32,\"n_head\":2,\"n_layer\":2,"
-                              "\"n_positions\":256,\"layer_norm_epsilon\":1e-5,\"bos_token_id\":256,\"eos_token_id\":256}";
-    ModelConfig cfg;
-    if (config_parse(&cfg, json, "tiny") != 0) { fprintf(stderr, "tiny config: %s\n", peft_last_error()); abort(); }
-    Model *m = model_create_random(&cfg, 7);
-    // Tied embeddings of std 0.02 bound every logit by |ln_f(x)| |wte_i| ~ 0.6, which no adapter
-    // can change: 10x larger ones let LoRA lower the loss the way it does on a real model.
-    for (long i = 0; i < m->wte->numel; i++) m->wte->w[i] *= 10;
-    if (model_save(m, dir)) { fprintf(stderr, "tiny model: %s\n", peft_last_error()); abort(); }
-    model_free(m);
-    write_byte_tokenizer(dir);
-    return dir;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

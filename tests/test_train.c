@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *test_tiny_model(void);  // test_data.c
+#include "helpers.h"
 
 // ---------------------------------------------------------------------------------------------
 // Data: rows of the E2E dev set when ../shared has it, else similar rows made here.

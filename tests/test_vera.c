@@ -2,6 +2,7 @@
 // lambda and input gradients agree with central differences; save_projection=false files hold
 // only the lambdas and reload to identical logits; merge/unmerge; the reference cases; errors.
 #include "test.h"
+#include "helpers.h"
 #include "../src/adapter.h"
 #include "../src/check.h"
 #include "../src/config.h"
@@ -17,34 +18,12 @@
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-static const char *GPT2_TINY =
-    "{\"model_type\":\"gpt2\",\"vocab_size\":40,\"n_embd\":16,\"n_head\":2,\"n_layer\":2,\"n_positions\":16,"
-    "\"layer_norm_epsilon\":1e-5}";
-static const char *LLAMA_TINY =
-    "{\"model_type\":\"llama\",\"vocab_size\":40,\"hidden_size\":16,\"intermediate_size\":24,\"num_attention_heads\":4,"
-    "\"num_key_value_heads\":2,\"num_hidden_layers\":2,\"max_position_embeddings\":16,\"rms_norm_eps\":1e-5,"
-    "\"hidden_act\":\"silu\",\"tie_word_embeddings\":false}";
-
+#define GPT2_TINY TINY_GPT2_JSON
+#define LLAMA_TINY TINY_LLAMA_JSON
 static uint64_t rng_state = 0x1234567;
-static double urand(void) {  // [0,1)
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z >> 11) * 0x1.0p-53;
-}
+static double urand(void) { return test_urand(&rng_state); }
 static float srand_f(float scale) { return (float)((2 * urand() - 1) * scale); }
-
-// A tiny random model (weights scaled up from std 0.02 to 0.2 so the signal is not tiny).
-static Model *tiny_model(const char *json, uint64_t seed) {
-    ModelConfig mc;
-    if (config_parse(&mc, json, "tiny")) return NULL;
-    Model *m = model_create_random(&mc, seed);
-    for (int i = 0; i < m->n_params; i++)
-        if (m->params[i].ndim == 2)
-            for (long j = 0; j < m->params[i].numel; j++) m->params[i].w[j] *= 10.0f;
-    return m;
-}
+static Model *tiny_model(const char *json, uint64_t seed) { return test_model_from_json(json, seed); }
 
 static void vera_cfg(AdapterConfig *c, const char *targets, int r, float dropout) {
     adapter_config_defaults(c, PEFT_VERA);
