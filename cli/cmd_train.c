@@ -60,7 +60,7 @@ static const char *HELP_METHODS = "lora | vera | adalora | full";
 int cmd_train(int argc, char **argv) {
     TrainConfig c;
     train_config_defaults(&c, TRAIN_LORA);
-    const char *method = "lora", *targets = NULL, *schedule = "linear";
+    const char *method = "lora", *targets = NULL, *schedule = "linear", *device = "cpu";
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
     bool rslora = false, no_allocate = false, no_cache = false;
@@ -101,6 +101,9 @@ int cmd_train(int argc, char **argv) {
         {"save-every", OPT_INT, &c.save_every, "save a checkpoint every N steps"},
         {"resume", OPT_FLAG, &c.resume, "continue from --out's checkpoint"},
         {"log-every", OPT_INT, &log_every, "without a terminal, print a progress line every N steps (default 10)"},
+        {"device", OPT_STRING, &device, "cpu (default) or cuda"},
+        {"fp32", OPT_FLAG, &c.fp32, "with --device cuda: fp32 compute (parity mode) instead of bf16"},
+        {"recompute", OPT_FLAG, &c.recompute, "with --device cuda: recompute activations in backward (less memory)"},
     };
     int n = 0;
     while (opts[n].name) n++;
@@ -122,6 +125,12 @@ int cmd_train(int argc, char **argv) {
     c.max_grad_norm = clip;
     c.seed = (uint64_t)(uint32_t)seed;
     c.data.no_cache = no_cache;
+    c.cuda = !strcmp(device, "cuda");
+    if (!c.cuda && strcmp(device, "cpu")) {
+        fprintf(stderr, "peft train: --device must be cpu or cuda\n");
+        train_config_free(&c);
+        return 2;
+    }
 
     Ui ui = {.bar = isatty(fileno(stderr)), .log_every = log_every};
     TrainCallbacks cb = {ui_start, ui_step, ui_eval, ui_message, &ui};

@@ -1,5 +1,6 @@
 // train.c: the training loop, checkpoints (resume), the JSONL log and loss curve, evaluation.
 #include "train.h"
+#include "cuda/gpu.h"
 #include "adalora.h"
 #include "optim.h"
 #include "safetensors.h"
@@ -117,6 +118,7 @@ typedef struct {
     Param **params;
     int n_params;
     AdamW opt;
+    GpuModel *g;                 // with --device cuda: the model on the GPU (trainables live there)
     int total_steps, micro_per_epoch;
     int *perm, perm_epoch;       // the shuffle of the epoch perm_epoch
     int32_t *ids, *labels;       // one micro-batch
@@ -218,6 +220,19 @@ static int default_seq_len(const Model *m) {
 }
 
 // The model, tokenizer, data, adapter and optimizer; t->c gets its defaults resolved.
+// The GPU keeps the trainables, their gradients and the AdamW moments on the device. What the GPU
+// path does not do yet is refused here rather than silently done differently.
+static int setup_gpu(Trainer *t) {
+    if (t->c.grad_accum > 1) return peft_fail("--device cuda: gradient accumulation is not supported yet (use a larger --batch)");
+    if (t->c.resume || t->c.save_every) return peft_fail("--device cuda: checkpoints (--resume, --save-every) are not supported yet");
+    GpuOptions opt = {.precision = t->c.fp32 ? GPU_FP32 : GPU_BF16, .recompute = t->c.recompute};
+    if (!(t->g = gpu_model_create(t->m, &opt))) return -1;
+    char dev[256];
+    gpu_describe(dev, sizeof dev);
+    message(t, "device: %s (%s)", dev, t->c.fp32 ? "fp32" : "bf16 compute, fp32 master weights");
+    return 0;
+}
+
 static int setup(Trainer *t, const TrainConfig *cfg) {
     t->c = *cfg;
     if (check_config(&t->c)) return -1;
@@ -234,6 +249,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     if (total > 1000000000L) return peft_fail("too many steps (%ld)", total);
     t->total_steps = (int)total;
     if (attach_method(t)) return -1;
+    if (t->c.cuda && setup_gpu(t)) return -1;
     t->n_params = model_trainable(t->m, &t->params);
     adamw_init(&t->opt, t->params, t->n_params, 0, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay);
     t->perm = xmalloc(sizeof(int) * t->train.n_seq);
@@ -252,6 +268,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
 
 static void teardown(Trainer *t) {
     if (t->log) fclose(t->log);
+    gpu_model_free(t->g);
     if (t->opt.n) adamw_free(&t->opt);
     model_free(t->m);
     tokenizer_free(t->tok);
@@ -629,9 +646,38 @@ static void scale_grads(Param **params, int n, float k) {
         for (long j = 0; j < params[i]->numel; j++) params[i]->grad[j] *= k;
 }
 
+// The same step on the GPU (one micro-batch). AdaLoRA's allocator runs on the host: the tensors
+// and gradients come down for it, and the masked tensors go back up.
+static int train_step_gpu(Trainer *t, int step, TrainStepInfo *info) {
+    double t0 = now_seconds();
+    int n;
+    const int *idx = micro_batch(t, step, &n);
+    int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
+    double lr = train_lr_at(&t->c, step, t->total_steps);
+    gpu_zero_grad(t->g);
+    double loss = gpu_forward(t->g, t->ids, t->labels, n, T);
+    if (!isfinite(loss)) return isnan(loss) && peft_last_error()[0] ? -1 : peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
+    if (gpu_backward(t->g)) return -1;
+    double norm = gpu_clip_grad_norm(t->g, t->c.max_grad_norm);
+    if (gpu_adamw_step(t->g, (float)lr, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay)) return -1;
+    int budget = -1, masked;
+    if (is_adalora(t) && t->c.adalora_allocate) {
+        if (gpu_download_trainables(t->g, true)) return -1;
+        if ((budget = adalora_update_and_allocate(t->m, step, &masked)) < 0 || gpu_upload_trainables(t->g)) return -1;
+    }
+    if (gpu_sync(t->g)) return -1;
+    double dt = now_seconds() - t0;
+    long tokens = batch_tokens(&t->train, idx, n);
+    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) / t->micro_per_epoch,
+                            .loss = loss, .lm_loss = loss, .lr = lr, .grad_norm = norm, .tokens = tokens,
+                            .tokens_per_s = dt > 0 ? tokens / dt : 0, .budget = budget};
+    return 0;
+}
+
 // One optimizer step (0-based `step`): grad_accum micro-batches, the mean gradient, clipping,
 // AdamW, then AdaLoRA's allocator (which reads the gradients, so before they are zeroed again).
 static int train_step(Trainer *t, int step, TrainStepInfo *info) {
+    if (t->g) return train_step_gpu(t, step, info);
     double t0 = now_seconds(), loss_sum = 0, lm_sum = 0;
     long tokens = 0;
     int accum = t->c.grad_accum;
@@ -663,9 +709,17 @@ static int train_step(Trainer *t, int step, TrainStepInfo *info) {
     return 0;
 }
 
+typedef double (*BatchLossFn)(void *ctx, const int32_t *ids, const int32_t *labels, int B, int T);
+static int evaluate_with(BatchLossFn batch_loss, void *ctx, const Dataset *ds, int batch, EvalInfo *out);
+
+static double gpu_batch_loss(void *g, const int32_t *ids, const int32_t *labels, int B, int T) {
+    return gpu_forward(g, ids, labels, B, T);
+}
+
 static int run_eval(Trainer *t, int step) {
     EvalInfo e;
-    if (evaluate_dataset(t->m, &t->val, t->c.eval_batch > 0 ? t->c.eval_batch : t->c.batch, &e)) return -1;
+    int batch = t->c.eval_batch > 0 ? t->c.eval_batch : t->c.batch;
+    if (t->g ? evaluate_with(gpu_batch_loss, t->g, &t->val, batch, &e) : evaluate_dataset(t->m, &t->val, batch, &e)) return -1;
     e.step = step;
     log_eval(t, &e);
     if (isnan(t->res->first_val_loss)) t->res->first_val_loss = e.loss;
@@ -676,6 +730,7 @@ static int run_eval(Trainer *t, int step) {
 }
 
 static int save_final(Trainer *t) {
+    if (t->g && gpu_download_trainables(t->g, false)) return -1;
     int rc = t->m->adapters ? adapters_save(t->m, t->c.out_dir) : model_save(t->m, t->c.out_dir);
     if (!rc) message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);
     return rc;
@@ -696,6 +751,7 @@ static int train_loop(Trainer *t, int first_step) {
         if (t->has_val && (last || (t->c.eval_every && info.step % t->c.eval_every == 0)) && run_eval(t, info.step)) return -1;
         if (last) break;
         bool stop = stop_requested || (t->c.stop_after && info.step >= t->c.stop_after);
+        if (stop && t->g) { t->res->stopped = true; return save_final(t); }  // no GPU checkpoints yet: keep the adapter
         if (stop || (t->c.save_every && info.step % t->c.save_every == 0)) {
             if (save_checkpoint(t, info.step)) return -1;
             write_plot(t);
@@ -730,10 +786,23 @@ int train_run(const TrainConfig *cfg, const TrainCallbacks *cb, TrainResult *res
 // ---------------------------------------------------------------------------------------------
 // Evaluation
 
+// The mean causal-LM loss (without regularisers) of one batch, on whichever device.
+static double cpu_batch_loss(void *model, const int32_t *ids, const int32_t *labels, int B, int T) {
+    Model *m = model;
+    double loss = model_forward(m, ids, labels, B, T);
+    return isnan(loss) ? loss : m->act.lm_loss;
+}
+
 int evaluate_dataset(Model *m, const Dataset *ds, int batch, EvalInfo *out) {
-    if (batch < 1) batch = 1;
     bool was_training = m->training;
     m->training = false;
+    int rc = evaluate_with(cpu_batch_loss, m, ds, batch, out);
+    m->training = was_training;
+    return rc;
+}
+
+static int evaluate_with(BatchLossFn batch_loss, void *ctx, const Dataset *ds, int batch, EvalInfo *out) {
+    if (batch < 1) batch = 1;
     int *idx = xmalloc(sizeof(int) * batch);
     int32_t *ids = xmalloc(sizeof(int32_t) * batch * ds->max_len), *labels = xmalloc(sizeof(int32_t) * batch * ds->max_len);
     double sum = 0;
@@ -743,13 +812,12 @@ int evaluate_dataset(Model *m, const Dataset *ds, int batch, EvalInfo *out) {
         int n = ds->n_seq - s < batch ? ds->n_seq - s : batch;
         for (int i = 0; i < n; i++) idx[i] = s + i;
         int T = dataset_batch(ds, idx, n, ids, labels);
-        double loss = model_forward(m, ids, labels, n, T);
+        double loss = batch_loss(ctx, ids, labels, n, T);
         if (isnan(loss)) { rc = -1; break; }
         long k = count_loss_tokens(labels, n, T);
-        sum += m->act.lm_loss * k;  // lm_loss: the causal-LM part, without a regulariser
+        sum += loss * k;
         count += k;
     }
-    m->training = was_training;
     free(idx);
     free(ids);
     free(labels);

@@ -52,6 +52,9 @@ typedef struct {
     bool resume;                 // continue from out_dir/checkpoint
     int stop_after;              // stop (saving a checkpoint) once this many steps are done; 0: off.
                                  // Tests use it to interrupt a run at a known step.
+    bool cuda;                   // train on the GPU (src/cuda): bf16 compute unless fp32
+    bool fp32;                   // with cuda: the fp32 parity mode
+    bool recompute;              // with cuda: recompute activations in backward to save memory
 } TrainConfig;
 
 // Defaults as HF Trainer / PEFT: AdamW (0.9, 0.999, 1e-8), no weight decay, clip 1.0, linear

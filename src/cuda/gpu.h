@@ -1,0 +1,87 @@
+// gpu.h: the CUDA backend of peft.c (one GPU). A GpuModel is built from a loaded CPU Model:
+// its base weights are uploaded (bf16 in the bf16 mode, fp32 in the fp32 parity mode), and the
+// trainable tensors (the adapter's, or every base weight after model_train_all) get fp32 master
+// copies, fp32 gradients and AdamW moments on the device. Frozen weights never get gradients.
+//
+// Build: src/cuda/*.cu are compiled when nvcc is found (see the Makefile); otherwise
+// gpu_stub.c provides these functions, and gpu_available() says why there is no GPU.
+// Every function that can fail returns non-zero / NULL / NAN with peft_last_error() set.
+#pragma once
+#include "check.h"
+#include "model.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { GPU_FP32 = 0, GPU_BF16 = 1 } GpuPrecision;
+
+typedef struct {
+    GpuPrecision precision;  // GPU_BF16: bf16 compute, fp32 masters; GPU_FP32: parity mode
+    bool recompute;          // recompute the MLP's up-projections in backward instead of keeping them
+    int logits_chunk;        // rows of logits per classifier chunk (0 = automatic)
+    uint64_t random_init_seed;  // benchmarks: when non-zero, the base weights are drawn on the device
+                                // (std 0.02, norm weights 1, biases 0) and the host values are not read
+} GpuOptions;
+
+typedef struct GpuModel GpuModel;
+
+// True when this build has the CUDA backend and a usable GPU is present; otherwise false with a
+// reason in why (e.g. "built without CUDA (nvcc not found at build time)", "no CUDA device").
+bool gpu_available(char *why, size_t why_len);
+// One line describing the device ("NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB"), or the reason there is none.
+void gpu_describe(char *buf, size_t len);
+
+// Upload m (with its adapter set, if any) to the GPU. Supported adapters: LoRA (no dropout
+// while training), full fine-tuning (model_train_all), or none (inference).
+GpuModel *gpu_model_create(Model *m, const GpuOptions *opt);
+void gpu_model_free(GpuModel *g);
+
+// Forward over ids [B,T]. With labels: returns the mean causal-LM loss and prepares backward
+// (the classifier's backward runs chunk by chunk inside this call: no [N,V] fp32 logits).
+// Without labels: returns 0 and keeps fp32 logits [B*T, V] for gpu_get_logits. NAN on error.
+double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T);
+int gpu_get_logits(GpuModel *g, float *out);
+// Accumulate d loss / d p into the trainable tensors' device gradients (after a forward with labels).
+int gpu_backward(GpuModel *g);
+void gpu_zero_grad(GpuModel *g);
+// torch.nn.utils.clip_grad_norm_ over all trainable gradients; returns the norm before clipping.
+double gpu_clip_grad_norm(GpuModel *g, double max_norm);
+// One fused AdamW step (torch.optim.AdamW semantics) over every trainable tensor.
+int gpu_adamw_step(GpuModel *g, float lr, float beta1, float beta2, float eps, float weight_decay);
+// zero_grad + forward + backward (+ clip when max_norm > 0) + AdamW: one training step; returns the loss.
+double gpu_train_step(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T,
+                      float lr, float beta1, float beta2, float eps, float weight_decay, double max_norm);
+
+// AdaLoRA's sensitivity scores (PEFT RankAllocator.update_ipt), on the device for every trainable
+// element: ipt = |p * grad|, avg_ipt = b1 avg_ipt + (1-b1) ipt, avg_unc = b2 avg_unc + (1-b2) |ipt - avg_ipt|.
+// Call after a step, before the next zero_grad. (The masking of E every deltaT steps stays on the CPU side.)
+int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2);
+// Copy the trainable tensors (and their gradients when grads) back into the CPU Model's Params,
+// e.g. before adapters_save / model_save. gpu_upload_trainables copies them the other way.
+int gpu_download_trainables(GpuModel *g, bool grads);
+int gpu_upload_trainables(GpuModel *g);
+
+// Peak device memory allocated by this process (cudaMalloc'd bytes, high-water mark since the
+// start or the last gpu_reset_peak, which sets it to what is allocated now).
+size_t gpu_peak_bytes(void);
+void gpu_reset_peak(void);
+// Measured bf16 GEMM rate (TFLOP/s) of an n x n x n product through cuBLASLt, median of 10 after warm-up.
+double gpu_bf16_gemm_tflops(int n);
+// With PEFT_GPU_PROFILE=1 in the environment at gpu_model_create: the time per phase of the
+// training steps since the last report (ms per step), written to buf; -1 when not profiling.
+int gpu_profile_report(GpuModel *g, char *buf, size_t len);
+// Wait for the device; returns non-zero with the error of any failed launch.
+int gpu_sync(GpuModel *g);
+
+// Run one HF PEFT reference case directory on the GPU (check.c's layout: logits, loss,
+// gradients, one AdamW step). fp32: the case's own tolerances. bf16: loss within 1e-2 relative,
+// every gradient's cosine similarity >= 0.999. Status PASS / FAIL / SKIP (no GPU, unsupported method).
+void gpu_check_case(const char *dir, GpuPrecision precision, CheckResult *res);
+
+#ifdef __cplusplus
+}
+#endif

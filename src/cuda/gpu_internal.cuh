@@ -1,0 +1,130 @@
+// gpu_internal.cuh: what the CUDA sources share: types, error recording, vector loads, and the
+// launchers of gpu_kernels.cu / gpu_attention.cu / gpu_gemm.cu (templated on the activation
+// type T: float in the fp32 parity mode, bf16 otherwise).
+#pragma once
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+// ---- errors: the first failure is recorded (with file:line) and reported at the API boundary ----
+extern "C" int peft_fail(const char *fmt, ...);
+bool gpu_record(cudaError_t e, const char *what, const char *file, int line);
+bool gpu_record_blas(cublasStatus_t s, const char *what, const char *file, int line);
+bool gpu_failed(void);          // an error has been recorded since the last gpu_clear_failure
+void gpu_clear_failure(void);
+int gpu_report_failure(void);   // peft_fail with the recorded message; returns -1 (0 when none)
+#define CU(x) gpu_record((x), #x, __FILE__, __LINE__)
+#define BLAS(x) gpu_record_blas((x), #x, __FILE__, __LINE__)
+#define KCHECK() gpu_record(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+// Device allocations go through these, so gpu_peak_bytes() counts every byte we hold (NULL + recorded error on failure).
+void *gpu_malloc(size_t n, const char *what);
+void gpu_free(void *p);
+
+// ---- conversions and 16-byte vectors ----
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<bf16>(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
+
+// VN elements of T: 16 bytes (VN = 16/sizeof(T)) or a single element (VN = 1).
+template <typename T, int VN> __device__ __forceinline__ void ldv(const T *p, float *f) {
+    if constexpr (VN * sizeof(T) == 16) {
+        uint4 u = *reinterpret_cast<const uint4 *>(p);
+        const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+        for (int i = 0; i < VN; i++) f[i] = to_f<T>(e[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < VN; i++) f[i] = to_f<T>(p[i]);
+    }
+}
+template <typename T, int VN> __device__ __forceinline__ void stv(T *p, const float *f) {
+    if constexpr (VN * sizeof(T) == 16) {
+        uint4 u;
+        T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+        for (int i = 0; i < VN; i++) e[i] = from_f<T>(f[i]);
+        *reinterpret_cast<uint4 *>(p) = u;
+    } else {
+#pragma unroll
+        for (int i = 0; i < VN; i++) p[i] = from_f<T>(f[i]);
+    }
+}
+
+// ---- GEMM (gpu_gemm.cu): row-major D[M,N] = alpha op(A) op(B) + beta C (+ bias[N]) ----
+enum GDtype { G_F32 = 0, G_BF16 = 1 };
+template <typename T> constexpr GDtype gdtype() { return sizeof(T) == 4 ? G_F32 : G_BF16; }
+struct GemmCtx;
+GemmCtx *gemm_ctx_new(cudaStream_t stream);
+void gemm_ctx_free(GemmCtx *c);
+// op(A) is [M,K]: A stored [M,K] (lda >= K), or [K,M] when transA. op(B) is [K,N]: B stored [K,N], or [N,K] when transB.
+// C may equal D (in place); beta == 0 ignores C. bias (type td, length N) may be NULL.
+void gemm(GemmCtx *c, bool transA, bool transB, int M, int N, int K, float alpha, const void *A, int lda, GDtype ta,
+          const void *B, int ldb, GDtype tb, float beta, const void *C, void *D, int ldd, GDtype td, const void *bias);
+
+// ---- kernels (gpu_kernels.cu) ----
+template <typename T> void k_convert_f32(T *dst, const float *src, long n, cudaStream_t s);
+// Benchmarks: normal(0, std) from a counter-based hash (seed, index), or a constant when std < 0 (value -std - 1).
+template <typename T> void k_fill_random(T *dst, long n, float std, uint64_t seed, cudaStream_t s);
+template <typename T> void k_embed_fwd(T *out, const int *ids, const T *wte, const T *wpe, int N, int Tn, int C, cudaStream_t s);
+void k_embed_bwd(float *wte_g, float *wpe_g, const float *dres, const int *ids, int N, int Tn, int C, cudaStream_t s);
+// LayerNorm (b != NULL or mean != NULL) or RMSNorm (mean == NULL). stats_only=false: also writes out.
+// With have_stats, reuses mean/rstd (recompute in backward) instead of computing them.
+template <typename T> void k_norm_fwd(T *out, float *mean, float *rstd, const T *x, const T *w, const T *b, int N, int C,
+                                     float eps, bool layernorm, bool have_stats, cudaStream_t s);
+// dres[N,C] (fp32) += d norm input; dres_t (may be NULL) = T(dres); dw/db (may be NULL) += weight grads.
+// dres_t rows have stride ldt (>= C).
+template <typename T> void k_norm_bwd(float *dres, T *dres_t, float *dw, float *db, const T *dout, const T *x, const T *w,
+                                     const float *mean, const float *rstd, int N, int C, bool layernorm, cudaStream_t s, int ldt);
+template <typename T> void k_gelu_fwd(T *out, const T *x, long n, cudaStream_t s);
+template <typename T> void k_gelu_bwd(T *dx, const T *x, const T *dout, long n, cudaStream_t s);
+template <typename T> void k_swiglu_fwd(T *out, const T *gu, int N, int I, cudaStream_t s);
+// dgu rows have stride ldo (>= 2I).
+template <typename T> void k_swiglu_bwd(T *dgu, const T *gu, const T *dout, int N, int I, cudaStream_t s, int ldo);
+// rotate_half rope, in place on the q and k columns of qkv rows [N, S] (q: NH heads from col 0, k: NKV heads from col QW).
+template <typename T> void k_rope_fwd(T *qkv, const float *cos_t, const float *sin_t, int N, int Tn, int NH, int NKV, int HD,
+                                     int S, int QW, cudaStream_t s);
+// dqkv[:, :QW] = rope^-1(dq_acc); when dkv_acc: dqkv[:, QW:] = (rope^-1 on k)(dkv_acc). cos_t NULL: no rope.
+// dqkv rows have stride ldo (>= S).
+template <typename T> void k_attn_finalize(T *dqkv, const float *dq_acc, const float *dkv_acc, const float *cos_t,
+                                          const float *sin_t, int N, int Tn, int NH, int NKV, int HD, int S, int QW, cudaStream_t s, int ldo);
+// Cross-entropy over rows of logits [rows, ld]: loss_rows[i] = logZ - x[target]; with grad, the row
+// becomes (softmax - onehot) * inv_count. target < 0: loss 0 and a zero row.
+template <typename T> void k_cross_entropy(T *logits, int ld, const int *targets, float *loss_rows, int rows, int V,
+                                          float inv_count, bool grad, cudaStream_t s);
+template <typename T> void k_bias_grad(float *db, const T *dy, int N, int width, int ld, cudaStream_t s);
+template <typename T> void k_colsum_mul(float *out, const T *a, const T *b, int N, int width, int lda, cudaStream_t s);
+// Adapters: Beff[o,k] = s * rowv[o] * B[o*ldb + k] * colv[k] (rowv/colv may be NULL = 1), as T.
+template <typename T> void k_build_beff(T *beff, const float *B, int ldb, const float *rowv, const float *colv, float s, int out, int r,
+                                       cudaStream_t st);
+// From G = dy^T h [out, r] (fp32): drow[o] += s sum_k G B colv; dcol[k] += s sum_o G B rowv; dB[o,k] += s G colv[k].
+// Any of drow/dcol/dB may be NULL.
+void k_adapter_grads(float *drow, float *dcol, float *dB, const float *G, const float *B, int ldb, const float *rowv, const float *colv,
+                     float s, int out, int r, cudaStream_t st);
+void k_adalora_scores(float *avg_ipt, float *avg_unc, const float *p, const float *g, long n, float b1, float b2, cudaStream_t s);
+void k_adamw(float *p, const float *g, float *m, float *v, bf16 *work, long n, float decay_mul, float b1, float b2,
+             float eps, float step_size, float bc2_sqrt, cudaStream_t s);
+void k_sumsq(float *partials, int n_partials, const float *x, long n, cudaStream_t s);
+void k_scale(float *x, float k, long n, cudaStream_t s);
+void k_add(float *x, const float *y, long n, cudaStream_t s);
+
+// ---- attention (gpu_attention.cu) ----
+struct AttnDims {
+    int B, T, NH, NKV, HD, S, QW, KVW, window;
+    float scale;
+    int ldd;  // row stride of dqkv (>= S)
+};
+// out [N, QW], lse [B, NH, T] (natural log). qkv rows [N, S]: q | k | v.
+template <typename T> void attn_forward(T *out, float *lse, const T *qkv, AttnDims d, cudaStream_t s);
+// dqkv [N, S] (written), using dq_acc [N, QW] and dkv_acc [N, 2 KVW] fp32 scratch, Dbuf [B*NH*T].
+template <typename T> void attn_backward(T *dqkv, float *dq_acc, float *dkv_acc, float *Dbuf, const T *dout, const T *out,
+                                        const T *qkv, const float *lse, const float *cos_t, const float *sin_t, AttnDims d,
+                                        cudaStream_t s);
+// Whether attn_backward needs dkv_acc (the generic kernels); the flash path writes dk, dv directly.
+template <typename T> bool attn_uses_flash(const AttnDims &d);

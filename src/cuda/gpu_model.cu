@@ -1,0 +1,1220 @@
+// gpu_model.cu: the GPU model: parameters on the device, forward, backward and AdamW for GPT-2
+// and the Llama family, with LoRA adapters or full fine-tuning. Templated on the activation type
+// T (float: the fp32 parity mode; bf16: bf16 compute with fp32 master weights).
+//
+// Parameters live in two arenas: frozen weights (type T) and trainable tensors (fp32 master,
+// fp32 grad, AdamW m and v, and in the bf16 mode a bf16 working copy that AdamW refreshes).
+// Llama's q,k,v and gate,up weights are placed next to each other, so each group is one GEMM;
+// the LoRA A matrices of one group are adjacent too, so x A^T is one GEMM for the group (kept
+// for backward: h [N, R]), and each member adds s (h_i B_i^T) into its columns.
+//
+// Kept for backward per layer: the block input (the previous block's output), the residual
+// after attention, q|k|v after rope, the attention output and its log-sum-exp, the MLP
+// pre-activations (unless --recompute), norm statistics, and h of each adapted group. Normalised
+// inputs and activations are recomputed from those in backward.
+extern "C" {
+#include "adapter.h"
+#include "kernels.h"
+#include "model.h"
+#include "util.h"
+}
+#include "gpu.h"
+#include "gpu_internal.cuh"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <algorithm>
+#include <unordered_map>
+#include <vector>
+
+// ---------------- device memory accounting ----------------
+static size_t g_cur_bytes, g_peak_bytes;
+static std::unordered_map<void *, size_t> *g_sizes;
+
+void *gpu_malloc(size_t n, const char *what) {
+    if (!g_sizes) g_sizes = new std::unordered_map<void *, size_t>();
+    if (n == 0) n = 256;
+    void *p = nullptr;
+    cudaError_t e = cudaMalloc(&p, n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        char msg[256];
+        snprintf(msg, sizeof msg, "allocating %.1f MiB for %s (%.1f MiB held by peft, %.1f MiB free on the device)", n / 1048576.0,
+                 what, g_cur_bytes / 1048576.0, fr / 1048576.0);
+        gpu_record(e, msg, __FILE__, __LINE__);
+        return nullptr;
+    }
+    (*g_sizes)[p] = n;
+    g_cur_bytes += n;
+    if (g_cur_bytes > g_peak_bytes) g_peak_bytes = g_cur_bytes;
+    return p;
+}
+void gpu_free(void *p) {
+    if (!p) return;
+    auto it = g_sizes->find(p);
+    if (it != g_sizes->end()) {
+        g_cur_bytes -= it->second;
+        g_sizes->erase(it);
+    }
+    cudaFree(p);
+}
+extern "C" size_t gpu_peak_bytes(void) { return g_peak_bytes; }
+extern "C" void gpu_reset_peak(void) { g_peak_bytes = g_cur_bytes; }
+
+// ---------------- structures ----------------
+enum { AD_LORA, AD_ADALORA, AD_VERA };
+struct AdMember {
+    int kind, col_off, out, r, r_off;
+    float scaling;
+    void *B;    // LoRA: the working copy of B [out, r]
+    float *Bg;  // LoRA, AdaLoRA: d B
+    // AdaLoRA and VeRA run as LoRA with an effective B, rebuilt before each forward:
+    //   AdaLoRA Beff = s B diag(E); VeRA Beff = diag(lambda_b) B_shared[:out] diag(lambda_d) (s = 1).
+    void *Beff;
+    const float *Bm;               // fp32 B: AdaLoRA's master, VeRA's shared projection (ld r)
+    const float *rowv, *colv;      // VeRA: lambda_b, lambda_d; AdaLoRA: colv = E
+    float *rowv_g, *colv_g;
+};
+struct Group {  // y[N, out] = x[N, in] W^T + b (+ LoRA members), one GEMM
+    int in, out;
+    bool fifo;  // W stored [in, out] (GPT-2 Conv1D)
+    void *w, *b;
+    float *wg, *bg;
+    int zero_bg_off, zero_bg_len;
+    int n_ad, R, lda;
+    AdMember ad[3];
+    void *A;  // [R, in]: the members' A stacked (VeRA: the shared A [r, max_in], lda = max_in, one h for all members)
+    float *Ag;
+    bool shared_h;
+    bool fused_dx;  // the weight has R spare rows after it (Aext) for the fused input gradient
+    void *Aext;
+    void *h;  // [N, R], per layer
+};
+struct Layer {
+    void *n1w, *n1b, *n2w, *n2b;
+    float *n1wg, *n1bg, *n2wg, *n2bg;
+    Group qkv, o, up, down;
+    void *res_mid, *qkv_out, *attn_y, *fc;
+    void *act;  // the MLP activation, kept when the down projection's backward needs it (else NULL)
+    float *mean1, *rstd1, *mean2, *rstd2, *lse;
+};
+struct Slot {
+    Param *p;
+    size_t off;
+    bool trainable;
+};
+
+// Per-phase timing (PEFT_GPU_PROFILE=1 at creation): an event at every phase change of a training
+// step; each interval is added to the phase that began it.
+enum { P_EMBED, P_NORM, P_GEMM_F, P_LORA_F, P_ROPE, P_ATTN_F, P_ACT, P_HEAD, P_GEMM_DX, P_GEMM_DW, P_LORA_B, P_ATTN_B, P_NORM_B, P_ADAM, P_OTHER, P_N };
+static const char *prof_names[P_N] = {"embedding", "norm fwd/recompute", "base GEMM fwd", "LoRA fwd", "rope", "attention fwd",
+                                      "activation fwd/bwd", "classifier (chunked)", "base GEMM dx", "weight/bias grads", "LoRA bwd",
+                                      "attention bwd", "norm bwd", "AdamW", "other"};
+enum { PROF_MAX = 8192 };
+struct Prof {
+    bool on;
+    int n, steps;
+    cudaEvent_t *ev;
+    int *cat;
+    double ms[P_N];
+};
+
+struct GpuModel {
+    Model *m;
+    ModelConfig cfg;
+    GpuOptions opt;
+    bool is_bf16, gpt2;
+    size_t es;
+    cudaStream_t st;
+    GemmCtx *gc;
+    std::vector<Slot> slots;
+    size_t n_frozen, n_train;
+    void *frozen;
+    float *master, *grad, *am, *av;
+    bf16 *work;
+    Layer *L;
+    void *wte, *wpe, *nfw, *nfb, *head;
+    float *wte_g, *wpe_g, *nfw_g, *nfb_g, *head_g;
+    int C, NH, NKV, HD, QW, KVW, S, I, V, upw, actw, Rmax;
+    bool fuse_dx;                     // bf16, Llama layout, adapters: the fused adapter input gradient
+    int ld_dqkv, ld_dfc, ld_dres;     // row strides of the dy buffers (spare columns for dh when fused)
+    // activations
+    int B, T, N, capN, capT;
+    bool acts_ok;
+    std::vector<void *> act_allocs;
+    void **res;
+    void *nbuf, *act, *d_act, *d_fc, *d_n, *d_attn, *dqkv, *dres_t, *dh, *nf, *logits, *fc_scratch;
+    float *dq_acc, *dkv_acc, *Dbuf, *dres, *meanf, *rstdf, *loss_rows, *cos_t, *sin_t, *head_pending, *logits_f32;
+    int *ids_d, *tgt_d;
+    int chunk, ldV;
+    float *loss_host;  // pinned [capN]
+    int *ids_host, *tgt_host;  // pinned [capN]
+    float *partials;
+    // VeRA's shared projections; fp32 scratch for adapter gradients
+    void *vera_A;
+    float *vera_B32, *G_scratch, *scores;
+    size_t G_cap;
+    std::vector<void *> beffs;
+    Prof prof;
+    // Lazy gradient zeroing: gpu_zero_grad clears only zero_ranges (tensors not written by a weight
+    // GEMM); the next backward's weight GEMMs overwrite (beta 0) instead of accumulating.
+    std::vector<std::pair<size_t, size_t>> zero_ranges;
+    bool fresh_grads;
+    // state
+    bool grad_ready, logits_ready;
+    bool direct_head;  // inside gpu_train_step: the head's gradient goes straight into its grad (no pending copy)
+    int count, adam_step;
+};
+
+static const int N_PARTIALS = 1024;
+// Spare rows/columns of the fused adapter input gradient are rounded up to 8, so the fused GEMM's K
+// stays a multiple of 8 (an odd K takes cuBLASLt's slow kernels); the rows and columns past R stay 0.
+static int round8(int x) { return (x + 7) / 8 * 8; }
+
+static void mark(GpuModel *g, int cat) {
+    Prof *p = &g->prof;
+    if (!p->on || p->n >= PROF_MAX) return;
+    if (p->n && p->cat[p->n - 1] == cat) return;
+    cudaEventRecord(p->ev[p->n], g->st);
+    p->cat[p->n++] = cat;
+}
+static void prof_collect(GpuModel *g) {
+    Prof *p = &g->prof;
+    if (!p->on || !p->n) return;
+    mark(g, P_OTHER);
+    cudaEventSynchronize(p->ev[p->n - 1]);
+    for (int i = 0; i + 1 < p->n; i++) {
+        float t = 0;
+        cudaEventElapsedTime(&t, p->ev[i], p->ev[i + 1]);
+        p->ms[p->cat[i]] += t;
+    }
+    p->n = 0;
+    p->steps++;
+}
+extern "C" int gpu_profile_report(GpuModel *g, char *buf, size_t len) {
+    Prof *p = &g->prof;
+    if (!p->on || !p->steps) return -1;
+    double tot = 0;
+    for (int i = 0; i < P_N; i++) tot += p->ms[i];
+    size_t o = snprintf(buf, len, "per step over %d steps: %.2f ms in phases:", p->steps, tot / p->steps);
+    for (int i = 0; i < P_N && o < len; i++)
+        if (p->ms[i] > 0) o += snprintf(buf + o, len - o, " %s %.2f (%.0f%%);", prof_names[i], p->ms[i] / p->steps, 100 * p->ms[i] / tot);
+    memset(p->ms, 0, sizeof p->ms);
+    p->steps = 0;
+    return 0;
+}
+
+// ---------------- parameter placement ----------------
+// extra: zeros after the tensor (the classifier's rows padded to ldV, so its GEMMs have even shapes).
+static void plan(GpuModel *g, Param *p, bool contiguous, size_t extra = 0) {
+    if (!p) return;
+    bool tr = p->trainable && p->grad;
+    size_t &n = tr ? g->n_train : g->n_frozen;
+    if (!contiguous) n = (n + 63) & ~(size_t)63;
+    g->slots.push_back({p, n, tr});
+    n += p->numel + extra;
+}
+static const Slot *find_slot(GpuModel *g, const Param *p) {
+    for (const Slot &s : g->slots)
+        if (s.p == p) return &s;
+    return nullptr;
+}
+static void *wptr(GpuModel *g, const Param *p) {
+    const Slot *s = p ? find_slot(g, p) : nullptr;
+    if (!s) return nullptr;
+    if (s->trainable) return g->is_bf16 ? (void *)(g->work + s->off) : (void *)(g->master + s->off);
+    return (char *)g->frozen + s->off * g->es;
+}
+static float *gptr(GpuModel *g, const Param *p) {
+    const Slot *s = p ? find_slot(g, p) : nullptr;
+    return s && s->trainable ? g->grad + s->off : nullptr;
+}
+static float *mptr(GpuModel *g, const Param *p) {
+    const Slot *s = p ? find_slot(g, p) : nullptr;
+    return s && s->trainable ? g->master + s->off : nullptr;
+}
+
+static bool adapter_active(const Linear *lin) { return lin && lin->adapter && !lin->adapter->merged && lin->adapter->r > 0; }
+
+// Bind a group of linears that share their input, in column order. Their weights (and biases,
+// and A matrices) must be adjacent: plan() placed them so.
+static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
+    memset(G, 0, sizeof *G);
+    G->in = lins[0]->in;
+    G->fifo = lins[0]->fan_in_fan_out;
+    if (G->fifo && n > 1) return peft_fail("CUDA backend: internal error: fused Conv1D group");
+    G->w = wptr(g, lins[0]->weight);
+    G->wg = gptr(g, lins[0]->weight);
+    G->b = lins[0]->bias ? wptr(g, lins[0]->bias) : nullptr;
+    G->bg = lins[0]->bias ? gptr(g, lins[0]->bias) : nullptr;
+    size_t es_w = g->es;  // working copies (frozen or trainable) have the activation type
+    for (int i = 0; i < n; i++) {
+        Linear *lin = lins[i];
+        if (lin->in != G->in) return peft_fail("CUDA backend: internal error: fused group inputs differ");
+        if ((char *)wptr(g, lin->weight) != (char *)G->w + (size_t)G->out * G->in * es_w)
+            return peft_fail("CUDA backend: %s: weights of one fused group must all be trainable or all frozen", lin->module);
+        if ((lin->bias != nullptr) != (G->b != nullptr))
+            return peft_fail("CUDA backend: %s: a fused group must have biases on all or none of its modules", lin->module);
+        if (G->b && (char *)wptr(g, lin->bias) != (char *)G->b + (size_t)G->out * es_w)
+            return peft_fail("CUDA backend: %s: biases of one fused group must all be trainable or all frozen", lin->module);
+        if (adapter_active(lin)) {
+            Adapter *a = lin->adapter;
+            AdMember *mb = &G->ad[G->n_ad++];
+            PeftType type = g->m->adapters->cfg.type;
+            mb->kind = type == PEFT_VERA ? AD_VERA : type == PEFT_ADALORA ? AD_ADALORA : AD_LORA;
+            mb->col_off = G->out;
+            mb->out = lin->out;
+            mb->r = a->r;
+            mb->scaling = a->scaling;
+            if (mb->kind == AD_VERA) {
+                // One h = x A_shared[:, :in]^T for every member of the group.
+                mb->r_off = 0;
+                G->A = g->vera_A;
+                G->lda = g->m->adapters->vera_max_in;
+                G->shared_h = true;
+                if (G->R && G->R != a->r) return peft_fail("CUDA backend: internal error: VeRA ranks differ in %s", lin->module);
+                G->R = a->r;
+                mb->Bm = g->vera_B32;
+                mb->rowv = mptr(g, a->lambda_b);
+                mb->colv = mptr(g, a->lambda_d);
+                mb->rowv_g = gptr(g, a->lambda_b);
+                mb->colv_g = gptr(g, a->lambda_d);
+                if (!mb->rowv || !mb->colv) return peft_fail("CUDA backend: %s: VeRA tensors were not placed", lin->module);
+            } else {
+                mb->r_off = G->R;
+                mb->B = wptr(g, a->B);
+                mb->Bg = gptr(g, a->B);
+                void *A = wptr(g, a->A);
+                if (!mb->B || !A || !mb->Bg || !gptr(g, a->A)) return peft_fail("CUDA backend: %s: adapter tensors were not placed", lin->module);
+                if (G->n_ad == 1) {
+                    G->A = A;
+                    G->Ag = gptr(g, a->A);
+                    G->lda = G->in;
+                } else if ((char *)A != (char *)G->A + (size_t)G->R * G->in * (g->is_bf16 ? 2 : 4))
+                    return peft_fail("CUDA backend: internal error: LoRA A matrices of %s are not adjacent", lin->module);
+                G->R += a->r;
+                if (mb->kind == AD_ADALORA) {
+                    mb->Bm = mptr(g, a->B);
+                    mb->colv = mptr(g, a->E);
+                    mb->colv_g = gptr(g, a->E);
+                    if (!mb->colv) return peft_fail("CUDA backend: %s: AdaLoRA's E was not placed", lin->module);
+                }
+            }
+            if (mb->kind != AD_LORA) {
+                mb->Beff = gpu_malloc((size_t)mb->out * mb->r * g->es, "adapter effective B");
+                if (!mb->Beff) return gpu_report_failure();
+                g->beffs.push_back(mb->Beff);
+                size_t need = (size_t)mb->out * mb->r;
+                if (need > g->G_cap) g->G_cap = need;
+            }
+        }
+        G->out += lin->out;
+    }
+    if (G->R > g->Rmax) g->Rmax = G->R;
+    return 0;
+}
+
+// ---------------- activations ----------------
+static void free_acts(GpuModel *g) {
+    for (void *p : g->act_allocs) gpu_free(p);
+    g->act_allocs.clear();
+    free(g->res);
+    g->res = nullptr;
+    if (g->loss_host) cudaFreeHost(g->loss_host);
+    g->loss_host = nullptr;
+    g->ids_host = g->tgt_host = nullptr;
+    gpu_free(g->logits_f32);
+    g->logits_f32 = nullptr;
+    for (int l = 0; g->L && l < g->cfg.n_layer; l++) {
+        Layer *Ly = &g->L[l];
+        Ly->res_mid = Ly->qkv_out = Ly->attn_y = Ly->fc = Ly->act = nullptr;
+        Ly->qkv.h = Ly->o.h = Ly->up.h = Ly->down.h = nullptr;
+    }
+    g->acts_ok = false;
+    g->grad_ready = g->logits_ready = false;
+}
+
+static void *aalloc(GpuModel *g, size_t bytes, const char *what) {
+    void *p = gpu_malloc(bytes, what);
+    if (p) g->act_allocs.push_back(p);
+    return p;
+}
+
+static int ensure_acts(GpuModel *g, int B, int Tn) {
+    int N = B * Tn;
+    if (g->acts_ok && N <= g->capN && Tn == g->capT) {
+        g->B = B; g->T = Tn; g->N = N;
+        return 0;
+    }
+    free_acts(g);
+    int Ln = g->cfg.n_layer, C = g->C;
+    size_t es = g->es;
+    g->res = (void **)calloc(Ln + 1, sizeof(void *));
+    for (int l = 0; l <= Ln; l++) g->res[l] = aalloc(g, (size_t)N * C * es, "the residual stream");
+    bool ln = g->gpt2;
+    for (int l = 0; l < Ln; l++) {
+        Layer *Ly = &g->L[l];
+        Ly->res_mid = aalloc(g, (size_t)N * C * es, "activations");
+        Ly->qkv_out = aalloc(g, (size_t)N * g->S * es, "activations");
+        Ly->attn_y = aalloc(g, (size_t)N * g->QW * es, "activations");
+        if (!g->opt.recompute) Ly->fc = aalloc(g, (size_t)N * g->upw * es, "activations");
+        if (!g->opt.recompute && (Ly->down.wg || Ly->down.n_ad)) Ly->act = aalloc(g, (size_t)N * g->actw * es, "activations");
+        float *stats = (float *)aalloc(g, sizeof(float) * (size_t)N * (4 + g->NH), "activations");
+        if (!stats) break;
+        Ly->rstd1 = stats;
+        Ly->rstd2 = stats + N;
+        Ly->mean1 = ln ? stats + 2 * N : nullptr;
+        Ly->mean2 = ln ? stats + 3 * N : nullptr;
+        Ly->lse = stats + 4 * (size_t)N;
+        Group *gs[4] = {&Ly->qkv, &Ly->o, &Ly->up, &Ly->down};
+        for (Group *G : gs)
+            if (G->n_ad) G->h = aalloc(g, (size_t)N * G->R * es, "adapter activations");
+    }
+    g->nbuf = aalloc(g, (size_t)N * C * es, "scratch");
+    g->act = aalloc(g, (size_t)N * g->actw * es, "scratch");
+    g->d_act = aalloc(g, (size_t)N * g->actw * es, "scratch");
+    g->d_fc = aalloc(g, (size_t)N * g->ld_dfc * es, "scratch");
+    if (g->opt.recompute) g->fc_scratch = aalloc(g, (size_t)N * g->upw * es, "scratch");
+    g->d_n = aalloc(g, (size_t)N * C * es, "scratch");
+    g->d_attn = aalloc(g, (size_t)N * g->QW * es, "scratch");
+    g->dqkv = aalloc(g, (size_t)N * g->ld_dqkv * es, "scratch");
+    g->dq_acc = (float *)aalloc(g, sizeof(float) * (size_t)N * g->QW, "scratch");
+    g->dkv_acc = (float *)aalloc(g, sizeof(float) * (size_t)N * 2 * g->KVW, "scratch");
+    g->Dbuf = (float *)aalloc(g, sizeof(float) * (size_t)N * g->NH, "scratch");
+    g->dres = (float *)aalloc(g, sizeof(float) * (size_t)N * C, "scratch");
+    g->dres_t = g->is_bf16 ? aalloc(g, (size_t)N * g->ld_dres * es, "scratch") : nullptr;
+    g->dh = g->Rmax ? aalloc(g, (size_t)N * g->Rmax * es, "scratch") : nullptr;
+    g->nf = aalloc(g, (size_t)N * C * es, "scratch");
+    g->meanf = (float *)aalloc(g, sizeof(float) * (size_t)N * 4, "scratch");
+    g->rstdf = g->meanf + N;
+    g->loss_rows = g->meanf + 2 * (size_t)N;
+    g->ids_d = (int *)aalloc(g, sizeof(int) * (size_t)N * 2, "scratch");
+    g->tgt_d = g->ids_d + N;
+    int chunk = g->opt.logits_chunk;
+    if (chunk <= 0) {
+        chunk = (int)((128u << 20) / ((size_t)g->ldV * es));
+        chunk = chunk / 64 * 64;
+        if (chunk < 64) chunk = 64;
+    }
+    if (chunk > N) chunk = N;
+    g->chunk = chunk;
+    g->logits = aalloc(g, (size_t)chunk * g->ldV * es, "the logits chunk");
+    if (!g->gpt2) {
+        int half = g->HD / 2;
+        float *hc = (float *)malloc(sizeof(float) * (size_t)Tn * half * 2);
+        rope_tables(hc, hc + (size_t)Tn * half, Tn, g->HD, g->m->inv_freq);
+        g->cos_t = (float *)aalloc(g, sizeof(float) * (size_t)Tn * half * 2, "rope tables");
+        g->sin_t = g->cos_t ? g->cos_t + (size_t)Tn * half : nullptr;
+        if (g->cos_t) CU(cudaMemcpy(g->cos_t, hc, sizeof(float) * (size_t)Tn * half * 2, cudaMemcpyHostToDevice));
+        free(hc);
+    } else g->cos_t = g->sin_t = nullptr;
+    // dy buffers: the fused input gradient reads their spare columns up to round8(R); those past R stay 0.
+    if (g->d_fc) CU(cudaMemset(g->d_fc, 0, (size_t)N * g->ld_dfc * es));
+    if (g->dqkv) CU(cudaMemset(g->dqkv, 0, (size_t)N * g->ld_dqkv * es));
+    if (g->dres_t) CU(cudaMemset(g->dres_t, 0, (size_t)N * g->ld_dres * es));
+    if (CU(cudaMallocHost(&g->loss_host, sizeof(float) * (size_t)N * 3))) {
+        g->ids_host = (int *)(g->loss_host + N);
+        g->tgt_host = g->ids_host + N;
+    }
+    if (gpu_failed()) {
+        free_acts(g);
+        return gpu_report_failure();
+    }
+    g->capN = N;
+    g->capT = Tn;
+    g->B = B; g->T = Tn; g->N = N;
+    g->acts_ok = true;
+    return 0;
+}
+
+// ---------------- groups ----------------
+template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T *y, const T *resid, int N) {
+    constexpr GDtype TT = gdtype<T>();
+    mark(g, P_GEMM_F);
+    gemm(g->gc, false, !G->fifo, N, G->out, G->in, 1.0f, x, G->in, TT, G->w, G->fifo ? G->out : G->in, TT, resid ? 1.0f : 0.0f, resid,
+         y, G->out, TT, G->b);
+    if (!G->n_ad) return;
+    mark(g, P_LORA_F);
+    T *h = (T *)G->h;
+    gemm(g->gc, false, true, N, G->R, G->in, 1.0f, x, G->in, TT, G->A, G->lda, TT, 0.0f, nullptr, h, G->R, TT, nullptr);
+    for (int i = 0; i < G->n_ad; i++) {
+        AdMember *mb = &G->ad[i];
+        gemm(g->gc, false, true, N, mb->out, mb->r, mb->Beff ? 1.0f : mb->scaling, h + mb->r_off, G->R, TT, mb->Beff ? mb->Beff : mb->B,
+             mb->r, TT, 1.0f, y + mb->col_off, y + mb->col_off, G->out, TT, nullptr);
+    }
+}
+
+// dy has row stride ldy >= out. With fused_dx (bf16, nn.Linear layout, an adapter): dy's rows have
+// R spare columns after out, and the weight R spare rows after its out rows; dh goes into the
+// columns, A into the rows, and dx = [dy | dh] [W; A] is one GEMM (no separate dx += dh A pass).
+template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, const T *dy, int ldy, T *dx, int N) {
+    constexpr GDtype TT = gdtype<T>();
+    if (!G->fused_dx) {
+        mark(g, P_GEMM_DX);
+        if (dx)
+            gemm(g->gc, false, G->fifo, N, G->in, G->out, 1.0f, dy, ldy, TT, G->w, G->fifo ? G->out : G->in, TT, 0.0f, nullptr, dx, G->in,
+                 TT, nullptr);
+    }
+    mark(g, P_GEMM_DW);
+    if (G->wg) {
+        float beta = g->fresh_grads ? 0.0f : 1.0f;
+        if (G->fifo) gemm(g->gc, true, false, G->in, G->out, N, 1.0f, x, G->in, TT, dy, ldy, TT, beta, G->wg, G->wg, G->out, G_F32, nullptr);
+        else gemm(g->gc, true, false, G->out, G->in, N, 1.0f, dy, ldy, TT, x, G->in, TT, beta, G->wg, G->wg, G->in, G_F32, nullptr);
+    }
+    if (G->bg) {
+        k_bias_grad<T>(G->bg, dy, N, G->out, ldy, g->st);
+        if (G->zero_bg_len) CU(cudaMemsetAsync(G->bg + G->zero_bg_off, 0, sizeof(float) * G->zero_bg_len, g->st));
+    }
+    if (!G->n_ad) return;
+    mark(g, P_LORA_B);
+    T *h = (T *)G->h;
+    T *dh = G->fused_dx ? (T *)dy + G->out : (T *)g->dh;  // fused: dh lives in dy's spare columns
+    int lddh = G->fused_dx ? ldy : G->R;
+    for (int i = 0; i < G->n_ad; i++) {
+        AdMember *mb = &G->ad[i];
+        // dh_i = dy_i Beff_i [N, r] (LoRA: s dy_i B_i; VeRA's members add into one dh)
+        float beta = G->shared_h && i > 0 ? 1.0f : 0.0f;
+        gemm(g->gc, false, false, N, mb->r, mb->out, mb->Beff ? 1.0f : mb->scaling, dy + mb->col_off, ldy, TT, mb->Beff ? mb->Beff : mb->B,
+             mb->r, TT, beta, dh + mb->r_off, dh + mb->r_off, lddh, TT, nullptr);
+        if (mb->kind == AD_LORA) {  // dB_i += s dy_i^T h_i [out_i, r]
+            gemm(g->gc, true, false, mb->out, mb->r, N, mb->scaling, dy + mb->col_off, ldy, TT, h + mb->r_off, G->R, TT, 1.0f, mb->Bg, mb->Bg,
+                 mb->r, G_F32, nullptr);
+        } else {  // G = dy_i^T h_i, then the small reductions to the method's tensors
+            gemm(g->gc, true, false, mb->out, mb->r, N, 1.0f, dy + mb->col_off, ldy, TT, h + mb->r_off, G->R, TT, 0.0f, nullptr, g->G_scratch,
+                 mb->r, G_F32, nullptr);
+            if (mb->kind == AD_ADALORA)
+                k_adapter_grads(nullptr, mb->colv_g, mb->Bg, g->G_scratch, mb->Bm, mb->r, nullptr, mb->colv, mb->scaling, mb->out, mb->r, g->st);
+            else
+                k_adapter_grads(mb->rowv_g, mb->colv_g, nullptr, g->G_scratch, mb->Bm, mb->r, mb->rowv, mb->colv, 1.0f, mb->out, mb->r, g->st);
+        }
+    }
+    // dA += dh^T x [R, in] (trainable A)
+    if (G->Ag) gemm(g->gc, true, false, G->R, G->in, N, 1.0f, dh, lddh, TT, x, G->in, TT, 1.0f, G->Ag, G->Ag, G->in, G_F32, nullptr);
+    if (!dx) return;
+    if (G->fused_dx) {
+        // A (its current working copy) into the weight's spare rows, then one GEMM with K = out + R.
+        if (G->lda == G->in) CU(cudaMemcpyAsync(G->Aext, G->A, (size_t)G->R * G->in * g->es, cudaMemcpyDeviceToDevice, g->st));
+        else CU(cudaMemcpy2DAsync(G->Aext, (size_t)G->in * g->es, G->A, (size_t)G->lda * g->es, (size_t)G->in * g->es, G->R,
+                                  cudaMemcpyDeviceToDevice, g->st));
+        mark(g, P_GEMM_DX);
+        gemm(g->gc, false, false, N, G->in, G->out + round8(G->R), 1.0f, dy, ldy, TT, G->w, G->in, TT, 0.0f, nullptr, dx, G->in, TT, nullptr);
+    } else  // dx += dh A [N, in]
+        gemm(g->gc, false, false, N, G->in, G->R, 1.0f, dh, lddh, TT, G->A, G->lda, TT, 1.0f, dx, dx, G->in, TT, nullptr);
+}
+
+static AttnDims attn_dims(GpuModel *g) {
+    return AttnDims{g->B, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->KVW, g->cfg.sliding_window, 1.0f / sqrtf((float)g->HD), g->ld_dqkv};
+}
+
+// ---------------- forward ----------------
+template <typename T> static void act_fwd(GpuModel *g, T *act, const T *fc) {
+    if (g->gpt2) k_gelu_fwd<T>(act, fc, (long)g->N * g->actw, g->st);
+    else k_swiglu_fwd<T>(act, fc, g->N, g->I, g->st);
+}
+
+template <typename T> static void layer_fwd(GpuModel *g, int l) {
+    Layer *Ly = &g->L[l];
+    int N = g->N, C = g->C;
+    float eps = g->cfg.norm_eps;
+    T *x = (T *)g->res[l], *nb = (T *)g->nbuf;
+    mark(g, P_NORM);
+    k_norm_fwd<T>(nb, Ly->mean1, Ly->rstd1, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, false, g->st);
+    group_fwd<T>(g, &Ly->qkv, nb, (T *)Ly->qkv_out, nullptr, N);
+    mark(g, P_ROPE);
+    if (!g->gpt2) k_rope_fwd<T>((T *)Ly->qkv_out, g->cos_t, g->sin_t, N, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
+    mark(g, P_ATTN_F);
+    attn_forward<T>((T *)Ly->attn_y, Ly->lse, (T *)Ly->qkv_out, attn_dims(g), g->st);
+    group_fwd<T>(g, &Ly->o, (T *)Ly->attn_y, (T *)Ly->res_mid, x, N);
+    mark(g, P_NORM);
+    k_norm_fwd<T>(nb, Ly->mean2, Ly->rstd2, (T *)Ly->res_mid, (T *)Ly->n2w, (T *)Ly->n2b, N, C, eps, g->gpt2, false, g->st);
+    T *fc = (T *)(g->opt.recompute ? g->fc_scratch : Ly->fc);
+    group_fwd<T>(g, &Ly->up, nb, fc, nullptr, N);
+    mark(g, P_ACT);
+    T *act = (T *)(Ly->act ? Ly->act : g->act);
+    act_fwd<T>(g, act, fc);
+    group_fwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, N);
+}
+
+// Everything up to the loss; with labels also the classifier's backward (d final-norm output
+// into d_n, the head's weight gradient into head_pending). The loss rows are copied to
+// loss_host asynchronously: the caller synchronises.
+template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int Tn) {
+    constexpr GDtype TT = gdtype<T>();
+    const ModelConfig *c = &g->cfg;
+    if (B <= 0 || Tn <= 0) return peft_fail("batch shape must be positive (B=%d, T=%d)", B, Tn);
+    if (g->gpt2 && Tn > c->n_positions) return peft_fail("sequence length %d exceeds the model's n_positions %d", Tn, c->n_positions);
+    int N = B * Tn;
+    for (int i = 0; i < N; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return peft_fail("token id %d at position %d is outside the vocabulary (size %d)", ids[i], i, c->vocab_size);
+    int C = g->C, V = g->V, count = 0;
+    if (labels)
+        for (int i = 0; i < N; i++) {
+            int lab = i % Tn + 1 < Tn ? labels[i + 1] : -100;
+            if (lab != -100 && (lab < 0 || lab >= V)) return peft_fail("label %d at position %d is outside the vocabulary (size %d)", lab, i + 1, V);
+            count += lab != -100;
+        }
+    if (ensure_acts(g, B, Tn)) return -1;
+    g->grad_ready = g->logits_ready = false;
+    memcpy(g->ids_host, ids, sizeof(int) * N);
+    mark(g, P_LORA_F);
+    for (int l = 0; l < c->n_layer; l++) {
+        Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down};
+        for (Group *G : gs)
+            for (int i = 0; i < G->n_ad; i++) {
+                AdMember *mb = &G->ad[i];
+                if (mb->Beff) k_build_beff<T>((T *)mb->Beff, mb->Bm, mb->r, mb->rowv, mb->colv, mb->scaling, mb->out, mb->r, g->st);
+            }
+    }
+    mark(g, P_EMBED);
+    CU(cudaMemcpyAsync(g->ids_d, g->ids_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    k_embed_fwd<T>((T *)g->res[0], g->ids_d, (T *)g->wte, (T *)g->wpe, N, Tn, C, g->st);
+    for (int l = 0; l < c->n_layer; l++) layer_fwd<T>(g, l);
+    mark(g, P_NORM);
+    k_norm_fwd<T>((T *)g->nf, g->gpt2 ? g->meanf : nullptr, g->rstdf, (T *)g->res[c->n_layer], (T *)g->nfw, (T *)g->nfb, N, C, c->norm_eps,
+                  g->gpt2, false, g->st);
+    if (!labels) {
+        if (!g->logits_f32) {
+            g->logits_f32 = (float *)gpu_malloc(sizeof(float) * (size_t)g->capN * V, "fp32 logits");
+            if (!g->logits_f32) return gpu_report_failure();
+        }
+        gemm(g->gc, false, true, N, V, C, 1.0f, g->nf, C, TT, g->head, C, TT, 0.0f, nullptr, g->logits_f32, V, G_F32, nullptr);
+        g->logits_ready = true;
+        return gpu_failed() ? gpu_report_failure() : 0;
+    }
+    for (int i = 0; i < N; i++) {
+        int lab = i % Tn + 1 < Tn ? labels[i + 1] : -100;
+        g->tgt_host[i] = lab == -100 ? -1 : lab;
+    }
+    mark(g, P_HEAD);
+    CU(cudaMemcpyAsync(g->tgt_d, g->tgt_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    g->count = count;
+    float inv = count ? 1.0f / count : 0.0f;
+    T *lg = (T *)g->logits, *nf = (T *)g->nf, *dnf = (T *)g->d_n;
+    for (int r0 = 0; r0 < N; r0 += g->chunk) {
+        int rows = N - r0 < g->chunk ? N - r0 : g->chunk;
+        // The head's rows are padded with zeros to ldV: logits columns V..ldV come out 0 and stay 0 as gradients.
+        int LV = g->ldV;
+        gemm(g->gc, false, true, rows, LV, C, 1.0f, nf + (size_t)r0 * C, C, TT, g->head, C, TT, 0.0f, nullptr, lg, LV, TT, nullptr);
+        k_cross_entropy<T>(lg, LV, g->tgt_d + r0, g->loss_rows + r0, rows, V, inv, true, g->st);
+        gemm(g->gc, false, false, rows, C, LV, 1.0f, lg, LV, TT, g->head, C, TT, 0.0f, nullptr, dnf + (size_t)r0 * C, C, TT, nullptr);
+        if (g->head_g && g->direct_head)
+            gemm(g->gc, true, false, LV, C, rows, 1.0f, lg, LV, TT, nf + (size_t)r0 * C, C, TT, 1.0f, g->head_g, g->head_g, C, G_F32, nullptr);
+        else if (g->head_g)
+            gemm(g->gc, true, false, LV, C, rows, 1.0f, lg, LV, TT, nf + (size_t)r0 * C, C, TT, r0 ? 1.0f : 0.0f, g->head_pending,
+                 g->head_pending, C, G_F32, nullptr);
+    }
+    CU(cudaMemcpyAsync(g->loss_host, g->loss_rows, sizeof(float) * N, cudaMemcpyDeviceToHost, g->st));
+    g->grad_ready = true;
+    return gpu_failed() ? gpu_report_failure() : 0;
+}
+
+static double loss_from_host(GpuModel *g) {
+    double s = 0;
+    for (int i = 0; i < g->N; i++) s += g->loss_host[i];
+    return g->count ? s / g->count : 0.0;
+}
+
+// ---------------- backward ----------------
+template <typename T> static void layer_bwd(GpuModel *g, int l) {
+    Layer *Ly = &g->L[l];
+    int N = g->N, C = g->C;
+    float eps = g->cfg.norm_eps;
+    T *x = (T *)g->res[l], *nb = (T *)g->nbuf;
+    T *dres_T = g->is_bf16 ? (T *)g->dres_t : (T *)g->dres;
+    T *dres_copy = g->is_bf16 ? (T *)g->dres_t : nullptr;
+    T *fc = (T *)(g->opt.recompute ? g->fc_scratch : Ly->fc);
+    bool need_n2 = Ly->up.wg || Ly->up.n_ad;
+    mark(g, P_NORM);
+    if (g->opt.recompute || need_n2)
+        k_norm_fwd<T>(nb, Ly->mean2, Ly->rstd2, (T *)Ly->res_mid, (T *)Ly->n2w, (T *)Ly->n2b, N, C, eps, g->gpt2, true, g->st);
+    if (g->opt.recompute) group_fwd<T>(g, &Ly->up, nb, fc, nullptr, N);
+    // MLP
+    mark(g, P_ACT);
+    T *act = (T *)(Ly->act ? Ly->act : g->act);
+    if (!Ly->act && (Ly->down.wg || Ly->down.n_ad)) act_fwd<T>(g, act, fc);
+    int ld_dres = g->is_bf16 ? g->ld_dres : C;
+    group_bwd<T>(g, &Ly->down, act, dres_T, ld_dres, (T *)g->d_act, N);
+    mark(g, P_ACT);
+    if (g->gpt2) k_gelu_bwd<T>((T *)g->d_fc, fc, (T *)g->d_act, (long)N * g->actw, g->st);
+    else k_swiglu_bwd<T>((T *)g->d_fc, fc, (T *)g->d_act, N, g->I, g->st, g->ld_dfc);
+    group_bwd<T>(g, &Ly->up, nb, (T *)g->d_fc, g->ld_dfc, (T *)g->d_n, N);
+    mark(g, P_NORM_B);
+    k_norm_bwd<T>(g->dres, dres_copy, Ly->n2wg, Ly->n2bg, (T *)g->d_n, (T *)Ly->res_mid, (T *)Ly->n2w, Ly->mean2, Ly->rstd2, N, C,
+                  g->gpt2, g->st, ld_dres);
+    // attention
+    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, dres_T, ld_dres, (T *)g->d_attn, N);
+    mark(g, P_ATTN_B);
+    attn_backward<T>((T *)g->dqkv, g->dq_acc, g->dkv_acc, g->Dbuf, (T *)g->d_attn, (T *)Ly->attn_y, (T *)Ly->qkv_out, Ly->lse, g->cos_t,
+                     g->sin_t, attn_dims(g), g->st);
+    mark(g, P_NORM);
+    if (Ly->qkv.wg || Ly->qkv.n_ad)
+        k_norm_fwd<T>(nb, Ly->mean1, Ly->rstd1, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, true, g->st);
+    group_bwd<T>(g, &Ly->qkv, nb, (T *)g->dqkv, g->ld_dqkv, (T *)g->d_n, N);
+    mark(g, P_NORM_B);
+    k_norm_bwd<T>(g->dres, dres_copy, Ly->n1wg, Ly->n1bg, (T *)g->d_n, x, (T *)Ly->n1w, Ly->mean1, Ly->rstd1, N, C, g->gpt2, g->st, ld_dres);
+}
+
+template <typename T> static int backward_impl(GpuModel *g) {
+    if (!g->grad_ready) return peft_fail("CUDA backend: backward needs a forward with labels first");
+    g->grad_ready = false;
+    int N = g->N, C = g->C, Ln = g->cfg.n_layer;
+    mark(g, P_OTHER);
+    CU(cudaMemsetAsync(g->dres, 0, sizeof(float) * (size_t)N * C, g->st));
+    if (g->head_g && !g->direct_head) k_add(g->head_g, g->head_pending, (long)g->V * C, g->st);
+    mark(g, P_NORM_B);
+    k_norm_bwd<T>(g->dres, g->is_bf16 ? (T *)g->dres_t : nullptr, g->nfw_g, g->nfb_g, (T *)g->d_n, (T *)g->res[Ln], (T *)g->nfw,
+                  g->gpt2 ? g->meanf : nullptr, g->rstdf, N, C, g->gpt2, g->st, g->is_bf16 ? g->ld_dres : C);
+    for (int l = Ln - 1; l >= 0; l--) layer_bwd<T>(g, l);
+    g->fresh_grads = false;
+    mark(g, P_EMBED);
+    if (g->wte_g || g->wpe_g) k_embed_bwd(g->wte_g, g->wpe_g, g->dres, g->ids_d, N, g->T, C, g->st);
+    return gpu_failed() ? gpu_report_failure() : 0;
+}
+
+// ---------------- creation ----------------
+extern "C" bool gpu_available(char *why, size_t len) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        if (why) snprintf(why, len, "no usable CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        cudaGetLastError();
+        return false;
+    }
+    return true;
+}
+
+extern "C" void gpu_describe(char *buf, size_t len) {
+    if (!gpu_available(buf, len)) return;
+    cudaDeviceProp p;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+        snprintf(buf, len, "CUDA device %d (properties unavailable)", dev);
+        return;
+    }
+    snprintf(buf, len, "%s, sm_%d%d, %d SMs, %.1f GiB", p.name, p.major, p.minor, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0);
+}
+
+static int upload_all(GpuModel *g) {
+    // Stage fp32 host values through one device buffer; convert to bf16 on the device.
+    size_t stage_n = 16u << 20;
+    float *stage = (float *)gpu_malloc(sizeof(float) * stage_n, "the upload staging buffer");
+    if (!stage) return gpu_report_failure();
+    Model *m = g->m;
+    for (const Slot &s : g->slots) {
+        Param *p = s.p;
+        bool base = p >= m->params && p < m->params + m->n_params;
+        if (base && g->opt.random_init_seed) {
+            bool is_norm = strstr(p->name, "ln_") || strstr(p->name, "norm");
+            float std = p->ndim == 2 ? 0.02f : (is_norm && strstr(p->name, "weight") ? -2.0f : -1.0f);  // 1.0 / 0.0 constants
+            uint64_t seed = g->opt.random_init_seed * 0x9E3779B97F4A7C15ull + (uint64_t)(p - m->params);
+            if (s.trainable) {
+                k_fill_random<float>(g->master + s.off, p->numel, std, seed, g->st);
+                if (g->is_bf16) k_convert_f32<bf16>(g->work + s.off, g->master + s.off, p->numel, g->st);
+            } else if (g->is_bf16) k_fill_random<bf16>((bf16 *)g->frozen + s.off, p->numel, std, seed, g->st);
+            else k_fill_random<float>((float *)g->frozen + s.off, p->numel, std, seed, g->st);
+            continue;
+        }
+        if (s.trainable) {
+            CU(cudaMemcpy(g->master + s.off, p->w, sizeof(float) * p->numel, cudaMemcpyHostToDevice));
+            if (g->is_bf16) k_convert_f32<bf16>(g->work + s.off, g->master + s.off, p->numel, g->st);
+        } else if (!g->is_bf16) {
+            CU(cudaMemcpy((float *)g->frozen + s.off, p->w, sizeof(float) * p->numel, cudaMemcpyHostToDevice));
+        } else {
+            for (long i = 0; i < p->numel; i += stage_n) {
+                long n = p->numel - i < (long)stage_n ? p->numel - i : (long)stage_n;
+                CU(cudaMemcpy(stage, p->w + i, sizeof(float) * n, cudaMemcpyHostToDevice));
+                k_convert_f32<bf16>((bf16 *)g->frozen + s.off + i, stage, n, g->st);
+                CU(cudaStreamSynchronize(g->st));
+            }
+        }
+        if (gpu_failed()) break;
+    }
+    CU(cudaStreamSynchronize(g->st));
+    gpu_free(stage);
+    return gpu_failed() ? gpu_report_failure() : 0;
+}
+
+static void plan_linear(GpuModel *g, Linear *lin, bool contiguous, size_t extra = 0) {
+    if (lin) plan(g, lin->weight, contiguous, extra);
+}
+// The spare weight rows a group's fused input gradient needs (LoRA/AdaLoRA: the sum of ranks; VeRA: r), rounded up to 8.
+static int group_rank(GpuModel *g, Linear **lins, int n) {
+    int R = 0;
+    for (int i = 0; i < n; i++)
+        if (adapter_active(lins[i])) R = g->m->adapters->cfg.type == PEFT_VERA ? lins[i]->adapter->r : R + lins[i]->adapter->r;
+    return g->fuse_dx ? round8(R) : 0;
+}
+
+extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
+    gpu_clear_failure();
+    char why[256];
+    if (!gpu_available(why, sizeof why)) {
+        peft_fail("CUDA backend: %s", why);
+        return nullptr;
+    }
+    const ModelConfig *c = &m->cfg;
+    AdapterSet *set = m->adapters;
+    if (set) {
+        if (set->cfg.dropout > 0) {
+            peft_fail("CUDA backend: adapter dropout %g is not supported yet (use 0)", set->cfg.dropout);
+            return nullptr;
+        }
+        const AdapterMethod *am = set->n ? set->adapters[0].method : nullptr;
+        if (am && am->regularizer && am->regularizer(set, false) != 0) {
+            peft_fail("CUDA backend: AdaLoRA's orthogonal regulariser is not on the GPU yet (set orth_reg_weight to 0)");
+            return nullptr;
+        }
+        for (int i = 0; i < set->n; i++)
+            if (set->adapters[i].merged) {
+                peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
+                return nullptr;
+            }
+    }
+    if (c->n_head % c->n_kv_head) {
+        peft_fail("CUDA backend: n_head %d is not a multiple of n_kv_head %d", c->n_head, c->n_kv_head);
+        return nullptr;
+    }
+    GpuModel *g = (GpuModel *)calloc(1, sizeof(GpuModel));
+    new (&g->slots) std::vector<Slot>();
+    new (&g->act_allocs) std::vector<void *>();
+    new (&g->beffs) std::vector<void *>();
+    new (&g->zero_ranges) std::vector<std::pair<size_t, size_t>>();
+    g->m = m;
+    g->cfg = *c;
+    if (opt_in) g->opt = *opt_in;
+    if (getenv("PEFT_GPU_PROFILE") && *getenv("PEFT_GPU_PROFILE") && strcmp(getenv("PEFT_GPU_PROFILE"), "0")) {
+        g->prof.on = true;
+        g->prof.ev = (cudaEvent_t *)calloc(PROF_MAX, sizeof(cudaEvent_t));
+        g->prof.cat = (int *)calloc(PROF_MAX, sizeof(int));
+        for (int i = 0; i < PROF_MAX; i++) cudaEventCreate(&g->prof.ev[i]);
+    }
+    g->is_bf16 = g->opt.precision == GPU_BF16;
+    g->gpt2 = c->arch == ARCH_GPT2;
+    g->es = g->is_bf16 ? 2 : 4;
+    g->C = c->n_embd;
+    g->NH = c->n_head;
+    g->NKV = c->n_kv_head;
+    g->HD = c->head_dim;
+    g->QW = g->NH * g->HD;
+    g->KVW = g->NKV * g->HD;
+    g->S = g->QW + 2 * g->KVW;
+    g->I = c->n_inner;
+    g->V = c->vocab_size;
+    g->upw = g->gpt2 ? c->n_inner : 2 * c->n_inner;
+    g->actw = c->n_inner;
+    g->ldV = (g->V + 63) / 64 * 64;
+    g->fuse_dx = g->is_bf16 && !g->gpt2 && set && !getenv("PEFT_GPU_NO_FUSED_DX");
+    if (!CU(cudaStreamCreate(&g->st)) || !(g->gc = gemm_ctx_new(g->st)) ||
+        !(g->partials = (float *)gpu_malloc(sizeof(float) * N_PARTIALS, "scratch"))) {
+        gpu_report_failure();
+        gpu_model_free(g);
+        return nullptr;
+    }
+    // Placement.
+    size_t head_pad = (size_t)(g->ldV - g->V) * g->C;
+    plan(g, m->wte, false, m->lm_head == m->wte ? head_pad : 0);
+    plan(g, m->wpe, false);
+    for (int l = 0; l < c->n_layer; l++) {
+        Block *b = &m->blocks[l];
+        plan(g, b->norm1_w, false);
+        plan(g, b->norm1_b, false);
+        if (g->gpt2) {
+            Linear *ls[4] = {b->qkv, b->attn_out, b->fc, b->fc_out};
+            for (Linear *lin : ls) {
+                plan_linear(g, lin, false);
+                if (lin->bias) plan(g, lin->bias, false);
+                if (lin == b->attn_out) { plan(g, b->norm2_w, false); plan(g, b->norm2_b, false); }
+            }
+        } else {
+            Linear *qkv[3] = {b->q, b->k, b->v}, *gu[2] = {b->gate, b->up};
+            plan_linear(g, b->q, false); plan_linear(g, b->k, true);
+            plan_linear(g, b->v, true, (size_t)group_rank(g, qkv, 3) * g->C);
+            if (b->q->bias) { plan(g, b->q->bias, false); plan(g, b->k->bias, true); plan(g, b->v->bias, true); }
+            plan_linear(g, b->o, false, (size_t)group_rank(g, &b->o, 1) * g->QW);
+            if (b->o->bias) plan(g, b->o->bias, false);
+            plan(g, b->norm2_w, false);
+            plan_linear(g, b->gate, false); plan_linear(g, b->up, true, (size_t)group_rank(g, gu, 2) * g->C);
+            if (b->gate->bias) { plan(g, b->gate->bias, false); plan(g, b->up->bias, true); }
+            plan_linear(g, b->down, false, (size_t)group_rank(g, &b->down, 1) * g->I);
+            if (b->down->bias) plan(g, b->down->bias, false);
+        }
+    }
+    plan(g, m->norm_f_w, false);
+    plan(g, m->norm_f_b, false);
+    if (m->lm_head != m->wte) plan(g, m->lm_head, false, head_pad);
+    if (set) {
+        for (int l = 0; l < c->n_layer; l++) {
+            Block *b = &m->blocks[l];
+            Linear *groups[4][3] = {{b->qkv, nullptr, nullptr}, {b->attn_out}, {b->fc}, {b->fc_out}};
+            if (!g->gpt2) {
+                Linear *lg[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->gate, b->up}, {b->down}};
+                memcpy(groups, lg, sizeof groups);
+            }
+            for (int gi = 0; gi < 4; gi++) {
+                bool first = true;
+                for (int k = 0; k < 3; k++)
+                    if (groups[gi][k] && adapter_active(groups[gi][k]) && groups[gi][k]->adapter->A) {
+                        plan(g, groups[gi][k]->adapter->A, !first);
+                        first = false;
+                    }
+                for (int k = 0; k < 3; k++)
+                    if (groups[gi][k] && adapter_active(groups[gi][k])) {
+                        Adapter *a = groups[gi][k]->adapter;
+                        plan(g, a->B, false);
+                        plan(g, a->E, false);
+                        plan(g, a->lambda_d, false);
+                        plan(g, a->lambda_b, false);
+                    }
+            }
+        }
+    }
+    // Every trainable tensor must have been placed.
+    Param **tp;
+    int nt = model_trainable(m, &tp);
+    for (int i = 0; i < nt; i++)
+        if (!find_slot(g, tp[i])) {
+            peft_fail("CUDA backend: trainable tensor %s is not supported", tp[i]->name);
+            gpu_model_free(g);
+            return nullptr;
+        }
+    // Arenas.
+    g->n_train = (g->n_train + 63) & ~(size_t)63;
+    g->n_frozen = (g->n_frozen + 63) & ~(size_t)63;
+    g->frozen = g->n_frozen ? gpu_malloc(g->n_frozen * g->es, "frozen weights") : nullptr;
+    if (g->frozen) CU(cudaMemset(g->frozen, 0, g->n_frozen * g->es));
+    if (g->n_train) {
+        g->master = (float *)gpu_malloc(sizeof(float) * g->n_train, "fp32 master weights");
+        g->grad = (float *)gpu_malloc(sizeof(float) * g->n_train, "gradients");
+        g->am = (float *)gpu_malloc(sizeof(float) * g->n_train, "AdamW moments");
+        g->av = (float *)gpu_malloc(sizeof(float) * g->n_train, "AdamW moments");
+        if (g->is_bf16) g->work = (bf16 *)gpu_malloc(2 * g->n_train, "bf16 working copies");
+        if (!gpu_failed()) {
+            CU(cudaMemset(g->master, 0, sizeof(float) * g->n_train));
+            CU(cudaMemset(g->grad, 0, sizeof(float) * g->n_train));
+            CU(cudaMemset(g->am, 0, sizeof(float) * g->n_train));
+            CU(cudaMemset(g->av, 0, sizeof(float) * g->n_train));
+            if (g->work) CU(cudaMemset(g->work, 0, 2 * g->n_train));
+        }
+    }
+    if (gpu_failed() || upload_all(g)) {
+        gpu_report_failure();
+        gpu_model_free(g);
+        return nullptr;
+    }
+    // VeRA's shared projections: A as the activation type for the GEMMs, B in fp32 for the effective Bs.
+    if (set && set->cfg.type == PEFT_VERA) {
+        size_t na = (size_t)set->cfg.r * set->vera_max_in, nb = (size_t)set->vera_max_out * set->cfg.r;
+        g->vera_A = gpu_malloc(na * g->es, "VeRA's A");
+        g->vera_B32 = (float *)gpu_malloc(nb * 4, "VeRA's B");
+        float *tmp = (float *)gpu_malloc(na * 4, "VeRA's A");
+        if (g->vera_A && g->vera_B32 && tmp) {
+            CU(cudaMemcpy(tmp, set->vera_A, na * 4, cudaMemcpyHostToDevice));
+            CU(cudaMemcpy(g->vera_B32, set->vera_B, nb * 4, cudaMemcpyHostToDevice));
+            if (g->is_bf16) k_convert_f32<bf16>((bf16 *)g->vera_A, tmp, (long)na, g->st);
+            else CU(cudaMemcpy(g->vera_A, tmp, na * 4, cudaMemcpyDeviceToDevice));
+            CU(cudaStreamSynchronize(g->st));
+        }
+        gpu_free(tmp);
+        if (gpu_failed()) {
+            gpu_report_failure();
+            gpu_model_free(g);
+            return nullptr;
+        }
+    }
+    // Pointers.
+    g->wte = wptr(g, m->wte); g->wte_g = gptr(g, m->wte);
+    g->wpe = wptr(g, m->wpe); g->wpe_g = gptr(g, m->wpe);
+    g->nfw = wptr(g, m->norm_f_w); g->nfw_g = gptr(g, m->norm_f_w);
+    g->nfb = wptr(g, m->norm_f_b); g->nfb_g = gptr(g, m->norm_f_b);
+    g->head = wptr(g, m->lm_head); g->head_g = gptr(g, m->lm_head);
+    g->L = (Layer *)calloc(c->n_layer, sizeof(Layer));
+    int rc = 0;
+    for (int l = 0; l < c->n_layer && !rc; l++) {
+        Block *b = &m->blocks[l];
+        Layer *Ly = &g->L[l];
+        Ly->n1w = wptr(g, b->norm1_w); Ly->n1wg = gptr(g, b->norm1_w);
+        Ly->n1b = wptr(g, b->norm1_b); Ly->n1bg = gptr(g, b->norm1_b);
+        Ly->n2w = wptr(g, b->norm2_w); Ly->n2wg = gptr(g, b->norm2_w);
+        Ly->n2b = wptr(g, b->norm2_b); Ly->n2bg = gptr(g, b->norm2_b);
+        if (g->gpt2) {
+            rc = bind_group(g, &Ly->qkv, &b->qkv, 1) || bind_group(g, &Ly->o, &b->attn_out, 1) || bind_group(g, &Ly->up, &b->fc, 1) ||
+                 bind_group(g, &Ly->down, &b->fc_out, 1);
+            // GPT-2's key bias gets an exactly-zero gradient (see transformer.c): keep it zero.
+            Ly->qkv.zero_bg_off = g->C;
+            Ly->qkv.zero_bg_len = Ly->qkv.bg ? g->C : 0;
+        } else {
+            Linear *qkv[3] = {b->q, b->k, b->v}, *gu[2] = {b->gate, b->up};
+            rc = bind_group(g, &Ly->qkv, qkv, 3) || bind_group(g, &Ly->o, &b->o, 1) || bind_group(g, &Ly->up, gu, 2) ||
+                 bind_group(g, &Ly->down, &b->down, 1);
+        }
+    }
+    g->ld_dqkv = g->S;
+    g->ld_dfc = g->upw;
+    g->ld_dres = g->C;
+    for (int l = 0; l < c->n_layer && !rc; l++) {
+        Layer *Ly = &g->L[l];
+        Group *gs[4] = {&Ly->qkv, &Ly->o, &Ly->up, &Ly->down};
+        for (Group *G : gs) {
+            if (!(g->fuse_dx && G->n_ad && !G->fifo && !G->wg)) continue;
+            G->fused_dx = true;
+            G->Aext = (char *)G->w + (size_t)G->out * G->in * g->es;  // plan() left R * in spare elements there
+        }
+        int pad = 8;  // keep the row strides 16-byte multiples
+        if (Ly->qkv.fused_dx) g->ld_dqkv = std::max(g->ld_dqkv, (g->S + round8(Ly->qkv.R) + pad - 1) / pad * pad);
+        if (Ly->up.fused_dx) g->ld_dfc = std::max(g->ld_dfc, (g->upw + round8(Ly->up.R) + pad - 1) / pad * pad);
+        if (Ly->o.fused_dx) g->ld_dres = std::max(g->ld_dres, (g->C + round8(Ly->o.R) + pad - 1) / pad * pad);
+        if (Ly->down.fused_dx) g->ld_dres = std::max(g->ld_dres, (g->C + round8(Ly->down.R) + pad - 1) / pad * pad);
+    }
+    if (!rc) {  // lazy zeroing: the trainable tensors that no weight GEMM overwrites
+        std::vector<const float *> gemm_written;
+        for (int l = 0; l < c->n_layer; l++) {
+            Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down};
+            for (Group *G : gs)
+                if (G->wg) gemm_written.push_back(G->wg);
+        }
+        bool any = !gemm_written.empty();
+        for (const Slot &sl : g->slots) {
+            if (!sl.trainable || !any) continue;
+            bool covered = false;
+            for (int l = 0; l < c->n_layer && !covered; l++) {
+                Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down};
+                for (Group *G : gs)
+                    if (G->wg && g->grad + sl.off >= G->wg && g->grad + sl.off < G->wg + (size_t)G->in * G->out) covered = true;
+            }
+            if (!covered) g->zero_ranges.push_back({sl.off, (size_t)sl.p->numel});
+        }
+    }
+    if (!rc && g->G_cap) {
+        g->G_scratch = (float *)gpu_malloc(sizeof(float) * g->G_cap, "adapter gradient scratch");
+        if (!g->G_scratch) rc = gpu_report_failure();
+    }
+    if (!rc && g->head_g) {
+        g->head_pending = (float *)gpu_malloc(sizeof(float) * (size_t)g->ldV * g->C, "the classifier's gradient");
+        if (!g->head_pending) rc = gpu_report_failure();
+    }
+    if (rc) {
+        gpu_model_free(g);
+        return nullptr;
+    }
+    return g;
+}
+
+extern "C" void gpu_model_free(GpuModel *g) {
+    if (!g) return;
+    if (g->st) cudaStreamSynchronize(g->st);
+    free_acts(g);
+    gpu_free(g->head_pending);
+    gpu_free(g->frozen);
+    gpu_free(g->master);
+    gpu_free(g->grad);
+    gpu_free(g->am);
+    gpu_free(g->av);
+    gpu_free(g->work);
+    gpu_free(g->partials);
+    gpu_free(g->vera_A);
+    gpu_free(g->vera_B32);
+    gpu_free(g->G_scratch);
+    gpu_free(g->scores);
+    for (void *p : g->beffs) gpu_free(p);
+    g->beffs.~vector();
+    g->zero_ranges.~vector();
+    if (g->prof.ev) {
+        for (int i = 0; i < PROF_MAX; i++) cudaEventDestroy(g->prof.ev[i]);
+        free(g->prof.ev);
+        free(g->prof.cat);
+    }
+    gemm_ctx_free(g->gc);
+    if (g->st) cudaStreamDestroy(g->st);
+    free(g->L);
+    g->slots.~vector();
+    g->act_allocs.~vector();
+    free(g);
+}
+
+// ---------------- API ----------------
+extern "C" double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T) {
+    gpu_clear_failure();
+    int rc = g->is_bf16 ? forward_impl<bf16>(g, ids, labels, B, T) : forward_impl<float>(g, ids, labels, B, T);
+    if (rc) return NAN;
+    if (!CU(cudaStreamSynchronize(g->st))) {
+        gpu_report_failure();
+        return NAN;
+    }
+    return labels ? loss_from_host(g) : 0.0;
+}
+
+extern "C" int gpu_get_logits(GpuModel *g, float *out) {
+    if (!g->logits_ready) return peft_fail("CUDA backend: no logits: run gpu_forward without labels first");
+    gpu_clear_failure();
+    CU(cudaMemcpy(out, g->logits_f32, sizeof(float) * (size_t)g->N * g->V, cudaMemcpyDeviceToHost));
+    return gpu_report_failure();
+}
+
+extern "C" int gpu_backward(GpuModel *g) {
+    gpu_clear_failure();
+    int rc = g->is_bf16 ? backward_impl<bf16>(g) : backward_impl<float>(g);
+    if (rc) return rc;
+    CU(cudaStreamSynchronize(g->st));
+    return gpu_report_failure();
+}
+
+// Clears what the lazy zeroing skipped (before anything reads the gradients without a backward).
+static void settle_grads(GpuModel *g) {
+    if (!g->fresh_grads) return;
+    g->fresh_grads = false;
+    CU(cudaMemsetAsync(g->grad, 0, sizeof(float) * g->n_train, g->st));
+}
+
+extern "C" void gpu_zero_grad(GpuModel *g) {
+    if (!g->n_train) return;
+    if (g->zero_ranges.empty() || g->fresh_grads) {  // no weight GEMMs to overwrite: clear everything
+        CU(cudaMemsetAsync(g->grad, 0, sizeof(float) * g->n_train, g->st));
+        g->fresh_grads = false;
+        if (g->zero_ranges.empty()) return;
+    }
+    for (auto &r : g->zero_ranges) CU(cudaMemsetAsync(g->grad + r.first, 0, sizeof(float) * r.second, g->st));
+    g->fresh_grads = true;
+}
+
+extern "C" double gpu_clip_grad_norm(GpuModel *g, double max_norm) {
+    if (!g->n_train) return 0;
+    settle_grads(g);
+    k_sumsq(g->partials, N_PARTIALS, g->grad, (long)g->n_train, g->st);
+    float h[N_PARTIALS];
+    CU(cudaMemcpyAsync(h, g->partials, sizeof h, cudaMemcpyDeviceToHost, g->st));
+    CU(cudaStreamSynchronize(g->st));
+    double ss = 0;
+    for (int i = 0; i < N_PARTIALS; i++) ss += h[i];
+    double norm = sqrt(ss);
+    if (max_norm > 0 && norm > max_norm) k_scale(g->grad, (float)(max_norm / (norm + 1e-6)), (long)g->n_train, g->st);
+    return norm;
+}
+
+extern "C" int gpu_adamw_step(GpuModel *g, float lr, float beta1, float beta2, float eps, float weight_decay) {
+    mark(g, P_ADAM);
+    settle_grads(g);
+    g->adam_step++;
+    double bc1 = 1.0 - pow(beta1, g->adam_step), bc2 = 1.0 - pow(beta2, g->adam_step);
+    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    bool all_decay = true;
+    for (const Slot &s : g->slots)
+        if (s.trainable && !s.p->decay) all_decay = false;
+    if (all_decay) {
+        k_adamw(g->master, g->grad, g->am, g->av, g->work, (long)g->n_train, 1.0f - lr * weight_decay, beta1, beta2, eps, step_size, bc2_sqrt, g->st);
+    } else {
+        for (const Slot &s : g->slots)
+            if (s.trainable)
+                k_adamw(g->master + s.off, g->grad + s.off, g->am + s.off, g->av + s.off, g->work ? g->work + s.off : nullptr, s.p->numel,
+                        s.p->decay ? 1.0f - lr * weight_decay : 1.0f, beta1, beta2, eps, step_size, bc2_sqrt, g->st);
+    }
+    return gpu_failed() ? gpu_report_failure() : 0;
+}
+
+extern "C" double gpu_train_step(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T, float lr, float beta1, float beta2,
+                                 float eps, float weight_decay, double max_norm) {
+    gpu_clear_failure();
+    mark(g, P_OTHER);
+    gpu_zero_grad(g);  // clears the head's gradient too (no layer's weight GEMM writes it): accumulate into it directly
+    g->direct_head = true;
+    int rc = g->is_bf16 ? forward_impl<bf16>(g, ids, labels, B, T) : forward_impl<float>(g, ids, labels, B, T);
+    if (!rc) rc = g->is_bf16 ? backward_impl<bf16>(g) : backward_impl<float>(g);
+    g->direct_head = false;
+    if (!rc && max_norm > 0 && isnan(gpu_clip_grad_norm(g, max_norm))) rc = -1;
+    if (!rc) rc = gpu_adamw_step(g, lr, beta1, beta2, eps, weight_decay);
+    if (rc) return NAN;
+    prof_collect(g);
+    if (!CU(cudaStreamSynchronize(g->st))) {
+        gpu_report_failure();
+        return NAN;
+    }
+    return loss_from_host(g);
+}
+
+extern "C" int gpu_download_trainables(GpuModel *g, bool grads) {
+    gpu_clear_failure();
+    if (grads) settle_grads(g);
+    CU(cudaStreamSynchronize(g->st));
+    for (const Slot &s : g->slots) {
+        if (!s.trainable) continue;
+        CU(cudaMemcpy(s.p->w, g->master + s.off, sizeof(float) * s.p->numel, cudaMemcpyDeviceToHost));
+        if (grads && s.p->grad) CU(cudaMemcpy(s.p->grad, g->grad + s.off, sizeof(float) * s.p->numel, cudaMemcpyDeviceToHost));
+    }
+    return gpu_report_failure();
+}
+
+extern "C" int gpu_upload_trainables(GpuModel *g) {
+    gpu_clear_failure();
+    CU(cudaStreamSynchronize(g->st));
+    for (const Slot &s : g->slots) {
+        if (!s.trainable) continue;
+        CU(cudaMemcpy(g->master + s.off, s.p->w, sizeof(float) * s.p->numel, cudaMemcpyHostToDevice));
+        if (g->is_bf16) k_convert_f32<bf16>(g->work + s.off, g->master + s.off, s.p->numel, g->st);
+    }
+    CU(cudaStreamSynchronize(g->st));
+    return gpu_report_failure();
+}
+
+extern "C" int gpu_sync(GpuModel *g) {
+    gpu_clear_failure();
+    CU(cudaStreamSynchronize(g->st));
+    return gpu_report_failure();
+}
+
+extern "C" double gpu_bf16_gemm_tflops(int n) {
+    gpu_clear_failure();
+    if (!gpu_available(nullptr, 0)) return 0;
+    cudaStream_t st;
+    CU(cudaStreamCreate(&st));
+    GemmCtx *gc = gemm_ctx_new(st);
+    size_t nn = (size_t)n * n;
+    bf16 *a = (bf16 *)gpu_malloc(nn * 2, "GEMM benchmark"), *b = (bf16 *)gpu_malloc(nn * 2, "GEMM benchmark"),
+         *c = (bf16 *)gpu_malloc(nn * 2, "GEMM benchmark");
+    double best = 0;
+    if (gc && a && b && c) {
+        k_fill_random<bf16>(a, (long)nn, 1.0f, 1, st);
+        k_fill_random<bf16>(b, (long)nn, 1.0f, 2, st);
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        std::vector<float> ms;
+        for (int i = 0; i < 13; i++) {
+            cudaEventRecord(e0, st);
+            gemm(gc, false, true, n, n, n, 1.0f, a, n, G_BF16, b, n, G_BF16, 0.0f, nullptr, c, n, G_BF16, nullptr);
+            cudaEventRecord(e1, st);
+            cudaEventSynchronize(e1);
+            float t = 0;
+            cudaEventElapsedTime(&t, e0, e1);
+            if (i >= 3) ms.push_back(t);
+        }
+        std::sort(ms.begin(), ms.end());
+        double med = ms[ms.size() / 2];
+        best = 2.0 * n * (double)n * n / (med * 1e-3) / 1e12;
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+    }
+    gpu_free(a);
+    gpu_free(b);
+    gpu_free(c);
+    gemm_ctx_free(gc);
+    cudaStreamDestroy(st);
+    return gpu_failed() ? (gpu_report_failure(), 0.0) : best;
+}
+
+extern "C" int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2) {
+    gpu_clear_failure();
+    if (!g->n_train) return 0;
+    settle_grads(g);
+    if (!g->scores) {
+        g->scores = (float *)gpu_malloc(sizeof(float) * 2 * g->n_train, "AdaLoRA scores");
+        if (!g->scores) return gpu_report_failure();
+        CU(cudaMemsetAsync(g->scores, 0, sizeof(float) * 2 * g->n_train, g->st));
+    }
+    k_adalora_scores(g->scores, g->scores + g->n_train, g->master, g->grad, (long)g->n_train, beta1, beta2, g->st);
+    CU(cudaStreamSynchronize(g->st));
+    return gpu_report_failure();
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build self-contained copies of build/test_gpu and build/bench_gpu for a GPU machine that has the
+# CUDA toolkit but none of the Debian packages (the lent device machine): OpenBLAS is replaced by
+# tests/gpu/cblas_fallback.c, PCRE2 is linked statically, libcjson and libgomp travel in lib/, and
+# the HF PEFT reference cases are copied next to them. Output: $1 (default .carry/gpu).
+#   tests/gpu/portable.sh [OUTDIR]      then on the GPU machine: OUTDIR/test_gpu OUTDIR/fixtures
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-.carry/gpu}
+make -s build/libpeft.a build/tests/gpu/test_gpu.o build/gpu/bench_gpu.o
+mkdir -p "$OUT/lib"
+cc -std=c11 -O2 -fopenmp -c tests/gpu/cblas_fallback.c -o build/cblas_fallback.o
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
+LIBS=(build/cblas_fallback.o build/libpeft.a -Wl,-Bstatic -lpcre2-8 -Wl,-Bdynamic -l:libcjson.so.1 -lm -fopenmp
+      -L"$CUDA_HOME/lib64" -lcublasLt -lcudart_static -lrt -ldl -lpthread -lstdc++
+      -Wl,-rpath,'$ORIGIN/lib' -Wl,-rpath,"$CUDA_HOME/lib64")
+cc build/tests/gpu/test_gpu.o "${LIBS[@]}" -o "$OUT/test_gpu"
+cc build/gpu/bench_gpu.o "${LIBS[@]}" -o "$OUT/bench_gpu"
+for l in libcjson.so.1 libgomp.so.1; do cp -L "/usr/lib/x86_64-linux-gnu/$l" "$OUT/lib/"; done
+if [ -d ../shared/fixtures/hf-peft ]; then chmod -R u+w "$OUT/fixtures" 2>/dev/null; rm -rf "$OUT/fixtures"; cp -r ../shared/fixtures/hf-peft "$OUT/fixtures"; chmod -R u+w "$OUT/fixtures"; fi
+ls -la "$OUT" "$OUT/lib"
