@@ -92,7 +92,7 @@ $(BUILD)/.setup:
 	  else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; fi
 	@mkdir -p $(BUILD) && touch $@
 
-test: unit-test check-fixtures cli-test gpu-test
+test: unit-test check-fixtures gpu-test cli-test
 
 unit-test: $(BUILD)/test_peft
 	OMP_NUM_THREADS=2 ./$(BUILD)/test_peft
