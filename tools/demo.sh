@@ -27,8 +27,8 @@ fi
 
 say "3. the base model on romance fiction (held-out text)"
 "$PEFT" eval --model "$W/base" --data "$W/data/romance-valid.txt" --seq-len 128 --cache-dir "$W"
-say "   base model sample (greedy)"
-"$PEFT" generate --model "$W/base" --prompt "$PROMPT" --max-tokens 200 --repetition-penalty 1.2
+say "   base model sample (temperature 0.8, top-k 40, seed 7)"
+"$PEFT" generate --model "$W/base" --prompt "$PROMPT" --max-tokens 240 --temperature 0.8 --top-k 40 --seed 7
 
 say "4. LoRA toward romance fiction: r=8 on c_attn, c_proj, c_fc; $LORA_STEPS steps"
 "$PEFT" train --model "$W/base" --data "$W/data/romance.txt" --val "$W/data/romance-valid.txt" --method lora \
@@ -39,6 +39,6 @@ say "5. what was trained"
 "$PEFT" info --model "$W/base" --adapter "$W/lora"
 say "   loss on the held-out romance text, with the adapter"
 "$PEFT" eval --model "$W/base" --adapter "$W/lora" --data "$W/data/romance-valid.txt" --seq-len 128 --cache-dir "$W"
-say "   sample with the adapter (merged into the weights: zero added latency)"
-"$PEFT" generate --model "$W/base" --adapter "$W/lora" --prompt "$PROMPT" --max-tokens 200 --repetition-penalty 1.2
+say "   sample with the adapter, same settings (merged into the weights: zero added latency)"
+"$PEFT" generate --model "$W/base" --adapter "$W/lora" --prompt "$PROMPT" --max-tokens 240 --temperature 0.8 --top-k 40 --seed 7
 say "done: the adapter is a PEFT folder in $W/lora (loss curve: $W/lora/loss.svg, log: $W/lora/train_log.jsonl)"
