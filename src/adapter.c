@@ -2,6 +2,8 @@
 #include "kernels.h"
 #include "safetensors.h"
 #include "util.h"
+#include <cblas.h>
+#undef I
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -93,8 +95,24 @@ static void expand_all_linear(AdapterSet *set) {
     }
 }
 
-int adapters_attach(Model *m, const AdapterConfig *cfg, uint64_t seed) {
-    if (m->adapters) return peft_fail("the model already has an adapter");
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ull;
+    return h;
+}
+
+static void set_fingerprint(AdapterSet *set) {
+    if (set->cfg.type != PEFT_VERA || !set->vera_A) return;
+    uint64_t h = 0xCBF29CE484222325ull;
+    h = fnv1a(h, set->vera_A, sizeof(float) * (size_t)set->cfg.r * set->vera_max_in);
+    h = fnv1a(h, set->vera_B, sizeof(float) * (size_t)set->vera_max_out * set->cfg.r);
+    set->vera_fingerprint = h;
+}
+
+// Builds an adapter set for m's matching linears. attach: also hook it into m->adapters and each
+// lin->adapter (the training / single-adapter path); otherwise m is only read.
+static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed, bool attach) {
+    if (attach && m->adapters) { peft_fail("the model already has an adapter"); return NULL; }
     AdapterSet *set = xcalloc(1, sizeof *set);
     set->cfg = *cfg;  // shallow: deep-copy the owned parts below
     set->cfg.targets = NULL;
@@ -113,10 +131,11 @@ int adapters_attach(Model *m, const AdapterConfig *cfg, uint64_t seed) {
         memcpy(set->cfg.rank_pattern[i].mask, cfg->rank_pattern[i].mask, sizeof(bool) * cfg->init_r);
     }
     set->model = m;
-    m->adapters = set;
-    if (cfg->r <= 0) { adapters_free(m); return peft_fail("adapter rank r must be positive (got %d)", cfg->r); }
-    if (cfg->type == PEFT_ADALORA && cfg->target_r > cfg->init_r) { adapters_free(m); return peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); }
+    if (attach) m->adapters = set;
+    if (cfg->r <= 0) { adapter_set_free(set); peft_fail("adapter rank r must be positive (got %d)", cfg->r); return NULL; }
+    if (cfg->type == PEFT_ADALORA && cfg->target_r > cfg->init_r) { adapter_set_free(set); peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); return NULL; }
     set->adapters = xcalloc(m->n_linears, sizeof(Adapter));
+    set->by_linear = xcalloc(m->n_linears > 0 ? m->n_linears : 1, sizeof(Adapter *));
     for (int i = 0; i < m->n_linears; i++) {
         if (!adapter_targets_module(cfg, m->linears[i].module)) continue;
         Adapter *a = &set->adapters[set->n++];
@@ -124,33 +143,41 @@ int adapters_attach(Model *m, const AdapterConfig *cfg, uint64_t seed) {
         a->set = set;
         a->lin = &m->linears[i];
         a->r = cfg->r;
+        set->by_linear[i] = a;
         int rp = find_rank_pattern(cfg, a->lin->module);
         if (rp >= 0) a->r = cfg->rank_pattern[rp].rank;
     }
     if (set->n == 0) {
-        adapters_free(m);
-        if (cfg->target_regex) return peft_fail("target_modules \"%s\" matched no module of the model", cfg->target_regex);
-        return peft_fail("target_modules [%s%s] matched no module of the model", cfg->n_targets ? cfg->targets[0] : "", cfg->n_targets > 1 ? ", ..." : "");
+        adapter_set_free(set);
+        if (cfg->target_regex) peft_fail("target_modules \"%s\" matched no module of the model", cfg->target_regex);
+        else peft_fail("target_modules [%s%s] matched no module of the model", cfg->n_targets ? cfg->targets[0] : "", cfg->n_targets > 1 ? ", ..." : "");
+        return NULL;
     }
     expand_all_linear(set);
     const AdapterMethod *method = method_for(cfg->type);
-    if (method->prepare && method->prepare(set)) { adapters_free(m); return -1; }
+    if (method->prepare && method->prepare(set)) { adapter_set_free(set); return NULL; }
     uint64_t rng = seed;
     for (int i = 0; i < set->n; i++) {
         Adapter *a = &set->adapters[i];
-        a->lin->adapter = a;
-        if (method->init(set, a, &rng)) { adapters_free(m); return -1; }
+        if (attach) a->lin->adapter = a;
+        if (method->init(set, a, &rng)) { adapter_set_free(set); return NULL; }
     }
-    return 0;
+    set_fingerprint(set);
+    return set;
 }
 
-void adapters_free(Model *m) {
-    AdapterSet *set = m->adapters;
+int adapters_attach(Model *m, const AdapterConfig *cfg, uint64_t seed) {
+    return set_create(m, cfg, seed, true) ? 0 : -1;
+}
+
+// Frees a set; when it is m's attached one, detaches it first.
+void adapter_set_free(AdapterSet *set) {
     if (!set) return;
+    if (set->model && set->model->adapters == set) set->model->adapters = NULL;
     if (set->adapters && set->n && set->adapters[0].method->free_state) set->adapters[0].method->free_state(set);
     for (int i = 0; i < set->n; i++) {
         Adapter *a = &set->adapters[i];
-        if (a->lin) a->lin->adapter = NULL;
+        if (a->lin && a->lin->adapter == a) a->lin->adapter = NULL;
         free(a->h);
         free(a->extra);
         free(a->x_drop);
@@ -163,10 +190,15 @@ void adapters_free(Model *m) {
     }
     free(set->params);
     free(set->adapters);
+    free(set->by_linear);
     free(set->vera_A);
     free(set->vera_B);
     adapter_config_free(&set->cfg);
     free(set);
+}
+
+void adapters_free(Model *m) {
+    adapter_set_free(m->adapters);
     m->adapters = NULL;
 }
 
@@ -176,19 +208,27 @@ static int check_finite(const float *x, long n, const char *path, const char *na
     return 0;
 }
 
-int adapters_load(Model *m, const char *dir) {
+bool adapters_same_vera_projection(const AdapterSet *a, const AdapterSet *b) {
+    if (a == b) return true;
+    if (a->cfg.type != PEFT_VERA || b->cfg.type != PEFT_VERA || !a->vera_A || !b->vera_A) return false;
+    if (a->cfg.r != b->cfg.r || a->vera_max_in != b->vera_max_in || a->vera_max_out != b->vera_max_out) return false;
+    if (a->vera_fingerprint != b->vera_fingerprint) return false;
+    return !memcmp(a->vera_A, b->vera_A, sizeof(float) * (size_t)a->cfg.r * a->vera_max_in) &&
+           !memcmp(a->vera_B, b->vera_B, sizeof(float) * (size_t)a->vera_max_out * a->cfg.r);
+}
+
+// adapter_config.json + adapter_model.safetensors into a new set (attached or not).
+static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
     char *cfg_path = path_join(dir, "adapter_config.json");
     char *st_path = path_join(dir, "adapter_model.safetensors");
     AdapterConfig cfg;
     SafeTensors st = {0};
-    int rc = -1;
+    AdapterSet *set = NULL, *result = NULL;
     if (adapter_config_load(&cfg, cfg_path)) goto out_paths;
-    rc = adapters_attach(m, &cfg, 0);
+    set = set_create(m, &cfg, 0, attach);
     adapter_config_free(&cfg);
-    if (rc) { peft_fail_context("%s: ", cfg_path); goto out_paths; }
-    rc = -1;
-    if (st_open(&st, st_path)) { adapters_free(m); goto out_paths; }
-    AdapterSet *set = m->adapters;
+    if (!set) { peft_fail_context("%s: ", cfg_path); goto out_paths; }
+    if (st_open(&st, st_path)) { adapter_set_free(set); goto out_paths; }
     for (int i = 0; i < set->n_params; i++) {
         Param *p = set->params[i];
         const StTensor *t = st_find(&st, p->name);
@@ -206,16 +246,25 @@ int adapters_load(Model *m, const char *dir) {
     }
     const AdapterMethod *method = set->adapters[0].method;
     if (method->after_load && method->after_load(set, &st, st_path)) goto fail;
-    rc = 0;
+    set_fingerprint(set);
+    result = set;
     goto out;
 fail:
-    adapters_free(m);
+    adapter_set_free(set);
 out:
     st_close(&st);
 out_paths:
     free(cfg_path);
     free(st_path);
-    return rc;
+    return result;
+}
+
+int adapters_load(Model *m, const char *dir) { return load_set(m, dir, true) ? 0 : -1; }
+
+AdapterSet *adapters_load_detached(Model *m, const char *dir) { return load_set(m, dir, false); }
+
+AdapterSet *adapters_new_detached(Model *m, const AdapterConfig *c, uint64_t seed) {
+    return set_create(m, c, seed, false);
 }
 
 int adapters_save(Model *m, const char *dir) {
@@ -280,9 +329,147 @@ double adapters_regularizer(Model *m, bool want_grad) {
 
 // ---- the adapted linear ----
 
+// ---- mixed rows: every token row with its own adapter set (m->row_adapters) ----
+
+typedef struct {
+    Adapter *a;          // LoRA / AdaLoRA: the module of one set; VeRA: of the family's first set
+    bool vera;
+    int n, first;        // rows, and where their indices start in the row list
+} RowGroup;
+
+static const float *gather_rows(const float *x, int width, const int *rows, int n, float **buf) {
+    bool contiguous = true;
+    for (int i = 1; i < n && contiguous; i++) contiguous = rows[i] == rows[0] + i;
+    if (contiguous) return x + (long)rows[0] * width;
+    *buf = xmalloc(sizeof(float) * (size_t)n * width);
+    for (int i = 0; i < n; i++) memcpy(*buf + (long)i * width, x + (long)rows[i] * width, sizeof(float) * width);
+    return *buf;
+}
+
+static bool rows_contiguous(const int *rows, int n) {
+    for (int i = 1; i < n; i++) if (rows[i] != rows[0] + i) return false;
+    return true;
+}
+
+// y_row += s * B (E *) A x_row for one row (LoRA, AdaLoRA): two matrix-vector products.
+static void lowrank_row(const Adapter *a, const float *x, float *y, float *h) {
+    int in = a->lin->in, out = a->lin->out, r = a->r;
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, r, in, 1.0f, a->A->w, in, x, 1, 0.0f, h, 1);
+    if (a->E) for (int k = 0; k < r; k++) h[k] *= a->E->w[k];
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, r, a->scaling, a->B->w, r, h, 1, 1.0f, y, 1);
+}
+
+// The rows of one LoRA / AdaLoRA module: h = X A^T, (h *= E), Y += s h B^T.
+static void lowrank_rows(const Adapter *a, const float *x, float *y, const int *rows, int n) {
+    int in = a->lin->in, out = a->lin->out, r = a->r;
+    float *xbuf = NULL, *h = xmalloc(sizeof(float) * (size_t)n * r);
+    const float *X = gather_rows(x, in, rows, n, &xbuf);
+    matmul(h, X, a->A->w, n, r, in, false, true, 1.0f, 0.0f);
+    if (a->E)
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < r; k++) h[(long)i * r + k] *= a->E->w[k];
+    if (rows_contiguous(rows, n)) matmul(y + (long)rows[0] * out, h, a->B->w, n, out, r, false, true, a->scaling, 1.0f);
+    else {
+        float *Y = xmalloc(sizeof(float) * (size_t)n * out);
+        matmul(Y, h, a->B->w, n, out, r, false, true, a->scaling, 0.0f);
+        for (int i = 0; i < n; i++) add_inplace(y + (long)rows[i] * out, Y + (long)i * out, out);
+        free(Y);
+    }
+    free(xbuf);
+    free(h);
+}
+
+// VeRA rows of sets that share one pair of projections: H = X A_sl^T once, per-row lambda_d,
+// U = Hd B_sl^T once, per-row lambda_b: y += lambda_b * U.
+static void vera_rows(const Adapter *a0, AdapterSet *const *row_sets, int li, const float *x, float *y, const int *rows, int n) {
+    const AdapterSet *set = a0->set;
+    int in = a0->lin->in, out = a0->lin->out, r = a0->r;
+    float *xbuf = NULL, *H = xmalloc(sizeof(float) * (size_t)n * r), *U = xmalloc(sizeof(float) * (size_t)n * out);
+    const float *X = gather_rows(x, in, rows, n, &xbuf);
+    matmul_ld(H, r, X, in, set->vera_A, set->vera_max_in, n, r, in, false, true, 1.0f, 0.0f);
+    for (int i = 0; i < n; i++) {
+        const float *ld = row_sets[rows[i]]->by_linear[li]->lambda_d->w;
+        for (int k = 0; k < r; k++) H[(long)i * r + k] *= ld[k];
+    }
+    matmul_ld(U, out, H, r, set->vera_B, r, n, out, r, false, true, 1.0f, 0.0f);
+#pragma omp parallel for if ((long)n * out > 65536)
+    for (int i = 0; i < n; i++) {
+        const float *lb = row_sets[rows[i]]->by_linear[li]->lambda_b->w, *u = U + (long)i * out;
+        float *yr = y + (long)rows[i] * out;
+        for (int o = 0; o < out; o++) yr[o] += lb[o] * u[o];
+    }
+    free(xbuf);
+    free(H);
+    free(U);
+}
+
+// The hot-path test: equal shapes and fingerprints (adapters_same_vera_projection also compares the bytes).
+static bool same_projection_fast(const AdapterSet *a, const AdapterSet *b) {
+    return a == b || (a->vera_A && b->vera_A && a->cfg.r == b->cfg.r && a->vera_max_in == b->vera_max_in &&
+                      a->vera_max_out == b->vera_max_out && a->vera_fingerprint == b->vera_fingerprint);
+}
+
+static void mixed_rows_forward(Model *m, Linear *lin, const float *x, float *y, int N) {
+    AdapterSet *const *sets = m->row_adapters;
+    int li = (int)(lin - m->linears);
+    int *gid = xmalloc(sizeof(int) * (size_t)N);
+    RowGroup *groups = NULL;
+    int n_groups = 0, last = -1;
+    for (int n = 0; n < N; n++) {
+        gid[n] = -1;
+        const AdapterSet *s = sets[n];
+        Adapter *a = s && s->by_linear ? s->by_linear[li] : NULL;
+        if (!a || a->r <= 0 || a->merged) continue;
+        bool vera = s->cfg.type == PEFT_VERA;
+        int g = -1;
+        if (last >= 0 && (vera ? groups[last].vera && same_projection_fast(groups[last].a->set, s) : groups[last].a == a)) g = last;
+        for (int k = 0; k < n_groups && g < 0; k++)
+            if (vera ? groups[k].vera && same_projection_fast(groups[k].a->set, s) : groups[k].a == a) g = k;
+        if (g < 0) {
+            groups = xrealloc(groups, sizeof(RowGroup) * (n_groups + 1));
+            groups[n_groups] = (RowGroup){a, vera, 0, 0};
+            g = n_groups++;
+        }
+        groups[g].n++;
+        gid[n] = last = g;
+    }
+    if (n_groups == 0) { free(gid); free(groups); return; }
+    int *rows = xmalloc(sizeof(int) * (size_t)N), *fill = xcalloc(n_groups, sizeof(int));
+    for (int g = 0, at = 0; g < n_groups; g++) { groups[g].first = at; at += groups[g].n; }
+    for (int n = 0; n < N; n++)
+        if (gid[n] >= 0) rows[groups[gid[n]].first + fill[gid[n]]++] = n;
+    // Single LoRA / AdaLoRA rows (a decode step of one request) as matrix-vector products, in
+    // parallel (each writes its own row of y); groups of several rows as GEMMs.
+    int *singles = xmalloc(sizeof(int) * (size_t)n_groups), n_single = 0, max_r = 1;
+    for (int g = 0; g < n_groups; g++) {
+        RowGroup *G = &groups[g];
+        if (!G->vera && G->n == 1) {
+            singles[n_single++] = g;
+            if (G->a->r > max_r) max_r = G->a->r;
+        } else if (G->vera) vera_rows(G->a, sets, li, x, y, rows + G->first, G->n);
+        else lowrank_rows(G->a, x, y, rows + G->first, G->n);
+    }
+    if (n_single) {
+        float *h = xmalloc(sizeof(float) * (size_t)n_single * max_r);
+#pragma omp parallel for schedule(dynamic, 1) if (n_single > 1)
+        for (int k = 0; k < n_single; k++) {
+            const RowGroup *G = &groups[singles[k]];
+            int row = rows[G->first];
+            lowrank_row(G->a, x + (long)row * lin->in, y + (long)row * lin->out, h + (long)k * max_r);
+        }
+        free(h);
+    }
+    free(singles);
+    free(rows);
+    free(fill);
+    free(gid);
+    free(groups);
+}
+
 void linear_forward(Model *m, Linear *lin, const float *x, float *y, int N) {
     matmul(y, x, lin->weight->w, N, lin->out, lin->in, false, !lin->fan_in_fan_out, 1.0f, 0.0f);
     if (lin->bias) add_bias(y, lin->bias->w, N, lin->out);
+    if (m->row_adapters) { mixed_rows_forward(m, lin, x, y, N); return; }
     Adapter *a = lin->adapter;
     if (a && !a->merged && a->r > 0) a->method->forward(a, x, y, N, m->training);
 }

@@ -72,6 +72,8 @@ struct AdapterSet {
     int vera_max_in, vera_max_out;
     void *method_state;          // e.g. AdaLoRA's rank allocator
     double last_regularizer;     // the regulariser's share of the last loss
+    Adapter **by_linear;         // [model->n_linears]: this set's adapter on each linear (NULL: none)
+    uint64_t vera_fingerprint;   // VeRA: hash of the projections' bytes (sets with equal ones share products)
 };
 
 struct AdapterMethod {
@@ -131,6 +133,21 @@ void adapter_ensure_capacity(Adapter *a, int N, long extra_per_row);
 // dropout(x) when training with dropout, else x itself.
 const float *adapter_dropout_input(Adapter *a, const float *x, int N, bool train);
 
+// ---- detached adapter sets (serving many adapters on one base) ----
+// An adapter set made for m's linears but not attached: m->adapters and every lin->adapter stay
+// as they are, so any number may exist at once (and be loaded while another thread runs the
+// model: nothing of m is written). Apply them per token row through m->row_adapters.
+AdapterSet *adapters_load_detached(Model *m, const char *dir);
+AdapterSet *adapters_new_detached(Model *m, const AdapterConfig *c, uint64_t seed);
+void adapter_set_free(AdapterSet *set);
+// Whether two VeRA sets have the same shared projections (same r, shapes and values).
+bool adapters_same_vera_projection(const AdapterSet *a, const AdapterSet *b);
+
 // y[N,out] = x W^T + b (+ adapter); backward accumulates dx and the trainable grads.
+// When m->row_adapters is set (inference only), row n's adapter is row_adapters[n]'s module for
+// this linear instead of lin->adapter (NULL = the base alone): the base GEMM runs once for all
+// rows, then LoRA and AdaLoRA rows add their own low-rank product (rows of one set batched
+// together, single rows as matrix-vector products), and VeRA rows whose sets share the
+// projections share one x A^T and one (.) B^T product, only the lambda scalings being per row.
 void linear_forward(Model *m, Linear *lin, const float *x, float *y, int N);
 void linear_backward(Model *m, Linear *lin, const float *x, const float *dy, float *dx, int N);

@@ -75,6 +75,7 @@ typedef struct Model {
     float *inv_freq;             // rope [HD/2]
     Activations act;
     AdapterSet *adapters;        // NULL when training all weights or none
+    AdapterSet **row_adapters;   // inference: when set, token row n of the next forward gets adapter set row_adapters[n] (NULL = base), see linear_forward
     bool training;               // dropout on
     uint64_t dropout_seed;
 } Model;

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The serving benchmark (CPU): one base model, K = 1, 10, 100 distinct LoRA / VeRA adapters,
+# against the base alone and a single merged adapter at the same load. N concurrent clients
+# on loopback (bench/serve/loadgen.c), fixed prompt and output lengths.
+# Usage: bash bench/serve/run.sh [BUILD]     (env: CLIENTS, REQUESTS, PROMPT, TOKENS, THREADS,
+#        ROUNDS, LAYERS, HIDDEN: the model; KEEP=1 keeps the work folder)
+set -eu
+B=${1:-build}
+CLIENTS=${CLIENTS:-16} REQUESTS=${REQUESTS:-128} PROMPT=${PROMPT:-32} TOKENS=${TOKENS:-32} THREADS=${THREADS:-2} ROUNDS=${ROUNDS:-3}
+LAYERS=${LAYERS:-4} HIDDEN=${HIDDEN:-256}
+make -s BUILD="$B" "$B/peft" >/dev/null
+mkdir -p "$B/serve"
+make -s BUILD="$B" "$B/serve/loadgen" "$B/serve/make_adapters" >/dev/null
+PEFT=$B/peft
+W=$(mktemp -d /tmp/peft-serve-bench.XXXXXX)
+SERVER=
+cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null; [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
+trap cleanup EXIT
+export OMP_NUM_THREADS=$THREADS
+
+echo "# peft serve benchmark: $(date -u +%Y-%m-%d) on $(nproc --all) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
+echo "# model: GPT-2 $LAYERS layers, hidden $HIDDEN, byte vocabulary; $CLIENTS clients, $REQUESTS requests of $PROMPT prompt + $TOKENS generated tokens; --threads $THREADS"
+"$PEFT" init --arch gpt2 --layers "$LAYERS" --hidden "$HIDDEN" --heads 4 --context 256 --seed 3 --out "$W/base" >/dev/null
+for i in $(seq 1 100); do echo "the quick brown fox jumps over the lazy dog."; done > "$W/text.txt"
+# One trained adapter of each kind (a few steps: the values only need to be adapter-like), then
+# 100 perturbed copies of each, and each merged into a copy of the base.
+"$PEFT" train --model "$W/base" --data "$W/text.txt" --method lora --r 16 --alpha 32 --targets c_attn,c_proj,c_fc \
+    --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-lora" >/dev/null 2>&1
+"$PEFT" train --model "$W/base" --data "$W/text.txt" --method vera --r 256 --targets c_attn,c_proj,c_fc \
+    --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-vera" >/dev/null 2>&1
+"$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-lora" --out "$W/adapters" --count 100 --prefix lora >/dev/null
+"$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-vera" --out "$W/adapters" --count 100 --prefix vera --seed 2 >/dev/null
+"$PEFT" merge --model "$W/base" --adapter "$W/adapters/lora-000" --out "$W/merged-lora" >/dev/null
+"$PEFT" merge --model "$W/base" --adapter "$W/adapters/vera-000" --out "$W/merged-vera" >/dev/null
+
+serve() {  # model-dir: starts the server (all 200 adapters in memory), sets PORT
+    "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "$CLIENTS" --max-adapters 256 \
+        --max-tokens "$TOKENS" --threads "$THREADS" --quiet > "$W/server.out" 2> "$W/server.err" &
+    SERVER=$!
+    PORT=
+    for i in $(seq 1 300); do
+        PORT=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$W/server.out")
+        [ -n "$PORT" ] && return 0
+        sleep 0.1
+    done
+    echo "server did not start: $(cat "$W/server.err")"; exit 1
+}
+stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
+load() { "$B/serve/loadgen" --port "$PORT" --clients "$CLIENTS" --requests "$REQUESTS" --prompt-tokens "$PROMPT" --max-tokens "$TOKENS" "$@"; }
+
+# ROUNDS rounds, every configuration once per round (interleaved, so that a busy machine's
+# slow spells spread over all of them); the table takes each configuration's median round.
+: > "$W/runs.txt"
+for round in $(seq 1 "$ROUNDS"); do
+    serve "$W/base"
+    load --requests "$CLIENTS" --base --label warm-up >/dev/null
+    load --base --label "base" | tee -a "$W/runs.txt"
+    for k in 1 10 100; do load --prefix lora --adapters $k --label "LoRA-r16" | tee -a "$W/runs.txt"; done
+    for k in 1 10 100; do load --prefix vera --adapters $k --label "VeRA-r256" | tee -a "$W/runs.txt"; done
+    stop
+    serve "$W/merged-lora"
+    load --base --label "LoRA-r16-merged" | tee -a "$W/runs.txt"
+    stop
+    serve "$W/merged-vera"
+    load --base --label "VeRA-r256-merged" | tee -a "$W/runs.txt"
+    stop
+done
+echo
+echo "| configuration | adapters in the batch | requests/s | tokens/s | p50 latency (s) | p99 latency (s) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+# Median round per configuration (by tokens/s).
+awk '{ key = $1 " " $2; for (i = 1; i <= NF; i++) { if ($i == "req/s") rs = $(i-1); if ($i == "tok/s") ts = $(i-1); if ($i == "p50") p50 = $(i+1); if ($i == "p99") p99 = $(i+1) }
+       n[key]++; row[key, n[key]] = ts " " rs " " p50 " " p99; if (!(key in order)) { order[key] = ++nk; keys[nk] = key } }
+     END { for (k = 1; k <= nk; k++) { key = keys[k]; m = n[key];
+             for (i = 1; i <= m; i++) v[i] = row[key, i];
+             for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) { split(v[i], a, " "); split(v[j], b, " "); if (b[1] + 0 < a[1] + 0) { t = v[i]; v[i] = v[j]; v[j] = t } }
+             split(v[int((m + 1) / 2)], x, " "); split(key, kk, " "); sub("K=", "", kk[2]);
+             name = kk[1]; gsub("-", " ", name); if (name ~ /merged/) kk[2] = "1 (merged)"; else if (kk[2] == 0) kk[2] = "0 (base)";
+             printf "| %s | %s | %.2f | %.0f | %s | %s |\n", name, kk[2], x[2], x[1], x[3], x[4] } }' "$W/runs.txt"

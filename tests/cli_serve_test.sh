@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# CLI test of `peft serve` with real HTTP clients (curl) on loopback:
+#  - a tiny GPT-2 (peft init) with three adapters trained by peft train (two LoRA, one VeRA), each
+#    on its own sentence, served from one folder on a free port (--port 0);
+#  - concurrent requests for the three adapters and the base, more than --max-requests, mixed in
+#    one batch: each one's greedy text equals `peft generate`'s for that adapter and prompt
+#    (completions, chat, streamed and not), with fewer adapters in memory than registered (LRU);
+#  - adapters loaded and unloaded while serving;
+#  - every bad request (malformed JSON, unknown adapter, absurd parameters, oversized bodies,
+#    wrong routes and methods) gets its 4xx JSON error while a concurrent good request completes;
+#  - a second server (a larger model, so generations take a while) for the API key, the request
+#    timeout (408) and a client that disconnects mid-stream (its request is cancelled).
+# Every wait is bounded; the servers are killed at the end.
+# Usage: PEFT=build/peft bash tests/cli_serve_test.sh
+set -u
+PEFT=${PEFT:-build/peft}
+TMP=$(mktemp -d /tmp/peft-cli-serve.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+export OMP_NUM_THREADS=1  # tiny models: one thread is fastest, and shared machines stay usable
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok   $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+check() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got [$2], want [$3])"; fi; }
+
+if ! command -v curl >/dev/null; then echo "*** SKIPPED: curl not found ***"; echo "0 passed, 0 failed"; exit 0; fi
+
+# jget EXPR < json: a field of a JSON document (Perl's core JSON::PP), e.g. jget '$j->{choices}[0]{text}'.
+jget() {
+    perl -MJSON::PP -e 'binmode STDOUT, ":utf8"; local $/; my $t = <STDIN>; my $j = eval { JSON::PP->new->decode($t) };
+        if (!defined $j) { print "NOT-JSON"; exit 0 } my $v = eval $ARGV[0]; print defined $v ? $v : "" ' "$1"
+}
+# sse_text < stream: the concatenated text of an event stream (completion or chat chunks); "+DONE" when it ended properly.
+sse_text() {
+    perl -MJSON::PP -e 'binmode STDOUT, ":utf8"; my ($s, $done) = ("", 0);
+        while (<STDIN>) { next unless s/^data: //; chomp; if ($_ eq "[DONE]") { $done = 1; next }
+            my $j = JSON::PP->new->decode($_); my $c = $j->{choices}[0] or next;
+            $s .= defined $c->{text} ? $c->{text} : defined $c->{delta}{content} ? $c->{delta}{content} : "" }
+        print $s, $done ? "+DONE" : "" '
+}
+
+# post URL BODY [curl args...]: prints the body then a last line with the HTTP status.
+post() {
+    local url=$1 body=$2; shift 2
+    curl -s -m 60 -w '\n%{http_code}' -H 'Content-Type: application/json' "$@" --data-binary "$body" "$url"
+}
+status_of() { tail -n 1; }
+body_of() { sed '$d'; }
+
+# ---- a model and three adapters ----
+"$PEFT" init --arch gpt2 --layers 2 --hidden 64 --heads 4 --context 64 --seed 5 --out "$TMP/base" >/dev/null || { bad "peft init"; exit 1; }
+mkdir -p "$TMP/adapters"
+train() {  # name method r lr sentence
+    for i in $(seq 1 200); do echo "$5"; done > "$TMP/$1.txt"
+    "$PEFT" train --model "$TMP/base" --data "$TMP/$1.txt" --method "$2" --r "$3" --alpha 32 --targets c_attn,c_proj,c_fc \
+        --lr "$4" --steps 60 --batch 4 --seq-len 48 --seed 3 --out "$TMP/adapters/$1" >/dev/null 2>"$TMP/train.err" ||
+        bad "train $1 ($(tail -c 300 "$TMP/train.err"))"
+    rm -rf "$TMP/adapters/$1/checkpoint" "$TMP/adapters/$1"/*.jsonl "$TMP/adapters/$1"/*.svg
+}
+train cat lora 8 1e-2 "the cat sat on the mat."
+train dog lora 4 1e-2 "the dog ran in the park."
+train bird vera 32 5e-2 "the bird sang a song."
+
+# Expected outputs: peft generate (greedy; adapters merged, as it does by default), both prompts
+# in one run (--prompts: one escaped output line each).
+printf 'the \na \n' > "$TMP/prompts.txt"
+gen() {  # adapter-or-base max_tokens: the outputs of both prompts, one escaped line each
+    if [ "$1" = base ]; then "$PEFT" generate --model "$TMP/base" --prompts "$TMP/prompts.txt" --max-tokens "$2" 2>/dev/null
+    else "$PEFT" generate --model "$TMP/base" --adapter "$TMP/adapters/$1" --prompts "$TMP/prompts.txt" --max-tokens "$2" 2>/dev/null; fi
+}
+unescape() { perl -pe 'chomp; s/\\(n|r|\\)/$1 eq "n" ? "\n" : $1 eq "r" ? "\r" : "\\"/ge'; }
+declare -A WANT
+for a in cat dog bird base; do
+    gen $a 24 > "$TMP/want.$a"
+    WANT[$a]=$(sed -n 1p "$TMP/want.$a" | unescape)
+    WANT[$a.2]=$(sed -n 2p "$TMP/want.$a" | unescape)
+done
+echo "  cat:  the ${WANT[cat]}" | head -1
+echo "  dog:  the ${WANT[dog]}" | head -1
+echo "  bird: the ${WANT[bird]}" | head -1
+echo "  base: the ${WANT[base]}" | head -1
+[ "${WANT[cat]}" != "${WANT[dog]}" ] && [ "${WANT[dog]}" != "${WANT[bird]}" ] && [ "${WANT[cat]}" != "${WANT[base]}" ] &&
+    ok "the adapters generate different texts" || bad "the adapters generate different texts"
+
+# ---- server 1: 3 adapters, at most 2 in memory, 4 requests at a time, small body limit ----
+start_server() {  # log-name args...: sets PORT (bounded wait for "listening on")
+    local name=$1; shift
+    "$PEFT" serve "$@" --port 0 >"$TMP/$name.out" 2>"$TMP/$name.err" &
+    PIDS+=($!)
+    PORT=
+    for i in $(seq 1 100); do
+        PORT=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$TMP/$name.out")
+        [ -n "$PORT" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+if start_server s1 --model "$TMP/base" --adapters "$TMP/adapters" --max-requests 4 --max-adapters 2 --max-tokens 64 --max-body 16 --threads 1; then
+    ok "server starts on a free loopback port ($PORT)"
+else
+    bad "server starts (stderr: $(head -c 500 "$TMP/s1.err"))"; echo "$passed passed, $failed failed"; exit 1
+fi
+U=http://127.0.0.1:$PORT
+check "GET /health" "$(curl -s -m 10 $U/health | jget '$j->{status}')" ok
+check "GET /v1/models lists base and the adapters" "$(curl -s -m 10 $U/v1/models | jget 'join ",", sort map { $_->{id} } @{$j->{data}}')" "base,bird,cat,dog"
+
+# ---- concurrent mixed requests ----
+# 12 requests (3 adapters + base, 2 prompts, completions and chat, streamed or not) at once on 4
+# slots: they queue, join the running batch as others leave, and mix adapters in every step.
+n=0
+for a in cat dog bird base; do
+    for kind in plain stream chat; do
+        n=$((n + 1))
+        case $kind in
+        plain) post $U/v1/completions "{\"model\": \"$a\", \"prompt\": \"the \", \"max_tokens\": 24, \"temperature\": 0}" > "$TMP/r$n" & ;;
+        stream) post $U/v1/completions "{\"model\": \"$a\", \"prompt\": \"a \", \"max_tokens\": 24, \"temperature\": 0, \"stream\": true}" -N > "$TMP/r$n" & ;;
+        chat) post $U/v1/chat/completions "{\"model\": \"$a\", \"messages\": [{\"role\": \"user\", \"content\": \"the \"}], \"max_tokens\": 24, \"temperature\": 0}" > "$TMP/r$n" & ;;
+        esac
+        echo "$a $kind" > "$TMP/r$n.what"
+    done
+done
+wait $(jobs -p | grep -v -x -F "$(printf '%s\n' "${PIDS[@]}")") 2>/dev/null
+all_ok=1
+for i in $(seq 1 $n); do
+    read -r a kind < "$TMP/r$i.what"
+    st=$(status_of < "$TMP/r$i")
+    case $kind in
+    plain) got=$(body_of < "$TMP/r$i" | jget '$j->{choices}[0]{text}'); want=${WANT[$a]} ;;
+    stream) got=$(body_of < "$TMP/r$i" | sse_text); want="${WANT[$a.2]}+DONE" ;;
+    chat) got=$(body_of < "$TMP/r$i" | jget '$j->{choices}[0]{message}{content}'); want=${WANT[$a]} ;;
+    esac
+    got=$(printf '%s' "$got" | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}')  # as $(...) strips trailing newlines
+    [ "$kind" = stream ] && got=$(printf '%s' "$got" | perl -0pe 's/\n+\+DONE$/+DONE/')
+    [ "$kind" = stream ] && want=$(printf '%s' "$want" | perl -0pe 's/\n+\+DONE$/+DONE/')
+    if [ "$st" != 200 ] || [ "$got" != "$want" ]; then
+        all_ok=0; echo "  $a $kind: status $st, got [$got], want [$want]"
+    fi
+done
+[ $all_ok = 1 ] && ok "12 concurrent mixed-adapter requests equal peft generate (completions, streamed, chat)" ||
+    bad "concurrent mixed-adapter requests equal peft generate"
+h=$(curl -s -m 10 $U/health)
+ev=$(printf '%s' "$h" | jget '$j->{adapter_evictions}')
+[ "${ev:-0}" -gt 0 ] && ok "3 adapters served with --max-adapters 2 (LRU evictions: $ev)" || bad "LRU eviction ($h)"
+steps=$(printf '%s' "$h" | jget '$j->{steps}'); toks=$(printf '%s' "$h" | jget '$j->{tokens}')
+echo "  $steps forward steps for $toks tokens"
+
+# usage and finish_reason
+r=$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 5, "temperature": 0}' | body_of)
+check "usage counts tokens" "$(printf '%s' "$r" | jget '"$j->{usage}{prompt_tokens} $j->{usage}{completion_tokens} $j->{choices}[0]{finish_reason}"')" "4 5 length"
+r=$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 24, "temperature": 0, "stop": "mat"}' | body_of)
+check "a stop string ends the text before it" "$(printf '%s' "$r" | jget '"$j->{choices}[0]{text}|$j->{choices}[0]{finish_reason}"')" \
+    "$(printf '%s' "${WANT[cat]}" | perl -0pe 's/mat.*//s')|stop"
+
+# ---- adapters loaded and unloaded while serving ----
+r=$(post $U/v1/adapters "{\"name\": \"cat2\", \"path\": \"$TMP/adapters/cat\"}")
+check "POST /v1/adapters loads an adapter" "$(status_of <<<"$r") $(body_of <<<"$r" | jget '$j->{id}')" "201 cat2"
+r=$(post $U/v1/completions '{"model": "cat2", "prompt": "the ", "max_tokens": 24, "temperature": 0}')
+check "the new adapter serves" "$(status_of <<<"$r") $(body_of <<<"$r" | jget '$j->{choices}[0]{text}')" "200 ${WANT[cat]}"
+check "a duplicate name: 409" "$(post $U/v1/adapters "{\"name\": \"cat2\", \"path\": \"$TMP/adapters/cat\"}" | status_of)" 409
+check "a folder that is no adapter: 400" "$(post $U/v1/adapters "{\"name\": \"x\", \"path\": \"$TMP/base\"}" | status_of)" 400
+check "DELETE /v1/adapters/cat2" "$(curl -s -m 10 -w '\n%{http_code}' -X DELETE $U/v1/adapters/cat2 | status_of)" 200
+check "a deleted adapter: 404" "$(post $U/v1/completions '{"model": "cat2", "prompt": "the "}' | status_of)" 404
+check "DELETE an unknown adapter: 404" "$(curl -s -m 10 -w '\n%{http_code}' -X DELETE $U/v1/adapters/nope | status_of)" 404
+
+# ---- bad requests, each with its error, while good requests run ----
+post $U/v1/completions '{"model": "dog", "prompt": "the ", "max_tokens": 24, "temperature": 0}' > "$TMP/good1" &
+G1=$!
+post $U/v1/completions '{"model": "bird", "prompt": "a ", "max_tokens": 24, "temperature": 0, "stream": true}' -N > "$TMP/good2" &
+G2=$!
+head -c 40000 /dev/zero | tr '\0' 'a' > "$TMP/big.txt"
+printf '{"model": "cat", "prompt": "%s"}' "$(cat "$TMP/big.txt")" > "$TMP/big.json"
+expect_error() {  # name status method url body [curl args]
+    local name=$1 want=$2 method=$3 url=$4 body=$5; shift 5
+    local r
+    if [ "$method" = POST ]; then r=$(post "$U$url" "$body" "$@")
+    else r=$(curl -s -m 30 -w '\n%{http_code}' -X "$method" "$@" "$U$url"); fi
+    local st msg
+    st=$(status_of <<<"$r")
+    msg=$(body_of <<<"$r" | jget '$j->{error}{message}')
+    if [ "$st" = "$want" ] && [ -n "$msg" ] && [ "$msg" != NOT-JSON ]; then ok "$name: $st ($msg)"
+    else bad "$name: got $st [$(body_of <<<"$r" | head -c 200)], want $want with a JSON error"; fi
+}
+expect_error "malformed JSON" 400 POST /v1/completions '{"model": "cat", "prompt": "the "'
+expect_error "not an object" 400 POST /v1/completions '[1, 2]'
+expect_error "unknown adapter" 404 POST /v1/completions '{"model": "nope", "prompt": "the "}'
+expect_error "missing prompt" 400 POST /v1/completions '{"model": "cat"}'
+expect_error "prompt of the wrong type" 400 POST /v1/completions '{"model": "cat", "prompt": {"a": 1}}'
+expect_error "negative max_tokens" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": -5}'
+expect_error "max_tokens over the limit" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 1000000000}'
+expect_error "fractional max_tokens" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 2.5}'
+expect_error "negative temperature" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "temperature": -1}'
+expect_error "top_p of 0" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "top_p": 0}'
+expect_error "temperature as a string" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "temperature": "hot"}'
+expect_error "n > 1" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "n": 5}'
+expect_error "too many stop strings" 400 POST /v1/completions '{"model": "cat", "prompt": "the ", "stop": ["a","b","c","d","e"]}'
+expect_error "token ids outside the vocabulary" 400 POST /v1/completions '{"model": "cat", "prompt": [1, 2, 99999]}'
+expect_error "a prompt longer than the context" 400 POST /v1/completions "{\"model\": \"cat\", \"prompt\": \"$(head -c 100 "$TMP/big.txt")\"}"
+expect_error "chat without messages" 400 POST /v1/chat/completions '{"model": "cat", "messages": []}'
+expect_error "chat with a bad role" 400 POST /v1/chat/completions '{"model": "cat", "messages": [{"role": "wizard", "content": "hi"}]}'
+expect_error "oversized body (Content-Length)" 413 POST /v1/completions "@$TMP/big.json"
+expect_error "oversized body (chunked)" 413 POST /v1/completions "@$TMP/big.json" -H 'Transfer-Encoding: chunked'
+expect_error "unknown route" 404 GET /v1/nothing ''
+expect_error "wrong method" 405 GET /v1/completions ''
+expect_error "adapter with a bad name" 400 POST /v1/adapters '{"name": "../x", "path": "/tmp"}'
+# A client that disconnects mid-stream (this model is quick, so it may also just finish): the server
+# stays up and the others' requests are untouched.
+curl -s -N -m 0.05 -H 'Content-Type: application/json' -d '{"model": "cat", "prompt": "the ", "max_tokens": 60, "stream": true, "temperature": 0}' $U/v1/completions >/dev/null 2>&1
+wait $G1 $G2
+check "a good request during the bad ones completes" "$(status_of < "$TMP/good1") $(body_of < "$TMP/good1" | jget '$j->{choices}[0]{text}')" "200 ${WANT[dog]}"
+got=$(body_of < "$TMP/good2" | sse_text | perl -0pe 's/\n+\+DONE$/+DONE/')
+check "a good streamed request during the bad ones completes" "$got" "$(printf '%s+DONE' "${WANT[bird.2]}" | perl -0pe 's/\n+\+DONE$/+DONE/')"
+check "the server is still healthy" "$(curl -s -m 10 $U/health | jget '"$j->{status} $j->{active}"')" "ok 0"
+
+# ---- server 2: a larger model (generations take seconds): API key, timeout, disconnect ----
+"$PEFT" init --arch gpt2 --layers 8 --hidden 512 --heads 8 --context 1024 --seed 2 --out "$TMP/big" >/dev/null
+if start_server s2 --model "$TMP/big" --max-requests 4 --max-tokens 1000 --timeout 1 --api-key sekret --threads 1; then
+    ok "second server starts ($PORT)"
+    U=http://127.0.0.1:$PORT
+    K=(-H 'Authorization: Bearer sekret')
+    expect_error "no API key" 401 POST /v1/completions '{"prompt": "hi", "max_tokens": 2}'
+    expect_error "a wrong API key" 401 POST /v1/completions '{"prompt": "hi", "max_tokens": 2}' -H 'Authorization: Bearer guess'
+    check "the API key admits" "$(post $U/v1/completions '{"prompt": "hi", "max_tokens": 2}' "${K[@]}" | status_of)" 200
+    check "/health needs no key" "$(curl -s -m 10 $U/health | jget '$j->{status}')" ok
+    # 1000 tokens of a 25M-parameter model (100 MB read per token) take well over the 1 s timeout: 408.
+    expect_error "request timeout" 408 POST /v1/completions '{"prompt": "hi", "max_tokens": 1000, "ignore_eos": true}' "${K[@]}"
+    # A streaming client that goes away after 0.3 s: its request is cancelled (not timed out).
+    before=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out}"')
+    curl -s -N -m 0.3 -H 'Content-Type: application/json' "${K[@]}" -d '{"prompt": "hi", "max_tokens": 1000, "stream": true, "ignore_eos": true}' $U/v1/completions > "$TMP/cut" 2>/dev/null
+    got_some=$(grep -c '^data: {' "$TMP/cut")
+    after=""
+    for i in $(seq 1 20); do
+        after=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out} $j->{active}"')
+        [ "${after% *}" != "$before" ] && [ "${after##* }" = 0 ] && break
+        sleep 0.05
+    done
+    read -r c0 t0 <<<"$before"; read -r c1 t1 a1 <<<"$after"
+    if [ "$c1" = $((c0 + 1)) ] && [ "$t1" = "$t0" ] && [ "$a1" = 0 ]; then ok "a client gone mid-stream ($got_some chunks) cancels its request"
+    else bad "a client gone mid-stream cancels its request (before $before, after $after, $got_some chunks)"; fi
+    check "after it, requests still complete" "$(post $U/v1/completions '{"prompt": "hi", "max_tokens": 3}' "${K[@]}" | status_of)" 200
+else
+    bad "second server starts ($(head -c 300 "$TMP/s2.err"))"
+fi
+expect_usage=$("$PEFT" serve --model "$TMP/base" --device cuda 2>&1 >/dev/null; echo "rc=$?")
+case "$expect_usage" in *"not available"*"rc=2") ok "--device cuda: a clear error" ;; *) bad "--device cuda ($expect_usage)" ;; esac
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+grep -q "stopping" "$TMP/s1.err" && ok "the server stops on SIGTERM" || bad "the server stops on SIGTERM"
+PIDS=()
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
