@@ -438,24 +438,27 @@ static void mixed_rows_forward(Model *m, Linear *lin, const float *x, float *y, 
     for (int g = 0, at = 0; g < n_groups; g++) { groups[g].first = at; at += groups[g].n; }
     for (int n = 0; n < N; n++)
         if (gid[n] >= 0) rows[groups[gid[n]].first + fill[gid[n]]++] = n;
-    // Single LoRA / AdaLoRA rows (a decode step of one request) as matrix-vector products, in
-    // parallel (each writes its own row of y); groups of several rows as GEMMs.
-    int *singles = xmalloc(sizeof(int) * (size_t)n_groups), n_single = 0, max_r = 1;
+    // LoRA / AdaLoRA: an adapter's rows as one pair of GEMMs when it has several (a prefill, or
+    // many requests of one adapter); its rows as matrix-vector products when it has few (decode
+    // steps of requests for many adapters), those rows in parallel (each writes its own row of y).
+    enum { MIN_GEMM_ROWS = 4 };
+    int *singles = xmalloc(sizeof(int) * (size_t)N), n_single = 0, max_r = 1;  // positions in rows[] done one by one
     for (int g = 0; g < n_groups; g++) {
         RowGroup *G = &groups[g];
-        if (!G->vera && G->n == 1) {
-            singles[n_single++] = g;
+        if (G->vera) vera_rows(G->a, sets, li, x, y, rows + G->first, G->n);
+        else if (G->n >= MIN_GEMM_ROWS) lowrank_rows(G->a, x, y, rows + G->first, G->n);
+        else {
+            for (int i = 0; i < G->n; i++) singles[n_single++] = G->first + i;
             if (G->a->r > max_r) max_r = G->a->r;
-        } else if (G->vera) vera_rows(G->a, sets, li, x, y, rows + G->first, G->n);
-        else lowrank_rows(G->a, x, y, rows + G->first, G->n);
+        }
     }
     if (n_single) {
         float *h = xmalloc(sizeof(float) * (size_t)n_single * max_r);
 #pragma omp parallel for schedule(dynamic, 1) if (n_single > 1)
         for (int k = 0; k < n_single; k++) {
-            const RowGroup *G = &groups[singles[k]];
-            int row = rows[G->first];
-            lowrank_row(G->a, x + (long)row * lin->in, y + (long)row * lin->out, h + (long)k * max_r);
+            int row = rows[singles[k]];
+            const Adapter *a = groups[gid[row]].a;
+            lowrank_row(a, x + (long)row * lin->in, y + (long)row * lin->out, h + (long)k * max_r);
         }
         free(h);
     }

@@ -29,12 +29,15 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 struct HttpServer {
     HttpContext ctx;
     struct MHD_Daemon *d;
     atomic_long next_id;
     atomic_bool stopping;
+    atomic_int live;          // requests handed to the scheduler whose connection is still open
+    MHD_socket listen_fd;     // after MHD_quiesce_daemon: ours to close
     ChatTemplate chat;
     bool has_chat;
     int im_end;               // <|im_end|> token id (ChatML), -1 when none
@@ -520,6 +523,7 @@ static enum MHD_Result run_generation(Conn *cn, Kind kind, const char *method, c
         return send_error(cn, status, peft_last_error(), status == 400 ? "prompt" : NULL, method, url);
     }
     cn->req = r;
+    atomic_fetch_add(&h->live, 1);
     cn->kind = kind;
     cn->created = (long)time(NULL);
     snprintf(cn->id, sizeof cn->id, "%s-%ld", kind == KIND_CHAT ? "chatcmpl" : "cmpl", atomic_fetch_add(&h->next_id, 1));
@@ -784,6 +788,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (cn->req) {
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) serve_request_cancel(cn->req);  // the client went away
         serve_request_unref(cn->req);
+        atomic_fetch_sub(&cn->h->live, 1);
     }
     free(cn->body);
     free(cn->pending);
@@ -796,6 +801,8 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
     h->ctx = *ctx;
     atomic_init(&h->next_id, 1);
     atomic_init(&h->stopping, false);
+    atomic_init(&h->live, 0);
+    h->listen_fd = MHD_INVALID_SOCKET;
     h->im_end = -1;
     if (ctx->tok && !chat_template_load(&h->chat, ctx->model_dir)) {
         h->has_chat = true;
@@ -810,7 +817,7 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
         return NULL;
     }
     unsigned limit = (unsigned)(ctx->o->max_requests + ctx->o->max_queue + 32);
-    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0, NULL, NULL,
                             on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
                             MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
@@ -826,13 +833,22 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
 }
 
 void http_server_begin_stop(HttpServer *h) {
-    if (h) atomic_store(&h->stopping, true);
+    if (!h) return;
+    atomic_store(&h->stopping, true);
+    h->listen_fd = MHD_quiesce_daemon(h->d);  // no new connections
 }
 
 void http_server_stop(HttpServer *h) {
     if (!h) return;
     atomic_store(&h->stopping, true);
+    // The scheduler has ended every request: give their connections a moment to send their last
+    // event (or error) before the sockets close.
+    for (int i = 0; i < 200 && atomic_load(&h->live) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(h->d);
+    if (h->listen_fd != MHD_INVALID_SOCKET) close(h->listen_fd);
     if (h->has_chat) chat_template_free(&h->chat);
     free(h);
 }

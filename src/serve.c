@@ -68,6 +68,7 @@ int serve_run(const ServeOptions *o) {
         openblas_set_num_threads(o->threads);
     }
     int rc = -1;
+    double t_stop = 0;
     Model *m = NULL;
     Tokenizer *tok = NULL;
     AdapterPool *pool = NULL;
@@ -109,6 +110,7 @@ int serve_run(const ServeOptions *o) {
         if (sig == SIGINT || sig == SIGTERM) break;
     }
     fprintf(stderr, "peft serve: stopping\n");
+    t_stop = now_seconds();
     rc = 0;
 out:
     http_server_begin_stop(http);
@@ -119,6 +121,7 @@ out:
     adapter_pool_free(pool);
     tokenizer_free(tok);
     model_free(m);
+    if (rc == 0) fprintf(stderr, "peft serve: stopped in %.2f s\n", now_seconds() - t_stop);
     atomic_store(&stop_requested, false);
     return rc;
 }

@@ -59,9 +59,10 @@ static AdapterSet *new_adalora_pruned(Model *m, const char *module, uint64_t see
 // Each linear of m over rows assigned to the sets (and the base) in a mixed pattern, against
 // the base product plus each row's own adapter forward over all rows.
 static void mixed_rows_check(int *failed_, Model *m, AdapterSet **sets, int n_sets) {
-    enum { N = 17 };
-    // Runs (prefill-like), scattered rows (decode-like), single rows, and base rows.
-    int pattern[N] = {1, 1, 1, 1, 0, 2, 3, 3, 4, 5, 6, 2, 2, 0, 4, 3, 1};
+    enum { N = 22 };
+    // Runs (prefill-like), scattered rows (decode-like), single rows, and base rows: set 1 has 8
+    // rows in two runs and set 2 four scattered ones (gathered GEMMs), set 6 two (one by one).
+    int pattern[N] = {1, 1, 1, 1, 0, 2, 3, 3, 4, 5, 6, 2, 2, 0, 4, 3, 6, 1, 1, 1, 1, 2};
     uint64_t st = 99;
     AdapterSet *row_sets[N];
     for (int n = 0; n < N; n++) row_sets[n] = pattern[n] && pattern[n] <= n_sets ? sets[pattern[n] - 1] : NULL;

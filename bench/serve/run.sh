@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The serving benchmark (CPU): one base model, K = 1, 10, 100 distinct LoRA / VeRA adapters,
 # against the base alone and a single merged adapter at the same load. N concurrent clients
-# on loopback (bench/serve/loadgen.c), fixed prompt and output lengths.
+# on loopback (bench/serve/loadgen.c), fixed prompt and output lengths; then the decode step alone
+# (bench/serve/mixed_bench.c).
 # Usage: bash bench/serve/run.sh [BUILD]     (env: CLIENTS, REQUESTS, PROMPT, TOKENS, THREADS,
 #        ROUNDS, LAYERS, HIDDEN: the model; KEEP=1 keeps the work folder)
 set -eu
@@ -10,7 +11,7 @@ CLIENTS=${CLIENTS:-16} REQUESTS=${REQUESTS:-128} PROMPT=${PROMPT:-32} TOKENS=${T
 LAYERS=${LAYERS:-4} HIDDEN=${HIDDEN:-256}
 make -s BUILD="$B" "$B/peft" >/dev/null
 mkdir -p "$B/serve"
-make -s BUILD="$B" "$B/serve/loadgen" "$B/serve/make_adapters" >/dev/null
+make -s BUILD="$B" "$B/serve/loadgen" "$B/serve/make_adapters" "$B/serve/mixed_bench" >/dev/null
 PEFT=$B/peft
 W=$(mktemp -d /tmp/peft-serve-bench.XXXXXX)
 SERVER=
@@ -77,3 +78,10 @@ awk '{ key = $1 " " $2; for (i = 1; i <= NF; i++) { if ($i == "req/s") rs = $(i-
              split(v[int((m + 1) / 2)], x, " "); split(key, kk, " "); sub("K=", "", kk[2]);
              name = kk[1]; gsub("-", " ", name); if (name ~ /merged/) kk[2] = "1 (merged)"; else if (kk[2] == 0) kk[2] = "0 (base)";
              printf "| %s | %s | %.2f | %.0f | %s | %s |\n", name, kk[2], x[2], x[1], x[3], x[4] } }' "$W/runs.txt"
+
+# The same comparison without HTTP: one decode step of CLIENTS rows (bench/serve/mixed_bench.c),
+# best of 30, for this model and a wider one (where an adapter is a smaller share of the base).
+echo
+"$B/serve/mixed_bench" --layers "$LAYERS" --hidden "$HIDDEN" --batch "$CLIENTS" --reps 30
+echo
+"$B/serve/mixed_bench" --layers 2 --hidden 1024 --batch "$CLIENTS" --reps 20
