@@ -1,0 +1,114 @@
+// gpu_model.cuh: the GPU model's structures, shared by the training code (gpu_model.cu) and cached
+// inference (gpu_infer.cu). See gpu_model.cu for how parameters and activations are laid out.
+#pragma once
+extern "C" {
+#include "adapter.h"
+#include "model.h"
+}
+#include "gpu.h"
+#include "gpu_internal.cuh"
+#include <utility>
+#include <vector>
+
+struct GpuInfer;  // gpu_infer.cu: KV-cache inference state (row adapters' device copies, scratch)
+
+enum { AD_LORA, AD_ADALORA, AD_VERA };
+struct AdMember {
+    int kind, col_off, out, r, r_off;
+    float scaling;
+    void *B;    // LoRA: the working copy of B [out, r]
+    float *Bg;  // LoRA, AdaLoRA: d B
+    // AdaLoRA and VeRA run as LoRA with an effective B, rebuilt before each forward:
+    //   AdaLoRA Beff = s B diag(E); VeRA Beff = diag(lambda_b) B_shared[:out] diag(lambda_d) (s = 1).
+    void *Beff;
+    const float *Bm;               // fp32 B: AdaLoRA's master, VeRA's shared projection (ld r)
+    const float *rowv, *colv;      // VeRA: lambda_b, lambda_d; AdaLoRA: colv = E
+    float *rowv_g, *colv_g;
+};
+struct Group {  // y[N, out] = x[N, in] W^T + b (+ LoRA members), one GEMM
+    int in, out;
+    bool fifo;  // W stored [in, out] (GPT-2 Conv1D)
+    void *w, *b;
+    float *wg, *bg;
+    int zero_bg_off, zero_bg_len;
+    int n_ad, R, lda;
+    AdMember ad[3];
+    void *A;  // [R, in]: the members' A stacked (VeRA: the shared A [r, max_in], lda = max_in, one h for all members)
+    float *Ag;
+    bool shared_h;
+    bool fused_dx;  // the weight has R spare rows after it (Aext) for the fused input gradient
+    void *Aext;
+    void *h;  // [N, R], per layer
+};
+struct Layer {
+    void *n1w, *n1b, *n2w, *n2b;
+    float *n1wg, *n1bg, *n2wg, *n2bg;
+    Group qkv, o, up, down;
+    void *res_mid, *qkv_out, *attn_y, *fc;
+    void *act;  // the MLP activation, kept when the down projection's backward needs it (else NULL)
+    float *mean1, *rstd1, *mean2, *rstd2, *lse;
+};
+struct Slot {
+    Param *p;
+    size_t off;
+    bool trainable;
+};
+
+// Per-phase timing (PEFT_GPU_PROFILE=1 at creation): an event at every phase change of a training
+// step; each interval is added to the phase that began it.
+enum { P_EMBED, P_NORM, P_GEMM_F, P_LORA_F, P_ROPE, P_ATTN_F, P_ACT, P_HEAD, P_GEMM_DX, P_GEMM_DW, P_LORA_B, P_ATTN_B, P_NORM_B, P_ADAM, P_OTHER, P_N };
+enum { PROF_MAX = 8192 };
+struct Prof {
+    bool on;
+    int n, steps;
+    cudaEvent_t *ev;
+    int *cat;
+    double ms[P_N];
+};
+
+struct GpuModel {
+    Model *m;
+    ModelConfig cfg;
+    GpuOptions opt;
+    bool is_bf16, gpt2;
+    size_t es;
+    cudaStream_t st;
+    GemmCtx *gc;
+    std::vector<Slot> slots;
+    size_t n_frozen, n_train;
+    void *frozen;
+    float *master, *grad, *am, *av;
+    bf16 *work;
+    Layer *L;
+    void *wte, *wpe, *nfw, *nfb, *head;
+    float *wte_g, *wpe_g, *nfw_g, *nfb_g, *head_g;
+    int C, NH, NKV, HD, QW, KVW, S, I, V, upw, actw, Rmax;
+    bool fuse_dx;                     // bf16, Llama layout, adapters: the fused adapter input gradient
+    int ld_dqkv, ld_dfc, ld_dres;     // row strides of the dy buffers (spare columns for dh when fused)
+    // activations
+    int B, T, N, capN, capT;
+    bool acts_ok;
+    std::vector<void *> act_allocs;
+    void **res;
+    void *nbuf, *act, *d_act, *d_fc, *d_n, *d_attn, *dqkv, *dres_t, *dh, *nf, *logits, *fc_scratch;
+    float *dq_acc, *dkv_acc, *Dbuf, *dres, *meanf, *rstdf, *loss_rows, *cos_t, *sin_t, *head_pending, *logits_f32;
+    int *ids_d, *tgt_d;
+    int chunk, ldV;
+    float *loss_host;  // pinned [capN]
+    int *ids_host, *tgt_host;  // pinned [capN]
+    float *partials;
+    // VeRA's shared projections; fp32 scratch for adapter gradients
+    void *vera_A;
+    float *vera_B32, *G_scratch, *scores;
+    size_t G_cap;
+    std::vector<void *> beffs;
+    Prof prof;
+    // Lazy gradient zeroing: gpu_zero_grad clears only zero_ranges (tensors not written by a weight
+    // GEMM); the next backward's weight GEMMs overwrite (beta 0) instead of accumulating.
+    std::vector<std::pair<size_t, size_t>> zero_ranges;
+    bool fresh_grads;
+    // state
+    bool grad_ready, logits_ready;
+    bool direct_head;  // inside gpu_train_step: the head's gradient goes straight into its grad (no pending copy)
+    int count, adam_step;
+};
