@@ -23,6 +23,8 @@ typedef struct {
     GpuPrecision precision;  // GPU_BF16: bf16 compute, fp32 masters; GPU_FP32: parity mode
     bool recompute;          // recompute the MLP's up-projections in backward instead of keeping them
     int logits_chunk;        // rows of logits per classifier chunk (0 = automatic)
+    bool base_only;          // inference: upload the base weights only (attached adapters are applied per
+                             // token row by gpu_kv_forward, never trained)
     uint64_t random_init_seed;  // benchmarks: when non-zero, the base weights are drawn on the device
                                 // (std 0.02, norm weights 1, biases 0) and the host values are not read
 } GpuOptions;

@@ -136,7 +136,11 @@ static float *mptr(GpuModel *g, const Param *p) {
     return s && s->trainable ? g->master + s->off : nullptr;
 }
 
-static bool adapter_active(const Linear *lin) { return lin && lin->adapter && !lin->adapter->merged && lin->adapter->r > 0; }
+// With base_only (cached inference), attached adapters are not part of the GPU model: gpu_infer.cu
+// applies them per token row.
+static bool adapter_active(const GpuModel *g, const Linear *lin) {
+    return !g->opt.base_only && lin && lin->adapter && !lin->adapter->merged && lin->adapter->r > 0;
+}
 
 // Bind a group of linears that share their input, in column order. Their weights (and biases,
 // and A matrices) must be adjacent: plan() placed them so.
@@ -159,7 +163,7 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
             return peft_fail("CUDA backend: %s: a fused group must have biases on all or none of its modules", lin->module);
         if (G->b && (char *)wptr(g, lin->bias) != (char *)G->b + (size_t)G->out * es_w)
             return peft_fail("CUDA backend: %s: biases of one fused group must all be trainable or all frozen", lin->module);
-        if (adapter_active(lin)) {
+        if (adapter_active(g, lin)) {
             Adapter *a = lin->adapter;
             AdMember *mb = &G->ad[G->n_ad++];
             PeftType type = g->m->adapters->cfg.type;
@@ -645,7 +649,7 @@ static void plan_linear(GpuModel *g, Linear *lin, bool contiguous, size_t extra 
 static int group_rank(GpuModel *g, Linear **lins, int n) {
     int R = 0;
     for (int i = 0; i < n; i++)
-        if (adapter_active(lins[i])) R = g->m->adapters->cfg.type == PEFT_VERA ? lins[i]->adapter->r : R + lins[i]->adapter->r;
+        if (adapter_active(g, lins[i])) R = g->m->adapters->cfg.type == PEFT_VERA ? lins[i]->adapter->r : R + lins[i]->adapter->r;
     return g->fuse_dx ? round8(R) : 0;
 }
 
@@ -657,7 +661,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
         return nullptr;
     }
     const ModelConfig *c = &m->cfg;
-    AdapterSet *set = m->adapters;
+    AdapterSet *set = opt_in && opt_in->base_only ? nullptr : m->adapters;
     if (set) {
         if (set->cfg.dropout > 0) {
             peft_fail("CUDA backend: adapter dropout %g is not supported yet (use 0)", set->cfg.dropout);
@@ -757,12 +761,12 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
             for (int gi = 0; gi < 4; gi++) {
                 bool first = true;
                 for (int k = 0; k < 3; k++)
-                    if (groups[gi][k] && adapter_active(groups[gi][k]) && groups[gi][k]->adapter->A) {
+                    if (groups[gi][k] && adapter_active(g, groups[gi][k]) && groups[gi][k]->adapter->A) {
                         plan(g, groups[gi][k]->adapter->A, !first);
                         first = false;
                     }
                 for (int k = 0; k < 3; k++)
-                    if (groups[gi][k] && adapter_active(groups[gi][k])) {
+                    if (groups[gi][k] && adapter_active(g, groups[gi][k])) {
                         Adapter *a = groups[gi][k]->adapter;
                         plan(g, a->B, false);
                         plan(g, a->E, false);
@@ -775,7 +779,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     // Every trainable tensor must have been placed.
     Param **tp;
     int nt = model_trainable(m, &tp);
-    for (int i = 0; i < nt; i++)
+    for (int i = 0; i < nt && !g->opt.base_only; i++)
         if (!find_slot(g, tp[i])) {
             peft_fail("CUDA backend: trainable tensor %s is not supported", tp[i]->name);
             gpu_model_free(g);
