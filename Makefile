@@ -47,7 +47,7 @@ GPU_OBJ   += $(BUILD)/cuda/gpu_stub.o
 endif
 LIB_OBJ   += $(GPU_OBJ)
 
-.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu fuzz clean
+.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
@@ -66,7 +66,7 @@ $(BUILD)/cuda/%.o: src/cuda/%.cu $(wildcard src/cuda/*.cuh src/cuda/*.h src/*.h)
 $(BUILD)/cuda/%.o: src/cuda/%.c $(wildcard src/cuda/*.h src/*.h include/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/gpu/%.o: bench/gpu/%.c $(wildcard src/*.h src/cuda/*.h) | $(BUILD)/.setup
+$(BUILD)/gpu/%.o: bench/gpu/%.c $(wildcard src/*.h src/cuda/*.h bench/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -77,6 +77,8 @@ $(BUILD)/peft: $(CLI_OBJ) $(BUILD)/libpeft.a
 $(BUILD)/test_peft: $(TEST_OBJ) $(BUILD)/libpeft.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 $(BUILD)/test_gpu: $(BUILD)/tests/gpu/test_gpu.o $(BUILD)/libpeft.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/test_gpu_infer: $(BUILD)/tests/gpu/test_gpu_infer.o $(BUILD)/libpeft.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 $(BUILD)/bench_gpu: $(BUILD)/gpu/bench_gpu.o $(BUILD)/libpeft.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
@@ -103,9 +105,10 @@ check-fixtures: $(BUILD)/peft
 	@if [ -d $(FIXTURES) ]; then ./$(BUILD)/peft check $(FIXTURES)/*/; \
 	else echo "*** SKIPPED: $(FIXTURES) not found: HF PEFT reference cases not run ***"; fi
 
-# The reference cases and kernel checks on the GPU (fp32 and bf16); SKIPs loudly without one.
-gpu-test: $(BUILD)/test_gpu
+# The reference cases, kernel checks and cached inference on the GPU (fp32 and bf16); SKIPs loudly without one.
+gpu-test: $(BUILD)/test_gpu $(BUILD)/test_gpu_infer
 	./$(BUILD)/test_gpu $(FIXTURES)
+	./$(BUILD)/test_gpu_infer
 
 # Our trainer against HF PEFT on the same GPU machine (bench/gpu/README.md).
 bench-gpu: $(BUILD)/bench_gpu
@@ -120,11 +123,16 @@ demo: $(BUILD)/peft
 bench: $(BUILD)/train_bench
 	OMP_NUM_THREADS=2 ./$(BUILD)/train_bench
 
+# peft estimate's training memory against the measured peak, CPU and GPU (docs/memory-estimate.md);
+# without a GPU the GPU rows say SKIPPED.
+bench-memory: $(BUILD)/memory_bench
+	OMP_NUM_THREADS=2 ./$(BUILD)/memory_bench
+
 clean:
 	rm -rf build build-san build-fuzz
 
 # Benchmarks (bench/): not timed in unit tests.
-$(BUILD)/%: bench/%.c $(BUILD)/libpeft.a
+$(BUILD)/%: bench/%.c $(wildcard bench/*.h) $(BUILD)/libpeft.a
 	$(CC) $(CFLAGS) $< $(BUILD)/libpeft.a $(LDLIBS) -o $@
 $(BUILD)/dump_logits: tools/interop/dump_logits.c $(BUILD)/libpeft.a
 	$(CC) $(CFLAGS) $< $(BUILD)/libpeft.a $(LDLIBS) -o $@

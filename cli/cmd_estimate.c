@@ -39,6 +39,7 @@ static cJSON *mem_json(const EstMemory *m) {
     cJSON_AddNumberToObject(j, "gradients", (double)m->grads);
     cJSON_AddNumberToObject(j, "optimizer", (double)m->optimizer);
     cJSON_AddNumberToObject(j, "activations", (double)m->activations);
+    cJSON_AddNumberToObject(j, "workspace", (double)m->workspace);
     cJSON_AddNumberToObject(j, "total", (double)m->total);
     return j;
 }
@@ -49,15 +50,18 @@ static const char *const CPU_NOTES[] = {
     "activations: the buffers transformer.c allocates for B x T tokens (per layer: residuals, norms and their statistics, q/k/v,",
     "  attention probabilities [B,NH,T,T], attention output, MLP activations; logits [N,V]; 5 scratch rows; backward's dres and d_norm)",
     "  plus each adapted module's buffers (h [N,r]; VeRA/AdaLoRA another [N,r]; dropout(x) [N,in] when dropout > 0)",
-    "not counted: short-lived backward temporaries, the tokenised data set, malloc overhead",
+    "workspace: the largest short-lived buffers of an adapted module's backward (dh [N,r]; VeRA: + its scaled B [out,r])",
+    "not counted: the attention backward's [T,T] per thread, OpenBLAS's GEMM buffers (a few MiB per thread), the data set",
     NULL,
 };
 static const char *const GPU_NOTES[] = {
-    "bf16 mixed precision: frozen weights 2 B/param; trainables fp32 master 4 B + gradient 4 B + AdamW 8 B = 16 B/param",
-    "  (AdaLoRA: + 8 B of fp32 sensitivity scores); full fine-tuning: 16 B for every parameter",
-    "activations: bf16, flash attention (no [T,T] scores; fp32 log-sum-exp [B,NH,T] and norm statistics), fp32 logits and",
-    "  their gradient [N,V]; no activation checkpointing, no dropout masks",
-    "not counted: CUDA context (~0.5-1 GiB), cuBLAS/flash workspaces, allocator fragmentation",
+    "what this program's CUDA backend (--device cuda, bf16) allocates: frozen weights bf16 2 B/param; each trainable",
+    "  fp32 master 4 B + gradient 4 B + AdamW m, v 8 B + a bf16 working copy 2 B (AdaLoRA: + 8 B of fp32 scores)",
+    "activations: bf16, flash attention (no [T,T] scores); per layer the residual stream, q|k|v, the attention output,",
+    "  the MLP pre-activation, fp32 norm statistics and log-sum-exp, h [N,R] per adapted group; backward's buffers;",
+    "  one classifier chunk of logits (at most 128 MiB), never [N,V]; with dropout one more [N, widest input]",
+    "workspace: cuBLASLt's 32 MiB (and the 64 MiB upload staging buffer when it sets the peak)",
+    "not counted: the CUDA context and cuBLASLt's own allocations (~0.5-1 GiB), the allocator's rounding",
     NULL,
 };
 
@@ -245,6 +249,7 @@ int cmd_estimate(int argc, char **argv) {
             {"gradients", {e.cpu.grads, e.cpu_full.grads, e.gpu.grads, e.gpu_full.grads}},
             {"optimizer", {e.cpu.optimizer, e.cpu_full.optimizer, e.gpu.optimizer, e.gpu_full.optimizer}},
             {"activations", {e.cpu.activations, e.cpu_full.activations, e.gpu.activations, e.gpu_full.activations}},
+            {"workspace", {e.cpu.workspace, e.cpu_full.workspace, e.gpu.workspace, e.gpu_full.workspace}},
             {"total", {e.cpu.total, e.cpu_full.total, e.gpu.total, e.gpu_full.total}},
         };
         for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
@@ -254,7 +259,7 @@ int cmd_estimate(int argc, char **argv) {
         for (int i = 0; CPU_NOTES[i]; i++) printf("  %s\n", CPU_NOTES[i]);
         if (em.family == EST_ENCODER_ROBERTA || em.family == EST_DECODER_GPT3)
             printf("  (this program trains GPT-2 and Llama-family models: for %s the CPU column counts what the GPT-2 path would keep)\n", em.name);
-        printf("GPU column (an estimate for a PyTorch-style trainer):\n");
+        printf("GPU column (this program's CUDA backend, bf16):\n");
         for (int i = 0; GPU_NOTES[i]; i++) printf("  %s\n", GPU_NOTES[i]);
     }
     adapter_config_free(&c);

@@ -4,6 +4,7 @@
 // written as \n, backslashes as \\). An adapter is merged into the weights unless --no-merge.
 #include "adapter.h"
 #include "cli.h"
+#include "cuda/gpu.h"
 #include "generate.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -125,7 +126,8 @@ int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *prompt = NULL, *prompts_file = NULL, *stop_last = NULL;
     int max_tokens = 64, top_k = 0, beams = 1, seed = 0, threads = 0, batch = 8;
     float temperature = 0, top_p = 1, rep = 1, length_penalty = 1;
-    bool no_merge = false;
+    bool no_merge = false, fp32 = false, ignore_eos = false;
+    const char *device = "cpu";
     Option opts[] = {
         {"model", OPT_STRING, &model_dir, "HF model folder (config.json, safetensors, tokenizer)"},
         {"adapter", OPT_STRING, &adapter_dir, "PEFT adapter folder (LoRA, VeRA, AdaLoRA)"},
@@ -143,6 +145,9 @@ int cmd_generate(int argc, char **argv) {
         {"no-merge", OPT_FLAG, &no_merge, "apply the adapter live instead of merging it into the weights"},
         {"threads", OPT_INT, &threads, "CPU threads (default: OMP_NUM_THREADS or all cores)"},
         {"batch", OPT_INT, &batch, "prompts generated together with --prompts (8)"},
+        {"ignore-eos", OPT_FLAG, &ignore_eos, "do not stop at the end-of-sequence token (benchmarks)"},
+        {"device", OPT_STRING, &device, "cpu (default) or cuda"},
+        {"fp32", OPT_FLAG, &fp32, "with --device cuda: fp32 weights and activations (default bf16)"},
     };
     if (parse_options("generate", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
     if (!model_dir) { fprintf(stderr, "peft generate: --model DIR is required\n"); return 2; }
@@ -156,6 +161,7 @@ int cmd_generate(int argc, char **argv) {
     int n_stop = 0;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--stop")) { stops[n_stop] = xstrdup(argv[++i]); unescape(stops[n_stop++]); }
+    if (strcmp(device, "cpu") && strcmp(device, "cuda")) { fprintf(stderr, "peft generate: --device must be cpu or cuda\n"); return 2; }
     if (threads > 0) { omp_set_num_threads(threads); openblas_set_num_threads(threads); }
 
     int rc = 1, n_prompts = 1;
@@ -170,9 +176,11 @@ int cmd_generate(int argc, char **argv) {
         if (adapters_load(m, adapter_dir)) { rc = fail_with_library_error(); goto out; }
         if (!no_merge) adapters_merge(m);
     }
+    if (!strcmp(device, "cuda") && gpu_inference_attach(m, fp32 ? GPU_FP32 : GPU_BF16)) { rc = fail_with_library_error(); goto out; }
     GenParams p;
     gen_params_default(&p);
     read_generation_eos(model_dir, &p);
+    if (ignore_eos) { p.eos_id = GEN_EOS_NONE; p.n_extra_eos = 0; }
     p.max_new_tokens = max_tokens;
     p.temperature = temperature;
     p.top_k = top_k;
@@ -217,6 +225,7 @@ int cmd_generate(int argc, char **argv) {
     free(res);
 out:
     tokenizer_free(tok);
+    if (m) gpu_inference_detach(m);
     model_free(m);
     for (int i = 0; lines && i < n_prompts; i++) free(lines[i]);
     free(lines);

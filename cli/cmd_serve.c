@@ -27,18 +27,14 @@ int cmd_serve(int argc, char **argv) {
         {"max-body", OPT_INT, &max_body_kib, "largest request body in KiB (default 1024)"},
         {"api-key", OPT_STRING, &o.api_key, "require Authorization: Bearer KEY on /v1 routes (or set PEFT_API_KEY)"},
         {"threads", OPT_INT, &o.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)"},
-        {"device", OPT_STRING, &device, "cpu (default); cuda is not available for serving yet"},
+        {"device", OPT_STRING, &device, "cpu (default) or cuda"},
+        {"fp32", OPT_FLAG, &o.fp32, "with --device cuda: fp32 weights and activations (default bf16)"},
         {"quiet", OPT_FLAG, &o.quiet, "no access log on stderr"},
     };
     if (parse_options("serve", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
     if (!o.model_dir) { fprintf(stderr, "peft serve: --model DIR is required\n"); return 2; }
-    if (strcmp(device, "cpu")) {
-        if (!strcmp(device, "cuda"))
-            fprintf(stderr, "peft serve: --device cuda: the GPU server is not available yet (the CUDA backend trains, but has no "
-                            "KV-cache inference path to serve from); use --device cpu\n");
-        else fprintf(stderr, "peft serve: unknown --device %s (cpu)\n", device);
-        return 2;
-    }
+    if (strcmp(device, "cpu") && strcmp(device, "cuda")) { fprintf(stderr, "peft serve: --device must be cpu or cuda (got %s)\n", device); return 2; }
+    o.cuda = !strcmp(device, "cuda");
     if (o.max_requests < 1 || o.max_tokens < 1 || o.max_adapters < 1 || o.max_queue < 0 || timeout < 0 || o.port < 0 || o.port > 65535 ||
         o.threads < 0 || o.context < 0 || max_body_kib < 1) {
         fprintf(stderr, "peft serve: --max-requests, --max-tokens, --max-adapters, --max-body must be >= 1; --max-queue, --timeout, "

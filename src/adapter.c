@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 static const AdapterMethod *method_for(PeftType t) {
@@ -113,7 +114,9 @@ static void set_fingerprint(AdapterSet *set) {
 // lin->adapter (the training / single-adapter path); otherwise m is only read.
 static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed, bool attach) {
     if (attach && m->adapters) { peft_fail("the model already has an adapter"); return NULL; }
+    static atomic_uint_fast64_t next_uid = 1;
     AdapterSet *set = xcalloc(1, sizeof *set);
+    set->uid = atomic_fetch_add(&next_uid, 1);
     set->cfg = *cfg;  // shallow: deep-copy the owned parts below
     set->cfg.targets = NULL;
     set->cfg.target_regex = NULL;

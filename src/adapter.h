@@ -74,6 +74,7 @@ struct AdapterSet {
     double last_regularizer;     // the regulariser's share of the last loss
     Adapter **by_linear;         // [model->n_linears]: this set's adapter on each linear (NULL: none)
     uint64_t vera_fingerprint;   // VeRA: hash of the projections' bytes (sets with equal ones share products)
+    uint64_t uid;                // unique in this process (device copies are cached by it)
 };
 
 struct AdapterMethod {

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <strings.h>
 
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
 const char *const est_preset_names[] = {"roberta-base", "roberta-large", "gpt2", "gpt2-medium", "gpt2-large",
                                         "gpt3-175b", "llama-2-7b", "llama-2-13b", "tinyllama-1.1b", NULL};
 
@@ -310,21 +312,218 @@ int64_t est_cpu_activation_bytes(const EstModel *em, int B, int T) {
     return 4 * (L * per_layer + global) + 2 * N * 4;  // floats, plus labels and ids (int32)
 }
 
-// bf16 activations kept for backward with flash attention (no [T,T] scores): the same per-layer
-// tensors as the CPU path at 2 bytes, norm statistics and the attention log-sum-exp [B,NH,T] in
-// fp32, and fp32 logits with their gradient [N,V] x 2.
-int64_t est_gpu_activation_bytes(const EstModel *em, int B, int T) {
+// ---- the CUDA backend (src/cuda/gpu_model.cu, bf16 mode, training) ----
+//
+// Every byte the backend cudaMallocs (what gpu_peak_bytes counts), modelled allocation by
+// allocation after gpu_model_create, ensure_acts and gemm_ctx_new:
+//   parameters: two arenas (each tensor's offset rounded up to 64 elements, as plan() places them):
+//     frozen weights bf16, with the classifier's rows padded to a multiple of 64 and, for the
+//     Llama layout with adapters, round8(R) spare weight rows per adapted group (the fused input
+//     gradient); trainable tensors fp32 master + grad + AdamW m + v + a bf16 working copy (18 B);
+//   VeRA's shared A (bf16) and B (fp32); AdaLoRA/VeRA's effective B per module (bf16) and one fp32
+//   adapter-gradient scratch; full fine-tuning: the classifier's fp32 gradient staging;
+//   AdaLoRA: two fp32 sensitivity scores per trainable value (gpu_adalora_update_scores);
+//   activations (ensure_acts), per layer: the residual stream, the residual after attention,
+//   q|k|v after rope, the attention output, the MLP pre-activation, the MLP activation when the
+//   down projection is trained or adapted, norm statistics and the attention log-sum-exp (fp32),
+//   h [N,R] per adapted group; once: the backward's dy/dx buffers (with adapter dropout one more
+//   [N, widest adapter input], and no fused input gradient), fp32 dq/dkv accumulators and
+//   residual gradient, the final norm, ids/targets, the rope tables, and one classifier chunk of
+//   logits (at most 128 MiB: never [N,V]);
+//   the cuBLASLt workspace (32 MiB) and a 4 KiB reduction buffer;
+//   while gpu_model_create uploads the weights, a 64 MiB staging buffer (VeRA: then an fp32 copy
+//   of A): the peak is the larger of that moment and a training step.
+
+typedef struct {
+    bool llama;                    // the Llama layout (grouped q|k|v and gate|up, fused input gradients)
+    int per_layer;                 // linears per layer in em->linears
+    int64_t N, T, C, L, V, ldV, NH, NKV, HD, QW, KVW, S, I, upw;
+} GpuShape;
+
+static GpuShape gpu_shape(const EstModel *em, int B, int T) {
     const ModelConfig *c = &em->cfg;
-    int64_t N = (int64_t)B * T, L = c->n_layer, C = c->n_embd, I = c->n_inner, V = c->vocab_size;
-    int64_t HD = c->head_dim, QW = (int64_t)c->n_head * HD, KVW = (int64_t)c->n_kv_head * HD;
-    bool llama = em->family == EST_DECODER_LLAMA;
-    int64_t bf16_elems = 4 * N * C + N * (llama ? QW + 2 * KVW : 3 * C) + N * QW + (llama ? 3 : 2) * N * I;
-    int64_t fp32_elems = (llama ? 2 : 4) * N      // norm statistics (RMSNorm: rstd; LayerNorm: mean, rstd)
-                         + N * c->n_head;         // flash attention log-sum-exp
-    int64_t per_layer = 2 * bf16_elems + 4 * fp32_elems;
-    int64_t global = 2 * (2 * N * C) + 4 * 2 * N  // embeddings output, final norm (+ stats)
-                     + (em->lm_head ? 4 * 2 * N * V : 0);
-    return L * per_layer + global;
+    GpuShape s;
+    s.llama = em->family == EST_DECODER_LLAMA;
+    s.per_layer = s.llama ? 7 : em->family == EST_DECODER_GPT2 ? 4 : 6;
+    s.N = (int64_t)B * T;
+    s.T = T;
+    s.C = c->n_embd;
+    s.L = c->n_layer;
+    s.V = c->vocab_size;
+    s.ldV = (s.V + 63) / 64 * 64;
+    s.NH = c->n_head;
+    s.NKV = c->n_kv_head;
+    s.HD = c->head_dim;
+    s.QW = s.NH * s.HD;
+    s.KVW = s.NKV * s.HD;
+    s.S = s.QW + 2 * s.KVW;
+    s.I = c->n_inner;
+    s.upw = s.llama ? 2 * s.I : s.I;
+    return s;
+}
+
+// The group (fused GEMM) of linear k of a layer: Llama {q,k,v} {o} {gate,up} {down}; otherwise one each.
+static int gpu_group_of(const GpuShape *s, int k) {
+    static const int llama_groups[7] = {0, 0, 0, 1, 2, 2, 3};
+    return s->llama ? llama_groups[k] : k;
+}
+
+static int64_t round8(int64_t x) { return (x + 7) / 8 * 8; }
+static void arena_add(int64_t *n, int64_t numel, bool contiguous) {
+    if (!contiguous) *n = (*n + 63) & ~(int64_t)63;
+    *n += numel;
+}
+
+// The per-group adapter rank R of layer l, group g (LoRA/AdaLoRA: the members' ranks summed; VeRA:
+// one shared h of rank r), or 0 without an adapted member.
+static int64_t gpu_group_rank(const EstModel *em, const GpuShape *s, const bool *adapted, EstMethod method, int r, int l, int g) {
+    if (!adapted) return 0;
+    int64_t R = 0;
+    for (int k = 0; k < s->per_layer; k++) {
+        int i = l * s->per_layer + k;
+        if (i >= em->n_linears || gpu_group_of(s, k) != g || !adapted[i]) continue;
+        R = method == EST_VERA ? r : R + r;
+    }
+    return R;
+}
+
+// adapted == NULL: full fine-tuning (every base weight trainable, no adapter set).
+static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, EstMethod method, int r, float dropout, int B, int T) {
+    GpuShape s = gpu_shape(em, B, T);
+    const ModelConfig *c = &em->cfg;
+    bool full = adapted == NULL, drop = !full && dropout > 0, fuse = s.llama && !full && !drop;
+    int64_t N = s.N, C = s.C, head_pad = (s.ldV - s.V) * C;
+    // Parameter arenas, in plan()'s order.
+    int64_t base = 0, train = 0, *arena = full ? &train : &base;
+    arena_add(arena, s.V * C + (em->lm_head && c->tie_word_embeddings ? head_pad : 0), false);
+    if (!s.llama) arena_add(arena, (int64_t)c->n_positions * C, false);
+    int64_t ld_dqkv = s.S, ld_dfc = s.upw, ld_dres = C, Rmax = 0;
+    for (int l = 0; l < s.L; l++) {
+        int64_t R[7] = {0};
+        for (int g = 0; g < 7; g++) {
+            R[g] = gpu_group_rank(em, &s, adapted, method, r, l, g);
+            if (R[g] > Rmax) Rmax = R[g];
+        }
+        const EstLinear *li = &em->linears[(size_t)l * s.per_layer];
+        if (s.llama) {
+            arena_add(arena, C, false);  // input_layernorm
+            arena_add(arena, (int64_t)li[0].in * li[0].out, false);
+            arena_add(arena, (int64_t)li[1].in * li[1].out, true);
+            arena_add(arena, (int64_t)li[2].in * li[2].out + (fuse && R[0] ? round8(R[0]) * C : 0), true);
+            if (li[0].bias) { arena_add(arena, li[0].out, false); arena_add(arena, li[1].out, true); arena_add(arena, li[2].out, true); }
+            arena_add(arena, (int64_t)li[3].in * li[3].out + (fuse && R[1] ? round8(R[1]) * s.QW : 0), false);
+            if (li[3].bias) arena_add(arena, C, false);
+            arena_add(arena, C, false);  // post_attention_layernorm
+            arena_add(arena, (int64_t)li[4].in * li[4].out, false);
+            arena_add(arena, (int64_t)li[5].in * li[5].out + (fuse && R[2] ? round8(R[2]) * C : 0), true);
+            if (li[4].bias) { arena_add(arena, li[4].out, false); arena_add(arena, li[5].out, true); }
+            arena_add(arena, (int64_t)li[6].in * li[6].out + (fuse && R[3] ? round8(R[3]) * s.I : 0), false);
+            if (li[6].bias) arena_add(arena, C, false);
+            if (fuse) {  // padded strides of the dy buffers (ceil8 of out + round8(R))
+                if (R[0]) ld_dqkv = MAX(ld_dqkv, round8(s.S + round8(R[0])));
+                if (R[2]) ld_dfc = MAX(ld_dfc, round8(s.upw + round8(R[2])));
+                if (R[1]) ld_dres = MAX(ld_dres, round8(C + round8(R[1])));
+                if (R[3]) ld_dres = MAX(ld_dres, round8(C + round8(R[3])));
+            }
+        } else {  // GPT-2 (other presets are counted as the GPT-2 path would place them)
+            arena_add(arena, C, false);
+            arena_add(arena, C, false);  // ln_1
+            for (int k = 0; k < s.per_layer; k++) {
+                arena_add(arena, (int64_t)li[k].in * li[k].out, false);
+                if (li[k].bias) arena_add(arena, li[k].out, false);
+                if (k == 1) { arena_add(arena, C, false); arena_add(arena, C, false); }  // ln_2
+            }
+        }
+    }
+    for (int i = (int)(s.L * s.per_layer); i < em->n_linears; i++) {  // RoBERTa's pooler
+        arena_add(arena, (int64_t)em->linears[i].in * em->linears[i].out, false);
+        if (em->linears[i].bias) arena_add(arena, em->linears[i].out, false);
+    }
+    arena_add(arena, C, false);
+    if (!s.llama) arena_add(arena, C, false);  // final norm (+ bias)
+    if (em->lm_head && !c->tie_word_embeddings) arena_add(arena, s.V * C + head_pad, false);
+    // Adapter tensors, group by group: the A matrices of a group adjacent, then B, E, lambda_d, lambda_b per member.
+    int64_t beff = 0, g_cap = 0, vera_a = 0, vera_b = 0;
+    int vmax_in = 0, vmax_out = 0;
+    for (int l = 0; !full && l < s.L; l++)
+        for (int g = 0; g < s.per_layer; g++) {
+            bool first = true;
+            for (int k = 0; k < s.per_layer; k++) {
+                int i = l * s.per_layer + k;
+                if (gpu_group_of(&s, k) != g || !adapted[i] || method == EST_VERA) continue;
+                arena_add(&train, (int64_t)r * em->linears[i].in, !first);
+                first = false;
+            }
+            for (int k = 0; k < s.per_layer; k++) {
+                int i = l * s.per_layer + k;
+                if (gpu_group_of(&s, k) != g || !adapted[i]) continue;
+                const EstLinear *lin = &em->linears[i];
+                if (method == EST_VERA) {
+                    arena_add(&train, r, false);         // lambda_d
+                    arena_add(&train, lin->out, false);  // lambda_b
+                } else {
+                    arena_add(&train, (int64_t)lin->out * r, false);     // B
+                    if (method == EST_ADALORA) arena_add(&train, r, false);  // E
+                }
+                if (method != EST_LORA) {
+                    beff += 2LL * lin->out * r;
+                    g_cap = MAX(g_cap, (int64_t)lin->out * r);
+                }
+                vmax_in = MAX(vmax_in, lin->in);
+                vmax_out = MAX(vmax_out, lin->out);
+            }
+        }
+    base = (base + 63) & ~(int64_t)63;
+    train = (train + 63) & ~(int64_t)63;
+    if (method == EST_VERA && !full) {
+        vera_a = 2LL * r * vmax_in;
+        vera_b = 4LL * vmax_out * r;
+    }
+    // Activations (ensure_acts), bf16 unless noted.
+    bool down_kept = full;
+    for (int i = 0; !full && i < s.L * s.per_layer && i < em->n_linears; i++)
+        if (adapted[i] && i % s.per_layer == s.per_layer - 1) down_kept = true;
+    int64_t per_layer = 2 * N * C              // residual after attention
+                        + 2 * N * s.S          // q|k|v
+                        + 2 * N * s.QW         // attention output
+                        + 2 * N * s.upw        // MLP pre-activation(s)
+                        + 4 * N * (4 + s.NH);  // norm statistics, log-sum-exp (fp32)
+    int64_t acts = s.L * per_layer + (s.L + 1) * 2 * N * C + (down_kept ? s.L * 2 * N * s.I : 0);
+    for (int l = 0; l < s.L; l++)
+        for (int g = 0; g < s.per_layer; g++) acts += 2 * N * gpu_group_rank(em, &s, adapted, method, r, l, g);
+    int64_t chunk = em->lm_head ? ((128LL << 20) / (s.ldV * 2)) / 64 * 64 : 0;
+    if (em->lm_head && chunk < 64) chunk = 64;
+    if (chunk > N) chunk = N;
+    acts += 2 * N * C              // normalised input
+            + 2 * 2 * N * s.I      // MLP activation, its gradient
+            + 2 * N * ld_dfc       // d pre-activation
+            + 2 * N * C            // d normalised input
+            + 2 * N * s.QW         // d attention output
+            + 2 * N * ld_dqkv      // d q|k|v
+            + 4 * N * (s.QW + 2 * s.KVW + s.NH)  // fp32 dq, dk|dv accumulators, flash backward's D
+            + 4 * N * C + 2 * N * ld_dres         // residual gradient fp32 + its bf16 copy
+            + 2 * N * Rmax                        // dh
+            + (drop && Rmax ? 2 * N * MAX(MAX(C, s.QW), s.I) : 0)  // adapter dropout: drop(x), then its gradient
+            + 2 * N * C + 4 * 4 * N + 4 * 2 * N   // final norm, its statistics and the loss rows, ids and targets
+            + 2 * chunk * s.ldV                   // one classifier chunk
+            + (s.llama ? 4 * s.T * s.HD : 0);     // rope cos, sin [T, HD/2] fp32
+    int64_t fixed = (32LL << 20) + 4 * 1024;      // cuBLASLt workspace, reduction partials
+    int64_t head_pending = full && em->lm_head ? 4 * s.ldV * C : 0;
+    int64_t scores = method == EST_ADALORA && !full ? 8 * train : 0;
+    out->weights = 2 * base + 6 * train + vera_a + vera_b + beff;  // frozen bf16; trainables fp32 master + bf16 working copy
+    out->grads = 4 * train + head_pending;
+    out->optimizer = 8 * train + scores;
+    out->activations = acts;
+    out->workspace = fixed + 4 * g_cap;
+    int64_t training = out->weights + out->grads + out->optimizer + out->activations + out->workspace;
+    int64_t creation = fixed + 2 * base + 18 * train + MAX(64LL << 20, vera_a + vera_b + 2 * vera_a);
+    if (creation > training) out->workspace += creation - training;  // the upload's staging buffer sets the peak
+}
+
+int64_t est_gpu_activation_bytes(const EstModel *em, int B, int T) {
+    EstMemory m;
+    gpu_memory(&m, em, NULL, EST_FULL, 0, 0, B, T);
+    return m.activations;
 }
 
 // Per adapted module, what the adapter keeps for backward (adapter_ensure_capacity): h [N,r],
@@ -340,7 +539,7 @@ static int64_t adapter_activation_elems(const EstModel *em, const bool *adapted,
     return n;
 }
 
-static void mem_total(EstMemory *m) { m->total = m->weights + m->grads + m->optimizer + m->activations; }
+static void mem_total(EstMemory *m) { m->total = m->weights + m->grads + m->optimizer + m->activations + m->workspace; }
 
 int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const AdapterConfig *c, int batch, int context) {
     memset(e, 0, sizeof *e);
@@ -397,18 +596,27 @@ int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const Ad
     } else e->file_bytes = adapter_file_bytes(em, adapted, method, r, false, 0, 0);
 
     // Memory. CPU: everything fp32, AdamW m and v fp32; AdaLoRA's allocator keeps two double
-    // scores per trainable value. GPU: frozen weights bf16, trainables fp32 master + grad + AdamW.
+    // scores per trainable value. GPU: what the CUDA backend allocates (gpu_memory).
     int64_t N = (int64_t)batch * context, P = em->n_params, Tr = e->trainable;
-    int64_t cpu_act = est_cpu_activation_bytes(em, batch, context), gpu_act = est_gpu_activation_bytes(em, batch, context);
-    e->cpu_full = (EstMemory){4 * P, 4 * P, 8 * P, cpu_act, 0};
-    e->gpu_full = (EstMemory){4 * P, 4 * P, 8 * P, gpu_act, 0};
+    int64_t cpu_act = est_cpu_activation_bytes(em, batch, context);
+    e->cpu_full = (EstMemory){.weights = 4 * P, .grads = 4 * P, .optimizer = 8 * P, .activations = cpu_act};
+    gpu_memory(&e->gpu_full, em, NULL, EST_FULL, 0, 0, batch, context);
     if (method == EST_FULL) {
         e->cpu = e->cpu_full;
         e->gpu = e->gpu_full;
     } else {
         int64_t extra = adapter_activation_elems(em, adapted, method, r, c->dropout, N);
-        e->cpu = (EstMemory){4 * (P + Tr + e->vera_projection), 4 * Tr, 8 * Tr + (method == EST_ADALORA ? 16 * Tr : 0), cpu_act + 4 * extra, 0};
-        e->gpu = (EstMemory){2 * P + 4 * Tr + 2 * e->vera_projection, 4 * Tr, 8 * Tr + (method == EST_ADALORA ? 8 * Tr : 0), gpu_act + 2 * extra, 0};
+        // The largest short-lived buffers of one adapted module's backward: dh [N,r]; VeRA also its
+        // scaled B [out,r]; with dropout the input gradient through the mask [N,in].
+        int64_t temp = 0;
+        for (int i = 0; i < em->n_linears; i++)
+            if (adapted[i])
+                temp = MAX(temp, N * r + (method == EST_VERA ? (int64_t)em->linears[i].out * r : 0) +
+                                     (c->dropout > 0 ? N * em->linears[i].in : 0));
+        e->cpu = (EstMemory){.weights = 4 * (P + Tr + e->vera_projection), .grads = 4 * Tr,
+                             .optimizer = 8 * Tr + (method == EST_ADALORA ? 16 * Tr : 0), .activations = cpu_act + 4 * extra,
+                             .workspace = 4 * temp};
+        gpu_memory(&e->gpu, em, adapted, method, r, c->dropout, batch, context);
     }
     mem_total(&e->cpu);
     mem_total(&e->gpu);

@@ -50,6 +50,7 @@ int est_method_parse(const char *s, EstMethod *out);
 
 typedef struct {
     int64_t weights, grads, optimizer, activations;  // bytes
+    int64_t workspace;  // scratch and library workspaces that are neither (GPU: cuBLASLt's, the upload's staging)
     int64_t total;
 } EstMemory;
 
@@ -94,5 +95,6 @@ typedef struct {
 int64_t est_safetensors_bytes(const EstTensor *t, int n);
 // CPU activation bytes model.c/transformer.c allocate for a forward+backward of [B,T] (no adapters).
 int64_t est_cpu_activation_bytes(const EstModel *em, int B, int T);
-// GPU bf16 activation bytes (flash attention: no [T,T] scores), no adapters.
+// The CUDA backend's bf16 activation buffers for full fine-tuning of [B,T] (flash attention: no
+// [T,T] scores; one classifier chunk of logits, not [N,V]).
 int64_t est_gpu_activation_bytes(const EstModel *em, int B, int T);

@@ -4,7 +4,10 @@
 // per slot, and a call only computes its new tokens. Rows of a call are independent slots
 // with their own positions; their tokens are stacked into one [N, C] matrix so each linear
 // layer is one GEMM (through linear_forward: live adapters apply).
+// When the model has a GPU copy (Model.gpu), the keys and values live on the GPU and the forward
+// runs there (cuda/gpu_infer.cu); this file then only keeps the slots' lengths and checks calls.
 #include "adapter.h"
+#include "cuda/gpu.h"
 #include "generate.h"
 #include "kernels.h"
 #include "util.h"
@@ -17,11 +20,12 @@
 
 struct KVCache {
     int n_layer, n_slots, max_len, kvw, head_dim;
-    float *k, *v;            // [layer][slot][pos][kvw]
+    float *k, *v;            // [layer][slot][pos][kvw] (CPU)
+    GpuKV *gpu;              // or on the GPU
     int *len;                // [slot]
     float *rope_cos, *rope_sin;  // [max_len, HD/2] (Llama family)
     // Work buffers, sized for cap tokens per call (grown on demand, never per call).
-    int cap, cap_threads;
+    int cap, cap_threads, cap_rows;
     float *x, *xn, *tmp, *q, *kn, *vn, *att_y, *fc, *up, *act, *mean, *rstd, *cos, *sin, *scores;
     int *tok_slot, *tok_pos, *stamp;
     int stamp_gen;
@@ -50,11 +54,18 @@ KVCache *kv_cache_new(const Model *m, int n_slots, int max_len) {
     kv->max_len = max_len;
     kv->kvw = kvw;
     kv->head_dim = c->head_dim;
+    kv->len = xcalloc(n_slots, sizeof(int));
+    kv->stamp = xcalloc(n_slots, sizeof(int));
+    if (m->gpu) {
+        if (!(kv->gpu = gpu_kv_new(m->gpu, n_slots, max_len))) {
+            kv_cache_free(kv);
+            return NULL;
+        }
+        return kv;
+    }
     size_t n = (size_t)c->n_layer * n_slots * max_len * kvw;
     kv->k = xmalloc(n * sizeof(float));  // only [0, len) of a slot is ever read
     kv->v = xmalloc(n * sizeof(float));
-    kv->len = xcalloc(n_slots, sizeof(int));
-    kv->stamp = xcalloc(n_slots, sizeof(int));
     if (c->arch != ARCH_GPT2) {
         kv->rope_cos = xmalloc(sizeof(float) * (size_t)max_len * (c->head_dim / 2));
         kv->rope_sin = xmalloc(sizeof(float) * (size_t)max_len * (c->head_dim / 2));
@@ -66,13 +77,14 @@ KVCache *kv_cache_new(const Model *m, int n_slots, int max_len) {
 static void free_work(KVCache *kv) {
     float *bufs[] = {kv->x, kv->xn, kv->tmp, kv->q, kv->kn, kv->vn, kv->att_y, kv->fc, kv->up, kv->act, kv->mean, kv->rstd, kv->cos, kv->sin};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
-    free(kv->tok_slot);
-    free(kv->tok_pos);
 }
 
 void kv_cache_free(KVCache *kv) {
     if (!kv) return;
     free_work(kv);
+    free(kv->tok_slot);
+    free(kv->tok_pos);
+    gpu_kv_free(kv->gpu);
     free(kv->scores);
     free(kv->k);
     free(kv->v);
@@ -97,12 +109,27 @@ static inline float *slot_v(const KVCache *kv, int l, int slot) { return kv->v +
 
 void kv_cache_copy(KVCache *kv, int dst, int src) {
     if (dst == src || dst < 0 || src < 0 || dst >= kv->n_slots || src >= kv->n_slots) return;
+    if (kv->gpu) {
+        gpu_kv_copy(kv->gpu, dst, src, kv->len[src]);  // in stream order; a device failure shows at the next kv_forward
+        kv->len[dst] = kv->len[src];
+        return;
+    }
     size_t n = (size_t)kv->len[src] * kv->kvw * sizeof(float);
     for (int l = 0; l < kv->n_layer; l++) {
         memcpy(slot_k(kv, l, dst), slot_k(kv, l, src), n);
         memcpy(slot_v(kv, l, dst), slot_v(kv, l, src), n);
     }
     kv->len[dst] = kv->len[src];
+}
+
+// Each new token's slot and position, for N tokens.
+static void ensure_rows(KVCache *kv, int N) {
+    if (N <= kv->cap_rows) return;
+    free(kv->tok_slot);
+    free(kv->tok_pos);
+    kv->tok_slot = xmalloc(sizeof(int) * N);
+    kv->tok_pos = xmalloc(sizeof(int) * N);
+    kv->cap_rows = N;
 }
 
 static void ensure_work(KVCache *kv, const ModelConfig *c, int N) {
@@ -132,8 +159,6 @@ static void ensure_work(KVCache *kv, const ModelConfig *c, int N) {
     kv->cos = gpt2 ? NULL : ROWS(HD / 2);
     kv->sin = gpt2 ? NULL : ROWS(HD / 2);
 #undef ROWS
-    kv->tok_slot = xmalloc(sizeof(int) * N);
-    kv->tok_pos = xmalloc(sizeof(int) * N);
     kv->cap = N;
 }
 
@@ -224,6 +249,28 @@ static void llama_block(Model *m, KVCache *kv, int l, int N) {
     add_inplace(kv->x, kv->tmp, (long)N * C);
 }
 
+// The GPU half of kv_forward (rows already checked, positions set). Each token's adapter set:
+// the server's per-row sets, else the model's attached adapter when it is live (not merged).
+static int gpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, int N, const int32_t *ids, float *logits, bool all_logits) {
+    AdapterSet **sets = m->row_adapters, **all = NULL;
+    if (!sets && m->adapters && m->adapters->n && !m->adapters->adapters[0].merged) {
+        all = xmalloc(sizeof(AdapterSet *) * N);
+        for (int i = 0; i < N; i++) all[i] = m->adapters;
+        sets = all;
+    }
+    int *last = NULL;
+    if (!all_logits) {
+        last = xmalloc(sizeof(int) * n_rows);
+        for (int r = 0, end = 0; r < n_rows; r++) last[r] = (end += rows[r].n) - 1;
+    }
+    int rc = gpu_kv_forward(kv->gpu, N, ids, kv->tok_slot, kv->tok_pos, sets, last, all_logits ? N : n_rows, logits);
+    if (!rc)
+        for (int r = 0; r < n_rows; r++) kv->len[rows[r].slot] += rows[r].n;
+    free(last);
+    free(all);
+    return rc;
+}
+
 int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits) {
     const ModelConfig *c = &m->cfg;
     int C = c->n_embd, V = c->vocab_size, half = c->head_dim / 2;
@@ -246,12 +293,14 @@ int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32
     int N = (int)total;
     for (int i = 0; i < N; i++)
         if (ids[i] < 0 || ids[i] >= V) return peft_fail("token id %d is outside the vocabulary (size %d)", ids[i], V);
-    ensure_work(kv, c, N);
+    ensure_rows(kv, N);
     for (int r = 0, i = 0; r < n_rows; r++)
         for (int j = 0; j < rows[r].n; j++, i++) {
             kv->tok_slot[i] = rows[r].slot;
             kv->tok_pos[i] = kv->len[rows[r].slot] + j;
         }
+    if (kv->gpu) return gpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits);
+    ensure_work(kv, c, N);
 #pragma omp parallel for if (N > 16)
     for (int i = 0; i < N; i++) {
         float *x = kv->x + (long)i * C;

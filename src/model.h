@@ -76,6 +76,7 @@ typedef struct Model {
     Activations act;
     AdapterSet *adapters;        // NULL when training all weights or none
     AdapterSet **row_adapters;   // inference: when set, token row n of the next forward gets adapter set row_adapters[n] (NULL = base), see linear_forward
+    struct GpuModel *gpu;        // inference: a GPU copy of the base (cuda/gpu.h, base_only); kv caches and kv_forward run there
     bool training;               // dropout on
     uint64_t dropout_seed;
 } Model;

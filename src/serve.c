@@ -2,6 +2,7 @@
 // scheduler thread and the HTTP server; runs until SIGINT / SIGTERM, then lets running
 // requests end (they are cancelled) and frees everything.
 #include "serve.h"
+#include "cuda/gpu.h"
 #include "util.h"
 #include <cblas.h>
 #include <cjson/cJSON.h>
@@ -76,6 +77,7 @@ int serve_run(const ServeOptions *o) {
     HttpServer *http = NULL;
     if (!(m = model_load(o->model_dir))) goto out;
     if (!(tok = tokenizer_load(o->model_dir))) goto out;
+    if (o->cuda && gpu_inference_attach(m, o->fp32 ? GPU_FP32 : GPU_BF16)) goto out;
     const ModelConfig *c = &m->cfg;
     int max_len = o->context > 0 ? o->context : c->n_positions < 2048 ? c->n_positions : 2048;
     if (c->arch == ARCH_GPT2 && max_len > c->n_positions) {
@@ -120,6 +122,7 @@ out:
     scheduler_free(sched);
     adapter_pool_free(pool);
     tokenizer_free(tok);
+    if (m) gpu_inference_detach(m);
     model_free(m);
     if (rc == 0) fprintf(stderr, "peft serve: stopped in %.2f s\n", now_seconds() - t_stop);
     atomic_store(&stop_requested, false);

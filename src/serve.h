@@ -119,6 +119,8 @@ typedef struct {
     int context;             // tokens per request (prompt + output); 0 = min(model positions, 2048)
     size_t max_body;         // 1 MiB
     bool quiet;              // no access log
+    bool cuda;               // the model runs on the GPU (bf16, or fp32 with fp32)
+    bool fp32;
 } ServeOptions;
 
 void serve_options_default(ServeOptions *o);

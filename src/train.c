@@ -220,11 +220,9 @@ static int default_seq_len(const Model *m) {
 }
 
 // The model, tokenizer, data, adapter and optimizer; t->c gets its defaults resolved.
-// The GPU keeps the trainables, their gradients and the AdamW moments on the device. What the GPU
-// path does not do yet is refused here rather than silently done differently.
+// The GPU keeps the trainables, their gradients and the AdamW moments on the device (checkpoints
+// download them into the host structures the CPU path uses, and resuming uploads them).
 static int setup_gpu(Trainer *t) {
-    if (t->c.grad_accum > 1) return peft_fail("--device cuda: gradient accumulation is not supported yet (use a larger --batch)");
-    if (t->c.resume || t->c.save_every) return peft_fail("--device cuda: checkpoints (--resume, --save-every) are not supported yet");
     GpuOptions opt = {.precision = t->c.fp32 ? GPU_FP32 : GPU_BF16, .recompute = t->c.recompute};
     if (!(t->g = gpu_model_create(t->m, &opt))) return -1;
     char dev[256];
@@ -502,6 +500,10 @@ static void remove_checkpoint_dir(const char *dir) {
 }
 
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
+    // On the GPU the master weights, the AdamW moments and step count live on the device.
+    if (t->g && (gpu_download_trainables(t->g, false) ||
+                 gpu_download_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, &t->opt.step)))
+        return -1;
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     char name[600];
@@ -595,6 +597,8 @@ static int load_checkpoint_files(Trainer *t, const char *dir, int *step) {
             goto out;
     }
     if (is_adalora(t) && adalora_load_state(t->m->adapters, &st, tensor_path)) goto out;
+    if (t->g && (gpu_upload_trainables(t->g) || gpu_upload_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, t->opt.step)))
+        goto out;
     rc = 0;
 out:
     st_close(&st);
@@ -646,19 +650,32 @@ static void scale_grads(Param **params, int n, float k) {
         for (long j = 0; j < params[i]->numel; j++) params[i]->grad[j] *= k;
 }
 
-// The same step on the GPU (one micro-batch). AdaLoRA's allocator runs on the host: the tensors
+// The same step on the GPU: the micro-batches' gradients accumulate on the device, then the mean,
+// clipping and AdamW there. Dropout masks come from the same (seed, micro-batch) seed as on the CPU, but
+// from the GPU's own hash of it (see gpu_set_dropout). AdaLoRA's allocator runs on the host: the tensors
 // and gradients come down for it, and the masked tensors go back up.
 static int train_step_gpu(Trainer *t, int step, TrainStepInfo *info) {
-    double t0 = now_seconds();
-    int n;
-    const int *idx = micro_batch(t, step, &n);
-    int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
-    double lr = train_lr_at(&t->c, step, t->total_steps);
+    double t0 = now_seconds(), loss_sum = 0, lm_sum = 0;
+    long tokens = 0;
+    int accum = t->c.grad_accum;
     gpu_zero_grad(t->g);
-    double loss = gpu_forward(t->g, t->ids, t->labels, n, T);
-    if (!isfinite(loss)) return isnan(loss) && peft_last_error()[0] ? -1 : peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
-    if (gpu_backward(t->g)) return -1;
+    for (int k = 0; k < accum; k++) {
+        long micro = (long)step * accum + k;
+        int n;
+        const int *idx = micro_batch(t, micro, &n);
+        int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
+        gpu_set_dropout(t->g, true, seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro));
+        double loss = gpu_forward(t->g, t->ids, t->labels, n, T);
+        gpu_set_dropout(t->g, false, 0);  // evaluation between steps never drops
+        if (!isfinite(loss)) return isnan(loss) && peft_last_error()[0] ? -1 : peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
+        loss_sum += loss;
+        lm_sum += gpu_lm_loss(t->g);
+        if (gpu_backward(t->g)) return -1;
+        tokens += batch_tokens(&t->train, idx, n);
+    }
+    if (accum > 1 && gpu_scale_grads(t->g, 1.0f / accum)) return -1;
     double norm = gpu_clip_grad_norm(t->g, t->c.max_grad_norm);
+    double lr = train_lr_at(&t->c, step, t->total_steps);
     if (gpu_adamw_step(t->g, (float)lr, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay)) return -1;
     int budget = -1, masked;
     if (is_adalora(t) && t->c.adalora_allocate) {
@@ -667,9 +684,8 @@ static int train_step_gpu(Trainer *t, int step, TrainStepInfo *info) {
     }
     if (gpu_sync(t->g)) return -1;
     double dt = now_seconds() - t0;
-    long tokens = batch_tokens(&t->train, idx, n);
-    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) / t->micro_per_epoch,
-                            .loss = loss, .lm_loss = loss, .lr = lr, .grad_norm = norm, .tokens = tokens,
+    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * accum / t->micro_per_epoch,
+                            .loss = loss_sum / accum, .lm_loss = lm_sum / accum, .lr = lr, .grad_norm = norm, .tokens = tokens,
                             .tokens_per_s = dt > 0 ? tokens / dt : 0, .budget = budget};
     return 0;
 }
@@ -713,7 +729,8 @@ typedef double (*BatchLossFn)(void *ctx, const int32_t *ids, const int32_t *labe
 static int evaluate_with(BatchLossFn batch_loss, void *ctx, const Dataset *ds, int batch, EvalInfo *out);
 
 static double gpu_batch_loss(void *g, const int32_t *ids, const int32_t *labels, int B, int T) {
-    return gpu_forward(g, ids, labels, B, T);
+    double loss = gpu_forward(g, ids, labels, B, T);
+    return isnan(loss) ? loss : gpu_lm_loss(g);
 }
 
 static int run_eval(Trainer *t, int step) {
@@ -751,7 +768,6 @@ static int train_loop(Trainer *t, int first_step) {
         if (t->has_val && (last || (t->c.eval_every && info.step % t->c.eval_every == 0)) && run_eval(t, info.step)) return -1;
         if (last) break;
         bool stop = stop_requested || (t->c.stop_after && info.step >= t->c.stop_after);
-        if (stop && t->g) { t->res->stopped = true; return save_final(t); }  // no GPU checkpoints yet: keep the adapter
         if (stop || (t->c.save_every && info.step % t->c.save_every == 0)) {
             if (save_checkpoint(t, info.step)) return -1;
             write_plot(t);

@@ -12,7 +12,9 @@
 // resumed from a checkpoint continues exactly as the uninterrupted run would have. All the
 // randomness is derived from the seed and the position in the run (adapter init from the seed,
 // the epoch's shuffle from (seed, epoch), dropout masks from (seed, micro-batch)), so the step
-// number is the RNG state. AdaLoRA's allocator scores are checkpointed too.
+// number is the RNG state. AdaLoRA's allocator scores are checkpointed too. With cuda the same holds,
+// except that the attention backward's fp32 atomic additions may sum in another order (differences
+// of an ulp), and that dropout masks come from the GPU's own hash of the (seed, micro-batch) seed.
 #pragma once
 #include "adapter.h"
 #include "data.h"

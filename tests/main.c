@@ -1,4 +1,6 @@
+#ifndef _GNU_SOURCE  // the Makefile defines it too
 #define _GNU_SOURCE
+#endif
 #include "test.h"
 #include "../src/util.h"
 #include <stdlib.h>

@@ -241,3 +241,43 @@ TEST(estimate_cpu_activations_match_allocations) {
     }
 #endif
 }
+
+// The GPU column models what the CUDA backend allocates: it must reproduce the peaks bench_gpu
+// measured on an H100 (docs/gpu-bench.md, gpu_peak_bytes, GiB to 2 decimals) for every row.
+TEST(estimate_gpu_matches_measured_peaks) {
+    static const char *llama_json = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":2048,\"intermediate_size\":5632,"
+                                    "\"num_hidden_layers\":22,\"num_attention_heads\":32,\"num_key_value_heads\":4,"
+                                    "\"max_position_embeddings\":2048}";
+    static const struct { bool llama; EstMethod method; int r; const char *targets; double measured_gib; } rows[] = {
+        {false, EST_FULL, 0, NULL, 4.70},
+        {false, EST_LORA, 8, "c_attn", 2.14},
+        {false, EST_LORA, 16, "c_attn,c_proj,c_fc", 2.75},
+        {false, EST_VERA, 256, "c_attn,c_proj,c_fc", 2.94},
+        {false, EST_ADALORA, 12, "c_attn,c_proj,c_fc", 2.75},
+        {true, EST_LORA, 8, "q_proj,v_proj", 9.67},
+        {true, EST_LORA, 16, "all-linear", 11.80},
+        {true, EST_VERA, 256, "all-linear", 12.22},
+        {true, EST_ADALORA, 12, "all-linear", 11.81},
+        {true, EST_FULL, 0, NULL, 28.17},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+        EstModel em;
+        if (rows[i].llama) {
+            ModelConfig mc;
+            CHECK(config_parse(&mc, llama_json, "tinyllama") == 0);
+            CHECK(est_model_from_config(&em, &mc, "tinyllama") == 0);
+        } else CHECK(est_model_preset(&em, "gpt2") == 0);
+        AdapterConfig c;
+        adapter_config_defaults(&c, rows[i].method == EST_VERA ? PEFT_VERA : rows[i].method == EST_ADALORA ? PEFT_ADALORA : PEFT_LORA);
+        if (rows[i].method == EST_ADALORA) { c.init_r = c.r = rows[i].r; c.target_r = 8; }
+        else if (rows[i].r) c.r = rows[i].r;
+        if (rows[i].targets) adapter_config_set_targets(&c, rows[i].targets);
+        Estimate e;
+        CHECK_MSG(estimate_compute(&e, &em, rows[i].method, &c, rows[i].llama ? 4 : 8, rows[i].llama ? 2048 : 1024) == 0, "%s",
+                  peft_last_error());
+        double gib = e.gpu.total / 1073741824.0;
+        CHECK_MSG(fabs(gib - rows[i].measured_gib) <= 0.006, "row %zu: estimate %.3f GiB, measured %.2f GiB", i, gib, rows[i].measured_gib);
+        adapter_config_free(&c);
+        est_model_free(&em);
+    }
+}

@@ -1,94 +1,26 @@
 // bench_gpu.c: training throughput, peak GPU memory and MFU of the CUDA backend (bf16) on the
 // shapes of the issue: GPT-2 124M at 8x1024 and a TinyLlama-1.1B-shaped Llama at 4x2048, for full
 // fine-tuning, LoRA (q,v r8 / all linears r16), VeRA (all, r256) and AdaLoRA (all).
-//   bench_gpu [--quick] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl]
+//   bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl]
+// --large: instead, LoRA (q,v r8) on Llama-2-7B and -13B shapes at 1x2048, the issue's "largest Llama
+// that LoRA-trains at 1x2048 in 80 GB" (the peak shows whether it fits).
 // Random weights drawn on the device, random tokens (labels = inputs, as the HF script), AdamW
 // over the trainable tensors. tok/s is B*T over the median step (forward, backward, AdamW, one
 // host sync). MFU = model FLOPs per step (counted from the shapes: linears and the head forward
 // and input-gradient, weight gradients only for trained weights, adapters, causal attention
-// fwd + 2x bwd) over the step time, as a fraction of the bf16 GEMM rate measured here.
+// fwd + 2x bwd) over the step time, as a fraction of the bf16 GEMM rate measured here. Each row
+// also has `peft estimate`'s GPU training memory for it (estimate_compute) next to the measured peak.
+#include "../bench_model.h"
 #include "adapter.h"
 #include "config.h"
 #include "cuda/gpu.h"
+#include "estimate.h"
 #include "model.h"
 #include "util.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-// The Model structure for a config, its weights left unset (the GPU draws them): model_create_random
-// draws 1.1B normals on one CPU core, which takes a minute.
-static Param *add_param(Model *m, const char *name, int rows, int cols) {
-    Param *p = &m->params[m->n_params++];
-    p->name = xstrdup(name);
-    p->ndim = cols ? 2 : 1;
-    p->shape[0] = rows;
-    p->shape[1] = cols ? cols : 1;
-    p->numel = (long)rows * (cols ? cols : 1);
-    p->w = xcalloc(p->numel, sizeof(float));  // untouched pages: costs no memory
-    return p;
-}
-static Linear *add_linear(Model *m, const char *module, int in, int out, bool bias) {
-    Linear *lin = &m->linears[m->n_linears++];
-    char name[256];
-    lin->module = xstrdup(module);
-    lin->in = in;
-    lin->out = out;
-    lin->fan_in_fan_out = m->cfg.arch == ARCH_GPT2;
-    snprintf(name, sizeof name, "%s.weight", module);
-    lin->weight = lin->fan_in_fan_out ? add_param(m, name, in, out) : add_param(m, name, out, in);
-    if (bias) { snprintf(name, sizeof name, "%s.bias", module); lin->bias = add_param(m, name, out, 0); }
-    return lin;
-}
-static Model *bench_model(const char *config_json) {
-    Model *m = xcalloc(1, sizeof *m);
-    if (config_parse(&m->cfg, config_json, "bench")) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }
-    const ModelConfig *c = &m->cfg;
-    int C = c->n_embd, L = c->n_layer;
-    m->params = xcalloc(4 + L * 20, sizeof(Param));
-    m->blocks = xcalloc(L, sizeof(Block));
-    m->linears = xcalloc(L * 7, sizeof(Linear));
-    char n[256];
-    if (c->arch == ARCH_GPT2) {
-        m->wte = add_param(m, "transformer.wte.weight", c->vocab_size, C);
-        m->wpe = add_param(m, "transformer.wpe.weight", c->n_positions, C);
-        for (int l = 0; l < L; l++) {
-            Block *b = &m->blocks[l];
-#define P(f, s, r) (snprintf(n, sizeof n, "transformer.h.%d." s, l), b->f = add_param(m, n, r, 0))
-#define LN(f, s, i, o) (snprintf(n, sizeof n, "transformer.h.%d." s, l), b->f = add_linear(m, n, i, o, true))
-            P(norm1_w, "ln_1.weight", C); P(norm1_b, "ln_1.bias", C);
-            LN(qkv, "attn.c_attn", C, 3 * C); LN(attn_out, "attn.c_proj", C, C);
-            P(norm2_w, "ln_2.weight", C); P(norm2_b, "ln_2.bias", C);
-            LN(fc, "mlp.c_fc", C, c->n_inner); LN(fc_out, "mlp.c_proj", c->n_inner, C);
-#undef P
-#undef LN
-        }
-        m->norm_f_w = add_param(m, "transformer.ln_f.weight", C, 0);
-        m->norm_f_b = add_param(m, "transformer.ln_f.bias", C, 0);
-        m->lm_head = m->wte;
-    } else {
-        int q = c->n_head * c->head_dim, kv = c->n_kv_head * c->head_dim;
-        m->wte = add_param(m, "model.embed_tokens.weight", c->vocab_size, C);
-        for (int l = 0; l < L; l++) {
-            Block *b = &m->blocks[l];
-#define P(f, s, r) (snprintf(n, sizeof n, "model.layers.%d." s, l), b->f = add_param(m, n, r, 0))
-#define LN(f, s, i, o) (snprintf(n, sizeof n, "model.layers.%d." s, l), b->f = add_linear(m, n, i, o, false))
-            P(norm1_w, "input_layernorm.weight", C);
-            LN(q, "self_attn.q_proj", C, q); LN(k, "self_attn.k_proj", C, kv); LN(v, "self_attn.v_proj", C, kv);
-            LN(o, "self_attn.o_proj", q, C);
-            P(norm2_w, "post_attention_layernorm.weight", C);
-            LN(gate, "mlp.gate_proj", C, c->n_inner); LN(up, "mlp.up_proj", C, c->n_inner); LN(down, "mlp.down_proj", c->n_inner, C);
-#undef P
-#undef LN
-        }
-        m->norm_f_w = add_param(m, "model.norm.weight", C, 0);
-        m->lm_head = c->tie_word_embeddings ? m->wte : add_param(m, "lm_head.weight", c->vocab_size, C);
-        m->inv_freq = xcalloc(c->head_dim / 2, sizeof(float));
-        for (int i = 0; i < c->head_dim / 2; i++) m->inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-    }
-    return m;
-}
 
 static void untrain_all(Model *m) {
     for (int i = 0; i < m->n_params; i++) {
@@ -120,16 +52,17 @@ typedef struct { const char *family, *method; } Row;
 
 int main(int argc, char **argv) {
     int steps = 12, warm = 3;
-    bool quick = false, recompute = false;
+    bool quick = false, large = false, recompute = false;
     const char *only = NULL, *out_path = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = true;
+        else if (!strcmp(argv[i], "--large")) large = true;
         else if (!strcmp(argv[i], "--recompute")) recompute = true;
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warm") && i + 1 < argc) warm = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
-        else { fprintf(stderr, "usage: bench_gpu [--quick] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl]\n"); return 2; }
+        else { fprintf(stderr, "usage: bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl]\n"); return 2; }
     }
     char why[512];
     if (!gpu_available(why, sizeof why)) { printf("*** SKIPPED: %s: GPU benchmark not run ***\n", why); return 0; }
@@ -140,14 +73,20 @@ int main(int argc, char **argv) {
     static const char *gpt2_cfg = "{\"model_type\":\"gpt2\",\"vocab_size\":50257,\"n_positions\":1024,\"n_embd\":768,\"n_layer\":12,\"n_head\":12}";
     static const char *llama_cfg = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":2048,\"intermediate_size\":5632,"
                                    "\"num_hidden_layers\":22,\"num_attention_heads\":32,\"num_key_value_heads\":4,\"max_position_embeddings\":2048}";
+    static const char *llama7_cfg = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":4096,\"intermediate_size\":11008,"
+                                    "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":32,\"max_position_embeddings\":4096}";
+    static const char *llama13_cfg = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":5120,\"intermediate_size\":13824,"
+                                     "\"num_hidden_layers\":40,\"num_attention_heads\":40,\"num_key_value_heads\":40,\"max_position_embeddings\":4096}";
+    static const Row large_rows[] = {{"llama-7b", "lora-qv"}, {"llama-13b", "lora-qv"}};
     static const Row rows[] = {{"gpt2-124m", "full"},        {"gpt2-124m", "lora-qv"},     {"gpt2-124m", "lora-all"},
                                {"gpt2-124m", "vera-all"},    {"gpt2-124m", "adalora-all"}, {"llama-1.1b", "lora-qv"},
                                {"llama-1.1b", "lora-all"},   {"llama-1.1b", "vera-all"},   {"llama-1.1b", "adalora-all"},
                                {"llama-1.1b", "full"}};
     Model *m = NULL;
     const char *cur_family = "";
-    for (size_t ri = 0; ri < sizeof rows / sizeof *rows; ri++) {
-        const Row *r = &rows[ri];
+    size_t n_rows = large ? sizeof large_rows / sizeof *large_rows : sizeof rows / sizeof *rows;
+    for (size_t ri = 0; ri < n_rows; ri++) {
+        const Row *r = large ? &large_rows[ri] : &rows[ri];
         bool gpt2 = !strcmp(r->family, "gpt2-124m");
         if (quick && !gpt2) continue;
         char label[64];
@@ -155,13 +94,22 @@ int main(int argc, char **argv) {
         if (only && !strstr(label, only)) continue;
         if (strcmp(cur_family, r->family)) {
             model_free(m);
-            m = bench_model(gpt2 ? gpt2_cfg : llama_cfg);
+            m = bench_model(gpt2 ? gpt2_cfg : !strcmp(r->family, "llama-7b") ? llama7_cfg : !strcmp(r->family, "llama-13b") ? llama13_cfg : llama_cfg);
             cur_family = r->family;
         }
-        int B = gpt2 ? 8 : 4, T = gpt2 ? 1024 : 2048, N = B * T;
+        int B = gpt2 ? 8 : large ? 1 : 4, T = gpt2 ? 1024 : 2048, N = B * T;
         bool full = !strcmp(r->method, "full");
-        if (full) model_train_all(m);
-        else {
+        int64_t est_bytes = -1;  // peft estimate's GPU total for this row
+        EstModel em;
+        if (est_model_from_config(&em, &m->cfg, r->family)) em.n_linears = -1;
+        if (full) {
+            model_train_all(m);
+            AdapterConfig ac;
+            adapter_config_defaults(&ac, PEFT_LORA);
+            Estimate e;
+            if (em.n_linears >= 0 && !estimate_compute(&e, &em, EST_FULL, &ac, B, T)) est_bytes = e.gpu.total;
+            adapter_config_free(&ac);
+        } else {
             AdapterConfig ac;
             PeftType type = !strncmp(r->method, "vera", 4) ? PEFT_VERA : !strncmp(r->method, "adalora", 7) ? PEFT_ADALORA : PEFT_LORA;
             adapter_config_defaults(&ac, type);
@@ -175,10 +123,15 @@ int main(int argc, char **argv) {
                 adapter_config_set_targets(&ac, all);
             }
             ac.fan_in_fan_out = gpt2;
+            Estimate est;
+            EstMethod method = type == PEFT_VERA ? EST_VERA : type == PEFT_ADALORA ? EST_ADALORA : EST_LORA;
+            if (em.n_linears >= 0 && !estimate_compute(&est, &em, method, &ac, B, T)) est_bytes = est.gpu.total;
             int e = adapters_attach(m, &ac, 1);
             adapter_config_free(&ac);
-            if (e) { printf("%-24s error: %s\n", label, peft_last_error()); continue; }
+            if (e) { printf("%-24s error: %s\n", label, peft_last_error()); est_model_free(&em); continue; }
         }
+        if (em.n_linears >= 0) est_model_free(&em);
+        if (recompute) est_bytes = -1;  // the estimate counts the stored MLP pre-activations (no --recompute)
         gpu_reset_peak();
         GpuOptions opt = {.precision = GPU_BF16, .recompute = recompute, .random_init_seed = 1};
         GpuModel *g = gpu_model_create(m, &opt);
@@ -216,9 +169,10 @@ int main(int argc, char **argv) {
             char line[512];
             snprintf(line, sizeof line,
                      "{\"family\": \"%s\", \"method\": \"%s\", \"B\": %d, \"T\": %d, \"trainable\": %ld, \"step_ms\": %.2f, \"tok_s\": %.0f, "
-                     "\"peak_GiB\": %.2f, \"tflop_per_step\": %.2f, \"mfu\": %.3f, \"gemm_peak_tflops\": %.0f, \"recompute\": %s, \"loss\": %.4f}",
-                     r->family, r->method, B, T, trainable, med * 1e3, tok_s, peak_gib, flops / 1e12, mfu, peak_tflops,
-                     recompute ? "true" : "false", loss);
+                     "\"peak_GiB\": %.3f, \"est_GiB\": %.3f, \"tflop_per_step\": %.2f, \"mfu\": %.3f, \"gemm_peak_tflops\": %.0f, \"recompute\": %s, "
+                     "\"loss\": %.4f}",
+                     r->family, r->method, B, T, trainable, med * 1e3, tok_s, peak_gib, est_bytes >= 0 ? est_bytes / 1073741824.0 : -1.0,
+                     flops / 1e12, mfu, peak_tflops, recompute ? "true" : "false", loss);
             printf("%s\n", line);
             if (out) { fprintf(out, "%s\n", line); fflush(out); }
         } else if (out) {

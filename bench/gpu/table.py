@@ -2,6 +2,9 @@
 
     python3 bench/gpu/table.py OURS.jsonl [HF.jsonl]
 
+The last two columns: `peft estimate`'s GPU training memory for the row (bench_gpu's est_GiB, from
+estimate_compute) and its ratio to our measured peak.
+
 Without HF.jsonl (or for rows it lacks), the HF PEFT anchors measured on one H100 (the issue's
 numbers) fill the HF columns, marked with *.
 """
@@ -32,8 +35,9 @@ def load(path):
 
 ours = load(sys.argv[1])
 hf = load(sys.argv[2]) if len(sys.argv) > 2 else {}
-print("| model | method | ours tok/s | HF PEFT tok/s | speed-up | ours peak GiB | HF peak GiB | memory ratio | ours MFU |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| model | method | ours tok/s | HF PEFT tok/s | speed-up | ours peak GiB | HF peak GiB | memory ratio | ours MFU "
+      "| peft estimate GiB | estimate / ours peak |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for key in ORDER:
     o, h = ours.get(key), hf.get(key)
     if o is None and h is None:
@@ -53,7 +57,9 @@ for key in ORDER:
              f"{o_mem:.2f}" if o_mem is not None else "-",
              f"{h_mem:.2f}{star}" if h_mem is not None else "-",
              f"{o_mem / h_mem:.2f}" if o_mem is not None and h_mem else "-",
-             f"{100 * o['mfu']:.1f}%" if o and "mfu" in o else "-"]
+             f"{100 * o['mfu']:.1f}%" if o and "mfu" in o else "-",
+             f"{o['est_GiB']:.2f}" if o and o.get("est_GiB", -1) >= 0 else "-",
+             f"{o['est_GiB'] / o_mem:.3f}" if o and o.get("est_GiB", -1) >= 0 and o_mem else "-"]
     print("| " + " | ".join(cells) + " |")
 if any(o.get("gemm_peak_tflops") for o in ours.values()):
     print(f"\nMFU denominator: bf16 GEMM rate measured on this GPU: {next(iter(ours.values())).get('gemm_peak_tflops')} TFLOP/s."

@@ -4,9 +4,14 @@
 // i mod K); the same LoRA merged into the weights; and the same for VeRA (distinct VeRA adapters
 // share their projections). Each configuration is timed REPS times, interleaved with the others,
 // and the minimum kept (robust on a busy machine).
-//   mixed_bench [--layers 4] [--hidden 768] [--batch 16] [--pos 64] [--reps 30] [--lora-r 16] [--vera-r 256]
+//   mixed_bench [--arch gpt2|llama] [--layers 4] [--hidden 768] [--heads H] [--kv-heads H] [--inner I]
+//               [--vocab 257] [--batch 16] [--adapters K] [--pos 64] [--reps 30] [--lora-r 16] [--vera-r 256]
+//               [--targets LIST] [--device cpu|cuda]
+// --adapters K (default min(batch, 100)): row i uses adapter i mod K. --device cuda runs the step on
+// the GPU (bf16), where the time includes copying the logits back, as the server does.
 #include "adapter.h"
 #include "config.h"
+#include "cuda/gpu.h"
 #include "generate.h"
 #include "model.h"
 #include "util.h"
@@ -14,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int layers = 4, hidden = 768, batch = 16, pos = 64, reps = 30, lora_r = 16, vera_r = 256;
+static int layers = 4, hidden = 768, heads = 0, kv_heads = 0, inner = 0, vocab = 257, batch = 16, n_adapters = 0, pos = 64, reps = 30,
+           lora_r = 16, vera_r = 256;
+static const char *arch = "gpt2", *targets = NULL, *device = "cpu";
 
 static void perturb(AdapterSet *set, uint64_t seed) {
     for (int i = 0; i < set->n_params; i++)
@@ -31,7 +38,7 @@ static AdapterSet *make_set(Model *m, PeftType type, uint64_t seed, bool attach_
     c.r = type == PEFT_VERA ? vera_r : lora_r;
     c.alpha = 2.0f * c.r;
     c.prng_key = 0;  // one key: the VeRA sets share projections
-    adapter_config_set_targets(&c, "c_attn,c_proj,c_fc");
+    adapter_config_set_targets(&c, targets);
     AdapterSet *s = NULL;
     if (attach_and_merge) s = adapters_attach(m, &c, seed) ? NULL : m->adapters;
     else s = adapters_new_detached(m, &c, seed);
@@ -64,7 +71,15 @@ static double step_time(Model *m, KVCache *kv, AdapterSet **row_sets) {
 int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i += 2) {
         int v = atoi(argv[i + 1]);
-        if (!strcmp(argv[i], "--layers")) layers = v;
+        if (!strcmp(argv[i], "--arch")) arch = argv[i + 1];
+        else if (!strcmp(argv[i], "--targets")) targets = argv[i + 1];
+        else if (!strcmp(argv[i], "--device")) device = argv[i + 1];
+        else if (!strcmp(argv[i], "--heads")) heads = v;
+        else if (!strcmp(argv[i], "--kv-heads")) kv_heads = v;
+        else if (!strcmp(argv[i], "--inner")) inner = v;
+        else if (!strcmp(argv[i], "--vocab")) vocab = v;
+        else if (!strcmp(argv[i], "--adapters")) n_adapters = v;
+        else if (!strcmp(argv[i], "--layers")) layers = v;
         else if (!strcmp(argv[i], "--hidden")) hidden = v;
         else if (!strcmp(argv[i], "--batch")) batch = v;
         else if (!strcmp(argv[i], "--pos")) pos = v;
@@ -74,13 +89,26 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "mixed_bench: unknown option %s\n", argv[i]); return 2; }
     }
     if (batch < 1 || batch > 1024) { fprintf(stderr, "mixed_bench: --batch 1..1024\n"); return 2; }
+    bool gpt2 = !strcmp(arch, "gpt2"), cuda = !strcmp(device, "cuda");
+    if (!heads) heads = hidden / 64 > 0 ? hidden / 64 : 1;
+    if (!kv_heads) kv_heads = heads;
+    if (!inner) inner = gpt2 ? 4 * hidden : hidden * 8 / 3;
+    if (!targets) targets = gpt2 ? "c_attn,c_proj,c_fc" : "q_proj,v_proj";
     char json[512];
-    snprintf(json, sizeof json,
-             "{\"model_type\":\"gpt2\",\"vocab_size\":257,\"n_embd\":%d,\"n_head\":%d,\"n_layer\":%d,\"n_positions\":%d,\"layer_norm_epsilon\":1e-5}",
-             hidden, hidden / 64 > 0 ? hidden / 64 : 1, layers, pos + 8);
+    if (gpt2)
+        snprintf(json, sizeof json,
+                 "{\"model_type\":\"gpt2\",\"vocab_size\":%d,\"n_embd\":%d,\"n_head\":%d,\"n_layer\":%d,\"n_inner\":%d,\"n_positions\":%d,"
+                 "\"layer_norm_epsilon\":1e-5}",
+                 vocab, hidden, heads, layers, inner, pos + 8);
+    else
+        snprintf(json, sizeof json,
+                 "{\"model_type\":\"llama\",\"vocab_size\":%d,\"hidden_size\":%d,\"num_attention_heads\":%d,\"num_key_value_heads\":%d,"
+                 "\"num_hidden_layers\":%d,\"intermediate_size\":%d,\"max_position_embeddings\":%d}",
+                 vocab, hidden, heads, kv_heads, layers, inner, pos + 8);
     ModelConfig cfg;
     if (config_parse(&cfg, json, "bench")) { fprintf(stderr, "mixed_bench: %s\n", peft_last_error()); return 1; }
     Model *m = model_create_random(&cfg, 1);
+    if (cuda && gpu_inference_attach(m, GPU_BF16)) { fprintf(stderr, "mixed_bench: %s\n", peft_last_error()); return 1; }
     KVCache *kv = kv_cache_new(m, batch, pos + 8);
     // Fill every slot's first pos positions once (the values do not matter for timing).
     {
@@ -93,9 +121,10 @@ int main(int argc, char **argv) {
         free(ids);
         free(lg);
     }
-    enum { K_MAX = 128 };
+    enum { K_MAX = 1024 };
     AdapterSet *lora[K_MAX], *vera[K_MAX];
-    int K = batch < K_MAX ? batch : K_MAX;
+    int K = n_adapters > 0 ? n_adapters : batch < 100 ? batch : 100;
+    if (K > K_MAX) { fprintf(stderr, "mixed_bench: --adapters 1..%d\n", K_MAX); return 2; }
     for (int k = 0; k < K; k++) lora[k] = make_set(m, PEFT_LORA, 100 + k, false);
     for (int k = 0; k < K; k++) vera[k] = make_set(m, PEFT_VERA, 300 + k, false);
     AdapterSet **one_lora = xmalloc(sizeof(AdapterSet *) * batch), **many_lora = xmalloc(sizeof(AdapterSet *) * batch);
@@ -114,6 +143,10 @@ int main(int argc, char **argv) {
     Model *ml = model_create_random(&cfg, 1), *mv = model_create_random(&cfg, 1);
     make_set(ml, PEFT_LORA, 100, true);
     make_set(mv, PEFT_VERA, 300, true);
+    if (cuda && (gpu_inference_attach(ml, GPU_BF16) || gpu_inference_attach(mv, GPU_BF16))) {
+        fprintf(stderr, "mixed_bench: %s\n", peft_last_error());
+        return 1;
+    }
     KVCache *kvl = kv_cache_new(ml, batch, pos + 8), *kvv = kv_cache_new(mv, batch, pos + 8);
     {
         KVRow *rows = xmalloc(sizeof(KVRow) * batch);
@@ -128,6 +161,10 @@ int main(int argc, char **argv) {
     }
     for (int rep = 0; rep < reps; rep++) {
         double t;
+        for (int i = 0; i < batch; i++) {  // the K adapters in turn: each step takes the next `batch` of them
+            many_lora[i] = lora[(rep * batch + i) % K];
+            many_vera[i] = vera[(rep * batch + i) % K];
+        }
         if ((t = step_time(m, kv, NULL)) < best[C_BASE]) best[C_BASE] = t;
         if ((t = step_time(m, kv, one_lora)) < best[C_LORA1]) best[C_LORA1] = t;
         if ((t = step_time(m, kv, many_lora)) < best[C_LORAK]) best[C_LORAK] = t;
@@ -136,8 +173,10 @@ int main(int argc, char **argv) {
         if ((t = step_time(m, kv, many_vera)) < best[C_VERAK]) best[C_VERAK] = t;
         if ((t = step_time(mv, kvv, NULL)) < best[C_VERAM]) best[C_VERAM] = t;
     }
-    printf("decode step: GPT-2 %d layers, hidden %d, %d rows at position %d; LoRA r%d, VeRA r%d on c_attn,c_proj,c_fc; K = %d; best of %d\n",
-           layers, hidden, batch, pos, lora_r, vera_r, K, reps);
+    char dev[256] = "CPU";
+    if (cuda) gpu_describe(dev, sizeof dev);
+    printf("decode step on %s: %s %d layers, hidden %d, %d rows at position %d; LoRA r%d, VeRA r%d on %s; K = %d; best of %d\n", dev,
+           gpt2 ? "GPT-2" : "Llama", layers, hidden, batch, pos, lora_r, vera_r, targets, K, reps);
     printf("| rows on | ms per step | tokens/s | vs base |\n| --- | ---: | ---: | ---: |\n");
     for (int c = 0; c < NC; c++)
         printf("| %s | %.3f | %.0f | %.2fx |\n", names[c], best[c] * 1e3, batch / best[c], best[C_BASE] / best[c]);

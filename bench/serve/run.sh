@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# The serving benchmark (CPU): one base model, K = 1, 10, 100 distinct LoRA / VeRA adapters,
+# The serving benchmark (CPU or GPU): one base model, K = 1, 10, 100 distinct LoRA / VeRA adapters,
 # against the base alone and a single merged adapter at the same load. N concurrent clients
 # on loopback (bench/serve/loadgen.c), fixed prompt and output lengths; then the decode step alone
 # (bench/serve/mixed_bench.c).
 # Usage: bash bench/serve/run.sh [BUILD]     (env: CLIENTS, REQUESTS, PROMPT, TOKENS, THREADS,
-#        ROUNDS, LAYERS, HIDDEN: the model; KEEP=1 keeps the work folder)
+#        ROUNDS; the model: ARCH (gpt2, llama), LAYERS, HIDDEN, HEADS, KV_HEADS, INNER, VOCAB;
+#        TARGETS: adapted modules; DEVICE: cpu or cuda; NO_BUILD=1: use BUILD's binaries as they
+#        are; KEEP=1 keeps the work folder)
+# The GPU run in docs/serve-bench.md: a TinyLlama-1.1B-shaped model, LoRA / VeRA on q_proj,v_proj:
+#   DEVICE=cuda ARCH=llama LAYERS=22 HIDDEN=2048 HEADS=32 KV_HEADS=4 INNER=5632 VOCAB=32000 CLIENTS=32 bash bench/serve/run.sh
 set -eu
 B=${1:-build}
 CLIENTS=${CLIENTS:-16} REQUESTS=${REQUESTS:-128} PROMPT=${PROMPT:-32} TOKENS=${TOKENS:-32} THREADS=${THREADS:-2} ROUNDS=${ROUNDS:-3}
-LAYERS=${LAYERS:-4} HIDDEN=${HIDDEN:-256}
-make -s BUILD="$B" "$B/peft" >/dev/null
-mkdir -p "$B/serve"
-make -s BUILD="$B" "$B/serve/loadgen" "$B/serve/make_adapters" "$B/serve/mixed_bench" >/dev/null
+ARCH=${ARCH:-gpt2} LAYERS=${LAYERS:-4} HIDDEN=${HIDDEN:-256} HEADS=${HEADS:-4} KV_HEADS=${KV_HEADS:-$HEADS} DEVICE=${DEVICE:-cpu}
+if [ "$ARCH" = gpt2 ]; then INNER=${INNER:-$((4 * HIDDEN))} TARGETS=${TARGETS:-c_attn,c_proj,c_fc}
+else INNER=${INNER:-$((HIDDEN * 8 / 3))} TARGETS=${TARGETS:-q_proj,v_proj}; fi
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    make -s BUILD="$B" "$B/peft" >/dev/null
+    mkdir -p "$B/serve"
+    make -s BUILD="$B" "$B/serve/loadgen" "$B/serve/make_adapters" "$B/serve/mixed_bench" >/dev/null
+fi
 PEFT=$B/peft
 W=$(mktemp -d /tmp/peft-serve-bench.XXXXXX)
 SERVER=
@@ -20,14 +28,16 @@ trap cleanup EXIT
 export OMP_NUM_THREADS=$THREADS
 
 echo "# peft serve benchmark: $(date -u +%Y-%m-%d) on $(nproc --all) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
-echo "# model: GPT-2 $LAYERS layers, hidden $HIDDEN, byte vocabulary; $CLIENTS clients, $REQUESTS requests of $PROMPT prompt + $TOKENS generated tokens; --threads $THREADS"
-"$PEFT" init --arch gpt2 --layers "$LAYERS" --hidden "$HIDDEN" --heads 4 --context 256 --seed 3 --out "$W/base" >/dev/null
+[ "$DEVICE" = cuda ] && nvidia-smi -L 2>/dev/null | sed 's/^/# /'
+echo "# model: $ARCH $LAYERS layers, hidden $HIDDEN, heads $HEADS/$KV_HEADS, MLP $INNER, vocabulary ${VOCAB:-257 (bytes)}; adapters on $TARGETS; $CLIENTS clients, $REQUESTS requests of $PROMPT prompt + $TOKENS generated tokens; --device $DEVICE --threads $THREADS"
+"$PEFT" init --arch "$ARCH" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --kv-heads "$KV_HEADS" --inner "$INNER" \
+    ${VOCAB:+--vocab "$VOCAB"} --context 256 --seed 3 --out "$W/base" >/dev/null
 for i in $(seq 1 100); do echo "the quick brown fox jumps over the lazy dog."; done > "$W/text.txt"
 # One trained adapter of each kind (a few steps: the values only need to be adapter-like), then
 # 100 perturbed copies of each, and each merged into a copy of the base.
-"$PEFT" train --model "$W/base" --data "$W/text.txt" --method lora --r 16 --alpha 32 --targets c_attn,c_proj,c_fc \
+"$PEFT" train --model "$W/base" --data "$W/text.txt" --method lora --r 16 --alpha 32 --targets "$TARGETS" --device "$DEVICE" \
     --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-lora" >/dev/null 2>&1
-"$PEFT" train --model "$W/base" --data "$W/text.txt" --method vera --r 256 --targets c_attn,c_proj,c_fc \
+"$PEFT" train --model "$W/base" --data "$W/text.txt" --method vera --r 256 --targets "$TARGETS" --device "$DEVICE" \
     --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-vera" >/dev/null 2>&1
 "$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-lora" --out "$W/adapters" --count 100 --prefix lora >/dev/null
 "$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-vera" --out "$W/adapters" --count 100 --prefix vera --seed 2 >/dev/null
@@ -36,10 +46,10 @@ for i in $(seq 1 100); do echo "the quick brown fox jumps over the lazy dog."; d
 
 serve() {  # model-dir: starts the server (all 200 adapters in memory), sets PORT
     "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "$CLIENTS" --max-adapters 256 \
-        --max-tokens "$TOKENS" --threads "$THREADS" --quiet > "$W/server.out" 2> "$W/server.err" &
+        --max-tokens "$TOKENS" --threads "$THREADS" --device "$DEVICE" --quiet > "$W/server.out" 2> "$W/server.err" &
     SERVER=$!
     PORT=
-    for i in $(seq 1 300); do
+    for i in $(seq 1 1200); do
         PORT=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$W/server.out")
         [ -n "$PORT" ] && return 0
         sleep 0.1
@@ -56,8 +66,16 @@ for round in $(seq 1 "$ROUNDS"); do
     serve "$W/base"
     load --requests "$CLIENTS" --base --label warm-up >/dev/null
     load --base --label "base" | tee -a "$W/runs.txt"
-    for k in 1 10 100; do load --prefix lora --adapters $k --label "LoRA-r16" | tee -a "$W/runs.txt"; done
-    for k in 1 10 100; do load --prefix vera --adapters $k --label "VeRA-r256" | tee -a "$W/runs.txt"; done
+    # Each measurement starts with its K adapters loaded (one request each, untimed): the table is
+    # the steady state of serving them, not the one-off cost of reading them from disk.
+    for k in 1 10 100; do
+        load --prefix lora --adapters $k --requests $k --label warm-up >/dev/null
+        load --prefix lora --adapters $k --label "LoRA-r16" | tee -a "$W/runs.txt"
+    done
+    for k in 1 10 100; do
+        load --prefix vera --adapters $k --requests $k --label warm-up >/dev/null
+        load --prefix vera --adapters $k --label "VeRA-r256" | tee -a "$W/runs.txt"
+    done
     stop
     serve "$W/merged-lora"
     load --base --label "LoRA-r16-merged" | tee -a "$W/runs.txt"
@@ -82,6 +100,9 @@ awk '{ key = $1 " " $2; for (i = 1; i <= NF; i++) { if ($i == "req/s") rs = $(i-
 # The same comparison without HTTP: one decode step of CLIENTS rows (bench/serve/mixed_bench.c),
 # best of 30, for this model and a wider one (where an adapter is a smaller share of the base).
 echo
-"$B/serve/mixed_bench" --layers "$LAYERS" --hidden "$HIDDEN" --batch "$CLIENTS" --reps 30
-echo
-"$B/serve/mixed_bench" --layers 2 --hidden 1024 --batch "$CLIENTS" --reps 20
+"$B/serve/mixed_bench" --arch "$ARCH" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --kv-heads "$KV_HEADS" --inner "$INNER" \
+    ${VOCAB:+--vocab "$VOCAB"} --targets "$TARGETS" --batch "$CLIENTS" --adapters 100 --device "$DEVICE" --reps 30
+if [ "$DEVICE" = cpu ]; then
+    echo
+    "$B/serve/mixed_bench" --layers 2 --hidden 1024 --batch "$CLIENTS" --reps 20
+fi

@@ -37,12 +37,14 @@ bool gpu_available(char *why, size_t why_len);
 // One line describing the device ("NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB"), or the reason there is none.
 void gpu_describe(char *buf, size_t len);
 
-// Upload m (with its adapter set, if any) to the GPU. Supported adapters: LoRA (no dropout
-// while training), full fine-tuning (model_train_all), or none (inference).
+// Upload m (with its adapter set, if any) to the GPU. Supported adapters: LoRA, VeRA, AdaLoRA (with
+// its orthogonal regulariser, and dropout: see gpu_set_dropout), full fine-tuning (model_train_all),
+// or none (inference).
 GpuModel *gpu_model_create(Model *m, const GpuOptions *opt);
 void gpu_model_free(GpuModel *g);
 
-// Forward over ids [B,T]. With labels: returns the mean causal-LM loss and prepares backward
+// Forward over ids [B,T]. With labels: returns the mean causal-LM loss (plus AdaLoRA's orthogonal
+// regulariser when it is on: orth_reg_weight > 0 and a task_type, as on the CPU) and prepares backward
 // (the classifier's backward runs chunk by chunk inside this call: no [N,V] fp32 logits).
 // Without labels: returns 0 and keeps fp32 logits [B*T, V] for gpu_get_logits. NAN on error.
 double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T);
@@ -67,6 +69,28 @@ int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2);
 int gpu_download_trainables(GpuModel *g, bool grads);
 int gpu_upload_trainables(GpuModel *g);
 
+// The causal-LM part of the loss the last gpu_forward / gpu_train_step returned: without AdaLoRA's
+// orthogonal regulariser (whose gradient gpu_backward adds into the A and B gradients, after the model's).
+double gpu_lm_loss(GpuModel *g);
+// Gradient accumulation: multiply every trainable gradient by k (1/N after the backwards of N
+// micro-batches, between one gpu_zero_grad and the clipping, as the CPU trainer does).
+int gpu_scale_grads(GpuModel *g, float k);
+// Checkpoints: the AdamW moments of params[0..n) (trainable tensors of the model, e.g. as model_trainable
+// lists them) into / from the host arrays m[i] and v[i] (params[i]->numel floats each), and the number of
+// AdamW steps taken. With gpu_download_trainables / gpu_upload_trainables (the fp32 master weights) that
+// is the whole optimizer state: a run resumed from it continues as the uninterrupted one.
+int gpu_download_optimizer(GpuModel *g, Param *const *params, int n, float *const *m, float *const *v, int *step);
+int gpu_upload_optimizer(GpuModel *g, Param *const *params, int n, float *const *m, float *const *v, int step);
+// Adapter dropout (the adapter's lora_dropout / vera_dropout; nothing when it is 0): applied to the
+// adapters' input, h = drop(x) A^T (inverted: kept elements scaled by 1/(1-p)), in the forwards
+// (gpu_forward, gpu_train_step) after gpu_set_dropout(g, true, seed); off by default and after
+// gpu_set_dropout(g, false, 0), e.g. for evaluation. The masks are a counter-based hash of (seed, the
+// group's layer and place, element) computed on the device, not the CPU's random stream: the same seed
+// gives the same masks on the GPU, different ones from the CPU's. The adapters of one fused group
+// (Llama's q/k/v, gate/up) share one mask, where PEFT draws one per module. Backward regenerates the
+// masks of the forward before it (nothing is stored); it masks the adapter's share of the input gradient.
+void gpu_set_dropout(GpuModel *g, bool on, uint64_t seed);
+
 // Peak device memory allocated by this process (cudaMalloc'd bytes, high-water mark since the
 // start or the last gpu_reset_peak, which sets it to what is allocated now).
 size_t gpu_peak_bytes(void);
@@ -78,6 +102,26 @@ double gpu_bf16_gemm_tflops(int n);
 int gpu_profile_report(GpuModel *g, char *buf, size_t len);
 // Wait for the device; returns non-zero with the error of any failed launch.
 int gpu_sync(GpuModel *g);
+
+// ---- cached inference (gpu_infer.cu): kv_forward's twin, see generate.h ----
+// A model for inference is made with base_only; setting Model.gpu to it makes kv_cache_new and
+// kv_forward (and so generate() and the server) run on the GPU.
+typedef struct GpuKV GpuKV;
+typedef struct AdapterSet AdapterSet;
+// Give m a GPU copy of its base weights (Model.gpu) for inference: an adapter merged into m goes
+// with the weights; a live one (m->adapters, or sets per row) is applied per row on the GPU.
+int gpu_inference_attach(Model *m, GpuPrecision precision);
+void gpu_inference_detach(Model *m);  // frees Model.gpu (no-op without one)
+// Keys and values of n_slots sequences of up to max_len tokens (activation type). NULL + error.
+GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len);
+void gpu_kv_free(GpuKV *kv);
+// The first len cached tokens of slot src into slot dst (beam search).
+int gpu_kv_copy(GpuKV *kv, int dst, int src, int len);
+// N new tokens: ids, their slots and positions (validated by the caller), and row_sets[n] the
+// adapter set of token n (NULL, or row_sets NULL: the base). Appends their keys and values and
+// writes fp32 logits [n_out, V] of the tokens listed in out_rows (NULL: all, n_out == N).
+int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
+                   const int *out_rows, int n_out, float *logits);
 
 // Run one HF PEFT reference case directory on the GPU (check.c's layout: logits, loss,
 // gradients, one AdamW step). fp32: the case's own tolerances. bf16: loss within 1e-2 relative,

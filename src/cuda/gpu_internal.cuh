@@ -113,6 +113,14 @@ void k_adamw(float *p, const float *g, float *m, float *v, bf16 *work, long n, f
 void k_sumsq(float *partials, int n_partials, const float *x, long n, cudaStream_t s);
 void k_scale(float *x, float k, long n, cudaStream_t s);
 void k_add(float *x, const float *y, long n, cudaStream_t s);
+// Adapter dropout (inverted, as torch's nn.Dropout): element i of [n] is kept when the 24-bit uniform
+// hash u(seed, i) >= p, and then scaled by 1/(1-p); the mask is a pure function of (seed, i), so
+// backward regenerates it. add = false: out = drop(x); add = true: out += drop(x) (masked input gradients).
+template <typename T> void k_dropout(T *out, const T *x, long n, float p, uint64_t seed, bool add, cudaStream_t s);
+// AdaLoRA's orthogonal regulariser: term t has D_t = M M^T or M^T M, [r[t], r[t]] fp32 at D + off[t].
+// Per term (one block each): D_t -= I; ss[t] = ||D_t||_F^2 (double); D_t *= coef2 / sqrt(ss[t]) (0 when ss[t] == 0),
+// which is d ||D_t||_F / d D_t times coef2 / 2, ready for the gradient GEMMs.
+void k_orth_finalize(float *D, const long *off, const int *r, double *ss, int n_terms, double coef2, cudaStream_t s);
 
 // ---- attention (gpu_attention.cu) ----
 struct AttnDims {

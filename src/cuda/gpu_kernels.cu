@@ -730,6 +730,59 @@ void k_adapter_grads(float *drow, float *dcol, float *dB, const float *G, const 
     KCHECK();
 }
 
+// ---------------- adapter dropout ----------------
+template <typename T> __global__ void dropout_kernel(T *out, const T *x, long n, float p, float scale, uint64_t seed, bool add) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float u = (float)(mix64(seed ^ ((uint64_t)i * 0xD1B54A32D192ED03ull)) >> 40) * (1.0f / 16777216.0f);
+        float v = u >= p ? to_f<T>(x[i]) * scale : 0.0f;
+        if (add) v += to_f<T>(out[i]);
+        out[i] = from_f<T>(v);
+    }
+}
+template <typename T> void k_dropout(T *out, const T *x, long n, float p, uint64_t seed, bool add, cudaStream_t s) {
+    if (n <= 0) return;
+    dropout_kernel<T><<<(int)fminl(cdiv(n, 256), 132L * 16), 256, 0, s>>>(out, x, n, p, 1.0f / (1.0f - p), seed, add);
+    KCHECK();
+}
+
+// ---------------- AdaLoRA's orthogonal regulariser ----------------
+// One block per term; the same thread touches the same elements in both passes.
+__global__ void orth_finalize_kernel(float *D, const long *off, const int *rr, double *ss, double coef2) {
+    __shared__ double sh[32];
+    __shared__ float k_sh;
+    int t = blockIdx.x, r = rr[t];
+    float *Dt = D + off[t];
+    long n = (long)r * r;
+    double acc = 0;
+    for (long i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = Dt[i];
+        if (i / r == i % r) v -= 1.0f;
+        Dt[i] = v;
+        acc += (double)v * v;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        acc = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : 0.0;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (threadIdx.x == 0) {
+            ss[t] = acc;
+            k_sh = acc > 0 ? (float)(coef2 / sqrt(acc)) : 0.0f;  // torch's norm backward gives 0 at a zero norm
+        }
+    }
+    __syncthreads();
+    float k = k_sh;
+    for (long i = threadIdx.x; i < n; i += blockDim.x) Dt[i] *= k;
+}
+void k_orth_finalize(float *D, const long *off, const int *r, double *ss, int n_terms, double coef2, cudaStream_t s) {
+    if (n_terms <= 0) return;
+    orth_finalize_kernel<<<n_terms, 256, 0, s>>>(D, off, r, ss, coef2);
+    KCHECK();
+}
+
 __global__ void adalora_scores_kernel(float *ai, float *au, const float *p, const float *g, long n, float b1, float b2) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float ipt = fabsf(p[i] * g[i]);
@@ -802,6 +855,7 @@ void k_add(float *x, const float *y, long n, cudaStream_t s) {
 // ---------------- instantiations ----------------
 #define INST(T)                                                                                                               \
     template void k_convert_f32<T>(T *, const float *, long, cudaStream_t);                                                  \
+    template void k_dropout<T>(T *, const T *, long, float, uint64_t, bool, cudaStream_t);                                   \
     template void k_build_beff<T>(T *, const float *, int, const float *, const float *, float, int, int, cudaStream_t);   \
     template void k_fill_random<T>(T *, long, float, uint64_t, cudaStream_t);                                                \
     template void k_embed_fwd<T>(T *, const int *, const T *, const T *, int, int, int, cudaStream_t);                        \

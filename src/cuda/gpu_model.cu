@@ -236,6 +236,7 @@ static void free_acts(GpuModel *g) {
         Ly->res_mid = Ly->qkv_out = Ly->attn_y = Ly->fc = Ly->act = nullptr;
         Ly->qkv.h = Ly->o.h = Ly->up.h = Ly->down.h = nullptr;
     }
+    g->xdrop = nullptr;
     g->acts_ok = false;
     g->grad_ready = g->logits_ready = false;
 }
@@ -290,6 +291,8 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
     g->dres = (float *)aalloc(g, sizeof(float) * (size_t)N * C, "scratch");
     g->dres_t = g->is_bf16 ? aalloc(g, (size_t)N * g->ld_dres * es, "scratch") : nullptr;
     g->dh = g->Rmax ? aalloc(g, (size_t)N * g->Rmax * es, "scratch") : nullptr;
+    if (g->drop_p > 0 && g->Rmax)  // the widest adapter input: C (qkv, up), QW (o), n_inner (down)
+        g->xdrop = aalloc(g, (size_t)N * std::max(std::max(C, g->QW), g->actw) * es, "adapter dropout scratch");
     g->nf = aalloc(g, (size_t)N * C * es, "scratch");
     g->meanf = (float *)aalloc(g, sizeof(float) * (size_t)N * 4, "scratch");
     g->rstdf = g->meanf + N;
@@ -334,6 +337,18 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
 }
 
 // ---------------- groups ----------------
+static uint64_t host_mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+// Adapter dropout: the mask seed of group G in the last forward, from that forward's seed and the group's
+// place in the layers. One mask per group: its members (Llama's q/k/v, gate/up) share it.
+static uint64_t group_drop_seed(const GpuModel *g, const Group *G) {
+    return host_mix64(g->drop_fwd_seed ^ host_mix64((uint64_t)((const char *)G - (const char *)g->L)));
+}
+
 template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T *y, const T *resid, int N) {
     constexpr GDtype TT = gdtype<T>();
     mark(g, P_GEMM_F);
@@ -342,7 +357,12 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     if (!G->n_ad) return;
     mark(g, P_LORA_F);
     T *h = (T *)G->h;
-    gemm(g->gc, false, true, N, G->R, G->in, 1.0f, x, G->in, TT, G->A, G->lda, TT, 0.0f, nullptr, h, G->R, TT, nullptr);
+    const T *xa = x;  // the adapters' input: x, or drop(x) in a forward with dropout (h = drop(x) A^T)
+    if (g->drop_fwd) {
+        k_dropout<T>((T *)g->xdrop, x, (long)N * G->in, g->drop_p, group_drop_seed(g, G), false, g->st);
+        xa = (const T *)g->xdrop;
+    }
+    gemm(g->gc, false, true, N, G->R, G->in, 1.0f, xa, G->in, TT, G->A, G->lda, TT, 0.0f, nullptr, h, G->R, TT, nullptr);
     for (int i = 0; i < G->n_ad; i++) {
         AdMember *mb = &G->ad[i];
         gemm(g->gc, false, true, N, mb->out, mb->r, mb->Beff ? 1.0f : mb->scaling, h + mb->r_off, G->R, TT, mb->Beff ? mb->Beff : mb->B,
@@ -394,10 +414,22 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
                 k_adapter_grads(mb->rowv_g, mb->colv_g, nullptr, g->G_scratch, mb->Bm, mb->r, mb->rowv, mb->colv, 1.0f, mb->out, mb->r, g->st);
         }
     }
-    // dA += dh^T x [R, in] (trainable A)
-    if (G->Ag) gemm(g->gc, true, false, G->R, G->in, N, 1.0f, dh, lddh, TT, x, G->in, TT, 1.0f, G->Ag, G->Ag, G->in, G_F32, nullptr);
+    // With dropout the adapters saw drop(x): its mask is regenerated from the forward's seed (never stored).
+    // (fused_dx is off with dropout: the fused GEMM assumes the adapters' input is x itself.)
+    bool drop = g->drop_fwd;
+    uint64_t dseed = drop ? group_drop_seed(g, G) : 0;
+    const T *xa = x;
+    if (drop && G->Ag) {
+        k_dropout<T>((T *)g->xdrop, x, (long)N * G->in, g->drop_p, dseed, false, g->st);
+        xa = (const T *)g->xdrop;
+    }
+    // dA += dh^T x [R, in] (trainable A; x: the adapters' input)
+    if (G->Ag) gemm(g->gc, true, false, G->R, G->in, N, 1.0f, dh, lddh, TT, xa, G->in, TT, 1.0f, G->Ag, G->Ag, G->in, G_F32, nullptr);
     if (!dx) return;
-    if (G->fused_dx) {
+    if (drop) {  // dx += mask * (dh A) / (1 - p): the adapter path reaches x through the kept elements only
+        gemm(g->gc, false, false, N, G->in, G->R, 1.0f, dh, lddh, TT, G->A, G->lda, TT, 0.0f, nullptr, g->xdrop, G->in, TT, nullptr);
+        k_dropout<T>(dx, (const T *)g->xdrop, (long)N * G->in, g->drop_p, dseed, true, g->st);
+    } else if (G->fused_dx) {
         // A (its current working copy) into the weight's spare rows, then one GEMM with K = out + R.
         if (G->lda == G->in) CU(cudaMemcpyAsync(G->Aext, G->A, (size_t)G->R * G->in * g->es, cudaMemcpyDeviceToDevice, g->st));
         else CU(cudaMemcpy2DAsync(G->Aext, (size_t)G->in * g->es, G->A, (size_t)G->lda * g->es, (size_t)G->in * g->es, G->R,
@@ -406,6 +438,80 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         gemm(g->gc, false, false, N, G->in, G->out + round8(G->R), 1.0f, dy, ldy, TT, G->w, G->in, TT, 0.0f, nullptr, dx, G->in, TT, nullptr);
     } else  // dx += dh A [N, in]
         gemm(g->gc, false, false, N, G->in, G->R, 1.0f, dh, lddh, TT, G->A, G->lda, TT, 1.0f, dx, dx, G->in, TT, nullptr);
+}
+
+// ---------------- AdaLoRA's orthogonal regulariser ----------------
+// adalora.c's definition (PEFT's AdaLoraModel.forward): orth_reg_weight * the mean over every lora_A and lora_B
+// (rank-0 ones count, with norm 0) of ||P - I||_F, P = A A^T [r, r] or B^T B [r, r], on the fp32 masters.
+// The forward computes P - I, its norm and the gradient factor D = coef2 (P - I) / ||P - I|| (coef2 =
+// 2 orth_reg_weight / num) per term; the backward adds dA += D A, dB += B D.
+struct OrthTerm {
+    const float *M;  // A [r, in] or B [out, r] (fp32 master)
+    float *Mg;       // its gradient
+    int r, other;    // other: in (A) or out (B)
+    bool is_A;
+    long off;        // in orth_D
+};
+
+static int orth_setup(GpuModel *g, AdapterSet *set) {
+    std::vector<OrthTerm> terms;
+    long off = 0;
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        if (a->r <= 0) continue;
+        Param *ps[2] = {a->A, a->B};
+        for (int k = 0; k < 2; k++) {
+            OrthTerm o = {mptr(g, ps[k]), gptr(g, ps[k]), a->r, k ? a->lin->out : a->lin->in, k == 0, off};
+            if (!o.M || !o.Mg) return peft_fail("CUDA backend: %s: AdaLoRA's lora_%c was not placed", a->lin->module, k ? 'B' : 'A');
+            off += ((long)a->r * a->r + 63) / 64 * 64;  // 256-byte aligned matrices
+            terms.push_back(o);
+        }
+    }
+    g->orth_w = set->cfg.orth_reg_weight;
+    g->orth_num = 2.0 * set->n;
+    if (terms.empty()) return 0;  // every module at rank 0: the regulariser is 0
+    int n = (int)terms.size();
+    std::vector<long> offs(n);
+    std::vector<int> rs(n);
+    for (int t = 0; t < n; t++) { offs[t] = terms[t].off; rs[t] = terms[t].r; }
+    g->orth = (OrthTerm *)malloc(sizeof(OrthTerm) * n);
+    memcpy(g->orth, terms.data(), sizeof(OrthTerm) * n);
+    g->n_orth = n;
+    g->orth_D = (float *)gpu_malloc(sizeof(float) * off, "AdaLoRA's orthogonal regulariser");
+    g->orth_ss = (double *)gpu_malloc(sizeof(double) * n, "AdaLoRA's orthogonal regulariser");
+    g->orth_off = (long *)gpu_malloc(sizeof(long) * n, "AdaLoRA's orthogonal regulariser");
+    g->orth_r = (int *)gpu_malloc(sizeof(int) * n, "AdaLoRA's orthogonal regulariser");
+    if (gpu_failed() || !CU(cudaMallocHost(&g->orth_ss_host, sizeof(double) * n))) return gpu_report_failure();
+    CU(cudaMemcpy(g->orth_off, offs.data(), sizeof(long) * n, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(g->orth_r, rs.data(), sizeof(int) * n, cudaMemcpyHostToDevice));
+    return gpu_report_failure();
+}
+
+// Forward (with labels): P - I, the norms (copied to orth_ss_host; the caller synchronises) and the gradient factors.
+static void orth_forward(GpuModel *g) {
+    for (int t = 0; t < g->n_orth; t++) {
+        const OrthTerm &o = g->orth[t];
+        float *D = g->orth_D + o.off;
+        if (o.is_A)  // A A^T
+            gemm(g->gc, false, true, o.r, o.r, o.other, 1.0f, o.M, o.other, G_F32, o.M, o.other, G_F32, 0.0f, nullptr, D, o.r, G_F32, nullptr);
+        else  // B^T B
+            gemm(g->gc, true, false, o.r, o.r, o.other, 1.0f, o.M, o.r, G_F32, o.M, o.r, G_F32, 0.0f, nullptr, D, o.r, G_F32, nullptr);
+    }
+    k_orth_finalize(g->orth_D, g->orth_off, g->orth_r, g->orth_ss, g->n_orth, 2.0 * g->orth_w / g->orth_num, g->st);
+    CU(cudaMemcpyAsync(g->orth_ss_host, g->orth_ss, sizeof(double) * g->n_orth, cudaMemcpyDeviceToHost, g->st));
+    g->orth_ready = true;
+}
+
+// Backward: d ||P - I|| into the A and B gradients (after the model's backward, before any clipping).
+static void orth_backward(GpuModel *g) {
+    for (int t = 0; t < g->n_orth; t++) {
+        const OrthTerm &o = g->orth[t];
+        const float *D = g->orth_D + o.off;
+        if (o.is_A)  // dA [r, in] += D A
+            gemm(g->gc, false, false, o.r, o.other, o.r, 1.0f, D, o.r, G_F32, o.M, o.other, G_F32, 1.0f, o.Mg, o.Mg, o.other, G_F32, nullptr);
+        else  // dB [out, r] += B D
+            gemm(g->gc, false, false, o.other, o.r, o.r, 1.0f, o.M, o.r, G_F32, D, o.r, G_F32, 1.0f, o.Mg, o.Mg, o.r, G_F32, nullptr);
+    }
 }
 
 static AttnDims attn_dims(GpuModel *g) {
@@ -462,6 +568,9 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
         }
     if (ensure_acts(g, B, Tn)) return -1;
     g->grad_ready = g->logits_ready = false;
+    g->drop_fwd = g->drop_on && g->drop_p > 0;  // backward (and --recompute) regenerate this forward's masks
+    g->drop_fwd_seed = g->drop_seed;
+    g->orth_ready = false;
     memcpy(g->ids_host, ids, sizeof(int) * N);
     mark(g, P_LORA_F);
     for (int l = 0; l < c->n_layer; l++) {
@@ -510,15 +619,25 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
             gemm(g->gc, true, false, LV, C, rows, 1.0f, lg, LV, TT, nf + (size_t)r0 * C, C, TT, r0 ? 1.0f : 0.0f, g->head_pending,
                  g->head_pending, C, G_F32, nullptr);
     }
+    if (g->n_orth) orth_forward(g);
     CU(cudaMemcpyAsync(g->loss_host, g->loss_rows, sizeof(float) * N, cudaMemcpyDeviceToHost, g->st));
     g->grad_ready = true;
     return gpu_failed() ? gpu_report_failure() : 0;
 }
 
+// The loss of the last forward with labels (after the stream is synchronised): the mean causal-LM
+// loss, plus AdaLoRA's regulariser when it is on (adalora_regularizer's sum, in the same order).
 static double loss_from_host(GpuModel *g) {
     double s = 0;
     for (int i = 0; i < g->N; i++) s += g->loss_host[i];
-    return g->count ? s / g->count : 0.0;
+    g->last_lm = g->count ? s / g->count : 0.0;
+    g->last_reg = 0;
+    if (g->orth_ready) {
+        double sum = 0;
+        for (int t = 0; t < g->n_orth; t++) sum += sqrt(g->orth_ss_host[t]);
+        g->last_reg = g->orth_w * sum / g->orth_num;
+    }
+    return g->last_lm + g->last_reg;
 }
 
 // ---------------- backward ----------------
@@ -573,6 +692,7 @@ template <typename T> static int backward_impl(GpuModel *g) {
                   g->gpt2 ? g->meanf : nullptr, g->rstdf, N, C, g->gpt2, g->st, g->is_bf16 ? g->ld_dres : C);
     for (int l = Ln - 1; l >= 0; l--) layer_bwd<T>(g, l);
     g->fresh_grads = false;
+    if (g->orth_ready) orth_backward(g);
     mark(g, P_EMBED);
     if (g->wte_g || g->wpe_g) k_embed_bwd(g->wte_g, g->wpe_g, g->dres, g->ids_d, N, g->T, C, g->st);
     return gpu_failed() ? gpu_report_failure() : 0;
@@ -663,15 +783,6 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     const ModelConfig *c = &m->cfg;
     AdapterSet *set = opt_in && opt_in->base_only ? nullptr : m->adapters;
     if (set) {
-        if (set->cfg.dropout > 0) {
-            peft_fail("CUDA backend: adapter dropout %g is not supported yet (use 0)", set->cfg.dropout);
-            return nullptr;
-        }
-        const AdapterMethod *am = set->n ? set->adapters[0].method : nullptr;
-        if (am && am->regularizer && am->regularizer(set, false) != 0) {
-            peft_fail("CUDA backend: AdaLoRA's orthogonal regulariser is not on the GPU yet (set orth_reg_weight to 0)");
-            return nullptr;
-        }
         for (int i = 0; i < set->n; i++)
             if (set->adapters[i].merged) {
                 peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
@@ -711,7 +822,9 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     g->upw = g->gpt2 ? c->n_inner : 2 * c->n_inner;
     g->actw = c->n_inner;
     g->ldV = (g->V + 63) / 64 * 64;
-    g->fuse_dx = g->is_bf16 && !g->gpt2 && set && !getenv("PEFT_GPU_NO_FUSED_DX");
+    g->drop_p = set ? set->cfg.dropout : 0.0f;
+    // The fused input gradient assumes the adapters' input is x itself: not with dropout.
+    g->fuse_dx = g->is_bf16 && !g->gpt2 && set && !(g->drop_p > 0) && !getenv("PEFT_GPU_NO_FUSED_DX");
     if (!CU(cudaStreamCreate(&g->st)) || !(g->gc = gemm_ctx_new(g->st)) ||
         !(g->partials = (float *)gpu_malloc(sizeof(float) * N_PARTIALS, "scratch"))) {
         gpu_report_failure();
@@ -892,6 +1005,10 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
             if (!covered) g->zero_ranges.push_back({sl.off, (size_t)sl.p->numel});
         }
     }
+    // AdaLoRA's orthogonal regulariser: on as in adalora_regularizer (a weight and a task_type; PEFT skips
+    // AdaLoraModel.forward, and with it the regulariser, for adapters without a task_type).
+    if (!rc && set && set->cfg.type == PEFT_ADALORA && set->cfg.orth_reg_weight != 0 && set->cfg.task_type[0] && set->n)
+        rc = orth_setup(g, set);
     if (!rc && g->G_cap) {
         g->G_scratch = (float *)gpu_malloc(sizeof(float) * g->G_cap, "adapter gradient scratch");
         if (!g->G_scratch) rc = gpu_report_failure();
@@ -923,6 +1040,12 @@ extern "C" void gpu_model_free(GpuModel *g) {
     gpu_free(g->vera_B32);
     gpu_free(g->G_scratch);
     gpu_free(g->scores);
+    gpu_free(g->orth_D);
+    gpu_free(g->orth_ss);
+    gpu_free(g->orth_off);
+    gpu_free(g->orth_r);
+    if (g->orth_ss_host) cudaFreeHost(g->orth_ss_host);
+    free(g->orth);
     for (void *p : g->beffs) gpu_free(p);
     g->beffs.~vector();
     g->zero_ranges.~vector();
@@ -1061,6 +1184,52 @@ extern "C" int gpu_upload_trainables(GpuModel *g) {
     CU(cudaStreamSynchronize(g->st));
     return gpu_report_failure();
 }
+
+extern "C" int gpu_scale_grads(GpuModel *g, float k) {
+    if (!g->n_train) return 0;
+    settle_grads(g);
+    k_scale(g->grad, k, (long)g->n_train, g->st);
+    return gpu_failed() ? gpu_report_failure() : 0;
+}
+
+// The moments of params[i] live at its slot's offset in am / av (the same layout as the masters).
+static int optimizer_copy(GpuModel *g, Param *const *params, int n, float *const *m, float *const *v, bool down) {
+    gpu_clear_failure();
+    CU(cudaStreamSynchronize(g->st));
+    for (int i = 0; i < n && !gpu_failed(); i++) {
+        const Slot *s = find_slot(g, params[i]);
+        if (!s || !s->trainable) return peft_fail("CUDA backend: %s has no optimizer state on the device", params[i]->name);
+        size_t bytes = sizeof(float) * params[i]->numel;
+        if (down) {
+            CU(cudaMemcpy(m[i], g->am + s->off, bytes, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(v[i], g->av + s->off, bytes, cudaMemcpyDeviceToHost));
+        } else {
+            CU(cudaMemcpy(g->am + s->off, m[i], bytes, cudaMemcpyHostToDevice));
+            CU(cudaMemcpy(g->av + s->off, v[i], bytes, cudaMemcpyHostToDevice));
+        }
+    }
+    return gpu_report_failure();
+}
+
+extern "C" int gpu_download_optimizer(GpuModel *g, Param *const *params, int n, float *const *m, float *const *v, int *step) {
+    if (optimizer_copy(g, params, n, m, v, true)) return -1;
+    if (step) *step = g->adam_step;
+    return 0;
+}
+
+extern "C" int gpu_upload_optimizer(GpuModel *g, Param *const *params, int n, float *const *m, float *const *v, int step) {
+    if (step < 0) return peft_fail("CUDA backend: negative AdamW step count %d", step);
+    if (optimizer_copy(g, params, n, m, v, false)) return -1;
+    g->adam_step = step;
+    return 0;
+}
+
+extern "C" void gpu_set_dropout(GpuModel *g, bool on, uint64_t seed) {
+    g->drop_on = on;
+    g->drop_seed = seed;
+}
+
+extern "C" double gpu_lm_loss(GpuModel *g) { return g->last_lm; }
 
 extern "C" int gpu_sync(GpuModel *g) {
     gpu_clear_failure();

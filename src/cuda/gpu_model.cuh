@@ -111,4 +111,18 @@ struct GpuModel {
     bool grad_ready, logits_ready;
     bool direct_head;  // inside gpu_train_step: the head's gradient goes straight into its grad (no pending copy)
     int count, adam_step;
+    // Adapter dropout and AdaLoRA's orthogonal regulariser (gpu_model.cu).
+    float drop_p;                      // the adapter's dropout probability (0: none)
+    bool drop_on, drop_fwd;            // gpu_set_dropout's switch; whether the last forward dropped (its backward follows)
+    uint64_t drop_seed, drop_fwd_seed;
+    void *xdrop;                       // activation scratch [N, max in]: drop(x), then the adapter's input gradient
+    struct OrthTerm *orth;             // the regulariser's terms (one per A and B of rank > 0); n_orth 0: off
+    int n_orth;
+    float *orth_D;                     // each term's (P - I) [r, r], then its gradient factor
+    double *orth_ss, *orth_ss_host;    // ||P - I||_F^2 per term (device; pinned host copy)
+    long *orth_off;                    // device: each term's offset in orth_D
+    int *orth_r;                       // device: each term's rank
+    double orth_w, orth_num;           // orth_reg_weight; the number of A and B tensors it averages over
+    bool orth_ready;                   // the last forward (with labels) computed the terms
+    double last_lm, last_reg;          // the parts of the last loss
 };

@@ -39,9 +39,34 @@ double gpu_train_step(GpuModel *g, const int32_t *ids, const int32_t *labels, in
 }
 int gpu_download_trainables(GpuModel *g, bool grads) { (void)g; (void)grads; return peft_fail("CUDA backend: %s", NO_CUDA); }
 int gpu_upload_trainables(GpuModel *g) { (void)g; return peft_fail("CUDA backend: %s", NO_CUDA); }
+double gpu_lm_loss(GpuModel *g) { (void)g; return NAN; }
+int gpu_scale_grads(GpuModel *g, float k) { (void)g; (void)k; return peft_fail("CUDA backend: %s", NO_CUDA); }
+int gpu_download_optimizer(GpuModel *g, Param *const *params, int n, float *const *m, float *const *v, int *step) {
+    (void)g; (void)params; (void)n; (void)m; (void)v; (void)step;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+int gpu_upload_optimizer(GpuModel *g, Param *const *params, int n, float *const *m, float *const *v, int step) {
+    (void)g; (void)params; (void)n; (void)m; (void)v; (void)step;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+void gpu_set_dropout(GpuModel *g, bool on, uint64_t seed) { (void)g; (void)on; (void)seed; }
 size_t gpu_peak_bytes(void) { return 0; }
 int gpu_sync(GpuModel *g) { (void)g; return peft_fail("CUDA backend: %s", NO_CUDA); }
 void gpu_reset_peak(void) {}
 double gpu_bf16_gemm_tflops(int n) { (void)n; return 0; }
 int gpu_profile_report(GpuModel *g, char *buf, size_t len) { (void)g; (void)buf; (void)len; return -1; }
 int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2) { (void)g; (void)beta1; (void)beta2; return peft_fail("CUDA backend: %s", NO_CUDA); }
+GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len) {
+    (void)g; (void)n_slots; (void)max_len;
+    peft_fail("CUDA backend: %s", NO_CUDA);
+    return NULL;
+}
+void gpu_kv_free(GpuKV *kv) { (void)kv; }
+int gpu_kv_copy(GpuKV *kv, int dst, int src, int len) { (void)kv; (void)dst; (void)src; (void)len; return peft_fail("CUDA backend: %s", NO_CUDA); }
+int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
+                   const int *out_rows, int n_out, float *logits) {
+    (void)kv; (void)N; (void)ids; (void)slot; (void)pos; (void)row_sets; (void)out_rows; (void)n_out; (void)logits;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+int gpu_inference_attach(Model *m, GpuPrecision precision) { (void)m; (void)precision; return peft_fail("CUDA backend: %s", NO_CUDA); }
+void gpu_inference_detach(Model *m) { (void)m; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build self-contained copies of build/test_gpu and build/bench_gpu for a GPU machine that has the
+# Build self-contained copies of build/test_gpu, build/bench_gpu and memory_bench for a GPU machine that has the
 # CUDA toolkit but none of the Debian packages (the lent device machine): OpenBLAS is replaced by
 # tests/gpu/cblas_fallback.c, PCRE2 is linked statically, libcjson and libgomp travel in lib/, and
 # the HF PEFT reference cases are copied next to them. Output: $1 (default .carry/gpu).
@@ -16,6 +16,8 @@ LIBS=(build/cblas_fallback.o build/libpeft.a -Wl,-Bstatic -lpcre2-8 -Wl,-Bdynami
       -Wl,-rpath,'$ORIGIN/lib' -Wl,-rpath,"$CUDA_HOME/lib64")
 cc build/tests/gpu/test_gpu.o "${LIBS[@]}" -o "$OUT/test_gpu"
 cc build/gpu/bench_gpu.o "${LIBS[@]}" -o "$OUT/bench_gpu"
+cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -Icli -c bench/memory_bench.c -o build/memory_bench.o
+cc build/memory_bench.o "${LIBS[@]}" -o "$OUT/memory_bench"
 for l in libcjson.so.1 libgomp.so.1; do cp -L "/usr/lib/x86_64-linux-gnu/$l" "$OUT/lib/"; done
 if [ -d ../shared/fixtures/hf-peft ]; then chmod -R u+w "$OUT/fixtures" 2>/dev/null; rm -rf "$OUT/fixtures"; cp -r ../shared/fixtures/hf-peft "$OUT/fixtures"; chmod -R u+w "$OUT/fixtures"; fi
 ls -la "$OUT" "$OUT/lib"

@@ -7,10 +7,13 @@
 //    GPU against the CPU path: fp32 to 1e-4 (logits, loss, every gradient), bf16 as above.
 // Without a GPU (or in a build without nvcc) it prints a loud SKIPPED line and exits 0.
 #include "adapter.h"
+#include "byte_tokenizer.h"
 #include "check.h"
 #include "config.h"
 #include "cuda/gpu.h"
 #include "model.h"
+#include "safetensors.h"
+#include "train.h"
 #include "util.h"
 #include <math.h>
 #include <stdio.h>
@@ -181,6 +184,542 @@ out:
 #define GPT2_ALL "c_attn,c_proj,c_fc"
 #define LLAMA_ALL "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
+// ---------------- AdaLoRA's orthogonal regulariser, adapter dropout ----------------
+// A random model with an adapter on targets (the zero-initialised B / lambda_b / E given values when fill).
+static Model *adapted_model(const char *config, const char *targets, PeftType type, float dropout, bool fill) {
+    ModelConfig cfg;
+    if (config_parse(&cfg, config, "random")) return NULL;
+    Model *m = model_create_random(&cfg, 42);
+    AdapterConfig ac;
+    adapter_config_defaults(&ac, type);
+    if (type == PEFT_LORA) { ac.r = 8; ac.alpha = 16; }
+    if (type == PEFT_ADALORA) { ac.init_r = ac.r = 6; ac.target_r = 4; ac.total_step = 100; }  // orth_reg_weight 0.5, task_type CAUSAL_LM
+    ac.dropout = dropout;
+    ac.fan_in_fan_out = cfg.arch == ARCH_GPT2;
+    adapter_config_set_targets(&ac, targets);
+    int e = adapters_attach(m, &ac, 7);
+    adapter_config_free(&ac);
+    if (e) { model_free(m); return NULL; }
+    for (int i = 0; fill && i < m->adapters->n_params; i++) {
+        Param *p = m->adapters->params[i];
+        bool zero = true;
+        for (long j = 0; j < p->numel && zero; j++) zero = p->w[j] == 0;
+        if (zero)
+            for (long j = 0; j < p->numel; j++) p->w[j] = (float)((urand() - 0.5) * 0.2);
+    }
+    return m;
+}
+
+static void random_batch(int32_t *ids, int32_t *labels, int B, int T, int V) {
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = (int32_t)(urand() * V);
+        labels[i] = (i % T) < 3 ? -100 : ids[i];
+    }
+}
+
+// Copies of the trainable tensors' gradients (or weights).
+static float **copy_tensors(Param **params, int n, bool grads) {
+    float **out = xcalloc(n, sizeof(float *));
+    for (int i = 0; i < n; i++) {
+        out[i] = xmalloc(sizeof(float) * params[i]->numel);
+        memcpy(out[i], grads ? params[i]->grad : params[i]->w, sizeof(float) * params[i]->numel);
+    }
+    return out;
+}
+static void free_tensors_copy(float **t, int n) {
+    for (int i = 0; t && i < n; i++) free(t[i]);
+    free(t);
+}
+
+// One GPU forward (with labels) + backward from zeroed gradients; the gradients land in params[i]->grad.
+static double gpu_loss_and_grads(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T, double *lm) {
+    gpu_zero_grad(g);
+    double loss = gpu_forward(g, ids, labels, B, T);
+    if (lm) *lm = gpu_lm_loss(g);
+    if (isnan(loss) || gpu_backward(g) || gpu_download_trainables(g, true)) return NAN;
+    return loss;
+}
+
+// AdaLoRA with orth_reg_weight 0.5 and task_type CAUSAL_LM (the trainer's adapters): the loss (with the
+// regulariser), the regulariser's value and every gradient against the CPU; in fp32 also the regulariser's
+// own gradient (the difference to a model with the weight set to 0) against adalora.c's.
+static void run_orth(const char *name, const char *config, const char *targets, int B, int T, GpuPrecision prec) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    Model *m = adapted_model(config, targets, PEFT_ADALORA, 0, true);
+    if (!m) { report("FAIL", label, peft_last_error()); return; }
+    // A and B of std 0.1 instead of 0.02: A A^T and B^T B then differ from 0 enough to give P - I structure.
+    for (int i = 0; i < m->adapters->n; i++) {
+        Adapter *a = &m->adapters->adapters[i];
+        for (long j = 0; j < a->A->numel; j++) a->A->w[j] *= 5;
+        for (long j = 0; j < a->B->numel; j++) a->B->w[j] *= 5;
+    }
+    int N = B * T, V = m->cfg.vocab_size;
+    int32_t *ids = xmalloc(sizeof(int32_t) * N), *labels = xmalloc(sizeof(int32_t) * N);
+    random_batch(ids, labels, B, T, V);
+    Param **params;
+    int n = model_trainable(m, &params);
+    model_zero_grad(m);
+    double ref_reg = adapters_regularizer(m, true);
+    float **reg_grads = copy_tensors(params, n, true);
+    model_zero_grad(m);
+    double ref_loss = model_forward(m, ids, labels, B, T);
+    model_backward(m);
+    float **ref_grads = copy_tensors(params, n, true);
+    GpuOptions opt = {.precision = prec};
+    GpuModel *g = gpu_model_create(m, &opt), *g0 = NULL;
+    float **grads = NULL;
+    const char *status = "FAIL";
+    double lm = NAN, loss = g ? gpu_loss_and_grads(g, ids, labels, B, T, &lm) : NAN;
+    if (isnan(loss)) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+    grads = copy_tensors(params, n, true);
+    double e_loss = fabs(loss - ref_loss) / fabs(ref_loss), e_reg = fabs((loss - lm) - ref_reg) / ref_reg, worst_e = 0, worst_cos = 1;
+    for (int i = 0; i < n; i++) {
+        double e = rel_error(grads[i], ref_grads[i], params[i]->numel), cs = cosine(grads[i], ref_grads[i], params[i]->numel);
+        if (e > worst_e || isnan(e)) worst_e = e;
+        if (cs < worst_cos || isnan(cs)) worst_cos = cs;
+    }
+    bool ok = ref_reg > 0 && (prec == GPU_FP32 ? e_loss <= 1e-5 && worst_e <= 1e-4 : e_loss <= 1e-2 && worst_cos >= 0.995) && e_reg <= 1e-5;
+    double e_own = 0;
+    if (prec == GPU_FP32) {  // the regulariser's own gradient: with the weight minus without it
+        float w = m->adapters->cfg.orth_reg_weight;
+        m->adapters->cfg.orth_reg_weight = 0;
+        g0 = gpu_model_create(m, &opt);
+        m->adapters->cfg.orth_reg_weight = w;
+        double lm0 = NAN, loss0 = g0 ? gpu_loss_and_grads(g0, ids, labels, B, T, &lm0) : NAN;
+        if (isnan(loss0) || loss0 != lm0 || fabs(lm0 - lm) > 1e-6 * fabs(lm)) ok = false, e_own = INFINITY;
+        for (int i = 0; i < n && isfinite(e_own); i++) {
+            float *d = xmalloc(sizeof(float) * params[i]->numel);
+            for (long j = 0; j < params[i]->numel; j++) d[j] = grads[i][j] - params[i]->grad[j];
+            double e = rel_error(d, reg_grads[i], params[i]->numel);
+            if (e > e_own || isnan(e)) e_own = e;
+            free(d);
+        }
+        if (!(e_own <= 1e-3)) ok = false;
+    }
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "regulariser %.4f (rel err %.1e), loss %.1e, grads: max rel %.1e, min cos %.6f; its own gradient %.1e%s",
+             loss - lm, e_reg, e_loss, worst_e, worst_cos, e_own, prec == GPU_FP32 ? "" : " (fp32 only)");
+out:
+    report(status, label, detail);
+    gpu_model_free(g);
+    gpu_model_free(g0);
+    free_tensors_copy(reg_grads, n);
+    free_tensors_copy(ref_grads, n);
+    free_tensors_copy(grads, n);
+    free(ids);
+    free(labels);
+    model_free(m);
+}
+
+// Adapter dropout on the GPU (fp32 unless noted), LoRA with p = 0.3:
+//  - off (the default: evaluation) the logits are the CPU's without dropout; on, they change, the same
+//    seed gives the same ones and another seed other ones;
+//  - the gradient is the derivative of the loss with that seed's masks: central differences along the
+//    gradient (all tensors, then the first module's A and B, which see the masked input gradient of
+//    every later adapter) match its norm;
+//  - bf16 with the same seed (the same masks; the unfused input-gradient path) matches fp32;
+//  - p = 0 with dropout on gives exactly the logits of dropout off.
+static void run_dropout(const char *name, const char *config, const char *targets, int B, int T) {
+    char label[128], detail[768] = "";
+    snprintf(label, sizeof label, "%s [fp32+bf16]", name);
+    const float p = 0.3f;
+    Model *m = adapted_model(config, targets, PEFT_LORA, p, true);
+    if (!m) { report("FAIL", label, peft_last_error()); return; }
+    int N = B * T, V = m->cfg.vocab_size;
+    int32_t *ids = xmalloc(sizeof(int32_t) * N), *labels = xmalloc(sizeof(int32_t) * N);
+    random_batch(ids, labels, B, T, V);
+    float *ref = xmalloc(sizeof(float) * (size_t)N * V), *l_off = xmalloc(sizeof(float) * (size_t)N * V),
+          *l1 = xmalloc(sizeof(float) * (size_t)N * V), *l1b = xmalloc(sizeof(float) * (size_t)N * V),
+          *l2 = xmalloc(sizeof(float) * (size_t)N * V);
+    m->training = false;
+    model_forward(m, ids, NULL, B, T);
+    memcpy(ref, m->act.logits, sizeof(float) * (size_t)N * V);
+    Param **params;
+    int n = model_trainable(m, &params);
+    float **w0 = copy_tensors(params, n, false), **grads = NULL, **grads16 = NULL;
+    GpuOptions opt = {.precision = GPU_FP32};
+    GpuModel *g = gpu_model_create(m, &opt), *g16 = NULL, *gz = NULL;
+    const char *status = "FAIL";
+    long nl = (long)N * V;
+    if (!g) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+#define FWD(buf) (isnan(gpu_forward(g, ids, NULL, B, T)) || gpu_get_logits(g, buf))
+    bool ok = true;
+    if (FWD(l_off)) goto fail;
+    gpu_set_dropout(g, true, 11);
+    if (FWD(l1) || FWD(l1b)) goto fail;
+    gpu_set_dropout(g, true, 12);
+    if (FWD(l2)) goto fail;
+    gpu_set_dropout(g, false, 0);
+#undef FWD
+    double e_off = rel_error(l_off, ref, nl), d_on = rel_error(l1, l_off, nl), d_seed = rel_error(l2, l1, nl);
+    bool same_seed = !memcmp(l1, l1b, sizeof(float) * nl);
+    ok = e_off <= 1e-4 && d_on > 1e-3 && d_seed > 1e-3 && same_seed;
+    // Central differences of the loss (same seed, so the same masks) along the normalised gradient.
+    gpu_set_dropout(g, true, 11);
+    if (isnan(gpu_loss_and_grads(g, ids, labels, B, T, NULL))) goto fail;
+    grads = copy_tensors(params, n, true);
+    double worst_fd = 0;
+    char fd_detail[256] = "";
+    int fd_len = 0;
+    for (int set = 0; set < 3; set++) {  // 0: every tensor; 1, 2: the first module's A, B (params 0 and 1)
+        int lo = set ? set - 1 : 0, hi = set ? set : n;
+        double norm2 = 0;
+        for (int i = lo; i < hi; i++)
+            for (long j = 0; j < params[i]->numel; j++) norm2 += (double)grads[i][j] * grads[i][j];
+        double norm = sqrt(norm2), eps = 3e-3, Lpm[2];  // on the CPU this gives 1e-4 (fp32 rounding, curvature)
+        if (norm < 1e-4) { fd_len += snprintf(fd_detail + fd_len, sizeof fd_detail - fd_len, " [%d] |g| %.1e: skipped", set, norm); continue; }
+        for (int s = 0; s < 2; s++) {
+            double k = (s ? -eps : eps) / norm;
+            for (int i = lo; i < hi; i++)
+                for (long j = 0; j < params[i]->numel; j++) params[i]->w[j] = (float)(w0[i][j] + k * grads[i][j]);
+            Lpm[s] = gpu_upload_trainables(g) ? NAN : gpu_forward(g, ids, labels, B, T);
+            for (int i = lo; i < hi; i++) memcpy(params[i]->w, w0[i], sizeof(float) * params[i]->numel);
+        }
+        double fd = (Lpm[0] - Lpm[1]) / (2 * eps), e = fabs(fd - norm) / norm;
+        if (e > worst_fd || isnan(e)) worst_fd = e;
+        fd_len += snprintf(fd_detail + fd_len, sizeof fd_detail - fd_len, " [%d] |g| %.3e fd %.3e", set, norm, fd);
+    }
+    if (gpu_upload_trainables(g)) goto fail;
+    if (!(worst_fd <= 1e-2)) ok = false;
+    // bf16, same seed: the same masks.
+    opt.precision = GPU_BF16;
+    g16 = gpu_model_create(m, &opt);
+    if (!g16) goto fail;
+    gpu_set_dropout(g16, true, 11);
+    if (isnan(gpu_loss_and_grads(g16, ids, labels, B, T, NULL))) goto fail;
+    grads16 = copy_tensors(params, n, true);
+    double worst_cos = 1;
+    for (int i = 0; i < n; i++) {
+        double cs = cosine(grads16[i], grads[i], params[i]->numel);
+        if (cs < worst_cos || isnan(cs)) worst_cos = cs;
+    }
+    if (!(worst_cos >= 0.99)) ok = false;
+    // p = 0: dropout on changes nothing.
+    m->adapters->cfg.dropout = 0;
+    opt.precision = GPU_FP32;
+    gz = gpu_model_create(m, &opt);
+    m->adapters->cfg.dropout = p;
+    bool p0_same = false;
+    if (gz && !isnan(gpu_forward(gz, ids, NULL, B, T)) && !gpu_get_logits(gz, l1)) {
+        gpu_set_dropout(gz, true, 11);
+        p0_same = !isnan(gpu_forward(gz, ids, NULL, B, T)) && !gpu_get_logits(gz, l2) && !memcmp(l1, l2, sizeof(float) * nl) &&
+                  rel_error(l1, l_off, nl) <= 1e-6;  // another model (other buffers): not necessarily the same bits
+    }
+    if (!p0_same) ok = false;
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "off vs CPU %.1e; on: changes logits %.1e, same seed %s, other seed %.1e; p=0 %s; bf16 min cos %.5f; "
+             "central differences max rel err %.1e:%s", e_off, d_on, same_seed ? "identical" : "DIFFERENT", d_seed,
+             p0_same ? "identical" : "DIFFERENT", worst_cos, worst_fd, fd_detail);
+    goto out;
+fail:
+    snprintf(detail, sizeof detail, "%s", peft_last_error());
+out:
+    report(status, label, detail);
+    gpu_model_free(g);
+    gpu_model_free(g16);
+    gpu_model_free(gz);
+    free_tensors_copy(w0, n);
+    free_tensors_copy(grads, n);
+    free_tensors_copy(grads16, n);
+    free(ref); free(l_off); free(l1); free(l1b); free(l2);
+    free(ids);
+    free(labels);
+    model_free(m);
+}
+
+// Dropout's scaling: with LoRA's B at its initial 0 the forward does not depend on the mask and
+// dB = s dy^T (drop(x) A^T) is linear in drop(x), so its mean over seeds must approach dB without
+// dropout (E[drop(x)] = x: kept elements scaled by 1/(1-p)). Without the scaling the ratio would be 1-p.
+static void run_dropout_scaling(const char *name, const char *config, const char *targets, int B, int T, float p) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [fp32]", name);
+    Model *m = adapted_model(config, targets, PEFT_LORA, p, false);
+    if (!m) { report("FAIL", label, peft_last_error()); return; }
+    int N = B * T, V = m->cfg.vocab_size, K = 64;
+    int32_t *ids = xmalloc(sizeof(int32_t) * N), *labels = xmalloc(sizeof(int32_t) * N);
+    random_batch(ids, labels, B, T, V);
+    Param **params;
+    int n = model_trainable(m, &params);
+    GpuOptions opt = {.precision = GPU_FP32};
+    GpuModel *g = gpu_model_create(m, &opt);
+    float **ref = NULL, **mean = xcalloc(n, sizeof(float *));
+    for (int i = 0; i < n; i++) mean[i] = xcalloc(params[i]->numel, sizeof(float));
+    const char *status = "FAIL";
+    if (!g || isnan(gpu_loss_and_grads(g, ids, labels, B, T, NULL))) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+    ref = copy_tensors(params, n, true);
+    double min_one = 1, max_one = 0;  // the projection of single draws, for the report
+    for (int k = 0; k < K; k++) {
+        gpu_set_dropout(g, true, 1000 + k);
+        if (isnan(gpu_loss_and_grads(g, ids, labels, B, T, NULL))) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+        double ab = 0, bb = 0;
+        for (int i = 0; i < n; i++)
+            for (long j = 0; j < params[i]->numel; j++) {
+                mean[i][j] += params[i]->grad[j] / K;
+                ab += (double)params[i]->grad[j] * ref[i][j];
+                bb += (double)ref[i][j] * ref[i][j];
+            }
+        double one = bb > 0 ? ab / bb : 0;
+        if (one < min_one) min_one = one;
+        if (one > max_one) max_one = one;
+    }
+    double ab = 0, bb = 0, aa = 0;
+    for (int i = 0; i < n; i++)
+        for (long j = 0; j < params[i]->numel; j++) {
+            ab += (double)mean[i][j] * ref[i][j];
+            bb += (double)ref[i][j] * ref[i][j];
+            aa += (double)mean[i][j] * mean[i][j];
+        }
+    double proj = bb > 0 ? ab / bb : 0, cs = aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0;
+    bool ok = bb > 0 && fabs(proj - 1) <= 0.05 && cs >= 0.95 && max_one - min_one > 1e-3;  // the CPU's dropout: 1.00 +- 0.003, 0.993
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "p %.2f, mean of %d draws of dB / dB without dropout: projection %.4f (1 - p would be unscaled), "
+             "cosine %.4f; single draws %.3f..%.3f", p, K, proj, cs, min_one, max_one);
+out:
+    report(status, label, detail);
+    gpu_model_free(g);
+    free_tensors_copy(ref, n);
+    free_tensors_copy(mean, n);
+    free(ids);
+    free(labels);
+    model_free(m);
+}
+
+// ---------------- the trainer on the GPU (train_run --device cuda) ----------------
+// A tiny GPT-2 (byte tokenizer, 2 layers, C = 32) and E2E-like text rows in a scratch folder.
+static char tr_root[256], *tr_model, *tr_train, *tr_val;
+
+static void write_rows(const char *path, int first, int n) {
+    static const char *names[] = {"Alimentum", "Aromi", "The Eagle", "Zizzi", "Cotto", "Loch Fyne", "Strada"};
+    static const char *foods[] = {"Italian", "Chinese", "French", "English", "Indian"};
+    static const char *areas[] = {"city centre", "riverside"};
+    static const char *prices[] = {"cheap", "moderately priced", "expensive"};
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    for (int i = first; i < first + n; i++)
+        fprintf(f, "{\"text\": \"%s is a %s %s restaurant in the %s. It serves %s food near %s.\"}\n", names[i % 7], prices[(i / 7) % 3],
+                foods[(i / 3) % 5], areas[(i / 5) % 2], foods[(i / 2) % 5], names[(i + 3) % 7]);
+    fclose(f);
+}
+
+static bool trainer_fixture(void) {
+    if (tr_model) return true;
+    snprintf(tr_root, sizeof tr_root, "/tmp/peft-gpu-test-XXXXXX");
+    if (!mkdtemp(tr_root)) return false;
+    tr_model = path_join(tr_root, "model");
+    tr_train = path_join(tr_root, "train.jsonl");
+    tr_val = path_join(tr_root, "val.jsonl");
+    const char *json = "{\"model_type\":\"gpt2\",\"vocab_size\":257,\"n_embd\":32,\"n_head\":2,\"n_layer\":2,"
+                       "\"n_positions\":256,\"layer_norm_epsilon\":1e-5,\"bos_token_id\":256,\"eos_token_id\":256}";
+    ModelConfig cfg;
+    if (config_parse(&cfg, json, "tiny") || make_dir(tr_model)) return false;
+    Model *m = model_create_random(&cfg, 7);
+    for (long i = 0; i < m->wte->numel; i++) m->wte->w[i] *= 10;  // as tests/helpers.c: lets LoRA lower the loss
+    int rc = model_save(m, tr_model) || byte_tokenizer_write(tr_model);
+    model_free(m);
+    write_rows(tr_train, 0, 160);
+    write_rows(tr_val, 500, 40);
+    return rc == 0 && file_exists(tr_train) && file_exists(tr_val);
+}
+
+static void trainer_cleanup(void) {
+    if (!tr_model) return;
+    char *cmd = xasprintf("rm -rf '%s'", tr_root);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tr_root);
+    free(cmd);
+    free(tr_model);
+    free(tr_train);
+    free(tr_val);
+}
+
+typedef struct {
+    int n;
+    double loss[64], lm[64], norm[64];
+    int budget[64];
+} Rec;
+
+static void rec_step(void *user, const TrainStepInfo *s) {
+    Rec *r = user;
+    if (r->n >= 64) return;
+    r->loss[r->n] = s->loss;
+    r->lm[r->n] = s->lm_loss;
+    r->norm[r->n] = s->grad_norm;
+    r->budget[r->n++] = s->budget;
+}
+
+static int train(TrainConfig *c, Rec *r, TrainResult *res) {
+    memset(r, 0, sizeof *r);
+    TrainCallbacks cb = {.on_step = rec_step, .user = r};
+    return train_run(c, &cb, res);
+}
+
+static TrainConfig trainer_config(TrainMethod method, const char *out) {
+    TrainConfig c;
+    train_config_defaults(&c, method);
+    c.model_dir = tr_model;
+    c.data_path = tr_train;
+    c.out_dir = out;
+    c.data.seq_len = 128;
+    c.data.no_cache = true;
+    c.batch = 2;
+    c.seed = 3;
+    c.threads = 2;
+    c.lr = 5e-3f;
+    c.warmup_steps = 1;
+    c.adapter.alpha = 16;
+    if (method == TRAIN_ADALORA) { c.adapter.init_r = 4; c.adapter.target_r = 2; }
+    if (method != TRAIN_FULL) adapter_config_set_targets(&c.adapter, "c_attn,c_proj,c_fc");
+    return c;
+}
+
+// The largest rel_error between same-named tensors of two safetensors files (INFINITY when they differ in names).
+static double compare_tensor_files(const char *a, const char *b) {
+    SafeTensors x = {0}, y = {0};
+    double worst = INFINITY;
+    if (!st_open(&x, a) && !st_open(&y, b) && x.n == y.n) {
+        worst = 0;
+        for (int i = 0; i < x.n && isfinite(worst); i++) {
+            const StTensor *tx = &x.tensors[i], *ty = st_find(&y, tx->name);
+            if (!ty || ty->numel != tx->numel) { worst = INFINITY; break; }
+            float *u = xmalloc(sizeof(float) * (tx->numel + 1)), *v = xmalloc(sizeof(float) * (tx->numel + 1));
+            double e = st_to_f32(tx, u) || st_to_f32(ty, v) ? INFINITY : rel_error(u, v, tx->numel);
+            if (e > worst || isnan(e)) worst = e;
+            free(u);
+            free(v);
+        }
+    }
+    st_close(&x);
+    st_close(&y);
+    return worst;
+}
+
+static double rel_diff(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
+
+// Gradient accumulation (3 micro-batches per step) through train_run: the GPU in fp32 against the CPU,
+// step by step (loss, causal-LM loss, gradient norm) and in the saved adapter. AdaLoRA runs with its
+// regulariser (and without the allocator, whose rank choices could flip on near-equal scores).
+static void run_trainer_accum(const char *name, TrainMethod method) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [fp32]", name);
+    if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
+    char *out_cpu = path_join(tr_root, "accum-cpu"), *out_gpu = path_join(tr_root, "accum-gpu");
+    TrainConfig c = trainer_config(method, out_cpu);
+    c.grad_accum = 3;
+    c.max_steps = 4;
+    c.adalora_allocate = false;
+    Rec a, b;
+    TrainResult ra, rb;
+    const char *status = "FAIL";
+    if (train(&c, &a, &ra)) { snprintf(detail, sizeof detail, "CPU: %s", peft_last_error()); goto out; }
+    c.out_dir = out_gpu;
+    c.cuda = c.fp32 = true;
+    if (train(&c, &b, &rb)) { snprintf(detail, sizeof detail, "GPU: %s", peft_last_error()); goto out; }
+    double e_loss = 0, e_lm = 0, e_norm = 0, reg = a.loss[a.n - 1] - a.lm[a.n - 1];
+    for (int i = 0; i < a.n && i < b.n; i++) {
+        e_loss = fmax(e_loss, rel_diff(b.loss[i], a.loss[i]));
+        e_lm = fmax(e_lm, rel_diff(b.lm[i], a.lm[i]));
+        e_norm = fmax(e_norm, rel_diff(b.norm[i], a.norm[i]));
+    }
+    char *fa = path_join(out_cpu, "adapter_model.safetensors"), *fb = path_join(out_gpu, "adapter_model.safetensors");
+    double e_w = compare_tensor_files(fb, fa);
+    free(fa);
+    free(fb);
+    bool ok = a.n == 4 && b.n == 4 && e_loss <= 1e-5 && e_lm <= 1e-5 && e_norm <= 1e-4 && e_w <= 1e-4 && (method != TRAIN_ADALORA || reg > 0);
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "%d steps x 3 micro-batches: loss %.1e, lm loss %.1e, grad norm %.1e, adapter %.1e (max rel; "
+             "regulariser %.4f)", b.n, e_loss, e_lm, e_norm, e_w, reg);
+out:
+    report(status, label, detail);
+    train_config_free(&c);
+    free(out_cpu);
+    free(out_gpu);
+}
+
+// Checkpoints on the GPU: a run stopped after `stop` steps and resumed gives the uninterrupted run's
+// losses (bit for bit unless the attention backward's fp32 atomics summed in another order; tol is
+// the relative difference allowed) and adapter. With accumulation and dropout; AdaLoRA with its
+// allocator (scores and rank pattern in the checkpoint).
+static void run_trainer_resume(const char *name, TrainMethod method, GpuPrecision prec, int steps, int stop, double tol) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
+    const char *pn = prec == GPU_BF16 ? "bf16" : "fp32";
+    char *out_a = xasprintf("%s/resume-%s-%d-a", tr_root, pn, (int)method), *out_b = xasprintf("%s/resume-%s-%d-b", tr_root, pn, (int)method);
+    TrainConfig c = trainer_config(method, out_a);
+    if (method == TRAIN_ADALORA) { c.adapter.tinit = 2; c.adapter.tfinal = 3; }  // the allocator masks ranks mid-run
+    c.max_steps = steps;
+    c.grad_accum = 2;
+    c.schedule = SCHED_COSINE;
+    c.warmup_steps = 2;
+    c.adapter.dropout = 0.1f;
+    c.cuda = true;
+    c.fp32 = prec == GPU_FP32;
+    Rec a, b1, b2;
+    TrainResult ra, rb;
+    const char *status = "FAIL";
+    if (train(&c, &a, &ra)) { snprintf(detail, sizeof detail, "straight: %s", peft_last_error()); goto out; }
+    c.out_dir = out_b;
+    c.stop_after = stop;
+    if (train(&c, &b1, &rb) || !rb.stopped || b1.n != stop) { snprintf(detail, sizeof detail, "stopped: %s", peft_last_error()); goto out; }
+    c.stop_after = 0;
+    c.resume = true;
+    if (train(&c, &b2, &rb) || rb.first_step != stop || b2.n != steps - stop) { snprintf(detail, sizeof detail, "resumed: %s", peft_last_error()); goto out; }
+    double e_loss = 0;
+    int n_exact = 0;
+    bool budgets = true;
+    for (int i = 0; i < steps; i++) {
+        double got = i < stop ? b1.loss[i] : b2.loss[i - stop];
+        int budget = i < stop ? b1.budget[i] : b2.budget[i - stop];
+        e_loss = fmax(e_loss, rel_diff(got, a.loss[i]));
+        n_exact += got == a.loss[i];
+        budgets &= budget == a.budget[i];
+    }
+    char *fa = path_join(out_a, "adapter_model.safetensors"), *fb = path_join(out_b, "adapter_model.safetensors");
+    double e_w = compare_tensor_files(fb, fa);
+    free(fa);
+    free(fb);
+    bool ok = a.n == steps && e_loss <= tol && e_w <= 10 * tol && budgets;
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "%d steps, stopped at %d: %d of %d losses identical, max rel diff %.1e; adapter %.1e; budgets %s",
+             steps, stop, n_exact, steps, e_loss, e_w, budgets ? "equal" : "DIFFER");
+out:
+    report(status, label, detail);
+    train_config_free(&c);
+    free(out_a);
+    free(out_b);
+}
+
+// Training with adapter dropout on the GPU: finite losses and a validation loss that goes down.
+static void run_trainer_dropout(const char *name, GpuPrecision prec) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
+    char *out = path_join(tr_root, prec == GPU_BF16 ? "dropout-bf16" : "dropout-fp32");
+    TrainConfig c = trainer_config(TRAIN_LORA, out);
+    c.val_path = tr_val;
+    c.batch = 8;
+    c.max_steps = 30;
+    c.lr = 1e-2f;
+    c.adapter.dropout = 0.1f;
+    c.cuda = true;
+    c.fp32 = prec == GPU_FP32;
+    Rec r;
+    TrainResult res;
+    const char *status = "FAIL";
+    if (train(&c, &r, &res)) snprintf(detail, sizeof detail, "%s", peft_last_error());
+    else {
+        bool finite = r.n == 30;
+        for (int i = 0; i < r.n; i++) finite &= isfinite(r.loss[i]) && isfinite(r.norm[i]);
+        bool ok = finite && isfinite(res.last_val_loss) && res.last_val_loss < res.first_val_loss - 0.5;
+        status = ok ? "PASS" : "FAIL";
+        snprintf(detail, sizeof detail, "p 0.1, %d steps: validation loss %.4f -> %.4f, training loss %.4f -> %.4f%s", r.n,
+                 res.first_val_loss, res.last_val_loss, r.n ? r.loss[0] : NAN, r.n ? r.loss[r.n - 1] : NAN, finite ? "" : " (NOT FINITE)");
+    }
+    report(status, label, detail);
+    train_config_free(&c);
+    free(out);
+}
+
 int main(int argc, char **argv) {
     char why[512];
     if (!gpu_available(why, sizeof why)) {
@@ -215,6 +754,35 @@ int main(int argc, char **argv) {
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof rcs / sizeof *rcs; i++)
             if (!only || strstr(rcs[i].name, only)) run_random(&rcs[i], p ? GPU_BF16 : GPU_FP32);
+    // AdaLoRA's orthogonal regulariser, adapter dropout (random models, the GPU against the CPU and itself).
+    static const struct { const char *name, *config, *targets; int B, T; } orth[] = {
+        {"orth-reg gpt2-adalora-all T64", GPT2_CFG, GPT2_ALL, 2, 64},
+        {"orth-reg llama-adalora-all T48", LLAMA_CFG, LLAMA_ALL, 2, 48},
+    }, drop[] = {
+        {"dropout gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64},
+        {"dropout llama-lora-all T48", LLAMA_CFG, LLAMA_ALL, 2, 48},
+    };
+    for (int p = 0; p < 2; p++)
+        for (size_t i = 0; i < sizeof orth / sizeof *orth; i++)
+            if (!only || strstr(orth[i].name, only)) run_orth(orth[i].name, orth[i].config, orth[i].targets, orth[i].B, orth[i].T, p ? GPU_BF16 : GPU_FP32);
+    for (size_t i = 0; i < sizeof drop / sizeof *drop; i++)
+        if (!only || strstr(drop[i].name, only)) run_dropout(drop[i].name, drop[i].config, drop[i].targets, drop[i].B, drop[i].T);
+#define WANT(name) (!only || strstr(name, only))
+    if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
+    // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
+    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", TRAIN_LORA);
+    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", TRAIN_ADALORA);
+    if (WANT("train resume lora accum+dropout")) {
+        run_trainer_resume("train resume lora accum+dropout", TRAIN_LORA, GPU_FP32, 6, 2, 1e-6);
+        run_trainer_resume("train resume lora accum+dropout", TRAIN_LORA, GPU_BF16, 6, 2, 1e-4);
+    }
+    if (WANT("train resume adalora allocator")) run_trainer_resume("train resume adalora allocator", TRAIN_ADALORA, GPU_FP32, 10, 4, 1e-6);
+    if (WANT("train lora dropout")) {
+        run_trainer_dropout("train lora dropout", GPU_FP32);
+        run_trainer_dropout("train lora dropout", GPU_BF16);
+    }
+#undef WANT
+    trainer_cleanup();
     printf("%d passed, %d failed, %d skipped; peak GPU memory %.1f MiB\n", n_pass, n_fail, n_skip, gpu_peak_bytes() / 1048576.0);
     return n_fail ? 1 : 0;
 }
