@@ -115,7 +115,7 @@ static void build_inv_freq(Model *m) {
     }
 }
 
-static Model *model_build(const ModelConfig *cfg) {
+Model *model_create_zeros(const ModelConfig *cfg) {
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     int cap = 4 + cfg->n_layer * 20;
@@ -135,7 +135,7 @@ static uint64_t rng_next(uint64_t *s) {
 }
 
 Model *model_create_random(const ModelConfig *cfg, uint64_t seed) {
-    Model *m = model_build(cfg);
+    Model *m = model_create_zeros(cfg);
     uint64_t s = seed;
     for (int i = 0; i < m->n_params; i++) {
         Param *p = &m->params[i];
@@ -179,7 +179,7 @@ Model *model_load(const char *dir) {
     if (rc) return NULL;
     StModel st;
     if (st_model_open(&st, dir)) return NULL;
-    Model *m = model_build(&cfg);
+    Model *m = model_create_zeros(&cfg);
     m->dir = xstrdup(dir);
     for (int i = 0; i < m->n_params; i++)
         if (load_param(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2)) { st_model_close(&st); model_free(m); return NULL; }

@@ -86,6 +86,9 @@ typedef struct Model {
 Model *model_load(const char *dir);
 // A model with random weights (std 0.02, biases 0, norms 1) for a config: tests and benchmarks.
 Model *model_create_random(const ModelConfig *cfg, uint64_t seed);
+// The same with every weight zero, in calloc'd pages never touched (no memory until written):
+// benchmarks whose GPU draws the weights itself (GpuOptions.random_init_seed).
+Model *model_create_zeros(const ModelConfig *cfg);
 void model_free(Model *m);
 Param *model_find_param(Model *m, const char *name);
 Linear *model_find_linear(Model *m, const char *module);
