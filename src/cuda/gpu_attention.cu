@@ -10,7 +10,6 @@
 
 #define LOG2E 1.4426950408889634f
 
-static inline int cdiv(long a, long b) { return (int)((a + b - 1) / b); }
 
 __device__ __forceinline__ bool masked(int key, int q, int Tn, int window) {
     return key > q || key >= Tn || q >= Tn || (window > 0 && key < q - window + 1);

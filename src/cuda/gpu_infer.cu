@@ -27,12 +27,13 @@ extern "C" {
 #include <algorithm>
 #include <vector>
 
-// One adapted linear of one set, on the device. B already holds the scaling (LoRA: s B;
-// AdaLoRA: s B diag(E)); VeRA: A and B are the shared projections, colv/rowv its lambdas.
+// One adapted linear of one set, on the device. LoRA / AdaLoRA: A [r, in] and B [out, r], B
+// already holding the scaling (LoRA: s B; AdaLoRA: s B diag(E)). VeRA: only its lambdas (the
+// projections are the GpuKV's, shared by every set with the same ones).
 struct RowAd {
     const void *A, *B;
-    const float *colv, *rowv;
-    int r, lda, ldb, vera;
+    const float *lambda_d, *lambda_b;
+    int r, vera;
 };
 
 // The linears that share a group's input (gpu_model.cuh Group), with their output columns.
@@ -50,8 +51,8 @@ struct DevSet {   // an uploaded adapter set
 struct DevProj {  // a VeRA projection pair, shared by every set with the same fingerprint
     uint64_t fingerprint;
     int r, max_in, max_out;
-    void *A, *B;  // [r, max_in], [max_out, r] (activation type)
-    void *BT;     // B transposed, [r, max_out]: the expand kernel's reads are then coalesced
+    void *A;      // [r, max_in] (activation type)
+    void *BT;     // B [max_out, r] transposed, [r, max_out]: the expand kernel's reads are then coalesced
 };
 
 struct GpuKV {
@@ -59,7 +60,7 @@ struct GpuKV {
     int n_slots, max_len, n_layer, KVW;
     void **K, **V;               // per layer [n_slots, max_len, KVW]
     float *cos_tab, *sin_tab;    // rope [max_len, HD/2]
-    Members mem[4 * 1024];       // per layer: qkv, o, up, down (n_layer <= 1024)
+    std::vector<Members> mem;    // per layer: qkv, o, up, down
     std::vector<DevSet> sets;
     std::vector<DevProj> projs;
     long calls;
@@ -75,7 +76,6 @@ struct GpuKV {
 };
 enum { LOGITS_PINNED_ROWS = 256 };
 
-static int cdiv_i(long a, long b) { return (int)((a + b - 1) / b); }
 
 // ---------------- kernels ----------------
 // x[n] = wte[id] (+ wpe[pos]); rope rows: cos/sin of each token's position.
@@ -108,16 +108,6 @@ __global__ void kv_append_kernel(T *K, T *V, const T *qkv, int S, int QW, int KV
     }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 // Block-wide reduction (ATT_THREADS threads); every thread gets the result.
 enum { ATT_THREADS = 128, ATT_WARPS = ATT_THREADS / 32, ATT_CHUNK = 512, HD_MAX = 256 };
 __device__ float block_reduce(float v, bool is_max, float *red) {
@@ -197,10 +187,10 @@ __global__ void row_shrink_kernel(float *h, int ldh, const T *x, int in, const R
     if (!base) return;
     const RowAd *e = base + mb.li[m];
     if (e->vera || k >= e->r) return;
-    const T *xr = x + (size_t)n * in, *a = (const T *)e->A + (size_t)k * e->lda;
+    const T *xr = x + (size_t)n * in, *a = (const T *)e->A + (size_t)k * in;
     float dot = 0;
     constexpr int VN = 16 / sizeof(T);
-    if (in % VN == 0 && e->lda % VN == 0) {
+    if (in % VN == 0) {
         for (int i = lane * VN; i < in; i += 32 * VN) {
             float xv[VN], av[VN];
             ldv<T, VN>(xr + i, xv);
@@ -214,13 +204,13 @@ __global__ void row_shrink_kernel(float *h, int ldh, const T *x, int in, const R
     if (lane == 0) h[(size_t)n * ldh + m * rmax + k] = dot;
 }
 
-// LoRA / AdaLoRA rows: y[n, col] += sum_k B[o, k] colv[k] h[n, m * rmax + k] for the member m
-// owning column col (o = col - its offset), each row with its own B (and colv, when given).
+// LoRA / AdaLoRA rows: y[n, col] += sum_k B[o, k] h[n, m * rmax + k] for the member m owning
+// column col (o = col - its offset), each row with its own B.
 enum { EXPAND_THREADS = 256 };
 template <typename T>
 __global__ void __launch_bounds__(EXPAND_THREADS) row_expand_kernel(T *y, int ldy, const float *h, int ldh, const RowAd *const *rowad,
-                                                                    const int *voff, Members mb, int rmax, int rcap, int out_total) {
-    extern __shared__ float cbuf[];  // [mb.n][rcap]
+                                                                    Members mb, int rmax, int out_total) {
+    extern __shared__ float cbuf[];  // [mb.n][rmax]
     int n = blockIdx.x, col0 = blockIdx.y * EXPAND_THREADS;
     const RowAd *base = rowad[n];
     if (!base) return;
@@ -229,7 +219,7 @@ __global__ void __launch_bounds__(EXPAND_THREADS) row_expand_kernel(T *y, int ld
         const RowAd *e = base + mb.li[m];
         if (e->vera) continue;
         const float *hr = h + (size_t)n * ldh + m * rmax;
-        for (int k = threadIdx.x; k < e->r; k += EXPAND_THREADS) cbuf[m * rcap + k] = hr[k] * (e->colv ? e->colv[k] : 1.0f);
+        for (int k = threadIdx.x; k < e->r; k += EXPAND_THREADS) cbuf[m * rmax + k] = hr[k];
     }
     __syncthreads();
     int col = col0 + threadIdx.x;
@@ -240,12 +230,12 @@ __global__ void __launch_bounds__(EXPAND_THREADS) row_expand_kernel(T *y, int ld
     if (o < 0 || o >= mb.out[m]) return;
     const RowAd *e = base + mb.li[m];
     if (!e->r || e->vera) return;
-    const T *b = (const T *)e->B + (size_t)o * e->ldb;
-    const float *c = cbuf + m * rcap;
+    const T *b = (const T *)e->B + (size_t)o * e->r;
+    const float *c = cbuf + m * rmax;
     float acc = 0;
     constexpr int VN = 16 / sizeof(T);
     int k = 0;
-    if (e->ldb % VN == 0)
+    if (e->r % VN == 0)
         for (; k + VN <= e->r; k += VN) {
             float bv[VN];
             ldv<T, VN>(b + k, bv);
@@ -276,7 +266,7 @@ __global__ void __launch_bounds__(VERA_THREADS) vera_expand_kernel(T *y, int ldy
             float *c = cbuf + ((size_t)i * mb.n + m) * r;
             const RowAd *e = n < N && rowad[n] && voff[n] == want ? rowad[n] + mb.li[m] : nullptr;
             bool on = e && e->vera && e->r == r && mb.col_off[m] < col0 + VERA_COLS && mb.col_off[m] + mb.out[m] > col0;
-            for (int k = threadIdx.x; k < r; k += VERA_THREADS) c[k] = on ? h[(size_t)n * ldh + want + k] * e->colv[k] : 0.0f;
+            for (int k = threadIdx.x; k < r; k += VERA_THREADS) c[k] = on ? h[(size_t)n * ldh + want + k] * e->lambda_d[k] : 0.0f;
         }
     __syncthreads();
     int cl = threadIdx.x % VERA_COLS, ks = threadIdx.x / VERA_COLS, col = col0 + cl, m = 0;
@@ -307,7 +297,7 @@ __global__ void __launch_bounds__(VERA_THREADS) vera_expand_kernel(T *y, int ldy
         float sum = 0;
         for (int q = 0; q < VERA_KSPLIT; q++) sum += part[q][i][cl];
         T *yp = y + (size_t)n * ldy + col;
-        *yp = from_f<T>(to_f<T>(*yp) + e->rowv[o] * sum);
+        *yp = from_f<T>(to_f<T>(*yp) + e->lambda_b[o] * sum);
     }
 }
 
@@ -376,10 +366,6 @@ extern "C" GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len) {
         peft_fail("CUDA inference: head_dim %d exceeds %d", g->HD, (int)HD_MAX);
         return nullptr;
     }
-    if (g->cfg.n_layer > 1024) {
-        peft_fail("CUDA inference: %d layers (at most 1024)", g->cfg.n_layer);
-        return nullptr;
-    }
     GpuKV *kv = new GpuKV();
     kv->g = g;
     kv->n_slots = n_slots;
@@ -406,13 +392,10 @@ extern "C" GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len) {
     }
     // Group members in the GPU model's column order (gpu_model.cu bind_group).
     Model *m = g->m;
+    kv->mem.resize((size_t)4 * kv->n_layer);
     for (int l = 0; l < kv->n_layer; l++) {
-        Block *b = &m->blocks[l];
-        Linear *groups[4][3] = {{b->qkv}, {b->attn_out}, {b->fc}, {b->fc_out}};
-        if (!g->gpt2) {
-            Linear *lg[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->gate, b->up}, {b->down}};
-            memcpy(groups, lg, sizeof groups);
-        }
+        Linear *groups[4][3];
+        block_groups(g, &m->blocks[l], groups);
         for (int gi = 0; gi < 4; gi++) {
             Members *mb = &kv->mem[l * 4 + gi];
             mb->n = 0;
@@ -448,7 +431,6 @@ extern "C" void gpu_kv_free(GpuKV *kv) {
     for (DevSet &s : kv->sets) drop_set(s);
     for (DevProj &p : kv->projs) {
         gpu_free(p.A);
-        gpu_free(p.B);
         gpu_free(p.BT);
     }
     delete kv;
@@ -488,25 +470,21 @@ static int find_proj(GpuKV *kv, const AdapterSet *set) {
             return (int)i;
     }
     GpuModel *g = kv->g;
-    DevProj p = {set->vera_fingerprint, set->cfg.r, set->vera_max_in, set->vera_max_out, nullptr, nullptr, nullptr};
-    std::vector<char> ia, ib, ibt;
+    DevProj p = {set->vera_fingerprint, set->cfg.r, set->vera_max_in, set->vera_max_out, nullptr, nullptr};
+    std::vector<char> ia, ibt;
     std::vector<float> bt((size_t)p.r * p.max_out);
     for (int o = 0; o < p.max_out; o++)
         for (int k = 0; k < p.r; k++) bt[(size_t)k * p.max_out + o] = set->vera_B[(size_t)o * p.r + k];
     put_tensor(ia, g->is_bf16, set->vera_A, (size_t)p.r * p.max_in);
-    put_tensor(ib, g->is_bf16, set->vera_B, (size_t)p.max_out * p.r);
     put_tensor(ibt, g->is_bf16, bt.data(), bt.size());
     p.A = gpu_malloc(ia.size(), "VeRA's projections");
-    p.B = gpu_malloc(ib.size(), "VeRA's projections");
     p.BT = gpu_malloc(ibt.size(), "VeRA's projections");
-    if (!p.A || !p.B || !p.BT) {
+    if (!p.A || !p.BT) {
         gpu_free(p.A);
-        gpu_free(p.B);
         gpu_free(p.BT);
         return -1;
     }
     CU(cudaMemcpy(p.A, ia.data(), ia.size(), cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(p.B, ib.data(), ib.size(), cudaMemcpyHostToDevice));
     CU(cudaMemcpy(p.BT, ibt.data(), ibt.size(), cudaMemcpyHostToDevice));
     kv->projs.push_back(p);
     return (int)kv->projs.size() - 1;
@@ -535,7 +513,8 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
     bool vera = set->cfg.type == PEFT_VERA;
     if (vera && (ds.proj = find_proj(kv, set)) < 0) return nullptr;
     std::vector<RowAd> ents(m->n_linears);
-    std::vector<size_t> offA(m->n_linears), offB(m->n_linears), offc(m->n_linears), offr(m->n_linears);
+    // Each entry's two tensors in the image: LoRA / AdaLoRA A and B, VeRA lambda_d and lambda_b.
+    std::vector<size_t> off1(m->n_linears), off2(m->n_linears);
     std::vector<char> img(sizeof(RowAd) * m->n_linears);
     for (int li = 0; li < m->n_linears; li++) {
         const Adapter *a = set->by_linear[li];
@@ -546,15 +525,11 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
         e.r = a->r;
         if (vera) {
             e.vera = 1;
-            e.lda = set->vera_max_in;
-            e.ldb = a->r;
-            offc[li] = put_tensor(img, false, a->lambda_d->w, (size_t)a->r);
-            offr[li] = put_tensor(img, false, a->lambda_b->w, (size_t)lin->out);
+            off1[li] = put_tensor(img, false, a->lambda_d->w, (size_t)a->r);
+            off2[li] = put_tensor(img, false, a->lambda_b->w, (size_t)lin->out);
         } else {
-            e.lda = lin->in;
-            e.ldb = a->r;
-            offA[li] = put_tensor(img, g->is_bf16, a->A->w, (size_t)a->r * lin->in);
-            offB[li] = put_tensor(img, g->is_bf16, a->B->w, (size_t)lin->out * a->r, a->scaling, a->E ? a->E->w : nullptr, a->r);
+            off1[li] = put_tensor(img, g->is_bf16, a->A->w, (size_t)a->r * lin->in);
+            off2[li] = put_tensor(img, g->is_bf16, a->B->w, (size_t)lin->out * a->r, a->scaling, a->E ? a->E->w : nullptr, a->r);
             ds.max_r = std::max(ds.max_r, a->r);
         }
     }
@@ -565,13 +540,11 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
         RowAd &e = ents[li];
         if (!e.r) continue;
         if (e.vera) {
-            e.A = kv->projs[ds.proj].A;
-            e.B = kv->projs[ds.proj].B;
-            e.colv = (const float *)(base + offc[li]);
-            e.rowv = (const float *)(base + offr[li]);
+            e.lambda_d = (const float *)(base + off1[li]);
+            e.lambda_b = (const float *)(base + off2[li]);
         } else {
-            e.A = base + offA[li];
-            e.B = base + offB[li];
+            e.A = base + off1[li];
+            e.B = base + off2[li];
         }
     }
     memcpy(img.data(), ents.data(), sizeof(RowAd) * m->n_linears);
@@ -609,7 +582,7 @@ template <typename T> static void linear_group(GpuKV *kv, const Group *G, const 
     if (!lora && !vera) return;
     int ldh = kv->h_cap;
     if (lora) {
-        int rchunks = cdiv_i(ca.rmax, 4);
+        int rchunks = cdiv(ca.rmax, 4);
         row_shrink_kernel<T><<<dim3(N, mb->n * rchunks), 128, 0, g->st>>>(kv->h, ldh, x, G->in, kv->rowad_d, *mb, ca.rmax, rchunks);
         KCHECK();
     }
@@ -621,8 +594,8 @@ template <typename T> static void linear_group(GpuKV *kv, const Group *G, const 
         }
     if (lora) {
         size_t shm = sizeof(float) * (size_t)mb->n * ca.rmax;
-        row_expand_kernel<T><<<dim3(N, cdiv_i(G->out, EXPAND_THREADS)), EXPAND_THREADS, shm, g->st>>>(y, ldy, kv->h, ldh, kv->rowad_d,
-                                                                                                        kv->voff_d, *mb, ca.rmax, ca.rmax, G->out);
+        row_expand_kernel<T><<<dim3(N, cdiv(G->out, EXPAND_THREADS)), EXPAND_THREADS, shm, g->st>>>(y, ldy, kv->h, ldh, kv->rowad_d, *mb,
+                                                                                                        ca.rmax, G->out);
         KCHECK();
     }
     if (vera)
@@ -630,7 +603,7 @@ template <typename T> static void linear_group(GpuKV *kv, const Group *G, const 
             const DevProj &pr = kv->projs[ca.projs[p]];
             int rows = (int)std::max<size_t>(1, std::min<size_t>(VERA_ROWS, (40u << 10) / (sizeof(float) * mb->n * pr.r)));
             size_t shm = sizeof(float) * (size_t)rows * mb->n * pr.r;
-            vera_expand_kernel<T><<<dim3(cdiv_i(N, rows), cdiv_i(G->out, VERA_COLS)), VERA_THREADS, shm, g->st>>>(
+            vera_expand_kernel<T><<<dim3(cdiv(N, rows), cdiv(G->out, VERA_COLS)), VERA_THREADS, shm, g->st>>>(
                 y, ldy, kv->h, ldh, kv->rowad_d, kv->voff_d, ca.vbase + (int)p * ca.vr, *mb, (const T *)pr.BT, pr.max_out, pr.r, rows, N, G->out);
             KCHECK();
         }
@@ -647,7 +620,7 @@ template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const Cal
     linear_group<T>(kv, &Ly->qkv, &mb[0], xn, qkv, g->S, false, N, ca);
     if (!g->gpt2) k_rope_fwd<T>(qkv, kv->cos_rows, kv->sin_rows, N, N, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
     long total = (long)N * g->KVW;
-    kv_append_kernel<T><<<std::min(cdiv_i(total, 256), 65535), 256, 0, g->st>>>((T *)kv->K[l], (T *)kv->V[l], qkv, g->S, g->QW, g->KVW,
+    kv_append_kernel<T><<<std::min(cdiv(total, 256), 65535), 256, 0, g->st>>>((T *)kv->K[l], (T *)kv->V[l], qkv, g->S, g->QW, g->KVW,
                                                                                  kv->slot_d, kv->pos_d, N, kv->max_len);
     KCHECK();
     kv_attention_kernel<T><<<dim3(N, g->NH), ATT_THREADS, 0, g->st>>>(att, qkv, g->S, (const T *)kv->K[l], (const T *)kv->V[l], kv->slot_d,

@@ -32,6 +32,21 @@ template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
 
+// Blocks for n items at b per block.
+static inline int cdiv(long a, long b) { return (int)((a + b - 1) / b); }
+
+// Sum / maximum over the 32 lanes of a warp; every lane gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // VN elements of T: 16 bytes (VN = 16/sizeof(T)) or a single element (VN = 1).
 template <typename T, int VN> __device__ __forceinline__ void ldv(const T *p, float *f) {
     if constexpr (VN * sizeof(T) == 16) {

@@ -35,19 +35,8 @@ int gpu_report_failure(void) {
     return -1;
 }
 
-static inline int cdiv(long a, long b) { return (int)((a + b - 1) / b); }
 template <typename T> static inline bool aligned16(const T *p) { return ((uintptr_t)p & 15) == 0; }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 
 // ---------------- conversion ----------------
 template <typename T> __global__ void convert_kernel(T *dst, const float *src, long n) {

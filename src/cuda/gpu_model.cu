@@ -866,11 +866,8 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     if (set) {
         for (int l = 0; l < c->n_layer; l++) {
             Block *b = &m->blocks[l];
-            Linear *groups[4][3] = {{b->qkv, nullptr, nullptr}, {b->attn_out}, {b->fc}, {b->fc_out}};
-            if (!g->gpt2) {
-                Linear *lg[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->gate, b->up}, {b->down}};
-                memcpy(groups, lg, sizeof groups);
-            }
+            Linear *groups[4][3];
+            block_groups(g, b, groups);
             for (int gi = 0; gi < 4; gi++) {
                 bool first = true;
                 for (int k = 0; k < 3; k++)

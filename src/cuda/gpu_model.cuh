@@ -7,6 +7,7 @@ extern "C" {
 }
 #include "gpu.h"
 #include "gpu_internal.cuh"
+#include <string.h>
 #include <utility>
 #include <vector>
 
@@ -126,3 +127,11 @@ struct GpuModel {
     bool orth_ready;                   // the last forward (with labels) computed the terms
     double last_lm, last_reg;          // the parts of the last loss
 };
+
+// A block's linears in the GPU model's four groups (those sharing an input, one GEMM each): qkv,
+// attention output, MLP up (Llama: gate and up), MLP down; unused places are NULL.
+static inline void block_groups(const GpuModel *g, const Block *b, Linear *groups[4][3]) {
+    Linear *gpt2[4][3] = {{b->qkv}, {b->attn_out}, {b->fc}, {b->fc_out}};
+    Linear *llama[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->gate, b->up}, {b->down}};
+    memcpy(groups, g->gpt2 ? gpt2 : llama, sizeof gpt2);
+}
