@@ -7,6 +7,7 @@
 #include "generate.h"
 #include "util.h"
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -233,41 +234,70 @@ static void top_insert(Cand *top, int *n, int cap, Cand c) {
     top[i] = c;
 }
 
-// One beam-search step of one prompt: logits [g->k, V] of its running beams (in place).
-// Returns the new beams' slots/tokens in g->beams; sets g->done.
-static void beam_step(Group *g, float *logits, int V, const GenParams *p, int eos, const Tokenizer *tok, KVCache *kv,
-                      int slot0, uint8_t *seen, Cand *top, bool *claimed, int *free_slots) {
-    // HF keeps max(2, 1 + number of eos tokens) * num_beams candidates.
-    int nb = p->num_beams, n_eos = (eos >= 0) + p->n_extra_eos, K2 = (n_eos + 1 > 2 ? n_eos + 1 : 2) * nb;
-    if (K2 > g->k * V) K2 = g->k * V;
-    int ntop = 0;
-    for (int b = 0; b < g->k; b++) {
-        float *row = logits + (long)b * V;
+// HF keeps max(2, 1 + number of eos tokens) * num_beams candidates per prompt and step.
+static int beam_candidates_kept(const GenParams *p, int eos) {
+    int n_eos = (eos >= 0) + p->n_extra_eos;
+    return (n_eos + 1 > 2 ? n_eos + 1 : 2) * p->num_beams;
+}
+
+// The per-row half of a beam-search step, for every row of the step at once (in parallel: a
+// vocabulary-wide log-softmax per row is most of a step's host time): the row's log-probs (HF applies
+// the repetition penalty to them), then its best K2 continuations (score = beam score + log-prob) into
+// cands [n_rows, K2], in token order. A prompt's best K2 over all its beams are among these, so
+// beam_step picks from them what a scan over every (beam, token) would. seen: [threads, V] zeros.
+static void beam_rows(const Group *gs, const int *row_group, const int *row_beam, int n_rows, float *logits, int V, const GenParams *p,
+                      int K2, Cand *cands, int *n_cands, uint8_t *seen) {
+    if (K2 > V) K2 = V;
+    #pragma omp parallel for schedule(dynamic)
+    for (int r = 0; r < n_rows; r++) {
+        const Group *g = &gs[row_group[r]];
+        const Beam *beam = &g->beams[row_beam[r]];
+        float *row = logits + (long)r * V;
         gen_log_softmax(row, V);
-        Beam *beam = &g->beams[b];
-        if (p->repetition_penalty != 1.0f) {  // HF applies processors to the log-probs in beam search
+        if (p->repetition_penalty != 1.0f) {
+            uint8_t *sn = seen + (size_t)omp_get_thread_num() * V;
             for (int pass = 0; pass < 2; pass++) {
                 const int32_t *h = pass ? beam->toks : g->prompt;
                 int n = pass ? beam->n : g->plen;
                 for (int i = 0; i < n; i++) {
                     int t = h[i];
-                    if (t < 0 || t >= V || seen[t]) continue;
-                    seen[t] = 1;
+                    if (t < 0 || t >= V || sn[t]) continue;
+                    sn[t] = 1;
                     row[t] = row[t] < 0 ? row[t] * p->repetition_penalty : row[t] / p->repetition_penalty;
                 }
             }
             for (int pass = 0; pass < 2; pass++) {
                 const int32_t *h = pass ? beam->toks : g->prompt;
                 int n = pass ? beam->n : g->plen;
-                for (int i = 0; i < n; i++) if (h[i] >= 0 && h[i] < V) seen[h[i]] = 0;
+                for (int i = 0; i < n; i++) if (h[i] >= 0 && h[i] < V) sn[h[i]] = 0;
             }
         }
+        Cand *top = cands + (long)r * K2;
+        int ntop = 0;
         for (int t = 0; t < V; t++) {
             double s = beam->score + row[t];
             if (ntop == K2 && s <= top[ntop - 1].score) continue;
-            top_insert(top, &ntop, K2, (Cand){s, b, t});
+            top_insert(top, &ntop, K2, (Cand){s, row_beam[r], t});
         }
+        for (int i = 1; i < ntop; i++)  // into token order
+            for (int j = i; j > 0 && top[j - 1].id > top[j].id; j--) { Cand x = top[j]; top[j] = top[j - 1]; top[j - 1] = x; }
+        n_cands[r] = ntop;
     }
+}
+
+// One beam-search step of one prompt, from its rows' candidates (beam_rows; cands and n_cands
+// start at its first row). Returns the new beams' slots/tokens in g->beams; sets g->done.
+static void beam_step(Group *g, const Cand *cands, const int *n_cands, int V, const GenParams *p, int eos, const Tokenizer *tok,
+                      KVCache *kv, int slot0, Cand *top, bool *claimed, int *free_slots) {
+    int nb = p->num_beams, K2 = beam_candidates_kept(p, eos), row_cap = K2 < V ? K2 : V;
+    if (K2 > g->k * V) K2 = g->k * V;
+    int ntop = 0;
+    for (int b = 0; b < g->k; b++)  // in (beam, token) order: ties go to the earlier, as in a full scan
+        for (int i = 0; i < n_cands[b]; i++) {
+            Cand c = cands[(long)b * row_cap + i];
+            if (ntop == K2 && c.score <= top[ntop - 1].score) continue;
+            top_insert(top, &ntop, K2, c);
+        }
     bool last = g->beams[0].n + 1 >= g->max_gen;  // every candidate ends here (HF: max length)
     int n_next = 0;
     for (int r = 0; r < ntop && n_next < nb; r++) {
@@ -428,8 +458,12 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)(total_prompt > n * nb ? total_prompt : n * nb));
     int32_t *ids2 = xmalloc(sizeof(int32_t) * (size_t)n * nb);
     void *work = xmalloc(gen_sample_work_size(V));
-    uint8_t *seen = xcalloc(V, 1);
+    uint8_t *seen = xcalloc((size_t)V * (beam ? omp_get_max_threads() : 1), 1);
     Cand *top = xmalloc(sizeof(Cand) * (size_t)(p->n_extra_eos + 3) * nb);
+    // beam search: each row's beam index and best continuations (beam_rows)
+    int kept = beam_candidates_kept(p, eos), row_cap = kept < V ? kept : V;
+    int *row_beam = beam ? xmalloc(sizeof(int) * (size_t)n * nb) : NULL, *n_cands = beam ? xmalloc(sizeof(int) * (size_t)n * nb) : NULL;
+    Cand *cands = beam ? xmalloc(sizeof(Cand) * (size_t)n * nb * row_cap) : NULL;
     bool *claimed = xmalloc(sizeof(bool) * nb);
     int *free_slots = xmalloc(sizeof(int) * nb);
     bool training = m->training;
@@ -448,6 +482,10 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
     while (n_rows > 0) {
         if (kv_forward(m, kv, rows, n_rows, ids, logits, false)) { rc = -1; break; }
         // Choose the next token(s) of every running prompt; collect the rows of the next step.
+        if (beam) {
+            for (int i = 0; i < n_rows; i++) row_beam[i] = i > 0 && row_group[i] == row_group[i - 1] ? row_beam[i - 1] + 1 : 0;
+            beam_rows(gs, row_group, row_beam, n_rows, logits, V, p, kept, cands, n_cands, seen);
+        }
         int r = 0, next_rows = 0;
         n_ids = 0;
         while (r < n_rows) {
@@ -474,7 +512,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
                 } else finish_sampled(g, res, tok, stream, user, gi);
             } else {
                 int k = g->k;
-                beam_step(g, logits + (long)r * V, V, p, eos, tok, kv, gi * nb, seen, top, claimed, free_slots);
+                beam_step(g, cands + (long)r * row_cap, n_cands + r, V, p, eos, tok, kv, gi * nb, top, claimed, free_slots);
                 r += k;
                 if (!g->done)
                     for (int b = 0; b < g->k; b++) {
@@ -501,6 +539,9 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
     m->training = training;
     free(free_slots);
     free(claimed);
+    free(cands);
+    free(n_cands);
+    free(row_beam);
     free(top);
     free(seen);
     free(work);

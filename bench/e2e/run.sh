@@ -18,8 +18,8 @@
 #
 # --device cuda (or DEVICE=cuda; the default at --scale gpu) trains with `peft train --device cuda`;
 # GEN_DEVICE=cuda also decodes on the GPU (`peft generate --device cuda`), else decoding uses the CPU.
-# Other overrides (environment): THREADS, METHODS ("base full lora vera lora-r2 adalora"), PRE_STEPS,
-# FT_STEPS, N_TEST (0 = all 630 MRs), BEAMS, LR_FULL, LR_LORA, LR_VERA, LR_ADALORA, ADA_ORTH, SHARED (default
+# Other overrides (environment): THREADS, METHODS ("base full lora vera lora-r2 adalora lora-all"), PRE_STEPS,
+# FT_STEPS, N_TEST (0 = all 630 MRs), BEAMS, LR_FULL, LR_LORA (LR_LORA_R2, LR_LORA_ALL: default LR_LORA), LR_VERA, LR_ADALORA, ADA_ORTH, SHARED (default
 # ../shared; holds data/e2e and fixtures/hf-peft/tokenizer-gpt2), BROWN (a folder with general.txt:
 # for machines without network access), MACHINE_NOTE (a phrase for the doc).
 set -euo pipefail
@@ -72,12 +72,15 @@ gpu)        # the issue's "within 10 minutes on one H100": training on the GPU, 
     PRE_STEPS=${PRE_STEPS:-600} PRE_BATCH=32 PRE_SEQ=256 PRE_LR=1e-3 PRE_WARMUP=50
     FT_STEPS=${FT_STEPS:-2920} FT_BATCH=8 FT_SEQ=128 FT_WARMUP=100   # 5 epochs of the devset at batch 8, as the LoRA paper
     N_TEST=${N_TEST:-0} BEAMS=${BEAMS:-10} GEN_BATCH=16
-    # Not yet tuned on this scale (10x the CPU run's steps, so lower than its rates): check on the first run.
-    LR_FULL=${LR_FULL:-5e-4} LR_LORA=${LR_LORA:-2e-3} LR_VERA=${LR_VERA:-5e-2} LR_ADALORA=${LR_ADALORA:-2e-3}
-    METHODS=${METHODS:-"base full lora vera lora-r2 adalora"}
+    # Adapters: the best of the rates tried on the H200 (bench/e2e/notes.md): LoRA r=4 and VeRA diverged at
+    # 5e-3 and 1e-1; LoRA r=2, AdaLoRA and LoRA on every linear layer did better at 5e-3 than at 2e-3.
+    LR_FULL=${LR_FULL:-5e-4} LR_LORA=${LR_LORA:-2e-3} LR_VERA=${LR_VERA:-5e-2} LR_ADALORA=${LR_ADALORA:-5e-3}
+    LR_LORA_R2=${LR_LORA_R2:-5e-3} LR_LORA_ALL=${LR_LORA_ALL:-5e-3}
+    METHODS=${METHODS:-"base full lora vera lora-r2 adalora lora-all"}
     ;;
 *) echo "run.sh: --scale must be cpu-small or gpu" >&2; exit 2 ;;
 esac
+LR_LORA_R2=${LR_LORA_R2:-$LR_LORA} LR_LORA_ALL=${LR_LORA_ALL:-$LR_LORA}
 MAX_TOKENS=64 LENGTH_PENALTY=0.9    # the LoRA paper's decoding: beam search, length penalty 0.9
 # Per-method peak learning rates (above; linear decay after warm-up): short runs need far higher rates
 # than the papers' 5-epoch ones (LoRA 2e-4, VeRA ~1e-1 on GPT-2 M).
@@ -203,7 +206,8 @@ ft_args() {  # the method-specific options of each fine-tuning run
     case $1 in
         full) echo --method full --lr "$LR_FULL" ;;
         lora) echo --method lora --r 4 --alpha 32 --targets c_attn --lr "$LR_LORA" ;;
-        lora-r2) echo --method lora --r 2 --alpha 16 --targets c_attn --lr "$LR_LORA" ;;
+        lora-r2) echo --method lora --r 2 --alpha 16 --targets c_attn --lr "$LR_LORA_R2" ;;
+        lora-all) echo --method lora --r 4 --alpha 32 --targets c_attn,c_proj,c_fc --lr "$LR_LORA_ALL" ;;
         vera) echo --method vera --r "$VERA_R" --targets c_attn --lr "$LR_VERA" ;;
         adalora) echo --method adalora --init-r "$ADA_INIT_R" --target-r "$ADA_TARGET_R" --alpha 32 --targets c_attn \
                       --tinit "$ADA_TINIT" --tfinal "$ADA_TFINAL" --delta-t "$ADA_DELTA_T" --lr "$LR_ADALORA" \
@@ -249,6 +253,7 @@ name_of() {
         full) echo "Full fine-tuning (FT)" ;;
         lora) echo "LoRA (c_attn, r=4, α=32)" ;;
         lora-r2) echo "LoRA (c_attn, r=2, α=16)" ;;
+        lora-all) echo "LoRA (every linear layer, r=4, α=32)" ;;
         vera) echo "VeRA (c_attn, r=$VERA_R)" ;;
         adalora) echo "AdaLoRA (c_attn, r 3→2 avg)" ;;
     esac
@@ -348,6 +353,7 @@ for m in $METHODS; do
         full) echo "- **Full fine-tuning**: BLEU ${BLEU[full]}, ROUGE-L ${ROUGE[full]} (LoRA paper, GPT-2 M: 68.2 / 71.0). The reference for the other rows." ;;
         lora) echo "- **LoRA r=4**: $(gap lora full) BLEU vs full fine-tuning with $(pct lora full) of its trainable parameters. LoRA paper (GPT-2 M): LoRA 70.4 vs FT 68.2 BLEU, on par or better with 0.1% of the parameters. $(verdict lora full 'full fine-tuning')" ;;
         lora-r2) echo "- **LoRA r=2**: $(gap lora-r2 full) BLEU vs full fine-tuning; AdaLoRA's same-budget reference." ;;
+        lora-all) echo "- **LoRA r=4 on every linear layer** (beyond the papers' set-up: is the adapted capacity what limits LoRA here?): $(gap lora-all full) BLEU vs full fine-tuning, $(gap lora-all lora) vs LoRA on c_attn, with $(pct lora-all full) of full fine-tuning's trainable parameters. $(verdict lora-all full 'full fine-tuning')" ;;
         vera) echo "- **VeRA r=$VERA_R**: $(gap vera full) BLEU vs full fine-tuning, $(gap vera lora) vs LoRA r=4 with $(ratio vera lora)× fewer trainable parameters than it. VeRA paper (GPT-2 M): VeRA 70.1 vs LoRA 68.9 BLEU with 3.6× fewer (0.098M vs 0.35M). Against full FT: $(verdict vera full 'full fine-tuning') Against LoRA: $(verdict vera lora 'LoRA r=4')" ;;
         adalora)
             if has lora-r2; then ref=lora-r2 refname="LoRA r=2 (the same final budget)"; else ref=lora refname="LoRA r=4 (twice its final budget; LoRA r=2 not run)"; fi
@@ -364,10 +370,10 @@ echo "  $PRE_STEPS steps × $PRE_BATCH sequences × $PRE_SEQ tokens, AdamW lr $P
 echo "  loss (0.2% of the corpus) $(val_losses "$WORK/pretrain" | head -1) → $(val_losses "$WORK/pretrain" | tail -1) nats/token; $(mmss "$(wall_s "$WORK/pretrain")") wall."
 echo "- Fine-tuning: devset.csv (4,672 MR/ref pairs; prompt = MR + \"\\n\", loss on the reference + <|endoftext|>), every method"
 echo "  $FT_STEPS steps × $FT_BATCH sequences ($(awk -v s="$FT_STEPS" -v b="$FT_BATCH" 'BEGIN { printf "%.2f", s * b / 4672 }') epochs), seq-len $FT_SEQ, warm-up $FT_WARMUP then linear decay, AdamW (no weight decay), grad clip 1,"
-echo "  seed $SEED_FT, no dropout. Peak learning rates: full $LR_FULL, LoRA $LR_LORA, VeRA $LR_VERA (d_initial 0.1), AdaLoRA $LR_ADALORA"
+echo "  seed $SEED_FT, no dropout. Peak learning rates: full $LR_FULL, LoRA $LR_LORA$(has lora-r2 && echo " (r=2: $LR_LORA_R2)")$(has lora-all && echo " (every linear: $LR_LORA_ALL)"), VeRA $LR_VERA (d_initial 0.1), AdaLoRA $LR_ADALORA"
 echo "  (α 32, init r $ADA_INIT_R → average $ADA_TARGET_R, tinit $ADA_TINIT, tfinal $ADA_TFINAL, ΔT $ADA_DELTA_T, orthogonality regulariser $ADA_ORTH)."
 echo "  Adapted module: c_attn, GPT-2's fused q,k,v projection (PEFT's GPT-2 default target; the LoRA paper adapts q and v only,"
-echo "  which a fused c_attn cannot separate)."
+echo "  which a fused c_attn cannot separate)$(has lora-all && echo "; lora-all: c_attn, c_proj (attention and MLP) and c_fc")."
 printf '  Last training loss:'
 for m in $METHODS; do [ "$m" = base ] || printf ' %s %s;' "$m" "$(last_loss "$WORK/ft-$m")"; done | sed 's/;$/./'
 echo

@@ -59,6 +59,8 @@ struct GpuKV {
     GpuModel *g;
     int n_slots, max_len, n_layer, KVW;
     void **K, **V;               // per layer [n_slots, max_len, KVW]
+    void **KV_d;                 // on the device: K[0..L-1] then V[0..L-1] (for the slot-copy kernel)
+    std::vector<int> copies;     // slot copies not yet done: (dst, src, len) triples (gpu_kv_copy)
     float *cos_tab, *sin_tab;    // rope [max_len, HD/2]
     std::vector<Members> mem;    // per layer: qkv, o, up, down
     std::vector<DevSet> sets;
@@ -78,6 +80,24 @@ enum { LOGITS_PINNED_ROWS = 256 };
 
 
 // ---------------- kernels ----------------
+// Beam search's slot copies, batched: block (i, t) copies the first len[i] rows of slot src[i] into
+// slot dst[i] of cache tensor t (the K and V of every layer), 16 bytes per thread where rows allow.
+enum { COPIES_PER_LAUNCH = 128 };
+struct SlotCopies {
+    int n, dst[COPIES_PER_LAUNCH], src[COPIES_PER_LAUNCH], len[COPIES_PER_LAUNCH];
+};
+__global__ void slot_copy_kernel(void *const *tensors, SlotCopies c, size_t slot_bytes, size_t row_bytes) {
+    int i = blockIdx.x;
+    const char *src = (const char *)tensors[blockIdx.y] + c.src[i] * slot_bytes;
+    char *dst = (char *)tensors[blockIdx.y] + c.dst[i] * slot_bytes;
+    size_t n = c.len[i] * row_bytes;
+    if (row_bytes % 16 == 0)  // then every slot starts 16-byte aligned
+        for (size_t o = threadIdx.x * 16; o < n; o += blockDim.x * 16)
+            *reinterpret_cast<uint4 *>(dst + o) = *reinterpret_cast<const uint4 *>(src + o);
+    else
+        for (size_t o = threadIdx.x; o < n; o += blockDim.x) dst[o] = src[o];
+}
+
 // x[n] = wte[id] (+ wpe[pos]); rope rows: cos/sin of each token's position.
 template <typename T>
 __global__ void embed_pos_kernel(T *x, const int *ids, const int *pos, const T *wte, const T *wpe, int C, const float *cos_tab,
@@ -379,6 +399,11 @@ extern "C" GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len) {
         kv->K[l] = gpu_malloc(per, "the KV cache");
         kv->V[l] = gpu_malloc(per, "the KV cache");
     }
+    kv->KV_d = (void **)gpu_malloc(sizeof(void *) * 2 * kv->n_layer, "the KV cache");
+    if (!gpu_failed()) {
+        CU(cudaMemcpy(kv->KV_d, kv->K, sizeof(void *) * kv->n_layer, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(kv->KV_d + kv->n_layer, kv->V, sizeof(void *) * kv->n_layer, cudaMemcpyHostToDevice));
+    }
     if (!g->gpt2 && !gpu_failed()) {
         int half = g->HD / 2;
         float *hc = (float *)xmalloc(sizeof(float) * (size_t)max_len * half * 2);
@@ -426,6 +451,7 @@ extern "C" void gpu_kv_free(GpuKV *kv) {
     }
     free(kv->K);
     free(kv->V);
+    gpu_free(kv->KV_d);
     gpu_free(kv->cos_tab);
     free_call_buffers(kv);
     for (DevSet &s : kv->sets) drop_set(s);
@@ -436,14 +462,37 @@ extern "C" void gpu_kv_free(GpuKV *kv) {
     delete kv;
 }
 
+// The queued slot copies, in launches of up to COPIES_PER_LAUNCH (the queue never holds a copy
+// that reads a slot an earlier one writes, so their order inside a launch does not matter).
+static void flush_copies(GpuKV *kv) {
+    GpuModel *g = kv->g;
+    size_t row_bytes = (size_t)kv->KVW * g->es, slot_bytes = kv->max_len * row_bytes;
+    for (size_t at = 0; at < kv->copies.size(); at += 3 * COPIES_PER_LAUNCH) {
+        SlotCopies c;
+        c.n = (int)std::min((size_t)COPIES_PER_LAUNCH, (kv->copies.size() - at) / 3);
+        for (int i = 0; i < c.n; i++) {
+            c.dst[i] = kv->copies[at + 3 * i];
+            c.src[i] = kv->copies[at + 3 * i + 1];
+            c.len[i] = kv->copies[at + 3 * i + 2];
+        }
+        slot_copy_kernel<<<dim3(c.n, 2 * kv->n_layer), 256, 0, g->st>>>(kv->KV_d, c, slot_bytes, row_bytes);
+        KCHECK();
+    }
+    kv->copies.clear();
+}
+
+// Queued (one kernel for a whole beam-search step's copies instead of two memcpys per layer and
+// copy): done before the next forward, or now when this copy would read or overwrite a slot that
+// a queued one writes or reads.
 extern "C" int gpu_kv_copy(GpuKV *kv, int dst, int src, int len) {
     gpu_clear_failure();
-    GpuModel *g = kv->g;
-    size_t row = (size_t)kv->max_len * kv->KVW * g->es, n = (size_t)len * kv->KVW * g->es;
-    for (int l = 0; l < kv->n_layer && n; l++) {
-        CU(cudaMemcpyAsync((char *)kv->K[l] + dst * row, (char *)kv->K[l] + src * row, n, cudaMemcpyDeviceToDevice, g->st));
-        CU(cudaMemcpyAsync((char *)kv->V[l] + dst * row, (char *)kv->V[l] + src * row, n, cudaMemcpyDeviceToDevice, g->st));
-    }
+    if (len <= 0) return 0;
+    for (size_t i = 0; i < kv->copies.size(); i += 3)
+        if (kv->copies[i] == src || kv->copies[i] == dst || kv->copies[i + 1] == dst) {
+            flush_copies(kv);
+            break;
+        }
+    kv->copies.insert(kv->copies.end(), {dst, src, len});
     return gpu_report_failure();
 }
 
@@ -716,6 +765,8 @@ extern "C" int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *s
     gpu_clear_failure();
     if (N <= 0 || n_out <= 0) return peft_fail("gpu_kv_forward: no rows");
     if (!out_rows && n_out != N) return peft_fail("gpu_kv_forward: all logits means n_out == N");
+    flush_copies(kv);
+    if (gpu_failed()) return gpu_report_failure();
     return kv->g->is_bf16 ? forward_infer<bf16>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, logits)
                           : forward_infer<float>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, logits);
 }

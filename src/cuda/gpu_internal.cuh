@@ -149,5 +149,3 @@ template <typename T> void attn_forward(T *out, float *lse, const T *qkv, AttnDi
 template <typename T> void attn_backward(T *dqkv, float *dq_acc, float *dkv_acc, float *Dbuf, const T *dout, const T *out,
                                         const T *qkv, const float *lse, const float *cos_t, const float *sin_t, AttnDims d,
                                         cudaStream_t s);
-// Whether attn_backward needs dkv_acc (the generic kernels); the flash path writes dk, dv directly.
-template <typename T> bool attn_uses_flash(const AttnDims &d);

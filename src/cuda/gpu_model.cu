@@ -349,12 +349,22 @@ static uint64_t group_drop_seed(const GpuModel *g, const Group *G) {
     return host_mix64(g->drop_fwd_seed ^ host_mix64((uint64_t)((const char *)G - (const char *)g->L)));
 }
 
+// When the adapters cover every output column (LoRA on all of q, k, v...), their up-projections run
+// first, writing y (plus the residual), and the base GEMM adds onto y in its epilogue, which its
+// arithmetic hides: y is written once by the adapters instead of read and written again.
 template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T *y, const T *resid, int N) {
     constexpr GDtype TT = gdtype<T>();
-    mark(g, P_GEMM_F);
-    gemm(g->gc, false, !G->fifo, N, G->out, G->in, 1.0f, x, G->in, TT, G->w, G->fifo ? G->out : G->in, TT, resid ? 1.0f : 0.0f, resid,
-         y, G->out, TT, G->b);
-    if (!G->n_ad) return;
+    int covered = 0;
+    for (int i = 0; i < G->n_ad; i++) covered += G->ad[i].out;
+    bool adapters_first = G->n_ad && covered == G->out;
+    auto base_gemm = [&](float beta, const T *c) {
+        mark(g, P_GEMM_F);
+        gemm(g->gc, false, !G->fifo, N, G->out, G->in, 1.0f, x, G->in, TT, G->w, G->fifo ? G->out : G->in, TT, beta, c, y, G->out, TT, G->b);
+    };
+    if (!adapters_first) {
+        base_gemm(resid ? 1.0f : 0.0f, resid);
+        if (!G->n_ad) return;
+    }
     mark(g, P_LORA_F);
     T *h = (T *)G->h;
     const T *xa = x;  // the adapters' input: x, or drop(x) in a forward with dropout (h = drop(x) A^T)
@@ -365,9 +375,11 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     gemm(g->gc, false, true, N, G->R, G->in, 1.0f, xa, G->in, TT, G->A, G->lda, TT, 0.0f, nullptr, h, G->R, TT, nullptr);
     for (int i = 0; i < G->n_ad; i++) {
         AdMember *mb = &G->ad[i];
+        const T *c = adapters_first ? (resid ? resid + mb->col_off : nullptr) : y + mb->col_off;
         gemm(g->gc, false, true, N, mb->out, mb->r, mb->Beff ? 1.0f : mb->scaling, h + mb->r_off, G->R, TT, mb->Beff ? mb->Beff : mb->B,
-             mb->r, TT, 1.0f, y + mb->col_off, y + mb->col_off, G->out, TT, nullptr);
+             mb->r, TT, c ? 1.0f : 0.0f, c, y + mb->col_off, G->out, TT, nullptr);
     }
+    if (adapters_first) base_gemm(1.0f, y);
 }
 
 // dy has row stride ldy >= out. With fused_dx (bf16, nn.Linear layout, an adapter): dy's rows have
