@@ -11,7 +11,8 @@
 #   3. decode one text per distinct MR of testset_w_refs.csv with beam search (plus the frozen base)
 #      and score with `peft score` (corpus BLEU-4 against every reference, e2e-metrics conventions;
 #      ROUGE-L);
-#   4. write the doc (default docs/e2e.md): table, settings, seeds, date, machine, verdicts.
+#   4. write the doc (default docs/e2e.md at --scale gpu, docs/e2e-cpu-small.md at cpu-small): table,
+#      settings, seeds, date, machine, verdicts.
 #
 # Stages are cached under the work folder (default build/e2e/SCALE) with the command that made them
 # and the keys of the stages they read: a re-run redoes only what changed and what depends on it.
@@ -28,7 +29,7 @@ cd "$(dirname "$0")/../.."
 SCALE=cpu-small
 PEFT=build/peft
 WORK=
-DOC=docs/e2e.md
+DOC=
 DEVICE=${DEVICE:-}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 WORK=${WORK:-build/e2e/$SCALE}
+DOC=${DOC:-docs/e2e$([ "$SCALE" = gpu ] || echo "-$SCALE").md}
 BROWN=${BROWN:-$(dirname "$WORK")/data}
 SHARED=${SHARED:-../shared}
 DEV=$SHARED/data/e2e/devset.csv
