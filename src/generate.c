@@ -242,12 +242,12 @@ static int beam_candidates_kept(const GenParams *p, int eos) {
 
 // The per-row half of a beam-search step, for every row of the step at once (in parallel: a
 // vocabulary-wide log-softmax per row is most of a step's host time): the row's log-probs (HF applies
-// the repetition penalty to them), then its best K2 continuations (score = beam score + log-prob) into
-// cands [n_rows, K2], in token order. A prompt's best K2 over all its beams are among these, so
-// beam_step picks from them what a scan over every (beam, token) would. seen: [threads, V] zeros.
+// the repetition penalty to them), then its best row_cap continuations (score = beam score + log-prob)
+// into cands [n_rows, row_cap], in token order. row_cap = min(kept, V): a prompt's best kept over all
+// its beams are among these, so beam_step picks from them what a scan over every (beam, token) would.
+// seen: [threads, V] zeros.
 static void beam_rows(const Group *gs, const int *row_group, const int *row_beam, int n_rows, float *logits, int V, const GenParams *p,
-                      int K2, Cand *cands, int *n_cands, uint8_t *seen) {
-    if (K2 > V) K2 = V;
+                      int row_cap, Cand *cands, int *n_cands, uint8_t *seen) {
     #pragma omp parallel for schedule(dynamic)
     for (int r = 0; r < n_rows; r++) {
         const Group *g = &gs[row_group[r]];
@@ -272,12 +272,12 @@ static void beam_rows(const Group *gs, const int *row_group, const int *row_beam
                 for (int i = 0; i < n; i++) if (h[i] >= 0 && h[i] < V) sn[h[i]] = 0;
             }
         }
-        Cand *top = cands + (long)r * K2;
+        Cand *top = cands + (long)r * row_cap;
         int ntop = 0;
         for (int t = 0; t < V; t++) {
             double s = beam->score + row[t];
-            if (ntop == K2 && s <= top[ntop - 1].score) continue;
-            top_insert(top, &ntop, K2, (Cand){s, row_beam[r], t});
+            if (ntop == row_cap && s <= top[ntop - 1].score) continue;
+            top_insert(top, &ntop, row_cap, (Cand){s, row_beam[r], t});
         }
         for (int i = 1; i < ntop; i++)  // into token order
             for (int j = i; j > 0 && top[j - 1].id > top[j].id; j--) { Cand x = top[j]; top[j] = top[j - 1]; top[j - 1] = x; }
@@ -285,12 +285,12 @@ static void beam_rows(const Group *gs, const int *row_group, const int *row_beam
     }
 }
 
-// One beam-search step of one prompt, from its rows' candidates (beam_rows; cands and n_cands
-// start at its first row). Returns the new beams' slots/tokens in g->beams; sets g->done.
-static void beam_step(Group *g, const Cand *cands, const int *n_cands, int V, const GenParams *p, int eos, const Tokenizer *tok,
-                      KVCache *kv, int slot0, Cand *top, bool *claimed, int *free_slots) {
-    int nb = p->num_beams, K2 = beam_candidates_kept(p, eos), row_cap = K2 < V ? K2 : V;
-    if (K2 > g->k * V) K2 = g->k * V;
+// One beam-search step of one prompt: its best kept candidates (top: room for kept) from its rows'
+// (beam_rows; cands [.., row_cap] and n_cands start at its first row). Returns the new beams'
+// slots/tokens in g->beams; sets g->done.
+static void beam_step(Group *g, const Cand *cands, const int *n_cands, int row_cap, int kept, const GenParams *p, int eos,
+                      const Tokenizer *tok, KVCache *kv, int slot0, Cand *top, bool *claimed, int *free_slots) {
+    int nb = p->num_beams, K2 = g->k * row_cap < kept ? g->k * row_cap : kept;
     int ntop = 0;
     for (int b = 0; b < g->k; b++)  // in (beam, token) order: ties go to the earlier, as in a full scan
         for (int i = 0; i < n_cands[b]; i++) {
@@ -459,9 +459,9 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
     int32_t *ids2 = xmalloc(sizeof(int32_t) * (size_t)n * nb);
     void *work = xmalloc(gen_sample_work_size(V));
     uint8_t *seen = xcalloc((size_t)V * (beam ? omp_get_max_threads() : 1), 1);
-    Cand *top = xmalloc(sizeof(Cand) * (size_t)(p->n_extra_eos + 3) * nb);
-    // beam search: each row's beam index and best continuations (beam_rows)
+    // beam search: each prompt's kept candidates, each row's beam index and best continuations (beam_rows)
     int kept = beam_candidates_kept(p, eos), row_cap = kept < V ? kept : V;
+    Cand *top = xmalloc(sizeof(Cand) * (size_t)kept);
     int *row_beam = beam ? xmalloc(sizeof(int) * (size_t)n * nb) : NULL, *n_cands = beam ? xmalloc(sizeof(int) * (size_t)n * nb) : NULL;
     Cand *cands = beam ? xmalloc(sizeof(Cand) * (size_t)n * nb * row_cap) : NULL;
     bool *claimed = xmalloc(sizeof(bool) * nb);
@@ -484,7 +484,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
         // Choose the next token(s) of every running prompt; collect the rows of the next step.
         if (beam) {
             for (int i = 0; i < n_rows; i++) row_beam[i] = i > 0 && row_group[i] == row_group[i - 1] ? row_beam[i - 1] + 1 : 0;
-            beam_rows(gs, row_group, row_beam, n_rows, logits, V, p, kept, cands, n_cands, seen);
+            beam_rows(gs, row_group, row_beam, n_rows, logits, V, p, row_cap, cands, n_cands, seen);
         }
         int r = 0, next_rows = 0;
         n_ids = 0;
@@ -512,7 +512,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
                 } else finish_sampled(g, res, tok, stream, user, gi);
             } else {
                 int k = g->k;
-                beam_step(g, cands + (long)r * row_cap, n_cands + r, V, p, eos, tok, kv, gi * nb, top, claimed, free_slots);
+                beam_step(g, cands + (long)r * row_cap, n_cands + r, row_cap, kept, p, eos, tok, kv, gi * nb, top, claimed, free_slots);
                 r += k;
                 if (!g->done)
                     for (int b = 0; b < g->k; b++) {

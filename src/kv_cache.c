@@ -110,7 +110,7 @@ static inline float *slot_v(const KVCache *kv, int l, int slot) { return kv->v +
 void kv_cache_copy(KVCache *kv, int dst, int src) {
     if (dst == src || dst < 0 || src < 0 || dst >= kv->n_slots || src >= kv->n_slots) return;
     if (kv->gpu) {
-        gpu_kv_copy(kv->gpu, dst, src, kv->len[src]);  // in stream order; a device failure shows at the next kv_forward
+        gpu_kv_copy(kv->gpu, dst, src, kv->len[src]);  // queued, done before the next kv_forward (where a device failure shows)
         kv->len[dst] = kv->len[src];
         return;
     }
