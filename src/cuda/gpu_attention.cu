@@ -6,7 +6,9 @@
 //  - attn_generic_*: one warp per query row, any head size and type: the fp32 parity path.
 // qkv rows are [q (NH*HD) | k (NKV*HD) | v (NKV*HD)] with row stride S.
 #include "gpu_internal.cuh"
+#include <algorithm>
 #include <math.h>
+#include <vector>
 
 #define LOG2E 1.4426950408889634f
 
@@ -112,10 +114,11 @@ __global__ void attn_generic_bwd_kernel(float *dq_acc, float *dkv_acc, const T *
     }
 }
 
-// ============================ flash kernels (bf16, HD = 64) ============================
+// ============================ flash kernels (bf16, HD = 64 or 128) ============================
+// Tiles of 64 rows; shared-memory rows of HD + 8 elements (16 bytes of padding: conflict-free
+// fragment loads), dS's of 64 + 8.
 #define FA_B 64
-#define FA_HD 64
-#define FA_LD (FA_HD + 8)  // smem row stride in elements: 144 bytes, conflict-free fragment loads
+#define FA_LDS (FA_B + 8)
 
 __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -151,69 +154,70 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool va
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// 64 rows x 64 columns of bf16 from rows row0.. of a [*, ld] matrix (rows >= Tn become zeros). 128 threads.
-__device__ __forceinline__ void load_tile(bf16 *sm, const bf16 *g, long ld, int row0, int Tn, int tid) {
+// 64 rows x HD columns of bf16 from rows row0.. of a [*, ld] matrix (rows >= Tn become zeros). 128 threads.
+template <int HD> __device__ __forceinline__ void load_tile(bf16 *sm, const bf16 *g, long ld, int row0, int Tn, int tid) {
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int idx = tid + i * 128, r = idx >> 3, ch = idx & 7;
+    for (int i = 0; i < HD / 16; i++) {
+        int idx = tid + i * 128, r = idx / (HD / 8), ch = idx % (HD / 8);
         bool ok = row0 + r < Tn;
         const bf16 *src = g + (long)(ok ? row0 + r : 0) * ld + ch * 8;
-        cp_async16(sm + r * FA_LD + ch * 8, src, ok);
+        cp_async16(sm + r * (HD + 8) + ch * 8, src, ok);
     }
 }
 
 // grid (ceil(T/64), NH, B), 128 threads: 4 warps x 16 query rows; K/V tiles double-buffered.
 // (A 128-row, 8-warp variant that skips wholly-masked tiles per warp measured slower on the H100:
 // 12.0 against 7.9 ms per Llama-1.1B step.)
-__global__ void __launch_bounds__(128) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
-    __shared__ __align__(16) bf16 sQ[FA_B * FA_LD];
-    __shared__ __align__(16) bf16 sK[2][FA_B * FA_LD];
-    __shared__ __align__(16) bf16 sV[2][FA_B * FA_LD];
+#define FF_SMEM(HD) (5 * FA_B * ((HD) + 8) * 2)
+template <int HD> __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
+    constexpr int LD = HD + 8, TILE = FA_B * LD;
+    extern __shared__ __align__(16) unsigned char ff_smem[];
+    bf16 *sQ = (bf16 *)ff_smem, *sK = sQ + TILE, *sV = sK + 2 * TILE;  // K and V: two buffers each
     int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     int kvh = h / (d.NH / d.NKV);
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
     int mat = lane >> 3, rr = lane & 7;
     const bf16 *base = qkv + (long)b * d.T * d.S;
-    const bf16 *qg = base + h * FA_HD, *kg = base + d.QW + kvh * FA_HD, *vg = base + d.QW + d.KVW + kvh * FA_HD;
+    const bf16 *qg = base + h * HD, *kg = base + d.QW + kvh * HD, *vg = base + d.QW + d.KVW + kvh * HD;
     int q0 = qb * FA_B;
     int kb_start = d.window > 0 ? max(0, q0 - d.window + 1) / FA_B : 0, kb_end = qb;
-    load_tile(sQ, qg, d.S, q0, d.T, tid);
-    load_tile(sK[0], kg, d.S, kb_start * FA_B, d.T, tid);
-    load_tile(sV[0], vg, d.S, kb_start * FA_B, d.T, tid);
+    load_tile<HD>(sQ, qg, d.S, q0, d.T, tid);
+    load_tile<HD>(sK, kg, d.S, kb_start * FA_B, d.T, tid);
+    load_tile<HD>(sV, vg, d.S, kb_start * FA_B, d.T, tid);
     cp_commit();
     cp_wait<0>();
     __syncthreads();
-    uint32_t qf[4][4];
+    uint32_t qf[HD / 16][4];
     int r0 = warp * 16 + g;
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], &sQ[(warp * 16 + (mat & 1) * 8 + rr) * FA_LD + kk * 16 + (mat >> 1) * 8]);
+    for (int kk = 0; kk < HD / 16; kk++) {
+        ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], &sQ[(warp * 16 + (mat & 1) * 8 + rr) * LD + kk * 16 + (mat >> 1) * 8]);
     }
-    float o[8][4];
+    float o[HD / 8][4];
 #pragma unroll
-    for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0;
+    for (int j = 0; j < HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0, l1 = 0;
     float sl2 = d.scale * LOG2E;
     int row_a = q0 + r0, row_b = row_a + 8;
     for (int kb = kb_start; kb <= kb_end; kb++) {
         int buf = (kb - kb_start) & 1;
         if (kb < kb_end) {
-            load_tile(sK[buf ^ 1], kg, d.S, (kb + 1) * FA_B, d.T, tid);
-            load_tile(sV[buf ^ 1], vg, d.S, (kb + 1) * FA_B, d.T, tid);
+            load_tile<HD>(sK + (buf ^ 1) * TILE, kg, d.S, (kb + 1) * FA_B, d.T, tid);
+            load_tile<HD>(sV + (buf ^ 1) * TILE, vg, d.S, (kb + 1) * FA_B, d.T, tid);
             cp_commit();
             cp_wait<1>();
         } else cp_wait<0>();
         __syncthreads();
-        const bf16 *K = sK[buf], *V = sV[buf];
-        float s[8][4];
+        const bf16 *K = sK + buf * TILE, *V = sV + buf * TILE;
+        float s[8][4];  // 16 query rows x 64 keys
 #pragma unroll
         for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++)
+        for (int kk = 0; kk < HD / 16; kk++)
 #pragma unroll
             for (int j = 0; j < 8; j += 2) {
                 uint32_t b0, b1, b2, b3;
-                ldsm_x4(b0, b1, b2, b3, &K[(j * 8 + (mat >> 1) * 8 + rr) * FA_LD + kk * 16 + (mat & 1) * 8]);
+                ldsm_x4(b0, b1, b2, b3, &K[(j * 8 + (mat >> 1) * 8 + rr) * LD + kk * 16 + (mat & 1) * 8]);
                 mma16816(s[j], qf[kk], b0, b1);
                 mma16816(s[j + 1], qf[kk], b2, b3);
             }
@@ -252,7 +256,7 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(bf16 *out, float *lse, c
         m0 = mn0;
         m1 = mn1;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < HD / 8; j++) {
             o[j][0] *= al0; o[j][1] *= al0;
             o[j][2] *= al1; o[j][3] *= al1;
         }
@@ -261,9 +265,9 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(bf16 *out, float *lse, c
             uint32_t a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
                              pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-            for (int dt = 0; dt < 4; dt++) {
+            for (int dt = 0; dt < HD / 16; dt++) {
                 uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(b0, b1, b2, b3, &V[(kk * 16 + (mat & 1) * 8 + rr) * FA_LD + dt * 16 + (mat >> 1) * 8]);
+                ldsm_x4_t(b0, b1, b2, b3, &V[(kk * 16 + (mat & 1) * 8 + rr) * LD + dt * 16 + (mat >> 1) * 8]);
                 mma16816(o[2 * dt], a, b0, b1);
                 mma16816(o[2 * dt + 1], a, b2, b3);
             }
@@ -275,9 +279,9 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(bf16 *out, float *lse, c
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    bf16 *ob = out + (long)b * d.T * d.QW + h * FA_HD;
+    bf16 *ob = out + (long)b * d.T * d.QW + h * HD;
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
+    for (int j = 0; j < HD / 8; j++) {
         int col = j * 8 + 2 * c;
         if (row_a < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_a * d.QW + col]) = pack2(o[j][0] * i0, o[j][1] * i0);
         if (row_b < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_b * d.QW + col]) = pack2(o[j][2] * i1, o[j][3] * i1);
@@ -314,29 +318,30 @@ __global__ void attn_D_kernel(float *D, const bf16 *dout, const bf16 *out, AttnD
 // GQA group add into the same rows); k_attn_finalize applies the inverse rope and converts.
 // The dQ atomics cost about a fifth of the kernel's time (Llama-1.1B, H200: 6 of 27 ms per step
 // without them); a 128-key, 8-warp block that halves them measured no faster (one block per SM).
-#define FB_TILE (FA_B * FA_LD)
-#define FB_SMEM ((7 * FB_TILE) * 2 + 4 * FA_B * 4)
+#define FB_SMEM(HD) ((6 * FA_B * ((HD) + 8) + FA_B * FA_LDS) * 2 + 4 * FA_B * 4)
 // K and V stay in shared memory and their fragments are re-read each iteration: fewer registers,
-// three blocks (12 warps) per SM.
-__global__ void __launch_bounds__(128, 3) flash_bwd_kernel(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv,
-                                                        const float *lse, const float *Dbuf, AttnDims d) {
+// three blocks (12 warps) per SM at HD 64 (one at 128, where dK and dV alone take 128 registers).
+template <int HD>
+__global__ void __launch_bounds__(128, HD == 64 ? 3 : 1)
+    flash_bwd_kernel(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf, AttnDims d) {
+    constexpr int LD = HD + 8, TILE = FA_B * LD;
     extern __shared__ __align__(16) unsigned char fb_smem[];
-    bf16 *sK = (bf16 *)fb_smem, *sV = sK + FB_TILE, *sdS = sV + FB_TILE;  // [64][FA_LD] each (dS: [key][query])
-    bf16 *sQb = sdS + FB_TILE, *sdOb = sQb + 2 * FB_TILE;                 // two buffers each
-    float *sLb = (float *)(sdOb + 2 * FB_TILE), *sDb = sLb + 2 * FA_B;
+    bf16 *sK = (bf16 *)fb_smem, *sV = sK + TILE, *sdS = sV + TILE;  // [64][LD]; dS [64 keys][FA_LDS]: queries
+    bf16 *sQb = sdS + FA_B * FA_LDS, *sdOb = sQb + 2 * TILE;         // two buffers of [64][LD] each
+    float *sLb = (float *)(sdOb + 2 * TILE), *sDb = sLb + 2 * FA_B;
     int kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     int kvh = h / (d.NH / d.NKV);
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
     int mat = lane >> 3, rr = lane & 7;
     const bf16 *base = qkv + (long)b * d.T * d.S;
-    const bf16 *qg = base + h * FA_HD, *dog = dout + (long)b * d.T * d.QW + h * FA_HD;
+    const bf16 *qg = base + h * HD, *dog = dout + (long)b * d.T * d.QW + h * HD;
     const float *lrow = lse + ((long)b * d.NH + h) * d.T, *Drow = Dbuf + ((long)b * d.NH + h) * d.T;
     int k0 = kb * FA_B;
     int qb_end = (d.T - 1) / FA_B;
     if (d.window > 0) qb_end = min(qb_end, (k0 + FA_B - 1 + d.window - 1) / FA_B);
     auto load_q = [&](int qb, int buf) {
-        load_tile(sQb + buf * FB_TILE, qg, d.S, qb * FA_B, d.T, tid);
-        load_tile(sdOb + buf * FB_TILE, dog, d.QW, qb * FA_B, d.T, tid);
+        load_tile<HD>(sQb + buf * TILE, qg, d.S, qb * FA_B, d.T, tid);
+        load_tile<HD>(sdOb + buf * TILE, dog, d.QW, qb * FA_B, d.T, tid);
     };
     // lse (threads 0..63, times log2 e for exp2) and D (64..127) of a query block: fetched into a
     // register one block ahead, stored to shared memory at the end of the iteration (rows >= T as zeros).
@@ -345,17 +350,17 @@ __global__ void __launch_bounds__(128, 3) flash_bwd_kernel(float *dkv_acc, float
         return q < d.T ? (tid < 64 ? lrow[q] * LOG2E : Drow[q]) : 0.0f;
     };
     auto store_ld = [&](int buf, float v) { (tid < 64 ? sLb : sDb)[buf * FA_B + (tid & 63)] = v; };
-    load_tile(sK, base + d.QW + kvh * FA_HD, d.S, k0, d.T, tid);
-    load_tile(sV, base + d.QW + d.KVW + kvh * FA_HD, d.S, k0, d.T, tid);
+    load_tile<HD>(sK, base + d.QW + kvh * HD, d.S, k0, d.T, tid);
+    load_tile<HD>(sV, base + d.QW + d.KVW + kvh * HD, d.S, k0, d.T, tid);
     load_q(kb, 0);
     cp_commit();
     store_ld(0, fetch_ld(kb));
     cp_wait<0>();
     __syncthreads();
     int r0 = warp * 16 + g;
-    float dk[8][4], dv[8][4];
+    float dk[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < HD / 8; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[j][e] = dv[j][e] = 0;
     float sl2 = d.scale * LOG2E;
@@ -370,23 +375,23 @@ __global__ void __launch_bounds__(128, 3) flash_bwd_kernel(float *dkv_acc, float
             cp_wait<1>();
         } else cp_wait<0>();
         __syncthreads();
-        const bf16 *sQ = sQb + buf * FB_TILE, *sdO = sdOb + buf * FB_TILE;
+        const bf16 *sQ = sQb + buf * TILE, *sdO = sdOb + buf * TILE;
         const float *sL = sLb + buf * FA_B, *sD = sDb + buf * FA_B;
         int q0 = qb * FA_B;
-        float st[8][4], dp[8][4];
+        float st[8][4], dp[8][4];  // [16 keys x 64 queries]: S^T, then P^T; dP^T, then dS^T
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) st[j][e] = dp[j][e] = 0;
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
+        for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t kf[4], vf[4];
-            int aoff = (warp * 16 + (mat & 1) * 8 + rr) * FA_LD + kk * 16 + (mat >> 1) * 8;
+            int aoff = (warp * 16 + (mat & 1) * 8 + rr) * LD + kk * 16 + (mat >> 1) * 8;
             ldsm_x4(kf[0], kf[1], kf[2], kf[3], &sK[aoff]);
             ldsm_x4(vf[0], vf[1], vf[2], vf[3], &sV[aoff]);
 #pragma unroll
             for (int j = 0; j < 8; j += 2) {
-                int boff = (j * 8 + (mat >> 1) * 8 + rr) * FA_LD + kk * 16 + (mat & 1) * 8;
+                int boff = (j * 8 + (mat >> 1) * 8 + rr) * LD + kk * 16 + (mat & 1) * 8;
                 uint32_t b0, b1, b2, b3;
                 ldsm_x4(b0, b1, b2, b3, &sQ[boff]);
                 mma16816(st[j], kf, b0, b1);
@@ -416,8 +421,8 @@ __global__ void __launch_bounds__(128, 3) flash_bwd_kernel(float *dkv_acc, float
             uint32_t as[4] = {pack2(dp[2 * kk][0], dp[2 * kk][1]), pack2(dp[2 * kk][2], dp[2 * kk][3]),
                               pack2(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), pack2(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
 #pragma unroll
-            for (int dt = 0; dt < 4; dt++) {
-                int off = (kk * 16 + (mat & 1) * 8 + rr) * FA_LD + dt * 16 + (mat >> 1) * 8;
+            for (int dt = 0; dt < HD / 16; dt++) {
+                int off = (kk * 16 + (mat & 1) * 8 + rr) * LD + dt * 16 + (mat >> 1) * 8;
                 uint32_t b0, b1, b2, b3;
                 ldsm_x4_t(b0, b1, b2, b3, &sdO[off]);
                 mma16816(dv[2 * dt], ap, b0, b1);
@@ -431,29 +436,29 @@ __global__ void __launch_bounds__(128, 3) flash_bwd_kernel(float *dkv_acc, float
         // conflicts), then dQ[64 x 64] = dS K with dS read transposed: warp w takes queries 16w..16w+15.
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            *reinterpret_cast<uint32_t *>(&sdS[r0 * FA_LD + j * 8 + 2 * c]) = pack2(dp[j][0], dp[j][1]);
-            *reinterpret_cast<uint32_t *>(&sdS[(r0 + 8) * FA_LD + j * 8 + 2 * c]) = pack2(dp[j][2], dp[j][3]);
+            *reinterpret_cast<uint32_t *>(&sdS[r0 * FA_LDS + j * 8 + 2 * c]) = pack2(dp[j][0], dp[j][1]);
+            *reinterpret_cast<uint32_t *>(&sdS[(r0 + 8) * FA_LDS + j * 8 + 2 * c]) = pack2(dp[j][2], dp[j][3]);
         }
         __syncthreads();
-        float dq[8][4];
+        float dq[HD / 8][4];
 #pragma unroll
-        for (int j = 0; j < 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0;
+        for (int j = 0; j < HD / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             uint32_t a[4];
-            ldsm_x4_t(a[0], a[1], a[2], a[3], &sdS[(kk * 16 + (mat >> 1) * 8 + rr) * FA_LD + warp * 16 + (mat & 1) * 8]);
+            ldsm_x4_t(a[0], a[1], a[2], a[3], &sdS[(kk * 16 + (mat >> 1) * 8 + rr) * FA_LDS + warp * 16 + (mat & 1) * 8]);
 #pragma unroll
-            for (int dt = 0; dt < 4; dt++) {
+            for (int dt = 0; dt < HD / 16; dt++) {
                 uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(b0, b1, b2, b3, &sK[(kk * 16 + (mat & 1) * 8 + rr) * FA_LD + dt * 16 + (mat >> 1) * 8]);
+                ldsm_x4_t(b0, b1, b2, b3, &sK[(kk * 16 + (mat & 1) * 8 + rr) * LD + dt * 16 + (mat >> 1) * 8]);
                 mma16816(dq[2 * dt], a, b0, b1);
                 mma16816(dq[2 * dt + 1], a, b2, b3);
             }
         }
         int qa = q0 + r0, qbb = qa + 8;
-        float *dqa = dq_acc + ((long)b * d.T + qa) * d.QW + h * FA_HD, *dqb = dqa + 8L * d.QW;
+        float *dqa = dq_acc + ((long)b * d.T + qa) * d.QW + h * HD, *dqb = dqa + 8L * d.QW;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < HD / 8; j++) {
             int col = j * 8 + 2 * c;
             if (qa < d.T) atomicAdd(reinterpret_cast<float2 *>(dqa + col), make_float2(dq[j][0] * d.scale, dq[j][1] * d.scale));
             if (qbb < d.T) atomicAdd(reinterpret_cast<float2 *>(dqb + col), make_float2(dq[j][2] * d.scale, dq[j][3] * d.scale));
@@ -462,9 +467,9 @@ __global__ void __launch_bounds__(128, 3) flash_bwd_kernel(float *dkv_acc, float
         __syncthreads();
     }
     // dK (scaled) and dV into the fp32 accumulators of this KV head.
-    float *dka = dkv_acc + ((long)b * d.T + key_a) * 2 * d.KVW + kvh * FA_HD, *dkb = dka + 8L * 2 * d.KVW;
+    float *dka = dkv_acc + ((long)b * d.T + key_a) * 2 * d.KVW + kvh * HD, *dkb = dka + 8L * 2 * d.KVW;
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
+    for (int j = 0; j < HD / 8; j++) {
         int col = j * 8 + 2 * c;
         if (key_a < d.T) {
             atomicAdd(reinterpret_cast<float2 *>(dka + col), make_float2(dk[j][0] * d.scale, dk[j][1] * d.scale));
@@ -478,9 +483,29 @@ __global__ void __launch_bounds__(128, 3) flash_bwd_kernel(float *dkv_acc, float
 }
 
 // ============================ launchers ============================
-// The bf16 tensor-core kernels serve head_dim 64 with 16-byte aligned rows; everything else takes the generic ones.
+// The bf16 tensor-core kernels serve head_dim 64 and 128 with 16-byte aligned rows; everything else
+// takes the generic ones.
 template <typename T> static bool attn_uses_flash(const AttnDims &d) {
-    return sizeof(T) == 2 && d.HD == FA_HD && d.S % 8 == 0 && d.QW % 8 == 0 && d.KVW % 8 == 0 && d.NH % d.NKV == 0;
+    return sizeof(T) == 2 && (d.HD == 64 || d.HD == 128) && d.S % 8 == 0 && d.QW % 8 == 0 && d.KVW % 8 == 0 && d.NH % d.NKV == 0;
+}
+// A kernel's dynamic shared memory limit, raised once.
+static void allow_smem(const void *kernel, int bytes) {
+    static std::vector<const void *> done;
+    if (std::find(done.begin(), done.end(), kernel) != done.end()) return;
+    CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    done.push_back(kernel);
+}
+template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
+    allow_smem((const void *)flash_fwd_kernel<HD>, FF_SMEM(HD));
+    flash_fwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FF_SMEM(HD), s>>>(out, lse, qkv, d);
+    KCHECK();
+}
+template <int HD>
+static void flash_backward(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf,
+                           const AttnDims &d, cudaStream_t s) {
+    allow_smem((const void *)flash_bwd_kernel<HD>, FB_SMEM(HD));
+    flash_bwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FB_SMEM(HD), s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
+    KCHECK();
 }
 
 static size_t generic_smem(const AttnDims &d, int warps, int extra) { return (size_t)warps * (d.T + extra * d.HD) * sizeof(float); }
@@ -488,9 +513,8 @@ static size_t generic_smem(const AttnDims &d, int warps, int extra) { return (si
 template <typename T> void attn_forward(T *out, float *lse, const T *qkv, AttnDims d, cudaStream_t s) {
     if constexpr (sizeof(T) == 2) {
         if (attn_uses_flash<T>(d)) {
-            dim3 grid(cdiv(d.T, FA_B), d.NH, d.B);
-            flash_fwd_kernel<<<grid, 128, 0, s>>>((bf16 *)out, lse, (const bf16 *)qkv, d);
-            KCHECK();
+            if (d.HD == 64) flash_forward<64>((bf16 *)out, lse, (const bf16 *)qkv, d, s);
+            else flash_forward<128>((bf16 *)out, lse, (const bf16 *)qkv, d, s);
             return;
         }
     }
@@ -508,16 +532,10 @@ void attn_backward(T *dqkv, float *dq_acc, float *dkv_acc, float *Dbuf, const T 
     CU(cudaMemsetAsync(dq_acc, 0, sizeof(float) * N * d.QW, s));
     if constexpr (sizeof(T) == 2) {
         if (attn_uses_flash<T>(d)) {
-            static bool attr;
-            if (!attr) {
-                CU(cudaFuncSetAttribute(flash_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FB_SMEM));
-                attr = true;
-            }
             CU(cudaMemsetAsync(dkv_acc, 0, sizeof(float) * N * 2 * d.KVW, s));
             attn_D_kernel<<<cdiv(N * d.NH, 256), 256, 0, s>>>(Dbuf, (const bf16 *)dout, (const bf16 *)out, d);
-            dim3 grid(cdiv(d.T, FA_B), d.NH, d.B);
-            flash_bwd_kernel<<<grid, 128, FB_SMEM, s>>>(dkv_acc, dq_acc, (const bf16 *)dout, (const bf16 *)qkv, lse, Dbuf, d);
-            KCHECK();
+            if (d.HD == 64) flash_backward<64>(dkv_acc, dq_acc, (const bf16 *)dout, (const bf16 *)qkv, lse, Dbuf, d, s);
+            else flash_backward<128>(dkv_acc, dq_acc, (const bf16 *)dout, (const bf16 *)qkv, lse, Dbuf, d, s);
             k_attn_finalize<T>(dqkv, dq_acc, dkv_acc, cos_t, sin_t, (int)N, d.T, d.NH, d.NKV, d.HD, d.S, d.QW, s, d.ldd);
             return;
         }

@@ -2,7 +2,7 @@
 //   test_gpu [FIXTURES_DIR]
 // 1. The HF PEFT reference cases on the GPU: fp32 mode with the cases' own tolerances, bf16 mode
 //    with loss within 1e-2 relative and gradient cosine similarity >= 0.999 (see gpu_check.c).
-// 2. Random models of shapes the tiny cases do not reach (head_dim 64: the flash-attention
+// 2. Random models of shapes the tiny cases do not reach (head_dim 64 and 128: the flash-attention
 //    kernels; T not a multiple of 64; GQA; Mistral's sliding window; Qwen2's qkv bias; --recompute),
 //    GPU against the CPU path: fp32 to 1e-4 (logits, loss, every gradient), bf16 as above.
 // Without a GPU (or in a build without nvcc) it prints a loud SKIPPED line and exits 0.
@@ -179,6 +179,11 @@ out:
                   "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"max_position_embeddings\":512,\"rms_norm_eps\":1e-5}"
 #define MISTRAL_CFG "{\"model_type\":\"mistral\",\"vocab_size\":1000,\"hidden_size\":256,\"intermediate_size\":384,\"num_hidden_layers\":2," \
                     "\"num_attention_heads\":4,\"num_key_value_heads\":1,\"max_position_embeddings\":512,\"sliding_window\":50}"
+// head_dim 128 (Llama-2-7B's, Mistral-7B's), with GQA and a sliding window
+#define LLAMA128_CFG "{\"model_type\":\"llama\",\"vocab_size\":1000,\"hidden_size\":256,\"intermediate_size\":384,\"num_hidden_layers\":2," \
+                     "\"num_attention_heads\":2,\"num_key_value_heads\":1,\"max_position_embeddings\":512,\"rms_norm_eps\":1e-5}"
+#define MISTRAL128_CFG "{\"model_type\":\"mistral\",\"vocab_size\":1000,\"hidden_size\":256,\"intermediate_size\":384,\"num_hidden_layers\":2," \
+                       "\"num_attention_heads\":2,\"num_key_value_heads\":1,\"max_position_embeddings\":512,\"sliding_window\":50}"
 #define QWEN2_CFG "{\"model_type\":\"qwen2\",\"vocab_size\":1000,\"hidden_size\":128,\"intermediate_size\":256,\"num_hidden_layers\":2," \
                   "\"num_attention_heads\":2,\"num_key_value_heads\":2,\"max_position_embeddings\":512}"
 #define GPT2_ALL "c_attn,c_proj,c_fc"
@@ -750,6 +755,8 @@ int main(int argc, char **argv) {
         {"rand-llama-adalora-all T80", LLAMA_CFG, LLAMA_ALL, 2, 80, true, PEFT_ADALORA},
         {"rand-llama-lora-all T600", LLAMA_CFG, LLAMA_ALL, 1, 600, false, PEFT_LORA},
         {"rand-mistral-vera window50 T520", MISTRAL_CFG, LLAMA_ALL, 1, 520, false, PEFT_VERA},
+        {"rand-llama-lora-all hd128 T200", LLAMA128_CFG, LLAMA_ALL, 2, 200, false, PEFT_LORA},
+        {"rand-mistral-full hd128 window50 T150", MISTRAL128_CFG, NULL, 1, 150, false, PEFT_LORA},
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof rcs / sizeof *rcs; i++)
