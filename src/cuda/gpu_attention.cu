@@ -320,9 +320,10 @@ __global__ void attn_D_kernel(float *D, const bf16 *dout, const bf16 *out, AttnD
 // without them); a 128-key, 8-warp block that halves them measured no faster (one block per SM).
 #define FB_SMEM(HD) ((6 * FA_B * ((HD) + 8) + FA_B * FA_LDS) * 2 + 4 * FA_B * 4)
 // K and V stay in shared memory and their fragments are re-read each iteration: fewer registers,
-// three blocks (12 warps) per SM at HD 64 (one at 128, where dK and dV alone take 128 registers).
+// three blocks (12 warps) per SM at HD 64; at 128, where dK and dV alone take 128 registers, 255
+// registers and 112 KiB of shared memory a block leave room for two.
 template <int HD>
-__global__ void __launch_bounds__(128, HD == 64 ? 3 : 1)
+__global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     flash_bwd_kernel(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf, AttnDims d) {
     constexpr int LD = HD + 8, TILE = FA_B * LD;
     extern __shared__ __align__(16) unsigned char fb_smem[];
