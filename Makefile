@@ -32,7 +32,7 @@ TEST_OBJ = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
 # answers "built without CUDA". tests/gpu and bench/gpu use it; they SKIP loudly without a GPU.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null)
 CUDA      ?= $(if $(NVCC),1,0)
-CUDA_ARCH ?= sm_90
+CUDA_ARCH ?= sm_90a
 ifeq ($(SAN),1)
 CUDA      := 0
 endif

@@ -8,6 +8,7 @@
 #include "gpu_internal.cuh"
 #include <algorithm>
 #include <math.h>
+#include <stdlib.h>
 #include <vector>
 
 #define LOG2E 1.4426950408889634f
@@ -483,6 +484,338 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     }
 }
 
+// ============================ sm_90a: warpgroup MMA backward (HD 64) ============================
+// The same algorithm as flash_bwd_kernel<64> (one 64-key block per CTA, 4 warps = one warpgroup,
+// query blocks double-buffered), with the five products on wgmma: the tensor cores read K, V, Q, dO
+// and dS straight from shared memory (once per warpgroup instead of once per warp through ldmatrix,
+// which bound the mma.sync kernel: ~80% L1 throughput, 28% tensor). P^T and dS^T feed dV and dK
+// from registers. Tiles are 64 rows x 128 bytes in the 128-byte swizzle layout; each tile is read
+// K-major (S^T = K Q^T, dP^T = V dO^T) or MN-major (dV += P^T dO, dK += dS^T Q, dQ = dS K).
+#define WG_TILE 4096  // elements of one 64 x 64 bf16 tile (8 KiB)
+#define FBW_SMEM (7 * WG_TILE * 2 + 4 * FA_B * 4 + 1024)
+
+// Byte offset of the 16-byte chunk k8 of row r in a 128-byte-swizzled tile.
+__device__ __forceinline__ uint32_t sw128(int r, int k8) { return (uint32_t)(r * 128 + ((k8 ^ (r & 7)) << 4)); }
+// Shared-memory matrix descriptor of a 128-byte-swizzled tile: rows of 128 bytes, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t wg_desc(const void *smem) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+// 64 rows x 64 columns of bf16 from rows row0.. of a [*, ld] matrix into a swizzled tile (rows >= Tn: zeros).
+__device__ __forceinline__ void load_tile_sw(bf16 *sm, const bf16 *g, long ld, int row0, int Tn, int tid) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int idx = tid + i * 128, r = idx >> 3, ch = idx & 7;
+        bool ok = row0 + r < Tn;
+        cp_async16((char *)sm + sw128(r, ch), g + (long)(ok ? row0 + r : 0) * ld + ch * 8, ok);
+    }
+}
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+#else  // wgmma needs sm_90a: other targets never launch these kernels
+__device__ __forceinline__ void wg_fence() {}
+__device__ __forceinline__ void wg_commit() {}
+__device__ __forceinline__ void wg_wait0() {}
+#endif
+__device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving reads or writes of registers across an asynchronous wgmma.
+template <int N> __device__ __forceinline__ void reg_fence(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N> __device__ __forceinline__ void reg_fence(uint32_t (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+#define WG_D32                                                                                                                        \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, " \
+    "%27, %28, %29, %30, %31}"
+#define WG_D32_OUT(d)                                                                                                                 \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),        \
+        "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),         \
+        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),         \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+// d[64 x 64] (+)= A B over k = 16: A and B from shared memory; TA / TB: MN-major (transposed) operand.
+template <int TA, int TB> __device__ __forceinline__ void wg_ss(float (&d)[32], uint64_t da, uint64_t db, int acc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_D32 ", %32, %33, p, 1, 1, %35, %36;\n}\n"
+                 : WG_D32_OUT(d)
+                 : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
+#else
+    __trap();
+#endif
+}
+// The same with A [64 x 16] from registers (the mma.m16n8k16 A fragment of each warp's 16 rows).
+template <int TB> __device__ __forceinline__ void wg_rs(float (&d)[32], const uint32_t *a, uint64_t db, int acc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_D32 ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+                 : WG_D32_OUT(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+#else
+    __trap();
+#endif
+}
+
+__global__ void __launch_bounds__(128, 3)
+    flash_bwd_wg_kernel(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf, AttnDims d) {
+    constexpr int HD = 64;
+    extern __shared__ unsigned char fbw_raw[];
+    bf16 *sK = (bf16 *)(((uintptr_t)fbw_raw + 1023) & ~(uintptr_t)1023);  // the swizzle needs 1024-byte aligned tiles
+    bf16 *sV = sK + WG_TILE, *sdS = sV + WG_TILE, *sQb = sdS + WG_TILE, *sdOb = sQb + 2 * WG_TILE;  // dS^T: [64 keys][64 queries]
+    float *sLb = (float *)(sdOb + 2 * WG_TILE), *sDb = sLb + 2 * FA_B;
+    int kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int kvh = h / (d.NH / d.NKV);
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const bf16 *base = qkv + (long)b * d.T * d.S;
+    const bf16 *qg = base + h * HD, *dog = dout + (long)b * d.T * d.QW + h * HD;
+    const float *lrow = lse + ((long)b * d.NH + h) * d.T, *Drow = Dbuf + ((long)b * d.NH + h) * d.T;
+    int k0 = kb * FA_B;
+    int qb_end = (d.T - 1) / FA_B;
+    if (d.window > 0) qb_end = min(qb_end, (k0 + FA_B - 1 + d.window - 1) / FA_B);
+    auto load_q = [&](int qb, int buf) {
+        load_tile_sw(sQb + buf * WG_TILE, qg, d.S, qb * FA_B, d.T, tid);
+        load_tile_sw(sdOb + buf * WG_TILE, dog, d.QW, qb * FA_B, d.T, tid);
+    };
+    auto fetch_ld = [&](int qb) -> float {
+        int q = qb * FA_B + (tid & 63);
+        return q < d.T ? (tid < 64 ? lrow[q] * LOG2E : Drow[q]) : 0.0f;
+    };
+    auto store_ld = [&](int buf, float v) { (tid < 64 ? sLb : sDb)[buf * FA_B + (tid & 63)] = v; };
+    load_tile_sw(sK, base + d.QW + kvh * HD, d.S, k0, d.T, tid);
+    load_tile_sw(sV, base + d.QW + d.KVW + kvh * HD, d.S, k0, d.T, tid);
+    load_q(kb, 0);
+    cp_commit();
+    store_ld(0, fetch_ld(kb));
+    int r0 = warp * 16 + g;
+    float dk[32], dv[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk[i] = dv[i] = 0;
+    const uint64_t descK = wg_desc(sK), descV = wg_desc(sV), descS = wg_desc(sdS);
+    char *sdS_b = (char *)sdS;
+    float sl2 = d.scale * LOG2E;
+    int key_a = k0 + r0, key_b = key_a + 8;
+    for (int qb = kb; qb <= qb_end; qb++) {
+        int buf = (qb - kb) & 1;
+        float next_ld = 0.0f;
+        if (qb < qb_end) {
+            load_q(qb + 1, buf ^ 1);
+            cp_commit();
+            next_ld = fetch_ld(qb + 1);
+            cp_wait<1>();
+        } else cp_wait<0>();
+        proxy_fence();  // the cp.async writes, visible to the tensor cores' (async proxy) reads
+        __syncthreads();
+        const float *sL = sLb + buf * FA_B, *sD = sDb + buf * FA_B;
+        const uint64_t descQ = wg_desc(sQb + buf * WG_TILE), descO = wg_desc(sdOb + buf * WG_TILE);
+        int q0 = qb * FA_B;
+        // S^T = K Q^T and dP^T = V dO^T [64 keys x 64 queries]: k = head dim, 32 bytes a step within the swizzle row.
+        float st[32], dp[32];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wg_ss<0, 0>(st, descK + 2 * kk, descQ + 2 * kk, kk);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wg_ss<0, 0>(dp, descV + 2 * kk, descO + 2 * kk, kk);
+        wg_commit();
+        wg_wait0();
+        reg_fence(st);
+        reg_fence(dp);
+        bool need_mask = qb == kb || q0 + FA_B > d.T || d.window > 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int ql = j * 8 + 2 * c + (e & 1);
+                int key = e < 2 ? key_a : key_b;
+                float p = exp2f(st[4 * j + e] * sl2 - sL[ql]);
+                if (need_mask && masked(key, q0 + ql, d.T, d.window)) p = 0.0f;
+                st[4 * j + e] = p;
+                dp[4 * j + e] = p * (dp[4 * j + e] - sD[ql]);
+            }
+        // P^T and dS^T as A fragments (k = queries, 16 a step), then dV += P^T dO, dK += dS^T Q: dO and Q
+        // MN-major (k = query rows, 2048 bytes a step).
+        uint32_t ap[16], as[16];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                ap[4 * kk + i] = pack2(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
+                as[4 * kk + i] = pack2(dp[8 * kk + 2 * i], dp[8 * kk + 2 * i + 1]);
+            }
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            wg_rs<1>(dv, ap + 4 * kk, descO + 128 * kk, 1);
+            wg_rs<1>(dk, as + 4 * kk, descQ + 128 * kk, 1);
+        }
+        wg_commit();
+        // dS^T to shared memory ([key][query], swizzled), then dQ [64 queries x 64] = dS K: dS^T read as an
+        // MN-major A, K as an MN-major B (k = keys, 2048 bytes a step).
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            *reinterpret_cast<uint32_t *>(sdS_b + sw128(r0, 2 * kk) + 4 * c) = as[4 * kk];
+            *reinterpret_cast<uint32_t *>(sdS_b + sw128(r0 + 8, 2 * kk) + 4 * c) = as[4 * kk + 1];
+            *reinterpret_cast<uint32_t *>(sdS_b + sw128(r0, 2 * kk + 1) + 4 * c) = as[4 * kk + 2];
+            *reinterpret_cast<uint32_t *>(sdS_b + sw128(r0 + 8, 2 * kk + 1) + 4 * c) = as[4 * kk + 3];
+        }
+        proxy_fence();
+        __syncthreads();
+        float dq[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) dq[i] = 0;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wg_ss<1, 1>(dq, descS + 128 * kk, descK + 128 * kk, kk);
+        wg_commit();
+        wg_wait0();
+        reg_fence(dq);
+        reg_fence(dk);
+        reg_fence(dv);
+        reg_fence(ap);
+        reg_fence(as);
+        int qa = q0 + r0, qbb = qa + 8;
+        float *dqa = dq_acc + ((long)b * d.T + qa) * d.QW + h * HD, *dqb = dqa + 8L * d.QW;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int col = j * 8 + 2 * c;
+            if (qa < d.T) atomicAdd(reinterpret_cast<float2 *>(dqa + col), make_float2(dq[4 * j] * d.scale, dq[4 * j + 1] * d.scale));
+            if (qbb < d.T) atomicAdd(reinterpret_cast<float2 *>(dqb + col), make_float2(dq[4 * j + 2] * d.scale, dq[4 * j + 3] * d.scale));
+        }
+        if (qb < qb_end) store_ld(buf ^ 1, next_ld);
+        __syncthreads();
+    }
+    float *dka = dkv_acc + ((long)b * d.T + key_a) * 2 * d.KVW + kvh * HD, *dkb = dka + 8L * 2 * d.KVW;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int col = j * 8 + 2 * c;
+        if (key_a < d.T) {
+            atomicAdd(reinterpret_cast<float2 *>(dka + col), make_float2(dk[4 * j] * d.scale, dk[4 * j + 1] * d.scale));
+            atomicAdd(reinterpret_cast<float2 *>(dka + d.KVW + col), make_float2(dv[4 * j], dv[4 * j + 1]));
+        }
+        if (key_b < d.T) {
+            atomicAdd(reinterpret_cast<float2 *>(dkb + col), make_float2(dk[4 * j + 2] * d.scale, dk[4 * j + 3] * d.scale));
+            atomicAdd(reinterpret_cast<float2 *>(dkb + d.KVW + col), make_float2(dv[4 * j + 2], dv[4 * j + 3]));
+        }
+    }
+}
+
+// Forward on wgmma (HD 64): flash_fwd_kernel<64>'s algorithm, S = Q K^T from shared memory
+// (both K-major), O += P V with P from registers and V MN-major.
+#define FFW_SMEM (5 * WG_TILE * 2 + 1024)
+__global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
+    constexpr int HD = 64;
+    extern __shared__ unsigned char ffw_raw[];
+    bf16 *sQ = (bf16 *)(((uintptr_t)ffw_raw + 1023) & ~(uintptr_t)1023), *sK = sQ + WG_TILE, *sV = sK + 2 * WG_TILE;  // K, V: two buffers
+    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int kvh = h / (d.NH / d.NKV);
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const bf16 *base = qkv + (long)b * d.T * d.S;
+    const bf16 *qg = base + h * HD, *kg = base + d.QW + kvh * HD, *vg = base + d.QW + d.KVW + kvh * HD;
+    int q0 = qb * FA_B;
+    int kb_start = d.window > 0 ? max(0, q0 - d.window + 1) / FA_B : 0, kb_end = qb;
+    load_tile_sw(sQ, qg, d.S, q0, d.T, tid);
+    load_tile_sw(sK, kg, d.S, kb_start * FA_B, d.T, tid);
+    load_tile_sw(sV, vg, d.S, kb_start * FA_B, d.T, tid);
+    cp_commit();
+    const uint64_t descQ = wg_desc(sQ);
+    float o[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = 0;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0, l1 = 0;
+    float sl2 = d.scale * LOG2E;
+    int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+    for (int kb = kb_start; kb <= kb_end; kb++) {
+        int buf = (kb - kb_start) & 1;
+        if (kb < kb_end) {
+            load_tile_sw(sK + (buf ^ 1) * WG_TILE, kg, d.S, (kb + 1) * FA_B, d.T, tid);
+            load_tile_sw(sV + (buf ^ 1) * WG_TILE, vg, d.S, (kb + 1) * FA_B, d.T, tid);
+            cp_commit();
+            cp_wait<1>();
+        } else cp_wait<0>();
+        proxy_fence();
+        __syncthreads();
+        const uint64_t descK = wg_desc(sK + buf * WG_TILE), descV = wg_desc(sV + buf * WG_TILE);
+        float s[32];  // 64 queries x 64 keys
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wg_ss<0, 0>(s, descQ + 2 * kk, descK + 2 * kk, kk);
+        wg_commit();
+        wg_wait0();
+        reg_fence(s);
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+        bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = kb * FA_B + j * 8 + 2 * c + (e & 1);
+                float v = s[4 * j + e] * sl2;
+                if (need_mask && masked(key, e < 2 ? row_a : row_b, d.T, d.window)) v = -INFINITY;
+                s[4 * j + e] = v;
+                if (e < 2) mx0 = fmaxf(mx0, v);
+                else mx1 = fmaxf(mx1, v);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+        float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
+        float ls0 = 0, ls1 = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            s[4 * j] = exp2f(s[4 * j] - mu0);
+            s[4 * j + 1] = exp2f(s[4 * j + 1] - mu0);
+            s[4 * j + 2] = exp2f(s[4 * j + 2] - mu1);
+            s[4 * j + 3] = exp2f(s[4 * j + 3] - mu1);
+            ls0 += s[4 * j] + s[4 * j + 1];
+            ls1 += s[4 * j + 2] + s[4 * j + 3];
+        }
+        l0 = l0 * al0 + ls0;
+        l1 = l1 * al1 + ls1;
+        m0 = mn0;
+        m1 = mn1;
+        uint32_t ap[16];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            o[4 * j] *= al0; o[4 * j + 1] *= al0;
+            o[4 * j + 2] *= al1; o[4 * j + 3] *= al1;
+            ap[2 * j] = pack2(s[4 * j], s[4 * j + 1]);
+            ap[2 * j + 1] = pack2(s[4 * j + 2], s[4 * j + 3]);
+        }
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wg_rs<1>(o, ap + 4 * kk, descV + 128 * kk, 1);
+        wg_commit();
+        wg_wait0();
+        reg_fence(o);
+        reg_fence(ap);
+        __syncthreads();
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    bf16 *ob = out + (long)b * d.T * d.QW + h * HD;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int col = j * 8 + 2 * c;
+        if (row_a < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_a * d.QW + col]) = pack2(o[4 * j] * i0, o[4 * j + 1] * i0);
+        if (row_b < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_b * d.QW + col]) = pack2(o[4 * j + 2] * i1, o[4 * j + 3] * i1);
+    }
+    if (c == 0) {
+        float *lb = lse + ((long)b * d.NH + h) * d.T;
+        if (row_a < d.T) lb[row_a] = (m0 + log2f(l0)) / LOG2E;
+        if (row_b < d.T) lb[row_b] = (m1 + log2f(l1)) / LOG2E;
+    }
+}
+
 // ============================ launchers ============================
 // The bf16 tensor-core kernels serve head_dim 64 and 128 with 16-byte aligned rows; everything else
 // takes the generic ones.
@@ -497,15 +830,25 @@ static void allow_smem(const void *kernel, int bytes) {
     done.push_back(kernel);
 }
 template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
-    allow_smem((const void *)flash_fwd_kernel<HD>, FF_SMEM(HD));
-    flash_fwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FF_SMEM(HD), s>>>(out, lse, qkv, d);
+    if (HD == 64 && !getenv("PEFT_NO_WGMMA_F")) {
+        allow_smem((const void *)flash_fwd_wg_kernel, FFW_SMEM);
+        flash_fwd_wg_kernel<<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FFW_SMEM, s>>>(out, lse, qkv, d);
+    } else {
+        allow_smem((const void *)flash_fwd_kernel<HD>, FF_SMEM(HD));
+        flash_fwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FF_SMEM(HD), s>>>(out, lse, qkv, d);
+    }
     KCHECK();
 }
 template <int HD>
 static void flash_backward(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf,
                            const AttnDims &d, cudaStream_t s) {
-    allow_smem((const void *)flash_bwd_kernel<HD>, FB_SMEM(HD));
-    flash_bwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FB_SMEM(HD), s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
+    if (HD == 64 && !getenv("PEFT_NO_WGMMA")) {
+        allow_smem((const void *)flash_bwd_wg_kernel, FBW_SMEM);
+        flash_bwd_wg_kernel<<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FBW_SMEM, s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
+    } else {
+        allow_smem((const void *)flash_bwd_kernel<HD>, FB_SMEM(HD));
+        flash_bwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FB_SMEM(HD), s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
+    }
     KCHECK();
 }
 

@@ -66,7 +66,8 @@ extern "C" size_t gpu_peak_bytes(void) { return g_peak_bytes; }
 extern "C" void gpu_reset_peak(void) { g_peak_bytes = g_cur_bytes; }
 
 static const char *prof_names[P_N] = {"embedding", "norm fwd/recompute", "base GEMM fwd", "LoRA fwd", "rope", "attention fwd",
-                                      "activation fwd/bwd", "classifier (chunked)", "base GEMM dx", "weight/bias grads", "LoRA bwd",
+                                      "activation fwd/bwd", "classifier (chunked)", "base GEMM dx", "weight/bias grads", "LoRA bwd dh",
+                                      "LoRA bwd dB", "LoRA bwd dA",
                                       "attention bwd", "norm bwd", "AdamW", "other"};
 static const int N_PARTIALS = 1024;
 // Spare rows/columns of the fused adapter input gradient are rounded up to 8, so the fused GEMM's K
@@ -404,7 +405,6 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         if (G->zero_bg_len) CU(cudaMemsetAsync(G->bg + G->zero_bg_off, 0, sizeof(float) * G->zero_bg_len, g->st));
     }
     if (!G->n_ad) return;
-    mark(g, P_LORA_B);
     T *h = (T *)G->h;
     T *dh = G->fused_dx ? (T *)dy + G->out : (T *)g->dh;  // fused: dh lives in dy's spare columns
     int lddh = G->fused_dx ? ldy : G->R;
@@ -412,8 +412,10 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         AdMember *mb = &G->ad[i];
         // dh_i = dy_i Beff_i [N, r] (LoRA: s dy_i B_i; VeRA's members add into one dh)
         float beta = G->shared_h && i > 0 ? 1.0f : 0.0f;
+        mark(g, P_LORA_B);
         gemm(g->gc, false, false, N, mb->r, mb->out, mb->Beff ? 1.0f : mb->scaling, dy + mb->col_off, ldy, TT, mb->Beff ? mb->Beff : mb->B,
              mb->r, TT, beta, dh + mb->r_off, dh + mb->r_off, lddh, TT, nullptr);
+        mark(g, P_LORA_DB);
         if (mb->kind == AD_LORA) {  // dB_i += s dy_i^T h_i [out_i, r]
             gemm(g->gc, true, false, mb->out, mb->r, N, mb->scaling, dy + mb->col_off, ldy, TT, h + mb->r_off, G->R, TT, 1.0f, mb->Bg, mb->Bg,
                  mb->r, G_F32, nullptr);
@@ -436,6 +438,7 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         xa = (const T *)g->xdrop;
     }
     // dA += dh^T x [R, in] (trainable A; x: the adapters' input)
+    mark(g, P_LORA_DA);
     if (G->Ag) gemm(g->gc, true, false, G->R, G->in, N, 1.0f, dh, lddh, TT, xa, G->in, TT, 1.0f, G->Ag, G->Ag, G->in, G_F32, nullptr);
     if (!dx) return;
     if (drop) {  // dx += mask * (dh A) / (1 - p): the adapter path reaches x through the kept elements only
