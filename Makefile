@@ -40,6 +40,8 @@ GPU_OBJ    = $(BUILD)/cuda/gpu_check.o
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVFLAGS   += -std=c++17 -O3 -g -lineinfo -arch=$(CUDA_ARCH) -Iinclude -Isrc -Isrc/cuda
+# sm_90a (Hopper's arch-specific instructions) enables the wgmma attention kernels.
+NVFLAGS   += $(if $(filter sm_90a,$(CUDA_ARCH)),-DPEFT_WGMMA)
 GPU_OBJ   += $(patsubst src/cuda/%.cu,$(BUILD)/cuda/%.o,$(wildcard src/cuda/*.cu))
 LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart_static -lrt -ldl -lpthread -lstdc++
 else

@@ -47,7 +47,7 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// VN elements of T: 16 bytes (VN = 16/sizeof(T)) or a single element (VN = 1).
+// VN elements of T: 16 bytes (VN = 16/sizeof(T)) or a single element (VN = 1); stores also 8 bytes.
 template <typename T, int VN> __device__ __forceinline__ void ldv(const T *p, float *f) {
     if constexpr (VN * sizeof(T) == 16) {
         uint4 u = *reinterpret_cast<const uint4 *>(p);
@@ -66,9 +66,34 @@ template <typename T, int VN> __device__ __forceinline__ void stv(T *p, const fl
 #pragma unroll
         for (int i = 0; i < VN; i++) e[i] = from_f<T>(f[i]);
         *reinterpret_cast<uint4 *>(p) = u;
+    } else if constexpr (VN * sizeof(T) == 8) {
+        uint2 u;
+        T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+        for (int i = 0; i < VN; i++) e[i] = from_f<T>(f[i]);
+        *reinterpret_cast<uint2 *>(p) = u;
     } else {
 #pragma unroll
         for (int i = 0; i < VN; i++) p[i] = from_f<T>(f[i]);
+    }
+}
+// VN floats (16-byte aligned when VN is a multiple of 4: float4 accesses).
+template <int VN> __device__ __forceinline__ void ld_f32(const float *p, float *f) {
+    if constexpr (VN % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < VN; i += 4) *reinterpret_cast<float4 *>(f + i) = *reinterpret_cast<const float4 *>(p + i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < VN; i++) f[i] = p[i];
+    }
+}
+template <int VN> __device__ __forceinline__ void st_f32(float *p, const float *f) {
+    if constexpr (VN % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < VN; i += 4) *reinterpret_cast<float4 *>(p + i) = *reinterpret_cast<const float4 *>(f + i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < VN; i++) p[i] = f[i];
     }
 }
 

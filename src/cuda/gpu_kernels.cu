@@ -212,8 +212,7 @@ __global__ void norm_bwd_kernel(float *dres, T *dres_t, float *dw, float *db, co
             ldv<T, VN>(dyr + c, dy);
             ldv<T, VN>(w + c, wf);
             float *drow = dres + (long)row * C + c;
-#pragma unroll
-            for (int k = 0; k < VN; k++) dr[k] = drow[k];
+            ld_f32<VN>(drow, dr);
 #pragma unroll
             for (int k = 0; k < VN; k++) {
                 if (layernorm) {
@@ -228,8 +227,7 @@ __global__ void norm_bwd_kernel(float *dres, T *dres_t, float *dw, float *db, co
                     if (wgrad) atomicAdd(&sdw[c + k], dy[k] * xf[k] * rstd);
                 }
             }
-#pragma unroll
-            for (int k = 0; k < VN; k++) drow[k] = dr[k];
+            st_f32<VN>(drow, dr);
             if (dres_t) stv<T, VN>(dres_t + (long)row * ldt + c, dr);
         }
     }
@@ -787,23 +785,43 @@ void k_adalora_scores(float *avg_ipt, float *avg_unc, const float *p, const floa
 }
 
 // ---------------- optimizer ----------------
-__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, bf16 *work, long n, float decay_mul, float b1, float b2,
-                             float eps, float step_size, float bc2_sqrt) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        float w = p[i] * decay_mul, gi = g[i];
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        w -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = w;
-        if (work) work[i] = __float2bfloat16(w);
+struct AdamArgs {
+    float decay_mul, b1, b2, eps, step_size, bc2_sqrt;
+};
+__device__ __forceinline__ float adamw_one(float w, float gi, float &mi, float &vi, const AdamArgs &a) {
+    w *= a.decay_mul;
+    mi = a.b1 * mi + (1.0f - a.b1) * gi;
+    vi = a.b2 * vi + (1.0f - a.b2) * gi * gi;
+    return w - a.step_size * mi / (sqrtf(vi) / a.bc2_sqrt + a.eps);
+}
+// VN elements per thread and iteration (VN = 4: float4 accesses, 16-byte aligned arrays; ~30 bytes of
+// traffic per parameter, so the vector loads matter: 1.1B parameters in ~9.7 ms with scalar ones on the H200).
+template <int VN>
+__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, bf16 *work, long n, AdamArgs a) {
+    for (long i = (blockIdx.x * (long)blockDim.x + threadIdx.x) * VN; i < n; i += (long)gridDim.x * blockDim.x * VN) {
+        float w[VN], gi[VN], mi[VN], vi[VN];
+        ld_f32<VN>(p + i, w);
+        ld_f32<VN>(g + i, gi);
+        ld_f32<VN>(m + i, mi);
+        ld_f32<VN>(v + i, vi);
+#pragma unroll
+        for (int k = 0; k < VN; k++) w[k] = adamw_one(w[k], gi[k], mi[k], vi[k], a);
+        st_f32<VN>(m + i, mi);
+        st_f32<VN>(v + i, vi);
+        st_f32<VN>(p + i, w);
+        if (work) stv<bf16, VN>(work + i, w);
     }
 }
 void k_adamw(float *p, const float *g, float *m, float *v, bf16 *work, long n, float decay_mul, float b1, float b2, float eps,
              float step_size, float bc2_sqrt, cudaStream_t s) {
     if (n <= 0) return;
-    adamw_kernel<<<(int)fminl(cdiv(n, 256), 132L * 16), 256, 0, s>>>(p, g, m, v, work, n, decay_mul, b1, b2, eps, step_size, bc2_sqrt);
+    AdamArgs a = {decay_mul, b1, b2, eps, step_size, bc2_sqrt};
+    bool vec = !((uintptr_t)p % 16 || (uintptr_t)g % 16 || (uintptr_t)m % 16 || (uintptr_t)v % 16 || (uintptr_t)work % 8);
+    long nv = vec ? n / 4 * 4 : 0;
+    if (nv) adamw_kernel<4><<<(int)fminl(cdiv(nv / 4, 256), 132L * 16), 256, 0, s>>>(p, g, m, v, work, nv, a);
+    if (n > nv)
+        adamw_kernel<1><<<(int)fminl(cdiv(n - nv, 256), 132L * 16), 256, 0, s>>>(p + nv, g + nv, m + nv, v + nv, work ? work + nv : nullptr,
+                                                                                 n - nv, a);
     KCHECK();
 }
 
