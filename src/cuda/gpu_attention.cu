@@ -522,6 +522,11 @@ __device__ __forceinline__ void wg_fence() {}
 __device__ __forceinline__ void wg_commit() {}
 __device__ __forceinline__ void wg_wait0() {}
 #endif
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Keeps the compiler from moving reads or writes of registers across an asynchronous wgmma.
 template <int N> __device__ __forceinline__ void reg_fence(float (&r)[N]) {
@@ -629,18 +634,19 @@ __global__ void __launch_bounds__(128, 3)
         reg_fence(dp);
         bool need_mask = qb == kb || q0 + FA_B > d.T || d.window > 0;
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < 8; j++) {
+            float2 L = *reinterpret_cast<const float2 *>(&sL[j * 8 + 2 * c]), Dv = *reinterpret_cast<const float2 *>(&sD[j * 8 + 2 * c]);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int ql = j * 8 + 2 * c + (e & 1);
-                int key = e < 2 ? key_a : key_b;
-                float p = exp2f(st[4 * j + e] * sl2 - sL[ql]);
-                if (need_mask && masked(key, q0 + ql, d.T, d.window)) p = 0.0f;
+                float p = ex2_ftz(st[4 * j + e] * sl2 - (e & 1 ? L.y : L.x));
+                if (need_mask && masked(e < 2 ? key_a : key_b, q0 + ql, d.T, d.window)) p = 0.0f;
                 st[4 * j + e] = p;
-                dp[4 * j + e] = p * (dp[4 * j + e] - sD[ql]);
+                dp[4 * j + e] = p * (dp[4 * j + e] - (e & 1 ? Dv.y : Dv.x));
             }
-        // P^T and dS^T as A fragments (k = queries, 16 a step), then dV += P^T dO, dK += dS^T Q: dO and Q
-        // MN-major (k = query rows, 2048 bytes a step).
+        }
+        // P^T and dS^T as A fragments (k = queries, 16 a step); dS^T also to shared memory ([key][query],
+        // swizzled) for dQ. Then dV += P^T dO, dK += dS^T Q: dO and Q MN-major (k = query rows, 2048 bytes a step).
         uint32_t ap[16], as[16];
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
@@ -649,15 +655,6 @@ __global__ void __launch_bounds__(128, 3)
                 ap[4 * kk + i] = pack2(st[8 * kk + 2 * i], st[8 * kk + 2 * i + 1]);
                 as[4 * kk + i] = pack2(dp[8 * kk + 2 * i], dp[8 * kk + 2 * i + 1]);
             }
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            wg_rs<1>(dv, ap + 4 * kk, descO + 128 * kk, 1);
-            wg_rs<1>(dk, as + 4 * kk, descQ + 128 * kk, 1);
-        }
-        wg_commit();
-        // dS^T to shared memory ([key][query], swizzled), then dQ [64 queries x 64] = dS K: dS^T read as an
-        // MN-major A, K as an MN-major B (k = keys, 2048 bytes a step).
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             *reinterpret_cast<uint32_t *>(sdS_b + sw128(r0, 2 * kk) + 4 * c) = as[4 * kk];
@@ -666,8 +663,22 @@ __global__ void __launch_bounds__(128, 3)
             *reinterpret_cast<uint32_t *>(sdS_b + sw128(r0 + 8, 2 * kk + 1) + 4 * c) = as[4 * kk + 3];
         }
         proxy_fence();
-        if (tid < FA_B) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last reduces have read sdQ
-        __syncthreads();
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            wg_rs<1>(dv, ap + 4 * kk, descO + 128 * kk, 1);
+            wg_rs<1>(dk, as + 4 * kk, descQ + 128 * kk, 1);
+        }
+        wg_commit();
+        __syncthreads();  // every warp's dS rows are in shared memory
+        // dV and dK done before dQ starts: the A fragments die here, which keeps the kernel within 168
+        // registers (3 blocks per SM) without spilling.
+        wg_wait0();
+        reg_fence(dk);
+        reg_fence(dv);
+        reg_fence(ap);
+        reg_fence(as);
+        // dQ [64 queries x 64] = dS K: dS^T read as an MN-major A, K as an MN-major B (k = keys, 2048 bytes a step).
         float dq[32];
 #pragma unroll
         for (int i = 0; i < 32; i++) dq[i] = 0;
@@ -677,11 +688,10 @@ __global__ void __launch_bounds__(128, 3)
         wg_commit();
         wg_wait0();
         reg_fence(dq);
-        reg_fence(dk);
-        reg_fence(dv);
-        reg_fence(ap);
-        reg_fence(as);
-        // dQ to shared memory, then each of its 64 rows (256 bytes) reduce-added into dq_acc by the TMA unit.
+        // dQ to shared memory, then each row (256 bytes) reduce-added into dq_acc by the TMA unit. Each warp
+        // stages and sends its own 16 rows (lanes 0-15), so only the warp synchronises.
+        if (lane < 16) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last reduces have read them
+        __syncwarp();
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             int col = j * 8 + 2 * c;
@@ -689,16 +699,18 @@ __global__ void __launch_bounds__(128, 3)
             *reinterpret_cast<float2 *>(&sdQ[(r0 + 8) * 68 + col]) = make_float2(dq[4 * j + 2] * d.scale, dq[4 * j + 3] * d.scale);
         }
         proxy_fence();
-        if (qb < qb_end) store_ld(buf ^ 1, next_ld);
-        __syncthreads();
-        if (tid < FA_B && q0 + tid < d.T) {
-            float *dst = dq_acc + ((long)b * d.T + q0 + tid) * d.QW + h * HD;
-            uint32_t src = (uint32_t)__cvta_generic_to_shared(&sdQ[tid * 68]);
+        __syncwarp();
+        int qrow = q0 + warp * 16 + lane;
+        if (lane < 16 && qrow < d.T) {
+            float *dst = dq_acc + ((long)b * d.T + qrow) * d.QW + h * HD;
+            uint32_t src = (uint32_t)__cvta_generic_to_shared(&sdQ[(warp * 16 + lane) * 68]);
             asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 256;\n" ::"l"(dst), "r"(src) : "memory");
             asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
+        if (qb < qb_end) store_ld(buf ^ 1, next_ld);
+        __syncthreads();
     }
-    if (tid < FA_B) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    if (lane < 16) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     float *dka = dkv_acc + ((long)b * d.T + key_a) * 2 * d.KVW + kvh * HD, *dkb = dka + 8L * 2 * d.KVW;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -776,14 +788,14 @@ __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
         float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
         float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-        float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
+        float al0 = ex2_ftz(m0 - mu0), al1 = ex2_ftz(m1 - mu1);
         float ls0 = 0, ls1 = 0;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            s[4 * j] = exp2f(s[4 * j] - mu0);
-            s[4 * j + 1] = exp2f(s[4 * j + 1] - mu0);
-            s[4 * j + 2] = exp2f(s[4 * j + 2] - mu1);
-            s[4 * j + 3] = exp2f(s[4 * j + 3] - mu1);
+            s[4 * j] = ex2_ftz(s[4 * j] - mu0);
+            s[4 * j + 1] = ex2_ftz(s[4 * j + 1] - mu0);
+            s[4 * j + 2] = ex2_ftz(s[4 * j + 2] - mu1);
+            s[4 * j + 3] = ex2_ftz(s[4 * j + 3] - mu1);
             ls0 += s[4 * j] + s[4 * j + 1];
             ls1 += s[4 * j + 2] + s[4 * j + 3];
         }

@@ -57,7 +57,38 @@ static int alignment(const void *p) {
 }
 static cudaDataType_t cuda_type(int t) { return t == G_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-static GemmPlan *make_plan(GemmCtx *c, const GemmKey *k) {
+// The fastest of the heuristic's first candidates, timed on the call's own operands (a plan is made
+// once per shape, in the first step). Only when rerunning is harmless: D not also the accumulated C.
+static const int TUNE_CANDIDATES = 8;
+static int pick_fastest(GemmCtx *c, GemmPlan *p, const cublasLtMatmulHeuristicResult_t *res, int found, const void *A, const void *B,
+                        const void *C, void *D, float alpha, float beta) {
+    cudaEvent_t e0, e1;
+    if (cudaEventCreate(&e0) != cudaSuccess) return 0;
+    if (cudaEventCreate(&e1) != cudaSuccess) { cudaEventDestroy(e0); return 0; }
+    int best = 0;
+    float best_ms = 1e30f;
+    for (int i = 0; i < found; i++) {
+        bool ok = cublasLtMatmul(c->lt, p->op, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, D, p->lc, &res[i].algo, c->ws, c->ws_size,
+                                 c->stream) == CUBLAS_STATUS_SUCCESS;  // warm-up
+        cudaEventRecord(e0, c->stream);
+        for (int rep = 0; ok && rep < 2; rep++)
+            ok = cublasLtMatmul(c->lt, p->op, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, D, p->lc, &res[i].algo, c->ws, c->ws_size,
+                                c->stream) == CUBLAS_STATUS_SUCCESS;
+        cudaEventRecord(e1, c->stream);
+        float ms = 0;
+        if (ok && cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < best_ms) {
+            best_ms = ms;
+            best = i;
+        }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGetLastError();  // a candidate that failed to launch is skipped, not reported
+    return best;
+}
+
+static GemmPlan *make_plan(GemmCtx *c, const GemmKey *k, const void *A, const void *B, const void *C, void *D, float alpha, float beta,
+                           const void *bias) {
     GemmPlan p;
     memset(&p, 0, sizeof p);
     p.key = *k;
@@ -72,6 +103,7 @@ static GemmPlan *make_plan(GemmCtx *c, const GemmKey *k) {
         BLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
         cudaDataType_t bt = cuda_type(k->dtd);
         BLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+        BLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));  // for the timing runs
     }
     // A' = B (stored [K,N] row-major = [N,K] col-major when !tb), B' = A.
     if (opa == CUBLAS_OP_N) BLAS(cublasLtMatrixLayoutCreate(&p.la, cuda_type(k->dtb), m, kk, k->ldb));
@@ -90,16 +122,17 @@ static GemmPlan *make_plan(GemmCtx *c, const GemmKey *k) {
     BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b));
     BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c));
     BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d));
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[TUNE_CANDIDATES];
     int found = 0;
-    BLAS(cublasLtMatmulAlgoGetHeuristic(c->lt, p.op, p.la, p.lb, p.lc, p.lc, pref, 1, &res, &found));
+    bool tune = beta == 0.0f || C != D;
+    BLAS(cublasLtMatmulAlgoGetHeuristic(c->lt, p.op, p.la, p.lb, p.lc, p.lc, pref, tune ? TUNE_CANDIDATES : 1, res, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (gpu_failed()) return nullptr;
     if (!found) {
         BLAS(CUBLAS_STATUS_NOT_SUPPORTED);
         return nullptr;
     }
-    p.algo = res.algo;
+    p.algo = res[found > 1 ? pick_fastest(c, &p, res, found, A, B, C, D, alpha, beta) : 0].algo;
     if (c->n_plans == c->cap_plans) {
         c->cap_plans = c->cap_plans ? 2 * c->cap_plans : 64;
         c->plans = (GemmPlan *)realloc(c->plans, sizeof(GemmPlan) * c->cap_plans);
@@ -127,7 +160,7 @@ void gemm(GemmCtx *c, bool transA, bool transB, int M, int N, int K, float alpha
     GemmPlan *p = nullptr;
     for (int i = c->n_plans - 1; i >= 0; i--)
         if (!memcmp(&c->plans[i].key, &k, sizeof k)) { p = &c->plans[i]; break; }
-    if (!p && !(p = make_plan(c, &k))) return;
+    if (!p && !(p = make_plan(c, &k, A, B, C, D, alpha, beta, bias))) return;
     if (bias) BLAS(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     BLAS(cublasLtMatmul(c->lt, p->op, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, D, p->lc, &p->algo, c->ws, c->ws_size, c->stream));
 }
