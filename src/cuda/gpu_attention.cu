@@ -505,12 +505,21 @@ __device__ __forceinline__ uint64_t wg_desc(const void *smem) {
     return (uint64_t)((a & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
 }
 // 64 rows x 64 columns of bf16 from rows row0.. of a [*, ld] matrix into a swizzled tile (rows >= Tn: zeros).
+// Thread t copies 16-byte chunk t % 8 of rows t / 8 + 16 i: one address computation a tile (rows 16 apart
+// share their swizzle, so their offsets are 2048 bytes apart), the row checks only in a partial tile.
 __device__ __forceinline__ void load_tile_sw(bf16 *sm, const bf16 *g, long ld, int row0, int Tn, int tid) {
+    int r = tid >> 3, ch = tid & 7;
+    char *dst = (char *)sm + sw128(r, ch);
+    const bf16 *src = g + (long)(row0 + r) * ld + ch * 8;
+    if (row0 + 64 <= Tn) {
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int idx = tid + i * 128, r = idx >> 3, ch = idx & 7;
-        bool ok = row0 + r < Tn;
-        cp_async16((char *)sm + sw128(r, ch), g + (long)(ok ? row0 + r : 0) * ld + ch * 8, ok);
+        for (int i = 0; i < 4; i++) cp_async16(dst + i * 2048, src + i * 16 * ld, true);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            bool ok = row0 + r + 16 * i < Tn;
+            cp_async16(dst + i * 2048, ok ? src + i * 16 * ld : g, ok);
+        }
     }
 }
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
