@@ -167,6 +167,83 @@ template <int HD> __device__ __forceinline__ void load_tile(bf16 *sm, const bf16
     }
 }
 
+// ---- online softmax of the forward kernels (a warp's 16 query rows x one 64-key block) ----
+// Fragments are flat: s[4j + e] is row g (e < 2) or g + 8 (e >= 2), key 8j + 2c + (e & 1); o[4j + e] the
+// same rows, output column 8j + 2c + (e & 1).
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+struct RowSoftmax {
+    float m0, m1, l0, l1;  // running max (log2 units) and sum of rows g and g + 8
+};
+// Scales the scores to log2 units and masks them, updates the running max and sum, turns s into
+// P = 2^(s - max) and rescales the output accumulators o (n of them) to the new max.
+template <int NO>
+__device__ __forceinline__ void softmax_block(float (&s)[32], float (&o)[NO], RowSoftmax &st, float sl2, bool need_mask, int key0, int row_a,
+                                              int row_b, int c, const AttnDims &d) {
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float v = s[4 * j + e] * sl2;
+            if (need_mask && masked(key0 + j * 8 + 2 * c + (e & 1), e < 2 ? row_a : row_b, d.T, d.window)) v = -INFINITY;
+            s[4 * j + e] = v;
+            if (e < 2) mx0 = fmaxf(mx0, v);
+            else mx1 = fmaxf(mx1, v);
+        }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    float mn0 = fmaxf(st.m0, mx0), mn1 = fmaxf(st.m1, mx1);
+    float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+    float al0 = ex2_ftz(st.m0 - mu0), al1 = ex2_ftz(st.m1 - mu1);
+    float ls0 = 0, ls1 = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        s[4 * j] = ex2_ftz(s[4 * j] - mu0);
+        s[4 * j + 1] = ex2_ftz(s[4 * j + 1] - mu0);
+        s[4 * j + 2] = ex2_ftz(s[4 * j + 2] - mu1);
+        s[4 * j + 3] = ex2_ftz(s[4 * j + 3] - mu1);
+        ls0 += s[4 * j] + s[4 * j + 1];
+        ls1 += s[4 * j + 2] + s[4 * j + 3];
+    }
+    st.l0 = st.l0 * al0 + ls0;
+    st.l1 = st.l1 * al1 + ls1;
+    st.m0 = mn0;
+    st.m1 = mn1;
+#pragma unroll
+    for (int j = 0; j < NO / 4; j++) {
+        o[4 * j] *= al0; o[4 * j + 1] *= al0;
+        o[4 * j + 2] *= al1; o[4 * j + 3] *= al1;
+    }
+}
+// The end of a forward block: out rows = o / l (bf16), lse = max + log l (natural units).
+template <int HD>
+__device__ __forceinline__ void store_rows(bf16 *out, float *lse, const float (&o)[HD / 2], RowSoftmax st, int row_a, int row_b, int b, int h,
+                                           int c, const AttnDims &d) {
+    st.l0 += __shfl_xor_sync(0xffffffffu, st.l0, 1);
+    st.l0 += __shfl_xor_sync(0xffffffffu, st.l0, 2);
+    st.l1 += __shfl_xor_sync(0xffffffffu, st.l1, 1);
+    st.l1 += __shfl_xor_sync(0xffffffffu, st.l1, 2);
+    float i0 = 1.0f / st.l0, i1 = 1.0f / st.l1;
+    bf16 *ob = out + (long)b * d.T * d.QW + h * HD;
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++) {
+        int col = j * 8 + 2 * c;
+        if (row_a < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_a * d.QW + col]) = pack2(o[4 * j] * i0, o[4 * j + 1] * i0);
+        if (row_b < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_b * d.QW + col]) = pack2(o[4 * j + 2] * i1, o[4 * j + 3] * i1);
+    }
+    if (c == 0) {
+        float *lb = lse + ((long)b * d.NH + h) * d.T;
+        if (row_a < d.T) lb[row_a] = (st.m0 + log2f(st.l0)) / LOG2E;
+        if (row_b < d.T) lb[row_b] = (st.m1 + log2f(st.l1)) / LOG2E;
+    }
+}
+
 // grid (ceil(T/64), NH, B), 128 threads: 4 warps x 16 query rows; K/V tiles double-buffered.
 // (A 128-row, 8-warp variant that skips wholly-masked tiles per warp measured slower on the H100:
 // 12.0 against 7.9 ms per Llama-1.1B step.)
@@ -195,10 +272,10 @@ template <int HD> __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash
     for (int kk = 0; kk < HD / 16; kk++) {
         ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], &sQ[(warp * 16 + (mat & 1) * 8 + rr) * LD + kk * 16 + (mat >> 1) * 8]);
     }
-    float o[HD / 8][4];
+    float o[HD / 2];
 #pragma unroll
-    for (int j = 0; j < HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0, l1 = 0;
+    for (int i = 0; i < HD / 2; i++) o[i] = 0;
+    RowSoftmax st = {-INFINITY, -INFINITY, 0, 0};
     float sl2 = d.scale * LOG2E;
     int row_a = q0 + r0, row_b = row_a + 8;
     for (int kb = kb_start; kb <= kb_end; kb++) {
@@ -211,88 +288,35 @@ template <int HD> __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash
         } else cp_wait<0>();
         __syncthreads();
         const bf16 *K = sK + buf * TILE, *V = sV + buf * TILE;
-        float s[8][4];  // 16 query rows x 64 keys
+        float s[32];  // 16 query rows x 64 keys
 #pragma unroll
-        for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
+        for (int i = 0; i < 32; i++) s[i] = 0;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++)
 #pragma unroll
             for (int j = 0; j < 8; j += 2) {
                 uint32_t b0, b1, b2, b3;
                 ldsm_x4(b0, b1, b2, b3, &K[(j * 8 + (mat >> 1) * 8 + rr) * LD + kk * 16 + (mat & 1) * 8]);
-                mma16816(s[j], qf[kk], b0, b1);
-                mma16816(s[j + 1], qf[kk], b2, b3);
+                mma16816(s + 4 * j, qf[kk], b0, b1);
+                mma16816(s + 4 * j + 4, qf[kk], b2, b3);
             }
-        float mx0 = -INFINITY, mx1 = -INFINITY;
         bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0;
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = kb * FA_B + j * 8 + 2 * c + (e & 1);
-                float v = s[j][e] * sl2;
-                if (need_mask && masked(key, e < 2 ? row_a : row_b, d.T, d.window)) v = -INFINITY;
-                s[j][e] = v;
-                if (e < 2) mx0 = fmaxf(mx0, v);
-                else mx1 = fmaxf(mx1, v);
-            }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-        float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
-        float ls0 = 0, ls1 = 0;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            s[j][0] = exp2f(s[j][0] - mu0);
-            s[j][1] = exp2f(s[j][1] - mu0);
-            s[j][2] = exp2f(s[j][2] - mu1);
-            s[j][3] = exp2f(s[j][3] - mu1);
-            ls0 += s[j][0] + s[j][1];
-            ls1 += s[j][2] + s[j][3];
-        }
-        l0 = l0 * al0 + ls0;
-        l1 = l1 * al1 + ls1;
-        m0 = mn0;
-        m1 = mn1;
-#pragma unroll
-        for (int j = 0; j < HD / 8; j++) {
-            o[j][0] *= al0; o[j][1] *= al0;
-            o[j][2] *= al1; o[j][3] *= al1;
-        }
+        softmax_block(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, c, d);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
-            uint32_t a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
-                             pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t a[4] = {pack2(s[8 * kk], s[8 * kk + 1]), pack2(s[8 * kk + 2], s[8 * kk + 3]), pack2(s[8 * kk + 4], s[8 * kk + 5]),
+                             pack2(s[8 * kk + 6], s[8 * kk + 7])};
 #pragma unroll
             for (int dt = 0; dt < HD / 16; dt++) {
                 uint32_t b0, b1, b2, b3;
                 ldsm_x4_t(b0, b1, b2, b3, &V[(kk * 16 + (mat & 1) * 8 + rr) * LD + dt * 16 + (mat >> 1) * 8]);
-                mma16816(o[2 * dt], a, b0, b1);
-                mma16816(o[2 * dt + 1], a, b2, b3);
+                mma16816(o + 8 * dt, a, b0, b1);
+                mma16816(o + 8 * dt + 4, a, b2, b3);
             }
         }
         __syncthreads();
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    bf16 *ob = out + (long)b * d.T * d.QW + h * HD;
-#pragma unroll
-    for (int j = 0; j < HD / 8; j++) {
-        int col = j * 8 + 2 * c;
-        if (row_a < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_a * d.QW + col]) = pack2(o[j][0] * i0, o[j][1] * i0);
-        if (row_b < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_b * d.QW + col]) = pack2(o[j][2] * i1, o[j][3] * i1);
-    }
-    if (c == 0) {
-        float *lb = lse + ((long)b * d.NH + h) * d.T;
-        if (row_a < d.T) lb[row_a] = (m0 + log2f(l0)) / LOG2E;
-        if (row_b < d.T) lb[row_b] = (m1 + log2f(l1)) / LOG2E;
-    }
+    store_rows<HD>(out, lse, o, st, row_a, row_b, b, h, c, d);
 }
 
 // D[b,h,t] = sum_d dout * out (one thread per (row, head)).
@@ -531,11 +555,6 @@ __device__ __forceinline__ void wg_fence() {}
 __device__ __forceinline__ void wg_commit() {}
 __device__ __forceinline__ void wg_wait0() {}
 #endif
-__device__ __forceinline__ float ex2_ftz(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
 __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Keeps the compiler from moving reads or writes of registers across an asynchronous wgmma.
 template <int N> __device__ __forceinline__ void reg_fence(float (&r)[N]) {
@@ -757,7 +776,7 @@ __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *
     float o[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) o[i] = 0;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0, l1 = 0;
+    RowSoftmax st = {-INFINITY, -INFINITY, 0, 0};
     float sl2 = d.scale * LOG2E;
     int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
     for (int kb = kb_start; kb <= kb_end; kb++) {
@@ -778,45 +797,11 @@ __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *
         wg_commit();
         wg_wait0();
         reg_fence(s);
-        float mx0 = -INFINITY, mx1 = -INFINITY;
         bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0;
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = kb * FA_B + j * 8 + 2 * c + (e & 1);
-                float v = s[4 * j + e] * sl2;
-                if (need_mask && masked(key, e < 2 ? row_a : row_b, d.T, d.window)) v = -INFINITY;
-                s[4 * j + e] = v;
-                if (e < 2) mx0 = fmaxf(mx0, v);
-                else mx1 = fmaxf(mx1, v);
-            }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-        float al0 = ex2_ftz(m0 - mu0), al1 = ex2_ftz(m1 - mu1);
-        float ls0 = 0, ls1 = 0;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            s[4 * j] = ex2_ftz(s[4 * j] - mu0);
-            s[4 * j + 1] = ex2_ftz(s[4 * j + 1] - mu0);
-            s[4 * j + 2] = ex2_ftz(s[4 * j + 2] - mu1);
-            s[4 * j + 3] = ex2_ftz(s[4 * j + 3] - mu1);
-            ls0 += s[4 * j] + s[4 * j + 1];
-            ls1 += s[4 * j + 2] + s[4 * j + 3];
-        }
-        l0 = l0 * al0 + ls0;
-        l1 = l1 * al1 + ls1;
-        m0 = mn0;
-        m1 = mn1;
+        softmax_block(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, c, d);
         uint32_t ap[16];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            o[4 * j] *= al0; o[4 * j + 1] *= al0;
-            o[4 * j + 2] *= al1; o[4 * j + 3] *= al1;
             ap[2 * j] = pack2(s[4 * j], s[4 * j + 1]);
             ap[2 * j + 1] = pack2(s[4 * j + 2], s[4 * j + 3]);
         }
@@ -829,23 +814,7 @@ __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *
         reg_fence(ap);
         __syncthreads();
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    bf16 *ob = out + (long)b * d.T * d.QW + h * HD;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        int col = j * 8 + 2 * c;
-        if (row_a < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_a * d.QW + col]) = pack2(o[4 * j] * i0, o[4 * j + 1] * i0);
-        if (row_b < d.T) *reinterpret_cast<uint32_t *>(&ob[(long)row_b * d.QW + col]) = pack2(o[4 * j + 2] * i1, o[4 * j + 3] * i1);
-    }
-    if (c == 0) {
-        float *lb = lse + ((long)b * d.NH + h) * d.T;
-        if (row_a < d.T) lb[row_a] = (m0 + log2f(l0)) / LOG2E;
-        if (row_b < d.T) lb[row_b] = (m1 + log2f(l1)) / LOG2E;
-    }
+    store_rows<64>(out, lse, o, st, row_a, row_b, b, h, c, d);
 }
 
 // ============================ launchers ============================
