@@ -3,6 +3,7 @@
 #include "kernels.h"
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,15 +132,35 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 
 #define GELU_SCALE 0.7978845608028654f  // sqrt(2/pi)
 
-// tanh through one expf: glibc's tanhf goes through expm1f and costs several times more.
+// e^x for x <= 0 without a call or a branch, so that GELU's loops vectorize (a call to glibc's expf keeps
+// them scalar; GELU over 16M elements, one thread of the development Xeon: 107 ms with expf, 63 ms so).
+// x = k ln2 + r, |r| <= ln2/2; e^r by its degree-6 Taylor polynomial; 2^k through the exponent bits.
+// Max relative error 2.5e-7 on [-87, 0]; below -87 (the clamp, done on the bit pattern: for x <= 0 a
+// larger magnitude is a larger unsigned pattern) it returns ~1.6e-38.
+static inline float exp_nonpos(float x) {
+    uint32_t xb, lim = 0xC2AE0000u;  // -87.0f
+    memcpy(&xb, &x, 4);
+    xb = xb < lim ? xb : lim;
+    memcpy(&x, &xb, 4);
+    int32_t k = (int32_t)(x * 1.44269504f - 0.5f);  // nearest integer (truncating a value <= 0)
+    float kf = (float)k;
+    float r = (x - kf * 0.693145751953125f) - kf * 1.4286068e-06f;  // ln 2 in two parts: r stays exact
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666668e-2f + r * (8.3333338e-3f + r * 1.3888889e-3f)))));
+    int32_t bits = (k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+// tanh through one exponential (max abs error 1.2e-7): glibc's tanhf goes through expm1f and costs
+// several times more.
 static inline float fast_tanh(float u) {
-    float e = expf(-2.0f * fabsf(u));
-    float t = (1.0f - e) / (1.0f + e);
-    return u < 0 ? -t : t;
+    float e = exp_nonpos(-2.0f * fabsf(u));
+    return copysignf((1.0f - e) / (1.0f + e), u);
 }
 
 void gelu_forward(float *out, const float *inp, long n) {
-#pragma omp parallel for
+#pragma omp parallel for simd
     for (long i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_SCALE * (x + 0.044715f * x * x * x)));
@@ -147,7 +168,7 @@ void gelu_forward(float *out, const float *inp, long n) {
 }
 
 void gelu_backward(float *dinp, const float *inp, const float *dout, long n) {
-#pragma omp parallel for
+#pragma omp parallel for simd
     for (long i = 0; i < n; i++) {
         float x = inp[i];
         float t = fast_tanh(GELU_SCALE * (x + 0.044715f * x * x * x));
