@@ -1,7 +1,7 @@
 // gpu_gemm.cu: row-major GEMMs through cuBLASLt (fp32 accumulation; bf16 or fp32 operands,
-// bf16 or fp32 output, optional bias epilogue). Plans (descriptors, layouts, the heuristic's
-// algorithm) are cached by shape, types and pointer alignment, so a training step does no
-// heuristic queries after its first.
+// bf16 or fp32 output, optional bias epilogue). Plans (descriptors, layouts, and the fastest of the
+// heuristic's first algorithms, timed on the first call) are cached by shape, types and pointer
+// alignment, so a training step does no heuristic queries or timing after its first.
 #include "gpu_internal.cuh"
 #include <stdlib.h>
 #include <string.h>
