@@ -1,0 +1,58 @@
+// test_kernels_cpu.c: the CPU kernels' own accuracy (the reference cases and gradient checks cover
+// their use in models) and the BLAS kernels they run on.
+#include "kernels.h"
+#include "test.h"
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+// OpenBLAS 0.3.21 falls back to its SSE3 (Prescott) kernels on CPUs it does not know; kernels_cpu.c
+// then chooses kernels by the instruction set, unless the user named a core type.
+TEST(blas_kernels_use_the_cpus_vector_units) {
+    const char *forced = getenv("OPENBLAS_CORETYPE");
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || (forced && !strcmp(forced, "Prescott"))) return;
+    CHECK_MSG(strcmp(openblas_get_corename(), "Prescott"), "OpenBLAS runs its Prescott kernels on an AVX2 CPU");
+}
+
+// The activations use a polynomial exponential so that their loops vectorise: within a few fp32 ulps
+// of the formulas in double precision over -100..100.
+TEST(gelu_and_swiglu_match_their_formulas) {
+    enum { N = 4001 };
+    static float x[N], up[N], out[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = (i - N / 2) * 0.05f;  // -100 .. 100
+        up[i] = 1.0f + 0.001f * i;
+    }
+    gelu_forward(out, x, N);
+    for (int i = 0; i < N; i++) {
+        double v = x[i], ref = 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+        CHECK_MSG(fabs(out[i] - ref) <= 4e-7 * fmax(fabs(ref), 1.0), "gelu(%g) = %.9g, expected %.9g", v, out[i], ref);
+    }
+    swiglu_forward(out, x, up, N);
+    for (int i = 0; i < N; i++) {
+        double v = x[i], ref = v / (1.0 + exp(-v)) * up[i];
+        // (below e^-87 the exponential stops falling: silu(-100) comes out -1.6e-36, not -3.7e-42)
+        CHECK_MSG(fabs(out[i] - ref) <= 4e-7 * fabs(ref) + 1e-35, "swiglu(%g) = %.9g, expected %.9g", v, out[i], ref);
+    }
+}
+
+// Loss and gradient of one row against double precision.
+TEST(cross_entropy_matches_double_precision) {
+    enum { T = 2, V = 1000 };
+    static float logits[T * V];
+    int32_t labels[T] = {0, 7};
+    for (int j = 0; j < T * V; j++) logits[j] = 30.0f * sinf(0.37f * j);
+    double m = -INFINITY, s = 0;
+    for (int j = 0; j < V; j++) m = fmax(m, logits[j]);
+    for (int j = 0; j < V; j++) s += exp(logits[j] - m);
+    double logz = m + log(s), ref_loss = logz - logits[7];
+    double ref_g3 = exp(logits[3] - logz), ref_g7 = exp(logits[7] - logz) - 1.0;
+    int count = 0;
+    double loss = cross_entropy_shifted(logits, labels, 1, T, V, true, &count);
+    CHECK(count == 1);
+    CHECK_NEAR(loss, ref_loss, 1e-6 * fabs(ref_loss));
+    CHECK_NEAR(logits[3], ref_g3, 1e-5 * fabs(ref_g3));  // fp32 softmax: the argument carries ~1 ulp of logz
+    CHECK_NEAR(logits[7], ref_g7, 1e-6);
+}
