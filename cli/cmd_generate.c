@@ -10,7 +10,6 @@
 #include "tokenizer.h"
 #include "util.h"
 #include <cblas.h>
-#include <cjson/cJSON.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,27 +77,6 @@ static void on_piece(void *user, int index, const char *piece, size_t len) {
     if (index == pr->next) advance(pr);
 }
 
-// eos_token_id of generation_config.json (a number or a list), when the folder has one.
-static void read_generation_eos(const char *dir, GenParams *p) {
-    char *path = path_join(dir, "generation_config.json");
-    char *text = file_exists(path) ? read_file(path, NULL) : NULL;
-    free(path);
-    cJSON *j = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    const cJSON *e = j ? cJSON_GetObjectItemCaseSensitive(j, "eos_token_id") : NULL;
-    if (e && cJSON_IsNumber(e)) p->eos_id = e->valueint;
-    else if (e && cJSON_IsArray(e)) {
-        int k = 0;
-        const cJSON *x;
-        cJSON_ArrayForEach(x, e) {
-            if (!cJSON_IsNumber(x)) continue;
-            if (k == 0) p->eos_id = x->valueint;
-            else if (p->n_extra_eos < 8) p->extra_eos[p->n_extra_eos++] = x->valueint;
-            k++;
-        }
-    }
-    cJSON_Delete(j);
-}
 
 static char **read_lines(const char *path, int *n_out) {
     size_t len;
@@ -179,7 +157,7 @@ int cmd_generate(int argc, char **argv) {
     if (!strcmp(device, "cuda") && gpu_inference_attach(m, fp32 ? GPU_FP32 : GPU_BF16)) { rc = fail_with_library_error(); goto out; }
     GenParams p;
     gen_params_default(&p);
-    read_generation_eos(model_dir, &p);
+    gen_params_read_eos(model_dir, &p);
     if (ignore_eos) { p.eos_id = GEN_EOS_NONE; p.n_extra_eos = 0; }
     p.max_new_tokens = max_tokens;
     p.temperature = temperature;

@@ -66,6 +66,9 @@ typedef struct {
 enum { GEN_EOS_NONE = -1, GEN_EOS_DEFAULT = -2 };
 // The defaults above; eos_id = GEN_EOS_DEFAULT.
 void gen_params_default(GenParams *p);
+// eos_token_id of the model folder's generation_config.json (a number, or a list: the first is eos_id,
+// the rest extra_eos), when the folder has one.
+void gen_params_read_eos(const char *model_dir, GenParams *p);
 
 typedef struct { uint64_t s[4]; } GenRng;  // xoshiro256**
 void gen_rng_seed(GenRng *r, uint64_t seed);

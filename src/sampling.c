@@ -1,7 +1,10 @@
 // sampling.c: choosing the next token from logits, with HF transformers' semantics:
 // repetition penalty (a processor, on the raw logits), then the warpers temperature, top-k,
 // top-p, in that order, then a draw from the kept tokens. Greedy is argmax (first maximum).
+// Also the generation parameters' defaults and the model folder's eos tokens.
 #include "generate.h"
+#include "util.h"
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,27 @@ void gen_params_default(GenParams *p) {
     p->length_penalty = 1.0f;
     p->early_stopping = true;
     p->eos_id = GEN_EOS_DEFAULT;
+}
+
+void gen_params_read_eos(const char *dir, GenParams *p) {
+    char *path = path_join(dir, "generation_config.json");
+    char *text = file_exists(path) ? read_file(path, NULL) : NULL;
+    free(path);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    const cJSON *e = j ? cJSON_GetObjectItemCaseSensitive(j, "eos_token_id") : NULL;
+    if (e && cJSON_IsNumber(e)) p->eos_id = e->valueint;
+    else if (e && cJSON_IsArray(e)) {
+        int k = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, e) {
+            if (!cJSON_IsNumber(x)) continue;
+            if (k == 0) p->eos_id = x->valueint;
+            else if (p->n_extra_eos < 8) p->extra_eos[p->n_extra_eos++] = x->valueint;
+            k++;
+        }
+    }
+    cJSON_Delete(j);
 }
 
 static inline uint64_t splitmix64(uint64_t *x) {

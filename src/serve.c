@@ -5,7 +5,6 @@
 #include "cuda/gpu.h"
 #include "util.h"
 #include <cblas.h>
-#include <cjson/cJSON.h>
 #include <omp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -31,27 +30,6 @@ void serve_options_default(ServeOptions *o) {
     o->max_body = 1 << 20;
 }
 
-// eos_token_id of generation_config.json (a number or a list), as peft generate reads it.
-static void read_generation_eos(const char *dir, GenParams *p) {
-    char *path = path_join(dir, "generation_config.json");
-    char *text = file_exists(path) ? read_file(path, NULL) : NULL;
-    free(path);
-    cJSON *j = text ? cJSON_Parse(text) : NULL;
-    free(text);
-    const cJSON *e = j ? cJSON_GetObjectItemCaseSensitive(j, "eos_token_id") : NULL;
-    if (e && cJSON_IsNumber(e)) p->eos_id = e->valueint;
-    else if (e && cJSON_IsArray(e)) {
-        int k = 0;
-        const cJSON *x;
-        cJSON_ArrayForEach(x, e) {
-            if (!cJSON_IsNumber(x)) continue;
-            if (k == 0) p->eos_id = x->valueint;
-            else if (p->n_extra_eos < 8) p->extra_eos[p->n_extra_eos++] = x->valueint;
-            k++;
-        }
-    }
-    cJSON_Delete(j);
-}
 
 int serve_run(const ServeOptions *o) {
     if (o->max_requests < 1 || o->max_tokens < 1 || o->max_adapters < 1 || o->max_queue < 0 || o->timeout_s < 0 || o->port < 0 ||
@@ -96,7 +74,7 @@ int serve_run(const ServeOptions *o) {
     if (!(sched = scheduler_new(m, tok, &so))) goto out;
     HttpContext ctx = {.m = m, .tok = tok, .sched = sched, .pool = pool, .o = o, .model_dir = o->model_dir, .max_len = max_len};
     gen_params_default(&ctx.defaults);
-    read_generation_eos(o->model_dir, &ctx.defaults);
+    gen_params_read_eos(o->model_dir, &ctx.defaults);
     int port = 0;
     if (!(http = http_server_start(&ctx, &port))) goto out;
     PoolStats ps;
