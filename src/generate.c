@@ -170,24 +170,8 @@ static void beam_rows(const Group *gs, const int *row_group, const int *row_beam
         const Beam *beam = &g->beams[row_beam[r]];
         float *row = logits + (long)r * V;
         gen_log_softmax(row, V);
-        if (p->repetition_penalty != 1.0f) {
-            uint8_t *sn = seen + (size_t)omp_get_thread_num() * V;
-            for (int pass = 0; pass < 2; pass++) {
-                const int32_t *h = pass ? beam->toks : g->prompt;
-                int n = pass ? beam->n : g->plen;
-                for (int i = 0; i < n; i++) {
-                    int t = h[i];
-                    if (t < 0 || t >= V || sn[t]) continue;
-                    sn[t] = 1;
-                    row[t] = row[t] < 0 ? row[t] * p->repetition_penalty : row[t] / p->repetition_penalty;
-                }
-            }
-            for (int pass = 0; pass < 2; pass++) {
-                const int32_t *h = pass ? beam->toks : g->prompt;
-                int n = pass ? beam->n : g->plen;
-                for (int i = 0; i < n; i++) if (h[i] >= 0 && h[i] < V) sn[h[i]] = 0;
-            }
-        }
+        gen_repetition_penalty(row, V, p->repetition_penalty, g->prompt, g->plen, beam->toks, beam->n,
+                               seen + (size_t)omp_get_thread_num() * V);
         Cand *top = cands + (long)r * row_cap;
         int ntop = 0;
         for (int t = 0; t < V; t++) {

@@ -81,8 +81,11 @@ double gen_rng_uniform(GenRng *r);        // [0, 1)
 size_t gen_sample_work_size(int V);
 int gen_sample(float *logits, int V, const GenParams *p, const int32_t *history, int n_history, GenRng *rng,
                void *work, uint8_t *seen);
-// HF's repetition penalty on logits [V] for the distinct tokens of history (seen as above).
-void gen_repetition_penalty(float *logits, int V, float penalty, const int32_t *history, int n_history, uint8_t *seen);
+// HF's repetition penalty on logits [V] for the distinct tokens of a history given in two parts
+// (history, then more: beam search keeps the prompt and a beam's tokens apart; either may be empty;
+// seen as above).
+void gen_repetition_penalty(float *logits, int V, float penalty, const int32_t *history, int n_history, const int32_t *more, int n_more,
+                            uint8_t *seen);
 // In-place log-softmax of x [V] (beam search scores).
 void gen_log_softmax(float *x, int V);
 

@@ -68,16 +68,23 @@ double gen_rng_uniform(GenRng *r) {
     return (result >> 11) * 0x1.0p-53;
 }
 
-void gen_repetition_penalty(float *logits, int V, float penalty, const int32_t *history, int n, uint8_t *seen) {
-    if (penalty == 1.0f || n <= 0) return;
-    for (int i = 0; i < n; i++) {
-        int t = history[i];
-        if (t < 0 || t >= V || seen[t]) continue;
-        seen[t] = 1;
-        logits[t] = logits[t] < 0 ? logits[t] * penalty : logits[t] / penalty;
+void gen_repetition_penalty(float *logits, int V, float penalty, const int32_t *history, int n, const int32_t *more, int n_more,
+                            uint8_t *seen) {
+    if (penalty == 1.0f || n + n_more <= 0) return;
+    for (int part = 0; part < 2; part++) {
+        const int32_t *h = part ? more : history;
+        for (int i = 0, len = part ? n_more : n; i < len; i++) {
+            int t = h[i];
+            if (t < 0 || t >= V || seen[t]) continue;
+            seen[t] = 1;
+            logits[t] = logits[t] < 0 ? logits[t] * penalty : logits[t] / penalty;
+        }
     }
-    for (int i = 0; i < n; i++)
-        if (history[i] >= 0 && history[i] < V) seen[history[i]] = 0;
+    for (int part = 0; part < 2; part++) {
+        const int32_t *h = part ? more : history;
+        for (int i = 0, len = part ? n_more : n; i < len; i++)
+            if (h[i] >= 0 && h[i] < V) seen[h[i]] = 0;
+    }
 }
 
 void gen_log_softmax(float *x, int V) {
@@ -124,7 +131,7 @@ static int by_value_desc(const void *a, const void *b, void *vals) {
 
 int gen_sample(float *logits, int V, const GenParams *p, const int32_t *history, int n_history, GenRng *rng,
                void *work, uint8_t *seen) {
-    gen_repetition_penalty(logits, V, p->repetition_penalty, history, n_history, seen);
+    gen_repetition_penalty(logits, V, p->repetition_penalty, history, n_history, NULL, 0, seen);
     if (!(p->temperature > 0) || p->top_k == 1) return argmax(logits, V);
     float *val = work, *scratch = val + V;
     int *idx = (int *)(scratch + V);

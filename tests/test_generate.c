@@ -331,8 +331,13 @@ TEST(generate_sampler_semantics) {
     float x[3] = {2, -2, 1};
     int32_t hist[3] = {0, 1, 0};
     uint8_t seen[3] = {0};
-    gen_repetition_penalty(x, 3, 2.0f, hist, 3, seen);
+    gen_repetition_penalty(x, 3, 2.0f, hist, 3, NULL, 0, seen);
     CHECK(x[0] == 1 && x[1] == -4 && x[2] == 1 && !seen[0] && !seen[1]);
+    // a history in two parts (beam search: prompt, beam tokens): a token in both is penalised once
+    float y[3] = {2, -2, 1};
+    int32_t prompt[1] = {0}, beam[2] = {0, 1};
+    gen_repetition_penalty(y, 3, 2.0f, prompt, 1, beam, 2, seen);
+    CHECK(y[0] == 1 && y[1] == -4 && y[2] == 1 && !seen[0] && !seen[1]);
     // top-k 1 and a tiny top-p are greedy; top-k 2 never draws the third token.
     enum { V = 5 };
     float logits[V] = {0.1f, 3.0f, 2.9f, -1.0f, 0.5f}, l[V];
