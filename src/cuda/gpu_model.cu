@@ -412,7 +412,7 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         AdMember *mb = &G->ad[i];
         // dh_i = dy_i Beff_i [N, r] (LoRA: s dy_i B_i; VeRA's members add into one dh)
         float beta = G->shared_h && i > 0 ? 1.0f : 0.0f;
-        mark(g, P_LORA_B);
+        mark(g, P_LORA_DH);
         gemm(g->gc, false, false, N, mb->r, mb->out, mb->Beff ? 1.0f : mb->scaling, dy + mb->col_off, ldy, TT, mb->Beff ? mb->Beff : mb->B,
              mb->r, TT, beta, dh + mb->r_off, dh + mb->r_off, lddh, TT, nullptr);
         mark(g, P_LORA_DB);

@@ -57,7 +57,7 @@ struct Slot {
 
 // Per-phase timing (PEFT_GPU_PROFILE=1 at creation): an event at every phase change of a training
 // step; each interval is added to the phase that began it.
-enum { P_EMBED, P_NORM, P_GEMM_F, P_LORA_F, P_ROPE, P_ATTN_F, P_ACT, P_HEAD, P_GEMM_DX, P_GEMM_DW, P_LORA_B, P_LORA_DB, P_LORA_DA, P_ATTN_B, P_NORM_B, P_ADAM, P_OTHER, P_N };
+enum { P_EMBED, P_NORM, P_GEMM_F, P_LORA_F, P_ROPE, P_ATTN_F, P_ACT, P_HEAD, P_GEMM_DX, P_GEMM_DW, P_LORA_DH, P_LORA_DB, P_LORA_DA, P_ATTN_B, P_NORM_B, P_ADAM, P_OTHER, P_N };
 enum { PROF_MAX = 8192 };
 struct Prof {
     bool on;
