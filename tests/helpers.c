@@ -1,10 +1,13 @@
 #include "helpers.h"
 #include "test.h"
+#include "adapter.h"
 #include "byte_tokenizer.h"
 #include "config.h"
 #include "util.h"
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 const char *const TINY_GPT2_JSON =
     "{\"model_type\":\"gpt2\",\"vocab_size\":40,\"n_embd\":16,\"n_head\":2,\"n_layer\":2,\"n_positions\":16,"
@@ -48,4 +51,73 @@ const char *test_tiny_model(void) {
     if (model_save(m, dir) || byte_tokenizer_write(dir)) { fprintf(stderr, "tiny model: %s\n", peft_last_error()); abort(); }
     model_free(m);
     return dir;
+}
+
+void test_random_batch(int32_t *ids, int32_t *labels, int n, int V, uint64_t *state) {
+    for (int i = 0; i < n; i++) {
+        ids[i] = (int32_t)(test_urand(state) * V);
+        if (labels) labels[i] = ids[i];
+    }
+    if (labels) labels[0] = -100;
+}
+
+float *test_copy_logits(Model *m, long n) {
+    float *a = xmalloc(sizeof(float) * n);
+    memcpy(a, m->act.logits, sizeof(float) * n);
+    return a;
+}
+
+double test_batch_loss(Model *m, void *batch) {
+    const TestBatch *b = batch;
+    return model_forward(m, b->ids, b->labels, b->B, b->T);
+}
+
+// One central difference of f along v (NULL: sign(g)) or at entry j, with step eps.
+static double central_difference(Model *m, Param *p, const float *w0, long j, double eps, TestLossFn f, void *ctx) {
+    double l[2];
+    for (int side = 0; side < 2; side++) {
+        float step = (float)(side ? -eps : eps);
+        if (j >= 0) p->w[j] = w0[j] + step;
+        else
+            for (long k = 0; k < p->numel; k++) p->w[k] = w0[k] + step * (p->grad[k] >= 0 ? 1.0f : -1.0f);
+        l[side] = f(m, ctx);
+        memcpy(p->w, w0, sizeof(float) * p->numel);
+    }
+    return (l[0] - l[1]) / (2 * eps);
+}
+
+int test_gradcheck_adapters(Model *m, TestLossFn f, void *ctx, double eps, double rtol, double atol, bool zero_ok) {
+    AdapterSet *set = m->adapters;
+    int ok = 1;
+    for (int i = 0; i < set->n_params && ok; i++) {
+        Param *p = set->params[i];
+        if (p->numel == 0) continue;
+        float *w0 = xmalloc(sizeof(float) * p->numel);
+        memcpy(w0, p->w, sizeof(float) * p->numel);
+        double gv = 0;  // the derivative along sign(g)
+        long imax = 0;
+        for (long j = 0; j < p->numel; j++) {
+            gv += fabs(p->grad[j]);
+            if (fabs(p->grad[j]) > fabs(p->grad[imax])) imax = j;
+        }
+        double fd = central_difference(m, p, w0, -1, eps, f, ctx);
+        if (gv == 0 && zero_ok) {  // a tensor the function does not depend on
+            if (!(fabs(fd) <= atol)) { fprintf(stderr, "  %s: zero gradient but central difference %.6g\n", p->name, fd); ok = 0; }
+            free(w0);
+            continue;
+        }
+        if (!(fabs(fd - gv) <= rtol * fabs(gv) + atol) || gv == 0) {
+            fprintf(stderr, "  %s: sign(g) direction: analytic %.6g, central difference %.6g\n", p->name, gv, fd);
+            ok = 0;
+        }
+        // One entry moves the loss numel times less than the whole tensor does: a 10x longer step keeps
+        // that difference above the fp32 loss's rounding (at eps, it is the larger error).
+        fd = central_difference(m, p, w0, imax, 10 * eps, f, ctx);
+        if (!(fabs(fd - p->grad[imax]) <= rtol * fabs(fd) + atol)) {
+            fprintf(stderr, "  %s[%ld]: analytic %.6g, central difference %.6g\n", p->name, imax, p->grad[imax], fd);
+            ok = 0;
+        }
+        free(w0);
+    }
+    return ok;
 }

@@ -2,6 +2,7 @@
 // tiny random models with weights large enough that every path carries signal.
 #pragma once
 #include "model.h"
+#include <stdbool.h>
 #include <stdint.h>
 
 extern const char *const TINY_GPT2_JSON;   // config.json text: 2 layers, hidden 16, vocab 40
@@ -13,3 +14,14 @@ double test_urand(uint64_t *state);
 Model *test_model_from_json(const char *json, uint64_t seed);
 // A folder with a tiny GPT-2 and a byte-level tokenizer (made once per run), for data and training tests.
 const char *test_tiny_model(void);
+// ids [n] uniform in [0, V) from the stream; labels (may be NULL) = ids with the first ignored (-100).
+void test_random_batch(int32_t *ids, int32_t *labels, int n, int V, uint64_t *state);
+// A copy of the model's first n logits.
+float *test_copy_logits(Model *m, long n);
+// The adapters' gradients (m->adapters' params, already computed) against central differences of
+// f: along sign(g) of each tensor (step eps) and at each tensor's largest entry, within rtol * |fd|
+// + atol. zero_ok: a tensor with an all-zero gradient passes when f does not move along it either.
+typedef struct { const int32_t *ids, *labels; int B, T; } TestBatch;
+double test_batch_loss(Model *m, void *batch);  // a TestLossFn: model_forward's loss on a TestBatch
+typedef double (*TestLossFn)(Model *m, void *ctx);
+int test_gradcheck_adapters(Model *m, TestLossFn f, void *ctx, double eps, double rtol, double atol, bool zero_ok);

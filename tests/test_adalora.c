@@ -58,72 +58,6 @@ static void randomize_adapter(Model *m, float ab_scale) {
     }
 }
 
-static void random_batch(int32_t *ids, int32_t *labels, int n, int V) {
-    for (int i = 0; i < n; i++) {
-        ids[i] = (int32_t)(urand() * V);
-        if (labels) labels[i] = ids[i];
-    }
-    if (labels) labels[0] = -100;
-}
-
-static float *copy_logits(Model *m, long n) {
-    float *a = xmalloc(sizeof(float) * n);
-    memcpy(a, m->act.logits, sizeof(float) * n);
-    return a;
-}
-
-// Central differences of f along sign(g) per tensor and at each tensor's largest entry.
-typedef double (*LossFn)(Model *m, void *ctx);
-static int gradcheck_params(Model *m, LossFn f, void *ctx, double eps, double rtol, double atol, bool zero_ok) {
-    AdapterSet *set = m->adapters;
-    int ok = 1;
-    for (int i = 0; i < set->n_params && ok; i++) {
-        Param *p = set->params[i];
-        if (p->numel == 0) continue;
-        float *w0 = xmalloc(sizeof(float) * p->numel);
-        memcpy(w0, p->w, sizeof(float) * p->numel);
-        double gv = 0, gnorm = 0;
-        long imax = 0;
-        for (long j = 0; j < p->numel; j++) {
-            gv += fabs(p->grad[j]);
-            gnorm += fabs(p->grad[j]);
-            if (fabs(p->grad[j]) > fabs(p->grad[imax])) imax = j;
-        }
-        for (long j = 0; j < p->numel; j++) p->w[j] = w0[j] + (float)eps * (p->grad[j] >= 0 ? 1.0f : -1.0f);
-        double lp = f(m, ctx);
-        for (long j = 0; j < p->numel; j++) p->w[j] = w0[j] - (float)eps * (p->grad[j] >= 0 ? 1.0f : -1.0f);
-        double lm = f(m, ctx);
-        memcpy(p->w, w0, sizeof(float) * p->numel);
-        double fd = (lp - lm) / (2 * eps);
-        if (gnorm == 0 && zero_ok) {  // a tensor the function does not depend on
-            if (!(fabs(fd) <= atol)) { fprintf(stderr, "  %s: zero gradient but central difference %.6g\n", p->name, fd); ok = 0; }
-            free(w0);
-            continue;
-        }
-        if (!(fabs(fd - gv) <= rtol * fabs(gv) + atol) || gnorm == 0) {
-            fprintf(stderr, "  %s: sign(g) direction: analytic %.6g, central difference %.6g\n", p->name, gv, fd);
-            ok = 0;
-        }
-        p->w[imax] = w0[imax] + (float)eps;
-        lp = f(m, ctx);
-        p->w[imax] = w0[imax] - (float)eps;
-        lm = f(m, ctx);
-        p->w[imax] = w0[imax];
-        fd = (lp - lm) / (2 * eps);
-        if (!(fabs(fd - p->grad[imax]) <= rtol * fabs(fd) + atol)) {
-            fprintf(stderr, "  %s[%ld]: analytic %.6g, central difference %.6g\n", p->name, imax, p->grad[imax], fd);
-            ok = 0;
-        }
-        free(w0);
-    }
-    return ok;
-}
-
-typedef struct { const int32_t *ids, *labels; int B, T; } Batch;
-static double loss_fn(Model *m, void *ctx) {
-    const Batch *b = ctx;
-    return model_forward(m, b->ids, b->labels, b->B, b->T);
-}
 static double reg_fn(Model *m, void *ctx) { (void)ctx; return adapters_regularizer(m, false); }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,14 +74,14 @@ static int model_gradcheck(const char *json, const char *targets, float dropout)
     m->dropout_seed = 3;
     enum { B = 2, T = 6 };
     int32_t ids[B * T], labels[B * T];
-    random_batch(ids, labels, B * T, m->cfg.vocab_size);
-    Batch b = {ids, labels, B, T};
+    test_random_batch(ids, labels, B * T, m->cfg.vocab_size, &rng_state);
+    TestBatch b = {ids, labels, B, T};
     double loss = model_forward(m, ids, labels, B, T);
     int ok = m->adapters->last_regularizer > 0 && fabs(loss - m->act.lm_loss - m->adapters->last_regularizer) < 1e-9;
     if (!ok) fprintf(stderr, "  the loss does not include the regulariser (reg %g)\n", m->adapters->last_regularizer);
     model_zero_grad(m);
     model_backward(m);
-    ok = ok && gradcheck_params(m, loss_fn, &b, 1e-3, 1e-2, 1e-5, false);
+    ok = ok && test_gradcheck_adapters(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-5, false);
     model_free(m);
     return ok;
 }
@@ -184,7 +118,7 @@ TEST(adalora_regularizer_value_and_grad) {
     model_zero_grad(m);
     adapters_regularizer(m, true);
     for (int i = 0; i < set->n; i++) CHECK(set->adapters[i].E->grad[0] == 0.0f);  // E is not in it
-    int ok = gradcheck_params(m, reg_fn, NULL, 1e-3, 1e-3, 1e-6, true);
+    int ok = test_gradcheck_adapters(m, reg_fn, NULL, 1e-3, 1e-3, 1e-6, true);
     model_free(m);
     CHECK(ok);
 }
@@ -242,7 +176,7 @@ TEST(adalora_allocator_training) {
     int32_t ids[B * T];
     int ok = 1;
     for (int s = 0; s < 9 && ok; s++) {
-        random_batch(ids, NULL, B * T, m->cfg.vocab_size);
+        test_random_batch(ids, NULL, B * T, m->cfg.vocab_size, &rng_state);
         double loss = model_forward(m, ids, ids, B, T);
         model_backward(m);
         adamw_step(&opt, params, np, 1e-2f);
@@ -285,10 +219,10 @@ TEST(adalora_allocator_training) {
     const char *dir = test_tmpdir();
     CHECK(adapters_save(m, dir) == 0);
     m->training = false;
-    random_batch(ids, NULL, B * T, m->cfg.vocab_size);
+    test_random_batch(ids, NULL, B * T, m->cfg.vocab_size, &rng_state);
     model_forward(m, ids, NULL, B, T);
     long nl = (long)B * T * m->cfg.vocab_size;
-    float *ref = copy_logits(m, nl);
+    float *ref = test_copy_logits(m, nl);
     Model *m2 = tiny_model(GPT2_TINY, 21);
     CHECK(adapters_load(m2, dir) == 0);
     int total_r = 0;
@@ -337,10 +271,10 @@ TEST(adalora_save_load_rank_pattern_with_rank0) {
     set_pattern(set, "model.layers.1.self_attn.q_proj", all, 4);
     enum { B = 2, T = 7 };
     int32_t ids[B * T];
-    random_batch(ids, NULL, B * T, m->cfg.vocab_size);
+    test_random_batch(ids, NULL, B * T, m->cfg.vocab_size, &rng_state);
     model_forward(m, ids, NULL, B, T);
     long nl = (long)B * T * m->cfg.vocab_size;
-    float *ref = copy_logits(m, nl);
+    float *ref = test_copy_logits(m, nl);
 
     const char *dir = test_tmpdir();
     CHECK(adapters_save(m, dir) == 0);
@@ -424,10 +358,10 @@ TEST(adalora_merge_unmerge) {
     randomize_adapter(m, 0.3f);
     enum { B = 2, T = 6 };
     int32_t ids[B * T];
-    random_batch(ids, NULL, B * T, m->cfg.vocab_size);
+    test_random_batch(ids, NULL, B * T, m->cfg.vocab_size, &rng_state);
     model_forward(m, ids, NULL, B, T);
     long nl = (long)B * T * m->cfg.vocab_size;
-    float *ref = copy_logits(m, nl);
+    float *ref = test_copy_logits(m, nl);
     Param *w = m->adapters->adapters[0].lin->weight;
     float *w0 = xmalloc(sizeof(float) * w->numel);
     memcpy(w0, w->w, sizeof(float) * w->numel);

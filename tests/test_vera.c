@@ -43,20 +43,6 @@ static void randomize_lambdas(Model *m) {
         }
 }
 
-static void random_batch(int32_t *ids, int32_t *labels, int n, int V) {
-    for (int i = 0; i < n; i++) {
-        ids[i] = (int32_t)(urand() * V);
-        labels[i] = ids[i];
-    }
-    labels[0] = -100;
-}
-
-static float *copy_logits(Model *m, long n) {
-    float *a = xmalloc(sizeof(float) * n);
-    memcpy(a, m->act.logits, sizeof(float) * n);
-    return a;
-}
-
 static long file_size(const char *path) {
     struct stat s;
     return stat(path, &s) ? -1 : (long)s.st_size;
@@ -129,6 +115,7 @@ TEST(vera_reference_cases) {
 // ---------------------------------------------------------------------------------------------
 // (2) Gradients against central differences.
 
+
 // Whole model: d loss / d lambda for every module, along sign(g) per tensor and at the largest entries.
 static int model_gradcheck(const char *json, const char *targets, float dropout) {
     Model *m = tiny_model(json, 11);
@@ -142,50 +129,12 @@ static int model_gradcheck(const char *json, const char *targets, float dropout)
     m->dropout_seed = 3;
     enum { B = 2, T = 6 };
     int32_t ids[B * T], labels[B * T];
-    random_batch(ids, labels, B * T, m->cfg.vocab_size);
+    test_random_batch(ids, labels, B * T, m->cfg.vocab_size, &rng_state);
     model_forward(m, ids, labels, B, T);
     model_zero_grad(m);
     model_backward(m);
-    AdapterSet *set = m->adapters;
-    const double eps = 1e-3;
-    int ok = 1;
-    for (int i = 0; i < set->n_params && ok; i++) {
-        Param *p = set->params[i];
-        float *w0 = xmalloc(sizeof(float) * p->numel), *v = xmalloc(sizeof(float) * p->numel);
-        memcpy(w0, p->w, sizeof(float) * p->numel);
-        double gv = 0, gnorm = 0;
-        long imax = 0;
-        for (long j = 0; j < p->numel; j++) {
-            v[j] = p->grad[j] >= 0 ? 1.0f : -1.0f;
-            gv += (double)p->grad[j] * v[j];
-            gnorm += fabs(p->grad[j]);
-            if (fabs(p->grad[j]) > fabs(p->grad[imax])) imax = j;
-        }
-        // Directional derivative along sign(g).
-        for (long j = 0; j < p->numel; j++) p->w[j] = w0[j] + (float)eps * v[j];
-        double lp = model_forward(m, ids, labels, B, T);
-        for (long j = 0; j < p->numel; j++) p->w[j] = w0[j] - (float)eps * v[j];
-        double lm = model_forward(m, ids, labels, B, T);
-        memcpy(p->w, w0, sizeof(float) * p->numel);
-        double fd = (lp - lm) / (2 * eps);
-        if (!(fabs(fd - gv) <= 1e-2 * fabs(gv) + 1e-5) || gnorm == 0) {
-            fprintf(stderr, "  %s: sign(g) direction: analytic %.6g, central difference %.6g\n", p->name, gv, fd);
-            ok = 0;
-        }
-        // The largest single entry.
-        p->w[imax] = w0[imax] + (float)eps;
-        lp = model_forward(m, ids, labels, B, T);
-        p->w[imax] = w0[imax] - (float)eps;
-        lm = model_forward(m, ids, labels, B, T);
-        p->w[imax] = w0[imax];
-        fd = (lp - lm) / (2 * eps);
-        if (!(fabs(fd - p->grad[imax]) <= 1e-2 * fabs(fd) + 1e-5)) {
-            fprintf(stderr, "  %s[%ld]: analytic %.6g, central difference %.6g\n", p->name, imax, p->grad[imax], fd);
-            ok = 0;
-        }
-        free(w0);
-        free(v);
-    }
+    TestBatch b = {ids, labels, B, T};
+    int ok = test_gradcheck_adapters(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-5, false);
     model_free(m);
     return ok;
 }
@@ -302,10 +251,10 @@ TEST(vera_save_without_projection) {
     // Reload both into the same base: logits identical to the live adapter, bit for bit.
     enum { B = 2, T = 7 };
     int32_t ids[B * T], labels[B * T];
-    random_batch(ids, labels, B * T, m->cfg.vocab_size);
+    test_random_batch(ids, labels, B * T, m->cfg.vocab_size, &rng_state);
     long nl = (long)B * T * m->cfg.vocab_size;
     model_forward(m, ids, NULL, B, T);
-    float *live = copy_logits(m, nl);
+    float *live = test_copy_logits(m, nl);
     const char *dirs[2] = {with, without};
     for (int k = 0; k < 2; k++) {
         Model *m2 = tiny_model(LLAMA_TINY, 21);
@@ -441,10 +390,10 @@ static int merge_roundtrip(const char *json, const char *targets) {
     AdapterSet *set = m->adapters;
     enum { B = 2, T = 5 };
     int32_t ids[B * T], labels[B * T];
-    random_batch(ids, labels, B * T, m->cfg.vocab_size);
+    test_random_batch(ids, labels, B * T, m->cfg.vocab_size, &rng_state);
     long nl = (long)B * T * m->cfg.vocab_size;
     model_forward(m, ids, NULL, B, T);
-    float *live = copy_logits(m, nl);
+    float *live = test_copy_logits(m, nl);
     float **before = xcalloc(set->n, sizeof(float *));
     for (int i = 0; i < set->n; i++) {
         Param *w = set->adapters[i].lin->weight;
