@@ -28,7 +28,7 @@ double rel_error(const float *a, const float *ref, long n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static void set_result(CheckResult *r, CheckStatus st, const char *fmt, ...) {
+void check_result_set(CheckResult *r, CheckStatus st, const char *fmt, ...) {
     r->status = st;
     va_list ap;
     va_start(ap, fmt);
@@ -50,7 +50,7 @@ static int compare(Case *c, const char *what, const char *name, const float *got
     double e = rel_error(got, ref, n);
     if (e > c->res->max_rel_err || isnan(e)) c->res->max_rel_err = e;
     if (!(e <= tol)) {
-        set_result(c->res, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, name, e, tol);
+        check_result_set(c->res, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, name, e, tol);
         return -1;
     }
     return 0;
@@ -58,11 +58,11 @@ static int compare(Case *c, const char *what, const char *name, const float *got
 
 static int compare_with_file(Case *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol) {
     const StTensor *t = st_find(st, name);
-    if (!t) { set_result(c->res, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return -1; }
-    if (t->numel != n) { set_result(c->res, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return -1; }
+    if (!t) { check_result_set(c->res, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return -1; }
+    if (t->numel != n) { check_result_set(c->res, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return -1; }
     float *ref = xmalloc(sizeof(float) * (n ? n : 1));
     int rc = st_to_f32(t, ref);
-    if (rc) set_result(c->res, CHECK_FAIL, "%s", peft_last_error());
+    if (rc) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
     else rc = compare(c, what, name, got, ref, n, tol);
     free(ref);
     return rc;
@@ -108,7 +108,7 @@ static Model *load_case_model(const char *dir, bool with_adapter) {
     return m;
 }
 
-static int read_ids(const SafeTensors *io, const char *name, int32_t **out, int *B, int *T) {
+int check_read_ids(const SafeTensors *io, const char *name, int32_t **out, int *B, int *T) {
     const StTensor *t = st_find(io, name);
     if (!t || t->ndim != 2) return peft_fail("%s: no [B,T] tensor %s", io->path, name);
     *B = (int)t->shape[0];
@@ -132,12 +132,12 @@ static float scalar(const SafeTensors *st, const char *name) {
 static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     CheckResult *r = c->res;
     int B, T;
-    if (read_ids(io, "input_ids", &c->ids, &B, &T) || read_ids(io, "labels", &c->labels, &c->B, &c->T)) {
-        set_result(r, CHECK_FAIL, "%s", peft_last_error());
+    if (check_read_ids(io, "input_ids", &c->ids, &B, &T) || check_read_ids(io, "labels", &c->labels, &c->B, &c->T)) {
+        check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         return -1;
     }
     c->B = B; c->T = T;
-    if (isnan(model_forward(m, c->ids, NULL, B, T))) { set_result(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (isnan(model_forward(m, c->ids, NULL, B, T))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
     if (compare_with_file(c, "logits", io, "logits", m->act.logits, (long)B * T * m->cfg.vocab_size, c->tol_logits)) return -1;
     double loss = model_forward(m, c->ids, c->labels, B, T);
     float ref_loss = scalar(io, "loss"), ref_lm = scalar(io, "lm_loss");
@@ -151,8 +151,8 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     char *grads_path = path_join(c->dir, "grads.safetensors"), *step_path = path_join(c->dir, "step.safetensors");
     SafeTensors grads = {0}, step = {0};
     int rc = -1;
-    if (st_open(&grads, grads_path) || st_open(&step, step_path)) { set_result(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
-    if (grads.n != n) { set_result(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
+    if (st_open(&grads, grads_path) || st_open(&step, step_path)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (grads.n != n) { check_result_set(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
     for (int i = 0; i < n; i++)
         if (compare_with_file(c, "gradient", &grads, params[i]->name, params[i]->grad, params[i]->numel, c->tol_grads)) goto out;
     AdamW opt;
@@ -173,7 +173,7 @@ out:
 // Merge the adapter as saved and compare every adapted weight; unmerge must restore the base.
 static int check_merge(Case *c, const char *dir) {
     Model *m = load_case_model(dir, true);
-    if (!m) { set_result(c->res, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (!m) { check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error()); return -1; }
     AdapterSet *set = m->adapters;
     float **before = xcalloc(set->n, sizeof(float *));
     for (int i = 0; i < set->n; i++) {
@@ -184,7 +184,7 @@ static int check_merge(Case *c, const char *dir) {
     char *path = path_join(dir, "merged.safetensors");
     SafeTensors merged = {0};
     int rc = st_open(&merged, path);
-    if (rc) set_result(c->res, CHECK_FAIL, "%s", peft_last_error());
+    if (rc) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
     adapters_merge(m);
     for (int i = 0; !rc && i < set->n; i++) {
         Param *w = set->adapters[i].lin->weight;
@@ -207,11 +207,11 @@ static int check_merge(Case *c, const char *dir) {
 static int check_save_roundtrip(Case *c, Model *m) {
     char *tmp = xasprintf("/tmp/peft-check-%d", (int)getpid());
     int rc = adapters_save(m, tmp);
-    if (rc) { set_result(c->res, CHECK_FAIL, "saving the adapter: %s", peft_last_error()); free(tmp); return -1; }
+    if (rc) { check_result_set(c->res, CHECK_FAIL, "saving the adapter: %s", peft_last_error()); free(tmp); return -1; }
     char *model_dir = path_join(c->dir, "model");
     Model *m2 = model_load(model_dir);
     free(model_dir);
-    if (!m2 || adapters_load(m2, tmp)) { set_result(c->res, CHECK_FAIL, "reloading the saved adapter: %s", peft_last_error()); rc = -1; }
+    if (!m2 || adapters_load(m2, tmp)) { check_result_set(c->res, CHECK_FAIL, "reloading the saved adapter: %s", peft_last_error()); rc = -1; }
     if (!rc) {
         long n = (long)c->B * c->T * m->cfg.vocab_size;
         model_forward(m, c->ids, NULL, c->B, c->T);
@@ -232,11 +232,11 @@ static int check_save_roundtrip(Case *c, Model *m) {
 static void check_model_case(const char *dir, const char *method, Case *c) {
     bool full = !strcmp(method, "full");
     Model *m = load_case_model(dir, !full);
-    if (!m) { set_result(c->res, CHECK_FAIL, "%s", peft_last_error()); return; }
+    if (!m) { check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error()); return; }
     if (full) model_train_all(m);
     char *io_path = path_join(dir, "io.safetensors");
     SafeTensors io = {0};
-    if (st_open(&io, io_path)) set_result(c->res, CHECK_FAIL, "%s", peft_last_error());
+    if (st_open(&io, io_path)) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
     else if (!check_training_step(c, m, &io) && !full && !check_merge(c, dir)) check_save_roundtrip(c, m);
     st_close(&io);
     free(io_path);
@@ -260,23 +260,23 @@ void check_case(const char *dir_in, CheckResult *res) {
         int n = 0;
         char first[512] = "";
         int failures = tokenizer_check_cases(dir, &n, first, sizeof first);
-        if (failures < 0) set_result(res, CHECK_FAIL, "%s", peft_last_error());
-        else if (failures > 0) set_result(res, CHECK_FAIL, "%d of %d tokenizer cases differ; first: %s", failures, n, first);
+        if (failures < 0) check_result_set(res, CHECK_FAIL, "%s", peft_last_error());
+        else if (failures > 0) check_result_set(res, CHECK_FAIL, "%d of %d tokenizer cases differ; first: %s", failures, n, first);
         return;
     }
     Case c = {.dir = dir, .res = res};
     cJSON *j = NULL;
-    if (read_case(&c, dir, &j)) { set_result(res, CHECK_SKIP, "not a reference case: %s", peft_last_error()); return; }
+    if (read_case(&c, dir, &j)) { check_result_set(res, CHECK_SKIP, "not a reference case: %s", peft_last_error()); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
     if (!strcmp(mname, "adalora-schedule")) {
         char msg[1024] = "";
         double err = 0;
-        if (adalora_check_schedule(dir, j, &err, msg, sizeof msg)) set_result(res, CHECK_FAIL, "%s", msg);
+        if (adalora_check_schedule(dir, j, &err, msg, sizeof msg)) check_result_set(res, CHECK_FAIL, "%s", msg);
         res->max_rel_err = err;
     } else if (!strcmp(mname, "full") || !strcmp(mname, "lora") || !strcmp(mname, "vera") || !strcmp(mname, "adalora"))
         check_model_case(dir, mname, &c);
-    else set_result(res, CHECK_SKIP, "unknown method \"%s\" in case.json", mname);
+    else check_result_set(res, CHECK_SKIP, "unknown method \"%s\" in case.json", mname);
     free(c.ids);
     free(c.labels);
     cJSON_Delete(j);

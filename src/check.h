@@ -1,6 +1,8 @@
 // check.h: run HF PEFT reference cases (../shared/fixtures/hf-peft layout, see its README).
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
+#include "safetensors.h"
 
 typedef enum { CHECK_PASS, CHECK_FAIL, CHECK_SKIP } CheckStatus;
 
@@ -15,3 +17,7 @@ typedef struct {
 void check_case(const char *dir, CheckResult *res);
 // Relative Frobenius error ||a - ref|| / ||ref|| (absolute when ref is all zeros).
 double rel_error(const float *a, const float *ref, long n);
+// Sets r's status and its detail (printf format).
+void check_result_set(CheckResult *r, CheckStatus st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// The [B,T] integer tensor `name` of a case's io.safetensors as int32 (*out: xmalloc'd).
+int check_read_ids(const SafeTensors *io, const char *name, int32_t **out, int *B, int *T);

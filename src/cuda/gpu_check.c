@@ -26,14 +26,6 @@ typedef struct {
     char min_name[256];
 } GCase;
 
-static void result(CheckResult *r, CheckStatus st, const char *fmt, ...) {
-    r->status = st;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->detail, sizeof r->detail, fmt, ap);
-    va_end(ap);
-}
-
 static double cosine(const float *a, const float *b, long n) {
     double ab = 0, aa = 0, bb = 0;
     for (long i = 0; i < n; i++) {
@@ -50,36 +42,23 @@ static double cosine(const float *a, const float *b, long n) {
 // <= tol; mode 1: cosine similarity >= tol; mode 2: relative error, recorded but never failing.
 static int compare_ref(GCase *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol, int mode) {
     const StTensor *t = st_find(st, name);
-    if (!t) { result(c->res, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return -1; }
-    if (t->numel != n) { result(c->res, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return -1; }
+    if (!t) { check_result_set(c->res, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return -1; }
+    if (t->numel != n) { check_result_set(c->res, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return -1; }
     float *ref = xmalloc(sizeof(float) * (n ? n : 1));
     int rc = st_to_f32(t, ref);
-    if (rc) result(c->res, CHECK_FAIL, "%s", peft_last_error());
+    if (rc) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
     else if (mode == 1) {
         double cs = cosine(got, ref, n);
         if (cs < c->min_cos) { c->min_cos = cs; snprintf(c->min_name, sizeof c->min_name, "%s", name); }
         for (long i = 0; i < n; i++) { c->ab += (double)got[i] * ref[i]; c->aa += (double)got[i] * got[i]; c->bb += (double)ref[i] * ref[i]; }
-        if (!(cs >= tol)) { result(c->res, CHECK_FAIL, "%s %s: cosine similarity %.6f < %.3f", what, name, cs, tol); rc = -1; }
+        if (!(cs >= tol)) { check_result_set(c->res, CHECK_FAIL, "%s %s: cosine similarity %.6f < %.3f", what, name, cs, tol); rc = -1; }
     } else {
         double e = rel_error(got, ref, n);
         if (mode == 0 && (e > c->res->max_rel_err || isnan(e))) c->res->max_rel_err = e;
-        if (mode == 0 && !(e <= tol)) { result(c->res, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, name, e, tol); rc = -1; }
+        if (mode == 0 && !(e <= tol)) { check_result_set(c->res, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, name, e, tol); rc = -1; }
     }
     free(ref);
     return rc;
-}
-
-static int read_ids(const SafeTensors *io, const char *name, int32_t **out, int *B, int *T) {
-    const StTensor *t = st_find(io, name);
-    if (!t || t->ndim != 2) return peft_fail("%s: no [B,T] tensor %s", io->path, name);
-    *B = (int)t->shape[0];
-    *T = (int)t->shape[1];
-    int64_t *tmp = xmalloc(sizeof(int64_t) * t->numel);
-    if (st_to_i64(t, tmp)) { free(tmp); return -1; }
-    *out = xmalloc(sizeof(int32_t) * t->numel);
-    for (long i = 0; i < t->numel; i++) (*out)[i] = (int32_t)tmp[i];
-    free(tmp);
-    return 0;
 }
 
 static double num(const cJSON *o, const char *key, double dflt) {
@@ -97,44 +76,44 @@ static void run_case(GCase *c, const char *dir, bool full) {
     GpuModel *g = NULL;
     float *logits = NULL;
     Model *m = model_load(model_dir);
-    if (!m || (!full && adapters_load(m, adapter_dir))) { result(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (!m || (!full && adapters_load(m, adapter_dir))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (full) model_train_all(m);
     int B, T, B2, T2;
-    if (st_open(&io, io_path) || st_open(&grads, grads_path) || st_open(&step, step_path) || read_ids(&io, "input_ids", &ids, &B, &T) ||
-        read_ids(&io, "labels", &labels, &B2, &T2)) {
-        result(r, CHECK_FAIL, "%s", peft_last_error());
+    if (st_open(&io, io_path) || st_open(&grads, grads_path) || st_open(&step, step_path) || check_read_ids(&io, "input_ids", &ids, &B, &T) ||
+        check_read_ids(&io, "labels", &labels, &B2, &T2)) {
+        check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         goto out;
     }
     GpuOptions opt = {.precision = c->bf16 ? GPU_BF16 : GPU_FP32};
     g = gpu_model_create(m, &opt);
-    if (!g) { result(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (!g) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     // logits
     long nl = (long)B * T * m->cfg.vocab_size;
     logits = xmalloc(sizeof(float) * nl);
-    if (isnan(gpu_forward(g, ids, NULL, B, T)) || gpu_get_logits(g, logits)) { result(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (isnan(gpu_forward(g, ids, NULL, B, T)) || gpu_get_logits(g, logits)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (compare_ref(c, "logits", &io, "logits", logits, nl, c->bf16 ? 5e-2 : c->tol_logits, 0)) goto out;
     // loss
     double loss = gpu_forward(g, ids, labels, B, T);
-    if (isnan(loss)) { result(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (isnan(loss)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     float got = (float)loss;
     if (compare_ref(c, "loss", &io, "lm_loss", &got, 1, c->bf16 ? 1e-2 : c->tol_logits, 0)) goto out;
     // gradients
     gpu_zero_grad(g);
-    if (gpu_backward(g) || gpu_download_trainables(g, true)) { result(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (gpu_backward(g) || gpu_download_trainables(g, true)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     Param **params;
     int n = model_trainable(m, &params);
-    if (grads.n != n) { result(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
+    if (grads.n != n) { check_result_set(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
     for (int i = 0; i < n; i++)
         if (compare_ref(c, "gradient", &grads, params[i]->name, params[i]->grad, params[i]->numel, c->bf16 ? 0.99 : c->tol_grads, c->bf16 ? 1 : 0))
             goto out;
     if (c->bf16) {
         double cs = (c->aa == 0 && c->bb == 0) ? 1.0 : (c->aa == 0 || c->bb == 0) ? 0.0 : c->ab / sqrt(c->aa * c->bb);
-        if (!(cs >= 0.999)) { result(r, CHECK_FAIL, "gradients: cosine similarity %.6f < 0.999 (all %d tensors as one vector)", cs, n); goto out; }
+        if (!(cs >= 0.999)) { check_result_set(r, CHECK_FAIL, "gradients: cosine similarity %.6f < 0.999 (all %d tensors as one vector)", cs, n); goto out; }
         c->ab = cs;  // kept for the report
     }
     // one AdamW step
     if (gpu_adamw_step(g, c->lr, c->beta1, c->beta2, c->eps, c->wd) || gpu_download_trainables(g, false)) {
-        result(r, CHECK_FAIL, "%s", peft_last_error());
+        check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         goto out;
     }
     for (int i = 0; i < n; i++)
@@ -165,13 +144,13 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
     snprintf(res->name, sizeof res->name, "%.127s", base ? base + 1 : dir);
     res->status = CHECK_PASS;
     char why[256];
-    if (!gpu_available(why, sizeof why)) { result(res, CHECK_SKIP, "no GPU: %s", why); return; }
+    if (!gpu_available(why, sizeof why)) { check_result_set(res, CHECK_SKIP, "no GPU: %s", why); return; }
     char *path = path_join(dir, "case.json");
     char *text = file_exists(path) ? read_file(path, NULL) : NULL;
     free(path);
     cJSON *j = text ? cJSON_Parse(text) : NULL;
     free(text);
-    if (!j) { result(res, CHECK_SKIP, "not a model reference case (no readable case.json)"); return; }
+    if (!j) { check_result_set(res, CHECK_SKIP, "not a model reference case (no readable case.json)"); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method"), *tol = cJSON_GetObjectItem(j, "tolerance"), *opt = cJSON_GetObjectItem(j, "optimizer");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
     GCase c = {.res = res, .bf16 = precision == GPU_BF16, .min_cos = 1.0};
@@ -194,6 +173,6 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
             res->max_rel_err = 1.0 - c.ab;
             snprintf(res->detail, sizeof res->detail, "worst tensor cosine %.6f (%s)", c.min_cos, c.min_name);
         }
-    } else result(res, CHECK_SKIP, "method \"%s\" is not on the GPU yet", mname);
+    } else check_result_set(res, CHECK_SKIP, "method \"%s\" is not on the GPU yet", mname);
     cJSON_Delete(j);
 }
