@@ -42,6 +42,8 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 // labels of -100 are ignored, the loss is the mean over kept positions. Writes dlogits
 // (d mean loss / d logits) in place of the logits when want_grad. Returns the loss and
 // the number of kept positions in *count.
+// log(sum_j e^x_j) over x [n], stably (the row's maximum taken out first).
+double row_logsumexp(const float *x, int n);
 double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T, int V, bool want_grad, int *count);
 
 void add_inplace(float *a, const float *b, long n);

@@ -3,6 +3,7 @@
 // top-p, in that order, then a draw from the kept tokens. Greedy is argmax (first maximum).
 // Also the generation parameters' defaults and the model folder's eos tokens.
 #include "generate.h"
+#include "kernels.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -88,17 +89,13 @@ void gen_repetition_penalty(float *logits, int V, float penalty, const int32_t *
 }
 
 void gen_log_softmax(float *x, int V) {
-    float maxv = -INFINITY;
-    for (int i = 0; i < V; i++) if (x[i] > maxv) maxv = x[i];
-    double sum = 0;
-    for (int i = 0; i < V; i++) sum += exp((double)x[i] - maxv);
-    float logz = (float)(maxv + log(sum));
+    float logz = (float)row_logsumexp(x, V);
     for (int i = 0; i < V; i++) x[i] -= logz;
 }
 
 size_t gen_sample_work_size(int V) { return (size_t)V * (2 * sizeof(float) + sizeof(int)); }
 
-static int argmax(const float *x, int V) {
+int gen_argmax(const float *x, int V) {
     int best = 0;
     for (int i = 1; i < V; i++) if (x[i] > x[best]) best = i;
     return best;
@@ -129,10 +126,14 @@ static int by_value_desc(const void *a, const void *b, void *vals) {
     return *(const int *)a - *(const int *)b;  // ties: lower id first (deterministic)
 }
 
+static bool greedy(const GenParams *p) { return !(p->temperature > 0) || p->top_k == 1; }
+
+bool gen_is_plain_greedy(const GenParams *p) { return greedy(p) && p->repetition_penalty == 1.0f; }
+
 int gen_sample(float *logits, int V, const GenParams *p, const int32_t *history, int n_history, GenRng *rng,
                void *work, uint8_t *seen) {
     gen_repetition_penalty(logits, V, p->repetition_penalty, history, n_history, NULL, 0, seen);
-    if (!(p->temperature > 0) || p->top_k == 1) return argmax(logits, V);
+    if (greedy(p)) return gen_argmax(logits, V);
     float *val = work, *scratch = val + V;
     int *idx = (int *)(scratch + V);
     float inv_t = 1.0f / p->temperature;
