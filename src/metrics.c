@@ -216,10 +216,22 @@ static bool ends_with(const char *s, size_t n, const char *suf) {
     return n >= k && !memcmp(s + n - k, suf, k);
 }
 
+static const char *const clitics[] = {"'s", "'re", "'ve", "'ll", "'d", "'m", NULL};
+
+// A piece of m bytes, with a trailing n't or clitic ('s, 're, ...) as a token of its own.
+static void push_split_clitic(TokBuilder *t, const char *piece, size_t m) {
+    size_t cut = m;
+    if (m > 3 && ends_with(piece, m, "n't")) cut = m - 3;
+    else
+        for (int c = 0; clitics[c]; c++)
+            if (m > strlen(clitics[c]) && ends_with(piece, m, clitics[c])) { cut = m - strlen(clitics[c]); break; }
+    tb_push(t, piece, cut);
+    if (cut < m) tb_push(t, piece + cut, m - cut);
+}
+
 // One whitespace-free chunk -> tokens.
 static void ptb_word(const char *w, size_t n, TokBuilder *t) {
     const unsigned char *p = (const unsigned char *)w;
-    static const char *const clitics[] = {"'s", "'re", "'ve", "'ll", "'d", "'m", NULL};
     // a lone clitic chunk ("'s") is a token
     for (int i = 0; clitics[i]; i++)
         if (n == strlen(clitics[i]) && !memcmp(w, clitics[i], n)) { tb_push(t, w, n); return; }
@@ -248,33 +260,13 @@ static void ptb_word(const char *w, size_t n, TokBuilder *t) {
         bool inner_num = (p[i] == ',' || p[i] == ':' || p[i] == '.') && i > a && i + 1 < b && is_digit(p[i - 1]) && is_digit(p[i + 1]);
         if ((k && i + k <= b) || (ptb_split_inside(p[i]) && !inner_num)) {
             size_t len = k ? (size_t)k : 1;
-            if (i > s) {  // the piece before, with its clitics split
-                size_t m = i - s;
-                const char *piece = w + s;
-                size_t cut = m;
-                if (m > 3 && ends_with(piece, m, "n't")) cut = m - 3;
-                else
-                    for (int c = 0; clitics[c]; c++)
-                        if (m > strlen(clitics[c]) && ends_with(piece, m, clitics[c])) { cut = m - strlen(clitics[c]); break; }
-                tb_push(t, piece, cut);
-                if (cut < m) tb_push(t, piece + cut, m - cut);
-            }
+            if (i > s) push_split_clitic(t, w + s, i - s);  // the piece before
             tb_push(t, w + i, len);
             i += len;
             s = i;
         } else i++;
     }
-    if (b > s) {
-        size_t m = b - s;
-        const char *piece = w + s;
-        size_t cut = m;
-        if (m > 3 && ends_with(piece, m, "n't")) cut = m - 3;
-        else
-            for (int c = 0; clitics[c]; c++)
-                if (m > strlen(clitics[c]) && ends_with(piece, m, clitics[c])) { cut = m - strlen(clitics[c]); break; }
-        tb_push(t, piece, cut);
-        if (cut < m) tb_push(t, piece + cut, m - cut);
-    }
+    if (b > s) push_split_clitic(t, w + s, b - s);
     for (int i = n_tail - 1; i >= 0; i--) tb_push(t, w + tail_start[i], tail_len[i]);
 }
 
