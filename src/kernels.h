@@ -42,6 +42,12 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 // labels of -100 are ignored, the loss is the mean over kept positions. Writes dlogits
 // (d mean loss / d logits) in place of the logits when want_grad. Returns the loss and
 // the number of kept positions in *count.
+// The instruction-set level of an OpenBLAS kernel family (openblas_get_corename()) and of this CPU:
+// 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 + FMA, 0 = older. At load time peft.c raises OpenBLAS's choice
+// to the CPU's level unless OPENBLAS_CORETYPE is set (OpenBLAS 0.3.21 misjudges recent CPUs).
+int blas_core_level(const char *core);
+int cpu_vector_level(void);
+
 // log(sum_j e^x_j) over x [n], stably (the row's maximum taken out first).
 double row_logsumexp(const float *x, int n);
 double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T, int V, bool want_grad, int *count);

@@ -7,24 +7,36 @@
 #include <stdlib.h>
 #include <string.h>
 
-// OpenBLAS 0.3.21 (Debian 12's) does not know recent Xeons' CPU models (as VMs report them) and falls
-// back to its Prescott (SSE3) kernels: sgemm at 33 instead of 144 GFLOP/s on 2 threads of an AVX-512
-// Xeon. When that happened and OPENBLAS_CORETYPE is not set, choose the kernels the CPU's instruction
-// set allows and re-run OpenBLAS's kernel dispatch (at load time: before any BLAS call). The dispatch
-// functions exist only in DYNAMIC_ARCH builds (Debian's), hence weak.
+// OpenBLAS 0.3.21 (Debian 12's) does not know recent CPU models (as VMs report them) and may choose
+// kernels below what the CPU runs: on AVX-512 Xeons it falls back to its Prescott (SSE3) kernels (sgemm
+// at 33 instead of 144 GFLOP/s on 2 threads). AVX2 kernels on an AVX-512 CPU cost too (training on the
+// development AMD EPYC: 1.6x slower with OPENBLAS_CORETYPE=Haswell than with SkylakeX). When its choice
+// is below the CPU's level and OPENBLAS_CORETYPE is not set, choose the kernels by the instruction set
+// and re-run OpenBLAS's kernel dispatch (at load time: before any BLAS call). The dispatch functions
+// exist only in DYNAMIC_ARCH builds (Debian's), hence weak.
 extern void gotoblas_dynamic_init(void) __attribute__((weak));
 extern void gotoblas_dynamic_quit(void) __attribute__((weak));
-__attribute__((constructor)) static void choose_blas_kernels(void) {
-    if (!gotoblas_dynamic_init || !gotoblas_dynamic_quit || getenv("OPENBLAS_CORETYPE") || strcmp(openblas_get_corename(), "Prescott")) return;
+
+int blas_core_level(const char *core) {
+    static const char *const avx512[] = {"SkylakeX", "Cooperlake", "SapphireRapids"}, *const avx2[] = {"Haswell", "Zen"};
+    for (size_t i = 0; i < sizeof avx512 / sizeof *avx512; i++) if (!strcmp(core, avx512[i])) return 2;
+    for (size_t i = 0; i < sizeof avx2 / sizeof *avx2; i++) if (!strcmp(core, avx2[i])) return 1;
+    return 0;
+}
+
+int cpu_vector_level(void) {
     __builtin_cpu_init();
-    const char *core = NULL;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq"))
-        core = "SkylakeX";
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        core = "Haswell";
-    if (!core) return;
-    setenv("OPENBLAS_CORETYPE", core, 0);  // (child processes inherit the choice)
+        return 2;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+}
+
+__attribute__((constructor)) static void choose_blas_kernels(void) {
+    if (!gotoblas_dynamic_init || !gotoblas_dynamic_quit || getenv("OPENBLAS_CORETYPE")) return;
+    int level = cpu_vector_level();
+    if (level == 0 || blas_core_level(openblas_get_corename()) >= level) return;
+    setenv("OPENBLAS_CORETYPE", level == 2 ? "SkylakeX" : "Haswell", 0);  // (child processes inherit the choice)
     gotoblas_dynamic_quit();
     gotoblas_dynamic_init();
 }
