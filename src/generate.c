@@ -351,7 +351,10 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
             g->beams[0].slot = i * nb;
         }
     }
-    float *logits = xmalloc(sizeof(float) * (size_t)n * nb * V);
+    // Plain greedy decoding asks the cache for the chosen tokens only.
+    bool plain_greedy = !beam && gen_is_plain_greedy(p);
+    float *logits = plain_greedy ? NULL : xmalloc(sizeof(float) * (size_t)n * nb * V);
+    int32_t *next = plain_greedy ? xmalloc(sizeof(int32_t) * (size_t)n) : NULL;
     // This step's rows and the next step's (beam search makes more rows than it reads).
     KVRow *rows = xmalloc(sizeof(KVRow) * (size_t)n * nb), *rows2 = xmalloc(sizeof(KVRow) * (size_t)n * nb);
     int *row_group = xmalloc(sizeof(int) * (size_t)n * nb), *row_group2 = xmalloc(sizeof(int) * (size_t)n * nb);
@@ -380,7 +383,10 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
         n_ids += gs[i].plen;
     }
     while (n_rows > 0) {
-        if (kv_forward(m, kv, rows, n_rows, ids, logits, false)) { rc = -1; break; }
+        if (plain_greedy ? kv_forward_greedy(m, kv, rows, n_rows, ids, next) : kv_forward(m, kv, rows, n_rows, ids, logits, false)) {
+            rc = -1;
+            break;
+        }
         // Choose the next token(s) of every running prompt; collect the rows of the next step.
         if (beam) {
             for (int i = 0; i < n_rows; i++) row_beam[i] = i > 0 && row_group[i] == row_group[i - 1] ? row_beam[i - 1] + 1 : 0;
@@ -393,7 +399,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
             Group *g = &gs[gi];
             GenResult *res = &results[gi];
             if (!beam) {
-                int id = gen_sample(logits + (long)r * V, V, p, g->hist, g->n_hist, &g->rng, work, seen);
+                int id = plain_greedy ? next[r] : gen_sample(logits + (long)r * V, V, p, g->hist, g->n_hist, &g->rng, work, seen);
                 r++;
                 if (is_eos(p, eos, id)) { g->done = true; res->finish = GEN_FINISH_EOS; }
                 else {
@@ -452,6 +458,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
     free(rows);
     free(rows2);
     free(logits);
+    free(next);
     kv_cache_free(kv);
     free_groups(gs, n, nb);
     return rc;

@@ -40,6 +40,9 @@ typedef struct { int slot, n; } KVRow;
 // (bad slot, token id, or a slot that would exceed max_len); on error no slot changes.
 // Not thread-safe per cache; uses OpenMP and OpenBLAS threads inside.
 int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits);
+// kv_forward for greedy decoding: writes each row's next token, the argmax (first maximum) of its
+// last token's logits, to next [n_rows]; the logits stay in the cache's own buffer.
+int kv_forward_greedy(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, int32_t *next);
 
 // ---- sampling (sampling.c) ----
 
@@ -79,6 +82,11 @@ double gen_rng_uniform(GenRng *r);        // [0, 1)
 // (in HF's order) and a draw from rng. `work` is scratch of at least 2*V floats + V ints
 // (gen_sample_work_size bytes); `seen` is V bytes of zeros, returned as zeros.
 size_t gen_sample_work_size(int V);
+// Greedy: the index of the first maximum of x [V].
+int gen_argmax(const float *x, int V);
+// Whether gen_sample is a plain argmax for p (no sampling, no repetition penalty): then
+// kv_forward_greedy can choose the tokens.
+bool gen_is_plain_greedy(const GenParams *p);
 int gen_sample(float *logits, int V, const GenParams *p, const int32_t *history, int n_history, GenRng *rng,
                void *work, uint8_t *seen);
 // HF's repetition penalty on logits [V] for the distinct tokens of a history given in two parts

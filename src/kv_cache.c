@@ -29,6 +29,8 @@ struct KVCache {
     float *x, *xn, *tmp, *q, *kn, *vn, *att_y, *fc, *up, *act, *mean, *rstd, *cos, *sin, *scores;
     int *tok_slot, *tok_pos, *stamp;
     int stamp_gen;
+    float *greedy_logits;    // kv_forward_greedy's logits [greedy_rows, V]
+    int greedy_rows;
 };
 
 KVCache *kv_cache_new(const Model *m, int n_slots, int max_len) {
@@ -84,6 +86,7 @@ void kv_cache_free(KVCache *kv) {
     free_work(kv);
     free(kv->tok_slot);
     free(kv->tok_pos);
+    free(kv->greedy_logits);
     gpu_kv_free(kv->gpu);
     free(kv->scores);
     free(kv->k);
@@ -271,35 +274,10 @@ static int gpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
     return rc;
 }
 
-int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits) {
+// The CPU half of kv_forward (rows already checked, positions set).
+static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, int N, const int32_t *ids, float *logits, bool all_logits) {
     const ModelConfig *c = &m->cfg;
     int C = c->n_embd, V = c->vocab_size, half = c->head_dim / 2;
-    if (n_rows <= 0) return peft_fail("kv_forward: no rows");
-    if (kv->kvw != c->n_kv_head * c->head_dim || kv->n_layer != c->n_layer) return peft_fail("kv_forward: the cache was made for another model");
-    // Validate everything before touching any slot.
-    if (++kv->stamp_gen == 0) { memset(kv->stamp, 0, sizeof(int) * kv->n_slots); kv->stamp_gen = 1; }
-    long total = 0;
-    for (int r = 0; r < n_rows; r++) {
-        int s = rows[r].slot, n = rows[r].n;
-        if (s < 0 || s >= kv->n_slots) return peft_fail("kv_forward: slot %d is outside the cache (%d slots)", s, kv->n_slots);
-        if (kv->stamp[s] == kv->stamp_gen) return peft_fail("kv_forward: slot %d appears twice in one call", s);
-        kv->stamp[s] = kv->stamp_gen;
-        if (n <= 0) return peft_fail("kv_forward: row %d has no tokens", r);
-        if (kv->len[s] + n > kv->max_len)
-            return peft_fail("slot %d: %d + %d tokens exceed the cache length %d", s, kv->len[s], n, kv->max_len);
-        total += n;
-    }
-    if (total > (1 << 24)) return peft_fail("kv_forward: too many tokens in one call (%ld)", total);
-    int N = (int)total;
-    for (int i = 0; i < N; i++)
-        if (ids[i] < 0 || ids[i] >= V) return peft_fail("token id %d is outside the vocabulary (size %d)", ids[i], V);
-    ensure_rows(kv, N);
-    for (int r = 0, i = 0; r < n_rows; r++)
-        for (int j = 0; j < rows[r].n; j++, i++) {
-            kv->tok_slot[i] = rows[r].slot;
-            kv->tok_pos[i] = kv->len[rows[r].slot] + j;
-        }
-    if (kv->gpu) return gpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits);
     ensure_work(kv, c, N);
 #pragma omp parallel for if (N > 16)
     for (int i = 0; i < N; i++) {
@@ -342,4 +320,59 @@ int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32
             cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, m->lm_head->w, C, kv->xn + (long)r * C, 1, 0.0f, logits + (long)r * V, 1);
     else matmul(logits, kv->xn, m->lm_head->w, M, V, C, false, true, 1.0f, 0.0f);
     return 0;
+}
+
+// kv_forward, or (next non-NULL) kv_forward_greedy: the logits go to the cache's own buffer and
+// each row's argmax to next.
+static int cached_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits,
+                          int32_t *next) {
+    const ModelConfig *c = &m->cfg;
+    int V = c->vocab_size;
+    if (n_rows <= 0) return peft_fail("kv_forward: no rows");
+    if (kv->kvw != c->n_kv_head * c->head_dim || kv->n_layer != c->n_layer) return peft_fail("kv_forward: the cache was made for another model");
+    // Validate everything before touching any slot.
+    if (++kv->stamp_gen == 0) { memset(kv->stamp, 0, sizeof(int) * kv->n_slots); kv->stamp_gen = 1; }
+    long total = 0;
+    for (int r = 0; r < n_rows; r++) {
+        int s = rows[r].slot, n = rows[r].n;
+        if (s < 0 || s >= kv->n_slots) return peft_fail("kv_forward: slot %d is outside the cache (%d slots)", s, kv->n_slots);
+        if (kv->stamp[s] == kv->stamp_gen) return peft_fail("kv_forward: slot %d appears twice in one call", s);
+        kv->stamp[s] = kv->stamp_gen;
+        if (n <= 0) return peft_fail("kv_forward: row %d has no tokens", r);
+        if (kv->len[s] + n > kv->max_len)
+            return peft_fail("slot %d: %d + %d tokens exceed the cache length %d", s, kv->len[s], n, kv->max_len);
+        total += n;
+    }
+    if (total > (1 << 24)) return peft_fail("kv_forward: too many tokens in one call (%ld)", total);
+    int N = (int)total;
+    for (int i = 0; i < N; i++)
+        if (ids[i] < 0 || ids[i] >= V) return peft_fail("token id %d is outside the vocabulary (size %d)", ids[i], V);
+    ensure_rows(kv, N);
+    for (int r = 0, i = 0; r < n_rows; r++)
+        for (int j = 0; j < rows[r].n; j++, i++) {
+            kv->tok_slot[i] = rows[r].slot;
+            kv->tok_pos[i] = kv->len[rows[r].slot] + j;
+        }
+    if (next) {
+        if (n_rows > kv->greedy_rows) {
+            free(kv->greedy_logits);
+            kv->greedy_logits = xmalloc(sizeof(float) * (size_t)n_rows * V);
+            kv->greedy_rows = n_rows;
+        }
+        logits = kv->greedy_logits;
+        all_logits = false;
+    }
+    int rc = kv->gpu ? gpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits) : cpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits);
+    if (!rc && next)
+#pragma omp parallel for if (n_rows > 4)
+        for (int r = 0; r < n_rows; r++) next[r] = gen_argmax(logits + (long)r * V, V);
+    return rc;
+}
+
+int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits) {
+    return cached_forward(m, kv, rows, n_rows, ids, logits, all_logits, NULL);
+}
+
+int kv_forward_greedy(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, int32_t *next) {
+    return cached_forward(m, kv, rows, n_rows, ids, NULL, false, next);
 }

@@ -4,7 +4,8 @@
 //   2. one kv_forward over every active request: a new one's whole prompt (prefill row), a
 //      running one's last token (decode row), with m->row_adapters telling each token row its
 //      adapter set (so one batch mixes adapters and the base, adapter.h);
-//   3. sample each row with its own parameters (gen_sample: greedy is argmax, as in generate),
+//   3. sample each row with its own parameters (gen_sample: greedy is argmax, as in generate; when
+//      every row is plain greedy, kv_forward_greedy returns the tokens),
 //      turn tokens into text (UTF-8 and stop strings held back, as generate.c does), hand the
 //      new text to the request's reader, and retire finished requests (their slot is free at
 //      the next step).
@@ -229,9 +230,10 @@ static void admit(Scheduler *s, ServeRequest *r, int slot) {
     r->prefilled = false;
 }
 
-// Samples row logits for r; returns true when r is done.
-static bool step_request(Scheduler *s, ServeRequest *r, float *logits, void *work, uint8_t *seen, ServeFinish *why) {
-    int id = gen_sample(logits, s->V, &r->params, r->hist, r->n_hist, &r->rng, work, seen);
+// r's next token: the one chosen on the device (chosen >= 0), else sampled from its row of logits.
+// Returns true when r is done.
+static bool step_request(Scheduler *s, ServeRequest *r, int chosen, float *logits, void *work, uint8_t *seen, ServeFinish *why) {
+    int id = chosen >= 0 ? chosen : gen_sample(logits, s->V, &r->params, r->hist, r->n_hist, &r->rng, work, seen);
     if (is_eos(r, id)) { *why = SERVE_FINISH_EOS; return true; }
     pthread_mutex_lock(&r->mu);
     r->hist[r->n_hist++] = id;
@@ -258,6 +260,7 @@ static void *scheduler_main(void *arg) {
     int n_slots = s->o.max_requests, V = s->V;
     float *logits = xmalloc(sizeof(float) * (size_t)n_slots * V);
     KVRow *rows = xmalloc(sizeof(KVRow) * n_slots);
+    int32_t *chosen = xmalloc(sizeof(int32_t) * n_slots);
     ServeRequest **row_req = xmalloc(sizeof(ServeRequest *) * n_slots);
     int cap_tok = n_slots * 2;
     int32_t *ids = xmalloc(sizeof(int32_t) * cap_tok);
@@ -299,6 +302,7 @@ static void *scheduler_main(void *arg) {
         pthread_mutex_unlock(&s->mu);
         // 2. The active requests: cancelled / expired / empty ones retire; the rest make rows.
         int n_rows = 0, n_tok = 0;
+        bool all_greedy = true;  // then the forward returns the tokens, not the logits
         for (int slot = 0; slot < n_slots; slot++) {
             ServeRequest *r = s->active[slot];
             if (!r) continue;
@@ -316,12 +320,13 @@ static void *scheduler_main(void *arg) {
             for (int i = 0; i < n; i++) row_sets[n_tok + i] = r->set;
             rows[n_rows] = (KVRow){slot, n};
             row_req[n_rows++] = r;
+            all_greedy = all_greedy && gen_is_plain_greedy(&r->params);
             n_tok += n;
         }
         if (n_rows == 0) continue;
         // 3. One forward over every row, each token with its request's adapter.
         s->m->row_adapters = row_sets;
-        int rc = kv_forward(s->m, s->kv, rows, n_rows, ids, logits, false);
+        int rc = all_greedy ? kv_forward_greedy(s->m, s->kv, rows, n_rows, ids, chosen) : kv_forward(s->m, s->kv, rows, n_rows, ids, logits, false);
         s->m->row_adapters = NULL;
         if (rc) {
             char msg[512];
@@ -339,7 +344,7 @@ static void *scheduler_main(void *arg) {
             ServeRequest *r = row_req[i];
             r->prefilled = true;
             ServeFinish why;
-            if (step_request(s, r, logits + (long)i * V, work, seen, &why)) retire(s, r, why, 0, NULL);
+            if (step_request(s, r, all_greedy ? chosen[i] : -1, logits + (long)i * V, work, seen, &why)) retire(s, r, why, 0, NULL);
         }
     }
     // Stopping: everything still here is cancelled.
@@ -357,6 +362,7 @@ static void *scheduler_main(void *arg) {
     s->tail = NULL;
     pthread_mutex_unlock(&s->mu);
     free(logits);
+    free(chosen);
     free(rows);
     free(row_req);
     free(ids);

@@ -162,6 +162,32 @@ TEST(generate_cached_logits_sliding_window) {
     CHECK_MSG(early == 0 && late > 1e-4, "window: diff inside %g, beyond %g", early, late);
 }
 
+// kv_forward_greedy: each row's argmax of the logits kv_forward gives for the same calls (two caches
+// fed alike: a prefill of three rows, then decode steps of the chosen tokens).
+TEST(generate_kv_forward_greedy_is_argmax) {
+    ModelConfig c = tiny_llama(0);
+    Model *m = tiny_model(&c, 4);
+    int V = c.vocab_size;
+    KVCache *a = kv_cache_new(m, 3, 16), *b = kv_cache_new(m, 3, 16);
+    float logits[3 * 64];
+    int32_t ids[12], next[3];
+    random_ids(ids, 12, V, 5);
+    KVRow rows[3] = {{0, 4}, {1, 1}, {2, 7}};
+    int same = 0, total = 0;
+    for (int step = 0; step < 5; step++) {
+        if (kv_forward(m, a, rows, 3, ids, logits, false) || kv_forward_greedy(m, b, rows, 3, ids, next)) break;
+        for (int r = 0; r < 3; r++, total++) {
+            same += next[r] == gen_argmax(logits + r * V, V);
+            rows[r].n = 1;
+            ids[r] = next[r];
+        }
+    }
+    kv_cache_free(a);
+    kv_cache_free(b);
+    model_free(m);
+    CHECK_MSG(total == 15 && same == total, "%d of %d rows equal", same, total);
+}
+
 TEST(generate_kv_forward_errors) {
     ModelConfig c = tiny_gpt2(64);
     Model *m = tiny_model(&c, 1);
