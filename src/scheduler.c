@@ -230,7 +230,7 @@ static void admit(Scheduler *s, ServeRequest *r, int slot) {
     r->prefilled = false;
 }
 
-// r's next token: the one chosen on the device (chosen >= 0), else sampled from its row of logits.
+// r's next token: the one kv_forward_greedy chose (chosen >= 0), else sampled from its row of logits.
 // Returns true when r is done.
 static bool step_request(Scheduler *s, ServeRequest *r, int chosen, float *logits, void *work, uint8_t *seen, ServeFinish *why) {
     int id = chosen >= 0 ? chosen : gen_sample(logits, s->V, &r->params, r->hist, r->n_hist, &r->rng, work, seen);
