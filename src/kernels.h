@@ -38,10 +38,6 @@ void attention_forward(float *out, float *att, const float *q, int qs, const flo
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
                         const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s);
 
-// Causal-LM cross-entropy as transformers computes it: position t predicts labels[t+1],
-// labels of -100 are ignored, the loss is the mean over kept positions. Writes dlogits
-// (d mean loss / d logits) in place of the logits when want_grad. Returns the loss and
-// the number of kept positions in *count.
 // The instruction-set level of an OpenBLAS kernel family (openblas_get_corename()) and of this CPU:
 // 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 + FMA, 0 = older. At load time peft.c raises OpenBLAS's choice
 // to the CPU's level unless OPENBLAS_CORETYPE is set (OpenBLAS 0.3.21 misjudges recent CPUs).
@@ -50,6 +46,11 @@ int cpu_vector_level(void);
 
 // log(sum_j e^x_j) over x [n], stably (the row's maximum taken out first).
 double row_logsumexp(const float *x, int n);
+
+// Causal-LM cross-entropy as transformers computes it: position t predicts labels[t+1],
+// labels of -100 are ignored, the loss is the mean over kept positions. Writes dlogits
+// (d mean loss / d logits) in place of the logits when want_grad. Returns the loss and
+// the number of kept positions in *count.
 double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T, int V, bool want_grad, int *count);
 
 void add_inplace(float *a, const float *b, long n);
