@@ -72,7 +72,7 @@ double test_batch_loss(Model *m, void *batch) {
     return model_forward(m, b->ids, b->labels, b->B, b->T);
 }
 
-// One central difference of f along v (NULL: sign(g)) or at entry j, with step eps.
+// One central difference of f with step eps: along sign(g) of the whole tensor (j < 0), or at entry j.
 static double central_difference(Model *m, Param *p, const float *w0, long j, double eps, TestLossFn f, void *ctx) {
     double l[2];
     for (int side = 0; side < 2; side++) {

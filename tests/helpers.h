@@ -18,10 +18,10 @@ const char *test_tiny_model(void);
 void test_random_batch(int32_t *ids, int32_t *labels, int n, int V, uint64_t *state);
 // A copy of the model's first n logits.
 float *test_copy_logits(Model *m, long n);
-// The adapters' gradients (m->adapters' params, already computed) against central differences of
-// f: along sign(g) of each tensor (step eps) and at each tensor's largest entry, within rtol * |fd|
-// + atol. zero_ok: a tensor with an all-zero gradient passes when f does not move along it either.
 typedef struct { const int32_t *ids, *labels; int B, T; } TestBatch;
 double test_batch_loss(Model *m, void *batch);  // a TestLossFn: model_forward's loss on a TestBatch
 typedef double (*TestLossFn)(Model *m, void *ctx);
+// The adapters' gradients (m->adapters' params, already computed) against central differences of
+// f: along sign(g) of each tensor (step eps) and at each tensor's largest entry, within rtol * |fd|
+// + atol. zero_ok: a tensor with an all-zero gradient passes when f does not move along it either.
 int test_gradcheck_adapters(Model *m, TestLossFn f, void *ctx, double eps, double rtol, double atol, bool zero_ok);
