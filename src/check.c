@@ -56,14 +56,19 @@ static int compare(Case *c, const char *what, const char *name, const float *got
     return 0;
 }
 
-static int compare_with_file(Case *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol) {
+float *check_load_reference(CheckResult *r, const char *what, const SafeTensors *st, const char *name, long n) {
     const StTensor *t = st_find(st, name);
-    if (!t) { check_result_set(c->res, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return -1; }
-    if (t->numel != n) { check_result_set(c->res, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return -1; }
+    if (!t) { check_result_set(r, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return NULL; }
+    if (t->numel != n) { check_result_set(r, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return NULL; }
     float *ref = xmalloc(sizeof(float) * (n ? n : 1));
-    int rc = st_to_f32(t, ref);
-    if (rc) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
-    else rc = compare(c, what, name, got, ref, n, tol);
+    if (st_to_f32(t, ref)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); free(ref); return NULL; }
+    return ref;
+}
+
+static int compare_with_file(Case *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol) {
+    float *ref = check_load_reference(c->res, what, st, name, n);
+    if (!ref) return -1;
+    int rc = compare(c, what, name, got, ref, n, tol);
     free(ref);
     return rc;
 }

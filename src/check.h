@@ -19,5 +19,8 @@ void check_case(const char *dir, CheckResult *res);
 double rel_error(const float *a, const float *ref, long n);
 // Sets r's status and its detail (printf format).
 void check_result_set(CheckResult *r, CheckStatus st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// The reference tensor `name` of st as n floats (xmalloc'd), or NULL with r set to FAIL (missing, another
+// size, unreadable); `what` names it in the message.
+float *check_load_reference(CheckResult *r, const char *what, const SafeTensors *st, const char *name, long n);
 // The [B,T] integer tensor `name` of a case's io.safetensors as int32 (*out: xmalloc'd).
 int check_read_ids(const SafeTensors *io, const char *name, int32_t **out, int *B, int *T);

@@ -41,13 +41,10 @@ static double cosine(const float *a, const float *b, long n) {
 // Loads the reference tensor `name` from st and compares it with got. mode 0: relative error
 // <= tol; mode 1: cosine similarity >= tol; mode 2: relative error, recorded but never failing.
 static int compare_ref(GCase *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol, int mode) {
-    const StTensor *t = st_find(st, name);
-    if (!t) { check_result_set(c->res, CHECK_FAIL, "%s: %s has no tensor %s", what, st->path, name); return -1; }
-    if (t->numel != n) { check_result_set(c->res, CHECK_FAIL, "%s %s: %lld values in the reference, %ld here", what, name, (long long)t->numel, n); return -1; }
-    float *ref = xmalloc(sizeof(float) * (n ? n : 1));
-    int rc = st_to_f32(t, ref);
-    if (rc) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
-    else if (mode == 1) {
+    float *ref = check_load_reference(c->res, what, st, name, n);
+    if (!ref) return -1;
+    int rc = 0;
+    if (mode == 1) {
         double cs = cosine(got, ref, n);
         if (cs < c->min_cos) { c->min_cos = cs; snprintf(c->min_name, sizeof c->min_name, "%s", name); }
         for (long i = 0; i < n; i++) { c->ab += (double)got[i] * ref[i]; c->aa += (double)got[i] * got[i]; c->bb += (double)ref[i] * ref[i]; }
