@@ -1,0 +1,342 @@
+"""generate.py: writes one reference case folder with torch + transformers 5.x + PEFT 0.21.
+
+The base model and the adapter are built in float32 from fixed seeds and saved; everything the case
+states is then computed in float64 from those saved files, loaded back the way a user loads them, so
+the numbers belong to exactly the files that `peft check` reads. Any surprise stops the run with an
+error that says what and where (Fail).
+"""
+import json
+import os
+import shutil
+
+import peft
+import torch
+import torch.nn.functional as F
+import transformers
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import save_file
+
+from cases import (B, DIM_ATTRS, FAMILIES, METHODS, Fail, PADDING, PROMPT, SCHEDULE_ORDER, T, TOLERANCE, case_opts,
+                   case_optimizer, peft_arguments)
+from compare import read_header
+
+# Scales of the random values: base matrices and embeddings, biases, norm gains around 1, adapter tensors.
+BASE_STD, BIAS_STD, GAIN_STD, ADAPTER_STD = 0.08, 0.02, 0.1, 0.2
+# GPT2Config's sequence-summary dropout is for GPT2DoubleHeadsModel's head; a causal LM has none.
+UNUSED_DROPOUT_FIELDS = {"summary_first_dropout"}
+MAX_CASE_BYTES = 512 * 1024
+
+
+def require(ok, what):
+    if not ok:
+        raise Fail(what)
+
+
+def setup():
+    """Deterministic CPU float64 work; float32 stays the default dtype (PEFT draws the VeRA projections
+    in the default dtype, and the stored ones are float32 draws that peft.c regenerates bit for bit)."""
+    torch.use_deterministic_algorithms(True)
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(1)
+    require(torch.get_default_dtype() == torch.float32, f"torch's default dtype is {torch.get_default_dtype()}, not float32")
+
+
+def versions():
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def check_versions():
+    v = versions()
+    major = int(v["transformers"].split(".")[0])
+    require(major >= 5 and v["peft"].startswith("0.21."),
+            f"made for transformers 5.x and peft 0.21 (the reference's); found {v} (--any-version runs anyway)")
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+# ---- building and saving (float32) --------------------------------------------------------------------
+
+def check_no_dropout(model, config, where):
+    for k, v in config.to_dict().items():
+        if ("dropout" in k or "pdrop" in k) and isinstance(v, (int, float)) and v != 0 and k not in UNUSED_DROPOUT_FIELDS:
+            raise Fail(f"{where}: {k} = {v}: every dropout must be 0")
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and m.p != 0:
+            raise Fail(f"{where}: dropout module {name} has p = {m.p}")
+
+
+def build_base(case, gen):
+    fam = FAMILIES[case.family]
+    config = getattr(transformers, fam.config_class)(**fam.config, attn_implementation="eager")
+    torch.manual_seed(case.seed)  # transformers' own init; every value is then overwritten from gen
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    attn = model.config._attn_implementation
+    require(attn == "eager", f"{case.name}: attention implementation {attn!r}, not 'eager'")
+    # transformers keeps the constructor's attn_implementation out of config.json; the reference's config.json
+    # records it (and a loader given that file picks eager), so it is also set as a plain field, which is saved.
+    model.config.attn_implementation = "eager"
+    check_no_dropout(model, model.config, f"{case.name} base model")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            if p.ndim >= 2:
+                value = BASE_STD * noise
+            elif name.endswith(".weight"):  # a norm's gain
+                value = 1 + GAIN_STD * noise
+            else:
+                value = BIAS_STD * noise
+            p.copy_(value)
+    return model
+
+
+def randomize_trainable(model, gen):
+    """Every trainable adapter tensor random and non-zero, so the adapter changes the output (PEFT starts
+    LoRA's B, VeRA's lambda_b and AdaLoRA's E at zero). Per-tensor rules for later options go here."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(ADAPTER_STD * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+                require(bool((p != 0).all()), f"{name}: a random value came out 0")
+
+
+def save_adapter(pm, adapter_dir):
+    pm.save_pretrained(adapter_dir)
+    # PEFT also writes a model card; the reference folders hold the adapter files alone.
+    card = os.path.join(adapter_dir, "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        require(os.path.isfile(os.path.join(adapter_dir, f)), f"{adapter_dir}: save_pretrained wrote no {f}")
+
+
+# ---- loading back (float64) ---------------------------------------------------------------------------
+
+def load(case_dir, method, trainable):
+    """The case's model (+ adapter) as a user loads them, converted to float64."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
+    if method.peft_config is not None:
+        model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=trainable)
+    model = model.to(torch.float64)
+    for name, p in model.named_parameters():
+        require(p.dtype == torch.float64, f"{name} is {p.dtype} after the float64 conversion")
+    for name, b in model.named_buffers():
+        require(not b.is_floating_point() or b.dtype == torch.float64, f"buffer {name} is {b.dtype} after the float64 conversion")
+    return model
+
+
+def trainable_tensors(model, method, case_dir):
+    """[(name as stored, parameter)] for every trainable tensor: named as in adapter_model.safetensors
+    (model.safetensors for full fine-tuning). A PEFT runtime name is matched to its stored name through
+    PEFT's own saved state dict (same storage), so renamed tensors (DoRA's magnitude, modules_to_save)
+    need no rules here."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    require(params, f"{case_dir}: no trainable tensor")
+    if method.peft_config is None:
+        stored_file = os.path.join(case_dir, "model", "model.safetensors")
+        named = params
+    else:
+        stored_file = os.path.join(case_dir, "adapter", "adapter_model.safetensors")
+        by_storage = {}
+        for k, v in peft.get_peft_model_state_dict(model).items():
+            by_storage.setdefault((v.data_ptr(), tuple(v.shape)), []).append(k)
+        named = []
+        for n, p in params:
+            keys = by_storage.get((p.data_ptr(), tuple(p.shape)), [])
+            require(len(keys) == 1, f"trainable {n}: {len(keys)} tensors of PEFT's saved state dict share its storage ({keys})")
+            named.append((keys[0], p))
+    _, stored = read_header(stored_file)
+    for k, p in named:
+        require(k in stored, f"trainable tensor {k} is not in {stored_file}")
+        require(stored[k][1] == list(p.shape), f"{k}: shape {list(p.shape)}, {stored[k][1]} in {stored_file}")
+    names = [k for k, _ in named]
+    require(len(set(names)) == len(names), f"two trainable tensors share a stored name: {names}")
+    return named
+
+
+def adapted_weights(pm):
+    """model.safetensors names of the weights that carry an adapter."""
+    out = []
+    for name, m in pm.named_modules():
+        if isinstance(m, BaseTunerLayer):
+            require(name.startswith("base_model.model."), f"adapted module {name} outside base_model.model")
+            out.append(name[len("base_model.model."):] + ".weight")
+    require(out, "the adapter wraps no module")
+    return out
+
+
+def causal_lm_loss(logits, labels):
+    """Mean cross-entropy of token t+1 given tokens <= t over the labels that are not -100, in float64."""
+    v = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def adamw(params, opt):
+    return torch.optim.AdamW(params, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
+                             weight_decay=opt["weight_decay"], foreach=False)
+
+
+def as_stored(named, what):
+    """{name: float32 tensor} of (name, tensor) pairs; what() says which values (p -> tensor)."""
+    return {k: what(p).detach().to(torch.float32).contiguous() for k, p in named}
+
+
+# ---- the two runners -----------------------------------------------------------------------------------
+
+def run_step(case, case_dir, gen):
+    """io, grads, step and (with an adapter) merged: one forward, backward and AdamW step, then the merge."""
+    method = METHODS[case.method]
+    vocab = FAMILIES[case.family].config["vocab_size"]
+    model = load(case_dir, method, trainable=True)
+    model.train()
+    named = trainable_tensors(model, method, case_dir)
+    ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
+    labels = ids.clone()
+    labels[0, :PROMPT] = -100
+    labels[1, T - PADDING:] = -100
+
+    out = model(input_ids=ids, labels=labels)
+    require(out.logits.dtype == torch.float64, f"logits are {out.logits.dtype}, not float64")
+    logits = out.logits.detach()
+    lm_loss = causal_lm_loss(logits, labels)
+    loss = out.loss
+    print(f"    loss {loss.item():.9g}, lm_loss {lm_loss.item():.9g}")
+    loss.backward()
+    for k, p in named:
+        require(p.grad is not None, f"{k}: no gradient")
+        require(bool(torch.isfinite(p.grad).all()), f"{k}: non-finite gradient")
+        require(bool((p.grad != 0).any()), f"{k}: gradient all zero")
+    grads = as_stored(named, lambda p: p.grad)
+    before = {k: p.detach().clone() for k, p in named}
+    opt = adamw([p for _, p in named], case_optimizer(case))
+    opt.step()
+    for k, p in named:
+        require(not torch.equal(before[k], p.detach()), f"{k}: unchanged by the AdamW step")
+    save_file({"input_ids": ids, "labels": labels, "logits": logits.to(torch.float32).contiguous(),
+               "lm_loss": lm_loss.to(torch.float32), "loss": loss.detach().to(torch.float32)},
+              os.path.join(case_dir, "io.safetensors"))
+    save_file(grads, os.path.join(case_dir, "grads.safetensors"))
+    save_file(as_stored(named, lambda p: p), os.path.join(case_dir, "step.safetensors"))
+    if method.peft_config is not None:
+        write_merged(case_dir, method, ids, logits)
+    return {}
+
+
+def write_merged(case_dir, method, ids, logits):
+    """merge_and_unload() of the adapter as saved; checks on the way that the saved adapter gives the same
+    logits as the training step saw, that it changes them, and that merging keeps them."""
+    pm = load(case_dir, method, trainable=False)
+    pm.eval()
+    with torch.no_grad():
+        reloaded = pm(input_ids=ids).logits
+        with pm.disable_adapter():
+            base = pm(input_ids=ids).logits
+    require(rel(reloaded, logits) < 1e-10, f"the saved adapter gives other logits (relative difference {rel(reloaded, logits):.3g})")
+    require(rel(base, logits) > 1e-3, f"the adapter barely changes the logits (relative difference {rel(base, logits):.3g})")
+    keys = adapted_weights(pm)
+    merged = pm.merge_and_unload()
+    with torch.no_grad():
+        merged_logits = merged(input_ids=ids).logits
+    require(rel(merged_logits, logits) < 1e-9, f"merged logits differ (relative {rel(merged_logits, logits):.3g})")
+    state = merged.state_dict()
+    _, stored = read_header(os.path.join(case_dir, "model", "model.safetensors"))
+    out = {}
+    for k in keys:
+        require(k in state and k in stored, f"merged weight {k} is not a weight of the base model")
+        out[k] = state[k].detach().to(torch.float32).contiguous()
+    save_file(out, os.path.join(case_dir, "merged.safetensors"))
+
+
+def run_schedule(case, case_dir, gen):
+    """Real AdaLoRA training steps with the rank allocator; returns case.json's schedule fields."""
+    method = METHODS[case.method]
+    args = peft_arguments(case)
+    steps = args["total_step"]
+    vocab = FAMILIES[case.family].config["vocab_size"]
+    pm = load(case_dir, method, trainable=True)
+    pm.train()
+    named = trainable_tensors(pm, method, case_dir)
+    tuner = pm.base_model
+    alloc = getattr(tuner, "rankallocator", None)
+    require(alloc is not None and hasattr(alloc, "budget_schedule"), f"{type(tuner).__name__} has no rankallocator.budget_schedule")
+    batches = torch.randint(0, vocab, (steps, B, T), generator=gen, dtype=torch.int64)
+    opt = adamw([p for _, p in named], case_optimizer(case))
+    budgets, losses = [], []
+    for s in range(steps):
+        out = pm(input_ids=batches[s], labels=batches[s])
+        require(bool(torch.isfinite(out.loss)), f"step {s}: loss {out.loss.item()}")
+        out.loss.backward()
+        opt.step()
+        tuner.update_and_allocate(s)
+        budget, mask = alloc.budget_schedule(s)
+        budgets.append([int(budget), bool(mask)])
+        losses.append(out.loss.item())
+        opt.zero_grad()
+    require(any(m for _, m in budgets), "the schedule never applied a mask: tinit/tfinal/deltaT/total_step leave no budgeting phase")
+    configs = list(pm.peft_config.values())
+    require(len(configs) == 1, f"{len(configs)} adapters")
+    pattern = configs[0].rank_pattern
+    require(pattern, "no rank_pattern after the last step")
+    rank_pattern = {k: [bool(x) for x in (v.view(-1).tolist() if torch.is_tensor(v) else v)] for k, v in pattern.items()}
+    n_modules = len(adapted_weights(pm))
+    require(len(rank_pattern) == n_modules, f"rank_pattern has {len(rank_pattern)} modules, the adapter {n_modules}")
+    save_file({"batches": batches}, os.path.join(case_dir, "batches.safetensors"))
+    save_file(as_stored(named, lambda p: p), os.path.join(case_dir, "final.safetensors"))
+    print(f"    losses {losses[0]:.6g} .. {losses[-1]:.6g}, budgets {budgets[0][0]} -> {budgets[-1][0]}")
+    return {"steps": steps, "order": SCHEDULE_ORDER, "budget_per_step": budgets, "loss_per_step": losses,
+            "rank_pattern": rank_pattern, "init_bgt": int(alloc.init_bgt), "target_bgt": int(alloc.target_bgt)}
+
+
+RUNNERS = {"step": run_step, "schedule": run_schedule}
+
+
+# ---- one case -------------------------------------------------------------------------------------------
+
+def case_json(case, model_config, extra):
+    dims = {k: getattr(model_config, DIM_ATTRS[k]) for k in FAMILIES[case.family].dims}
+    doc = {"name": case.name, "family": case.family, "method": case.method, "dims": dims, "opts": case_opts(case),
+           "B": B, "T": T}
+    if "steps" in extra:
+        doc["steps"] = extra.pop("steps")
+    doc["optimizer"] = case_optimizer(case)
+    doc.update(extra)
+    doc["versions"] = versions()
+    if METHODS[case.method].runner == "step":
+        doc["tolerance"] = dict(TOLERANCE)
+    return doc
+
+
+def write_case(case, out_root, force):
+    """Builds the case in a temporary folder beside its place, then moves it there (replacing an old one
+    only with force). Returns the case folder."""
+    final = os.path.join(out_root, case.name)
+    if os.path.exists(final) and not force:
+        raise Fail(f"{final} exists (--force replaces it)")
+    tmp = os.path.join(out_root, f".{case.name}.tmp.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        method = METHODS[case.method]
+        gen = torch.Generator().manual_seed(case.seed)
+        base = build_base(case, gen)
+        base.save_pretrained(os.path.join(tmp, "model"))
+        with open(os.path.join(tmp, "model", "config.json")) as f:
+            saved = json.load(f).get("attn_implementation")
+        require(saved == "eager", f"{case.name}: model/config.json has attn_implementation {saved!r}, not 'eager'")
+        args = peft_arguments(case)
+        if args is not None:
+            pm = peft.get_peft_model(base, getattr(peft, method.peft_config)(**args))
+            check_no_dropout(pm, pm.peft_config[next(iter(pm.peft_config))], f"{case.name} adapter")
+            randomize_trainable(pm, gen)
+            save_adapter(pm, os.path.join(tmp, "adapter"))
+        extra = RUNNERS[method.runner](case, tmp, gen)
+        with open(os.path.join(tmp, "case.json"), "w") as f:
+            json.dump(case_json(case, base.config, extra), f, indent=2)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
