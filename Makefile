@@ -97,12 +97,15 @@ $(BUILD)/.setup:
 	@mkdir -p $(BUILD) && touch $@
 
 test: unit-test check-fixtures gpu-test cli-test
+	@if [ ! -d $(FIXTURES) ]; then echo "*** make test: $(FIXTURES) not found: the HF PEFT reference cases, and the unit and CLI tests that need them, were SKIPPED (the skip lines above) ***"; fi
 
 unit-test: $(BUILD)/test_peft
 	OMP_NUM_THREADS=2 ./$(BUILD)/test_peft
 
-# The HF PEFT reference cases (skipped loudly when ../shared is absent).
+# The HF PEFT reference cases (skipped loudly when the folder is absent; a folder without cases fails).
+# Every suite reads them from PEFT_FIXTURES.
 FIXTURES ?= ../shared/fixtures/hf-peft
+export PEFT_FIXTURES := $(FIXTURES)
 check-fixtures: $(BUILD)/peft
 	@if [ -d $(FIXTURES) ]; then ./$(BUILD)/peft check $(FIXTURES)/*/; \
 	else echo "*** SKIPPED: $(FIXTURES) not found: HF PEFT reference cases not run ***"; fi

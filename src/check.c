@@ -286,10 +286,12 @@ void check_case(const char *dir_in, CheckResult *res) {
     const char *base = strrchr(dir, '/');
     snprintf(res->name, sizeof res->name, "%s", base ? base + 1 : dir);
     res->status = CHECK_PASS;
+    if (!dir_exists(dir)) { check_result_set(res, CHECK_FAIL, "%s: no such folder", dir); return; }
 
-    char *cases = path_join(dir, "cases.jsonl");
-    bool tokenizer_case = file_exists(cases);
+    char *cases = path_join(dir, "cases.jsonl"), *case_json = path_join(dir, "case.json");
+    bool tokenizer_case = file_exists(cases), model_case = file_exists(case_json);
     free(cases);
+    free(case_json);
     if (tokenizer_case) {
         int n = 0;
         char first[512] = "";
@@ -298,9 +300,10 @@ void check_case(const char *dir_in, CheckResult *res) {
         else if (failures > 0) check_result_set(res, CHECK_FAIL, "%d of %d tokenizer cases differ; first: %s", failures, n, first);
         return;
     }
+    if (!model_case) { check_result_set(res, CHECK_SKIP, "%s: not a reference case (no case.json or cases.jsonl)", dir); return; }
     Case c = {.dir = dir, .res = res};
     cJSON *j = NULL;
-    if (read_case(&c, dir, &j)) { check_result_set(res, CHECK_SKIP, "not a reference case: %s", peft_last_error()); return; }
+    if (read_case(&c, dir, &j)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
     if (!strcmp(mname, "adalora-schedule")) {
@@ -310,7 +313,7 @@ void check_case(const char *dir_in, CheckResult *res) {
         res->max_rel_err = err;
     } else if (!strcmp(mname, "full") || !strcmp(mname, "lora") || !strcmp(mname, "vera") || !strcmp(mname, "adalora"))
         check_model_case(dir, mname, &c);
-    else check_result_set(res, CHECK_SKIP, "unknown method \"%s\" in case.json", mname);
+    else check_result_set(res, CHECK_FAIL, "%s/case.json: unknown method \"%s\" (full, lora, vera, adalora, adalora-schedule)", dir, mname);
     free(c.ids);
     free(c.labels);
     cJSON_Delete(j);

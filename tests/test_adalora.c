@@ -381,7 +381,7 @@ TEST(adalora_merge_unmerge) {
 // (5) The reference cases, and what loading them implies.
 
 TEST(adalora_reference_cases) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     static const char *cases[] = {"gpt2-adalora", "llama-adalora", "gpt2-adalora-schedule"};
     for (int i = 0; i < 3; i++) {
         char *dir = path_join(fixtures_dir(), cases[i]);
@@ -395,7 +395,7 @@ TEST(adalora_reference_cases) {
 // The fixtures' adapters have "task_type": null: PEFT's plain PeftModel skips AdaLoraModel.forward,
 // so no regulariser (their loss == lm_loss); saving keeps task_type null.
 TEST(adalora_task_type_null_has_no_regularizer) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     char *dir = path_join(fixtures_dir(), "gpt2-adalora");
     char *model_dir = path_join(dir, "model"), *adapter_dir = path_join(dir, "adapter");
     Model *m = model_load(model_dir);

@@ -94,7 +94,7 @@ static Tokenizer *gpt2_fixture(void) {
 
 TEST(tokenizer_gpt2_reference_cases) {
     const char *fx = fixtures_dir();
-    if (!fx) { printf("  (skipped: no fixtures)\n"); return; }
+    if (!fx) SKIP_NO_FIXTURES();
     char *dir = path_join(fx, "tokenizer-gpt2"), msg[1024];
     int n_cases, failures = tokenizer_check_cases(dir, &n_cases, msg, sizeof msg);
     free(dir);
@@ -104,7 +104,7 @@ TEST(tokenizer_gpt2_reference_cases) {
 
 TEST(tokenizer_gpt2_vocab_and_specials) {
     Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    if (!t) SKIP_NO_FIXTURES();
     CHECK(tokenizer_vocab_size(t) == 50257);
     CHECK(tokenizer_eos(t) == 50256 && tokenizer_bos(t) == 50256);
     CHECK(!tokenizer_add_bos(t));
@@ -122,7 +122,7 @@ TEST(tokenizer_gpt2_vocab_and_specials) {
 
 TEST(tokenizer_gpt2_round_trips) {
     Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    if (!t) SKIP_NO_FIXTURES();
     static const char *texts[] = {
         "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], customer rating[3 out of 5]",
         "  \t\n  \r\n x  ", "'s'S'll'LL 've", "\xC2\xA0non-breaking\xE2\x80\x83spaces", "a\xCC\x81 combining",
@@ -146,7 +146,7 @@ TEST(tokenizer_gpt2_round_trips) {
 
 TEST(tokenizer_gpt2_invalid_utf8) {
     Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    if (!t) SKIP_NO_FIXTURES();
     // Invalid bytes never match the regex; they are encoded byte by byte and decode to U+FFFD.
     const char text[] = "ab\xFF" "cd \xE2\x82 x\xC3";
     int32_t *ids;
@@ -186,7 +186,7 @@ static void *encode_job(void *arg) {
 
 TEST(tokenizer_gpt2_threads) {
     Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    if (!t) SKIP_NO_FIXTURES();
     char *text = xmalloc(400000);
     text[0] = 0;
     while (strlen(text) < 390000) strcat(text, "The Vaults is a pub near Café Adriatic, with a price range of £20-25. ");

@@ -92,14 +92,14 @@ out:
 }
 
 TEST(vera_projections_bit_identical_to_fixtures) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     CHECK(projections_match_case("gpt2-vera"));
     CHECK(projections_match_case("llama-vera"));
 }
 
 // The reference cases end to end (logits, loss, grads, AdamW step, merge, save round trip).
 TEST(vera_reference_cases) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     const char *cases[] = {"gpt2-vera", "llama-vera"};
     for (int i = 0; i < 2; i++) {
         char *dir = path_join(fixtures_dir(), cases[i]);
