@@ -3,6 +3,7 @@
 #endif
 #include "test.h"
 #include "../src/util.h"
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -23,6 +24,16 @@ const char *fixtures_dir(void) {
     for (int i = 0; candidates[i]; i++)
         if (dir_exists(candidates[i])) return candidates[i];
     return NULL;
+}
+
+void test_skip(int *failed, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "  skipped: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    *failed = TEST_SKIPPED;
 }
 
 const char *test_tmpdir(void) {
