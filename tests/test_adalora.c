@@ -81,7 +81,7 @@ static int model_gradcheck(const char *json, const char *targets, float dropout)
     if (!ok) fprintf(stderr, "  the loss does not include the regulariser (reg %g)\n", m->adapters->last_regularizer);
     model_zero_grad(m);
     model_backward(m);
-    ok = ok && test_gradcheck_adapters(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-5, false);
+    ok = ok && test_gradcheck(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-4);
     model_free(m);
     return ok;
 }
@@ -118,7 +118,7 @@ TEST(adalora_regularizer_value_and_grad) {
     model_zero_grad(m);
     adapters_regularizer(m, true);
     for (int i = 0; i < set->n; i++) CHECK(set->adapters[i].E->grad[0] == 0.0f);  // E is not in it
-    int ok = test_gradcheck_adapters(m, reg_fn, NULL, 1e-3, 1e-3, 1e-6, true);
+    int ok = test_gradcheck(m, reg_fn, NULL, 1e-3, 1e-3, 1e-6);
     model_free(m);
     CHECK(ok);
 }
