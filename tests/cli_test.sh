@@ -35,6 +35,8 @@ expect_usage() { expect_status 2 "$@"; }   # bad command line: exit 2
 expect_usage "unknown command" "unknown command" "$PEFT" frobnicate
 expect_usage "missing option value" "needs a value" "$PEFT" info --model
 expect_usage "unknown option" "unknown option --bogus" "$PEFT" info --bogus 1
+if "$PEFT" --version | grep -qE '^peft ([0-9a-f]{7,}(-dirty)?|unknown)$'; then ok "--version names the commit it was built from"
+else bad "--version names the commit it was built from (got: $("$PEFT" --version 2>&1 | head -c 200))"; fi
 
 # ---- the other suites; their skips count here ----
 for extra in tests/cli_*_test.sh; do
