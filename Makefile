@@ -47,9 +47,15 @@ LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcud
 else
 GPU_OBJ   += $(BUILD)/cuda/gpu_stub.o
 endif
-LIB_OBJ   += $(GPU_OBJ)
+LIB_OBJ   += $(GPU_OBJ) $(BUILD)/obj/version.o
 
-.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz clean
+# The commit the binaries are built from (peft --version; benchmark docs stamp it): git's short hash,
+# "-dirty" when tracked sources differ from it (docs aside), "unknown" outside a git checkout.
+# build/version.c is rewritten only when that changes, so what it stamps is what was compiled.
+GIT_REV := $(shell r=$$(git rev-parse --short=12 HEAD 2>/dev/null) || r=unknown; \
+             [ $$r = unknown ] || git diff --quiet HEAD -- src cli tests bench tools Makefile ':(exclude)*.md' || r=$$r-dirty; echo $$r)
+
+.PHONY: FORCE all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
@@ -69,6 +75,13 @@ $(BUILD)/cuda/%.o: src/cuda/%.c $(wildcard src/cuda/*.h src/*.h include/*.h) | $
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 $(BUILD)/gpu/%.o: bench/gpu/%.c $(wildcard src/*.h src/cuda/*.h bench/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/version.c: FORCE | $(BUILD)/.setup
+	@printf '#include "version.h"\nconst char peft_version[] = "%s";\n' '$(GIT_REV)' > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+$(BUILD)/obj/version.o: $(BUILD)/version.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -97,12 +110,15 @@ $(BUILD)/.setup:
 	@mkdir -p $(BUILD) && touch $@
 
 test: unit-test check-fixtures gpu-test cli-test
+	@if [ ! -d $(FIXTURES) ]; then echo "*** make test: $(FIXTURES) not found: the HF PEFT reference cases, and the unit and CLI tests that need them, were SKIPPED (the skip lines above) ***"; fi
 
 unit-test: $(BUILD)/test_peft
 	OMP_NUM_THREADS=2 ./$(BUILD)/test_peft
 
-# The HF PEFT reference cases (skipped loudly when ../shared is absent).
+# The HF PEFT reference cases (skipped loudly when the folder is absent; a folder without cases fails).
+# Every suite reads them from PEFT_FIXTURES.
 FIXTURES ?= ../shared/fixtures/hf-peft
+export PEFT_FIXTURES := $(FIXTURES)
 check-fixtures: $(BUILD)/peft
 	@if [ -d $(FIXTURES) ]; then ./$(BUILD)/peft check $(FIXTURES)/*/; \
 	else echo "*** SKIPPED: $(FIXTURES) not found: HF PEFT reference cases not run ***"; fi

@@ -1,5 +1,6 @@
 // peft: the command-line interface. Each subcommand is a thin layer over the library.
 #include "cli.h"
+#include "version.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -20,13 +21,17 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
 static void usage(FILE *f) {
     fprintf(f, "peft: parameter-efficient fine-tuning (LoRA, VeRA, AdaLoRA) of GPT-2 and Llama-family models\n\nusage: peft COMMAND [options]\n\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\n`peft COMMAND --help` lists a command's options.\n");
+    fprintf(f, "\n`peft COMMAND --help` lists a command's options; `peft --version` the commit it was built from.\n");
 }
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("peft %s\n", peft_version);
+        return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);

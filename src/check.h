@@ -17,6 +17,15 @@ typedef struct {
 void check_case(const char *dir, CheckResult *res);
 // Relative Frobenius error ||a - ref|| / ||ref|| (absolute when ref is all zeros).
 double rel_error(const float *a, const float *ref, long n);
+// ||after - ref_after|| / ||ref_after - before||: an optimizer step's update (after - before) against the
+// reference's from the same weights (before NULL: zeros, i.e. rel_error; absolute when the reference
+// does not move).
+double update_rel_error(const float *before, const float *after, const float *ref_after, long n);
+// The update's tolerance (case.json's tolerance.update_rel overrides it). From the same gradient our
+// AdamW update is within fp32 rounding of HF's: <= 5e-6 on every case, bounded by 2^-24 |w| / lr per
+// element (the stored weights' rounding). A weight decay of 0 or 0.08 instead of 0.01 moves some tensor's
+// update in every case by >= 2e-3: 1e-4 sits 20x from both.
+#define CHECK_UPDATE_TOL 1e-4
 // Sets r's status and its detail (printf format).
 void check_result_set(CheckResult *r, CheckStatus st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 // The reference tensor `name` of st as n floats (xmalloc'd), or NULL with r set to FAIL (missing, another

@@ -28,7 +28,7 @@ ok() { passed=$((passed + 1)); echo "ok   $1"; }
 bad() { failed=$((failed + 1)); echo "FAIL $1"; }
 check() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got [$2], want [$3])"; fi; }
 
-if ! command -v curl >/dev/null; then echo "*** SKIPPED: curl not found ***"; echo "0 passed, 0 failed"; exit 0; fi
+if ! command -v curl >/dev/null; then echo "*** SKIPPED: curl not found ***"; echo "0 passed, 0 failed, 1 skipped"; exit 0; fi
 
 # jget EXPR < json: a field of a JSON document (Perl's core JSON::PP), e.g. jget '$j->{choices}[0]{text}'.
 jget() {
@@ -103,7 +103,7 @@ start_server() {  # log-name args...: sets PORT (bounded wait for "listening on"
 if start_server s1 --model "$TMP/base" --adapters "$TMP/adapters" --max-requests 4 --max-adapters 2 --max-tokens 64 --max-body 16 --threads 1; then
     ok "server starts on a free loopback port ($PORT)"
 else
-    bad "server starts (stderr: $(head -c 500 "$TMP/s1.err"))"; echo "$passed passed, $failed failed"; exit 1
+    bad "server starts (stderr: $(head -c 500 "$TMP/s1.err"))"; echo "$passed passed, $failed failed, 0 skipped"; exit 1
 fi
 U=http://127.0.0.1:$PORT
 check "GET /health" "$(curl -s -m 10 $U/health | jget '$j->{status}')" ok
@@ -251,5 +251,5 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 grep -q "stopping" "$TMP/s1.err" && ok "the server stops on SIGTERM" || bad "the server stops on SIGTERM"
 PIDS=()
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, 0 skipped"
 [ $failed -eq 0 ]

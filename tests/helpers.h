@@ -21,7 +21,13 @@ float *test_copy_logits(Model *m, long n);
 typedef struct { const int32_t *ids, *labels; int B, T; } TestBatch;
 double test_batch_loss(Model *m, void *batch);  // a TestLossFn: model_forward's loss on a TestBatch
 typedef double (*TestLossFn)(Model *m, void *ctx);
-// The adapters' gradients (m->adapters' params, already computed) against central differences of
-// f: along sign(g) of each tensor (step eps) and at each tensor's largest entry, within rtol * |fd|
-// + atol. zero_ok: a tensor with an all-zero gradient passes when f does not move along it either.
-int test_gradcheck_adapters(Model *m, TestLossFn f, void *ctx, double eps, double rtol, double atol, bool zero_ok);
+// The trainable tensors' gradients (model_trainable; already computed) against central differences
+// of f, per tensor along TEST_GRAD_DIRS random directions d (entries uniform in [-1, 1], step eps) and
+// at its largest entry (step 10 eps). The analytic derivatives a = g.d and the differences c must meet
+// ||a - c|| <= rtol ||c|| + atol sqrt(TEST_GRAD_DIRS) over the directions, and |a - c| <= rtol |c| + atol
+// at the entry: an all-zero or wrong gradient fails wherever f moves by more than ~atol (no floor on
+// ||c||), several directions keep one near-orthogonal to g from hiding it, and a tensor f does not
+// depend on passes with a zero gradient. atol covers the differences' noise (the fp32 loss's rounding
+// over 2 eps: ~5e-5 at eps 1e-3). Returns 1 when every tensor passes (failures printed).
+enum { TEST_GRAD_DIRS = 4 };
+int test_gradcheck(Model *m, TestLossFn f, void *ctx, double eps, double rtol, double atol);

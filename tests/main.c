@@ -3,6 +3,7 @@
 #endif
 #include "test.h"
 #include "../src/util.h"
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,6 +26,16 @@ const char *fixtures_dir(void) {
     return NULL;
 }
 
+void test_skip(int *failed, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "  skipped: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    *failed = TEST_SKIPPED;
+}
+
 const char *test_tmpdir(void) {
     static char dir[512];
     static int counter;
@@ -43,18 +54,26 @@ int main(int argc, char **argv) {
     snprintf(tmp_root, sizeof tmp_root, "/tmp/peft-test-%d", (int)getpid());
     make_dir(tmp_root);
     atexit(remove_tmp_root);
-    if (!fixtures_dir()) fprintf(stderr, "\n*** SKIPPED: ../shared/fixtures/hf-peft not found: reference-case tests do not run ***\n\n");
-    int passed = 0, failed = 0;
+    if (!fixtures_dir())
+        fprintf(stderr, "\n*** SKIPPED: %s not found: reference-case tests do not run ***\n\n",
+                getenv("PEFT_FIXTURES") ? getenv("PEFT_FIXTURES") : "../shared/fixtures/hf-peft");
+    int passed = 0, failed = 0, skipped = 0;
+    char skipped_names[4096] = "";
     for (int i = 0; i < n_tests; i++) {
         if (argc > 1 && !strstr(tests[i].name, argv[1])) continue;
-        int f = 0;
+        int f = TEST_PASSED;
         peft_clear_error();
         double t0 = now_seconds();
         tests[i].fn(&f);
-        printf("%s %s (%.2fs)\n", f ? "FAIL" : "ok  ", tests[i].name, now_seconds() - t0);
+        printf("%s %s (%.2fs)\n", f == TEST_FAILED ? "FAIL" : f == TEST_SKIPPED ? "skip" : "ok  ", tests[i].name, now_seconds() - t0);
         fflush(stdout);
-        if (f) failed++; else passed++;
+        if (f == TEST_FAILED) failed++;
+        else if (f == TEST_SKIPPED) {
+            size_t len = strlen(skipped_names);
+            snprintf(skipped_names + len, sizeof skipped_names - len, "%s%s", skipped++ ? ", " : "", tests[i].name);
+        } else passed++;
     }
-    printf("%d passed, %d failed\n", passed, failed);
+    if (skipped) printf("\n*** SKIPPED %d unit tests: %s ***\n\n", skipped, skipped_names);
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     return failed ? 1 : 0;
 }

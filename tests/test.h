@@ -1,10 +1,12 @@
-// test.h: a tiny test harness. TEST(name) registers a test; CHECK fails it with file:line.
-// tests/main.c runs them all (or those whose name contains argv[1]) and ends with
-// the line "N passed, N failed".
+// test.h: a tiny test harness. TEST(name) registers a test; CHECK fails it with file:line; SKIP
+// says why it cannot run here. tests/main.c runs them all (or those whose name contains argv[1]) and
+// ends with the line "N passed, N failed, N skipped" (a skipped test never counts as passed).
 #pragma once
 #include <math.h>
 #include <stdio.h>
 
+// What a test leaves in *failed_ (CHECK and SKIP set it and return).
+enum { TEST_PASSED = 0, TEST_FAILED = 1, TEST_SKIPPED = 2 };
 typedef void (*test_fn)(int *failed);
 void test_register(const char *name, test_fn fn);
 
@@ -19,7 +21,7 @@ void test_register(const char *name, test_fn fn);
     do {                                                                        \
         if (!(cond)) {                                                          \
             fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            *failed_ = 1;                                                       \
+            *failed_ = TEST_FAILED;                                             \
             return;                                                             \
         }                                                                       \
     } while (0)
@@ -30,15 +32,27 @@ void test_register(const char *name, test_fn fn);
             fprintf(stderr, "  %s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
             fprintf(stderr, __VA_ARGS__);                                       \
             fprintf(stderr, "\n");                                              \
-            *failed_ = 1;                                                       \
+            *failed_ = TEST_FAILED;                                             \
             return;                                                             \
         }                                                                       \
     } while (0)
 
+// The test cannot run here (printf-style reason): it ends, counted as skipped. test_skip only marks
+// it, for helpers that return a value.
+void test_skip(int *failed, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define SKIP(...)                                                               \
+    do {                                                                        \
+        test_skip(failed_, __VA_ARGS__);                                        \
+        return;                                                                 \
+    } while (0)
+#define NO_FIXTURES "no reference fixtures (../shared/fixtures/hf-peft, or PEFT_FIXTURES)"
+#define SKIP_NO_FIXTURES() SKIP(NO_FIXTURES)
+
 #define CHECK_NEAR(a, b, tol)                                                   \
     CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%g vs %g (tol %g)", (double)(a), (double)(b), (double)(tol))
 
-// Path of the shared reference fixtures (../shared/fixtures/hf-peft), or NULL when absent.
+// Path of the shared reference fixtures (PEFT_FIXTURES, else ../shared/fixtures/hf-peft), or NULL when
+// absent (tests then SKIP_NO_FIXTURES; a folder that exists but lacks a case makes them fail).
 const char *fixtures_dir(void);
 // A fresh empty temporary directory for this test (removed at exit).
 const char *test_tmpdir(void);

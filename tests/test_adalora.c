@@ -81,7 +81,7 @@ static int model_gradcheck(const char *json, const char *targets, float dropout)
     if (!ok) fprintf(stderr, "  the loss does not include the regulariser (reg %g)\n", m->adapters->last_regularizer);
     model_zero_grad(m);
     model_backward(m);
-    ok = ok && test_gradcheck_adapters(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-5, false);
+    ok = ok && test_gradcheck(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-4);
     model_free(m);
     return ok;
 }
@@ -118,7 +118,7 @@ TEST(adalora_regularizer_value_and_grad) {
     model_zero_grad(m);
     adapters_regularizer(m, true);
     for (int i = 0; i < set->n; i++) CHECK(set->adapters[i].E->grad[0] == 0.0f);  // E is not in it
-    int ok = test_gradcheck_adapters(m, reg_fn, NULL, 1e-3, 1e-3, 1e-6, true);
+    int ok = test_gradcheck(m, reg_fn, NULL, 1e-3, 1e-3, 1e-6);
     model_free(m);
     CHECK(ok);
 }
@@ -381,7 +381,7 @@ TEST(adalora_merge_unmerge) {
 // (5) The reference cases, and what loading them implies.
 
 TEST(adalora_reference_cases) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     static const char *cases[] = {"gpt2-adalora", "llama-adalora", "gpt2-adalora-schedule"};
     for (int i = 0; i < 3; i++) {
         char *dir = path_join(fixtures_dir(), cases[i]);
@@ -395,7 +395,7 @@ TEST(adalora_reference_cases) {
 // The fixtures' adapters have "task_type": null: PEFT's plain PeftModel skips AdaLoraModel.forward,
 // so no regulariser (their loss == lm_loss); saving keeps task_type null.
 TEST(adalora_task_type_null_has_no_regularizer) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     char *dir = path_join(fixtures_dir(), "gpt2-adalora");
     char *model_dir = path_join(dir, "model"), *adapter_dir = path_join(dir, "adapter");
     Model *m = model_load(model_dir);

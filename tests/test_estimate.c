@@ -213,7 +213,7 @@ TEST(estimate_adalora_budget) {
 // The CPU activation count is what transformer.c allocates: measure the heap around a forward.
 TEST(estimate_cpu_activations_match_allocations) {
 #if defined(EST_NO_MALLINFO) || !defined(__GLIBC__) || __GLIBC__ < 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ < 33)
-    fprintf(stderr, "  (skipped: needs glibc mallinfo2 and no sanitizer)\n");
+    SKIP("needs glibc mallinfo2 and no sanitizer");
 #else
     const char *types[] = {"gpt2", "llama"};
     for (int k = 0; k < 2; k++) {

@@ -486,7 +486,7 @@ static void collect(void *user, int index, const char *piece, size_t len) {
 // Text, stop strings and streaming with GPT-2's real tokenizer (skipped without the fixtures).
 TEST(generate_stop_strings_and_streaming) {
     const char *fx = fixtures_dir();
-    if (!fx) { fprintf(stderr, "  (skipped: no fixtures)\n"); return; }
+    if (!fx) SKIP_NO_FIXTURES();
     char *vocab = xasprintf("%s/tokenizer-gpt2/encoder.json", fx), *merges = xasprintf("%s/tokenizer-gpt2/vocab.bpe", fx);
     Tokenizer *tok = tokenizer_load_gpt2_files(vocab, merges);
     free(vocab);

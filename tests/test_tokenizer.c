@@ -82,19 +82,21 @@ static bool error_mentions(const char *a, const char *b) {
 
 // ---- GPT-2 reference cases (../shared/fixtures/hf-peft/tokenizer-gpt2) ----
 
-static Tokenizer *gpt2_fixture(void) {
+// GPT-2's tokenizer from the fixtures, or NULL with the test marked: skipped when there are no
+// fixtures, failed when they are there and it does not load (a broken loader is no skip).
+static Tokenizer *gpt2_fixture(int *failed_) {
     const char *fx = fixtures_dir();
-    if (!fx) return NULL;
+    if (!fx) { test_skip(failed_, NO_FIXTURES); return NULL; }
     char *dir = path_join(fx, "tokenizer-gpt2");
     Tokenizer *t = tokenizer_load(dir);
-    if (!t) fprintf(stderr, "  %s\n", peft_last_error());
+    if (!t) { fprintf(stderr, "  loading the fixture's tokenizer: %s\n", peft_last_error()); *failed_ = TEST_FAILED; }
     free(dir);
     return t;
 }
 
 TEST(tokenizer_gpt2_reference_cases) {
     const char *fx = fixtures_dir();
-    if (!fx) { printf("  (skipped: no fixtures)\n"); return; }
+    if (!fx) SKIP_NO_FIXTURES();
     char *dir = path_join(fx, "tokenizer-gpt2"), msg[1024];
     int n_cases, failures = tokenizer_check_cases(dir, &n_cases, msg, sizeof msg);
     free(dir);
@@ -103,8 +105,8 @@ TEST(tokenizer_gpt2_reference_cases) {
 }
 
 TEST(tokenizer_gpt2_vocab_and_specials) {
-    Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    Tokenizer *t = gpt2_fixture(failed_);
+    if (!t) return;
     CHECK(tokenizer_vocab_size(t) == 50257);
     CHECK(tokenizer_eos(t) == 50256 && tokenizer_bos(t) == 50256);
     CHECK(!tokenizer_add_bos(t));
@@ -121,8 +123,8 @@ TEST(tokenizer_gpt2_vocab_and_specials) {
 }
 
 TEST(tokenizer_gpt2_round_trips) {
-    Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    Tokenizer *t = gpt2_fixture(failed_);
+    if (!t) return;
     static const char *texts[] = {
         "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], customer rating[3 out of 5]",
         "  \t\n  \r\n x  ", "'s'S'll'LL 've", "\xC2\xA0non-breaking\xE2\x80\x83spaces", "a\xCC\x81 combining",
@@ -145,8 +147,8 @@ TEST(tokenizer_gpt2_round_trips) {
 }
 
 TEST(tokenizer_gpt2_invalid_utf8) {
-    Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    Tokenizer *t = gpt2_fixture(failed_);
+    if (!t) return;
     // Invalid bytes never match the regex; they are encoded byte by byte and decode to U+FFFD.
     const char text[] = "ab\xFF" "cd \xE2\x82 x\xC3";
     int32_t *ids;
@@ -185,8 +187,8 @@ static void *encode_job(void *arg) {
 }
 
 TEST(tokenizer_gpt2_threads) {
-    Tokenizer *t = gpt2_fixture();
-    if (!t) { printf("  (skipped: no fixtures)\n"); return; }
+    Tokenizer *t = gpt2_fixture(failed_);
+    if (!t) return;
     char *text = xmalloc(400000);
     text[0] = 0;
     while (strlen(text) < 390000) strcat(text, "The Vaults is a pub near Café Adriatic, with a price range of £20-25. ");

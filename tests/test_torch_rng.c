@@ -155,10 +155,7 @@ static int read_vera_config(const char *case_dir, int *r, uint64_t *key) {
 // The stored vera_A / vera_B must come out of vera_projections bit for bit.
 static void check_vera_case(const char *name, int *failed_) {
     const char *fx = fixtures_dir();
-    if (!fx) {
-        fprintf(stderr, "  skipped: no fixtures\n");
-        return;
-    }
+    if (!fx) SKIP_NO_FIXTURES();
     char *dir = xasprintf("%s/%s", fx, name);
     int r = 0;
     uint64_t key = 0;

@@ -2,7 +2,8 @@
 // an interrupted and resumed run repeats the uninterrupted one's losses bit for bit (LoRA with
 // dropout and gradient accumulation across epochs, and AdaLoRA with its allocator); a stop request
 // (what Ctrl-C does) saves a checkpoint; the outputs (adapter, full model, log, SVG) load back and
-// evaluate to the loss training reported; an empty dataset is an error.
+// evaluate to the loss training reported; an empty dataset is an error; weight decay skips the 1-D
+// tensors of full fine-tuning only.
 #include "test.h"
 #include "../src/safetensors.h"
 #include "../src/train.h"
@@ -303,4 +304,77 @@ TEST(train_lr_schedules) {
     c.schedule = SCHED_CONSTANT;
     CHECK_NEAR(train_lr_at(&c, 9, 10), 1.0, 1e-12);
     train_config_free(&c);
+}
+
+// One step's weights (file `file` of out) with weight decay wd; the run is otherwise the same each time.
+static int one_step(TrainMethod method, const char *data, const char *out, float wd, SafeTensors *st, const char *file) {
+    TrainConfig c = small_config(method, data, out);
+    c.max_steps = 1;
+    c.data.seq_len = 64;
+    c.lr = 1e-2f;
+    c.schedule = SCHED_CONSTANT;
+    c.weight_decay = wd;
+    int rc = run(&c, &(Record){0}, &(TrainResult){0});
+    train_config_free(&c);
+    char *path = path_join(out, file);
+    if (!rc && (rc = st_open(st, path))) fprintf(stderr, "  %s\n", peft_last_error());
+    free(path);
+    return rc;
+}
+
+// The weight-decay rule of HF Trainer's parameter groups: full fine-tuning decays the 2-D tensors
+// (matrices, embeddings) and no bias or norm weight (the 1-D ones); an adapter's tensors all decay,
+// VeRA's 1-D lambdas too (HF excludes by name: biases and norms). Decoupled decay makes the weights
+// after one step with decay wd differ from those without by exactly -lr wd w0 for a decayed tensor,
+// and not at all for the others (the gradient and Adam's update are the same).
+TEST(train_weight_decay_groups) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 8));
+    const float lr = 1e-2f, wd = 0.5f;
+    static const TrainMethod methods[] = {TRAIN_FULL, TRAIN_VERA};
+    for (int k = 0; k < 2; k++) {
+        bool full = methods[k] == TRAIN_FULL;
+        const char *file = full ? "model.safetensors" : "adapter_model.safetensors";
+        char *out0 = path_join(dir, k ? "vera0" : "full0"), *out1 = path_join(dir, k ? "vera1" : "full1");
+        char *base_path = path_join(test_tiny_model(), "model.safetensors");
+        SafeTensors base = {0}, st0 = {0}, st1 = {0};
+        CHECK(st_open(&base, base_path) == 0);
+        CHECK(one_step(methods[k], data, out0, 0, &st0, file) == 0 && one_step(methods[k], data, out1, wd, &st1, file) == 0);
+        int n_decayed = 0, n_kept = 0;
+        for (int i = 0; i < st0.n; i++) {
+            const StTensor *t0 = &st0.tensors[i], *t1 = st_find(&st1, t0->name);
+            CHECK(t1 && t1->numel == t0->numel);
+            long n = (long)t0->numel;
+            // Before the step: the base model's tensor; VeRA's lambda_d starts at d_initial, lambda_b at 0.
+            bool decays = full ? t0->ndim == 2 : true;
+            float *w0 = xcalloc(n, sizeof(float)), *a = xmalloc(sizeof(float) * n), *b = xmalloc(sizeof(float) * n);
+            const StTensor *tb = full ? st_find(&base, t0->name) : NULL;
+            CHECK(!full || (tb && st_to_f32(tb, w0) == 0));
+            if (!full && strstr(t0->name, "vera_lambda_d")) for (long j = 0; j < n; j++) w0[j] = 0.1f;
+            CHECK(st_to_f32(t0, a) == 0 && st_to_f32(t1, b) == 0);
+            double num = 0, den = 0, got = 0;  // squared norms: of (b - a) - want, of want, of b - a
+            for (long j = 0; j < n; j++) {
+                double want = decays ? -(double)lr * wd * w0[j] : 0.0, d = (double)b[j] - a[j];
+                num += (d - want) * (d - want);
+                den += want * want;
+                got += d * d;
+            }
+            free(w0);
+            free(a);
+            free(b);
+            // Decayed: the difference within fp32 rounding of w0 (|w0| 2^-24 against lr wd |w0| = 5e-3 |w0|).
+            CHECK_MSG(decays ? sqrt(num) <= 1e-4 * sqrt(den) : num == 0, "%s (%d-D): weights with and without decay differ by %.3g (norm), want %.3g",
+                      t0->name, t0->ndim, sqrt(got), sqrt(den));
+            if (den > 0) n_decayed++;
+            else n_kept += !decays;
+        }
+        CHECK_MSG(full ? n_decayed >= 4 && n_kept >= 8 : n_decayed == 2, "%d tensors decayed, %d 1-D ones kept", n_decayed, n_kept);
+        st_close(&base);
+        st_close(&st0);
+        st_close(&st1);
+        free(base_path);
+        free(out0);
+        free(out1);
+    }
+    free(data);
 }

@@ -92,14 +92,14 @@ out:
 }
 
 TEST(vera_projections_bit_identical_to_fixtures) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     CHECK(projections_match_case("gpt2-vera"));
     CHECK(projections_match_case("llama-vera"));
 }
 
 // The reference cases end to end (logits, loss, grads, AdamW step, merge, save round trip).
 TEST(vera_reference_cases) {
-    if (!fixtures_dir()) return;
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
     const char *cases[] = {"gpt2-vera", "llama-vera"};
     for (int i = 0; i < 2; i++) {
         char *dir = path_join(fixtures_dir(), cases[i]);
@@ -116,7 +116,7 @@ TEST(vera_reference_cases) {
 // (2) Gradients against central differences.
 
 
-// Whole model: d loss / d lambda for every module, along sign(g) per tensor and at the largest entries.
+// Whole model: d loss / d lambda for every module, along random directions per tensor and at the largest entries.
 static int model_gradcheck(const char *json, const char *targets, float dropout) {
     Model *m = tiny_model(json, 11);
     AdapterConfig c;
@@ -134,7 +134,7 @@ static int model_gradcheck(const char *json, const char *targets, float dropout)
     model_zero_grad(m);
     model_backward(m);
     TestBatch b = {ids, labels, B, T};
-    int ok = test_gradcheck_adapters(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-5, false);
+    int ok = test_gradcheck(m, test_batch_loss, &b, 1e-3, 1e-2, 1e-4);
     model_free(m);
     return ok;
 }

@@ -14,8 +14,10 @@
 #   4. write the doc (default docs/e2e.md at --scale gpu, docs/e2e-cpu-small.md at cpu-small): table,
 #      settings, seeds, date, machine, verdicts.
 #
-# Stages are cached under the work folder (default build/e2e/SCALE) with the command that made them
-# and the keys of the stages they read: a re-run redoes only what changed and what depends on it.
+# Stages are cached under the work folder (default build/e2e/SCALE) with the command that made them,
+# the sha256 of the peft binary that ran it, and the keys of the stages they read: a re-run redoes
+# only what changed (a rebuilt binary changes every stage) and what depends on it. The doc names the
+# commit that binary was built from (`peft --version`), not the checkout's HEAD when it is written.
 #
 # --device cuda (or DEVICE=cuda; the default at --scale gpu) trains with `peft train --device cuda`;
 # GEN_DEVICE=cuda (the default at --scale gpu) decodes on the GPU (`peft generate --device cuda`),
@@ -110,11 +112,12 @@ with open(sys.argv[1], "w") as f:
 sys.exit(rc if rc >= 0 else 128 - rc)'
 
 # stage DIR "DEP_DIRS" CMD...: run CMD (timed into DIR/time.txt, stdout to DIR/stdout, stderr to DIR/log)
-# unless DIR/.done holds the same key: the command plus the keys of the stages it reads (DEP_DIRS), so
-# redoing a stage redoes everything downstream. With SAMPLE_GPU=1 it also records GPU memory in use.
+# unless DIR/.done holds the same key: the binary (PEFT_ID), the command, and the keys of the stages it
+# reads (DEP_DIRS), so redoing a stage redoes everything downstream. With SAMPLE_GPU=1 it also records
+# GPU memory in use.
 stage() {
     local dir=$1 deps=$2; shift 2
-    local want d; want=$(printf '%q ' "$@")
+    local want d; want="$PEFT_ID"$'\n'$(printf '%q ' "$@")
     for d in $deps; do want+=$'\n'"[$d] $(cat "$d/.done")"; done
     if [ -f "$dir/.done" ] && [ "$(cat "$dir/.done")" = "$want" ]; then say "cached: $dir"; return 0; fi
     rm -rf "$dir"; mkdir -p "$dir"
@@ -149,6 +152,9 @@ json() { python3 -c 'import json, sys; v = json.load(open(sys.argv[1])); exec(sy
 # ---- prerequisites ---------------------------------------------------------------------------
 command -v python3 >/dev/null || { echo "run.sh: needs python3 (timing, JSON)" >&2; exit 1; }
 [ -x "$PEFT" ] || make "$PEFT"
+# What every stage key and the doc name: the binary's hash and the commit it was built from.
+PEFT_VERSION=$("$PEFT" --version) || { echo "run.sh: $PEFT --version failed (built before it had one? rebuild it)" >&2; exit 1; }
+PEFT_ID="$PEFT_VERSION, sha256 $(sha256sum "$PEFT" | cut -d' ' -f1)"
 for f in "$DEV" "$TEST" "$TOKDIR/encoder.json" "$TOKDIR/vocab.bpe"; do [ -f "$f" ] || { echo "run.sh: missing $f (set SHARED)" >&2; exit 1; }; done
 # (the help text is read whole first: grep -q stopping early would fail the pipe under pipefail)
 if [ "$GEN_DEVICE" = cuda ] && ! grep -q -- '--device' <<< "$("$PEFT" generate --help 2>&1)"; then
@@ -311,8 +317,7 @@ echo "Written by \`bench/e2e/run.sh --scale $SCALE\` from its own results: stage
 echo
 echo "- Machine: ${GPU:+$GPU, }$CPU, $(nproc) CPU cores${MACHINE_NOTE:+ ($MACHINE_NOTE)}."
 echo "- Training on the $( [ "$DEVICE" = cuda ] && echo "GPU (\`--device cuda\`, bf16 compute, fp32 master weights)" || echo "CPU (fp32, --threads $THREADS)"); decoding on the $( [ "$GEN_DEVICE" = cuda ] && echo GPU || echo "CPU (--threads $THREADS)")."
-if REV=$(git rev-parse --short HEAD 2>/dev/null); then git diff --quiet HEAD -- src cli || REV+=" with uncommitted changes in src/ or cli/"; else REV="(no git checkout)"; fi
-echo "- peft.c $REV; \`$PEFT\`."
+echo "- \`$PEFT\`: $PEFT_ID (\`peft --version\`: the commit it was built from, -dirty with uncommitted source changes)."
 echo "- All stages together: $(mmss "$TOTAL") wall (init, pretraining, $N_FT fine-tunings, $(echo "$METHODS" | wc -w) decodes; the sum of the stages' own timings)."
 echo
 echo "| Method | Trainable params | Adapter size | BLEU | ROUGE-L | Train time | $MEMCOL |"

@@ -1,7 +1,7 @@
 // bench_gpu.c: training throughput, peak GPU memory and MFU of the CUDA backend (bf16) on the
 // shapes of the issue: GPT-2 124M at 8x1024 and a TinyLlama-1.1B-shaped Llama at 4x2048, for full
 // fine-tuning, LoRA (q,v r8 / all linears r16), VeRA (all, r256) and AdaLoRA (all).
-//   bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl]
+//   bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl] [--version]
 // --large: instead, LoRA (q,v r8) on Llama-2-7B and -13B shapes at 1x2048, the issue's "largest Llama
 // that LoRA-trains at 1x2048 in 80 GB" (the peak shows whether it fits).
 // Random weights drawn on the device, random tokens (labels = inputs, as the HF script), AdamW
@@ -17,6 +17,7 @@
 #include "estimate.h"
 #include "model.h"
 #include "util.h"
+#include "version.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--warm") && i + 1 < argc) warm = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
+        else if (!strcmp(argv[i], "--version")) { printf("bench_gpu %s\n", peft_version); return 0; }
         else { fprintf(stderr, "usage: bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl]\n"); return 2; }
     }
     char why[512];

@@ -1,15 +1,16 @@
 """Join bench_gpu's and hf_bench.py's JSON lines into one markdown table.
 
-    python3 bench/gpu/table.py OURS.jsonl [HF.jsonl]
+    python3 bench/gpu/table.py OURS.jsonl [HF.jsonl] [--ours NOTE] [--hf-reused NOTE]
 
 The last two columns: `peft estimate`'s GPU training memory for the row (bench_gpu's est_GiB, from
 estimate_compute) and its ratio to our measured peak.
 
 Without HF.jsonl (or for rows it lacks), the HF PEFT anchors measured on one H100 (the issue's
-numbers) fill the HF columns, marked with *.
+numbers) fill the HF columns, marked with *. --hf-reused says HF.jsonl is an earlier run's (NOTE: its
+date and commit): its cells are marked with a dagger. --ours names the binary that measured ours.
 """
+import argparse
 import json
-import sys
 
 ANCHORS = {  # tok/s, peak GiB (None: not given)
     ("gpt2-124m", "full"): (118e3, 12.5), ("gpt2-124m", "lora-qv"): (131e3, 10.4), ("gpt2-124m", "lora-all"): (116e3, None),
@@ -33,8 +34,14 @@ def load(path):
     return rows
 
 
-ours = load(sys.argv[1])
-hf = load(sys.argv[2]) if len(sys.argv) > 2 else {}
+ap = argparse.ArgumentParser()
+ap.add_argument("ours")
+ap.add_argument("hf", nargs="?")
+ap.add_argument("--ours", dest="ours_note")
+ap.add_argument("--hf-reused")
+args = ap.parse_args()
+ours = load(args.ours)
+hf = load(args.hf) if args.hf else {}
 print("| model | method | ours tok/s | HF PEFT tok/s | speed-up | ours peak GiB | HF peak GiB | memory ratio | ours MFU "
       "| peft estimate GiB | estimate / ours peak |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -45,6 +52,7 @@ for key in ORDER:
     star = ""
     if h and "tok_s" in h:
         h_tok, h_mem = h["tok_s"], h["peak_GiB"]
+        star = "†" if args.hf_reused else ""
     else:
         h_tok, h_mem = ANCHORS[key]
         star = "*"
@@ -64,3 +72,7 @@ for key in ORDER:
 if any(o.get("gemm_peak_tflops") for o in ours.values()):
     print(f"\nMFU denominator: bf16 GEMM rate measured on this GPU: {next(iter(ours.values())).get('gemm_peak_tflops')} TFLOP/s."
           " * = HF PEFT anchor from the issue (not measured in this run).")
+if args.ours_note:
+    print(f"\nOurs: {args.ours_note}.")
+if args.hf_reused:
+    print(f"\n† = HF PEFT row reused from an earlier run (SKIP_HF=1), not measured with ours: {args.hf_reused}.")

@@ -124,8 +124,9 @@ int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const 
                    const int *out_rows, int n_out, float *logits);
 
 // Run one HF PEFT reference case directory on the GPU (check.c's layout: logits, loss,
-// gradients, one AdamW step). fp32: the case's own tolerances. bf16: loss within 1e-2 relative,
-// every gradient's cosine similarity >= 0.999. Status PASS / FAIL / SKIP (no GPU, unsupported method).
+// gradients, one AdamW step). fp32: the case's own tolerances. bf16: both losses within 1e-2 relative,
+// every gradient's cosine similarity >= 0.999. Both: the AdamW update within CHECK_UPDATE_TOL of the
+// CPU's AdamW from the same gradient. Status PASS / FAIL / SKIP (no GPU, unsupported method).
 void gpu_check_case(const char *dir, GpuPrecision precision, CheckResult *res);
 
 #ifdef __cplusplus

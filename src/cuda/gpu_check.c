@@ -1,13 +1,22 @@
 // gpu_check.c: an HF PEFT reference case run on the GPU (the layout check.c reads: model/,
 // adapter/, case.json, io/grads/step.safetensors). fp32 mode holds the case's own tolerances for
-// logits, loss, gradients and one AdamW step. bf16 mode (the bf16 criteria) holds the loss
-// to 1e-2 relative and the gradient (all trainable tensors as one vector) to cosine similarity
-// >= 0.999, each tensor's own cosine to >= 0.99, the logits to 5e-2, and reports the rest: on the
-// tiny reference models a few small tensors whose gradient is a sum with cancellation (a key
-// projection's LoRA B, AdaLoRA's E) land between 0.998 and 0.999 with bf16 weights.
+// logits, both losses (lm_loss, and loss with AdaLoRA's regulariser), gradients and the weights after
+// one AdamW step. bf16 mode (the bf16 criteria) holds both losses to 1e-2 relative and the
+// gradient (all trainable tensors as one vector) to cosine similarity >= 0.999, each tensor's own
+// cosine to >= 0.99, the logits to 5e-2, and reports the weights after the step: on the tiny
+// reference models a few small tensors whose gradient is a sum with cancellation (a key projection's
+// LoRA B, AdaLoRA's E) land between 0.998 and 0.999 with bf16 weights.
+// Both modes hold the AdamW update (after - before) to CHECK_UPDATE_TOL against the CPU's AdamW (held
+// to the same tolerance against HF's by `peft check`) from the GPU's own gradient: bf16 mode keeps
+// fp32 master weights, fp32 gradients and moments and an fp32 step (bf16 is the compute copy only), so
+// from one gradient both sides are fp32 arithmetic and differ by its rounding, as on the CPU. Against
+// HF's step directly, the bf16 gradient would hide a wrong weight decay: Adam's first step is
+// lr g / (|g| + eps), and bf16 rounding flips the sign of small gradient entries (a full 2 lr each)
+// where a decay off by 0.01 moves the update by ~2e-3 of its size.
 #include "adapter.h"
 #include "gpu.h"
 #include "model.h"
+#include "optim.h"
 #include "safetensors.h"
 #include "util.h"
 #include <cjson/cJSON.h>
@@ -23,6 +32,7 @@ typedef struct {
     float lr, beta1, beta2, eps, wd;
     bool bf16;
     double min_cos, ab, aa, bb;  // worst tensor cosine; sums for the global one
+    double max_update;           // the AdamW update's worst relative error against the CPU's
     char min_name[256];
 } GCase;
 
@@ -58,6 +68,12 @@ static int compare_ref(GCase *c, const char *what, const SafeTensors *st, const 
     return rc;
 }
 
+static float *weights_copy(const Param *p) {
+    float *w = xmalloc(sizeof(float) * p->numel);
+    memcpy(w, p->w, sizeof(float) * p->numel);
+    return w;
+}
+
 static double num(const cJSON *o, const char *key, double dflt) {
     const cJSON *v = o ? cJSON_GetObjectItem(o, key) : NULL;
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
@@ -71,7 +87,8 @@ static void run_case(GCase *c, const char *dir, bool full) {
     SafeTensors io = {0}, grads = {0}, step = {0};
     int32_t *ids = NULL, *labels = NULL;
     GpuModel *g = NULL;
-    float *logits = NULL;
+    float *logits = NULL, **before = NULL, **cpu_after = NULL;  // the trainable tensors before the step, and after the CPU's
+    int n = 0;
     Model *m = model_load(model_dir);
     if (!m || (!full && adapters_load(m, adapter_dir))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (full) model_train_all(m);
@@ -92,13 +109,14 @@ static void run_case(GCase *c, const char *dir, bool full) {
     // loss
     double loss = gpu_forward(g, ids, labels, B, T);
     if (isnan(loss)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
-    float got = (float)loss;
-    if (compare_ref(c, "loss", &io, "lm_loss", &got, 1, c->bf16 ? 1e-2 : c->tol_logits, 0)) goto out;
+    float got_loss = (float)loss, got_lm = (float)gpu_lm_loss(g);
+    double tol_loss = c->bf16 ? 1e-2 : c->tol_logits;
+    if (compare_ref(c, "loss", &io, "lm_loss", &got_lm, 1, tol_loss, 0) || compare_ref(c, "loss", &io, "loss", &got_loss, 1, tol_loss, 0)) goto out;
     // gradients
     gpu_zero_grad(g);
     if (gpu_backward(g) || gpu_download_trainables(g, true)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     Param **params;
-    int n = model_trainable(m, &params);
+    n = model_trainable(m, &params);
     if (grads.n != n) { check_result_set(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
     for (int i = 0; i < n; i++)
         if (compare_ref(c, "gradient", &grads, params[i]->name, params[i]->grad, params[i]->numel, c->bf16 ? 0.99 : c->tol_grads, c->bf16 ? 1 : 0))
@@ -108,14 +126,36 @@ static void run_case(GCase *c, const char *dir, bool full) {
         if (!(cs >= 0.999)) { check_result_set(r, CHECK_FAIL, "gradients: cosine similarity %.6f < 0.999 (all %d tensors as one vector)", cs, n); goto out; }
         c->ab = cs;  // kept for the report
     }
-    // one AdamW step
+    // one AdamW step: the CPU's from the GPU's gradient (the host Params hold both), then the GPU's
+    before = xcalloc(n, sizeof(float *));
+    cpu_after = xcalloc(n, sizeof(float *));
+    for (int i = 0; i < n; i++) before[i] = weights_copy(params[i]);
+    AdamW cpu;
+    adamw_init(&cpu, params, n, c->lr, c->beta1, c->beta2, c->eps, c->wd);
+    adamw_step(&cpu, params, n, c->lr);
+    adamw_free(&cpu);
+    for (int i = 0; i < n; i++) cpu_after[i] = weights_copy(params[i]);
     if (gpu_adamw_step(g, c->lr, c->beta1, c->beta2, c->eps, c->wd) || gpu_download_trainables(g, false)) {
         check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         goto out;
     }
-    for (int i = 0; i < n; i++)
-        if (compare_ref(c, "AdamW step", &step, params[i]->name, params[i]->w, params[i]->numel, c->tol_step, c->bf16 ? 2 : 0)) goto out;
+    for (int i = 0; i < n; i++) {
+        Param *p = params[i];
+        if (compare_ref(c, "AdamW step", &step, p->name, p->w, p->numel, c->tol_step, c->bf16 ? 2 : 0)) goto out;
+        double e = update_rel_error(before[i], p->w, cpu_after[i], p->numel);
+        if (e > c->max_update || isnan(e)) c->max_update = e;
+        if (e > r->max_rel_err || isnan(e)) r->max_rel_err = e;  // fp32's report (bf16 reports the cosine instead)
+        if (!(e <= CHECK_UPDATE_TOL)) {
+            check_result_set(r, CHECK_FAIL, "AdamW update %s: relative error %.3g > %.1g against the CPU's AdamW from the same gradient", p->name, e,
+                             CHECK_UPDATE_TOL);
+            goto out;
+        }
+    }
 out:
+    for (int i = 0; before && i < n; i++) free(before[i]);
+    for (int i = 0; cpu_after && i < n; i++) free(cpu_after[i]);
+    free(before);
+    free(cpu_after);
     gpu_model_free(g);
     model_free(m);
     st_close(&io);
@@ -168,7 +208,7 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
         run_case(&c, dir, !strcmp(mname, "full"));
         if (c.bf16 && res->status == CHECK_PASS) {  // bf16: report 1 - cosine (all gradients) and the worst tensor
             res->max_rel_err = 1.0 - c.ab;
-            snprintf(res->detail, sizeof res->detail, "worst tensor cosine %.6f (%s)", c.min_cos, c.min_name);
+            snprintf(res->detail, sizeof res->detail, "worst tensor cosine %.6f (%s); AdamW update %.1e", c.min_cos, c.min_name, c.max_update);
         }
     } else check_result_set(res, CHECK_SKIP, "method \"%s\" is not on the GPU yet", mname);
     cJSON_Delete(j);
