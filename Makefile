@@ -110,22 +110,26 @@ $(BUILD)/.setup:
 	@mkdir -p $(BUILD) && touch $@
 
 test: unit-test check-fixtures gpu-test cli-test
-	@if [ ! -d $(FIXTURES) ]; then echo "*** make test: $(FIXTURES) not found: the HF PEFT reference cases, and the unit and CLI tests that need them, were SKIPPED (the skip lines above) ***"; fi
+	@if [ ! -d $(SHARED_FIXTURES) ]; then echo "*** make test: $(SHARED_FIXTURES) not found: its HF PEFT cases and GPT-2's real tokenizer were SKIPPED (the repository's own cases ran) ***"; fi
 
 unit-test: $(BUILD)/test_peft
 	OMP_NUM_THREADS=2 ./$(BUILD)/test_peft
 
-# The HF PEFT reference cases (skipped loudly when the folder is absent; a folder without cases fails).
-# Every suite reads them from PEFT_FIXTURES.
-FIXTURES ?= ../shared/fixtures/hf-peft
+# The HF PEFT reference cases: the repository's own (tools/reference_cases made them) and, when present,
+# the shared ones beside the checkout (skipped loudly when absent; a folder without cases fails).
+# Every suite reads them from PEFT_FIXTURES and PEFT_SHARED_FIXTURES.
+FIXTURES        ?= tests/fixtures/hf-peft
+SHARED_FIXTURES ?= ../shared/fixtures/hf-peft
 export PEFT_FIXTURES := $(FIXTURES)
+export PEFT_SHARED_FIXTURES := $(SHARED_FIXTURES)
 check-fixtures: $(BUILD)/peft
-	@if [ -d $(FIXTURES) ]; then ./$(BUILD)/peft check $(FIXTURES)/*/; \
-	else echo "*** SKIPPED: $(FIXTURES) not found: HF PEFT reference cases not run ***"; fi
+	./$(BUILD)/peft check $(FIXTURES)/*/
+	@if [ -d $(SHARED_FIXTURES) ]; then ./$(BUILD)/peft check $(SHARED_FIXTURES)/*/; \
+	else echo "*** SKIPPED: $(SHARED_FIXTURES) not found: the shared HF PEFT reference cases not run ***"; fi
 
 # The reference cases, kernel checks and cached inference on the GPU (fp32 and bf16); SKIPs loudly without one.
 gpu-test: $(BUILD)/test_gpu $(BUILD)/test_gpu_infer
-	./$(BUILD)/test_gpu $(FIXTURES)
+	./$(BUILD)/test_gpu $(FIXTURES) $(wildcard $(SHARED_FIXTURES))
 	./$(BUILD)/test_gpu_infer
 
 # Our trainer against HF PEFT on the same GPU machine (bench/gpu/README.md).

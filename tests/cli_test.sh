@@ -6,7 +6,7 @@
 # Usage: PEFT=build/peft bash tests/cli_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
-FIX=${PEFT_FIXTURES:-../shared/fixtures/hf-peft}
+FIX=${PEFT_FIXTURES:-tests/fixtures/hf-peft}
 TMP=$(mktemp -d /tmp/peft-cli.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 passed=0 failed=0 skipped=0

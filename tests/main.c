@@ -17,14 +17,14 @@ void test_register(const char *name, test_fn fn) {
     if (n_tests < MAX_TESTS) { tests[n_tests].name = name; tests[n_tests].fn = fn; n_tests++; }
 }
 
-const char *fixtures_dir(void) {
-    static const char *candidates[] = {"../shared/fixtures/hf-peft", "shared/fixtures/hf-peft", NULL};
-    const char *env = getenv("PEFT_FIXTURES");
-    if (env) return dir_exists(env) ? env : NULL;
-    for (int i = 0; candidates[i]; i++)
-        if (dir_exists(candidates[i])) return candidates[i];
-    return NULL;
+static const char *existing_dir(const char *env_name, const char *fallback) {
+    const char *env = getenv(env_name);
+    const char *dir = env ? env : fallback;
+    return dir_exists(dir) ? dir : NULL;
 }
+
+const char *fixtures_dir(void) { return existing_dir("PEFT_FIXTURES", "tests/fixtures/hf-peft"); }
+const char *shared_fixtures_dir(void) { return existing_dir("PEFT_SHARED_FIXTURES", "../shared/fixtures/hf-peft"); }
 
 void test_skip(int *failed, const char *fmt, ...) {
     va_list ap;
@@ -56,7 +56,10 @@ int main(int argc, char **argv) {
     atexit(remove_tmp_root);
     if (!fixtures_dir())
         fprintf(stderr, "\n*** SKIPPED: %s not found: reference-case tests do not run ***\n\n",
-                getenv("PEFT_FIXTURES") ? getenv("PEFT_FIXTURES") : "../shared/fixtures/hf-peft");
+                getenv("PEFT_FIXTURES") ? getenv("PEFT_FIXTURES") : "tests/fixtures/hf-peft");
+    if (!shared_fixtures_dir())
+        fprintf(stderr, "\n*** SKIPPED: %s not found: GPT-2's real tokenizer is not tested ***\n\n",
+                getenv("PEFT_SHARED_FIXTURES") ? getenv("PEFT_SHARED_FIXTURES") : "../shared/fixtures/hf-peft");
     int passed = 0, failed = 0, skipped = 0;
     char skipped_names[4096] = "";
     for (int i = 0; i < n_tests; i++) {

@@ -45,14 +45,18 @@ void test_skip(int *failed, const char *fmt, ...) __attribute__((format(printf, 
         test_skip(failed_, __VA_ARGS__);                                        \
         return;                                                                 \
     } while (0)
-#define NO_FIXTURES "no reference fixtures (../shared/fixtures/hf-peft, or PEFT_FIXTURES)"
+#define NO_FIXTURES "no reference fixtures (tests/fixtures/hf-peft, or PEFT_FIXTURES)"
 #define SKIP_NO_FIXTURES() SKIP(NO_FIXTURES)
+#define NO_SHARED_FIXTURES "no shared reference fixtures (../shared/fixtures/hf-peft, or PEFT_SHARED_FIXTURES)"
 
 #define CHECK_NEAR(a, b, tol)                                                   \
     CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%g vs %g (tol %g)", (double)(a), (double)(b), (double)(tol))
 
-// Path of the shared reference fixtures (PEFT_FIXTURES, else ../shared/fixtures/hf-peft), or NULL when
+// Path of the reference cases (PEFT_FIXTURES, else the repository's tests/fixtures/hf-peft), or NULL when
 // absent (tests then SKIP_NO_FIXTURES; a folder that exists but lacks a case makes them fail).
 const char *fixtures_dir(void);
+// The shared cases beside the checkout (PEFT_SHARED_FIXTURES, else ../shared/fixtures/hf-peft), or NULL:
+// only they hold GPT-2's real tokenizer (tokenizer-gpt2), which the repository does not copy.
+const char *shared_fixtures_dir(void);
 // A fresh empty temporary directory for this test (removed at exit).
 const char *test_tmpdir(void);

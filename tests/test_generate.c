@@ -483,10 +483,10 @@ static void collect(void *user, int index, const char *piece, size_t len) {
     if (s->len + len < sizeof s->text) { memcpy(s->text + s->len, piece, len); s->len += len; }
 }
 
-// Text, stop strings and streaming with GPT-2's real tokenizer (skipped without the fixtures).
+// Text, stop strings and streaming with GPT-2's real tokenizer (skipped without the shared fixtures).
 TEST(generate_stop_strings_and_streaming) {
-    const char *fx = fixtures_dir();
-    if (!fx) SKIP_NO_FIXTURES();
+    const char *fx = shared_fixtures_dir();
+    if (!fx) SKIP(NO_SHARED_FIXTURES);
     char *vocab = xasprintf("%s/tokenizer-gpt2/encoder.json", fx), *merges = xasprintf("%s/tokenizer-gpt2/vocab.bpe", fx);
     Tokenizer *tok = tokenizer_load_gpt2_files(vocab, merges);
     free(vocab);

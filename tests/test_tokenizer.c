@@ -80,13 +80,13 @@ static bool error_mentions(const char *a, const char *b) {
     return ok;
 }
 
-// ---- GPT-2 reference cases (../shared/fixtures/hf-peft/tokenizer-gpt2) ----
+// ---- GPT-2 reference cases (tokenizer-gpt2 of the shared fixtures) ----
 
 // GPT-2's tokenizer from the fixtures, or NULL with the test marked: skipped when there are no
 // fixtures, failed when they are there and it does not load (a broken loader is no skip).
 static Tokenizer *gpt2_fixture(int *failed_) {
-    const char *fx = fixtures_dir();
-    if (!fx) { test_skip(failed_, NO_FIXTURES); return NULL; }
+    const char *fx = shared_fixtures_dir();
+    if (!fx) { test_skip(failed_, NO_SHARED_FIXTURES); return NULL; }
     char *dir = path_join(fx, "tokenizer-gpt2");
     Tokenizer *t = tokenizer_load(dir);
     if (!t) { fprintf(stderr, "  loading the fixture's tokenizer: %s\n", peft_last_error()); *failed_ = TEST_FAILED; }
@@ -95,8 +95,8 @@ static Tokenizer *gpt2_fixture(int *failed_) {
 }
 
 TEST(tokenizer_gpt2_reference_cases) {
-    const char *fx = fixtures_dir();
-    if (!fx) SKIP_NO_FIXTURES();
+    const char *fx = shared_fixtures_dir();
+    if (!fx) SKIP(NO_SHARED_FIXTURES);
     char *dir = path_join(fx, "tokenizer-gpt2"), msg[1024];
     int n_cases, failures = tokenizer_check_cases(dir, &n_cases, msg, sizeof msg);
     free(dir);

@@ -32,9 +32,9 @@ static void report(const char *status, const char *name, const char *detail) {
 }
 
 static void run_fixture(const char *root, const char *name, GpuPrecision prec) {
-    char dir[1024], label[128], detail[1200];
+    char dir[1024], label[256], detail[1200];
     snprintf(dir, sizeof dir, "%s/%s", root, name);
-    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    snprintf(label, sizeof label, "%s [%s]", dir, prec == GPU_BF16 ? "bf16" : "fp32");
     // No fixtures: skipped (counted); a fixtures folder without the case fails.
     if (!dir_exists(dir)) { report(dir_exists(root) ? "FAIL" : "SKIP", label, "case not found"); return; }
     CheckResult r;
@@ -735,13 +735,21 @@ int main(int argc, char **argv) {
     }
     gpu_describe(why, sizeof why);
     printf("GPU: %s\n", why);
-    const char *root = argc > 1 ? argv[1] : "../shared/fixtures/hf-peft";
-    const char *only = argc > 2 ? argv[2] : NULL;
+    // test_gpu [FIXTURES_DIR...] [--only NAME]: the reference cases of each folder, then the other checks.
+    const char *roots[8] = {"tests/fixtures/hf-peft"}, *only = NULL;
+    int n_roots = 0;
+    for (int a = 1; a < argc; a++) {
+        if (!strcmp(argv[a], "--only") && a + 1 < argc) only = argv[++a];
+        else if (n_roots < 8) roots[n_roots++] = argv[a];
+    }
+    if (!n_roots) n_roots = 1;
     static const char *cases[] = {"gpt2-lora", "gpt2-full", "llama-lora", "llama-full", "gpt2-vera", "gpt2-adalora", "llama-vera", "llama-adalora"};
-    if (!dir_exists(root)) printf("\n*** SKIPPED: %s not found: HF PEFT reference cases not run on the GPU ***\n\n", root);
-    for (int p = 0; p < 2; p++)
-        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-            if (!only || strstr(cases[i], only)) run_fixture(root, cases[i], p ? GPU_BF16 : GPU_FP32);
+    for (int r = 0; r < n_roots; r++) {
+        if (!dir_exists(roots[r])) printf("\n*** SKIPPED: %s not found: HF PEFT reference cases not run on the GPU ***\n\n", roots[r]);
+        for (int p = 0; p < 2; p++)
+            for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+                if (!only || strstr(cases[i], only)) run_fixture(roots[r], cases[i], p ? GPU_BF16 : GPU_FP32);
+    }
     static const RandCase rcs[] = {
         {"rand-gpt2-lora-all T100", GPT2_CFG, GPT2_ALL, 2, 100, false, PEFT_LORA},
         {"rand-gpt2-full T128", GPT2_CFG, NULL, 2, 128, false, PEFT_LORA},
