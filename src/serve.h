@@ -30,7 +30,8 @@ void adapter_pool_free(AdapterPool *p);
 // Folders that fail are reported in *warnings (malloc'd text, NULL when none) and skipped.
 int adapter_pool_scan(AdapterPool *p, const char *dir, char **warnings);
 // Registers name -> path and loads it now. Errors: *status 400 (bad name, the folder does not
-// load or fit the model), 409 (name taken), 429 (every slot held by running requests).
+// load or fit the model), 409 (name taken, or removed while it loaded: then nothing of it stays),
+// 429 (every slot held by running requests).
 int adapter_pool_add(AdapterPool *p, const char *name, const char *path, int *status);
 // Unregisters name; its memory goes when the last request using it ends. *status 404 when unknown.
 int adapter_pool_remove(AdapterPool *p, const char *name, int *status);

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void randomize_set(AdapterSet *set, uint64_t seed, float scale) {
@@ -482,6 +483,57 @@ TEST(serve_adapter_pool_lru) {
     CHECK(sv2->vera_A && adapters_same_vera_projection(sv2, sv2));
     adapter_pool_release(pool, v2);
     adapter_pool_free(pool);
+    free(root);
+    model_free(m);
+}
+
+typedef struct { AdapterPool *pool; const char *name, *path; int rc, status; } AddLater;
+static void *add_in_thread(void *arg) {
+    AddLater *a = arg;
+    a->rc = adapter_pool_add(a->pool, a->name, a->path, &a->status);
+    return NULL;
+}
+
+// An adapter DELETEd while its POST still loads it (the interleaving made certain by a FIFO for its
+// adapter_config.json: the load blocks on it until the test writes the file): the entry is freed,
+// the POST fails with 409, and the slot is free again (it used to stay held: 429 forever after).
+TEST(serve_adapter_pool_remove_while_loading) {
+    const char *dir;
+    Model *m = byte_model(&dir, 24);
+    CHECK(m);
+    char *root = path_join(dir, "adapters");
+    char *a = save_random_adapter(m, root, "a", PEFT_LORA, 4, "c_attn", 0, 30);
+    char *slow = save_random_adapter(m, root, "slow", PEFT_LORA, 4, "c_attn", 0, 31);
+    CHECK_MSG(a && slow, "%s", peft_last_error());
+    char *cfg = path_join(slow, "adapter_config.json");
+    size_t cfg_len;
+    char *cfg_text = read_file(cfg, &cfg_len);
+    CHECK(cfg_text && unlink(cfg) == 0 && mkfifo(cfg, 0600) == 0);
+    AdapterPool *pool = adapter_pool_new(m, 1);
+    AddLater add = {pool, "slow", slow, 0, 0};
+    pthread_t th;
+    pthread_create(&th, NULL, add_in_thread, &add);
+    for (int i = 0; i < 2000 && !adapter_pool_has(pool, "slow"); i++) usleep(1000);  // registered: its load has begun
+    int status = 0;
+    CHECK(adapter_pool_remove(pool, "slow", &status) == 0);
+    FILE *f = fopen(cfg, "wb");  // lets the load go on
+    CHECK(f && fwrite(cfg_text, 1, cfg_len, f) == cfg_len && fclose(f) == 0);
+    pthread_join(th, NULL);
+    CHECK_MSG(add.rc != 0 && add.status == 409, "rc %d status %d", add.rc, add.status);
+    PoolStats ps;
+    adapter_pool_stats(pool, &ps);
+    CHECK_MSG(ps.registered == 0 && ps.loaded == 0, "registered %d loaded %d", ps.registered, ps.loaded);
+    // The one slot serves another adapter.
+    CHECK(adapter_pool_add(pool, "a", a, &status) == 0);
+    AdapterSet *set;
+    PoolEntry *e = adapter_pool_acquire(pool, "a", &set, &status, 0);
+    CHECK_MSG(e, "status %d: %s", status, peft_last_error());
+    adapter_pool_release(pool, e);
+    adapter_pool_free(pool);
+    free(cfg_text);
+    free(cfg);
+    free(a);
+    free(slow);
     free(root);
     model_free(m);
 }
