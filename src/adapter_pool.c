@@ -414,7 +414,6 @@ void *adapter_pool_list_json(AdapterPool *p) {
         cJSON_AddStringToObject(o, "peft_type", e->peft_type);
         cJSON_AddBoolToObject(o, "loaded", e->set != NULL);
         cJSON_AddNumberToObject(o, "in_use", e->refs);
-        cJSON_AddStringToObject(o, "path", e->path);
         cJSON_AddItemToArray(a, o);
     }
     pthread_mutex_unlock(&p->mu);

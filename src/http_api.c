@@ -4,18 +4,20 @@
 //   POST /v1/completions              OpenAI's text completions ("model" names an adapter or "base")
 //   POST /v1/chat/completions         OpenAI's chat completions (the model's ChatML template)
 //   GET  /v1/adapters                 the adapters, loaded or not
-//   POST /v1/adapters                 {"name", "path"}: register and load one while serving
-//   DELETE /v1/adapters/NAME          unregister it (freed when its running requests end)
+//   POST /v1/adapters                 {"name", "path"}: register and load one while serving (admin)
+//   DELETE /v1/adapters/NAME          unregister it (freed when its running requests end) (admin)
 // "stream": true answers with server-sent events ("data: {chunk}\n\n" ... "data: [DONE]\n\n").
 // A connection thread hands its request to the scheduler and waits for text; while it waits it
 // watches the socket, so a client that goes away cancels its request at the next step.
 // Every error is {"error": {"message", "type", "param", "code"}} with a 4xx (the client's
 // mistake) or 5xx status, and touches nothing but its own request.
+// Keys and adapter paths: authorize() and adapter_folder() (docs/serve.md, Security).
 #include "data.h"
 #include "serve.h"
 #include "util.h"
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -42,6 +44,8 @@ struct HttpServer {
     bool has_chat;
     int im_end;               // <|im_end|> token id (ChatML), -1 when none
     char chat_error[512];     // why there is no template
+    char *adapters_root;      // --adapters, resolved (realpath; "" for "/"); NULL when none
+    bool loopback;            // listening on 127.0.0.0/8: no other machine can connect
 };
 
 typedef enum { KIND_COMPLETION, KIND_CHAT } Kind;
@@ -97,6 +101,7 @@ static enum MHD_Result send_json(Conn *cn, int status, cJSON *j, const char *met
 static const char *error_type(int status) {
     switch (status) {
     case 401: return "authentication_error";
+    case 403: return "permission_error";
     case 404: return "not_found_error";
     case 408: return "timeout_error";
     case 409: return "conflict_error";
@@ -507,7 +512,11 @@ static enum MHD_Result run_generation(Conn *cn, Kind kind, const char *method, c
         entry = adapter_pool_acquire(h->ctx.pool, cn->model, &set, &status, t > 0 ? t - (now_seconds() - cn->t0) : 1e9);
         if (!entry) {
             params_free(&q);
-            return send_error(cn, status, peft_last_error(), status == 404 ? "model" : NULL, method, url);
+            if (status != 500) return send_error(cn, status, peft_last_error(), status == 404 ? "model" : NULL, method, url);
+            fprintf(stderr, "peft serve: %s\n", peft_last_error());  // names server files: the log's, not the client's
+            char msg[200];
+            snprintf(msg, sizeof msg, "adapter \"%s\" no longer loads (the server's log says why)", cn->model);
+            return send_error(cn, 500, msg, NULL, method, url);
         }
     }
     ServeRequest *r = serve_request_new(q.prompt, q.plen, &q.p, set, h->ctx.pool, entry, h->ctx.o->timeout_s);
@@ -592,7 +601,6 @@ static cJSON *base_json(HttpServer *h) {
     cJSON_AddStringToObject(o, "object", "model");
     cJSON_AddNumberToObject(o, "created", 0);
     cJSON_AddStringToObject(o, "owned_by", "peft");
-    cJSON_AddStringToObject(o, "path", h->ctx.model_dir);
     return o;
 }
 
@@ -615,6 +623,24 @@ static cJSON *find_model(HttpServer *h, const char *name) {
     return found;
 }
 
+// The folder POST /v1/adapters loads: path, else --adapters/NAME (malloc'd). Unless the operator
+// allows any path, it must resolve (symlinks and ".." followed) to a folder inside --adapters, and
+// it is loaded by its resolved name. NULL when refused, whatever the reason: the answer must not
+// tell a client which folders exist outside.
+static char *adapter_folder(HttpServer *h, const char *name, const char *path) {
+    const ServeOptions *o = h->ctx.o;
+    if (o->allow_any_adapter_path && path) return xstrdup(path);
+    if (!o->adapters_dir) return NULL;
+    char *want = path ? xstrdup(path) : path_join(o->adapters_dir, name);
+    if (o->allow_any_adapter_path) return want;
+    char *real = realpath(want, NULL);
+    free(want);
+    size_t n = strlen(h->adapters_root);
+    if (real && !strncmp(real, h->adapters_root, n) && real[n] == '/' && real[n + 1] && dir_exists(real)) return real;
+    free(real);
+    return NULL;
+}
+
 static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url) {
     HttpServer *h = cn->h;
     cJSON *j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
@@ -622,11 +648,14 @@ static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name"), *path = cJSON_GetObjectItemCaseSensitive(j, "path");
     if (!cJSON_IsString(name)) { cJSON_Delete(j); return send_error(cn, 400, "name (a string) is required", "name", method, url); }
     if (path && !cJSON_IsNull(path) && !cJSON_IsString(path)) { cJSON_Delete(j); return send_error(cn, 400, "path must be a string", "path", method, url); }
-    if (!cJSON_IsString(path) && !h->ctx.o->adapters_dir) {
+    char *dir = adapter_folder(h, name->valuestring, cJSON_IsString(path) ? path->valuestring : NULL);
+    if (!dir) {
         cJSON_Delete(j);
-        return send_error(cn, 400, "path is required (the server has no --adapters folder)", "path", method, url);
+        const char *why = h->adapters_root ? "path must name an adapter folder inside the server's adapters folder"
+                          : h->ctx.o->allow_any_adapter_path ? "path is required (the server has no --adapters folder)"
+                                                             : "this server loads adapters only from its --adapters folder, and it has none";
+        return send_error(cn, 400, why, "path", method, url);
     }
-    char *dir = cJSON_IsString(path) ? xstrdup(path->valuestring) : path_join(h->ctx.o->adapters_dir, name->valuestring);
     int status;
     int rc = adapter_pool_add(h->ctx.pool, name->valuestring, dir, &status);
     free(dir);
@@ -689,9 +718,9 @@ static enum MHD_Result health(Conn *cn, const char *method, const char *url) {
 
 // ---- dispatch ----
 
-static bool key_ok(HttpServer *h, struct MHD_Connection *c) {
-    const char *key = h->ctx.o->api_key;
-    if (!key || !key[0]) return true;
+// Whether the request's "Authorization: Bearer KEY" names key (NULL: no key is set).
+static bool bearer_is(struct MHD_Connection *c, const char *key) {
+    if (!key) return false;
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (!auth || strncasecmp(auth, "Bearer ", 7)) return false;
     auth += 7;
@@ -702,12 +731,38 @@ static bool key_ok(HttpServer *h, struct MHD_Connection *c) {
     return diff == 0;
 }
 
+// Who may do what (docs/serve.md, Security). Every /v1 route: the API key or the admin key when
+// an API key is set, else anyone. Adapter management (manage) besides: the admin key when one is
+// set; nobody when only an API key is set (its holders must not change what others are served);
+// with no key at all, anyone while the server listens on loopback only. 0, else 401 / 403 and why.
+static int authorize(HttpServer *h, struct MHD_Connection *c, bool manage, const char **why) {
+    const ServeOptions *o = h->ctx.o;
+    bool user = bearer_is(c, o->api_key), admin = bearer_is(c, o->admin_key);
+    if (o->api_key && !user && !admin) {
+        *why = "a valid API key is required: Authorization: Bearer KEY";
+        return 401;
+    }
+    if (!manage || admin) return 0;
+    if (o->admin_key) {
+        *why = user ? "adapter management needs the admin key, not the API key" : "adapter management needs the admin key: Authorization: Bearer KEY";
+        return user ? 403 : 401;
+    }
+    if (o->api_key || !h->loopback) {
+        *why = o->api_key ? "adapter management is off: this server has an API key but no admin key"
+                          : "adapter management is off: this server can be reached from other machines and has no admin key";
+        return 403;
+    }
+    return 0;
+}
+
 static enum MHD_Result dispatch(Conn *cn, const char *url, const char *method) {
     HttpServer *h = cn->h;
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
     if (!strcmp(url, "/health")) return get ? health(cn, method, url) : send_error(cn, 405, "use GET /health", NULL, method, url);
     if (strncmp(url, "/v1/", 4)) return send_error(cn, 404, "no such route (see /v1/models, /v1/completions, /v1/chat/completions, /v1/adapters)", NULL, method, url);
-    if (!key_ok(h, cn->c)) return send_error(cn, 401, "a valid API key is required: Authorization: Bearer KEY", NULL, method, url);
+    const char *why;
+    int denied = authorize(h, cn->c, del || (post && !strcmp(url, "/v1/adapters")), &why);
+    if (denied) return send_error(cn, denied, why, NULL, method, url);
     if (cn->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "the body is larger than this server's limit of %zu bytes", h->ctx.o->max_body);
@@ -750,7 +805,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (cl && strtod(cl, NULL) > (double)h->ctx.o->max_body) {
             // Refuse at once: MHD then skips the body and closes the connection.
             cn->too_large = true;
-            if (!strncmp(url, "/v1/", 4) && !key_ok(h, c)) return send_error(cn, 401, "a valid API key is required: Authorization: Bearer KEY", NULL, method, url);
+            const char *why;
+            if (!strncmp(url, "/v1/", 4) && authorize(h, c, false, &why)) return send_error(cn, 401, why, NULL, method, url);
             char msg[128];
             snprintf(msg, sizeof msg, "the body is larger than this server's limit of %zu bytes", h->ctx.o->max_body);
             return send_error(cn, 413, msg, NULL, method, url);
@@ -804,10 +860,6 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
     atomic_init(&h->live, 0);
     h->listen_fd = MHD_INVALID_SOCKET;
     h->im_end = -1;
-    if (ctx->tok && !chat_template_load(&h->chat, ctx->model_dir)) {
-        h->has_chat = true;
-        h->im_end = tokenizer_token_id(ctx->tok, "<|im_end|>");
-    } else snprintf(h->chat_error, sizeof h->chat_error, "%s", peft_last_error());
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)ctx->o->port);
@@ -816,6 +868,21 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
         peft_fail("--host %s is not an IPv4 address", ctx->o->host);
         return NULL;
     }
+    h->loopback = (ntohl(addr.sin_addr.s_addr) >> 24) == 127;
+    if (!h->loopback && !ctx->o->api_key)
+        fprintf(stderr, "peft serve: warning: listening on %s without an API key: anyone who can reach it may generate (set PEFT_API_KEY)\n", ctx->o->host);
+    if (ctx->o->adapters_dir) {
+        if (!(h->adapters_root = realpath(ctx->o->adapters_dir, NULL))) {
+            free(h);
+            peft_fail("--adapters %s: cannot resolve: %s", ctx->o->adapters_dir, strerror(errno));
+            return NULL;
+        }
+        if (!strcmp(h->adapters_root, "/")) h->adapters_root[0] = 0;  // so that root + "/" prefixes what is inside
+    }
+    if (ctx->tok && !chat_template_load(&h->chat, ctx->model_dir)) {
+        h->has_chat = true;
+        h->im_end = tokenizer_token_id(ctx->tok, "<|im_end|>");
+    } else snprintf(h->chat_error, sizeof h->chat_error, "%s", peft_last_error());
     unsigned limit = (unsigned)(ctx->o->max_requests + ctx->o->max_queue + 32);
     h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0, NULL, NULL,
                             on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
@@ -823,6 +890,7 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
     if (!h->d) {
         if (h->has_chat) chat_template_free(&h->chat);
+        free(h->adapters_root);
         free(h);
         peft_fail("cannot listen on %s:%d (in use, or not an address of this machine?)", ctx->o->host, ctx->o->port);
         return NULL;
@@ -850,5 +918,6 @@ void http_server_stop(HttpServer *h) {
     MHD_stop_daemon(h->d);
     if (h->listen_fd != MHD_INVALID_SOCKET) close(h->listen_fd);
     if (h->has_chat) chat_template_free(&h->chat);
+    free(h->adapters_root);
     free(h);
 }

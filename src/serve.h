@@ -43,7 +43,8 @@ void adapter_pool_release(AdapterPool *p, PoolEntry *e);
 // Ends every wait for room at once (503) and refuses later ones: the server is stopping.
 void adapter_pool_stop(AdapterPool *p);
 bool adapter_pool_has(AdapterPool *p, const char *name);
-// A cJSON array of {"id", "object": "model", "owned_by", "peft_type", "loaded", "in_use", "path"}.
+// A cJSON array of {"id", "object": "model", "owned_by", "peft_type", "loaded", "in_use"} (no paths: clients
+// need not know the server's folders).
 void *adapter_pool_list_json(AdapterPool *p);
 typedef struct { int registered, loaded, in_use; long loads, evictions; } PoolStats;
 void adapter_pool_stats(AdapterPool *p, PoolStats *s);
@@ -115,7 +116,9 @@ typedef struct {
     int max_adapters;        // 64 in memory at once
     int max_queue;           // 64 waiting
     double timeout_s;        // 300: a request's deadline (0 = none)
-    const char *api_key;     // NULL = none; else "Authorization: Bearer KEY" on every /v1 route
+    const char *api_key;     // NULL = none; else "Authorization: Bearer KEY" (this or admin_key) on every /v1 route
+    const char *admin_key;   // NULL = none; the key of adapter management (POST / DELETE /v1/adapters)
+    bool allow_any_adapter_path;  // POST /v1/adapters may name folders outside adapters_dir
     int threads;             // 0 = default
     int context;             // tokens per request (prompt + output); 0 = min(model positions, 2048)
     size_t max_body;         // 1 MiB

@@ -94,7 +94,7 @@ start_server() {  # log-name args...: sets PORT (bounded wait for "listening on"
     PIDS+=($!)
     PORT=
     for i in $(seq 1 100); do
-        PORT=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$TMP/$name.out")
+        PORT=$(sed -n 's|^listening on http://[0-9.]*:\([0-9]*\)$|\1|p' "$TMP/$name.out")
         [ -n "$PORT" ] && return 0
         sleep 0.1
     done
@@ -226,6 +226,7 @@ if start_server s2 --model "$TMP/big" --max-requests 4 --max-tokens 1000 --timeo
     expect_error "a wrong API key" 401 POST /v1/completions '{"prompt": "hi", "max_tokens": 2}' -H 'Authorization: Bearer guess'
     check "the API key admits" "$(post $U/v1/completions '{"prompt": "hi", "max_tokens": 2}' "${K[@]}" | status_of)" 200
     check "/health needs no key" "$(curl -s -m 10 $U/health | jget '$j->{status}')" ok
+    expect_error "an API key but no admin key: no adapter management" 403 POST /v1/adapters "{\"name\": \"cat\", \"path\": \"$TMP/adapters/cat\"}" "${K[@]}"
     # 1000 tokens of a 25M-parameter model (100 MB read per token) take well over the 1 s timeout: 408.
     expect_error "request timeout" 408 POST /v1/completions '{"prompt": "hi", "max_tokens": 1000, "ignore_eos": true}' "${K[@]}"
     # A streaming client that goes away after 0.3 s: its request is cancelled (not timed out).
@@ -245,8 +246,63 @@ if start_server s2 --model "$TMP/big" --max-requests 4 --max-tokens 1000 --timeo
 else
     bad "second server starts ($(head -c 300 "$TMP/s2.err"))"
 fi
+# ---- servers 3-5: keys and adapter paths (docs/serve.md, Security) ----
+# Keys from the environment; adapter management needs the admin key (the API key gets 403); POST
+# /v1/adapters stays inside --adapters (resolved: no "..", no symlink out), and what it refuses
+# says nothing of what exists outside.
+mkdir -p "$TMP/root3" "$TMP/outside"
+cp -r "$TMP/adapters/cat" "$TMP/root3/cat"
+cp -r "$TMP/adapters/dog" "$TMP/outside/dog"
+if PEFT_API_KEY=user-key PEFT_ADMIN_KEY=admin-key start_server s3 --model "$TMP/base" --adapters "$TMP/root3" --threads 1; then
+    ok "third server starts ($PORT)"
+    U=http://127.0.0.1:$PORT
+    KU=(-H 'Authorization: Bearer user-key')
+    KA=(-H 'Authorization: Bearer admin-key')
+    ln -s "$TMP/outside/dog" "$TMP/root3/link"
+    check "the API key admits to inference" "$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 2}' "${KU[@]}" | status_of)" 200
+    check "so does the admin key" "$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 2}' "${KA[@]}" | status_of)" 200
+    expect_error "POST /v1/adapters with the API key" 403 POST /v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}" "${KU[@]}"
+    expect_error "POST /v1/adapters without a key" 401 POST /v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}"
+    expect_error "DELETE /v1/adapters with the API key" 403 DELETE /v1/adapters/cat '' "${KU[@]}"
+    check "POST /v1/adapters with the admin key" "$(post $U/v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}" "${KA[@]}" | status_of)" 201
+    : > "$TMP/refused.txt"
+    for p in "$TMP/outside/dog" "$TMP/outside/nothing" "$TMP/root3/../outside/dog" "$TMP/root3/link" /etc "$TMP/root3/nothing" "$TMP/root3" relative; do
+        r=$(post $U/v1/adapters "{\"name\": \"x\", \"path\": \"$p\"}" "${KA[@]}")
+        echo "$(status_of <<<"$r") $(body_of <<<"$r" | jget '$j->{error}{message}')" >> "$TMP/refused.txt"
+    done
+    first=$(head -1 "$TMP/refused.txt")
+    if [ "$(sort -u "$TMP/refused.txt" | wc -l)" = 1 ] && [ "${first%% *}" = 400 ] && ! grep -q "$TMP" "$TMP/refused.txt"; then
+        ok "paths outside --adapters (existing or not, .., a symlink out): one 400 for all ($first)"
+    else bad "paths outside --adapters get one answer ($(tr '\n' '|' < "$TMP/refused.txt"))"; fi
+    check "a name alone stays inside too (a symlink out)" "$(post $U/v1/adapters '{"name": "link"}' "${KA[@]}" | status_of)" 400
+    check "DELETE /v1/adapters with the admin key" "$(curl -s -m 10 -w '\n%{http_code}' -X DELETE "${KA[@]}" $U/v1/adapters/c2 | status_of)" 200
+    models=$(curl -s -m 10 "${KU[@]}" $U/v1/models)
+    case "$models" in *"$TMP"*|*'"path"'*) bad "/v1/models shows no server paths ($models)" ;; *) ok "/v1/models shows no server paths" ;; esac
+else
+    bad "third server starts ($(head -c 300 "$TMP/s3.err"))"
+fi
+# --allow-any-adapter-path: the operator's opt-out.
+if start_server s4 --model "$TMP/base" --allow-any-adapter-path --threads 1; then
+    r=$(post http://127.0.0.1:$PORT/v1/adapters "{\"name\": \"dog\", \"path\": \"$TMP/outside/dog\"}")
+    check "--allow-any-adapter-path: a folder anywhere" "$(status_of <<<"$r") $(body_of <<<"$r" | jget '$j->{id}')" "201 dog"
+else bad "fourth server starts ($(head -c 300 "$TMP/s4.err"))"; fi
+# No keys on an address other machines can reach: inference is open, adapter management is not.
+if start_server s5 --model "$TMP/base" --adapters "$TMP/root3" --host 0.0.0.0 --threads 1; then
+    U=http://127.0.0.1:$PORT
+    check "no keys, not loopback: inference open" "$(post $U/v1/completions '{"prompt": "the ", "max_tokens": 2}' | status_of)" 200
+    expect_error "no keys, not loopback: adapter management refused" 403 POST /v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}"
+    grep -q "warning.*0\.0\.0\.0.*PEFT_API_KEY" "$TMP/s5.err" && ok "a warning for no key on a reachable address" || bad "no warning for no key on 0.0.0.0 ($(head -c 300 "$TMP/s5.err"))"
+else bad "fifth server starts ($(head -c 300 "$TMP/s5.err"))"; fi
+# A key on the command line: a warning, and blanked in the process's arguments (ps).
+grep -q "warning.*--api-key.*PEFT_API_KEY" "$TMP/s2.err" && ok "--api-key on the command line: a warning" || bad "--api-key warning ($(head -c 300 "$TMP/s2.err"))"
+if [ -r "/proc/${PIDS[1]}/cmdline" ]; then
+    tr '\0' ' ' < "/proc/${PIDS[1]}/cmdline" | grep -q sekret && bad "the API key is visible in ps" || ok "the API key is blanked in ps"
+fi
+
 expect_usage=$("$PEFT" serve --model "$TMP/base" --device tpu 2>&1 >/dev/null; echo "rc=$?")
 case "$expect_usage" in *"cpu or cuda"*"rc=2") ok "--device tpu: a clear error" ;; *) bad "--device tpu ($expect_usage)" ;; esac
+expect_usage=$(PEFT_API_KEY=same PEFT_ADMIN_KEY=same "$PEFT" serve --model "$TMP/base" 2>&1 >/dev/null; echo "rc=$?")
+case "$expect_usage" in *"must differ"*"rc=2") ok "one key for both roles: refused" ;; *) bad "one key for both roles ($expect_usage)" ;; esac
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 grep -q "stopping" "$TMP/s1.err" && ok "the server stops on SIGTERM" || bad "the server stops on SIGTERM"
