@@ -13,6 +13,7 @@
 // mistake) or 5xx status, and touches nothing but its own request.
 // Keys and adapter paths: authorize() and adapter_folder() (docs/serve.md, Security).
 #include "data.h"
+#include "json_bytes.h"
 #include "serve.h"
 #include "util.h"
 #include <arpa/inet.h>
@@ -131,7 +132,7 @@ static enum MHD_Result send_error(Conn *cn, int status, const char *message, con
 typedef struct {
     int status;               // 0 = fine
     char msg[600];
-    const char *param;
+    char param[64];           // the field at fault ("" = none)
 } Err;
 
 static int err(Err *e, int status, const char *param, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -141,7 +142,7 @@ static int err(Err *e, int status, const char *param, const char *fmt, ...) {
     vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
     e->status = status;
-    e->param = param;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
     return -1;
 }
 
@@ -281,7 +282,11 @@ static int parse_completion(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "prompt");
     if (!x) return err(e, 400, "prompt", "prompt is required");
     if (cJSON_IsArray(x) && cJSON_GetArraySize(x) == 1 && (cJSON_IsString(x->child) || cJSON_IsArray(x->child))) x = x->child;
-    if (cJSON_IsString(x)) return encode_prompt(h, x->valuestring, strlen(x->valuestring), q, e);
+    if (cJSON_IsString(x)) {
+        size_t n;
+        const char *text = json_bytes(x, &n);
+        return encode_prompt(h, text, n, q, e);
+    }
     if (cJSON_IsArray(x) && cJSON_GetArraySize(x) > 0) {  // token ids
         int n = cJSON_GetArraySize(x), V = h->ctx.m->cfg.vocab_size, i = 0;
         if (n > h->ctx.max_len) return err(e, 400, "prompt", "the prompt has %d tokens; the context is %d", n, h->ctx.max_len);
@@ -372,6 +377,36 @@ static int parse_chat(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     return rc;
 }
 
+// The name of the first field whose string holds a NUL byte, `allowed` aside; NULL when none.
+// Names, roles, contents and stop strings are C strings from here on: a NUL would cut them short.
+static const char *nul_field(const cJSON *x, const cJSON *allowed, const char *field) {
+    if (x == allowed) return NULL;
+    if (x->string) field = x->string;
+    size_t n;
+    if (cJSON_IsString(x)) return json_bytes(x, &n), n != strlen(x->valuestring) ? field : NULL;
+    for (const cJSON *c = x->child; c; c = c->next) {
+        const char *f = nul_field(c, allowed, field);
+        if (f) return f;
+    }
+    return NULL;
+}
+
+// A body that must be a JSON object whose strings hold no NUL byte but in its member `bytes` (NULL:
+// none may). *j is the caller's to delete, also on error.
+static int body_object(const char *body, size_t len, const char *bytes, cJSON **j, Err *e) {
+    *j = json_parse_bytes(body ? body : "", len);
+    if (!*j || !cJSON_IsObject(*j)) return err(e, 400, NULL, "%s", *j ? "the body is not a JSON object" : peft_last_error());
+    const char *f = nul_field(*j, bytes ? cJSON_GetObjectItemCaseSensitive(*j, bytes) : NULL, NULL);
+    if (f) return err(e, 400, f, "%s holds a NUL byte (\\u0000): only a completion's prompt may", f);
+    return 0;
+}
+
+// A completion or chat-completion body into q (q->model points into *j, which the caller deletes).
+static int parse_generation(HttpServer *h, Kind kind, const char *body, size_t len, cJSON **j, Params *q, Err *e) {
+    if (body_object(body, len, kind == KIND_COMPLETION ? "prompt" : NULL, j, e)) return -1;
+    return kind == KIND_CHAT ? parse_chat(h, *j, q, e) : parse_completion(h, *j, q, e);
+}
+
 // ---- generation ----
 
 static const char *finish_reason(ServeFinish f) { return f == SERVE_FINISH_LENGTH ? "length" : "stop"; }
@@ -401,16 +436,16 @@ static cJSON *chunk_head(Conn *cn) {
     return j;
 }
 
-// One SSE choice chunk: text (may be NULL) and finish reason (NULL while running).
-static cJSON *choice_chunk(Conn *cn, const char *text, const char *reason, bool role) {
+// One SSE choice chunk: text[0..len) (may be NULL) and finish reason (NULL while running).
+static cJSON *choice_chunk(Conn *cn, const char *text, size_t len, const char *reason, bool role) {
     cJSON *j = chunk_head(cn), *choices = cJSON_AddArrayToObject(j, "choices"), *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
     if (cn->kind == KIND_CHAT) {
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (role) cJSON_AddStringToObject(d, "role", "assistant");
-        if (text) cJSON_AddStringToObject(d, "content", text);
+        if (text) cJSON_AddItemToObject(d, "content", json_bytes_item(text, len));
     } else {
-        cJSON_AddStringToObject(c, "text", text ? text : "");
+        cJSON_AddItemToObject(c, "text", json_bytes_item(text ? text : "", len));
         cJSON_AddNullToObject(c, "logprobs");
     }
     if (reason) cJSON_AddStringToObject(c, "finish_reason", reason);
@@ -454,7 +489,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (cn->finished) return MHD_CONTENT_READER_END_OF_STREAM;
         if (cn->kind == KIND_CHAT && !cn->sent_role) {
             cn->sent_role = true;
-            pending_event(cn, choice_chunk(cn, "", NULL, true));
+            pending_event(cn, choice_chunk(cn, "", 0, NULL, true));
             continue;
         }
         if (client_gone(cn->c)) {
@@ -464,12 +499,12 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         size_t len;
         ServeStatus st;
         char *text = serve_request_poll(cn->req, 0.05, &len, &st);
-        if (len) pending_event(cn, choice_chunk(cn, text, NULL, false));
+        if (len) pending_event(cn, choice_chunk(cn, text, len, NULL, false));
         free(text);
         if (st.finish == SERVE_RUNNING) continue;
         if (st.finish == SERVE_FINISH_CANCELLED && !st.status) return MHD_CONTENT_READER_END_WITH_ERROR;
         if (st.finish == SERVE_FINISH_LENGTH || st.finish == SERVE_FINISH_EOS || st.finish == SERVE_FINISH_STOP) {
-            pending_event(cn, choice_chunk(cn, cn->kind == KIND_CHAT ? NULL : "", finish_reason(st.finish), false));
+            pending_event(cn, choice_chunk(cn, cn->kind == KIND_CHAT ? NULL : "", 0, finish_reason(st.finish), false));
             if (cn->include_usage) {
                 cJSON *j = chunk_head(cn);
                 cJSON_AddArrayToObject(j, "choices");
@@ -489,16 +524,11 @@ static enum MHD_Result run_generation(Conn *cn, Kind kind, const char *method, c
     HttpServer *h = cn->h;
     Err e = {0};
     Params q = {0};
-    cJSON *j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-    if (!j || !cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        return send_error(cn, 400, "the body is not a JSON object", NULL, method, url);
-    }
-    int rc = kind == KIND_CHAT ? parse_chat(h, j, &q, &e) : parse_completion(h, j, &q, &e);
-    if (rc) {
+    cJSON *j = NULL;
+    if (parse_generation(h, kind, cn->body, cn->len, &j, &q, &e)) {
         params_free(&q);
         cJSON_Delete(j);
-        return send_error(cn, e.status, e.msg, e.param, method, url);
+        return send_error(cn, e.status, e.msg, e.param[0] ? e.param : NULL, method, url);
     }
     snprintf(cn->model, sizeof cn->model, "%s", q.model);
     cJSON_Delete(j);  // q.model is not used after this
@@ -581,9 +611,9 @@ static enum MHD_Result run_generation(Conn *cn, Kind kind, const char *method, c
     if (kind == KIND_CHAT) {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddStringToObject(msg, "content", all);
+        cJSON_AddItemToObject(msg, "content", json_bytes_item(all, all_len));
     } else {
-        cJSON_AddStringToObject(c, "text", all);
+        cJSON_AddItemToObject(c, "text", json_bytes_item(all, all_len));
         cJSON_AddNullToObject(c, "logprobs");
     }
     cJSON_AddStringToObject(c, "finish_reason", finish_reason(st.finish));
@@ -643,8 +673,12 @@ static char *adapter_folder(HttpServer *h, const char *name, const char *path) {
 
 static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url) {
     HttpServer *h = cn->h;
-    cJSON *j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-    if (!j || !cJSON_IsObject(j)) { cJSON_Delete(j); return send_error(cn, 400, "the body is not a JSON object", NULL, method, url); }
+    Err e;
+    cJSON *j;
+    if (body_object(cn->body, cn->len, NULL, &j, &e)) {
+        cJSON_Delete(j);
+        return send_error(cn, e.status, e.msg, e.param[0] ? e.param : NULL, method, url);
+    }
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name"), *path = cJSON_GetObjectItemCaseSensitive(j, "path");
     if (!cJSON_IsString(name)) { cJSON_Delete(j); return send_error(cn, 400, "name (a string) is required", "name", method, url); }
     if (path && !cJSON_IsNull(path) && !cJSON_IsString(path)) { cJSON_Delete(j); return send_error(cn, 400, "path must be a string", "path", method, url); }
@@ -673,8 +707,8 @@ static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url
 static enum MHD_Result remove_adapter(Conn *cn, const char *name, const char *method, const char *url) {
     cJSON *j = NULL;
     if (!name || !name[0]) {  // DELETE /v1/adapters with {"name": ...}
-        j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-        const cJSON *n = j ? cJSON_GetObjectItemCaseSensitive(j, "name") : NULL;
+        Err e;
+        const cJSON *n = body_object(cn->body, cn->len, NULL, &j, &e) ? NULL : cJSON_GetObjectItemCaseSensitive(j, "name");
         if (!cJSON_IsString(n)) { cJSON_Delete(j); return send_error(cn, 400, "name the adapter: DELETE /v1/adapters/NAME", "name", method, url); }
         name = n->valuestring;
     }

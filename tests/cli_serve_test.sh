@@ -216,6 +216,38 @@ got=$(body_of < "$TMP/good2" | sse_text | perl -0pe 's/\n+\+DONE$/+DONE/')
 check "a good streamed request during the bad ones completes" "$got" "$(printf '%s+DONE' "${WANT[bird.2]}" | perl -0pe 's/\n+\+DONE$/+DONE/')"
 check "the server is still healthy" "$(curl -s -m 10 $U/health | jget '"$j->{status} $j->{active}"')" "ok 0"
 
+# ---- NUL bytes are text: prompts keep them (serve, generate, tokenize), and so do outputs ----
+printf 'ab\0cd\n' > "$TMP/nul-prompt.txt"
+want=$("$PEFT" generate --model "$TMP/base" --adapter "$TMP/adapters/cat" --prompts "$TMP/nul-prompt.txt" --max-tokens 12 2>/dev/null | unescape)
+r=$(post $U/v1/completions '{"model": "cat", "prompt": "ab\u0000cd", "max_tokens": 12, "temperature": 0}' | body_of)
+check "a prompt with a NUL: every byte a token" "$(printf '%s' "$r" | jget '$j->{usage}{prompt_tokens}')" 5
+r2=$(post $U/v1/completions '{"model": "cat", "prompt": [97, 98, 0, 99, 100], "max_tokens": 12, "temperature": 0}' | body_of)
+check "... the same text as its token ids, and as peft generate --prompts" \
+    "$(printf '%s' "$r" | jget '$j->{choices}[0]{text}')|$(printf '%s' "$r2" | jget '$j->{choices}[0]{text}')" "$want|$want"
+check "peft tokenize - (stdin) keeps a NUL" "$(printf 'ab\0cd' | "$PEFT" tokenize --model "$TMP/base" -)" "97 98 0 99 100"
+check "peft tokenize --decode writes a NUL" "$("$PEFT" tokenize --model "$TMP/base" --decode "97 0 98" | perl -0777 -ne 'print unpack "H*", $_')" 6100620a
+expect_error "a NUL in a model name" 400 POST /v1/completions '{"model": "cat\u0000x", "prompt": "the "}'
+expect_error "a NUL in a chat message" 400 POST /v1/chat/completions '{"model": "cat", "messages": [{"role": "user", "content": "a\u0000b"}]}'
+expect_error "a NUL in a key" 400 POST /v1/completions '{"model": "cat", "prompt\u0000": "the "}'
+# A model that always says token 0, the NUL byte (its final norm outputs e_0; token 0's embedding is
+# 100 there): every NUL reaches the client, streamed or not, and peft generate's output.
+cp -r "$TMP/base" "$TMP/nul"
+perl -MJSON::PP -e 'open my $f, "+<:raw", $ARGV[0] or die; read $f, my $n8, 8; my $hl = unpack "Q<", $n8; read $f, my $h, $hl;
+    my $j = decode_json($h); my $d = $j->{"transformer.ln_f.weight"}{shape}[0];
+    sub put { my ($name, @v) = @_; seek $f, 8 + $hl + $j->{$name}{data_offsets}[0], 0; print $f pack "f<*", @v }
+    put("transformer.ln_f.weight", (0) x $d); put("transformer.ln_f.bias", 1, (0) x ($d - 1)); put("transformer.wte.weight", 100)' \
+    "$TMP/nul/model.safetensors"
+nuls() { perl -0777 -ne 's/\+DONE\n?$// or print "(no [DONE]) "; print length($_), ":", tr/\0//'; }
+check "peft generate writes generated NULs" "$("$PEFT" generate --model "$TMP/nul" --prompt a --max-tokens 6 2>/dev/null | perl -0777 -ne 'print length($_), ":", tr/\0//')" "7:6"
+if start_server sn --model "$TMP/nul" --threads 1; then
+    UN=http://127.0.0.1:$PORT
+    r=$(post $UN/v1/completions '{"prompt": "a", "max_tokens": 6, "temperature": 0}' | body_of)
+    check "generated NULs in the text (bytes:NULs tokens)" "$(printf '%s' "$r" | jget 'length($j->{choices}[0]{text}) . ":" . ($j->{choices}[0]{text} =~ tr/\0//) . " " . $j->{usage}{completion_tokens}')" "6:6 6"
+    r=$(post $UN/v1/chat/completions '{"messages": [{"role": "user", "content": "a"}], "max_tokens": 6, "temperature": 0}' | body_of)
+    check "... in a chat message's content" "$(printf '%s' "$r" | jget '($j->{choices}[0]{message}{content} =~ tr/\0//)')" 6
+    check "... streamed" "$(post $UN/v1/completions '{"prompt": "a", "max_tokens": 6, "temperature": 0, "stream": true}' -N | body_of | sse_text | nuls)" "6:6"
+else bad "NUL model server starts ($(head -c 300 "$TMP/sn.err"))"; fi
+
 # ---- server 2: a larger model (generations take seconds): API key, timeout, disconnect ----
 "$PEFT" init --arch gpt2 --layers 8 --hidden 512 --heads 8 --context 1024 --seed 2 --out "$TMP/big" >/dev/null
 if start_server s2 --model "$TMP/big" --max-requests 4 --max-tokens 1000 --timeout 1 --api-key sekret --threads 1; then
