@@ -40,6 +40,9 @@ int cmd_serve(int argc, char **argv) {
         {"context", OPT_INT, &o.context, "tokens per request, prompt + output (default: the model's positions, at most 2048)"},
         {"timeout", OPT_FLOAT, &timeout, "seconds a request may take, waiting included (default 300; 0 = none)"},
         {"max-body", OPT_INT, &max_body_kib, "largest request body in KiB (default 1024)"},
+        {"max-connections", OPT_INT, &o.max_connections, "connections open at once; more are closed as they come (default 512)"},
+        {"max-connections-per-ip", OPT_INT, &o.max_connections_per_ip, "connections from one client address (default 32; 0 = no limit)"},
+        {"idle-timeout", OPT_INT, &o.idle_timeout, "seconds a connection may send nothing, headers and body included, before it is closed (default 15)"},
         {"api-key", OPT_STRING, &api_key, "require Authorization: Bearer KEY on /v1 routes (better: the PEFT_API_KEY variable; ps shows arguments)"},
         {"admin-key", OPT_STRING, &admin_key, "the key for adapter management, POST / DELETE /v1/adapters (better: PEFT_ADMIN_KEY)"},
         {"allow-any-adapter-path", OPT_FLAG, &o.allow_any_adapter_path, "POST /v1/adapters may load any folder (default: only inside --adapters)"},
@@ -53,9 +56,9 @@ int cmd_serve(int argc, char **argv) {
     if (strcmp(device, "cpu") && strcmp(device, "cuda")) { fprintf(stderr, "peft serve: --device must be cpu or cuda (got %s)\n", device); return 2; }
     o.cuda = !strcmp(device, "cuda");
     if (o.max_requests < 1 || o.max_tokens < 1 || o.max_adapters < 1 || o.max_queue < 0 || timeout < 0 || o.port < 0 || o.port > 65535 ||
-        o.threads < 0 || o.context < 0 || max_body_kib < 1) {
-        fprintf(stderr, "peft serve: --max-requests, --max-tokens, --max-adapters, --max-body must be >= 1; --max-queue, --timeout, "
-                        "--threads, --context >= 0; --port 0..65535\n");
+        o.threads < 0 || o.context < 0 || max_body_kib < 1 || o.max_connections < HTTP_THREADS || o.max_connections_per_ip < 0 || o.idle_timeout < 1) {
+        fprintf(stderr, "peft serve: --max-requests, --max-tokens, --max-adapters, --max-body, --idle-timeout must be >= 1; --max-queue, --timeout, "
+                        "--threads, --context, --max-connections-per-ip >= 0; --max-connections >= %d; --port 0..65535\n", HTTP_THREADS);
         return 2;
     }
     if (o.adapters_dir && !dir_exists(o.adapters_dir)) { fprintf(stderr, "peft serve: --adapters %s is not a folder\n", o.adapters_dir); return 2; }

@@ -72,6 +72,10 @@ ServeRequest *serve_request_new(const int32_t *prompt, int plen, const GenParams
 void serve_request_unref(ServeRequest *r);
 // Asks the scheduler to drop the request at its next step (a client that went away).
 void serve_request_cancel(ServeRequest *r);
+// Calls fn(user) after each change of the request's text or state (on the scheduler's thread, with
+// the request's lock held: fn must not call into the request). fn NULL stops it: once this returns,
+// the previous fn is not running and will not run again.
+void serve_request_on_change(ServeRequest *r, void (*fn)(void *user), void *user);
 
 typedef struct {
     ServeFinish finish;      // SERVE_RUNNING until done
@@ -122,6 +126,9 @@ typedef struct {
     int threads;             // 0 = default
     int context;             // tokens per request (prompt + output); 0 = min(model positions, 2048)
     size_t max_body;         // 1 MiB
+    int max_connections;     // 512 open at once; more are closed as they come (>= HTTP_THREADS)
+    int max_connections_per_ip;  // 32 from one client address; 0 = no limit
+    int idle_timeout;        // 15: seconds a connection may send nothing (headers, body, between requests)
     bool quiet;              // no access log
     bool cuda;               // the model runs on the GPU (bf16, or fp32 with fp32)
     bool fp32;
@@ -133,7 +140,9 @@ void serve_options_default(ServeOptions *o);
 int serve_run(const ServeOptions *o);
 void serve_request_stop(void);
 
-// http_api.c: the HTTP layer over a loaded model, pool and scheduler.
+// http_api.c: the HTTP layer over a loaded model, pool and scheduler. HTTP_THREADS threads serve
+// every connection (epoll): a connection waiting for its generation holds no thread.
+enum { HTTP_THREADS = 4 };
 typedef struct HttpServer HttpServer;
 typedef struct {
     Model *m;

@@ -248,10 +248,45 @@ if start_server sn --model "$TMP/nul" --threads 1; then
     check "... streamed" "$(post $UN/v1/completions '{"prompt": "a", "max_tokens": 6, "temperature": 0, "stream": true}' -N | body_of | sse_text | nuls)" "6:6"
 else bad "NUL model server starts ($(head -c 300 "$TMP/sn.err"))"; fi
 
+# ---- slowloris: 500 connections from one address (127.0.0.2) that send a request line and then
+# trickle header lines, never ending them; /health and a greedy completion from another address
+# (127.0.0.1) must still answer within 2 s. With the defaults the per-address limit turns most of
+# them away; without it (--max-connections-per-ip 0) all 500 stay open and cost no thread each;
+# --idle-timeout closes connections that go quiet. ----
+slowloris() {  # label slow-interval-ms server-args...: sets SL (the attacker's last status line)
+    local label=$1 every=$2; shift 2
+    SL=
+    if ! start_server sl --model "$TMP/base" --threads 1 --quiet "$@"; then bad "$label: server starts ($(head -c 300 "$TMP/sl.err"))"; return; fi
+    local server=${PIDS[-1]}
+    node "$(dirname "$0")/slowloris.js" "$PORT" 500 127.0.0.2 "$every" > "$TMP/sl.out" 2>&1 &
+    local attacker=$!
+    PIDS+=($attacker)
+    sleep 2.5  # every connection tried, the accepted ones trickling
+    local U=http://127.0.0.1:$PORT t h c
+    h=$(curl -s -m 2 -w ' %{http_code} %{time_total}' $U/health)
+    c=$(curl -s -m 2 -o /dev/null -w '%{http_code} %{time_total}' -d '{"prompt": "the ", "max_tokens": 8, "temperature": 0}' $U/v1/completions)
+    SL=$(tail -n 1 "$TMP/sl.out")
+    if [ "$(jget '$j->{status}' <<<"${h% * *}")" = ok ] && [ "${c% *}" = 200 ]; then
+        ok "$label: /health and a greedy completion answer (${h##* } s, ${c#* } s; attacker: $SL)"
+    else bad "$label: /health [$h], completion [$c] within 2 s (attacker: $SL)"; fi
+    kill "$attacker" "$server" 2>/dev/null
+    wait "$attacker" "$server" 2>/dev/null
+}
+if command -v node >/dev/null; then
+    slowloris "slowloris, default limits" 1000
+    slowloris "slowloris, no per-address limit" 1000 --max-connections-per-ip 0
+    slowloris "slowloris, --idle-timeout 1" 3000 --max-connections-per-ip 0 --idle-timeout 1
+    [ "${SL#*open }" = 0 ] && ok "... every connection silent for 1 s was closed ($SL)" || bad "connections silent for 1 s still open ($SL)"
+else
+    echo "*** SKIPPED: node not found: the slowloris test did not run ***"
+fi
+
 # ---- server 2: a larger model (generations take seconds): API key, timeout, disconnect ----
 "$PEFT" init --arch gpt2 --layers 8 --hidden 512 --heads 8 --context 1024 --seed 2 --out "$TMP/big" >/dev/null
 if start_server s2 --model "$TMP/big" --max-requests 4 --max-tokens 1000 --timeout 1 --api-key sekret --threads 1; then
     ok "second server starts ($PORT)"
+    S2=${PIDS[-1]}
+    tr '\0' ' ' < "/proc/$S2/cmdline" > "$TMP/s2.cmdline"
     U=http://127.0.0.1:$PORT
     K=(-H 'Authorization: Bearer sekret')
     expect_error "no API key" 401 POST /v1/completions '{"prompt": "hi", "max_tokens": 2}'
@@ -261,20 +296,36 @@ if start_server s2 --model "$TMP/big" --max-requests 4 --max-tokens 1000 --timeo
     expect_error "an API key but no admin key: no adapter management" 403 POST /v1/adapters "{\"name\": \"cat\", \"path\": \"$TMP/adapters/cat\"}" "${K[@]}"
     # 1000 tokens of a 25M-parameter model (100 MB read per token) take well over the 1 s timeout: 408.
     expect_error "request timeout" 408 POST /v1/completions '{"prompt": "hi", "max_tokens": 1000, "ignore_eos": true}' "${K[@]}"
-    # A streaming client that goes away after 0.3 s: its request is cancelled (not timed out).
-    before=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out}"')
-    curl -s -N -m 0.3 -H 'Content-Type: application/json' "${K[@]}" -d '{"prompt": "hi", "max_tokens": 1000, "stream": true, "ignore_eos": true}' $U/v1/completions > "$TMP/cut" 2>/dev/null
-    got_some=$(grep -c '^data: {' "$TMP/cut")
-    after=""
-    for i in $(seq 1 20); do
-        after=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out} $j->{active}"')
-        [ "${after% *}" != "$before" ] && [ "${after##* }" = 0 ] && break
-        sleep 0.05
-    done
-    read -r c0 t0 <<<"$before"; read -r c1 t1 a1 <<<"$after"
-    if [ "$c1" = $((c0 + 1)) ] && [ "$t1" = "$t0" ] && [ "$a1" = 0 ]; then ok "a client gone mid-stream ($got_some chunks) cancels its request"
-    else bad "a client gone mid-stream cancels its request (before $before, after $after, $got_some chunks)"; fi
+    # A client that goes away after 0.3 s, streaming or waiting for the whole text: its request is
+    # cancelled (not timed out).
+    gone_client() {  # label stream
+        local before after c0 t0 c1 t1 a1
+        before=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out}"')
+        curl -s -N -m 0.3 -H 'Content-Type: application/json' "${K[@]}" -d "{\"prompt\": \"hi\", \"max_tokens\": 1000, \"stream\": $2, \"ignore_eos\": true}" \
+            $U/v1/completions > "$TMP/cut" 2>/dev/null
+        for i in $(seq 1 20); do
+            after=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out} $j->{active}"')
+            [ "${after% *}" != "$before" ] && [ "${after##* }" = 0 ] && break
+            sleep 0.05
+        done
+        read -r c0 t0 <<<"$before"; read -r c1 t1 a1 <<<"$after"
+        if [ "$c1" = $((c0 + 1)) ] && [ "$t1" = "$t0" ] && [ "$a1" = 0 ]; then ok "$1 cancels its request ($(grep -c '^data: {' "$TMP/cut") chunks)"
+        else bad "$1 cancels its request (before $before, after $after)"; fi
+    }
+    gone_client "a client gone mid-stream" true
+    gone_client "a client gone while waiting for the whole text" false
     check "after it, requests still complete" "$(post $U/v1/completions '{"prompt": "hi", "max_tokens": 3}' "${K[@]}" | status_of)" 200
+    # Stopping while requests run: each is answered (503; a stream its error event and [DONE]).
+    long='"prompt": "hi", "max_tokens": 1000, "ignore_eos": true'
+    post $U/v1/completions "{$long, \"stream\": true}" "${K[@]}" -N > "$TMP/stop.stream" &
+    post $U/v1/completions "{$long}" "${K[@]}" > "$TMP/stop.plain" &
+    sleep 0.3
+    kill "$S2"
+    wait "$S2" 2>/dev/null
+    wait $(jobs -p | grep -v -x -F "$(printf '%s\n' "${PIDS[@]}")") 2>/dev/null
+    grep -q 'shutting down' "$TMP/stop.stream" && grep -q '^data: \[DONE\]' "$TMP/stop.stream" && [ "$(status_of < "$TMP/stop.plain")" = 503 ] &&
+        grep -q "stopped in" "$TMP/s2.err" && ok "stopped with requests running: each answered 503, the server ended" ||
+        bad "stopped with requests running ($(tail -c 200 "$TMP/stop.stream") | $(tail -c 200 "$TMP/stop.plain") | $(tail -n 2 "$TMP/s2.err"))"
 else
     bad "second server starts ($(head -c 300 "$TMP/s2.err"))"
 fi
@@ -327,8 +378,8 @@ if start_server s5 --model "$TMP/base" --adapters "$TMP/root3" --host 0.0.0.0 --
 else bad "fifth server starts ($(head -c 300 "$TMP/s5.err"))"; fi
 # A key on the command line: a warning, and blanked in the process's arguments (ps).
 grep -q "warning.*--api-key.*PEFT_API_KEY" "$TMP/s2.err" && ok "--api-key on the command line: a warning" || bad "--api-key warning ($(head -c 300 "$TMP/s2.err"))"
-if [ -r "/proc/${PIDS[1]}/cmdline" ]; then
-    tr '\0' ' ' < "/proc/${PIDS[1]}/cmdline" | grep -q sekret && bad "the API key is visible in ps" || ok "the API key is blanked in ps"
+if [ -n "${S2:-}" ]; then
+    grep -q sekret "$TMP/s2.cmdline" && bad "the API key is visible in ps" || ok "the API key is blanked in ps"
 fi
 
 expect_usage=$("$PEFT" serve --model "$TMP/base" --device tpu 2>&1 >/dev/null; echo "rc=$?")
