@@ -15,17 +15,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-// "\n", "\t", "\r", "\\" -> the characters (in place).
-static void unescape(char *s) {
-    char *o = s;
-    for (; *s; s++) {
-        if (*s == '\\' && s[1]) {
-            char c = s[1];
-            if (c == 'n' || c == 't' || c == 'r' || c == '\\') { *o++ = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : '\\'; s++; continue; }
+// "\n", "\t", "\r", "\\" -> the characters, in the n bytes of s (in place; NUL bytes are kept).
+// Returns the new length.
+static size_t unescape(char *s, size_t n) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' && i + 1 < n) {
+            char c = s[i + 1];
+            if (c == 'n' || c == 't' || c == 'r' || c == '\\') { s[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : '\\'; i++; continue; }
         }
-        *o++ = *s;
+        s[o++] = s[i];
     }
-    *o = 0;
+    s[o] = 0;
+    return o;
 }
 
 // Writes prompts' outputs in order while they stream in any order: the first unfinished
@@ -78,25 +80,29 @@ static void on_piece(void *user, int index, const char *piece, size_t len) {
 }
 
 
-static char **read_lines(const char *path, int *n_out) {
+// The lines of a file, unescaped, with their lengths (*lens_out): a line may hold NUL bytes.
+static char **read_lines(const char *path, int *n_out, size_t **lens_out) {
     size_t len;
     char *text = read_file(path, &len);
     if (!text) return NULL;
     char **lines = NULL;
+    size_t *lens = NULL;
     int n = 0;
     for (char *s = text; s < text + len;) {
         char *end = memchr(s, '\n', text + len - s);
         size_t k = end ? (size_t)(end - s) : (size_t)(text + len - s);
         if (k && s[k - 1] == '\r') k--;
         lines = xrealloc(lines, sizeof(char *) * (n + 1));
+        lens = xrealloc(lens, sizeof(size_t) * (n + 1));
         lines[n] = xmalloc(k + 1);
         memcpy(lines[n], s, k);
-        lines[n][k] = 0;
-        unescape(lines[n++]);
+        lens[n] = unescape(lines[n], k);
+        n++;
         s = end ? end + 1 : text + len;
     }
     free(text);
     *n_out = n;
+    *lens_out = lens ? lens : xcalloc(1, sizeof(size_t));
     return lines ? lines : xcalloc(1, sizeof(char *));
 }
 
@@ -138,15 +144,16 @@ int cmd_generate(int argc, char **argv) {
     char **stops = xcalloc(argc, sizeof(char *));
     int n_stop = 0;
     for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "--stop")) { stops[n_stop] = xstrdup(argv[++i]); unescape(stops[n_stop++]); }
+        if (!strcmp(argv[i], "--stop")) { stops[n_stop] = xstrdup(argv[++i]); unescape(stops[n_stop], strlen(stops[n_stop])); n_stop++; }
     if (strcmp(device, "cpu") && strcmp(device, "cuda")) { fprintf(stderr, "peft generate: --device must be cpu or cuda\n"); return 2; }
     if (threads > 0) { omp_set_num_threads(threads); openblas_set_num_threads(threads); }
 
     int rc = 1, n_prompts = 1;
     char **lines = NULL;
+    size_t *line_lens = NULL;
     Tokenizer *tok = NULL;
     Model *m = NULL;
-    if (prompts_file && !(lines = read_lines(prompts_file, &n_prompts))) { rc = fail_with_library_error(); goto out; }
+    if (prompts_file && !(lines = read_lines(prompts_file, &n_prompts, &line_lens))) { rc = fail_with_library_error(); goto out; }
     m = model_load(model_dir);
     if (!m) { rc = fail_with_library_error(); goto out; }
     if (!(tok = tokenizer_load(model_dir))) { rc = fail_with_library_error(); goto out; }
@@ -187,7 +194,7 @@ int cmd_generate(int argc, char **argv) {
         pr.next = 0;
         memset(pr.done, 0, sizeof(bool) * per_call);
         memset(pr.len, 0, sizeof(size_t) * per_call);
-        if (generate_text(m, tok, all + start, n, &p, on_piece, &pr, res)) { rc = fail_with_library_error(); break; }
+        if (generate_text(m, tok, all + start, line_lens ? line_lens + start : NULL, n, &p, on_piece, &pr, res)) { rc = fail_with_library_error(); break; }
         for (int i = 0; i < n; i++) {
             tokens += res[i].n_ids;
             gen_result_free(&res[i]);
@@ -207,6 +214,7 @@ out:
     model_free(m);
     for (int i = 0; lines && i < n_prompts; i++) free(lines[i]);
     free(lines);
+    free(line_lens);
     for (int i = 0; i < n_stop; i++) free(stops[i]);
     free(stops);
     return rc;

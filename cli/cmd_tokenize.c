@@ -1,5 +1,6 @@
-// peft tokenize --model DIR TEXT: the ids our tokenizer gives (to compare with other tools);
-// --decode turns ids back into text.
+// peft tokenize --model DIR TEXT: the ids our tokenizer gives (to compare with other tools); TEXT "-"
+// reads the text from stdin (any bytes, NUL included). --decode turns ids back into text, written
+// byte for byte (NUL included).
 #include "cli.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -17,7 +18,7 @@ int cmd_tokenize(int argc, char **argv) {
     char *pos[1];
     int npos = 0;
     if (parse_options("tokenize", argc, argv, opts, 2, pos, 1, &npos)) return 2;
-    if (!model_dir || npos != 1) { fprintf(stderr, "usage: peft tokenize --model DIR [--decode] TEXT\n"); return 2; }
+    if (!model_dir || npos != 1) { fprintf(stderr, "usage: peft tokenize --model DIR [--decode] TEXT (- reads it from stdin)\n"); return 2; }
     Tokenizer *tok = tokenizer_load(model_dir);
     if (!tok) return fail_with_library_error();
     int rc = 0;
@@ -31,15 +32,20 @@ int cmd_tokenize(int argc, char **argv) {
             ids[n++] = (int32_t)v;
         }
         if (!rc) {
-            char *text = tokenizer_decode(tok, ids, n);
-            printf("%s\n", text);
+            size_t len;
+            char *text = tokenizer_decode(tok, ids, n, &len);
+            fwrite(text, 1, len, stdout);
+            putchar('\n');
             free(text);
         }
         free(ids);
     } else {
         int32_t *ids = NULL;
         int n = 0;
-        if (tokenizer_encode(tok, pos[0], strlen(pos[0]), &ids, &n)) rc = fail_with_library_error();
+        size_t len = strlen(pos[0]);
+        char *text = strcmp(pos[0], "-") ? xstrdup(pos[0]) : read_file("/dev/stdin", &len);
+        if (!text || tokenizer_encode(tok, text, len, &ids, &n)) rc = fail_with_library_error();
+        free(text);
         for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
         if (!rc) printf("\n");
         free(ids);

@@ -235,6 +235,14 @@ static void unregister(AdapterPool *p, PoolEntry *e) {
         }
 }
 
+// Unregisters e; it waits among the gone entries until nothing holds it.
+static void retire_entry(AdapterPool *p, PoolEntry *e) {
+    unregister(p, e);
+    e->removed = true;
+    p->gone = xrealloc(p->gone, sizeof(PoolEntry *) * (p->n_gone + 1));
+    p->gone[p->n_gone++] = e;
+}
+
 // Frees a removed entry once nothing holds it.
 static void drop_if_unused(AdapterPool *p, PoolEntry *e) {
     if (!e->removed || e->refs || e->loading) return;
@@ -327,15 +335,14 @@ int adapter_pool_add(AdapterPool *p, const char *name, const char *path, int *st
     e->refs++;
     int rc = load_entry(p, e, status, 0);
     e->refs--;
+    if (rc && *status == 500) *status = 400;  // a folder the client named: its problem
+    else if (!rc && e->removed) {
+        *status = 409;
+        rc = peft_fail("adapter \"%s\" was removed while it loaded", name);
+    }
     if (rc) {
-        if (*status == 500) *status = 400;  // a folder the client named: its problem
-        if (!e->removed) {
-            unregister(p, e);
-            e->removed = true;
-            p->gone = xrealloc(p->gone, sizeof(PoolEntry *) * (p->n_gone + 1));
-            p->gone[p->n_gone++] = e;
-        }
-        drop_if_unused(p, e);
+        if (!e->removed) retire_entry(p, e);
+        drop_if_unused(p, e);  // a set loaded for an entry removed meanwhile goes too
     } else e->last_used = ++p->clock;
     pthread_mutex_unlock(&p->mu);
     return rc;
@@ -349,10 +356,7 @@ int adapter_pool_remove(AdapterPool *p, const char *name, int *status) {
         *status = 404;
         return peft_fail("no adapter named \"%.80s\"", name);
     }
-    unregister(p, e);
-    e->removed = true;
-    p->gone = xrealloc(p->gone, sizeof(PoolEntry *) * (p->n_gone + 1));
-    p->gone[p->n_gone++] = e;
+    retire_entry(p, e);
     drop_if_unused(p, e);
     pthread_mutex_unlock(&p->mu);
     return 0;
@@ -410,7 +414,6 @@ void *adapter_pool_list_json(AdapterPool *p) {
         cJSON_AddStringToObject(o, "peft_type", e->peft_type);
         cJSON_AddBoolToObject(o, "loaded", e->set != NULL);
         cJSON_AddNumberToObject(o, "in_use", e->refs);
-        cJSON_AddStringToObject(o, "path", e->path);
         cJSON_AddItemToArray(a, o);
     }
     pthread_mutex_unlock(&p->mu);

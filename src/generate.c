@@ -37,6 +37,7 @@ static void text_finish(GenText *t, GenResult *r, GenStreamFn stream, void *user
     stream_piece(t, gen_text_finish(t), stream, user, index);
     if (stream) stream(user, index, NULL, 0);
     r->text = t->out ? t->out : xstrdup("");
+    r->text_len = t->out_len;
     t->out = NULL;
     free(t->buf);
     t->buf = NULL;
@@ -464,7 +465,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
     return rc;
 }
 
-int generate_text(Model *m, const Tokenizer *tok, const char *const *prompts, int n, const GenParams *p,
+int generate_text(Model *m, const Tokenizer *tok, const char *const *prompts, const size_t *prompt_lens, int n, const GenParams *p,
                   GenStreamFn stream, void *user, GenResult *results) {
     if (!tok) return peft_fail("generate_text needs a tokenizer");
     int32_t **ids = xcalloc(n > 0 ? n : 1, sizeof *ids);
@@ -474,7 +475,7 @@ int generate_text(Model *m, const Tokenizer *tok, const char *const *prompts, in
     for (int i = 0; i < n && !rc; i++) {
         int32_t *enc = NULL;
         int k = 0;
-        if (tokenizer_encode(tok, prompts[i], strlen(prompts[i]), &enc, &k)) { rc = -1; break; }
+        if (tokenizer_encode(tok, prompts[i], prompt_lens ? prompt_lens[i] : strlen(prompts[i]), &enc, &k)) { rc = -1; break; }
         bool lead = add_bos || k == 0;
         ids[i] = xmalloc(sizeof(int32_t) * (k + 1));
         if (lead) ids[i][0] = bos;

@@ -104,7 +104,8 @@ typedef enum { GEN_FINISH_LENGTH, GEN_FINISH_EOS, GEN_FINISH_STOP } GenFinish;
 typedef struct {
     int32_t *ids;              // generated tokens (not the prompt, not the EOS)
     int n_ids;
-    char *text;                // their text, cut before a stop string (NULL without a tokenizer)
+    char *text;                // their text, cut before a stop string (NULL without a tokenizer),
+    size_t text_len;           //   NUL-terminated; it may hold NUL bytes: read text_len bytes
     GenFinish finish;
     double score;              // beam search: the winning hypothesis' length-normalised log-prob
 } GenResult;
@@ -122,7 +123,7 @@ typedef void (*GenStreamFn)(void *user, int index, const char *piece, size_t len
 int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, const int *prompt_lens, int n,
              const GenParams *p, GenStreamFn stream, void *user, GenResult *results);
 
-// The same from text: encodes each prompt (with bos when the tokenizer adds one; an empty
-// prompt becomes bos, or the model's bos_token_id).
-int generate_text(Model *m, const Tokenizer *tok, const char *const *prompts, int n, const GenParams *p,
+// The same from text: encodes each prompt, lens[i] bytes (lens NULL: C strings), with bos when the
+// tokenizer adds one; an empty prompt becomes bos, or the model's bos_token_id.
+int generate_text(Model *m, const Tokenizer *tok, const char *const *prompts, const size_t *lens, int n, const GenParams *p,
                   GenStreamFn stream, void *user, GenResult *results);

@@ -1,21 +1,28 @@
-// http_api.c: the HTTP side of `peft serve` (libmicrohttpd, one thread per connection).
+// http_api.c: the HTTP side of `peft serve` (libmicrohttpd: HTTP_THREADS threads on epoll).
 //   GET  /health                      {"status": "ok", ...}: no API key needed
 //   GET  /v1/models, /v1/models/NAME  "base" and every registered adapter
 //   POST /v1/completions              OpenAI's text completions ("model" names an adapter or "base")
 //   POST /v1/chat/completions         OpenAI's chat completions (the model's ChatML template)
 //   GET  /v1/adapters                 the adapters, loaded or not
-//   POST /v1/adapters                 {"name", "path"}: register and load one while serving
-//   DELETE /v1/adapters/NAME          unregister it (freed when its running requests end)
+//   POST /v1/adapters                 {"name", "path"}: register and load one while serving (admin)
+//   DELETE /v1/adapters/NAME          unregister it (freed when its running requests end) (admin)
 // "stream": true answers with server-sent events ("data: {chunk}\n\n" ... "data: [DONE]\n\n").
-// A connection thread hands its request to the scheduler and waits for text; while it waits it
-// watches the socket, so a client that goes away cancels its request at the next step.
+// A request hands its generation to the scheduler, and its connection is suspended while it waits
+// for text: no thread waits for it ("waiting without a thread" below). Work that may block (an
+// adapter's load, a wait for a free adapter slot) runs on a job thread of its own. A client that
+// goes away cancels its request at the next step. Slow clients: an idle timeout, a per-address and
+// a total connection limit (docs/serve.md, Security).
 // Every error is {"error": {"message", "type", "param", "code"}} with a 4xx (the client's
 // mistake) or 5xx status, and touches nothing but its own request.
+// Keys and adapter paths: authorize() and adapter_folder() (docs/serve.md, Security).
 #include "data.h"
+#include "gen_text.h"
+#include "json_bytes.h"
 #include "serve.h"
 #include "util.h"
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -27,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,26 +50,78 @@ struct HttpServer {
     bool has_chat;
     int im_end;               // <|im_end|> token id (ChatML), -1 when none
     char chat_error[512];     // why there is no template
+    char *adapters_root;      // --adapters, resolved (realpath; "" for "/"); NULL when none
+    bool loopback;            // listening on 127.0.0.0/8: no other machine can connect
+    // Waiting connections and jobs (mu).
+    pthread_mutex_t mu;
+    pthread_cond_t jobs_cv;   // a job ended
+    struct Conn *waiting;     // suspended by conn_wait; only the waker resumes them
+    int jobs;                 // job threads running
+    bool closing;             // no more jobs
+    bool waker_stop;          // the waker resumes everything and ends; nothing waits any more
+    int wake_fd;              // eventfd: the waker has work (news, or a socket to watch)
+    pthread_t waker;
+    pthread_mutex_t log_mu;   // libmicrohttpd's messages, at most one a second (mhd_log)
+    double log_t;
+    long log_dropped;
 };
 
 typedef enum { KIND_COMPLETION, KIND_CHAT } Kind;
 
+// Request parameters (parsing below).
 typedef struct {
+    int status;               // 0 = fine
+    char msg[600];
+    char param[64];           // the field at fault ("" = none)
+} Err;
+
+typedef struct {
+    const char *model;        // points into the JSON
+    bool stream, include_usage;
+    GenParams p;
+    char *stops[4];
+    int n_stop;
+    int32_t *prompt;
+    int plen;
+} Params;
+
+typedef struct Conn Conn;
+// What a connection does when MHD calls it again: after its body, and after each resume.
+typedef enum MHD_Result (*Step)(Conn *cn, const char *method, const char *url);
+
+struct Conn {
     HttpServer *h;
     struct MHD_Connection *c;
+    MHD_socket fd;
     char *body;
     size_t len, cap;
     bool too_large;
     double t0;
-    // a running generation
+    Step step;                // NULL until dispatched
+    // Waiting (h->mu).
+    bool suspended;           // by conn_wait, until the waker resumes it
+    bool news;                // its request changed, or its job ended, since it last looked
+    bool gone;                // the client closed its end while it waited
+    bool job_running;
+    Conn *prev_wait, *next_wait;
+    // What a job leaves (read once it ended): an error, or an added adapter.
+    int fail_status;
+    char fail_msg[600];
+    const char *fail_param;
+    char *job_name, *job_path;
+    cJSON *job_json;
+    // A generation: its parameters until it starts, then its request.
+    Params q;
     ServeRequest *req;
     Kind kind;
     char id[48], model[96];
     long created;
-    bool include_usage, sent_role, finished;
+    bool stream, include_usage, sent_role, finished;
+    char *text;               // not streamed: the text so far
+    size_t text_len, text_cap;
     char *pending;            // SSE bytes not yet handed to MHD
     size_t pending_len, pending_off, pending_cap;
-} Conn;
+};
 
 // ---- responses ----
 
@@ -97,6 +157,7 @@ static enum MHD_Result send_json(Conn *cn, int status, cJSON *j, const char *met
 static const char *error_type(int status) {
     switch (status) {
     case 401: return "authentication_error";
+    case 403: return "permission_error";
     case 404: return "not_found_error";
     case 408: return "timeout_error";
     case 409: return "conflict_error";
@@ -121,13 +182,7 @@ static enum MHD_Result send_error(Conn *cn, int status, const char *message, con
     return send_json(cn, status, error_json(status, message, param), method, url);
 }
 
-// ---- request parameters ----
-
-typedef struct {
-    int status;               // 0 = fine
-    char msg[600];
-    const char *param;
-} Err;
+// ---- parsing ----
 
 static int err(Err *e, int status, const char *param, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int err(Err *e, int status, const char *param, const char *fmt, ...) {
@@ -136,23 +191,14 @@ static int err(Err *e, int status, const char *param, const char *fmt, ...) {
     vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
     e->status = status;
-    e->param = param;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
     return -1;
 }
-
-typedef struct {
-    const char *model;        // points into the JSON
-    bool stream, include_usage;
-    GenParams p;
-    char *stops[4];
-    int n_stop;
-    int32_t *prompt;
-    int plen;
-} Params;
 
 static void params_free(Params *q) {
     for (int i = 0; i < q->n_stop; i++) free(q->stops[i]);
     free(q->prompt);
+    memset(q, 0, sizeof *q);
 }
 
 static bool is_int(const cJSON *x) { return cJSON_IsNumber(x) && isfinite(x->valuedouble) && x->valuedouble == floor(x->valuedouble); }
@@ -276,7 +322,11 @@ static int parse_completion(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "prompt");
     if (!x) return err(e, 400, "prompt", "prompt is required");
     if (cJSON_IsArray(x) && cJSON_GetArraySize(x) == 1 && (cJSON_IsString(x->child) || cJSON_IsArray(x->child))) x = x->child;
-    if (cJSON_IsString(x)) return encode_prompt(h, x->valuestring, strlen(x->valuestring), q, e);
+    if (cJSON_IsString(x)) {
+        size_t n;
+        const char *text = json_bytes(x, &n);
+        return encode_prompt(h, text, n, q, e);
+    }
     if (cJSON_IsArray(x) && cJSON_GetArraySize(x) > 0) {  // token ids
         int n = cJSON_GetArraySize(x), V = h->ctx.m->cfg.vocab_size, i = 0;
         if (n > h->ctx.max_len) return err(e, 400, "prompt", "the prompt has %d tokens; the context is %d", n, h->ctx.max_len);
@@ -367,17 +417,194 @@ static int parse_chat(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     return rc;
 }
 
+// The name of the first field whose string holds a NUL byte, `allowed` aside; NULL when none.
+// Names, roles, contents and stop strings are C strings from here on: a NUL would cut them short.
+static const char *nul_field(const cJSON *x, const cJSON *allowed, const char *field) {
+    if (x == allowed) return NULL;
+    if (x->string) field = x->string;
+    size_t n;
+    if (cJSON_IsString(x)) return json_bytes(x, &n), n != strlen(x->valuestring) ? field : NULL;
+    for (const cJSON *c = x->child; c; c = c->next) {
+        const char *f = nul_field(c, allowed, field);
+        if (f) return f;
+    }
+    return NULL;
+}
+
+// A body that must be a JSON object whose strings hold no NUL byte but in its member `bytes` (NULL:
+// none may). *j is the caller's to delete, also on error.
+static int body_object(const char *body, size_t len, const char *bytes, cJSON **j, Err *e) {
+    *j = json_parse_bytes(body ? body : "", len);
+    if (!*j || !cJSON_IsObject(*j)) return err(e, 400, NULL, "%s", *j ? "the body is not a JSON object" : peft_last_error());
+    const char *f = nul_field(*j, bytes ? cJSON_GetObjectItemCaseSensitive(*j, bytes) : NULL, NULL);
+    if (f) return err(e, 400, f, "%s holds a NUL byte (\\u0000): only a completion's prompt may", f);
+    return 0;
+}
+
+// A completion or chat-completion body into q (q->model points into *j, which the caller deletes).
+static int parse_generation(HttpServer *h, Kind kind, const char *body, size_t len, cJSON **j, Params *q, Err *e) {
+    if (body_object(body, len, kind == KIND_COMPLETION ? "prompt" : NULL, j, e)) return -1;
+    return kind == KIND_CHAT ? parse_chat(h, *j, q, e) : parse_completion(h, *j, q, e);
+}
+
+// ---- waiting without a thread ----
+// A connection whose answer is not ready is suspended (conn_wait): MHD leaves it alone and no
+// thread waits for it. News for it (its request's on-change hook, its job's end) marks it, and one
+// waker thread resumes the marked ones; meanwhile the waker watches their sockets, and resumes a
+// connection whose client went away so that its request is cancelled. Suspending and resuming
+// happen under h->mu, so a connection is never resumed before it is suspended.
+
+static void wake(HttpServer *h) {
+    uint64_t one = 1;
+    if (write(h->wake_fd, &one, sizeof one) < 0) return;  // the counter is full: the waker is awake anyway
+}
+
+// News for cn: its request's text or state changed (any thread).
+static void conn_news(void *arg) {
+    Conn *cn = arg;
+    HttpServer *h = cn->h;
+    pthread_mutex_lock(&h->mu);
+    cn->news = true;
+    if (cn->suspended) wake(h);
+    pthread_mutex_unlock(&h->mu);
+}
+
+// Suspends cn until it has news: 1 suspended (return to MHD), 0 news came meanwhile (look again
+// now), -1 the server is closing and nothing waits any more.
+static int conn_wait(Conn *cn) {
+    HttpServer *h = cn->h;
+    pthread_mutex_lock(&h->mu);
+    int rc = h->waker_stop ? -1 : cn->news ? 0 : 1;
+    cn->news = false;
+    if (rc == 1) {
+        cn->suspended = true;
+        cn->prev_wait = NULL;
+        cn->next_wait = h->waiting;
+        if (h->waiting) h->waiting->prev_wait = cn;
+        h->waiting = cn;
+        MHD_suspend_connection(cn->c);
+        wake(h);  // to watch its socket
+    }
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+static void *waker_main(void *arg) {
+    HttpServer *h = arg;
+    int cap = 16;
+    struct pollfd *fds = xmalloc(sizeof *fds * cap);
+    Conn **who = xmalloc(sizeof *who * cap);
+    pthread_mutex_lock(&h->mu);
+    for (;;) {
+        int n = 1;  // fds[0]: wake_fd
+        for (Conn *cn = h->waiting, *next; cn; cn = next) {
+            next = cn->next_wait;
+            if (cn->news || h->waker_stop) {
+                if (cn->prev_wait) cn->prev_wait->next_wait = next;
+                else h->waiting = next;
+                if (next) next->prev_wait = cn->prev_wait;
+                cn->suspended = false;
+                MHD_resume_connection(cn->c);
+                continue;
+            }
+            if (cn->gone) continue;  // its request is being cancelled: it waits for the news of that
+            if (n == cap) {
+                fds = xrealloc(fds, sizeof *fds * (cap *= 2));
+                who = xrealloc(who, sizeof *who * cap);
+            }
+            fds[n] = (struct pollfd){.fd = cn->fd, .events = POLLRDHUP};
+            who[n++] = cn;
+        }
+        if (h->waker_stop) break;
+        pthread_mutex_unlock(&h->mu);
+        fds[0] = (struct pollfd){.fd = h->wake_fd, .events = POLLIN};
+        poll(fds, (nfds_t)n, -1);
+        uint64_t count;
+        if ((fds[0].revents & POLLIN) && read(h->wake_fd, &count, sizeof count) < 0) count = 0;
+        pthread_mutex_lock(&h->mu);
+        // Still suspended (only this thread resumes them): the client went away.
+        for (int i = 1; i < n; i++)
+            if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) who[i]->gone = who[i]->news = true;
+    }
+    pthread_mutex_unlock(&h->mu);
+    free(fds);
+    free(who);
+    return NULL;
+}
+
+// Ends the waker, which resumes every waiting connection on its way out; nothing waits after.
+static void stop_waker(HttpServer *h) {
+    pthread_mutex_lock(&h->mu);
+    h->waker_stop = true;
+    wake(h);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(h->waker, NULL);
+}
+
+// Whether cn still waits for its job (suspended: return MHD_YES to MHD). Once it ended, its
+// results in cn are this thread's to read (h->mu orders them).
+static bool awaits_job(Conn *cn) {
+    for (;;) {
+        pthread_mutex_lock(&cn->h->mu);
+        bool running = cn->job_running;
+        pthread_mutex_unlock(&cn->h->mu);
+        if (!running) return false;
+        if (conn_wait(cn) > 0) return true;  // (never -1 while a job runs: the waker outlives the jobs)
+    }
+}
+
+// Runs fn(cn) on a thread of its own (work that may block: an adapter's load, a wait for a free
+// adapter slot); cn waits meanwhile, then goes on with `then`. At most --max-requests +
+// --max-queue jobs at once.
+static enum MHD_Result run_job(Conn *cn, void *(*fn)(void *), Step then, const char *method, const char *url) {
+    HttpServer *h = cn->h;
+    pthread_mutex_lock(&h->mu);
+    bool closing = h->closing, full = h->jobs >= h->ctx.o->max_requests + h->ctx.o->max_queue;
+    if (!closing && !full) {
+        h->jobs++;
+        cn->job_running = true;
+    }
+    pthread_mutex_unlock(&h->mu);
+    if (closing) return send_error(cn, 503, "the server is shutting down", NULL, method, url);
+    if (full) return send_error(cn, 429, "too many requests are waiting for adapters; try again later", NULL, method, url);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int rc = pthread_create(&t, &attr, fn, cn);
+    pthread_attr_destroy(&attr);
+    if (rc) {
+        pthread_mutex_lock(&h->mu);
+        h->jobs--;
+        cn->job_running = false;
+        pthread_mutex_unlock(&h->mu);
+        return send_error(cn, 503, "the server cannot start a thread for this request now", NULL, method, url);
+    }
+    cn->step = then;
+    return then(cn, method, url);
+}
+
+// A job's end, its results in cn: cn is resumed. The job touches neither cn nor h afterwards.
+static void job_end(Conn *cn) {
+    HttpServer *h = cn->h;
+    pthread_mutex_lock(&h->mu);
+    cn->job_running = false;
+    cn->news = true;
+    if (cn->suspended) wake(h);
+    h->jobs--;
+    pthread_cond_broadcast(&h->jobs_cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void job_fail(Conn *cn, int status, const char *msg, const char *param) {
+    cn->fail_status = status;
+    snprintf(cn->fail_msg, sizeof cn->fail_msg, "%s", msg);
+    cn->fail_param = param;
+}
+
 // ---- generation ----
 
 static const char *finish_reason(ServeFinish f) { return f == SERVE_FINISH_LENGTH ? "length" : "stop"; }
-
-// True when the peer closed its end (or the socket failed).
-static bool client_gone(struct MHD_Connection *c) {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci) return false;
-    struct pollfd pfd = {.fd = ci->connect_fd, .events = POLLRDHUP};
-    return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
-}
 
 static cJSON *usage_json(const ServeStatus *st) {
     cJSON *u = cJSON_CreateObject();
@@ -396,16 +623,16 @@ static cJSON *chunk_head(Conn *cn) {
     return j;
 }
 
-// One SSE choice chunk: text (may be NULL) and finish reason (NULL while running).
-static cJSON *choice_chunk(Conn *cn, const char *text, const char *reason, bool role) {
+// One SSE choice chunk: text[0..len) (may be NULL) and finish reason (NULL while running).
+static cJSON *choice_chunk(Conn *cn, const char *text, size_t len, const char *reason, bool role) {
     cJSON *j = chunk_head(cn), *choices = cJSON_AddArrayToObject(j, "choices"), *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
     if (cn->kind == KIND_CHAT) {
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (role) cJSON_AddStringToObject(d, "role", "assistant");
-        if (text) cJSON_AddStringToObject(d, "content", text);
+        if (text) cJSON_AddItemToObject(d, "content", json_bytes_item(text, len));
     } else {
-        cJSON_AddStringToObject(c, "text", text ? text : "");
+        cJSON_AddItemToObject(c, "text", json_bytes_item(text ? text : "", len));
         cJSON_AddNullToObject(c, "logprobs");
     }
     if (reason) cJSON_AddStringToObject(c, "finish_reason", reason);
@@ -416,12 +643,7 @@ static cJSON *choice_chunk(Conn *cn, const char *text, const char *reason, bool 
 
 static void pending_add(Conn *cn, const char *s, size_t n) {
     if (cn->pending_off == cn->pending_len) cn->pending_off = cn->pending_len = 0;
-    if (cn->pending_len + n + 1 > cn->pending_cap) {
-        cn->pending_cap = (cn->pending_len + n + 1) * 2;
-        cn->pending = xrealloc(cn->pending, cn->pending_cap);
-    }
-    memcpy(cn->pending + cn->pending_len, s, n);
-    cn->pending_len += n;
+    bytes_append(&cn->pending, &cn->pending_len, &cn->pending_cap, s, n);
 }
 
 static void pending_event(Conn *cn, cJSON *j) {
@@ -433,8 +655,8 @@ static void pending_event(Conn *cn, cJSON *j) {
     cJSON_Delete(j);
 }
 
-// MHD asks for more of the event stream: hand over what is pending, else wait for the
-// scheduler's next text (watching the socket meanwhile).
+// MHD asks for more of the event stream: hand over what is pending, else the scheduler's new
+// text; with none yet, the connection waits for it (suspended).
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     Conn *cn = cls;
@@ -449,22 +671,31 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (cn->finished) return MHD_CONTENT_READER_END_OF_STREAM;
         if (cn->kind == KIND_CHAT && !cn->sent_role) {
             cn->sent_role = true;
-            pending_event(cn, choice_chunk(cn, "", NULL, true));
+            pending_event(cn, choice_chunk(cn, "", 0, NULL, true));
             continue;
         }
-        if (client_gone(cn->c)) {
+        if (cn->gone) {
             serve_request_cancel(cn->req);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         size_t len;
         ServeStatus st;
-        char *text = serve_request_poll(cn->req, 0.05, &len, &st);
-        if (len) pending_event(cn, choice_chunk(cn, text, NULL, false));
+        char *text = serve_request_poll(cn->req, 0, &len, &st);
+        if (len) pending_event(cn, choice_chunk(cn, text, len, NULL, false));
         free(text);
-        if (st.finish == SERVE_RUNNING) continue;
+        if (st.finish == SERVE_RUNNING) {
+            if (len) continue;
+            int w = conn_wait(cn);
+            if (w > 0) return 0;  // MHD asks again once resumed
+            if (w < 0) {
+                serve_request_cancel(cn->req);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            continue;
+        }
         if (st.finish == SERVE_FINISH_CANCELLED && !st.status) return MHD_CONTENT_READER_END_WITH_ERROR;
         if (st.finish == SERVE_FINISH_LENGTH || st.finish == SERVE_FINISH_EOS || st.finish == SERVE_FINISH_STOP) {
-            pending_event(cn, choice_chunk(cn, cn->kind == KIND_CHAT ? NULL : "", finish_reason(st.finish), false));
+            pending_event(cn, choice_chunk(cn, cn->kind == KIND_CHAT ? NULL : "", 0, finish_reason(st.finish), false));
             if (cn->include_usage) {
                 cJSON *j = chunk_head(cn);
                 cJSON_AddArrayToObject(j, "choices");
@@ -480,108 +711,124 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     }
 }
 
-static enum MHD_Result run_generation(Conn *cn, Kind kind, const char *method, const char *url) {
+// Hands cn's generation (cn->q) to the scheduler with the adapter set acquired (NULL: the base);
+// a failure goes to cn->fail_*. On the connection's thread for the base, on a job's for an adapter.
+static void start_generation(Conn *cn, AdapterSet *set, PoolEntry *entry) {
     HttpServer *h = cn->h;
-    Err e = {0};
-    Params q = {0};
-    cJSON *j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-    if (!j || !cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        return send_error(cn, 400, "the body is not a JSON object", NULL, method, url);
-    }
-    int rc = kind == KIND_CHAT ? parse_chat(h, j, &q, &e) : parse_completion(h, j, &q, &e);
+    ServeRequest *r = serve_request_new(cn->q.prompt, cn->q.plen, &cn->q.p, set, h->ctx.pool, entry, h->ctx.o->timeout_s);
+    params_free(&cn->q);
+    serve_request_on_change(r, conn_news, cn);
+    int status = 503, rc = atomic_load(&h->stopping) ? peft_fail("the server is shutting down") : scheduler_submit(h->ctx.sched, r, &status);
     if (rc) {
-        params_free(&q);
-        cJSON_Delete(j);
-        return send_error(cn, e.status, e.msg, e.param, method, url);
-    }
-    snprintf(cn->model, sizeof cn->model, "%s", q.model);
-    cJSON_Delete(j);  // q.model is not used after this
-    AdapterSet *set = NULL;
-    PoolEntry *entry = NULL;
-    int status = 0;
-    if (strcmp(cn->model, "base")) {
-        // When every adapter slot is held by running requests, wait (within the request's
-        // timeout) for one to be released rather than fail.
-        double t = h->ctx.o->timeout_s;
-        entry = adapter_pool_acquire(h->ctx.pool, cn->model, &set, &status, t > 0 ? t - (now_seconds() - cn->t0) : 1e9);
-        if (!entry) {
-            params_free(&q);
-            return send_error(cn, status, peft_last_error(), status == 404 ? "model" : NULL, method, url);
-        }
-    }
-    ServeRequest *r = serve_request_new(q.prompt, q.plen, &q.p, set, h->ctx.pool, entry, h->ctx.o->timeout_s);
-    bool stream = q.stream;
-    cn->include_usage = q.include_usage;
-    params_free(&q);
-    if (atomic_load(&h->stopping)) {
+        job_fail(cn, status, peft_last_error(), status == 400 ? "prompt" : NULL);
+        serve_request_on_change(r, NULL, NULL);
         serve_request_unref(r);
-        return send_error(cn, 503, "the server is shutting down", NULL, method, url);
-    }
-    if (scheduler_submit(h->ctx.sched, r, &status)) {
-        serve_request_unref(r);
-        return send_error(cn, status, peft_last_error(), status == 400 ? "prompt" : NULL, method, url);
+        return;
     }
     cn->req = r;
     atomic_fetch_add(&h->live, 1);
-    cn->kind = kind;
     cn->created = (long)time(NULL);
-    snprintf(cn->id, sizeof cn->id, "%s-%ld", kind == KIND_CHAT ? "chatcmpl" : "cmpl", atomic_fetch_add(&h->next_id, 1));
-    if (stream) {
-        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, cn, NULL);
-        if (!resp) return MHD_NO;
-        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
-        MHD_add_response_header(resp, "Cache-Control", "no-cache");
-        enum MHD_Result ok = MHD_queue_response(cn->c, 200, resp);
-        MHD_destroy_response(resp);
-        access_log(cn, method, url, 200);
-        return ok;
+    snprintf(cn->id, sizeof cn->id, "%s-%ld", cn->kind == KIND_CHAT ? "chatcmpl" : "cmpl", atomic_fetch_add(&h->next_id, 1));
+}
+
+// The job of a generation for an adapter: acquire its set, waiting (within the request's timeout)
+// for a slot when every one is held by running requests, then start.
+static void *acquire_job(void *arg) {
+    Conn *cn = arg;
+    HttpServer *h = cn->h;
+    double t = h->ctx.o->timeout_s;
+    AdapterSet *set = NULL;
+    int status = 0;
+    PoolEntry *entry = adapter_pool_acquire(h->ctx.pool, cn->model, &set, &status, t > 0 ? t - (now_seconds() - cn->t0) : 1e9);
+    if (entry) start_generation(cn, set, entry);
+    else if (status != 500) job_fail(cn, status, peft_last_error(), status == 404 ? "model" : NULL);
+    else {
+        fprintf(stderr, "peft serve: %s\n", peft_last_error());  // names server files: the log's, not the client's
+        char msg[200];
+        snprintf(msg, sizeof msg, "adapter \"%s\" no longer loads (the server's log says why)", cn->model);
+        job_fail(cn, 500, msg, NULL);
     }
-    // Not streamed: wait for the whole text (watching for the client going away).
-    char *all = xstrdup("");
-    size_t all_len = 0;
+    job_end(cn);
+    return NULL;
+}
+
+// The whole text of a generation that is not streamed (the connection waits between its pieces).
+static enum MHD_Result answer_text(Conn *cn, const char *method, const char *url) {
     ServeStatus st;
     for (;;) {
         size_t len;
-        char *text = serve_request_poll(r, 0.05, &len, &st);
-        if (len) {
-            all = xrealloc(all, all_len + len + 1);
-            memcpy(all + all_len, text, len + 1);
-            all_len += len;
-        }
+        char *text = serve_request_poll(cn->req, 0, &len, &st);
+        bytes_append(&cn->text, &cn->text_len, &cn->text_cap, text, len);
         free(text);
         if (st.finish != SERVE_RUNNING) break;
-        if (client_gone(cn->c)) serve_request_cancel(r);
+        if (cn->gone) serve_request_cancel(cn->req);
+        int w = conn_wait(cn);
+        if (w > 0) return MHD_YES;
+        if (w < 0) {
+            serve_request_cancel(cn->req);
+            return send_error(cn, 503, "the server is shutting down", NULL, method, url);
+        }
     }
     if (st.finish == SERVE_FINISH_CANCELLED && !st.status) {
-        free(all);
         access_log(cn, method, url, 499);
         return MHD_NO;  // nobody to answer
     }
-    if (st.finish != SERVE_FINISH_LENGTH && st.finish != SERVE_FINISH_EOS && st.finish != SERVE_FINISH_STOP) {
-        free(all);
+    if (st.finish != SERVE_FINISH_LENGTH && st.finish != SERVE_FINISH_EOS && st.finish != SERVE_FINISH_STOP)
         return send_error(cn, st.status ? st.status : 500, st.error[0] ? st.error : "the request failed", NULL, method, url);
-    }
     cJSON *out = cJSON_CreateObject();
     cJSON_AddStringToObject(out, "id", cn->id);
-    cJSON_AddStringToObject(out, "object", kind == KIND_CHAT ? "chat.completion" : "text_completion");
+    cJSON_AddStringToObject(out, "object", cn->kind == KIND_CHAT ? "chat.completion" : "text_completion");
     cJSON_AddNumberToObject(out, "created", (double)cn->created);
     cJSON_AddStringToObject(out, "model", cn->model);
     cJSON *choices = cJSON_AddArrayToObject(out, "choices"), *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
-    if (kind == KIND_CHAT) {
+    const char *text = cn->text ? cn->text : "";
+    if (cn->kind == KIND_CHAT) {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddStringToObject(msg, "content", all);
+        cJSON_AddItemToObject(msg, "content", json_bytes_item(text, cn->text_len));
     } else {
-        cJSON_AddStringToObject(c, "text", all);
+        cJSON_AddItemToObject(c, "text", json_bytes_item(text, cn->text_len));
         cJSON_AddNullToObject(c, "logprobs");
     }
     cJSON_AddStringToObject(c, "finish_reason", finish_reason(st.finish));
     cJSON_AddItemToArray(choices, c);
     cJSON_AddItemToObject(out, "usage", usage_json(&st));
-    free(all);
     return send_json(cn, 200, out, method, url);
+}
+
+// A generation once it may have started: its error, its event stream, or its text.
+static enum MHD_Result generation_step(Conn *cn, const char *method, const char *url) {
+    if (awaits_job(cn)) return MHD_YES;
+    if (cn->fail_status) return send_error(cn, cn->fail_status, cn->fail_msg, cn->fail_param, method, url);
+    if (!cn->stream) return answer_text(cn, method, url);
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, cn, NULL);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    enum MHD_Result ok = MHD_queue_response(cn->c, 200, resp);
+    MHD_destroy_response(resp);
+    access_log(cn, method, url, 200);
+    return ok;
+}
+
+static enum MHD_Result run_generation(Conn *cn, Kind kind, const char *method, const char *url) {
+    HttpServer *h = cn->h;
+    Err e = {0};
+    cJSON *j = NULL;
+    if (parse_generation(h, kind, cn->body, cn->len, &j, &cn->q, &e)) {
+        cJSON_Delete(j);
+        return send_error(cn, e.status, e.msg, e.param[0] ? e.param : NULL, method, url);
+    }
+    snprintf(cn->model, sizeof cn->model, "%s", cn->q.model);
+    cJSON_Delete(j);  // q.model is not used after this
+    cn->kind = kind;
+    cn->stream = cn->q.stream;
+    cn->include_usage = cn->q.include_usage;
+    if (strcmp(cn->model, "base")) return run_job(cn, acquire_job, generation_step, method, url);
+    start_generation(cn, NULL, NULL);
+    cn->step = generation_step;
+    return generation_step(cn, method, url);
 }
 
 // ---- models and adapters ----
@@ -592,7 +839,6 @@ static cJSON *base_json(HttpServer *h) {
     cJSON_AddStringToObject(o, "object", "model");
     cJSON_AddNumberToObject(o, "created", 0);
     cJSON_AddStringToObject(o, "owned_by", "peft");
-    cJSON_AddStringToObject(o, "path", h->ctx.model_dir);
     return o;
 }
 
@@ -615,37 +861,71 @@ static cJSON *find_model(HttpServer *h, const char *name) {
     return found;
 }
 
-static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url) {
+// The folder POST /v1/adapters loads: path, else --adapters/NAME (malloc'd). Unless the operator
+// allows any path, it must resolve (symlinks and ".." followed) to a folder inside --adapters, and
+// it is loaded by its resolved name. NULL when refused, whatever the reason: the answer must not
+// tell a client which folders exist outside.
+static char *adapter_folder(HttpServer *h, const char *name, const char *path) {
+    const ServeOptions *o = h->ctx.o;
+    if (o->allow_any_adapter_path && path) return xstrdup(path);
+    if (!o->adapters_dir) return NULL;
+    char *want = path ? xstrdup(path) : path_join(o->adapters_dir, name);
+    if (o->allow_any_adapter_path) return want;
+    char *real = realpath(want, NULL);
+    free(want);
+    size_t n = strlen(h->adapters_root);
+    if (real && !strncmp(real, h->adapters_root, n) && real[n] == '/' && real[n + 1] && dir_exists(real)) return real;
+    free(real);
+    return NULL;
+}
+
+// The job of POST /v1/adapters: the folder resolved and loaded (both may be slow).
+static void *add_job(void *arg) {
+    Conn *cn = arg;
     HttpServer *h = cn->h;
-    cJSON *j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-    if (!j || !cJSON_IsObject(j)) { cJSON_Delete(j); return send_error(cn, 400, "the body is not a JSON object", NULL, method, url); }
+    char *dir = adapter_folder(h, cn->job_name, cn->job_path);
+    int status;
+    if (!dir)
+        job_fail(cn, 400, h->adapters_root ? "path must name an adapter folder inside the server's adapters folder"
+                          : h->ctx.o->allow_any_adapter_path ? "path is required (the server has no --adapters folder)"
+                                                             : "this server loads adapters only from its --adapters folder, and it has none", "path");
+    else if (adapter_pool_add(h->ctx.pool, cn->job_name, dir, &status))
+        job_fail(cn, status, peft_last_error(), status == 409 || status == 400 ? "name" : NULL);
+    else if (!(cn->job_json = find_model(h, cn->job_name))) job_fail(cn, 409, "the adapter was removed while it loaded", NULL);
+    free(dir);
+    job_end(cn);
+    return NULL;
+}
+
+static enum MHD_Result add_step(Conn *cn, const char *method, const char *url) {
+    if (awaits_job(cn)) return MHD_YES;
+    if (cn->fail_status) return send_error(cn, cn->fail_status, cn->fail_msg, cn->fail_param, method, url);
+    cJSON *m = cn->job_json;
+    cn->job_json = NULL;
+    return send_json(cn, 201, m, method, url);
+}
+
+static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url) {
+    Err e;
+    cJSON *j;
+    if (body_object(cn->body, cn->len, NULL, &j, &e)) {
+        cJSON_Delete(j);
+        return send_error(cn, e.status, e.msg, e.param[0] ? e.param : NULL, method, url);
+    }
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name"), *path = cJSON_GetObjectItemCaseSensitive(j, "path");
     if (!cJSON_IsString(name)) { cJSON_Delete(j); return send_error(cn, 400, "name (a string) is required", "name", method, url); }
     if (path && !cJSON_IsNull(path) && !cJSON_IsString(path)) { cJSON_Delete(j); return send_error(cn, 400, "path must be a string", "path", method, url); }
-    if (!cJSON_IsString(path) && !h->ctx.o->adapters_dir) {
-        cJSON_Delete(j);
-        return send_error(cn, 400, "path is required (the server has no --adapters folder)", "path", method, url);
-    }
-    char *dir = cJSON_IsString(path) ? xstrdup(path->valuestring) : path_join(h->ctx.o->adapters_dir, name->valuestring);
-    int status;
-    int rc = adapter_pool_add(h->ctx.pool, name->valuestring, dir, &status);
-    free(dir);
-    if (rc) {
-        enum MHD_Result ok = send_error(cn, status, peft_last_error(), status == 409 || status == 400 ? "name" : NULL, method, url);
-        cJSON_Delete(j);
-        return ok;
-    }
-    cJSON *m = find_model(h, name->valuestring);
+    cn->job_name = xstrdup(name->valuestring);
+    cn->job_path = cJSON_IsString(path) ? xstrdup(path->valuestring) : NULL;
     cJSON_Delete(j);
-    if (!m) return send_error(cn, 409, "the adapter was removed while it loaded", NULL, method, url);
-    return send_json(cn, 201, m, method, url);
+    return run_job(cn, add_job, add_step, method, url);
 }
 
 static enum MHD_Result remove_adapter(Conn *cn, const char *name, const char *method, const char *url) {
     cJSON *j = NULL;
     if (!name || !name[0]) {  // DELETE /v1/adapters with {"name": ...}
-        j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-        const cJSON *n = j ? cJSON_GetObjectItemCaseSensitive(j, "name") : NULL;
+        Err e;
+        const cJSON *n = body_object(cn->body, cn->len, NULL, &j, &e) ? NULL : cJSON_GetObjectItemCaseSensitive(j, "name");
         if (!cJSON_IsString(n)) { cJSON_Delete(j); return send_error(cn, 400, "name the adapter: DELETE /v1/adapters/NAME", "name", method, url); }
         name = n->valuestring;
     }
@@ -689,9 +969,9 @@ static enum MHD_Result health(Conn *cn, const char *method, const char *url) {
 
 // ---- dispatch ----
 
-static bool key_ok(HttpServer *h, struct MHD_Connection *c) {
-    const char *key = h->ctx.o->api_key;
-    if (!key || !key[0]) return true;
+// Whether the request's "Authorization: Bearer KEY" names key (NULL: no key is set).
+static bool bearer_is(struct MHD_Connection *c, const char *key) {
+    if (!key) return false;
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (!auth || strncasecmp(auth, "Bearer ", 7)) return false;
     auth += 7;
@@ -702,12 +982,38 @@ static bool key_ok(HttpServer *h, struct MHD_Connection *c) {
     return diff == 0;
 }
 
+// Who may do what (docs/serve.md, Security). Every /v1 route: the API key or the admin key when
+// an API key is set, else anyone. Adapter management (manage) besides: the admin key when one is
+// set; nobody when only an API key is set (its holders must not change what others are served);
+// with no key at all, anyone while the server listens on loopback only. 0, else 401 / 403 and why.
+static int authorize(HttpServer *h, struct MHD_Connection *c, bool manage, const char **why) {
+    const ServeOptions *o = h->ctx.o;
+    bool user = bearer_is(c, o->api_key), admin = bearer_is(c, o->admin_key);
+    if (o->api_key && !user && !admin) {
+        *why = "a valid API key is required: Authorization: Bearer KEY";
+        return 401;
+    }
+    if (!manage || admin) return 0;
+    if (o->admin_key) {
+        *why = user ? "adapter management needs the admin key, not the API key" : "adapter management needs the admin key: Authorization: Bearer KEY";
+        return user ? 403 : 401;
+    }
+    if (o->api_key || !h->loopback) {
+        *why = o->api_key ? "adapter management is off: this server has an API key but no admin key"
+                          : "adapter management is off: this server can be reached from other machines and has no admin key";
+        return 403;
+    }
+    return 0;
+}
+
 static enum MHD_Result dispatch(Conn *cn, const char *url, const char *method) {
     HttpServer *h = cn->h;
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
     if (!strcmp(url, "/health")) return get ? health(cn, method, url) : send_error(cn, 405, "use GET /health", NULL, method, url);
     if (strncmp(url, "/v1/", 4)) return send_error(cn, 404, "no such route (see /v1/models, /v1/completions, /v1/chat/completions, /v1/adapters)", NULL, method, url);
-    if (!key_ok(h, cn->c)) return send_error(cn, 401, "a valid API key is required: Authorization: Bearer KEY", NULL, method, url);
+    const char *why;
+    int denied = authorize(h, cn->c, del || (post && !strcmp(url, "/v1/adapters")), &why);
+    if (denied) return send_error(cn, denied, why, NULL, method, url);
     if (cn->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "the body is larger than this server's limit of %zu bytes", h->ctx.o->max_body);
@@ -744,13 +1050,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn = xcalloc(1, sizeof *cn);
         cn->h = h;
         cn->c = c;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        cn->fd = ci ? ci->connect_fd : MHD_INVALID_SOCKET;
         cn->t0 = now_seconds();
         *con_cls = cn;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtod(cl, NULL) > (double)h->ctx.o->max_body) {
             // Refuse at once: MHD then skips the body and closes the connection.
             cn->too_large = true;
-            if (!strncmp(url, "/v1/", 4) && !key_ok(h, c)) return send_error(cn, 401, "a valid API key is required: Authorization: Bearer KEY", NULL, method, url);
+            const char *why;
+            if (!strncmp(url, "/v1/", 4) && authorize(h, c, false, &why)) return send_error(cn, 401, why, NULL, method, url);
             char msg[128];
             snprintf(msg, sizeof msg, "the body is larger than this server's limit of %zu bytes", h->ctx.o->max_body);
             return send_error(cn, 413, msg, NULL, method, url);
@@ -776,6 +1085,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn->body[cn->len] = 0;
         return MHD_YES;
     }
+    if (cn->step) return cn->step(cn, method, url);  // resumed
     if (atomic_load(&h->stopping)) return send_error(cn, 503, "the server is shutting down", NULL, method, url);
     return dispatch(cn, url, method);
 }
@@ -786,17 +1096,54 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     Conn *cn = *con_cls;
     if (!cn) return;
     if (cn->req) {
+        serve_request_on_change(cn->req, NULL, NULL);  // no news for cn from now on
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) serve_request_cancel(cn->req);  // the client went away
         serve_request_unref(cn->req);
         atomic_fetch_sub(&cn->h->live, 1);
     }
+    params_free(&cn->q);
+    cJSON_Delete(cn->job_json);
+    free(cn->job_name);
+    free(cn->job_path);
+    free(cn->text);
     free(cn->body);
     free(cn->pending);
     free(cn);
     *con_cls = NULL;
 }
 
+static void log_dropped(HttpServer *h) {
+    if (h->log_dropped) fprintf(stderr, "peft serve: (%ld more messages of the HTTP library since the last)\n", h->log_dropped);
+    h->log_dropped = 0;
+}
+
+// libmicrohttpd's error log, at most one line a second: under attack it would write one for every
+// connection turned away.
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    HttpServer *h = cls;
+    pthread_mutex_lock(&h->log_mu);
+    double now = now_seconds();
+    if (now - h->log_t >= 1) {
+        log_dropped(h);
+        fputs("peft serve: ", stderr);
+        vfprintf(stderr, fmt, ap);  // (its messages end with a newline)
+        h->log_t = now;
+    } else h->log_dropped++;
+    pthread_mutex_unlock(&h->log_mu);
+}
+
+static void server_free(HttpServer *h) {
+    if (h->has_chat) chat_template_free(&h->chat);
+    if (h->wake_fd >= 0) close(h->wake_fd);
+    pthread_mutex_destroy(&h->mu);
+    pthread_mutex_destroy(&h->log_mu);
+    pthread_cond_destroy(&h->jobs_cv);
+    free(h->adapters_root);
+    free(h);
+}
+
 HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
+    const ServeOptions *o = ctx->o;
     HttpServer *h = xcalloc(1, sizeof *h);
     h->ctx = *ctx;
     atomic_init(&h->next_id, 1);
@@ -804,31 +1151,57 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
     atomic_init(&h->live, 0);
     h->listen_fd = MHD_INVALID_SOCKET;
     h->im_end = -1;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->log_mu, NULL);
+    pthread_cond_init(&h->jobs_cv, NULL);
+    h->log_t = -1e9;
+    h->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct sockaddr_in addr = {0};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)o->port);
+    if (inet_pton(AF_INET, o->host, &addr.sin_addr) != 1) {
+        server_free(h);
+        peft_fail("--host %s is not an IPv4 address", o->host);
+        return NULL;
+    }
+    h->loopback = (ntohl(addr.sin_addr.s_addr) >> 24) == 127;
+    if (!h->loopback && !o->api_key)
+        fprintf(stderr, "peft serve: warning: listening on %s without an API key: anyone who can reach it may generate (set PEFT_API_KEY)\n", o->host);
+    if (o->adapters_dir) {
+        if (!(h->adapters_root = realpath(o->adapters_dir, NULL))) {
+            int e = errno;
+            server_free(h);
+            peft_fail("--adapters %s: cannot resolve: %s", o->adapters_dir, strerror(e));
+            return NULL;
+        }
+        if (!strcmp(h->adapters_root, "/")) h->adapters_root[0] = 0;  // so that root + "/" prefixes what is inside
+    }
     if (ctx->tok && !chat_template_load(&h->chat, ctx->model_dir)) {
         h->has_chat = true;
         h->im_end = tokenizer_token_id(ctx->tok, "<|im_end|>");
     } else snprintf(h->chat_error, sizeof h->chat_error, "%s", peft_last_error());
-    struct sockaddr_in addr = {0};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons((uint16_t)ctx->o->port);
-    if (inet_pton(AF_INET, ctx->o->host, &addr.sin_addr) != 1) {
-        free(h);
-        peft_fail("--host %s is not an IPv4 address", ctx->o->host);
+    if (h->wake_fd < 0 || pthread_create(&h->waker, NULL, waker_main, h)) {
+        server_free(h);
+        peft_fail("cannot start the server's waker thread");
         return NULL;
     }
-    unsigned limit = (unsigned)(ctx->o->max_requests + ctx->o->max_queue + 32);
-    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-                            on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                            MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
+    // Slow clients (slowloris): a connection that sends nothing for --idle-timeout seconds is
+    // closed, one address may hold --max-connections-per-ip, and all of them --max-connections;
+    // HTTP_THREADS threads serve them all (epoll), so that many idle connections cost no thread.
+    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+                            on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS, MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_connections_per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->idle_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
+                            MHD_OPTION_END);
     if (!h->d) {
-        if (h->has_chat) chat_template_free(&h->chat);
-        free(h);
-        peft_fail("cannot listen on %s:%d (in use, or not an address of this machine?)", ctx->o->host, ctx->o->port);
+        stop_waker(h);
+        server_free(h);
+        peft_fail("cannot listen on %s:%d (in use, or not an address of this machine?)", o->host, o->port);
         return NULL;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    *port_out = info ? info->port : ctx->o->port;
+    *port_out = info ? info->port : o->port;
     return h;
 }
 
@@ -841,14 +1214,19 @@ void http_server_begin_stop(HttpServer *h) {
 void http_server_stop(HttpServer *h) {
     if (!h) return;
     atomic_store(&h->stopping, true);
+    pthread_mutex_lock(&h->mu);
+    h->closing = true;  // no new jobs; the running ones end (the pool and the scheduler are stopping)
+    while (h->jobs > 0) pthread_cond_wait(&h->jobs_cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
     // The scheduler has ended every request: give their connections a moment to send their last
     // event (or error) before the sockets close.
     for (int i = 0; i < 200 && atomic_load(&h->live) > 0; i++) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+    stop_waker(h);  // MHD_stop_daemon wants no connection suspended
     MHD_stop_daemon(h->d);
     if (h->listen_fd != MHD_INVALID_SOCKET) close(h->listen_fd);
-    if (h->has_chat) chat_template_free(&h->chat);
-    free(h);
+    log_dropped(h);
+    server_free(h);
 }

@@ -50,6 +50,8 @@ struct ServeRequest {
     char *out;                    // text not yet taken by serve_request_poll
     size_t out_len, out_cap;
     ServeStatus st;
+    void (*on_change)(void *);    // told of new text and of the end
+    void *on_change_user;
     atomic_bool cancelled;
     int refs;
 };
@@ -106,6 +108,13 @@ void serve_request_unref(ServeRequest *r) {
 
 void serve_request_cancel(ServeRequest *r) { atomic_store(&r->cancelled, true); }
 
+void serve_request_on_change(ServeRequest *r, void (*fn)(void *user), void *user) {
+    pthread_mutex_lock(&r->mu);
+    r->on_change = fn;
+    r->on_change_user = user;
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void abs_time(struct timespec *ts, double wait_s) {
     clock_gettime(CLOCK_REALTIME, ts);
     double s = ts->tv_sec + ts->tv_nsec * 1e-9 + (wait_s > 0 ? wait_s : 0);
@@ -148,6 +157,7 @@ static void publish(ServeRequest *r, const char *piece, size_t n) {
     bytes_append(&r->out, &r->out_len, &r->out_cap, piece, n);
     r->st.n_gen = r->hist ? r->n_hist - r->plen : 0;
     pthread_cond_broadcast(&r->cv);
+    if (r->on_change) r->on_change(r->on_change_user);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -162,6 +172,7 @@ static void finish(ServeRequest *r, ServeFinish f, int status, const char *error
     r->st.status = status;
     if (error) snprintf(r->st.error, sizeof r->st.error, "%s", error);
     pthread_cond_broadcast(&r->cv);
+    if (r->on_change) r->on_change(r->on_change_user);
     pthread_mutex_unlock(&r->mu);
 }
 

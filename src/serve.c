@@ -28,13 +28,17 @@ void serve_options_default(ServeOptions *o) {
     o->max_queue = 64;
     o->timeout_s = 300;
     o->max_body = 1 << 20;
+    o->max_connections = 512;
+    o->max_connections_per_ip = 32;
+    o->idle_timeout = 15;
 }
 
 
 int serve_run(const ServeOptions *o) {
     if (o->max_requests < 1 || o->max_tokens < 1 || o->max_adapters < 1 || o->max_queue < 0 || o->timeout_s < 0 || o->port < 0 ||
-        o->port > 65535 || o->max_body < 64)
-        return peft_fail("serve: --max-requests, --max-tokens and --max-adapters must be >= 1, --max-queue and --timeout >= 0, --port 0..65535");
+        o->port > 65535 || o->max_body < 64 || o->max_connections < HTTP_THREADS || o->max_connections_per_ip < 0 || o->idle_timeout < 1)
+        return peft_fail("serve: --max-requests, --max-tokens, --max-adapters and --idle-timeout must be >= 1, --max-queue, --timeout and "
+                         "--max-connections-per-ip >= 0, --max-connections >= %d, --port 0..65535", HTTP_THREADS);
     // Every thread started from here on leaves SIGINT / SIGTERM to this one.
     sigset_t sigs;
     sigemptyset(&sigs);

@@ -30,7 +30,8 @@ void adapter_pool_free(AdapterPool *p);
 // Folders that fail are reported in *warnings (malloc'd text, NULL when none) and skipped.
 int adapter_pool_scan(AdapterPool *p, const char *dir, char **warnings);
 // Registers name -> path and loads it now. Errors: *status 400 (bad name, the folder does not
-// load or fit the model), 409 (name taken), 429 (every slot held by running requests).
+// load or fit the model), 409 (name taken, or removed while it loaded: then nothing of it stays),
+// 429 (every slot held by running requests).
 int adapter_pool_add(AdapterPool *p, const char *name, const char *path, int *status);
 // Unregisters name; its memory goes when the last request using it ends. *status 404 when unknown.
 int adapter_pool_remove(AdapterPool *p, const char *name, int *status);
@@ -42,7 +43,8 @@ void adapter_pool_release(AdapterPool *p, PoolEntry *e);
 // Ends every wait for room at once (503) and refuses later ones: the server is stopping.
 void adapter_pool_stop(AdapterPool *p);
 bool adapter_pool_has(AdapterPool *p, const char *name);
-// A cJSON array of {"id", "object": "model", "owned_by", "peft_type", "loaded", "in_use", "path"}.
+// A cJSON array of {"id", "object": "model", "owned_by", "peft_type", "loaded", "in_use"} (no paths: clients
+// need not know the server's folders).
 void *adapter_pool_list_json(AdapterPool *p);
 typedef struct { int registered, loaded, in_use; long loads, evictions; } PoolStats;
 void adapter_pool_stats(AdapterPool *p, PoolStats *s);
@@ -70,6 +72,10 @@ ServeRequest *serve_request_new(const int32_t *prompt, int plen, const GenParams
 void serve_request_unref(ServeRequest *r);
 // Asks the scheduler to drop the request at its next step (a client that went away).
 void serve_request_cancel(ServeRequest *r);
+// Calls fn(user) after each change of the request's text or state (on the scheduler's thread, with
+// the request's lock held: fn must not call into the request). fn NULL stops it: once this returns,
+// the previous fn is not running and will not run again.
+void serve_request_on_change(ServeRequest *r, void (*fn)(void *user), void *user);
 
 typedef struct {
     ServeFinish finish;      // SERVE_RUNNING until done
@@ -114,10 +120,15 @@ typedef struct {
     int max_adapters;        // 64 in memory at once
     int max_queue;           // 64 waiting
     double timeout_s;        // 300: a request's deadline (0 = none)
-    const char *api_key;     // NULL = none; else "Authorization: Bearer KEY" on every /v1 route
+    const char *api_key;     // NULL = none; else "Authorization: Bearer KEY" (this or admin_key) on every /v1 route
+    const char *admin_key;   // NULL = none; the key of adapter management (POST / DELETE /v1/adapters)
+    bool allow_any_adapter_path;  // POST /v1/adapters may name folders outside adapters_dir
     int threads;             // 0 = default
     int context;             // tokens per request (prompt + output); 0 = min(model positions, 2048)
     size_t max_body;         // 1 MiB
+    int max_connections;     // 512 open at once; more are closed as they come (>= HTTP_THREADS)
+    int max_connections_per_ip;  // 32 from one client address; 0 = no limit
+    int idle_timeout;        // 15: seconds a connection may send nothing (headers, body, between requests)
     bool quiet;              // no access log
     bool cuda;               // the model runs on the GPU (bf16, or fp32 with fp32)
     bool fp32;
@@ -129,7 +140,9 @@ void serve_options_default(ServeOptions *o);
 int serve_run(const ServeOptions *o);
 void serve_request_stop(void);
 
-// http_api.c: the HTTP layer over a loaded model, pool and scheduler.
+// http_api.c: the HTTP layer over a loaded model, pool and scheduler. HTTP_THREADS threads serve
+// every connection (epoll): a connection waiting for its generation holds no thread.
+enum { HTTP_THREADS = 4 };
 typedef struct HttpServer HttpServer;
 typedef struct {
     Model *m;

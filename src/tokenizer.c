@@ -304,7 +304,7 @@ static int put_byte_run(const Tokenizer *t, const int32_t *ids, int n, int i, To
     return i;
 }
 
-char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n) {
+char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, size_t *len) {
     TokBuf raw = {0}, out = {0};
     tok_buf_put(&raw, "", 0);
     for (int i = 0; i < n;) {
@@ -319,6 +319,7 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n) {
     tok_buf_put(&out, "", 0);
     tok_buf_put_lossy(&out, raw.data + skip, raw.len - skip);
     free(raw.data);
+    *len = out.len;
     return out.data;
 }
 

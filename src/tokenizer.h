@@ -31,9 +31,10 @@ void tokenizer_free(Tokenizer *tok);
 // when *n_ids is 0. Returns 0, or -1 with an error.
 int tokenizer_encode(const Tokenizer *tok, const char *text, size_t len, int32_t **ids, int *n_ids);
 
-// Decode ids to malloc'd, NUL-terminated, valid UTF-8 (invalid byte sequences become U+FFFD, as
-// HF does). Special tokens are included as their text; ids outside the vocabulary are skipped.
-char *tokenizer_decode(const Tokenizer *tok, const int32_t *ids, int n);
+// Decode ids to malloc'd valid UTF-8 (invalid byte sequences become U+FFFD, as HF does) of *len
+// bytes, NUL-terminated; the text itself may hold NUL bytes, so read it by *len. Special tokens are
+// included as their text; ids outside the vocabulary are skipped.
+char *tokenizer_decode(const Tokenizer *tok, const int32_t *ids, int n, size_t *len);
 
 // Streaming decode: the bytes token `id` adds to the text decoded so far. at_start is true for the
 // first token of a text (Llama-style decoders drop the leading space there). The bytes may be part

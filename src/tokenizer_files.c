@@ -1,7 +1,7 @@
 // tokenizer_files.c: finding and loading a model folder's tokenizer, GPT-2's vocab + merges files,
 // and checking a tokenizer against reference cases.
+#include "json_bytes.h"
 #include "tokenizer_internal.h"
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,11 +95,11 @@ Tokenizer *tokenizer_load(const char *dir) {
 
 // ---- reference cases ----
 
-// Compare one case; returns false with a description in msg.
-static bool check_case(const Tokenizer *t, const char *text, const cJSON *want, char *msg, size_t cap) {
+// Compare one case (text: len bytes); returns false with a description in msg.
+static bool check_case(const Tokenizer *t, const char *text, size_t len, const cJSON *want, char *msg, size_t cap) {
     int32_t *ids;
     int n;
-    if (tokenizer_encode(t, text, strlen(text), &ids, &n) < 0) { snprintf(msg, cap, "encode failed: %s", peft_last_error()); return false; }
+    if (tokenizer_encode(t, text, len, &ids, &n) < 0) { snprintf(msg, cap, "encode failed: %s", peft_last_error()); return false; }
     bool ok = n == cJSON_GetArraySize(want);
     int i = 0;
     for (; ok && i < n; i++) ok = cJSON_GetArrayItem(want, i)->valuedouble == ids[i];
@@ -109,8 +109,9 @@ static bool check_case(const Tokenizer *t, const char *text, const cJSON *want, 
         snprintf(msg, cap, "got %d ids, want %d; first difference at %d: got %d, want %g", n, cJSON_GetArraySize(want), at,
                  at < n ? (int)ids[at] : -1, w ? w->valuedouble : -1.0);
     }
-    char *back = ok ? tokenizer_decode(t, ids, n) : NULL;
-    if (back && strcmp(back, text) != 0) { snprintf(msg, cap, "decodes to \"%.80s\"", back); ok = false; }
+    size_t back_len;
+    char *back = ok ? tokenizer_decode(t, ids, n, &back_len) : NULL;
+    if (back && (back_len != len || memcmp(back, text, len))) { snprintf(msg, cap, "decodes to \"%.80s\"", back); ok = false; }
     free(back);
     free(ids);
     return ok;
@@ -126,11 +127,15 @@ static int check_lines(const Tokenizer *t, char *text, const char *path, int *n_
         if (strspn(line, " \t\r") == strlen(line)) continue;
         (*n_cases)++;
         char msg[512];
-        cJSON *c = cJSON_Parse(line);
+        cJSON *c = json_parse_bytes(line, strlen(line));
         const cJSON *txt = cJSON_GetObjectItemCaseSensitive(c, "text"), *ids = cJSON_GetObjectItemCaseSensitive(c, "ids");
         bool ok = cJSON_IsString(txt) && cJSON_IsArray(ids);
         if (!ok) snprintf(msg, sizeof msg, "not a {\"text\", \"ids\"} object");
-        else ok = check_case(t, txt->valuestring, ids, msg, sizeof msg);
+        else {
+            size_t len;
+            const char *s = json_bytes(txt, &len);
+            ok = check_case(t, s, len, ids, msg, sizeof msg);
+        }
         if (!ok && failures++ == 0 && cap)
             snprintf(first_failure, cap, "%s: line %d (\"%.60s\"): %s", path, line_no, cJSON_IsString(txt) ? txt->valuestring : "", msg);
         cJSON_Delete(c);

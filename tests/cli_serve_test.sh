@@ -94,7 +94,7 @@ start_server() {  # log-name args...: sets PORT (bounded wait for "listening on"
     PIDS+=($!)
     PORT=
     for i in $(seq 1 100); do
-        PORT=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$TMP/$name.out")
+        PORT=$(sed -n 's|^listening on http://[0-9.]*:\([0-9]*\)$|\1|p' "$TMP/$name.out")
         [ -n "$PORT" ] && return 0
         sleep 0.1
     done
@@ -216,37 +216,176 @@ got=$(body_of < "$TMP/good2" | sse_text | perl -0pe 's/\n+\+DONE$/+DONE/')
 check "a good streamed request during the bad ones completes" "$got" "$(printf '%s+DONE' "${WANT[bird.2]}" | perl -0pe 's/\n+\+DONE$/+DONE/')"
 check "the server is still healthy" "$(curl -s -m 10 $U/health | jget '"$j->{status} $j->{active}"')" "ok 0"
 
+# ---- NUL bytes are text: prompts keep them (serve, generate, tokenize), and so do outputs ----
+printf 'ab\0cd\n' > "$TMP/nul-prompt.txt"
+want=$("$PEFT" generate --model "$TMP/base" --adapter "$TMP/adapters/cat" --prompts "$TMP/nul-prompt.txt" --max-tokens 12 2>/dev/null | unescape)
+r=$(post $U/v1/completions '{"model": "cat", "prompt": "ab\u0000cd", "max_tokens": 12, "temperature": 0}' | body_of)
+check "a prompt with a NUL: every byte a token" "$(printf '%s' "$r" | jget '$j->{usage}{prompt_tokens}')" 5
+r2=$(post $U/v1/completions '{"model": "cat", "prompt": [97, 98, 0, 99, 100], "max_tokens": 12, "temperature": 0}' | body_of)
+check "... the same text as its token ids, and as peft generate --prompts" \
+    "$(printf '%s' "$r" | jget '$j->{choices}[0]{text}')|$(printf '%s' "$r2" | jget '$j->{choices}[0]{text}')" "$want|$want"
+check "peft tokenize - (stdin) keeps a NUL" "$(printf 'ab\0cd' | "$PEFT" tokenize --model "$TMP/base" -)" "97 98 0 99 100"
+check "peft tokenize --decode writes a NUL" "$("$PEFT" tokenize --model "$TMP/base" --decode "97 0 98" | perl -0777 -ne 'print unpack "H*", $_')" 6100620a
+expect_error "a NUL in a model name" 400 POST /v1/completions '{"model": "cat\u0000x", "prompt": "the "}'
+expect_error "a NUL in a chat message" 400 POST /v1/chat/completions '{"model": "cat", "messages": [{"role": "user", "content": "a\u0000b"}]}'
+expect_error "a NUL in a key" 400 POST /v1/completions '{"model": "cat", "prompt\u0000": "the "}'
+# A model that always says token 0, the NUL byte (its final norm outputs e_0; token 0's embedding is
+# 100 there): every NUL reaches the client, streamed or not, and peft generate's output.
+cp -r "$TMP/base" "$TMP/nul"
+perl -MJSON::PP -e 'open my $f, "+<:raw", $ARGV[0] or die; read $f, my $n8, 8; my $hl = unpack "Q<", $n8; read $f, my $h, $hl;
+    my $j = decode_json($h); my $d = $j->{"transformer.ln_f.weight"}{shape}[0];
+    sub put { my ($name, @v) = @_; seek $f, 8 + $hl + $j->{$name}{data_offsets}[0], 0; print $f pack "f<*", @v }
+    put("transformer.ln_f.weight", (0) x $d); put("transformer.ln_f.bias", 1, (0) x ($d - 1)); put("transformer.wte.weight", 100)' \
+    "$TMP/nul/model.safetensors"
+nuls() { perl -0777 -ne 's/\+DONE\n?$// or print "(no [DONE]) "; print length($_), ":", tr/\0//'; }
+check "peft generate writes generated NULs" "$("$PEFT" generate --model "$TMP/nul" --prompt a --max-tokens 6 2>/dev/null | perl -0777 -ne 'print length($_), ":", tr/\0//')" "7:6"
+if start_server sn --model "$TMP/nul" --threads 1; then
+    UN=http://127.0.0.1:$PORT
+    r=$(post $UN/v1/completions '{"prompt": "a", "max_tokens": 6, "temperature": 0}' | body_of)
+    check "generated NULs in the text (bytes:NULs tokens)" "$(printf '%s' "$r" | jget 'length($j->{choices}[0]{text}) . ":" . ($j->{choices}[0]{text} =~ tr/\0//) . " " . $j->{usage}{completion_tokens}')" "6:6 6"
+    r=$(post $UN/v1/chat/completions '{"messages": [{"role": "user", "content": "a"}], "max_tokens": 6, "temperature": 0}' | body_of)
+    check "... in a chat message's content" "$(printf '%s' "$r" | jget '($j->{choices}[0]{message}{content} =~ tr/\0//)')" 6
+    check "... streamed" "$(post $UN/v1/completions '{"prompt": "a", "max_tokens": 6, "temperature": 0, "stream": true}' -N | body_of | sse_text | nuls)" "6:6"
+else bad "NUL model server starts ($(head -c 300 "$TMP/sn.err"))"; fi
+
+# ---- slowloris: 500 connections from one address (127.0.0.2) that send a request line and then
+# trickle header lines, never ending them; /health and a greedy completion from another address
+# (127.0.0.1) must still answer within 2 s. With the defaults the per-address limit turns most of
+# them away; without it (--max-connections-per-ip 0) all 500 stay open and cost no thread each;
+# --idle-timeout closes connections that go quiet. ----
+slowloris() {  # label slow-interval-ms server-args...: sets SL (the attacker's last status line)
+    local label=$1 every=$2; shift 2
+    SL=
+    if ! start_server sl --model "$TMP/base" --threads 1 --quiet "$@"; then bad "$label: server starts ($(head -c 300 "$TMP/sl.err"))"; return; fi
+    local server=${PIDS[-1]}
+    node "$(dirname "$0")/slowloris.js" "$PORT" 500 127.0.0.2 "$every" > "$TMP/sl.out" 2>&1 &
+    local attacker=$!
+    PIDS+=($attacker)
+    sleep 2.5  # every connection tried, the accepted ones trickling
+    local U=http://127.0.0.1:$PORT t h c
+    h=$(curl -s -m 2 -w ' %{http_code} %{time_total}' $U/health)
+    c=$(curl -s -m 2 -o /dev/null -w '%{http_code} %{time_total}' -d '{"prompt": "the ", "max_tokens": 8, "temperature": 0}' $U/v1/completions)
+    SL=$(tail -n 1 "$TMP/sl.out")
+    if [ "$(jget '$j->{status}' <<<"${h% * *}")" = ok ] && [ "${c% *}" = 200 ]; then
+        ok "$label: /health and a greedy completion answer (${h##* } s, ${c#* } s; attacker: $SL)"
+    else bad "$label: /health [$h], completion [$c] within 2 s (attacker: $SL)"; fi
+    kill "$attacker" "$server" 2>/dev/null
+    wait "$attacker" "$server" 2>/dev/null
+}
+if command -v node >/dev/null; then
+    slowloris "slowloris, default limits" 1000
+    slowloris "slowloris, no per-address limit" 1000 --max-connections-per-ip 0
+    slowloris "slowloris, --idle-timeout 1" 3000 --max-connections-per-ip 0 --idle-timeout 1
+    [ "${SL#*open }" = 0 ] && ok "... every connection silent for 1 s was closed ($SL)" || bad "connections silent for 1 s still open ($SL)"
+else
+    echo "*** SKIPPED: node not found: the slowloris test did not run ***"
+fi
+
 # ---- server 2: a larger model (generations take seconds): API key, timeout, disconnect ----
 "$PEFT" init --arch gpt2 --layers 8 --hidden 512 --heads 8 --context 1024 --seed 2 --out "$TMP/big" >/dev/null
 if start_server s2 --model "$TMP/big" --max-requests 4 --max-tokens 1000 --timeout 1 --api-key sekret --threads 1; then
     ok "second server starts ($PORT)"
+    S2=${PIDS[-1]}
+    tr '\0' ' ' < "/proc/$S2/cmdline" > "$TMP/s2.cmdline"
     U=http://127.0.0.1:$PORT
     K=(-H 'Authorization: Bearer sekret')
     expect_error "no API key" 401 POST /v1/completions '{"prompt": "hi", "max_tokens": 2}'
     expect_error "a wrong API key" 401 POST /v1/completions '{"prompt": "hi", "max_tokens": 2}' -H 'Authorization: Bearer guess'
     check "the API key admits" "$(post $U/v1/completions '{"prompt": "hi", "max_tokens": 2}' "${K[@]}" | status_of)" 200
     check "/health needs no key" "$(curl -s -m 10 $U/health | jget '$j->{status}')" ok
+    expect_error "an API key but no admin key: no adapter management" 403 POST /v1/adapters "{\"name\": \"cat\", \"path\": \"$TMP/adapters/cat\"}" "${K[@]}"
     # 1000 tokens of a 25M-parameter model (100 MB read per token) take well over the 1 s timeout: 408.
     expect_error "request timeout" 408 POST /v1/completions '{"prompt": "hi", "max_tokens": 1000, "ignore_eos": true}' "${K[@]}"
-    # A streaming client that goes away after 0.3 s: its request is cancelled (not timed out).
-    before=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out}"')
-    curl -s -N -m 0.3 -H 'Content-Type: application/json' "${K[@]}" -d '{"prompt": "hi", "max_tokens": 1000, "stream": true, "ignore_eos": true}' $U/v1/completions > "$TMP/cut" 2>/dev/null
-    got_some=$(grep -c '^data: {' "$TMP/cut")
-    after=""
-    for i in $(seq 1 20); do
-        after=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out} $j->{active}"')
-        [ "${after% *}" != "$before" ] && [ "${after##* }" = 0 ] && break
-        sleep 0.05
-    done
-    read -r c0 t0 <<<"$before"; read -r c1 t1 a1 <<<"$after"
-    if [ "$c1" = $((c0 + 1)) ] && [ "$t1" = "$t0" ] && [ "$a1" = 0 ]; then ok "a client gone mid-stream ($got_some chunks) cancels its request"
-    else bad "a client gone mid-stream cancels its request (before $before, after $after, $got_some chunks)"; fi
+    # A client that goes away after 0.3 s, streaming or waiting for the whole text: its request is
+    # cancelled (not timed out).
+    gone_client() {  # label stream
+        local before after c0 t0 c1 t1 a1
+        before=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out}"')
+        curl -s -N -m 0.3 -H 'Content-Type: application/json' "${K[@]}" -d "{\"prompt\": \"hi\", \"max_tokens\": 1000, \"stream\": $2, \"ignore_eos\": true}" \
+            $U/v1/completions > "$TMP/cut" 2>/dev/null
+        for i in $(seq 1 20); do
+            after=$(curl -s -m 10 $U/health | jget '"$j->{cancelled} $j->{timed_out} $j->{active}"')
+            [ "${after% *}" != "$before" ] && [ "${after##* }" = 0 ] && break
+            sleep 0.05
+        done
+        read -r c0 t0 <<<"$before"; read -r c1 t1 a1 <<<"$after"
+        if [ "$c1" = $((c0 + 1)) ] && [ "$t1" = "$t0" ] && [ "$a1" = 0 ]; then ok "$1 cancels its request ($(grep -c '^data: {' "$TMP/cut") chunks)"
+        else bad "$1 cancels its request (before $before, after $after)"; fi
+    }
+    gone_client "a client gone mid-stream" true
+    gone_client "a client gone while waiting for the whole text" false
     check "after it, requests still complete" "$(post $U/v1/completions '{"prompt": "hi", "max_tokens": 3}' "${K[@]}" | status_of)" 200
+    # Stopping while requests run: each is answered (503; a stream its error event and [DONE]).
+    long='"prompt": "hi", "max_tokens": 1000, "ignore_eos": true'
+    post $U/v1/completions "{$long, \"stream\": true}" "${K[@]}" -N > "$TMP/stop.stream" &
+    post $U/v1/completions "{$long}" "${K[@]}" > "$TMP/stop.plain" &
+    sleep 0.3
+    kill "$S2"
+    wait "$S2" 2>/dev/null
+    wait $(jobs -p | grep -v -x -F "$(printf '%s\n' "${PIDS[@]}")") 2>/dev/null
+    grep -q 'shutting down' "$TMP/stop.stream" && grep -q '^data: \[DONE\]' "$TMP/stop.stream" && [ "$(status_of < "$TMP/stop.plain")" = 503 ] &&
+        grep -q "stopped in" "$TMP/s2.err" && ok "stopped with requests running: each answered 503, the server ended" ||
+        bad "stopped with requests running ($(tail -c 200 "$TMP/stop.stream") | $(tail -c 200 "$TMP/stop.plain") | $(tail -n 2 "$TMP/s2.err"))"
 else
     bad "second server starts ($(head -c 300 "$TMP/s2.err"))"
 fi
+# ---- servers 3-5: keys and adapter paths (docs/serve.md, Security) ----
+# Keys from the environment; adapter management needs the admin key (the API key gets 403); POST
+# /v1/adapters stays inside --adapters (resolved: no "..", no symlink out), and what it refuses
+# says nothing of what exists outside.
+mkdir -p "$TMP/root3" "$TMP/outside"
+cp -r "$TMP/adapters/cat" "$TMP/root3/cat"
+cp -r "$TMP/adapters/dog" "$TMP/outside/dog"
+if PEFT_API_KEY=user-key PEFT_ADMIN_KEY=admin-key start_server s3 --model "$TMP/base" --adapters "$TMP/root3" --threads 1; then
+    ok "third server starts ($PORT)"
+    U=http://127.0.0.1:$PORT
+    KU=(-H 'Authorization: Bearer user-key')
+    KA=(-H 'Authorization: Bearer admin-key')
+    ln -s "$TMP/outside/dog" "$TMP/root3/link"
+    check "the API key admits to inference" "$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 2}' "${KU[@]}" | status_of)" 200
+    check "so does the admin key" "$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 2}' "${KA[@]}" | status_of)" 200
+    expect_error "POST /v1/adapters with the API key" 403 POST /v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}" "${KU[@]}"
+    expect_error "POST /v1/adapters without a key" 401 POST /v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}"
+    expect_error "DELETE /v1/adapters with the API key" 403 DELETE /v1/adapters/cat '' "${KU[@]}"
+    check "POST /v1/adapters with the admin key" "$(post $U/v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}" "${KA[@]}" | status_of)" 201
+    : > "$TMP/refused.txt"
+    for p in "$TMP/outside/dog" "$TMP/outside/nothing" "$TMP/root3/../outside/dog" "$TMP/root3/link" /etc "$TMP/root3/nothing" "$TMP/root3" relative; do
+        r=$(post $U/v1/adapters "{\"name\": \"x\", \"path\": \"$p\"}" "${KA[@]}")
+        echo "$(status_of <<<"$r") $(body_of <<<"$r" | jget '$j->{error}{message}')" >> "$TMP/refused.txt"
+    done
+    first=$(head -1 "$TMP/refused.txt")
+    if [ "$(sort -u "$TMP/refused.txt" | wc -l)" = 1 ] && [ "${first%% *}" = 400 ] && ! grep -q "$TMP" "$TMP/refused.txt"; then
+        ok "paths outside --adapters (existing or not, .., a symlink out): one 400 for all ($first)"
+    else bad "paths outside --adapters get one answer ($(tr '\n' '|' < "$TMP/refused.txt"))"; fi
+    check "a name alone stays inside too (a symlink out)" "$(post $U/v1/adapters '{"name": "link"}' "${KA[@]}" | status_of)" 400
+    check "DELETE /v1/adapters with the admin key" "$(curl -s -m 10 -w '\n%{http_code}' -X DELETE "${KA[@]}" $U/v1/adapters/c2 | status_of)" 200
+    models=$(curl -s -m 10 "${KU[@]}" $U/v1/models)
+    case "$models" in *"$TMP"*|*'"path"'*) bad "/v1/models shows no server paths ($models)" ;; *) ok "/v1/models shows no server paths" ;; esac
+else
+    bad "third server starts ($(head -c 300 "$TMP/s3.err"))"
+fi
+# --allow-any-adapter-path: the operator's opt-out.
+if start_server s4 --model "$TMP/base" --allow-any-adapter-path --threads 1; then
+    r=$(post http://127.0.0.1:$PORT/v1/adapters "{\"name\": \"dog\", \"path\": \"$TMP/outside/dog\"}")
+    check "--allow-any-adapter-path: a folder anywhere" "$(status_of <<<"$r") $(body_of <<<"$r" | jget '$j->{id}')" "201 dog"
+else bad "fourth server starts ($(head -c 300 "$TMP/s4.err"))"; fi
+# No keys on an address other machines can reach: inference is open, adapter management is not.
+if start_server s5 --model "$TMP/base" --adapters "$TMP/root3" --host 0.0.0.0 --threads 1; then
+    U=http://127.0.0.1:$PORT
+    check "no keys, not loopback: inference open" "$(post $U/v1/completions '{"prompt": "the ", "max_tokens": 2}' | status_of)" 200
+    expect_error "no keys, not loopback: adapter management refused" 403 POST /v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}"
+    grep -q "warning.*0\.0\.0\.0.*PEFT_API_KEY" "$TMP/s5.err" && ok "a warning for no key on a reachable address" || bad "no warning for no key on 0.0.0.0 ($(head -c 300 "$TMP/s5.err"))"
+else bad "fifth server starts ($(head -c 300 "$TMP/s5.err"))"; fi
+# A key on the command line: a warning, and blanked in the process's arguments (ps).
+grep -q "warning.*--api-key.*PEFT_API_KEY" "$TMP/s2.err" && ok "--api-key on the command line: a warning" || bad "--api-key warning ($(head -c 300 "$TMP/s2.err"))"
+if [ -n "${S2:-}" ]; then
+    grep -q sekret "$TMP/s2.cmdline" && bad "the API key is visible in ps" || ok "the API key is blanked in ps"
+fi
+
 expect_usage=$("$PEFT" serve --model "$TMP/base" --device tpu 2>&1 >/dev/null; echo "rc=$?")
 case "$expect_usage" in *"cpu or cuda"*"rc=2") ok "--device tpu: a clear error" ;; *) bad "--device tpu ($expect_usage)" ;; esac
+expect_usage=$(PEFT_API_KEY=same PEFT_ADMIN_KEY=same "$PEFT" serve --model "$TMP/base" 2>&1 >/dev/null; echo "rc=$?")
+case "$expect_usage" in *"must differ"*"rc=2") ok "one key for both roles: refused" ;; *) bad "one key for both roles ($expect_usage)" ;; esac
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 grep -q "stopping" "$TMP/s1.err" && ok "the server stops on SIGTERM" || bad "the server stops on SIGTERM"

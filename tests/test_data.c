@@ -41,7 +41,8 @@ static char *loss_text(const Dataset *ds, const Tokenizer *tok, int i) {
     int n = 0;
     for (int k = 0; k < len; k++)
         if (ds->labels[ds->offset[i] + k] != -100) ids[n++] = ds->labels[ds->offset[i] + k];
-    char *s = tokenizer_decode(tok, ids, n);
+    size_t k;
+    char *s = tokenizer_decode(tok, ids, n, &k);
     free(ids);
     return s;
 }
@@ -49,7 +50,8 @@ static char *loss_text(const Dataset *ds, const Tokenizer *tok, int i) {
 static char *seq_text(const Dataset *ds, const Tokenizer *tok, int i) {
     int len;
     const int32_t *ids = seq_ids(ds, i, &len);
-    return tokenizer_decode(tok, ids, len);
+    size_t k;
+    return tokenizer_decode(tok, ids, len, &k);
 }
 
 #define CHECK_STR(got, want) CHECK_MSG(strcmp((got), (want)) == 0, "got \"%s\", want \"%s\"", (got), (want))
@@ -64,7 +66,8 @@ TEST(data_tiny_tokenizer_loads) {
     CHECK(tokenizer_encode(tok, "Hi there\n<|endoftext|>", 22, &ids, &n) == 0);
     CHECK(n == 10 && ids[0] == 'H' && ids[2] == ' ' && ids[8] == '\n' && ids[9] == 256);
     CHECK(tokenizer_eos(tok) == 256 && tokenizer_vocab_size(tok) == 257);
-    char *back = tokenizer_decode(tok, ids, n);
+    size_t k;
+    char *back = tokenizer_decode(tok, ids, n, &k);
     CHECK_STR(back, "Hi there\n<|endoftext|>");
     free(back);
     free(ids);

@@ -504,7 +504,7 @@ TEST(generate_stop_strings_and_streaming) {
     p.eos_id = GEN_EOS_NONE;
     GenResult full[2];
     Stream st[2] = {0};
-    CHECK(generate_text(m, tok, prompts, 2, &p, collect, st, full) == 0);
+    CHECK(generate_text(m, tok, prompts, NULL, 2, &p, collect, st, full) == 0);
     bool stream_ok = st[0].ends == 1 && st[1].ends == 1 && st[0].len == strlen(full[0].text) && !memcmp(st[0].text, full[0].text, st[0].len) &&
                      st[1].len == strlen(full[1].text) && !memcmp(st[1].text, full[1].text, st[1].len);
     // A stop string from the middle of the second output, at its first occurrence: the text
@@ -522,7 +522,7 @@ TEST(generate_stop_strings_and_streaming) {
     p.n_stop = 2;
     GenResult cut[2];
     Stream st2[2] = {0};
-    int rc = have_stop ? generate_text(m, tok, prompts, 2, &p, collect, st2, cut) : -1;
+    int rc = have_stop ? generate_text(m, tok, prompts, NULL, 2, &p, collect, st2, cut) : -1;
     bool cut_ok = rc == 0 && cut[1].finish == GEN_FINISH_STOP && strlen(cut[1].text) == at && !strncmp(cut[1].text, t1, at) &&
                   st2[1].len == at && !memcmp(st2[1].text, t1, at) && st2[1].ends == 1 &&
                   (strstr(full[0].text, stop) || (cut[0].finish == GEN_FINISH_LENGTH && !strcmp(cut[0].text, full[0].text)));
@@ -530,7 +530,7 @@ TEST(generate_stop_strings_and_streaming) {
     p.num_beams = 3;
     GenResult beam[2];
     Stream st3[2] = {0};
-    int rc2 = have_stop ? generate_text(m, tok, prompts, 2, &p, collect, st3, beam) : -1;
+    int rc2 = have_stop ? generate_text(m, tok, prompts, NULL, 2, &p, collect, st3, beam) : -1;
     bool beam_ok = rc2 == 0 && !strstr(beam[0].text, stop) && !strstr(beam[1].text, stop) && st3[0].ends == 1 &&
                    st3[0].len == strlen(beam[0].text);
     for (int i = 0; i < 2; i++) {

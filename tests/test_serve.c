@@ -8,11 +8,13 @@
 #include "../src/byte_tokenizer.h"
 #include "../src/config.h"
 #include "../src/generate.h"
+#include "../src/json_bytes.h"
 #include "../src/serve.h"
 #include "../src/util.h"
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void randomize_set(AdapterSet *set, uint64_t seed, float scale) {
@@ -316,7 +318,7 @@ static void scheduler_case(int *failed_, const char *json, const char *t1, const
         if (c->stop) { gp.stop = stops; gp.n_stop = 1; }
         GenResult res;
         const char *pr = c->prompt;
-        int rc = generate_text(m, tok, &pr, 1, &gp, NULL, NULL, &res);
+        int rc = generate_text(m, tok, &pr, NULL, 1, &gp, NULL, NULL, &res);
         adapters_free(m);
         if (rc || fin[i] == SERVE_RUNNING || fin[i] >= SERVE_FINISH_TIMEOUT || res.n_ids != n_ids[i] ||
             memcmp(res.ids, ids[i], sizeof(int32_t) * res.n_ids) || strcmp(res.text, texts[i])) {
@@ -483,5 +485,133 @@ TEST(serve_adapter_pool_lru) {
     adapter_pool_release(pool, v2);
     adapter_pool_free(pool);
     free(root);
+    model_free(m);
+}
+
+typedef struct { AdapterPool *pool; const char *name, *path; int rc, status; } AddLater;
+static void *add_in_thread(void *arg) {
+    AddLater *a = arg;
+    a->rc = adapter_pool_add(a->pool, a->name, a->path, &a->status);
+    return NULL;
+}
+
+// An adapter DELETEd while its POST still loads it (the interleaving made certain by a FIFO for its
+// adapter_config.json: the load blocks on it until the test writes the file): the entry is freed,
+// the POST fails with 409, and the slot is free again (it used to stay held: 429 forever after).
+TEST(serve_adapter_pool_remove_while_loading) {
+    const char *dir;
+    Model *m = byte_model(&dir, 24);
+    CHECK(m);
+    char *root = path_join(dir, "adapters");
+    char *a = save_random_adapter(m, root, "a", PEFT_LORA, 4, "c_attn", 0, 30);
+    char *slow = save_random_adapter(m, root, "slow", PEFT_LORA, 4, "c_attn", 0, 31);
+    CHECK_MSG(a && slow, "%s", peft_last_error());
+    char *cfg = path_join(slow, "adapter_config.json");
+    size_t cfg_len;
+    char *cfg_text = read_file(cfg, &cfg_len);
+    CHECK(cfg_text && unlink(cfg) == 0 && mkfifo(cfg, 0600) == 0);
+    AdapterPool *pool = adapter_pool_new(m, 1);
+    AddLater add = {pool, "slow", slow, 0, 0};
+    pthread_t th;
+    pthread_create(&th, NULL, add_in_thread, &add);
+    for (int i = 0; i < 2000 && !adapter_pool_has(pool, "slow"); i++) usleep(1000);  // registered: its load has begun
+    int status = 0;
+    CHECK(adapter_pool_remove(pool, "slow", &status) == 0);
+    FILE *f = fopen(cfg, "wb");  // lets the load go on
+    CHECK(f && fwrite(cfg_text, 1, cfg_len, f) == cfg_len && fclose(f) == 0);
+    pthread_join(th, NULL);
+    CHECK_MSG(add.rc != 0 && add.status == 409, "rc %d status %d", add.rc, add.status);
+    PoolStats ps;
+    adapter_pool_stats(pool, &ps);
+    CHECK_MSG(ps.registered == 0 && ps.loaded == 0, "registered %d loaded %d", ps.registered, ps.loaded);
+    // The one slot serves another adapter.
+    CHECK(adapter_pool_add(pool, "a", a, &status) == 0);
+    AdapterSet *set;
+    PoolEntry *e = adapter_pool_acquire(pool, "a", &set, &status, 0);
+    CHECK_MSG(e, "status %d: %s", status, peft_last_error());
+    adapter_pool_release(pool, e);
+    adapter_pool_free(pool);
+    free(cfg_text);
+    free(cfg);
+    free(a);
+    free(slow);
+    free(root);
+    model_free(m);
+}
+
+// JSON strings with their lengths: "\u0000" counted (cJSON's strlen would stop there), escapes and
+// surrogate pairs worked out from the literal, raw bytes counted one each; a key with a NUL refused;
+// bytes written back as cJSON writes strings, NUL as \u0000.
+TEST(serve_json_bytes) {
+    const char text[] = "{\"prompt\": \"ab\\u0000cd\", \"k\\u00e9y\": [\"x\", \"\\ud83d\\ude00\", \"\\\"\\\\\\/\\b\\u00e9\\u20ac\", 7, {\"in\": \"\\u0000\"}], "
+                        "\"raw\": \"a\0b\"}";
+    cJSON *j = json_parse_bytes(text, sizeof text - 1);
+    CHECK_MSG(j, "%s", peft_last_error());
+    size_t n;
+    const char *s = json_bytes(cJSON_GetObjectItem(j, "prompt"), &n);
+    CHECK(n == 5 && !memcmp(s, "ab\0cd", 5));
+    const cJSON *list = cJSON_GetObjectItem(j, "k\xC3\xA9y");
+    CHECK(list);
+    size_t want[] = {1, 4, 4 + 2 + 3};
+    for (int i = 0; i < 3; i++) CHECK_MSG((json_bytes(cJSON_GetArrayItem(list, i), &n), n == want[i]), "item %d: %zu", i, n);
+    CHECK((json_bytes(cJSON_GetObjectItem(cJSON_GetArrayItem(list, 4), "in"), &n), n == 1));
+    CHECK((json_bytes(cJSON_GetObjectItem(j, "raw"), &n), n == 3));
+    cJSON_Delete(j);
+    CHECK(json_parse_bytes("{\"a\\u0000b\": 1}", 15) == NULL);
+    CHECK(json_parse_bytes("{\"a\": ", 6) == NULL);
+    // Written back: NUL as \u0000; without one, exactly as cJSON writes the string.
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "t", json_bytes_item("a\0b", 3));
+    char *out = cJSON_PrintUnformatted(o);
+    CHECK_MSG(!strcmp(out, "{\"t\":\"a\\u0000b\"}"), "%s", out);
+    free(out);
+    cJSON_Delete(o);
+    const char *plain = "q\"\\/\b\f\n\r\t\x01\x1f\x7f \xC3\xA9";
+    cJSON *a = cJSON_CreateString(plain), *b = json_bytes_item(plain, strlen(plain));
+    char *pa = cJSON_PrintUnformatted(a), *pb = cJSON_PrintUnformatted(b);
+    CHECK_MSG(!strcmp(pa, pb), "%s vs %s", pa, pb);
+    free(pa);
+    free(pb);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+// A model that always says token 0, the NUL byte (its final norm outputs e_0, and token 0's
+// embedding is 100 there): generate and the scheduler give every NUL byte of the text.
+TEST(serve_generated_nul_bytes) {
+    const char *dir;
+    Model *m = byte_model(&dir, 25);
+    CHECK(m);
+    for (int i = 0; i < m->cfg.n_embd; i++) m->norm_f_w->w[i] = 0, m->norm_f_b->w[i] = i == 0;
+    m->wte->w[0] = 100;
+    Tokenizer *tok = tokenizer_load(dir);
+    CHECK(tok);
+    GenParams gp;
+    gen_params_default(&gp);
+    gp.max_new_tokens = 6;
+    const char *prompt = "a";
+    GenResult res;
+    CHECK(generate_text(m, tok, &prompt, NULL, 1, &gp, NULL, NULL, &res) == 0);
+    CHECK_MSG(res.n_ids == 6 && res.text_len == 6 && !memcmp(res.text, "\0\0\0\0\0\0", 6), "%d ids, %zu bytes", res.n_ids, res.text_len);
+    gen_result_free(&res);
+    SchedulerOptions so = {.max_requests = 1, .max_len = 32, .max_queue = 1, .threads = 1};
+    Scheduler *s = scheduler_new(m, tok, &so);
+    int32_t ids[1] = {'a'};
+    ServeRequest *r = serve_request_new(ids, 1, &gp, NULL, NULL, NULL, 0);
+    int status;
+    CHECK(scheduler_submit(s, r, &status) == 0);
+    size_t total = 0, len;
+    ServeStatus st;
+    for (int i = 0; i < 2000; i++) {
+        char *t = serve_request_poll(r, 0.05, &len, &st);
+        for (size_t k = 0; k < len; k++) CHECK(t[k] == 0);
+        total += len;
+        free(t);
+        if (st.finish != SERVE_RUNNING) break;
+    }
+    CHECK_MSG(st.finish == SERVE_FINISH_LENGTH && st.n_gen == 6 && total == 6, "finish %d, %d tokens, %zu bytes", st.finish, st.n_gen, total);
+    serve_request_unref(r);
+    scheduler_free(s);
+    tokenizer_free(tok);
     model_free(m);
 }

@@ -1,6 +1,7 @@
 // test_tokenizer.c: GPT-2 reference cases, hand-built tokenizer.json files in the Llama-2,
 // legacy Metaspace, GPT-2 and Llama-3 styles (expected ids worked out by hand below), and errors.
 #include "test.h"
+#include "../src/byte_tokenizer.h"
 #include "../src/tokenizer.h"
 #include "../src/util.h"
 #include <pthread.h>
@@ -42,8 +43,9 @@ static bool encodes_to(const Tokenizer *t, const char *text, const int32_t *want
 #define ENCODES_TO(t, text, ...) encodes_to(t, text, (const int32_t[]){__VA_ARGS__}, sizeof((const int32_t[]){__VA_ARGS__}) / sizeof(int32_t))
 
 static bool decodes_to(const Tokenizer *t, const int32_t *ids, int n, const char *want) {
-    char *got = tokenizer_decode(t, ids, n);
-    bool same = strcmp(got, want) == 0;
+    size_t len;
+    char *got = tokenizer_decode(t, ids, n, &len);
+    bool same = len == strlen(want) && memcmp(got, want, len) == 0;
     if (!same) fprintf(stderr, "  decoded \"%s\", want \"%s\"\n", got, want);
     free(got);
     return same;
@@ -55,7 +57,8 @@ static bool round_trips(const Tokenizer *t, const char *text, size_t len) {
     int32_t *ids;
     int n;
     if (tokenizer_encode(t, text, len, &ids, &n) != 0) { fprintf(stderr, "  encode failed: %s\n", peft_last_error()); return false; }
-    char *back = tokenizer_decode(t, ids, n);
+    size_t back_len;
+    char *back = tokenizer_decode(t, ids, n, &back_len);
     char *streamed = xmalloc(len * 4 + 16);
     size_t at = 0;
     for (int i = 0; i < n; i++) {
@@ -64,9 +67,8 @@ static bool round_trips(const Tokenizer *t, const char *text, size_t len) {
         memcpy(streamed + at, p, k);
         at += k;
     }
-    streamed[at] = 0;
-    bool ok = strlen(back) == len && memcmp(back, text, len) == 0 && strcmp(streamed, back) == 0;
-    if (!ok) fprintf(stderr, "  round trip of \"%.60s\" (%zu bytes): decoded %zu bytes \"%.60s\", streamed \"%.60s\"\n", text, len, strlen(back), back, streamed);
+    bool ok = back_len == len && memcmp(back, text, len) == 0 && at == len && memcmp(streamed, back, len) == 0;
+    if (!ok) fprintf(stderr, "  round trip of \"%.60s\" (%zu bytes): decoded %zu bytes \"%.60s\", streamed %zu\n", text, len, back_len, back, at);
     free(streamed);
     free(back);
     free(ids);
@@ -155,7 +157,8 @@ TEST(tokenizer_gpt2_invalid_utf8) {
     int n;
     CHECK(tokenizer_encode(t, text, sizeof text - 1, &ids, &n) == 0);
     CHECK(n > 0);
-    char *back = tokenizer_decode(t, ids, n);
+    size_t back_len;
+    char *back = tokenizer_decode(t, ids, n, &back_len);
     CHECK_MSG(strcmp(back, "ab\xEF\xBF\xBD" "cd \xEF\xBF\xBD x\xEF\xBF\xBD") == 0, "%s", back);
     // The streamed bytes are the raw input bytes.
     size_t at = 0, k;
@@ -170,6 +173,27 @@ TEST(tokenizer_gpt2_invalid_utf8) {
     free(ids);
     // Decoding ids that are not in the vocabulary skips them.
     CHECK(DECODES_TO(t, "Hello world", 15496, -5, 99999999, 995));
+    tokenizer_free(t);
+}
+
+// A NUL byte is text like any other: "ab\0cd" is 5 bytes, 5 byte-level tokens, and decodes back to
+// 5 bytes (decode's length, not strlen, tells where the text ends).
+TEST(tokenizer_nul_bytes) {
+    const char *dir = test_tmpdir();
+    CHECK(byte_tokenizer_write(dir) == 0);
+    Tokenizer *t = tokenizer_load(dir);
+    CHECK_MSG(t, "%s", peft_last_error());
+    const char text[] = "ab\0cd";
+    int32_t *ids;
+    int n;
+    CHECK(tokenizer_encode(t, text, 5, &ids, &n) == 0);
+    CHECK(n == 5 && ids[2] == 0);
+    free(ids);
+    CHECK(round_trips(t, text, 5));
+    tokenizer_free(t);
+    if (!(t = gpt2_fixture())) return;
+    CHECK(round_trips(t, text, 5));
+    CHECK(round_trips(t, "\0\0 x\0", 5));
     tokenizer_free(t);
 }
 

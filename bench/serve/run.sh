@@ -44,8 +44,8 @@ for i in $(seq 1 100); do echo "the quick brown fox jumps over the lazy dog."; d
 "$PEFT" merge --model "$W/base" --adapter "$W/adapters/lora-000" --out "$W/merged-lora" >/dev/null
 "$PEFT" merge --model "$W/base" --adapter "$W/adapters/vera-000" --out "$W/merged-vera" >/dev/null
 
-serve() {  # model-dir: starts the server (all 200 adapters in memory), sets PORT
-    "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "$CLIENTS" --max-adapters 256 \
+serve() {  # model-dir: starts the server (all 200 adapters in memory), sets PORT; every client is one address here
+    "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "$CLIENTS" --max-adapters 256 --max-connections-per-ip 0 \
         --max-tokens "$TOKENS" --threads "$THREADS" --device "$DEVICE" --quiet > "$W/server.out" 2> "$W/server.err" &
     SERVER=$!
     PORT=
