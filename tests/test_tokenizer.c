@@ -191,7 +191,8 @@ TEST(tokenizer_nul_bytes) {
     free(ids);
     CHECK(round_trips(t, text, 5));
     tokenizer_free(t);
-    if (!(t = gpt2_fixture())) return;
+    if (!shared_fixtures_dir()) return;  // the byte-level part above ran; GPT-2's part needs its files
+    if (!(t = gpt2_fixture(failed_))) return;
     CHECK(round_trips(t, text, 5));
     CHECK(round_trips(t, "\0\0 x\0", 5));
     tokenizer_free(t);
