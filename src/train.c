@@ -8,6 +8,8 @@
 #include "tokenizer.h"
 #include "util.h"
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -489,14 +491,54 @@ static cJSON *checkpoint_state(const Trainer *t, int step) {
     return j;
 }
 
-static void remove_checkpoint_dir(const char *dir) {
+// What a checkpoint folder may hold: its two files, and the ".tmp.<pid>" file an atomic write of
+// either leaves when its process is killed.
+static bool is_checkpoint_file(const char *name) {
     const char *files[] = {CKPT_TENSORS, CKPT_STATE};
     for (int i = 0; i < 2; i++) {
-        char *p = path_join(dir, files[i]);
-        unlink(p);
+        size_t n = strlen(files[i]);
+        if (!strncmp(name, files[i], n) && (!name[n] || !strncmp(name + n, ".tmp.", 5))) return true;
+    }
+    return false;
+}
+
+// Removes a checkpoint folder (absent: nothing to do). A file peft does not write there is not
+// deleted but named in the error.
+static int remove_checkpoint_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : peft_fail("%s: cannot open: %s", dir, strerror(errno));
+    int rc = 0;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = path_join(dir, e->d_name);
+        if (!is_checkpoint_file(e->d_name)) rc = peft_fail("%s: not a checkpoint file: move it away (checkpoint folders are replaced at every save)", p);
+        else if (unlink(p)) rc = peft_fail("%s: cannot remove: %s", p, strerror(errno));
         free(p);
     }
-    rmdir(dir);
+    closedir(d);
+    if (!rc && rmdir(dir)) rc = peft_fail("%s: cannot remove: %s", dir, strerror(errno));
+    return rc;
+}
+
+// Whatever step of save_checkpoint a killed process stopped at, leaves checkpoint/ complete (its
+// state.json, written last, present) or absent, and no checkpoint.new/ or checkpoint.old/. Cut off
+// between its two renames, a save leaves the last complete checkpoint in checkpoint.old/: it goes
+// back into place.
+static int recover_checkpoints(const Trainer *t) {
+    char *tmp = xasprintf("%s.new", t->ckpt_dir), *old = xasprintf("%s.old", t->ckpt_dir);
+    char *state = path_join(t->ckpt_dir, CKPT_STATE), *old_state = path_join(old, CKPT_STATE);
+    int rc = remove_checkpoint_dir(tmp);
+    if (!rc && !file_exists(state) && file_exists(old_state)) {
+        rc = remove_checkpoint_dir(t->ckpt_dir);
+        if (!rc && rename(old, t->ckpt_dir)) rc = peft_fail("%s: cannot move the checkpoint back into place: %s", old, strerror(errno));
+    }
+    if (!rc) rc = remove_checkpoint_dir(old);
+    free(tmp);
+    free(old);
+    free(state);
+    free(old_state);
+    return rc;
 }
 
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
@@ -530,17 +572,15 @@ static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
     return rc;
 }
 
-// Written to checkpoint.new, then swapped in, so an interruption never leaves no valid checkpoint.
+// Written to checkpoint.new, then swapped in, so an interruption never leaves no valid checkpoint
+// (recover_checkpoints tidies up after one).
 static int save_checkpoint(Trainer *t, int step) {
     char *tmp = xasprintf("%s.new", t->ckpt_dir), *old = xasprintf("%s.old", t->ckpt_dir);
-    remove_checkpoint_dir(tmp);
-    int rc = write_checkpoint_files(t, tmp, step);
-    if (!rc) {
-        remove_checkpoint_dir(old);
-        if (dir_exists(t->ckpt_dir) && rename(t->ckpt_dir, old)) rc = peft_fail("%s: cannot replace the old checkpoint", t->ckpt_dir);
-        if (!rc && rename(tmp, t->ckpt_dir)) rc = peft_fail("%s: cannot rename the new checkpoint into place", tmp);
-        if (!rc) remove_checkpoint_dir(old);
-    }
+    int rc = recover_checkpoints(t);
+    if (!rc) rc = write_checkpoint_files(t, tmp, step);
+    if (!rc && dir_exists(t->ckpt_dir) && rename(t->ckpt_dir, old)) rc = peft_fail("%s: cannot replace the old checkpoint: %s", t->ckpt_dir, strerror(errno));
+    if (!rc && rename(tmp, t->ckpt_dir)) rc = peft_fail("%s: cannot rename the new checkpoint into place: %s", tmp, strerror(errno));
+    if (!rc) rc = remove_checkpoint_dir(old);
     if (!rc) message(t, "checkpoint saved at step %d: %s", step, t->ckpt_dir);
     free(tmp);
     free(old);
@@ -609,17 +649,14 @@ out:
     return rc;
 }
 
-// The latest complete checkpoint: checkpoint/, or checkpoint.old/ when a save was cut off
-// between its two renames.
+// The latest complete checkpoint, after tidying up what an interrupted save left.
 static int resume(Trainer *t, int *step) {
-    char *old = xasprintf("%s.old", t->ckpt_dir), *state = path_join(t->ckpt_dir, CKPT_STATE), *old_state = path_join(old, CKPT_STATE);
-    const char *dir = file_exists(state) ? t->ckpt_dir : file_exists(old_state) ? old : NULL;
+    if (recover_checkpoints(t)) return -1;
+    char *state = path_join(t->ckpt_dir, CKPT_STATE);
     int rc = -1;
-    if (!dir) peft_fail("%s: no checkpoint to resume from", t->ckpt_dir);
-    else if (!(rc = load_checkpoint_files(t, dir, step))) message(t, "resuming from %s at step %d of %d", dir, *step, t->total_steps);
-    free(old);
+    if (!file_exists(state)) peft_fail("%s: no checkpoint to resume from", t->ckpt_dir);
+    else if (!(rc = load_checkpoint_files(t, t->ckpt_dir, step))) message(t, "resuming from %s at step %d of %d", t->ckpt_dir, *step, t->total_steps);
     free(state);
-    free(old_state);
     return rc;
 }
 
