@@ -1,6 +1,7 @@
 #include "config.h"
 #include "util.h"
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +47,7 @@ static int parse_gpt2(ModelConfig *c, const cJSON *j, const char *path) {
         get_float(j, "layer_norm_epsilon", 1e-5f, &c->norm_eps, path) ||
         get_int(j, "bos_token_id", 50256, &c->bos_token_id, path) || get_int(j, "eos_token_id", 50256, &c->eos_token_id, path))
         return -1;
-    if (c->n_inner == 0) c->n_inner = 4 * c->n_embd;
+    if (c->n_inner == 0 && c->n_embd > 0 && c->n_embd <= INT_MAX / 4) c->n_inner = 4 * c->n_embd;  // else config_validate refuses n_embd
     c->n_kv_head = c->n_head;
     c->tie_word_embeddings = get_bool(j, "tie_word_embeddings", true);
     c->qkv_bias = c->o_bias = c->mlp_bias = true;
@@ -111,6 +112,40 @@ static int parse_llama(ModelConfig *c, const cJSON *j, const char *path) {
     return parse_rope(c, j, path);
 }
 
+// Far above any released model (about 100 layers, hidden sizes near 16K, vocabularies near 256K,
+// contexts of a few million), and low enough that every width model.c derives from them fits an
+// int and no config.json asks for an absurd allocation before a weight is read.
+enum { MAX_LAYERS = 1 << 16, MAX_WIDTH = 1 << 20, MAX_VOCAB = 1 << 24, MAX_POSITIONS = 1 << 24 };
+
+static int check_size(const char *path, const char *name, int64_t value, int64_t max) {
+    if (value <= 0) return peft_fail("%s: %s must be positive (got %lld)", path, name, (long long)value);
+    if (value > max) return peft_fail("%s: %s %lld is out of range (at most %lld)", path, name, (long long)value, (long long)max);
+    return 0;
+}
+
+int config_validate(ModelConfig *c, const char *path) {
+    bool gpt2 = c->arch == ARCH_GPT2;
+    if (check_size(path, gpt2 ? "n_layer" : "num_hidden_layers", c->n_layer, MAX_LAYERS) ||
+        check_size(path, gpt2 ? "n_embd" : "hidden_size", c->n_embd, MAX_WIDTH) ||
+        check_size(path, gpt2 ? "n_head" : "num_attention_heads", c->n_head, MAX_WIDTH) ||
+        check_size(path, gpt2 ? "n_inner" : "intermediate_size", c->n_inner, MAX_WIDTH) ||
+        check_size(path, "vocab_size", c->vocab_size, MAX_VOCAB) ||
+        check_size(path, gpt2 ? "n_positions" : "max_position_embeddings", c->n_positions, MAX_POSITIONS))
+        return -1;
+    if (c->head_dim == -1) {
+        if (c->n_embd % c->n_head) return peft_fail("%s: hidden size %d is not divisible by the number of heads %d", path, c->n_embd, c->n_head);
+        c->head_dim = c->n_embd / c->n_head;
+    }
+    if (c->head_dim <= 0 || c->head_dim % 2) return peft_fail("%s: head_dim %d must be positive and even", path, c->head_dim);
+    if (c->n_kv_head <= 0 || c->n_head % c->n_kv_head)
+        return peft_fail("%s: num_attention_heads %d is not divisible by num_key_value_heads %d", path, c->n_head, c->n_kv_head);
+    if ((int64_t)c->n_head * c->head_dim > MAX_WIDTH)
+        return peft_fail("%s: %d heads of head_dim %d are %lld wide (at most %d)", path, c->n_head, c->head_dim,
+                         (long long)c->n_head * c->head_dim, MAX_WIDTH);
+    if (!(c->norm_eps > 0) || !isfinite(c->norm_eps)) return peft_fail("%s: norm epsilon must be positive and finite", path);
+    return 0;
+}
+
 int config_parse(ModelConfig *c, const char *text, const char *path) {
     memset(c, 0, sizeof *c);
     c->head_dim = -1;
@@ -132,17 +167,7 @@ int config_parse(ModelConfig *c, const char *text, const char *path) {
     else rc = peft_fail("%s: model_type \"%s\" is not supported (gpt2, llama, mistral, qwen2 are)", path, mt->valuestring);
     if (rc) goto done;
 
-    if (c->n_embd <= 0 || c->n_head <= 0 || c->n_layer <= 0 || c->vocab_size <= 0 || c->n_inner <= 0 || c->n_positions <= 0)
-        { rc = peft_fail("%s: sizes must be positive (hidden %d, heads %d, layers %d, vocab %d, inner %d, positions %d)", path,
-                         c->n_embd, c->n_head, c->n_layer, c->vocab_size, c->n_inner, c->n_positions); goto done; }
-    if (c->head_dim == -1) {
-        if (c->n_embd % c->n_head) { rc = peft_fail("%s: hidden size %d is not divisible by the number of heads %d", path, c->n_embd, c->n_head); goto done; }
-        c->head_dim = c->n_embd / c->n_head;
-    }
-    if (c->head_dim <= 0 || c->head_dim % 2) { rc = peft_fail("%s: head_dim %d must be positive and even", path, c->head_dim); goto done; }
-    if (c->n_kv_head <= 0 || c->n_head % c->n_kv_head)
-        { rc = peft_fail("%s: num_attention_heads %d is not divisible by num_key_value_heads %d", path, c->n_head, c->n_kv_head); goto done; }
-    if (!(c->norm_eps > 0)) { rc = peft_fail("%s: norm epsilon must be positive", path); goto done; }
+    rc = config_validate(c, path);
 done:
     cJSON_Delete(j);
     return rc;

@@ -9,25 +9,7 @@ PEFT=${PEFT:-build/peft}
 FIX=${PEFT_FIXTURES:-../shared/fixtures/hf-peft}
 TMP=$(mktemp -d /tmp/peft-cli-train.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-passed=0 failed=0
-
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL $1"; }
-# check NAME CONDITION-COMMAND...: ok when the command succeeds.
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
-# run_ok NAME CMD...: exits 0 (stderr kept in $TMP/err).
-run_ok() {
-    local name=$1; shift
-    if "$@" >"$TMP/out" 2>"$TMP/err"; then ok "$name"; else bad "$name (exit $?: $(tail -c 400 "$TMP/err"))"; fi
-}
-# run_fails NAME STATUS PATTERN CMD...: that exit status, and stderr matches PATTERN.
-run_fails() {
-    local name=$1 want=$2 pattern=$3; shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    local rc=$?
-    if [ $rc -eq "$want" ] && grep -qE -- "$pattern" "$TMP/err"; then ok "$name"
-    else bad "$name (exit $rc, stderr: $(head -c 400 "$TMP/err"))"; fi
-}
+. "$(dirname "$0")/cli_lib.sh"
 has_files() { local d=$1; shift; for f in "$@"; do [ -s "$d/$f" ] || { echo "  missing $d/$f"; return 1; }; done; }
 count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
 

@@ -231,6 +231,54 @@ TEST(config_errors_name_the_field) {
     CHECK(parse("{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":1,\"intermediate_size\":8,\"vocab_size\":10,\"rope_parameters\":{\"rope_type\":\"llama3\",\"factor\":8,\"rope_theta\":500000}}") == 0);
 }
 
+// config.json with one field replaced: "key": value (the key must be in the text).
+static char *with_field(const char *json, const char *key, const char *value) {
+    char *quoted = xasprintf("\"%s\":", key);
+    const char *at = strstr(json, quoted), *end = at + strlen(quoted);
+    while (*end && *end != ',' && *end != '}') end++;
+    char *out = xasprintf("%.*s%s%s%s", (int)(at - json), json, quoted, value, end);
+    free(quoted);
+    return out;
+}
+
+// Absurd sizes are refused by name before anything is allocated (n_layer 1e9 used to overflow
+// model.c's tensor count and abort).
+TEST(config_refuses_absurd_sizes) {
+    static const char *gpt2 = "{\"model_type\":\"gpt2\",\"n_embd\":32,\"n_head\":4,\"n_layer\":2,\"n_inner\":64,\"n_positions\":16,\"vocab_size\":10}";
+    static const char *llama = "{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+                               "\"num_hidden_layers\":2,\"intermediate_size\":8,\"max_position_embeddings\":16,\"head_dim\":8,\"vocab_size\":10}";
+    static const struct { const char *json, *key, *value, *name; } cases[] = {
+        {NULL, "n_layer", "1000000000", "n_layer"}, {NULL, "n_embd", "1000000000", "n_embd"},
+        {NULL, "n_head", "1000000000", "n_head"}, {NULL, "n_inner", "1000000000", "n_inner"},
+        {NULL, "n_positions", "1000000000", "n_positions"}, {NULL, "vocab_size", "1000000000", "vocab_size"},
+        {NULL, "n_layer", "-3", "n_layer"},
+        {"", "num_hidden_layers", "1000000000", "num_hidden_layers"}, {"", "hidden_size", "1000000000", "hidden_size"},
+        {"", "intermediate_size", "1000000000", "intermediate_size"}, {"", "max_position_embeddings", "1000000000", "max_position_embeddings"},
+        {"", "vocab_size", "1000000000", "vocab_size"}, {"", "head_dim", "1000000000", "head_dim"},
+        {"", "num_attention_heads", "1000000000", "num_attention_heads"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *json = with_field(cases[i].json ? llama : gpt2, cases[i].key, cases[i].value);
+        ModelConfig c;
+        int rc = config_parse(&c, json, "config.json");
+        free(json);
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), "config.json") && strstr(peft_last_error(), cases[i].name),
+                  "%s %s: %s", cases[i].key, cases[i].value, rc ? peft_last_error() : "accepted");
+    }
+    // Within every limit but far larger than its weights: refused from the file's shapes, before
+    // 2^44 floats are allocated.
+    const char *dir = test_tmpdir();
+    Model *m = tiny_model("gpt2", 3);
+    CHECK(model_save(m, dir) == 0);
+    model_free(m);
+    char *cfg = path_join(dir, "config.json");
+    const char *huge = "{\"model_type\":\"gpt2\",\"n_embd\":1048576,\"n_head\":4,\"n_layer\":2,\"n_inner\":64,\"n_positions\":16,\"vocab_size\":16777216}";
+    CHECK(write_file_atomic(cfg, huge, strlen(huge)) == 0);
+    free(cfg);
+    CHECK(model_load(dir) == NULL);
+    CHECK_MSG(strstr(peft_last_error(), "transformer.wte.weight") && strstr(peft_last_error(), "[16777216, 1048576]"), "%s", peft_last_error());
+}
+
 TEST(llama3_rope_scaling_frequencies) {
     ModelConfig c;
     CHECK(config_parse(&c, "{\"model_type\":\"llama\",\"hidden_size\":512,\"num_attention_heads\":4,\"num_hidden_layers\":1,\"intermediate_size\":8,\"vocab_size\":10,"
