@@ -29,6 +29,8 @@ typedef struct {
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_pos;
     int sliding_window;       // 0 = full causal attention
+    float dropout;            // the largest base-model dropout probability (not implemented: training refuses > 0)
+    const char *dropout_key;  // its config.json key (a static string), NULL when none
     int bos_token_id, eos_token_id;
 } ModelConfig;
 

@@ -3,6 +3,8 @@
 # (peft init, peft train; no fixtures needed). Each must be refused with an error naming the file
 # and the key or tensor, a non-zero exit and no crash:
 #  - absurd sizes in config.json and adapter_config.json (refused before anything is allocated);
+#  - settings that would change the math but are not implemented, unknown adapter keys, non-finite
+#    numbers, degenerate tokenizers;
 # Usage: PEFT=build/peft bash tests/cli_files_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -47,6 +49,38 @@ for a in lora:r vera:r adalora:init_r ada-nopattern:init_r; do
     run_fails "generate: ${a%%:*} ${a#*:} 1e9" 1 "adapter_(config.json|model.safetensors): .*1000000000" \
         "$PEFT" generate --model "$TMP/gpt2" --adapter "$TMP/a" --prompt hi
 done
+
+# ---- settings that are not implemented are refused, not ignored ----
+echo "# adapter_config.json: every key implemented or refused by name"
+for kv in 'modules_to_save:["lm_head"]' 'layers_to_transform:[0]' 'lora_alpha:1e39' 'bias:true' 'bias:"all"' 'use_dora:true' \
+          'alpha_pattern:{"c_attn":16}' 'task_type:"SEQ_CLS"' 'init_lora_weights:"pissa"' 'some_new_option:1'; do
+    key=${kv%%:*}
+    copy a lora; json_set "$TMP/a/adapter_config.json" "$key" "${kv#*:}"
+    run_fails "adapter $key ${kv#*:}" 1 "adapter_config.json: .*\"?$key\"?" "$PEFT" generate --model "$TMP/gpt2" --adapter "$TMP/a" --prompt hi --max-tokens 4
+done
+copy a vera; json_set "$TMP/a/adapter_config.json" lora_alpha 8
+run_fails "VeRA with lora_alpha" 1 'adapter_config.json: unknown key "lora_alpha"' "$PEFT" info --model "$TMP/gpt2" --adapter "$TMP/a"
+copy a adalora; json_set "$TMP/a/adapter_config.json" use_rslora true
+run_fails "AdaLoRA with use_rslora" 1 'adapter_config.json: "use_rslora"' "$PEFT" info --model "$TMP/gpt2" --adapter "$TMP/a"
+
+echo "# config.json: keys that change the math"
+for kv in 'tie_word_embeddings:1' 'scale_attn_by_inverse_layer_idx:true' 'activation_function:"relu"' 'layer_norm_epsilon:1e39'; do
+    copy m gpt2; json_set "$TMP/m/config.json" "${kv%%:*}" "${kv#*:}"
+    run_fails "config ${kv%%:*} ${kv#*:}" 1 "config.json: .*${kv%%:*}" "$PEFT" info --model "$TMP/m"
+done
+for kv in 'sliding_window:16' 'rope_scaling:{"rope_type":"yarn","factor":4}' 'partial_rotary_factor:0.5' 'attention_bias:"yes"'; do
+    copy m llama; json_set "$TMP/m/config.json" "${kv%%:*}" "${kv#*:}"
+    run_fails "llama config ${kv%%:*} ${kv#*:}" 1 "config.json: .*${kv%%:*}" "$PEFT" info --model "$TMP/m"
+done
+copy m gpt2; json_set "$TMP/m/config.json" resid_pdrop 0.1
+run_ok "base-model dropout: inference runs" "$PEFT" generate --model "$TMP/m" --prompt hi --max-tokens 4
+run_fails "base-model dropout: training is refused" 1 "config.json: resid_pdrop 0.1: .*dropout is not implemented" \
+    "$PEFT" train --model "$TMP/m" --data "$TMP/text.txt" --steps 1 --seq-len 32 --out "$TMP/x"
+
+echo "# degenerate tokenizers"
+copy m gpt2
+perl -MJSON::PP -i -0pe 'my $j = JSON::PP->new->decode($_); $j->{model}{vocab} = {}; $j->{model}{merges} = []; $_ = JSON::PP->new->encode($j)' "$TMP/m/tokenizer.json"
+run_fails "a tokenizer.json with an empty vocabulary" 1 "tokenizer.json: model.vocab is empty" "$PEFT" tokenize --model "$TMP/m" hello
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

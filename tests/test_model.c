@@ -6,6 +6,7 @@
 #include "model.h"
 #include "safetensors.h"
 #include "util.h"
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,6 +278,58 @@ TEST(config_refuses_absurd_sizes) {
     free(cfg);
     CHECK(model_load(dir) == NULL);
     CHECK_MSG(strstr(peft_last_error(), "transformer.wte.weight") && strstr(peft_last_error(), "[16777216, 1048576]"), "%s", peft_last_error());
+}
+
+// config.json keys that change what transformers computes are implemented or refused by name;
+// metadata is accepted.
+TEST(config_keys_that_change_the_math_are_refused) {
+    static const char *gpt2 = "{\"model_type\":\"gpt2\",\"n_embd\":32,\"n_head\":4,\"n_layer\":2,\"n_positions\":16,\"vocab_size\":10}";
+    static const char *llama = "{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                               "\"intermediate_size\":8,\"vocab_size\":10}";
+    static const char *qwen2 = "{\"model_type\":\"qwen2\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                               "\"intermediate_size\":8,\"vocab_size\":10,\"use_sliding_window\":true,\"sliding_window\":4}";
+    static const char *mistral = "{\"model_type\":\"mistral\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                                 "\"intermediate_size\":8,\"vocab_size\":10,\"sliding_window\":4}";
+    const struct { const char *base, *key, *value; } refused[] = {
+        {gpt2, "scale_attn_by_inverse_layer_idx", "true"}, {gpt2, "reorder_and_upcast_attn", "true"}, {gpt2, "scale_attn_weights", "false"},
+        {gpt2, "tie_word_embeddings", "1"}, {gpt2, "hidden_size", "64"}, {gpt2, "num_hidden_layers", "3"},
+        {gpt2, "activation_function", "\"relu\""}, {gpt2, "layer_norm_epsilon", "1e39"}, {gpt2, "resid_pdrop", "2"},
+        {llama, "rope_scaling", "{\"rope_type\":\"dynamic\",\"factor\":2}"}, {llama, "rope_scaling", "{\"rope_type\":\"linear\",\"factor\":2,\"beta_fast\":32}"},
+        {llama, "partial_rotary_factor", "0.5"}, {llama, "rope_theta", "-1"}, {llama, "hidden_act", "\"gelu\""},
+        {llama, "attention_bias", "\"yes\""}, {llama, "mlp_bias", "1"}, {llama, "tie_word_embeddings", "\"true\""},
+        {llama, "sliding_window", "4"}, {llama, "layer_types", "[\"sliding_attention\",\"sliding_attention\"]"},
+        {qwen2, "max_window_layers", "1"}, {qwen2, "layer_types", "[\"full_attention\",\"sliding_attention\"]"},
+        {mistral, "layer_types", "[\"full_attention\",\"full_attention\"]"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        cJSON *j = cJSON_Parse(refused[i].base);
+        cJSON_DeleteItemFromObjectCaseSensitive(j, refused[i].key);
+        cJSON_AddItemToObject(j, refused[i].key, cJSON_Parse(refused[i].value));
+        char *text = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        ModelConfig c;
+        int rc = config_parse(&c, text, "config.json");
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), "config.json") &&
+                  (strstr(peft_last_error(), refused[i].key) || !strcmp(refused[i].key, "max_window_layers")),
+                  "%s: %s", text, rc ? peft_last_error() : "accepted");
+        free(text);
+    }
+    // Qwen2's window on every layer (max_window_layers 0) or on none (2 of 2 layers before it) is supported.
+    ModelConfig c;
+    const char *q_all = "{\"model_type\":\"qwen2\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                        "\"intermediate_size\":8,\"vocab_size\":10,\"use_sliding_window\":true,\"sliding_window\":4,\"max_window_layers\":0}";
+    CHECK(config_parse(&c, q_all, "c") == 0 && c.sliding_window == 4);
+    char *q_none = with_field(q_all, "max_window_layers", "2");
+    CHECK(config_parse(&c, q_none, "c") == 0 && c.sliding_window == 0);
+    free(q_none);
+    CHECK(config_parse(&c, qwen2, "c") == 0 && c.sliding_window == 0);  // max_window_layers defaults to 28
+    // Metadata, and dropout (kept for peft train to refuse).
+    const char *meta = "{\"model_type\":\"gpt2\",\"n_embd\":32,\"n_head\":4,\"n_layer\":2,\"n_positions\":16,\"vocab_size\":10,"
+                       "\"architectures\":[\"GPT2LMHeadModel\"],\"transformers_version\":\"5.17.0\",\"torch_dtype\":\"float16\",\"use_cache\":true,"
+                       "\"initializer_range\":0.02,\"pad_token_id\":null,\"_name_or_path\":\"gpt2\",\"summary_type\":\"cls_index\","
+                       "\"n_ctx\":1024,\"attn_implementation\":\"eager\",\"resid_pdrop\":0.1,\"attn_pdrop\":0.05}";
+    CHECK_MSG(config_parse(&c, meta, "c") == 0, "%s", peft_last_error());
+    CHECK(fabsf(c.dropout - 0.1f) < 1e-7f && !strcmp(c.dropout_key, "resid_pdrop"));
 }
 
 TEST(llama3_rope_scaling_frequencies) {
