@@ -281,8 +281,10 @@ char *config_to_json(const ModelConfig *c) {
     cJSON_AddItemToObject(j, "architectures", cJSON_CreateStringArray(&arch, 1));
     cJSON_AddStringToObject(j, "model_type", c->model_type);
     cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
-    cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);
-    cJSON_AddNumberToObject(j, "eos_token_id", c->eos_token_id);
+    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);  // a tokenizer may have none
+    else cJSON_AddNullToObject(j, "bos_token_id");
+    if (c->eos_token_id >= 0) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_token_id);
+    else cJSON_AddNullToObject(j, "eos_token_id");
     cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_word_embeddings);
     cJSON_AddStringToObject(j, "dtype", "float32");
     if (c->arch == ARCH_GPT2) {

@@ -233,9 +233,28 @@ static int setup_gpu(Trainer *t) {
     return 0;
 }
 
+// What a run writes to out_dir: the log and the curve under their partial names until the adapter
+// (or model) is saved, then under their own.
+static const char *LOG = "train_log.jsonl", *LOG_PARTIAL = "train_log.partial.jsonl", *SVG = "loss.svg", *SVG_PARTIAL = "loss.partial.svg";
+
+// A folder holding another run's outputs is replaced only when asked to (a resumed run continues its own).
+static int check_out_dir(const TrainConfig *c) {
+    if (c->resume || c->overwrite) return 0;
+    const char *outputs[] = {"adapter_model.safetensors", "adapter_config.json", "model.safetensors", LOG, LOG_PARTIAL, "checkpoint"};
+    for (size_t i = 0; i < sizeof outputs / sizeof *outputs; i++) {
+        char *p = path_join(c->out_dir, outputs[i]);
+        bool there = file_exists(p) || dir_exists(p);
+        free(p);
+        if (there)
+            return peft_fail("%s holds another run's %s: pass --overwrite to replace that run's outputs, or --resume to continue from its checkpoint",
+                             c->out_dir, outputs[i]);
+    }
+    return 0;
+}
+
 static int setup(Trainer *t, const TrainConfig *cfg) {
     t->c = *cfg;
-    if (check_config(&t->c)) return -1;
+    if (check_config(&t->c) || check_out_dir(&t->c)) return -1;
     if (t->c.threads > 0) omp_set_num_threads(t->c.threads);
     if (make_dir(t->c.out_dir)) return -1;
     if (!(t->m = model_load(t->c.model_dir)) || !(t->tok = tokenizer_load(t->c.model_dir))) return -1;
@@ -259,8 +278,8 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     t->perm_epoch = -1;
     t->ids = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
     t->labels = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
-    t->log_path = path_join(t->c.out_dir, "train_log.jsonl");
-    t->svg_path = path_join(t->c.out_dir, "loss.svg");
+    t->log_path = path_join(t->c.out_dir, LOG_PARTIAL);
+    t->svg_path = path_join(t->c.out_dir, SVG_PARTIAL);
     t->ckpt_dir = path_join(t->c.out_dir, "checkpoint");
     long trainable = model_count_params(t->m, true), all = model_count_params(t->m, false);
     message(t, "%s: %ld trainable parameters (%.3g%% of %ld); %d steps of %d x %d sequences; lr %.3g",
@@ -652,6 +671,11 @@ out:
     return rc;
 }
 
+// A fresh run starts without the checkpoints of a run it replaces.
+static int remove_checkpoints(const Trainer *t) {
+    return recover_checkpoints(t) ? -1 : remove_checkpoint_dir(t->ckpt_dir);
+}
+
 // The latest complete checkpoint, after tidying up what an interrupted save left.
 static int resume(Trainer *t, int *step) {
     if (recover_checkpoints(t)) return -1;
@@ -786,10 +810,21 @@ static int run_eval(Trainer *t, int step) {
     return 0;
 }
 
+// The adapter (or model), then the log and the curve under their own names: a save that fails
+// leaves the previous run's three as they were.
 static int save_final(Trainer *t) {
     if (t->g && gpu_download_trainables(t->g, false)) return -1;
     int rc = t->m->adapters ? adapters_save(t->m, t->c.out_dir) : model_save(t->m, t->c.out_dir);
-    if (!rc) message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);
+    if (rc) return -1;
+    message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);
+    fclose(t->log);
+    t->log = NULL;
+    const char *from[] = {t->log_path, t->svg_path}, *to[] = {LOG, SVG};
+    for (int i = 0; i < 2 && !rc; i++) {
+        char *dst = path_join(t->c.out_dir, to[i]);
+        if (file_exists(from[i]) && rename(from[i], dst)) rc = peft_fail("%s: cannot rename to %s: %s", from[i], dst, strerror(errno));
+        free(dst);
+    }
     return rc;
 }
 
@@ -824,7 +859,7 @@ int train_run(const TrainConfig *cfg, const TrainCallbacks *cb, TrainResult *res
     stop_requested = 0;
     int threads_before = omp_get_max_threads();  // cfg->threads is for this run only
     int first_step = 0, rc = setup(&t, cfg);
-    if (!rc && cfg->resume) rc = resume(&t, &first_step);
+    if (!rc) rc = cfg->resume ? resume(&t, &first_step) : remove_checkpoints(&t);
     if (!rc) rc = open_log(&t, first_step);
     if (!rc) {
         res->first_step = res->steps_done = first_step;

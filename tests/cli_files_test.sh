@@ -5,6 +5,9 @@
 #  - absurd sizes in config.json and adapter_config.json (refused before anything is allocated);
 #  - settings that would change the math but are not implemented, unknown adapter keys, non-finite
 #    numbers, degenerate tokenizers;
+#  - peft init's vocabulary from --tokenizer-from (GPT-2's vocab.json + merges.txt, made here), peft
+#    info's check that the tokenizer fits the model, and peft train's --out (--overwrite; the log
+#    and the adapter of one run together).
 # Usage: PEFT=build/peft bash tests/cli_files_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -40,6 +43,9 @@ for kv in num_hidden_layers hidden_size intermediate_size max_position_embedding
 done
 copy m gpt2; json_set "$TMP/m/config.json" n_layer 1000000000
 run_fails "generate: n_layer 1e9" 1 "config.json: n_layer 1000000000 is out of range" "$PEFT" generate --model "$TMP/m" --prompt hi
+# peft init checks its sizes the same way (it aborted too).
+run_fails "init: --layers 1e9" 2 "n_layer 1000000000 is out of range" "$PEFT" init --layers 1000000000 --out "$TMP/x"
+run_fails "init: a model larger than memory" 2 "more than this machine's memory" "$PEFT" init --layers 4096 --hidden 1048576 --inner 1024 --heads 4 --out "$TMP/x"
 # The trained AdaLoRA adapter has a rank_pattern (init_r entries per module); without one, its tensors bound init_r.
 copy ada-nopattern adalora; json_set "$TMP/ada-nopattern/adapter_config.json" rank_pattern null
 for a in lora:r vera:r adalora:init_r ada-nopattern:init_r; do
@@ -81,6 +87,44 @@ echo "# degenerate tokenizers"
 copy m gpt2
 perl -MJSON::PP -i -0pe 'my $j = JSON::PP->new->decode($_); $j->{model}{vocab} = {}; $j->{model}{merges} = []; $_ = JSON::PP->new->encode($j)' "$TMP/m/tokenizer.json"
 run_fails "a tokenizer.json with an empty vocabulary" 1 "tokenizer.json: model.vocab is empty" "$PEFT" tokenize --model "$TMP/m" hello
+
+# ---- peft init --tokenizer-from, peft info's tokenizer check ----
+echo "# a GPT-2-layout tokenizer (vocab.json + merges.txt): 256 bytes, 3 merges, <|endoftext|> = 259"
+mkdir -p "$TMP/tok"
+perl -MJSON::PP -e 'my @bs = (33..126, 161..172, 174..255); my %c; $c{$_} = $_ for @bs; my $n = 0;
+    for my $b (0..255) { $c{$b} = 256 + $n++ unless exists $c{$b} }     # GPT-2 spells byte b as chr($c{b})
+    my %v; $v{chr $c{$_}} = $_ for 0..255;
+    my @m = (["\x{120}", "t"], ["h", "e"], ["\x{120}t", "he"]); my $id = 256;
+    $v{$_->[0] . $_->[1]} = $id++ for @m; $v{"<|endoftext|>"} = $id;
+    open my $h, ">", "$ARGV[0]/vocab.json" or die; print $h JSON::PP->new->utf8->canonical->encode(\%v); close $h;
+    open $h, ">:utf8", "$ARGV[0]/merges.txt" or die; print $h "#version: 0.2\n", map { "$_->[0] $_->[1]\n" } @m' "$TMP/tok"
+run_ok "init --tokenizer-from a vocab.json + merges.txt folder" "$PEFT" init --layers 1 --hidden 32 --heads 2 --tokenizer-from "$TMP/tok" --out "$TMP/m260"
+run_ok "info on it" "$PEFT" info --model "$TMP/m260"
+check "its vocabulary is the tokenizer's 260 ids" grep -q "vocab 260," "$TMP/out"
+check "info reports the tokenizer" grep -q "^tokenizer  *260 ids$" "$TMP/out"
+check "its eos is the tokenizer's <|endoftext|>" grep -q '"eos_token_id":.259' "$TMP/m260/config.json"
+run_ok "the copied tokenizer encodes" "$PEFT" tokenize --model "$TMP/m260" " the<|endoftext|>"
+check "... \" the<|endoftext|>\" as [258, 259]" grep -qE '^\[?258,? 259\]?$' "$TMP/out"
+run_fails "init --vocab below the tokenizer's ids" 2 "vocab 100 is smaller than the tokenizer's 260 ids" \
+    "$PEFT" init --layers 1 --hidden 32 --heads 2 --tokenizer-from "$TMP/tok" --vocab 100 --out "$TMP/x"
+FIX=${PEFT_FIXTURES:-../shared/fixtures/hf-peft}
+if [ -f "$FIX/tokenizer-gpt2/vocab.bpe" ]; then
+    run_ok "init --tokenizer-from GPT-2's encoder.json + vocab.bpe" "$PEFT" init --layers 1 --hidden 32 --heads 2 --tokenizer-from "$FIX/tokenizer-gpt2" --out "$TMP/m50k"
+    check "its vocabulary is GPT-2's 50257" grep -q '"vocab_size":.50257' "$TMP/m50k/config.json"
+else echo "*** SKIPPED: $FIX/tokenizer-gpt2 not found: GPT-2's own vocabulary not tried (the one made here was) ***"; fi
+copy m gpt2; rm "$TMP/m/tokenizer.json" "$TMP/m/tokenizer_config.json"; cp "$TMP/tok/vocab.json" "$TMP/tok/merges.txt" "$TMP/m/"
+run_fails "info: a tokenizer with more ids than the model's vocabulary" 1 "the tokenizer has 260 ids but the model's vocabulary .* is 257" \
+    "$PEFT" info --model "$TMP/m"
+check "... and says so on its tokenizer line" grep -q "^tokenizer .*MORE than the model's vocabulary" "$TMP/out"
+
+# ---- peft train --out ----
+echo "# --out: another run's outputs are replaced only with --overwrite"
+TRAIN=("$PEFT" train --model "$TMP/gpt2" --data "$TMP/text.txt" --steps 2 --batch 2 --seq-len 32 --out "$TMP/lora")
+cp "$TMP/lora/adapter_model.safetensors" "$TMP/lora.before"
+run_fails "train into a folder with an adapter" 1 "lora holds another run's adapter_model.safetensors: pass --overwrite" "${TRAIN[@]}"
+check "... which stays as it was" cmp -s "$TMP/lora/adapter_model.safetensors" "$TMP/lora.before"
+run_ok "train --overwrite" "${TRAIN[@]}" --overwrite --lr 1e-2
+check "... replaces the adapter" test -n "$(cmp "$TMP/lora/adapter_model.safetensors" "$TMP/lora.before")"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -94,7 +94,7 @@ interrupt_after() {  # run LONG (+ args) until the log has more than $1 lines, t
     local lines=$1; shift
     "${LONG[@]}" "$@" >"$TMP/out" 2>"$TMP/err" &
     local pid=$! i=0
-    while [ "$(wc -l 2>/dev/null <"$TMP/long/train_log.jsonl" || echo 0)" -le "$lines" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+    while [ "$(wc -l 2>/dev/null <"$TMP/long/train_log.partial.jsonl" || echo 0)" -le "$lines" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
     kill -INT $pid
     wait $pid
 }
@@ -102,11 +102,11 @@ interrupt_after 3
 rc=$?
 check "SIGINT: exit 130 with a message" test $rc -eq 130 -a -n "$(grep 'continue with --resume' "$TMP/err")"
 check "SIGINT: checkpoint written" has_files "$TMP/long/checkpoint" state.json state.safetensors
-first=$(wc -l <"$TMP/long/train_log.jsonl")
+first=$(wc -l <"$TMP/long/train_log.partial.jsonl")
 interrupt_after $((first + 3)) --resume
 check "resumed from the checkpoint" grep -q "resuming from .* at step $first of" "$TMP/err"
 steps_ok() { awk -F'"step":' '{ split($2, a, ","); if (a[1] != NR) exit 1 } END { exit NR < 2 }' "$1"; }
-check "the log counts each step once across the interruption" steps_ok "$TMP/long/train_log.jsonl"
+check "the log (still partial) counts each step once across the interruption" steps_ok "$TMP/long/train_log.partial.jsonl"
 run_fails "resume with other settings is refused" 1 'checkpoint has batch 4 but this run has 2' "${LONG[@]}" --resume --batch 2
 
 # ---- errors ----

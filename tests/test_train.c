@@ -411,3 +411,43 @@ TEST(train_resume_after_a_killed_checkpoint_save) {
     free(ck2);
     free(ck4);
 }
+
+// An output folder that holds another run's outputs is not replaced without `overwrite`, and a run
+// whose final save fails leaves the previous adapter, log and curve as they were (together).
+TEST(train_outputs_replaced_only_with_overwrite_and_together) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
+    const char *names[] = {"adapter_model.safetensors", "adapter_config.json", "train_log.jsonl", "loss.svg"};
+    char *files[4], *before[4], *saved = path_join(dir, "saved");
+    for (int i = 0; i < 4; i++) files[i] = path_join(out, names[i]);
+    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    c.max_steps = 2;
+    c.data.seq_len = 64;
+    TrainResult res;
+    Record rec = {0};
+    CHECK(run(&c, &rec, &res) == 0);
+    copy_files(out, saved, names, 4);
+    for (int i = 0; i < 4; i++) before[i] = path_join(saved, names[i]);
+    c.lr = 1e-2f;  // a run whose log and adapter differ
+    peft_clear_error();
+    CHECK(train_run(&c, NULL, &res) != 0);
+    CHECK_MSG(strstr(peft_last_error(), out) && strstr(peft_last_error(), "overwrite"), "%s", peft_last_error());
+    // The final save fails (its temporary file cannot be created): the old outputs stay.
+    c.overwrite = true;
+    char *blocker = xasprintf("%s.tmp.%d", files[0], (int)getpid());
+    make_dir(blocker);
+    CHECK(train_run(&c, NULL, &res) != 0);
+    for (int i = 0; i < 4; i++) CHECK_MSG(same_file(files[i], before[i]), "%s changed", names[i]);
+    rmdir(blocker);
+    CHECK(run(&c, &rec, &res) == 0);
+    CHECK(!same_file(files[0], before[0]) && !same_file(files[2], before[2]));
+    char *partial = path_join(out, "train_log.partial.jsonl");
+    CHECK(!file_exists(partial));
+    for (int i = 0; i < 4; i++) { free(files[i]); free(before[i]); }
+    train_config_free(&c);
+    free(partial);
+    free(blocker);
+    free(saved);
+    free(data);
+    free(out);
+}
