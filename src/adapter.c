@@ -21,7 +21,9 @@ static int64_t dim_size(const Adapter *a, AdapterDim d) {
     return d == DIM_RANK ? a->r : d == DIM_IN ? a->lin->in : d == DIM_OUT ? a->lin->out : 1;
 }
 
-static char *tensor_key(const Adapter *a, const AdapterTensor *t) { return xasprintf("base_model.model.%s.%s", a->lin->module, t->suffix); }
+static char *tensor_key(const Adapter *a, const AdapterTensor *t) {
+    return xasprintf("base_model.model.%s.%s", a->lin->module, t->suffix);
+}
 
 // The module's tensors (zeros) and their gradients; an allocation that fails is an error.
 static int create_tensors(Adapter *a) {
@@ -171,8 +173,8 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     return set;
 }
 
-// What the set's tensors, their gradients and VeRA's projections take, in bytes (int64: r may be
-// anything up to 1e9 here).
+// What the set's tensors, their gradients and VeRA's projections take, in bytes (in double: r may
+// be anything up to 1e9 here).
 static double set_bytes(const AdapterSet *set) {
     double n = 0;
     for (int i = 0; i < set->n; i++) {
@@ -266,12 +268,6 @@ bool adapters_same_vera_projection(const AdapterSet *a, const AdapterSet *b) {
            !memcmp(a->vera_B, b->vera_B, sizeof(float) * (size_t)a->vera_max_out * a->cfg.r);
 }
 
-static char *shape_text(int ndim, const int64_t *shape, char *buf, size_t cap) {
-    buf[0] = 0;
-    for (int d = 0, n = 0; d < ndim && d < ST_MAX_DIMS; d++) n += snprintf(buf + n, cap - n, "%s%lld", d ? ", " : "", (long long)shape[d]);
-    return buf;
-}
-
 // Every tensor the set's modules need is in the file with its shape, and the file holds nothing
 // else (except what the method owns): checked before any tensor is allocated, so the file, not
 // adapter_config.json's r, bounds what loading allocates. used[i]: file tensor i is a module's.
@@ -291,7 +287,7 @@ static int check_file(const AdapterSet *set, const SafeTensors *st, const char *
             if (!t) rc = peft_fail("%s: missing tensor %s", path, name);
             else if (!ok)
                 rc = peft_fail("%s: tensor %s has shape [%s] but the base model and adapter_config.json (r %d) need [%s]", path, name,
-                               shape_text(t->ndim, t->shape, got, sizeof got), a->r, shape_text(spec->vector ? 1 : 2, shape, want, sizeof want));
+                               st_shape_text(t->ndim, t->shape, got, sizeof got), a->r, st_shape_text(spec->vector ? 1 : 2, shape, want, sizeof want));
             else used[t - st->tensors] = true;
             free(name);
         }

@@ -166,10 +166,9 @@ static const StTensor *find_weight(const Param *p, const StModel *st, const char
     if (!t) { peft_fail("%s: the weights have no tensor %s", dir, p->name); return NULL; }
     bool ok = t->numel == p->numel && ((p->ndim == 1 && t->ndim == 1) || (p->ndim == 2 && t->ndim == 2 && t->shape[0] == p->shape[0] && t->shape[1] == p->shape[1]));
     if (ok) return t;
-    char got[128] = "", *g = got;
-    for (int d = 0; d < t->ndim; d++) g += snprintf(g, got + sizeof got - g, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-    if (p->ndim == 2) peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld, %lld]", *file, p->name, got, (long long)p->shape[0], (long long)p->shape[1]);
-    else peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld]", *file, p->name, got, (long long)p->shape[0]);
+    char got[160], want[64];
+    peft_fail("%s: tensor %s has shape [%s] but config.json implies [%s]", *file, p->name, st_shape_text(t->ndim, t->shape, got, sizeof got),
+              st_shape_text(p->ndim, p->shape, want, sizeof want));
     return NULL;
 }
 

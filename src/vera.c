@@ -154,9 +154,9 @@ static int load_projection(const SafeTensors *st, const char *path, const char *
     const StTensor *t = st_find(st, key);
     if (!t) return peft_fail("%s: save_projection is true but the file has no %s (PEFT refuses such a file too)", path, key);
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
-        char got[96] = "", *g = got;
-        for (int d = 0; d < t->ndim && d < 4; d++) g += snprintf(g, got + sizeof got - g, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        return peft_fail("%s: tensor %s has shape [%s] but r and the adapted modules need [%d, %d]", path, key, got, rows, cols);
+        char got[160];
+        return peft_fail("%s: tensor %s has shape [%s] but r and the adapted modules need [%d, %d]", path, key,
+                         st_shape_text(t->ndim, t->shape, got, sizeof got), rows, cols);
     }
     if (st_to_f32(t, dst)) return -1;  // on failure the set is freed: nothing half-loaded stays
     for (long i = 0; i < (long)rows * cols; i++)
