@@ -158,15 +158,20 @@ static int read_sliding_window(ModelConfig *c, const cJSON *j, const char *path)
     const cJSON *types = field(j, "layer_types");
     if (types && (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != c->n_layer))
         return peft_fail("%s: layer_types must list the %d layers' attention", path, c->n_layer);
-    int n_sliding = 0;
-    for (int l = 0; l < c->n_layer; l++) {
-        const cJSON *t = types ? cJSON_GetArrayItem(types, l) : NULL;
-        if (t && !(cJSON_IsString(t) && (!strcmp(t->valuestring, "full_attention") || !strcmp(t->valuestring, "sliding_attention"))))
+    // Without layer_types the sliding layers are Qwen2's from max_window_layers on, or every Mistral
+    // layer (counted, not looped over: n_layer is not checked yet).
+    int first = qwen2 && max_window_layers > 0 ? max_window_layers : 0;
+    int n_sliding = window && !types && first < c->n_layer ? c->n_layer - first : 0;
+    const cJSON *t;
+    int l = 0;
+    cJSON_ArrayForEach(t, types) {  // as many entries as layers
+        if (!(cJSON_IsString(t) && (!strcmp(t->valuestring, "full_attention") || !strcmp(t->valuestring, "sliding_attention"))))
             return peft_fail("%s: layer_types[%d] is not \"full_attention\" or \"sliding_attention\"", path, l);
-        bool sliding = qwen2 ? (t ? !strcmp(t->valuestring, "sliding_attention") : l >= max_window_layers) : window > 0;
-        if (t && !qwen2 && sliding != !strcmp(t->valuestring, "sliding_attention"))
+        bool sliding = !strcmp(t->valuestring, "sliding_attention");
+        if (!qwen2 && sliding != (window > 0))
             return peft_fail("%s: layer_types[%d] \"%s\" disagrees with sliding_window %d", path, l, t->valuestring, window);
         n_sliding += sliding && window > 0;
+        l++;
     }
     if (n_sliding && n_sliding < c->n_layer)
         return peft_fail("%s: a sliding window on %d of the %d layers (max_window_layers / layer_types) is not supported: only on all or none",

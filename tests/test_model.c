@@ -323,6 +323,10 @@ TEST(config_keys_that_change_the_math_are_refused) {
     CHECK(config_parse(&c, q_none, "c") == 0 && c.sliding_window == 0);
     free(q_none);
     CHECK(config_parse(&c, qwen2, "c") == 0 && c.sliding_window == 0);  // max_window_layers defaults to 28
+    char *q_types = with_field(q_all, "max_window_layers", "5,\"layer_types\":[\"sliding_attention\",\"sliding_attention\"]");
+    CHECK(config_parse(&c, q_types, "c") == 0 && c.sliding_window == 4);  // layer_types decides over max_window_layers
+    free(q_types);
+    CHECK(config_parse(&c, mistral, "c") == 0 && c.sliding_window == 4);
     // Metadata, and dropout (kept for peft train to refuse).
     const char *meta = "{\"model_type\":\"gpt2\",\"n_embd\":32,\"n_head\":4,\"n_layer\":2,\"n_positions\":16,\"vocab_size\":10,"
                        "\"architectures\":[\"GPT2LMHeadModel\"],\"transformers_version\":\"5.17.0\",\"torch_dtype\":\"float16\",\"use_cache\":true,"
