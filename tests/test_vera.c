@@ -313,6 +313,7 @@ TEST(vera_load_errors) {
     CHECK(m2->adapters == NULL);
     // Projections of the wrong shape: those of an adapter on c_attn + c_fc ([4, 16] + [64, 4]) with
     // the lambdas of one on c_attn alone (which needs [4, 16] + [48, 4]).
+    model_free(m2);
     adapters_free(m);
     vera_cfg(&c, "c_attn,c_fc", 4, 0.0f);
     CHECK(adapters_attach(m, &c, 0) == 0);
