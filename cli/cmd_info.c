@@ -2,6 +2,7 @@
 #include "adapter.h"
 #include "cli.h"
 #include "model.h"
+#include "tokenizer.h"
 #include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,15 @@ int cmd_info(int argc, char **argv) {
     if (c->sliding_window) printf("%d", c->sliding_window);
     if (c->arch == ARCH_LLAMA) printf(", rope theta %g%s", c->rope_theta, c->rope_type == ROPE_LLAMA3 ? " (llama3 scaling)" : c->rope_type == ROPE_LINEAR ? " (linear scaling)" : "");
     printf("\nparameters    %s (%.1f MB in fp32), all finite\n", grouped(base, a), base * 4 / 1e6);
+    // The tokenizer must not produce ids the embedding does not have.
+    int tok_ids = 0;
+    if (tokenizer_files_exist(model_dir)) {
+        Tokenizer *tok = tokenizer_load(model_dir);
+        if (!tok) { model_free(m); return fail_with_library_error(); }
+        tok_ids = tokenizer_vocab_size(tok);
+        tokenizer_free(tok);
+        printf("tokenizer     %s ids%s\n", grouped(tok_ids, a), tok_ids > c->vocab_size ? " (MORE than the model's vocabulary)" : "");
+    } else printf("tokenizer     none\n");
     if (m->adapters) {
         const AdapterSet *s = m->adapters;
         long trainable = model_count_params(m, true);
@@ -61,6 +71,12 @@ int cmd_info(int argc, char **argv) {
         long bytes = file_size(adapter_dir, "adapter_model.safetensors");
         printf("adapter file  %s bytes (adapter_model.safetensors)\n", grouped(bytes, a));
     }
+    int vocab = c->vocab_size;
     model_free(m);
+    if (tok_ids > vocab) {
+        peft_fail("%s: the tokenizer has %d ids but the model's vocabulary (config.json vocab_size) is %d: ids from %d on have no embedding",
+                  model_dir, tok_ids, vocab, vocab);
+        return fail_with_library_error();
+    }
     return 0;
 }

@@ -1,9 +1,13 @@
 // peft init: a new HF model folder with random weights (std 0.02), to pretrain from scratch.
-// Without --tokenizer-from it gets a byte-level tokenizer (vocab 257).
+// Without --tokenizer-from it gets a byte-level tokenizer (vocab 257); with it, the vocabulary is
+// the tokenizer's (its largest id + 1) unless --vocab asks for more.
 #include "byte_tokenizer.h"
 #include "cli.h"
+#include "estimate.h"
 #include "model.h"
+#include "tokenizer.h"
 #include "util.h"
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,9 +44,21 @@ int cmd_init(int argc, char **argv) {
         fprintf(stderr, "peft init: unknown --arch %s (gpt2, llama, mistral, qwen2)\n", arch);
         return 2;
     }
-    if (!tok_from && vocab && vocab < BYTE_TOKENIZER_VOCAB) { fprintf(stderr, "peft init: --vocab must be at least %d for the byte tokenizer\n", BYTE_TOKENIZER_VOCAB); return 2; }
     if (hidden <= 0 || heads <= 0 || layers <= 0 || context <= 0 || hidden % heads) {
         fprintf(stderr, "peft init: sizes must be positive and --hidden divisible by --heads\n");
+        return 2;
+    }
+    int tok_vocab = BYTE_TOKENIZER_VOCAB, bos = BYTE_TOKENIZER_EOS, eos = BYTE_TOKENIZER_EOS;
+    if (tok_from) {
+        Tokenizer *tok = tokenizer_load(tok_from);
+        if (!tok) return fail_with_library_error();
+        tok_vocab = tokenizer_vocab_size(tok);
+        bos = tokenizer_bos(tok);
+        eos = tokenizer_eos(tok);
+        tokenizer_free(tok);
+    }
+    if (vocab && vocab < tok_vocab) {
+        fprintf(stderr, "peft init: --vocab %d is smaller than the tokenizer's %d ids (%s)\n", vocab, tok_vocab, tok_from ? tok_from : "byte-level");
         return 2;
     }
     ModelConfig c = {0};
@@ -50,19 +66,31 @@ int cmd_init(int argc, char **argv) {
     c.arch = gpt2 ? ARCH_GPT2 : ARCH_LLAMA;
     c.n_layer = layers; c.n_embd = hidden; c.n_head = heads; c.n_kv_head = kv_heads ? kv_heads : heads;
     c.head_dim = hidden / heads;
-    c.n_inner = inner ? inner : gpt2 ? 4 * hidden : (8 * hidden / 3 + 7) / 8 * 8;
+    long long inner_default = gpt2 ? 4LL * hidden : (8LL * hidden / 3 + 7) / 8 * 8;  // too large: config_validate refuses --hidden
+    c.n_inner = inner ? inner : (int)(inner_default > INT_MAX ? INT_MAX : inner_default);
     c.n_positions = context;
-    c.vocab_size = vocab ? vocab : BYTE_TOKENIZER_VOCAB;
+    c.vocab_size = vocab ? vocab : tok_vocab;
     c.norm_eps = 1e-5f;
     c.rope_theta = 10000.0f;
     c.tie_word_embeddings = gpt2;
     c.qkv_bias = gpt2 || !strcmp(arch, "qwen2");
     c.o_bias = c.mlp_bias = gpt2;
-    c.bos_token_id = c.eos_token_id = BYTE_TOKENIZER_EOS;
+    c.bos_token_id = bos;
+    c.eos_token_id = eos;
     if (c.n_head % c.n_kv_head) { fprintf(stderr, "peft init: --heads must be divisible by --kv-heads\n"); return 2; }
+    if (config_validate(&c, "peft init")) { fprintf(stderr, "%s\n", peft_last_error()); return 2; }
+    EstModel em;
+    if (est_model_from_config(&em, &c, out)) return fail_with_library_error();
+    double bytes = 4.0 * (double)em.n_params, memory = (double)physical_memory_bytes();
+    est_model_free(&em);
+    if (memory > 0 && bytes > memory) {
+        fprintf(stderr, "peft init: the model would take %.3g GB in fp32, more than this machine's memory (%.3g GB)\n", bytes / 1e9, memory / 1e9);
+        return 2;
+    }
     if (make_dir(out)) return fail_with_library_error();
     if (tok_from) {
-        static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", NULL};
+        static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
+                                      "special_tokens_map.json", NULL};
         for (int i = 0; files[i]; i++)
             if (copy_if_present(tok_from, out, files[i])) return fail_with_library_error();
     } else if (byte_tokenizer_write(out)) return fail_with_library_error();

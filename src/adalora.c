@@ -21,6 +21,7 @@
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,7 +100,7 @@ static int adalora_prepare(AdapterSet *set) {
 static int adalora_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
     const AdapterConfig *c = &set->cfg;
     AdaLoraState *st = set->method_state;
-    int in = a->lin->in, out = a->lin->out, r = a->r, idx = (int)(a - set->adapters);
+    int r = a->r, idx = (int)(a - set->adapters);
     if (r < 0 || r > c->init_r) return peft_fail("AdaLoRA: module %s has rank %d, outside 0..init_r (%d)", a->lin->module, r, c->init_r);
     // Which original ranks this module's ranks are: the kept ones of its rank_pattern, else all.
     int *orig = xcalloc(r ? r : 1, sizeof(int));
@@ -109,9 +110,6 @@ static int adalora_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
     st->mod[idx].orig_idx = orig;
     double ranknum = c->init_r;
     a->scaling = (float)((c->alpha > 0 ? c->alpha : (double)r) / (ranknum + 1e-5));
-    a->A = adapter_new_param(a, "lora_A", r, in, false);
-    a->B = adapter_new_param(a, "lora_B", out, r, false);
-    a->E = adapter_new_param(a, "lora_E", r, 1, false);
     // PEFT's reset_lora_parameters: E zeros, then A and B ~ N(0, 0.02) in that order.
     TorchGen g;
     torch_gen_seed(&g, (*rng)++);
@@ -258,6 +256,10 @@ static int adalora_save(AdapterSet *set, void *writer, void *config_json) {
 
 const AdapterMethod adalora_method = {
     .peft_type = "ADALORA",
+    .n_tensors = 3,
+    .tensors = {{"lora_A", DIM_RANK, DIM_IN, false, offsetof(Adapter, A)},
+                {"lora_B", DIM_OUT, DIM_RANK, false, offsetof(Adapter, B)},
+                {"lora_E", DIM_RANK, DIM_ONE, false, offsetof(Adapter, E)}},
     .prepare = adalora_prepare,
     .init = adalora_init,
     .forward = adalora_forward,

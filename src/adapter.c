@@ -17,20 +17,32 @@ static const AdapterMethod *method_for(PeftType t) {
 
 // ---- attaching ----
 
-Param *adapter_new_param(Adapter *a, const char *suffix, int rows, int cols, bool is_vector) {
+static int64_t dim_size(const Adapter *a, AdapterDim d) {
+    return d == DIM_RANK ? a->r : d == DIM_IN ? a->lin->in : d == DIM_OUT ? a->lin->out : 1;
+}
+
+static char *tensor_key(const Adapter *a, const AdapterTensor *t) {
+    return xasprintf("base_model.model.%s.%s", a->lin->module, t->suffix);
+}
+
+// The module's tensors (zeros) and their gradients; an allocation that fails is an error.
+static int create_tensors(Adapter *a) {
     AdapterSet *set = a->set;
-    Param *p = xcalloc(1, sizeof *p);
-    p->name = xasprintf("base_model.model.%s.%s", a->lin->module, suffix);
-    p->ndim = is_vector ? 1 : 2;
-    p->shape[0] = rows;
-    p->shape[1] = is_vector ? 1 : cols;
-    p->numel = (long)rows * (is_vector ? 1 : cols);
-    p->w = xcalloc(p->numel, sizeof(float));
-    p->grad = xcalloc(p->numel, sizeof(float));
-    p->trainable = p->decay = true;
-    set->params = xrealloc(set->params, sizeof(Param *) * (set->n_params + 1));
-    set->params[set->n_params++] = p;
-    return p;
+    for (int k = 0; k < a->method->n_tensors; k++) {
+        const AdapterTensor *t = &a->method->tensors[k];
+        Param *p = xcalloc(1, sizeof *p);
+        p->name = tensor_key(a, t);
+        p->ndim = t->vector ? 1 : 2;
+        p->shape[0] = dim_size(a, t->rows);
+        p->shape[1] = dim_size(a, t->cols);
+        p->numel = (long)(p->shape[0] * p->shape[1]);
+        p->trainable = p->decay = true;
+        set->params = xrealloc(set->params, sizeof(Param *) * (set->n_params + 1));
+        set->params[set->n_params++] = p;  // owned by the set from here, so freed with it on failure
+        *(Param **)((char *)a + t->field) = p;
+        if (!(p->w = try_calloc(p->numel, sizeof(float), p->name)) || !(p->grad = try_calloc(p->numel, sizeof(float), p->name))) return -1;
+    }
+    return 0;
 }
 
 void adapter_ensure_capacity(Adapter *a, int N, long extra_per_row) {
@@ -110,9 +122,10 @@ static void set_fingerprint(AdapterSet *set) {
     set->vera_fingerprint = h;
 }
 
-// Builds an adapter set for m's matching linears. attach: also hook it into m->adapters and each
-// lin->adapter (the training / single-adapter path); otherwise m is only read.
-static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed, bool attach) {
+// An adapter set for m's matching linears, each with its rank, but no tensors yet (set_init makes
+// them): a file's shapes can be checked against it before anything sized by the config is allocated.
+// attach: also hook it into m->adapters (the training / single-adapter path); otherwise m is only read.
+static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     if (attach && m->adapters) { peft_fail("the model already has an adapter"); return NULL; }
     static atomic_uint_fast64_t next_uid = 1;
     AdapterSet *set = xcalloc(1, sizeof *set);
@@ -128,7 +141,7 @@ static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed,
         set->cfg.targets[set->cfg.n_targets++] = xstrdup(cfg->targets[i]);
     }
     set->cfg.rank_pattern = cfg->n_rank_pattern ? xcalloc(cfg->n_rank_pattern, sizeof(RankPatternEntry)) : NULL;
-    for (int i = 0; i < cfg->n_rank_pattern; i++) {
+    for (int i = 0; i < cfg->n_rank_pattern; i++) {  // a pattern's masks have init_r entries (adapter_config.c checks)
         set->cfg.rank_pattern[i] = cfg->rank_pattern[i];
         set->cfg.rank_pattern[i].mask = xcalloc(cfg->init_r ? cfg->init_r : 1, sizeof(bool));
         memcpy(set->cfg.rank_pattern[i].mask, cfg->rank_pattern[i].mask, sizeof(bool) * cfg->init_r);
@@ -157,15 +170,50 @@ static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed,
         return NULL;
     }
     expand_all_linear(set);
-    const AdapterMethod *method = method_for(cfg->type);
-    if (method->prepare && method->prepare(set)) { adapter_set_free(set); return NULL; }
+    return set;
+}
+
+// What the set's tensors, their gradients and VeRA's projections take, in bytes (in double: r may
+// be anything up to 1e9 here).
+static double set_bytes(const AdapterSet *set) {
+    double n = 0;
+    for (int i = 0; i < set->n; i++) {
+        const Adapter *a = &set->adapters[i];
+        for (int k = 0; k < a->method->n_tensors; k++)
+            n += 2.0 * (double)dim_size(a, a->method->tensors[k].rows) * (double)dim_size(a, a->method->tensors[k].cols);
+    }
+    if (set->cfg.type == PEFT_VERA) {
+        int max_in = 0, max_out = 0;
+        for (int i = 0; i < set->n; i++) {
+            if (set->adapters[i].lin->in > max_in) max_in = set->adapters[i].lin->in;
+            if (set->adapters[i].lin->out > max_out) max_out = set->adapters[i].lin->out;
+        }
+        n += (double)set->cfg.r * (max_in + max_out);
+    }
+    return 4 * n;
+}
+
+// The method's shared state, every module's tensors and their initial values (from seed).
+static int set_init(AdapterSet *set, uint64_t seed) {
+    double bytes = set_bytes(set), memory = (double)physical_memory_bytes();
+    if (memory > 0 && bytes > memory)
+        return peft_fail("the adapter's tensors (r %d on %d modules) would take %.3g GB, more than this machine's memory (%.3g GB)",
+                         set->cfg.r, set->n, bytes / 1e9, memory / 1e9);
+    const AdapterMethod *method = method_for(set->cfg.type);
+    if (method->prepare && method->prepare(set)) return -1;
     uint64_t rng = seed;
     for (int i = 0; i < set->n; i++) {
         Adapter *a = &set->adapters[i];
-        if (attach) a->lin->adapter = a;
-        if (method->init(set, a, &rng)) { adapter_set_free(set); return NULL; }
+        if (set->model->adapters == set) a->lin->adapter = a;
+        if (create_tensors(a) || method->init(set, a, &rng)) return -1;
     }
     set_fingerprint(set);
+    return 0;
+}
+
+static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed, bool attach) {
+    AdapterSet *set = set_plan(m, cfg, attach);
+    if (set && set_init(set, seed)) { adapter_set_free(set); return NULL; }
     return set;
 }
 
@@ -220,7 +268,41 @@ bool adapters_same_vera_projection(const AdapterSet *a, const AdapterSet *b) {
            !memcmp(a->vera_B, b->vera_B, sizeof(float) * (size_t)a->vera_max_out * a->cfg.r);
 }
 
-// adapter_config.json + adapter_model.safetensors into a new set (attached or not).
+// Every tensor the set's modules need is in the file with its shape, and the file holds nothing
+// else (except what the method owns): checked before any tensor is allocated, so the file, not
+// adapter_config.json's r, bounds what loading allocates. used[i]: file tensor i is a module's.
+static int check_file(const AdapterSet *set, const SafeTensors *st, const char *path) {
+    bool *used = xcalloc(st->n ? st->n : 1, sizeof(bool));
+    int rc = 0;
+    for (int i = 0; i < set->n && !rc; i++) {
+        const Adapter *a = &set->adapters[i];
+        for (int k = 0; k < a->method->n_tensors && !rc; k++) {
+            const AdapterTensor *spec = &a->method->tensors[k];
+            char *name = tensor_key(a, spec), got[160], want[64];
+            const StTensor *t = st_find(st, name);
+            int64_t rows = dim_size(a, spec->rows), cols = dim_size(a, spec->cols), shape[2] = {rows, cols};
+            // A [n, 1] tensor may be stored 1-D and a vector as [n, 1].
+            bool ok = t && t->numel == rows * cols &&
+                      (t->ndim == 1 ? cols == 1 : t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols);
+            if (!t) rc = peft_fail("%s: missing tensor %s", path, name);
+            else if (!ok)
+                rc = peft_fail("%s: tensor %s has shape [%s] but the base model and adapter_config.json (r %d) need [%s]", path, name,
+                               st_shape_text(t->ndim, t->shape, got, sizeof got), a->r, st_shape_text(spec->vector ? 1 : 2, shape, want, sizeof want));
+            else used[t - st->tensors] = true;
+            free(name);
+        }
+    }
+    const AdapterMethod *method = method_for(set->cfg.type);
+    for (int i = 0; i < st->n && !rc; i++)
+        if (!used[i] && !(method->owns_tensor && method->owns_tensor(set, st->tensors[i].name)))
+            rc = peft_fail("%s: tensor %s is not used by this %s adapter (target_modules matches %d modules of the model): "
+                           "a tensor nothing uses is refused, not ignored", path, st->tensors[i].name, method->peft_type, set->n);
+    free(used);
+    return rc;
+}
+
+// adapter_config.json + adapter_model.safetensors into a new set (attached or not). Every size is
+// checked against the file before it is allocated, and an allocation that fails is an error.
 static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
     char *cfg_path = path_join(dir, "adapter_config.json");
     char *st_path = path_join(dir, "adapter_model.safetensors");
@@ -228,24 +310,13 @@ static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
     SafeTensors st = {0};
     AdapterSet *set = NULL, *result = NULL;
     if (adapter_config_load(&cfg, cfg_path)) goto out_paths;
-    set = set_create(m, &cfg, 0, attach);
+    set = set_plan(m, &cfg, attach);
     adapter_config_free(&cfg);
     if (!set) { peft_fail_context("%s: ", cfg_path); goto out_paths; }
-    if (st_open(&st, st_path)) { adapter_set_free(set); goto out_paths; }
+    if (st_open(&st, st_path) || check_file(set, &st, st_path) || set_init(set, 0)) goto fail;
     for (int i = 0; i < set->n_params; i++) {
         Param *p = set->params[i];
-        const StTensor *t = st_find(&st, p->name);
-        if (!t) { peft_fail("%s: missing tensor %s", st_path, p->name); goto fail; }
-        bool shape_ok = t->numel == p->numel && (t->ndim == p->ndim || (p->ndim == 1 && t->ndim == 2 && t->shape[1] == 1) ||
-                                                 (p->ndim == 2 && p->shape[1] == 1 && t->ndim == 1));
-        if (shape_ok && p->ndim == 2 && t->ndim == 2) shape_ok = t->shape[0] == p->shape[0] && t->shape[1] == p->shape[1];
-        if (!shape_ok) {
-            peft_fail("%s: tensor %s has shape [%lld%s%lld] but the base model needs [%lld, %lld]", st_path, p->name,
-                      (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
-                      (long long)p->shape[0], (long long)p->shape[1]);
-            goto fail;
-        }
-        if (st_to_f32(t, p->w) || check_finite(p->w, p->numel, st_path, p->name)) goto fail;
+        if (st_to_f32(st_find(&st, p->name), p->w) || check_finite(p->w, p->numel, st_path, p->name)) goto fail;
     }
     const AdapterMethod *method = set->adapters[0].method;
     if (method->after_load && method->after_load(set, &st, st_path)) goto fail;

@@ -43,6 +43,17 @@ typedef struct {
 typedef struct AdapterMethod AdapterMethod;
 typedef struct AdapterSet AdapterSet;
 
+// A tensor a method gives every adapted module, as PEFT names and shapes it: its file key is
+// "base_model.model.<module>.<suffix>", its shape [rows, cols] in terms of the module's rank and
+// features (vector: a 1-D tensor [rows]).
+typedef enum { DIM_ONE, DIM_RANK, DIM_IN, DIM_OUT } AdapterDim;
+typedef struct {
+    const char *suffix;
+    AdapterDim rows, cols;
+    bool vector;
+    size_t field;            // offsetof(Adapter, the Param * it fills)
+} AdapterTensor;
+
 // One adapted linear layer.
 struct Adapter {
     const AdapterMethod *method;
@@ -79,9 +90,11 @@ struct AdapterSet {
 
 struct AdapterMethod {
     const char *peft_type;       // "LORA", "VERA", "ADALORA"
+    int n_tensors;
+    AdapterTensor tensors[3];    // every adapted module's tensors, in the order they are created and saved
     // Called once before the per-module init (e.g. VeRA draws its shared projections).
     int (*prepare)(AdapterSet *set);
-    // Create this module's tensors (adapter_new_param) and set their initial values.
+    // Set this module's initial values (its tensors exist already) and scaling.
     int (*init)(AdapterSet *set, Adapter *a, uint64_t *rng);
     // y[N,out] += adapter(x[N,in]). train: apply dropout and keep what backward needs.
     void (*forward)(Adapter *a, const float *x, float *y, int N, bool train);
@@ -95,6 +108,9 @@ struct AdapterMethod {
     int (*save)(AdapterSet *set, void *writer /*StWriter*/, void *config_json /*cJSON*/);
     // Optional: after loading tensors from a file (VeRA checks stored projections).
     int (*after_load)(AdapterSet *set, const void *file /*SafeTensors*/, const char *path);
+    // Optional: whether a file tensor that is no module's is this method's (VeRA's stored projections);
+    // any other such tensor is refused.
+    bool (*owns_tensor)(const AdapterSet *set, const char *name);
     void (*free_state)(AdapterSet *set);
 };
 
@@ -129,7 +145,6 @@ void adapters_unmerge(Model *m);
 double adapters_regularizer(Model *m, bool want_grad);
 
 // Used by the methods.
-Param *adapter_new_param(Adapter *a, const char *suffix, int rows, int cols, bool is_vector);
 void adapter_ensure_capacity(Adapter *a, int N, long extra_per_row);
 // dropout(x) when training with dropout, else x itself.
 const float *adapter_dropout_input(Adapter *a, const float *x, int N, bool train);

@@ -122,16 +122,135 @@ static int jint(const cJSON *o, const char *name, int *out, const char *path) {
     return 0;
 }
 
+// A float field, finite once in float (lora_alpha 1e39 would be inf and every output NaN).
 static int jfloat(const cJSON *o, const char *name, float *out, const char *path) {
     double v = *out;
     if (jnum(o, name, &v, path)) return -1;
+    if (!isfinite((float)v)) return peft_fail("%s: \"%s\" %g is not a finite float", path, name, v);
     *out = (float)v;
     return 0;
 }
 
-static void jbool(const cJSON *o, const char *name, bool *out) {
+static int jbool(const cJSON *o, const char *name, bool *out, const char *path) {
     const cJSON *f = jfield(o, name);
-    if (f && cJSON_IsBool(f)) *out = cJSON_IsTrue(f);
+    if (f && !cJSON_IsBool(f)) return peft_fail("%s: \"%s\" must be true or false", path, name);
+    if (f) *out = cJSON_IsTrue(f);
+    return 0;
+}
+
+// Every key PEFT 0.21 writes for LoraConfig, VeraConfig and AdaLoraConfig (AdaLoRA's: LoRA's and
+// its own), and what this program does with it. PEFT drops a key its config class does not have
+// with a warning (a config from a newer PEFT); here such a key is refused by name, since it may
+// change what the adapter computes.
+typedef enum {
+    KEY_USED,     // read and implemented
+    KEY_INERT,    // changes nothing the adapter computes: metadata, or read only along with a refused key
+    KEY_DEFAULT,  // not implemented: refused unless it holds PEFT's default
+} KeyUse;
+enum { FOR_LORA = 1 << PEFT_LORA, FOR_VERA = 1 << PEFT_VERA, FOR_ADALORA = 1 << PEFT_ADALORA,
+       FOR_LORAS = FOR_LORA | FOR_ADALORA, FOR_ALL = FOR_LORAS | FOR_VERA };
+typedef struct {
+    const char *key;
+    unsigned methods;
+    KeyUse use;
+    const char *accepted;  // a JSON array of the values allowed; NULL: any (KEY_DEFAULT: null, false, "", {} or [])
+    const char *what;      // KEY_DEFAULT: what a value would do (said when refusing it)
+} ConfigKey;
+
+static const ConfigKey CONFIG_KEYS[] = {
+    {"peft_type", FOR_ALL, KEY_USED, NULL, NULL},
+    {"target_modules", FOR_ALL, KEY_USED, NULL, NULL},
+    {"task_type", FOR_ALL, KEY_USED, "[null, \"CAUSAL_LM\"]", "another task type puts a classification or seq2seq head on the model"},
+    {"r", FOR_LORA | FOR_VERA, KEY_USED, NULL, NULL},
+    {"r", FOR_ADALORA, KEY_INERT, NULL, NULL},  // AdaLoRA's rank is init_r; PEFT ignores r too
+    {"fan_in_fan_out", FOR_ALL, KEY_USED, NULL, NULL},  // as PEFT: the layer type decides (GPT-2's Conv1D: true)
+    {"lora_alpha", FOR_LORAS, KEY_USED, NULL, NULL},
+    {"lora_dropout", FOR_LORAS, KEY_USED, NULL, NULL},
+    {"use_rslora", FOR_LORA, KEY_USED, NULL, NULL},
+    {"use_rslora", FOR_ADALORA, KEY_DEFAULT, NULL, "PEFT's AdaLoRA ignores it"},
+    {"init_lora_weights", FOR_LORAS, KEY_INERT, "[true, false, \"gaussian\"]", "it changes the base weights or is not implemented"},
+    {"rank_pattern", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"rank_pattern", FOR_LORA, KEY_DEFAULT, NULL, "per-module ranks"},
+    {"init_r", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"target_r", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"tinit", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"tfinal", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"deltaT", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"beta1", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"beta2", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"orth_reg_weight", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"total_step", FOR_ADALORA, KEY_USED, NULL, NULL},
+    {"vera_dropout", FOR_VERA, KEY_USED, NULL, NULL},
+    {"d_initial", FOR_VERA, KEY_USED, NULL, NULL},
+    {"projection_prng_key", FOR_VERA, KEY_USED, NULL, NULL},
+    {"save_projection", FOR_VERA, KEY_USED, NULL, NULL},
+    {"init_weights", FOR_VERA, KEY_INERT, "[true, false]", "not a VeRA initialisation"},
+    {"auto_mapping", FOR_ALL, KEY_INERT, NULL, NULL},
+    {"base_model_name_or_path", FOR_ALL, KEY_INERT, NULL, NULL},
+    {"revision", FOR_ALL, KEY_INERT, NULL, NULL},
+    {"peft_version", FOR_ALL, KEY_INERT, NULL, NULL},
+    {"inference_mode", FOR_ALL, KEY_INERT, NULL, NULL},
+    {"megatron_core", FOR_LORAS, KEY_INERT, NULL, NULL},      // read only with megatron_config
+    {"qalora_group_size", FOR_LORAS, KEY_INERT, NULL, NULL},  // read only with use_qalora
+    {"bias", FOR_ALL, KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases"},
+    {"modules_to_save", FOR_ALL, KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter"},
+    {"layers_to_transform", FOR_ALL, KEY_DEFAULT, NULL, "only some layers adapted"},
+    {"layers_pattern", FOR_ALL, KEY_DEFAULT, NULL, "the layers layers_to_transform counts"},
+    {"exclude_modules", FOR_LORAS, KEY_DEFAULT, NULL, "modules left out of target_modules"},
+    {"alpha_pattern", FOR_LORAS, KEY_DEFAULT, NULL, "per-module lora_alpha"},
+    {"use_dora", FOR_LORAS, KEY_DEFAULT, NULL, "DoRA's magnitude vectors"},
+    {"lora_bias", FOR_LORAS, KEY_DEFAULT, NULL, "a bias on lora_B"},
+    {"use_qalora", FOR_LORAS, KEY_DEFAULT, NULL, "QALoRA's pooled inputs"},
+    {"use_bdlora", FOR_LORAS, KEY_DEFAULT, NULL, "block-diagonal LoRA"},
+    {"layer_replication", FOR_LORAS, KEY_DEFAULT, NULL, "repeated layers of the base model"},
+    {"target_parameters", FOR_LORAS, KEY_DEFAULT, NULL, "LoRA on parameters rather than modules"},
+    {"trainable_token_indices", FOR_LORAS, KEY_DEFAULT, NULL, "trained rows of the embedding"},
+    {"ensure_weight_tying", FOR_LORAS, KEY_DEFAULT, NULL, "tied copies of saved modules"},
+    {"alora_invocation_tokens", FOR_LORAS, KEY_DEFAULT, NULL, "activated LoRA (applied after these tokens only)"},
+    {"megatron_config", FOR_LORAS, KEY_DEFAULT, NULL, "Megatron's parallel layers"},
+    {"loftq_config", FOR_LORAS, KEY_DEFAULT, NULL, "LoftQ's quantised base"},
+    {"eva_config", FOR_LORAS, KEY_DEFAULT, NULL, "EVA initialisation"},
+    {"corda_config", FOR_LORAS, KEY_DEFAULT, NULL, "CorDA initialisation"},
+    {"lora_ga_config", FOR_LORAS, KEY_DEFAULT, NULL, "LoRA-GA initialisation"},
+    {"kasa_config", FOR_LORAS, KEY_DEFAULT, NULL, "KaSA"},
+    {"velora_config", FOR_LORAS, KEY_DEFAULT, NULL, "VeLoRA"},
+    {"monteclora_config", FOR_LORAS, KEY_DEFAULT, NULL, "MonteCLoRA"},
+    {"arrow_config", FOR_LORAS, KEY_DEFAULT, NULL, "Arrow routing between adapters"},
+};
+
+static bool is_empty_value(const cJSON *v) {
+    return cJSON_IsNull(v) || cJSON_IsFalse(v) || (cJSON_IsString(v) && !v->valuestring[0]) ||
+           ((cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child);
+}
+
+static bool is_accepted(const ConfigKey *k, const cJSON *v) {
+    if (!k->accepted) return k->use != KEY_DEFAULT || is_empty_value(v);
+    cJSON *list = cJSON_Parse(k->accepted);
+    bool ok = false;
+    const cJSON *a;
+    cJSON_ArrayForEach(a, list) ok |= cJSON_Compare(a, v, true);
+    cJSON_Delete(list);
+    return ok;
+}
+
+// Every key of the file is in CONFIG_KEYS for this method, with a value it accepts.
+static int check_keys(const cJSON *j, PeftType type, const char *path) {
+    const cJSON *v;
+    cJSON_ArrayForEach(v, j) {
+        const ConfigKey *k = NULL;
+        for (size_t i = 0; i < sizeof CONFIG_KEYS / sizeof *CONFIG_KEYS && !k; i++)
+            if (!strcmp(CONFIG_KEYS[i].key, v->string) && (CONFIG_KEYS[i].methods & (1u << type))) k = &CONFIG_KEYS[i];
+        if (!k)
+            return peft_fail("%s: unknown key \"%s\": PEFT 0.21's %s config has no such key, and a key that may change "
+                             "what the adapter computes is refused rather than ignored", path, v->string, peft_type_name(type));
+        if (is_accepted(k, v)) continue;
+        char *text = cJSON_PrintUnformatted(v);
+        int rc = peft_fail("%s: \"%s\": %.80s is not supported (%s)%s%s", path, v->string, text, k->what ? k->what : "",
+                           k->accepted ? "; supported: " : "", k->accepted ? k->accepted : "");
+        free(text);
+        return rc;
+    }
+    return 0;
 }
 
 // AdaLoRA's rank_pattern: {"<module>.lora_E.default" or "<module>": [bool, ...]}.
@@ -167,6 +286,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
     if (peft_type_parse(pt->valuestring, &type))
         return peft_fail("%s: unknown peft_type \"%s\" (LORA, VERA, ADALORA are supported)", path, pt->valuestring);
     adapter_config_defaults(c, type);
+    if (check_keys(j, type, path)) return -1;
     double key = 0;  // projection_prng_key: an integer seed; torch wraps negative ones to uint64
     if (jint(j, "r", &c->r, path) || jfloat(j, "lora_alpha", &c->alpha, path) ||
         jfloat(j, type == PEFT_VERA ? "vera_dropout" : "lora_dropout", &c->dropout, path) ||
@@ -178,9 +298,9 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
         return -1;
     if (key != floor(key) || fabs(key) > 9007199254740992.0) return peft_fail("%s: projection_prng_key must be an integer below 2^53", path);
     c->prng_key = (uint64_t)(int64_t)key;
-    jbool(j, "use_rslora", &c->use_rslora);
-    jbool(j, "fan_in_fan_out", &c->fan_in_fan_out);
-    jbool(j, "save_projection", &c->save_projection);
+    if (jbool(j, "use_rslora", &c->use_rslora, path) || jbool(j, "fan_in_fan_out", &c->fan_in_fan_out, path) ||
+        jbool(j, "save_projection", &c->save_projection, path))
+        return -1;
     const cJSON *tt = jfield(j, "task_type");
     snprintf(c->task_type, sizeof c->task_type, "%s", tt && cJSON_IsString(tt) ? tt->valuestring : "");
     const cJSON *bm = jfield(j, "base_model_name_or_path");
@@ -195,15 +315,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
             c->targets[c->n_targets++] = xstrdup(e->valuestring);
         }
     } else return peft_fail("%s: missing \"target_modules\"", path);
-    const cJSON *dora = jfield(j, "use_dora");
-    if (dora && cJSON_IsTrue(dora)) return peft_fail("%s: use_dora is not supported", path);
-    const cJSON *bias = jfield(j, "bias");
-    if (bias && cJSON_IsString(bias) && strcmp(bias->valuestring, "none")) return peft_fail("%s: bias \"%s\" is not supported (\"none\" is)", path, bias->valuestring);
-    const cJSON *ap = jfield(j, "alpha_pattern");
-    if (ap && cJSON_GetArraySize(ap) > 0) return peft_fail("%s: alpha_pattern is not supported", path);
-    const cJSON *rp = jfield(j, "rank_pattern");
-    if (type != PEFT_ADALORA && rp && cJSON_GetArraySize(rp) > 0) return peft_fail("%s: rank_pattern is only supported for AdaLoRA", path);
-    if (type == PEFT_ADALORA && parse_rank_pattern(c, rp, path)) return -1;
+    if (type == PEFT_ADALORA && parse_rank_pattern(c, jfield(j, "rank_pattern"), path)) return -1;
     if (type == PEFT_ADALORA) c->r = c->init_r;
     if (c->r <= 0) return peft_fail("%s: r must be positive (got %d)", path, c->r);
     if (c->dropout < 0 || c->dropout >= 1) return peft_fail("%s: dropout must be in [0, 1)", path);

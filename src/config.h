@@ -3,6 +3,7 @@
 // are flags (norm kind, biases, rope, sliding window), not separate code paths.
 #pragma once
 #include <stdbool.h>
+#include <stdint.h>
 
 typedef enum { ARCH_GPT2, ARCH_LLAMA } Arch;  // LLAMA covers llama, mistral, qwen2
 typedef enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } RopeType;
@@ -28,12 +29,17 @@ typedef struct {
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_pos;
     int sliding_window;       // 0 = full causal attention
+    float dropout;            // the largest base-model dropout probability (not implemented: training refuses > 0)
+    const char *dropout_key;  // its config.json key (a static string), NULL when none
     int bos_token_id, eos_token_id;
 } ModelConfig;
 
 // Parses and validates; errors name the file and the field.
 int config_load(ModelConfig *cfg, const char *path);
 int config_parse(ModelConfig *cfg, const char *json_text, const char *path_for_errors);
+// The sizes' checks config_parse ends with (also for configs made in code, e.g. by peft init):
+// positive, consistent, and within limits far above any real model; sets head_dim when it is -1.
+int config_validate(ModelConfig *cfg, const char *path_for_errors);
 const char *config_arch_name(const ModelConfig *cfg);
 // config.json text that transformers can load (malloc'd).
 char *config_to_json(const ModelConfig *cfg);

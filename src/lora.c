@@ -6,15 +6,14 @@
 #include "torch_rng.h"
 #include "util.h"
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 static int lora_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
     const AdapterConfig *c = &set->cfg;
-    int in = a->lin->in, out = a->lin->out, r = a->r;
+    int in = a->lin->in, r = a->r;
     a->scaling = c->use_rslora ? c->alpha / sqrtf((float)r) : c->alpha / (float)r;
-    a->A = adapter_new_param(a, "lora_A.weight", r, in, false);
-    a->B = adapter_new_param(a, "lora_B.weight", out, r, false);
     // PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)), i.e. uniform(+-1/sqrt(in)); B stays zero.
     TorchGen g;
     torch_gen_seed(&g, (*rng)++);
@@ -46,6 +45,9 @@ static void lora_delta(const Adapter *a, float *delta) {
 
 const AdapterMethod lora_method = {
     .peft_type = "LORA",
+    .n_tensors = 2,
+    .tensors = {{"lora_A.weight", DIM_RANK, DIM_IN, false, offsetof(Adapter, A)},
+                {"lora_B.weight", DIM_OUT, DIM_RANK, false, offsetof(Adapter, B)}},
     .init = lora_init,
     .forward = lora_forward,
     .backward = lora_backward,

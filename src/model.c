@@ -16,8 +16,7 @@ static Param *add_param(Model *m, int cap, const char *name, int rows, int cols)
     p->shape[0] = rows;
     p->shape[1] = cols ? cols : 1;
     p->numel = (long)rows * (cols ? cols : 1);
-    p->w = xcalloc(p->numel, sizeof(float));
-    return p;
+    return p;  // the weights are allocated once every shape is known (and, loading, checked)
 }
 
 // A linear module's weight in HF layout: Conv1D [in,out] for GPT-2, nn.Linear [out,in] otherwise.
@@ -115,7 +114,9 @@ static void build_inv_freq(Model *m) {
     }
 }
 
-Model *model_create_zeros(const ModelConfig *cfg) {
+// The model's tensors with their names and shapes, no weights yet. config_validate's limits keep
+// every count and width here within an int.
+static Model *model_build(const ModelConfig *cfg) {
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *cfg;
     int cap = 4 + cfg->n_layer * 20;
@@ -124,6 +125,12 @@ Model *model_create_zeros(const ModelConfig *cfg) {
     m->linears = xcalloc(cfg->n_layer * 7, sizeof(Linear));
     if (cfg->arch == ARCH_GPT2) build_gpt2(m, cap);
     else { build_llama(m, cap); build_inv_freq(m); }
+    return m;
+}
+
+Model *model_create_zeros(const ModelConfig *cfg) {
+    Model *m = model_build(cfg);
+    for (int i = 0; i < m->n_params; i++) m->params[i].w = xcalloc(m->params[i].numel, sizeof(float));
     return m;
 }
 
@@ -151,25 +158,29 @@ Model *model_create_random(const ModelConfig *cfg, uint64_t seed) {
     return m;
 }
 
-static int load_param(Param *p, const StModel *st, const char *dir, bool gpt2) {
-    const char *file = NULL;
-    const StTensor *t = st_model_find(st, p->name, &file);
+// The file's tensor for p, when its shape is the one config.json implies.
+static const StTensor *find_weight(const Param *p, const StModel *st, const char *dir, bool gpt2, const char **file) {
+    const StTensor *t = st_model_find(st, p->name, file);
     // The original GPT-2 checkpoints name tensors without the "transformer." prefix.
-    if (!t && gpt2 && !strncmp(p->name, "transformer.", 12)) t = st_model_find(st, p->name + 12, &file);
-    if (!t) return peft_fail("%s: the weights have no tensor %s", dir, p->name);
+    if (!t && gpt2 && !strncmp(p->name, "transformer.", 12)) t = st_model_find(st, p->name + 12, file);
+    if (!t) { peft_fail("%s: the weights have no tensor %s", dir, p->name); return NULL; }
     bool ok = t->numel == p->numel && ((p->ndim == 1 && t->ndim == 1) || (p->ndim == 2 && t->ndim == 2 && t->shape[0] == p->shape[0] && t->shape[1] == p->shape[1]));
-    if (!ok) {
-        char got[128] = "", *g = got;
-        for (int d = 0; d < t->ndim; d++) g += snprintf(g, got + sizeof got - g, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        if (p->ndim == 2) return peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld, %lld]", file, p->name, got, (long long)p->shape[0], (long long)p->shape[1]);
-        return peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld]", file, p->name, got, (long long)p->shape[0]);
-    }
-    if (st_to_f32(t, p->w)) return -1;
+    if (ok) return t;
+    char got[160], want[64];
+    peft_fail("%s: tensor %s has shape [%s] but config.json implies [%s]", *file, p->name, st_shape_text(t->ndim, t->shape, got, sizeof got),
+              st_shape_text(p->ndim, p->shape, want, sizeof want));
+    return NULL;
+}
+
+static int read_weight(Param *p, const StTensor *t, const char *file) {
+    if (!(p->w = try_calloc(p->numel, sizeof(float), p->name)) || st_to_f32(t, p->w)) return -1;
     for (long i = 0; i < p->numel; i++)
         if (!isfinite(p->w[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", file, p->name, p->w[i], i);
     return 0;
 }
 
+// Every tensor is found and its shape checked before any weight is allocated: the sizes come from
+// the file, not from what config.json claims.
 Model *model_load(const char *dir) {
     if (!dir_exists(dir)) { peft_fail("%s: not a directory", dir); return NULL; }
     char *cfg_path = path_join(dir, "config.json");
@@ -179,11 +190,17 @@ Model *model_load(const char *dir) {
     if (rc) return NULL;
     StModel st;
     if (st_model_open(&st, dir)) return NULL;
-    Model *m = model_create_zeros(&cfg);
+    Model *m = model_build(&cfg);
     m->dir = xstrdup(dir);
-    for (int i = 0; i < m->n_params; i++)
-        if (load_param(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2)) { st_model_close(&st); model_free(m); return NULL; }
+    const StTensor **src = xcalloc(m->n_params, sizeof *src);
+    const char **file = xcalloc(m->n_params, sizeof *file);
+    for (int i = 0; i < m->n_params && !rc; i++)
+        if (!(src[i] = find_weight(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2, &file[i]))) rc = -1;
+    for (int i = 0; i < m->n_params && !rc; i++) rc = read_weight(&m->params[i], src[i], file[i]);
     st_model_close(&st);
+    free(src);
+    free(file);
+    if (rc) { model_free(m); return NULL; }
     return m;
 }
 

@@ -330,6 +330,16 @@ static float f16_to_f32(uint16_t h) {
     return sign ? -mag : mag;
 }
 
+const char *st_shape_text(int ndim, const int64_t *shape, char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = 0;
+    for (int d = 0; d < ndim && n + 1 < cap; d++) {
+        int k = snprintf(buf + n, cap - n, "%s%lld", d ? ", " : "", (long long)shape[d]);
+        n += k > 0 ? (size_t)k : 0;
+    }
+    return buf;
+}
+
 int st_to_f32(const StTensor *t, float *out) {
     const uint8_t *p = t->data; // may be unaligned: read element by element through memcpy
     size_t n = (size_t)t->numel;

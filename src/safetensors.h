@@ -39,6 +39,9 @@ int st_parse(SafeTensors *st, const void *buf, size_t len, const char *name_for_
 void st_close(SafeTensors *st);
 const StTensor *st_find(const SafeTensors *st, const char *name);
 
+// "2, 3" for shape [2, 3], for messages; cut short rather than overflow buf.
+const char *st_shape_text(int ndim, const int64_t *shape, char *buf, size_t cap);
+
 // Convert any float dtype (F32/F16/BF16) to fp32. I64 data is rejected for this call.
 int st_to_f32(const StTensor *t, float *out);
 // Read an I64 tensor into out (any integer dtype accepted).

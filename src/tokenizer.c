@@ -190,9 +190,25 @@ static int32_t first_special(const Tokenizer *t, const char *const *names) {
     return -1;
 }
 
+// BPE starts from single characters (or, with byte fallback, from byte tokens): a vocabulary with
+// neither cannot encode any text.
+static bool can_start(const Tokenizer *t) {
+    for (int b = 0; b < 256; b++)
+        if (t->byte_fallback && t->fallback_id[b] >= 0) return true;
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        const char *s = t->token_text[id];
+        size_t n = s ? strlen(s) : 0;
+        if (n && !t->special[id] && tok_utf8_len((const uint8_t *)s, n) == (int)n) return true;
+    }
+    return false;
+}
+
 int tok_finish(Tokenizer *t) {
     if (t->n_ids == 0) return peft_fail("%s: the vocabulary is empty", t->source);
     build_byte_tables(t);
+    if (!can_start(t))
+        return peft_fail("%s: no token of the vocabulary is a single character: BPE starts from characters, so every text would "
+                         "encode to nothing", t->source);
     build_pieces(t);
     tok_build_joined(t);
     if (t->n_added) qsort(t->added, t->n_added, sizeof *t->added, compare_added);

@@ -18,6 +18,8 @@ typedef struct Tokenizer Tokenizer;
 // encoder.json + vocab.bpe. Reads tokenizer_config.json and config.json (when present) for the
 // bos / eos tokens and add_bos_token. NULL + peft_last_error() on failure.
 Tokenizer *tokenizer_load(const char *dir);
+// Whether dir has one of the tokenizer file sets tokenizer_load looks for.
+bool tokenizer_files_exist(const char *dir);
 // Load one HF tokenizer.json file (no bos / eos from neighbouring config files).
 Tokenizer *tokenizer_load_json(const char *path);
 // Load GPT-2's vocabulary (token -> id JSON object) and merges ("a b" per line). <|endoftext|> is

@@ -65,12 +65,27 @@ static char *existing(const char *dir, const char *name) {
     return NULL;
 }
 
+// GPT-2's two-file layouts: HF's, and OpenAI's original names.
+static const char *const GPT2_PAIRS[][2] = {{"vocab.json", "merges.txt"}, {"encoder.json", "vocab.bpe"}};
+
+static bool present(const char *dir, const char *name) {
+    char *path = existing(dir, name);
+    bool found = path != NULL;
+    free(path);
+    return found;
+}
+
+bool tokenizer_files_exist(const char *dir) {
+    bool found = present(dir, "tokenizer.json");
+    for (int i = 0; i < 2; i++) found |= present(dir, GPT2_PAIRS[i][0]) && present(dir, GPT2_PAIRS[i][1]);
+    return found;
+}
+
 static Tokenizer *load_tokenizer_files(const char *dir) {
     char *json = existing(dir, "tokenizer.json");
     if (json) { Tokenizer *t = tokenizer_load_json(json); free(json); return t; }
-    static const char *const pairs[][2] = {{"vocab.json", "merges.txt"}, {"encoder.json", "vocab.bpe"}};
     for (int i = 0; i < 2; i++) {
-        char *vocab = existing(dir, pairs[i][0]), *merges = existing(dir, pairs[i][1]);
+        char *vocab = existing(dir, GPT2_PAIRS[i][0]), *merges = existing(dir, GPT2_PAIRS[i][1]);
         Tokenizer *t = vocab && merges ? tokenizer_load_gpt2_files(vocab, merges) : NULL;
         bool found = vocab && merges;
         free(vocab);

@@ -43,6 +43,7 @@ static int read_vocab(Tokenizer *t, const char *path, const char *field, const c
         if (!int_value(entry, &id)) return peft_fail("%s: %s[\"%s\"] is not an integer id", path, field, entry->string);
         if (tok_add_token(t, entry->string, strlen(entry->string), id) < 0) return peft_fail_context("%s: %s: ", path, field);
     }
+    if (!vocab->child) return peft_fail("%s: %s is empty: every text would encode to nothing", path, field);
     return 0;
 }
 

@@ -8,6 +8,8 @@
 #include "tokenizer.h"
 #include "util.h"
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -231,12 +233,34 @@ static int setup_gpu(Trainer *t) {
     return 0;
 }
 
+// What a run writes to out_dir: the log and the curve under their partial names until the adapter
+// (or model) is saved, then under their own.
+static const char *LOG = "train_log.jsonl", *LOG_PARTIAL = "train_log.partial.jsonl", *SVG = "loss.svg", *SVG_PARTIAL = "loss.partial.svg";
+
+// A folder holding another run's outputs is replaced only when asked to (a resumed run continues its own).
+static int check_out_dir(const TrainConfig *c) {
+    if (c->resume || c->overwrite) return 0;
+    const char *outputs[] = {"adapter_model.safetensors", "adapter_config.json", "model.safetensors", LOG, LOG_PARTIAL, "checkpoint"};
+    for (size_t i = 0; i < sizeof outputs / sizeof *outputs; i++) {
+        char *p = path_join(c->out_dir, outputs[i]);
+        bool there = file_exists(p) || dir_exists(p);
+        free(p);
+        if (there)
+            return peft_fail("%s holds another run's %s: pass --overwrite to replace that run's outputs, or --resume to continue from its checkpoint",
+                             c->out_dir, outputs[i]);
+    }
+    return 0;
+}
+
 static int setup(Trainer *t, const TrainConfig *cfg) {
     t->c = *cfg;
-    if (check_config(&t->c)) return -1;
+    if (check_config(&t->c) || check_out_dir(&t->c)) return -1;
     if (t->c.threads > 0) omp_set_num_threads(t->c.threads);
     if (make_dir(t->c.out_dir)) return -1;
     if (!(t->m = model_load(t->c.model_dir)) || !(t->tok = tokenizer_load(t->c.model_dir))) return -1;
+    if (t->m->cfg.dropout > 0)
+        return peft_fail("%s/config.json: %s %g: the base model's dropout is not implemented, so training would not be what "
+                         "transformers does; set it to 0 to train without it", t->c.model_dir, t->m->cfg.dropout_key, t->m->cfg.dropout);
     if (t->c.data.seq_len == 0) t->c.data.seq_len = default_seq_len(t->m);
     if (t->m->cfg.arch == ARCH_GPT2 && t->c.data.seq_len > t->m->cfg.n_positions)
         return peft_fail("sequence length %d exceeds the model's %d positions", t->c.data.seq_len, t->m->cfg.n_positions);
@@ -254,8 +278,8 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     t->perm_epoch = -1;
     t->ids = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
     t->labels = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
-    t->log_path = path_join(t->c.out_dir, "train_log.jsonl");
-    t->svg_path = path_join(t->c.out_dir, "loss.svg");
+    t->log_path = path_join(t->c.out_dir, LOG_PARTIAL);
+    t->svg_path = path_join(t->c.out_dir, SVG_PARTIAL);
     t->ckpt_dir = path_join(t->c.out_dir, "checkpoint");
     long trainable = model_count_params(t->m, true), all = model_count_params(t->m, false);
     message(t, "%s: %ld trainable parameters (%.3g%% of %ld); %d steps of %d x %d sequences; lr %.3g",
@@ -489,14 +513,54 @@ static cJSON *checkpoint_state(const Trainer *t, int step) {
     return j;
 }
 
-static void remove_checkpoint_dir(const char *dir) {
+// What a checkpoint folder may hold: its two files, and the ".tmp.<pid>" file an atomic write of
+// either leaves when its process is killed.
+static bool is_checkpoint_file(const char *name) {
     const char *files[] = {CKPT_TENSORS, CKPT_STATE};
     for (int i = 0; i < 2; i++) {
-        char *p = path_join(dir, files[i]);
-        unlink(p);
+        size_t n = strlen(files[i]);
+        if (!strncmp(name, files[i], n) && (!name[n] || !strncmp(name + n, ".tmp.", 5))) return true;
+    }
+    return false;
+}
+
+// Removes a checkpoint folder (absent: nothing to do). A file peft does not write there is not
+// deleted but named in the error.
+static int remove_checkpoint_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : peft_fail("%s: cannot open: %s", dir, strerror(errno));
+    int rc = 0;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = path_join(dir, e->d_name);
+        if (!is_checkpoint_file(e->d_name)) rc = peft_fail("%s: not a checkpoint file: move it away (checkpoint folders are replaced at every save)", p);
+        else if (unlink(p)) rc = peft_fail("%s: cannot remove: %s", p, strerror(errno));
         free(p);
     }
-    rmdir(dir);
+    closedir(d);
+    if (!rc && rmdir(dir)) rc = peft_fail("%s: cannot remove: %s", dir, strerror(errno));
+    return rc;
+}
+
+// Whatever step of save_checkpoint a killed process stopped at, leaves checkpoint/ complete (its
+// state.json, written last, present) or absent, and no checkpoint.new/ or checkpoint.old/. Cut off
+// between its two renames, a save leaves the last complete checkpoint in checkpoint.old/: it goes
+// back into place.
+static int recover_checkpoints(const Trainer *t) {
+    char *tmp = xasprintf("%s.new", t->ckpt_dir), *old = xasprintf("%s.old", t->ckpt_dir);
+    char *state = path_join(t->ckpt_dir, CKPT_STATE), *old_state = path_join(old, CKPT_STATE);
+    int rc = remove_checkpoint_dir(tmp);
+    if (!rc && !file_exists(state) && file_exists(old_state)) {
+        rc = remove_checkpoint_dir(t->ckpt_dir);
+        if (!rc && rename(old, t->ckpt_dir)) rc = peft_fail("%s: cannot move the checkpoint back into place: %s", old, strerror(errno));
+    }
+    if (!rc) rc = remove_checkpoint_dir(old);
+    free(tmp);
+    free(old);
+    free(state);
+    free(old_state);
+    return rc;
 }
 
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
@@ -530,17 +594,15 @@ static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
     return rc;
 }
 
-// Written to checkpoint.new, then swapped in, so an interruption never leaves no valid checkpoint.
+// Written to checkpoint.new, then swapped in, so an interruption never leaves no valid checkpoint
+// (recover_checkpoints tidies up after one).
 static int save_checkpoint(Trainer *t, int step) {
     char *tmp = xasprintf("%s.new", t->ckpt_dir), *old = xasprintf("%s.old", t->ckpt_dir);
-    remove_checkpoint_dir(tmp);
-    int rc = write_checkpoint_files(t, tmp, step);
-    if (!rc) {
-        remove_checkpoint_dir(old);
-        if (dir_exists(t->ckpt_dir) && rename(t->ckpt_dir, old)) rc = peft_fail("%s: cannot replace the old checkpoint", t->ckpt_dir);
-        if (!rc && rename(tmp, t->ckpt_dir)) rc = peft_fail("%s: cannot rename the new checkpoint into place", tmp);
-        if (!rc) remove_checkpoint_dir(old);
-    }
+    int rc = recover_checkpoints(t);
+    if (!rc) rc = write_checkpoint_files(t, tmp, step);
+    if (!rc && dir_exists(t->ckpt_dir) && rename(t->ckpt_dir, old)) rc = peft_fail("%s: cannot replace the old checkpoint: %s", t->ckpt_dir, strerror(errno));
+    if (!rc && rename(tmp, t->ckpt_dir)) rc = peft_fail("%s: cannot rename the new checkpoint into place: %s", tmp, strerror(errno));
+    if (!rc) rc = remove_checkpoint_dir(old);
     if (!rc) message(t, "checkpoint saved at step %d: %s", step, t->ckpt_dir);
     free(tmp);
     free(old);
@@ -609,17 +671,19 @@ out:
     return rc;
 }
 
-// The latest complete checkpoint: checkpoint/, or checkpoint.old/ when a save was cut off
-// between its two renames.
+// A fresh run starts without the checkpoints of a run it replaces.
+static int remove_checkpoints(const Trainer *t) {
+    return recover_checkpoints(t) ? -1 : remove_checkpoint_dir(t->ckpt_dir);
+}
+
+// The latest complete checkpoint, after tidying up what an interrupted save left.
 static int resume(Trainer *t, int *step) {
-    char *old = xasprintf("%s.old", t->ckpt_dir), *state = path_join(t->ckpt_dir, CKPT_STATE), *old_state = path_join(old, CKPT_STATE);
-    const char *dir = file_exists(state) ? t->ckpt_dir : file_exists(old_state) ? old : NULL;
+    if (recover_checkpoints(t)) return -1;
+    char *state = path_join(t->ckpt_dir, CKPT_STATE);
     int rc = -1;
-    if (!dir) peft_fail("%s: no checkpoint to resume from", t->ckpt_dir);
-    else if (!(rc = load_checkpoint_files(t, dir, step))) message(t, "resuming from %s at step %d of %d", dir, *step, t->total_steps);
-    free(old);
+    if (!file_exists(state)) peft_fail("%s: no checkpoint to resume from", t->ckpt_dir);
+    else if (!(rc = load_checkpoint_files(t, t->ckpt_dir, step))) message(t, "resuming from %s at step %d of %d", t->ckpt_dir, *step, t->total_steps);
     free(state);
-    free(old_state);
     return rc;
 }
 
@@ -746,10 +810,21 @@ static int run_eval(Trainer *t, int step) {
     return 0;
 }
 
+// The adapter (or model), then the log and the curve under their own names: a save that fails
+// leaves the previous run's three as they were.
 static int save_final(Trainer *t) {
     if (t->g && gpu_download_trainables(t->g, false)) return -1;
     int rc = t->m->adapters ? adapters_save(t->m, t->c.out_dir) : model_save(t->m, t->c.out_dir);
-    if (!rc) message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);
+    if (rc) return -1;
+    message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);
+    fclose(t->log);
+    t->log = NULL;
+    const char *from[] = {t->log_path, t->svg_path}, *to[] = {LOG, SVG};
+    for (int i = 0; i < 2 && !rc; i++) {
+        char *dst = path_join(t->c.out_dir, to[i]);
+        if (file_exists(from[i]) && rename(from[i], dst)) rc = peft_fail("%s: cannot rename to %s: %s", from[i], dst, strerror(errno));
+        free(dst);
+    }
     return rc;
 }
 
@@ -784,7 +859,7 @@ int train_run(const TrainConfig *cfg, const TrainCallbacks *cb, TrainResult *res
     stop_requested = 0;
     int threads_before = omp_get_max_threads();  // cfg->threads is for this run only
     int first_step = 0, rc = setup(&t, cfg);
-    if (!rc && cfg->resume) rc = resume(&t, &first_step);
+    if (!rc) rc = cfg->resume ? resume(&t, &first_step) : remove_checkpoints(&t);
     if (!rc) rc = open_log(&t, first_step);
     if (!rc) {
         res->first_step = res->steps_done = first_step;

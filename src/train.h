@@ -7,6 +7,9 @@
 //   train_log.jsonl                                    (one JSON object per step and per evaluation)
 //   loss.svg                                           (the loss curve)
 //   checkpoint/                                        (the latest checkpoint, for resume)
+// The log and the curve are train_log.partial.jsonl and loss.partial.svg while the run goes on (and
+// after it stops early): they take their names once the adapter is saved, so that a folder's log,
+// curve and adapter always come from one run.
 //
 // Determinism: for a fixed seed and thread count a run is reproducible bit for bit, and a run
 // resumed from a checkpoint continues exactly as the uninterrupted run would have. All the
@@ -52,6 +55,7 @@ typedef struct {
     int eval_batch;              // 0: batch
     int save_every;              // checkpoint every N steps (0: only when stopped early)
     bool resume;                 // continue from out_dir/checkpoint
+    bool overwrite;              // replace another run's outputs in out_dir (otherwise such a folder is refused)
     int stop_after;              // stop (saving a checkpoint) once this many steps are done; 0: off.
                                  // Tests use it to interrupt a run at a known step.
     bool cuda;                   // train on the GPU (src/cuda): bf16 compute unless fp32

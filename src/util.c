@@ -59,6 +59,18 @@ void *xrealloc(void *p, size_t n) {
     return q;
 }
 
+void *try_calloc(size_t count, size_t size, const char *what) {
+    size_t bytes;
+    void *p = __builtin_mul_overflow(count, size, &bytes) ? NULL : calloc(count ? count : 1, size ? size : 1);
+    if (!p) peft_fail("out of memory: %s needs %zu x %zu bytes", what, count, size);
+    return p;
+}
+
+uint64_t physical_memory_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+}
+
 char *xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
     return memcpy(xmalloc(n), s, n);

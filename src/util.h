@@ -18,6 +18,11 @@ void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// calloc for sizes that a file or a request decides: NULL + an error naming `what` when the memory
+// is not there (a server request must fail, not the process).
+void *try_calloc(size_t count, size_t size, const char *what);
+// This machine's physical memory in bytes (0 when unknown): a bound no allocation can exceed.
+uint64_t physical_memory_bytes(void);
 
 // Whole-file read into a NUL-terminated buffer. NULL + error on failure.
 char *read_file(const char *path, size_t *len_out);

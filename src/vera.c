@@ -16,6 +16,7 @@
 #include "torch_rng.h"
 #include "util.h"
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,14 +40,14 @@ static int vera_prepare(AdapterSet *set) {
     set->vera_max_out = max_out;
     free(set->vera_A);
     free(set->vera_B);
-    set->vera_A = xmalloc(sizeof(float) * (size_t)c->r * max_in);
-    set->vera_B = xmalloc(sizeof(float) * (size_t)max_out * c->r);
+    set->vera_A = try_calloc((size_t)c->r * max_in, sizeof(float), "VeRA's projection vera_A");
+    set->vera_B = set->vera_A ? try_calloc((size_t)max_out * c->r, sizeof(float), "VeRA's projection vera_B") : NULL;
+    if (!set->vera_B) return -1;
     vera_projections(c->prng_key, c->r, max_in, max_out, set->vera_A, set->vera_B);
     return 0;
 }
 
 // PEFT's VeraLayer.update_layer + reset_vera_parameters: lambda_b zeros, lambda_d = d_initial.
-// Registered b before d, as in PEFT's state dict.
 static int vera_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
     (void)rng;  // VeRA's init is deterministic: the randomness is all in the shared projections
     int out = a->lin->out, r = a->r;
@@ -54,8 +55,6 @@ static int vera_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
         return peft_fail("VeRA: module %s [%d -> %d] is larger than the shared projections [%d -> %d]", a->lin->module,
                          a->lin->in, out, set->vera_max_in, set->vera_max_out);
     a->scaling = 1.0f;
-    a->lambda_b = adapter_new_param(a, "vera_lambda_b", out, 1, true);
-    a->lambda_d = adapter_new_param(a, "vera_lambda_d", r, 1, true);
     for (int k = 0; k < r; k++) a->lambda_d->w[k] = set->cfg.d_initial;
     return 0;
 }
@@ -155,26 +154,19 @@ static int load_projection(const SafeTensors *st, const char *path, const char *
     const StTensor *t = st_find(st, key);
     if (!t) return peft_fail("%s: save_projection is true but the file has no %s (PEFT refuses such a file too)", path, key);
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
-        char got[96] = "", *g = got;
-        for (int d = 0; d < t->ndim && d < 4; d++) g += snprintf(g, got + sizeof got - g, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        return peft_fail("%s: tensor %s has shape [%s] but r and the adapted modules need [%d, %d]", path, key, got, rows, cols);
+        char got[160];
+        return peft_fail("%s: tensor %s has shape [%s] but r and the adapted modules need [%d, %d]", path, key,
+                         st_shape_text(t->ndim, t->shape, got, sizeof got), rows, cols);
     }
-    float *tmp = xmalloc(sizeof(float) * (size_t)rows * cols);
-    if (st_to_f32(t, tmp)) { free(tmp); return -1; }
+    if (st_to_f32(t, dst)) return -1;  // on failure the set is freed: nothing half-loaded stays
     for (long i = 0; i < (long)rows * cols; i++)
-        if (!isfinite(tmp[i])) {
-            int rc = peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", path, key, tmp[i], i);
-            free(tmp);
-            return rc;
-        }
-    memcpy(dst, tmp, sizeof(float) * (size_t)rows * cols);
-    free(tmp);
+        if (!isfinite(dst[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", path, key, dst[i], i);
     return 0;
 }
 
 // PEFT (set_peft_model_state_dict): with save_projection the stored projections are required and
-// loaded over the generated ones (they are persistent buffers); without it, stored copies are
-// ignored (non-persistent buffers) and the projections come from projection_prng_key alone.
+// loaded over the generated ones (they are persistent buffers); without it the projections come
+// from projection_prng_key alone (PEFT ignores stored copies; adapter.c refuses them as unused).
 // Our generator reproduces torch's bits, so for files PEFT wrote the two agree exactly (tested).
 static int vera_after_load(AdapterSet *set, const void *file, const char *path) {
     const SafeTensors *st = file;
@@ -184,8 +176,17 @@ static int vera_after_load(AdapterSet *set, const void *file, const char *path) 
     return load_projection(st, path, KEY_B, set->vera_max_out, r, set->vera_B);
 }
 
+// The stored projections are the file's only tensors that are no module's, and only with
+// save_projection (without it PEFT ignores them: refused here instead, as any unused tensor).
+static bool vera_owns_tensor(const AdapterSet *set, const char *name) {
+    return set->cfg.save_projection && (!strcmp(name, KEY_A) || !strcmp(name, KEY_B));
+}
+
 const AdapterMethod vera_method = {
     .peft_type = "VERA",
+    .n_tensors = 2,  // registered b before d, as in PEFT's state dict
+    .tensors = {{"vera_lambda_b", DIM_OUT, DIM_ONE, true, offsetof(Adapter, lambda_b)},
+                {"vera_lambda_d", DIM_RANK, DIM_ONE, true, offsetof(Adapter, lambda_d)}},
     .prepare = vera_prepare,
     .init = vera_init,
     .forward = vera_forward,
@@ -193,4 +194,5 @@ const AdapterMethod vera_method = {
     .delta = vera_delta,
     .save = vera_save,
     .after_load = vera_after_load,
+    .owns_tensor = vera_owns_tensor,
 };

@@ -386,6 +386,29 @@ expect_usage=$("$PEFT" serve --model "$TMP/base" --device tpu 2>&1 >/dev/null; e
 case "$expect_usage" in *"cpu or cuda"*"rc=2") ok "--device tpu: a clear error" ;; *) bad "--device tpu ($expect_usage)" ;; esac
 expect_usage=$(PEFT_API_KEY=same PEFT_ADMIN_KEY=same "$PEFT" serve --model "$TMP/base" 2>&1 >/dev/null; echo "rc=$?")
 case "$expect_usage" in *"must differ"*"rc=2") ok "one key for both roles: refused" ;; *) bad "one key for both roles ($expect_usage)" ;; esac
+
+# ---- an adapter whose config asks for absurd sizes (r, init_r 1e9): its request fails, the server stays ----
+U=http://127.0.0.1:$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$TMP/s1.out")
+"$PEFT" train --model "$TMP/base" --data "$TMP/cat.txt" --method adalora --init-r 4 --target-r 2 --targets c_attn \
+    --steps 2 --batch 2 --seq-len 32 --out "$TMP/ada" >/dev/null 2>"$TMP/train.err" || bad "train ada ($(tail -c 300 "$TMP/train.err"))"
+for a in adapters/cat:r ada:init_r; do
+    src=$TMP/${a%%:*} name=huge-${a#*:}
+    rm -rf "$TMP/adapters/$name"; mkdir "$TMP/adapters/$name"
+    cp "$src/adapter_config.json" "$src/adapter_model.safetensors" "$TMP/adapters/$name/"
+    # (AdaLoRA's rank_pattern, init_r entries per module, would be refused first: it goes.)
+    KEY=${a#*:} perl -MJSON::PP -i -0pe 'my $j = JSON::PP->new->decode($_); $j->{$ENV{KEY}} = 1000000000; delete $j->{rank_pattern};
+        $_ = JSON::PP->new->encode($j)' "$TMP/adapters/$name/adapter_config.json"
+    r=$(post $U/v1/adapters "{\"name\": \"$name\", \"path\": \"$TMP/adapters/$name\"}")
+    msg=$(body_of <<<"$r" | jget '$j->{error}{message}')
+    case "$(status_of <<<"$r") $msg" in
+    4??" "*1000000000*) ok "an adapter with ${a#*:} 1e9 is refused ($(status_of <<<"$r"): ${msg:0:120})" ;;
+    *) bad "an adapter with ${a#*:} 1e9 is refused (got $(status_of <<<"$r") [$msg])" ;;
+    esac
+done
+check "after them the server answers /health" "$(curl -s -m 10 $U/health | jget '$j->{status}')" ok
+r=$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 24, "temperature": 0}')
+check "after them a completion is served" "$(status_of <<<"$r") $(body_of <<<"$r" | jget '$j->{choices}[0]{text}')" "200 ${WANT[cat]}"
+
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 grep -q "stopping" "$TMP/s1.err" && ok "the server stops on SIGTERM" || bad "the server stops on SIGTERM"

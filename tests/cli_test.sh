@@ -9,10 +9,8 @@ PEFT=${PEFT:-build/peft}
 FIX=${PEFT_FIXTURES:-tests/fixtures/hf-peft}
 TMP=$(mktemp -d /tmp/peft-cli.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-passed=0 failed=0 skipped=0
-
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+. "$(dirname "$0")/cli_lib.sh"
+skipped=0
 finish() {
     [ $skipped -eq 0 ] || echo "*** SKIPPED $skipped CLI tests (the skip lines above) ***"
     echo "$passed passed, $failed failed, $skipped skipped"
@@ -20,16 +18,9 @@ finish() {
     exit
 }
 
-# expect_status STATUS NAME PATTERN CMD...: that exit status (not a crash), stderr matches PATTERN.
-expect_status() {
-    local want=$1 name=$2 pattern=$3; shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    local rc=$?
-    if [ $rc -eq "$want" ] && grep -qE -- "$pattern" "$TMP/err"; then ok "$name"
-    else bad "$name (exit $rc, stderr: $(head -c 300 "$TMP/err"))"; fi
-}
-expect_error() { expect_status 1 "$@"; }   # bad input: exit 1
-expect_usage() { expect_status 2 "$@"; }   # bad command line: exit 2
+# expect_error / expect_usage NAME PATTERN CMD...: exit 1 (bad input) / 2 (bad command line), stderr matches PATTERN.
+expect_error() { local name=$1; shift; run_fails "$name" 1 "$@"; }
+expect_usage() { local name=$1; shift; run_fails "$name" 2 "$@"; }
 
 # ---- impossible options ----
 expect_usage "unknown command" "unknown command" "$PEFT" frobnicate

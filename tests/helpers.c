@@ -4,6 +4,7 @@
 #include "byte_tokenizer.h"
 #include "config.h"
 #include "util.h"
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,20 @@ const char *test_tiny_model(void) {
     if (model_save(m, dir) || byte_tokenizer_write(dir)) { fprintf(stderr, "tiny model: %s\n", peft_last_error()); abort(); }
     model_free(m);
     return dir;
+}
+
+void test_set_adapter_key(const char *dir, const char *key, const char *json_value) {
+    char *path = path_join(dir, "adapter_config.json"), *text = read_file(path, NULL);
+    cJSON *j = cJSON_Parse(text), *v = cJSON_Parse(json_value);
+    if (!j || !v) { fprintf(stderr, "test_set_adapter_key: %s: bad JSON\n", path); abort(); }
+    cJSON_DeleteItemFromObjectCaseSensitive(j, key);
+    cJSON_AddItemToObject(j, key, v);
+    char *out = cJSON_Print(j);
+    write_file_atomic(path, out, strlen(out));
+    free(out);
+    cJSON_Delete(j);
+    free(text);
+    free(path);
 }
 
 void test_random_batch(int32_t *ids, int32_t *labels, int n, int V, uint64_t *state) {

@@ -14,6 +14,8 @@ double test_urand(uint64_t *state);
 Model *test_model_from_json(const char *json, uint64_t seed);
 // A folder with a tiny GPT-2 and a byte-level tokenizer (made once per run), for data and training tests.
 const char *test_tiny_model(void);
+// Sets key of dir/adapter_config.json to a JSON value (e.g. "1000000000", "null", "[\"x\"]").
+void test_set_adapter_key(const char *dir, const char *key, const char *json_value);
 // ids [n] uniform in [0, V) from the stream; labels (may be NULL) = ids with the first ignored (-100).
 void test_random_batch(int32_t *ids, int32_t *labels, int n, int V, uint64_t *state);
 // A copy of the model's first n logits.

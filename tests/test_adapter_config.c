@@ -2,6 +2,7 @@
 #include "test.h"
 #include "adapter.h"
 #include "util.h"
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,78 @@ TEST(adapter_config_errors) {
     CHECK(c.prng_key == (uint64_t)-3);  // torch wraps negative seeds
     CHECK(!strcmp(c.task_type, ""));    // absent task_type reads as null, as PEFT's default
     adapter_config_free(&c);
+}
+
+// Every key PEFT 0.21 writes, with its default value (as in the reference cases' files).
+#define PEFT_LORA_KEYS                                                                                                  \
+    "\"alora_invocation_tokens\": null, \"alpha_pattern\": {}, \"arrow_config\": null, \"auto_mapping\": {\"base_model_class\": " \
+    "\"GPT2LMHeadModel\"}, \"base_model_name_or_path\": null, \"bias\": \"none\", \"corda_config\": null, "                    \
+    "\"ensure_weight_tying\": false, \"eva_config\": null, \"exclude_modules\": null, \"fan_in_fan_out\": true, "                 \
+    "\"inference_mode\": true, \"init_lora_weights\": true, \"kasa_config\": null, \"layer_replication\": null, "                 \
+    "\"layers_pattern\": null, \"layers_to_transform\": null, \"loftq_config\": {}, \"lora_alpha\": 8, \"lora_bias\": false, "     \
+    "\"lora_dropout\": 0.0, \"lora_ga_config\": null, \"megatron_config\": null, \"megatron_core\": \"megatron.core\", "         \
+    "\"modules_to_save\": null, \"monteclora_config\": null, \"peft_version\": \"0.21.0\", \"qalora_group_size\": 16, \"r\": 4, " \
+    "\"revision\": null, \"target_modules\": [\"c_attn\"], \"target_parameters\": null, \"task_type\": null, "                  \
+    "\"trainable_token_indices\": null, \"use_bdlora\": null, \"use_dora\": false, \"use_qalora\": false, \"use_rslora\": false, " \
+    "\"velora_config\": null"
+static const char *const FULL_CONFIGS[] = {
+    "{\"peft_type\": \"LORA\", \"rank_pattern\": {}, " PEFT_LORA_KEYS "}",
+    "{\"peft_type\": \"ADALORA\", \"beta1\": 0.85, \"beta2\": 0.85, \"deltaT\": 1, \"init_r\": 4, \"orth_reg_weight\": 0.5, "
+    "\"rank_pattern\": null, \"target_r\": 2, \"tfinal\": 2, \"tinit\": 2, \"total_step\": 10, " PEFT_LORA_KEYS "}",
+    "{\"peft_type\": \"VERA\", \"auto_mapping\": {}, \"base_model_name_or_path\": null, \"bias\": \"none\", \"d_initial\": 0.1, "
+    "\"fan_in_fan_out\": true, \"inference_mode\": true, \"init_weights\": true, \"layers_pattern\": null, \"layers_to_transform\": null, "
+    "\"modules_to_save\": null, \"peft_version\": \"0.21.0\", \"projection_prng_key\": 0, \"r\": 16, \"revision\": null, "
+    "\"save_projection\": true, \"target_modules\": [\"c_attn\"], \"task_type\": null, \"vera_dropout\": 0.0}",
+};
+
+// A full config of one method with one key set to another value (JSON text).
+static char *with_key(int method, const char *key, const char *value) {
+    cJSON *j = cJSON_Parse(FULL_CONFIGS[method]);
+    cJSON_DeleteItemFromObjectCaseSensitive(j, key);
+    cJSON_AddItemToObject(j, key, cJSON_Parse(value));
+    char *text = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return text;
+}
+
+// Every key of adapter_config.json is implemented or refused by name: PEFT's defaults load, a
+// value that would change the math (or is not a finite float) and a key PEFT does not write are refused.
+TEST(adapter_config_keys_are_implemented_or_refused) {
+    AdapterConfig c;
+    for (int m = 0; m < 3; m++) {
+        CHECK_MSG(adapter_config_parse(&c, FULL_CONFIGS[m], "a.json") == 0, "%s", peft_last_error());
+        adapter_config_free(&c);
+    }
+    enum { LORA, ADALORA, VERA };
+    static const struct { int method; const char *key, *value; } refused[] = {
+        {LORA, "modules_to_save", "[\"lm_head\"]"}, {LORA, "layers_to_transform", "[0]"}, {LORA, "layers_pattern", "\"h\""},
+        {LORA, "alpha_pattern", "{\"c_attn\": 16}"}, {LORA, "rank_pattern", "{\"c_attn\": 2}"}, {LORA, "bias", "true"},
+        {LORA, "bias", "\"all\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "true"}, {LORA, "lora_bias", "true"},
+        {LORA, "exclude_modules", "[\"c_fc\"]"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"SEQ_CLS\""},
+        {LORA, "trainable_token_indices", "[1, 2]"}, {LORA, "layer_replication", "[[0, 1]]"}, {LORA, "loftq_config", "{\"loftq_bits\": 4}"},
+        {LORA, "lora_alpha", "1e39"}, {LORA, "lora_dropout", "1e39"}, {LORA, "use_rslora", "\"yes\""}, {LORA, "fan_in_fan_out", "1"},
+        {LORA, "some_new_option", "true"}, {LORA, "d_initial", "0.1"},
+        {ADALORA, "use_rslora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[\"lm_head\"]"},
+        {VERA, "lora_alpha", "8"}, {VERA, "d_initial", "1e39"}, {VERA, "modules_to_save", "[\"lm_head\"]"},
+        {VERA, "layers_to_transform", "0"}, {VERA, "bias", "\"lora_only\""}, {VERA, "init_weights", "\"x\""}, {VERA, "use_dora", "false"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        char *text = with_key(refused[i].method, refused[i].key, refused[i].value);
+        peft_clear_error();
+        int rc = adapter_config_parse(&c, text, "a.json");
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), "a.json") && strstr(peft_last_error(), refused[i].key), "%s: %s",
+                  text, rc ? peft_last_error() : "accepted");
+        free(text);
+    }
+    // Inert keys hold anything; "r" is inert for AdaLoRA (init_r is its rank).
+    char *text = with_key(ADALORA, "r", "64");
+    CHECK(adapter_config_parse(&c, text, "a.json") == 0 && c.r == 4);
+    adapter_config_free(&c);
+    free(text);
+    text = with_key(LORA, "revision", "\"v2\"");
+    CHECK(adapter_config_parse(&c, text, "a.json") == 0);
+    adapter_config_free(&c);
+    free(text);
 }
 
 // Every input the JSON fuzzer keeps as a seed or regression must parse or fail cleanly.

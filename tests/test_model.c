@@ -7,6 +7,7 @@
 #include "model.h"
 #include "safetensors.h"
 #include "util.h"
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,6 +211,110 @@ TEST(config_errors_name_the_field) {
     CHECK(strstr(peft_last_error(), "n_embd"));
     CHECK(parse("[1,2]") != 0);
     CHECK(parse("{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":1,\"intermediate_size\":8,\"vocab_size\":10,\"rope_parameters\":{\"rope_type\":\"llama3\",\"factor\":8,\"rope_theta\":500000}}") == 0);
+}
+
+// config.json with one field replaced: "key": value (the key must be in the text).
+static char *with_field(const char *json, const char *key, const char *value) {
+    char *quoted = xasprintf("\"%s\":", key);
+    const char *at = strstr(json, quoted), *end = at + strlen(quoted);
+    while (*end && *end != ',' && *end != '}') end++;
+    char *out = xasprintf("%.*s%s%s%s", (int)(at - json), json, quoted, value, end);
+    free(quoted);
+    return out;
+}
+
+// Absurd sizes are refused by name before anything is allocated (n_layer 1e9 used to overflow
+// model.c's tensor count and abort).
+TEST(config_refuses_absurd_sizes) {
+    static const char *gpt2 = "{\"model_type\":\"gpt2\",\"n_embd\":32,\"n_head\":4,\"n_layer\":2,\"n_inner\":64,\"n_positions\":16,\"vocab_size\":10}";
+    static const char *llama = "{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+                               "\"num_hidden_layers\":2,\"intermediate_size\":8,\"max_position_embeddings\":16,\"head_dim\":8,\"vocab_size\":10}";
+    static const struct { const char *json, *key, *value, *name; } cases[] = {
+        {NULL, "n_layer", "1000000000", "n_layer"}, {NULL, "n_embd", "1000000000", "n_embd"},
+        {NULL, "n_head", "1000000000", "n_head"}, {NULL, "n_inner", "1000000000", "n_inner"},
+        {NULL, "n_positions", "1000000000", "n_positions"}, {NULL, "vocab_size", "1000000000", "vocab_size"},
+        {NULL, "n_layer", "-3", "n_layer"},
+        {"", "num_hidden_layers", "1000000000", "num_hidden_layers"}, {"", "hidden_size", "1000000000", "hidden_size"},
+        {"", "intermediate_size", "1000000000", "intermediate_size"}, {"", "max_position_embeddings", "1000000000", "max_position_embeddings"},
+        {"", "vocab_size", "1000000000", "vocab_size"}, {"", "head_dim", "1000000000", "head_dim"},
+        {"", "num_attention_heads", "1000000000", "num_attention_heads"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *json = with_field(cases[i].json ? llama : gpt2, cases[i].key, cases[i].value);
+        ModelConfig c;
+        int rc = config_parse(&c, json, "config.json");
+        free(json);
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), "config.json") && strstr(peft_last_error(), cases[i].name),
+                  "%s %s: %s", cases[i].key, cases[i].value, rc ? peft_last_error() : "accepted");
+    }
+    // Within every limit but far larger than its weights: refused from the file's shapes, before
+    // 2^44 floats are allocated.
+    const char *dir = test_tmpdir();
+    Model *m = tiny_model("gpt2", 3);
+    CHECK(model_save(m, dir) == 0);
+    model_free(m);
+    char *cfg = path_join(dir, "config.json");
+    const char *huge = "{\"model_type\":\"gpt2\",\"n_embd\":1048576,\"n_head\":4,\"n_layer\":2,\"n_inner\":64,\"n_positions\":16,\"vocab_size\":16777216}";
+    CHECK(write_file_atomic(cfg, huge, strlen(huge)) == 0);
+    free(cfg);
+    CHECK(model_load(dir) == NULL);
+    CHECK_MSG(strstr(peft_last_error(), "transformer.wte.weight") && strstr(peft_last_error(), "[16777216, 1048576]"), "%s", peft_last_error());
+}
+
+// config.json keys that change what transformers computes are implemented or refused by name;
+// metadata is accepted.
+TEST(config_keys_that_change_the_math_are_refused) {
+    static const char *gpt2 = "{\"model_type\":\"gpt2\",\"n_embd\":32,\"n_head\":4,\"n_layer\":2,\"n_positions\":16,\"vocab_size\":10}";
+    static const char *llama = "{\"model_type\":\"llama\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                               "\"intermediate_size\":8,\"vocab_size\":10}";
+    static const char *qwen2 = "{\"model_type\":\"qwen2\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                               "\"intermediate_size\":8,\"vocab_size\":10,\"use_sliding_window\":true,\"sliding_window\":4}";
+    static const char *mistral = "{\"model_type\":\"mistral\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                                 "\"intermediate_size\":8,\"vocab_size\":10,\"sliding_window\":4}";
+    const struct { const char *base, *key, *value; } refused[] = {
+        {gpt2, "scale_attn_by_inverse_layer_idx", "true"}, {gpt2, "reorder_and_upcast_attn", "true"}, {gpt2, "scale_attn_weights", "false"},
+        {gpt2, "tie_word_embeddings", "1"}, {gpt2, "hidden_size", "64"}, {gpt2, "num_hidden_layers", "3"},
+        {gpt2, "activation_function", "\"relu\""}, {gpt2, "layer_norm_epsilon", "1e39"}, {gpt2, "resid_pdrop", "2"},
+        {llama, "rope_scaling", "{\"rope_type\":\"dynamic\",\"factor\":2}"}, {llama, "rope_scaling", "{\"rope_type\":\"linear\",\"factor\":2,\"beta_fast\":32}"},
+        {llama, "partial_rotary_factor", "0.5"}, {llama, "rope_theta", "-1"}, {llama, "hidden_act", "\"gelu\""},
+        {llama, "attention_bias", "\"yes\""}, {llama, "mlp_bias", "1"}, {llama, "tie_word_embeddings", "\"true\""},
+        {llama, "sliding_window", "4"}, {llama, "layer_types", "[\"sliding_attention\",\"sliding_attention\"]"},
+        {qwen2, "max_window_layers", "1"}, {qwen2, "layer_types", "[\"full_attention\",\"sliding_attention\"]"},
+        {mistral, "layer_types", "[\"full_attention\",\"full_attention\"]"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        cJSON *j = cJSON_Parse(refused[i].base);
+        cJSON_DeleteItemFromObjectCaseSensitive(j, refused[i].key);
+        cJSON_AddItemToObject(j, refused[i].key, cJSON_Parse(refused[i].value));
+        char *text = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        ModelConfig c;
+        int rc = config_parse(&c, text, "config.json");
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), "config.json") &&
+                  (strstr(peft_last_error(), refused[i].key) || !strcmp(refused[i].key, "max_window_layers")),
+                  "%s: %s", text, rc ? peft_last_error() : "accepted");
+        free(text);
+    }
+    // Qwen2's window on every layer (max_window_layers 0) or on none (2 of 2 layers before it) is supported.
+    ModelConfig c;
+    const char *q_all = "{\"model_type\":\"qwen2\",\"hidden_size\":32,\"num_attention_heads\":4,\"num_hidden_layers\":2,"
+                        "\"intermediate_size\":8,\"vocab_size\":10,\"use_sliding_window\":true,\"sliding_window\":4,\"max_window_layers\":0}";
+    CHECK(config_parse(&c, q_all, "c") == 0 && c.sliding_window == 4);
+    char *q_none = with_field(q_all, "max_window_layers", "2");
+    CHECK(config_parse(&c, q_none, "c") == 0 && c.sliding_window == 0);
+    free(q_none);
+    CHECK(config_parse(&c, qwen2, "c") == 0 && c.sliding_window == 0);  // max_window_layers defaults to 28
+    char *q_types = with_field(q_all, "max_window_layers", "5,\"layer_types\":[\"sliding_attention\",\"sliding_attention\"]");
+    CHECK(config_parse(&c, q_types, "c") == 0 && c.sliding_window == 4);  // layer_types decides over max_window_layers
+    free(q_types);
+    CHECK(config_parse(&c, mistral, "c") == 0 && c.sliding_window == 4);
+    // Metadata, and dropout (kept for peft train to refuse).
+    const char *meta = "{\"model_type\":\"gpt2\",\"n_embd\":32,\"n_head\":4,\"n_layer\":2,\"n_positions\":16,\"vocab_size\":10,"
+                       "\"architectures\":[\"GPT2LMHeadModel\"],\"transformers_version\":\"5.17.0\",\"torch_dtype\":\"float16\",\"use_cache\":true,"
+                       "\"initializer_range\":0.02,\"pad_token_id\":null,\"_name_or_path\":\"gpt2\",\"summary_type\":\"cls_index\","
+                       "\"n_ctx\":1024,\"attn_implementation\":\"eager\",\"resid_pdrop\":0.1,\"attn_pdrop\":0.05}";
+    CHECK_MSG(config_parse(&c, meta, "c") == 0, "%s", peft_last_error());
+    CHECK(fabsf(c.dropout - 0.1f) < 1e-7f && !strcmp(c.dropout_key, "resid_pdrop"));
 }
 
 TEST(llama3_rope_scaling_frequencies) {

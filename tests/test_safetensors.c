@@ -562,3 +562,13 @@ TEST(st_fuzz_corpus_and_regressions) {
     CHECK(count > 0);
     parse_every_file_in("fuzz/regressions/safetensors", &count); // absent until a crash is found
 }
+
+// Shapes in messages: a file may claim 8 dimensions of 19 digits; the text is cut, never overflows.
+TEST(safetensors_shape_text_is_bounded) {
+    int64_t shape[ST_MAX_DIMS];
+    for (int d = 0; d < ST_MAX_DIMS; d++) shape[d] = INT64_MAX;
+    char buf[64];
+    CHECK(strlen(st_shape_text(ST_MAX_DIMS, shape, buf, sizeof buf)) == sizeof buf - 1);
+    int64_t two[2] = {4, 32};
+    CHECK(!strcmp(st_shape_text(2, two, buf, sizeof buf), "4, 32"));
+}

@@ -547,3 +547,21 @@ TEST(tokenizer_errors) {
     CHECK_MSG(strstr(msg, "cases.jsonl: line 3") != NULL, "%s", msg);
     CHECK(tokenizer_check_cases("/nonexistent", &n_cases, msg, sizeof msg) == -1 && strstr(msg, "/nonexistent"));
 }
+
+// Tokenizer files that would encode every text to nothing are refused.
+TEST(tokenizer_degenerate_files_are_refused) {
+    CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}, \"added_tokens\": [{\"id\": 0, \"content\": "
+                          "\"<s>\", \"special\": true}], \"decoder\": {\"type\": \"ByteLevel\"}}", "model.vocab is empty", NULL));
+    CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"hello\": 0, \"world\": 1}, \"merges\": []}, \"decoder\": {\"type\": \"Fuse\"}}",
+                          "no token of the vocabulary is a single character", NULL));
+    const char *dir = test_tmpdir();
+    char *vocab = write_in(dir, "vocab.json", "{}");
+    free(write_in(dir, "merges.txt", "#version: 0.2\n"));
+    CHECK(!tokenizer_load(dir) && error_mentions(vocab, "vocabulary is empty"));
+    free(vocab);
+    // Byte fallback alone is enough: every character encodes as its bytes.
+    Tokenizer *t = load_json_text("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"<0x61>\": 0, \"hello\": 1}, \"merges\": [], \"byte_fallback\": true}, "
+                                  "\"decoder\": {\"type\": \"ByteFallback\"}}");
+    CHECK_MSG(t, "%s", peft_last_error());
+    tokenizer_free(t);
+}

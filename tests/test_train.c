@@ -9,8 +9,10 @@
 #include "../src/train.h"
 #include "../src/util.h"
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "helpers.h"
 
@@ -377,4 +379,149 @@ TEST(train_weight_decay_groups) {
         free(out1);
     }
     free(data);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A checkpoint save killed at any stage (save_checkpoint: write checkpoint.new/, move checkpoint/
+// to checkpoint.old/, move checkpoint.new/ into place, remove checkpoint.old/) leaves folders and
+// ".tmp.<pid>" files behind; a resume must start from the last complete checkpoint and every later
+// save must succeed.
+
+static const char *const CKPT_FILES[] = {"state.json", "state.safetensors"};
+
+static void remove_flat_dir(const char *dir) {  // a folder of files only
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            char *p = path_join(dir, e->d_name);
+            unlink(p);
+            free(p);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+// Copies src/NAME to dst/NAME for the n names.
+static void copy_files(const char *src, const char *dst, const char *const *names, int n) {
+    make_dir(dst);
+    for (int i = 0; i < n; i++) {
+        char *a = path_join(src, names[i]), *b = path_join(dst, names[i]);
+        copy_file(a, b);
+        free(a);
+        free(b);
+    }
+}
+
+static void plant_file(const char *dir, const char *name) {
+    make_dir(dir);
+    char *p = path_join(dir, name);
+    write_file_atomic(p, "partial", 7);
+    free(p);
+}
+
+static int checkpoint_step(const char *ckpt) {
+    char *p = path_join(ckpt, "state.json"), *text = read_file(p, NULL);
+    cJSON *j = cJSON_Parse(text ? text : "");
+    const cJSON *s = cJSON_GetObjectItem(j, "step");
+    int step = cJSON_IsNumber(s) ? (int)s->valuedouble : -1;
+    cJSON_Delete(j);
+    free(text);
+    free(p);
+    return step;
+}
+
+TEST(train_resume_after_a_killed_checkpoint_save) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
+    char *ck = path_join(out, "checkpoint"), *ck_new = path_join(out, "checkpoint.new"), *ck_old = path_join(out, "checkpoint.old");
+    char *ck2 = path_join(dir, "ck2"), *ck4 = path_join(dir, "ck4");
+    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    c.max_steps = 20;
+    c.data.seq_len = 64;
+    c.stop_after = 2;
+    TrainResult res;
+    Record rec = {0};
+    CHECK(run(&c, &rec, &res) == 0 && res.stopped);
+    copy_files(ck, ck2, CKPT_FILES, 2);
+    c.resume = true;
+    c.stop_after = 4;
+    CHECK(run(&c, &rec, &res) == 0 && res.stopped);
+    copy_files(ck, ck4, CKPT_FILES, 2);
+    const char *stages[] = {"killed writing checkpoint.new's tensors", "killed writing checkpoint.new's state.json",
+                            "killed between the two renames", "killed before removing checkpoint.old",
+                            "killed while removing checkpoint.old", "a temporary file inside checkpoint/"};
+    for (int s = 0; s < 6; s++) {
+        remove_flat_dir(ck);
+        remove_flat_dir(ck_new);
+        remove_flat_dir(ck_old);
+        switch (s) {
+        case 0: copy_files(ck4, ck, CKPT_FILES, 2); plant_file(ck_new, "state.safetensors.tmp.99999"); break;
+        case 1: copy_files(ck4, ck, CKPT_FILES, 2); copy_files(ck2, ck_new, CKPT_FILES + 1, 1); plant_file(ck_new, "state.json.tmp.99999"); break;
+        case 2: copy_files(ck4, ck_old, CKPT_FILES, 2); copy_files(ck2, ck_new, CKPT_FILES, 2); break;
+        case 3: copy_files(ck4, ck, CKPT_FILES, 2); copy_files(ck2, ck_old, CKPT_FILES, 2); break;
+        case 4: copy_files(ck4, ck, CKPT_FILES, 2); copy_files(ck2, ck_old, CKPT_FILES + 1, 1); break;
+        case 5: copy_files(ck4, ck, CKPT_FILES, 2); plant_file(ck, "state.safetensors.tmp.99999"); break;
+        }
+        // Resume, then save at every step: three saves go through every stage of the sequence.
+        c.save_every = 1;
+        c.stop_after = 7;
+        Record r2 = {0};
+        CHECK_MSG(run(&c, &r2, &res) == 0, "%s", stages[s]);
+        CHECK_MSG(res.first_step == 4 && res.stopped && res.steps_done == 7, "%s: resumed at step %d", stages[s], res.first_step);
+        CHECK_MSG(checkpoint_step(ck) == 7 && !dir_exists(ck_new) && !dir_exists(ck_old), "%s: leftovers", stages[s]);
+    }
+    // A file peft did not write is reported, not deleted.
+    plant_file(ck_new, "notes.txt");
+    CHECK(run(&c, &rec, &res) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "notes.txt"), "%s", peft_last_error());
+    train_config_free(&c);
+    free(data);
+    free(out);
+    free(ck);
+    free(ck_new);
+    free(ck_old);
+    free(ck2);
+    free(ck4);
+}
+
+// An output folder that holds another run's outputs is not replaced without `overwrite`, and a run
+// whose final save fails leaves the previous adapter, log and curve as they were (together).
+TEST(train_outputs_replaced_only_with_overwrite_and_together) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
+    const char *names[] = {"adapter_model.safetensors", "adapter_config.json", "train_log.jsonl", "loss.svg"};
+    char *files[4], *before[4], *saved = path_join(dir, "saved");
+    for (int i = 0; i < 4; i++) files[i] = path_join(out, names[i]);
+    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    c.max_steps = 2;
+    c.data.seq_len = 64;
+    TrainResult res;
+    Record rec = {0};
+    CHECK(run(&c, &rec, &res) == 0);
+    copy_files(out, saved, names, 4);
+    for (int i = 0; i < 4; i++) before[i] = path_join(saved, names[i]);
+    c.lr = 1e-2f;  // a run whose log and adapter differ
+    peft_clear_error();
+    CHECK(train_run(&c, NULL, &res) != 0);
+    CHECK_MSG(strstr(peft_last_error(), out) && strstr(peft_last_error(), "overwrite"), "%s", peft_last_error());
+    // The final save fails (its temporary file cannot be created): the old outputs stay.
+    c.overwrite = true;
+    char *blocker = xasprintf("%s.tmp.%d", files[0], (int)getpid());
+    make_dir(blocker);
+    CHECK(train_run(&c, NULL, &res) != 0);
+    for (int i = 0; i < 4; i++) CHECK_MSG(same_file(files[i], before[i]), "%s changed", names[i]);
+    rmdir(blocker);
+    CHECK(run(&c, &rec, &res) == 0);
+    CHECK(!same_file(files[0], before[0]) && !same_file(files[2], before[2]));
+    char *partial = path_join(out, "train_log.partial.jsonl");
+    CHECK(!file_exists(partial));
+    for (int i = 0; i < 4; i++) { free(files[i]); free(before[i]); }
+    train_config_free(&c);
+    free(partial);
+    free(blocker);
+    free(saved);
+    free(data);
+    free(out);
 }

@@ -295,20 +295,6 @@ TEST(vera_load_uses_stored_projection) {
     model_free(m);
 }
 
-// Rewrite one key of a saved adapter_config.json.
-static void set_config_bool(const char *dir, const char *key, bool v) {
-    char *path = path_join(dir, "adapter_config.json");
-    char *text = read_file(path, NULL);
-    cJSON *j = cJSON_Parse(text);
-    cJSON_ReplaceItemInObject(j, key, cJSON_CreateBool(v));
-    char *out = cJSON_Print(j);
-    write_file_atomic(path, out, strlen(out));
-    free(out);
-    cJSON_Delete(j);
-    free(text);
-    free(path);
-}
-
 TEST(vera_load_errors) {
     Model *m = tiny_model(GPT2_TINY, 4);
     AdapterConfig c;
@@ -319,13 +305,14 @@ TEST(vera_load_errors) {
     m->adapters->cfg.save_projection = false;
     CHECK(adapters_save(m, dir) == 0);
     // save_projection true but no projections in the file: PEFT refuses it, so do we.
-    set_config_bool(dir, "save_projection", true);
+    test_set_adapter_key(dir, "save_projection", "true");
     Model *m2 = tiny_model(GPT2_TINY, 4);
     peft_clear_error();
     CHECK(adapters_load(m2, dir) != 0);
     CHECK_MSG(strstr(peft_last_error(), "base_model.vera_A") && strstr(peft_last_error(), "adapter_model.safetensors"), "%s", peft_last_error());
     CHECK(m2->adapters == NULL);
-    // Projections of the wrong shape (saved for c_attn + c_fc, config says c_attn only).
+    // Projections of the wrong shape: those of an adapter on c_attn + c_fc ([4, 16] + [64, 4]) with
+    // the lambdas of one on c_attn alone (which needs [4, 16] + [48, 4]).
     model_free(m2);
     adapters_free(m);
     vera_cfg(&c, "c_attn,c_fc", 4, 0.0f);
@@ -333,6 +320,23 @@ TEST(vera_load_errors) {
     adapter_config_free(&c);
     char *dir2 = path_join(test_tmpdir(), "wide");
     CHECK(adapters_save(m, dir2) == 0);  // save_projection true (PEFT's default)
+    char *wide_path = path_join(dir2, "adapter_model.safetensors"), *narrow_path = path_join(dir, "adapter_model.safetensors");
+    SafeTensors wide, narrow;
+    CHECK(st_open(&wide, wide_path) == 0 && st_open(&narrow, narrow_path) == 0);
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < narrow.n; i++) st_writer_add(w, narrow.tensors[i].name, narrow.tensors[i].dtype, narrow.tensors[i].ndim, narrow.tensors[i].shape, narrow.tensors[i].data);
+    for (int i = 0; i < wide.n; i++)
+        if (!strncmp(wide.tensors[i].name, "base_model.vera_", 16)) st_writer_add(w, wide.tensors[i].name, wide.tensors[i].dtype, wide.tensors[i].ndim, wide.tensors[i].shape, wide.tensors[i].data);
+    st_close(&narrow);
+    CHECK(st_writer_save(w, narrow_path) == 0);
+    st_writer_free(w);
+    st_close(&wide);
+    m2 = tiny_model(GPT2_TINY, 4);
+    peft_clear_error();
+    CHECK(adapters_load(m2, dir) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "base_model.vera_B") && strstr(peft_last_error(), "shape"), "%s", peft_last_error());
+    model_free(m2);
+    // The c_fc lambdas in a file whose config targets c_attn alone: tensors nothing uses are refused by name.
     char *cfg_path = path_join(dir2, "adapter_config.json");
     char *text = read_file(cfg_path, NULL);
     cJSON *j = cJSON_Parse(text);
@@ -340,12 +344,13 @@ TEST(vera_load_errors) {
     char *out = cJSON_Print(j);
     write_file_atomic(cfg_path, out, strlen(out));
     free(out); cJSON_Delete(j); free(text); free(cfg_path);
-    // The lambdas of c_fc are extra tensors in the file; the projections are [4, 16] + [64, 4] vs [4, 16] + [48, 4].
     m2 = tiny_model(GPT2_TINY, 4);
     peft_clear_error();
     CHECK(adapters_load(m2, dir2) != 0);
-    CHECK_MSG(strstr(peft_last_error(), "base_model.vera_B") && strstr(peft_last_error(), "shape"), "%s", peft_last_error());
+    CHECK_MSG(strstr(peft_last_error(), "c_fc.vera_lambda_b") && strstr(peft_last_error(), "not used"), "%s", peft_last_error());
     model_free(m2);
+    free(wide_path);
+    free(narrow_path);
     free(dir);
     free(dir2);
     model_free(m);

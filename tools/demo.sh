@@ -33,7 +33,7 @@ say "   base model sample (temperature 0.8, top-k 40, seed 7)"
 say "4. LoRA toward romance fiction: r=8 on c_attn, c_proj, c_fc; $LORA_STEPS steps"
 "$PEFT" train --model "$W/base" --data "$W/data/romance.txt" --val "$W/data/romance-valid.txt" --method lora \
     --r 8 --alpha 16 --targets c_attn,c_proj,c_fc --lr 3e-3 --warmup 20 --schedule cosine \
-    --steps "$LORA_STEPS" --batch 16 --seq-len 128 --eval-every 100 --log-every 50 --out "$W/lora"
+    --steps "$LORA_STEPS" --batch 16 --seq-len 128 --eval-every 100 --log-every 50 --overwrite --out "$W/lora"
 
 say "5. what was trained"
 "$PEFT" info --model "$W/base" --adapter "$W/lora"

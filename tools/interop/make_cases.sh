@@ -20,7 +20,7 @@ for arch in gpt2 llama; do
         [ $method = adalora ] && extra=(--init-r 6 --target-r 2 --tinit 2 --tfinal 2 --delta-t 1)
         [ $method = vera ] && extra=(--r 16)
         "$PEFT" train --model "$base" --data "$text" --method $method --targets all-linear --steps 12 --batch 4 \
-            --seq-len 32 --lr 1e-2 --threads 2 --out "$OUT/train-$name" "${extra[@]}" >/dev/null
+            --seq-len 32 --lr 1e-2 --threads 2 --overwrite --out "$OUT/train-$name" "${extra[@]}" >/dev/null
         case_dir $name ../base-$arch ../train-$name
         "$DUMP" "$base" "$OUT/train-$name" "$OUT/$name/logits.safetensors"
     done
