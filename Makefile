@@ -10,6 +10,7 @@ CFLAGS  += -std=c11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GN
 OPENBLAS_OMP := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
 LDLIBS  += $(if $(OPENBLAS_OMP),-L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas -lcjson -lpcre2-8 -lmicrohttpd -lm -fopenmp
 comma   := ,
+FUZZ_LDLIBS := $(filter-out -fopenmp,$(LDLIBS))
 
 ifeq ($(SAN),1)
 BUILD   := build-san
@@ -19,7 +20,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 
 # Debian packages the build and tests need (checked by `make setup`).
-PACKAGES = build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libmicrohttpd-dev curl
+PACKAGES = build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libmicrohttpd-dev curl clang libomp-dev
 
 LIB_SRC  = $(wildcard src/*.c)
 LIB_OBJ  = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
@@ -27,6 +28,10 @@ CLI_SRC  = $(wildcard cli/*.c)
 CLI_OBJ  = $(CLI_SRC:cli/%.c=$(BUILD)/cli/%.o)
 TEST_SRC = $(wildcard tests/*.c)
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
+# The fuzz targets: in the unit tests (which replay their corpus) and in build-fuzz/ (libFuzzer).
+FUZZ_SRC = fuzz/common.c $(wildcard fuzz/fuzz_*.c)
+FUZZ_OBJ = $(FUZZ_SRC:fuzz/%.c=$(BUILD)/fuzz/%.o)
+TEST_OBJ += $(FUZZ_OBJ)
 
 # CUDA backend (src/cuda): built when nvcc is found (CUDA=0 leaves it out); otherwise gpu_stub.c
 # answers "built without CUDA". tests/gpu and bench/gpu use it; they SKIP loudly without a GPU.
@@ -49,7 +54,7 @@ GPU_OBJ   += $(BUILD)/cuda/gpu_stub.o
 endif
 LIB_OBJ   += $(GPU_OBJ)
 
-.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz clean
+.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz fuzz-smoke clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
@@ -58,7 +63,10 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
 $(BUILD)/cli/%.o: cli/%.c $(wildcard src/*.h include/*.h cli/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/tests/%.o: tests/%.c $(wildcard src/*.h include/*.h tests/*.h) | $(BUILD)/.setup
+$(BUILD)/tests/%.o: tests/%.c $(wildcard src/*.h include/*.h tests/*.h fuzz/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/fuzz/%.o: fuzz/%.c $(wildcard src/*.h include/*.h fuzz/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -96,7 +104,7 @@ $(BUILD)/.setup:
 	  else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; fi
 	@mkdir -p $(BUILD) && touch $@
 
-test: unit-test check-fixtures gpu-test cli-test
+test: unit-test check-fixtures gpu-test cli-test fuzz-smoke
 
 unit-test: $(BUILD)/test_peft
 	OMP_NUM_THREADS=2 ./$(BUILD)/test_peft
@@ -129,6 +137,36 @@ bench: $(BUILD)/train_bench
 # without a GPU the GPU rows say SKIPPED.
 bench-memory: $(BUILD)/memory_bench
 	OMP_NUM_THREADS=2 ./$(BUILD)/memory_bench
+
+# Fuzzing (docs/fuzzing.md): the library and one libFuzzer binary per target (fuzz/fuzz_NAME.c)
+# built by clang with ASan and UBSan in build-fuzz/, the same with or without SAN=1. With
+# -fopenmp=libgomp clang ignores the OpenMP loops (one thread) and links OpenBLAS's runtime.
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS   = -std=c11 -g -O1 -D_GNU_SOURCE -fopenmp=libgomp -Iinclude -Isrc -fno-omit-frame-pointer \
+                -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_TARGETS  = $(patsubst fuzz/fuzz_%.c,build-fuzz/fuzz_%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_LIB_OBJ  = $(LIB_SRC:src/%.c=build-fuzz/obj/%.o) build-fuzz/obj/gpu_stub.o build-fuzz/obj/gpu_check.o
+FUZZ_SECONDS ?= 20
+
+build-fuzz/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/obj/%.o: src/cuda/%.c $(wildcard src/cuda/*.h src/*.h include/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/fuzz/%.o: fuzz/%.c $(wildcard src/*.h include/*.h fuzz/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/libpeft.a: $(FUZZ_LIB_OBJ)
+	ar rcs $@ $^
+build-fuzz/fuzz_%: fuzz/entry.c $(FUZZ_SRC:fuzz/%.c=build-fuzz/fuzz/%.o) build-fuzz/libpeft.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DFUZZ_TARGET=fuzz_$* $^ $(FUZZ_LDLIBS) -o $@
+
+fuzz: $(FUZZ_TARGETS)
+
+# Every target for FUZZ_SECONDS seconds: a crash, leak, timeout or broken property fails the build.
+fuzz-smoke: $(FUZZ_TARGETS)
+	TARGET=all bash fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf build build-san build-fuzz

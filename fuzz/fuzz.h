@@ -1,0 +1,22 @@
+// fuzz.h: the fuzz targets and what they share. A target is a function over one input that
+// returns 1 when the code under test accepted it, 0 when it refused it with an error; a broken
+// property aborts (FUZZ_CHECK) and ASan / UBSan catch memory and undefined-behaviour errors.
+// entry.c makes each one a libFuzzer binary (build-fuzz/fuzz_NAME, run by fuzz/run.sh);
+// tests/test_fuzz.c replays fuzz/corpus/NAME and fuzz/regressions/NAME through the same functions.
+// Inputs made of two files are the first, a NUL byte, then the second (fuzz_split).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+int fuzz_safetensors(const uint8_t *data, size_t size);  // a safetensors file
+int fuzz_json(const uint8_t *data, size_t size);         // a config.json or adapter_config.json
+
+// A broken property: says which and where on stderr, then aborts.
+#define FUZZ_CHECK(cond, ...) \
+    do { if (!(cond)) fuzz_fail(__FILE__, __LINE__, #cond, __VA_ARGS__); } while (0)
+void fuzz_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 4, 5)));
+
+// The input cut at its first NUL: the part before it (a malloc'd, NUL-terminated copy) and the
+// rest after it (*rest points into data; NULL and 0 when the input has no NUL).
+char *fuzz_split(const uint8_t *data, size_t size, const uint8_t **rest, size_t *rest_len);
