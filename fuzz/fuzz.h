@@ -10,6 +10,7 @@
 
 int fuzz_safetensors(const uint8_t *data, size_t size);  // a safetensors file
 int fuzz_json(const uint8_t *data, size_t size);         // a config.json or adapter_config.json
+int fuzz_http(const uint8_t *data, size_t size);         // "METHOD /route\n" and the request body
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \
@@ -20,3 +21,12 @@ void fuzz_fail(const char *file, int line, const char *cond, const char *fmt, ..
 // The input cut at its first NUL: the part before it (a malloc'd, NUL-terminated copy) and the
 // rest after it (*rest points into data; NULL and 0 when the input has no NUL).
 char *fuzz_split(const uint8_t *data, size_t size, const uint8_t **rest, size_t *rest_len);
+
+// This process's scratch folder (made on first use, removed at exit).
+const char *fuzz_dir(void);
+
+// Tiny models (2 layers, hidden 16, the byte-level tokenizer's 257 ids).
+extern const char *const FUZZ_GPT2_CONFIG, *const FUZZ_LLAMA_CONFIG;
+// A model folder fuzz_dir()/name: config.json, random weights (seed 1), the byte-level tokenizer
+// and a ChatML chat template. Returns its path (malloc'd); aborts when it cannot be made.
+char *fuzz_model_dir(const char *name, const char *config_json);

@@ -367,6 +367,58 @@ static int parse_chat(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     return rc;
 }
 
+// A completion or chat-completion body into q (q->model points into *j, which the caller deletes).
+static int parse_generation(HttpServer *h, Kind kind, const char *body, size_t len, cJSON **j, Params *q, Err *e) {
+    *j = cJSON_ParseWithLength(body ? body : "", len);
+    if (!*j || !cJSON_IsObject(*j)) return err(e, 400, NULL, "the body is not a JSON object");
+    return kind == KIND_CHAT ? parse_chat(h, *j, q, e) : parse_completion(h, *j, q, e);
+}
+
+// POST /v1/adapters' {"name", "path"} (with_path) or DELETE /v1/adapters' {"name"}: *name and
+// *path (NULL when absent or null) point into *j, which the caller deletes.
+static int parse_adapter_body(const char *body, size_t len, bool with_path, cJSON **j, const char **name, const char **path, Err *e) {
+    *j = cJSON_ParseWithLength(body ? body : "", len);
+    *path = NULL;
+    if (with_path && (!*j || !cJSON_IsObject(*j))) return err(e, 400, NULL, "the body is not a JSON object");
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(*j, "name"), *p = cJSON_GetObjectItemCaseSensitive(*j, "path");
+    if (!cJSON_IsString(n))
+        return with_path ? err(e, 400, "name", "name (a string) is required") : err(e, 400, "name", "name the adapter: DELETE /v1/adapters/NAME");
+    *name = n->valuestring;
+    if (!with_path) return 0;
+    if (p && !cJSON_IsNull(p) && !cJSON_IsString(p)) return err(e, 400, "path", "path must be a string");
+    *path = cJSON_IsString(p) ? p->valuestring : NULL;
+    return 0;
+}
+
+int http_parse_body(const HttpContext *ctx, const ChatTemplate *chat, HttpBody kind, const char *body, size_t len, int32_t **prompt, int *plen) {
+    HttpServer h = {.ctx = *ctx, .im_end = -1};
+    if (chat) {
+        h.chat = *chat;
+        h.has_chat = true;
+        h.im_end = tokenizer_token_id(ctx->tok, "<|im_end|>");
+    }
+    Err e = {0};
+    cJSON *j = NULL;
+    int rc;
+    if (kind == HTTP_BODY_ADD_ADAPTER || kind == HTTP_BODY_REMOVE_ADAPTER) {
+        const char *name, *path;
+        rc = parse_adapter_body(body, len, kind == HTTP_BODY_ADD_ADAPTER, &j, &name, &path, &e);
+    } else {
+        Params q = {0};
+        rc = parse_generation(&h, kind == HTTP_BODY_CHAT ? KIND_CHAT : KIND_COMPLETION, body, len, &j, &q, &e);
+        if (!rc) {
+            *prompt = q.prompt;
+            *plen = q.plen;
+            q.prompt = NULL;
+        }
+        params_free(&q);
+    }
+    cJSON_Delete(j);
+    if (!rc) return 0;
+    peft_fail("%s", e.msg);
+    return e.status;
+}
+
 // ---- generation ----
 
 static const char *finish_reason(ServeFinish f) { return f == SERVE_FINISH_LENGTH ? "length" : "stop"; }
@@ -484,13 +536,8 @@ static enum MHD_Result run_generation(Conn *cn, Kind kind, const char *method, c
     HttpServer *h = cn->h;
     Err e = {0};
     Params q = {0};
-    cJSON *j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-    if (!j || !cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        return send_error(cn, 400, "the body is not a JSON object", NULL, method, url);
-    }
-    int rc = kind == KIND_CHAT ? parse_chat(h, j, &q, &e) : parse_completion(h, j, &q, &e);
-    if (rc) {
+    cJSON *j = NULL;
+    if (parse_generation(h, kind, cn->body, cn->len, &j, &q, &e)) {
         params_free(&q);
         cJSON_Delete(j);
         return send_error(cn, e.status, e.msg, e.param, method, url);
@@ -617,25 +664,24 @@ static cJSON *find_model(HttpServer *h, const char *name) {
 
 static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url) {
     HttpServer *h = cn->h;
-    cJSON *j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-    if (!j || !cJSON_IsObject(j)) { cJSON_Delete(j); return send_error(cn, 400, "the body is not a JSON object", NULL, method, url); }
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name"), *path = cJSON_GetObjectItemCaseSensitive(j, "path");
-    if (!cJSON_IsString(name)) { cJSON_Delete(j); return send_error(cn, 400, "name (a string) is required", "name", method, url); }
-    if (path && !cJSON_IsNull(path) && !cJSON_IsString(path)) { cJSON_Delete(j); return send_error(cn, 400, "path must be a string", "path", method, url); }
-    if (!cJSON_IsString(path) && !h->ctx.o->adapters_dir) {
+    cJSON *j;
+    const char *name, *path;
+    Err e = {0};
+    if (parse_adapter_body(cn->body, cn->len, true, &j, &name, &path, &e)) { cJSON_Delete(j); return send_error(cn, e.status, e.msg, e.param, method, url); }
+    if (!path && !h->ctx.o->adapters_dir) {
         cJSON_Delete(j);
         return send_error(cn, 400, "path is required (the server has no --adapters folder)", "path", method, url);
     }
-    char *dir = cJSON_IsString(path) ? xstrdup(path->valuestring) : path_join(h->ctx.o->adapters_dir, name->valuestring);
+    char *dir = path ? xstrdup(path) : path_join(h->ctx.o->adapters_dir, name);
     int status;
-    int rc = adapter_pool_add(h->ctx.pool, name->valuestring, dir, &status);
+    int rc = adapter_pool_add(h->ctx.pool, name, dir, &status);
     free(dir);
     if (rc) {
         enum MHD_Result ok = send_error(cn, status, peft_last_error(), status == 409 || status == 400 ? "name" : NULL, method, url);
         cJSON_Delete(j);
         return ok;
     }
-    cJSON *m = find_model(h, name->valuestring);
+    cJSON *m = find_model(h, name);
     cJSON_Delete(j);
     if (!m) return send_error(cn, 409, "the adapter was removed while it loaded", NULL, method, url);
     return send_json(cn, 201, m, method, url);
@@ -644,10 +690,9 @@ static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url
 static enum MHD_Result remove_adapter(Conn *cn, const char *name, const char *method, const char *url) {
     cJSON *j = NULL;
     if (!name || !name[0]) {  // DELETE /v1/adapters with {"name": ...}
-        j = cJSON_ParseWithLength(cn->body ? cn->body : "", cn->len);
-        const cJSON *n = j ? cJSON_GetObjectItemCaseSensitive(j, "name") : NULL;
-        if (!cJSON_IsString(n)) { cJSON_Delete(j); return send_error(cn, 400, "name the adapter: DELETE /v1/adapters/NAME", "name", method, url); }
-        name = n->valuestring;
+        const char *path;
+        Err e = {0};
+        if (parse_adapter_body(cn->body, cn->len, false, &j, &name, &path, &e)) { cJSON_Delete(j); return send_error(cn, e.status, e.msg, e.param, method, url); }
     }
     if (!strcmp(name, "base")) { cJSON_Delete(j); return send_error(cn, 400, "the base model cannot be removed", "name", method, url); }
     int status;
