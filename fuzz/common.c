@@ -71,6 +71,13 @@ const char *fuzz_dir(void) {
     return scratch;
 }
 
+char *fuzz_write(const char *sub, const char *name, const void *data, size_t len) {
+    char *dir = path_join(fuzz_dir(), sub), *path = path_join(dir, name);
+    FUZZ_CHECK(!make_dir(dir) && !write_file_atomic(path, data, len), "%s", peft_last_error());
+    free(dir);
+    return path;
+}
+
 char *fuzz_model_dir(const char *name, const char *config_json) {
     char *dir = path_join(fuzz_dir(), name), *tc_path = path_join(dir, "tokenizer_config.json");
     ModelConfig mc;

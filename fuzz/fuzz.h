@@ -11,6 +11,7 @@
 int fuzz_safetensors(const uint8_t *data, size_t size);  // a safetensors file
 int fuzz_json(const uint8_t *data, size_t size);         // a config.json or adapter_config.json
 int fuzz_http(const uint8_t *data, size_t size);         // "METHOD /route\n" and the request body
+int fuzz_chat(const uint8_t *data, size_t size);         // a chat template, NUL, JSONL chat data
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \
@@ -24,6 +25,8 @@ char *fuzz_split(const uint8_t *data, size_t size, const uint8_t **rest, size_t 
 
 // This process's scratch folder (made on first use, removed at exit).
 const char *fuzz_dir(void);
+// Writes data to fuzz_dir()/sub/name (making sub); returns the path (malloc'd). Aborts on failure.
+char *fuzz_write(const char *sub, const char *name, const void *data, size_t len);
 
 // Tiny models (2 layers, hidden 16, the byte-level tokenizer's 257 ids).
 extern const char *const FUZZ_GPT2_CONFIG, *const FUZZ_LLAMA_CONFIG;

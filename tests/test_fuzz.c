@@ -48,3 +48,4 @@ static void replay(int *failed_, const char *name, FuzzTarget target) {
 TEST(fuzz_replay_safetensors) { replay(failed_, "safetensors", fuzz_safetensors); }
 TEST(fuzz_replay_json) { replay(failed_, "json", fuzz_json); }
 TEST(fuzz_replay_http) { replay(failed_, "http", fuzz_http); }
+TEST(fuzz_replay_chat) { replay(failed_, "chat", fuzz_chat); }
