@@ -54,7 +54,7 @@ GPU_OBJ   += $(BUILD)/cuda/gpu_stub.o
 endif
 LIB_OBJ   += $(GPU_OBJ)
 
-.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz fuzz-smoke clean
+.PHONY: all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz fuzz-smoke fuzz-seeds clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
@@ -167,6 +167,12 @@ fuzz: $(FUZZ_TARGETS)
 # Every target for FUZZ_SECONDS seconds: a crash, leak, timeout or broken property fails the build.
 fuzz-smoke: $(FUZZ_TARGETS)
 	TARGET=all bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# Remakes the seeds our own code makes (fuzz/seeds.c) in fuzz/corpus.
+fuzz-seeds: $(BUILD)/fuzz_seeds
+	./$(BUILD)/fuzz_seeds fuzz/corpus
+$(BUILD)/fuzz_seeds: $(BUILD)/fuzz/seeds.o $(FUZZ_OBJ) $(BUILD)/libpeft.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 clean:
 	rm -rf build build-san build-fuzz

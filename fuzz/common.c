@@ -78,6 +78,20 @@ char *fuzz_write(const char *sub, const char *name, const void *data, size_t len
     return path;
 }
 
+int fuzz_join_files(const char *first, const char *second, uint8_t **data, size_t *size) {
+    size_t na = 0, nb = 0;
+    char *a = read_file(first, &na), *b = a ? read_file(second, &nb) : NULL;
+    if (b) {
+        *size = na + 1 + nb;
+        *data = xmalloc(*size);
+        memcpy(*data, a, na + 1);  // with its NUL
+        memcpy(*data + na + 1, b, nb);
+    }
+    free(a);
+    free(b);
+    return b ? 0 : -1;
+}
+
 char *fuzz_model_dir(const char *name, const char *config_json) {
     char *dir = path_join(fuzz_dir(), name), *tc_path = path_join(dir, "tokenizer_config.json");
     ModelConfig mc;

@@ -12,6 +12,7 @@ int fuzz_safetensors(const uint8_t *data, size_t size);  // a safetensors file
 int fuzz_json(const uint8_t *data, size_t size);         // a config.json or adapter_config.json
 int fuzz_http(const uint8_t *data, size_t size);         // "METHOD /route\n" and the request body
 int fuzz_chat(const uint8_t *data, size_t size);         // a chat template, NUL, JSONL chat data
+int fuzz_tokenizer(const uint8_t *data, size_t size);    // a tokenizer.json, NUL, text to encode
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \
@@ -33,3 +34,7 @@ extern const char *const FUZZ_GPT2_CONFIG, *const FUZZ_LLAMA_CONFIG;
 // A model folder fuzz_dir()/name: config.json, random weights (seed 1), the byte-level tokenizer
 // and a ChatML chat template. Returns its path (malloc'd); aborts when it cannot be made.
 char *fuzz_model_dir(const char *name, const char *config_json);
+
+// Seeds (fuzz/seeds.c): two files as one input (the first, NUL, the second), *data malloc'd.
+// 0, or -1 with peft_last_error().
+int fuzz_join_files(const char *first, const char *second, uint8_t **data, size_t *size);
