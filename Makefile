@@ -15,8 +15,9 @@ FUZZ_LDLIBS := $(filter-out -fopenmp,$(LDLIBS))
 ifeq ($(SAN),1)
 BUILD   := build-san
 OPT     := -O1
-CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-LDFLAGS += -fsanitize=address,undefined
+# gcc's undefined leaves out float-cast-overflow (a NaN or out-of-range float converted to an int).
+CFLAGS  += -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=undefined,float-cast-overflow
+LDFLAGS += -fsanitize=address,undefined,float-cast-overflow
 endif
 
 # Debian packages the build and tests need (checked by `make setup`).

@@ -92,6 +92,12 @@ int fuzz_join_files(const char *first, const char *second, uint8_t **data, size_
     return b ? 0 : -1;
 }
 
+char *fuzz_clear(const char *sub) {
+    char *dir = path_join(fuzz_dir(), sub);
+    FUZZ_CHECK(remove_tree(dir) == 0, "cannot remove %s", dir);
+    return dir;
+}
+
 char *fuzz_model_dir(const char *name, const char *config_json) {
     char *dir = path_join(fuzz_dir(), name), *tc_path = path_join(dir, "tokenizer_config.json");
     ModelConfig mc;

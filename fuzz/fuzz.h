@@ -13,6 +13,7 @@ int fuzz_json(const uint8_t *data, size_t size);         // a config.json or ada
 int fuzz_http(const uint8_t *data, size_t size);         // "METHOD /route\n" and the request body
 int fuzz_chat(const uint8_t *data, size_t size);         // a chat template, NUL, JSONL chat data
 int fuzz_tokenizer(const uint8_t *data, size_t size);    // a tokenizer.json, NUL, text to encode
+int fuzz_adapter(const uint8_t *data, size_t size);      // adapter_config.json, NUL, adapter_model.safetensors
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \
@@ -28,6 +29,8 @@ char *fuzz_split(const uint8_t *data, size_t size, const uint8_t **rest, size_t 
 const char *fuzz_dir(void);
 // Writes data to fuzz_dir()/sub/name (making sub); returns the path (malloc'd). Aborts on failure.
 char *fuzz_write(const char *sub, const char *name, const void *data, size_t len);
+// Removes fuzz_dir()/sub and everything in it; returns its path (malloc'd).
+char *fuzz_clear(const char *sub);
 
 // Tiny models (2 layers, hidden 16, the byte-level tokenizer's 257 ids).
 extern const char *const FUZZ_GPT2_CONFIG, *const FUZZ_LLAMA_CONFIG;

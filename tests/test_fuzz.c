@@ -50,3 +50,4 @@ TEST(fuzz_replay_json) { replay(failed_, "json", fuzz_json); }
 TEST(fuzz_replay_http) { replay(failed_, "http", fuzz_http); }
 TEST(fuzz_replay_chat) { replay(failed_, "chat", fuzz_chat); }
 TEST(fuzz_replay_tokenizer) { replay(failed_, "tokenizer", fuzz_tokenizer); }
+TEST(fuzz_replay_adapter) { replay(failed_, "adapter", fuzz_adapter); }
