@@ -14,6 +14,7 @@ int fuzz_http(const uint8_t *data, size_t size);         // "METHOD /route\n" an
 int fuzz_chat(const uint8_t *data, size_t size);         // a chat template, NUL, JSONL chat data
 int fuzz_tokenizer(const uint8_t *data, size_t size);    // a tokenizer.json, NUL, text to encode
 int fuzz_adapter(const uint8_t *data, size_t size);      // adapter_config.json, NUL, adapter_model.safetensors
+int fuzz_checkpoint(const uint8_t *data, size_t size);   // checkpoint state.json, NUL, state.safetensors
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \
@@ -38,6 +39,8 @@ extern const char *const FUZZ_GPT2_CONFIG, *const FUZZ_LLAMA_CONFIG;
 // and a ChatML chat template. Returns its path (malloc'd); aborts when it cannot be made.
 char *fuzz_model_dir(const char *name, const char *config_json);
 
-// Seeds (fuzz/seeds.c): two files as one input (the first, NUL, the second), *data malloc'd.
-// 0, or -1 with peft_last_error().
+// Seeds (fuzz/seeds.c): two files as one input (the first, NUL, the second), *data malloc'd;
+// a checkpoint of fuzz_checkpoint's run for method (lora, vera or adalora). 0, or -1 with
+// peft_last_error().
 int fuzz_join_files(const char *first, const char *second, uint8_t **data, size_t *size);
+int fuzz_checkpoint_seed(const char *method, uint8_t **data, size_t *size);

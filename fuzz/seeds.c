@@ -1,6 +1,6 @@
 // seeds.c: the fuzz seeds our own code makes (`make fuzz-seeds` writes them into fuzz/corpus):
-// the byte-level tokenizer with a text (tokenizer/valid_byte_level.bin) and adapters of the tiny
-// models (adapter/valid_*.bin).
+// the byte-level tokenizer with a text (tokenizer/valid_byte_level.bin), adapters of the tiny
+// models (adapter/valid_*.bin) and checkpoints of fuzz_checkpoint's run (checkpoint/valid_*.bin).
 // tests/test_fuzz.c checks that the targets still accept every valid_* seed.
 #include "fuzz.h"
 #include "adapter.h"
@@ -70,6 +70,8 @@ int main(int argc, char **argv) {
     };
     for (size_t i = 0; !rc && i < sizeof adapters / sizeof *adapters; i++)
         rc = adapter_seed(&adapters[i], &data, &size) || write_seed(corpus, "adapter", adapters[i].name, data, size);
+    static const char *methods[] = {"lora", "vera", "adalora"};
+    for (int i = 0; !rc && i < 3; i++) rc = fuzz_checkpoint_seed(methods[i], &data, &size) || write_seed(corpus, "checkpoint", methods[i], data, size);
     if (rc) fprintf(stderr, "fuzz seeds: %s\n", peft_last_error());
     return rc ? 1 : 0;
 }

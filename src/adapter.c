@@ -205,12 +205,6 @@ void adapters_free(Model *m) {
     m->adapters = NULL;
 }
 
-static int check_finite(const float *x, long n, const char *path, const char *name) {
-    for (long i = 0; i < n; i++)
-        if (!isfinite(x[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", path, name, x[i], i);
-    return 0;
-}
-
 bool adapters_same_vera_projection(const AdapterSet *a, const AdapterSet *b) {
     if (a == b) return true;
     if (a->cfg.type != PEFT_VERA || b->cfg.type != PEFT_VERA || !a->vera_A || !b->vera_A) return false;

@@ -8,6 +8,7 @@
 #include "../src/train.h"
 #include "../src/util.h"
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -237,6 +238,42 @@ TEST(train_stop_request_saves_checkpoint) {
     CHECK_MSG(strstr(peft_last_error(), "batch"), "%s", peft_last_error());
     train_config_free(&c);
     free(state);
+    free(adapter);
+    free(data);
+    free(out);
+}
+
+// A checkpoint with a non-finite value is refused by name: resumed, a NaN AdamW moment went into
+// the last step's update and the run saved an adapter of NaNs (found by fuzz/fuzz_checkpoint.c).
+TEST(train_resume_refuses_non_finite_checkpoint) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
+    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    c.max_steps = 3;
+    c.stop_after = 2;
+    TrainResult res;
+    CHECK(train_run(&c, NULL, &res) == 0 && res.stopped);
+    char *tensors = path_join(out, "checkpoint/state.safetensors"), *adapter = path_join(out, "adapter_model.safetensors");
+    size_t len;
+    char *bytes = read_file(tensors, &len);
+    SafeTensors st;
+    CHECK(bytes && st_parse(&st, bytes, len, tensors) == 0);
+    const StTensor *m = &st.tensors[0];
+    for (int i = 0; i < st.n; i++)
+        if (!strncmp(st.tensors[i].name, "adam_m/", 7)) m = &st.tensors[i];
+    CHECK(!strncmp(m->name, "adam_m/", 7) && m->dtype == DT_F32);
+    float nan = NAN;
+    memcpy((void *)m->data, &nan, sizeof nan);
+    st_close(&st);
+    CHECK(write_file_atomic(tensors, bytes, len) == 0);
+    c.stop_after = 0;
+    c.resume = true;
+    CHECK(train_run(&c, NULL, &res) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "state.safetensors") && strstr(peft_last_error(), "non-finite"), "%s", peft_last_error());
+    CHECK(!file_exists(adapter));
+    train_config_free(&c);
+    free(bytes);
+    free(tensors);
     free(adapter);
     free(data);
     free(out);
