@@ -1,7 +1,7 @@
 // fuzz_checkpoint.c: a training checkpoint as `peft train --resume` reads it. The input is
 // checkpoint/state.json, a NUL byte, then checkpoint/state.safetensors; state.json's "method"
 // picks the run it belongs to (a tiny GPT-2, 3 steps of 2 sequences from a fixed text). The run
-// resumes and finishes, saving an adapter of finite values, or refuses the checkpoint with an
+// resumes and finishes, saving weights of finite values, or refuses the checkpoint with an
 // error naming it (or its loss overflows, which the training reports).
 #include "fuzz.h"
 #include "safetensors.h"
@@ -44,9 +44,10 @@ static void free_config(TrainConfig *c) {
     train_config_free(c);
 }
 
-// What a resumed run saved holds only finite values: a checkpoint never turns into a broken adapter.
-static void check_finite_output(const char *out_dir) {
-    char *path = path_join(out_dir, "adapter_model.safetensors");
+// What a resumed run saved (an adapter, or with full fine-tuning a model) holds only finite values:
+// a checkpoint never turns into broken weights.
+static void check_finite_output(const TrainConfig *c) {
+    char *path = path_join(c->out_dir, c->method == TRAIN_FULL ? "model.safetensors" : "adapter_model.safetensors");
     SafeTensors st;
     FUZZ_CHECK(st_open(&st, path) == 0, "%s", peft_last_error());
     for (int i = 0; i < st.n; i++) {
@@ -93,7 +94,7 @@ int fuzz_checkpoint(const uint8_t *data, size_t size) {
     if (ok) {
         FUZZ_CHECK(res.steps_done == res.total_steps && res.first_step <= res.total_steps, "resumed at %d, ended at %d of %d",
                    res.first_step, res.steps_done, res.total_steps);
-        check_finite_output(c.out_dir);
+        check_finite_output(&c);
     }
     free_config(&c);
     return ok;
