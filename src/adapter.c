@@ -239,7 +239,7 @@ static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
                       (long long)p->shape[0], (long long)p->shape[1]);
             goto fail;
         }
-        if (st_to_f32(t, p->w) || check_finite(p->w, p->numel, st_path, p->name)) goto fail;
+        if (st_to_f32_finite(t, p->w, st_path)) goto fail;
     }
     const AdapterMethod *method = set->adapters[0].method;
     if (method->after_load && method->after_load(set, &st, st_path)) goto fail;

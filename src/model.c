@@ -164,7 +164,7 @@ static int load_param(Param *p, const StModel *st, const char *dir, bool gpt2) {
         if (p->ndim == 2) return peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld, %lld]", file, p->name, got, (long long)p->shape[0], (long long)p->shape[1]);
         return peft_fail("%s: tensor %s has shape [%s] but config.json implies [%lld]", file, p->name, got, (long long)p->shape[0]);
     }
-    return st_to_f32(t, p->w) || check_finite(p->w, p->numel, file, p->name) ? -1 : 0;
+    return st_to_f32_finite(t, p->w, file);
 }
 
 Model *model_load(const char *dir) {

@@ -575,7 +575,7 @@ static int load_tensor(const SafeTensors *st, const char *kind, const Param *p, 
     snprintf(name, sizeof name, "%s/%s", kind, p->name);
     const StTensor *t = st_find(st, name);
     if (!t || t->numel != p->numel) return peft_fail("%s: missing or mis-shaped tensor %s", path, name);
-    return st_to_f32(t, dst) || check_finite(dst, p->numel, path, name) ? -1 : 0;
+    return st_to_f32_finite(t, dst, path);
 }
 
 static int load_checkpoint_files(Trainer *t, const char *dir, int *step) {

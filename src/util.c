@@ -1,6 +1,5 @@
 #include "util.h"
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,12 +106,6 @@ int write_file_atomic(const char *path, const void *data, size_t len) {
         return peft_fail("%s: write failed: %s", path, strerror(e));
     }
     free(tmp);
-    return 0;
-}
-
-int check_finite(const float *x, long n, const char *file, const char *name) {
-    for (long i = 0; i < n; i++)
-        if (!isfinite(x[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", file, name, x[i], i);
     return 0;
 }
 

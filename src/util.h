@@ -26,8 +26,6 @@ int write_file_atomic(const char *path, const void *data, size_t len);
 // Whole-file copy, written atomically.
 int copy_file(const char *src, const char *dst);
 bool file_exists(const char *path);
-// 0 when every value of tensor `name` (read from `file`) is finite; else -1 and an error naming both.
-int check_finite(const float *x, long n, const char *file, const char *name);
 bool dir_exists(const char *path);
 int make_dir(const char *path); // mkdir -p
 char *path_join(const char *dir, const char *name); // malloc'd

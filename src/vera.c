@@ -160,7 +160,7 @@ static int load_projection(const SafeTensors *st, const char *path, const char *
         return peft_fail("%s: tensor %s has shape [%s] but r and the adapted modules need [%d, %d]", path, key, got, rows, cols);
     }
     float *tmp = xmalloc(sizeof(float) * (size_t)rows * cols);
-    if (st_to_f32(t, tmp) || check_finite(tmp, (long)rows * cols, path, key)) { free(tmp); return -1; }
+    if (st_to_f32_finite(t, tmp, path)) { free(tmp); return -1; }
     memcpy(dst, tmp, sizeof(float) * (size_t)rows * cols);
     free(tmp);
     return 0;

@@ -243,9 +243,9 @@ TEST(train_stop_request_saves_checkpoint) {
     free(out);
 }
 
-// A checkpoint with a non-finite value is refused by name: resumed, a NaN AdamW moment went into
-// the last step's update and the run saved an adapter of NaNs (found by fuzz/fuzz_checkpoint.c).
-TEST(train_resume_refuses_non_finite_checkpoint) {
+// Resumes a 3-step run stopped after 2 from its checkpoint with an adam_m tensor corrupted by
+// corrupt(): the run must fail naming state.safetensors and the problem, and save nothing.
+static void check_bad_checkpoint(int *failed_, void (*corrupt)(char *bytes, const StTensor *m), const char *problem) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
     TrainConfig c = small_config(TRAIN_LORA, data, out);
@@ -262,14 +262,13 @@ TEST(train_resume_refuses_non_finite_checkpoint) {
     for (int i = 0; i < st.n; i++)
         if (!strncmp(st.tensors[i].name, "adam_m/", 7)) m = &st.tensors[i];
     CHECK(!strncmp(m->name, "adam_m/", 7) && m->dtype == DT_F32);
-    float nan = NAN;
-    memcpy((void *)m->data, &nan, sizeof nan);
+    corrupt(bytes, m);
     st_close(&st);
     CHECK(write_file_atomic(tensors, bytes, len) == 0);
     c.stop_after = 0;
     c.resume = true;
     CHECK(train_run(&c, NULL, &res) != 0);
-    CHECK_MSG(strstr(peft_last_error(), "state.safetensors") && strstr(peft_last_error(), "non-finite"), "%s", peft_last_error());
+    CHECK_MSG(strstr(peft_last_error(), "state.safetensors") && strstr(peft_last_error(), problem), "%s", peft_last_error());
     CHECK(!file_exists(adapter));
     train_config_free(&c);
     free(bytes);
@@ -278,6 +277,25 @@ TEST(train_resume_refuses_non_finite_checkpoint) {
     free(data);
     free(out);
 }
+
+static void put_nan(char *bytes, const StTensor *m) {
+    (void)bytes;
+    float nan = NAN;
+    memcpy((void *)m->data, &nan, sizeof nan);
+}
+
+// The same bytes read as int32: "F32" -> "I32" in the tensor's header entry.
+static void make_int32(char *bytes, const StTensor *m) {
+    char *entry = xasprintf("\"%s\":{\"dtype\":\"F32\"", m->name), *at = strstr(bytes + 8, entry);
+    if (at) at[strlen(entry) - 4] = 'I';
+    free(entry);
+}
+
+// Resumed, a NaN AdamW moment went into the last step's update and the run saved an adapter of
+// NaNs (shown by fuzz/fuzz_checkpoint.c's check of what a resumed run saves).
+TEST(train_resume_refuses_non_finite_checkpoint) { check_bad_checkpoint(failed_, put_nan, "non-finite"); }
+// The refusal of an int32 tensor did not name the file (found by fuzz/fuzz_checkpoint.c).
+TEST(train_resume_refuses_int_checkpoint_tensor) { check_bad_checkpoint(failed_, make_int32, "not a float type"); }
 
 TEST(train_full_and_vera_save_loadable_outputs) {
     const char *dir = test_tmpdir();
