@@ -499,11 +499,24 @@ static void remove_checkpoint_dir(const char *dir) {
     rmdir(dir);
 }
 
+// The last optimizer step has no forward after it whose loss would show an overflow: what is
+// saved (a checkpoint, the final weights) is checked instead.
+static int check_trainables_finite(const Trainer *t, int step) {
+    for (int i = 0; i < t->n_params; i++) {
+        const Param *p = t->params[i];
+        for (long j = 0; j < p->numel; j++)
+            if (!isfinite(p->w[j]))
+                return peft_fail("step %d: %s is not finite after the update (%g at index %ld): try a lower learning rate", step, p->name, p->w[j], j);
+    }
+    return 0;
+}
+
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
     // On the GPU the master weights, the AdamW moments and step count live on the device.
     if (t->g && (gpu_download_trainables(t->g, false) ||
                  gpu_download_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, &t->opt.step)))
         return -1;
+    if (check_trainables_finite(t, step)) return -1;
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     char name[600];
@@ -748,6 +761,7 @@ static int run_eval(Trainer *t, int step) {
 
 static int save_final(Trainer *t) {
     if (t->g && gpu_download_trainables(t->g, false)) return -1;
+    if (check_trainables_finite(t, t->total_steps)) return -1;
     int rc = t->m->adapters ? adapters_save(t->m, t->c.out_dir) : model_save(t->m, t->c.out_dir);
     if (!rc) message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);
     return rc;

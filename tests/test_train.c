@@ -8,6 +8,7 @@
 #include "../src/train.h"
 #include "../src/util.h"
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,8 +245,8 @@ TEST(train_stop_request_saves_checkpoint) {
 }
 
 // Resumes a 3-step run stopped after 2 from its checkpoint with an adam_m tensor corrupted by
-// corrupt(): the run must fail naming state.safetensors and the problem, and save nothing.
-static void check_bad_checkpoint(int *failed_, void (*corrupt)(char *bytes, const StTensor *m), const char *problem) {
+// corrupt(): the run must fail with a message holding `where` and `problem`, and save nothing.
+static void check_bad_checkpoint(int *failed_, void (*corrupt)(char *bytes, const StTensor *m), const char *where, const char *problem) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
     TrainConfig c = small_config(TRAIN_LORA, data, out);
@@ -268,7 +269,7 @@ static void check_bad_checkpoint(int *failed_, void (*corrupt)(char *bytes, cons
     c.stop_after = 0;
     c.resume = true;
     CHECK(train_run(&c, NULL, &res) != 0);
-    CHECK_MSG(strstr(peft_last_error(), "state.safetensors") && strstr(peft_last_error(), problem), "%s", peft_last_error());
+    CHECK_MSG(strstr(peft_last_error(), where) && strstr(peft_last_error(), problem), "%s", peft_last_error());
     CHECK(!file_exists(adapter));
     train_config_free(&c);
     free(bytes);
@@ -284,6 +285,12 @@ static void put_nan(char *bytes, const StTensor *m) {
     memcpy((void *)m->data, &nan, sizeof nan);
 }
 
+static void put_huge(char *bytes, const StTensor *m) {
+    (void)bytes;
+    float huge = FLT_MAX;
+    memcpy((void *)m->data, &huge, sizeof huge);
+}
+
 // The same bytes read as int32: "F32" -> "I32" in the tensor's header entry.
 static void make_int32(char *bytes, const StTensor *m) {
     char *entry = xasprintf("\"%s\":{\"dtype\":\"F32\"", m->name), *at = strstr(bytes + 8, entry);
@@ -293,9 +300,12 @@ static void make_int32(char *bytes, const StTensor *m) {
 
 // Resumed, a NaN AdamW moment went into the last step's update and the run saved an adapter of
 // NaNs (shown by fuzz/fuzz_checkpoint.c's check of what a resumed run saves).
-TEST(train_resume_refuses_non_finite_checkpoint) { check_bad_checkpoint(failed_, put_nan, "non-finite"); }
+TEST(train_resume_refuses_non_finite_checkpoint) { check_bad_checkpoint(failed_, put_nan, "state.safetensors", "non-finite"); }
 // The refusal of an int32 tensor did not name the file (found by fuzz/fuzz_checkpoint.c).
-TEST(train_resume_refuses_int_checkpoint_tensor) { check_bad_checkpoint(failed_, make_int32, "not a float type"); }
+TEST(train_resume_refuses_int_checkpoint_tensor) { check_bad_checkpoint(failed_, make_int32, "state.safetensors", "not a float type"); }
+// A finite but huge moment made the last step's update overflow, with no forward after it to see
+// the result: the run saved an adapter with -inf (found by fuzz/fuzz_checkpoint.c).
+TEST(train_refuses_to_save_non_finite_weights) { check_bad_checkpoint(failed_, put_huge, "step 3", "not finite"); }
 
 TEST(train_full_and_vera_save_loadable_outputs) {
     const char *dir = test_tmpdir();
