@@ -431,7 +431,12 @@ static int adalora_load_state(AdapterSet *set, const SafeTensors *f, const char 
     AdaLoraState *st = set->method_state;
     const StTensor *b = st_find(f, "adalora/budget");
     if (!b || b->dtype != DT_I32 || b->numel != 3) return peft_fail("%s: no AdaLoRA allocator state", path);
-    const int32_t *bgt = b->data;
+    int32_t bgt[3];
+    memcpy(bgt, b->data, sizeof bgt);  // the file's bytes may be unaligned
+    int init_bgt, target_bgt;
+    adalora_budget_bounds(set, &init_bgt, &target_bgt);
+    if ((bgt[2] != 0 && bgt[2] != 1) || (bgt[2] && (bgt[0] != init_bgt || bgt[1] != target_bgt)))
+        return peft_fail("%s: the AdaLoRA budget (%d, %d, ready %d) is not this run's (%d, %d)", path, bgt[0], bgt[1], bgt[2], init_bgt, target_bgt);
     st->init_bgt = bgt[0];
     st->target_bgt = bgt[1];
     st->allocator_ready = bgt[2];
