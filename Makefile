@@ -10,16 +10,18 @@ CFLAGS  += -std=c11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GN
 OPENBLAS_OMP := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
 LDLIBS  += $(if $(OPENBLAS_OMP),-L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas -lcjson -lpcre2-8 -lmicrohttpd -lm -fopenmp
 comma   := ,
+FUZZ_LDLIBS := $(filter-out -fopenmp,$(LDLIBS))
 
 ifeq ($(SAN),1)
 BUILD   := build-san
 OPT     := -O1
-CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-LDFLAGS += -fsanitize=address,undefined
+# gcc's undefined leaves out float-cast-overflow (a NaN or out-of-range float converted to an int).
+CFLAGS  += -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=undefined,float-cast-overflow
+LDFLAGS += -fsanitize=address,undefined,float-cast-overflow
 endif
 
 # Debian packages the build and tests need (checked by `make setup`).
-PACKAGES = build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libmicrohttpd-dev curl
+PACKAGES = build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libmicrohttpd-dev curl clang libomp-dev
 
 LIB_SRC  = $(wildcard src/*.c)
 LIB_OBJ  = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
@@ -27,6 +29,10 @@ CLI_SRC  = $(wildcard cli/*.c)
 CLI_OBJ  = $(CLI_SRC:cli/%.c=$(BUILD)/cli/%.o)
 TEST_SRC = $(wildcard tests/*.c)
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
+# The fuzz targets: in the unit tests (which replay their corpus) and in build-fuzz/ (libFuzzer).
+FUZZ_SRC = fuzz/common.c $(wildcard fuzz/fuzz_*.c)
+FUZZ_OBJ = $(FUZZ_SRC:fuzz/%.c=$(BUILD)/fuzz/%.o)
+TEST_OBJ += $(FUZZ_OBJ)
 
 # CUDA backend (src/cuda): built when nvcc is found (CUDA=0 leaves it out); otherwise gpu_stub.c
 # answers "built without CUDA". tests/gpu and bench/gpu use it; they SKIP loudly without a GPU.
@@ -55,7 +61,7 @@ LIB_OBJ   += $(GPU_OBJ) $(BUILD)/obj/version.o
 GIT_REV := $(shell r=$$(git rev-parse --short=12 HEAD 2>/dev/null) || r=unknown; \
              [ $$r = unknown ] || git diff --quiet HEAD -- src cli tests bench tools Makefile ':(exclude)*.md' || r=$$r-dirty; echo $$r)
 
-.PHONY: FORCE all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz clean
+.PHONY: FORCE all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz fuzz-smoke fuzz-seeds clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
@@ -64,7 +70,10 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
 $(BUILD)/cli/%.o: cli/%.c $(wildcard src/*.h include/*.h cli/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/tests/%.o: tests/%.c $(wildcard src/*.h include/*.h tests/*.h) | $(BUILD)/.setup
+$(BUILD)/tests/%.o: tests/%.c $(wildcard src/*.h include/*.h tests/*.h fuzz/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+$(BUILD)/fuzz/%.o: fuzz/%.c $(wildcard src/*.h include/*.h fuzz/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -109,7 +118,7 @@ $(BUILD)/.setup:
 	  else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; fi
 	@mkdir -p $(BUILD) && touch $@
 
-test: unit-test check-fixtures gpu-test cli-test
+test: unit-test check-fixtures gpu-test cli-test fuzz-smoke
 	@if [ ! -d $(SHARED_FIXTURES) ]; then echo "*** make test: $(SHARED_FIXTURES) not found: its HF PEFT cases and GPT-2's real tokenizer were SKIPPED (the repository's own cases ran) ***"; fi
 
 unit-test: $(BUILD)/test_peft
@@ -149,6 +158,42 @@ bench: $(BUILD)/train_bench
 # without a GPU the GPU rows say SKIPPED.
 bench-memory: $(BUILD)/memory_bench
 	OMP_NUM_THREADS=2 ./$(BUILD)/memory_bench
+
+# Fuzzing (docs/fuzzing.md): the library and one libFuzzer binary per target (fuzz/fuzz_NAME.c)
+# built by clang with ASan and UBSan in build-fuzz/, the same with or without SAN=1. With
+# -fopenmp=libgomp clang ignores the OpenMP loops (one thread) and links OpenBLAS's runtime.
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS   = -std=c11 -g -O1 -D_GNU_SOURCE -fopenmp=libgomp -Iinclude -Isrc -fno-omit-frame-pointer \
+                -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_TARGETS  = $(patsubst fuzz/fuzz_%.c,build-fuzz/fuzz_%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_LIB_OBJ  = $(LIB_SRC:src/%.c=build-fuzz/obj/%.o) build-fuzz/obj/gpu_stub.o build-fuzz/obj/gpu_check.o
+FUZZ_SECONDS ?= 20
+
+build-fuzz/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/obj/%.o: src/cuda/%.c $(wildcard src/cuda/*.h src/*.h include/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/fuzz/%.o: fuzz/%.c $(wildcard src/*.h include/*.h fuzz/*.h) | $(BUILD)/.setup
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/libpeft.a: $(FUZZ_LIB_OBJ)
+	ar rcs $@ $^
+build-fuzz/fuzz_%: fuzz/entry.c $(FUZZ_SRC:fuzz/%.c=build-fuzz/fuzz/%.o) build-fuzz/libpeft.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DFUZZ_TARGET=fuzz_$* $^ $(FUZZ_LDLIBS) -o $@
+
+fuzz: $(FUZZ_TARGETS)
+
+# Every target for FUZZ_SECONDS seconds: a crash, leak, timeout or broken property fails the build.
+fuzz-smoke: $(FUZZ_TARGETS)
+	TARGET=all bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# Remakes the seeds our own code makes (fuzz/seeds.c) in fuzz/corpus.
+fuzz-seeds: $(BUILD)/fuzz_seeds
+	./$(BUILD)/fuzz_seeds fuzz/corpus
+$(BUILD)/fuzz_seeds: $(BUILD)/fuzz/seeds.o $(FUZZ_OBJ) $(BUILD)/libpeft.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
-# Build and run a fuzzer: safetensors (the default) or json (config.json / adapter_config.json).
-#   fuzz/run.sh [SECONDS] [extra libFuzzer flags...]     (default 60 seconds)
-#   TARGET=json fuzz/run.sh 120
-#   JOBS=2 fuzz/run.sh 300                               (parallel workers via -fork)
-# New interesting inputs go to build-fuzz/corpus/safetensors (not committed); the seeds in
-# fuzz/corpus/safetensors are only read. A crash leaves build-fuzz/artifacts/crash-*: fix the
-# bug, then keep the input in fuzz/regressions/safetensors/ (tests/test_safetensors.c replays it).
+# Build and run a fuzz target (docs/fuzzing.md lists them and what each checks).
+#   TARGET=http fuzz/run.sh [SECONDS] [extra libFuzzer flags...]   (default: safetensors, 60 s)
+#   TARGET=all fuzz/run.sh 20                                      (each target in turn: make fuzz-smoke)
+#   JOBS=2 TARGET=adapter fuzz/run.sh 3600                         (parallel workers via -fork)
+# Seeds are read from fuzz/corpus/NAME and fuzz/regressions/NAME; new interesting inputs go to
+# build-fuzz/corpus/NAME (not committed). A crash or a broken property leaves
+# build-fuzz/artifacts/NAME/crash-* (or leak-*, timeout-*, oom-*): fix the bug, then keep the input in
+# fuzz/regressions/NAME/ (tests/test_fuzz.c replays it in make test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# name:longest input (bytes). fuzz/NAME.dict is the target's dictionary when present.
+TARGETS="safetensors:4096 json:4096 http:4096 chat:4096 tokenizer:8192 adapter:16384 checkpoint:16384"
+
 SECONDS_TO_RUN=${1:-60}
 shift || true
-CC=${CC:-clang}
 OUT=build-fuzz
-TARGET=${TARGET:-safetensors}
-mkdir -p "$OUT/corpus/$TARGET" "$OUT/artifacts"
-FLAGS=(-std=c11 -g -O1 -D_GNU_SOURCE -Isrc -Iinclude -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
-case "$TARGET" in
-    safetensors) $CC "${FLAGS[@]}" fuzz/fuzz_safetensors.c src/safetensors.c src/util.c -lcjson -lm -o "$OUT/fuzz_safetensors" ;;
-    json) $CC "${FLAGS[@]}" fuzz/fuzz_json.c src/config.c src/adapter_config.c src/util.c -lcjson -lpcre2-8 -lm -o "$OUT/fuzz_json"
-          exec "./$OUT/fuzz_json" "$OUT/corpus/json" fuzz/corpus/json -max_len=4096 -max_total_time="$SECONDS_TO_RUN" \
-               -artifact_prefix="$OUT/artifacts/" -print_final_stats=1 "$@" ;;
-    *) echo "unknown TARGET=$TARGET (safetensors, json)"; exit 2 ;;
-esac
+# One thread: OpenBLAS and the library's OpenMP loops would only contend on a shared machine.
+export OMP_NUM_THREADS=1
 
-fork=()
-if [ -n "${JOBS:-}" ]; then fork=(-fork="$JOBS"); fi
-seeds=(fuzz/corpus/safetensors)
-if [ -d fuzz/regressions/safetensors ]; then seeds+=(fuzz/regressions/safetensors); fi
+run_target() {
+    local name=$1 max_len=$2
+    shift 2
+    # Under make (fuzz-smoke) the binaries are prerequisites; alone, build this one.
+    [ -n "${MAKELEVEL:-}" ] || make -s -j2 "$OUT/fuzz_$name"
+    mkdir -p "$OUT/corpus/$name" "$OUT/artifacts/$name"
+    local args=("$OUT/corpus/$name" "fuzz/corpus/$name")
+    [ -d "fuzz/regressions/$name" ] && args+=("fuzz/regressions/$name")
+    [ -f "fuzz/$name.dict" ] && args+=("-dict=fuzz/$name.dict")
+    [ -n "${JOBS:-}" ] && args+=("-fork=$JOBS")
+    echo "== fuzz $name: $SECONDS_TO_RUN s"
+    "./$OUT/fuzz_$name" "${args[@]}" -max_len="$max_len" -max_total_time="$SECONDS_TO_RUN" -timeout=10 \
+        -artifact_prefix="$OUT/artifacts/$name/" -print_final_stats=1 "$@"
+}
 
-exec "./$OUT/fuzz_safetensors" "$OUT/corpus/safetensors" "${seeds[@]}" \
-    -dict=fuzz/safetensors.dict -max_len=4096 -max_total_time="$SECONDS_TO_RUN" \
-    -artifact_prefix="$OUT/artifacts/" -print_final_stats=1 "${fork[@]}" "$@"
+want=${TARGET:-safetensors}
+found=0 names=""
+for entry in $TARGETS; do
+    name=${entry%%:*}
+    names+=" $name"
+    if [ "$want" = all ] || [ "$want" = "$name" ]; then
+        run_target "$name" "${entry#*:}" "$@"
+        found=1
+    fi
+done
+if [ "$found" = 0 ]; then echo "unknown TARGET=$want (all, or one of:$names)" >&2; exit 2; fi

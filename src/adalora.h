@@ -27,6 +27,9 @@ int adalora_check_schedule(const char *dir, const void *case_json, double *max_e
 // PEFT's RankAllocator.budget_schedule(step): the budget (total kept ranks) and whether to mask.
 int adalora_budget_schedule(int init_bgt, int target_bgt, int tinit, int tfinal, int total_step, int deltaT, int step,
                             bool *mask_ind);
+// PEFT's _set_budget_scheduler: the budget starts at the sum of the modules' ranks and ends at
+// target_r per module (what a checkpoint's budget must be).
+void adalora_budget_bounds(const AdapterSet *set, int *init_bgt, int *target_bgt);
 
 // Checks the options the allocator needs (PEFT's AdaLoraConfig and RankAllocator checks):
 // total_step > 0, tinit < total_step - tfinal, 0 <= target_r <= init_r, deltaT >= 1, 0 < beta1, beta2 < 1.

@@ -253,12 +253,6 @@ void adapters_free(Model *m) {
     m->adapters = NULL;
 }
 
-static int check_finite(const float *x, long n, const char *path, const char *name) {
-    for (long i = 0; i < n; i++)
-        if (!isfinite(x[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", path, name, x[i], i);
-    return 0;
-}
-
 bool adapters_same_vera_projection(const AdapterSet *a, const AdapterSet *b) {
     if (a == b) return true;
     if (a->cfg.type != PEFT_VERA || b->cfg.type != PEFT_VERA || !a->vera_A || !b->vera_A) return false;
@@ -316,7 +310,7 @@ static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
     if (st_open(&st, st_path) || check_file(set, &st, st_path) || set_init(set, 0)) goto fail;
     for (int i = 0; i < set->n_params; i++) {
         Param *p = set->params[i];
-        if (st_to_f32(st_find(&st, p->name), p->w) || check_finite(p->w, p->numel, st_path, p->name)) goto fail;
+        if (st_to_f32_finite(st_find(&st, p->name), p->w, st_path)) goto fail;
     }
     const AdapterMethod *method = set->adapters[0].method;
     if (method->after_load && method->after_load(set, &st, st_path)) goto fail;

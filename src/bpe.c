@@ -61,7 +61,7 @@ static void cache_store(WordCache *c, const char *w, size_t n, const int32_t *id
     }
     tokmap_insert(&c->words, w, n, (int32_t)c->n_ids);
     c->ids[c->n_ids++] = (int32_t)count;
-    memcpy(c->ids + c->n_ids, ids, count * sizeof *ids);
+    if (count) memcpy(c->ids + c->n_ids, ids, count * sizeof *ids);
     c->n_ids += count;
 }
 
@@ -218,7 +218,9 @@ static void bpe_cached(Encoder *e, const uint8_t *w, size_t n) {
     if (c && cache_lookup(e, c, (const char *)w, n)) return;
     size_t first = e->n_ids;
     encode_word(e, w, n);
-    if (c) cache_store(c, (const char *)w, n, e->ids + first, e->n_ids - first);
+    // A word may give no ids (characters missing from a vocabulary without unk or byte fallback),
+    // and e->ids is NULL until the first one.
+    if (c) cache_store(c, (const char *)w, n, e->n_ids > first ? e->ids + first : NULL, e->n_ids - first);
 }
 
 // ---- cutting long words ----

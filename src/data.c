@@ -170,6 +170,7 @@ static int encode(const Builder *b, const char *text, size_t len, int32_t **ids,
 typedef struct { int32_t *ids, *labels; long n, cap; } Example;
 
 static void ex_put(Example *e, const int32_t *ids, long k, bool loss) {
+    if (k == 0) return;  // (e->ids may still be NULL: an empty text as the first part)
     reserve_pair(&e->ids, &e->labels, &e->cap, e->n + k);
     memcpy(e->ids + e->n, ids, sizeof(int32_t) * k);
     for (long i = 0; i < k; i++) e->labels[e->n + i] = loss ? ids[i] : IGNORE;

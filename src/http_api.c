@@ -602,6 +602,51 @@ static void job_fail(Conn *cn, int status, const char *msg, const char *param) {
     cn->fail_param = param;
 }
 
+// POST /v1/adapters' {"name", "path"} (with_path) or DELETE /v1/adapters' {"name"}: *name and
+// *path (NULL when absent or null) point into *j, which the caller deletes.
+static int parse_adapter_body(const char *body, size_t len, bool with_path, cJSON **j, const char **name, const char **path, Err *e) {
+    *path = NULL;
+    bool parsed = body_object(body, len, NULL, j, e) == 0;
+    if (!parsed && with_path) return -1;
+    const cJSON *n = parsed ? cJSON_GetObjectItemCaseSensitive(*j, "name") : NULL, *p = cJSON_GetObjectItemCaseSensitive(*j, "path");
+    if (!cJSON_IsString(n))
+        return with_path ? err(e, 400, "name", "name (a string) is required") : err(e, 400, "name", "name the adapter: DELETE /v1/adapters/NAME");
+    *name = n->valuestring;
+    if (!with_path) return 0;
+    if (p && !cJSON_IsNull(p) && !cJSON_IsString(p)) return err(e, 400, "path", "path must be a string");
+    *path = cJSON_IsString(p) ? p->valuestring : NULL;
+    return 0;
+}
+
+int http_parse_body(const HttpContext *ctx, const ChatTemplate *chat, HttpBody kind, const char *body, size_t len, int32_t **prompt, int *plen) {
+    HttpServer h = {.ctx = *ctx, .im_end = -1};
+    if (chat) {
+        h.chat = *chat;
+        h.has_chat = true;
+        h.im_end = tokenizer_token_id(ctx->tok, "<|im_end|>");
+    }
+    Err e = {0};
+    cJSON *j = NULL;
+    int rc;
+    if (kind == HTTP_BODY_ADD_ADAPTER || kind == HTTP_BODY_REMOVE_ADAPTER) {
+        const char *name, *path;
+        rc = parse_adapter_body(body, len, kind == HTTP_BODY_ADD_ADAPTER, &j, &name, &path, &e);
+    } else {
+        Params q = {0};
+        rc = parse_generation(&h, kind == HTTP_BODY_CHAT ? KIND_CHAT : KIND_COMPLETION, body, len, &j, &q, &e);
+        if (!rc) {
+            *prompt = q.prompt;
+            *plen = q.plen;
+            q.prompt = NULL;
+        }
+        params_free(&q);
+    }
+    cJSON_Delete(j);
+    if (!rc) return 0;
+    peft_fail("%s", e.msg);
+    return e.status;
+}
+
 // ---- generation ----
 
 static const char *finish_reason(ServeFinish f) { return f == SERVE_FINISH_LENGTH ? "length" : "stop"; }
@@ -908,15 +953,13 @@ static enum MHD_Result add_step(Conn *cn, const char *method, const char *url) {
 static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url) {
     Err e;
     cJSON *j;
-    if (body_object(cn->body, cn->len, NULL, &j, &e)) {
+    const char *name, *path;
+    if (parse_adapter_body(cn->body, cn->len, true, &j, &name, &path, &e)) {
         cJSON_Delete(j);
         return send_error(cn, e.status, e.msg, e.param[0] ? e.param : NULL, method, url);
     }
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name"), *path = cJSON_GetObjectItemCaseSensitive(j, "path");
-    if (!cJSON_IsString(name)) { cJSON_Delete(j); return send_error(cn, 400, "name (a string) is required", "name", method, url); }
-    if (path && !cJSON_IsNull(path) && !cJSON_IsString(path)) { cJSON_Delete(j); return send_error(cn, 400, "path must be a string", "path", method, url); }
-    cn->job_name = xstrdup(name->valuestring);
-    cn->job_path = cJSON_IsString(path) ? xstrdup(path->valuestring) : NULL;
+    cn->job_name = xstrdup(name);
+    cn->job_path = path ? xstrdup(path) : NULL;
     cJSON_Delete(j);
     return run_job(cn, add_job, add_step, method, url);
 }
@@ -924,10 +967,12 @@ static enum MHD_Result add_adapter(Conn *cn, const char *method, const char *url
 static enum MHD_Result remove_adapter(Conn *cn, const char *name, const char *method, const char *url) {
     cJSON *j = NULL;
     if (!name || !name[0]) {  // DELETE /v1/adapters with {"name": ...}
+        const char *path;
         Err e;
-        const cJSON *n = body_object(cn->body, cn->len, NULL, &j, &e) ? NULL : cJSON_GetObjectItemCaseSensitive(j, "name");
-        if (!cJSON_IsString(n)) { cJSON_Delete(j); return send_error(cn, 400, "name the adapter: DELETE /v1/adapters/NAME", "name", method, url); }
-        name = n->valuestring;
+        if (parse_adapter_body(cn->body, cn->len, false, &j, &name, &path, &e)) {
+            cJSON_Delete(j);
+            return send_error(cn, e.status, e.msg, e.param[0] ? e.param : NULL, method, url);
+        }
     }
     if (!strcmp(name, "base")) { cJSON_Delete(j); return send_error(cn, 400, "the base model cannot be removed", "name", method, url); }
     int status;

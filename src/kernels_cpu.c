@@ -155,7 +155,12 @@ static inline float exp_nonpos(float x) {
     memcpy(&xb, &x, 4);
     xb = xb < lim ? xb : lim;
     memcpy(&x, &xb, 4);
-    int32_t k = (int32_t)(x * 1.44269504f - 0.5f);  // nearest integer (truncating a value <= 0)
+    // k: the nearest integer (truncating a value <= 0). A positive pattern (+0, or a NaN or +inf from
+    // a diverged input) takes k = 0, as converting NaN or inf to an int is undefined; r keeps the NaN.
+    uint32_t kb = xb < 0x80000000u ? 0u : xb;
+    float xk;
+    memcpy(&xk, &kb, 4);
+    int32_t k = (int32_t)(xk * 1.44269504f - 0.5f);
     float kf = (float)k;
     float r = (x - kf * 0.693145751953125f) - kf * 1.4286068e-06f;  // ln 2 in two parts: r stays exact
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666668e-2f + r * (8.3333338e-3f + r * 1.3888889e-3f)))));

@@ -173,10 +173,8 @@ static const StTensor *find_weight(const Param *p, const StModel *st, const char
 }
 
 static int read_weight(Param *p, const StTensor *t, const char *file) {
-    if (!(p->w = try_calloc(p->numel, sizeof(float), p->name)) || st_to_f32(t, p->w)) return -1;
-    for (long i = 0; i < p->numel; i++)
-        if (!isfinite(p->w[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", file, p->name, p->w[i], i);
-    return 0;
+    if (!(p->w = try_calloc(p->numel, sizeof(float), p->name))) return -1;
+    return st_to_f32_finite(t, p->w, file);
 }
 
 // Every tensor is found and its shape checked before any weight is allocated: the sizes come from

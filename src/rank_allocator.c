@@ -33,6 +33,12 @@ int adalora_budget_schedule(int init_bgt, int target_bgt, int tinit, int tfinal,
     return (int)b;  // int() truncates toward zero, as C's conversion
 }
 
+void adalora_budget_bounds(const AdapterSet *set, int *init_bgt, int *target_bgt) {
+    *init_bgt = 0;
+    for (int i = 0; i < set->n; i++) *init_bgt += set->adapters[i].r;
+    *target_bgt = set->cfg.target_r * set->n;
+}
+
 static Param *module_param(Adapter *a, int t) { return t == 0 ? a->A : t == 1 ? a->E : a->B; }
 
 // PEFT's update_ipt.
@@ -146,10 +152,8 @@ int adalora_update_and_allocate(Model *m, int step, int *mask_applied) {
     if (step < 0) return peft_fail("AdaLoRA rank allocation: negative step %d", step);
     AdaLoraState *st = set->method_state;
     const AdapterConfig *c = &set->cfg;
-    if (!st->allocator_ready) {  // PEFT's _set_budget_scheduler
-        st->init_bgt = 0;
-        for (int i = 0; i < set->n; i++) st->init_bgt += set->adapters[i].r;
-        st->target_bgt = c->target_r * set->n;
+    if (!st->allocator_ready) {
+        adalora_budget_bounds(set, &st->init_bgt, &st->target_bgt);
         st->allocator_ready = true;
     }
     bool mask_ind;

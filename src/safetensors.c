@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -358,6 +359,13 @@ int st_to_f32(const StTensor *t, float *out) {
     default:
         return peft_fail("tensor '%s': dtype %s is not a float type", t->name ? t->name : "?", dtype_name(t->dtype));
     }
+}
+
+int st_to_f32_finite(const StTensor *t, float *out, const char *file) {
+    if (st_to_f32(t, out)) return peft_fail_context("%s: ", file);
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(out[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %lld)", file, t->name, out[i], (long long)i);
+    return 0;
 }
 
 int st_to_i64(const StTensor *t, int64_t *out) {

@@ -8,6 +8,7 @@
 //   serve.c         the whole server: options, start, stop
 #pragma once
 #include "adapter.h"
+#include "data.h"
 #include "generate.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -160,3 +161,9 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out);
 void http_server_begin_stop(HttpServer *h);
 // Closes every connection (after their requests ended) and frees h.
 void http_server_stop(HttpServer *h);
+// A request body checked as its route checks it, without a server (fuzz/fuzz_http.c): for a
+// completion or chat completion (chat: the model's template, NULL for none) the prompt's ids
+// (*prompt, malloc'd, and *plen); for the adapter routes only the checks. Returns 0, or the
+// HTTP status of the error (4xx) with peft_last_error() set to its message.
+typedef enum { HTTP_BODY_COMPLETION, HTTP_BODY_CHAT, HTTP_BODY_ADD_ADAPTER, HTTP_BODY_REMOVE_ADAPTER } HttpBody;
+int http_parse_body(const HttpContext *ctx, const ChatTemplate *chat, HttpBody kind, const char *body, size_t len, int32_t **prompt, int *plen);

@@ -455,7 +455,12 @@ static int adalora_load_state(AdapterSet *set, const SafeTensors *f, const char 
     AdaLoraState *st = set->method_state;
     const StTensor *b = st_find(f, "adalora/budget");
     if (!b || b->dtype != DT_I32 || b->numel != 3) return peft_fail("%s: no AdaLoRA allocator state", path);
-    const int32_t *bgt = b->data;
+    int32_t bgt[3];
+    memcpy(bgt, b->data, sizeof bgt);  // the file's bytes may be unaligned
+    int init_bgt, target_bgt;
+    adalora_budget_bounds(set, &init_bgt, &target_bgt);
+    if ((bgt[2] != 0 && bgt[2] != 1) || (bgt[2] && (bgt[0] != init_bgt || bgt[1] != target_bgt)))
+        return peft_fail("%s: the AdaLoRA budget (%d, %d, ready %d) is not this run's (%d, %d)", path, bgt[0], bgt[1], bgt[2], init_bgt, target_bgt);
     st->init_bgt = bgt[0];
     st->target_bgt = bgt[1];
     st->allocator_ready = bgt[2];
@@ -563,11 +568,24 @@ static int recover_checkpoints(const Trainer *t) {
     return rc;
 }
 
+// The last optimizer step has no forward after it whose loss would show an overflow: what is
+// saved (a checkpoint, the final weights) is checked instead.
+static int check_trainables_finite(const Trainer *t, int step) {
+    for (int i = 0; i < t->n_params; i++) {
+        const Param *p = t->params[i];
+        for (long j = 0; j < p->numel; j++)
+            if (!isfinite(p->w[j]))
+                return peft_fail("step %d: %s is not finite after the update (%g at index %ld): try a lower learning rate", step, p->name, p->w[j], j);
+    }
+    return 0;
+}
+
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
     // On the GPU the master weights, the AdamW moments and step count live on the device.
     if (t->g && (gpu_download_trainables(t->g, false) ||
                  gpu_download_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, &t->opt.step)))
         return -1;
+    if (check_trainables_finite(t, step)) return -1;
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     char name[600];
@@ -637,7 +655,7 @@ static int load_tensor(const SafeTensors *st, const char *kind, const Param *p, 
     snprintf(name, sizeof name, "%s/%s", kind, p->name);
     const StTensor *t = st_find(st, name);
     if (!t || t->numel != p->numel) return peft_fail("%s: missing or mis-shaped tensor %s", path, name);
-    return st_to_f32(t, dst);
+    return st_to_f32_finite(t, dst, path);
 }
 
 static int load_checkpoint_files(Trainer *t, const char *dir, int *step) {
@@ -814,6 +832,7 @@ static int run_eval(Trainer *t, int step) {
 // leaves the previous run's three as they were.
 static int save_final(Trainer *t) {
     if (t->g && gpu_download_trainables(t->g, false)) return -1;
+    if (check_trainables_finite(t, t->total_steps)) return -1;
     int rc = t->m->adapters ? adapters_save(t->m, t->c.out_dir) : model_save(t->m, t->c.out_dir);
     if (rc) return -1;
     message(t, "saved the %s to %s", t->m->adapters ? "adapter" : "model", t->c.out_dir);

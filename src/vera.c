@@ -158,10 +158,7 @@ static int load_projection(const SafeTensors *st, const char *path, const char *
         return peft_fail("%s: tensor %s has shape [%s] but r and the adapted modules need [%d, %d]", path, key,
                          st_shape_text(t->ndim, t->shape, got, sizeof got), rows, cols);
     }
-    if (st_to_f32(t, dst)) return -1;  // on failure the set is freed: nothing half-loaded stays
-    for (long i = 0; i < (long)rows * cols; i++)
-        if (!isfinite(dst[i])) return peft_fail("%s: tensor %s holds a non-finite value (%g at index %ld)", path, key, dst[i], i);
-    return 0;
+    return st_to_f32_finite(t, dst, path);  // on failure the set is freed: nothing half-loaded stays
 }
 
 // PEFT (set_peft_model_state_dict): with save_projection the stored projections are required and

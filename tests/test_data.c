@@ -102,6 +102,21 @@ TEST(data_jsonl_text_and_prompt_completion) {
     free(path);
 }
 
+// An empty text is an example of no tokens but eos (dropped: nothing to learn); its empty ids were
+// copied to a NULL buffer (UBSan: null pointer passed to memcpy; found by fuzz/fuzz_chat.c).
+TEST(data_jsonl_empty_text) {
+    const char *dir = test_tmpdir();
+    char *path = write_tmp(dir, "d.jsonl", "{\"text\": \"\"}\n{\"text\": \"hi\"}\n");
+    Tokenizer *tok = tokenizer_load(test_tiny_model());
+    Dataset ds;
+    DataOptions o = opts(64);
+    CHECK_MSG(dataset_load(&ds, path, tok, test_tiny_model(), &o) == 0, "%s", peft_last_error());
+    CHECK(ds.n_seq == 1 && ds.n_examples == 2 && ds.n_dropped == 1);
+    dataset_free(&ds);
+    tokenizer_free(tok);
+    free(path);
+}
+
 TEST(data_csv_quoting_and_e2e_columns) {
     const char *dir = test_tmpdir();
     char *path = write_tmp(dir, "e2e.csv",

@@ -10,6 +10,8 @@
 #include "../src/util.h"
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -243,6 +245,88 @@ TEST(train_stop_request_saves_checkpoint) {
     free(adapter);
     free(data);
     free(out);
+}
+
+// Resumes a 3-step run stopped after 2 from its checkpoint with the last tensor whose name starts
+// with `tensor` corrupted by corrupt(): the run must fail with a message holding `where` and
+// `problem`, and save nothing.
+static void check_bad_checkpoint(int *failed_, TrainMethod method, const char *tensor, void (*corrupt)(char *bytes, const StTensor *m),
+                                 const char *where, const char *problem) {
+    const char *dir = test_tmpdir();
+    char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
+    TrainConfig c = small_config(method, data, out);
+    c.max_steps = 3;
+    c.stop_after = 2;
+    c.adapter.init_r = 2;  // AdaLoRA: a schedule that fits 3 steps
+    c.adapter.target_r = 1;
+    c.adapter.tinit = c.adapter.tfinal = 1;
+    TrainResult res;
+    CHECK(train_run(&c, NULL, &res) == 0 && res.stopped);
+    char *tensors = path_join(out, "checkpoint/state.safetensors"), *adapter = path_join(out, "adapter_model.safetensors");
+    size_t len;
+    char *bytes = read_file(tensors, &len);
+    SafeTensors st;
+    CHECK(bytes && st_parse(&st, bytes, len, tensors) == 0);
+    const StTensor *m = &st.tensors[0];
+    for (int i = 0; i < st.n; i++)
+        if (!strncmp(st.tensors[i].name, tensor, strlen(tensor))) m = &st.tensors[i];
+    CHECK(!strncmp(m->name, tensor, strlen(tensor)));
+    corrupt(bytes, m);
+    st_close(&st);
+    CHECK(write_file_atomic(tensors, bytes, len) == 0);
+    c.stop_after = 0;
+    c.resume = true;
+    CHECK(train_run(&c, NULL, &res) != 0);
+    CHECK_MSG(strstr(peft_last_error(), where) && strstr(peft_last_error(), problem), "%s", peft_last_error());
+    CHECK(!file_exists(adapter));
+    train_config_free(&c);
+    free(bytes);
+    free(tensors);
+    free(adapter);
+    free(data);
+    free(out);
+}
+
+static void put_nan(char *bytes, const StTensor *m) {
+    (void)bytes;
+    float nan = NAN;
+    memcpy((void *)m->data, &nan, sizeof nan);
+}
+
+static void put_huge(char *bytes, const StTensor *m) {
+    (void)bytes;
+    float huge = FLT_MAX;
+    memcpy((void *)m->data, &huge, sizeof huge);
+}
+
+// AdaLoRA's budget (init_bgt, target_bgt, allocator_ready) as the fuzzer left it.
+static void put_budget(char *bytes, const StTensor *m) {
+    (void)bytes;
+    int32_t bgt[3] = {1916614592, -298044513, 1};
+    memcpy((void *)m->data, bgt, sizeof bgt);
+}
+
+// The same bytes read as int32: "F32" -> "I32" in the tensor's header entry.
+static void make_int32(char *bytes, const StTensor *m) {
+    char *entry = xasprintf("\"%s\":{\"dtype\":\"F32\"", m->name), *at = strstr(bytes + 8, entry);
+    if (at) at[strlen(entry) - 4] = 'I';
+    free(entry);
+}
+
+// Resumed, a NaN AdamW moment went into the last step's update and the run saved an adapter of
+// NaNs (shown by fuzz/fuzz_checkpoint.c's check of what a resumed run saves).
+TEST(train_resume_refuses_non_finite_checkpoint) { check_bad_checkpoint(failed_, TRAIN_LORA, "adam_m/", put_nan, "state.safetensors", "non-finite"); }
+// The refusal of an int32 tensor did not name the file (found by fuzz/fuzz_checkpoint.c).
+TEST(train_resume_refuses_int_checkpoint_tensor) {
+    check_bad_checkpoint(failed_, TRAIN_LORA, "adam_m/", make_int32, "state.safetensors", "not a float type");
+}
+// A finite but huge moment made the last step's update overflow, with no forward after it to see
+// the result: the run saved an adapter with -inf (found by fuzz/fuzz_checkpoint.c).
+TEST(train_refuses_to_save_non_finite_weights) { check_bad_checkpoint(failed_, TRAIN_LORA, "adam_m/", put_huge, "step 3", "not finite"); }
+// An AdaLoRA budget that is not the run's went into the schedule's int arithmetic, which overflowed
+// (found by fuzz/fuzz_checkpoint.c).
+TEST(train_resume_refuses_foreign_adalora_budget) {
+    check_bad_checkpoint(failed_, TRAIN_ADALORA, "adalora/budget", put_budget, "state.safetensors", "budget");
 }
 
 TEST(train_full_and_vera_save_loadable_outputs) {
