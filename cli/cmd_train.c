@@ -71,6 +71,7 @@ int cmd_train(int argc, char **argv) {
         {"val-fraction", OPT_FLOAT, &c.val_fraction, "hold out this fraction of --data for validation"},
         {"out", OPT_STRING, &c.out_dir, "output folder: adapter (or model), train_log.jsonl, loss.svg (*.partial.* until saved), checkpoint/"},
         {"overwrite", OPT_FLAG, &c.overwrite, "replace the outputs of another run in --out (a folder holding them is refused otherwise)"},
+        {"no-base-dropout", OPT_FLAG, &c.no_base_dropout, "train without the base model's dropout (config.json's resid_pdrop, attention_dropout, ...: not implemented, so refused otherwise)"},
         {"method", OPT_STRING, &method, HELP_METHODS},
         {"r", OPT_INT, &r, "rank (LoRA default 8, VeRA 256; AdaLoRA: same as --init-r)"},
         {"alpha", OPT_FLOAT, &c.adapter.alpha, "lora_alpha (default 8)"},

@@ -258,9 +258,11 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     if (t->c.threads > 0) omp_set_num_threads(t->c.threads);
     if (make_dir(t->c.out_dir)) return -1;
     if (!(t->m = model_load(t->c.model_dir)) || !(t->tok = tokenizer_load(t->c.model_dir))) return -1;
-    if (t->m->cfg.dropout > 0)
+    if (t->m->cfg.dropout > 0 && !t->c.no_base_dropout)
         return peft_fail("%s/config.json: %s %g: the base model's dropout is not implemented, so training would not be what "
-                         "transformers does; set it to 0 to train without it", t->c.model_dir, t->m->cfg.dropout_key, t->m->cfg.dropout);
+                         "transformers does; pass --no-base-dropout to train without it", t->c.model_dir, t->m->cfg.dropout_key, t->m->cfg.dropout);
+    if (t->m->cfg.dropout > 0)
+        message(t, "training without the base model's dropout (--no-base-dropout; config.json: %s %g)", t->m->cfg.dropout_key, t->m->cfg.dropout);
     if (t->c.data.seq_len == 0) t->c.data.seq_len = default_seq_len(t->m);
     if (t->m->cfg.arch == ARCH_GPT2 && t->c.data.seq_len > t->m->cfg.n_positions)
         return peft_fail("sequence length %d exceeds the model's %d positions", t->c.data.seq_len, t->m->cfg.n_positions);

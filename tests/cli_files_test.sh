@@ -82,6 +82,9 @@ copy m gpt2; json_set "$TMP/m/config.json" resid_pdrop 0.1
 run_ok "base-model dropout: inference runs" "$PEFT" generate --model "$TMP/m" --prompt hi --max-tokens 4
 run_fails "base-model dropout: training is refused" 1 "config.json: resid_pdrop 0.1: .*dropout is not implemented" \
     "$PEFT" train --model "$TMP/m" --data "$TMP/text.txt" --steps 1 --seq-len 32 --out "$TMP/x"
+run_ok "base-model dropout: --no-base-dropout trains" "$PEFT" train --model "$TMP/m" --data "$TMP/text.txt" --steps 1 --seq-len 32 \
+    --out "$TMP/x" --no-base-dropout
+check "base-model dropout: --no-base-dropout says so" grep -q "without the base model's dropout.*resid_pdrop 0.1" "$TMP/err"
 
 echo "# degenerate tokenizers"
 copy m gpt2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build self-contained copies of build/test_gpu, test_gpu_infer, bench_gpu and memory_bench for a GPU machine that has the
+# Build self-contained copies of peft, test_gpu, test_gpu_infer, bench_gpu and memory_bench for a GPU machine that has the
 # CUDA toolkit but none of the Debian packages (the lent device machine): OpenBLAS is replaced by
-# tests/gpu/cblas_fallback.c, PCRE2 is linked statically, libcjson and libgomp travel in lib/, and
+# tests/gpu/cblas_fallback.c, PCRE2 and libmicrohttpd are linked statically, libcjson, libgomp and
+# libmicrohttpd's GnuTLS (with what it needs) travel in lib/, and
 # the shared HF PEFT reference cases are copied next to them (the repository's own travel with the tree).
 # Output: $1 (default .carry/gpu).
 #   tests/gpu/portable.sh [OUTDIR]      then on the GPU machine, in the repository:
@@ -9,18 +10,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-.carry/gpu}
-make -s build/libpeft.a build/tests/gpu/test_gpu.o build/tests/gpu/test_gpu_infer.o build/gpu/bench_gpu.o
+make -s build/peft build/libpeft.a build/tests/gpu/test_gpu.o build/tests/gpu/test_gpu_infer.o build/gpu/bench_gpu.o
 mkdir -p "$OUT/lib"
 cc -std=c11 -O2 -fopenmp -c tests/gpu/cblas_fallback.c -o build/cblas_fallback.o
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 LIBS=(build/cblas_fallback.o build/libpeft.a -Wl,-Bstatic -lpcre2-8 -Wl,-Bdynamic -l:libcjson.so.1 -lm -fopenmp
       -L"$CUDA_HOME/lib64" -lcublasLt -lcudart_static -lrt -ldl -lpthread -lstdc++
       -Wl,-rpath,'$ORIGIN/lib' -Wl,-rpath,"$CUDA_HOME/lib64")
+cc build/cli/*.o "${LIBS[@]}" -Wl,-Bstatic -lmicrohttpd -Wl,-Bdynamic -lgnutls -o "$OUT/peft"
 cc build/tests/gpu/test_gpu.o "${LIBS[@]}" -o "$OUT/test_gpu"
 cc build/tests/gpu/test_gpu_infer.o "${LIBS[@]}" -o "$OUT/test_gpu_infer"
 cc build/gpu/bench_gpu.o "${LIBS[@]}" -o "$OUT/bench_gpu"
 cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -Icli -c bench/memory_bench.c -o build/memory_bench.o
 cc build/memory_bench.o "${LIBS[@]}" -o "$OUT/memory_bench"
 for l in libcjson.so.1 libgomp.so.1; do cp -L "/usr/lib/x86_64-linux-gnu/$l" "$OUT/lib/"; done
+# GnuTLS and its libraries (not the C library's own, which the machine has).
+ldd "$OUT/peft" | awk '/=> \// {print $3}' | grep -E 'lib(gnutls|p11-kit|idn2|unistring|tasn1|nettle|hogweed|gmp|ffi)\.' |
+    while read -r l; do cp -L "$l" "$OUT/lib/"; done
 if [ -d ../shared/fixtures/hf-peft ]; then chmod -R u+w "$OUT/shared-fixtures" 2>/dev/null; rm -rf "$OUT/shared-fixtures"; cp -r ../shared/fixtures/hf-peft "$OUT/shared-fixtures"; chmod -R u+w "$OUT/shared-fixtures"; fi
 ls -la "$OUT" "$OUT/lib"
