@@ -42,3 +42,7 @@ void cblas_sgemv(int order, int ta, int M, int N, float alpha, const float *A, i
         y[(size_t)i * incy] = (float)(alpha * s + (beta == 0.0f ? 0.0f : beta * y[(size_t)i * incy]));
     }
 }
+
+// OpenBLAS's own calls the library makes (threads, the kernel check): nothing to set here.
+void openblas_set_num_threads(int n) { (void)n; }
+char *openblas_get_corename(void) { return "fallback"; }

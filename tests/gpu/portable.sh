@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-.carry/gpu}
 make -s build/peft build/libpeft.a build/tests/gpu/test_gpu.o build/tests/gpu/test_gpu_infer.o build/gpu/bench_gpu.o
-mkdir -p "$OUT/lib"
+rm -rf "$OUT/lib"; mkdir -p "$OUT/lib"  # afresh: ldd below must see the system libraries, not old copies
 cc -std=c11 -O2 -fopenmp -c tests/gpu/cblas_fallback.c -o build/cblas_fallback.o
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 LIBS=(build/cblas_fallback.o build/libpeft.a -Wl,-Bstatic -lpcre2-8 -Wl,-Bdynamic -l:libcjson.so.1 -lm -fopenmp
@@ -27,5 +27,5 @@ for l in libcjson.so.1 libgomp.so.1; do cp -L "/usr/lib/x86_64-linux-gnu/$l" "$O
 # GnuTLS and its libraries (not the C library's own, which the machine has).
 ldd "$OUT/peft" | awk '/=> \// {print $3}' | grep -E 'lib(gnutls|p11-kit|idn2|unistring|tasn1|nettle|hogweed|gmp|ffi)\.' |
     while read -r l; do cp -L "$l" "$OUT/lib/"; done
-if [ -d ../shared/fixtures/hf-peft ]; then chmod -R u+w "$OUT/shared-fixtures" 2>/dev/null; rm -rf "$OUT/shared-fixtures"; cp -r ../shared/fixtures/hf-peft "$OUT/shared-fixtures"; chmod -R u+w "$OUT/shared-fixtures"; fi
+if [ -d ../shared/fixtures/hf-peft ]; then [ ! -d "$OUT/shared-fixtures" ] || chmod -R u+w "$OUT/shared-fixtures"; rm -rf "$OUT/shared-fixtures"; cp -r ../shared/fixtures/hf-peft "$OUT/shared-fixtures"; chmod -R u+w "$OUT/shared-fixtures"; fi
 ls -la "$OUT" "$OUT/lib"

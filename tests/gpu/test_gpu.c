@@ -32,7 +32,7 @@ static void report(const char *status, const char *name, const char *detail) {
 }
 
 static void run_fixture(const char *root, const char *name, GpuPrecision prec) {
-    char dir[1024], label[256], detail[1200];
+    char dir[1024], label[1100], detail[1200];
     snprintf(dir, sizeof dir, "%s/%s", root, name);
     snprintf(label, sizeof label, "%s [%s]", dir, prec == GPU_BF16 ? "bf16" : "fp32");
     // No fixtures: skipped (counted); a fixtures folder without the case fails.
