@@ -16,7 +16,7 @@ cc -std=c11 -O2 -fopenmp -c tests/gpu/cblas_fallback.c -o build/cblas_fallback.o
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 LIBS=(build/cblas_fallback.o build/libpeft.a -Wl,-Bstatic -lpcre2-8 -Wl,-Bdynamic -l:libcjson.so.1 -lm -fopenmp
       -L"$CUDA_HOME/lib64" -lcublasLt -lcudart_static -lrt -ldl -lpthread -lstdc++
-      -Wl,-rpath,'$ORIGIN/lib' -Wl,-rpath,"$CUDA_HOME/lib64")
+      -Wl,--disable-new-dtags -Wl,-rpath,'$ORIGIN/lib' -Wl,-rpath,"$CUDA_HOME/lib64")  # RPATH: the libraries' own needs too
 cc build/cli/*.o "${LIBS[@]}" -Wl,-Bstatic -lmicrohttpd -Wl,-Bdynamic -lgnutls -o "$OUT/peft"
 cc build/tests/gpu/test_gpu.o "${LIBS[@]}" -o "$OUT/test_gpu"
 cc build/tests/gpu/test_gpu_infer.o "${LIBS[@]}" -o "$OUT/test_gpu_infer"

@@ -566,6 +566,7 @@ static TrainConfig trainer_config(TrainMethod method, const char *out) {
     c.model_dir = tr_model;
     c.data_path = tr_train;
     c.out_dir = out;
+    c.overwrite = true;  // the cases reuse their folders
     c.data.seq_len = 128;
     c.data.no_cache = true;
     c.batch = 2;

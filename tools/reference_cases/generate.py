@@ -220,7 +220,36 @@ def run_step(case, case_dir, gen):
     save_file(as_stored(named, lambda p: p), os.path.join(case_dir, "step.safetensors"))
     if method.peft_config is not None:
         write_merged(case_dir, method, ids, logits)
-    return {}
+    return {"bf16_reference": bf16_reference(case_dir, method, ids, labels, grads)}
+
+
+def bf16_reference(case_dir, method, ids, labels, grads):
+    """PyTorch's own bf16 gradient against the float64 one (cosines, all tensors as one vector and the
+    worst tensor): how close bf16 can come on this case. The model is loaded in bfloat16 as users train
+    it (PEFT keeps the adapter in float32); the GPU check's bf16 bounds scale with these."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager",
+                                                             dtype=torch.bfloat16)
+    if method.peft_config is not None:
+        model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=True)
+    model.train()
+    # PEFT's float32 cast of the adapter leaves AdaLoRA's ranknum (a count, never saved) trainable: the
+    # float64 gradients' names pick the tensors.
+    named = [(n.replace(".default", ""), p) for n, p in model.named_parameters() if p.requires_grad]
+    for k, _ in named:
+        require(k in grads or "ranknum" in k, f"bf16: trainable {k} has no float64 gradient")
+    named = [(k, p) for k, p in named if k in grads]
+    require(sorted(k for k, _ in named) == sorted(grads), "bf16: not the float64 run's trainable tensors")
+    model(input_ids=ids, labels=labels).loss.backward()
+    ab = aa = bb = 0.0
+    worst = 1.0
+    for k, p in named:
+        require(p.grad is not None, f"bf16 {k}: no gradient")
+        g, r = p.grad.double().flatten(), grads[k].double().flatten()
+        worst = min(worst, float(g @ r / (g.norm() * r.norm())))
+        ab, aa, bb = ab + float(g @ r), aa + float(g @ g), bb + float(r @ r)
+    cos = ab / (aa * bb) ** 0.5
+    print(f"    bf16: gradient cosine {cos:.6f}, worst tensor {worst:.6f}")
+    return {"grad_cosine": round(cos, 6), "worst_tensor_cosine": round(worst, 6), "dtype": "bfloat16", "device": "cpu"}
 
 
 def write_merged(case_dir, method, ids, logits):
