@@ -34,22 +34,6 @@ static long utf16_unit(const char *s, const char *e) {
     return u;
 }
 
-static long put_utf8(char *out, unsigned long cp) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | cp >> 12);
-        out[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | cp >> 18);
-    out[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-    out[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 // Decodes the string literal whose opening quote is the first at or after *p, in text that ends at
 // end, into out (room for the literal's length); *p moves past its closing quote. The literal ends
 // where cJSON's ends: at the first quote that no backslash escapes. Its escapes must be JSON's own
@@ -79,7 +63,7 @@ static long decode_literal(const char **p, const char *end, char *out) {
             if (lo < 0xDC00 || lo > 0xDFFF) return -1;
             s += 6;
         }
-        n += put_utf8(out + n, lo ? 0x10000 + ((unsigned long)(hi - 0xD800) << 10) + (unsigned long)(lo - 0xDC00) : (unsigned long)hi);
+        n += (long)utf8_put(lo ? 0x10000 + ((uint32_t)(hi - 0xD800) << 10) + (uint32_t)(lo - 0xDC00) : (uint32_t)hi, out + n);
     }
     *p = e + 1;
     return n;

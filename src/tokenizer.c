@@ -114,7 +114,7 @@ static int byte_token_value(const char *text) {
 static void build_byte_tables(Tokenizer *t) {
     for (int b = 0; b < 256; b++) {
         char c[4], name[16];
-        t->byte_id[b] = tok_find(t, c, tok_utf8_put(tok_byte_to_char((uint8_t)b), c));
+        t->byte_id[b] = tok_find(t, c, utf8_put(tok_byte_to_char((uint8_t)b), c));
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->fallback_id[b] = tok_find(t, name, 6);
         char ascii = (char)b;

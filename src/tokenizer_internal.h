@@ -125,7 +125,6 @@ typedef struct {
 // tok_text.c
 int tok_utf8_len(const uint8_t *s, size_t n); // >0: valid char length; <0: -(bytes to skip)
 bool tok_utf8_valid(const char *s, size_t n);
-size_t tok_utf8_put(uint32_t cp, char *out);  // writes 1-4 bytes
 uint32_t tok_utf8_get(const uint8_t *s, int len);
 uint32_t tok_byte_to_char(uint8_t b);
 int tok_char_to_byte(uint32_t cp);           // -1 when cp is not in the mapping

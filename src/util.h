@@ -37,3 +37,5 @@ char *path_join(const char *dir, const char *name); // malloc'd
 
 double now_seconds(void);
 size_t peak_rss_bytes(void);
+// The UTF-8 bytes of code point cp (1-4) into out; their number.
+size_t utf8_put(uint32_t cp, char *out);
