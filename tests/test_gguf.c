@@ -4,6 +4,7 @@
 // back by llama.cpp and @huggingface/gguf in tests/cli_gguf_test.sh.
 #include "test.h"
 #include "helpers.h"
+#include "../src/gguf_export.h"
 #include "../src/gguf_writer.h"
 #include "../src/util.h"
 #include <stdlib.h>
@@ -213,4 +214,18 @@ TEST(gguf_q8_0_blocks) {
         CHECK_MSG(v == (int8_t)roundf(x[64 + j] / d) || v == (int8_t)roundf(x[64 + j] * (1.0f / d)), "value %d: %d for %g", j, v, x[64 + j]);
         CHECK_NEAR(v * f16_value(h), x[64 + j], 0.51 * d + 1e-3 * amax);  // dequantised within half a step (+ d's float16 rounding)
     }
+}
+
+TEST(gguf_export_type_names) {
+    GgufOutType t;
+    CHECK(gguf_out_type_parse("q8_0", &t) == 0 && t == GGUF_OUT_Q8_0);
+    CHECK(gguf_out_type_parse("bf16", &t) == 0 && t == GGUF_OUT_BF16);
+    CHECK(gguf_out_type_parse("q4_0", &t) != 0 && strstr(peft_last_error(), "q4_0"));
+    ModelConfig c = {.n_embd = 64, .n_head = 4, .head_dim = 8, .n_positions = 128};
+    strcpy(c.model_type, "qwen2");
+    CHECK(gguf_arch(&c) == NULL && strstr(peft_last_error(), "head_dim 8 x 4 heads"));
+    strcpy(c.model_type, "mistral");
+    CHECK(!strcmp(gguf_arch(&c), "llama"));
+    c.sliding_window = 32;
+    CHECK(gguf_context_length(&c) == 32);
 }
