@@ -214,7 +214,7 @@ static int quantize_4bit(QWeight *q, bool nested, const float *map, const float 
     return 0;
 }
 
-// LLM.int8(): SCB = the row's absmax; int8 = round-half-even(x * (127 / SCB)). A zero row stays zero.
+// LLM.int8(): SCB = the row's absmax; int8 = round-half-even(x * (127 / SCB)).
 static void quantize_int8(QWeight *q, const float *w) {
     q->data = xmalloc((size_t)(q->rows * q->cols));
     q->scb = xmalloc(sizeof(float) * (size_t)q->rows);
@@ -224,7 +224,10 @@ static void quantize_int8(QWeight *q, const float *w) {
         const float *row = w + r * q->cols;
         float m = block_absmax(row, q->cols), scale = 127.0f / m;
         q->scb[r] = m;
-        for (int64_t c = 0; c < q->cols; c++) d[r * q->cols + c] = m > 0 ? (int8_t)rintf(row[c] * scale) : 0;
+        for (int64_t c = 0; c < q->cols; c++) {
+            float v = rintf(row[c] * scale);  // a zero row: 0 * inf = NaN, coded 0; a subnormal absmax: inf, saturated
+            d[r * q->cols + c] = isnan(v) ? 0 : v > 127 ? 127 : v < -127 ? -127 : (int8_t)v;
+        }
     }
 }
 
