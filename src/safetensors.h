@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_I64, DT_I32, DT_U8, DT_BOOL } DType;
+typedef enum { DT_F32, DT_F16, DT_BF16, DT_I64, DT_I32, DT_U8, DT_BOOL, DT_I8 } DType;
 
 enum { ST_MAX_DIMS = 8 };
 
