@@ -34,3 +34,8 @@ int fail_with_library_error(void);
 // The data options train and eval share (--seq-len, --prompt-column, ...): fills o[], returns how many.
 struct DataOptions;
 int data_options(Option *o, struct DataOptions *d, bool *no_cache);
+// --quantize nf4|fp4|int8 and --no-double-quant (train, generate, eval, estimate): fills o[], returns how many.
+int quant_options(Option *o, const char **quantize, bool *no_double_quant);
+// Their meaning: *type (QUANT_NONE without --quantize, as int: a QuantType) and *nested (double
+// quantization, 4-bit only). Prints the error and returns 2 when they are invalid.
+int quant_resolve(const char *command, const char *quantize, bool no_double_quant, int *type, bool *nested);

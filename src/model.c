@@ -177,9 +177,42 @@ static int read_weight(Param *p, const StTensor *t, const char *file) {
     return st_to_f32_finite(t, p->w, file);
 }
 
+int model_quantize_linear(Model *m, Linear *lin, QuantType t, bool nested) {
+    float *w = lin->weight->w, *rows = w;
+    if (lin->fan_in_fan_out) {  // Conv1D [in, out] -> [out, in]
+        rows = xmalloc(sizeof(float) * (size_t)lin->in * lin->out);
+        for (long i = 0; i < lin->in; i++)
+            for (long o = 0; o < lin->out; o++) rows[o * lin->in + i] = w[i * lin->out + o];
+    }
+    QWeight *q = xcalloc(1, sizeof *q);
+    int rc = qweight_quantize(q, t, nested, NULL, rows, lin->out, lin->in, lin->weight->name);
+    if (rows != w) free(rows);
+    if (rc) { free(q); return -1; }
+    lin->q = q;
+    free(lin->weight->w);
+    lin->weight->w = NULL;
+    m->quant = t;
+    m->double_quant = nested && t != QUANT_INT8;
+    return 0;
+}
+
+const float *model_linear_weight(Model *m, Linear *lin, bool *fan_in_fan_out) {
+    if (!lin->q) { *fan_in_fan_out = lin->fan_in_fan_out; return lin->weight->w; }
+    size_t n = (size_t)lin->in * lin->out;
+    if (n > m->deq_cap) {
+        free(m->deq_buf);
+        m->deq_buf = xmalloc(sizeof(float) * n);
+        m->deq_cap = n;
+    }
+    qweight_dequantize(lin->q, m->deq_buf);
+    *fan_in_fan_out = false;
+    return m->deq_buf;
+}
+
 // Every tensor is found and its shape checked before any weight is allocated: the sizes come from
-// the file, not from what config.json claims.
-Model *model_load(const char *dir) {
+// the file, not from what config.json claims. A quantized linear's fp32 weight lives only until it
+// is quantized.
+Model *model_load_quantized(const char *dir, QuantType t, bool nested) {
     if (!dir_exists(dir)) { peft_fail("%s: not a directory", dir); return NULL; }
     char *cfg_path = path_join(dir, "config.json");
     ModelConfig cfg;
@@ -192,15 +225,23 @@ Model *model_load(const char *dir) {
     m->dir = xstrdup(dir);
     const StTensor **src = xcalloc(m->n_params, sizeof *src);
     const char **file = xcalloc(m->n_params, sizeof *file);
+    Linear **lin_of = xcalloc(m->n_params, sizeof *lin_of);
+    for (int i = 0; i < m->n_linears; i++) lin_of[m->linears[i].weight - m->params] = &m->linears[i];
     for (int i = 0; i < m->n_params && !rc; i++)
         if (!(src[i] = find_weight(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2, &file[i]))) rc = -1;
-    for (int i = 0; i < m->n_params && !rc; i++) rc = read_weight(&m->params[i], src[i], file[i]);
+    for (int i = 0; i < m->n_params && !rc; i++) {
+        rc = read_weight(&m->params[i], src[i], file[i]);
+        if (!rc && t != QUANT_NONE && lin_of[i]) rc = model_quantize_linear(m, lin_of[i], t, nested);
+    }
     st_model_close(&st);
     free(src);
     free(file);
+    free(lin_of);
     if (rc) { model_free(m); return NULL; }
     return m;
 }
+
+Model *model_load(const char *dir) { return model_load_quantized(dir, QUANT_NONE, false); }
 
 void model_free(Model *m) {
     if (!m) return;
@@ -211,7 +252,12 @@ void model_free(Model *m) {
         free(m->params[i].w);
         free(m->params[i].grad);
     }
-    for (int i = 0; i < m->n_linears; i++) free(m->linears[i].module);
+    for (int i = 0; i < m->n_linears; i++) {
+        free(m->linears[i].module);
+        if (m->linears[i].q) qweight_free(m->linears[i].q);
+        free(m->linears[i].q);
+    }
+    free(m->deq_buf);
     free(m->params);
     free(m->linears);
     free(m->blocks);
@@ -277,6 +323,7 @@ static bool file_exists_in(const char *dir, const char *name) {
 
 // Copies the folder's config.json (and tokenizer files) and writes every base weight in fp32.
 int model_save(Model *m, const char *dir) {
+    if (m->quant) return peft_fail("%s: the model's linears are quantized (%s): it is not saved in fp32", dir, quant_type_name(m->quant));
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     for (int i = 0; i < m->n_params; i++) {
