@@ -141,7 +141,7 @@ int cmd_generate(int argc, char **argv) {
     n_opts += quant_options(opts + n_opts, &quantize, &no_double_quant);
     if (parse_options("generate", argc, argv, opts, n_opts, NULL, 0, NULL)) return 2;
     if (quant_resolve("generate", quantize, no_double_quant, &qt, &nested)) return 2;
-    if (qt && !strcmp(device, "cuda")) { fprintf(stderr, "peft generate: --quantize with --device cuda is not implemented yet (the CPU path is)\n"); return 2; }
+
     if (!model_dir) { fprintf(stderr, "peft generate: --model DIR is required\n"); return 2; }
     if (!prompt == !prompts_file) { fprintf(stderr, "peft generate: give exactly one of --prompt TEXT or --prompts FILE\n"); return 2; }
     if (max_tokens < 0 || beams < 1 || batch < 1 || threads < 0) {
@@ -169,6 +169,11 @@ int cmd_generate(int argc, char **argv) {
         if (adapters_load(m, adapter_dir)) { rc = fail_with_library_error(); goto out; }
         if (!no_merge && qt) fprintf(stderr, "peft generate: the adapter applies live (a quantized base is not merged into)\n");
         if (!no_merge) adapters_merge(m);
+    }
+    if (!strcmp(device, "cuda") && m->quant) {
+        peft_fail("a quantized base (%s) does not run on the GPU yet (the CPU path does)", quant_type_name(m->quant));
+        rc = fail_with_library_error();
+        goto out;
     }
     if (!strcmp(device, "cuda") && gpu_inference_attach(m, fp32 ? GPU_FP32 : GPU_BF16)) { rc = fail_with_library_error(); goto out; }
     GenParams p;

@@ -88,7 +88,8 @@ typedef struct Model {
 } Model;
 
 // Load config.json and the weights (model.safetensors or sharded); checks every tensor's shape
-// against the config and that every value is finite. Errors name the file and tensor.
+// against the config and that every value is finite. Errors name the file and tensor. A folder that
+// transformers saved quantized by bitsandbytes (config.json's quantization_config) loads quantized.
 Model *model_load(const char *dir);
 // A model with random weights (std 0.02, biases 0, norms 1) for a config: tests and benchmarks.
 Model *model_create_random(const ModelConfig *cfg, uint64_t seed);
@@ -103,6 +104,8 @@ Model *model_load_quantized(const char *dir, QuantType t, bool nested);
 // Quantize one linear's weight (bitsandbytes' [out, in] layout: GPT-2's Conv1D transposed first, as
 // transformers does) and free its fp32 copy.
 int model_quantize_linear(Model *m, Linear *lin, QuantType t, bool nested);
+// Every quantized linear back to an fp32 weight (its dequantized values, exactly), the quantized copy freed.
+void model_dequantize(Model *m);
 // The weight the linear's GEMMs use: weight->w as stored (*fan_in_fan_out as the module's), or a
 // quantized weight dequantized into m->deq_buf as [out, in] (*fan_in_fan_out false), valid until the
 // next call. The CPU's reference path: one layer dequantized at a time, then the fp32 GEMM.
@@ -124,7 +127,8 @@ void model_zero_grad(Model *m);
 
 void activations_free(Activations *a, int n_layer);
 
-// Write the base weights (HF names; tied lm_head omitted) and config.json to an HF folder.
+// Write the base weights (HF names; tied lm_head omitted) and config.json to an HF folder; quantized
+// linears as transformers saves bitsandbytes ones, with config.json's quantization_config.
 int model_save(Model *m, const char *dir);
 
 // Every trainable parameter, in a stable order (adapter tensors, or all base weights).

@@ -3,6 +3,8 @@
 // Everything is plain fp32 with one rounding per operation (no contraction: -std=c11 keeps
 // a * b + c two roundings, as the kernels' separate statements are).
 #include "quant.h"
+#include "gguf_writer.h"
+#include "safetensors.h"
 #include "util.h"
 #include <math.h>
 #include <stdlib.h>
@@ -255,6 +257,16 @@ static void absmax_range(const QWeight *q, long b0, long nb, float *out) {
 
 void qweight_absmax(const QWeight *q, float *absmax) { absmax_range(q, 0, q->n_blocks, absmax); }
 
+// Rounds fp32 values to bf16 / fp16 (to nearest, ties to even, as the kernels' conversions) and back.
+static void round_to(QuantOut d, float *x, long n) {
+    for (long i = 0; i < n; i++) {
+        if (d == QUANT_OUT_BF16) {
+            uint32_t b = (uint32_t)gguf_f32_to_bf16(x[i]) << 16;
+            memcpy(&x[i], &b, 4);
+        } else x[i] = st_f16_to_f32(gguf_f32_to_f16(x[i]));
+    }
+}
+
 void qweight_dequantize_rows(const QWeight *q, int64_t row0, int64_t nrows, float *out) {
     long first = row0 * q->cols, count = nrows * q->cols;
     if (q->type == QUANT_INT8) {
@@ -274,6 +286,7 @@ void qweight_dequantize_rows(const QWeight *q, int64_t row0, int64_t nrows, floa
     absmax_range(q, b0, nb, absmax);
     decode_blocks(q->type, q->data, absmax, q->block, b0, nb, first, count, out);
     free(absmax);
+    if (q->out_dtype != QUANT_OUT_F32) round_to(q->out_dtype, out, count);
 }
 
 void qweight_dequantize(const QWeight *q, float *out) { qweight_dequantize_rows(q, 0, q->rows, out); }

@@ -41,6 +41,9 @@ void dequant_8bit(const float map[256], const uint8_t *q, const float *absmax, i
 // The mean double quantization takes out: fp32 mean of x[n], exact sum, rounded once.
 float quant_mean(const float *x, long n);
 
+// bitsandbytes dequantizes into the weight's original dtype: fp32 products rounded to it.
+typedef enum { QUANT_OUT_F32, QUANT_OUT_BF16, QUANT_OUT_F16 } QuantOut;
+
 // A quantized weight matrix [rows, cols] in bitsandbytes' storage.
 typedef struct {
     QuantType type;
@@ -58,6 +61,7 @@ typedef struct {
     float *nested_absmax;     // [n_nested]
     float nested_map[256];
     float *scb;               // int8: [rows] row absmax
+    QuantOut out_dtype;       // what dequantization rounds to: the dtype of a loaded 4-bit weight's quant_state
 } QWeight;
 
 // Quantize w [rows, cols] (row-major). nested: double quantization (4-bit only). map: the nested map

@@ -321,7 +321,7 @@ static float bits_to_f32(uint32_t b) {
 }
 
 // IEEE half -> float, exact for every input (normals, subnormals, zeros, inf, NaN payloads).
-static float f16_to_f32(uint16_t h) {
+float st_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
     if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (man << 13));
@@ -353,7 +353,7 @@ int st_to_f32(const StTensor *t, float *out) {
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            out[i] = t->dtype == DT_F16 ? f16_to_f32(h) : bits_to_f32((uint32_t)h << 16);
+            out[i] = t->dtype == DT_F16 ? st_f16_to_f32(h) : bits_to_f32((uint32_t)h << 16);
         }
         return 0;
     default:

@@ -103,7 +103,21 @@ check "generate says the adapter applies live" grep -q 'adapter applies live' "$
 run_ok "estimate with an nf4 base" "$PEFT" estimate --model llama-2-7b --targets all-linear --r 64 --quantize nf4 --json
 check "estimate counts the quantized linears" grep -q '"linear_bytes"' "$TMP/out"
 run_fails "estimate refuses full fine-tuning of a quantized base" 2 'full fine-tuning is refused' "$PEFT" estimate --model gpt2 --method full --quantize int8
+run_ok "peft quantize --to nf4 writes a bitsandbytes folder" "$PEFT" quantize --model "$M" --to nf4 --out "$TMP/m-nf4"
+check "its config.json has bitsandbytes' quantization_config" grep -q '"bnb_4bit_quant_type":[[:space:]]*"nf4"' "$TMP/m-nf4/config.json"
+run_ok "eval of the saved nf4 model" "$PEFT" eval --model "$TMP/m-nf4" --adapter "$TMP/qlora" --data "$D/val.txt" --seq-len 64 --threads 1
+check "the saved nf4 model evaluates as --quantize nf4 does" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+run_ok "merge into the nf4 model" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/m-merged"
+check "merge says it dequantized the base" grep -q 'dequantized the nf4 base' "$TMP/out"
+run_ok "eval of the merge" "$PEFT" eval --model "$TMP/m-merged" --data "$D/val.txt" --seq-len 64 --threads 1
+check "the merge (fp32, no quantization_config) = the adapter live on the nf4 base" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+check "the merge's config.json has no quantization_config" test "$(count "$TMP/m-merged/config.json" quantization_config)" -eq 0
+run_ok "merge into the nf4 model, quantized again to int8" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/m-merged8" --quantize int8
+check "merge --quantize says how far the logits move" grep -qE 're-quantized to int8: the logits of a 64-token probe move by [0-9.e-]+ \(relative\)' "$TMP/out"
+run_fails "--quantize on a folder saved quantized otherwise is refused" 1 'saved quantized as nf4; --quantize int8' "$PEFT" eval --model "$TMP/m-nf4" --data "$D/val.txt" --quantize int8
 run_fails "full fine-tuning of a quantized base is refused" 1 'full fine-tuning trains every weight' "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --method full --quantize nf4 --out "$TMP/x"
+run_fails "full fine-tuning of a folder saved quantized is refused" 1 'nf4-quantized base: full fine-tuning' "$PEFT" train --model "$TMP/m-nf4" --data "$D/train.txt" --method full --seq-len 64 --out "$TMP/x"
+run_ok "export of the nf4 folder to GGUF (dequantized)" "$PEFT" export --model "$TMP/m-nf4" --to gguf --out "$TMP/m-nf4.gguf"
 run_fails "an unknown quantization is refused" 2 'quantization "int4" is not supported' "$PEFT" eval --model "$M" --data "$D/val.txt" --quantize int4
 run_fails "--no-double-quant with int8 is refused" 2 'no-double-quant goes with --quantize nf4 or fp4' "$PEFT" eval --model "$M" --data "$D/val.txt" --quantize int8 --no-double-quant
 

@@ -97,7 +97,7 @@ TEST(quant_train_refuses_full_and_cuda) {
     c.out_dir = test_tmpdir();
     c.quantize = QUANT_NF4;
     TrainResult res;
-    CHECK(train_run(&c, NULL, &res) != 0 && strstr(peft_last_error(), "full fine-tuning") && strstr(peft_last_error(), "nf4"));
+    CHECK(train_run(&c, NULL, &res) != 0 && strstr(peft_last_error(), "full fine-tuning") && strstr(peft_last_error(), "nf4-quantized"));
     c.method = TRAIN_LORA;
     c.cuda = true;
     CHECK(train_run(&c, NULL, &res) != 0 && strstr(peft_last_error(), "--device cuda"));
@@ -105,7 +105,8 @@ TEST(quant_train_refuses_full_and_cuda) {
 }
 
 // Every <family>-lora-<q> case of the quantization reference: dequantized weights bit for bit, logits,
-// loss, LoRA gradients and the AdamW step as the float64 reference on the dequantized base computed.
+// loss, LoRA gradients and the AdamW step as the float64 reference on the dequantized base computed;
+// its model-bnb folder (the base as transformers saves it quantized) loads to the same weights.
 TEST(quant_reference_model_cases) {
     const char *dir = quant_fixtures_dir();
     if (!dir) SKIP(NO_QUANT_FIXTURES);
@@ -118,9 +119,10 @@ TEST(quant_reference_model_cases) {
         char *path = path_join(dir, e->d_name);
         CheckResult r;
         check_case(path, &r);
-        free(path);
         n++;
-        if (r.status != CHECK_PASS) { fprintf(stderr, "  %s: %s\n", r.name, r.detail); failed++; }
+        if (r.status != CHECK_PASS) fprintf(stderr, "  %s: %s\n", r.name, r.detail);
+        failed += r.status != CHECK_PASS || !test_quant_bnb_folder(path);
+        free(path);
     }
     closedir(d);
     CHECK_MSG(n == 10, "%d model cases in %s (10 expected: gpt2 and llama x nf4, nf4-nodq, fp4, fp4-nodq, int8)", n, dir);
