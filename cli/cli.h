@@ -5,6 +5,7 @@
 int cmd_check(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
@@ -34,3 +35,8 @@ int fail_with_library_error(void);
 // The data options train and eval share (--seq-len, --prompt-column, ...): fills o[], returns how many.
 struct DataOptions;
 int data_options(Option *o, struct DataOptions *d, bool *no_cache);
+// --quantize nf4|fp4|int8 and --no-double-quant (train, generate, eval, estimate): fills o[], returns how many.
+int quant_options(Option *o, const char **quantize, bool *no_double_quant);
+// Their meaning: *type (QUANT_NONE without --quantize, as int: a QuantType) and *nested (double
+// quantization, 4-bit only). Prints the error and returns 2 when they are invalid.
+int quant_resolve(const char *command, const char *quantize, bool no_double_quant, int *type, bool *nested);

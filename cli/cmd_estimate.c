@@ -83,8 +83,9 @@ int cmd_estimate(int argc, char **argv) {
     const char *model = NULL, *method_s = "lora", *targets = NULL;
     int r = -1, init_r = -1, target_r = -1, batch = 8, context = 0;
     float dropout = 0;
-    bool json = false, no_save_projection = false;
-    Option opts[] = {
+    bool json = false, no_save_projection = false, no_double_quant = false;
+    const char *quantize = NULL;
+    Option opts[16] = {
         {"model", OPT_STRING, &model, "preset (roberta-base, roberta-large, gpt2, gpt2-medium, gpt2-large, gpt3-175b, "
                                       "llama-2-7b, llama-2-13b, tinyllama-1.1b), a config.json, or an HF model folder"},
         {"method", OPT_STRING, &method_s, "lora | vera | adalora | full (default lora)"},
@@ -98,12 +99,18 @@ int cmd_estimate(int argc, char **argv) {
         {"context", OPT_INT, &context, "tokens per sequence (default min(512, the model's context))"},
         {"json", OPT_FLAG, &json, "print JSON for scripts"},
     };
-    if (parse_options("estimate", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
+    int n_opts = 0, qt;
+    bool nested;
+    while (opts[n_opts].name) n_opts++;
+    n_opts += quant_options(opts + n_opts, &quantize, &no_double_quant);
+    if (parse_options("estimate", argc, argv, opts, n_opts, NULL, 0, NULL)) return 2;
+    if (quant_resolve("estimate", quantize, no_double_quant, &qt, &nested)) return 2;
     if (!model) { fprintf(stderr, "peft estimate: --model NAME|config.json|DIR is required\n"); return 2; }
     EstMethod method;
     if (est_method_parse(method_s, &method)) { fprintf(stderr, "peft estimate: --method must be lora, vera, adalora or full (got \"%s\")\n", method_s); return 2; }
     if (batch <= 0) { fprintf(stderr, "peft estimate: --batch must be positive\n"); return 2; }
     if (!(dropout >= 0 && dropout < 1)) { fprintf(stderr, "peft estimate: --dropout must be in [0, 1)\n"); return 2; }
+    if (qt && method == EST_FULL) { fprintf(stderr, "peft estimate: --quantize freezes the base: full fine-tuning is refused with it\n"); return 2; }
 
     EstModel em;
     if (est_model_load(&em, model)) return fail_with_library_error();
@@ -132,6 +139,7 @@ int cmd_estimate(int argc, char **argv) {
         est_model_free(&em);
         return fail_with_library_error();
     }
+    if (qt) estimate_quantize(&e, &em, qt, nested);
     char a[48], b[48], h1[32], h2[32], h3[32], h4[32];
     const char *mname = est_method_name(method);
     int64_t all = e.base_params + (method == EST_FULL ? 0 : e.trainable);
@@ -184,6 +192,14 @@ int cmd_estimate(int argc, char **argv) {
         if (method == EST_VERA) {
             cJSON_AddNumberToObject(jf, "bytes_with_projection", (double)e.file_bytes_with_projection);
             cJSON_AddNumberToObject(jf, "bytes_without_projection", (double)e.file_bytes_without_projection);
+        }
+        if (qt) {
+            cJSON *jq = cJSON_AddObjectToObject(j, "quantization");
+            cJSON_AddStringToObject(jq, "type", quant_type_name(qt));
+            cJSON_AddBoolToObject(jq, "double_quant", nested);
+            cJSON_AddNumberToObject(jq, "linear_bytes", (double)e.quant_bytes);
+            cJSON_AddNumberToObject(jq, "linear_fp32_bytes", (double)e.quant_fp32_bytes);
+            cJSON_AddStringToObject(jq, "applies_to", "cpu_fp32 (the GPU column is the unquantized base's)");
         }
         cJSON *jmem = cJSON_AddObjectToObject(j, "memory");
         cJSON_AddNumberToObject(jmem, "batch", batch);
@@ -240,6 +256,9 @@ int cmd_estimate(int argc, char **argv) {
             if (method == EST_ADALORA) printf(" at init_r; %s bytes at the final budget", grouped(e.adalora_final_file_bytes, b));
             printf("\n              in fp16/bf16: %s bytes of tensor data (%s)\n", grouped(2 * e.trainable, a), human(2 * e.trainable, h1));
         }
+        if (qt)
+            printf("quantized     %d linears %s%s: %s (%s in fp32); one dequantized at a time (workspace); CPU column only\n",
+                   em.n_linears, quant_type_name(qt), nested ? " + double quantization" : "", human(e.quant_bytes, h1), human(e.quant_fp32_bytes, h2));
         printf("\ntraining memory, batch %d x context %d (%d tokens per step)\n", batch, context, batch * context);
         const char *col = method == EST_FULL ? "full" : mname;
         printf("  %-13s %29s   %29s\n", "", "---------- CPU fp32 ---------", "---------- GPU bf16 ---------");

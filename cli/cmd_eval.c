@@ -9,7 +9,8 @@ static void print_message(void *user, const char *text) { fprintf(stderr, "%s\n"
 
 int cmd_eval(int argc, char **argv) {
     EvalConfig c = {0};
-    bool no_cache = false;
+    bool no_cache = false, no_double_quant = false;
+    const char *quantize = NULL;
     Option opts[32] = {
         {"model", OPT_STRING, &c.model_dir, "base model folder"},
         {"adapter", OPT_STRING, &c.adapter_dir, "PEFT adapter folder to apply"},
@@ -19,9 +20,13 @@ int cmd_eval(int argc, char **argv) {
     };
     int n = 5;
     n += data_options(opts + n, &c.data, &no_cache);
+    n += quant_options(opts + n, &quantize, &no_double_quant);
     char *pos[1];
     int rc = parse_options("eval", argc, argv, opts, n, pos, 0, NULL);
     if (rc) return rc == 1 ? 0 : 2;
+    int qt;
+    if (quant_resolve("eval", quantize, no_double_quant, &qt, &c.double_quant)) return 2;
+    c.quantize = qt;
     if (!c.model_dir || !c.data_path) {
         fprintf(stderr, "usage: peft eval --model DIR [--adapter DIR] --data PATH (see --help)\n");
         return 2;

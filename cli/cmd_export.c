@@ -28,6 +28,10 @@ int cmd_export(int argc, char **argv) {
     if (gguf_out_type_parse(type_name, &type)) { fprintf(stderr, "peft export: --type: %s\n", peft_last_error()); return 2; }
     Model *m = model_load(model_dir);
     if (!m || (adapter_dir && adapters_load(m, adapter_dir))) { model_free(m); return fail_with_library_error(); }
+    if (m->quant) {  // GGUF gets the dequantized weights (llama.cpp's own types via --type)
+        printf("dequantized the %s base for the export\n", quant_type_name(m->quant));
+        model_dequantize(m);
+    }
     if (merge) adapters_merge(m);
     bool adapter_only = adapter_dir && !merge;
     int rc = adapter_only ? gguf_export_adapter(m, adapter_dir, type, out) : gguf_export_model(m, type, out);

@@ -111,9 +111,9 @@ int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *prompt = NULL, *prompts_file = NULL, *stop_last = NULL;
     int max_tokens = 64, top_k = 0, beams = 1, seed = 0, threads = 0, batch = 8;
     float temperature = 0, top_p = 1, rep = 1, length_penalty = 1;
-    bool no_merge = false, fp32 = false, ignore_eos = false, print_ids = false;
-    const char *device = "cpu";
-    Option opts[] = {
+    bool no_merge = false, fp32 = false, ignore_eos = false, print_ids = false, no_double_quant = false;
+    const char *device = "cpu", *quantize = NULL;
+    Option opts[32] = {
         {"model", OPT_STRING, &model_dir, "HF model folder (config.json, safetensors, tokenizer)"},
         {"adapter", OPT_STRING, &adapter_dir, "PEFT adapter folder (LoRA, VeRA, AdaLoRA)"},
         {"prompt", OPT_STRING, &prompt, "the prompt text"},
@@ -135,7 +135,13 @@ int cmd_generate(int argc, char **argv) {
         {"device", OPT_STRING, &device, "cpu (default) or cuda"},
         {"fp32", OPT_FLAG, &fp32, "with --device cuda: fp32 weights and activations (default bf16)"},
     };
-    if (parse_options("generate", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
+    int n_opts = 0, qt;
+    bool nested;
+    while (opts[n_opts].name) n_opts++;
+    n_opts += quant_options(opts + n_opts, &quantize, &no_double_quant);
+    if (parse_options("generate", argc, argv, opts, n_opts, NULL, 0, NULL)) return 2;
+    if (quant_resolve("generate", quantize, no_double_quant, &qt, &nested)) return 2;
+
     if (!model_dir) { fprintf(stderr, "peft generate: --model DIR is required\n"); return 2; }
     if (!prompt == !prompts_file) { fprintf(stderr, "peft generate: give exactly one of --prompt TEXT or --prompts FILE\n"); return 2; }
     if (max_tokens < 0 || beams < 1 || batch < 1 || threads < 0) {
@@ -156,12 +162,18 @@ int cmd_generate(int argc, char **argv) {
     Tokenizer *tok = NULL;
     Model *m = NULL;
     if (prompts_file && !(lines = read_lines(prompts_file, &n_prompts, &line_lens))) { rc = fail_with_library_error(); goto out; }
-    m = model_load(model_dir);
+    m = model_load_quantized(model_dir, qt, nested);
     if (!m) { rc = fail_with_library_error(); goto out; }
     if (!(tok = tokenizer_load(model_dir))) { rc = fail_with_library_error(); goto out; }
     if (adapter_dir) {
         if (adapters_load(m, adapter_dir)) { rc = fail_with_library_error(); goto out; }
+        if (!no_merge && qt) fprintf(stderr, "peft generate: the adapter applies live (a quantized base is not merged into)\n");
         if (!no_merge) adapters_merge(m);
+    }
+    if (!strcmp(device, "cuda") && m->quant) {
+        peft_fail("a quantized base (%s) does not run on the GPU yet (the CPU path does)", quant_type_name(m->quant));
+        rc = fail_with_library_error();
+        goto out;
     }
     if (!strcmp(device, "cuda") && gpu_inference_attach(m, fp32 ? GPU_FP32 : GPU_BF16)) { rc = fail_with_library_error(); goto out; }
     GenParams p;

@@ -27,8 +27,9 @@ int cmd_serve(int argc, char **argv) {
     const char *device = "cpu";
     float timeout = (float)o.timeout_s;
     int max_body_kib = (int)(o.max_body >> 10);
-    const char *api_key = NULL, *admin_key = NULL;
-    Option opts[] = {
+    const char *api_key = NULL, *admin_key = NULL, *quantize = NULL;
+    bool no_double_quant = false;
+    Option opts[32] = {
         {"model", OPT_STRING, &o.model_dir, "base model folder (Hugging Face layout, with its tokenizer)"},
         {"adapters", OPT_STRING, &o.adapters_dir, "folder of PEFT adapter folders; each subfolder's name is an adapter's name"},
         {"host", OPT_STRING, &o.host, "address to listen on (default 127.0.0.1: this machine only)"},
@@ -51,7 +52,11 @@ int cmd_serve(int argc, char **argv) {
         {"fp32", OPT_FLAG, &o.fp32, "with --device cuda: fp32 weights and activations (default bf16)"},
         {"quiet", OPT_FLAG, &o.quiet, "no access log on stderr"},
     };
-    if (parse_options("serve", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
+    int n_opts = 0;
+    while (opts[n_opts].name) n_opts++;
+    n_opts += quant_options(opts + n_opts, &quantize, &no_double_quant);
+    if (parse_options("serve", argc, argv, opts, n_opts, NULL, 0, NULL)) return 2;
+    if (quant_resolve("serve", quantize, no_double_quant, &o.quantize, &o.double_quant)) return 2;
     if (!o.model_dir) { fprintf(stderr, "peft serve: --model DIR is required\n"); return 2; }
     if (strcmp(device, "cpu") && strcmp(device, "cuda")) { fprintf(stderr, "peft serve: --device must be cpu or cuda (got %s)\n", device); return 2; }
     o.cuda = !strcmp(device, "cuda");

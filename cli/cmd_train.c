@@ -63,7 +63,8 @@ int cmd_train(int argc, char **argv) {
     const char *method = "lora", *targets = NULL, *schedule = "linear", *device = "cpu";
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
-    bool rslora = false, no_allocate = false, no_cache = false;
+    bool rslora = false, no_allocate = false, no_cache = false, no_double_quant = false;
+    const char *quantize = NULL;
     Option opts[64] = {
         {"model", OPT_STRING, &c.model_dir, "base model folder (Hugging Face layout)"},
         {"data", OPT_STRING, &c.data_path, "training data: text, .jsonl or .csv file, or a folder of them"},
@@ -110,9 +111,13 @@ int cmd_train(int argc, char **argv) {
     int n = 0;
     while (opts[n].name) n++;
     n += data_options(opts + n, &c.data, &no_cache);
+    n += quant_options(opts + n, &quantize, &no_double_quant);
     char *pos[1];
     int rc = parse_options("train", argc, argv, opts, n, pos, 0, NULL);
     if (rc) { train_config_free(&c); return rc == 1 ? 0 : 2; }
+    int qt;
+    if (quant_resolve("train", quantize, no_double_quant, &qt, &c.double_quant)) { train_config_free(&c); return 2; }
+    c.quantize = qt;
     if (!c.model_dir || !c.data_path || !c.out_dir) {
         fprintf(stderr, "usage: peft train --model DIR --data PATH --out DIR [--method %s] [options] (see --help)\n", HELP_METHODS);
         train_config_free(&c);

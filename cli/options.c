@@ -1,4 +1,5 @@
 #include "cli.h"
+#include "quant.h"
 #include "util.h"
 #include <errno.h>
 #include <math.h>
@@ -51,4 +52,22 @@ int parse_options(const char *command, int argc, char **argv, const Option *opts
 int fail_with_library_error(void) {
     fprintf(stderr, "peft: error: %s\n", peft_last_error());
     return 1;
+}
+
+int quant_options(Option *o, const char **quantize, bool *no_double_quant) {
+    o[0] = (Option){"quantize", OPT_STRING, quantize, "quantize the frozen base's linears as bitsandbytes does: nf4, fp4 (blocks of 64) or int8 (LLM.int8() rows)"};
+    o[1] = (Option){"no-double-quant", OPT_FLAG, no_double_quant, "with --quantize nf4|fp4: keep the fp32 block statistics (default: quantized again to 8 bits)"};
+    return 2;
+}
+
+int quant_resolve(const char *command, const char *quantize, bool no_double_quant, int *type, bool *nested) {
+    QuantType t = QUANT_NONE;
+    if (quantize && quant_type_parse(quantize, &t)) { fprintf(stderr, "peft %s: --quantize: %s\n", command, peft_last_error()); return 2; }
+    if (no_double_quant && (t == QUANT_NONE || t == QUANT_INT8)) {
+        fprintf(stderr, "peft %s: --no-double-quant goes with --quantize nf4 or fp4 (int8 has no block statistics)\n", command);
+        return 2;
+    }
+    *type = t;
+    *nested = t != QUANT_NONE && t != QUANT_INT8 && !no_double_quant;
+    return 0;
 }

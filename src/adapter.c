@@ -380,7 +380,7 @@ static void apply_delta(Adapter *a, float sign) {
 void adapters_merge(Model *m) {
     AdapterSet *set = m->adapters;
     for (int i = 0; set && i < set->n; i++)
-        if (!set->adapters[i].merged) { apply_delta(&set->adapters[i], 1.0f); set->adapters[i].merged = true; }
+        if (!set->adapters[i].merged && !set->adapters[i].lin->q) { apply_delta(&set->adapters[i], 1.0f); set->adapters[i].merged = true; }
 }
 
 void adapters_unmerge(Model *m) {
@@ -538,7 +538,9 @@ static void mixed_rows_forward(Model *m, Linear *lin, const float *x, float *y, 
 }
 
 void linear_forward(Model *m, Linear *lin, const float *x, float *y, int N) {
-    matmul(y, x, lin->weight->w, N, lin->out, lin->in, false, !lin->fan_in_fan_out, 1.0f, 0.0f);
+    bool fan;
+    const float *W = model_linear_weight(m, lin, &fan);
+    matmul(y, x, W, N, lin->out, lin->in, false, !fan, 1.0f, 0.0f);
     if (lin->bias) add_bias(y, lin->bias->w, N, lin->out);
     if (m->row_adapters) { mixed_rows_forward(m, lin, x, y, N); return; }
     Adapter *a = lin->adapter;
@@ -547,7 +549,11 @@ void linear_forward(Model *m, Linear *lin, const float *x, float *y, int N) {
 
 void linear_backward(Model *m, Linear *lin, const float *x, const float *dy, float *dx, int N) {
     Param *W = lin->weight;
-    if (dx) matmul(dx, dy, W->w, N, lin->in, lin->out, false, lin->fan_in_fan_out, 1.0f, 1.0f);
+    if (dx) {
+        bool fan;
+        const float *Wb = model_linear_weight(m, lin, &fan);
+        matmul(dx, dy, Wb, N, lin->in, lin->out, false, fan, 1.0f, 1.0f);
+    }
     if (W->grad) {
         if (lin->fan_in_fan_out) matmul(W->grad, x, dy, lin->in, lin->out, N, true, false, 1.0f, 1.0f);   // [in,out] += x^T dy
         else matmul(W->grad, dy, x, lin->out, lin->in, N, true, false, 1.0f, 1.0f);                       // [out,in] += dy^T x

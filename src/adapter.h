@@ -142,7 +142,8 @@ int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);
 int adapters_load(Model *m, const char *dir);
 int adapters_save(Model *m, const char *dir);
 void adapters_free(Model *m);
-// W += delta for every adapter (then forward skips the adapter); unmerge subtracts it back.
+// W += delta for every adapter (then forward skips the adapter); unmerge subtracts it back. An adapter
+// on a quantized linear stays unmerged (it applies live: the same numbers).
 void adapters_merge(Model *m);
 void adapters_unmerge(Model *m);
 double adapters_regularizer(Model *m, bool want_grad);

@@ -41,6 +41,8 @@ void check_result_set(CheckResult *r, CheckStatus st, const char *fmt, ...) {
 typedef struct {
     const char *dir;
     CheckResult *res;
+    QuantType quant;      // case.json's quantization: the base's linears quantized on load
+    bool double_quant;
     double tol_logits, tol_grads, tol_step, tol_update, tol_merged;
     float lr, beta1, beta2, eps, wd;
     int B, T;
@@ -111,9 +113,21 @@ static int read_case(Case *c, const char *dir, cJSON **out) {
     return 0;
 }
 
-static Model *load_case_model(const char *dir, bool with_adapter) {
+// case.json's "quantization": {"type": "nf4" | "fp4" | "int8", "double_quant": bool, ...} (the quantization
+// reference cases of tools/quant_reference); absent: none.
+static int read_quantization(Case *c, const cJSON *j, const char *dir) {
+    const cJSON *q = cJSON_GetObjectItem(j, "quantization");
+    if (!q) return 0;
+    const cJSON *type = cJSON_GetObjectItem(q, "type"), *dq = cJSON_GetObjectItem(q, "double_quant");
+    if (!cJSON_IsString(type) || !cJSON_IsBool(dq)) return peft_fail("%s/case.json: quantization needs a string type and a boolean double_quant", dir);
+    if (quant_type_parse(type->valuestring, &c->quant)) return peft_fail_context("%s/case.json: ", dir);
+    c->double_quant = cJSON_IsTrue(dq);
+    return 0;
+}
+
+static Model *load_case_model(const Case *c, const char *dir, bool with_adapter) {
     char *model_dir = path_join(dir, "model"), *adapter_dir = path_join(dir, "adapter");
-    Model *m = model_load(model_dir);
+    Model *m = model_load_quantized(model_dir, c->quant, c->double_quant);
     if (m && with_adapter && adapters_load(m, adapter_dir)) { model_free(m); m = NULL; }
     free(model_dir);
     free(adapter_dir);
@@ -206,7 +220,7 @@ out:
 
 // Merge the adapter as saved and compare every adapted weight; unmerge must restore the base.
 static int check_merge(Case *c, const char *dir) {
-    Model *m = load_case_model(dir, true);
+    Model *m = load_case_model(c, dir, true);
     if (!m) { check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error()); return -1; }
     AdapterSet *set = m->adapters;
     float **before = xcalloc(set->n, sizeof(float *));
@@ -243,7 +257,7 @@ static int check_save_roundtrip(Case *c, Model *m) {
     int rc = adapters_save(m, tmp);
     if (rc) { check_result_set(c->res, CHECK_FAIL, "saving the adapter: %s", peft_last_error()); free(tmp); return -1; }
     char *model_dir = path_join(c->dir, "model");
-    Model *m2 = model_load(model_dir);
+    Model *m2 = model_load_quantized(model_dir, c->quant, c->double_quant);
     free(model_dir);
     if (!m2 || adapters_load(m2, tmp)) { check_result_set(c->res, CHECK_FAIL, "reloading the saved adapter: %s", peft_last_error()); rc = -1; }
     if (!rc) {
@@ -263,14 +277,42 @@ static int check_save_roundtrip(Case *c, Model *m) {
     return rc;
 }
 
+// A quantized case: every quantized weight, dequantized, bit for bit as the reference's ([out, in]).
+static int check_dequantized(Case *c, Model *m) {
+    char *path = path_join(c->dir, "dequant.safetensors");
+    SafeTensors st = {0};
+    int rc = st_open(&st, path);
+    free(path);
+    if (rc) { check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    for (int i = 0; !rc && i < m->n_linears; i++) {
+        Linear *lin = &m->linears[i];
+        long n = (long)lin->in * lin->out;
+        float *ref = check_load_reference(c->res, "dequantized weight", &st, lin->weight->name, n);
+        bool fan;
+        const float *got = ref ? model_linear_weight(m, lin, &fan) : NULL;
+        long at = 0;
+        while (got && at < n && !memcmp(&got[at], &ref[at], sizeof(float))) at++;
+        if (!ref) rc = -1;
+        else if (at < n) {
+            check_result_set(c->res, CHECK_FAIL, "dequantized weight %s differs from the reference at %ld: %.9g vs %.9g", lin->weight->name, at, got[at], ref[at]);
+            rc = -1;
+        }
+        free(ref);
+    }
+    st_close(&st);
+    return rc;
+}
+
 static void check_model_case(const char *dir, const char *method, Case *c) {
     bool full = !strcmp(method, "full");
-    Model *m = load_case_model(dir, !full);
+    Model *m = load_case_model(c, dir, !full);
     if (!m) { check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error()); return; }
     if (full) model_train_all(m);
     char *io_path = path_join(dir, "io.safetensors");
     SafeTensors io = {0};
+    // A quantized base: its dequantized weights, the step, the saved adapter (merging into it is peft merge's).
     if (st_open(&io, io_path)) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
+    else if (c->quant) { if (!check_dequantized(c, m) && !check_training_step(c, m, &io)) check_save_roundtrip(c, m); }
     else if (!check_training_step(c, m, &io) && !full && !check_merge(c, dir)) check_save_roundtrip(c, m);
     st_close(&io);
     free(io_path);
@@ -304,6 +346,7 @@ void check_case(const char *dir_in, CheckResult *res) {
     Case c = {.dir = dir, .res = res};
     cJSON *j = NULL;
     if (read_case(&c, dir, &j)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); return; }
+    if (read_quantization(&c, j, dir)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); cJSON_Delete(j); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
     if (!strcmp(mname, "adalora-schedule")) {

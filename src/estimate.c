@@ -625,3 +625,21 @@ int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const Ad
     free(adapted);
     return 0;
 }
+
+void estimate_quantize(Estimate *e, const EstModel *em, QuantType t, bool nested) {
+    int64_t fp32 = 0, q = 0, widest = 0;
+    for (int i = 0; i < em->n_linears; i++) {
+        const EstLinear *l = &em->linears[i];
+        int64_t n = (int64_t)l->in * l->out;
+        fp32 += 4 * n;
+        q += (int64_t)quant_bytes(t, nested, l->out, l->in);
+        widest = MAX(widest, n);
+    }
+    e->quant = t;
+    e->double_quant = nested;
+    e->quant_bytes = q;
+    e->quant_fp32_bytes = fp32;
+    e->cpu.weights += q - fp32;
+    e->cpu.workspace += 4 * widest;
+    mem_total(&e->cpu);
+}

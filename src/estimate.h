@@ -77,11 +77,21 @@ typedef struct {
     int batch, context;
     EstMemory cpu, gpu;            // this method
     EstMemory cpu_full, gpu_full;  // full fine-tuning of the same model, same batch
+    // --quantize (estimate_quantize): the linears' quantized bytes (data and statistics) and their fp32 size.
+    QuantType quant;
+    bool double_quant;
+    int64_t quant_bytes, quant_fp32_bytes;
 } Estimate;
 
 // c: the adapter options (type, r, init_r/target_r, targets, dropout, save_projection); ignored for
 // full except dropout. Fails when the targets match no module.
 int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const AdapterConfig *c, int batch, int context);
+
+// The CPU column with the frozen linears quantized (--quantize; a method other than full): their
+// bytes as quant.c stores them (data, absmax or nested statistics, maps, SCB) in place of fp32, and
+// one linear's dequantized fp32 weight (the largest) as workspace. The GPU column is left as it is
+// (--quantize does not run on the GPU yet).
+void estimate_quantize(Estimate *e, const EstModel *em, QuantType t, bool nested);
 
 // Pieces, exposed for tests and the CLI.
 // One tensor of a safetensors file, as st_writer sees it (fp32).

@@ -2,6 +2,8 @@
 #include "model.h"
 #include "adapter.h"
 #include "safetensors.h"
+#include "quant_files.h"
+#include <cjson/cJSON.h>
 #include "util.h"
 #include <math.h>
 #include <stdio.h>
@@ -177,30 +179,118 @@ static int read_weight(Param *p, const StTensor *t, const char *file) {
     return st_to_f32_finite(t, p->w, file);
 }
 
+int model_quantize_linear(Model *m, Linear *lin, QuantType t, bool nested) {
+    float *w = lin->weight->w, *rows = w;
+    if (lin->fan_in_fan_out) {  // Conv1D [in, out] -> [out, in]
+        rows = xmalloc(sizeof(float) * (size_t)lin->in * lin->out);
+        for (long i = 0; i < lin->in; i++)
+            for (long o = 0; o < lin->out; o++) rows[o * lin->in + i] = w[i * lin->out + o];
+    }
+    QWeight *q = xcalloc(1, sizeof *q);
+    int rc = qweight_quantize(q, t, nested, NULL, rows, lin->out, lin->in, lin->weight->name);
+    if (rows != w) free(rows);
+    if (rc) { free(q); return -1; }
+    lin->q = q;
+    free(lin->weight->w);
+    lin->weight->w = NULL;
+    m->quant = t;
+    m->double_quant = nested && t != QUANT_INT8;
+    return 0;
+}
+
+void model_dequantize(Model *m) {
+    for (int i = 0; i < m->n_linears; i++) {
+        Linear *lin = &m->linears[i];
+        if (!lin->q) continue;
+        long in = lin->in, out = lin->out;
+        float *rows = xmalloc(sizeof(float) * (size_t)(in * out));
+        qweight_dequantize(lin->q, rows);
+        if (lin->fan_in_fan_out) {  // [out, in] -> Conv1D [in, out]
+            lin->weight->w = xmalloc(sizeof(float) * (size_t)(in * out));
+            for (long o = 0; o < out; o++)
+                for (long k = 0; k < in; k++) lin->weight->w[k * out + o] = rows[o * in + k];
+            free(rows);
+        } else lin->weight->w = rows;
+        qweight_free(lin->q);
+        free(lin->q);
+        lin->q = NULL;
+    }
+    m->quant = QUANT_NONE;
+    m->double_quant = false;
+}
+
+const float *model_linear_weight(Model *m, Linear *lin, bool *fan_in_fan_out) {
+    if (!lin->q) { *fan_in_fan_out = lin->fan_in_fan_out; return lin->weight->w; }
+    size_t n = (size_t)lin->in * lin->out;
+    if (n > m->deq_cap) {
+        free(m->deq_buf);
+        m->deq_buf = xmalloc(sizeof(float) * n);
+        m->deq_cap = n;
+    }
+    qweight_dequantize(lin->q, m->deq_buf);
+    *fan_in_fan_out = false;
+    return m->deq_buf;
+}
+
+// The quantization config.json's quantization_config says the folder's linears are saved in.
+static int folder_quantization(const char *dir, QuantType *t) {
+    char *path = path_join(dir, "config.json"), *text = read_file(path, NULL);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    bool nested;
+    int rc = text ? quant_config_read(j, t, &nested, path) : -1;
+    cJSON_Delete(j);
+    free(text);
+    free(path);
+    return rc;
+}
+
 // Every tensor is found and its shape checked before any weight is allocated: the sizes come from
-// the file, not from what config.json claims.
-Model *model_load(const char *dir) {
+// the file, not from what config.json claims. A quantized linear's fp32 weight lives only until it
+// is quantized.
+Model *model_load_quantized(const char *dir, QuantType t, bool nested) {
     if (!dir_exists(dir)) { peft_fail("%s: not a directory", dir); return NULL; }
     char *cfg_path = path_join(dir, "config.json");
     ModelConfig cfg;
     int rc = config_load(&cfg, cfg_path);
     free(cfg_path);
-    if (rc) return NULL;
+    QuantType saved;  // a folder bitsandbytes quantized (config.json's quantization_config)
+    if (rc || folder_quantization(dir, &saved)) return NULL;
+    if (saved && t && t != saved) {
+        peft_fail("%s: the model is saved quantized as %s; --quantize %s would quantize it again", dir, quant_type_name(saved), quant_type_name(t));
+        return NULL;
+    }
     StModel st;
     if (st_model_open(&st, dir)) return NULL;
     Model *m = model_build(&cfg);
     m->dir = xstrdup(dir);
     const StTensor **src = xcalloc(m->n_params, sizeof *src);
     const char **file = xcalloc(m->n_params, sizeof *file);
+    Linear **lin_of = xcalloc(m->n_params, sizeof *lin_of);
+    for (int i = 0; i < m->n_linears; i++) lin_of[m->linears[i].weight - m->params] = &m->linears[i];
     for (int i = 0; i < m->n_params && !rc; i++)
-        if (!(src[i] = find_weight(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2, &file[i]))) rc = -1;
-    for (int i = 0; i < m->n_params && !rc; i++) rc = read_weight(&m->params[i], src[i], file[i]);
+        if (!(saved && lin_of[i]) && !(src[i] = find_weight(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2, &file[i]))) rc = -1;
+    for (int i = 0; i < m->n_params && !rc; i++) {
+        Linear *lin = lin_of[i];
+        if (saved && lin) {
+            lin->q = xcalloc(1, sizeof(QWeight));
+            rc = quant_read_linear(lin->q, &st, lin->module, saved, lin->out, lin->in, dir);
+            if (rc) { free(lin->q); lin->q = NULL; }
+            m->quant = saved;
+            m->double_quant = !rc && lin->q->nested;
+            continue;
+        }
+        rc = read_weight(&m->params[i], src[i], file[i]);
+        if (!rc && t != QUANT_NONE && lin) rc = model_quantize_linear(m, lin, t, nested);
+    }
     st_model_close(&st);
     free(src);
     free(file);
+    free(lin_of);
     if (rc) { model_free(m); return NULL; }
     return m;
 }
+
+Model *model_load(const char *dir) { return model_load_quantized(dir, QUANT_NONE, false); }
 
 void model_free(Model *m) {
     if (!m) return;
@@ -211,7 +301,12 @@ void model_free(Model *m) {
         free(m->params[i].w);
         free(m->params[i].grad);
     }
-    for (int i = 0; i < m->n_linears; i++) free(m->linears[i].module);
+    for (int i = 0; i < m->n_linears; i++) {
+        free(m->linears[i].module);
+        if (m->linears[i].q) qweight_free(m->linears[i].q);
+        free(m->linears[i].q);
+    }
+    free(m->deq_buf);
     free(m->params);
     free(m->linears);
     free(m->blocks);
@@ -275,27 +370,50 @@ static bool file_exists_in(const char *dir, const char *name) {
     return ok;
 }
 
-// Copies the folder's config.json (and tokenizer files) and writes every base weight in fp32.
+// config.json of a model whose source or self is quantized: the source's (or config_to_json's) with
+// quantization_config set to the model's (or removed: a dequantized merge).
+static char *quantized_config(Model *m) {
+    char *path = m->dir ? path_join(m->dir, "config.json") : NULL;
+    char *text = path && file_exists(path) ? read_file(path, NULL) : config_to_json(&m->cfg);
+    free(path);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!j) return NULL;
+    cJSON_DeleteItemFromObject(j, "quantization_config");
+    if (m->quant) cJSON_AddItemToObject(j, "quantization_config", quant_config_json(m->quant, m->double_quant));
+    text = cJSON_Print(j);
+    cJSON_Delete(j);
+    return text;
+}
+
+// Copies the folder's config.json (and tokenizer files) and writes every base weight in fp32, a
+// quantized linear as transformers saves a bitsandbytes one (config.json then gets quantization_config).
 int model_save(Model *m, const char *dir) {
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     for (int i = 0; i < m->n_params; i++) {
         Param *p = &m->params[i];
-        st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
+        if (p->w) st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
     }
+    for (int i = 0; i < m->n_linears; i++)  // a quantized linear: the tensors transformers saves for it
+        if (m->linears[i].q) quant_write_linear(w, m->linears[i].module, m->linears[i].q);
     char *path = path_join(dir, "model.safetensors");
     int rc = st_writer_save(w, path);
     free(path);
     st_writer_free(w);
     static const char *copied[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                                    "vocab.json", "merges.txt", "special_tokens_map.json", NULL};
-    if (!rc && !(m->dir && file_exists_in(m->dir, "config.json"))) {
-        char *text = config_to_json(&m->cfg), *cfg_path = path_join(dir, "config.json");
-        rc = write_file_atomic(cfg_path, text, strlen(text));
+    QuantType source = QUANT_NONE;
+    if (!rc && m->dir && file_exists_in(m->dir, "config.json")) rc = folder_quantization(m->dir, &source);
+    bool requantized = m->quant || source;
+    if (!rc && (requantized || !(m->dir && file_exists_in(m->dir, "config.json")))) {
+        char *text = requantized ? quantized_config(m) : config_to_json(&m->cfg), *cfg_path = path_join(dir, "config.json");
+        rc = text ? write_file_atomic(cfg_path, text, strlen(text)) : peft_fail("%s: config.json is not JSON", m->dir);
         free(text);
         free(cfg_path);
     }
     for (int i = 0; !rc && m->dir && copied[i]; i++) {
+        if (requantized && !strcmp(copied[i], "config.json")) continue;
         char *src = path_join(m->dir, copied[i]), *dst = path_join(dir, copied[i]);
         if (file_exists(src)) rc = copy_file(src, dst);
         free(src);

@@ -2,6 +2,7 @@
 // Llama family), its parameters, activations, forward and backward on the CPU.
 #pragma once
 #include "config.h"
+#include "quant.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,6 +30,7 @@ typedef struct {
     bool fan_in_fan_out;
     Param *weight, *bias;
     Adapter *adapter;    // NULL when the module is not adapted
+    QWeight *q;          // a quantized frozen base (--quantize): weight->w is then NULL (see model_linear_weight)
 } Linear;
 
 typedef struct {
@@ -79,10 +81,15 @@ typedef struct Model {
     struct GpuModel *gpu;        // inference: a GPU copy of the base (cuda/gpu.h, base_only); kv caches and kv_forward run there
     bool training;               // dropout on
     uint64_t dropout_seed;
+    QuantType quant;             // the linears' quantization (QUANT_NONE: fp32 weights)
+    bool double_quant;
+    float *deq_buf;              // one linear's dequantized weight [out, in], reused layer after layer
+    size_t deq_cap;
 } Model;
 
 // Load config.json and the weights (model.safetensors or sharded); checks every tensor's shape
-// against the config and that every value is finite. Errors name the file and tensor.
+// against the config and that every value is finite. Errors name the file and tensor. A folder that
+// transformers saved quantized by bitsandbytes (config.json's quantization_config) loads quantized.
 Model *model_load(const char *dir);
 // A model with random weights (std 0.02, biases 0, norms 1) for a config: tests and benchmarks.
 Model *model_create_random(const ModelConfig *cfg, uint64_t seed);
@@ -90,6 +97,19 @@ Model *model_create_random(const ModelConfig *cfg, uint64_t seed);
 // benchmarks whose GPU draws the weights itself (GpuOptions.random_init_seed).
 Model *model_create_zeros(const ModelConfig *cfg);
 void model_free(Model *m);
+// model_load with every linear of the blocks (not embeddings, norms or the output head, as
+// transformers' bitsandbytes integration) quantized as it is read: the fp32 copy of one weight at a
+// time. nested: double quantization (4-bit). QUANT_NONE: model_load.
+Model *model_load_quantized(const char *dir, QuantType t, bool nested);
+// Quantize one linear's weight (bitsandbytes' [out, in] layout: GPT-2's Conv1D transposed first, as
+// transformers does) and free its fp32 copy.
+int model_quantize_linear(Model *m, Linear *lin, QuantType t, bool nested);
+// Every quantized linear back to an fp32 weight (its dequantized values, exactly), the quantized copy freed.
+void model_dequantize(Model *m);
+// The weight the linear's GEMMs use: weight->w as stored (*fan_in_fan_out as the module's), or a
+// quantized weight dequantized into m->deq_buf as [out, in] (*fan_in_fan_out false), valid until the
+// next call. The CPU's reference path: one layer dequantized at a time, then the fp32 GEMM.
+const float *model_linear_weight(Model *m, Linear *lin, bool *fan_in_fan_out);
 Param *model_find_param(Model *m, const char *name);
 Linear *model_find_linear(Model *m, const char *module);
 
@@ -107,7 +127,8 @@ void model_zero_grad(Model *m);
 
 void activations_free(Activations *a, int n_layer);
 
-// Write the base weights (HF names; tied lm_head omitted) and config.json to an HF folder.
+// Write the base weights (HF names; tied lm_head omitted) and config.json to an HF folder; quantized
+// linears as transformers saves bitsandbytes ones, with config.json's quantization_config.
 int model_save(Model *m, const char *dir);
 
 // Every trainable parameter, in a stable order (adapter tensors, or all base weights).

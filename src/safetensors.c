@@ -32,7 +32,7 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors.c assumes
 
 static const struct { const char *name; size_t size; } dtype_info[] = {
     [DT_F32] = {"F32", 4}, [DT_F16] = {"F16", 2}, [DT_BF16] = {"BF16", 2}, [DT_I64] = {"I64", 8},
-    [DT_I32] = {"I32", 4}, [DT_U8] = {"U8", 1},   [DT_BOOL] = {"BOOL", 1},
+    [DT_I32] = {"I32", 4}, [DT_U8] = {"U8", 1},   [DT_BOOL] = {"BOOL", 1}, [DT_I8] = {"I8", 1},
 };
 enum { N_DTYPES = sizeof dtype_info / sizeof dtype_info[0] };
 
@@ -321,7 +321,7 @@ static float bits_to_f32(uint32_t b) {
 }
 
 // IEEE half -> float, exact for every input (normals, subnormals, zeros, inf, NaN payloads).
-static float f16_to_f32(uint16_t h) {
+float st_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
     if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (man << 13));
@@ -353,7 +353,7 @@ int st_to_f32(const StTensor *t, float *out) {
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            out[i] = t->dtype == DT_F16 ? f16_to_f32(h) : bits_to_f32((uint32_t)h << 16);
+            out[i] = t->dtype == DT_F16 ? st_f16_to_f32(h) : bits_to_f32((uint32_t)h << 16);
         }
         return 0;
     default:
@@ -384,6 +384,9 @@ int st_to_i64(const StTensor *t, int64_t *out) {
         return 0;
     case DT_U8:
         for (size_t i = 0; i < n; i++) out[i] = p[i];
+        return 0;
+    case DT_I8:
+        for (size_t i = 0; i < n; i++) out[i] = (int8_t)p[i];
         return 0;
     case DT_BOOL:
         for (size_t i = 0; i < n; i++) out[i] = p[i] != 0;

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_I64, DT_I32, DT_U8, DT_BOOL } DType;
+typedef enum { DT_F32, DT_F16, DT_BF16, DT_I64, DT_I32, DT_U8, DT_BOOL, DT_I8 } DType;
 
 enum { ST_MAX_DIMS = 8 };
 
@@ -46,6 +46,8 @@ const char *st_shape_text(int ndim, const int64_t *shape, char *buf, size_t cap)
 int st_to_f32(const StTensor *t, float *out);
 // st_to_f32 for weights read from `file`: every value must be finite too. Errors name the file and the tensor.
 int st_to_f32_finite(const StTensor *t, float *out, const char *file);
+// IEEE half to float, exact.
+float st_f16_to_f32(uint16_t h);
 // Read an I64 tensor into out (any integer dtype accepted).
 int st_to_i64(const StTensor *t, int64_t *out);
 

@@ -133,6 +133,8 @@ typedef struct {
     bool quiet;              // no access log
     bool cuda;               // the model runs on the GPU (bf16, or fp32 with fp32)
     bool fp32;
+    int quantize;            // a QuantType: the base's linears quantized on load (0: none)
+    bool double_quant;
 } ServeOptions;
 
 void serve_options_default(ServeOptions *o);

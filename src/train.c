@@ -85,6 +85,15 @@ double train_lr_at(const TrainConfig *c, int step, int total) {
     return lr * 0.5 * (1 + cos(M_PI * progress));
 }
 
+// What a quantized base (--quantize, or a folder saved quantized) cannot do.
+static int quant_refusals(const TrainConfig *c, QuantType q) {
+    if (q && c->method == TRAIN_FULL)
+        return peft_fail("a %s-quantized base: full fine-tuning trains every weight, and a quantized base is frozen (train an adapter on it: lora, vera, adalora)",
+                         quant_type_name(q));
+    if (q && c->cuda) return peft_fail("a %s-quantized base with --device cuda is not implemented yet (the CPU path is)", quant_type_name(q));
+    return 0;
+}
+
 static int check_config(const TrainConfig *c) {
     if (!c->model_dir || !c->data_path || !c->out_dir) return peft_fail("training needs a model, data and an output folder");
     if (c->batch < 1 || c->grad_accum < 1) return peft_fail("batch and gradient accumulation must be at least 1");
@@ -93,7 +102,7 @@ static int check_config(const TrainConfig *c) {
     if (c->val_path && c->val_fraction > 0) return peft_fail("give a validation file or a validation fraction, not both");
     if (c->lr < 0 || c->weight_decay < 0 || c->max_grad_norm < 0 || c->warmup_steps < 0) return peft_fail("lr, weight decay, clipping and warm-up must not be negative");
     if (c->eval_every < 0 || c->save_every < 0 || c->stop_after < 0) return peft_fail("eval/save intervals must not be negative");
-    return 0;
+    return quant_refusals(c, c->quantize);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,7 +266,11 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     if (check_config(&t->c) || check_out_dir(&t->c)) return -1;
     if (t->c.threads > 0) omp_set_num_threads(t->c.threads);
     if (make_dir(t->c.out_dir)) return -1;
-    if (!(t->m = model_load(t->c.model_dir)) || !(t->tok = tokenizer_load(t->c.model_dir))) return -1;
+    if (!(t->m = model_load_quantized(t->c.model_dir, t->c.quantize, t->c.double_quant)) || !(t->tok = tokenizer_load(t->c.model_dir))) return -1;
+    if (quant_refusals(&t->c, t->m->quant)) return -1;
+    if (t->m->quant)
+        message(t, "base quantized %s%s: %ld linears, dequantized one at a time for each GEMM", quant_type_name(t->m->quant),
+                t->m->double_quant ? " with double quantization" : "", (long)t->m->n_linears);
     if (t->m->cfg.dropout > 0 && !t->c.no_base_dropout)
         return peft_fail("%s/config.json: %s %g: the base model's dropout is not implemented, so training would not be what "
                          "transformers does; pass --no-base-dropout to train without it", t->c.model_dir, t->m->cfg.dropout_key, t->m->cfg.dropout);
@@ -942,7 +955,7 @@ static int evaluate_with(BatchLossFn batch_loss, void *ctx, const Dataset *ds, i
 int eval_run(const EvalConfig *cfg, EvalInfo *out, void (*on_message)(void *, const char *), void *user) {
     int threads_before = omp_get_max_threads();
     if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
-    Model *m = model_load(cfg->model_dir);
+    Model *m = model_load_quantized(cfg->model_dir, cfg->quantize, cfg->double_quant);
     Tokenizer *tok = m ? tokenizer_load(cfg->model_dir) : NULL;
     int rc = tok ? 0 : -1;
     if (!rc && cfg->adapter_dir) rc = adapters_load(m, cfg->adapter_dir);

@@ -62,6 +62,8 @@ typedef struct {
     bool cuda;                   // train on the GPU (src/cuda): bf16 compute unless fp32
     bool fp32;                   // with cuda: the fp32 parity mode
     bool recompute;              // with cuda: recompute activations in backward to save memory
+    QuantType quantize;          // the frozen base's linears quantized (QUANT_NONE: fp32)
+    bool double_quant;           // with 4-bit: the block statistics quantized to 8 bits
 } TrainConfig;
 
 // Defaults as HF Trainer / PEFT: AdamW (0.9, 0.999, 1e-8), no weight decay, clip 1.0, linear
@@ -130,6 +132,8 @@ typedef struct {
     DataOptions data;            // seq_len 0: min(512, the model's positions)
     int batch;                   // 0: 8
     int threads;
+    QuantType quantize;          // the base's linears quantized (QUANT_NONE: fp32)
+    bool double_quant;
 } EvalConfig;
 
 // Load the model (and adapter) and evaluate data_path. on_message (may be NULL) gets the data

@@ -376,6 +376,12 @@ if start_server s5 --model "$TMP/base" --adapters "$TMP/root3" --host 0.0.0.0 --
     expect_error "no keys, not loopback: adapter management refused" 403 POST /v1/adapters "{\"name\": \"c2\", \"path\": \"$TMP/root3/cat\"}"
     grep -q "warning.*0\.0\.0\.0.*PEFT_API_KEY" "$TMP/s5.err" && ok "a warning for no key on a reachable address" || bad "no warning for no key on 0.0.0.0 ($(head -c 300 "$TMP/s5.err"))"
 else bad "fifth server starts ($(head -c 300 "$TMP/s5.err"))"; fi
+# --quantize: the base quantized nf4, each request as peft generate --quantize nf4 computes it.
+if start_server s6 --model "$TMP/base" --adapters "$TMP/adapters" --quantize nf4 --threads 1 --quiet; then
+    want=$("$PEFT" generate --model "$TMP/base" --adapter "$TMP/adapters/cat" --quantize nf4 --prompt "the " --max-tokens 12 --threads 1 2>/dev/null)
+    got=$(post http://127.0.0.1:$PORT/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 12, "temperature": 0}' | body_of | jget '$j->{choices}[0]{text}')
+    check "--quantize nf4: a request generates as peft generate --quantize nf4" "$got" "$want"
+else bad "sixth server (--quantize nf4) starts ($(head -c 300 "$TMP/s6.err"))"; fi
 # A key on the command line: a warning, and blanked in the process's arguments (ps).
 grep -q "warning.*--api-key.*PEFT_API_KEY" "$TMP/s2.err" && ok "--api-key on the command line: a warning" || bad "--api-key warning ($(head -c 300 "$TMP/s2.err"))"
 if [ -n "${S2:-}" ]; then

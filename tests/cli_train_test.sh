@@ -2,7 +2,7 @@
 # CLI tests of `peft train` and `peft eval` on a tiny GPT-2 made by `peft init` (2 layers, hidden 32,
 # 64 positions, byte-level tokenizer). LoRA on plain text
 # and full fine-tuning on JSONL end to end, the output folders' files, evaluation of what was saved,
-# Ctrl-C and --resume, and data errors that name the file and line.
+# Ctrl-C and --resume, a quantized base (--quantize), and data errors that name the file and line.
 # Usage: PEFT=build/peft bash tests/cli_train_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -87,6 +87,39 @@ check "resumed from the checkpoint" grep -q "resuming from .* at step $first of"
 steps_ok() { awk -F'"step":' '{ split($2, a, ","); if (a[1] != NR) exit 1 } END { exit NR < 2 }' "$1"; }
 check "the log (still partial) counts each step once across the interruption" steps_ok "$TMP/long/train_log.partial.jsonl"
 run_fails "resume with other settings is refused" 1 'checkpoint has batch 4 but this run has 2' "${LONG[@]}" --resume --batch 2
+
+# ---- a quantized frozen base (--quantize) ----
+echo "# peft train / eval / generate --quantize"
+run_ok "train lora on an nf4 base" "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --val "$D/val.txt" --method lora --steps 8 \
+    --lr 1e-2 --quantize nf4 --out "$TMP/qlora"
+check "the run says the base is quantized" grep -q 'base quantized nf4 with double quantization' "$TMP/err"
+first=$(grep '"eval_loss"' "$TMP/qlora/train_log.jsonl" | head -1 | sed 's/.*"eval_loss":\([^,}]*\).*/\1/')
+check "training on the nf4 base lowers the validation loss" awk -v a="$first" -v b="$(last_eval "$TMP/qlora/train_log.jsonl")" 'BEGIN { exit !(b < a) }'
+run_ok "eval the adapter on the nf4 base" "$PEFT" eval --model "$M" --adapter "$TMP/qlora" --data "$D/val.txt" --seq-len 64 --threads 1 --quantize nf4
+check "eval on the nf4 base = the last validation loss of training" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+run_ok "eval on an fp4 base without double quantization" "$PEFT" eval --model "$M" --data "$D/val.txt" --seq-len 64 --threads 1 --quantize fp4 --no-double-quant
+run_ok "generate on an int8 base with the adapter" "$PEFT" generate --model "$M" --adapter "$TMP/qlora" --prompt "The Eagle" --max-tokens 4 --quantize int8 --threads 1
+check "generate says the adapter applies live" grep -q 'adapter applies live' "$TMP/err"
+run_ok "estimate with an nf4 base" "$PEFT" estimate --model llama-2-7b --targets all-linear --r 64 --quantize nf4 --json
+check "estimate counts the quantized linears" grep -q '"linear_bytes"' "$TMP/out"
+run_fails "estimate refuses full fine-tuning of a quantized base" 2 'full fine-tuning is refused' "$PEFT" estimate --model gpt2 --method full --quantize int8
+run_ok "peft quantize --to nf4 writes a bitsandbytes folder" "$PEFT" quantize --model "$M" --to nf4 --out "$TMP/m-nf4"
+check "its config.json has bitsandbytes' quantization_config" grep -q '"bnb_4bit_quant_type":[[:space:]]*"nf4"' "$TMP/m-nf4/config.json"
+run_ok "eval of the saved nf4 model" "$PEFT" eval --model "$TMP/m-nf4" --adapter "$TMP/qlora" --data "$D/val.txt" --seq-len 64 --threads 1
+check "the saved nf4 model evaluates as --quantize nf4 does" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+run_ok "merge into the nf4 model" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/m-merged"
+check "merge says it dequantized the base" grep -q 'dequantized the nf4 base' "$TMP/out"
+run_ok "eval of the merge" "$PEFT" eval --model "$TMP/m-merged" --data "$D/val.txt" --seq-len 64 --threads 1
+check "the merge (fp32, no quantization_config) = the adapter live on the nf4 base" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+check "the merge's config.json has no quantization_config" test "$(count "$TMP/m-merged/config.json" quantization_config)" -eq 0
+run_ok "merge into the nf4 model, quantized again to int8" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/m-merged8" --quantize int8
+check "merge --quantize says how far the logits move" grep -qE 're-quantized to int8: the logits of a 64-token probe move by [0-9.e-]+ \(relative\)' "$TMP/out"
+run_fails "--quantize on a folder saved quantized otherwise is refused" 1 'saved quantized as nf4; --quantize int8' "$PEFT" eval --model "$TMP/m-nf4" --data "$D/val.txt" --quantize int8
+run_fails "full fine-tuning of a quantized base is refused" 1 'full fine-tuning trains every weight' "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --method full --quantize nf4 --out "$TMP/x"
+run_fails "full fine-tuning of a folder saved quantized is refused" 1 'nf4-quantized base: full fine-tuning' "$PEFT" train --model "$TMP/m-nf4" --data "$D/train.txt" --method full --seq-len 64 --out "$TMP/x"
+run_ok "export of the nf4 folder to GGUF (dequantized)" "$PEFT" export --model "$TMP/m-nf4" --to gguf --out "$TMP/m-nf4.gguf"
+run_fails "an unknown quantization is refused" 2 'quantization "int4" is not supported' "$PEFT" eval --model "$M" --data "$D/val.txt" --quantize int4
+run_fails "--no-double-quant with int8 is refused" 2 'no-double-quant goes with --quantize nf4 or fp4' "$PEFT" eval --model "$M" --data "$D/val.txt" --quantize int8 --no-double-quant
 
 # ---- errors ----
 echo "# data errors"

@@ -33,3 +33,6 @@ typedef double (*TestLossFn)(Model *m, void *ctx);
 // over 2 eps: ~5e-5 at eps 1e-3). Returns 1 when every tensor passes (failures printed).
 enum { TEST_GRAD_DIRS = 4 };
 int test_gradcheck(Model *m, TestLossFn f, void *ctx, double eps, double rtol, double atol);
+// A quantization reference case's model-bnb folder against its dequant.safetensors and against what we
+// save for it (test_quant_files.c). 1 when it matches.
+int test_quant_bnb_folder(const char *case_dir);

@@ -25,6 +25,7 @@ static const char *existing_dir(const char *env_name, const char *fallback) {
 
 const char *fixtures_dir(void) { return existing_dir("PEFT_FIXTURES", "tests/fixtures/hf-peft"); }
 const char *shared_fixtures_dir(void) { return existing_dir("PEFT_SHARED_FIXTURES", "../shared/fixtures/hf-peft"); }
+const char *quant_fixtures_dir(void) { return existing_dir("PEFT_QUANT_FIXTURES", "tests/fixtures/quant"); }
 
 void test_skip(int *failed, const char *fmt, ...) {
     va_list ap;

@@ -58,5 +58,9 @@ const char *fixtures_dir(void);
 // The shared cases beside the checkout (PEFT_SHARED_FIXTURES, else ../shared/fixtures/hf-peft), or NULL:
 // only they hold GPT-2's real tokenizer (tokenizer-gpt2), which the repository does not copy.
 const char *shared_fixtures_dir(void);
+// The quantization reference cases (PEFT_QUANT_FIXTURES, else tests/fixtures/quant; tools/quant_reference
+// makes them), or NULL: their tests then skip.
+const char *quant_fixtures_dir(void);
+#define NO_QUANT_FIXTURES "no quantization reference cases (tests/fixtures/quant or PEFT_QUANT_FIXTURES): make them with tools/quant_reference/make_cases.py"
 // A fresh empty temporary directory for this test (removed at exit).
 const char *test_tmpdir(void);

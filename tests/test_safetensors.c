@@ -111,6 +111,7 @@ TEST(st_roundtrip_all_dtypes) {
     int64_t i64[3] = {INT64_MIN, -1, INT64_MAX};
     int32_t i32[4] = {INT32_MIN, -7, 0, INT32_MAX};
     uint8_t u8[3] = {0, 128, 255};
+    int8_t i8[3] = {-128, -1, 127};  // bitsandbytes' int8 weights
     uint8_t bools[4] = {0, 1, 0, 1};
     float scalar = 42.f;
     int64_t s23[2] = {2, 3}, s11[1] = {11}, s6[1] = {6}, s3[1] = {3}, s4[1] = {4}, s22[2] = {2, 2}, s03[2] = {0, 3};
@@ -123,6 +124,7 @@ TEST(st_roundtrip_all_dtypes) {
     st_writer_add(w, "i64", DT_I64, 1, s3, i64);
     st_writer_add(w, "i32", DT_I32, 1, s4, i32);
     st_writer_add(w, "u8", DT_U8, 1, s3, u8);
+    st_writer_add(w, "i8", DT_I8, 1, s3, i8);
     st_writer_add(w, "bool", DT_BOOL, 2, s22, bools);
     st_writer_add_f32(w, "scalar", 0, NULL, &scalar);
     st_writer_add_f32(w, "empty", 2, s03, NULL);
@@ -132,7 +134,7 @@ TEST(st_roundtrip_all_dtypes) {
 
     SafeTensors st;
     CHECK_MSG(st_open(&st, path) == 0, "%s", peft_last_error());
-    CHECK(st.n == 10);
+    CHECK(st.n == 11);
     for (int i = 1; i < st.n; i++) CHECK(strcmp(st.tensors[i - 1].name, st.tensors[i].name) < 0);
 
     const StTensor *t = st_find(&st, "f32");
@@ -164,6 +166,8 @@ TEST(st_roundtrip_all_dtypes) {
     CHECK(iv[0] == INT32_MIN && iv[1] == -7 && iv[2] == 0 && iv[3] == INT32_MAX);
     CHECK(st_to_i64(st_find(&st, "u8"), iv) == 0);
     CHECK(iv[0] == 0 && iv[1] == 128 && iv[2] == 255);
+    CHECK(st_to_i64(st_find(&st, "i8"), iv) == 0 && st_find(&st, "i8")->dtype == DT_I8);
+    CHECK(iv[0] == -128 && iv[1] == -1 && iv[2] == 127);
     t = st_find(&st, "bool");
     CHECK(t && t->dtype == DT_BOOL && shape_is(t, 2, s22));
     CHECK(st_to_i64(t, iv) == 0);
