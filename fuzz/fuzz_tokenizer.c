@@ -30,9 +30,10 @@ static void check_decode(const Tokenizer *t, const int32_t *ids, int n) {
     FUZZ_CHECK(text && tok_utf8_valid(text, text_len), "decode gave invalid UTF-8");
     TokBuf joined = {0};
     tok_buf_put(&joined, "", 0);
+    int strip = tokenizer_leading_strip(t);
     for (int i = 0; i < n; i++) {
         size_t len;
-        const char *piece = tokenizer_token_bytes(t, ids[i], joined.len == 0, &len);
+        const char *piece = tokenizer_token_bytes(t, ids[i], &strip, &len);
         tok_buf_put(&joined, piece, len);
     }
     if (tok_utf8_valid(joined.data, joined.len))

@@ -57,6 +57,7 @@ typedef struct {
     const int32_t *prompt;
     int plen, max_gen;    // this prompt's token budget (GPT-2: n_positions - plen at most)
     bool done, at_start;  // at_start: the prompt is only bos, so the text starts with our first token
+    int strip;            // tokenizer_token_bytes' state for the sampled text
     // sampling
     GenRng rng;
     int32_t *hist;        // prompt + generated tokens (repetition penalty)
@@ -69,8 +70,16 @@ typedef struct {
     int n_fin;
 } Group;
 
-static const char *tok_bytes(const Tokenizer *tok, int id, bool at_start, size_t *n) {
-    return tok ? tokenizer_token_bytes(tok, id, at_start, n) : (*n = 0, "");
+static const char *tok_bytes(const Tokenizer *tok, int id, int *strip, size_t *n) {
+    return tok ? tokenizer_token_bytes(tok, id, strip, n) : (*n = 0, "");
+}
+
+// tokenizer_token_bytes' state before token i of a hypothesis (its leading spaces still dropped).
+static int strip_before(const Tokenizer *tok, const Group *g, const int32_t *toks, int i) {
+    int strip = g->at_start && tok ? tokenizer_leading_strip(tok) : 0;
+    size_t k;
+    for (int j = 0; j < i && strip > 0; j++) tokenizer_token_bytes(tok, toks[j], &strip, &k);
+    return strip;
 }
 
 // Would appending `id` to these tokens complete a stop string? Looks at the new token's bytes
@@ -83,18 +92,20 @@ static bool completes_stop(const Tokenizer *tok, const GenParams *p, const Group
     size_t tail = 0;
     while (first > 0 && tail + 1 < longest) {
         size_t k;
-        tok_bytes(tok, toks[first - 1], g->at_start && first - 1 == 0, &k);
+        int strip = strip_before(tok, g, toks, first - 1);
+        tok_bytes(tok, toks[first - 1], &strip, &k);
         tail += k;
         first--;
     }
     char *buf = NULL;
     size_t len = 0, cap = 0, k;
+    int strip = strip_before(tok, g, toks, first);
     for (int i = first; i < n; i++) {
-        const char *b = tok_bytes(tok, toks[i], g->at_start && i == 0, &k);
+        const char *b = tok_bytes(tok, toks[i], &strip, &k);
         bytes_append(&buf, &len, &cap, b, k);
     }
     size_t before = len;
-    const char *b = tok_bytes(tok, id, g->at_start && n == 0, &k);
+    const char *b = tok_bytes(tok, id, &strip, &k);
     bytes_append(&buf, &len, &cap, b, k);
     bool hit = k > 0 && gen_find_stop(buf, len, before, p) >= 0;
     free(buf);
@@ -105,9 +116,10 @@ static bool completes_stop(const Tokenizer *tok, const GenParams *p, const Group
 static void beam_text(const Tokenizer *tok, const GenParams *p, const Group *g, const Beam *b, GenResult *r,
                       GenStreamFn stream, void *user, int index) {
     GenText t = {0};
+    int strip = strip_before(tok, g, b->toks, 0);
     for (int i = 0; i < b->n; i++) {
         size_t k;
-        const char *s = tok_bytes(tok, b->toks[i], g->at_start && i == 0, &k);
+        const char *s = tok_bytes(tok, b->toks[i], &strip, &k);
         bytes_append(&t.buf, &t.len, &t.cap, s, k);
     }
     if (!t.buf) bytes_append(&t.buf, &t.len, &t.cap, "", 0);
@@ -334,6 +346,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
         g->max_gen = p->max_new_tokens;
         if (c->arch == ARCH_GPT2 && g->plen + g->max_gen > c->n_positions) g->max_gen = c->n_positions - g->plen;
         g->at_start = g->plen == 1 && g->prompt[0] == bos;
+        g->strip = strip_before(tok, g, NULL, 0);
         g->k = 1;
         gen_rng_seed(&g->rng, p->seed);
         if (!beam) {
@@ -407,7 +420,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
                     g->hist[g->n_hist++] = id;
                     if (tok) {
                         size_t k;
-                        const char *b = tok_bytes(tok, id, g->at_start && g->n_hist == g->plen + 1, &k);
+                        const char *b = tok_bytes(tok, id, &g->strip, &k);
                         if (text_push(&g->text, b, k, p, stream, user, gi)) { g->done = true; res->finish = GEN_FINISH_STOP; }
                     }
                     if (!g->done && g->n_hist - g->plen >= g->max_gen) { g->done = true; res->finish = GEN_FINISH_LENGTH; }

@@ -38,7 +38,8 @@ struct ServeRequest {
     double deadline;              // now_seconds() clock; 0 = none
     // The scheduler's.
     int slot, max_gen, eos;
-    bool prefilled, at_start;
+    bool prefilled;
+    int strip;                   // tokenizer_token_bytes' state (the text starts with our first token when the prompt is bos alone)
     int32_t *hist;
     int n_hist;
     GenRng rng;
@@ -231,7 +232,7 @@ static void admit(Scheduler *s, ServeRequest *r, int slot) {
     int eos = r->params.eos_id;
     if (eos == GEN_EOS_DEFAULT) eos = s->tok && tokenizer_eos(s->tok) >= 0 ? tokenizer_eos(s->tok) : c->eos_token_id;
     r->eos = eos;
-    r->at_start = r->plen == 1 && r->prompt[0] == s->bos;
+    r->strip = r->plen == 1 && r->prompt[0] == s->bos && s->tok ? tokenizer_leading_strip(s->tok) : 0;
     gen_rng_seed(&r->rng, r->params.seed);
     pthread_mutex_lock(&r->mu);
     r->hist = xmalloc(sizeof(int32_t) * (r->plen + (r->max_gen > 0 ? r->max_gen : 0) + 1));
@@ -252,7 +253,7 @@ static bool step_request(Scheduler *s, ServeRequest *r, int chosen, float *logit
     bool done = false;
     if (s->tok) {
         size_t k;
-        const char *b = tokenizer_token_bytes(s->tok, id, r->at_start && r->n_hist == r->plen + 1, &k);
+        const char *b = tokenizer_token_bytes(s->tok, id, &r->strip, &k);
         GenText *t = &r->text;
         size_t from;
         if (gen_text_push(t, b, k, &r->params, &from)) {

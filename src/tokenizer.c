@@ -346,14 +346,17 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, size_t *le
     return out.data;
 }
 
-const char *tokenizer_token_bytes(const Tokenizer *t, int id, bool at_start, size_t *len) {
-    if (!valid_id(t, id)) { *len = 0; return ""; }
+const char *tokenizer_token_bytes(const Tokenizer *t, int id, int *strip, size_t *len) {
+    if (!valid_id(t, id)) { *len = 0; return ""; }  // (decode skips it too)
     const char *p = t->piece_data + t->piece_off[id];
     size_t n = t->piece_len[id];
-    for (int k = 0; at_start && k < t->dec_strip_start && n && *p == ' '; k++) { p++; n--; }
+    for (; *strip > 0 && n && *p == ' '; (*strip)--) { p++; n--; }
+    if (n) *strip = 0;  // (Strip stops at the first byte that is not a space)
     *len = n;
     return p;
 }
+
+int tokenizer_leading_strip(const Tokenizer *t) { return t->dec_strip_start; }
 
 // ---- accessors ----
 

@@ -38,11 +38,14 @@ int tokenizer_encode(const Tokenizer *tok, const char *text, size_t len, int32_t
 // included as their text; ids outside the vocabulary are skipped.
 char *tokenizer_decode(const Tokenizer *tok, const int32_t *ids, int n, size_t *len);
 
-// Streaming decode: the bytes token `id` adds to the text decoded so far. at_start is true for the
-// first token of a text (Llama-style decoders drop the leading space there). The bytes may be part
-// of a UTF-8 character (byte-fallback and byte-level tokens), so a streaming caller should hold back
-// an incomplete sequence until the next token completes it. Points into the tokenizer; never NULL.
-const char *tokenizer_token_bytes(const Tokenizer *tok, int id, bool at_start, size_t *len);
+// Streaming decode: the bytes token `id` adds to the text decoded so far. *strip is the number of
+// leading spaces the decoder still drops (Llama-style decoders drop the text's first space, across
+// tokens when the first are spaces alone): tokenizer_leading_strip before a text's first token, 0 when
+// the text does not start with this token; each call updates it. The bytes may be part of a UTF-8
+// character (byte-fallback and byte-level tokens), so a streaming caller should hold back an
+// incomplete sequence until the next token completes it. Points into the tokenizer; never NULL.
+const char *tokenizer_token_bytes(const Tokenizer *tok, int id, int *strip, size_t *len);
+int tokenizer_leading_strip(const Tokenizer *tok);
 
 int tokenizer_vocab_size(const Tokenizer *tok);     // largest id + 1, added tokens included
 int tokenizer_bos(const Tokenizer *tok);            // -1 when the tokenizer has none
