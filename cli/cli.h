@@ -13,6 +13,7 @@ int cmd_init(int argc, char **argv);
 int cmd_estimate(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 
 // Options are "--name value" or "--flag". A command declares what it accepts; anything else is an error.
 typedef enum { OPT_STRING, OPT_INT, OPT_FLOAT, OPT_FLAG } OptKind;
