@@ -31,6 +31,9 @@ int parse_options(const char *command, int argc, char **argv, const Option *opts
 // Prints "peft: error: <last library error>" and returns 1.
 int fail_with_library_error(void);
 
-// The data options train and eval share (--seq-len, --prompt-column, ...): fills o[], returns how many.
+// The data options train, eval and data share (--seq-len, --format, --prompt-column, ...): fills o[],
+// returns how many. data_options_finish applies the flags to d after parsing (0, or -1 + error).
 struct DataOptions;
-int data_options(Option *o, struct DataOptions *d, bool *no_cache);
+typedef struct { bool no_cache; const char *format; } DataFlags;
+int data_options(Option *o, struct DataOptions *d, DataFlags *f);
+int data_options_finish(struct DataOptions *d, const DataFlags *f);

@@ -6,7 +6,10 @@
 //                                                {"error"} line per object (tests compare it with
 //                                                @huggingface/jinja)
 #include "cli.h"
+#include "config.h"
+#include "data.h"
 #include "jinja.h"
+#include "tokenizer.h"
 #include "json_bytes.h"
 #include "util.h"
 #include <stdio.h>
@@ -42,7 +45,7 @@ static int render_contexts(const char *template_path, const char *contexts_path)
             size_t n;
             if (!vars || !cJSON_IsObject(vars)) rc = peft_fail("%s:%d: not a JSON object", contexts_path, line);
             else if (parse_error) print_result("error", cJSON_CreateString(parse_error));
-            else if (jinja_render(t, vars, &out, &n)) print_result("error", cJSON_CreateString(peft_last_error()));
+            else if (jinja_render(t, (const cJSON *const[]){vars}, 1, &out, &n)) print_result("error", cJSON_CreateString(peft_last_error()));
             else { print_result("text", json_bytes_item(out, n)); free(out); }
             cJSON_Delete(vars);
         }
@@ -54,14 +57,64 @@ static int render_contexts(const char *template_path, const char *contexts_path)
     return rc ? fail_with_library_error() : 0;
 }
 
+// Sequence n of ds as text, the tokens that carry a loss (those a position before predicts) between
+// « and ».
+static void show(const Dataset *ds, const Tokenizer *tok, int n) {
+    long a = ds->offset[n], z = ds->offset[n + 1], loss = 0;
+    for (long i = a + 1; i < z; i++) loss += ds->labels[i] != -100;
+    printf("sequence %d of %d: %ld tokens, %ld with a loss (between \u00ab and \u00bb)\n", n, ds->n_seq, z - a, loss);
+    bool in = false;
+    for (long i = a; i < z; i++) {
+        bool trained = i > a && ds->labels[i] != -100;
+        if (trained != in) fputs(trained ? "\u00ab" : "\u00bb", stdout);
+        in = trained;
+        size_t len;
+        const char *bytes = tokenizer_token_bytes(tok, ds->ids[i], i == a, &len);
+        fwrite(bytes, 1, len, stdout);
+    }
+    if (in) fputs("\u00bb", stdout);
+    putchar('\n');
+}
+
+static int show_example(const char *model_dir, const char *data_path, DataOptions *opt, int n) {
+    ModelConfig mc;
+    char *config = path_join(model_dir, "config.json");
+    if (!opt->seq_len) opt->seq_len = !config_load(&mc, config) && mc.n_positions > 0 && mc.n_positions < 512 ? mc.n_positions : 512;
+    peft_clear_error();
+    free(config);
+    Tokenizer *tok = tokenizer_load(model_dir);
+    if (!tok) return fail_with_library_error();
+    Dataset ds;
+    int rc = dataset_load(&ds, data_path, tok, model_dir, opt);
+    if (!rc && (n < 0 || n >= ds.n_seq)) rc = peft_fail("%s: no sequence %d: there are %d (0 to %d)", data_path, n, ds.n_seq, ds.n_seq - 1);
+    if (!rc) show(&ds, tok, n);
+    if (!rc) dataset_free(&ds);
+    tokenizer_free(tok);
+    return rc ? fail_with_library_error() : 0;
+}
+
 int cmd_data(int argc, char **argv) {
-    const char *template_path = NULL, *render = NULL;
-    Option opts[] = {
+    const char *template_path = NULL, *render = NULL, *model_dir = NULL, *data_path = NULL;
+    int show_n = -1;
+    DataOptions d = {0};
+    DataFlags flags = {0};
+    Option opts[32] = {
+        {"model", OPT_STRING, &model_dir, "model folder (its tokenizer and chat template)"},
+        {"data", OPT_STRING, &data_path, "data file or folder, read as peft train reads it"},
+        {"show", OPT_INT, &show_n, "print sequence N, the tokens with a loss between \u00ab and \u00bb"},
         {"template", OPT_STRING, &template_path, "a Jinja template file (with --render)"},
         {"render", OPT_STRING, &render, "JSONL file: render --template with each object's variables"},
     };
-    if (parse_options("data", argc, argv, opts, (int)(sizeof opts / sizeof *opts), NULL, 0, NULL)) return 2;
+    int n = 5;
+    n += data_options(opts + n, &d, &flags);
+    int rc = parse_options("data", argc, argv, opts, n, NULL, 0, NULL);
+    if (rc) return rc == 1 ? 0 : 2;
     if (template_path && render) return render_contexts(template_path, render);
-    fprintf(stderr, "usage: peft data --template FILE --render CONTEXTS.jsonl\n");
+    if (model_dir && data_path && show_n >= 0) {
+        if (data_options_finish(&d, &flags)) return fail_with_library_error();
+        d.no_cache = true;  // it only looks
+        return show_example(model_dir, data_path, &d, show_n);
+    }
+    fprintf(stderr, "usage: peft data --model DIR --data PATH --show N [data options], or peft data --template FILE --render CONTEXTS.jsonl\n");
     return 2;
 }

@@ -9,7 +9,7 @@ static void print_message(void *user, const char *text) { fprintf(stderr, "%s\n"
 
 int cmd_eval(int argc, char **argv) {
     EvalConfig c = {0};
-    bool no_cache = false;
+    DataFlags data_flags = {0};
     Option opts[32] = {
         {"model", OPT_STRING, &c.model_dir, "base model folder"},
         {"adapter", OPT_STRING, &c.adapter_dir, "PEFT adapter folder to apply"},
@@ -18,7 +18,7 @@ int cmd_eval(int argc, char **argv) {
         {"threads", OPT_INT, &c.threads, "CPU threads (default: all)"},
     };
     int n = 5;
-    n += data_options(opts + n, &c.data, &no_cache);
+    n += data_options(opts + n, &c.data, &data_flags);
     char *pos[1];
     int rc = parse_options("eval", argc, argv, opts, n, pos, 0, NULL);
     if (rc) return rc == 1 ? 0 : 2;
@@ -26,7 +26,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "usage: peft eval --model DIR [--adapter DIR] --data PATH (see --help)\n");
         return 2;
     }
-    c.data.no_cache = no_cache;
+    if (data_options_finish(&c.data, &data_flags)) return fail_with_library_error();
     EvalInfo e;
     if (eval_run(&c, &e, print_message, NULL)) return fail_with_library_error();
     printf("loss %.4f  perplexity %.3f  (%ld tokens)\n", e.loss, e.ppl, e.n_tokens);

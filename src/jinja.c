@@ -1264,7 +1264,7 @@ static int render(In *I, const JNodes *body, Scope *s, JBuf *out) {
     return OK;
 }
 
-int jinja_render(const JinjaTemplate *t, const cJSON *vars, char **out, size_t *out_len) {
+int jinja_render(const JinjaTemplate *t, const cJSON *const *vars, int n_vars, char **out, size_t *out_len) {
     In I = {.t = t};
     Scope *global = scope_new(&I, NULL);
     static const struct { const char *name; int kind; } builtins[] = {
@@ -1275,10 +1275,11 @@ int jinja_render(const JinjaTemplate *t, const cJSON *vars, char **out, size_t *
     for (int i = 0; i < 4; i++) set_var(&I, global, (JStr){bools[i], strlen(bools[i])}, jv_bool(i % 2 == 0));
     set_var(&I, global, JSTR("none"), jv_none());
     set_var(&I, global, JSTR("None"), jv_none());
-    for (const cJSON *c = vars ? vars->child : NULL; c; c = c->next) {
-        size_t n = strlen(c->string);
-        set_var(&I, global, (JStr){ja_dup(&I.ar, c->string, n), n}, jv_from_json(&I.ar, c));
-    }
+    for (int k = 0; k < n_vars; k++)
+        for (const cJSON *c = vars[k] ? vars[k]->child : NULL; c; c = c->next) {
+            size_t n = strlen(c->string);
+            set_var(&I, global, (JStr){ja_dup(&I.ar, c->string, n), n}, jv_from_json(&I.ar, c));
+        }
     // The template's own scope: what it sets does not change the variables given.
     Scope *top = scope_new(&I, global);
     JBuf b = {0};

@@ -41,8 +41,9 @@ JinjaTemplate *jinja_parse(const char *text, size_t len, const char *source);
 void jinja_free(JinjaTemplate *t);
 const char *jinja_source(const JinjaTemplate *t);
 
-// Render with the variables of a JSON object whose string items carry their lengths (from
-// json_parse_bytes or json_bytes_string; see json_bytes.h). Integral numbers become ints, as in
-// JavaScript. *out is malloc'd, NUL-terminated and *out_len bytes long (NUL bytes may be inside).
-// Returns 0, or -1 + peft_last_error() ("source:line:col: ..."; raise_exception's message included).
-int jinja_render(const JinjaTemplate *t, const cJSON *vars, char **out, size_t *out_len);
+// Render with the variables of n JSON objects (a later one's win) whose string items carry their
+// lengths (from json_parse_bytes or json_bytes_string; see json_bytes.h). Integral numbers become
+// ints, as in JavaScript. *out is malloc'd, NUL-terminated and *out_len bytes long (NUL bytes may be
+// inside). Returns 0, or -1 + peft_last_error() ("source:line:col: ..."; raise_exception's message
+// included).
+int jinja_render(const JinjaTemplate *t, const cJSON *const *vars, int n, char **out, size_t *out_len);

@@ -570,7 +570,7 @@ static JNode *member(Parser *p, JNode *obj) {
 static JNode *call_member(Parser *p) {
     JNode *e = member(p, parse_primary(p));
     while (e && is(p, T_LPAREN)) {
-        JNode *c = node(p, JN_CALL, here(p));
+        JNode *c = node(p, JN_CALL, e->pos);
         c->a = e;
         if (parse_args(p, &c->args, false)) return NULL;
         e = member(p, c);

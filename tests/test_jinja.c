@@ -14,7 +14,7 @@ static char *render(const char *tmpl, const char *vars, size_t *len) {
     cJSON *v = json_parse_bytes(vars, strlen(vars));
     char *out = NULL;
     size_t n = 0;
-    int rc = jinja_render(t, v, &out, &n);
+    int rc = jinja_render(t, (const cJSON *const[]){v}, 1, &out, &n);
     cJSON_Delete(v);
     jinja_free(t);
     if (len) *len = n;
