@@ -303,13 +303,14 @@ static int parse_sampling(HttpServer *h, const cJSON *j, Kind kind, Params *q, E
 }
 
 // Text -> ids as generate_text does it: bos first when the tokenizer adds one or the text is empty.
-static int encode_prompt(HttpServer *h, const char *text, size_t len, Params *q, Err *e) {
+// with_bos: a bos first when the tokenizer adds one (a chat template writes its own).
+static int encode_prompt(HttpServer *h, const char *text, size_t len, bool with_bos, Params *q, Err *e) {
     const Tokenizer *tok = h->ctx.tok;
     int32_t *enc = NULL;
     int k = 0;
     if (tokenizer_encode(tok, text, len, &enc, &k)) return err(e, 400, "prompt", "the prompt does not encode: %s", peft_last_error());
     int bos = tokenizer_bos(tok) >= 0 ? tokenizer_bos(tok) : h->ctx.m->cfg.bos_token_id;
-    bool lead = tokenizer_add_bos(tok) || k == 0;
+    bool lead = (with_bos && tokenizer_add_bos(tok)) || k == 0;
     q->prompt = xmalloc(sizeof(int32_t) * (k + 1));
     if (lead) q->prompt[0] = bos;
     memcpy(q->prompt + lead, enc, sizeof(int32_t) * k);
@@ -326,7 +327,7 @@ static int parse_completion(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     if (cJSON_IsString(x)) {
         size_t n;
         const char *text = json_bytes(x, &n);
-        return encode_prompt(h, text, n, q, e);
+        return encode_prompt(h, text, n, true, q, e);
     }
     if (cJSON_IsArray(x) && cJSON_GetArraySize(x) > 0) {  // token ids
         int n = cJSON_GetArraySize(x), V = h->ctx.m->cfg.vocab_size, i = 0;
@@ -408,7 +409,7 @@ static int parse_chat(HttpServer *h, const cJSON *j, Params *q, Err *e) {
                 len += c;
             }
         }
-        if (!rc) rc = encode_prompt(h, text, len, q, e);
+        if (!rc) rc = encode_prompt(h, text, len, !h->has_chat, q, e);
         free(text);
     }
     for (int k = 0; k < n; k++) free(contents[k]);
