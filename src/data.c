@@ -604,6 +604,7 @@ void dataset_free(Dataset *ds) {
     free(ds->offset);
     free(ds->ids);
     free(ds->labels);
+    free(ds->pos);
     free(ds->cache_path);
     free(ds->cache_warning);
     memset(ds, 0, sizeof *ds);
@@ -693,6 +694,44 @@ int dataset_batch(const Dataset *ds, const int *idx, int n, int32_t *ids, int32_
         for (int t = len; t < T; t++) { ids[(long)i * T + t] = ds->pad_id; labels[(long)i * T + t] = IGNORE; }
     }
     return T;
+}
+
+void dataset_pack(const Dataset *ds, int seq_len, Dataset *out) {
+    memset(out, 0, sizeof *out);
+    long total = ds->offset[ds->n_seq];
+    out->offset = xmalloc(sizeof(long) * (ds->n_seq + 1));
+    out->ids = xmalloc(sizeof(int32_t) * (total + 1));
+    out->labels = xmalloc(sizeof(int32_t) * (total + 1));
+    out->pos = xmalloc(sizeof(int32_t) * (total + 1));
+    out->pad_id = ds->pad_id;
+    out->n_examples = ds->n_examples;
+    out->n_truncated = ds->n_truncated;
+    out->n_dropped = ds->n_dropped;
+    out->offset[0] = 0;
+    long end = 0, row = 0;  // the packed tokens so far; where the open sequence starts
+    for (int i = 0; i < ds->n_seq; i++) {
+        long a = ds->offset[i], len = ds->offset[i + 1] - a;
+        if (end > row && end - row + len > seq_len) out->offset[++out->n_seq] = row = end;  // it does not fit: a new sequence
+        memcpy(out->ids + end, ds->ids + a, sizeof(int32_t) * len);
+        memcpy(out->labels + end, ds->labels + a, sizeof(int32_t) * len);
+        out->labels[end] = IGNORE;
+        for (long j = 0; j < len; j++) {
+            out->pos[end + j] = (int32_t)j;
+            out->n_loss_tokens += j > 0 && ds->labels[a + j] != IGNORE;
+        }
+        end += len;
+        if (end - row > out->max_len) out->max_len = (int)(end - row);
+    }
+    if (end > row) out->offset[++out->n_seq] = end;
+}
+
+void dataset_batch_positions(const Dataset *ds, const int *idx, int n, int T, int32_t *pos) {
+    for (int i = 0; i < n; i++) {
+        long a = ds->offset[idx[i]];
+        int len = (int)(ds->offset[idx[i] + 1] - a);
+        memcpy(pos + (long)i * T, ds->pos + a, sizeof(int32_t) * len);
+        for (int t = len; t < T; t++) pos[(long)i * T + t] = t - len;
+    }
 }
 
 long count_loss_tokens(const int32_t *labels, int B, int T) {

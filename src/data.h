@@ -30,6 +30,7 @@ typedef struct {
     long *offset;          // [n_seq + 1]: sequence i is ids[offset[i] .. offset[i+1])
     int32_t *ids;
     int32_t *labels;       // same positions as ids; -100 = no loss (prompt, user turns)
+    int32_t *pos;          // packed (dataset_pack): each token's position in its example; NULL otherwise
     int max_len;           // longest sequence
     int pad_id;            // what batches are right-padded with (EOS, or 0)
     long n_loss_tokens;    // labels != -100
@@ -73,6 +74,16 @@ int dataset_split(const Dataset *ds, double fraction, uint64_t seed, Dataset *tr
 // T is the longest of them; returns T. The buffers must hold n * ds->max_len values. Right
 // padding leaves the causal model's outputs at the real positions unchanged.
 int dataset_batch(const Dataset *ds, const int *idx, int n, int32_t *ids, int32_t *labels);
+
+// Packing: ds's sequences (examples) laid whole into sequences of at most seq_len tokens, in order,
+// a new one begun when the next example does not fit (first fit in order; no example is cut). Each
+// token's position restarts at 0 with its example (pos), and the first token of every example has
+// no loss: nothing before it in its example predicts it. Training with the positions and attention
+// kept inside each example (Model.positions) gives the loss and gradients of the examples unpacked.
+void dataset_pack(const Dataset *ds, int seq_len, Dataset *out);
+// The positions of the batch dataset_batch made from a packed ds (T its length); padding counts on
+// from the last example's end, as a run of its own.
+void dataset_batch_positions(const Dataset *ds, const int *idx, int n, int T, int32_t *pos);
 
 // Positions the causal-LM loss counts in a batch (labels shifted by one, -100 ignored), as
 // model_forward's cross-entropy counts them.

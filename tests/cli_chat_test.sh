@@ -8,21 +8,15 @@
 #    stops at the template's end-of-turn token (<|eot_id|>, </s>), where a completion of the same
 #    rendered prompt runs on past it (unless it is the eos); the prompt has as many tokens as the
 #    template's rendering (no bos added: the template writes its own, with add_bos_token set too);
-#  - peft generate --chat gives the same answer.
+#  - peft generate --chat gives the same answer;
+#  - peft train --pack on the Alpaca data (and its refusal with --device cuda, for now).
 # Usage: PEFT=build/peft bash tests/cli_chat_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
 TMP=$(mktemp -d /tmp/peft-cli-chat.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/cli_http.sh"  # PIDS, and the exit trap that stops the servers
 export OMP_NUM_THREADS=1
 . "$(dirname "$0")/cli_lib.sh"
-. "$(dirname "$0")/cli_http.sh"
 same() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got [$2], want [$3])"; fi; }
 
 # ---- the model: a tiny Llama whose tokenizer knows the templates' special tokens ----
@@ -55,6 +49,13 @@ run_ok "train --train-on-prompt" "$PEFT" train --model "$M" --data "$TMP/alpaca.
     --steps 1 --batch 4 --seq-len 256 --threads 1 --train-on-prompt --out "$TMP/alpaca-all"
 all=$(loss_tokens)
 check "... the outputs alone carry a loss ($only tokens), every token with --train-on-prompt ($all)" test "${only:-0}" -gt 0 -a "${all:-0}" -gt $((only * 5))
+
+echo "# --pack"
+run_ok "train --pack" "$PEFT" train --model "$M" --data "$TMP/alpaca.json" --method lora --r 8 --targets all-linear --steps 2 --batch 2 \
+    --seq-len 512 --threads 1 --pack --out "$TMP/alpaca-pack"
+check "... 40 examples packed into fewer sequences" grep -qE "packing: 40 examples in [0-9]+ sequences of up to 512 tokens" "$TMP/err"
+run_fails "--pack --device cuda is refused (the GPU side is not done)" 1 "--pack with --device cuda: packing is not implemented on the GPU" \
+    "$PEFT" train --model "$M" --data "$TMP/alpaca.json" --method lora --steps 1 --pack --device cuda --out "$TMP/pack-cuda"
 
 # ---- chat templates of the model's own ----
 LLAMA3='{{ bos_token }}{% for m in messages %}{{ "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content | trim + "<|eot_id|>" }}{% endfor %}{% if add_generation_prompt %}{{ "<|start_header_id|>assistant<|end_header_id|>\n\n" }}{% endif %}'

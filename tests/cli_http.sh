@@ -1,5 +1,14 @@
-# cli_http.sh: what the CLI tests of peft serve share (sourced after setting PEFT, TMP and PIDS=()):
-# reading JSON and event streams, posting requests, starting a server on a free port.
+# cli_http.sh: what the CLI tests of peft serve share (sourced after setting PEFT and TMP): the
+# servers' PIDS and an exit trap that stops them and removes TMP, reading JSON and event streams,
+# posting requests, starting a server on a free port.
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
 # jget EXPR < json: a field of a JSON document (Perl's core JSON::PP), e.g. jget '$j->{choices}[0]{text}'.
 jget() {
     perl -MJSON::PP -e 'binmode STDOUT, ":utf8"; local $/; my $t = <STDIN>; my $j = eval { JSON::PP->new->decode($t) };

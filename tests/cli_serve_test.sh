@@ -15,13 +15,7 @@
 set -u
 PEFT=${PEFT:-build/peft}
 TMP=$(mktemp -d /tmp/peft-cli-serve.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/cli_http.sh"  # PIDS, and the exit trap that stops the servers
 export OMP_NUM_THREADS=1  # tiny models: one thread is fastest, and shared machines stay usable
 passed=0 failed=0
 ok() { passed=$((passed + 1)); echo "ok   $1"; }
@@ -30,7 +24,6 @@ check() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got [$2], want [$3])";
 
 if ! command -v curl >/dev/null; then echo "*** SKIPPED: curl not found ***"; echo "0 passed, 0 failed, 1 skipped"; exit 0; fi
 
-. "$(dirname "$0")/cli_http.sh"
 
 # ---- a model and three adapters ----
 "$PEFT" init --arch gpt2 --layers 2 --hidden 64 --heads 4 --context 64 --seed 5 --out "$TMP/base" >/dev/null || { bad "peft init"; exit 1; }
