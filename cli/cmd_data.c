@@ -4,7 +4,8 @@
 //   peft data --template FILE --render FILE      render a Jinja template with each JSON object of a
 //                                                JSONL file as its variables: one {"text"} or
 //                                                {"error"} line per object (tests compare it with
-//                                                @huggingface/jinja)
+//                                                @huggingface/jinja); with --model, the text's
+//                                                token ids too ({"text", "ids"})
 #include "cli.h"
 #include "config.h"
 #include "data.h"
@@ -25,7 +26,8 @@ static void print_result(const char *key, cJSON *value) {
     cJSON_Delete(o);
 }
 
-static int render_contexts(const char *template_path, const char *contexts_path) {
+// tok (may be NULL): each text's token ids too ({"text", "ids"}), as peft tokenize gives them.
+static int render_contexts(const char *template_path, const char *contexts_path, const Tokenizer *tok) {
     size_t tlen, clen;
     char *text = read_file(template_path, &tlen);
     if (!text) return fail_with_library_error();
@@ -46,7 +48,21 @@ static int render_contexts(const char *template_path, const char *contexts_path)
             if (!vars || !cJSON_IsObject(vars)) rc = peft_fail("%s:%d: not a JSON object", contexts_path, line);
             else if (parse_error) print_result("error", cJSON_CreateString(parse_error));
             else if (jinja_render(t, (const cJSON *const[]){vars}, 1, &out, &n)) print_result("error", cJSON_CreateString(peft_last_error()));
-            else { print_result("text", json_bytes_item(out, n)); free(out); }
+            else if (!tok) { print_result("text", json_bytes_item(out, n)); free(out); }
+            else {
+                int32_t *ids = NULL;
+                int k = 0;
+                rc = tokenizer_encode(tok, out, n, &ids, &k);
+                cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "ids");
+                cJSON_AddItemToObject(o, "text", json_bytes_item(out, n));
+                for (int i = 0; i < k; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+                char *line = cJSON_PrintUnformatted(o);
+                if (!rc) puts(line);
+                free(line);
+                cJSON_Delete(o);
+                free(ids);
+                free(out);
+            }
             cJSON_Delete(vars);
         }
         pos = end + 1;
@@ -109,7 +125,13 @@ int cmd_data(int argc, char **argv) {
     n += data_options(opts + n, &d, &flags);
     int rc = parse_options("data", argc, argv, opts, n, NULL, 0, NULL);
     if (rc) return rc == 1 ? 0 : 2;
-    if (template_path && render) return render_contexts(template_path, render);
+    if (template_path && render) {
+        Tokenizer *tok = model_dir ? tokenizer_load(model_dir) : NULL;
+        if (model_dir && !tok) return fail_with_library_error();
+        rc = render_contexts(template_path, render, tok);
+        tokenizer_free(tok);
+        return rc;
+    }
     if (model_dir && data_path && show_n >= 0) {
         if (data_options_finish(&d, &flags)) return fail_with_library_error();
         d.no_cache = true;  // it only looks

@@ -3,15 +3,34 @@
 // multi-turn, empty and whitespace content, unicode, tool calls and tool messages, broken role
 // orders, with and without tools and add_generation_prompt) through both; a case passes when the
 // texts are identical or both refuse it (an error, e.g. raise_exception).
-// Usage: node tests/jinja_reference.mjs PEFT NODE_MODULES_DIR  (cli_template_test.sh runs it)
+// With GPT-2's vocabulary (TOKENIZER_DIR: encoder.json + vocab.bpe, ../shared's tokenizer-gpt2), every
+// text rendered by both is also tokenized by ours (peft data --model) and by npm's
+// @huggingface/tokenizers (from a tokenizer.json made here of the same two files): the ids must be equal.
+// Usage: node tests/jinja_reference.mjs PEFT NODE_MODULES_DIR [TOKENIZER_DIR]  (cli_template_test.sh runs it)
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
-const [peft, modules] = process.argv.slice(2);
+const [peft, modules, tokenizerDir] = process.argv.slice(2);
 const { Template } = await import(pathToFileURL(join(modules, "@huggingface/jinja/dist/index.js")).href);
+
+// GPT-2's tokenizer.json, as transformers' conversion writes it, for @huggingface/tokenizers.
+let hfTokenizer = null;
+if (tokenizerDir) {
+    const { Tokenizer } = await import(pathToFileURL(join(modules, "@huggingface/tokenizers/dist/tokenizers.mjs")).href);
+    const vocab = JSON.parse(readFileSync(join(tokenizerDir, "encoder.json"), "utf8"));
+    const merges = readFileSync(join(tokenizerDir, "vocab.bpe"), "utf8").split("\n").filter((l) => l.length && !l.startsWith("#version"));
+    const byteLevel = { add_prefix_space: false, trim_offsets: true, use_regex: true };
+    hfTokenizer = new Tokenizer({
+        version: "1.0",
+        added_tokens: [{ id: 50256, content: "<|endoftext|>", single_word: false, lstrip: false, rstrip: false, normalized: true, special: true }],
+        normalizer: null, pre_tokenizer: { type: "ByteLevel", ...byteLevel }, post_processor: null, decoder: { type: "ByteLevel", ...byteLevel },
+        model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: "", end_of_word_suffix: "", fuse_unk: false,
+                 byte_fallback: false, vocab, merges },
+    }, {});
+}
 
 // A small seeded generator (mulberry32): the same cases every run.
 let seed = 20;
@@ -71,14 +90,15 @@ const N = 240;
 const contexts = Array.from({ length: N }, (_, i) => conversation(i));
 
 const dir = mkdtempSync(join(tmpdir(), "peft-jinja-"));
-let passed = 0, failed = 0;
+let passed = 0, failed = 0, idsChecked = 0, idsBad = 0;
 try {
     const ctxFile = join(dir, "contexts.jsonl");
     writeFileSync(ctxFile, contexts.map((c) => JSON.stringify(c)).join("\n") + "\n");
     for (const name of readdirSync("tests/templates").filter((f) => f.endsWith(".jinja")).sort()) {
         const path = join("tests/templates", name);
         const source = readFileSync(path, "utf8");
-        const ours = execFileSync(peft, ["data", "--template", path, "--render", ctxFile], { maxBuffer: 1 << 28 })
+        const args = ["data", "--template", path, "--render", ctxFile, ...(tokenizerDir ? ["--model", tokenizerDir] : [])];
+        const ours = execFileSync(peft, args, { maxBuffer: 1 << 28 })
             .toString("utf8").split("\n").filter((l) => l.length).map((l) => JSON.parse(l));
         let template = null, parseError = null;
         try { template = new Template(source); } catch (e) { parseError = e; }
@@ -89,6 +109,16 @@ try {
             const got = ours[i];
             const same = err ? got && "error" in got : got && got.text === want;
             if (err) errors++;
+            if (same && hfTokenizer && !err) {
+                const ids = hfTokenizer.encode(want, { add_special_tokens: false }).ids;
+                idsChecked++;
+                if (JSON.stringify(ids) !== JSON.stringify(got.ids)) {
+                    idsBad++;
+                    if (idsBad <= 3) console.log(`FAIL ${name} case ${i}: token ids differ\n  @huggingface/tokenizers: ${JSON.stringify(ids)}\n  peft: ${JSON.stringify(got.ids)}`);
+                    bad++;
+                    return;
+                }
+            }
             if (same) { ok++; return; }
             bad++;
             if (bad <= 3) {
@@ -104,5 +134,7 @@ try {
 } finally {
     rmSync(dir, { recursive: true, force: true });
 }
+if (hfTokenizer) console.log(`token ids of ${idsChecked} rendered texts (GPT-2's vocabulary): ${idsChecked - idsBad} equal to @huggingface/tokenizers'`);
+else console.log("token ids not compared: no GPT-2 vocabulary given");
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);
