@@ -2,6 +2,7 @@
 // Streams the continuation of each prompt to stdout. With --prompts, each line of FILE is one
 // prompt and each gets exactly one output line, in order (newlines in prompts and outputs are
 // written as \n, backslashes as \\). An adapter is merged into the weights unless --no-merge.
+// --ids prints each prompt's generated token ids instead (to compare with other tools).
 #include "adapter.h"
 #include "cli.h"
 #include "cuda/gpu.h"
@@ -142,7 +143,7 @@ int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *prompt = NULL, *prompts_file = NULL, *stop_last = NULL;
     int max_tokens = 64, top_k = 0, beams = 1, seed = 0, threads = 0, batch = 8;
     float temperature = 0, top_p = 1, rep = 1, length_penalty = 1;
-    bool no_merge = false, fp32 = false, ignore_eos = false, chat = false;
+    bool no_merge = false, fp32 = false, ignore_eos = false, chat = false, print_ids = false;
     const char *device = "cpu";
     Option opts[] = {
         {"model", OPT_STRING, &model_dir, "HF model folder (config.json, safetensors, tokenizer)"},
@@ -163,6 +164,7 @@ int cmd_generate(int argc, char **argv) {
         {"threads", OPT_INT, &threads, "CPU threads (default: OMP_NUM_THREADS or all cores)"},
         {"batch", OPT_INT, &batch, "prompts generated together with --prompts (8)"},
         {"ignore-eos", OPT_FLAG, &ignore_eos, "do not stop at the end-of-sequence token (benchmarks)"},
+        {"ids", OPT_FLAG, &print_ids, "print the generated token ids, space separated (\"eos\" last when it stopped there), a line per prompt"},
         {"device", OPT_STRING, &device, "cpu (default) or cuda"},
         {"fp32", OPT_FLAG, &fp32, "with --device cuda: fp32 weights and activations (default bf16)"},
     };
@@ -230,8 +232,13 @@ int cmd_generate(int argc, char **argv) {
         pr.next = 0;
         memset(pr.done, 0, sizeof(bool) * per_call);
         memset(pr.len, 0, sizeof(size_t) * per_call);
-        if (generate_text(m, tok, all + start, all_lens ? all_lens + start : NULL, n, &p, on_piece, &pr, res)) { rc = fail_with_library_error(); break; }
+        if (generate_text(m, tok, all + start, all_lens ? all_lens + start : NULL, n, &p, print_ids ? NULL : on_piece, &pr, res)) {
+            rc = fail_with_library_error();
+            break;
+        }
         for (int i = 0; i < n; i++) {
+            for (int k = 0; print_ids && k < res[i].n_ids; k++) printf("%s%d", k ? " " : "", res[i].ids[k]);
+            if (print_ids) printf("%s\n", res[i].finish == GEN_FINISH_EOS ? (res[i].n_ids ? " eos" : "eos") : "");
             tokens += res[i].n_ids;
             gen_result_free(&res[i]);
         }

@@ -8,6 +8,7 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
     {"check", cmd_check, "run HF PEFT reference cases: peft check DIR..."},
     {"info", cmd_info, "describe a model and adapter: peft info --model DIR [--adapter DIR]"},
     {"merge", cmd_merge, "merge an adapter into its base: peft merge --model DIR --adapter DIR --out DIR"},
+    {"export", cmd_export, "to llama.cpp / Ollama: peft export --model DIR [--adapter DIR] [--merge] --to gguf --out FILE"},
     {"train", cmd_train, "fine-tune: peft train --model DIR --data PATH --method lora|vera|adalora|full --out DIR"},
     {"generate", cmd_generate, "generate text: peft generate --model DIR [--adapter DIR] --prompt TEXT"},
     {"eval", cmd_eval, "loss and perplexity: peft eval --model DIR [--adapter DIR] --data PATH"},

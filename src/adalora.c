@@ -162,6 +162,23 @@ static void adalora_delta(const Adapter *a, float *delta) {
     free(AE);
 }
 
+// s B (A * E) with E's factors in B's columns; ranks whose E is 0 (pruned) add nothing and are left out.
+static void adalora_lowrank(const Adapter *a, float **A, float **B, int *r, float *scale) {
+    int in = a->lin->in, out = a->lin->out, kept = 0;
+    const float *E = a->E->w;
+    for (int k = 0; k < a->r; k++) kept += E[k] != 0;
+    *r = kept;
+    *scale = a->scaling;
+    *A = kept ? xmalloc(sizeof(float) * (size_t)kept * in) : NULL;
+    *B = kept ? xmalloc(sizeof(float) * (size_t)out * kept) : NULL;
+    for (int k = 0, j = 0; k < a->r; k++) {
+        if (E[k] == 0) continue;
+        memcpy(*A + (size_t)j * in, a->A->w + (size_t)k * in, sizeof(float) * in);
+        for (int o = 0; o < out; o++) (*B)[(size_t)o * kept + j] = a->B->w[(size_t)o * a->r + k] * E[k];
+        j++;
+    }
+}
+
 // ||P - I||_F for P = M M^T (rows: A [r,in]) or M^T M (cols: B [out,r]); with grad, adds
 // coef * d/dM = coef * 2 (P - I) M  (resp. 2 M (P - I)) / ||P - I|| to g.
 static double orth_term(const float *M, float *g, int r, int other, bool is_A, double coef) {
@@ -265,6 +282,7 @@ const AdapterMethod adalora_method = {
     .forward = adalora_forward,
     .backward = adalora_backward,
     .delta = adalora_delta,
+    .lowrank = adalora_lowrank,
     .regularizer = adalora_regularizer,
     .save = adalora_save,
     .free_state = adalora_free_state,

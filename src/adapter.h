@@ -102,6 +102,9 @@ struct AdapterMethod {
     void (*backward)(Adapter *a, const float *x, const float *dy, float *dx, int N);
     // delta[out,in] = the weight change the adapter adds (for merge).
     void (*delta)(const Adapter *a, float *delta);
+    // The same delta as a plain low-rank product, delta = scale * B'[out,r'] A'[r',in], every other
+    // factor folded into A' and B' (malloc'd; NULL when r' is 0): for formats that only know LoRA.
+    void (*lowrank)(const Adapter *a, float **A, float **B, int *r, float *scale);
     // Optional: a loss term over all modules (AdaLoRA's orthogonality); adds its gradient when want_grad.
     double (*regularizer)(AdapterSet *set, bool want_grad);
     // Optional: write method-specific config keys and tensors when saving (AdaLoRA slicing, VeRA projections).

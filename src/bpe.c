@@ -98,7 +98,7 @@ static size_t byte_symbols(Encoder *e, const uint8_t *w, size_t n) {
         int32_t id = e->tok->byte_id[w[i]];
         if (id >= 0) { push_symbol(e, &count, id); after_unk = false; continue; }
         char c[4];
-        size_t len = tok_utf8_put(tok_byte_to_char(w[i]), c);
+        size_t len = utf8_put(tok_byte_to_char(w[i]), c);
         push_unknown(e, &count, (const uint8_t *)c, (int)len, &after_unk);
     }
     return count;
@@ -199,7 +199,7 @@ static bool whole_word_id(Encoder *e, const uint8_t *w, size_t n, int32_t *id) {
     e->spelled.len = 0;
     for (size_t i = 0; i < n; i++) {
         char c[4];
-        tok_buf_put(&e->spelled, c, tok_utf8_put(tok_byte_to_char(w[i]), c));
+        tok_buf_put(&e->spelled, c, utf8_put(tok_byte_to_char(w[i]), c));
     }
     return tokmap_get(&t->vocab, e->spelled.data, e->spelled.len, id);
 }

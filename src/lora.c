@@ -43,6 +43,15 @@ static void lora_delta(const Adapter *a, float *delta) {
     matmul(delta, a->B->w, a->A->w, a->lin->out, a->lin->in, a->r, false, false, a->scaling, 0.0f);  // s B A
 }
 
+static void lora_lowrank(const Adapter *a, float **A, float **B, int *r, float *scale) {
+    *r = a->r;
+    *scale = a->scaling;
+    *A = xmalloc(sizeof(float) * (a->A->numel ? a->A->numel : 1));
+    *B = xmalloc(sizeof(float) * (a->B->numel ? a->B->numel : 1));
+    memcpy(*A, a->A->w, sizeof(float) * a->A->numel);
+    memcpy(*B, a->B->w, sizeof(float) * a->B->numel);
+}
+
 const AdapterMethod lora_method = {
     .peft_type = "LORA",
     .n_tensors = 2,
@@ -52,4 +61,5 @@ const AdapterMethod lora_method = {
     .forward = lora_forward,
     .backward = lora_backward,
     .delta = lora_delta,
+    .lowrank = lora_lowrank,
 };

@@ -31,22 +31,6 @@ bool tok_utf8_valid(const char *s, size_t n) {
     return true;
 }
 
-size_t tok_utf8_put(uint32_t cp, char *out) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | cp >> 12);
-        out[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | cp >> 18);
-    out[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-    out[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 // Only call on a valid character of length len (from tok_utf8_len).
 uint32_t tok_utf8_get(const uint8_t *s, int len) {
     static const uint8_t lead_mask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};

@@ -81,7 +81,7 @@ int tok_add_merge(Tokenizer *t, const char *a, size_t alen, const char *b, size_
     return 0;
 }
 
-pcre2_code *tok_compile_regex(const char *source, const char *pattern, bool literal) {
+static pcre2_code *compile_regex(const char *source, const char *pattern, bool literal) {
     int err;
     PCRE2_SIZE at;
     // MATCH_INVALID_UTF: invalid UTF-8 in the input is never matched instead of being an error.
@@ -95,6 +95,13 @@ pcre2_code *tok_compile_regex(const char *source, const char *pattern, bool lite
     }
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); // optional speed-up: the interpreter is used if JIT is unavailable
     return re;
+}
+
+int tok_pre_regex(PreStep *p, const char *source, const char *pattern, bool literal) {
+    if (!(p->re = compile_regex(source, pattern, literal))) return -1;
+    p->pattern = xstrdup(pattern);
+    p->literal = literal;
+    return 0;
 }
 
 static int hex_digit(char c) {
@@ -114,7 +121,7 @@ static int byte_token_value(const char *text) {
 static void build_byte_tables(Tokenizer *t) {
     for (int b = 0; b < 256; b++) {
         char c[4], name[16];
-        t->byte_id[b] = tok_find(t, c, tok_utf8_put(tok_byte_to_char((uint8_t)b), c));
+        t->byte_id[b] = tok_find(t, c, utf8_put(tok_byte_to_char((uint8_t)b), c));
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->fallback_id[b] = tok_find(t, name, 6);
         char ascii = (char)b;
@@ -234,7 +241,7 @@ void tokenizer_free(Tokenizer *t) {
     for (int i = 0; i < t->n_added; i++) free(t->added[i].text);
     free(t->added);
     for (int i = 0; i < t->n_norm; i++) { free(t->norm[i].from); free(t->norm[i].to); }
-    for (int i = 0; i < t->n_pre; i++) pcre2_code_free(t->pre[i].re);
+    for (int i = 0; i < t->n_pre; i++) { pcre2_code_free(t->pre[i].re); free(t->pre[i].pattern); }
     for (int i = 0; i < t->n_dec_replace; i++) { free(t->dec_replace[i].from); free(t->dec_replace[i].to); }
     free(t->piece_data);
     free(t->piece_off);

@@ -53,6 +53,11 @@ bool tokenizer_is_special(const Tokenizer *tok, int id);
 const char *tokenizer_token_text(const Tokenizer *tok, int id);
 int tokenizer_token_id(const Tokenizer *tok, const char *text); // -1 when not in the vocabulary
 
+// The vocabulary as GGUF metadata (tokenizer.ggml.*) for the llama.cpp tokenizer that encodes as this
+// one does, padded to n_vocab ids (tok_gguf.c says which tokenizers have one). -1 + error otherwise.
+struct GgufWriter;
+int tokenizer_to_gguf(const Tokenizer *tok, int n_vocab, struct GgufWriter *w);
+
 // Check a reference folder like ../shared/fixtures/hf-peft/tokenizer-gpt2: the tokenizer files
 // (loaded as tokenizer_load does) and cases.jsonl, one {"text": ..., "ids": [...]} per line. Each
 // case must encode to exactly its ids and decode back to its text. Prints nothing. Returns the

@@ -38,7 +38,7 @@ static int gpt2_pipeline(Tokenizer *t) {
     PreStep *p = &t->pre[t->n_pre++];
     memset(p, 0, sizeof *p);
     p->kind = PRE_BYTE_LEVEL;
-    if (!(p->re = tok_compile_regex(t->source, TOK_GPT2_PATTERN, false))) return -1;
+    if (tok_pre_regex(p, t->source, TOK_GPT2_PATTERN, false)) return -1;
     t->byte_level = t->dec_byte_level = true;
     int eot = tok_find(t, "<|endoftext|>", 13);
     if (eot >= 0) {

@@ -5,6 +5,7 @@
 //   pretokenize.c     normalizers and pre-tokenizers: text -> words
 //   bpe.c             one word -> ids (merges by rank, byte fallback, word cache)
 //   tok_text.c        UTF-8 helpers and GPT-2's byte <-> character mapping
+//   tok_gguf.c        the vocabulary as GGUF metadata, for llama.cpp
 #pragma once
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -38,6 +39,8 @@ typedef enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER } PrependScheme;
 typedef struct {
     PreKind kind;
     pcre2_code *re;        // SPLIT; BYTE_LEVEL when use_regex; else NULL
+    char *pattern;         // re's source (a literal string when literal), for describing the tokenizer
+    bool literal;
     bool add_prefix_space; // BYTE_LEVEL
     char replacement[8];   // METASPACE: the UTF-8 of the space stand-in, normally "▁"
     PrependScheme prepend; // METASPACE
@@ -125,7 +128,6 @@ typedef struct {
 // tok_text.c
 int tok_utf8_len(const uint8_t *s, size_t n); // >0: valid char length; <0: -(bytes to skip)
 bool tok_utf8_valid(const char *s, size_t n);
-size_t tok_utf8_put(uint32_t cp, char *out);  // writes 1-4 bytes
 uint32_t tok_utf8_get(const uint8_t *s, int len);
 uint32_t tok_byte_to_char(uint8_t b);
 int tok_char_to_byte(uint32_t cp);           // -1 when cp is not in the mapping
@@ -136,7 +138,8 @@ int tok_add_token(Tokenizer *t, const char *text, size_t len, int32_t id);
 int tok_add_added(Tokenizer *t, const char *text, int32_t id, bool special, bool lstrip, bool rstrip);
 int tok_add_merge(Tokenizer *t, const char *a, size_t alen, const char *b, size_t blen);
 int tok_find(const Tokenizer *t, const char *text, size_t len); // id or -1
-pcre2_code *tok_compile_regex(const char *source, const char *pattern, bool literal);
+// Compiles a pre-tokenizer step's regex (or literal string) into p->re and keeps its source.
+int tok_pre_regex(PreStep *p, const char *source, const char *pattern, bool literal);
 int tok_finish(Tokenizer *t); // call once everything is loaded
 void tok_push_id(Encoder *e, int32_t id);
 

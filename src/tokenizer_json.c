@@ -166,7 +166,7 @@ static int read_split(Tokenizer *t, const char *path, const char *field, const c
     if (bool_item(node, "invert", false)) return peft_fail("%s: %s.invert true is not supported", path, field);
     if (!regex && !literal) return peft_fail("%s: %s.pattern needs \"Regex\" or \"String\"", path, field);
     PreStep *p = add_pre(t, path, field, PRE_SPLIT);
-    if (!p || !(p->re = tok_compile_regex(path, regex ? regex : literal, !regex))) return -1;
+    if (!p || tok_pre_regex(p, path, regex ? regex : literal, !regex)) return -1;
     return 0;
 }
 
@@ -174,7 +174,7 @@ static int read_byte_level(Tokenizer *t, const char *path, const char *field, co
     PreStep *p = add_pre(t, path, field, PRE_BYTE_LEVEL);
     if (!p) return -1;
     p->add_prefix_space = bool_item(node, "add_prefix_space", true);
-    if (bool_item(node, "use_regex", true) && !(p->re = tok_compile_regex(path, TOK_GPT2_PATTERN, false))) return -1;
+    if (bool_item(node, "use_regex", true) && tok_pre_regex(p, path, TOK_GPT2_PATTERN, false)) return -1;
     t->byte_level = true;
     return 0;
 }

@@ -103,22 +103,37 @@ char *read_file(const char *path, size_t *len_out) {
     return buf;
 }
 
+int atomic_open(AtomicFile *af, const char *path) {
+    af->path = path;
+    af->tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
+    af->f = fopen(af->tmp, "wb");
+    if (af->f) return 0;
+    int e = errno;
+    free(af->tmp);
+    af->tmp = NULL;
+    return peft_fail("%s: cannot write: %s", path, strerror(e));
+}
+
+int atomic_close(AtomicFile *af, bool keep) {
+    int e = 0;
+    bool failed = ferror(af->f);
+    if (keep && !failed && (fflush(af->f) != 0 || fsync(fileno(af->f)) != 0)) { e = errno; failed = true; }
+    if (fclose(af->f) != 0 && keep && !failed) { e = errno; failed = true; }
+    if (keep && !failed && rename(af->tmp, af->path) != 0) { e = errno; failed = true; }
+    if (!keep || failed) unlink(af->tmp);
+    free(af->tmp);
+    af->f = NULL;
+    af->tmp = NULL;
+    if (!keep) return -1;  // the caller gave up: its error stands
+    if (!failed) return 0;
+    return e ? peft_fail("%s: write failed: %s", af->path, strerror(e)) : peft_fail("%s: write failed", af->path);
+}
+
 int write_file_atomic(const char *path, const void *data, size_t len) {
-    char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { int e = errno; free(tmp); return peft_fail("%s: cannot write: %s", path, strerror(e)); }
-    bool ok = fwrite(data, 1, len, f) == len;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fsync(fileno(f)) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        free(tmp);
-        return peft_fail("%s: write failed: %s", path, strerror(e));
-    }
-    free(tmp);
-    return 0;
+    AtomicFile af;
+    if (atomic_open(&af, path)) return -1;
+    fwrite(data, 1, len, af.f);  // a short write sets the stream's error flag, which atomic_close reports
+    return atomic_close(&af, true);
 }
 
 bool file_exists(const char *path) {
@@ -168,4 +183,20 @@ int copy_file(const char *src, const char *dst) {
     int rc = data ? write_file_atomic(dst, data, len) : -1;
     free(data);
     return rc;
+}
+
+size_t utf8_put(uint32_t cp, char *out) {
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | cp >> 12);
+        out[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | cp >> 18);
+    out[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+    out[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
 }

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 // Record an error message (printf-style). Returns -1 so callers can `return peft_fail(...)`.
 int peft_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -28,6 +29,16 @@ uint64_t physical_memory_bytes(void);
 char *read_file(const char *path, size_t *len_out);
 // Write via "<path>.tmp.<pid>" then rename(), so readers never see a half-written file.
 int write_file_atomic(const char *path, const void *data, size_t len);
+// The same for a file written in parts: atomic_open opens "<path>.tmp.<pid>" as af->f; atomic_close
+// renames it over path when keep is true and every write succeeded (else an error naming path), and
+// removes it when keep is false (the caller gave up; its error stands) or a write failed.
+typedef struct {
+    FILE *f;
+    char *tmp;
+    const char *path;
+} AtomicFile;
+int atomic_open(AtomicFile *af, const char *path);
+int atomic_close(AtomicFile *af, bool keep);
 // Whole-file copy, written atomically.
 int copy_file(const char *src, const char *dst);
 bool file_exists(const char *path);
@@ -37,3 +48,5 @@ char *path_join(const char *dir, const char *name); // malloc'd
 
 double now_seconds(void);
 size_t peak_rss_bytes(void);
+// The UTF-8 bytes of code point cp (1-4) into out; their number.
+size_t utf8_put(uint32_t cp, char *out);

@@ -135,6 +135,16 @@ static void vera_delta(const Adapter *a, float *delta) {
     free(Bs);
 }
 
+// diag(lambda_b) B_sl diag(lambda_d) times A_sl: VeRA is a LoRA of rank r whose A is the shared slice.
+static void vera_lowrank(const Adapter *a, float **A, float **B, int *r, float *scale) {
+    int in = a->lin->in;
+    *r = a->r;
+    *scale = 1.0f;
+    *A = xmalloc(sizeof(float) * (size_t)a->r * in);
+    for (int k = 0; k < a->r; k++) memcpy(*A + (size_t)k * in, a->set->vera_A + (size_t)k * a->set->vera_max_in, sizeof(float) * in);
+    *B = scaled_B(a, true);
+}
+
 static int vera_save(AdapterSet *set, void *writer, void *config_json) {
     (void)config_json;  // adapter_config_to_json_object already writes save_projection and the key
     StWriter *w = writer;
@@ -189,6 +199,7 @@ const AdapterMethod vera_method = {
     .forward = vera_forward,
     .backward = vera_backward,
     .delta = vera_delta,
+    .lowrank = vera_lowrank,
     .save = vera_save,
     .after_load = vera_after_load,
     .owns_tensor = vera_owns_tensor,

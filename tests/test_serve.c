@@ -559,6 +559,10 @@ TEST(serve_json_bytes) {
     cJSON_Delete(j);
     CHECK(json_parse_bytes("{\"a\\u0000b\": 1}", 15) == NULL);
     CHECK(json_parse_bytes("{\"a\": ", 6) == NULL);
+    // Escapes cJSON lets through but JSON has not (it reads "\u\:ab" as U+0000): refused, and the
+    // scan never reads past the text (the fuzzer's crash in fuzz/regressions/http).
+    CHECK(json_parse_bytes("\"\\u\\:ab\"", 8) == NULL && strstr(peft_last_error(), "invalid escape"));
+    CHECK(json_parse_bytes("[\"\\udc00\"]", 10) == NULL);
     // Written back: NUL as \u0000; without one, exactly as cJSON writes the string.
     cJSON *o = cJSON_CreateObject();
     cJSON_AddItemToObject(o, "t", json_bytes_item("a\0b", 3));
