@@ -19,7 +19,7 @@ static void check_render(const ChatTemplate *ct, const cJSON *msgs, bool gen_pro
     if (chat_template_render(ct, msgs, NULL, gen_prompt, &text, &len)) return;
     ChatSpan *spans;
     int n_spans;
-    if (!gen_prompt && !chat_template_spans(ct, msgs, text, len, &spans, &n_spans)) {
+    if (!gen_prompt && !chat_template_spans(ct, msgs, NULL, text, len, &spans, &n_spans)) {
         size_t last = 0;
         for (int s = 0; s < n_spans; s++) {
             FUZZ_CHECK(spans[s].start >= last && spans[s].start <= spans[s].end && spans[s].end <= len, "span %d [%zu, %zu) of %zu bytes",

@@ -224,20 +224,21 @@ static bool has_prefix(const char *text, size_t len, const char *p, size_t n) { 
 
 // Where message i's search starts when the rendering of messages[0..i) with a generation prompt is
 // a prefix of the whole (1. above); SIZE_MAX when it is not.
-static size_t generation_prompt_end(const ChatTemplate *ct, const cJSON *messages, int i, const char *text, size_t len) {
+static size_t generation_prompt_end(const ChatTemplate *ct, const cJSON *messages, const cJSON *tools, int i, const char *text, size_t len) {
     cJSON *head = cJSON_CreateArray();
     int k = 0;
     for (const cJSON *m = messages->child; m && k < i; m = m->next, k++) cJSON_AddItemToArray(head, cJSON_CreateObjectReference(m->child));
     char *p = NULL;
     size_t n = 0, end = (size_t)-1;
-    if (!chat_template_render(ct, head, NULL, true, &p, &n) && has_prefix(text, len, p, n)) end = n;
+    if (!chat_template_render(ct, head, tools, true, &p, &n) && has_prefix(text, len, p, n)) end = n;
     free(p);
     cJSON_Delete(head);
     peft_clear_error();
     return end;
 }
 
-int chat_template_spans(const ChatTemplate *ct, const cJSON *messages, const char *text, size_t len, ChatSpan **spans, int *n_spans) {
+int chat_template_spans(const ChatTemplate *ct, const cJSON *messages, const cJSON *tools, const char *text, size_t len, ChatSpan **spans,
+                        int *n_spans) {
     *spans = NULL;
     *n_spans = 0;
     size_t cursor = 0;
@@ -249,7 +250,7 @@ int chat_template_spans(const ChatTemplate *ct, const cJSON *messages, const cha
             if (content.p && !(role.p && jstr_eq(role, "system"))) before = content;
             continue;
         }
-        size_t from = generation_prompt_end(ct, messages, i, text, len);
+        size_t from = generation_prompt_end(ct, messages, tools, i, text, len);
         if (from == (size_t)-1) {
             from = cursor;
             const char *at = before.p && before.n ? find(text, len, from, before) : NULL;

@@ -259,7 +259,7 @@ static int add_chat(Builder *b, const cJSON *messages, const cJSON *tools) {
     ChatSpan *spans = NULL;
     int n_spans = 0, n_ids = 0;
     if (chat_template_render(&b->chat, messages, tools, false, &text, &len)) return -1;
-    int rc = b->opt->train_on_prompt ? 0 : chat_template_spans(&b->chat, messages, text, len, &spans, &n_spans);
+    int rc = b->opt->train_on_prompt ? 0 : chat_template_spans(&b->chat, messages, tools, text, len, &spans, &n_spans);
     int32_t *ids = NULL;
     if (!rc) rc = encode(b, text, len, &ids, &n_ids);
     Example e = {0};

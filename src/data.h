@@ -143,10 +143,11 @@ void chat_template_free(ChatTemplate *ct);
 // their lengths (json_parse_bytes or json_bytes_string). *text is malloc'd, *len bytes.
 int chat_template_render(const ChatTemplate *ct, const cJSON *messages, const cJSON *tools, bool add_generation_prompt,
                          char **text, size_t *len);
-// The spans of text (the rendering of messages, tools NULL) that the loss applies to, one per
+// The spans of text (the rendering of messages and tools) that the loss applies to, one per
 // assistant message (one with empty content and no end of turn has none); chat_template.c says how
 // they are found. Refuses a template that changes an assistant content beyond trimming it.
-int chat_template_spans(const ChatTemplate *ct, const cJSON *messages, const char *text, size_t len, ChatSpan **spans, int *n_spans);
+int chat_template_spans(const ChatTemplate *ct, const cJSON *messages, const cJSON *tools, const char *text, size_t len, ChatSpan **spans,
+                        int *n_spans);
 // The token that ends an assistant turn, where generation stops: the end-of-turn text when it is
 // one token of tok (<|eot_id|>, <|im_end|>, <end_of_turn>, </s>...), else -1 (the eos alone stops).
 int chat_template_stop_id(const ChatTemplate *ct, const Tokenizer *tok);

@@ -418,6 +418,18 @@ TEST(data_chat_spans_are_located_in_the_rendering) {
     free(s);
     free(l);
     free(path);
+    // A template that writes the tools first: the generation prompt is rendered with them too, so an
+    // assistant content "assistant" is found after its turn's header, not in it.
+    write_chat_template(dir, "{% if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{% endif %}"
+                             "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
+    path = write_tmp(dir, "t.jsonl", "{\"tools\": [{\"name\": \"f\"}], \"messages\": [{\"role\": \"user\", \"content\": \"hi\"},"
+                                     " {\"role\": \"assistant\", \"content\": \"assistant\"}]}\n");
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(l, "assistant<|im_end|>");
+    free(s);
+    free(l);
+    free(path);
     // A template that rewrites assistant contents cannot place the loss: refused, naming the message.
     write_chat_template(dir, "{% for m in messages %}{{ m['role'] + ': ' + m['content'] | upper + '\\n' }}{% endfor %}");
     path = write_tmp(dir, "d.jsonl", "\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"yes\"}]}\n");
