@@ -15,6 +15,7 @@ int cmd_init(int argc, char **argv);
 int cmd_estimate(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 
 // Options are "--name value" or "--flag". A command declares what it accepts; anything else is an error.
 typedef enum { OPT_STRING, OPT_INT, OPT_FLOAT, OPT_FLAG } OptKind;
@@ -32,9 +33,12 @@ int parse_options(const char *command, int argc, char **argv, const Option *opts
 // Prints "peft: error: <last library error>" and returns 1.
 int fail_with_library_error(void);
 
-// The data options train and eval share (--seq-len, --prompt-column, ...): fills o[], returns how many.
+// The data options train, eval and data share (--seq-len, --format, --prompt-column, ...): fills o[],
+// returns how many. data_options_finish applies the flags to d after parsing (0, or -1 + error).
 struct DataOptions;
-int data_options(Option *o, struct DataOptions *d, bool *no_cache);
+typedef struct { bool no_cache; const char *format; } DataFlags;
+int data_options(Option *o, struct DataOptions *d, DataFlags *f);
+int data_options_finish(struct DataOptions *d, const DataFlags *f);
 // --quantize nf4|fp4|int8 and --no-double-quant (train, generate, eval, estimate): fills o[], returns how many.
 int quant_options(Option *o, const char **quantize, bool *no_double_quant);
 // Their meaning: *type (QUANT_NONE without --quantize, as int: a QuantType) and *nested (double

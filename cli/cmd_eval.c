@@ -9,7 +9,8 @@ static void print_message(void *user, const char *text) { fprintf(stderr, "%s\n"
 
 int cmd_eval(int argc, char **argv) {
     EvalConfig c = {0};
-    bool no_cache = false, no_double_quant = false;
+    DataFlags data_flags = {0};
+    bool no_double_quant = false;
     const char *quantize = NULL;
     Option opts[32] = {
         {"model", OPT_STRING, &c.model_dir, "base model folder"},
@@ -19,7 +20,7 @@ int cmd_eval(int argc, char **argv) {
         {"threads", OPT_INT, &c.threads, "CPU threads (default: all)"},
     };
     int n = 5;
-    n += data_options(opts + n, &c.data, &no_cache);
+    n += data_options(opts + n, &c.data, &data_flags);
     n += quant_options(opts + n, &quantize, &no_double_quant);
     char *pos[1];
     int rc = parse_options("eval", argc, argv, opts, n, pos, 0, NULL);
@@ -31,7 +32,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "usage: peft eval --model DIR [--adapter DIR] --data PATH (see --help)\n");
         return 2;
     }
-    c.data.no_cache = no_cache;
+    if (data_options_finish(&c.data, &data_flags)) return fail_with_library_error();
     EvalInfo e;
     if (eval_run(&c, &e, print_message, NULL)) return fail_with_library_error();
     printf("loss %.4f  perplexity %.3f  (%ld tokens)\n", e.loss, e.ppl, e.n_tokens);

@@ -1,4 +1,4 @@
-// peft generate --model DIR [--adapter DIR] --prompt TEXT | --prompts FILE [sampling options]
+// peft generate --model DIR [--adapter DIR] --prompt TEXT | --prompts FILE [--chat] [sampling options]
 // Streams the continuation of each prompt to stdout. With --prompts, each line of FILE is one
 // prompt and each gets exactly one output line, in order (newlines in prompts and outputs are
 // written as \n, backslashes as \\). An adapter is merged into the weights unless --no-merge.
@@ -6,7 +6,9 @@
 #include "adapter.h"
 #include "cli.h"
 #include "cuda/gpu.h"
+#include "data.h"
 #include "generate.h"
+#include "json_bytes.h"
 #include "model.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -107,17 +109,48 @@ static char **read_lines(const char *path, int *n_out, size_t **lens_out) {
     return lines ? lines : xcalloc(1, sizeof(char *));
 }
 
+// --chat: each prompt as the user turn of the model's chat template, with the generation prompt.
+// Generation stops at the template's end-of-turn token too, and no bos is added (the template
+// writes its own, as transformers' apply_chat_template does).
+static char **chat_prompts(const char *model_dir, const Tokenizer *tok, const char *const *prompts, const size_t *lens, int n, GenParams *p,
+                           size_t **out_lens) {
+    ChatTemplate ct;
+    if (chat_template_load(&ct, model_dir)) return NULL;
+    char **out = xcalloc(n, sizeof(char *));
+    *out_lens = xcalloc(n, sizeof(size_t));
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        cJSON *msgs = cJSON_CreateArray(), *m = cJSON_CreateObject();
+        cJSON_AddItemToObject(m, "role", json_bytes_string("user", 4));
+        cJSON_AddItemToObject(m, "content", json_bytes_string(prompts[i], lens ? lens[i] : strlen(prompts[i])));
+        cJSON_AddItemToArray(msgs, m);
+        rc = chat_template_render(&ct, msgs, NULL, true, &out[i], &(*out_lens)[i]);
+        cJSON_Delete(msgs);
+    }
+    int eot = chat_template_stop_id(&ct, tok);
+    if (eot >= 0 && p->eos_id != GEN_EOS_NONE && p->n_extra_eos < 8) p->extra_eos[p->n_extra_eos++] = eot;
+    p->template_bos = true;
+    chat_template_free(&ct);
+    if (!rc) return out;
+    for (int i = 0; i < n; i++) free(out[i]);
+    free(out);
+    free(*out_lens);
+    *out_lens = NULL;
+    return NULL;
+}
+
 int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *prompt = NULL, *prompts_file = NULL, *stop_last = NULL;
     int max_tokens = 64, top_k = 0, beams = 1, seed = 0, threads = 0, batch = 8;
     float temperature = 0, top_p = 1, rep = 1, length_penalty = 1;
-    bool no_merge = false, fp32 = false, ignore_eos = false, print_ids = false, no_double_quant = false;
+    bool no_merge = false, fp32 = false, ignore_eos = false, chat = false, print_ids = false, no_double_quant = false;
     const char *device = "cpu", *quantize = NULL;
     Option opts[32] = {
         {"model", OPT_STRING, &model_dir, "HF model folder (config.json, safetensors, tokenizer)"},
         {"adapter", OPT_STRING, &adapter_dir, "PEFT adapter folder (LoRA, VeRA, AdaLoRA)"},
         {"prompt", OPT_STRING, &prompt, "the prompt text"},
         {"prompts", OPT_STRING, &prompts_file, "file of prompts, one per line (\\n and \\\\ escapes); one output line each"},
+        {"chat", OPT_FLAG, &chat, "each prompt is a user turn of the model's chat template (with the generation prompt); stops at its end of turn"},
         {"max-tokens", OPT_INT, &max_tokens, "most new tokens per prompt (64)"},
         {"temperature", OPT_FLOAT, &temperature, "0 = greedy (default); > 0 samples"},
         {"top-k", OPT_INT, &top_k, "sample from the k most likely tokens (0 = off)"},
@@ -157,8 +190,8 @@ int cmd_generate(int argc, char **argv) {
     if (threads > 0) { omp_set_num_threads(threads); openblas_set_num_threads(threads); }
 
     int rc = 1, n_prompts = 1;
-    char **lines = NULL;
-    size_t *line_lens = NULL;
+    char **lines = NULL, **chats = NULL;
+    size_t *line_lens = NULL, *chat_lens = NULL;
     Tokenizer *tok = NULL;
     Model *m = NULL;
     if (prompts_file && !(lines = read_lines(prompts_file, &n_prompts, &line_lens))) { rc = fail_with_library_error(); goto out; }
@@ -192,6 +225,9 @@ int cmd_generate(int argc, char **argv) {
     p.n_stop = n_stop;
     const char *single[1] = {prompt};
     const char *const *all = lines ? (const char *const *)lines : single;
+    const size_t *all_lens = line_lens;
+    if (chat && !(chats = chat_prompts(model_dir, tok, all, all_lens, n_prompts, &p, &chat_lens))) { rc = fail_with_library_error(); goto out; }
+    if (chat) { all = (const char *const *)chats; all_lens = chat_lens; }
     int per_call = lines ? batch : 1;
     Printer pr = {.escape = lines != NULL};
     GenResult *res = xcalloc(per_call, sizeof *res);
@@ -208,7 +244,7 @@ int cmd_generate(int argc, char **argv) {
         pr.next = 0;
         memset(pr.done, 0, sizeof(bool) * per_call);
         memset(pr.len, 0, sizeof(size_t) * per_call);
-        if (generate_text(m, tok, all + start, line_lens ? line_lens + start : NULL, n, &p, print_ids ? NULL : on_piece, &pr, res)) {
+        if (generate_text(m, tok, all + start, all_lens ? all_lens + start : NULL, n, &p, print_ids ? NULL : on_piece, &pr, res)) {
             rc = fail_with_library_error();
             break;
         }
@@ -232,8 +268,11 @@ out:
     if (m) gpu_inference_detach(m);
     model_free(m);
     for (int i = 0; lines && i < n_prompts; i++) free(lines[i]);
+    for (int i = 0; chats && i < n_prompts; i++) free(chats[i]);
     free(lines);
     free(line_lens);
+    free(chats);
+    free(chat_lens);
     for (int i = 0; i < n_stop; i++) free(stops[i]);
     free(stops);
     return rc;

@@ -10,19 +10,27 @@
 #include <string.h>
 #include <unistd.h>
 
-// The data options train and eval share (cmd_eval.c uses this too). Returns how many it wrote.
-int data_options(Option *o, DataOptions *d, bool *no_cache) {
+// The data options train, eval and data share (cmd_eval.c and cmd_data.c use them too). Returns how many it wrote.
+int data_options(Option *o, DataOptions *d, DataFlags *f) {
     const Option list[] = {
         {"seq-len", OPT_INT, &d->seq_len, "longest sequence in tokens; longer examples are truncated (default: min(512, model positions))"},
+        {"format", OPT_STRING, &f->format, "records of .jsonl/.json/.csv data: auto (by their fields), text, prompt-completion, messages, "
+                                           "sharegpt, alpaca (Stanford's prompt) or alpaca-chat (the chat template)"},
+        {"train-on-prompt", OPT_FLAG, &d->train_on_prompt, "loss on every token (default: on completions, Alpaca outputs and assistant turns only)"},
         {"prompt-column", OPT_STRING, &d->prompt_column, "CSV column holding the prompt (default: prompt, else mr)"},
         {"completion-column", OPT_STRING, &d->completion_column, "CSV column holding the completion (default: completion, else ref)"},
         {"text-column", OPT_STRING, &d->text_column, "CSV column of plain text, when there is no prompt column (default: text)"},
         {"separator", OPT_STRING, &d->separator, "text between prompt and completion (default: none for JSONL, newline for CSV)"},
         {"cache-dir", OPT_STRING, &d->cache_dir, "where to cache tokenized data when the data's folder is read-only (train: --out)"},
-        {"no-cache", OPT_FLAG, no_cache, "do not read or write the tokenized-data cache"},
+        {"no-cache", OPT_FLAG, &f->no_cache, "do not read or write the tokenized-data cache"},
     };
     memcpy(o, list, sizeof list);
     return sizeof list / sizeof *list;
+}
+
+int data_options_finish(DataOptions *d, const DataFlags *f) {
+    d->no_cache = f->no_cache;
+    return f->format ? data_format_parse(f->format, &d->format) : 0;
 }
 
 static void on_sigint(int sig) {
@@ -63,8 +71,9 @@ int cmd_train(int argc, char **argv) {
     const char *method = "lora", *targets = NULL, *schedule = "linear", *device = "cpu";
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
-    bool rslora = false, no_allocate = false, no_cache = false, no_double_quant = false;
+    bool rslora = false, no_allocate = false, no_double_quant = false;
     const char *quantize = NULL;
+    DataFlags data_flags = {0};
     Option opts[64] = {
         {"model", OPT_STRING, &c.model_dir, "base model folder (Hugging Face layout)"},
         {"data", OPT_STRING, &c.data_path, "training data: text, .jsonl or .csv file, or a folder of them"},
@@ -94,6 +103,7 @@ int cmd_train(int argc, char **argv) {
         {"epochs", OPT_INT, &c.epochs, "passes over the data (default 1)"},
         {"steps", OPT_INT, &c.max_steps, "optimizer steps (overrides --epochs)"},
         {"batch", OPT_INT, &c.batch, "sequences per micro-batch (default 4)"},
+        {"pack", OPT_FLAG, &c.pack, "several examples per sequence, each attending only to itself, positions from 0 (CPU only for now)"},
         {"grad-accum", OPT_INT, &c.grad_accum, "micro-batches per optimizer step (default 1)"},
         {"clip", OPT_FLOAT, &clip, "clip the gradient norm to this (default 1; 0 = off)"},
         {"weight-decay", OPT_FLOAT, &c.weight_decay, "AdamW weight decay (default 0)"},
@@ -110,7 +120,7 @@ int cmd_train(int argc, char **argv) {
     };
     int n = 0;
     while (opts[n].name) n++;
-    n += data_options(opts + n, &c.data, &no_cache);
+    n += data_options(opts + n, &c.data, &data_flags);
     n += quant_options(opts + n, &quantize, &no_double_quant);
     char *pos[1];
     int rc = parse_options("train", argc, argv, opts, n, pos, 0, NULL);
@@ -123,7 +133,10 @@ int cmd_train(int argc, char **argv) {
         train_config_free(&c);
         return 2;
     }
-    if (train_method_parse(method, &c.method) || lr_schedule_parse(schedule, &c.schedule)) { train_config_free(&c); return fail_with_library_error(); }
+    if (train_method_parse(method, &c.method) || lr_schedule_parse(schedule, &c.schedule) || data_options_finish(&c.data, &data_flags)) {
+        train_config_free(&c);
+        return fail_with_library_error();
+    }
     if (c.method == TRAIN_VERA && !r) c.adapter.r = 256;  // VeRA's PEFT default
     if (r) c.adapter.r = c.method == TRAIN_ADALORA ? (c.adapter.init_r = r) : r;
     if (targets) adapter_config_set_targets(&c.adapter, targets);
@@ -131,7 +144,6 @@ int cmd_train(int argc, char **argv) {
     c.adalora_allocate = !no_allocate;
     c.max_grad_norm = clip;
     c.seed = (uint64_t)(uint32_t)seed;
-    c.data.no_cache = no_cache;
     c.cuda = !strcmp(device, "cuda");
     if (!c.cuda && strcmp(device, "cpu")) {
         fprintf(stderr, "peft train: --device must be cpu or cuda\n");

@@ -17,6 +17,7 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
     {"estimate", cmd_estimate, "parameters, file size and training memory of a method: peft estimate --model NAME --method vera --r 256"},
     {"score", cmd_score, "corpus BLEU-4 and ROUGE-L: peft score --hyp FILE --refs FILE"},
     {"tokenize", cmd_tokenize, "print token ids: peft tokenize --model DIR TEXT"},
+    {"data", cmd_data, "what training sees: peft data --model DIR --data PATH --show N"},
     {"serve", cmd_serve, "OpenAI-style HTTP server, many adapters batched together: peft serve --model DIR --adapters DIR"},
 };
 

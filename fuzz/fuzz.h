@@ -15,6 +15,7 @@ int fuzz_chat(const uint8_t *data, size_t size);         // a chat template, NUL
 int fuzz_tokenizer(const uint8_t *data, size_t size);    // a tokenizer.json, NUL, text to encode
 int fuzz_adapter(const uint8_t *data, size_t size);      // adapter_config.json, NUL, adapter_model.safetensors
 int fuzz_checkpoint(const uint8_t *data, size_t size);   // checkpoint state.json, NUL, state.safetensors
+int fuzz_jinja(const uint8_t *data, size_t size);        // a Jinja template, NUL, a JSON object of variables
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \

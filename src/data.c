@@ -1,6 +1,7 @@
 // data.c: reading text / JSONL / CSV data into token sequences, the on-disk cache, splits and
 // batches. See data.h for the formats and the rules.
-#include "data.h"
+#include "data_internal.h"
+#include "json_bytes.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -11,7 +12,7 @@
 #include <unistd.h>
 
 enum { IGNORE = -100 };
-#define CACHE_MAGIC "PEFTDS02"
+#define CACHE_MAGIC "PEFTDS03"
 #define CACHE_SUFFIX ".peft-cache"
 
 // ---------------------------------------------------------------------------------------------
@@ -185,20 +186,24 @@ static void ex_put_special(Example *e, int id, bool loss) {
     ex_put(e, &v, 1, loss);
 }
 
-// bos (when the tokenizer adds one) + prompt (no loss) + completion (loss) + eos (loss).
-static int add_prompt_completion(Builder *b, const char *prompt, const char *sep, const char *completion) {
+// bos (when the tokenizer adds one) + prompt (no loss unless train_on_prompt) + completion (loss) + eos (loss).
+static int add_prompt_completion(Builder *b, const char *prompt, size_t plen, const char *sep, const char *completion, size_t clen) {
     Example e = {0};
     int32_t *ids = NULL;
     int n = 0, rc = 0;
-    if (tokenizer_add_bos(b->tok)) ex_put_special(&e, tokenizer_bos(b->tok), false);
+    bool all = b->opt->train_on_prompt;
+    if (tokenizer_add_bos(b->tok)) ex_put_special(&e, tokenizer_bos(b->tok), all);
     if (prompt) {
-        char *p = xasprintf("%s%s", prompt, sep);
-        rc = encode(b, p, strlen(p), &ids, &n);
+        size_t slen = strlen(sep);
+        char *p = xmalloc(plen + slen + 1);
+        memcpy(p, prompt, plen);
+        memcpy(p + plen, sep, slen + 1);
+        rc = encode(b, p, plen + slen, &ids, &n);
         free(p);
-        if (!rc) ex_put(&e, ids, n, false);
+        if (!rc) ex_put(&e, ids, n, all);
         free(ids);
     }
-    if (!rc) rc = encode(b, completion, strlen(completion), &ids, &n);
+    if (!rc) rc = encode(b, completion, clen, &ids, &n);
     if (!rc) { ex_put(&e, ids, n, true); free(ids); }
     ex_put_special(&e, tokenizer_eos(b->tok), true);
     if (!rc) add_example(b, e.ids, e.labels, (int)e.n);
@@ -228,38 +233,46 @@ static void pack_stream(Builder *b) {
     }
 }
 
-// Tokens of text[0..len): how many tokens the first len bytes become.
-static int count_tokens(const Builder *b, const char *text, size_t len, int *count) {
-    int32_t *ids;
-    if (encode(b, text, len, &ids, count)) return -1;
-    free(ids);
-    return 0;
+// How many of the whole text's tokens (ids[0..n)) the tokens of text[0..at) share: those tokens
+// lie before `at`. *exact: all of text[0..at)'s tokens are shared (`at` is a token boundary).
+static int shared_tokens(const Builder *b, const char *text, size_t at, const int32_t *ids, int n, bool *exact) {
+    int32_t *p;
+    int m, k = 0;
+    if (encode(b, text, at, &p, &m)) return -1;
+    while (k < m && k < n && p[k] == ids[k]) k++;
+    *exact = k == m;
+    free(p);
+    return k;
 }
 
-// Render with the chat template; loss on the assistant spans. A span's token range is found by
-// tokenizing the text up to its ends: spans begin after a newline and end at <|im_end|>, where
-// tokenization splits anyway, so the prefix's tokens are a prefix of the whole text's tokens.
-static int add_chat(Builder *b, const ChatMessage *msgs, int n_msgs) {
+// Render with the chat template; the loss on the assistant spans (chat_template_spans), unless
+// train_on_prompt. A span covers the tokens that overlap it: from the first token not wholly before
+// its start (a token that joins the turn's leading space to the content's first word trains), to
+// the last token that starts before its end.
+static int add_chat(Builder *b, const cJSON *messages, const cJSON *tools) {
     if (!b->chat_loaded) {
         if (chat_template_load(&b->chat, b->model_dir)) return -1;
         b->chat_loaded = true;
     }
     char *text;
-    ChatSpan *spans;
-    int n_spans, n_ids, rc;
-    if (chat_template_render(&b->chat, msgs, n_msgs, false, &text, &spans, &n_spans)) return -1;
+    size_t len;
+    ChatSpan *spans = NULL;
+    int n_spans = 0, n_ids = 0;
+    if (chat_template_render(&b->chat, messages, tools, false, &text, &len)) return -1;
+    int rc = b->opt->train_on_prompt ? 0 : chat_template_spans(&b->chat, messages, tools, text, len, &spans, &n_spans);
     int32_t *ids = NULL;
-    rc = encode(b, text, strlen(text), &ids, &n_ids);
+    if (!rc) rc = encode(b, text, len, &ids, &n_ids);
     Example e = {0};
-    if (!rc && tokenizer_add_bos(b->tok)) ex_put_special(&e, tokenizer_bos(b->tok), false);
-    long base = e.n;
-    if (!rc) ex_put(&e, ids, n_ids, false);
+    if (!rc) ex_put(&e, ids, n_ids, b->opt->train_on_prompt);
     for (int s = 0; !rc && s < n_spans; s++) {
-        int a, z;
-        rc = count_tokens(b, text, spans[s].start, &a) || count_tokens(b, text, spans[s].end, &z);
-        for (int i = a; !rc && i < z && i < n_ids; i++) e.labels[base + i] = e.ids[base + i];
+        bool exact;
+        int a = shared_tokens(b, text, spans[s].start, ids, n_ids, &exact), z = a < 0 ? -1 : shared_tokens(b, text, spans[s].end, ids, n_ids, &exact);
+        if (a < 0 || z < 0) { rc = -1; break; }
+        if (!exact && z < n_ids) z++;
+        for (int i = a; i < z; i++) e.labels[i] = e.ids[i];
     }
-    if (!rc) add_example(b, e.ids, e.labels, (int)e.n);
+    if (!rc && e.n) add_example(b, e.ids, e.labels, (int)e.n);
+    else if (!rc) b->ds->n_examples++, b->ds->n_dropped++;
     ex_free(&e);
     free(ids);
     free(text);
@@ -270,44 +283,34 @@ static int add_chat(Builder *b, const ChatMessage *msgs, int n_msgs) {
 // ---------------------------------------------------------------------------------------------
 // Formats
 
-static const char *json_string(const cJSON *o, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
+// A record (data_format.c) tokenized. The separator goes between a prompt and its completion.
+static int add_record(Builder *b, const cJSON *o, const char *where, const char *sep) {
+    DataRecord r;
+    if (data_record(o, b->opt->format, where, &r)) return -1;
+    int rc;
+    if (r.messages) {
+        if (!b->opt->train_on_prompt)
+            for (const cJSON *m = r.messages->child; m; m = m->next)
+                if (cJSON_GetObjectItemCaseSensitive(m, "tool_calls")) {
+                    data_record_free(&r);
+                    return peft_fail("%s: an assistant message with \"tool_calls\": its calls are written by the template in its own syntax, "
+                                     "where they cannot be located for the loss; train on such data with --train-on-prompt", where);
+                }
+        rc = add_chat(b, r.messages, r.tools);
+        if (rc) peft_fail_context("%s: ", where);
+    } else rc = add_prompt_completion(b, r.prompt, r.prompt_len, r.format == DATA_ALPACA ? "" : sep, r.completion, r.completion_len);
+    data_record_free(&r);
+    return rc;
 }
 
-static int jsonl_messages(Builder *b, const cJSON *arr, const char *path, int line) {
-    if (!cJSON_IsArray(arr)) return peft_fail("%s:%d: \"messages\" must be a list of {\"role\", \"content\"}", path, line);
-    int n = cJSON_GetArraySize(arr), i = 0;
-    if (n == 0) return peft_fail("%s:%d: \"messages\" is empty", path, line);
-    ChatMessage *msgs = xcalloc(n, sizeof *msgs);
-    const cJSON *m;
-    cJSON_ArrayForEach(m, arr) {
-        msgs[i].role = json_string(m, "role");
-        msgs[i].content = json_string(m, "content");
-        if (!msgs[i].role || !msgs[i].content) { free(msgs); return peft_fail("%s:%d: messages[%d] needs string \"role\" and \"content\"", path, line, i); }
-        i++;
-    }
-    int rc = add_chat(b, msgs, n);
-    free(msgs);
-    return rc ? peft_fail_context("%s:%d: ", path, line) : 0;
-}
-
-static int jsonl_record(Builder *b, const cJSON *o, const char *path, int line) {
-    if (!cJSON_IsObject(o)) return peft_fail("%s:%d: expected a JSON object", path, line);
-    const cJSON *messages = cJSON_GetObjectItemCaseSensitive(o, "messages");
-    if (messages) return jsonl_messages(b, messages, path, line);
-    const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(o, "prompt"), *completion = cJSON_GetObjectItemCaseSensitive(o, "completion");
-    if (prompt || completion) {
-        if (!cJSON_IsString(prompt) || !cJSON_IsString(completion))
-            return peft_fail("%s:%d: \"prompt\" and \"completion\" must both be strings", path, line);
-        return add_prompt_completion(b, prompt->valuestring, b->opt->separator ? b->opt->separator : "", completion->valuestring);
-    }
-    const cJSON *text = cJSON_GetObjectItemCaseSensitive(o, "text");
-    if (text) {
-        if (!cJSON_IsString(text)) return peft_fail("%s:%d: \"text\" must be a string", path, line);
-        return add_prompt_completion(b, NULL, "", text->valuestring);
-    }
-    return peft_fail("%s:%d: expected {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}", path, line);
+static int json_record(Builder *b, const char *text, size_t len, const char *path, int line) {
+    char where[1100];
+    snprintf(where, sizeof where, "%s:%d", path, line);
+    cJSON *o = json_parse_bytes(text, len);
+    if (!o) return peft_fail("%s: invalid JSON (or a key holding a NUL byte)", where);
+    int rc = add_record(b, o, where, b->opt->separator ? b->opt->separator : "");
+    cJSON_Delete(o);
+    return rc;
 }
 
 static bool blank(const char *s, size_t n) {
@@ -321,16 +324,26 @@ static int read_jsonl(Builder *b, const char *path, const char *text, size_t len
         const char *nl = memchr(text + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - text) : len;
         line++;
-        if (!blank(text + pos, end - pos)) {
-            cJSON *o = cJSON_ParseWithLength(text + pos, end - pos);
-            if (!o) return peft_fail("%s:%d: invalid JSON", path, line);
-            int rc = jsonl_record(b, o, path, line);
-            cJSON_Delete(o);
-            if (rc) return -1;
-        }
+        if (!blank(text + pos, end - pos) && json_record(b, text + pos, end - pos, path, line)) return -1;
         pos = end + 1;
     }
     return 0;
+}
+
+typedef struct { Builder *b; const char *path; } ArrayCtx;
+static int array_element(void *ctx, const char *text, size_t len, int line, int index) {
+    ArrayCtx *c = ctx;
+    (void)index;
+    return json_record(c->b, text, len, c->path, line);
+}
+
+// A .json file: an array of records, or JSON Lines.
+static int read_json(Builder *b, const char *path, const char *text, size_t len) {
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) i++;
+    if (i == len || text[i] != '[') return read_jsonl(b, path, text, len);
+    ArrayCtx c = {b, path};
+    return json_array_each(path, text, len, array_element, &c);
 }
 
 static int find_column(const CsvRecord *h, const char *name) {
@@ -368,10 +381,36 @@ static int csv_columns(const CsvRecord *h, const DataOptions *opt, const char *p
     if (*cc < 0 && *tc < 0) *tc = find_column(h, "text");
     if ((*pc >= 0 && *cc >= 0) || *tc >= 0) return 0;
     char *cols = column_list(h);
-    peft_fail("%s:%d: no prompt/completion columns (looked for prompt/completion, mr/ref, or text; the header has %s): name the columns to use",
-              path, h->line, cols);
+    peft_fail("%s:%d: no prompt/completion columns (looked for prompt/completion, mr/ref, instruction/output, or text; the header has %s): "
+              "name the columns to use", path, h->line, cols);
     free(cols);
     return -1;
+}
+
+// An Alpaca CSV (instruction and output columns, input and system optional): each row as a record.
+static bool alpaca_csv(const CsvRecord *h, const DataOptions *opt) {
+    if (opt->format == DATA_ALPACA || opt->format == DATA_ALPACA_CHAT) return true;
+    return opt->format == DATA_AUTO && !opt->prompt_column && !opt->completion_column && !opt->text_column &&
+           find_column(h, "instruction") >= 0 && find_column(h, "output") >= 0;
+}
+
+static int csv_row(Builder *b, const CsvRecord *h, const CsvRecord *row, const char *path, int pc, int cc, int tc, bool alpaca) {
+    const char *sep = b->opt->separator ? b->opt->separator : "\n";
+    if (!alpaca) {
+        if (pc >= 0 && cc >= 0) return add_prompt_completion(b, row->fields[pc], strlen(row->fields[pc]), sep, row->fields[cc], strlen(row->fields[cc]));
+        return add_prompt_completion(b, NULL, 0, "", row->fields[tc], strlen(row->fields[tc]));
+    }
+    static const char *cols[] = {"instruction", "input", "output", "system"};
+    cJSON *o = cJSON_CreateObject();
+    for (int k = 0; k < 4; k++) {
+        int c = find_column(h, cols[k]);
+        if (c >= 0) cJSON_AddItemToObject(o, cols[k], json_bytes_string(row->fields[c], strlen(row->fields[c])));
+    }
+    char where[1100];
+    snprintf(where, sizeof where, "%s:%d", path, row->line);
+    int rc = add_record(b, o, where, sep);
+    cJSON_Delete(o);
+    return rc;
 }
 
 static int read_csv(Builder *b, const char *path, const char *text, size_t len) {
@@ -380,12 +419,14 @@ static int read_csv(Builder *b, const char *path, const char *text, size_t len) 
     csv_reader_init(&r, path, text, len);
     int got = csv_next(&r, &h);
     if (got <= 0) return got < 0 ? -1 : 0;  // an empty file adds nothing (the total may still be empty: an error then)
-    int pc, cc, tc, rc = csv_columns(&h, b->opt, path, &pc, &cc, &tc);
-    const char *sep = b->opt->separator ? b->opt->separator : "\n";
+    bool alpaca = alpaca_csv(&h, b->opt);
+    int pc = -1, cc = -1, tc = -1, rc = alpaca ? 0 : csv_columns(&h, b->opt, path, &pc, &cc, &tc);
+    if (!rc && !alpaca && b->opt->format != DATA_AUTO && b->opt->format != DATA_TEXT && b->opt->format != DATA_PROMPT_COMPLETION)
+        rc = peft_fail("%s: --format %s does not apply to CSV files (their rows are prompt/completion, text or Alpaca records)", path,
+                       data_format_name(b->opt->format));
     while (!rc && (got = csv_next(&r, &row)) > 0) {
         if (row.n != h.n) rc = peft_fail("%s:%d: %d fields, but the header has %d", path, row.line, row.n, h.n);
-        else if (pc >= 0 && cc >= 0) rc = add_prompt_completion(b, row.fields[pc], sep, row.fields[cc]);
-        else rc = add_prompt_completion(b, NULL, "", row.fields[tc]);
+        else rc = csv_row(b, &h, &row, path, pc, cc, tc, alpaca);
         csv_record_free(&row);
     }
     csv_record_free(&h);
@@ -398,6 +439,7 @@ static int read_source(Builder *b, const char *path) {
     if (!text) return -1;
     int rc;
     if (has_suffix(path, ".jsonl")) rc = read_jsonl(b, path, text, len);
+    else if (has_suffix(path, ".json")) rc = read_json(b, path, text, len);
     else if (has_suffix(path, ".csv")) rc = read_csv(b, path, text, len);
     else rc = len ? add_document(b, text, len) : 0;
     free(text);
@@ -428,8 +470,8 @@ typedef struct {
 
 // Tokenizer files' contents and the options that change tokenization: these name the cache file.
 static uint64_t tokenization_key(const char *model_dir, const DataOptions *opt) {
-    static const char *files[] = {"tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe",
-                                  "tokenizer_config.json", "config.json", NULL};
+    static const char *files[] = {"tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer_config.json",
+                                  "special_tokens_map.json", "chat_template.jinja", "config.json", NULL};
     uint64_t h = fnv_str(0xcbf29ce484222325ull, CACHE_MAGIC);
     for (int i = 0; files[i]; i++) {
         char *p = path_join(model_dir, files[i]);
@@ -440,6 +482,8 @@ static uint64_t tokenization_key(const char *model_dir, const DataOptions *opt) 
         free(p);
     }
     h = fnv(h, &opt->seq_len, sizeof opt->seq_len);
+    int how[] = {(int)opt->format, opt->train_on_prompt};
+    h = fnv(h, how, sizeof how);
     const char *strs[] = {opt->prompt_column, opt->completion_column, opt->text_column, opt->separator};
     for (int i = 0; i < 4; i++) h = fnv_str(h, strs[i]);
     return h;
@@ -560,6 +604,7 @@ void dataset_free(Dataset *ds) {
     free(ds->offset);
     free(ds->ids);
     free(ds->labels);
+    free(ds->pos);
     free(ds->cache_path);
     free(ds->cache_warning);
     memset(ds, 0, sizeof *ds);
@@ -649,6 +694,44 @@ int dataset_batch(const Dataset *ds, const int *idx, int n, int32_t *ids, int32_
         for (int t = len; t < T; t++) { ids[(long)i * T + t] = ds->pad_id; labels[(long)i * T + t] = IGNORE; }
     }
     return T;
+}
+
+void dataset_pack(const Dataset *ds, int seq_len, Dataset *out) {
+    memset(out, 0, sizeof *out);
+    long total = ds->offset[ds->n_seq];
+    out->offset = xmalloc(sizeof(long) * (ds->n_seq + 1));
+    out->ids = xmalloc(sizeof(int32_t) * (total + 1));
+    out->labels = xmalloc(sizeof(int32_t) * (total + 1));
+    out->pos = xmalloc(sizeof(int32_t) * (total + 1));
+    out->pad_id = ds->pad_id;
+    out->n_examples = ds->n_examples;
+    out->n_truncated = ds->n_truncated;
+    out->n_dropped = ds->n_dropped;
+    out->offset[0] = 0;
+    long end = 0, row = 0;  // the packed tokens so far; where the open sequence starts
+    for (int i = 0; i < ds->n_seq; i++) {
+        long a = ds->offset[i], len = ds->offset[i + 1] - a;
+        if (end > row && end - row + len > seq_len) out->offset[++out->n_seq] = row = end;  // it does not fit: a new sequence
+        memcpy(out->ids + end, ds->ids + a, sizeof(int32_t) * len);
+        memcpy(out->labels + end, ds->labels + a, sizeof(int32_t) * len);
+        out->labels[end] = IGNORE;
+        for (long j = 0; j < len; j++) {
+            out->pos[end + j] = (int32_t)j;
+            out->n_loss_tokens += j > 0 && ds->labels[a + j] != IGNORE;
+        }
+        end += len;
+        if (end - row > out->max_len) out->max_len = (int)(end - row);
+    }
+    if (end > row) out->offset[++out->n_seq] = end;
+}
+
+void dataset_batch_positions(const Dataset *ds, const int *idx, int n, int T, int32_t *pos) {
+    for (int i = 0; i < n; i++) {
+        long a = ds->offset[idx[i]];
+        int len = (int)(ds->offset[idx[i] + 1] - a);
+        memcpy(pos + (long)i * T, ds->pos + a, sizeof(int32_t) * len);
+        for (int t = len; t < T; t++) pos[(long)i * T + t] = t - len;
+    }
 }
 
 long count_loss_tokens(const int32_t *labels, int B, int T) {

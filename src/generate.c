@@ -484,7 +484,7 @@ int generate_text(Model *m, const Tokenizer *tok, const char *const *prompts, co
     int32_t **ids = xcalloc(n > 0 ? n : 1, sizeof *ids);
     int *lens = xcalloc(n > 0 ? n : 1, sizeof *lens);
     int rc = 0, bos = tokenizer_bos(tok) >= 0 ? tokenizer_bos(tok) : m->cfg.bos_token_id;
-    bool add_bos = tokenizer_add_bos(tok);
+    bool add_bos = tokenizer_add_bos(tok) && !p->template_bos;
     for (int i = 0; i < n && !rc; i++) {
         int32_t *enc = NULL;
         int k = 0;

@@ -64,6 +64,8 @@ typedef struct {
     int32_t extra_eos[8];      //   <|eot_id|>; generation_config.json may list several eos_token_id)
     const char *const *stop;   // stop strings: generation ends when the text contains one; the text
     int n_stop;                //   is cut before it (needs a tokenizer)
+    bool template_bos;         // generate_text: the prompts are chat-template renderings, which write
+                               //   their own bos (none is added)
 } GenParams;
 
 enum { GEN_EOS_NONE = -1, GEN_EOS_DEFAULT = -2 };
@@ -124,6 +126,6 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
              const GenParams *p, GenStreamFn stream, void *user, GenResult *results);
 
 // The same from text: encodes each prompt, lens[i] bytes (lens NULL: C strings), with bos when the
-// tokenizer adds one; an empty prompt becomes bos, or the model's bos_token_id.
+// tokenizer adds one (and p->template_bos is off); an empty prompt becomes bos, or the model's bos_token_id.
 int generate_text(Model *m, const Tokenizer *tok, const char *const *prompts, const size_t *lens, int n, const GenParams *p,
                   GenStreamFn stream, void *user, GenResult *results);

@@ -2,7 +2,8 @@
 //   GET  /health                      {"status": "ok", ...}: no API key needed
 //   GET  /v1/models, /v1/models/NAME  "base" and every registered adapter
 //   POST /v1/completions              OpenAI's text completions ("model" names an adapter or "base")
-//   POST /v1/chat/completions         OpenAI's chat completions (the model's ChatML template)
+//   POST /v1/chat/completions         OpenAI's chat completions (the model's chat template; it stops at
+//                                     the template's end-of-turn token: chat_template_stop_id)
 //   GET  /v1/adapters                 the adapters, loaded or not
 //   POST /v1/adapters                 {"name", "path"}: register and load one while serving (admin)
 //   DELETE /v1/adapters/NAME          unregister it (freed when its running requests end) (admin)
@@ -48,7 +49,7 @@ struct HttpServer {
     MHD_socket listen_fd;     // after MHD_quiesce_daemon: ours to close
     ChatTemplate chat;
     bool has_chat;
-    int im_end;               // <|im_end|> token id (ChatML), -1 when none
+    int eot;                  // the template's end-of-turn token id, -1 when none
     char chat_error[512];     // why there is no template
     char *adapters_root;      // --adapters, resolved (realpath; "" for "/"); NULL when none
     bool loopback;            // listening on 127.0.0.0/8: no other machine can connect
@@ -302,13 +303,14 @@ static int parse_sampling(HttpServer *h, const cJSON *j, Kind kind, Params *q, E
 }
 
 // Text -> ids as generate_text does it: bos first when the tokenizer adds one or the text is empty.
-static int encode_prompt(HttpServer *h, const char *text, size_t len, Params *q, Err *e) {
+// with_bos: a bos first when the tokenizer adds one (a chat template writes its own).
+static int encode_prompt(HttpServer *h, const char *text, size_t len, bool with_bos, Params *q, Err *e) {
     const Tokenizer *tok = h->ctx.tok;
     int32_t *enc = NULL;
     int k = 0;
     if (tokenizer_encode(tok, text, len, &enc, &k)) return err(e, 400, "prompt", "the prompt does not encode: %s", peft_last_error());
     int bos = tokenizer_bos(tok) >= 0 ? tokenizer_bos(tok) : h->ctx.m->cfg.bos_token_id;
-    bool lead = tokenizer_add_bos(tok) || k == 0;
+    bool lead = (with_bos && tokenizer_add_bos(tok)) || k == 0;
     q->prompt = xmalloc(sizeof(int32_t) * (k + 1));
     if (lead) q->prompt[0] = bos;
     memcpy(q->prompt + lead, enc, sizeof(int32_t) * k);
@@ -325,7 +327,7 @@ static int parse_completion(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     if (cJSON_IsString(x)) {
         size_t n;
         const char *text = json_bytes(x, &n);
-        return encode_prompt(h, text, n, q, e);
+        return encode_prompt(h, text, n, true, q, e);
     }
     if (cJSON_IsArray(x) && cJSON_GetArraySize(x) > 0) {  // token ids
         int n = cJSON_GetArraySize(x), V = h->ctx.m->cfg.vocab_size, i = 0;
@@ -371,7 +373,7 @@ static int parse_chat(HttpServer *h, const cJSON *j, Params *q, Err *e) {
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) return err(e, 400, "messages", "messages must be a non-empty list");
     int n = cJSON_GetArraySize(msgs), i = 0;
-    ChatMessage *m = xcalloc(n, sizeof *m);
+    cJSON *m = cJSON_CreateArray();  // {"role", "content"} for the template
     char **contents = xcalloc(n, sizeof(char *));
     int rc = 0;
     const cJSON *it;
@@ -383,37 +385,36 @@ static int parse_chat(HttpServer *h, const cJSON *j, Params *q, Err *e) {
             break;
         }
         if (!(contents[i] = message_content(cJSON_GetObjectItemCaseSensitive(it, "content"), e))) { rc = -1; break; }
-        m[i].role = role->valuestring;
-        m[i].content = contents[i];
+        cJSON *msg = cJSON_CreateObject();
+        cJSON_AddItemToObject(msg, "role", json_bytes_string(role->valuestring, strlen(role->valuestring)));
+        cJSON_AddItemToObject(msg, "content", json_bytes_string(contents[i], strlen(contents[i])));
+        cJSON_AddItemToArray(m, msg);
         i++;
     }
     if (!rc) {
         char *text = NULL;
+        size_t len = 0;
         if (h->has_chat) {
-            ChatSpan *spans = NULL;
-            int n_spans = 0;
-            if (chat_template_render(&h->chat, m, n, true, &text, &spans, &n_spans)) rc = err(e, 400, "messages", "%s", peft_last_error());
-            free(spans);
-            if (h->im_end >= 0 && q->p.eos_id != GEN_EOS_NONE && q->p.n_extra_eos < 8) q->p.extra_eos[q->p.n_extra_eos++] = h->im_end;
+            if (chat_template_render(&h->chat, m, NULL, true, &text, &len)) rc = err(e, 400, "messages", "%s", peft_last_error());
+            if (h->eot >= 0 && q->p.eos_id != GEN_EOS_NONE && q->p.n_extra_eos < 8) q->p.extra_eos[q->p.n_extra_eos++] = h->eot;
         } else {
-            // No ChatML template: the contents, one per line (so a one-message chat equals a
-            // completion of its content).
-            size_t len = 0;
+            // A model without a chat template of its own: the contents, one per line (so a
+            // one-message chat equals a completion of its content).
             text = xstrdup("");
             for (int k = 0; k < n; k++) {
-                size_t c = strlen(m[k].content);
+                size_t c = strlen(contents[k]);
                 text = xrealloc(text, len + c + 2);
                 if (k) text[len++] = '\n';
-                memcpy(text + len, m[k].content, c + 1);
+                memcpy(text + len, contents[k], c + 1);
                 len += c;
             }
         }
-        if (!rc) rc = encode_prompt(h, text, strlen(text), q, e);
+        if (!rc) rc = encode_prompt(h, text, len, !h->has_chat, q, e);
         free(text);
     }
     for (int k = 0; k < n; k++) free(contents[k]);
     free(contents);
-    free(m);
+    cJSON_Delete(m);
     return rc;
 }
 
@@ -619,11 +620,11 @@ static int parse_adapter_body(const char *body, size_t len, bool with_path, cJSO
 }
 
 int http_parse_body(const HttpContext *ctx, const ChatTemplate *chat, HttpBody kind, const char *body, size_t len, int32_t **prompt, int *plen) {
-    HttpServer h = {.ctx = *ctx, .im_end = -1};
-    if (chat) {
+    HttpServer h = {.ctx = *ctx, .eot = -1};
+    if (chat && !chat->is_default) {
         h.chat = *chat;
         h.has_chat = true;
-        h.im_end = tokenizer_token_id(ctx->tok, "<|im_end|>");
+        h.eot = chat_template_stop_id(chat, ctx->tok);
     }
     Err e = {0};
     cJSON *j = NULL;
@@ -1178,7 +1179,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
 }
 
 static void server_free(HttpServer *h) {
-    if (h->has_chat) chat_template_free(&h->chat);
+    chat_template_free(&h->chat);
     if (h->wake_fd >= 0) close(h->wake_fd);
     pthread_mutex_destroy(&h->mu);
     pthread_mutex_destroy(&h->log_mu);
@@ -1195,7 +1196,7 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
     atomic_init(&h->stopping, false);
     atomic_init(&h->live, 0);
     h->listen_fd = MHD_INVALID_SOCKET;
-    h->im_end = -1;
+    h->eot = -1;
     pthread_mutex_init(&h->mu, NULL);
     pthread_mutex_init(&h->log_mu, NULL);
     pthread_cond_init(&h->jobs_cv, NULL);
@@ -1222,8 +1223,8 @@ HttpServer *http_server_start(const HttpContext *ctx, int *port_out) {
         if (!strcmp(h->adapters_root, "/")) h->adapters_root[0] = 0;  // so that root + "/" prefixes what is inside
     }
     if (ctx->tok && !chat_template_load(&h->chat, ctx->model_dir)) {
-        h->has_chat = true;
-        h->im_end = tokenizer_token_id(ctx->tok, "<|im_end|>");
+        h->has_chat = !h->chat.is_default;
+        h->eot = chat_template_stop_id(&h->chat, ctx->tok);
     } else snprintf(h->chat_error, sizeof h->chat_error, "%s", peft_last_error());
     if (h->wake_fd < 0 || pthread_create(&h->waker, NULL, waker_main, h)) {
         server_free(h);

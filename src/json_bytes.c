@@ -138,3 +138,14 @@ cJSON *json_bytes_item(const char *s, size_t n) {
     free(q);
     return item;
 }
+
+cJSON *json_bytes_string(const char *s, size_t n) {
+    cJSON *item = cJSON_CreateString("");
+    char *copy = xmalloc(n + 1);
+    if (n) memcpy(copy, s, n);
+    copy[n] = 0;
+    cJSON_free(item->valuestring);
+    item->valuestring = copy;
+    item->valuedouble = (double)n;
+    return item;
+}

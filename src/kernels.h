@@ -25,15 +25,18 @@ void swiglu_forward(float *out, const float *gate, const float *up, long n);  //
 void swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout, long n);
 
 // Rotary embeddings in the rotate_half layout, applied in place to x [B*T, nheads*HD].
-// cos/sin are [T, HD/2] tables (see rope_tables).
+// cos/sin are [T, HD/2] tables (see rope_tables). pos [B*T] gives each token's position (packed
+// sequences restart at 0 in every example); NULL: t in every row.
 void rope_tables(float *cos_t, float *sin_t, int T, int HD, const float *inv_freq);
-void rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD);
-void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD);
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, const int32_t *pos);
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, const int32_t *pos);
 
 // Causal softmax attention. q/k/v rows have strides qs/ks/vs floats (GPT-2 packs them in one
 // [N, 3C] buffer). att [B, NH, T, T] keeps the probabilities for backward. window > 0 limits
-// each query to the last `window` keys (Mistral's sliding window).
-typedef struct { int B, T, NH, NKV, HD, window; float scale; } AttnShape;
+// each query to the last `window` keys (Mistral's sliding window). pos [B*T] (packing; NULL:
+// none): each token's position in its example, so that a query at t attends only to keys from
+// t - pos[t] on, its own example's.
+typedef struct { int B, T, NH, NKV, HD, window; float scale; const int32_t *pos; } AttnShape;
 void attention_forward(float *out, float *att, const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
                         const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s);

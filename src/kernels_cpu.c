@@ -238,15 +238,16 @@ void rope_tables(float *cos_t, float *sin_t, int T, int HD, const float *inv_fre
 }
 
 // sign = +1 rotates forward; the backward pass is the rotation by -angle.
-static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, float sign) {
+static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, const int32_t *pos, float sign) {
     int half = HD / 2;
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < nheads; h++) {
                 float *v = x + ((long)(b * T + t) * nheads + h) * HD;
+                int p = pos ? pos[b * T + t] : t;
                 for (int i = 0; i < half; i++) {
-                    float c = cos_t[t * half + i], s = sign * sin_t[t * half + i];
+                    float c = cos_t[p * half + i], s = sign * sin_t[p * half + i];
                     float x1 = v[i], x2 = v[i + half];
                     v[i] = x1 * c - x2 * s;
                     v[i + half] = x2 * c + x1 * s;
@@ -254,19 +255,21 @@ static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, 
             }
 }
 
-void rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD) {
-    rope_apply(x, cos_t, sin_t, B, T, nheads, HD, 1.0f);
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, const int32_t *pos) {
+    rope_apply(x, cos_t, sin_t, B, T, nheads, HD, pos, 1.0f);
 }
 
-void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD) {
-    rope_apply(dx, cos_t, sin_t, B, T, nheads, HD, -1.0f);
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, const int32_t *pos) {
+    rope_apply(dx, cos_t, sin_t, B, T, nheads, HD, pos, -1.0f);
 }
 
 static inline int window_start(int t, int window) { return (window > 0 && t - window + 1 > 0) ? t - window + 1 : 0; }
 
-// Row t of scores S [T,T] -> causal (and windowed) softmax probabilities, zeros elsewhere.
-static void causal_softmax_row(float *a, int t, int T, int window) {
+// Row t of scores S [T,T] -> causal (and windowed) softmax probabilities over keys from `first`
+// on (the start of t's example when packed), zeros elsewhere.
+static void causal_softmax_row(float *a, int t, int T, int window, int first) {
     int t0 = window_start(t, window);
+    if (first > t0) t0 = first;
     float maxv = -INFINITY;
     for (int t2 = t0; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
     float sum = 0;
@@ -287,13 +290,14 @@ void attention_forward(float *out, float *att, const float *q, int qs, const flo
             const float *Q = q + (long)b * T * qs + h * HD, *K = k + (long)b * T * ks + kvh * HD, *V = v + (long)b * T * vs + kvh * HD;
             float *P = att + ((long)b * NH + h) * T * T, *O = out + (long)b * T * os + h * HD;
             matmul_ld(P, T, Q, qs, K, ks, T, T, HD, false, true, s.scale, 0.0f);
-            for (int t = 0; t < T; t++) causal_softmax_row(P + (long)t * T, t, T, s.window);
+            for (int t = 0; t < T; t++) causal_softmax_row(P + (long)t * T, t, T, s.window, s.pos ? t - s.pos[b * T + t] : 0);
             matmul_ld(O, os, P, T, V, vs, T, HD, T, false, false, 1.0f, 0.0f);
         }
 }
 
 // Per (sequence, kv head), so the query heads that share K and V add into dK, dV in one thread:
 // dP = dO V^T, dV += P^T dO, dS = P (dP - rowsum(P dP)) scale, dQ += dS K, dK += dS^T Q.
+// (P is zero outside each query's keys, window and example alike: the masks need no code here.)
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
                         const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
     int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV, os = NH * HD;

@@ -238,8 +238,8 @@ static void llama_block(Model *m, KVCache *kv, int l, int N) {
     linear_forward(m, b->k, kv->xn, kv->kn, N);
     linear_forward(m, b->v, kv->xn, kv->vn, N);
     // The rope tables hold one row per token (its own position): a [1, N] batch for rope_forward.
-    rope_forward(kv->q, kv->cos, kv->sin, 1, N, c->n_head, HD);
-    rope_forward(kv->kn, kv->cos, kv->sin, 1, N, c->n_kv_head, HD);
+    rope_forward(kv->q, kv->cos, kv->sin, 1, N, c->n_head, HD, NULL);
+    rope_forward(kv->kn, kv->cos, kv->sin, 1, N, c->n_kv_head, HD, NULL);
     store_kv(kv, l, N, kv->kn, kv->kvw, kv->vn, kv->kvw);
     cached_attention(kv, c, l, N, kv->att_y, kv->q, QW);
     linear_forward(m, b->o, kv->att_y, kv->tmp, N);

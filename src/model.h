@@ -58,6 +58,8 @@ typedef struct {
     int32_t *labels;            // copy of the labels of the last forward
     int32_t *ids;               // copy of the token ids of the last forward
     float *rope_cos, *rope_sin; // [T, HD/2]
+    int32_t *pos;               // packed sequences: each token's position in its example [N]
+    bool packed;                // the last forward was of packed rows (pos holds their positions)
     float *scratch[5];          // backward work buffers, [N, widest layer] each
     double lm_loss;             // causal-LM part of the last loss
     int cap_N, cap_T;           // what the buffers are sized for
@@ -85,6 +87,8 @@ typedef struct Model {
     bool double_quant;
     float *deq_buf;              // one linear's dequantized weight [out, in], reused layer after layer
     size_t deq_cap;
+    const int32_t *positions;    // training with packing: each token's position in its example for the next
+                                 // forwards [B*T] (dataset_pack), attention kept inside each example; NULL: 0..T-1
 } Model;
 
 // Load config.json and the weights (model.safetensors or sharded); checks every tensor's shape

@@ -102,6 +102,9 @@ static int check_config(const TrainConfig *c) {
     if (c->val_path && c->val_fraction > 0) return peft_fail("give a validation file or a validation fraction, not both");
     if (c->lr < 0 || c->weight_decay < 0 || c->max_grad_norm < 0 || c->warmup_steps < 0) return peft_fail("lr, weight decay, clipping and warm-up must not be negative");
     if (c->eval_every < 0 || c->save_every < 0 || c->stop_after < 0) return peft_fail("eval/save intervals must not be negative");
+    if (c->pack && c->cuda)
+        return peft_fail("--pack with --device cuda: packing is not implemented on the GPU yet (its attention kernels have no "
+                         "per-example masks and positions); pack on the CPU, or train on the GPU without --pack");
     return quant_refusals(c, c->quantize);
 }
 
@@ -133,6 +136,7 @@ typedef struct {
     int total_steps, micro_per_epoch;
     int *perm, perm_epoch;       // the shuffle of the epoch perm_epoch
     int32_t *ids, *labels;       // one micro-batch
+    int32_t *pos;                // its positions, when packed
     FILE *log;
     Series loss_curve, val_curve;
     char *log_path, *svg_path, *ckpt_dir;
@@ -189,6 +193,21 @@ static int load_data(Trainer *t) {
     }
     if (check_vocab(&t->train, t->m->cfg.vocab_size, t->c.data_path)) return -1;
     if (t->has_val && check_vocab(&t->val, t->m->cfg.vocab_size, t->c.val_path ? t->c.val_path : t->c.data_path)) return -1;
+    return 0;
+}
+
+// --pack: the training examples laid into sequences of up to seq_len tokens (validation data is
+// evaluated unpacked: the same per-token loss).
+static int pack_data(Trainer *t) {
+    if (!t->c.pack) return 0;
+    Dataset packed;
+    long tokens = t->train.offset[t->train.n_seq];
+    dataset_pack(&t->train, t->c.data.seq_len, &packed);
+    message(t, "packing: %d examples in %d sequences of up to %d tokens (%.1f%% of a batch's tokens were padding before, %.1f%% after)",
+            t->train.n_seq, packed.n_seq, t->c.data.seq_len, 100.0 * (1 - (double)tokens / ((double)t->train.n_seq * t->train.max_len)),
+            100.0 * (1 - (double)tokens / ((double)packed.n_seq * packed.max_len)));
+    dataset_free(&t->train);
+    t->train = packed;
     return 0;
 }
 
@@ -280,7 +299,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     if (t->m->cfg.arch == ARCH_GPT2 && t->c.data.seq_len > t->m->cfg.n_positions)
         return peft_fail("sequence length %d exceeds the model's %d positions", t->c.data.seq_len, t->m->cfg.n_positions);
     if (!t->c.data.cache_dir) t->c.data.cache_dir = t->c.out_dir;
-    if (load_data(t)) return -1;
+    if (load_data(t) || pack_data(t)) return -1;
     t->micro_per_epoch = (t->train.n_seq + t->c.batch - 1) / t->c.batch;
     long total = t->c.max_steps > 0 ? t->c.max_steps : ((long)t->c.epochs * t->micro_per_epoch + t->c.grad_accum - 1) / t->c.grad_accum;
     if (total > 1000000000L) return peft_fail("too many steps (%ld)", total);
@@ -293,6 +312,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     t->perm_epoch = -1;
     t->ids = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
     t->labels = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
+    if (t->train.pos) t->pos = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
     t->log_path = path_join(t->c.out_dir, LOG_PARTIAL);
     t->svg_path = path_join(t->c.out_dir, SVG_PARTIAL);
     t->ckpt_dir = path_join(t->c.out_dir, "checkpoint");
@@ -314,6 +334,7 @@ static void teardown(Trainer *t) {
     free(t->perm);
     free(t->ids);
     free(t->labels);
+    free(t->pos);
     series_free(&t->loss_curve);
     series_free(&t->val_curve);
     free(t->log_path);
@@ -529,6 +550,7 @@ static cJSON *checkpoint_state(const Trainer *t, int step) {
     cJSON_AddNumberToObject(j, "grad_accum", t->c.grad_accum);
     cJSON_AddNumberToObject(j, "seq_len", t->c.data.seq_len);
     cJSON_AddNumberToObject(j, "train_sequences", t->train.n_seq);
+    if (t->c.pack) cJSON_AddTrueToObject(j, "pack");
     cJSON_AddNumberToObject(j, "trainable_tensors", t->n_params);
     return j;
 }
@@ -650,12 +672,13 @@ static int state_int(const cJSON *j, const char *key) {
 // The checkpoint must come from the same run: same method, seed, batch shape and data.
 static int check_same_run(const Trainer *t, const cJSON *saved, const char *path) {
     cJSON *now = checkpoint_state(t, 0);
-    static const char *keys[] = {"method", "seed", "total_steps", "batch", "grad_accum", "seq_len", "train_sequences", "trainable_tensors"};
+    static const char *keys[] = {"method", "seed", "total_steps", "batch", "grad_accum", "seq_len", "train_sequences", "trainable_tensors", "pack"};
     int rc = 0;
     for (size_t i = 0; !rc && i < sizeof keys / sizeof *keys; i++) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(saved, keys[i]), *b = cJSON_GetObjectItemCaseSensitive(now, keys[i]);
+        if (!a && !b) continue;  // ("pack" is written only by packed runs)
         if (!a || !cJSON_Compare(a, b, true)) {
-            char *sa = a ? cJSON_PrintUnformatted(a) : xstrdup("(missing)"), *sb = cJSON_PrintUnformatted(b);
+            char *sa = a ? cJSON_PrintUnformatted(a) : xstrdup("(missing)"), *sb = b ? cJSON_PrintUnformatted(b) : xstrdup("(none)");
             rc = peft_fail("%s: the checkpoint has %s %s but this run has %s: resume with the same settings and data", path, keys[i], sa, sb);
             free(sa);
             free(sb);
@@ -801,8 +824,11 @@ static int train_step(Trainer *t, int step, TrainStepInfo *info) {
         int n;
         const int *idx = micro_batch(t, micro, &n);
         int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
+        if (t->pos) dataset_batch_positions(&t->train, idx, n, T, t->pos);
+        t->m->positions = t->pos;
         t->m->dropout_seed = seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro);
         double loss = model_forward(t->m, t->ids, t->labels, n, T);
+        t->m->positions = NULL;  // (backward reads the forward's own copy; evaluation is unpacked)
         if (!isfinite(loss)) return peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
         model_backward(t->m);
         loss_sum += loss;

@@ -48,6 +48,8 @@ typedef struct {
     int epochs;                  // used when max_steps is 0
     int max_steps;
     int batch;                   // sequences per micro-batch
+    bool pack;                   // several examples per sequence (dataset_pack), attention kept inside each
+                                 // example; CPU only for now
     int grad_accum;              // micro-batches per optimizer step
     uint64_t seed;
     int threads;                 // 0: OpenMP's default

@@ -41,6 +41,7 @@ void activations_free(Activations *a, int L) {
     for (size_t i = 0; i < sizeof flat / sizeof *flat; i++) free(flat[i]);
     free(a->labels);
     free(a->ids);
+    free(a->pos);
     memset(a, 0, sizeof *a);
 }
 
@@ -77,6 +78,7 @@ static void ensure_activations(Model *m, int B, int T) {
     a->logits = alloc_rows(N, c->vocab_size);
     a->labels = xcalloc(N, sizeof(int32_t));
     a->ids = xcalloc(N, sizeof(int32_t));
+    a->pos = xcalloc(N, sizeof(int32_t));
     long wide = widest_layer(c);
     for (int i = 0; i < 5; i++) a->scratch[i] = alloc_rows(N, wide > C ? wide : C);
     if (!gpt2) {
@@ -88,9 +90,12 @@ static void ensure_activations(Model *m, int B, int T) {
     a->cap_T = T;
 }
 
+// The positions of the last forward's tokens: packed (act.pos), or NULL for 0..T-1 in every row.
+static const int32_t *positions(const Model *m) { return m->act.packed ? m->act.pos : NULL; }
+
 static AttnShape attn_shape(const Model *m) {
     const ModelConfig *c = &m->cfg;
-    AttnShape s = {m->act.B, m->act.T, c->n_head, c->n_kv_head, c->head_dim, c->sliding_window, 1.0f / sqrtf((float)c->head_dim)};
+    AttnShape s = {m->act.B, m->act.T, c->n_head, c->n_kv_head, c->head_dim, c->sliding_window, 1.0f / sqrtf((float)c->head_dim), positions(m)};
     return s;
 }
 
@@ -123,8 +128,8 @@ static void llama_block_forward(Model *m, int l, const float *x, int N) {
     linear_forward(m, b->q, a->norm1[l], a->q[l], N);
     linear_forward(m, b->k, a->norm1[l], a->k[l], N);
     linear_forward(m, b->v, a->norm1[l], a->v[l], N);
-    rope_forward(a->q[l], a->rope_cos, a->rope_sin, a->B, a->T, c->n_head, HD);
-    rope_forward(a->k[l], a->rope_cos, a->rope_sin, a->B, a->T, c->n_kv_head, HD);
+    rope_forward(a->q[l], a->rope_cos, a->rope_sin, a->B, a->T, c->n_head, HD, positions(m));
+    rope_forward(a->k[l], a->rope_cos, a->rope_sin, a->B, a->T, c->n_kv_head, HD, positions(m));
     attention_forward(a->attn_y[l], a->att[l], a->q[l], QW, a->k[l], KVW, a->v[l], KVW, attn_shape(m));
     linear_forward(m, b->o, a->attn_y[l], tmp, N);
     memcpy(a->res_mid[l], x, sizeof(float) * N * C);
@@ -145,14 +150,20 @@ double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B,
     int N = B * T, C = c->n_embd, V = c->vocab_size;
     for (int i = 0; i < N; i++)
         if (ids[i] < 0 || ids[i] >= V) { peft_fail("token id %d at position %d is outside the vocabulary (size %d)", ids[i], i, V); return NAN; }
+    // Packed rows: a token's position counts from its example's start, which lies in its row.
+    for (int i = 0; m->positions && i < N; i++)
+        if (m->positions[i] < 0 || m->positions[i] > i % T) { peft_fail("position %d of token %d (row position %d) is outside its row", m->positions[i], i, i % T); return NAN; }
     ensure_activations(m, B, T);
     Activations *a = &m->act;
     memcpy(a->ids, ids, sizeof(int32_t) * N);
+    a->packed = m->positions != NULL;
+    if (a->packed) memcpy(a->pos, m->positions, sizeof(int32_t) * N);
+    const int32_t *pos = positions(m);
 #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         float *x = a->x0 + (long)i * C;
         memcpy(x, m->wte->w + (long)ids[i] * C, sizeof(float) * C);
-        if (m->wpe) add_inplace(x, m->wpe->w + (long)(i % T) * C, C);
+        if (m->wpe) add_inplace(x, m->wpe->w + (long)(pos ? pos[i] : i % T) * C, C);
     }
     const float *x = a->x0;
     for (int l = 0; l < c->n_layer; l++) {
@@ -222,8 +233,8 @@ static void llama_block_backward(Model *m, int l, const float *x, float *dres, i
     memset(dk, 0, sizeof(float) * N * KVW);
     memset(dv, 0, sizeof(float) * N * KVW);
     attention_backward(dq, dk, dv, d_y, a->att[l], a->q[l], QW, a->k[l], KVW, a->v[l], KVW, attn_shape(m));
-    rope_backward(dq, a->rope_cos, a->rope_sin, a->B, a->T, c->n_head, HD);
-    rope_backward(dk, a->rope_cos, a->rope_sin, a->B, a->T, c->n_kv_head, HD);
+    rope_backward(dq, a->rope_cos, a->rope_sin, a->B, a->T, c->n_head, HD, positions(m));
+    rope_backward(dk, a->rope_cos, a->rope_sin, a->B, a->T, c->n_kv_head, HD, positions(m));
     memset(d_norm, 0, sizeof(float) * N * C);
     linear_backward(m, b->q, a->norm1[l], dq, d_norm, N);
     linear_backward(m, b->k, a->norm1[l], dk, d_norm, N);
@@ -254,9 +265,10 @@ void model_backward(Model *m) {
             for (int i = 0; i < N; i++) m->wte->grad[(long)a->ids[i] * C + col] += dres[(long)i * C + col];
     }
     if (m->wpe && m->wpe->grad) {
+        const int32_t *pos = positions(m);
 #pragma omp parallel for
         for (int col = 0; col < C; col++)
-            for (int i = 0; i < N; i++) m->wpe->grad[(long)(i % a->T) * C + col] += dres[(long)i * C + col];
+            for (int i = 0; i < N; i++) m->wpe->grad[(long)(pos ? pos[i] : i % a->T) * C + col] += dres[(long)i * C + col];
     }
     adapters_regularizer(m, true);
     free(d_norm);

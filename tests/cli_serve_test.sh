@@ -15,13 +15,7 @@
 set -u
 PEFT=${PEFT:-build/peft}
 TMP=$(mktemp -d /tmp/peft-cli-serve.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/cli_http.sh"  # PIDS, and the exit trap that stops the servers
 export OMP_NUM_THREADS=1  # tiny models: one thread is fastest, and shared machines stay usable
 passed=0 failed=0
 ok() { passed=$((passed + 1)); echo "ok   $1"; }
@@ -30,27 +24,6 @@ check() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got [$2], want [$3])";
 
 if ! command -v curl >/dev/null; then echo "*** SKIPPED: curl not found ***"; echo "0 passed, 0 failed, 1 skipped"; exit 0; fi
 
-# jget EXPR < json: a field of a JSON document (Perl's core JSON::PP), e.g. jget '$j->{choices}[0]{text}'.
-jget() {
-    perl -MJSON::PP -e 'binmode STDOUT, ":utf8"; local $/; my $t = <STDIN>; my $j = eval { JSON::PP->new->decode($t) };
-        if (!defined $j) { print "NOT-JSON"; exit 0 } my $v = eval $ARGV[0]; print defined $v ? $v : "" ' "$1"
-}
-# sse_text < stream: the concatenated text of an event stream (completion or chat chunks); "+DONE" when it ended properly.
-sse_text() {
-    perl -MJSON::PP -e 'binmode STDOUT, ":utf8"; my ($s, $done) = ("", 0);
-        while (<STDIN>) { next unless s/^data: //; chomp; if ($_ eq "[DONE]") { $done = 1; next }
-            my $j = JSON::PP->new->decode($_); my $c = $j->{choices}[0] or next;
-            $s .= defined $c->{text} ? $c->{text} : defined $c->{delta}{content} ? $c->{delta}{content} : "" }
-        print $s, $done ? "+DONE" : "" '
-}
-
-# post URL BODY [curl args...]: prints the body then a last line with the HTTP status.
-post() {
-    local url=$1 body=$2; shift 2
-    curl -s -m 60 -w '\n%{http_code}' -H 'Content-Type: application/json' "$@" --data-binary "$body" "$url"
-}
-status_of() { tail -n 1; }
-body_of() { sed '$d'; }
 
 # ---- a model and three adapters ----
 "$PEFT" init --arch gpt2 --layers 2 --hidden 64 --heads 4 --context 64 --seed 5 --out "$TMP/base" >/dev/null || { bad "peft init"; exit 1; }
@@ -88,18 +61,6 @@ echo "  base: the ${WANT[base]}" | head -1
     ok "the adapters generate different texts" || bad "the adapters generate different texts"
 
 # ---- server 1: 3 adapters, at most 2 in memory, 4 requests at a time, small body limit ----
-start_server() {  # log-name args...: sets PORT (bounded wait for "listening on")
-    local name=$1; shift
-    "$PEFT" serve "$@" --port 0 >"$TMP/$name.out" 2>"$TMP/$name.err" &
-    PIDS+=($!)
-    PORT=
-    for i in $(seq 1 100); do
-        PORT=$(sed -n 's|^listening on http://[0-9.]*:\([0-9]*\)$|\1|p' "$TMP/$name.out")
-        [ -n "$PORT" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 if start_server s1 --model "$TMP/base" --adapters "$TMP/adapters" --max-requests 4 --max-adapters 2 --max-tokens 64 --max-body 16 --threads 1; then
     ok "server starts on a free loopback port ($PORT)"
 else

@@ -4,6 +4,7 @@
 #include "helpers.h"
 #include "../src/config.h"
 #include "../src/data.h"
+#include "../src/json_bytes.h"
 #include "../src/model.h"
 #include "../src/tokenizer.h"
 #include "../src/util.h"
@@ -202,9 +203,9 @@ TEST(data_errors_name_file_and_line) {
     DataOptions o = opts(32);
     struct { const char *name, *text, *want; } cases[] = {
         {"bad.jsonl", "{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n{\"text\": oops}\n", "bad.jsonl:3: invalid JSON"},
-        {"keys.jsonl", "{\"text\": \"ok\"}\n{\"input\": \"x\"}\n", "keys.jsonl:2: expected"},
-        {"types.jsonl", "{\"prompt\": \"p\", \"completion\": 5}\n", "types.jsonl:1: \"prompt\" and \"completion\" must both be strings"},
-        {"msgs.jsonl", "\n{\"messages\": [{\"role\": \"user\"}]}\n", "msgs.jsonl:2: messages[0] needs"},
+        {"keys.jsonl", "{\"text\": \"ok\"}\n{\"input\": \"x\"}\n", "keys.jsonl:2: no known fields"},
+        {"types.jsonl", "{\"prompt\": \"p\", \"completion\": 5}\n", "types.jsonl:1: \"completion\" must be a string"},
+        {"msgs.jsonl", "\n{\"messages\": [{\"role\": \"user\"}]}\n", "msgs.jsonl:2: messages[0].content must be a string"},
         {"quote.csv", "mr,ref\na,b\n\"c,d\n", "quote.csv:3: unterminated quoted field"},
         {"fields.csv", "mr,ref\na,b\nc,d,e\n", "fields.csv:3: 3 fields, but the header has 2"},
         {"after.csv", "mr,ref\n\"a\"x,b\n", "after.csv:2: unexpected character"},
@@ -311,9 +312,12 @@ TEST(data_split_and_batches) {
     free(path);
 }
 
+// tokenizer_config.json with a chat template (NULL: none), bos_token "<s>" and eos_token "</s>".
 static void write_chat_template(const char *dir, const char *tmpl) {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "chat_template", tmpl);
+    if (tmpl) cJSON_AddStringToObject(j, "chat_template", tmpl);
+    cJSON_AddStringToObject(j, "eos_token", "</s>");
+    cJSON_AddStringToObject(j, "bos_token", "<s>");
     char *text = cJSON_Print(j), *p = path_join(dir, "tokenizer_config.json");
     write_file_atomic(p, text, strlen(text));
     free(text);
@@ -321,8 +325,8 @@ static void write_chat_template(const char *dir, const char *tmpl) {
     cJSON_Delete(j);
 }
 
-TEST(data_chat_messages_chatml) {
-    // A model folder of its own: the tokenizer plus a tokenizer_config.json with a chat template.
+// A model folder of its own: the tiny model's byte-level tokenizer, and tokenizer_config.json.
+static const char *chat_model_dir(const char *tmpl) {
     const char *dir = test_tmpdir();
     char *src = path_join(test_tiny_model(), "tokenizer.json"), *dst = path_join(dir, "tokenizer.json");
     size_t len;
@@ -331,53 +335,257 @@ TEST(data_chat_messages_chatml) {
     free(tj);
     free(src);
     free(dst);
+    write_chat_template(dir, tmpl);
+    return dir;
+}
+
+// Loads path with the tokenizer of dir; the text and the loss text of sequence 0 into s / l.
+static int load_one(const char *dir, const char *path, const DataOptions *o, char **s, char **l) {
+    Tokenizer *tok = tokenizer_load(dir);
+    Dataset ds;
+    int rc = dataset_load(&ds, path, tok, dir, o);
+    if (!rc) {
+        *s = seq_text(&ds, tok, 0);
+        *l = loss_text(&ds, tok, 0);
+        dataset_free(&ds);
+    }
+    tokenizer_free(tok);
+    return rc;
+}
+
+#define QWEN2 "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}" \
+              "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}" \
+              "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}" \
+              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+#define LLAMA2 "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'].strip() + ' [/INST]' }}" \
+               "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+#define LLAMA3 "{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + " \
+               "m['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}" \
+               "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+
+TEST(data_chat_messages_templates) {
+    const char *dir = chat_model_dir(NULL);
     char *path = write_tmp(dir, "chat.jsonl",
                            "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"},"
                            " {\"role\": \"user\", \"content\": \"bye\"}, {\"role\": \"assistant\", \"content\": \"ok\"}]}\n");
-    Tokenizer *tok = tokenizer_load(dir);
-    CHECK(tok);
-    Dataset ds;
     DataOptions o = opts(256);
-    // No template yet: an error naming the file.
-    CHECK(dataset_load(&ds, path, tok, dir, &o) != 0);
-    CHECK_MSG(strstr(peft_last_error(), "chat.jsonl:1:") && strstr(peft_last_error(), "tokenizer_config.json"), "%s", peft_last_error());
-    // Qwen2's template (ChatML with a default system message).
-    write_chat_template(dir, "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-                             "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-                             "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-                             "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}");
-    CHECK_MSG(dataset_load(&ds, path, tok, dir, &o) == 0, "%s", peft_last_error());
-    char *s = seq_text(&ds, tok, 0), *l = loss_text(&ds, tok, 0);
-    CHECK_STR(s, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-                 "<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n");
-    CHECK_STR(l, "yo<|im_end|>ok<|im_end|>");  // loss on the assistant turns only
+    char *s, *l;
+    // No template: ChatML.
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n"
+                 "<|im_start|>assistant\nok<|im_end|>\n");
+    CHECK_STR(l, "yo<|im_end|>ok<|im_end|>");  // loss on the assistant turns (and their end of turn) only
     free(s);
     free(l);
-    dataset_free(&ds);
-    // A template that is not ChatML is refused, clearly.
-    write_chat_template(dir, "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}");
-    CHECK(dataset_load(&ds, path, tok, dir, &o) != 0);
-    CHECK_MSG(strstr(peft_last_error(), "not a ChatML template"), "%s", peft_last_error());
-    tokenizer_free(tok);
+    // Qwen2's template (ChatML with a default system message).
+    write_chat_template(dir, QWEN2);
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(s, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                 "<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n");
+    CHECK_STR(l, "yo<|im_end|>ok<|im_end|>");
+    free(s);
+    free(l);
+    // Llama-2's: the end of turn is " </s>" after the stripped content.
+    write_chat_template(dir, LLAMA2);
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(l, "yo </s>ok </s>");
+    free(s);
+    free(l);
+    // --train-on-prompt: every token.
+    o.train_on_prompt = true;
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(l, s);
+    free(s);
+    free(l);
     free(path);
 }
 
-TEST(data_chat_template_render_generation_prompt) {
+TEST(data_chat_spans_are_located_in_the_rendering) {
+    const char *dir = chat_model_dir(LLAMA3);
+    DataOptions o = opts(512);
+    char *s, *l;
+    // "a" is in "assistant" too, and the user said "a" first: the turn's own content is found;
+    // trimmed content is found as the template trims it; an empty content trains its end of turn.
+    char *path = write_tmp(dir, "c.jsonl",
+                           "{\"messages\": [{\"role\": \"system\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"a\"},"
+                           " {\"role\": \"assistant\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"q\"},"
+                           " {\"role\": \"assistant\", \"content\": \"  padded \\n\"}, {\"role\": \"user\", \"content\": \"r\"},"
+                           " {\"role\": \"assistant\", \"content\": \"\"}]}\n");
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(l, "a<|eot_id|>padded<|eot_id|><|eot_id|>");
+    const char *first = strstr(s, "<|start_header_id|>assistant<|end_header_id|>\n\na<|eot_id|>");
+    CHECK(first);
+    free(s);
+    free(l);
+    free(path);
+    // A template that writes the tools first: the generation prompt is rendered with them too, so an
+    // assistant content "assistant" is found after its turn's header, not in it.
+    write_chat_template(dir, "{% if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{% endif %}"
+                             "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
+    path = write_tmp(dir, "t.jsonl", "{\"tools\": [{\"name\": \"f\"}], \"messages\": [{\"role\": \"user\", \"content\": \"hi\"},"
+                                     " {\"role\": \"assistant\", \"content\": \"assistant\"}]}\n");
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(l, "assistant<|im_end|>");
+    free(s);
+    free(l);
+    free(path);
+    // A template that rewrites assistant contents cannot place the loss: refused, naming the message.
+    write_chat_template(dir, "{% for m in messages %}{{ m['role'] + ': ' + m['content'] | upper + '\\n' }}{% endfor %}");
+    path = write_tmp(dir, "d.jsonl", "\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"yes\"}]}\n");
+    CHECK(load_one(dir, path, &o, &s, &l) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "d.jsonl:2: messages[1]:") && strstr(peft_last_error(), "--train-on-prompt"), "%s", peft_last_error());
+    // ... it trains with the loss on everything.
+    o.train_on_prompt = true;
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(l, "user: X\nassistant: YES\n");
+    free(s);
+    free(l);
+    free(path);
+    // A template error is the data's error, with the template's position.
+    write_chat_template(dir, "{{ raise_exception('no system role') if messages[0].role == 'system' }}{% for m in messages %}{{ m.content }}{% endfor %}");
+    path = write_tmp(dir, "e.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}\n");
+    CHECK(load_one(dir, path, &o, &s, &l) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "e.jsonl:1: ") && strstr(peft_last_error(), "tokenizer_config.json:1:4: raise_exception: no system role"), "%s", peft_last_error());
+    free(path);
+}
+
+TEST(data_chat_template_render_and_end_of_turn) {
     ChatTemplate ct;
-    CHECK(chat_template_parse(&ct, "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-                                   "'<|im_end|>' + '\\n'}}{% endfor %}", "t") == 0);
-    CHECK(ct.default_system == NULL);
-    ChatMessage msgs[] = {{"system", "be brief"}, {"user", "hello"}};
+    cJSON *tokens = cJSON_Parse("{\"eos_token\": \"</s>\", \"bos_token\": \"<s>\"}");
+    CHECK(chat_template_parse(&ct, QWEN2, strlen(QWEN2), "t", tokens) == 0);
+    CHECK_STR(ct.end_of_turn, "<|im_end|>");
+    const char *json = "[{\"role\": \"system\", \"content\": \"be brief\"}, {\"role\": \"user\", \"content\": \"hel\\u0000lo\"}]";
+    cJSON *msgs = json_parse_bytes(json, strlen(json));
+    CHECK(msgs);
     char *text;
-    ChatSpan *spans;
-    int n;
-    CHECK(chat_template_render(&ct, msgs, 2, true, &text, &spans, &n) == 0);
-    CHECK_STR(text, "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n");
-    CHECK(n == 0);
+    size_t len;
+    CHECK(chat_template_render(&ct, msgs, NULL, true, &text, &len) == 0);
+    const char want[] = "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhel\0lo<|im_end|>\n<|im_start|>assistant\n";
+    CHECK(len == sizeof want - 1 && !memcmp(text, want, len));
     free(text);
-    free(spans);
-    ChatMessage bad[] = {{"tool", "x"}};
-    CHECK(chat_template_render(&ct, bad, 1, false, &text, &spans, &n) != 0);
-    CHECK(strstr(peft_last_error(), "\"tool\""));
     chat_template_free(&ct);
+    const char *tmpls[] = {LLAMA2, LLAMA3, "{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}",
+                           "{% for m in messages %}{{ m.content }}\n{% endfor %}"};
+    const char *eot[] = {"</s>", "<|eot_id|>", "<end_of_turn>", ""};
+    for (int i = 0; i < 4; i++) {
+        CHECK_MSG(chat_template_parse(&ct, tmpls[i], strlen(tmpls[i]), "t", tokens) == 0, "%s", peft_last_error());
+        CHECK_MSG(!strcmp(ct.end_of_turn, eot[i]), "template %d: end of turn \"%s\"", i, ct.end_of_turn);
+        chat_template_free(&ct);
+    }
+    cJSON_Delete(msgs);
+    cJSON_Delete(tokens);
+}
+
+TEST(data_chat_template_files) {
+    const char *dir = chat_model_dir(NULL);
+    ChatTemplate ct;
+    // The list-of-named-templates form: "default".
+    char *p = write_tmp(dir, "tokenizer_config.json",
+                        "{\"eos_token\": {\"content\": \"<eos>\"}, \"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"},"
+                        " {\"name\": \"default\", \"template\": \"D{{ eos_token }}\"}]}");
+    CHECK_MSG(chat_template_load(&ct, dir) == 0, "%s", peft_last_error());
+    char *text;
+    size_t len;
+    cJSON *none = cJSON_CreateArray();
+    CHECK(chat_template_render(&ct, none, NULL, false, &text, &len) == 0);
+    CHECK_STR(text, "D<eos>");
+    free(text);
+    chat_template_free(&ct);
+    free(p);
+    p = write_tmp(dir, "tokenizer_config.json", "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}]}");
+    CHECK(chat_template_load(&ct, dir) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "tokenizer_config.json: \"chat_template\" lists named templates but none named \"default\""), "%s", peft_last_error());
+    free(p);
+    // chat_template.jinja comes first.
+    p = write_tmp(dir, "chat_template.jinja", "J{{ messages | length }}\n");
+    CHECK_MSG(chat_template_load(&ct, dir) == 0, "%s", peft_last_error());
+    CHECK(chat_template_render(&ct, none, NULL, false, &text, &len) == 0);
+    CHECK_STR(text, "J0");
+    free(text);
+    chat_template_free(&ct);
+    free(p);
+    p = write_tmp(dir, "chat_template.jinja", "{% for %}");
+    CHECK(chat_template_load(&ct, dir) != 0);
+    CHECK_MSG(strstr(peft_last_error(), "chat_template.jinja:1:8:"), "%s", peft_last_error());
+    free(p);
+    cJSON_Delete(none);
+}
+
+#define ALPACA_HEAD "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+
+TEST(data_formats_alpaca_sharegpt_messages) {
+    const char *dir = chat_model_dir(NULL);
+    DataOptions o = opts(512);
+    char *s, *l;
+    // Alpaca as a JSON array: Stanford's prompt (with and without an input), the loss on output + eos.
+    char *path = write_tmp(dir, "alpaca.json",
+                           "[\n  {\"instruction\": \"Say hi\", \"input\": \"\", \"output\": \"hi\"},\n"
+                           "  {\"instruction\": \"Add\", \"input\": \"2 2\", \"output\": \"4\"}\n]\n");
+    Tokenizer *tok = tokenizer_load(dir);
+    Dataset ds;
+    CHECK_MSG(dataset_load(&ds, path, tok, dir, &o) == 0, "%s", peft_last_error());
+    CHECK(ds.n_seq == 2);
+    s = seq_text(&ds, tok, 0);
+    CHECK_STR(s, ALPACA_HEAD "### Instruction:\nSay hi\n\n### Response:hi<|endoftext|>");
+    free(s);
+    s = seq_text(&ds, tok, 1);
+    CHECK_STR(s, "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that "
+                 "appropriately completes the request.\n\n### Instruction:\nAdd\n\n### Input:\n2 2\n\n### Response:4<|endoftext|>");
+    free(s);
+    l = loss_text(&ds, tok, 1);
+    CHECK_STR(l, "4<|endoftext|>");
+    free(l);
+    dataset_free(&ds);
+    // alpaca-chat: the same through the chat template.
+    o.format = DATA_ALPACA_CHAT;
+    CHECK_MSG(dataset_load(&ds, path, tok, dir, &o) == 0, "%s", peft_last_error());
+    s = seq_text(&ds, tok, 1);
+    CHECK_STR(s, "<|im_start|>user\nAdd\n\n2 2<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n");
+    free(s);
+    dataset_free(&ds);
+    o.format = DATA_AUTO;
+    free(path);
+    // ShareGPT: roles mapped, a "system" field first.
+    path = write_tmp(dir, "sg.jsonl", "{\"system\": \"S\", \"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"r\"}]}\n");
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\nr<|im_end|>\n");
+    CHECK_STR(l, "r<|im_end|>");
+    free(s);
+    free(l);
+    free(path);
+    // Alpaca CSV.
+    path = write_tmp(dir, "a.csv", "instruction,input,output\nSay hi,,hi\n");
+    CHECK_MSG(load_one(dir, path, &o, &s, &l) == 0, "%s", peft_last_error());
+    CHECK_STR(s, ALPACA_HEAD "### Instruction:\nSay hi\n\n### Response:hi<|endoftext|>");
+    free(s);
+    free(l);
+    free(path);
+    tokenizer_free(tok);
+}
+
+TEST(data_format_errors_name_file_line_and_field) {
+    const char *dir = chat_model_dir(NULL);
+    DataOptions o = opts(256);
+    char *s, *l;
+    static const struct { const char *name, *text, *want; DataFormat f; } cases[] = {
+        {"r.jsonl", "{\"text\": \"ok\"}\n{\"conversations\": [{\"from\": \"wizard\", \"value\": \"x\"}]}\n",
+         "r.jsonl:2: conversations[0].from is \"wizard\"", DATA_AUTO},
+        {"m.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"narrator\", \"content\": \"b\"}]}\n",
+         "m.jsonl:1: messages[1].role is \"narrator\"", DATA_AUTO},
+        {"c.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}\n", "c.jsonl:1: messages[0].content must be a string", DATA_AUTO},
+        {"amb.jsonl", "{\"text\": \"t\", \"messages\": []}\n", "amb.jsonl:1: ambiguous record: it has the fields of several formats (\"messages\", \"text\")", DATA_AUTO},
+        {"none.jsonl", "{\"question\": \"q\"}\n", "none.jsonl:1: no known fields", DATA_AUTO},
+        {"a.json", "[{\"instruction\": \"i\", \"output\": \"o\"},\n {\"instruction\": \"i\"}]", "a.json:2: \"output\" is missing", DATA_AUTO},
+        {"b.json", "[{\"instruction\": \"i\", \"output\": \"o\"}\n {\"x\": 1}]", "b.json:2: expected ',' or ']' after record 0", DATA_AUTO},
+        {"f.jsonl", "{\"text\": \"t\"}\n", "f.jsonl:1: \"instruction\" is missing", DATA_ALPACA},
+        {"t.jsonl", "{\"messages\": [{\"role\": \"assistant\", \"content\": null, \"tool_calls\": []}]}\n", "t.jsonl:1: an assistant message with \"tool_calls\"", DATA_AUTO},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *path = write_tmp(dir, cases[i].name, cases[i].text);
+        o.format = cases[i].f;
+        CHECK_MSG(load_one(dir, path, &o, &s, &l) != 0, "%s was accepted", cases[i].name);
+        CHECK_MSG(strstr(peft_last_error(), cases[i].want), "%s: %s", cases[i].name, peft_last_error());
+        free(path);
+    }
 }

@@ -52,3 +52,4 @@ TEST(fuzz_replay_chat) { replay(failed_, "chat", fuzz_chat); }
 TEST(fuzz_replay_tokenizer) { replay(failed_, "tokenizer", fuzz_tokenizer); }
 TEST(fuzz_replay_adapter) { replay(failed_, "adapter", fuzz_adapter); }
 TEST(fuzz_replay_checkpoint) { replay(failed_, "checkpoint", fuzz_checkpoint); }
+TEST(fuzz_replay_jinja) { replay(failed_, "jinja", fuzz_jinja); }
