@@ -47,7 +47,7 @@ run() {  # name, extra train options: one line of the table
     sed -n 's/.*"step":\([0-9]*\),.*"tokens":\([0-9.e+]*\),"tokens_per_s":\([0-9.e+]*\).*/\1 \2 \3/p' "$out/train_log.jsonl" |
         awk -v name="$name" -v seqs="$seqs" -v batch="$BATCH" '
             $1 > 1 { tok += $2; sec += $2 / $3 } END { n = NR;
-            printf "| %s | %d | %d | %d | %d | %.2f | %.0f |\n", name, seqs, batch, n, tok, sec, sec > 0 ? tok / sec : 0 }'
+            printf "| %s | %d | %d | %d | %d | %.2f | %.0f |\n", name, seqs, batch, n, tok, sec, (sec > 0 ? tok / sec : 0) }'
 }
 
 echo "$("$PEFT" --version), --device $DEVICE: Llama $LAYERS x $HIDDEN ($HEADS heads, $KV_HEADS kv), byte-level, LoRA r 8 all-linear;" \
