@@ -103,7 +103,7 @@ int cmd_train(int argc, char **argv) {
         {"epochs", OPT_INT, &c.epochs, "passes over the data (default 1)"},
         {"steps", OPT_INT, &c.max_steps, "optimizer steps (overrides --epochs)"},
         {"batch", OPT_INT, &c.batch, "sequences per micro-batch (default 4)"},
-        {"pack", OPT_FLAG, &c.pack, "several examples per sequence, each attending only to itself, positions from 0 (CPU only for now)"},
+        {"pack", OPT_FLAG, &c.pack, "several examples per sequence, each attending only to itself, positions from 0"},
         {"grad-accum", OPT_INT, &c.grad_accum, "micro-batches per optimizer step (default 1)"},
         {"clip", OPT_FLOAT, &clip, "clip the gradient norm to this (default 1; 0 = off)"},
         {"weight-decay", OPT_FLOAT, &c.weight_decay, "AdamW weight decay (default 0)"},

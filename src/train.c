@@ -102,9 +102,6 @@ static int check_config(const TrainConfig *c) {
     if (c->val_path && c->val_fraction > 0) return peft_fail("give a validation file or a validation fraction, not both");
     if (c->lr < 0 || c->weight_decay < 0 || c->max_grad_norm < 0 || c->warmup_steps < 0) return peft_fail("lr, weight decay, clipping and warm-up must not be negative");
     if (c->eval_every < 0 || c->save_every < 0 || c->stop_after < 0) return peft_fail("eval/save intervals must not be negative");
-    if (c->pack && c->cuda)
-        return peft_fail("--pack with --device cuda: packing is not implemented on the GPU yet (its attention kernels have no "
-                         "per-example masks and positions); pack on the CPU, or train on the GPU without --pack");
     return quant_refusals(c, c->quantize);
 }
 
@@ -759,6 +756,15 @@ static const int *micro_batch(Trainer *t, long k, int *n) {
     return t->perm + start;
 }
 
+// Micro-batch k into t->ids / t->labels, and its positions into t->pos when packed (the next forward's
+// Model.positions); returns its length T.
+static int load_micro_batch(Trainer *t, long k, const int **idx, int *n) {
+    *idx = micro_batch(t, k, n);
+    int T = dataset_batch(&t->train, *idx, *n, t->ids, t->labels);
+    if (t->pos) dataset_batch_positions(&t->train, *idx, *n, T, t->pos);
+    return T;
+}
+
 static long batch_tokens(const Dataset *ds, const int *idx, int n) {
     long s = 0;
     for (int i = 0; i < n; i++) s += ds->offset[idx[i] + 1] - ds->offset[idx[i]];
@@ -782,10 +788,12 @@ static int train_step_gpu(Trainer *t, int step, TrainStepInfo *info) {
     for (int k = 0; k < accum; k++) {
         long micro = (long)step * accum + k;
         int n;
-        const int *idx = micro_batch(t, micro, &n);
-        int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
+        const int *idx;
+        int T = load_micro_batch(t, micro, &idx, &n);
         gpu_set_dropout(t->g, true, seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro));
+        t->m->positions = t->pos;
         double loss = gpu_forward(t->g, t->ids, t->labels, n, T);
+        t->m->positions = NULL;
         gpu_set_dropout(t->g, false, 0);  // evaluation between steps never drops
         if (!isfinite(loss)) return isnan(loss) && peft_last_error()[0] ? -1 : peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
         loss_sum += loss;
@@ -822,9 +830,8 @@ static int train_step(Trainer *t, int step, TrainStepInfo *info) {
     for (int k = 0; k < accum; k++) {
         long micro = (long)step * accum + k;
         int n;
-        const int *idx = micro_batch(t, micro, &n);
-        int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
-        if (t->pos) dataset_batch_positions(&t->train, idx, n, T, t->pos);
+        const int *idx;
+        int T = load_micro_batch(t, micro, &idx, &n);
         t->m->positions = t->pos;
         t->m->dropout_seed = seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro);
         double loss = model_forward(t->m, t->ids, t->labels, n, T);

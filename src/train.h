@@ -49,7 +49,7 @@ typedef struct {
     int max_steps;
     int batch;                   // sequences per micro-batch
     bool pack;                   // several examples per sequence (dataset_pack), attention kept inside each
-                                 // example; CPU only for now
+                                 // example (CPU and CUDA)
     int grad_accum;              // micro-batches per optimizer step
     uint64_t seed;
     int threads;                 // 0: OpenMP's default

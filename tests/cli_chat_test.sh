@@ -9,7 +9,7 @@
 #    rendered prompt runs on past it (unless it is the eos); the prompt has as many tokens as the
 #    template's rendering (no bos added: the template writes its own, with add_bos_token set too);
 #  - peft generate --chat gives the same answer;
-#  - peft train --pack on the Alpaca data (and its refusal with --device cuda, for now).
+#  - peft train --pack on the Alpaca data (on the GPU: tests/gpu/test_gpu.c's pack checks).
 # Usage: PEFT=build/peft bash tests/cli_chat_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -54,8 +54,6 @@ echo "# --pack"
 run_ok "train --pack" "$PEFT" train --model "$M" --data "$TMP/alpaca.json" --method lora --r 8 --targets all-linear --steps 2 --batch 2 \
     --seq-len 512 --threads 1 --pack --out "$TMP/alpaca-pack"
 check "... 40 examples packed into fewer sequences" grep -qE "packing: 40 examples in [0-9]+ sequences of up to 512 tokens" "$TMP/err"
-run_fails "--pack --device cuda is refused (the GPU side is not done)" 1 "--pack with --device cuda: packing is not implemented on the GPU" \
-    "$PEFT" train --model "$M" --data "$TMP/alpaca.json" --method lora --steps 1 --pack --device cuda --out "$TMP/pack-cuda"
 
 # ---- chat templates of the model's own ----
 LLAMA3='{{ bos_token }}{% for m in messages %}{{ "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content | trim + "<|eot_id|>" }}{% endfor %}{% if add_generation_prompt %}{{ "<|start_header_id|>assistant<|end_header_id|>\n\n" }}{% endif %}'

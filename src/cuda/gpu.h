@@ -47,6 +47,9 @@ void gpu_model_free(GpuModel *g);
 // regulariser when it is on: orth_reg_weight > 0 and a task_type, as on the CPU) and prepares backward
 // (the classifier's backward runs chunk by chunk inside this call: no [N,V] fp32 logits).
 // Without labels: returns 0 and keeps fp32 logits [B*T, V] for gpu_get_logits. NAN on error.
+// Packing: when the CPU Model's positions (Model.positions, [B*T]) are set at the call, the rows are
+// packed examples (positions restart at 0 with each; checked) and attention stays inside each example,
+// as model_forward does; the backward after it uses the same positions.
 double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T);
 int gpu_get_logits(GpuModel *g, float *out);
 // Accumulate d loss / d p into the trainable tensors' device gradients (after a forward with labels).

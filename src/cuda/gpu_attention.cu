@@ -7,6 +7,10 @@
 //    64, used when the build targets sm_90a (PEFT_WGMMA) and the GPU is an sm_90 one.
 //  - attn_generic_*: one warp per query row, any head size and type: the fp32 parity path.
 // qkv rows are [q (NH*HD) | k (NKV*HD) | v (NKV*HD)] with row stride S.
+// Packing (AttnDims.pos): query t attends only to keys from first(t) = t - pos[t] on, its own example's.
+// first is non-decreasing in t, so a query tile's first row bounds the keys any of its rows needs (key
+// tiles wholly before it are skipped) and its last row says whether a key tile needs the mask. The flash
+// kernels take it as the template flag PACK: without positions they are the code they were.
 #include "gpu_internal.cuh"
 #include <algorithm>
 #include <math.h>
@@ -15,8 +19,16 @@
 #define LOG2E 1.4426950408889634f
 
 
-__device__ __forceinline__ bool masked(int key, int q, int Tn, int window) {
-    return key > q || key >= Tn || q >= Tn || (window > 0 && key < q - window + 1);
+// first: the first key of q's example (PACK), ignored otherwise.
+template <bool PACK> __device__ __forceinline__ bool masked(int key, int q, int Tn, int window, int first) {
+    return key > q || key >= Tn || q >= Tn || (window > 0 && key < q - window + 1) || (PACK && key < first);
+}
+// first(q) of row b (q < T).
+__device__ __forceinline__ int example_start(const AttnDims &d, int b, int q) { return q - d.pos[(long)b * d.T + q]; }
+// The first key of query t's softmax: the window's and (packed) its example's start.
+__device__ __forceinline__ int first_key(const AttnDims &d, int b, int t) {
+    int t0 = (d.window > 0 && t - d.window + 1 > 0) ? t - d.window + 1 : 0;
+    return d.pos ? max(t0, example_start(d, b, t)) : t0;
 }
 
 // ============================ generic kernels ============================
@@ -33,7 +45,7 @@ __global__ void attn_generic_fwd_kernel(T *out, float *lse, const T *qkv, AttnDi
     const T *qrow = qkv + ((long)b * d.T + t) * d.S + h * d.HD;
     for (int i = lane; i < d.HD; i += 32) qs[i] = to_f<T>(qrow[i]);
     __syncwarp();
-    int t0 = (d.window > 0 && t - d.window + 1 > 0) ? t - d.window + 1 : 0;
+    int t0 = first_key(d, b, t);
     float mx = -INFINITY;
     for (int j = t0 + lane; j <= t; j += 32) {
         const T *kr = qkv + ((long)b * d.T + j) * d.S + d.QW + kvh * d.HD;
@@ -81,7 +93,7 @@ __global__ void attn_generic_bwd_kernel(float *dq_acc, float *dkv_acc, const T *
     }
     __syncwarp();
     float L = lse[((long)b * d.NH + h) * d.T + t];
-    int t0 = (d.window > 0 && t - d.window + 1 > 0) ? t - d.window + 1 : 0;
+    int t0 = first_key(d, b, t);
     int KVW = d.KVW;
     float Dv = 0;
     for (int j = t0 + lane; j <= t; j += 32) {
@@ -180,16 +192,18 @@ struct RowSoftmax {
 };
 // Scales the scores to log2 units and masks them, updates the running max and sum, turns s into
 // P = 2^(s - max) and rescales the output accumulators o (n of them) to the new max.
-template <int NO>
+// first_a / first_b: the first keys of rows a and b's examples (PACK).
+template <bool PACK, int NO>
 __device__ __forceinline__ void softmax_block(float (&s)[32], float (&o)[NO], RowSoftmax &st, float sl2, bool need_mask, int key0, int row_a,
-                                              int row_b, int c, const AttnDims &d) {
+                                              int row_b, int first_a, int first_b, int c, const AttnDims &d) {
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 8; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             float v = s[4 * j + e] * sl2;
-            if (need_mask && masked(key0 + j * 8 + 2 * c + (e & 1), e < 2 ? row_a : row_b, d.T, d.window)) v = -INFINITY;
+            if (need_mask && masked<PACK>(key0 + j * 8 + 2 * c + (e & 1), e < 2 ? row_a : row_b, d.T, d.window, e < 2 ? first_a : first_b))
+                v = -INFINITY;
             s[4 * j + e] = v;
             if (e < 2) mx0 = fmaxf(mx0, v);
             else mx1 = fmaxf(mx1, v);
@@ -244,11 +258,38 @@ __device__ __forceinline__ void store_rows(bf16 *out, float *lse, const float (&
     }
 }
 
+// Packed forward of the query tile from q0 (PACK): kb_start moves past key tiles wholly before its first
+// row's example; the first keys of rows a and b; key tiles from before mask_below (the last row's first
+// key) need the mask.
+template <bool PACK>
+__device__ __forceinline__ void pack_fwd_tile(const AttnDims &d, int b, int q0, int row_a, int row_b, int &kb_start, int &first_a, int &first_b,
+                                              int &mask_below) {
+    first_a = first_b = mask_below = 0;
+    if constexpr (PACK) {
+        kb_start = max(kb_start, example_start(d, b, q0) / FA_B);
+        mask_below = example_start(d, b, min(q0 + FA_B, d.T) - 1);
+        if (row_a < d.T) first_a = example_start(d, b, row_a);
+        if (row_b < d.T) first_b = example_start(d, b, row_b);
+    }
+}
+// Packed backward of the key tile from k0: the last query whose example starts at or before the tile's
+// last key (first is non-decreasing: a binary search; that key's own row qualifies).
+__device__ __forceinline__ int pack_last_query(const AttnDims &d, int b, int k0) {
+    int k_last = min(k0 + FA_B, d.T) - 1, lo = k_last, hi = d.T - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (example_start(d, b, mid) <= k_last) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 // grid (ceil(T/64), NH, B), 128 threads: 4 warps x 16 query rows; K/V tiles double-buffered.
 // (A 128-row, 8-warp variant that skips wholly-masked tiles per warp measured slower on the H100:
 // 12.0 against 7.9 ms per Llama-1.1B step.)
 #define FF_SMEM(HD) (5 * FA_B * ((HD) + 8) * 2)
-template <int HD> __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
+template <int HD, bool PACK>
+__global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
     constexpr int LD = HD + 8, TILE = FA_B * LD;
     extern __shared__ __align__(16) unsigned char ff_smem[];
     bf16 *sQ = (bf16 *)ff_smem, *sK = sQ + TILE, *sV = sK + 2 * TILE;  // K and V: two buffers each
@@ -260,6 +301,8 @@ template <int HD> __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash
     const bf16 *qg = base + h * HD, *kg = base + d.QW + kvh * HD, *vg = base + d.QW + d.KVW + kvh * HD;
     int q0 = qb * FA_B;
     int kb_start = d.window > 0 ? max(0, q0 - d.window + 1) / FA_B : 0, kb_end = qb;
+    int first_a, first_b, mask_below;
+    pack_fwd_tile<PACK>(d, b, q0, q0 + warp * 16 + g, q0 + warp * 16 + g + 8, kb_start, first_a, first_b, mask_below);
     load_tile<HD>(sQ, qg, d.S, q0, d.T, tid);
     load_tile<HD>(sK, kg, d.S, kb_start * FA_B, d.T, tid);
     load_tile<HD>(sV, vg, d.S, kb_start * FA_B, d.T, tid);
@@ -300,8 +343,8 @@ template <int HD> __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash
                 mma16816(s + 4 * j, qf[kk], b0, b1);
                 mma16816(s + 4 * j + 4, qf[kk], b2, b3);
             }
-        bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0;
-        softmax_block(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, c, d);
+        bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0 || (PACK && kb * FA_B < mask_below);
+        softmax_block<PACK>(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, first_a, first_b, c, d);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             uint32_t a[4] = {pack2(s[8 * kk], s[8 * kk + 1]), pack2(s[8 * kk + 2], s[8 * kk + 3]), pack2(s[8 * kk + 4], s[8 * kk + 5]),
@@ -345,10 +388,11 @@ __global__ void attn_D_kernel(float *D, const bf16 *dout, const bf16 *out, AttnD
 // The dQ atomics cost about a fifth of the kernel's time (Llama-1.1B, H200: 6 of 27 ms per step
 // without them); a 128-key, 8-warp block that halves them measured no faster (one block per SM).
 #define FB_SMEM(HD) ((6 * FA_B * ((HD) + 8) + FA_B * FA_LDS) * 2 + 4 * FA_B * 4)
+#define PACK_SMEM (2 * FA_B * 4)  // packed: two blocks of the query rows' first keys
 // K and V stay in shared memory and their fragments are re-read each iteration: fewer registers,
 // three blocks (12 warps) per SM at HD 64; at 128, where dK and dV alone take 128 registers, 255
 // registers and 112 KiB of shared memory a block leave room for two.
-template <int HD>
+template <int HD, bool PACK>
 __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     flash_bwd_kernel(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf, AttnDims d) {
     constexpr int LD = HD + 8, TILE = FA_B * LD;
@@ -356,6 +400,7 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     bf16 *sK = (bf16 *)fb_smem, *sV = sK + TILE, *sdS = sV + TILE;  // [64][LD]; dS [64 keys][FA_LDS]: queries
     bf16 *sQb = sdS + FA_B * FA_LDS, *sdOb = sQb + 2 * TILE;         // two buffers of [64][LD] each
     float *sLb = (float *)(sdOb + 2 * TILE), *sDb = sLb + 2 * FA_B;
+    int *sFb = (int *)(sDb + 2 * FA_B);  // PACK: the first keys of the query rows, two buffers
     int kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     int kvh = h / (d.NH / d.NKV);
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
@@ -366,6 +411,7 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     int k0 = kb * FA_B;
     int qb_end = (d.T - 1) / FA_B;
     if (d.window > 0) qb_end = min(qb_end, (k0 + FA_B - 1 + d.window - 1) / FA_B);
+    if constexpr (PACK) qb_end = min(qb_end, pack_last_query(d, b, k0) / FA_B);
     auto load_q = [&](int qb, int buf) {
         load_tile<HD>(sQb + buf * TILE, qg, d.S, qb * FA_B, d.T, tid);
         load_tile<HD>(sdOb + buf * TILE, dog, d.QW, qb * FA_B, d.T, tid);
@@ -377,11 +423,20 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
         return q < d.T ? (tid < 64 ? lrow[q] * LOG2E : Drow[q]) : 0.0f;
     };
     auto store_ld = [&](int buf, float v) { (tid < 64 ? sLb : sDb)[buf * FA_B + (tid & 63)] = v; };
+    // PACK: the first keys of a query block's rows, fetched and stored by threads 0..63 alongside.
+    auto fetch_first = [&](int qb) -> int {
+        int q = qb * FA_B + (tid & 63);
+        return PACK && tid < 64 && q < d.T ? example_start(d, b, q) : 0;
+    };
+    auto store_first = [&](int buf, int v) {
+        if (PACK && tid < 64) sFb[buf * FA_B + tid] = v;
+    };
     load_tile<HD>(sK, base + d.QW + kvh * HD, d.S, k0, d.T, tid);
     load_tile<HD>(sV, base + d.QW + d.KVW + kvh * HD, d.S, k0, d.T, tid);
     load_q(kb, 0);
     cp_commit();
     store_ld(0, fetch_ld(kb));
+    store_first(0, fetch_first(kb));
     cp_wait<0>();
     __syncthreads();
     int r0 = warp * 16 + g;
@@ -395,10 +450,12 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     for (int qb = kb; qb <= qb_end; qb++) {
         int buf = (qb - kb) & 1;
         float next_ld = 0.0f;
+        int next_first = 0;
         if (qb < qb_end) {
             load_q(qb + 1, buf ^ 1);
             cp_commit();
             next_ld = fetch_ld(qb + 1);
+            next_first = fetch_first(qb + 1);
             cp_wait<1>();
         } else cp_wait<0>();
         __syncthreads();
@@ -428,7 +485,8 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
                 mma16816(dp[j + 1], vf, b2, b3);
             }
         }
-        bool need_mask = qb == kb || q0 + FA_B > d.T || d.window > 0;
+        const int *sF = sFb + buf * FA_B;
+        bool need_mask = qb == kb || q0 + FA_B > d.T || d.window > 0 || (PACK && sF[min(FA_B, d.T - q0) - 1] > k0);
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -436,7 +494,7 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
                 int ql = j * 8 + 2 * c + (e & 1);
                 int key = e < 2 ? key_a : key_b;
                 float p = exp2f(st[j][e] * sl2 - sL[ql]);
-                if (need_mask && masked(key, q0 + ql, d.T, d.window)) p = 0.0f;
+                if (need_mask && masked<PACK>(key, q0 + ql, d.T, d.window, PACK ? sF[ql] : 0)) p = 0.0f;
                 st[j][e] = p;
                 dp[j][e] = p * (dp[j][e] - sD[ql]);
             }
@@ -490,7 +548,10 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
             if (qa < d.T) atomicAdd(reinterpret_cast<float2 *>(dqa + col), make_float2(dq[j][0] * d.scale, dq[j][1] * d.scale));
             if (qbb < d.T) atomicAdd(reinterpret_cast<float2 *>(dqb + col), make_float2(dq[j][2] * d.scale, dq[j][3] * d.scale));
         }
-        if (qb < qb_end) store_ld(buf ^ 1, next_ld);
+        if (qb < qb_end) {
+            store_ld(buf ^ 1, next_ld);
+            store_first(buf ^ 1, next_first);
+        }
         __syncthreads();
     }
     // dK (scaled) and dV into the fp32 accumulators of this KV head.
@@ -598,6 +659,7 @@ template <int TB> __device__ __forceinline__ void wg_rs(float (&d)[32], const ui
 #endif
 }
 
+template <bool PACK>
 __global__ void __launch_bounds__(128, 3)
     flash_bwd_wg_kernel(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf, AttnDims d) {
     constexpr int HD = 64;
@@ -605,6 +667,9 @@ __global__ void __launch_bounds__(128, 3)
     bf16 *sK = (bf16 *)(((uintptr_t)fbw_raw + 1023) & ~(uintptr_t)1023);  // the swizzle needs 1024-byte aligned tiles
     bf16 *sV = sK + WG_TILE, *sdS = sV + WG_TILE, *sQb = sdS + WG_TILE, *sdOb = sQb + 2 * WG_TILE;  // dS^T: [64 keys][64 queries]
     float *sLb = (float *)(sdOb + 2 * WG_TILE), *sDb = sLb + 2 * FA_B, *sdQ = sDb + 2 * FA_B;  // dQ: [64][68] fp32
+    // PACK: the first keys of the query rows, two buffers, in the padding columns 64 and 65 of sdQ's rows
+    // (which the dQ rows' reduce-adds never read): more shared memory would cost the third block per SM.
+    auto sF_at = [&](int buf, int q) -> int & { return ((int *)sdQ)[q * 68 + 64 + buf]; };
     int kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     int kvh = h / (d.NH / d.NKV);
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
@@ -614,6 +679,7 @@ __global__ void __launch_bounds__(128, 3)
     int k0 = kb * FA_B;
     int qb_end = (d.T - 1) / FA_B;
     if (d.window > 0) qb_end = min(qb_end, (k0 + FA_B - 1 + d.window - 1) / FA_B);
+    if constexpr (PACK) qb_end = min(qb_end, pack_last_query(d, b, k0) / FA_B);
     auto load_q = [&](int qb, int buf) {
         load_tile_sw(sQb + buf * WG_TILE, qg, d.S, qb * FA_B, d.T, tid);
         load_tile_sw(sdOb + buf * WG_TILE, dog, d.QW, qb * FA_B, d.T, tid);
@@ -623,11 +689,20 @@ __global__ void __launch_bounds__(128, 3)
         return q < d.T ? (tid < 64 ? lrow[q] * LOG2E : Drow[q]) : 0.0f;
     };
     auto store_ld = [&](int buf, float v) { (tid < 64 ? sLb : sDb)[buf * FA_B + (tid & 63)] = v; };
+    // PACK: the first keys of a query block's rows, fetched and stored by threads 0..63 alongside.
+    auto fetch_first = [&](int qb) -> int {
+        int q = qb * FA_B + (tid & 63);
+        return PACK && tid < 64 && q < d.T ? example_start(d, b, q) : 0;
+    };
+    auto store_first = [&](int buf, int v) {
+        if (PACK && tid < 64) sF_at(buf, tid) = v;
+    };
     load_tile_sw(sK, base + d.QW + kvh * HD, d.S, k0, d.T, tid);
     load_tile_sw(sV, base + d.QW + d.KVW + kvh * HD, d.S, k0, d.T, tid);
     load_q(kb, 0);
     cp_commit();
     store_ld(0, fetch_ld(kb));
+    store_first(0, fetch_first(kb));
     int r0 = warp * 16 + g;
     float dk[32], dv[32];
 #pragma unroll
@@ -639,10 +714,12 @@ __global__ void __launch_bounds__(128, 3)
     for (int qb = kb; qb <= qb_end; qb++) {
         int buf = (qb - kb) & 1;
         float next_ld = 0.0f;
+        int next_first = 0;
         if (qb < qb_end) {
             load_q(qb + 1, buf ^ 1);
             cp_commit();
             next_ld = fetch_ld(qb + 1);
+            next_first = fetch_first(qb + 1);
             cp_wait<1>();
         } else cp_wait<0>();
         proxy_fence();  // the cp.async writes, visible to the tensor cores' (async proxy) reads
@@ -661,7 +738,7 @@ __global__ void __launch_bounds__(128, 3)
         wg_wait0();
         reg_fence(st);
         reg_fence(dp);
-        bool need_mask = qb == kb || q0 + FA_B > d.T || d.window > 0;
+        bool need_mask = qb == kb || q0 + FA_B > d.T || d.window > 0 || (PACK && sF_at(buf, min(FA_B, d.T - q0) - 1) > k0);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             float2 L = *reinterpret_cast<const float2 *>(&sL[j * 8 + 2 * c]), Dv = *reinterpret_cast<const float2 *>(&sD[j * 8 + 2 * c]);
@@ -669,7 +746,7 @@ __global__ void __launch_bounds__(128, 3)
             for (int e = 0; e < 4; e++) {
                 int ql = j * 8 + 2 * c + (e & 1);
                 float p = ex2_ftz(st[4 * j + e] * sl2 - (e & 1 ? L.y : L.x));
-                if (need_mask && masked(e < 2 ? key_a : key_b, q0 + ql, d.T, d.window)) p = 0.0f;
+                if (need_mask && masked<PACK>(e < 2 ? key_a : key_b, q0 + ql, d.T, d.window, PACK ? sF_at(buf, ql) : 0)) p = 0.0f;
                 st[4 * j + e] = p;
                 dp[4 * j + e] = p * (dp[4 * j + e] - (e & 1 ? Dv.y : Dv.x));
             }
@@ -736,7 +813,10 @@ __global__ void __launch_bounds__(128, 3)
             asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 256;\n" ::"l"(dst), "r"(src) : "memory");
             asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
-        if (qb < qb_end) store_ld(buf ^ 1, next_ld);
+        if (qb < qb_end) {
+            store_ld(buf ^ 1, next_ld);
+            store_first(buf ^ 1, next_first);
+        }
         __syncthreads();
     }
     if (lane < 16) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
@@ -758,7 +838,7 @@ __global__ void __launch_bounds__(128, 3)
 // Forward on wgmma (HD 64): flash_fwd_kernel<64>'s algorithm, S = Q K^T from shared memory
 // (both K-major), O += P V with P from registers and V MN-major.
 #define FFW_SMEM (5 * WG_TILE * 2 + 1024)
-__global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
+template <bool PACK> __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
     constexpr int HD = 64;
     extern __shared__ unsigned char ffw_raw[];
     bf16 *sQ = (bf16 *)(((uintptr_t)ffw_raw + 1023) & ~(uintptr_t)1023), *sK = sQ + WG_TILE, *sV = sK + 2 * WG_TILE;  // K, V: two buffers
@@ -769,6 +849,8 @@ __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *
     const bf16 *qg = base + h * HD, *kg = base + d.QW + kvh * HD, *vg = base + d.QW + d.KVW + kvh * HD;
     int q0 = qb * FA_B;
     int kb_start = d.window > 0 ? max(0, q0 - d.window + 1) / FA_B : 0, kb_end = qb;
+    int first_a, first_b, mask_below;
+    pack_fwd_tile<PACK>(d, b, q0, q0 + warp * 16 + g, q0 + warp * 16 + g + 8, kb_start, first_a, first_b, mask_below);
     load_tile_sw(sQ, qg, d.S, q0, d.T, tid);
     load_tile_sw(sK, kg, d.S, kb_start * FA_B, d.T, tid);
     load_tile_sw(sV, vg, d.S, kb_start * FA_B, d.T, tid);
@@ -798,8 +880,8 @@ __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kernel(bf16 *out, float *
         wg_commit();
         wg_wait0();
         reg_fence(s);
-        bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0;
-        softmax_block(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, c, d);
+        bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0 || (PACK && kb * FA_B < mask_below);
+        softmax_block<PACK>(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, first_a, first_b, c, d);
         uint32_t ap[16];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
@@ -844,27 +926,38 @@ static void allow_smem(const void *kernel, int bytes) {
     CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     done.push_back(kernel);
 }
-template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
+template <int HD, bool PACK> static void flash_forward_as(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
     if (HD == 64 && use_wgmma()) {
-        allow_smem((const void *)flash_fwd_wg_kernel, FFW_SMEM);
-        flash_fwd_wg_kernel<<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FFW_SMEM, s>>>(out, lse, qkv, d);
+        allow_smem((const void *)flash_fwd_wg_kernel<PACK>, FFW_SMEM);
+        flash_fwd_wg_kernel<PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FFW_SMEM, s>>>(out, lse, qkv, d);
     } else {
-        allow_smem((const void *)flash_fwd_kernel<HD>, FF_SMEM(HD));
-        flash_fwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FF_SMEM(HD), s>>>(out, lse, qkv, d);
+        allow_smem((const void *)flash_fwd_kernel<HD, PACK>, FF_SMEM(HD));
+        flash_fwd_kernel<HD, PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FF_SMEM(HD), s>>>(out, lse, qkv, d);
+    }
+    KCHECK();
+}
+template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
+    if (d.pos) flash_forward_as<HD, true>(out, lse, qkv, d, s);
+    else flash_forward_as<HD, false>(out, lse, qkv, d, s);
+}
+template <int HD, bool PACK>
+static void flash_backward_as(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf,
+                              const AttnDims &d, cudaStream_t s) {
+    if (HD == 64 && use_wgmma()) {
+        allow_smem((const void *)flash_bwd_wg_kernel<PACK>, FBW_SMEM);
+        flash_bwd_wg_kernel<PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FBW_SMEM, s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
+    } else {
+        int smem = FB_SMEM(HD) + (PACK ? PACK_SMEM : 0);
+        allow_smem((const void *)flash_bwd_kernel<HD, PACK>, smem);
+        flash_bwd_kernel<HD, PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, smem, s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
     }
     KCHECK();
 }
 template <int HD>
 static void flash_backward(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf,
                            const AttnDims &d, cudaStream_t s) {
-    if (HD == 64 && use_wgmma()) {
-        allow_smem((const void *)flash_bwd_wg_kernel, FBW_SMEM);
-        flash_bwd_wg_kernel<<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FBW_SMEM, s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
-    } else {
-        allow_smem((const void *)flash_bwd_kernel<HD>, FB_SMEM(HD));
-        flash_bwd_kernel<HD><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FB_SMEM(HD), s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
-    }
-    KCHECK();
+    if (d.pos) flash_backward_as<HD, true>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d, s);
+    else flash_backward_as<HD, false>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d, s);
 }
 
 static size_t generic_smem(const AttnDims &d, int warps, int extra) { return (size_t)warps * (d.T + extra * d.HD) * sizeof(float); }
@@ -895,7 +988,7 @@ void attn_backward(T *dqkv, float *dq_acc, float *dkv_acc, float *Dbuf, const T 
             attn_D_kernel<<<cdiv(N * d.NH, 256), 256, 0, s>>>(Dbuf, (const bf16 *)dout, (const bf16 *)out, d);
             if (d.HD == 64) flash_backward<64>(dkv_acc, dq_acc, (const bf16 *)dout, (const bf16 *)qkv, lse, Dbuf, d, s);
             else flash_backward<128>(dkv_acc, dq_acc, (const bf16 *)dout, (const bf16 *)qkv, lse, Dbuf, d, s);
-            k_attn_finalize<T>(dqkv, dq_acc, dkv_acc, cos_t, sin_t, (int)N, d.T, d.NH, d.NKV, d.HD, d.S, d.QW, s, d.ldd);
+            k_attn_finalize<T>(dqkv, dq_acc, dkv_acc, cos_t, sin_t, d.pos, (int)N, d.T, d.NH, d.NKV, d.HD, d.S, d.QW, s, d.ldd);
             return;
         }
     }
@@ -905,7 +998,7 @@ void attn_backward(T *dqkv, float *dq_acc, float *dkv_acc, float *Dbuf, const T 
     if (smem > 48 * 1024) CU(cudaFuncSetAttribute(attn_generic_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attn_generic_bwd_kernel<T><<<cdiv(N * d.NH, warps), warps * 32, smem, s>>>(dq_acc, dkv_acc, dout, out, qkv, lse, d);
     KCHECK();
-    k_attn_finalize<T>(dqkv, dq_acc, dkv_acc, cos_t, sin_t, (int)N, d.T, d.NH, d.NKV, d.HD, d.S, d.QW, s, d.ldd);
+    k_attn_finalize<T>(dqkv, dq_acc, dkv_acc, cos_t, sin_t, d.pos, (int)N, d.T, d.NH, d.NKV, d.HD, d.S, d.QW, s, d.ldd);
 }
 
 template void attn_forward<float>(float *, float *, const float *, AttnDims, cudaStream_t);

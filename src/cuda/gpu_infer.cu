@@ -667,7 +667,7 @@ template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const Cal
     T *x = (T *)kv->x, *xn = (T *)kv->xn, *qkv = (T *)kv->qkv, *att = (T *)kv->att;
     k_norm_fwd<T>(xn, g->gpt2 ? kv->mean : nullptr, kv->rstd, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, false, g->st);
     linear_group<T>(kv, &Ly->qkv, &mb[0], xn, qkv, g->S, false, N, ca);
-    if (!g->gpt2) k_rope_fwd<T>(qkv, kv->cos_rows, kv->sin_rows, N, N, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
+    if (!g->gpt2) k_rope_fwd<T>(qkv, kv->cos_rows, kv->sin_rows, nullptr, N, N, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
     long total = (long)N * g->KVW;
     kv_append_kernel<T><<<std::min(cdiv(total, 256), 65535), 256, 0, g->st>>>((T *)kv->K[l], (T *)kv->V[l], qkv, g->S, g->QW, g->KVW,
                                                                                  kv->slot_d, kv->pos_d, N, kv->max_len);

@@ -112,8 +112,9 @@ void gemm(GemmCtx *c, bool transA, bool transB, int M, int N, int K, float alpha
 template <typename T> void k_convert_f32(T *dst, const float *src, long n, cudaStream_t s);
 // Benchmarks: normal(0, std) from a counter-based hash (seed, index), or a constant when std < 0 (value -std - 1).
 template <typename T> void k_fill_random(T *dst, long n, float std, uint64_t seed, cudaStream_t s);
-template <typename T> void k_embed_fwd(T *out, const int *ids, const T *wte, const T *wpe, int N, int Tn, int C, cudaStream_t s);
-void k_embed_bwd(float *wte_g, float *wpe_g, const float *dres, const int *ids, int N, int Tn, int C, cudaStream_t s);
+// pos [N] (packing: each token's position in its example) or NULL: row n's position is n % Tn.
+template <typename T> void k_embed_fwd(T *out, const int *ids, const T *wte, const T *wpe, const int *pos, int N, int Tn, int C, cudaStream_t s);
+void k_embed_bwd(float *wte_g, float *wpe_g, const float *dres, const int *ids, const int *pos, int N, int Tn, int C, cudaStream_t s);
 // LayerNorm (b != NULL or mean != NULL) or RMSNorm (mean == NULL). stats_only=false: also writes out.
 // With have_stats, reuses mean/rstd (recompute in backward) instead of computing them.
 template <typename T> void k_norm_fwd(T *out, float *mean, float *rstd, const T *x, const T *w, const T *b, int N, int C,
@@ -127,13 +128,15 @@ template <typename T> void k_gelu_bwd(T *dx, const T *x, const T *dout, long n, 
 template <typename T> void k_swiglu_fwd(T *out, const T *gu, int N, int I, cudaStream_t s);
 // dgu rows have stride ldo (>= 2I).
 template <typename T> void k_swiglu_bwd(T *dgu, const T *gu, const T *dout, int N, int I, cudaStream_t s, int ldo);
-// rotate_half rope, in place on the q and k columns of qkv rows [N, S] (q: NH heads from col 0, k: NKV heads from col QW).
-template <typename T> void k_rope_fwd(T *qkv, const float *cos_t, const float *sin_t, int N, int Tn, int NH, int NKV, int HD,
-                                     int S, int QW, cudaStream_t s);
+// rotate_half rope, in place on the q and k columns of qkv rows [N, S] (q: NH heads from col 0, k: NKV heads from col QW);
+// row n takes table row pos[n] (packing), or n % Tn when pos is NULL.
+template <typename T> void k_rope_fwd(T *qkv, const float *cos_t, const float *sin_t, const int *pos, int N, int Tn, int NH, int NKV,
+                                     int HD, int S, int QW, cudaStream_t s);
 // dqkv[:, :QW] = rope^-1(dq_acc); when dkv_acc: dqkv[:, QW:] = (rope^-1 on k)(dkv_acc). cos_t NULL: no rope.
-// dqkv rows have stride ldo (>= S).
+// dqkv rows have stride ldo (>= S); pos as k_rope_fwd's.
 template <typename T> void k_attn_finalize(T *dqkv, const float *dq_acc, const float *dkv_acc, const float *cos_t,
-                                          const float *sin_t, int N, int Tn, int NH, int NKV, int HD, int S, int QW, cudaStream_t s, int ldo);
+                                          const float *sin_t, const int *pos, int N, int Tn, int NH, int NKV, int HD, int S, int QW,
+                                          cudaStream_t s, int ldo);
 // Cross-entropy over rows of logits [rows, ld]: loss_rows[i] = logZ - x[target]; with grad, the row
 // becomes (softmax - onehot) * inv_count. target < 0: loss 0 and a zero row.
 template <typename T> void k_cross_entropy(T *logits, int ld, const int *targets, float *loss_rows, int rows, int V,
@@ -166,7 +169,10 @@ void k_orth_finalize(float *D, const long *off, const int *r, double *ss, int n_
 struct AttnDims {
     int B, T, NH, NKV, HD, S, QW, KVW, window;
     float scale;
-    int ldd;  // row stride of dqkv (>= S)
+    int ldd;         // row stride of dqkv (>= S)
+    const int *pos;  // packing: [B*T] each token's position in its example (0 at its first token, then +1
+                     // each; validated by the caller), so that query t attends only to keys t - pos[t] .. t;
+                     // NULL: one sequence per row
 };
 // out [N, QW], lse [B, NH, T] (natural log). qkv rows [N, S]: q | k | v.
 template <typename T> void attn_forward(T *out, float *lse, const T *qkv, AttnDims d, cudaStream_t s);

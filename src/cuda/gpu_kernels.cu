@@ -73,32 +73,35 @@ template <typename T> void k_fill_random(T *dst, long n, float std, uint64_t see
 }
 
 // ---------------- embeddings ----------------
-template <typename T, int VN> __global__ void embed_fwd_kernel(T *out, const int *ids, const T *wte, const T *wpe, int N, int Tn, int C) {
+template <typename T, int VN>
+__global__ void embed_fwd_kernel(T *out, const int *ids, const T *wte, const T *wpe, const int *pos, int N, int Tn, int C) {
     long total = (long)N * (C / VN);
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         int n = (int)(i / (C / VN)), c = (int)(i % (C / VN)) * VN;
         float a[VN], b[VN];
         ldv<T, VN>(wte + (long)ids[n] * C + c, a);
         if (wpe) {
-            ldv<T, VN>(wpe + (long)(n % Tn) * C + c, b);
+            ldv<T, VN>(wpe + (long)(pos ? pos[n] : n % Tn) * C + c, b);
 #pragma unroll
             for (int k = 0; k < VN; k++) a[k] += b[k];
         }
         stv<T, VN>(out + (long)n * C + c, a);
     }
 }
-template <typename T> void k_embed_fwd(T *out, const int *ids, const T *wte, const T *wpe, int N, int Tn, int C, cudaStream_t s) {
+template <typename T>
+void k_embed_fwd(T *out, const int *ids, const T *wte, const T *wpe, const int *pos, int N, int Tn, int C, cudaStream_t s) {
     constexpr int VN = 16 / sizeof(T);
-    if (C % VN == 0) embed_fwd_kernel<T, VN><<<cdiv((long)N * C / VN, 256), 256, 0, s>>>(out, ids, wte, wpe, N, Tn, C);
-    else embed_fwd_kernel<T, 1><<<cdiv((long)N * C, 256), 256, 0, s>>>(out, ids, wte, wpe, N, Tn, C);
+    if (C % VN == 0) embed_fwd_kernel<T, VN><<<cdiv((long)N * C / VN, 256), 256, 0, s>>>(out, ids, wte, wpe, pos, N, Tn, C);
+    else embed_fwd_kernel<T, 1><<<cdiv((long)N * C, 256), 256, 0, s>>>(out, ids, wte, wpe, pos, N, Tn, C);
     KCHECK();
 }
 
-__global__ void embed_bwd_wte_kernel(float *wte_g, const float *dres, const int *ids, int N, int C) {
+// Row rows[n] of the table's gradient += row n of dres (wte by the token ids; wpe by packed positions).
+__global__ void embed_bwd_rows_kernel(float *table_g, const float *dres, const int *rows, int N, int C) {
     long total = (long)N * C;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         int n = (int)(i / C), c = (int)(i % C);
-        atomicAdd(wte_g + (long)ids[n] * C + c, dres[i]);
+        atomicAdd(table_g + (long)rows[n] * C + c, dres[i]);
     }
 }
 __global__ void embed_bwd_wpe_kernel(float *wpe_g, const float *dres, int N, int Tn, int C) {
@@ -111,9 +114,10 @@ __global__ void embed_bwd_wpe_kernel(float *wpe_g, const float *dres, int N, int
         wpe_g[i] += acc;
     }
 }
-void k_embed_bwd(float *wte_g, float *wpe_g, const float *dres, const int *ids, int N, int Tn, int C, cudaStream_t s) {
-    if (wte_g) embed_bwd_wte_kernel<<<cdiv((long)N * C, 256), 256, 0, s>>>(wte_g, dres, ids, N, C);
-    if (wpe_g) embed_bwd_wpe_kernel<<<cdiv((long)Tn * C, 256), 256, 0, s>>>(wpe_g, dres, N, Tn, C);
+void k_embed_bwd(float *wte_g, float *wpe_g, const float *dres, const int *ids, const int *pos, int N, int Tn, int C, cudaStream_t s) {
+    if (wte_g) embed_bwd_rows_kernel<<<cdiv((long)N * C, 256), 256, 0, s>>>(wte_g, dres, ids, N, C);
+    if (wpe_g && pos) embed_bwd_rows_kernel<<<cdiv((long)N * C, 256), 256, 0, s>>>(wpe_g, dres, pos, N, C);
+    else if (wpe_g) embed_bwd_wpe_kernel<<<cdiv((long)Tn * C, 256), 256, 0, s>>>(wpe_g, dres, N, Tn, C);
     KCHECK();
 }
 
@@ -470,7 +474,8 @@ template <typename T> void k_swiglu_bwd(T *dgu, const T *gu, const T *dout, int 
 
 // ---------------- rope ----------------
 template <typename T>
-__global__ void rope_fwd_kernel(T *qkv, const float *cos_t, const float *sin_t, int N, int Tn, int NH, int NKV, int HD, int S, int QW) {
+__global__ void rope_fwd_kernel(T *qkv, const float *cos_t, const float *sin_t, const int *pos, int N, int Tn, int NH, int NKV, int HD, int S,
+                                int QW) {
     int half = HD / 2, heads = NH + NKV;
     long total = (long)N * heads * half;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
@@ -478,7 +483,7 @@ __global__ void rope_fwd_kernel(T *qkv, const float *cos_t, const float *sin_t, 
         long r = i / half;
         int h = (int)(r % heads);
         long n = r / heads;
-        int t = (int)(n % Tn);
+        int t = pos ? pos[n] : (int)(n % Tn);
         T *v = qkv + n * S + (h < NH ? h * HD : QW + (h - NH) * HD);
         float c = cos_t[t * half + j], s = sin_t[t * half + j];
         float x1 = to_f<T>(v[j]), x2 = to_f<T>(v[j + half]);
@@ -488,7 +493,8 @@ __global__ void rope_fwd_kernel(T *qkv, const float *cos_t, const float *sin_t, 
 }
 // VN pairs per thread with 16-byte accesses (half a head a multiple of VN).
 template <typename T, int VN>
-__global__ void rope_fwd_vec_kernel(T *qkv, const float *cos_t, const float *sin_t, int N, int Tn, int NH, int NKV, int HD, int S, int QW) {
+__global__ void rope_fwd_vec_kernel(T *qkv, const float *cos_t, const float *sin_t, const int *pos, int N, int Tn, int NH, int NKV, int HD,
+                                    int S, int QW) {
     int half = HD / 2, heads = NH + NKV, per = half / VN;
     long total = (long)N * heads * per;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
@@ -496,7 +502,7 @@ __global__ void rope_fwd_vec_kernel(T *qkv, const float *cos_t, const float *sin
         long r = i / per;
         int h = (int)(r % heads);
         long n = r / heads;
-        int t = (int)(n % Tn);
+        int t = pos ? pos[n] : (int)(n % Tn);
         T *v = qkv + n * S + (h < NH ? h * HD : QW + (h - NH) * HD);
         float x1[VN], x2[VN], y1[VN], y2[VN];
         ldv<T, VN>(v + j, x1);
@@ -513,14 +519,15 @@ __global__ void rope_fwd_vec_kernel(T *qkv, const float *cos_t, const float *sin
     }
 }
 template <typename T>
-void k_rope_fwd(T *qkv, const float *cos_t, const float *sin_t, int N, int Tn, int NH, int NKV, int HD, int S, int QW, cudaStream_t s) {
+void k_rope_fwd(T *qkv, const float *cos_t, const float *sin_t, const int *pos, int N, int Tn, int NH, int NKV, int HD, int S, int QW,
+                cudaStream_t s) {
     constexpr int VN = 16 / sizeof(T);
     if ((HD / 2) % VN == 0 && S % VN == 0 && QW % VN == 0) {
         long total = (long)N * (NH + NKV) * (HD / 2 / VN);
-        rope_fwd_vec_kernel<T, VN><<<(int)fminl(cdiv(total, 256), 1L << 20), 256, 0, s>>>(qkv, cos_t, sin_t, N, Tn, NH, NKV, HD, S, QW);
+        rope_fwd_vec_kernel<T, VN><<<(int)fminl(cdiv(total, 256), 1L << 20), 256, 0, s>>>(qkv, cos_t, sin_t, pos, N, Tn, NH, NKV, HD, S, QW);
     } else {
         long total = (long)N * (NH + NKV) * (HD / 2);
-        rope_fwd_kernel<T><<<(int)fminl(cdiv(total, 256), 1L << 20), 256, 0, s>>>(qkv, cos_t, sin_t, N, Tn, NH, NKV, HD, S, QW);
+        rope_fwd_kernel<T><<<(int)fminl(cdiv(total, 256), 1L << 20), 256, 0, s>>>(qkv, cos_t, sin_t, pos, N, Tn, NH, NKV, HD, S, QW);
     }
     KCHECK();
 }
@@ -528,7 +535,7 @@ void k_rope_fwd(T *qkv, const float *cos_t, const float *sin_t, int N, int Tn, i
 // One thread per (row, pair): q part always, k and v only when dkv_acc is given.
 template <typename T>
 __global__ void attn_finalize_kernel(T *dqkv, const float *dq_acc, const float *dkv_acc, const float *cos_t, const float *sin_t,
-                                     int N, int Tn, int NH, int NKV, int HD, int S, int QW, int ldo) {
+                                     const int *pos, int N, int Tn, int NH, int NKV, int HD, int S, int QW, int ldo) {
     int half = HD / 2, KVW = NKV * HD;
     int heads = dkv_acc ? NH + 2 * NKV : NH;
     long total = (long)N * heads * half;
@@ -537,7 +544,7 @@ __global__ void attn_finalize_kernel(T *dqkv, const float *dq_acc, const float *
         long r = i / half;
         int h = (int)(r % heads);
         long n = r / heads;
-        int t = (int)(n % Tn);
+        int t = pos ? pos[n] : (int)(n % Tn);
         const float *src;
         T *dst;
         bool rot = cos_t != nullptr;
@@ -556,11 +563,11 @@ __global__ void attn_finalize_kernel(T *dqkv, const float *dq_acc, const float *
     }
 }
 template <typename T>
-void k_attn_finalize(T *dqkv, const float *dq_acc, const float *dkv_acc, const float *cos_t, const float *sin_t, int N, int Tn,
-                     int NH, int NKV, int HD, int S, int QW, cudaStream_t s, int ldo) {
+void k_attn_finalize(T *dqkv, const float *dq_acc, const float *dkv_acc, const float *cos_t, const float *sin_t, const int *pos, int N,
+                     int Tn, int NH, int NKV, int HD, int S, int QW, cudaStream_t s, int ldo) {
     long total = (long)N * (dkv_acc ? NH + 2 * NKV : NH) * (HD / 2);
-    attn_finalize_kernel<T><<<(int)fminl(cdiv(total, 256), 1L << 20), 256, 0, s>>>(dqkv, dq_acc, dkv_acc, cos_t, sin_t, N, Tn, NH,
-                                                                                   NKV, HD, S, QW, ldo);
+    attn_finalize_kernel<T><<<(int)fminl(cdiv(total, 256), 1L << 20), 256, 0, s>>>(dqkv, dq_acc, dkv_acc, cos_t, sin_t, pos, N, Tn,
+                                                                                   NH, NKV, HD, S, QW, ldo);
     KCHECK();
 }
 
@@ -865,7 +872,7 @@ void k_add(float *x, const float *y, long n, cudaStream_t s) {
     template void k_dropout<T>(T *, const T *, long, float, uint64_t, bool, cudaStream_t);                                   \
     template void k_build_beff<T>(T *, const float *, int, const float *, const float *, float, int, int, cudaStream_t);   \
     template void k_fill_random<T>(T *, long, float, uint64_t, cudaStream_t);                                                \
-    template void k_embed_fwd<T>(T *, const int *, const T *, const T *, int, int, int, cudaStream_t);                        \
+    template void k_embed_fwd<T>(T *, const int *, const T *, const T *, const int *, int, int, int, cudaStream_t);           \
     template void k_norm_fwd<T>(T *, float *, float *, const T *, const T *, const T *, int, int, float, bool, bool, cudaStream_t); \
     template void k_norm_bwd<T>(float *, T *, float *, float *, const T *, const T *, const T *, const float *, const float *, int, \
                                 int, bool, cudaStream_t, int);                                                                     \
@@ -873,9 +880,9 @@ void k_add(float *x, const float *y, long n, cudaStream_t s) {
     template void k_gelu_bwd<T>(T *, const T *, const T *, long, cudaStream_t);                                               \
     template void k_swiglu_fwd<T>(T *, const T *, int, int, cudaStream_t);                                                    \
     template void k_swiglu_bwd<T>(T *, const T *, const T *, int, int, cudaStream_t, int);                                         \
-    template void k_rope_fwd<T>(T *, const float *, const float *, int, int, int, int, int, int, int, cudaStream_t);          \
-    template void k_attn_finalize<T>(T *, const float *, const float *, const float *, const float *, int, int, int, int, int, int, \
-                                     int, cudaStream_t, int);                                                                      \
+    template void k_rope_fwd<T>(T *, const float *, const float *, const int *, int, int, int, int, int, int, int, cudaStream_t); \
+    template void k_attn_finalize<T>(T *, const float *, const float *, const float *, const float *, const int *, int, int, int, int, \
+                                     int, int, int, cudaStream_t, int);                                                            \
     template void k_cross_entropy<T>(T *, int, const int *, float *, int, int, float, bool, cudaStream_t);                    \
     template void k_bias_grad<T>(float *, const T *, int, int, int, cudaStream_t);                                            \
     template void k_colsum_mul<T>(float *, const T *, const T *, int, int, int, cudaStream_t);

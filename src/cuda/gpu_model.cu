@@ -229,7 +229,7 @@ static void free_acts(GpuModel *g) {
     g->res = nullptr;
     if (g->loss_host) cudaFreeHost(g->loss_host);
     g->loss_host = nullptr;
-    g->ids_host = g->tgt_host = nullptr;
+    g->ids_host = g->tgt_host = g->pos_host = nullptr;
     gpu_free(g->logits_f32);
     g->logits_f32 = nullptr;
     for (int l = 0; g->L && l < g->cfg.n_layer; l++) {
@@ -298,8 +298,9 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
     g->meanf = (float *)aalloc(g, sizeof(float) * (size_t)N * 4, "scratch");
     g->rstdf = g->meanf + N;
     g->loss_rows = g->meanf + 2 * (size_t)N;
-    g->ids_d = (int *)aalloc(g, sizeof(int) * (size_t)N * 2, "scratch");
+    g->ids_d = (int *)aalloc(g, sizeof(int) * (size_t)N * 3, "scratch");
     g->tgt_d = g->ids_d + N;
+    g->pos_d = g->ids_d ? g->ids_d + 2 * (size_t)N : nullptr;
     int chunk = g->opt.logits_chunk;
     if (chunk <= 0) {
         chunk = (int)((128u << 20) / ((size_t)g->ldV * es));
@@ -322,9 +323,10 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
     if (g->d_fc) CU(cudaMemset(g->d_fc, 0, (size_t)N * g->ld_dfc * es));
     if (g->dqkv) CU(cudaMemset(g->dqkv, 0, (size_t)N * g->ld_dqkv * es));
     if (g->dres_t) CU(cudaMemset(g->dres_t, 0, (size_t)N * g->ld_dres * es));
-    if (CU(cudaMallocHost(&g->loss_host, sizeof(float) * (size_t)N * 3))) {
+    if (CU(cudaMallocHost(&g->loss_host, sizeof(float) * (size_t)N * 4))) {
         g->ids_host = (int *)(g->loss_host + N);
         g->tgt_host = g->ids_host + N;
+        g->pos_host = g->tgt_host + N;
     }
     if (gpu_failed()) {
         free_acts(g);
@@ -529,8 +531,12 @@ static void orth_backward(GpuModel *g) {
     }
 }
 
+// The positions of the last forward's tokens: packed (pos_d), or NULL for 0..T-1 in every row.
+static const int *positions(const GpuModel *g) { return g->packed ? g->pos_d : nullptr; }
+
 static AttnDims attn_dims(GpuModel *g) {
-    return AttnDims{g->B, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->KVW, g->cfg.sliding_window, 1.0f / sqrtf((float)g->HD), g->ld_dqkv};
+    return AttnDims{g->B, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->KVW, g->cfg.sliding_window, 1.0f / sqrtf((float)g->HD), g->ld_dqkv,
+                    positions(g)};
 }
 
 // ---------------- forward ----------------
@@ -548,7 +554,7 @@ template <typename T> static void layer_fwd(GpuModel *g, int l) {
     k_norm_fwd<T>(nb, Ly->mean1, Ly->rstd1, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, false, g->st);
     group_fwd<T>(g, &Ly->qkv, nb, (T *)Ly->qkv_out, nullptr, N);
     mark(g, P_ROPE);
-    if (!g->gpt2) k_rope_fwd<T>((T *)Ly->qkv_out, g->cos_t, g->sin_t, N, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
+    if (!g->gpt2) k_rope_fwd<T>((T *)Ly->qkv_out, g->cos_t, g->sin_t, positions(g), N, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
     mark(g, P_ATTN_F);
     attn_forward<T>((T *)Ly->attn_y, Ly->lse, (T *)Ly->qkv_out, attn_dims(g), g->st);
     group_fwd<T>(g, &Ly->o, (T *)Ly->attn_y, (T *)Ly->res_mid, x, N);
@@ -560,6 +566,19 @@ template <typename T> static void layer_fwd(GpuModel *g, int l) {
     T *act = (T *)(Ly->act ? Ly->act : g->act);
     act_fwd<T>(g, act, fc);
     group_fwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, N);
+}
+
+// Packed rows (Model.positions): every example's positions count 0, 1, 2, ... (the kernels index the
+// rope and wpe tables with them and take t - pos[t] as the first key of query t).
+static int check_positions(const int32_t *pos, int B, int Tn) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tn; t++) {
+            int p = pos[(long)b * Tn + t];
+            if (p != 0 && (t == 0 || p != pos[(long)b * Tn + t - 1] + 1))
+                return peft_fail("packed positions: row %d, token %d has position %d after %d (each example's positions count up from 0)", b,
+                                 t, p, t ? pos[(long)b * Tn + t - 1] : -1);
+        }
+    return 0;
 }
 
 // Everything up to the loss; with labels also the classifier's backward (d final-norm output
@@ -581,8 +600,12 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
             if (lab != -100 && (lab < 0 || lab >= V)) return peft_fail("label %d at position %d is outside the vocabulary (size %d)", lab, i + 1, V);
             count += lab != -100;
         }
+    const int32_t *pos = g->m->positions;
+    if (pos && check_positions(pos, B, Tn)) return -1;
     if (ensure_acts(g, B, Tn)) return -1;
     g->grad_ready = g->logits_ready = false;
+    g->packed = pos != nullptr;
+    if (pos) memcpy(g->pos_host, pos, sizeof(int) * N);
     g->drop_fwd = g->drop_on && g->drop_p > 0;  // backward (and --recompute) regenerate this forward's masks
     g->drop_fwd_seed = g->drop_seed;
     g->orth_ready = false;
@@ -598,7 +621,8 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
     }
     mark(g, P_EMBED);
     CU(cudaMemcpyAsync(g->ids_d, g->ids_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
-    k_embed_fwd<T>((T *)g->res[0], g->ids_d, (T *)g->wte, (T *)g->wpe, N, Tn, C, g->st);
+    if (g->packed) CU(cudaMemcpyAsync(g->pos_d, g->pos_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    k_embed_fwd<T>((T *)g->res[0], g->ids_d, (T *)g->wte, (T *)g->wpe, positions(g), N, Tn, C, g->st);
     for (int l = 0; l < c->n_layer; l++) layer_fwd<T>(g, l);
     mark(g, P_NORM);
     k_norm_fwd<T>((T *)g->nf, g->gpt2 ? g->meanf : nullptr, g->rstdf, (T *)g->res[c->n_layer], (T *)g->nfw, (T *)g->nfb, N, C, c->norm_eps,
@@ -709,7 +733,7 @@ template <typename T> static int backward_impl(GpuModel *g) {
     g->fresh_grads = false;
     if (g->orth_ready) orth_backward(g);
     mark(g, P_EMBED);
-    if (g->wte_g || g->wpe_g) k_embed_bwd(g->wte_g, g->wpe_g, g->dres, g->ids_d, N, g->T, C, g->st);
+    if (g->wte_g || g->wpe_g) k_embed_bwd(g->wte_g, g->wpe_g, g->dres, g->ids_d, positions(g), N, g->T, C, g->st);
     return gpu_failed() ? gpu_report_failure() : 0;
 }
 

@@ -93,10 +93,11 @@ struct GpuModel {
     void **res;
     void *nbuf, *act, *d_act, *d_fc, *d_n, *d_attn, *dqkv, *dres_t, *dh, *nf, *logits, *fc_scratch;
     float *dq_acc, *dkv_acc, *Dbuf, *dres, *meanf, *rstdf, *loss_rows, *cos_t, *sin_t, *head_pending, *logits_f32;
-    int *ids_d, *tgt_d;
+    int *ids_d, *tgt_d, *pos_d;
     int chunk, ldV;
     float *loss_host;  // pinned [capN]
-    int *ids_host, *tgt_host;  // pinned [capN]
+    int *ids_host, *tgt_host, *pos_host;  // pinned [capN]
+    bool packed;       // the last forward had Model.positions (packing): pos_d holds them for its backward
     float *partials;
     // VeRA's shared projections; fp32 scratch for adapter gradients
     void *vera_A;

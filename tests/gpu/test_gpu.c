@@ -12,6 +12,7 @@
 #include "check.h"
 #include "config.h"
 #include "cuda/gpu.h"
+#include "data.h"
 #include "model.h"
 #include "safetensors.h"
 #include "train.h"
@@ -52,6 +53,8 @@ static double urand(void) {
     rng = rng * 6364136223846793005ull + 1442695040888963407ull;
     return (double)(rng >> 11) * 0x1.0p-53;
 }
+
+static double rel_diff(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
 
 static double cosine(const float *a, const float *b, long n) {
     double ab = 0, aa = 0, bb = 0;
@@ -494,6 +497,135 @@ out:
 
 // ---------------- the trainer on the GPU (train_run --device cuda) ----------------
 // A tiny GPT-2 (byte tokenizer, 2 layers, C = 32) and E2E-like text rows in a scratch folder.
+// ---------------- packing (Model.positions) ----------------
+// Examples of these lengths (1 to 150 tokens: within one 64-row tile and across several) packed into
+// sequences of up to PACK_SEQ tokens: 3 of 239, 222 and 170, where whole key tiles lie before a query
+// tile's examples (skipped) and tiles hold several examples (masked).
+static const int pack_lens[] = {5, 70, 1, 130, 33, 64, 9, 100, 47, 2, 150, 20};
+enum { PACK_SEQ = 300 };
+
+static void pack_examples(Dataset *ds, int V) {
+    int n = sizeof pack_lens / sizeof *pack_lens;
+    memset(ds, 0, sizeof *ds);
+    ds->offset = xcalloc(n + 1, sizeof(long));
+    for (int i = 0; i < n; i++) {
+        ds->offset[i + 1] = ds->offset[i] + pack_lens[i];
+        if (pack_lens[i] > ds->max_len) ds->max_len = pack_lens[i];
+    }
+    long total = ds->offset[n];
+    ds->ids = xmalloc(sizeof(int32_t) * total);
+    ds->labels = xmalloc(sizeof(int32_t) * total);
+    for (int i = 0; i < n; i++)
+        for (long k = ds->offset[i]; k < ds->offset[i + 1]; k++) {
+            ds->ids[k] = (int32_t)(urand() * V);
+            ds->labels[k] = k - ds->offset[i] < pack_lens[i] / 3 ? -100 : ds->ids[k];  // a prompt without a loss
+        }
+    ds->n_seq = ds->n_examples = n;
+}
+
+// All of ds's sequences as one batch (with their positions when packed and with_pos).
+typedef struct { int32_t *ids, *labels, *pos; int B, T; long count; } PackBatch;
+static PackBatch pack_batch(const Dataset *ds, bool with_pos) {
+    PackBatch b = {.B = ds->n_seq};
+    int *idx = xmalloc(sizeof(int) * ds->n_seq);
+    for (int i = 0; i < ds->n_seq; i++) idx[i] = i;
+    size_t n = (size_t)ds->n_seq * ds->max_len;
+    b.ids = xmalloc(sizeof(int32_t) * n);
+    b.labels = xmalloc(sizeof(int32_t) * n);
+    b.T = dataset_batch(ds, idx, ds->n_seq, b.ids, b.labels);
+    if (with_pos && ds->pos) {
+        b.pos = xmalloc(sizeof(int32_t) * n);
+        dataset_batch_positions(ds, idx, ds->n_seq, b.T, b.pos);
+    }
+    b.count = count_loss_tokens(b.labels, b.B, b.T);
+    free(idx);
+    return b;
+}
+static void pack_batch_free(PackBatch *b) {
+    free(b->ids);
+    free(b->labels);
+    free(b->pos);
+}
+
+// The loss sum (loss times its token count) of batch b with m's positions set to its own, on the GPU
+// (g) or the CPU (g NULL); the gradients in a copy.
+static double pack_loss_sum(Model *m, GpuModel *g, const PackBatch *b, Param **params, int n, float ***grads) {
+    m->positions = b->pos;
+    double loss;
+    if (g) loss = gpu_loss_and_grads(g, b->ids, b->labels, b->B, b->T, NULL);
+    else {
+        model_zero_grad(m);
+        loss = model_forward(m, b->ids, b->labels, b->B, b->T);
+        model_backward(m);
+    }
+    m->positions = NULL;
+    *grads = copy_tensors(params, n, true);
+    return loss * b->count;
+}
+
+// The packed loss sum and every gradient on the GPU equal the unpacked ones on the GPU and the packed
+// ones on the CPU (fp32: 1e-5 / 1e-4 relative; bf16: 1e-2 and cosine 0.999, the random cases' bounds).
+// In fp32, the same rows without their positions give gradients 1e-2 or more off (the check sees the masks).
+static void run_pack(const char *name, const char *config, const char *targets, int window, GpuPrecision prec) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    Model *m;
+    if (targets) m = adapted_model(config, targets, PEFT_LORA, 0, true);
+    else {
+        ModelConfig cfg;
+        m = config_parse(&cfg, config, "random") ? NULL : model_create_random(&cfg, 42);
+        if (m) model_train_all(m);
+    }
+    if (!m) { report("FAIL", label, peft_last_error()); return; }
+    m->cfg.sliding_window = window;
+    Dataset ds, packed;
+    pack_examples(&ds, m->cfg.vocab_size);
+    dataset_pack(&ds, PACK_SEQ, &packed);
+    PackBatch ub = pack_batch(&ds, false), pb = pack_batch(&packed, true), plain = pack_batch(&packed, false);
+    Param **params;
+    int n = model_trainable(m, &params);
+    float **g_cpu = NULL, **g_unpacked = NULL, **g_packed = NULL, **g_plain = NULL;
+    double s_cpu = pack_loss_sum(m, NULL, &pb, params, n, &g_cpu);
+    GpuOptions opt = {.precision = prec};
+    GpuModel *g = gpu_model_create(m, &opt);
+    const char *status = "FAIL";
+    if (!g) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+    double s_unpacked = pack_loss_sum(m, g, &ub, params, n, &g_unpacked), s_packed = pack_loss_sum(m, g, &pb, params, n, &g_packed);
+    double s_plain = pack_loss_sum(m, g, &plain, params, n, &g_plain);
+    if (isnan(s_unpacked) || isnan(s_packed) || isnan(s_plain)) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+    double e_unpacked = rel_diff(s_packed, s_unpacked), e_cpu = rel_diff(s_packed, s_cpu), e_plain = 0;
+    double worst_e = 0, worst_cos = 1;
+    const char *worst_name = "";
+    for (int i = 0; i < n; i++) {
+        e_plain = fmax(e_plain, rel_error(g_plain[i], g_unpacked[i], params[i]->numel));
+        for (int r = 0; r < 2; r++) {
+            const float *ref = r ? g_cpu[i] : g_unpacked[i];
+            double e = rel_error(g_packed[i], ref, params[i]->numel), cs = cosine(g_packed[i], ref, params[i]->numel);
+            if (e > worst_e || isnan(e)) { worst_e = e; if (prec == GPU_FP32) worst_name = params[i]->name; }
+            if (cs < worst_cos || isnan(cs)) { worst_cos = cs; if (prec == GPU_BF16) worst_name = params[i]->name; }
+        }
+    }
+    bool same = prec == GPU_FP32 ? e_unpacked <= 1e-5 && e_cpu <= 1e-5 && worst_e <= 1e-4 : e_unpacked <= 1e-2 && e_cpu <= 1e-2 && worst_cos >= 0.999;
+    bool ok = same && ub.count == pb.count && packed.n_seq == 3 && (prec == GPU_BF16 || e_plain > 1e-2);
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "%d examples in %d rows of %d; loss sum vs unpacked %.1e, vs CPU %.1e; grads: max rel %.1e, "
+             "min cos %.6f (%s), %d tensors; without positions %.1e", ds.n_seq, packed.n_seq, pb.T, e_unpacked, e_cpu, worst_e, worst_cos,
+             worst_name, n, e_plain);
+out:
+    report(status, label, detail);
+    gpu_model_free(g);
+    free_tensors_copy(g_cpu, n);
+    free_tensors_copy(g_unpacked, n);
+    free_tensors_copy(g_packed, n);
+    free_tensors_copy(g_plain, n);
+    pack_batch_free(&ub);
+    pack_batch_free(&pb);
+    pack_batch_free(&plain);
+    dataset_free(&ds);
+    dataset_free(&packed);
+    model_free(m);
+}
+
 static char tr_root[256], *tr_model, *tr_train, *tr_val;
 
 static void write_rows(const char *path, int first, int n) {
@@ -601,12 +733,12 @@ static double compare_tensor_files(const char *a, const char *b) {
     return worst;
 }
 
-static double rel_diff(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
 
 // Gradient accumulation (3 micro-batches per step) through train_run: the GPU in fp32 against the CPU,
 // step by step (loss, causal-LM loss, gradient norm) and in the saved adapter. AdaLoRA runs with its
-// regulariser (and without the allocator, whose rank choices could flip on near-equal scores).
-static void run_trainer_accum(const char *name, TrainMethod method) {
+// regulariser (and without the allocator, whose rank choices could flip on near-equal scores). With
+// pack, --pack into sequences of 256 tokens (two or more of the data's rows in each).
+static void run_trainer_accum(const char *name, TrainMethod method, bool pack) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
@@ -615,6 +747,8 @@ static void run_trainer_accum(const char *name, TrainMethod method) {
     c.grad_accum = 3;
     c.max_steps = 4;
     c.adalora_allocate = false;
+    c.pack = pack;
+    if (pack) c.data.seq_len = 256;
     Rec a, b;
     TrainResult ra, rb;
     const char *status = "FAIL";
@@ -784,11 +918,22 @@ int main(int argc, char **argv) {
             if (!only || strstr(orth[i].name, only)) run_orth(orth[i].name, orth[i].config, orth[i].targets, orth[i].B, orth[i].T, p ? GPU_BF16 : GPU_FP32);
     for (size_t i = 0; i < sizeof drop / sizeof *drop; i++)
         if (!only || strstr(drop[i].name, only)) run_dropout(drop[i].name, drop[i].config, drop[i].targets, drop[i].B, drop[i].T);
+    // Packing: GPT-2 (wpe, every gradient), Llama (rope, GQA), a sliding window, head_dim 128.
+    static const struct { const char *name, *config, *targets; int window; } packs[] = {
+        {"pack gpt2-full", GPT2_CFG, NULL, 0},
+        {"pack llama-lora-all GQA", LLAMA_CFG, LLAMA_ALL, 0},
+        {"pack mistral-full window50", MISTRAL_CFG, NULL, 50},
+        {"pack llama-lora-all hd128 window100", LLAMA128_CFG, LLAMA_ALL, 100},
+    };
+    for (int p = 0; p < 2; p++)
+        for (size_t i = 0; i < sizeof packs / sizeof *packs; i++)
+            if (!only || strstr(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
 #define WANT(name) (!only || strstr(name, only))
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
-    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", TRAIN_LORA);
-    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", TRAIN_ADALORA);
+    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", TRAIN_LORA, false);
+    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", TRAIN_ADALORA, false);
+    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", TRAIN_LORA, true);
     if (WANT("train resume lora accum+dropout")) {
         run_trainer_resume("train resume lora accum+dropout", TRAIN_LORA, GPU_FP32, 6, 2, 1e-6);
         run_trainer_resume("train resume lora accum+dropout", TRAIN_LORA, GPU_BF16, 6, 2, 1e-4);
