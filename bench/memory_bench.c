@@ -130,11 +130,12 @@ static const Family FAMILIES[] = {
 };
 
 typedef struct {
-    const char *method;  // full | lora | lora-all | vera | adalora
+    MethodId id;
+    bool all;            // every linear adapted (else PEFT's default targets)
     int r;               // LoRA/VeRA r; AdaLoRA init_r (target_r 8)
-} Method;
+} BenchMethod;
 
-static const Method METHODS[] = {{"full", 0}, {"lora", 8}, {"lora-all", 16}, {"vera", 256}, {"adalora", 12}};
+static const BenchMethod METHODS[] = {{METHOD_FULL, false, 0}, {METHOD_LORA, false, 8}, {METHOD_LORA, true, 16}, {METHOD_VERA, true, 256}, {METHOD_ADALORA, true, 12}};
 
 typedef struct {
     int family, method, B, T;
@@ -148,7 +149,7 @@ static int make_rows(Row *rows) {
     for (int f = 0; f < 2; f++)
         for (int s = 0; s < 2; s++)
             for (int mi = 0; mi < 5; mi++) {
-                if (!strcmp(METHODS[mi].method, "lora-all")) continue;  // the small rows: full, LoRA, VeRA, AdaLoRA
+                if (METHODS[mi].id == METHOD_LORA && METHODS[mi].all) continue;  // the small rows: full, LoRA, VeRA, AdaLoRA
                 rows[n++] = (Row){f, mi, sizes[s][0], sizes[s][1], true, true};
             }
     for (int f = 2; f < 4; f++)
@@ -157,29 +158,26 @@ static int make_rows(Row *rows) {
 }
 
 static void row_label(const Row *r, char *buf, size_t len) {
-    snprintf(buf, len, "%s %s %dx%d", FAMILIES[r->family].name, METHODS[r->method].method, r->B, r->T);
-}
-
-static EstMethod est_method_of(const char *m) {
-    return !strcmp(m, "full") ? EST_FULL : !strcmp(m, "vera") ? EST_VERA : !strcmp(m, "adalora") ? EST_ADALORA : EST_LORA;
+    const BenchMethod *m = &METHODS[r->method];
+    snprintf(buf, len, "%s %s%s %dx%d", FAMILIES[r->family].name, method_name(m->id), m->id == METHOD_LORA && m->all ? "-all" : "", r->B, r->T);
 }
 
 // The adapter options of a row, as `peft estimate --method M --r R --targets T` and the trainer set them.
 static void row_adapter_config(const Row *row, const ModelConfig *mc, bool gpu, AdapterConfig *ac) {
-    const Method *m = &METHODS[row->method];
+    const BenchMethod *m = &METHODS[row->method];
     const Family *f = &FAMILIES[row->family];
-    EstMethod em = est_method_of(m->method);
-    adapter_config_defaults(ac, em == EST_VERA ? PEFT_VERA : em == EST_ADALORA ? PEFT_ADALORA : PEFT_LORA);
-    if (em == EST_ADALORA) {
+    MethodId em = m->id;
+    adapter_config_defaults(ac, em);
+    if (em == METHOD_ADALORA) {
         ac->init_r = ac->r = m->r;
         ac->target_r = 8;
         ac->total_step = 1000;  // the allocator's budgeting phase covers the measured steps
         if (gpu) ac->orth_reg_weight = 0;  // the GPU path has no regulariser (as bench_gpu)
-    } else if (em != EST_FULL) {
+    } else if (em != METHOD_FULL) {
         ac->r = m->r;
         ac->alpha = 2.0f * m->r;
     }
-    adapter_config_set_targets(ac, !strcmp(m->method, "lora") ? f->dflt : f->all);
+    adapter_config_set_targets(ac, m->all ? f->all : f->dflt);
     ac->fan_in_fan_out = mc->arch == ARCH_GPT2;
 }
 
@@ -190,7 +188,7 @@ static int64_t row_estimate(const Row *row, bool gpu, Estimate *e) {
     if (est_model_from_config(&em, &mc, FAMILIES[row->family].name)) return -1;
     AdapterConfig ac;
     row_adapter_config(row, &mc, gpu, &ac);
-    int rc = estimate_compute(e, &em, est_method_of(METHODS[row->method].method), &ac, row->B, row->T);
+    int rc = estimate_compute(e, &em, METHODS[row->method].id, &ac, row->B, row->T);
     adapter_config_free(&ac);
     est_model_free(&em);
     return rc ? -1 : gpu ? e->gpu.total : e->cpu.total;
@@ -213,7 +211,7 @@ static int child_cpu(const Row *row, int steps) {
     ModelConfig mc;
     if (config_parse(&mc, FAMILIES[row->family].json, "bench")) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
     Model *m = model_create_random(&mc, 1);
-    bool full = !strcmp(METHODS[row->method].method, "full"), adalora = !strcmp(METHODS[row->method].method, "adalora");
+    bool full = METHODS[row->method].id == METHOD_FULL, adalora = METHODS[row->method].id == METHOD_ADALORA;
     if (full) {
         model_train_all(m);
         for (int i = 0; i < m->n_params; i++) m->params[i].decay = m->params[i].ndim == 2;
@@ -249,7 +247,7 @@ static int child_cpu(const Row *row, int steps) {
 static int child_gpu(const Row *row, int steps) {
     double t0 = now_seconds();
     Model *m = bench_model(FAMILIES[row->family].json);
-    bool full = !strcmp(METHODS[row->method].method, "full"), adalora = !strcmp(METHODS[row->method].method, "adalora");
+    bool full = METHODS[row->method].id == METHOD_FULL, adalora = METHODS[row->method].id == METHOD_ADALORA;
     if (full) model_train_all(m);
     else {
         AdapterConfig ac;

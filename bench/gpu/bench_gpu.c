@@ -107,18 +107,18 @@ int main(int argc, char **argv) {
         if (full) {
             model_train_all(m);
             AdapterConfig ac;
-            adapter_config_defaults(&ac, PEFT_LORA);
+            adapter_config_defaults(&ac, METHOD_LORA);
             Estimate e;
-            if (em.n_linears >= 0 && !estimate_compute(&e, &em, EST_FULL, &ac, B, T)) est_bytes = e.gpu.total;
+            if (em.n_linears >= 0 && !estimate_compute(&e, &em, METHOD_FULL, &ac, B, T)) est_bytes = e.gpu.total;
             adapter_config_free(&ac);
         } else {
             AdapterConfig ac;
-            PeftType type = !strncmp(r->method, "vera", 4) ? PEFT_VERA : !strncmp(r->method, "adalora", 7) ? PEFT_ADALORA : PEFT_LORA;
+            MethodId type = !strncmp(r->method, "vera", 4) ? METHOD_VERA : !strncmp(r->method, "adalora", 7) ? METHOD_ADALORA : METHOD_LORA;
             adapter_config_defaults(&ac, type);
             const char *all = gpt2 ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
             if (!strcmp(r->method, "lora-qv")) { ac.r = 8; ac.alpha = 16; adapter_config_set_targets(&ac, gpt2 ? "c_attn" : "q_proj,v_proj"); }
             else if (!strcmp(r->method, "lora-all")) { ac.r = 16; ac.alpha = 32; adapter_config_set_targets(&ac, all); }
-            else if (type == PEFT_VERA) { ac.r = 256; adapter_config_set_targets(&ac, all); }
+            else if (type == METHOD_VERA) { ac.r = 256; adapter_config_set_targets(&ac, all); }
             else {
                 // As the HF script: init_r 12, target_r 8; no task_type there, so no orthogonal regulariser either.
                 ac.init_r = ac.r = 12; ac.target_r = 8; ac.total_step = 10000; ac.deltaT = 10; ac.orth_reg_weight = 0;
@@ -126,7 +126,7 @@ int main(int argc, char **argv) {
             }
             ac.fan_in_fan_out = gpt2;
             Estimate est;
-            EstMethod method = type == PEFT_VERA ? EST_VERA : type == PEFT_ADALORA ? EST_ADALORA : EST_LORA;
+            MethodId method = type == METHOD_VERA ? METHOD_VERA : type == METHOD_ADALORA ? METHOD_ADALORA : METHOD_LORA;
             if (em.n_linears >= 0 && !estimate_compute(&est, &em, method, &ac, B, T)) est_bytes = est.gpu.total;
             int e = adapters_attach(m, &ac, 1);
             adapter_config_free(&ac);

@@ -559,7 +559,7 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
         }
     }
     DevSet ds = {set->uid, kv->calls, nullptr, -1, 0};
-    bool vera = set->cfg.type == PEFT_VERA;
+    bool vera = set->cfg.type == METHOD_VERA;
     if (vera && (ds.proj = find_proj(kv, set)) < 0) return nullptr;
     std::vector<RowAd> ents(m->n_linears);
     // Each entry's two tensors in the image: LoRA / AdaLoRA A and B, VeRA lambda_d and lambda_b.
