@@ -298,6 +298,7 @@ const Method adalora_method = {
     .config_base = &lora_method,
     .n_keys = sizeof ADALORA_KEYS / sizeof *ADALORA_KEYS,
     .keys = ADALORA_KEYS,
+    .gpu = AD_ADALORA,
     .n_tensors = 3,
     .tensors = {{"lora_A", DIM_RANK, DIM_IN, false, offsetof(Adapter, A)},
                 {"lora_B", DIM_OUT, DIM_RANK, false, offsetof(Adapter, B)},

@@ -94,6 +94,7 @@ const Method lora_method = {
     .default_lr = 2e-4f,
     .n_keys = sizeof LORA_KEYS / sizeof *LORA_KEYS,
     .keys = LORA_KEYS,
+    .gpu = AD_LORA,
     .n_tensors = 2,
     .tensors = {{"lora_A.weight", DIM_RANK, DIM_IN, false, offsetof(Adapter, A)},
                 {"lora_B.weight", DIM_OUT, DIM_RANK, false, offsetof(Adapter, B)}},

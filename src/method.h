@@ -1,7 +1,7 @@
 // method.h: the fine-tuning methods, one descriptor each, in one table indexed by MethodId.
 // lora.c, vera.c and adalora.c each define their descriptor (full fine-tuning's is in method.c):
-// its name, the adapter_config.json keys it reads, its defaults, its tensors, its CPU ops and its
-// checkpoint state. Everything that names, lists, configures, runs,
+// its name, the adapter_config.json keys it reads, its defaults, its tensors, its CPU ops, the GPU
+// kernels that run it and its checkpoint state. Everything that names, lists, configures, runs,
 // estimates or checkpoints a method goes through the table; an id that is not in it is an error.
 // Adding a method: one file with its descriptor, an id below and its row in method.c's table.
 #pragma once
@@ -45,6 +45,11 @@ typedef struct {
     const char *what;      // KEY_DEFAULT: what a value would do (said when refusing it)
 } ConfigKey;
 
+// How the CUDA backend runs a method's modules (src/cuda: gpu_model.cu's training kernels and
+// gpu_infer.cu's per-row adapters): a LoRA product, AdaLoRA's with E between, or VeRA's shared
+// projections with per-module scaling vectors.
+typedef enum { AD_NONE, AD_LORA, AD_ADALORA, AD_VERA } GpuKind;
+
 struct Method {
     MethodId id;
     const char *name;            // the CLI's --method, reference cases' and checkpoints' "method"
@@ -58,6 +63,7 @@ struct Method {
     const Method *config_base;
     int n_keys;
     const ConfigKey *keys;
+    GpuKind gpu;                 // AD_NONE: not on the CUDA backend (full fine-tuning needs no adapter kernels)
 
     // ---- CPU ops (adapter methods only) ----
     int n_tensors;

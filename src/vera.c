@@ -208,6 +208,7 @@ const Method vera_method = {
     .default_lr = 1e-2f,
     .n_keys = sizeof VERA_KEYS / sizeof *VERA_KEYS,
     .keys = VERA_KEYS,
+    .gpu = AD_VERA,
     .n_tensors = 2,  // registered b before d, as in PEFT's state dict
     .tensors = {{"vera_lambda_b", DIM_OUT, DIM_ONE, true, offsetof(Adapter, lambda_b)},
                 {"vera_lambda_d", DIM_RANK, DIM_ONE, true, offsetof(Adapter, lambda_d)}},
