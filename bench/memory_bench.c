@@ -10,25 +10,23 @@
 //   CPU: the growth of the process's peak resident set (VmHWM at the end minus VmRSS before the
 //        model is built): the model's fp32 weights, adapters, gradients, AdamW state, AdaLoRA's
 //        allocator scores, activations and every temporary of `steps` training steps (zero_grad,
-//        forward, backward, clip_grad_norm, AdamW, AdaLoRA's update_and_allocate), as train.c runs
-//        them; plus what the runtime adds (OpenBLAS's GEMM buffers, thread stacks, malloc's
+//        forward, backward, clip_grad_norm, AdamW, AdaLoRA's update_and_allocate): peft train's own
+//        step (train_step.h); plus what the runtime adds (OpenBLAS's GEMM buffers, thread stacks, malloc's
 //        arenas). The weights are built in memory (model_create_random): `peft train` copies a
 //        safetensors file into the same fp32 buffers and unmaps it before training. Also shown: the
 //        heap high-water mark (bytes malloc handed out and not yet freed, counted by the
 //        malloc/free wrappers below), which is what the estimate models buffer by buffer.
 //   GPU: gpu_peak_bytes(), the high-water mark of every byte the CUDA backend cudaMalloc'd in the
 //        process (weights, optimizer state, activations, cuBLASLt workspace, the upload's staging
-//        buffer), over gpu_model_create and `steps` gpu_train_step calls (+ AdaLoRA's
-//        gpu_adalora_update_scores), the weights drawn on the device. Without a GPU the GPU rows
+//        buffer), over gpu_model_create and `steps` of peft train's step on the GPU (AdaLoRA's
+//        allocator included, on the host as peft train runs it), the weights drawn on the device. Without a GPU the GPU rows
 //        print SKIPPED.
-#include "adalora.h"
 #include "adapter.h"
 #include "bench_model.h"
 #include "config.h"
 #include "cuda/gpu.h"
 #include "estimate.h"
 #include "model.h"
-#include "optim.h"
 #include "util.h"
 #include <errno.h>
 #include <malloc.h>
@@ -204,6 +202,22 @@ static int32_t rnd_token(int V) {
 
 // ---- one configuration, in a child process: prints "RESULT measured heap seconds" ----
 
+// `steps` of peft train's step (train_step.h) on random tokens, on the CPU or on g: AdamW, clipping
+// at 1, AdaLoRA's update_and_allocate.
+static int run_steps(Model *m, GpuModel *g, const Row *row, int steps) {
+    TrainStep st;
+    train_step_init(&st, m, g, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, true);
+    RandomBatch rb = {xmalloc(sizeof(int32_t) * row->B * row->T), row->B, row->T, m->cfg.vocab_size, rnd_token};
+    int rc = 0;
+    for (int s = 0; s < steps && !rc; s++) {
+        StepResult res;
+        if ((rc = train_step_run(&st, s, 1, 1e-4, bench_random_batch, &rb, &res))) fprintf(stderr, "%s\n", peft_last_error());
+    }
+    train_step_free(&st);
+    free(rb.ids);
+    return rc;
+}
+
 static int child_cpu(const Row *row, int steps) {
     long long rss0 = proc_status_kb("VmRSS"), heap0 = atomic_load(&heap_live);
     atomic_store(&heap_peak, heap0);
@@ -211,7 +225,7 @@ static int child_cpu(const Row *row, int steps) {
     ModelConfig mc;
     if (config_parse(&mc, FAMILIES[row->family].json, "bench")) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
     Model *m = model_create_random(&mc, 1);
-    bool full = METHODS[row->method].id == METHOD_FULL, adalora = METHODS[row->method].id == METHOD_ADALORA;
+    bool full = METHODS[row->method].id == METHOD_FULL;
     if (full) {
         model_train_all(m);
         for (int i = 0; i < m->n_params; i++) m->params[i].decay = m->params[i].ndim == 2;
@@ -221,24 +235,7 @@ static int child_cpu(const Row *row, int steps) {
         if (adapters_attach(m, &ac, 42)) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
         adapter_config_free(&ac);
     }
-    Param **ps;
-    int n = model_trainable(m, &ps);
-    AdamW opt;
-    adamw_init(&opt, ps, n, 0, 0.9f, 0.999f, 1e-8f, 0.0f);
-    int N = row->B * row->T;
-    int32_t *ids = xmalloc(sizeof(int32_t) * N);
-    m->training = true;
-    for (int s = 0; s < steps; s++) {
-        for (int i = 0; i < N; i++) ids[i] = rnd_token(mc.vocab_size);
-        model_zero_grad(m);
-        double loss = model_forward(m, ids, ids, row->B, row->T);
-        if (!isfinite(loss)) { fprintf(stderr, "loss %g: %s\n", loss, peft_last_error()); return 1; }
-        model_backward(m);
-        clip_grad_norm(ps, n, 1.0);
-        adamw_step(&opt, ps, n, 1e-4f);
-        int masked;
-        if (adalora && adalora_update_and_allocate(m, s, &masked) < 0) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
-    }
+    if (run_steps(m, NULL, row, steps)) return 1;
     long long hwm = proc_status_kb("VmHWM");
     printf("RESULT %lld %lld %.2f\n", hwm - rss0, atomic_load(&heap_peak) - heap0, now_seconds() - t0);
     return 0;
@@ -247,7 +244,7 @@ static int child_cpu(const Row *row, int steps) {
 static int child_gpu(const Row *row, int steps) {
     double t0 = now_seconds();
     Model *m = bench_model(FAMILIES[row->family].json);
-    bool full = METHODS[row->method].id == METHOD_FULL, adalora = METHODS[row->method].id == METHOD_ADALORA;
+    bool full = METHODS[row->method].id == METHOD_FULL;
     if (full) model_train_all(m);
     else {
         AdapterConfig ac;
@@ -259,14 +256,7 @@ static int child_gpu(const Row *row, int steps) {
     GpuOptions opt = {.precision = GPU_BF16, .random_init_seed = 1};
     GpuModel *g = gpu_model_create(m, &opt);
     if (!g) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
-    int N = row->B * row->T;
-    int32_t *ids = xmalloc(sizeof(int32_t) * N);
-    for (int s = 0; s < steps; s++) {
-        for (int i = 0; i < N; i++) ids[i] = rnd_token(m->cfg.vocab_size);
-        double loss = gpu_train_step(g, ids, ids, row->B, row->T, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0);
-        if (!isnan(loss) && adalora && gpu_adalora_update_scores(g, 0.85f, 0.85f)) loss = NAN;
-        if (!isfinite(loss)) { fprintf(stderr, "loss %g: %s\n", loss, peft_last_error()); return 1; }
-    }
+    if (run_steps(m, g, row, steps)) return 1;
     printf("RESULT %lld 0 %.2f\n", (long long)gpu_peak_bytes(), now_seconds() - t0);
     gpu_model_free(g);
     return 0;

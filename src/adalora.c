@@ -312,6 +312,7 @@ const Method adalora_method = {
     .regularizer = adalora_regularizer,
     .save = adalora_save,
     .free_state = adalora_free_state,
+    .after_step = adalora_update_and_allocate,
     .save_state = adalora_save_state,
     .load_state = adalora_load_state,
 };

@@ -91,6 +91,9 @@ struct Method {
     // any other such tensor is refused.
     bool (*owns_tensor)(const AdapterSet *set, const char *name);
     void (*free_state)(AdapterSet *set);
+    // Optional: after each optimizer step at `step` (0-based), before the gradients are zeroed
+    // (AdaLoRA's rank allocator): returns the method's budget (and sets *mask_applied), or -1.
+    int (*after_step)(Model *m, int step, int *mask_applied);
     // Optional: the training state a checkpoint keeps beyond tensors and optimizer (AdaLoRA's
     // allocator scores and rank pattern), written into and read back from the checkpoint's file.
     void (*save_state)(AdapterSet *set, void *writer /*StWriter*/);

@@ -6,6 +6,7 @@
 #include "safetensors.h"
 #include "svg_plot.h"
 #include "tokenizer.h"
+#include "train_step.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -104,9 +105,7 @@ typedef struct {
     Tokenizer *tok;
     Dataset train, val;
     bool has_val;
-    Param **params;
-    int n_params;
-    AdamW opt;
+    TrainStep st;                // the step: trainable tensors, AdamW, the device's backend
     GpuModel *g;                 // with --device cuda: the model on the GPU (trainables live there)
     int total_steps, micro_per_epoch;
     int *perm, perm_epoch;       // the shuffle of the epoch perm_epoch
@@ -263,8 +262,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     t->total_steps = (int)total;
     if (attach_method(t)) return -1;
     if (t->c.cuda && setup_gpu(t)) return -1;
-    t->n_params = model_trainable(t->m, &t->params);
-    adamw_init(&t->opt, t->params, t->n_params, 0, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay);
+    train_step_init(&t->st, t->m, t->g, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay, t->c.max_grad_norm, t->c.adalora_allocate);
     t->perm = xmalloc(sizeof(int) * t->train.n_seq);
     t->perm_epoch = -1;
     t->ids = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
@@ -282,7 +280,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
 static void teardown(Trainer *t) {
     if (t->log) fclose(t->log);
     gpu_model_free(t->g);
-    if (t->opt.n) adamw_free(&t->opt);
+    train_step_free(&t->st);
     model_free(t->m);
     tokenizer_free(t->tok);
     dataset_free(&t->train);
@@ -411,14 +409,13 @@ static const Method *stateful_method(const Trainer *t) {
     return m && m->save_state ? m : NULL;
 }
 
-static bool is_adalora(const Trainer *t) { return t->c.method == METHOD_ADALORA && t->m->adapters && t->m->adapters->method_state; }
 
 static cJSON *checkpoint_state(const Trainer *t, int step) {
     cJSON *j = cJSON_CreateObject();
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)t->c.seed);
     cJSON_AddNumberToObject(j, "step", step);
-    cJSON_AddNumberToObject(j, "adam_step", t->opt.step);
+    cJSON_AddNumberToObject(j, "adam_step", t->st.opt.step);
     cJSON_AddNumberToObject(j, "micro_batch", (double)step * t->c.grad_accum);  // the data position
     // What the run's randomness and data order derive from: it must not change on resume.
     cJSON_AddStringToObject(j, "method", method_name(t->c.method));
@@ -428,7 +425,7 @@ static cJSON *checkpoint_state(const Trainer *t, int step) {
     cJSON_AddNumberToObject(j, "grad_accum", t->c.grad_accum);
     cJSON_AddNumberToObject(j, "seq_len", t->c.data.seq_len);
     cJSON_AddNumberToObject(j, "train_sequences", t->train.n_seq);
-    cJSON_AddNumberToObject(j, "trainable_tensors", t->n_params);
+    cJSON_AddNumberToObject(j, "trainable_tensors", t->st.n_params);
     return j;
 }
 
@@ -485,8 +482,8 @@ static int recover_checkpoints(const Trainer *t) {
 // The last optimizer step has no forward after it whose loss would show an overflow: what is
 // saved (a checkpoint, the final weights) is checked instead.
 static int check_trainables_finite(const Trainer *t, int step) {
-    for (int i = 0; i < t->n_params; i++) {
-        const Param *p = t->params[i];
+    for (int i = 0; i < t->st.n_params; i++) {
+        const Param *p = t->st.params[i];
         for (long j = 0; j < p->numel; j++)
             if (!isfinite(p->w[j]))
                 return peft_fail("step %d: %s is not finite after the update (%g at index %ld): try a lower learning rate", step, p->name, p->w[j], j);
@@ -497,16 +494,16 @@ static int check_trainables_finite(const Trainer *t, int step) {
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
     // On the GPU the master weights, the AdamW moments and step count live on the device.
     if (t->g && (gpu_download_trainables(t->g, false) ||
-                 gpu_download_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, &t->opt.step)))
+                 gpu_download_optimizer(t->g, t->st.params, t->st.n_params, t->st.opt.m, t->st.opt.v, &t->st.opt.step)))
         return -1;
     if (check_trainables_finite(t, step)) return -1;
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     char name[600];
-    for (int i = 0; i < t->n_params; i++) {
-        Param *p = t->params[i];
+    for (int i = 0; i < t->st.n_params; i++) {
+        Param *p = t->st.params[i];
         const char *kind[] = {"param", "adam_m", "adam_v"};
-        const float *data[] = {p->w, t->opt.m[i], t->opt.v[i]};
+        const float *data[] = {p->w, t->st.opt.m[i], t->st.opt.v[i]};
         for (int k = 0; k < 3; k++) {
             snprintf(name, sizeof name, "%s/%s", kind[k], p->name);
             st_writer_add_f32(w, name, p->ndim, p->shape, data[k]);
@@ -581,17 +578,17 @@ static int load_checkpoint_files(Trainer *t, const char *dir, int *step) {
     if (!j) { if (text) peft_fail("%s: invalid JSON", state_path); goto out; }
     if (check_same_run(t, j, state_path)) goto out;
     *step = state_int(j, "step");
-    t->opt.step = state_int(j, "adam_step");
-    if (*step < 0 || *step > t->total_steps || t->opt.step < 0) { peft_fail("%s: bad step", state_path); goto out; }
+    t->st.opt.step = state_int(j, "adam_step");
+    if (*step < 0 || *step > t->total_steps || t->st.opt.step < 0) { peft_fail("%s: bad step", state_path); goto out; }
     if (st_open(&st, tensor_path)) goto out;
-    for (int i = 0; i < t->n_params; i++) {
-        Param *p = t->params[i];
-        if (load_tensor(&st, "param", p, p->w, tensor_path) || load_tensor(&st, "adam_m", p, t->opt.m[i], tensor_path) ||
-            load_tensor(&st, "adam_v", p, t->opt.v[i], tensor_path))
+    for (int i = 0; i < t->st.n_params; i++) {
+        Param *p = t->st.params[i];
+        if (load_tensor(&st, "param", p, p->w, tensor_path) || load_tensor(&st, "adam_m", p, t->st.opt.m[i], tensor_path) ||
+            load_tensor(&st, "adam_v", p, t->st.opt.v[i], tensor_path))
             goto out;
     }
     if (stateful_method(t) && stateful_method(t)->load_state(t->m->adapters, &st, tensor_path)) goto out;
-    if (t->g && (gpu_upload_trainables(t->g) || gpu_upload_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, t->opt.step)))
+    if (t->g && (gpu_upload_trainables(t->g) || gpu_upload_optimizer(t->g, t->st.params, t->st.n_params, t->st.opt.m, t->st.opt.v, t->st.opt.step)))
         goto out;
     rc = 0;
 out:
@@ -641,83 +638,31 @@ static long batch_tokens(const Dataset *ds, const int *idx, int n) {
     return s;
 }
 
-static void scale_grads(Param **params, int n, float k) {
-    for (int i = 0; i < n; i++)
-        for (long j = 0; j < params[i]->numel; j++) params[i]->grad[j] *= k;
-}
+// Micro-batch k of the step being run: its place in the epoch's shuffle and its dropout seed.
+typedef struct { Trainer *t; int step; } StepData;
 
-// The same step on the GPU: the micro-batches' gradients accumulate on the device, then the mean,
-// clipping and AdamW there. Dropout masks come from the same (seed, micro-batch) seed as on the CPU, but
-// from the GPU's own hash of it (see gpu_set_dropout). AdaLoRA's allocator runs on the host: the tensors
-// and gradients come down for it, and the masked tensors go back up.
-static int train_step_gpu(Trainer *t, int step, TrainStepInfo *info) {
-    double t0 = now_seconds(), loss_sum = 0, lm_sum = 0;
-    long tokens = 0;
-    int accum = t->c.grad_accum;
-    gpu_zero_grad(t->g);
-    for (int k = 0; k < accum; k++) {
-        long micro = (long)step * accum + k;
-        int n;
-        const int *idx = micro_batch(t, micro, &n);
-        int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
-        gpu_set_dropout(t->g, true, seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro));
-        double loss = gpu_forward(t->g, t->ids, t->labels, n, T);
-        gpu_set_dropout(t->g, false, 0);  // evaluation between steps never drops
-        if (!isfinite(loss)) return isnan(loss) && peft_last_error()[0] ? -1 : peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
-        loss_sum += loss;
-        lm_sum += gpu_lm_loss(t->g);
-        if (gpu_backward(t->g)) return -1;
-        tokens += batch_tokens(&t->train, idx, n);
-    }
-    if (accum > 1 && gpu_scale_grads(t->g, 1.0f / accum)) return -1;
-    double norm = gpu_clip_grad_norm(t->g, t->c.max_grad_norm);
-    double lr = train_lr_at(&t->c, step, t->total_steps);
-    if (gpu_adamw_step(t->g, (float)lr, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay)) return -1;
-    int budget = -1, masked;
-    if (is_adalora(t) && t->c.adalora_allocate) {
-        if (gpu_download_trainables(t->g, true)) return -1;
-        if ((budget = adalora_update_and_allocate(t->m, step, &masked)) < 0 || gpu_upload_trainables(t->g)) return -1;
-    }
-    if (gpu_sync(t->g)) return -1;
-    double dt = now_seconds() - t0;
-    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * accum / t->micro_per_epoch,
-                            .loss = loss_sum / accum, .lm_loss = lm_sum / accum, .lr = lr, .grad_norm = norm, .tokens = tokens,
-                            .tokens_per_s = dt > 0 ? tokens / dt : 0, .budget = budget};
+static int next_micro_batch(void *user, int k, MicroBatch *mb) {
+    const StepData *d = user;
+    Trainer *t = d->t;
+    long micro = (long)d->step * t->c.grad_accum + k;
+    int n;
+    const int *idx = micro_batch(t, micro, &n);
+    int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
+    *mb = (MicroBatch){.ids = t->ids, .labels = t->labels, .B = n, .T = T,
+                       .dropout_seed = seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro), .tokens = batch_tokens(&t->train, idx, n)};
     return 0;
 }
 
-// One optimizer step (0-based `step`): grad_accum micro-batches, the mean gradient, clipping,
-// AdamW, then AdaLoRA's allocator (which reads the gradients, so before they are zeroed again).
+// One optimizer step (0-based `step`) on the run's device (train_step.h).
 static int train_step(Trainer *t, int step, TrainStepInfo *info) {
-    if (t->g) return train_step_gpu(t, step, info);
-    double t0 = now_seconds(), loss_sum = 0, lm_sum = 0;
-    long tokens = 0;
-    int accum = t->c.grad_accum;
-    t->m->training = true;
-    model_zero_grad(t->m);
-    for (int k = 0; k < accum; k++) {
-        long micro = (long)step * accum + k;
-        int n;
-        const int *idx = micro_batch(t, micro, &n);
-        int T = dataset_batch(&t->train, idx, n, t->ids, t->labels);
-        t->m->dropout_seed = seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro);
-        double loss = model_forward(t->m, t->ids, t->labels, n, T);
-        if (!isfinite(loss)) return peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
-        model_backward(t->m);
-        loss_sum += loss;
-        lm_sum += t->m->act.lm_loss;
-        tokens += batch_tokens(&t->train, idx, n);
-    }
-    if (accum > 1) scale_grads(t->params, t->n_params, 1.0f / accum);
-    double norm = clip_grad_norm(t->params, t->n_params, t->c.max_grad_norm);
-    double lr = train_lr_at(&t->c, step, t->total_steps);
-    adamw_step(&t->opt, t->params, t->n_params, (float)lr);
-    int budget = -1, masked;
-    if (is_adalora(t) && t->c.adalora_allocate && (budget = adalora_update_and_allocate(t->m, step, &masked)) < 0) return -1;
+    double t0 = now_seconds(), lr = train_lr_at(&t->c, step, t->total_steps);
+    StepData d = {t, step};
+    StepResult r;
+    if (train_step_run(&t->st, step, t->c.grad_accum, lr, next_micro_batch, &d, &r)) return -1;
     double dt = now_seconds() - t0;
-    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * accum / t->micro_per_epoch,
-                            .loss = loss_sum / accum, .lm_loss = lm_sum / accum, .lr = lr, .grad_norm = norm, .tokens = tokens,
-                            .tokens_per_s = dt > 0 ? tokens / dt : 0, .budget = budget};
+    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * t->c.grad_accum / t->micro_per_epoch,
+                            .loss = r.loss, .lm_loss = r.lm_loss, .lr = lr, .grad_norm = r.grad_norm, .tokens = r.tokens,
+                            .tokens_per_s = dt > 0 ? r.tokens / dt : 0, .budget = r.budget};
     return 0;
 }
 

@@ -1245,6 +1245,7 @@ extern "C" double gpu_lm_loss(GpuModel *g) { return g->last_lm; }
 
 extern "C" int gpu_sync(GpuModel *g) {
     gpu_clear_failure();
+    prof_collect(g);  // the end of a training step (train_step.c): the profile's step closes here
     CU(cudaStreamSynchronize(g->st));
     return gpu_report_failure();
 }
