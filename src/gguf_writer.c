@@ -44,7 +44,7 @@ static void put_bytes(GgufWriter *w, const void *p, size_t n) {
         while (w->kv_len + n > w->kv_cap) w->kv_cap = w->kv_cap ? 2 * w->kv_cap : 4096;
         w->kv = xrealloc(w->kv, w->kv_cap);
     }
-    memcpy(w->kv + w->kv_len, p, n);
+    if (n) memcpy(w->kv + w->kv_len, p, n);  // an empty string or array may come as NULL
     w->kv_len += n;
 }
 
