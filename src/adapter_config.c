@@ -127,8 +127,8 @@ static int jbool(const cJSON *o, const char *name, bool *out, const char *path) 
     return 0;
 }
 
-// The keys of PEFT 0.21's PeftConfig that every method's config class has; each method's own are in
-// its descriptor (method.h).
+// The keys every method's config class has in PEFT 0.21 (PeftConfig's, and those LoraConfig,
+// VeraConfig and AdaLoraConfig all declare); each method's own are in its descriptor (method.h).
 static const ConfigKey COMMON_KEYS[] = {
     {"peft_type", KEY_USED, NULL, NULL},
     {"target_modules", KEY_USED, NULL, NULL},
