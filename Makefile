@@ -61,7 +61,7 @@ LIB_OBJ   += $(GPU_OBJ) $(BUILD)/obj/version.o
 GIT_REV := $(shell r=$$(git rev-parse --short=12 HEAD 2>/dev/null) || r=unknown; \
              [ $$r = unknown ] || git diff --quiet HEAD -- src cli tests bench tools Makefile ':(exclude)*.md' || r=$$r-dirty; echo $$r)
 
-.PHONY: FORCE all setup test unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz fuzz-smoke fuzz-seeds clean
+.PHONY: FORCE all setup test layout-check unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz fuzz-smoke fuzz-seeds clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
@@ -118,8 +118,12 @@ $(BUILD)/.setup:
 	  else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; fi
 	@mkdir -p $(BUILD) && touch $@
 
-test: unit-test check-fixtures gpu-test cli-test fuzz-smoke
+test: layout-check unit-test check-fixtures gpu-test cli-test fuzz-smoke
 	@if [ ! -d $(SHARED_FIXTURES) ]; then echo "*** make test: $(SHARED_FIXTURES) not found: its HF PEFT cases and GPT-2's real tokenizer were SKIPPED (the repository's own cases ran) ***"; fi
+
+# Each method named once, in its descriptor (tests/check_layout.sh).
+layout-check:
+	bash tests/check_layout.sh
 
 unit-test: $(BUILD)/test_peft
 	OMP_NUM_THREADS=2 ./$(BUILD)/test_peft

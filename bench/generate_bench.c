@@ -21,7 +21,7 @@
 typedef struct {
     const char *name;
     const char *targets;  // NULL: no adapter
-    PeftType type;
+    MethodId type;
     int r;
     bool merged;
 } Setup;
@@ -96,11 +96,11 @@ int main(int argc, char **argv) {
     c.qkv_bias = c.o_bias = c.mlp_bias = true;
     c.bos_token_id = c.eos_token_id = 50256;
     Setup setups[] = {
-        {"base", NULL, PEFT_LORA, 0, false},
-        {"LoRA r=8 c_attn, merged", "c_attn", PEFT_LORA, 8, true},
-        {"LoRA r=8 c_attn, live", "c_attn", PEFT_LORA, 8, false},
-        {"LoRA r=8 all linear, live", "c_attn,c_proj,c_fc", PEFT_LORA, 8, false},
-        {"VeRA r=256 c_attn, live", "c_attn", PEFT_VERA, 256, false},
+        {"base", NULL, METHOD_LORA, 0, false},
+        {"LoRA r=8 c_attn, merged", "c_attn", METHOD_LORA, 8, true},
+        {"LoRA r=8 c_attn, live", "c_attn", METHOD_LORA, 8, false},
+        {"LoRA r=8 all linear, live", "c_attn,c_proj,c_fc", METHOD_LORA, 8, false},
+        {"VeRA r=256 c_attn, live", "c_attn", METHOD_VERA, 256, false},
     };
     enum { NS = sizeof setups / sizeof *setups };
     Model *models[NS];

@@ -10,25 +10,23 @@
 //   CPU: the growth of the process's peak resident set (VmHWM at the end minus VmRSS before the
 //        model is built): the model's fp32 weights, adapters, gradients, AdamW state, AdaLoRA's
 //        allocator scores, activations and every temporary of `steps` training steps (zero_grad,
-//        forward, backward, clip_grad_norm, AdamW, AdaLoRA's update_and_allocate), as train.c runs
-//        them; plus what the runtime adds (OpenBLAS's GEMM buffers, thread stacks, malloc's
+//        forward, backward, clip_grad_norm, AdamW, AdaLoRA's update_and_allocate): peft train's own
+//        step (train_step.h); plus what the runtime adds (OpenBLAS's GEMM buffers, thread stacks, malloc's
 //        arenas). The weights are built in memory (model_create_random): `peft train` copies a
 //        safetensors file into the same fp32 buffers and unmaps it before training. Also shown: the
 //        heap high-water mark (bytes malloc handed out and not yet freed, counted by the
 //        malloc/free wrappers below), which is what the estimate models buffer by buffer.
 //   GPU: gpu_peak_bytes(), the high-water mark of every byte the CUDA backend cudaMalloc'd in the
 //        process (weights, optimizer state, activations, cuBLASLt workspace, the upload's staging
-//        buffer), over gpu_model_create and `steps` gpu_train_step calls (+ AdaLoRA's
-//        gpu_adalora_update_scores), the weights drawn on the device. Without a GPU the GPU rows
+//        buffer), over gpu_model_create and `steps` of peft train's step on the GPU (AdaLoRA's
+//        allocator included, on the host as peft train runs it), the weights drawn on the device. Without a GPU the GPU rows
 //        print SKIPPED.
-#include "adalora.h"
 #include "adapter.h"
 #include "bench_model.h"
 #include "config.h"
 #include "cuda/gpu.h"
 #include "estimate.h"
 #include "model.h"
-#include "optim.h"
 #include "util.h"
 #include <errno.h>
 #include <malloc.h>
@@ -130,11 +128,12 @@ static const Family FAMILIES[] = {
 };
 
 typedef struct {
-    const char *method;  // full | lora | lora-all | vera | adalora
+    MethodId id;
+    bool all;            // every linear adapted (else PEFT's default targets)
     int r;               // LoRA/VeRA r; AdaLoRA init_r (target_r 8)
-} Method;
+} BenchMethod;
 
-static const Method METHODS[] = {{"full", 0}, {"lora", 8}, {"lora-all", 16}, {"vera", 256}, {"adalora", 12}};
+static const BenchMethod METHODS[] = {{METHOD_FULL, false, 0}, {METHOD_LORA, false, 8}, {METHOD_LORA, true, 16}, {METHOD_VERA, true, 256}, {METHOD_ADALORA, true, 12}};
 
 typedef struct {
     int family, method, B, T;
@@ -148,7 +147,7 @@ static int make_rows(Row *rows) {
     for (int f = 0; f < 2; f++)
         for (int s = 0; s < 2; s++)
             for (int mi = 0; mi < 5; mi++) {
-                if (!strcmp(METHODS[mi].method, "lora-all")) continue;  // the small rows: full, LoRA, VeRA, AdaLoRA
+                if (METHODS[mi].id == METHOD_LORA && METHODS[mi].all) continue;  // the small rows: full, LoRA, VeRA, AdaLoRA
                 rows[n++] = (Row){f, mi, sizes[s][0], sizes[s][1], true, true};
             }
     for (int f = 2; f < 4; f++)
@@ -157,29 +156,26 @@ static int make_rows(Row *rows) {
 }
 
 static void row_label(const Row *r, char *buf, size_t len) {
-    snprintf(buf, len, "%s %s %dx%d", FAMILIES[r->family].name, METHODS[r->method].method, r->B, r->T);
-}
-
-static EstMethod est_method_of(const char *m) {
-    return !strcmp(m, "full") ? EST_FULL : !strcmp(m, "vera") ? EST_VERA : !strcmp(m, "adalora") ? EST_ADALORA : EST_LORA;
+    const BenchMethod *m = &METHODS[r->method];
+    snprintf(buf, len, "%s %s%s %dx%d", FAMILIES[r->family].name, method_name(m->id), m->id == METHOD_LORA && m->all ? "-all" : "", r->B, r->T);
 }
 
 // The adapter options of a row, as `peft estimate --method M --r R --targets T` and the trainer set them.
 static void row_adapter_config(const Row *row, const ModelConfig *mc, bool gpu, AdapterConfig *ac) {
-    const Method *m = &METHODS[row->method];
+    const BenchMethod *m = &METHODS[row->method];
     const Family *f = &FAMILIES[row->family];
-    EstMethod em = est_method_of(m->method);
-    adapter_config_defaults(ac, em == EST_VERA ? PEFT_VERA : em == EST_ADALORA ? PEFT_ADALORA : PEFT_LORA);
-    if (em == EST_ADALORA) {
+    MethodId em = m->id;
+    adapter_config_defaults(ac, em);
+    if (em == METHOD_ADALORA) {
         ac->init_r = ac->r = m->r;
         ac->target_r = 8;
         ac->total_step = 1000;  // the allocator's budgeting phase covers the measured steps
         if (gpu) ac->orth_reg_weight = 0;  // the GPU path has no regulariser (as bench_gpu)
-    } else if (em != EST_FULL) {
+    } else if (em != METHOD_FULL) {
         ac->r = m->r;
         ac->alpha = 2.0f * m->r;
     }
-    adapter_config_set_targets(ac, !strcmp(m->method, "lora") ? f->dflt : f->all);
+    adapter_config_set_targets(ac, m->all ? f->all : f->dflt);
     ac->fan_in_fan_out = mc->arch == ARCH_GPT2;
 }
 
@@ -190,7 +186,7 @@ static int64_t row_estimate(const Row *row, bool gpu, Estimate *e) {
     if (est_model_from_config(&em, &mc, FAMILIES[row->family].name)) return -1;
     AdapterConfig ac;
     row_adapter_config(row, &mc, gpu, &ac);
-    int rc = estimate_compute(e, &em, est_method_of(METHODS[row->method].method), &ac, row->B, row->T);
+    int rc = estimate_compute(e, &em, METHODS[row->method].id, &ac, row->B, row->T);
     adapter_config_free(&ac);
     est_model_free(&em);
     return rc ? -1 : gpu ? e->gpu.total : e->cpu.total;
@@ -206,6 +202,22 @@ static int32_t rnd_token(int V) {
 
 // ---- one configuration, in a child process: prints "RESULT measured heap seconds" ----
 
+// `steps` of peft train's step (train_step.h) on random tokens, on the CPU or on g: AdamW, clipping
+// at 1, AdaLoRA's update_and_allocate.
+static int run_steps(Model *m, GpuModel *g, const Row *row, int steps) {
+    TrainStep st;
+    train_step_init(&st, m, g, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, true);
+    RandomBatch rb = {xmalloc(sizeof(int32_t) * row->B * row->T), row->B, row->T, m->cfg.vocab_size, rnd_token};
+    int rc = 0;
+    for (int s = 0; s < steps && !rc; s++) {
+        StepResult res;
+        if ((rc = train_step_run(&st, s, 1, 1e-4, bench_random_batch, &rb, &res))) fprintf(stderr, "%s\n", peft_last_error());
+    }
+    train_step_free(&st);
+    free(rb.ids);
+    return rc;
+}
+
 static int child_cpu(const Row *row, int steps) {
     long long rss0 = proc_status_kb("VmRSS"), heap0 = atomic_load(&heap_live);
     atomic_store(&heap_peak, heap0);
@@ -213,7 +225,7 @@ static int child_cpu(const Row *row, int steps) {
     ModelConfig mc;
     if (config_parse(&mc, FAMILIES[row->family].json, "bench")) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
     Model *m = model_create_random(&mc, 1);
-    bool full = !strcmp(METHODS[row->method].method, "full"), adalora = !strcmp(METHODS[row->method].method, "adalora");
+    bool full = METHODS[row->method].id == METHOD_FULL;
     if (full) {
         model_train_all(m);
         for (int i = 0; i < m->n_params; i++) m->params[i].decay = m->params[i].ndim == 2;
@@ -223,24 +235,7 @@ static int child_cpu(const Row *row, int steps) {
         if (adapters_attach(m, &ac, 42)) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
         adapter_config_free(&ac);
     }
-    Param **ps;
-    int n = model_trainable(m, &ps);
-    AdamW opt;
-    adamw_init(&opt, ps, n, 0, 0.9f, 0.999f, 1e-8f, 0.0f);
-    int N = row->B * row->T;
-    int32_t *ids = xmalloc(sizeof(int32_t) * N);
-    m->training = true;
-    for (int s = 0; s < steps; s++) {
-        for (int i = 0; i < N; i++) ids[i] = rnd_token(mc.vocab_size);
-        model_zero_grad(m);
-        double loss = model_forward(m, ids, ids, row->B, row->T);
-        if (!isfinite(loss)) { fprintf(stderr, "loss %g: %s\n", loss, peft_last_error()); return 1; }
-        model_backward(m);
-        clip_grad_norm(ps, n, 1.0);
-        adamw_step(&opt, ps, n, 1e-4f);
-        int masked;
-        if (adalora && adalora_update_and_allocate(m, s, &masked) < 0) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
-    }
+    if (run_steps(m, NULL, row, steps)) return 1;
     long long hwm = proc_status_kb("VmHWM");
     printf("RESULT %lld %lld %.2f\n", hwm - rss0, atomic_load(&heap_peak) - heap0, now_seconds() - t0);
     return 0;
@@ -249,7 +244,7 @@ static int child_cpu(const Row *row, int steps) {
 static int child_gpu(const Row *row, int steps) {
     double t0 = now_seconds();
     Model *m = bench_model(FAMILIES[row->family].json);
-    bool full = !strcmp(METHODS[row->method].method, "full"), adalora = !strcmp(METHODS[row->method].method, "adalora");
+    bool full = METHODS[row->method].id == METHOD_FULL;
     if (full) model_train_all(m);
     else {
         AdapterConfig ac;
@@ -261,14 +256,7 @@ static int child_gpu(const Row *row, int steps) {
     GpuOptions opt = {.precision = GPU_BF16, .random_init_seed = 1};
     GpuModel *g = gpu_model_create(m, &opt);
     if (!g) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
-    int N = row->B * row->T;
-    int32_t *ids = xmalloc(sizeof(int32_t) * N);
-    for (int s = 0; s < steps; s++) {
-        for (int i = 0; i < N; i++) ids[i] = rnd_token(m->cfg.vocab_size);
-        double loss = gpu_train_step(g, ids, ids, row->B, row->T, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0);
-        if (!isnan(loss) && adalora && gpu_adalora_update_scores(g, 0.85f, 0.85f)) loss = NAN;
-        if (!isfinite(loss)) { fprintf(stderr, "loss %g: %s\n", loss, peft_last_error()); return 1; }
-    }
+    if (run_steps(m, g, row, steps)) return 1;
     printf("RESULT %lld 0 %.2f\n", (long long)gpu_peak_bytes(), now_seconds() - t0);
     gpu_model_free(g);
     return 0;

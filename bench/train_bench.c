@@ -46,7 +46,7 @@ static Row run(const char *family, const char *method, ModelConfig cfg, const ch
     if (!strcmp(method, "full")) model_train_all(m);
     else {
         AdapterConfig ac;
-        adapter_config_defaults(&ac, PEFT_LORA);
+        adapter_config_defaults(&ac, METHOD_LORA);
         ac.r = 8; ac.alpha = 16; ac.fan_in_fan_out = cfg.arch == ARCH_GPT2;
         adapter_config_set_targets(&ac, targets);
         if (adapters_attach(m, &ac, 0)) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }

@@ -1,4 +1,4 @@
-// peft estimate --model NAME|config.json|DIR --method lora|vera|adalora|full [--r N] [--targets LIST]
+// peft estimate --model NAME|config.json|DIR --method METHOD [--r N] [--targets LIST]
 //               [--batch N] [--context N] [--json]
 // Trainable parameters, the adapter file's size and the training memory of a method, next to full
 // fine-tuning's, without loading or allocating the model.
@@ -80,15 +80,18 @@ static char *join_notes(const char *const *notes) {
 }
 
 int cmd_estimate(int argc, char **argv) {
-    const char *model = NULL, *method_s = "lora", *targets = NULL;
+    const char *model = NULL, *method_s = method_name(METHOD_LORA), *targets = NULL;
     int r = -1, init_r = -1, target_r = -1, batch = 8, context = 0;
     float dropout = 0;
     bool json = false, no_save_projection = false, no_double_quant = false;
     const char *quantize = NULL;
+    char methods[128], help_method[160];
+    method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
+    snprintf(help_method, sizeof help_method, "%s (default %s)", methods, method_s);
     Option opts[16] = {
         {"model", OPT_STRING, &model, "preset (roberta-base, roberta-large, gpt2, gpt2-medium, gpt2-large, gpt3-175b, "
                                       "llama-2-7b, llama-2-13b, tinyllama-1.1b), a config.json, or an HF model folder"},
-        {"method", OPT_STRING, &method_s, "lora | vera | adalora | full (default lora)"},
+        {"method", OPT_STRING, &method_s, help_method},
         {"r", OPT_INT, &r, "rank (LoRA default 8, VeRA 256; AdaLoRA: same as --init-r)"},
         {"init-r", OPT_INT, &init_r, "AdaLoRA initial rank (default 12)"},
         {"target-r", OPT_INT, &target_r, "AdaLoRA final average rank (default 8)"},
@@ -106,11 +109,14 @@ int cmd_estimate(int argc, char **argv) {
     if (parse_options("estimate", argc, argv, opts, n_opts, NULL, 0, NULL)) return 2;
     if (quant_resolve("estimate", quantize, no_double_quant, &qt, &nested)) return 2;
     if (!model) { fprintf(stderr, "peft estimate: --model NAME|config.json|DIR is required\n"); return 2; }
-    EstMethod method;
-    if (est_method_parse(method_s, &method)) { fprintf(stderr, "peft estimate: --method must be lora, vera, adalora or full (got \"%s\")\n", method_s); return 2; }
+    MethodId method;
+    if (method_parse(method_s, &method)) {
+        fprintf(stderr, "peft estimate: --method must be %s (got \"%s\")\n", method_names(methods, sizeof methods, ", ", " or ", LIST_NAMES), method_s);
+        return 2;
+    }
     if (batch <= 0) { fprintf(stderr, "peft estimate: --batch must be positive\n"); return 2; }
     if (!(dropout >= 0 && dropout < 1)) { fprintf(stderr, "peft estimate: --dropout must be in [0, 1)\n"); return 2; }
-    if (qt && method == EST_FULL) { fprintf(stderr, "peft estimate: --quantize freezes the base: full fine-tuning is refused with it\n"); return 2; }
+    if (qt && method == METHOD_FULL) { fprintf(stderr, "peft estimate: --quantize freezes the base: full fine-tuning is refused with it\n"); return 2; }
 
     EstModel em;
     if (est_model_load(&em, model)) return fail_with_library_error();
@@ -120,8 +126,8 @@ int cmd_estimate(int argc, char **argv) {
         fprintf(stderr, "peft estimate: warning: context %d exceeds %s's %d positions\n", context, em.name, em.max_context);
 
     AdapterConfig c;
-    adapter_config_defaults(&c, method == EST_VERA ? PEFT_VERA : method == EST_ADALORA ? PEFT_ADALORA : PEFT_LORA);
-    if (method == EST_ADALORA) {
+    adapter_config_defaults(&c, method);
+    if (method == METHOD_ADALORA) {
         if (init_r < 0 && r >= 0) init_r = r;
         if (init_r >= 0) c.init_r = init_r;
         if (target_r >= 0) c.target_r = target_r;
@@ -141,8 +147,8 @@ int cmd_estimate(int argc, char **argv) {
     }
     if (qt) estimate_quantize(&e, &em, qt, nested);
     char a[48], b[48], h1[32], h2[32], h3[32], h4[32];
-    const char *mname = est_method_name(method);
-    int64_t all = e.base_params + (method == EST_FULL ? 0 : e.trainable);
+    const char *mname = method_get(method)->title;
+    int64_t all = e.base_params + (method == METHOD_FULL ? 0 : e.trainable);
     if (json) {
         cJSON *j = cJSON_CreateObject();
         cJSON *jm = cJSON_AddObjectToObject(j, "model");
@@ -157,11 +163,10 @@ int cmd_estimate(int argc, char **argv) {
         cJSON_AddNumberToObject(jm, "linear_modules", em.n_linears);
         cJSON_AddNumberToObject(jm, "parameters", (double)e.base_params);
         cJSON *jx = cJSON_AddObjectToObject(j, "method");
-        static const char *const method_keys[] = {"lora", "vera", "adalora", "full"};
-        cJSON_AddStringToObject(jx, "name", method_keys[method]);
-        cJSON_AddStringToObject(jx, "peft_type", method == EST_FULL ? "none" : peft_type_name(c.type));
-        if (method != EST_FULL) {
-            if (method == EST_ADALORA) {
+        cJSON_AddStringToObject(jx, "name", method_name(method));
+        cJSON_AddStringToObject(jx, "peft_type", method == METHOD_FULL ? "none" : method_get(method)->peft_type);
+        if (method != METHOD_FULL) {
+            if (method == METHOD_ADALORA) {
                 cJSON_AddNumberToObject(jx, "init_r", c.init_r);
                 cJSON_AddNumberToObject(jx, "target_r", c.target_r);
             } else cJSON_AddNumberToObject(jx, "r", c.r);
@@ -172,24 +177,24 @@ int cmd_estimate(int argc, char **argv) {
         }
         cJSON_AddNumberToObject(j, "trainable_parameters", (double)e.trainable);
         cJSON_AddNumberToObject(j, "trainable_percent", 100.0 * (double)e.trainable / (double)all);
-        if (method == EST_VERA) {
+        if (method == METHOD_VERA) {
             cJSON *jv = cJSON_AddObjectToObject(j, "vera_projections");
             cJSON_AddNumberToObject(jv, "parameters", (double)e.vera_projection);
             cJSON_AddNumberToObject(jv, "max_in", e.vera_max_in);
             cJSON_AddNumberToObject(jv, "max_out", e.vera_max_out);
         }
-        if (method == EST_ADALORA) {
+        if (method == METHOD_ADALORA) {
             cJSON *ja = cJSON_AddObjectToObject(j, "adalora_final");
             cJSON_AddNumberToObject(ja, "budget_ranks", (double)e.adalora_budget_ranks);
             cJSON_AddNumberToObject(ja, "parameters_even", (double)e.adalora_final_params);
             cJSON_AddNumberToObject(ja, "file_bytes_even", (double)e.adalora_final_file_bytes);
         }
         cJSON *jf = cJSON_AddObjectToObject(j, "file");
-        cJSON_AddStringToObject(jf, "name", method == EST_FULL ? "model.safetensors" : "adapter_model.safetensors");
+        cJSON_AddStringToObject(jf, "name", method == METHOD_FULL ? "model.safetensors" : "adapter_model.safetensors");
         cJSON_AddNumberToObject(jf, "bytes", (double)e.file_bytes);
-        cJSON_AddBoolToObject(jf, "exact", method != EST_FULL);
+        cJSON_AddBoolToObject(jf, "exact", method != METHOD_FULL);
         cJSON_AddNumberToObject(jf, "fp16_data_bytes", (double)(2 * e.trainable));
-        if (method == EST_VERA) {
+        if (method == METHOD_VERA) {
             cJSON_AddNumberToObject(jf, "bytes_with_projection", (double)e.file_bytes_with_projection);
             cJSON_AddNumberToObject(jf, "bytes_without_projection", (double)e.file_bytes_without_projection);
         }
@@ -206,13 +211,13 @@ int cmd_estimate(int argc, char **argv) {
         cJSON_AddNumberToObject(jmem, "context", context);
         cJSON *jc = cJSON_AddObjectToObject(jmem, "cpu_fp32");
         cJSON_AddItemToObject(jc, "method", mem_json(&e.cpu));
-        cJSON_AddItemToObject(jc, "full", mem_json(&e.cpu_full));
+        cJSON_AddItemToObject(jc, method_name(METHOD_FULL), mem_json(&e.cpu_full));
         char *notes = join_notes(CPU_NOTES);
         cJSON_AddStringToObject(jc, "assumptions", notes);
         free(notes);
         cJSON *jg = cJSON_AddObjectToObject(jmem, "gpu_bf16");
         cJSON_AddItemToObject(jg, "method", mem_json(&e.gpu));
-        cJSON_AddItemToObject(jg, "full", mem_json(&e.gpu_full));
+        cJSON_AddItemToObject(jg, method_name(METHOD_FULL), mem_json(&e.gpu_full));
         notes = join_notes(GPU_NOTES);
         cJSON_AddStringToObject(jg, "assumptions", notes);
         free(notes);
@@ -226,10 +231,10 @@ int cmd_estimate(int argc, char **argv) {
         printf("shape         %d layers, hidden %d, %d heads (%d kv), mlp %d, vocab %d, %d linear modules\n", mc->n_layer,
                mc->n_embd, mc->n_head, mc->n_kv_head, mc->n_inner, mc->vocab_size, em.n_linears);
         printf("parameters    %s\n", grouped(e.base_params, a));
-        if (method == EST_FULL) printf("method        full fine-tuning (every parameter trainable)\n");
+        if (method == METHOD_FULL) printf("method        full fine-tuning (every parameter trainable)\n");
         else {
             printf("method        %s ", mname);
-            if (method == EST_ADALORA) printf("init_r=%d target_r=%d", c.init_r, c.target_r);
+            if (method == METHOD_ADALORA) printf("init_r=%d target_r=%d", c.init_r, c.target_r);
             else printf("r=%d", c.r);
             printf(" on %d modules (", e.n_adapted);
             if (c.target_regex) printf("regex %s", c.target_regex);
@@ -238,29 +243,29 @@ int cmd_estimate(int argc, char **argv) {
             else printf(")\n");
         }
         printf("trainable     %s (%.4f%% of %s)\n", grouped(e.trainable, a), 100.0 * (double)e.trainable / (double)all, grouped(all, b));
-        if (method == EST_VERA)
+        if (method == METHOD_VERA)
             printf("projections   %s frozen (vera_A [%d, %d] + vera_B [%d, %d], shared)\n", grouped(e.vera_projection, a), c.r,
                    e.vera_max_in, e.vera_max_out, c.r);
-        if (method == EST_ADALORA)
+        if (method == METHOD_ADALORA)
             printf("final budget  %s ranks (target_r %d x %d modules): %s parameters when spread evenly\n",
                    grouped(e.adalora_budget_ranks, a), c.target_r, e.n_adapted, grouped(e.adalora_final_params, b));
-        if (method == EST_FULL)
+        if (method == METHOD_FULL)
             printf("checkpoint    %s bytes (%s; model.safetensors fp32 data, header not counted)\n", grouped(e.file_bytes, a), human(e.file_bytes, h1));
-        else if (method == EST_VERA) {
+        else if (method == METHOD_VERA) {
             printf("adapter file  %s bytes (%s) adapter_model.safetensors fp32, with the projections (save_projection=true)\n",
                    grouped(e.file_bytes_with_projection, a), human(e.file_bytes_with_projection, h1));
             printf("              %s bytes (%s) without them (save_projection=false)\n", grouped(e.file_bytes_without_projection, a),
                    human(e.file_bytes_without_projection, h1));
         } else {
             printf("adapter file  %s bytes (%s) adapter_model.safetensors fp32", grouped(e.file_bytes, a), human(e.file_bytes, h1));
-            if (method == EST_ADALORA) printf(" at init_r; %s bytes at the final budget", grouped(e.adalora_final_file_bytes, b));
+            if (method == METHOD_ADALORA) printf(" at init_r; %s bytes at the final budget", grouped(e.adalora_final_file_bytes, b));
             printf("\n              in fp16/bf16: %s bytes of tensor data (%s)\n", grouped(2 * e.trainable, a), human(2 * e.trainable, h1));
         }
         if (qt)
             printf("quantized     %d linears %s%s: %s (%s in fp32); one dequantized at a time (workspace); CPU column only\n",
                    em.n_linears, quant_type_name(qt), nested ? " + double quantization" : "", human(e.quant_bytes, h1), human(e.quant_fp32_bytes, h2));
         printf("\ntraining memory, batch %d x context %d (%d tokens per step)\n", batch, context, batch * context);
-        const char *col = method == EST_FULL ? "full" : mname;
+        const char *col = method == METHOD_FULL ? method_name(METHOD_FULL) : mname;
         printf("  %-13s %29s   %29s\n", "", "---------- CPU fp32 ---------", "---------- GPU bf16 ---------");
         printf("  %-13s %14s %14s   %14s %14s\n", "", col, "full FT", col, "full FT");
         const struct { const char *name; int64_t v[4]; } rows[] = {

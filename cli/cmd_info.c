@@ -62,8 +62,8 @@ int cmd_info(int argc, char **argv) {
     if (m->adapters) {
         const AdapterSet *s = m->adapters;
         long trainable = model_count_params(m, true);
-        printf("adapter       %s r=%d", peft_type_name(s->cfg.type), s->cfg.r);
-        if (s->cfg.type != PEFT_VERA) printf(" alpha=%g", s->cfg.alpha);
+        printf("adapter       %s r=%d", method_get(s->cfg.type)->peft_type, s->cfg.r);
+        if (s->cfg.type != METHOD_VERA) printf(" alpha=%g", s->cfg.alpha);
         printf(" on %d modules (", s->n);
         if (s->cfg.target_regex) printf("regex %s", s->cfg.target_regex);
         for (int i = 0; i < s->cfg.n_targets; i++) printf("%s%s", i ? ", " : "", s->cfg.targets[i]);

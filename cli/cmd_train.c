@@ -1,9 +1,11 @@
 // peft train: options -> TrainConfig -> train_run, with a progress bar (or plain lines when
 // stderr is not a terminal). Ctrl-C saves a checkpoint and exits; --resume continues from it.
 #include "cli.h"
+#include "method.h"
 #include "progress.h"
 #include "train.h"
 #include "util.h"
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,17 +65,36 @@ static void ui_eval(void *user, const EvalInfo *e) {
 
 static void ui_message(void *user, const char *text) { progress_print(((Ui *)user)->progress, "%s", text); }
 
-static const char *HELP_METHODS = "lora | vera | adalora | full";
+// "lora 2e-4, vera 1e-2, ..." or "lora 8, vera 256, ...": a per-method default for --help.
+static const char *method_defaults(char *buf, size_t cap, bool lr) {
+    size_t len = 0;
+    for (int i = 0; i < METHOD_COUNT && len < cap; i++) {
+        const Method *m = method_get((MethodId)i);
+        if (!lr && (!m->peft_type || m->config_base)) continue;  // r: adapters whose rank is r (AdaLoRA's is init_r)
+        char v[32];
+        if (lr) {  // one significant digit as 2e-4, not 0.0002 or 2e-04
+            int e = (int)floor(log10(m->default_lr) + 1e-6);  // 0.01f is a hair below 1e-2
+            snprintf(v, sizeof v, "%.0fe%d", m->default_lr / pow(10, e), e);
+        } else snprintf(v, sizeof v, "%d", m->default_r);
+        len += (size_t)snprintf(buf + len, cap - len, "%s%s %s", len ? ", " : "", m->name, v);
+    }
+    return buf;
+}
 
 int cmd_train(int argc, char **argv) {
     TrainConfig c;
-    train_config_defaults(&c, TRAIN_LORA);
-    const char *method = "lora", *targets = NULL, *schedule = "linear", *device = "cpu";
+    train_config_defaults(&c, METHOD_LORA);
+    const char *method = method_name(METHOD_LORA), *targets = NULL, *schedule = "linear", *device = "cpu";
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
     bool rslora = false, no_allocate = false, no_double_quant = false;
     const char *quantize = NULL;
     DataFlags data_flags = {0};
+    char methods[128], rs[128], lrs[128], help_method[160], help_r[200], help_lr[200];
+    method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
+    snprintf(help_method, sizeof help_method, "%s (default %s)", methods, method);
+    snprintf(help_r, sizeof help_r, "rank (default: %s; AdaLoRA: same as --init-r)", method_defaults(rs, sizeof rs, false));
+    snprintf(help_lr, sizeof help_lr, "peak learning rate (default: %s)", method_defaults(lrs, sizeof lrs, true));
     Option opts[64] = {
         {"model", OPT_STRING, &c.model_dir, "base model folder (Hugging Face layout)"},
         {"data", OPT_STRING, &c.data_path, "training data: text, .jsonl or .csv file, or a folder of them"},
@@ -82,8 +103,8 @@ int cmd_train(int argc, char **argv) {
         {"out", OPT_STRING, &c.out_dir, "output folder: adapter (or model), train_log.jsonl, loss.svg (*.partial.* until saved), checkpoint/"},
         {"overwrite", OPT_FLAG, &c.overwrite, "replace the outputs of another run in --out (a folder holding them is refused otherwise)"},
         {"no-base-dropout", OPT_FLAG, &c.no_base_dropout, "train without the base model's dropout (config.json's resid_pdrop, attention_dropout, ...: not implemented, so refused otherwise)"},
-        {"method", OPT_STRING, &method, HELP_METHODS},
-        {"r", OPT_INT, &r, "rank (LoRA default 8, VeRA 256; AdaLoRA: same as --init-r)"},
+        {"method", OPT_STRING, &method, help_method},
+        {"r", OPT_INT, &r, help_r},
         {"alpha", OPT_FLOAT, &c.adapter.alpha, "lora_alpha (default 8)"},
         {"targets", OPT_STRING, &targets, "modules to adapt: names (comma-separated), all-linear, or re:REGEX (default: PEFT's)"},
         {"dropout", OPT_FLOAT, &c.adapter.dropout, "adapter dropout (default 0)"},
@@ -97,7 +118,7 @@ int cmd_train(int argc, char **argv) {
         {"total-step", OPT_INT, &c.adapter.total_step, "AdaLoRA: schedule length (default: the run's steps)"},
         {"orth-reg-weight", OPT_FLOAT, &c.adapter.orth_reg_weight, "AdaLoRA: orthogonality regulariser weight (default 0.5)"},
         {"no-allocate", OPT_FLAG, &no_allocate, "AdaLoRA: do not run the rank allocator"},
-        {"lr", OPT_FLOAT, &c.lr, "peak learning rate (default: lora 2e-4, vera 1e-2, adalora 5e-4, full 5e-5)"},
+        {"lr", OPT_FLOAT, &c.lr, help_lr},
         {"schedule", OPT_STRING, &schedule, "learning-rate decay: linear, cosine or constant (default linear)"},
         {"warmup", OPT_INT, &c.warmup_steps, "linear warm-up steps (default 0)"},
         {"epochs", OPT_INT, &c.epochs, "passes over the data (default 1)"},
@@ -129,16 +150,16 @@ int cmd_train(int argc, char **argv) {
     if (quant_resolve("train", quantize, no_double_quant, &qt, &c.double_quant)) { train_config_free(&c); return 2; }
     c.quantize = qt;
     if (!c.model_dir || !c.data_path || !c.out_dir) {
-        fprintf(stderr, "usage: peft train --model DIR --data PATH --out DIR [--method %s] [options] (see --help)\n", HELP_METHODS);
+        fprintf(stderr, "usage: peft train --model DIR --data PATH --out DIR [--method %s] [options] (see --help)\n", methods);
         train_config_free(&c);
         return 2;
     }
-    if (train_method_parse(method, &c.method) || lr_schedule_parse(schedule, &c.schedule) || data_options_finish(&c.data, &data_flags)) {
+    if (method_parse(method, &c.method) || lr_schedule_parse(schedule, &c.schedule) || data_options_finish(&c.data, &data_flags)) {
         train_config_free(&c);
         return fail_with_library_error();
     }
-    if (c.method == TRAIN_VERA && !r) c.adapter.r = 256;  // VeRA's PEFT default
-    if (r) c.adapter.r = c.method == TRAIN_ADALORA ? (c.adapter.init_r = r) : r;
+    if (!r) c.adapter.r = method_get(c.method)->default_r;  // the method's PEFT default
+    if (r) c.adapter.r = c.method == METHOD_ADALORA ? (c.adapter.init_r = r) : r;
     if (targets) adapter_config_set_targets(&c.adapter, targets);
     c.adapter.use_rslora = rslora;
     c.adalora_allocate = !no_allocate;

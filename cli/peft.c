@@ -1,5 +1,6 @@
 // peft: the command-line interface. Each subcommand is a thin layer over the library.
 #include "cli.h"
+#include "method.h"
 #include "version.h"
 #include <stdio.h>
 #include <string.h>
@@ -10,7 +11,7 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
     {"merge", cmd_merge, "merge an adapter into its base: peft merge --model DIR --adapter DIR --out DIR"},
     {"quantize", cmd_quantize, "quantize a model as bitsandbytes does: peft quantize --model DIR --to nf4|fp4|int8 --out DIR"},
     {"export", cmd_export, "to llama.cpp / Ollama: peft export --model DIR [--adapter DIR] [--merge] --to gguf --out FILE"},
-    {"train", cmd_train, "fine-tune: peft train --model DIR --data PATH --method lora|vera|adalora|full --out DIR"},
+    {"train", cmd_train, "fine-tune: peft train --model DIR --data PATH --method %s --out DIR"},
     {"generate", cmd_generate, "generate text: peft generate --model DIR [--adapter DIR] --prompt TEXT"},
     {"eval", cmd_eval, "loss and perplexity: peft eval --model DIR [--adapter DIR] --data PATH"},
     {"init", cmd_init, "new random model folder: peft init --arch gpt2 --layers 4 --hidden 128 --out DIR"},
@@ -22,8 +23,15 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "peft: parameter-efficient fine-tuning (LoRA, VeRA, AdaLoRA) of GPT-2 and Llama-family models\n\nusage: peft COMMAND [options]\n\n");
-    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
+    char titles[128], names[128];
+    fprintf(f, "peft: parameter-efficient fine-tuning (%s) of GPT-2 and Llama-family models\n\nusage: peft COMMAND [options]\n\n",
+            method_names(titles, sizeof titles, ", ", ", ", LIST_TITLES));
+    method_names(names, sizeof names, "|", "|", LIST_NAMES);
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+        fprintf(f, "  %-9s ", commands[i].name);
+        fprintf(f, commands[i].help, names);  // a help's %s: the methods
+        fputc('\n', f);
+    }
     fprintf(f, "\n`peft COMMAND --help` lists a command's options; `peft --version` the commit it was built from.\n");
 }
 

@@ -21,8 +21,8 @@ static TrainConfig run_config(const char *method) {
         model_dir = fuzz_model_dir("checkpoint-model", FUZZ_GPT2_CONFIG);
         data_path = fuzz_write("checkpoint-data", "data.txt", text, strlen(text));
     }
-    TrainMethod m = TRAIN_LORA;
-    if (train_method_parse(method, &m)) peft_clear_error();  // the run refuses the checkpoint's method
+    MethodId m = METHOD_LORA;
+    if (method_parse(method, &m)) peft_clear_error();  // the run refuses the checkpoint's method
     TrainConfig c;
     train_config_defaults(&c, m);
     c.model_dir = model_dir;
@@ -47,7 +47,7 @@ static void free_config(TrainConfig *c) {
 // What a resumed run saved (an adapter, or with full fine-tuning a model) holds only finite values:
 // a checkpoint never turns into broken weights.
 static void check_finite_output(const TrainConfig *c) {
-    char *path = path_join(c->out_dir, c->method == TRAIN_FULL ? "model.safetensors" : "adapter_model.safetensors");
+    char *path = path_join(c->out_dir, c->method == METHOD_FULL ? "model.safetensors" : "adapter_model.safetensors");
     SafeTensors st;
     FUZZ_CHECK(st_open(&st, path) == 0, "%s", peft_last_error());
     for (int i = 0; i < st.n; i++) {

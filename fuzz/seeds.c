@@ -25,7 +25,7 @@ typedef struct {
     const char *name;
     bool llama;               // the tiny Llama, else the tiny GPT-2
     const char *targets;
-    PeftType type;
+    MethodId type;
     int r;
     bool rslora;
 } AdapterSeed;
@@ -63,10 +63,10 @@ int main(int argc, char **argv) {
     free(tok);
     free(text);
     static const AdapterSeed adapters[] = {
-        {"lora_gpt2", false, "c_attn", PEFT_LORA, 2, false},
-        {"lora_llama_all_linear", true, "all-linear", PEFT_LORA, 2, true},
-        {"vera_gpt2", false, "c_attn,c_fc", PEFT_VERA, 4, false},
-        {"adalora_llama", true, "q_proj,v_proj", PEFT_ADALORA, 4, false},
+        {"lora_gpt2", false, "c_attn", METHOD_LORA, 2, false},
+        {"lora_llama_all_linear", true, "all-linear", METHOD_LORA, 2, true},
+        {"vera_gpt2", false, "c_attn,c_fc", METHOD_VERA, 4, false},
+        {"adalora_llama", true, "q_proj,v_proj", METHOD_ADALORA, 4, false},
     };
     for (size_t i = 0; !rc && i < sizeof adapters / sizeof *adapters; i++)
         rc = adapter_seed(&adapters[i], &data, &size) || write_seed(corpus, "adapter", adapters[i].name, data, size);

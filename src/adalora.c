@@ -271,8 +271,34 @@ static int adalora_save(AdapterSet *set, void *writer, void *config_json) {
     return 0;
 }
 
-const AdapterMethod adalora_method = {
+// AdaLoraConfig's keys beyond (or unlike) LoraConfig's, which it extends.
+static const ConfigKey ADALORA_KEYS[] = {
+    {"r", KEY_INERT, NULL, NULL},  // AdaLoRA's rank is init_r; PEFT ignores r too
+    {"use_rslora", KEY_DEFAULT, NULL, "PEFT's AdaLoRA ignores it"},
+    {"rank_pattern", KEY_USED, NULL, NULL},
+    {"init_r", KEY_USED, NULL, NULL},
+    {"target_r", KEY_USED, NULL, NULL},
+    {"tinit", KEY_USED, NULL, NULL},
+    {"tfinal", KEY_USED, NULL, NULL},
+    {"deltaT", KEY_USED, NULL, NULL},
+    {"beta1", KEY_USED, NULL, NULL},
+    {"beta2", KEY_USED, NULL, NULL},
+    {"orth_reg_weight", KEY_USED, NULL, NULL},
+    {"total_step", KEY_USED, NULL, NULL},
+};
+
+// The paper's learning rate, 5e-4.
+const Method adalora_method = {
+    .id = METHOD_ADALORA,
+    .name = "adalora",
+    .title = "AdaLoRA",
     .peft_type = "ADALORA",
+    .default_r = 8,
+    .default_lr = 5e-4f,
+    .config_base = &lora_method,
+    .n_keys = sizeof ADALORA_KEYS / sizeof *ADALORA_KEYS,
+    .keys = ADALORA_KEYS,
+    .gpu = AD_ADALORA,
     .n_tensors = 3,
     .tensors = {{"lora_A", DIM_RANK, DIM_IN, false, offsetof(Adapter, A)},
                 {"lora_B", DIM_OUT, DIM_RANK, false, offsetof(Adapter, B)},
@@ -286,4 +312,7 @@ const AdapterMethod adalora_method = {
     .regularizer = adalora_regularizer,
     .save = adalora_save,
     .free_state = adalora_free_state,
+    .after_step = adalora_update_and_allocate,
+    .save_state = adalora_save_state,
+    .load_state = adalora_load_state,
 };

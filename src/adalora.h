@@ -36,6 +36,11 @@ void adalora_budget_bounds(const AdapterSet *set, int *init_bgt, int *target_bgt
 // With need_total_step false, a missing (0) total_step is accepted and the schedule checked only when given.
 int adalora_check_options(const AdapterConfig *c, bool need_total_step);
 
+// The allocator's state in a training checkpoint (Method.save_state / load_state): the scores,
+// the rank pattern and the budget; loading checks the budget is this run's.
+void adalora_save_state(AdapterSet *set, void *writer /*StWriter*/);
+int adalora_load_state(AdapterSet *set, const void *file /*SafeTensors*/, const char *path);
+
 // ---- shared by adalora.c and rank_allocator.c ----
 
 // Per adapted module: which of the original init_r ranks its current ranks are (an adapter loaded

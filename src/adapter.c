@@ -11,15 +11,9 @@
 #include <stdatomic.h>
 #include <string.h>
 
-static const AdapterMethod *method_for(PeftType t) {
-    return t == PEFT_LORA ? &lora_method : t == PEFT_VERA ? &vera_method : &adalora_method;
-}
-
 // ---- attaching ----
 
-static int64_t dim_size(const Adapter *a, AdapterDim d) {
-    return d == DIM_RANK ? a->r : d == DIM_IN ? a->lin->in : d == DIM_OUT ? a->lin->out : 1;
-}
+static int64_t dim_size(const Adapter *a, AdapterDim d) { return adapter_dim(d, a->r, a->lin->in, a->lin->out); }
 
 static char *tensor_key(const Adapter *a, const AdapterTensor *t) {
     return xasprintf("base_model.model.%s.%s", a->lin->module, t->suffix);
@@ -115,7 +109,7 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
 }
 
 static void set_fingerprint(AdapterSet *set) {
-    if (set->cfg.type != PEFT_VERA || !set->vera_A) return;
+    if (set->cfg.type != METHOD_VERA || !set->vera_A) return;
     uint64_t h = 0xCBF29CE484222325ull;
     h = fnv1a(h, set->vera_A, sizeof(float) * (size_t)set->cfg.r * set->vera_max_in);
     h = fnv1a(h, set->vera_B, sizeof(float) * (size_t)set->vera_max_out * set->cfg.r);
@@ -127,6 +121,9 @@ static void set_fingerprint(AdapterSet *set) {
 // attach: also hook it into m->adapters (the training / single-adapter path); otherwise m is only read.
 static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     if (attach && m->adapters) { peft_fail("the model already has an adapter"); return NULL; }
+    const Method *method = method_get(cfg->type);
+    if (!method) return NULL;
+    if (!method->forward) { peft_fail("%s is not an adapter method", method->title); return NULL; }
     static atomic_uint_fast64_t next_uid = 1;
     AdapterSet *set = xcalloc(1, sizeof *set);
     set->uid = atomic_fetch_add(&next_uid, 1);
@@ -149,13 +146,13 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     set->model = m;
     if (attach) m->adapters = set;
     if (cfg->r <= 0) { adapter_set_free(set); peft_fail("adapter rank r must be positive (got %d)", cfg->r); return NULL; }
-    if (cfg->type == PEFT_ADALORA && cfg->target_r > cfg->init_r) { adapter_set_free(set); peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); return NULL; }
+    if (cfg->type == METHOD_ADALORA && cfg->target_r > cfg->init_r) { adapter_set_free(set); peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); return NULL; }
     set->adapters = xcalloc(m->n_linears, sizeof(Adapter));
     set->by_linear = xcalloc(m->n_linears > 0 ? m->n_linears : 1, sizeof(Adapter *));
     for (int i = 0; i < m->n_linears; i++) {
         if (!adapter_targets_module(cfg, m->linears[i].module)) continue;
         Adapter *a = &set->adapters[set->n++];
-        a->method = method_for(cfg->type);
+        a->method = method;
         a->set = set;
         a->lin = &m->linears[i];
         a->r = cfg->r;
@@ -182,7 +179,7 @@ static double set_bytes(const AdapterSet *set) {
         for (int k = 0; k < a->method->n_tensors; k++)
             n += 2.0 * (double)dim_size(a, a->method->tensors[k].rows) * (double)dim_size(a, a->method->tensors[k].cols);
     }
-    if (set->cfg.type == PEFT_VERA) {
+    if (set->cfg.type == METHOD_VERA) {
         int max_in = 0, max_out = 0;
         for (int i = 0; i < set->n; i++) {
             if (set->adapters[i].lin->in > max_in) max_in = set->adapters[i].lin->in;
@@ -199,7 +196,7 @@ static int set_init(AdapterSet *set, uint64_t seed) {
     if (memory > 0 && bytes > memory)
         return peft_fail("the adapter's tensors (r %d on %d modules) would take %.3g GB, more than this machine's memory (%.3g GB)",
                          set->cfg.r, set->n, bytes / 1e9, memory / 1e9);
-    const AdapterMethod *method = method_for(set->cfg.type);
+    const Method *method = method_get(set->cfg.type);
     if (method->prepare && method->prepare(set)) return -1;
     uint64_t rng = seed;
     for (int i = 0; i < set->n; i++) {
@@ -255,7 +252,7 @@ void adapters_free(Model *m) {
 
 bool adapters_same_vera_projection(const AdapterSet *a, const AdapterSet *b) {
     if (a == b) return true;
-    if (a->cfg.type != PEFT_VERA || b->cfg.type != PEFT_VERA || !a->vera_A || !b->vera_A) return false;
+    if (a->cfg.type != METHOD_VERA || b->cfg.type != METHOD_VERA || !a->vera_A || !b->vera_A) return false;
     if (a->cfg.r != b->cfg.r || a->vera_max_in != b->vera_max_in || a->vera_max_out != b->vera_max_out) return false;
     if (a->vera_fingerprint != b->vera_fingerprint) return false;
     return !memcmp(a->vera_A, b->vera_A, sizeof(float) * (size_t)a->cfg.r * a->vera_max_in) &&
@@ -286,7 +283,7 @@ static int check_file(const AdapterSet *set, const SafeTensors *st, const char *
             free(name);
         }
     }
-    const AdapterMethod *method = method_for(set->cfg.type);
+    const Method *method = method_get(set->cfg.type);
     for (int i = 0; i < st->n && !rc; i++)
         if (!used[i] && !(method->owns_tensor && method->owns_tensor(set, st->tensors[i].name)))
             rc = peft_fail("%s: tensor %s is not used by this %s adapter (target_modules matches %d modules of the model): "
@@ -312,7 +309,7 @@ static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
         Param *p = set->params[i];
         if (st_to_f32_finite(st_find(&st, p->name), p->w, st_path)) goto fail;
     }
-    const AdapterMethod *method = set->adapters[0].method;
+    const Method *method = set->adapters[0].method;
     if (method->after_load && method->after_load(set, &st, st_path)) goto fail;
     set_fingerprint(set);
     result = set;
@@ -341,7 +338,7 @@ int adapters_save(Model *m, const char *dir) {
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     cJSON *j = adapter_config_to_json_object(&set->cfg);
-    const AdapterMethod *method = set->adapters[0].method;
+    const Method *method = set->adapters[0].method;
     int rc = 0;
     if (method->save) rc = method->save(set, w, j);
     else
@@ -488,7 +485,7 @@ static void mixed_rows_forward(Model *m, Linear *lin, const float *x, float *y, 
         const AdapterSet *s = sets[n];
         Adapter *a = s && s->by_linear ? s->by_linear[li] : NULL;
         if (!a || a->r <= 0 || a->merged) continue;
-        bool vera = s->cfg.type == PEFT_VERA;
+        bool vera = s->cfg.type == METHOD_VERA;
         int g = -1;
         if (last >= 0 && (vera ? groups[last].vera && same_projection_fast(groups[last].a->set, s) : groups[last].a == a)) g = last;
         for (int k = 0; k < n_groups && g < 0; k++)

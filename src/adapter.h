@@ -1,13 +1,12 @@
 // adapter.h: PEFT adapters on linear layers (LoRA, VeRA, AdaLoRA), in HF PEFT's file format.
-// Each method is an AdapterMethod (lora.c, vera.c, adalora.c); this layer does what they share:
+// Each method is a Method descriptor (method.h: lora.c, vera.c, adalora.c); this layer does what they share:
 // config files, PEFT's target-module matching, attaching, loading, saving, merging, and the
 // adapted linear's forward and backward.
 #pragma once
+#include "method.h"
 #include "model.h"
 #include <stdbool.h>
 #include <stdint.h>
-
-typedef enum { PEFT_LORA, PEFT_VERA, PEFT_ADALORA } PeftType;
 
 typedef struct {
     char module[256];
@@ -16,7 +15,7 @@ typedef struct {
 } RankPatternEntry;
 
 typedef struct {
-    PeftType type;
+    MethodId type;           // an adapter method (not METHOD_FULL)
     int r;                   // LoRA/VeRA rank; AdaLoRA uses init_r
     float alpha;             // lora_alpha (LoRA, AdaLoRA)
     bool use_rslora;
@@ -40,23 +39,11 @@ typedef struct {
     RankPatternEntry *rank_pattern;
 } AdapterConfig;
 
-typedef struct AdapterMethod AdapterMethod;
 typedef struct AdapterSet AdapterSet;
-
-// A tensor a method gives every adapted module, as PEFT names and shapes it: its file key is
-// "base_model.model.<module>.<suffix>", its shape [rows, cols] in terms of the module's rank and
-// features (vector: a 1-D tensor [rows]).
-typedef enum { DIM_ONE, DIM_RANK, DIM_IN, DIM_OUT } AdapterDim;
-typedef struct {
-    const char *suffix;
-    AdapterDim rows, cols;
-    bool vector;
-    size_t field;            // offsetof(Adapter, the Param * it fills)
-} AdapterTensor;
 
 // One adapted linear layer.
 struct Adapter {
-    const AdapterMethod *method;
+    const Method *method;
     AdapterSet *set;
     Linear *lin;
     int r;                       // this module's rank (AdaLoRA: may differ per module after pruning)
@@ -88,38 +75,8 @@ struct AdapterSet {
     uint64_t uid;                // unique in this process (device copies are cached by it)
 };
 
-struct AdapterMethod {
-    const char *peft_type;       // "LORA", "VERA", "ADALORA"
-    int n_tensors;
-    AdapterTensor tensors[3];    // every adapted module's tensors, in the order they are created and saved
-    // Called once before the per-module init (e.g. VeRA draws its shared projections).
-    int (*prepare)(AdapterSet *set);
-    // Set this module's initial values (its tensors exist already) and scaling.
-    int (*init)(AdapterSet *set, Adapter *a, uint64_t *rng);
-    // y[N,out] += adapter(x[N,in]). train: apply dropout and keep what backward needs.
-    void (*forward)(Adapter *a, const float *x, float *y, int N, bool train);
-    // dx[N,in] += d/dx; accumulate the adapter tensors' gradients.
-    void (*backward)(Adapter *a, const float *x, const float *dy, float *dx, int N);
-    // delta[out,in] = the weight change the adapter adds (for merge).
-    void (*delta)(const Adapter *a, float *delta);
-    // The same delta as a plain low-rank product, delta = scale * B'[out,r'] A'[r',in], every other
-    // factor folded into A' and B' (malloc'd; NULL when r' is 0): for formats that only know LoRA.
-    void (*lowrank)(const Adapter *a, float **A, float **B, int *r, float *scale);
-    // Optional: a loss term over all modules (AdaLoRA's orthogonality); adds its gradient when want_grad.
-    double (*regularizer)(AdapterSet *set, bool want_grad);
-    // Optional: write method-specific config keys and tensors when saving (AdaLoRA slicing, VeRA projections).
-    int (*save)(AdapterSet *set, void *writer /*StWriter*/, void *config_json /*cJSON*/);
-    // Optional: after loading tensors from a file (VeRA checks stored projections).
-    int (*after_load)(AdapterSet *set, const void *file /*SafeTensors*/, const char *path);
-    // Optional: whether a file tensor that is no module's is this method's (VeRA's stored projections);
-    // any other such tensor is refused.
-    bool (*owns_tensor)(const AdapterSet *set, const char *name);
-    void (*free_state)(AdapterSet *set);
-};
-
-extern const AdapterMethod lora_method, vera_method, adalora_method;
-
-void adapter_config_defaults(AdapterConfig *c, PeftType type);
+// PEFT's defaults for the method's config class (the method's default r).
+void adapter_config_defaults(AdapterConfig *c, MethodId type);
 int adapter_config_load(AdapterConfig *c, const char *path);
 int adapter_config_parse(AdapterConfig *c, const char *json_text, const char *path_for_errors);
 // The adapter_config.json object PEFT expects (a cJSON *; the caller deletes it).
@@ -129,8 +86,6 @@ void adapter_config_free(AdapterConfig *c);
 void adapter_config_set_targets(AdapterConfig *c, const char *spec);
 // PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj).
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc);
-const char *peft_type_name(PeftType t);
-int peft_type_parse(const char *s, PeftType *out);
 
 // PEFT's rule: a list entry matches a module named exactly so or ending in ".entry";
 // a string is a regex that must match the whole name.

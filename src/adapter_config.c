@@ -11,23 +11,12 @@
 #include <string.h>
 #include <strings.h>
 
-const char *peft_type_name(PeftType t) {
-    return t == PEFT_LORA ? "LORA" : t == PEFT_VERA ? "VERA" : "ADALORA";
-}
-
-int peft_type_parse(const char *s, PeftType *out) {
-    if (!strcasecmp(s, "LORA")) *out = PEFT_LORA;
-    else if (!strcasecmp(s, "VERA")) *out = PEFT_VERA;
-    else if (!strcasecmp(s, "ADALORA")) *out = PEFT_ADALORA;
-    else return -1;
-    return 0;
-}
-
 // PEFT's defaults for each config class.
-void adapter_config_defaults(AdapterConfig *c, PeftType type) {
+void adapter_config_defaults(AdapterConfig *c, MethodId type) {
     memset(c, 0, sizeof *c);
     c->type = type;
-    c->r = type == PEFT_VERA ? 256 : 8;
+    const Method *m = method_get(type);
+    c->r = m ? m->default_r : 8;
     c->alpha = 8;
     c->d_initial = 0.1f;
     c->save_projection = true;
@@ -138,85 +127,38 @@ static int jbool(const cJSON *o, const char *name, bool *out, const char *path) 
     return 0;
 }
 
-// Every key PEFT 0.21 writes for LoraConfig, VeraConfig and AdaLoraConfig (AdaLoRA's: LoRA's and
-// its own), and what this program does with it. PEFT drops a key its config class does not have
-// with a warning (a config from a newer PEFT); here such a key is refused by name, since it may
-// change what the adapter computes.
-typedef enum {
-    KEY_USED,     // read and implemented
-    KEY_INERT,    // changes nothing the adapter computes: metadata, or read only along with a refused key
-    KEY_DEFAULT,  // not implemented: refused unless it holds PEFT's default
-} KeyUse;
-enum { FOR_LORA = 1 << PEFT_LORA, FOR_VERA = 1 << PEFT_VERA, FOR_ADALORA = 1 << PEFT_ADALORA,
-       FOR_LORAS = FOR_LORA | FOR_ADALORA, FOR_ALL = FOR_LORAS | FOR_VERA };
-typedef struct {
-    const char *key;
-    unsigned methods;
-    KeyUse use;
-    const char *accepted;  // a JSON array of the values allowed; NULL: any (KEY_DEFAULT: null, false, "", {} or [])
-    const char *what;      // KEY_DEFAULT: what a value would do (said when refusing it)
-} ConfigKey;
-
-static const ConfigKey CONFIG_KEYS[] = {
-    {"peft_type", FOR_ALL, KEY_USED, NULL, NULL},
-    {"target_modules", FOR_ALL, KEY_USED, NULL, NULL},
-    {"task_type", FOR_ALL, KEY_USED, "[null, \"CAUSAL_LM\"]", "another task type puts a classification or seq2seq head on the model"},
-    {"r", FOR_LORA | FOR_VERA, KEY_USED, NULL, NULL},
-    {"r", FOR_ADALORA, KEY_INERT, NULL, NULL},  // AdaLoRA's rank is init_r; PEFT ignores r too
-    {"fan_in_fan_out", FOR_ALL, KEY_USED, NULL, NULL},  // as PEFT: the layer type decides (GPT-2's Conv1D: true)
-    {"lora_alpha", FOR_LORAS, KEY_USED, NULL, NULL},
-    {"lora_dropout", FOR_LORAS, KEY_USED, NULL, NULL},
-    {"use_rslora", FOR_LORA, KEY_USED, NULL, NULL},
-    {"use_rslora", FOR_ADALORA, KEY_DEFAULT, NULL, "PEFT's AdaLoRA ignores it"},
-    {"init_lora_weights", FOR_LORAS, KEY_INERT, "[true, false, \"gaussian\"]", "it changes the base weights or is not implemented"},
-    {"rank_pattern", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"rank_pattern", FOR_LORA, KEY_DEFAULT, NULL, "per-module ranks"},
-    {"init_r", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"target_r", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"tinit", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"tfinal", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"deltaT", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"beta1", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"beta2", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"orth_reg_weight", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"total_step", FOR_ADALORA, KEY_USED, NULL, NULL},
-    {"vera_dropout", FOR_VERA, KEY_USED, NULL, NULL},
-    {"d_initial", FOR_VERA, KEY_USED, NULL, NULL},
-    {"projection_prng_key", FOR_VERA, KEY_USED, NULL, NULL},
-    {"save_projection", FOR_VERA, KEY_USED, NULL, NULL},
-    {"init_weights", FOR_VERA, KEY_INERT, "[true, false]", "not a VeRA initialisation"},
-    {"auto_mapping", FOR_ALL, KEY_INERT, NULL, NULL},
-    {"base_model_name_or_path", FOR_ALL, KEY_INERT, NULL, NULL},
-    {"revision", FOR_ALL, KEY_INERT, NULL, NULL},
-    {"peft_version", FOR_ALL, KEY_INERT, NULL, NULL},
-    {"inference_mode", FOR_ALL, KEY_INERT, NULL, NULL},
-    {"megatron_core", FOR_LORAS, KEY_INERT, NULL, NULL},      // read only with megatron_config
-    {"qalora_group_size", FOR_LORAS, KEY_INERT, NULL, NULL},  // read only with use_qalora
-    {"bias", FOR_ALL, KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases"},
-    {"modules_to_save", FOR_ALL, KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter"},
-    {"layers_to_transform", FOR_ALL, KEY_DEFAULT, NULL, "only some layers adapted"},
-    {"layers_pattern", FOR_ALL, KEY_DEFAULT, NULL, "the layers layers_to_transform counts"},
-    {"exclude_modules", FOR_LORAS, KEY_DEFAULT, NULL, "modules left out of target_modules"},
-    {"alpha_pattern", FOR_LORAS, KEY_DEFAULT, NULL, "per-module lora_alpha"},
-    {"use_dora", FOR_LORAS, KEY_DEFAULT, NULL, "DoRA's magnitude vectors"},
-    {"lora_bias", FOR_LORAS, KEY_DEFAULT, NULL, "a bias on lora_B"},
-    {"use_qalora", FOR_LORAS, KEY_DEFAULT, NULL, "QALoRA's pooled inputs"},
-    {"use_bdlora", FOR_LORAS, KEY_DEFAULT, NULL, "block-diagonal LoRA"},
-    {"layer_replication", FOR_LORAS, KEY_DEFAULT, NULL, "repeated layers of the base model"},
-    {"target_parameters", FOR_LORAS, KEY_DEFAULT, NULL, "LoRA on parameters rather than modules"},
-    {"trainable_token_indices", FOR_LORAS, KEY_DEFAULT, NULL, "trained rows of the embedding"},
-    {"ensure_weight_tying", FOR_LORAS, KEY_DEFAULT, NULL, "tied copies of saved modules"},
-    {"alora_invocation_tokens", FOR_LORAS, KEY_DEFAULT, NULL, "activated LoRA (applied after these tokens only)"},
-    {"megatron_config", FOR_LORAS, KEY_DEFAULT, NULL, "Megatron's parallel layers"},
-    {"loftq_config", FOR_LORAS, KEY_DEFAULT, NULL, "LoftQ's quantised base"},
-    {"eva_config", FOR_LORAS, KEY_DEFAULT, NULL, "EVA initialisation"},
-    {"corda_config", FOR_LORAS, KEY_DEFAULT, NULL, "CorDA initialisation"},
-    {"lora_ga_config", FOR_LORAS, KEY_DEFAULT, NULL, "LoRA-GA initialisation"},
-    {"kasa_config", FOR_LORAS, KEY_DEFAULT, NULL, "KaSA"},
-    {"velora_config", FOR_LORAS, KEY_DEFAULT, NULL, "VeLoRA"},
-    {"monteclora_config", FOR_LORAS, KEY_DEFAULT, NULL, "MonteCLoRA"},
-    {"arrow_config", FOR_LORAS, KEY_DEFAULT, NULL, "Arrow routing between adapters"},
+// The keys every method's config class has in PEFT 0.21 (PeftConfig's, and those LoraConfig,
+// VeraConfig and AdaLoraConfig all declare); each method's own are in its descriptor (method.h).
+static const ConfigKey COMMON_KEYS[] = {
+    {"peft_type", KEY_USED, NULL, NULL},
+    {"target_modules", KEY_USED, NULL, NULL},
+    {"task_type", KEY_USED, "[null, \"CAUSAL_LM\"]", "another task type puts a classification or seq2seq head on the model"},
+    {"fan_in_fan_out", KEY_USED, NULL, NULL},  // as PEFT: the layer type decides (GPT-2's Conv1D: true)
+    {"auto_mapping", KEY_INERT, NULL, NULL},
+    {"base_model_name_or_path", KEY_INERT, NULL, NULL},
+    {"revision", KEY_INERT, NULL, NULL},
+    {"peft_version", KEY_INERT, NULL, NULL},
+    {"inference_mode", KEY_INERT, NULL, NULL},
+    {"bias", KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases"},
+    {"modules_to_save", KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter"},
+    {"layers_to_transform", KEY_DEFAULT, NULL, "only some layers adapted"},
+    {"layers_pattern", KEY_DEFAULT, NULL, "the layers layers_to_transform counts"},
 };
+
+static const ConfigKey *find_key(const ConfigKey *keys, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(keys[i].key, name)) return &keys[i];
+    return NULL;
+}
+
+// The method's own entry for a key, else its base config's, else the common one.
+static const ConfigKey *method_key(const Method *m, const char *name) {
+    for (; m; m = m->config_base) {
+        const ConfigKey *k = find_key(m->keys, m->n_keys, name);
+        if (k) return k;
+    }
+    return find_key(COMMON_KEYS, sizeof COMMON_KEYS / sizeof *COMMON_KEYS, name);
+}
 
 static bool is_empty_value(const cJSON *v) {
     return cJSON_IsNull(v) || cJSON_IsFalse(v) || (cJSON_IsString(v) && !v->valuestring[0]) ||
@@ -233,16 +175,14 @@ static bool is_accepted(const ConfigKey *k, const cJSON *v) {
     return ok;
 }
 
-// Every key of the file is in CONFIG_KEYS for this method, with a value it accepts.
-static int check_keys(const cJSON *j, PeftType type, const char *path) {
+// Every key of the file is one of this method's, with a value it accepts.
+static int check_keys(const cJSON *j, const Method *m, const char *path) {
     const cJSON *v;
     cJSON_ArrayForEach(v, j) {
-        const ConfigKey *k = NULL;
-        for (size_t i = 0; i < sizeof CONFIG_KEYS / sizeof *CONFIG_KEYS && !k; i++)
-            if (!strcmp(CONFIG_KEYS[i].key, v->string) && (CONFIG_KEYS[i].methods & (1u << type))) k = &CONFIG_KEYS[i];
+        const ConfigKey *k = method_key(m, v->string);
         if (!k)
             return peft_fail("%s: unknown key \"%s\": PEFT 0.21's %s config has no such key, and a key that may change "
-                             "what the adapter computes is refused rather than ignored", path, v->string, peft_type_name(type));
+                             "what the adapter computes is refused rather than ignored", path, v->string, m->peft_type);
         if (is_accepted(k, v)) continue;
         char *text = cJSON_PrintUnformatted(v);
         int rc = peft_fail("%s: \"%s\": %.80s is not supported (%s)%s%s", path, v->string, text, k->what ? k->what : "",
@@ -282,14 +222,16 @@ static int parse_rank_pattern(AdapterConfig *c, const cJSON *rp, const char *pat
 static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *path) {
     const cJSON *pt = jfield(j, "peft_type");
     if (!pt || !cJSON_IsString(pt)) return peft_fail("%s: missing \"peft_type\"", path);
-    PeftType type;
-    if (peft_type_parse(pt->valuestring, &type))
-        return peft_fail("%s: unknown peft_type \"%s\" (LORA, VERA, ADALORA are supported)", path, pt->valuestring);
+    MethodId type;
+    char types[128];
+    if (method_from_peft_type(pt->valuestring, &type))
+        return peft_fail("%s: unknown peft_type \"%s\" (%s are supported)", path, pt->valuestring,
+                         method_names(types, sizeof types, ", ", ", ", LIST_PEFT_TYPES));
     adapter_config_defaults(c, type);
-    if (check_keys(j, type, path)) return -1;
+    if (check_keys(j, method_get(type), path)) return -1;
     double key = 0;  // projection_prng_key: an integer seed; torch wraps negative ones to uint64
     if (jint(j, "r", &c->r, path) || jfloat(j, "lora_alpha", &c->alpha, path) ||
-        jfloat(j, type == PEFT_VERA ? "vera_dropout" : "lora_dropout", &c->dropout, path) ||
+        jfloat(j, type == METHOD_VERA ? "vera_dropout" : "lora_dropout", &c->dropout, path) ||
         jfloat(j, "d_initial", &c->d_initial, path) || jnum(j, "projection_prng_key", &key, path) ||
         jint(j, "init_r", &c->init_r, path) || jint(j, "target_r", &c->target_r, path) || jint(j, "tinit", &c->tinit, path) ||
         jint(j, "tfinal", &c->tfinal, path) || jint(j, "deltaT", &c->deltaT, path) || jint(j, "total_step", &c->total_step, path) ||
@@ -315,8 +257,8 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
             c->targets[c->n_targets++] = xstrdup(e->valuestring);
         }
     } else return peft_fail("%s: missing \"target_modules\"", path);
-    if (type == PEFT_ADALORA && parse_rank_pattern(c, jfield(j, "rank_pattern"), path)) return -1;
-    if (type == PEFT_ADALORA) c->r = c->init_r;
+    if (type == METHOD_ADALORA && parse_rank_pattern(c, jfield(j, "rank_pattern"), path)) return -1;
+    if (type == METHOD_ADALORA) c->r = c->init_r;
     if (c->r <= 0) return peft_fail("%s: r must be positive (got %d)", path, c->r);
     if (c->dropout < 0 || c->dropout >= 1) return peft_fail("%s: dropout must be in [0, 1)", path);
     return 0;
@@ -341,7 +283,7 @@ int adapter_config_load(AdapterConfig *c, const char *path) {
 
 void *adapter_config_to_json_object(const AdapterConfig *c) {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "peft_type", peft_type_name(c->type));
+    cJSON_AddStringToObject(j, "peft_type", method_get(c->type)->peft_type);
     if (c->task_type[0]) cJSON_AddStringToObject(j, "task_type", c->task_type);
     else cJSON_AddNullToObject(j, "task_type");
     if (c->base_model) cJSON_AddStringToObject(j, "base_model_name_or_path", c->base_model);
@@ -353,7 +295,7 @@ void *adapter_config_to_json_object(const AdapterConfig *c) {
     cJSON_AddStringToObject(j, "bias", "none");
     cJSON_AddBoolToObject(j, "inference_mode", true);
     cJSON_AddNullToObject(j, "modules_to_save");
-    if (c->type == PEFT_VERA) {
+    if (c->type == METHOD_VERA) {
         cJSON_AddNumberToObject(j, "vera_dropout", c->dropout);
         cJSON_AddNumberToObject(j, "d_initial", c->d_initial);
         cJSON_AddNumberToObject(j, "projection_prng_key", (double)c->prng_key);
@@ -366,8 +308,8 @@ void *adapter_config_to_json_object(const AdapterConfig *c) {
         cJSON_AddBoolToObject(j, "init_lora_weights", true);
         cJSON_AddItemToObject(j, "alpha_pattern", cJSON_CreateObject());
     }
-    if (c->type == PEFT_LORA) cJSON_AddItemToObject(j, "rank_pattern", cJSON_CreateObject());
-    if (c->type == PEFT_ADALORA) {
+    if (c->type == METHOD_LORA) cJSON_AddItemToObject(j, "rank_pattern", cJSON_CreateObject());
+    if (c->type == METHOD_ADALORA) {
         cJSON_AddNumberToObject(j, "init_r", c->init_r);
         cJSON_AddNumberToObject(j, "target_r", c->target_r);
         cJSON_AddNumberToObject(j, "tinit", c->tinit);

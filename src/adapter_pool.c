@@ -56,7 +56,7 @@ struct AdapterPool {
 // pair to be shared). Under the lock.
 static void share_projection(AdapterPool *p, PoolEntry *e) {
     AdapterSet *set = e->set;
-    if (set->cfg.type != PEFT_VERA || !set->vera_A) return;
+    if (set->cfg.type != METHOD_VERA || !set->vera_A) return;
     size_t na = (size_t)set->cfg.r * set->vera_max_in, nb = (size_t)set->vera_max_out * set->cfg.r;
     for (int i = 0; i < p->n_proj; i++) {
         SharedProjection *sp = p->proj[i];
@@ -209,7 +209,7 @@ static int load_entry(AdapterPool *p, PoolEntry *e, int *status, double wait_s) 
     }
     e->set = set;
     share_projection(p, e);
-    snprintf(e->peft_type, sizeof e->peft_type, "%s", peft_type_name(set->cfg.type));
+    snprintf(e->peft_type, sizeof e->peft_type, "%s", method_get(set->cfg.type)->peft_type);
     p->loads++;
     return 0;
 }
@@ -289,7 +289,7 @@ int adapter_pool_scan(AdapterPool *p, const char *dir, char **warnings) {
                 unregister(p, e);
                 entry_free(p, e);
             } else {
-                snprintf(e->peft_type, sizeof e->peft_type, "%s", peft_type_name(cfg.type));
+                snprintf(e->peft_type, sizeof e->peft_type, "%s", method_get(cfg.type)->peft_type);
                 adapter_config_free(&cfg);
                 int status;
                 if (p->n_loaded < p->max_loaded) {

@@ -303,8 +303,8 @@ static int check_dequantized(Case *c, Model *m) {
     return rc;
 }
 
-static void check_model_case(const char *dir, const char *method, Case *c) {
-    bool full = !strcmp(method, "full");
+static void check_model_case(const char *dir, MethodId method, Case *c) {
+    bool full = method == METHOD_FULL;
     Model *m = load_case_model(c, dir, !full);
     if (!m) { check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error()); return; }
     if (full) model_train_all(m);
@@ -349,14 +349,16 @@ void check_case(const char *dir_in, CheckResult *res) {
     if (read_quantization(&c, j, dir)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); cJSON_Delete(j); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
+    MethodId id;
+    char names[128];
     if (!strcmp(mname, "adalora-schedule")) {
         char msg[1024] = "";
         double err = 0;
         if (adalora_check_schedule(dir, j, &err, msg, sizeof msg)) check_result_set(res, CHECK_FAIL, "%s", msg);
         res->max_rel_err = err;
-    } else if (!strcmp(mname, "full") || !strcmp(mname, "lora") || !strcmp(mname, "vera") || !strcmp(mname, "adalora"))
-        check_model_case(dir, mname, &c);
-    else check_result_set(res, CHECK_FAIL, "%s/case.json: unknown method \"%s\" (full, lora, vera, adalora, adalora-schedule)", dir, mname);
+    } else if (!method_parse(mname, &id)) check_model_case(dir, id, &c);
+    else check_result_set(res, CHECK_FAIL, "%s/case.json: unknown method \"%s\" (%s, adalora-schedule)", dir, mname,
+                          method_names(names, sizeof names, ", ", ", ", LIST_NAMES));
     free(c.ids);
     free(c.labels);
     cJSON_Delete(j);

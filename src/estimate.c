@@ -189,19 +189,6 @@ int est_model_load(EstModel *em, const char *spec) {
     return est_model_preset(em, spec);
 }
 
-const char *est_method_name(EstMethod m) {
-    return m == EST_LORA ? "LoRA" : m == EST_VERA ? "VeRA" : m == EST_ADALORA ? "AdaLoRA" : "full fine-tuning";
-}
-
-int est_method_parse(const char *s, EstMethod *out) {
-    if (!strcasecmp(s, "lora")) *out = EST_LORA;
-    else if (!strcasecmp(s, "vera")) *out = EST_VERA;
-    else if (!strcasecmp(s, "adalora")) *out = EST_ADALORA;
-    else if (!strcasecmp(s, "full")) *out = EST_FULL;
-    else return -1;
-    return 0;
-}
-
 // ---- safetensors size ----
 
 // Length of s as cJSON prints it inside quotes (its escapes).
@@ -235,7 +222,7 @@ int64_t est_safetensors_bytes(const EstTensor *t, int n) {
 }
 
 // The tensors adapters_save writes for the adapted modules, in its order, each module at rank r.
-static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, EstMethod method, int r,
+static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, MethodId method, int r,
                                   bool with_projection, int max_in, int max_out) {
     int n = 0, cap = 0;
     EstTensor *t = NULL;
@@ -251,22 +238,17 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, EstMe
         t[n] = (EstTensor){names[n], nd, {s0, s1}};                                       \
         n++;                                                                              \
     } while (0)
+    const Method *m = method_get(method);
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         const EstLinear *l = &em->linears[i];
-        if (method == EST_LORA) {  // lora.c: A then B
-            ADD(2, r, l->in, "base_model.model.%s.lora_A.weight", l->name);
-            ADD(2, l->out, r, "base_model.model.%s.lora_B.weight", l->name);
-        } else if (method == EST_VERA) {  // vera.c: lambda_b [out], lambda_d [r]
-            ADD(1, l->out, 1, "base_model.model.%s.vera_lambda_b", l->name);
-            ADD(1, r, 1, "base_model.model.%s.vera_lambda_d", l->name);
-        } else {  // adalora.c: A, B, E [r,1]
-            ADD(2, r, l->in, "base_model.model.%s.lora_A", l->name);
-            ADD(2, l->out, r, "base_model.model.%s.lora_B", l->name);
-            ADD(2, r, 1, "base_model.model.%s.lora_E", l->name);
+        for (int k = 0; k < m->n_tensors; k++) {  // the method's tensors, in the order adapters_save writes them
+            const AdapterTensor *d = &m->tensors[k];
+            ADD(d->vector ? 1 : 2, adapter_dim(d->rows, r, l->in, l->out), adapter_dim(d->cols, r, l->in, l->out),
+                "base_model.model.%s.%s", l->name, d->suffix);
         }
     }
-    if (method == EST_VERA && with_projection) {
+    if (method == METHOD_VERA && with_projection) {
         ADD(2, r, max_in, "%s", "base_model.vera_A");
         ADD(2, max_out, r, "%s", "base_model.vera_B");
     }
@@ -376,19 +358,19 @@ static void arena_add(int64_t *n, int64_t numel, bool contiguous) {
 
 // The per-group adapter rank R of layer l, group g (LoRA/AdaLoRA: the members' ranks summed; VeRA:
 // one shared h of rank r), or 0 without an adapted member.
-static int64_t gpu_group_rank(const EstModel *em, const GpuShape *s, const bool *adapted, EstMethod method, int r, int l, int g) {
+static int64_t gpu_group_rank(const EstModel *em, const GpuShape *s, const bool *adapted, MethodId method, int r, int l, int g) {
     if (!adapted) return 0;
     int64_t R = 0;
     for (int k = 0; k < s->per_layer; k++) {
         int i = l * s->per_layer + k;
         if (i >= em->n_linears || gpu_group_of(s, k) != g || !adapted[i]) continue;
-        R = method == EST_VERA ? r : R + r;
+        R = method == METHOD_VERA ? r : R + r;
     }
     return R;
 }
 
 // adapted == NULL: full fine-tuning (every base weight trainable, no adapter set).
-static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, EstMethod method, int r, float dropout, int B, int T) {
+static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, MethodId method, int r, float dropout, int B, int T) {
     GpuShape s = gpu_shape(em, B, T);
     const ModelConfig *c = &em->cfg;
     bool full = adapted == NULL, drop = !full && dropout > 0, fuse = s.llama && !full && !drop;
@@ -450,7 +432,7 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
             bool first = true;
             for (int k = 0; k < s.per_layer; k++) {
                 int i = l * s.per_layer + k;
-                if (gpu_group_of(&s, k) != g || !adapted[i] || method == EST_VERA) continue;
+                if (gpu_group_of(&s, k) != g || !adapted[i] || method == METHOD_VERA) continue;
                 arena_add(&train, (int64_t)r * em->linears[i].in, !first);
                 first = false;
             }
@@ -458,14 +440,14 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
                 int i = l * s.per_layer + k;
                 if (gpu_group_of(&s, k) != g || !adapted[i]) continue;
                 const EstLinear *lin = &em->linears[i];
-                if (method == EST_VERA) {
+                if (method == METHOD_VERA) {
                     arena_add(&train, r, false);         // lambda_d
                     arena_add(&train, lin->out, false);  // lambda_b
                 } else {
                     arena_add(&train, (int64_t)lin->out * r, false);     // B
-                    if (method == EST_ADALORA) arena_add(&train, r, false);  // E
+                    if (method == METHOD_ADALORA) arena_add(&train, r, false);  // E
                 }
-                if (method != EST_LORA) {
+                if (method != METHOD_LORA) {
                     beff += 2LL * lin->out * r;
                     g_cap = MAX(g_cap, (int64_t)lin->out * r);
                 }
@@ -475,7 +457,7 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
         }
     base = (base + 63) & ~(int64_t)63;
     train = (train + 63) & ~(int64_t)63;
-    if (method == EST_VERA && !full) {
+    if (method == METHOD_VERA && !full) {
         vera_a = 2LL * r * vmax_in;
         vera_b = 4LL * vmax_out * r;
     }
@@ -509,7 +491,7 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
             + (s.llama ? 4 * s.T * s.HD : 0);     // rope cos, sin [T, HD/2] fp32
     int64_t fixed = (32LL << 20) + 4 * 1024;      // cuBLASLt workspace, reduction partials
     int64_t head_pending = full && em->lm_head ? 4 * s.ldV * C : 0;
-    int64_t scores = method == EST_ADALORA && !full ? 8 * train : 0;
+    int64_t scores = method == METHOD_ADALORA && !full ? 8 * train : 0;
     out->weights = 2 * base + 6 * train + vera_a + vera_b + beff;  // frozen bf16; trainables fp32 master + bf16 working copy
     out->grads = 4 * train + head_pending;
     out->optimizer = 8 * train + scores;
@@ -522,18 +504,18 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
 
 int64_t est_gpu_activation_bytes(const EstModel *em, int B, int T) {
     EstMemory m;
-    gpu_memory(&m, em, NULL, EST_FULL, 0, 0, B, T);
+    gpu_memory(&m, em, NULL, METHOD_FULL, 0, 0, B, T);
     return m.activations;
 }
 
 // Per adapted module, what the adapter keeps for backward (adapter_ensure_capacity): h [N,r],
 // extra [N,r] for VeRA (lambda_d h) and AdaLoRA (h E), dropout(x) [N,in] when dropout > 0.
-static int64_t adapter_activation_elems(const EstModel *em, const bool *adapted, EstMethod method, int r, float dropout, int64_t N) {
+static int64_t adapter_activation_elems(const EstModel *em, const bool *adapted, MethodId method, int r, float dropout, int64_t N) {
     int64_t n = 0;
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         n += N * (r ? r : 1);
-        if (method != EST_LORA) n += N * r;
+        if (method != METHOD_LORA) n += N * r;
         if (dropout > 0) n += N * em->linears[i].in;
     }
     return n;
@@ -541,21 +523,23 @@ static int64_t adapter_activation_elems(const EstModel *em, const bool *adapted,
 
 static void mem_total(EstMemory *m) { m->total = m->weights + m->grads + m->optimizer + m->activations + m->workspace; }
 
-int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const AdapterConfig *c, int batch, int context) {
+int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const AdapterConfig *c, int batch, int context) {
     memset(e, 0, sizeof *e);
+    const Method *desc = method_get(method);
+    if (!desc) return -1;
     if (batch <= 0 || context <= 0) return peft_fail("batch and context must be positive (got %d, %d)", batch, context);
     e->method = method;
     e->batch = batch;
     e->context = context;
     e->base_params = em->n_params;
-    int r = method == EST_ADALORA ? c->init_r : c->r;
+    int r = method == METHOD_ADALORA ? c->init_r : c->r;
     e->r = r;
     e->target_r = c->target_r;
-    if (method != EST_FULL && r <= 0) return peft_fail("the rank must be positive (got %d)", r);
-    if (method == EST_ADALORA && (c->target_r < 0 || c->target_r > c->init_r))
+    if (method != METHOD_FULL && r <= 0) return peft_fail("the rank must be positive (got %d)", r);
+    if (method == METHOD_ADALORA && (c->target_r < 0 || c->target_r > c->init_r))
         return peft_fail("AdaLoRA target_r %d must be in 0..init_r (%d)", c->target_r, c->init_r);
     bool *adapted = xcalloc(em->n_linears ? em->n_linears : 1, sizeof(bool));
-    if (method != EST_FULL) {
+    if (method != METHOD_FULL) {
         for (int i = 0; i < em->n_linears; i++)
             if ((adapted[i] = adapter_targets_module(c, em->linears[i].name))) e->n_adapted++;
         if (e->n_adapted == 0) {
@@ -572,24 +556,20 @@ int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const Ad
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         const EstLinear *l = &em->linears[i];
-        if (method == EST_LORA) e->trainable += (int64_t)r * (l->in + l->out);
-        else if (method == EST_VERA) e->trainable += r + l->out;
-        else if (method == EST_ADALORA) {
-            e->trainable += (int64_t)r * (l->in + l->out + 1);
-            e->adalora_final_params += (int64_t)c->target_r * (l->in + l->out + 1);
-        }
+        e->trainable += method_module_params(desc, r, l->in, l->out);
+        if (method == METHOD_ADALORA) e->adalora_final_params += method_module_params(desc, c->target_r, l->in, l->out);
         if (l->in > e->vera_max_in) e->vera_max_in = l->in;
         if (l->out > e->vera_max_out) e->vera_max_out = l->out;
     }
-    if (method == EST_FULL) e->trainable = em->n_params;
-    if (method == EST_VERA) e->vera_projection = (int64_t)r * e->vera_max_in + (int64_t)e->vera_max_out * r;
+    if (method == METHOD_FULL) e->trainable = em->n_params;
+    if (method == METHOD_VERA) e->vera_projection = (int64_t)r * e->vera_max_in + (int64_t)e->vera_max_out * r;
     else e->vera_max_in = e->vera_max_out = 0;
-    if (method == EST_ADALORA) {
+    if (method == METHOD_ADALORA) {
         e->adalora_budget_ranks = (int64_t)c->target_r * e->n_adapted;
         e->adalora_final_file_bytes = adapter_file_bytes(em, adapted, method, c->target_r, false, 0, 0);
     }
-    if (method == EST_FULL) e->file_bytes = 4 * em->n_params;
-    else if (method == EST_VERA) {
+    if (method == METHOD_FULL) e->file_bytes = 4 * em->n_params;
+    else if (method == METHOD_VERA) {
         e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, true, e->vera_max_in, e->vera_max_out);
         e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, false, 0, 0);
         e->file_bytes = c->save_projection ? e->file_bytes_with_projection : e->file_bytes_without_projection;
@@ -600,8 +580,8 @@ int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const Ad
     int64_t N = (int64_t)batch * context, P = em->n_params, Tr = e->trainable;
     int64_t cpu_act = est_cpu_activation_bytes(em, batch, context);
     e->cpu_full = (EstMemory){.weights = 4 * P, .grads = 4 * P, .optimizer = 8 * P, .activations = cpu_act};
-    gpu_memory(&e->gpu_full, em, NULL, EST_FULL, 0, 0, batch, context);
-    if (method == EST_FULL) {
+    gpu_memory(&e->gpu_full, em, NULL, METHOD_FULL, 0, 0, batch, context);
+    if (method == METHOD_FULL) {
         e->cpu = e->cpu_full;
         e->gpu = e->gpu_full;
     } else {
@@ -611,10 +591,10 @@ int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const Ad
         int64_t temp = 0;
         for (int i = 0; i < em->n_linears; i++)
             if (adapted[i])
-                temp = MAX(temp, N * r + (method == EST_VERA ? (int64_t)em->linears[i].out * r : 0) +
+                temp = MAX(temp, N * r + (method == METHOD_VERA ? (int64_t)em->linears[i].out * r : 0) +
                                      (c->dropout > 0 ? N * em->linears[i].in : 0));
         e->cpu = (EstMemory){.weights = 4 * (P + Tr + e->vera_projection), .grads = 4 * Tr,
-                             .optimizer = 8 * Tr + (method == EST_ADALORA ? 16 * Tr : 0), .activations = cpu_act + 4 * extra,
+                             .optimizer = 8 * Tr + (method == METHOD_ADALORA ? 16 * Tr : 0), .activations = cpu_act + 4 * extra,
                              .workspace = 4 * temp};
         gpu_memory(&e->gpu, em, adapted, method, r, c->dropout, batch, context);
     }

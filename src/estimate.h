@@ -44,10 +44,6 @@ int est_model_from_config(EstModel *em, const ModelConfig *cfg, const char *name
 int est_model_load(EstModel *em, const char *spec);
 void est_model_free(EstModel *em);
 
-typedef enum { EST_LORA, EST_VERA, EST_ADALORA, EST_FULL } EstMethod;
-const char *est_method_name(EstMethod m);
-int est_method_parse(const char *s, EstMethod *out);
-
 typedef struct {
     int64_t weights, grads, optimizer, activations;  // bytes
     int64_t workspace;  // scratch and library workspaces that are neither (GPU: cuBLASLt's, the upload's staging)
@@ -55,7 +51,7 @@ typedef struct {
 } EstMemory;
 
 typedef struct {
-    EstMethod method;
+    MethodId method;
     int r;                       // LoRA/VeRA r; AdaLoRA init_r
     int target_r;                // AdaLoRA
     int n_adapted;               // matched modules (all linears' count for full)
@@ -85,7 +81,7 @@ typedef struct {
 
 // c: the adapter options (type, r, init_r/target_r, targets, dropout, save_projection); ignored for
 // full except dropout. Fails when the targets match no module.
-int estimate_compute(Estimate *e, const EstModel *em, EstMethod method, const AdapterConfig *c, int batch, int context);
+int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const AdapterConfig *c, int batch, int context);
 
 // The CPU column with the frozen linears quantized (--quantize; a method other than full): their
 // bytes as quant.c stores them (data, absmax or nested statistics, maps, SCB) in place of fp32, and

@@ -302,10 +302,10 @@ int gguf_export_adapter(const Model *m, const char *adapter_dir, GgufOutType typ
     if (!arch) return peft_fail_context("%s: ", m->dir ? m->dir : "the model");
     // llama.cpp scales each module by alpha / r' (r' read from lora_b); a plain LoRA's own alpha
     // makes that its scale exactly, and VeRA, which has none, gets r (scale 1).
-    float alpha = set->cfg.type == PEFT_VERA ? (float)set->cfg.r : set->cfg.alpha > 0 ? set->cfg.alpha : 0;
+    float alpha = set->cfg.type == METHOD_VERA ? (float)set->cfg.r : set->cfg.alpha > 0 ? set->cfg.alpha : 0;
     Out o = {gguf_writer_new(GGUF_DEFAULT_ALIGNMENT), type};
     put_general(o.w, arch, "adapter", adapter_dir, type);
-    gguf_put_cstr(o.w, "adapter.type", "lora");
+    gguf_put_cstr(o.w, "adapter.type", "lora");  // llama.cpp's adapter type (layout: not a method)
     gguf_put_f32(o.w, "adapter.lora.alpha", alpha);
     int rc = 0;
     for (int i = 0; i < set->n && !rc; i++) {

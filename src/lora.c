@@ -52,8 +52,49 @@ static void lora_lowrank(const Adapter *a, float **A, float **B, int *r, float *
     memcpy(*B, a->B->w, sizeof(float) * a->B->numel);
 }
 
-const AdapterMethod lora_method = {
+// LoraConfig's keys (AdaLoRA's config extends it).
+static const ConfigKey LORA_KEYS[] = {
+    {"r", KEY_USED, NULL, NULL},
+    {"lora_alpha", KEY_USED, NULL, NULL},
+    {"lora_dropout", KEY_USED, NULL, NULL},
+    {"use_rslora", KEY_USED, NULL, NULL},
+    {"init_lora_weights", KEY_INERT, "[true, false, \"gaussian\"]", "it changes the base weights or is not implemented"},
+    {"rank_pattern", KEY_DEFAULT, NULL, "per-module ranks"},
+    {"megatron_core", KEY_INERT, NULL, NULL},      // read only with megatron_config
+    {"qalora_group_size", KEY_INERT, NULL, NULL},  // read only with use_qalora
+    {"exclude_modules", KEY_DEFAULT, NULL, "modules left out of target_modules"},
+    {"alpha_pattern", KEY_DEFAULT, NULL, "per-module lora_alpha"},
+    {"use_dora", KEY_DEFAULT, NULL, "DoRA's magnitude vectors"},
+    {"lora_bias", KEY_DEFAULT, NULL, "a bias on lora_B"},
+    {"use_qalora", KEY_DEFAULT, NULL, "QALoRA's pooled inputs"},
+    {"use_bdlora", KEY_DEFAULT, NULL, "block-diagonal LoRA"},
+    {"layer_replication", KEY_DEFAULT, NULL, "repeated layers of the base model"},
+    {"target_parameters", KEY_DEFAULT, NULL, "LoRA on parameters rather than modules"},
+    {"trainable_token_indices", KEY_DEFAULT, NULL, "trained rows of the embedding"},
+    {"ensure_weight_tying", KEY_DEFAULT, NULL, "tied copies of saved modules"},
+    {"alora_invocation_tokens", KEY_DEFAULT, NULL, "activated LoRA (applied after these tokens only)"},
+    {"megatron_config", KEY_DEFAULT, NULL, "Megatron's parallel layers"},
+    {"loftq_config", KEY_DEFAULT, NULL, "LoftQ's quantised base"},
+    {"eva_config", KEY_DEFAULT, NULL, "EVA initialisation"},
+    {"corda_config", KEY_DEFAULT, NULL, "CorDA initialisation"},
+    {"lora_ga_config", KEY_DEFAULT, NULL, "LoRA-GA initialisation"},
+    {"kasa_config", KEY_DEFAULT, NULL, "KaSA"},
+    {"velora_config", KEY_DEFAULT, NULL, "VeLoRA"},
+    {"monteclora_config", KEY_DEFAULT, NULL, "MonteCLoRA"},
+    {"arrow_config", KEY_DEFAULT, NULL, "Arrow routing between adapters"},
+};
+
+// Common starting point: 2e-4 (QLoRA, PEFT examples).
+const Method lora_method = {
+    .id = METHOD_LORA,
+    .name = "lora",
+    .title = "LoRA",
     .peft_type = "LORA",
+    .default_r = 8,
+    .default_lr = 2e-4f,
+    .n_keys = sizeof LORA_KEYS / sizeof *LORA_KEYS,
+    .keys = LORA_KEYS,
+    .gpu = AD_LORA,
     .n_tensors = 2,
     .tensors = {{"lora_A.weight", DIM_RANK, DIM_IN, false, offsetof(Adapter, A)},
                 {"lora_B.weight", DIM_OUT, DIM_RANK, false, offsetof(Adapter, B)}},

@@ -147,7 +147,7 @@ static int mask_using_pattern(AdapterSet *set) {
 int adalora_update_and_allocate(Model *m, int step, int *mask_applied) {
     *mask_applied = 0;
     AdapterSet *set = m->adapters;
-    if (!set || set->cfg.type != PEFT_ADALORA || !set->method_state) return peft_fail("AdaLoRA rank allocation: the model has no AdaLoRA adapter");
+    if (!set || set->cfg.type != METHOD_ADALORA || !set->method_state) return peft_fail("AdaLoRA rank allocation: the model has no AdaLoRA adapter");
     if (adalora_check_options(&set->cfg, true)) return -1;
     if (step < 0) return peft_fail("AdaLoRA rank allocation: negative step %d", step);
     AdaLoraState *st = set->method_state;
@@ -216,7 +216,7 @@ int adalora_check_schedule(const char *dir, const void *case_json, double *max_e
 
     if (!(m = model_load(model_dir)) || adapters_load(m, adapter_dir)) { snprintf(msg, cap, "%s", peft_last_error()); goto out; }
     AdapterSet *set = m->adapters;
-    if (set->cfg.type != PEFT_ADALORA) { snprintf(msg, cap, "%s: not an AdaLoRA adapter", adapter_dir); goto out; }
+    if (set->cfg.type != METHOD_ADALORA) { snprintf(msg, cap, "%s: not an AdaLoRA adapter", adapter_dir); goto out; }
     if (st_open(&batches, batches_path) || st_open(&final, final_path)) { snprintf(msg, cap, "%s", peft_last_error()); goto out; }
     const StTensor *bt = st_find(&batches, "batches");
     if (!bt || bt->ndim != 3 || bt->shape[0] < steps) { snprintf(msg, cap, "%s: no [steps,B,T] tensor \"batches\"", batches_path); goto out; }
@@ -308,4 +308,92 @@ out:
     free(batches_path);
     free(final_path);
     return rc;
+}
+
+// ---- checkpoint state (the trainer's checkpoints) ----
+
+// The scores are float64; safetensors has no such dtype here, so they go as raw bytes.
+static void put_f64(StWriter *w, const char *name, const double *x, long n) {
+    int64_t shape[1] = {n * (int64_t)sizeof(double)};
+    st_writer_add(w, name, DT_U8, 1, shape, x);
+}
+
+static double *get_f64(const SafeTensors *st, const char *name, long n) {
+    const StTensor *t = st_find(st, name);
+    if (!t || t->dtype != DT_U8 || t->nbytes != (size_t)n * sizeof(double)) return NULL;
+    double *x = xmalloc(sizeof(double) * (n ? n : 1));
+    memcpy(x, t->data, t->nbytes);
+    return x;
+}
+
+void adalora_save_state(AdapterSet *set, void *writer) {
+    StWriter *w = writer;
+    AdaLoraState *st = set->method_state;
+    char name[512];
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        Param *p[3] = {a->A, a->E, a->B};
+        for (int k = 0; k < 3 && st->mod[i].avg_ipt[k]; k++) {
+            snprintf(name, sizeof name, "adalora/ipt/%d/%s", k, a->lin->module);
+            put_f64(w, name, st->mod[i].avg_ipt[k], p[k]->numel);
+            snprintf(name, sizeof name, "adalora/unc/%d/%s", k, a->lin->module);
+            put_f64(w, name, st->mod[i].avg_unc[k], p[k]->numel);
+        }
+    }
+    for (int i = 0; i < set->cfg.n_rank_pattern; i++) {
+        RankPatternEntry *e = &set->cfg.rank_pattern[i];
+        snprintf(name, sizeof name, "adalora/pattern/%s", e->module);
+        int64_t shape[1] = {set->cfg.init_r};
+        st_writer_add(w, name, DT_BOOL, 1, shape, e->mask);
+    }
+    int32_t bgt[3] = {st->init_bgt, st->target_bgt, st->allocator_ready};
+    int64_t shape[1] = {3};
+    st_writer_add(w, "adalora/budget", DT_I32, 1, shape, bgt);
+}
+
+int adalora_load_state(AdapterSet *set, const void *file, const char *path) {
+    const SafeTensors *f = file;
+    AdaLoraState *st = set->method_state;
+    const StTensor *b = st_find(f, "adalora/budget");
+    if (!b || b->dtype != DT_I32 || b->numel != 3) return peft_fail("%s: no AdaLoRA allocator state", path);
+    int32_t bgt[3];
+    memcpy(bgt, b->data, sizeof bgt);  // the file's bytes may be unaligned
+    int init_bgt, target_bgt;
+    adalora_budget_bounds(set, &init_bgt, &target_bgt);
+    if ((bgt[2] != 0 && bgt[2] != 1) || (bgt[2] && (bgt[0] != init_bgt || bgt[1] != target_bgt)))
+        return peft_fail("%s: the AdaLoRA budget (%d, %d, ready %d) is not this run's (%d, %d)", path, bgt[0], bgt[1], bgt[2], init_bgt, target_bgt);
+    st->init_bgt = bgt[0];
+    st->target_bgt = bgt[1];
+    st->allocator_ready = bgt[2];
+    adalora_free_scores(st);
+    char name[512];
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        Param *p[3] = {a->A, a->E, a->B};
+        for (int k = 0; k < 3; k++) {
+            snprintf(name, sizeof name, "adalora/ipt/%d/%s", k, a->lin->module);
+            st->mod[i].avg_ipt[k] = get_f64(f, name, p[k]->numel);
+            snprintf(name, sizeof name, "adalora/unc/%d/%s", k, a->lin->module);
+            st->mod[i].avg_unc[k] = get_f64(f, name, p[k]->numel);
+            if (!st->mod[i].avg_ipt[k] != !st->mod[i].avg_unc[k]) return peft_fail("%s: incomplete AdaLoRA scores for %s", path, a->lin->module);
+        }
+    }
+    for (int i = 0; i < f->n; i++) {
+        const StTensor *t = &f->tensors[i];
+        if (strncmp(t->name, "adalora/pattern/", 16)) continue;
+        if (t->numel != set->cfg.init_r || t->dtype != DT_BOOL) return peft_fail("%s: bad AdaLoRA rank pattern %s", path, t->name);
+        RankPatternEntry *e = adalora_pattern_entry(set, t->name + 16);
+        if (!e) {
+            AdapterConfig *c = &set->cfg;
+            c->rank_pattern = xrealloc(c->rank_pattern, sizeof(RankPatternEntry) * (c->n_rank_pattern + 1));
+            e = &c->rank_pattern[c->n_rank_pattern++];
+            memset(e, 0, sizeof *e);
+            snprintf(e->module, sizeof e->module, "%s", t->name + 16);
+            e->mask = xcalloc(c->init_r, sizeof(bool));
+        }
+        memcpy(e->mask, t->data, sizeof(bool) * set->cfg.init_r);
+        e->rank = 0;
+        for (int j = 0; j < set->cfg.init_r; j++) e->rank += e->mask[j];
+    }
+    return 0;
 }

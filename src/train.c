@@ -6,6 +6,7 @@
 #include "safetensors.h"
 #include "svg_plot.h"
 #include "tokenizer.h"
+#include "train_step.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -26,12 +27,10 @@ void train_request_stop(void) { stop_requested = 1; }
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
-static PeftType peft_type_of(TrainMethod m) { return m == TRAIN_VERA ? PEFT_VERA : m == TRAIN_ADALORA ? PEFT_ADALORA : PEFT_LORA; }
-
-void train_config_defaults(TrainConfig *c, TrainMethod method) {
+void train_config_defaults(TrainConfig *c, MethodId method) {
     memset(c, 0, sizeof *c);
     c->method = method;
-    adapter_config_defaults(&c->adapter, peft_type_of(method));
+    adapter_config_defaults(&c->adapter, method);
     c->adalora_allocate = true;
     c->schedule = SCHED_LINEAR;
     c->beta1 = 0.9f;
@@ -46,16 +45,6 @@ void train_config_defaults(TrainConfig *c, TrainMethod method) {
 
 void train_config_free(TrainConfig *c) { adapter_config_free(&c->adapter); }
 
-static const char *method_names[] = {"lora", "vera", "adalora", "full"};
-
-int train_method_parse(const char *s, TrainMethod *out) {
-    for (int i = 0; i < 4; i++)
-        if (!strcasecmp(s, method_names[i])) { *out = (TrainMethod)i; return 0; }
-    return peft_fail("unknown method \"%s\" (lora, vera, adalora or full)", s);
-}
-
-const char *train_method_name(TrainMethod m) { return method_names[m]; }
-
 int lr_schedule_parse(const char *s, LrSchedule *out) {
     if (!strcasecmp(s, "linear")) *out = SCHED_LINEAR;
     else if (!strcasecmp(s, "cosine")) *out = SCHED_COSINE;
@@ -64,11 +53,9 @@ int lr_schedule_parse(const char *s, LrSchedule *out) {
     return 0;
 }
 
-// Common starting points: LoRA's 2e-4 (QLoRA, PEFT examples), AdaLoRA's paper 5e-4, VeRA's
-// trainable vectors need a much larger one (the paper uses 1e-2 and up), full fine-tuning 5e-5 (HF).
-float train_default_lr(TrainMethod m) {
-    static const float lr[] = {2e-4f, 1e-2f, 5e-4f, 5e-5f};
-    return lr[m];
+float train_default_lr(MethodId m) {
+    const Method *d = method_get(m);
+    return d ? d->default_lr : 0;
 }
 
 // HF's schedules (get_linear/cosine_schedule_with_warmup) after the warm-up; the warm-up itself
@@ -87,7 +74,7 @@ double train_lr_at(const TrainConfig *c, int step, int total) {
 
 // What a quantized base (--quantize, or a folder saved quantized) cannot do.
 static int quant_refusals(const TrainConfig *c, QuantType q) {
-    if (q && c->method == TRAIN_FULL)
+    if (q && c->method == METHOD_FULL)
         return peft_fail("a %s-quantized base: full fine-tuning trains every weight, and a quantized base is frozen (train an adapter on it: lora, vera, adalora)",
                          quant_type_name(q));
     if (q && c->cuda) return peft_fail("a %s-quantized base with --device cuda is not implemented yet (the CPU path is)", quant_type_name(q));
@@ -96,6 +83,7 @@ static int quant_refusals(const TrainConfig *c, QuantType q) {
 
 static int check_config(const TrainConfig *c) {
     if (!c->model_dir || !c->data_path || !c->out_dir) return peft_fail("training needs a model, data and an output folder");
+    if (!method_get(c->method)) return -1;
     if (c->batch < 1 || c->grad_accum < 1) return peft_fail("batch and gradient accumulation must be at least 1");
     if (c->max_steps < 0 || (c->max_steps == 0 && c->epochs < 1)) return peft_fail("give a positive number of steps or epochs");
     if (c->val_fraction < 0 || c->val_fraction >= 1) return peft_fail("the validation fraction must be in [0, 1) (got %g)", c->val_fraction);
@@ -126,9 +114,7 @@ typedef struct {
     Tokenizer *tok;
     Dataset train, val;
     bool has_val;
-    Param **params;
-    int n_params;
-    AdamW opt;
+    TrainStep st;                // the step: trainable tensors, AdamW, the device's backend
     GpuModel *g;                 // with --device cuda: the model on the GPU (trainables live there)
     int total_steps, micro_per_epoch;
     int *perm, perm_epoch;       // the shuffle of the epoch perm_epoch
@@ -209,7 +195,9 @@ static int pack_data(Trainer *t) {
 }
 
 static int attach_method(Trainer *t) {
-    if (t->c.method == TRAIN_FULL) {
+    const Method *method = method_get(t->c.method);
+    if (!method) return -1;
+    if (!method->peft_type) {
         model_train_all(t->m);
         // HF Trainer's parameter groups: no weight decay on biases and norm weights (the 1-D tensors).
         for (int i = 0; i < t->m->n_params; i++) t->m->params[i].decay = t->m->params[i].ndim == 2;
@@ -219,14 +207,14 @@ static int attach_method(Trainer *t) {
     AdapterConfig a = t->c.adapter;
     bool own_targets = a.n_targets == 0 && !a.target_regex;
     if (own_targets) adapter_config_default_targets(&a, &t->m->cfg);
-    a.type = peft_type_of(t->c.method);
+    a.type = method->id;
     a.fan_in_fan_out = t->m->cfg.arch == ARCH_GPT2;  // GPT-2's Conv1D layers store W transposed (PEFT sets it too)
-    if (a.type == PEFT_VERA) a.save_projection = false;  // regenerated from projection_prng_key on load
-    if (a.type == PEFT_ADALORA) {
+    if (a.type == METHOD_VERA) a.save_projection = false;  // regenerated from projection_prng_key on load
+    if (a.type == METHOD_ADALORA) {
         a.r = a.init_r;
         if (a.total_step == 0) a.total_step = t->total_steps;
     }
-    int rc = a.type == PEFT_ADALORA && t->c.adalora_allocate ? adalora_check_options(&a, true) : 0;
+    int rc = a.type == METHOD_ADALORA && t->c.adalora_allocate ? adalora_check_options(&a, true) : 0;
     if (!rc) rc = adapters_attach(t->m, &a, t->c.seed);
     if (own_targets) {
         for (int i = 0; i < a.n_targets; i++) free(a.targets[i]);
@@ -303,8 +291,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     t->total_steps = (int)total;
     if (attach_method(t)) return -1;
     if (t->c.cuda && setup_gpu(t)) return -1;
-    t->n_params = model_trainable(t->m, &t->params);
-    adamw_init(&t->opt, t->params, t->n_params, 0, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay);
+    train_step_init(&t->st, t->m, t->g, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay, t->c.max_grad_norm, t->c.adalora_allocate);
     t->perm = xmalloc(sizeof(int) * t->train.n_seq);
     t->perm_epoch = -1;
     t->ids = xmalloc(sizeof(int32_t) * t->c.batch * t->train.max_len);
@@ -315,7 +302,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     t->ckpt_dir = path_join(t->c.out_dir, "checkpoint");
     long trainable = model_count_params(t->m, true), all = model_count_params(t->m, false);
     message(t, "%s: %ld trainable parameters (%.3g%% of %ld); %d steps of %d x %d sequences; lr %.3g",
-            train_method_name(t->c.method), trainable, 100.0 * trainable / all, all, t->total_steps, t->c.grad_accum,
+            method_name(t->c.method), trainable, 100.0 * trainable / all, all, t->total_steps, t->c.grad_accum,
             t->c.batch, t->c.lr > 0 ? t->c.lr : train_default_lr(t->c.method));
     return 0;
 }
@@ -323,7 +310,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
 static void teardown(Trainer *t) {
     if (t->log) fclose(t->log);
     gpu_model_free(t->g);
-    if (t->opt.n) adamw_free(&t->opt);
+    train_step_free(&t->st);
     model_free(t->m);
     tokenizer_free(t->tok);
     dataset_free(&t->train);
@@ -402,7 +389,7 @@ static void write_plot(Trainer *t) {
     if (n >= 50) s[n_series++] = (PlotSeries){"training loss (moving average)", "#08519c", n, raw->x, avg, false};
     if (t->val_curve.n) s[n_series++] = (PlotSeries){"validation loss", "#ff7f0e", t->val_curve.n, t->val_curve.x, t->val_curve.y, true};
     char title[256];
-    snprintf(title, sizeof title, "%s fine-tuning", train_method_name(t->c.method));
+    snprintf(title, sizeof title, "%s fine-tuning", method_name(t->c.method));
     if (svg_plot_write(t->svg_path, title, "step", "loss", s, n_series)) {
         message(t, "warning: %s", peft_last_error());
         peft_clear_error();
@@ -446,101 +433,23 @@ static int open_log(Trainer *t, int first_step) {
 
 static const char *CKPT_TENSORS = "state.safetensors", *CKPT_STATE = "state.json";
 
-// AdaLoRA's scores are float64; safetensors has no such dtype here, so they go as raw bytes.
-static void put_f64(StWriter *w, const char *name, const double *x, long n) {
-    int64_t shape[1] = {n * (int64_t)sizeof(double)};
-    st_writer_add(w, name, DT_U8, 1, shape, x);
+// The adapter's method when it keeps training state in checkpoints (AdaLoRA's allocator), else NULL.
+static const Method *stateful_method(const Trainer *t) {
+    const AdapterSet *set = t->m->adapters;
+    const Method *m = set && set->method_state ? method_get(set->cfg.type) : NULL;
+    return m && m->save_state ? m : NULL;
 }
 
-static double *get_f64(const SafeTensors *st, const char *name, long n) {
-    const StTensor *t = st_find(st, name);
-    if (!t || t->dtype != DT_U8 || t->nbytes != (size_t)n * sizeof(double)) return NULL;
-    double *x = xmalloc(sizeof(double) * (n ? n : 1));
-    memcpy(x, t->data, t->nbytes);
-    return x;
-}
-
-static void adalora_save_state(AdapterSet *set, StWriter *w) {
-    AdaLoraState *st = set->method_state;
-    char name[512];
-    for (int i = 0; i < set->n; i++) {
-        Adapter *a = &set->adapters[i];
-        Param *p[3] = {a->A, a->E, a->B};
-        for (int k = 0; k < 3 && st->mod[i].avg_ipt[k]; k++) {
-            snprintf(name, sizeof name, "adalora/ipt/%d/%s", k, a->lin->module);
-            put_f64(w, name, st->mod[i].avg_ipt[k], p[k]->numel);
-            snprintf(name, sizeof name, "adalora/unc/%d/%s", k, a->lin->module);
-            put_f64(w, name, st->mod[i].avg_unc[k], p[k]->numel);
-        }
-    }
-    for (int i = 0; i < set->cfg.n_rank_pattern; i++) {
-        RankPatternEntry *e = &set->cfg.rank_pattern[i];
-        snprintf(name, sizeof name, "adalora/pattern/%s", e->module);
-        int64_t shape[1] = {set->cfg.init_r};
-        st_writer_add(w, name, DT_BOOL, 1, shape, e->mask);
-    }
-    int32_t bgt[3] = {st->init_bgt, st->target_bgt, st->allocator_ready};
-    int64_t shape[1] = {3};
-    st_writer_add(w, "adalora/budget", DT_I32, 1, shape, bgt);
-}
-
-static int adalora_load_state(AdapterSet *set, const SafeTensors *f, const char *path) {
-    AdaLoraState *st = set->method_state;
-    const StTensor *b = st_find(f, "adalora/budget");
-    if (!b || b->dtype != DT_I32 || b->numel != 3) return peft_fail("%s: no AdaLoRA allocator state", path);
-    int32_t bgt[3];
-    memcpy(bgt, b->data, sizeof bgt);  // the file's bytes may be unaligned
-    int init_bgt, target_bgt;
-    adalora_budget_bounds(set, &init_bgt, &target_bgt);
-    if ((bgt[2] != 0 && bgt[2] != 1) || (bgt[2] && (bgt[0] != init_bgt || bgt[1] != target_bgt)))
-        return peft_fail("%s: the AdaLoRA budget (%d, %d, ready %d) is not this run's (%d, %d)", path, bgt[0], bgt[1], bgt[2], init_bgt, target_bgt);
-    st->init_bgt = bgt[0];
-    st->target_bgt = bgt[1];
-    st->allocator_ready = bgt[2];
-    adalora_free_scores(st);
-    char name[512];
-    for (int i = 0; i < set->n; i++) {
-        Adapter *a = &set->adapters[i];
-        Param *p[3] = {a->A, a->E, a->B};
-        for (int k = 0; k < 3; k++) {
-            snprintf(name, sizeof name, "adalora/ipt/%d/%s", k, a->lin->module);
-            st->mod[i].avg_ipt[k] = get_f64(f, name, p[k]->numel);
-            snprintf(name, sizeof name, "adalora/unc/%d/%s", k, a->lin->module);
-            st->mod[i].avg_unc[k] = get_f64(f, name, p[k]->numel);
-            if (!st->mod[i].avg_ipt[k] != !st->mod[i].avg_unc[k]) return peft_fail("%s: incomplete AdaLoRA scores for %s", path, a->lin->module);
-        }
-    }
-    for (int i = 0; i < f->n; i++) {
-        const StTensor *t = &f->tensors[i];
-        if (strncmp(t->name, "adalora/pattern/", 16)) continue;
-        if (t->numel != set->cfg.init_r || t->dtype != DT_BOOL) return peft_fail("%s: bad AdaLoRA rank pattern %s", path, t->name);
-        RankPatternEntry *e = adalora_pattern_entry(set, t->name + 16);
-        if (!e) {
-            AdapterConfig *c = &set->cfg;
-            c->rank_pattern = xrealloc(c->rank_pattern, sizeof(RankPatternEntry) * (c->n_rank_pattern + 1));
-            e = &c->rank_pattern[c->n_rank_pattern++];
-            memset(e, 0, sizeof *e);
-            snprintf(e->module, sizeof e->module, "%s", t->name + 16);
-            e->mask = xcalloc(c->init_r, sizeof(bool));
-        }
-        memcpy(e->mask, t->data, sizeof(bool) * set->cfg.init_r);
-        e->rank = 0;
-        for (int j = 0; j < set->cfg.init_r; j++) e->rank += e->mask[j];
-    }
-    return 0;
-}
-
-static bool is_adalora(const Trainer *t) { return t->c.method == TRAIN_ADALORA && t->m->adapters && t->m->adapters->method_state; }
 
 static cJSON *checkpoint_state(const Trainer *t, int step) {
     cJSON *j = cJSON_CreateObject();
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)t->c.seed);
     cJSON_AddNumberToObject(j, "step", step);
-    cJSON_AddNumberToObject(j, "adam_step", t->opt.step);
+    cJSON_AddNumberToObject(j, "adam_step", t->st.opt.step);
     cJSON_AddNumberToObject(j, "micro_batch", (double)step * t->c.grad_accum);  // the data position
     // What the run's randomness and data order derive from: it must not change on resume.
-    cJSON_AddStringToObject(j, "method", train_method_name(t->c.method));
+    cJSON_AddStringToObject(j, "method", method_name(t->c.method));
     cJSON_AddStringToObject(j, "seed", seed);
     cJSON_AddNumberToObject(j, "total_steps", t->total_steps);
     cJSON_AddNumberToObject(j, "batch", t->c.batch);
@@ -548,7 +457,7 @@ static cJSON *checkpoint_state(const Trainer *t, int step) {
     cJSON_AddNumberToObject(j, "seq_len", t->c.data.seq_len);
     cJSON_AddNumberToObject(j, "train_sequences", t->train.n_seq);
     if (t->c.pack) cJSON_AddTrueToObject(j, "pack");
-    cJSON_AddNumberToObject(j, "trainable_tensors", t->n_params);
+    cJSON_AddNumberToObject(j, "trainable_tensors", t->st.n_params);
     return j;
 }
 
@@ -605,8 +514,8 @@ static int recover_checkpoints(const Trainer *t) {
 // The last optimizer step has no forward after it whose loss would show an overflow: what is
 // saved (a checkpoint, the final weights) is checked instead.
 static int check_trainables_finite(const Trainer *t, int step) {
-    for (int i = 0; i < t->n_params; i++) {
-        const Param *p = t->params[i];
+    for (int i = 0; i < t->st.n_params; i++) {
+        const Param *p = t->st.params[i];
         for (long j = 0; j < p->numel; j++)
             if (!isfinite(p->w[j]))
                 return peft_fail("step %d: %s is not finite after the update (%g at index %ld): try a lower learning rate", step, p->name, p->w[j], j);
@@ -617,22 +526,22 @@ static int check_trainables_finite(const Trainer *t, int step) {
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
     // On the GPU the master weights, the AdamW moments and step count live on the device.
     if (t->g && (gpu_download_trainables(t->g, false) ||
-                 gpu_download_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, &t->opt.step)))
+                 gpu_download_optimizer(t->g, t->st.params, t->st.n_params, t->st.opt.m, t->st.opt.v, &t->st.opt.step)))
         return -1;
     if (check_trainables_finite(t, step)) return -1;
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
     char name[600];
-    for (int i = 0; i < t->n_params; i++) {
-        Param *p = t->params[i];
+    for (int i = 0; i < t->st.n_params; i++) {
+        Param *p = t->st.params[i];
         const char *kind[] = {"param", "adam_m", "adam_v"};
-        const float *data[] = {p->w, t->opt.m[i], t->opt.v[i]};
+        const float *data[] = {p->w, t->st.opt.m[i], t->st.opt.v[i]};
         for (int k = 0; k < 3; k++) {
             snprintf(name, sizeof name, "%s/%s", kind[k], p->name);
             st_writer_add_f32(w, name, p->ndim, p->shape, data[k]);
         }
     }
-    if (is_adalora(t)) adalora_save_state(t->m->adapters, w);
+    if (stateful_method(t)) stateful_method(t)->save_state(t->m->adapters, w);
     char *tensors = path_join(dir, CKPT_TENSORS), *state = path_join(dir, CKPT_STATE);
     int rc = st_writer_save(w, tensors);
     st_writer_free(w);
@@ -702,17 +611,17 @@ static int load_checkpoint_files(Trainer *t, const char *dir, int *step) {
     if (!j) { if (text) peft_fail("%s: invalid JSON", state_path); goto out; }
     if (check_same_run(t, j, state_path)) goto out;
     *step = state_int(j, "step");
-    t->opt.step = state_int(j, "adam_step");
-    if (*step < 0 || *step > t->total_steps || t->opt.step < 0) { peft_fail("%s: bad step", state_path); goto out; }
+    t->st.opt.step = state_int(j, "adam_step");
+    if (*step < 0 || *step > t->total_steps || t->st.opt.step < 0) { peft_fail("%s: bad step", state_path); goto out; }
     if (st_open(&st, tensor_path)) goto out;
-    for (int i = 0; i < t->n_params; i++) {
-        Param *p = t->params[i];
-        if (load_tensor(&st, "param", p, p->w, tensor_path) || load_tensor(&st, "adam_m", p, t->opt.m[i], tensor_path) ||
-            load_tensor(&st, "adam_v", p, t->opt.v[i], tensor_path))
+    for (int i = 0; i < t->st.n_params; i++) {
+        Param *p = t->st.params[i];
+        if (load_tensor(&st, "param", p, p->w, tensor_path) || load_tensor(&st, "adam_m", p, t->st.opt.m[i], tensor_path) ||
+            load_tensor(&st, "adam_v", p, t->st.opt.v[i], tensor_path))
             goto out;
     }
-    if (is_adalora(t) && adalora_load_state(t->m->adapters, &st, tensor_path)) goto out;
-    if (t->g && (gpu_upload_trainables(t->g) || gpu_upload_optimizer(t->g, t->params, t->n_params, t->opt.m, t->opt.v, t->opt.step)))
+    if (stateful_method(t) && stateful_method(t)->load_state(t->m->adapters, &st, tensor_path)) goto out;
+    if (t->g && (gpu_upload_trainables(t->g) || gpu_upload_optimizer(t->g, t->st.params, t->st.n_params, t->st.opt.m, t->st.opt.v, t->st.opt.step)))
         goto out;
     rc = 0;
 out:
@@ -771,87 +680,31 @@ static long batch_tokens(const Dataset *ds, const int *idx, int n) {
     return s;
 }
 
-static void scale_grads(Param **params, int n, float k) {
-    for (int i = 0; i < n; i++)
-        for (long j = 0; j < params[i]->numel; j++) params[i]->grad[j] *= k;
-}
+// Micro-batch k of the step being run: its place in the epoch's shuffle and its dropout seed.
+typedef struct { Trainer *t; int step; } StepData;
 
-// The same step on the GPU: the micro-batches' gradients accumulate on the device, then the mean,
-// clipping and AdamW there. Dropout masks come from the same (seed, micro-batch) seed as on the CPU, but
-// from the GPU's own hash of it (see gpu_set_dropout). AdaLoRA's allocator runs on the host: the tensors
-// and gradients come down for it, and the masked tensors go back up.
-static int train_step_gpu(Trainer *t, int step, TrainStepInfo *info) {
-    double t0 = now_seconds(), loss_sum = 0, lm_sum = 0;
-    long tokens = 0;
-    int accum = t->c.grad_accum;
-    gpu_zero_grad(t->g);
-    for (int k = 0; k < accum; k++) {
-        long micro = (long)step * accum + k;
-        int n;
-        const int *idx;
-        int T = load_micro_batch(t, micro, &idx, &n);
-        gpu_set_dropout(t->g, true, seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro));
-        t->m->positions = t->pos;
-        double loss = gpu_forward(t->g, t->ids, t->labels, n, T);
-        t->m->positions = NULL;
-        gpu_set_dropout(t->g, false, 0);  // evaluation between steps never drops
-        if (!isfinite(loss)) return isnan(loss) && peft_last_error()[0] ? -1 : peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
-        loss_sum += loss;
-        lm_sum += gpu_lm_loss(t->g);
-        if (gpu_backward(t->g)) return -1;
-        tokens += batch_tokens(&t->train, idx, n);
-    }
-    if (accum > 1 && gpu_scale_grads(t->g, 1.0f / accum)) return -1;
-    double norm = gpu_clip_grad_norm(t->g, t->c.max_grad_norm);
-    double lr = train_lr_at(&t->c, step, t->total_steps);
-    if (gpu_adamw_step(t->g, (float)lr, t->c.beta1, t->c.beta2, t->c.eps, t->c.weight_decay)) return -1;
-    int budget = -1, masked;
-    if (is_adalora(t) && t->c.adalora_allocate) {
-        if (gpu_download_trainables(t->g, true)) return -1;
-        if ((budget = adalora_update_and_allocate(t->m, step, &masked)) < 0 || gpu_upload_trainables(t->g)) return -1;
-    }
-    if (gpu_sync(t->g)) return -1;
-    double dt = now_seconds() - t0;
-    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * accum / t->micro_per_epoch,
-                            .loss = loss_sum / accum, .lm_loss = lm_sum / accum, .lr = lr, .grad_norm = norm, .tokens = tokens,
-                            .tokens_per_s = dt > 0 ? tokens / dt : 0, .budget = budget};
+static int next_micro_batch(void *user, int k, MicroBatch *mb) {
+    const StepData *d = user;
+    Trainer *t = d->t;
+    long micro = (long)d->step * t->c.grad_accum + k;
+    int n;
+    const int *idx;
+    int T = load_micro_batch(t, micro, &idx, &n);
+    *mb = (MicroBatch){.ids = t->ids, .labels = t->labels, .positions = t->pos, .B = n, .T = T,
+                       .dropout_seed = seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro), .tokens = batch_tokens(&t->train, idx, n)};
     return 0;
 }
 
-// One optimizer step (0-based `step`): grad_accum micro-batches, the mean gradient, clipping,
-// AdamW, then AdaLoRA's allocator (which reads the gradients, so before they are zeroed again).
+// One optimizer step (0-based `step`) on the run's device (train_step.h).
 static int train_step(Trainer *t, int step, TrainStepInfo *info) {
-    if (t->g) return train_step_gpu(t, step, info);
-    double t0 = now_seconds(), loss_sum = 0, lm_sum = 0;
-    long tokens = 0;
-    int accum = t->c.grad_accum;
-    t->m->training = true;
-    model_zero_grad(t->m);
-    for (int k = 0; k < accum; k++) {
-        long micro = (long)step * accum + k;
-        int n;
-        const int *idx;
-        int T = load_micro_batch(t, micro, &idx, &n);
-        t->m->positions = t->pos;
-        t->m->dropout_seed = seed_mix(t->c.seed ^ 0xD50Full, (uint64_t)micro);
-        double loss = model_forward(t->m, t->ids, t->labels, n, T);
-        t->m->positions = NULL;  // (backward reads the forward's own copy; evaluation is unpacked)
-        if (!isfinite(loss)) return peft_fail("step %d: the loss is not finite (%g): try a lower learning rate", step + 1, loss);
-        model_backward(t->m);
-        loss_sum += loss;
-        lm_sum += t->m->act.lm_loss;
-        tokens += batch_tokens(&t->train, idx, n);
-    }
-    if (accum > 1) scale_grads(t->params, t->n_params, 1.0f / accum);
-    double norm = clip_grad_norm(t->params, t->n_params, t->c.max_grad_norm);
-    double lr = train_lr_at(&t->c, step, t->total_steps);
-    adamw_step(&t->opt, t->params, t->n_params, (float)lr);
-    int budget = -1, masked;
-    if (is_adalora(t) && t->c.adalora_allocate && (budget = adalora_update_and_allocate(t->m, step, &masked)) < 0) return -1;
+    double t0 = now_seconds(), lr = train_lr_at(&t->c, step, t->total_steps);
+    StepData d = {t, step};
+    StepResult r;
+    if (train_step_run(&t->st, step, t->c.grad_accum, lr, next_micro_batch, &d, &r)) return -1;
     double dt = now_seconds() - t0;
-    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * accum / t->micro_per_epoch,
-                            .loss = loss_sum / accum, .lm_loss = lm_sum / accum, .lr = lr, .grad_norm = norm, .tokens = tokens,
-                            .tokens_per_s = dt > 0 ? tokens / dt : 0, .budget = budget};
+    *info = (TrainStepInfo){.step = step + 1, .total_steps = t->total_steps, .epoch = (double)(step + 1) * t->c.grad_accum / t->micro_per_epoch,
+                            .loss = r.loss, .lm_loss = r.lm_loss, .lr = lr, .grad_norm = r.grad_norm, .tokens = r.tokens,
+                            .tokens_per_s = dt > 0 ? r.tokens / dt : 0, .budget = r.budget};
     return 0;
 }
 

@@ -24,7 +24,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum { TRAIN_LORA, TRAIN_VERA, TRAIN_ADALORA, TRAIN_FULL } TrainMethod;
 typedef enum { SCHED_LINEAR, SCHED_COSINE, SCHED_CONSTANT } LrSchedule;
 
 typedef struct {
@@ -35,7 +34,7 @@ typedef struct {
     const char *out_dir;
     DataOptions data;            // seq_len 0: min(512, the model's positions); cache_dir NULL: out_dir
 
-    TrainMethod method;
+    MethodId method;
     AdapterConfig adapter;       // the method's options; type is set from method; targets empty:
                                  // PEFT's default for the architecture. total_step 0: the run's steps
     bool adalora_allocate;       // AdaLoRA: update_and_allocate after each optimizer step (default on)
@@ -70,12 +69,11 @@ typedef struct {
 
 // Defaults as HF Trainer / PEFT: AdamW (0.9, 0.999, 1e-8), no weight decay, clip 1.0, linear
 // decay, 1 epoch, batch 4, seed 42; the adapter options are PEFT's for the method.
-void train_config_defaults(TrainConfig *c, TrainMethod method);
+void train_config_defaults(TrainConfig *c, MethodId method);
 void train_config_free(TrainConfig *c);  // the adapter options' allocations
-int train_method_parse(const char *s, TrainMethod *out);
-const char *train_method_name(TrainMethod m);
 int lr_schedule_parse(const char *s, LrSchedule *out);
-float train_default_lr(TrainMethod m);
+// The method's default learning rate (its descriptor's); 0 for an id that is not a method.
+float train_default_lr(MethodId m);
 // The learning rate of optimizer step `step` (0-based) of `total`.
 double train_lr_at(const TrainConfig *c, int step, int total);
 

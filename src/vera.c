@@ -189,8 +189,26 @@ static bool vera_owns_tensor(const AdapterSet *set, const char *name) {
     return set->cfg.save_projection && (!strcmp(name, KEY_A) || !strcmp(name, KEY_B));
 }
 
-const AdapterMethod vera_method = {
+static const ConfigKey VERA_KEYS[] = {
+    {"r", KEY_USED, NULL, NULL},
+    {"vera_dropout", KEY_USED, NULL, NULL},
+    {"d_initial", KEY_USED, NULL, NULL},
+    {"projection_prng_key", KEY_USED, NULL, NULL},
+    {"save_projection", KEY_USED, NULL, NULL},
+    {"init_weights", KEY_INERT, "[true, false]", "not a VeRA initialisation"},
+};
+
+// The trainable vectors need a much larger learning rate than LoRA (the paper uses 1e-2 and up).
+const Method vera_method = {
+    .id = METHOD_VERA,
+    .name = "vera",
+    .title = "VeRA",
     .peft_type = "VERA",
+    .default_r = 256,
+    .default_lr = 1e-2f,
+    .n_keys = sizeof VERA_KEYS / sizeof *VERA_KEYS,
+    .keys = VERA_KEYS,
+    .gpu = AD_VERA,
     .n_tensors = 2,  // registered b before d, as in PEFT's state dict
     .tensors = {{"vera_lambda_b", DIM_OUT, DIM_ONE, true, offsetof(Adapter, lambda_b)},
                 {"vera_lambda_d", DIM_RANK, DIM_ONE, true, offsetof(Adapter, lambda_d)}},

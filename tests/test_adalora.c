@@ -27,7 +27,7 @@ static float srand_f(float scale) { return (float)((2 * urand() - 1) * scale); }
 static Model *tiny_model(const char *json, uint64_t seed) { return test_model_from_json(json, seed); }
 
 static void ada_cfg(AdapterConfig *c, const char *targets, int init_r, int target_r) {
-    adapter_config_defaults(c, PEFT_ADALORA);
+    adapter_config_defaults(c, METHOD_ADALORA);
     c->init_r = c->r = init_r;
     c->target_r = target_r;
     c->alpha = 8;
@@ -472,7 +472,7 @@ TEST(adalora_schedule_errors) {
     // The allocator on a model without AdaLoRA.
     CHECK(adalora_update_and_allocate(m, 0, &mask) == -1);
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_LORA);
+    adapter_config_defaults(&c, METHOD_LORA);
     adapter_config_set_targets(&c, "c_attn");
     CHECK(adapters_attach(m, &c, 0) == 0);
     adapter_config_free(&c);

@@ -1,6 +1,7 @@
 // adapter_config.json parsing and PEFT's target-module rule.
 #include "test.h"
 #include "adapter.h"
+#include "helpers.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -8,7 +9,7 @@
 
 static AdapterConfig targets(const char *spec) {
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_LORA);
+    adapter_config_defaults(&c, METHOD_LORA);
     adapter_config_set_targets(&c, spec);
     return c;
 }
@@ -119,4 +120,35 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
     CHECK(adapter_config_parse(&c, text, "a.json") == 0);
     adapter_config_free(&c);
     free(text);
+}
+
+// The method table: each row is its own method, found by its name and peft_type; an id that is not
+// an adapter method is refused where an adapter is made (it once ran as AdaLoRA).
+TEST(method_table) {
+    for (int i = 0; i < METHOD_COUNT; i++) {
+        const Method *m = method_get((MethodId)i);
+        CHECK(m && m->id == (MethodId)i && m->name && m->title && m->default_lr > 0);
+        MethodId id;
+        CHECK(method_parse(m->name, &id) == 0 && id == m->id);
+        CHECK(!m->peft_type || (method_from_peft_type(m->peft_type, &id) == 0 && id == m->id));
+        CHECK(!m->peft_type == !m->forward);  // adapter methods, and only they, have ops
+        for (int j = 0; j < i; j++) CHECK(strcmp(method_get((MethodId)j)->name, m->name));
+    }
+    MethodId id;
+    CHECK(method_parse("dora", &id) != 0 && strstr(peft_last_error(), "\"dora\"") && strstr(peft_last_error(), "lora, vera, adalora or full"));
+    CHECK(method_from_peft_type("DORA", &id) != 0);
+    CHECK(method_get(METHOD_COUNT) == NULL && strstr(peft_last_error(), "no method"));
+
+    Model *m = test_model_from_json(TINY_GPT2_JSON, 1);
+    const MethodId bad[] = {METHOD_FULL, METHOD_COUNT, (MethodId)-1};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        AdapterConfig c;
+        adapter_config_defaults(&c, METHOD_LORA);
+        c.type = bad[i];
+        adapter_config_set_targets(&c, "c_attn");
+        peft_clear_error();
+        CHECK_MSG(adapters_attach(m, &c, 1) != 0 && !m->adapters && *peft_last_error(), "type %d attached", (int)bad[i]);
+        adapter_config_free(&c);
+    }
+    model_free(m);
 }

@@ -10,7 +10,7 @@
 #include <string.h>
 
 // A saved adapter of the given type on the tiny GPT-2's c_attn and c_fc (r 4; AdaLoRA init_r 4).
-static char *saved_adapter(Model *m, PeftType type) {
+static char *saved_adapter(Model *m, MethodId type) {
     AdapterConfig c;
     adapter_config_defaults(&c, type);
     c.r = c.init_r = 4;
@@ -53,10 +53,10 @@ static bool refused(Model *m, const char *dir, const char *a, const char *b) {
 
 TEST(adapter_sizes_are_checked_against_the_file_before_allocating) {
     Model *m = test_model_from_json(TINY_GPT2_JSON, 1);
-    static const struct { PeftType type; const char *key, *tensor; } cases[] = {
-        {PEFT_LORA, "r", "c_attn.lora_A.weight"},
-        {PEFT_VERA, "r", "c_attn.vera_lambda_d"},
-        {PEFT_ADALORA, "init_r", "c_attn.lora_A"},
+    static const struct { MethodId type; const char *key, *tensor; } cases[] = {
+        {METHOD_LORA, "r", "c_attn.lora_A.weight"},
+        {METHOD_VERA, "r", "c_attn.vera_lambda_d"},
+        {METHOD_ADALORA, "init_r", "c_attn.lora_A"},
     };
     for (int i = 0; i < 3; i++) {
         char *dir = saved_adapter(m, cases[i].type);
@@ -67,7 +67,7 @@ TEST(adapter_sizes_are_checked_against_the_file_before_allocating) {
     }
     // A fresh adapter as large: refused before its allocation is tried.
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_LORA);
+    adapter_config_defaults(&c, METHOD_LORA);
     c.r = 1000000000;
     adapter_config_set_targets(&c, "c_attn");
     peft_clear_error();
@@ -83,13 +83,13 @@ TEST(adapter_tensors_nothing_uses_are_refused) {
     const char *extra[] = {"base_model.model.lm_head.weight", "base_model.model.transformer.wte.lora_embedding_A",
                            "base_model.model.transformer.h.0.attn.c_proj.lora_A.weight"};
     for (int i = 0; i < 3; i++) {
-        char *dir = saved_adapter(m, PEFT_LORA);
+        char *dir = saved_adapter(m, METHOD_LORA);
         add_tensor(dir, extra[i], 16);
         CHECK(refused(m, dir, extra[i], "not used"));
         free(dir);
     }
     // VeRA: stored projections are used only with save_projection.
-    char *dir = saved_adapter(m, PEFT_VERA);
+    char *dir = saved_adapter(m, METHOD_VERA);
     AdapterSet *set = adapters_load_detached(m, dir);
     CHECK_MSG(set, "%s", peft_last_error());
     adapter_set_free(set);

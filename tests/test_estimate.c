@@ -11,13 +11,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int64_t estimate_trainable(const char *preset, EstMethod method, int r, const char *targets, Estimate *out) {
+static int64_t estimate_trainable(const char *preset, MethodId method, int r, const char *targets, Estimate *out) {
     EstModel em;
     if (est_model_preset(&em, preset)) return -1;
     AdapterConfig c;
-    adapter_config_defaults(&c, method == EST_VERA ? PEFT_VERA : method == EST_ADALORA ? PEFT_ADALORA : PEFT_LORA);
+    adapter_config_defaults(&c, method == METHOD_VERA ? METHOD_VERA : method == METHOD_ADALORA ? METHOD_ADALORA : METHOD_LORA);
     c.r = r;
-    if (method == EST_ADALORA) c.init_r = r;
+    if (method == METHOD_ADALORA) c.init_r = r;
     adapter_config_set_targets(&c, targets);
     Estimate e;
     int rc = estimate_compute(&e, &em, method, &c, 1, 128);
@@ -29,14 +29,14 @@ static int64_t estimate_trainable(const char *preset, EstMethod method, int r, c
 
 // LoRA paper Table 2 / VeRA paper Table 1: RoBERTa-base, query and value of all 12 layers.
 TEST(estimate_roberta_paper_counts) {
-    CHECK(estimate_trainable("roberta-base", EST_LORA, 1, "query,value", NULL) == 36864);
-    CHECK(estimate_trainable("roberta-base", EST_LORA, 16, "query,value", NULL) == 589824);
-    CHECK(estimate_trainable("roberta-base", EST_LORA, 256, "query,value", NULL) == 9437184);
+    CHECK(estimate_trainable("roberta-base", METHOD_LORA, 1, "query,value", NULL) == 36864);
+    CHECK(estimate_trainable("roberta-base", METHOD_LORA, 16, "query,value", NULL) == 589824);
+    CHECK(estimate_trainable("roberta-base", METHOD_LORA, 256, "query,value", NULL) == 9437184);
     // VeRA: b [out] and d [r] per adapted matrix: 24 * (768 + r)
-    CHECK(estimate_trainable("roberta-base", EST_VERA, 1, "query,value", NULL) == 18456);
-    CHECK(estimate_trainable("roberta-base", EST_VERA, 16, "query,value", NULL) == 18816);
+    CHECK(estimate_trainable("roberta-base", METHOD_VERA, 1, "query,value", NULL) == 18456);
+    CHECK(estimate_trainable("roberta-base", METHOD_VERA, 16, "query,value", NULL) == 18816);
     Estimate e;
-    CHECK(estimate_trainable("roberta-base", EST_VERA, 256, "query,value", &e) == 24576);
+    CHECK(estimate_trainable("roberta-base", METHOD_VERA, 256, "query,value", &e) == 24576);
     CHECK(e.n_adapted == 24 && e.vera_max_in == 768 && e.vera_max_out == 768);
     CHECK(e.vera_projection == 256 * 768 * 2);
     // 24 * 2 vectors + vera_A/B: file = header + 4 bytes per value
@@ -47,7 +47,7 @@ TEST(estimate_roberta_paper_counts) {
 // LoRA paper: GPT-3 175B, W_q and W_v, r = 4: 18.9M parameters, "35 MB" in fp16.
 TEST(estimate_gpt3_lora) {
     Estimate e;
-    CHECK(estimate_trainable("gpt3-175b", EST_LORA, 4, "query,value", &e) == 18874368);
+    CHECK(estimate_trainable("gpt3-175b", METHOD_LORA, 4, "query,value", &e) == 18874368);
     CHECK(e.n_adapted == 192);
     CHECK_NEAR(e.trainable * 2 / 1048576.0, 36.0, 1e-9);  // 36 MiB = 37.7 MB in fp16
     CHECK(e.base_params == 174604259328LL);
@@ -120,38 +120,38 @@ TEST(estimate_matches_built_model_every_method) {
         {"gpt2", "c_attn"}, {"gpt2", "all-linear"}, {"gpt2", "c_proj"},
         {"llama", "q_proj,v_proj"}, {"llama", "all-linear"}, {"llama", "re:.*\\.(k_proj|down_proj)"},
     };
-    const PeftType types[] = {PEFT_LORA, PEFT_VERA, PEFT_ADALORA};
+    const MethodId types[] = {METHOD_LORA, METHOD_VERA, METHOD_ADALORA};
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         ModelConfig mc = tiny(cases[k].type, !strcmp(cases[k].type, "gpt2"), false);
         EstModel em;
         CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
         for (int t = 0; t < 3; t++)
             for (int save_proj = 0; save_proj < 2; save_proj++) {
-                if (types[t] != PEFT_VERA && !save_proj) continue;
+                if (types[t] != METHOD_VERA && !save_proj) continue;
                 AdapterConfig c;
                 adapter_config_defaults(&c, types[t]);
-                c.r = types[t] == PEFT_VERA ? 5 : 3;
-                if (types[t] == PEFT_ADALORA) { c.init_r = 6; c.target_r = 6; c.r = c.init_r; }
+                c.r = types[t] == METHOD_VERA ? 5 : 3;
+                if (types[t] == METHOD_ADALORA) { c.init_r = 6; c.target_r = 6; c.r = c.init_r; }
                 c.save_projection = save_proj;
                 adapter_config_set_targets(&c, cases[k].targets);
                 Model *m = model_create_random(&mc, 7);
                 CHECK_MSG(adapters_attach(m, &c, 3) == 0, "%s", peft_last_error());
-                EstMethod method = types[t] == PEFT_LORA ? EST_LORA : types[t] == PEFT_VERA ? EST_VERA : EST_ADALORA;
+                MethodId method = types[t] == METHOD_LORA ? METHOD_LORA : types[t] == METHOD_VERA ? METHOD_VERA : METHOD_ADALORA;
                 Estimate e;
                 CHECK_MSG(estimate_compute(&e, &em, method, &c, 2, 8) == 0, "%s", peft_last_error());
                 CHECK_MSG(e.trainable == model_count_params(m, true), "%s %s %s: %lld vs %ld", cases[k].type, cases[k].targets,
-                          peft_type_name(types[t]), (long long)e.trainable, model_count_params(m, true));
+                          method_get(types[t])->peft_type, (long long)e.trainable, model_count_params(m, true));
                 CHECK(e.n_adapted == m->adapters->n);
-                if (types[t] == PEFT_VERA) CHECK(e.vera_max_in == m->adapters->vera_max_in && e.vera_max_out == m->adapters->vera_max_out);
+                if (types[t] == METHOD_VERA) CHECK(e.vera_max_in == m->adapters->vera_max_in && e.vera_max_out == m->adapters->vera_max_out);
                 const char *dir = test_tmpdir();
                 CHECK_MSG(adapters_save(m, dir) == 0, "%s", peft_last_error());
                 char *path = path_join(dir, "adapter_model.safetensors");
                 int64_t got = file_size(path);
                 free(path);
                 CHECK_MSG(got == e.file_bytes, "%s %s %s save_projection=%d: file %lld bytes, estimate %lld", cases[k].type,
-                          cases[k].targets, peft_type_name(types[t]), save_proj, (long long)got, (long long)e.file_bytes);
+                          cases[k].targets, method_get(types[t])->peft_type, save_proj, (long long)got, (long long)e.file_bytes);
                 // AdaLoRA with target_r = init_r: the final-budget file is this file.
-                if (types[t] == PEFT_ADALORA) CHECK(e.adalora_final_file_bytes == e.file_bytes && e.adalora_final_params == e.trainable);
+                if (types[t] == METHOD_ADALORA) CHECK(e.adalora_final_file_bytes == e.file_bytes && e.adalora_final_params == e.trainable);
                 model_free(m);
                 adapter_config_free(&c);
             }
@@ -159,9 +159,9 @@ TEST(estimate_matches_built_model_every_method) {
         Model *m = model_create_random(&mc, 7);
         model_train_all(m);
         AdapterConfig c;
-        adapter_config_defaults(&c, PEFT_LORA);
+        adapter_config_defaults(&c, METHOD_LORA);
         Estimate e;
-        CHECK(estimate_compute(&e, &em, EST_FULL, &c, 2, 8) == 0);
+        CHECK(estimate_compute(&e, &em, METHOD_FULL, &c, 2, 8) == 0);
         CHECK(e.trainable == model_count_params(m, true) && e.trainable == e.base_params);
         CHECK(e.cpu.total == e.cpu_full.total && e.gpu.total == e.gpu_full.total);
         model_free(m);
@@ -174,10 +174,10 @@ TEST(estimate_targets_must_match) {
     EstModel em;
     CHECK(est_model_preset(&em, "gpt2") == 0);
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_LORA);
+    adapter_config_defaults(&c, METHOD_LORA);
     adapter_config_set_targets(&c, "query,value");
     Estimate e;
-    CHECK(estimate_compute(&e, &em, EST_LORA, &c, 1, 16) != 0);
+    CHECK(estimate_compute(&e, &em, METHOD_LORA, &c, 1, 16) != 0);
     CHECK(strstr(peft_last_error(), "matched no module") != NULL);
     adapter_config_free(&c);
     est_model_free(&em);
@@ -188,13 +188,13 @@ TEST(estimate_adalora_budget) {
     EstModel em;
     CHECK(est_model_preset(&em, "roberta-base") == 0);
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_ADALORA);
+    adapter_config_defaults(&c, METHOD_ADALORA);
     c.init_r = 12;
     c.target_r = 8;
     c.r = 12;
     adapter_config_set_targets(&c, "query,value");
     Estimate e;
-    CHECK(estimate_compute(&e, &em, EST_ADALORA, &c, 1, 16) == 0);
+    CHECK(estimate_compute(&e, &em, METHOD_ADALORA, &c, 1, 16) == 0);
     CHECK(e.trainable == 24LL * 12 * (768 + 768 + 1));
     CHECK(e.adalora_budget_ranks == 24 * 8);
     CHECK(e.adalora_final_params == 24LL * 8 * (768 + 768 + 1));
@@ -248,17 +248,17 @@ TEST(estimate_gpu_matches_measured_peaks) {
     static const char *llama_json = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":2048,\"intermediate_size\":5632,"
                                     "\"num_hidden_layers\":22,\"num_attention_heads\":32,\"num_key_value_heads\":4,"
                                     "\"max_position_embeddings\":2048}";
-    static const struct { bool llama; EstMethod method; int r; const char *targets; double measured_gib; } rows[] = {
-        {false, EST_FULL, 0, NULL, 4.70},
-        {false, EST_LORA, 8, "c_attn", 2.14},
-        {false, EST_LORA, 16, "c_attn,c_proj,c_fc", 2.75},
-        {false, EST_VERA, 256, "c_attn,c_proj,c_fc", 2.94},
-        {false, EST_ADALORA, 12, "c_attn,c_proj,c_fc", 2.75},
-        {true, EST_LORA, 8, "q_proj,v_proj", 9.67},
-        {true, EST_LORA, 16, "all-linear", 11.80},
-        {true, EST_VERA, 256, "all-linear", 12.22},
-        {true, EST_ADALORA, 12, "all-linear", 11.81},
-        {true, EST_FULL, 0, NULL, 28.17},
+    static const struct { bool llama; MethodId method; int r; const char *targets; double measured_gib; } rows[] = {
+        {false, METHOD_FULL, 0, NULL, 4.70},
+        {false, METHOD_LORA, 8, "c_attn", 2.14},
+        {false, METHOD_LORA, 16, "c_attn,c_proj,c_fc", 2.75},
+        {false, METHOD_VERA, 256, "c_attn,c_proj,c_fc", 2.94},
+        {false, METHOD_ADALORA, 12, "c_attn,c_proj,c_fc", 2.75},
+        {true, METHOD_LORA, 8, "q_proj,v_proj", 9.67},
+        {true, METHOD_LORA, 16, "all-linear", 11.80},
+        {true, METHOD_VERA, 256, "all-linear", 12.22},
+        {true, METHOD_ADALORA, 12, "all-linear", 11.81},
+        {true, METHOD_FULL, 0, NULL, 28.17},
     };
     for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
         EstModel em;
@@ -268,8 +268,8 @@ TEST(estimate_gpu_matches_measured_peaks) {
             CHECK(est_model_from_config(&em, &mc, "tinyllama") == 0);
         } else CHECK(est_model_preset(&em, "gpt2") == 0);
         AdapterConfig c;
-        adapter_config_defaults(&c, rows[i].method == EST_VERA ? PEFT_VERA : rows[i].method == EST_ADALORA ? PEFT_ADALORA : PEFT_LORA);
-        if (rows[i].method == EST_ADALORA) { c.init_r = c.r = rows[i].r; c.target_r = 8; }
+        adapter_config_defaults(&c, rows[i].method == METHOD_VERA ? METHOD_VERA : rows[i].method == METHOD_ADALORA ? METHOD_ADALORA : METHOD_LORA);
+        if (rows[i].method == METHOD_ADALORA) { c.init_r = c.r = rows[i].r; c.target_r = 8; }
         else if (rows[i].r) c.r = rows[i].r;
         if (rows[i].targets) adapter_config_set_targets(&c, rows[i].targets);
         Estimate e;

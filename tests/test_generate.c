@@ -237,7 +237,7 @@ static void randomize_adapter(Model *m, uint64_t seed) {
 }
 
 // Greedy output and prompt logits with the adapter live, then merged.
-static void merged_vs_live(int *failed_, Model *m, PeftType type, const char *targets, bool fan_in_fan_out) {
+static void merged_vs_live(int *failed_, Model *m, MethodId type, const char *targets, bool fan_in_fan_out) {
     int32_t prompt[5] = {3, 14, 15, 9, 2}, base[24], live[24], merged[24];
     int V = m->cfg.vocab_size;
     float *lb = xmalloc(sizeof(float) * 5 * V), *ll = xmalloc(sizeof(float) * 5 * V), *lm = xmalloc(sizeof(float) * 5 * V);
@@ -247,7 +247,7 @@ static void merged_vs_live(int *failed_, Model *m, PeftType type, const char *ta
     kv_forward(m, kv, &row, 1, prompt, lb, true);
     AdapterConfig cfg;
     adapter_config_defaults(&cfg, type);
-    cfg.r = type == PEFT_VERA ? 8 : 4;
+    cfg.r = type == METHOD_VERA ? 8 : 4;
     adapter_config_set_targets(&cfg, targets);
     cfg.fan_in_fan_out = fan_in_fan_out;
     int rc = adapters_attach(m, &cfg, 5);
@@ -279,21 +279,21 @@ static void merged_vs_live(int *failed_, Model *m, PeftType type, const char *ta
 TEST(generate_lora_merged_equals_live_gpt2) {
     ModelConfig c = tiny_gpt2(64);
     Model *m = tiny_model(&c, 4);
-    merged_vs_live(failed_, m, PEFT_LORA, "c_attn,c_proj,c_fc", true);
+    merged_vs_live(failed_, m, METHOD_LORA, "c_attn,c_proj,c_fc", true);
     model_free(m);
 }
 
 TEST(generate_lora_merged_equals_live_llama) {
     ModelConfig c = tiny_llama(0);
     Model *m = tiny_model(&c, 5);
-    merged_vs_live(failed_, m, PEFT_LORA, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", false);
+    merged_vs_live(failed_, m, METHOD_LORA, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", false);
     model_free(m);
 }
 
 TEST(generate_vera_merged_equals_live_gpt2) {
     ModelConfig c = tiny_gpt2(64);
     Model *m = tiny_model(&c, 6);
-    merged_vs_live(failed_, m, PEFT_VERA, "c_attn", true);
+    merged_vs_live(failed_, m, METHOD_VERA, "c_attn", true);
     model_free(m);
 }
 

@@ -62,7 +62,7 @@ static Model *tiny_model(const char *type, uint64_t seed) {
 
 static void attach_lora(Model *m, const char *targets) {
     AdapterConfig ac;
-    adapter_config_defaults(&ac, PEFT_LORA);
+    adapter_config_defaults(&ac, METHOD_LORA);
     ac.r = 3;
     ac.alpha = 6;
     adapter_config_set_targets(&ac, targets);
@@ -98,7 +98,7 @@ TEST(gradcheck_lora_all_architectures) {
 TEST(gradcheck_lora_rslora_and_dropout_off_at_eval) {
     Model *m = tiny_model("llama", 5);
     AdapterConfig ac;
-    adapter_config_defaults(&ac, PEFT_LORA);
+    adapter_config_defaults(&ac, METHOD_LORA);
     ac.r = 4; ac.alpha = 8; ac.use_rslora = true;
     adapter_config_set_targets(&ac, "re:.*\\.(q|v)_proj");
     CHECK(adapters_attach(m, &ac, 3) == 0);

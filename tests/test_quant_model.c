@@ -54,7 +54,7 @@ TEST(quant_forward_is_the_dequantized_model) {
 }
 
 // Gradients of each method's tensors on a quantized base against central differences.
-static int quant_gradcheck(const char *json, PeftType type, QuantType t) {
+static int quant_gradcheck(const char *json, MethodId type, QuantType t) {
     Model *m = test_model_from_json(json, 3);
     for (int i = 0; i < m->n_linears; i++)
         if (model_quantize_linear(m, &m->linears[i], t, true)) { model_free(m); return 0; }
@@ -83,22 +83,22 @@ static int quant_gradcheck(const char *json, PeftType type, QuantType t) {
 }
 
 TEST(quant_lora_gradcheck) {
-    CHECK(quant_gradcheck(TINY_GPT2_JSON, PEFT_LORA, QUANT_NF4));
-    CHECK(quant_gradcheck(TINY_LLAMA_JSON, PEFT_LORA, QUANT_INT8));
+    CHECK(quant_gradcheck(TINY_GPT2_JSON, METHOD_LORA, QUANT_NF4));
+    CHECK(quant_gradcheck(TINY_LLAMA_JSON, METHOD_LORA, QUANT_INT8));
 }
-TEST(quant_vera_gradcheck) { CHECK(quant_gradcheck(TINY_LLAMA_JSON, PEFT_VERA, QUANT_FP4)); }
-TEST(quant_adalora_gradcheck) { CHECK(quant_gradcheck(TINY_GPT2_JSON, PEFT_ADALORA, QUANT_NF4)); }
+TEST(quant_vera_gradcheck) { CHECK(quant_gradcheck(TINY_LLAMA_JSON, METHOD_VERA, QUANT_FP4)); }
+TEST(quant_adalora_gradcheck) { CHECK(quant_gradcheck(TINY_GPT2_JSON, METHOD_ADALORA, QUANT_NF4)); }
 
 TEST(quant_train_refuses_full_and_cuda) {
     TrainConfig c;
-    train_config_defaults(&c, TRAIN_FULL);
+    train_config_defaults(&c, METHOD_FULL);
     c.model_dir = test_tiny_model();
     c.data_path = "unused.txt";
     c.out_dir = test_tmpdir();
     c.quantize = QUANT_NF4;
     TrainResult res;
     CHECK(train_run(&c, NULL, &res) != 0 && strstr(peft_last_error(), "full fine-tuning") && strstr(peft_last_error(), "nf4-quantized"));
-    c.method = TRAIN_LORA;
+    c.method = METHOD_LORA;
     c.cuda = true;
     CHECK(train_run(&c, NULL, &res) != 0 && strstr(peft_last_error(), "--device cuda"));
     train_config_free(&c);
@@ -135,10 +135,10 @@ TEST(quant_estimate_counts_the_quantized_bytes) {
     EstModel em;
     CHECK(est_model_from_config(&em, &m->cfg, "tiny") == 0 && em.n_linears == m->n_linears);
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_LORA);
+    adapter_config_defaults(&c, METHOD_LORA);
     adapter_config_set_targets(&c, "all-linear");
     Estimate e;
-    CHECK(estimate_compute(&e, &em, EST_LORA, &c, 2, 8) == 0);
+    CHECK(estimate_compute(&e, &em, METHOD_LORA, &c, 2, 8) == 0);
     int64_t fp32_weights = e.cpu.weights, total = e.cpu.total, bytes = 0, widest = 0;
     for (int i = 0; i < m->n_linears; i++) {
         Linear *l = &m->linears[i];

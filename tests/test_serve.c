@@ -23,7 +23,7 @@ static void randomize_set(AdapterSet *set, uint64_t seed, float scale) {
         for (long j = 0; j < set->params[i]->numel; j++) set->params[i]->w[j] = (float)(test_urand(&st) - 0.5) * scale;
 }
 
-static AdapterSet *new_set(Model *m, PeftType type, int r, const char *targets, uint64_t key, uint64_t seed) {
+static AdapterSet *new_set(Model *m, MethodId type, int r, const char *targets, uint64_t key, uint64_t seed) {
     AdapterConfig c;
     adapter_config_defaults(&c, type);
     c.r = r;
@@ -41,7 +41,7 @@ static AdapterSet *new_set(Model *m, PeftType type, int r, const char *targets, 
 // AdaLoRA with a rank pattern: module 0's c_attn keeps ranks 0, 2, 4 of init_r 6.
 static AdapterSet *new_adalora_pruned(Model *m, const char *module, uint64_t seed) {
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_ADALORA);
+    adapter_config_defaults(&c, METHOD_ADALORA);
     c.r = c.init_r = 6;
     c.target_r = 3;
     c.alpha = 4;
@@ -104,11 +104,11 @@ static void mixed_rows_case(int *failed_, const char *json, const char *qkv_modu
     Model *m = test_model_from_json(json, 3);
     CHECK(m);
     AdapterSet *sets[6] = {
-        new_set(m, PEFT_LORA, 4, "all-linear", 0, 1),
-        new_set(m, PEFT_LORA, 2, qkv_module, 0, 2),          // another rank, one module only
-        new_set(m, PEFT_VERA, 8, "all-linear", 7, 3),
-        new_set(m, PEFT_VERA, 8, "all-linear", 7, 4),        // same projections, other lambdas
-        new_set(m, PEFT_VERA, 8, "all-linear", 8, 5),        // other projections: its own products
+        new_set(m, METHOD_LORA, 4, "all-linear", 0, 1),
+        new_set(m, METHOD_LORA, 2, qkv_module, 0, 2),          // another rank, one module only
+        new_set(m, METHOD_VERA, 8, "all-linear", 7, 3),
+        new_set(m, METHOD_VERA, 8, "all-linear", 7, 4),        // same projections, other lambdas
+        new_set(m, METHOD_VERA, 8, "all-linear", 8, 5),        // other projections: its own products
         NULL,
     };
     char module[256];
@@ -133,7 +133,7 @@ TEST(serve_mixed_rows_equal_per_adapter_forward_llama) { mixed_rows_case(failed_
 TEST(serve_load_detached) {
     Model *m = test_model_from_json(TINY_GPT2_JSON, 4);
     AdapterConfig c;
-    adapter_config_defaults(&c, PEFT_VERA);
+    adapter_config_defaults(&c, METHOD_VERA);
     c.r = 4;
     adapter_config_set_targets(&c, "c_attn,c_fc");
     CHECK(adapters_attach(m, &c, 1) == 0);
@@ -182,7 +182,7 @@ static Model *byte_model_json(const char *json, const char **dir_out, uint64_t s
 static Model *byte_model(const char **dir_out, uint64_t seed) { return byte_model_json(BYTE_GPT2, dir_out, seed); }
 
 // An adapter folder with random values (attached, saved, freed).
-static char *save_random_adapter(Model *m, const char *root, const char *name, PeftType type, int r, const char *targets, uint64_t key, uint64_t seed) {
+static char *save_random_adapter(Model *m, const char *root, const char *name, MethodId type, int r, const char *targets, uint64_t key, uint64_t seed) {
     AdapterConfig c;
     adapter_config_defaults(&c, type);
     c.r = c.init_r = r;
@@ -193,7 +193,7 @@ static char *save_random_adapter(Model *m, const char *root, const char *name, P
     int rc = adapters_attach(m, &c, seed);
     adapter_config_free(&c);
     if (rc) return NULL;
-    randomize_set(m->adapters, seed, type == PEFT_VERA ? 2.0f : 0.8f);
+    randomize_set(m->adapters, seed, type == METHOD_VERA ? 2.0f : 0.8f);
     char *dir = path_join(root, name);
     rc = adapters_save(m, dir);
     adapters_free(m);
@@ -258,11 +258,11 @@ static void scheduler_case(int *failed_, const char *json, const char *t1, const
     CHECK_MSG(tok, "%s", peft_last_error());
     char *root = path_join(dir, "adapters");
     char *paths[5] = {
-        save_random_adapter(m, root, "lora", PEFT_LORA, 4, t1, 0, 3),
-        save_random_adapter(m, root, "lora2", PEFT_LORA, 8, t2, 0, 4),
-        save_random_adapter(m, root, "vera1", PEFT_VERA, 16, tv, 11, 5),
-        save_random_adapter(m, root, "vera2", PEFT_VERA, 16, tv, 11, 6),
-        save_random_adapter(m, root, "adalora", PEFT_ADALORA, 6, ta, 0, 7),
+        save_random_adapter(m, root, "lora", METHOD_LORA, 4, t1, 0, 3),
+        save_random_adapter(m, root, "lora2", METHOD_LORA, 8, t2, 0, 4),
+        save_random_adapter(m, root, "vera1", METHOD_VERA, 16, tv, 11, 5),
+        save_random_adapter(m, root, "vera2", METHOD_VERA, 16, tv, 11, 6),
+        save_random_adapter(m, root, "adalora", METHOD_ADALORA, 6, ta, 0, 7),
     };
     AdapterSet *sets[5];
     for (int i = 0; i < 5; i++) {
@@ -431,7 +431,7 @@ TEST(serve_adapter_pool_lru) {
     char *root = path_join(dir, "adapters");
     const char *names[4] = {"a", "b", "c", "d"};
     for (int i = 0; i < 4; i++) {
-        char *p = save_random_adapter(m, root, names[i], i % 2 ? PEFT_VERA : PEFT_LORA, 4, "c_attn", 1, 10 + i);
+        char *p = save_random_adapter(m, root, names[i], i % 2 ? METHOD_VERA : METHOD_LORA, 4, "c_attn", 1, 10 + i);
         CHECK_MSG(p, "%s", peft_last_error());
         free(p);
     }
@@ -477,7 +477,7 @@ TEST(serve_adapter_pool_lru) {
     // Two VeRA adapters with the same key share one copy of the projections.
     AdapterSet *sv1, *sv2;
     PoolEntry *v1 = adapter_pool_acquire(pool, "b", &sv1, &status, 0), *v2 = adapter_pool_acquire(pool, "d2", &sv2, &status, 0);
-    CHECK(v1 && v2 && sv1->cfg.type == PEFT_VERA && sv2->cfg.type == PEFT_VERA);
+    CHECK(v1 && v2 && sv1->cfg.type == METHOD_VERA && sv2->cfg.type == METHOD_VERA);
     CHECK(sv1 != sv2 && sv1->vera_A == sv2->vera_A && sv1->vera_B == sv2->vera_B);
     adapter_pool_release(pool, v1);
     CHECK(adapter_pool_acquire(pool, "a", &sa, &status, 0) != NULL);  // evicts b; d2 keeps the projections
@@ -503,8 +503,8 @@ TEST(serve_adapter_pool_remove_while_loading) {
     Model *m = byte_model(&dir, 24);
     CHECK(m);
     char *root = path_join(dir, "adapters");
-    char *a = save_random_adapter(m, root, "a", PEFT_LORA, 4, "c_attn", 0, 30);
-    char *slow = save_random_adapter(m, root, "slow", PEFT_LORA, 4, "c_attn", 0, 31);
+    char *a = save_random_adapter(m, root, "a", METHOD_LORA, 4, "c_attn", 0, 30);
+    char *slow = save_random_adapter(m, root, "slow", METHOD_LORA, 4, "c_attn", 0, 31);
     CHECK_MSG(a && slow, "%s", peft_last_error());
     char *cfg = path_join(slow, "adapter_config.json");
     size_t cfg_len;

@@ -83,7 +83,7 @@ static int run(TrainConfig *c, Record *rec, TrainResult *res) {
     return rc;
 }
 
-static TrainConfig small_config(TrainMethod method, const char *data, const char *out) {
+static TrainConfig small_config(MethodId method, const char *data, const char *out) {
     TrainConfig c;
     train_config_defaults(&c, method);
     c.model_dir = test_tiny_model();
@@ -120,7 +120,7 @@ TEST(train_lora_lowers_validation_loss) {
     const char *dir = test_tmpdir();
     char *train = write_text(dir, "train.csv", e2e_rows(0, 160)), *val = write_text(dir, "val.csv", e2e_rows(400, 40));
     char *out = path_join(dir, "out");
-    TrainConfig c = small_config(TRAIN_LORA, train, out);
+    TrainConfig c = small_config(METHOD_LORA, train, out);
     c.val_path = val;
     c.batch = 8;
     c.max_steps = 30;
@@ -165,7 +165,7 @@ TEST(train_lora_lowers_validation_loss) {
 
 // Train `steps` steps straight, and again stopped after `stop` steps and resumed: the losses,
 // the log and the final adapter must be the same.
-static void check_resume(int *failed_, TrainMethod method, int steps, int stop, int threads) {
+static void check_resume(int *failed_, MethodId method, int steps, int stop, int threads) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "d.csv", e2e_rows(0, 22));  // 6 micro-batches of 4 (the last one 2): 3 steps an epoch
     char *out_a = path_join(dir, "a"), *out_b = path_join(dir, "b");
@@ -179,7 +179,7 @@ static void check_resume(int *failed_, TrainMethod method, int steps, int stop, 
     c.warmup_steps = 2;
     c.schedule = SCHED_COSINE;
     c.adapter.dropout = 0.1f;
-    if (method == TRAIN_ADALORA) { c.adapter.init_r = 4; c.adapter.target_r = 2; c.adapter.tinit = 2; c.adapter.tfinal = 3; }
+    if (method == METHOD_ADALORA) { c.adapter.init_r = 4; c.adapter.target_r = 2; c.adapter.tinit = 2; c.adapter.tfinal = 3; }
     Record a = {0}, b1 = {0}, b2 = {0};
     TrainResult ra, rb;
     CHECK(run(&c, &a, &ra) == 0 && a.n == steps);
@@ -205,7 +205,7 @@ static void check_resume(int *failed_, TrainMethod method, int steps, int stop, 
     char *log = path_join(out_b, "train_log.jsonl");
     CHECK_MSG(same_file(fa, fb) && same_file(ca, cb), "the resumed run saved a different adapter");
     CHECK(count_lines_with(log, "\"grad_norm\"") == steps);  // the log has each step once
-    if (method == TRAIN_ADALORA) {
+    if (method == METHOD_ADALORA) {
         CHECK(count_lines_with(log, "\"budget\"") == steps && count_lines_with(log, "\"ranks\"") == steps);
         CHECK(a.budget[0] == 4 * 2 && a.budget[steps - 1] == 2 * 2);  // init_r, then target_r, times 2 modules (c_attn)
     }
@@ -221,13 +221,13 @@ static void check_resume(int *failed_, TrainMethod method, int steps, int stop, 
 }
 
 // Two threads: OpenMP's reductions must not make the runs differ either.
-TEST(train_resume_reproduces_lora_losses) { check_resume(failed_, TRAIN_LORA, 6, 2, 2); }
-TEST(train_resume_reproduces_adalora_losses) { check_resume(failed_, TRAIN_ADALORA, 10, 4, 1); }
+TEST(train_resume_reproduces_lora_losses) { check_resume(failed_, METHOD_LORA, 6, 2, 2); }
+TEST(train_resume_reproduces_adalora_losses) { check_resume(failed_, METHOD_ADALORA, 10, 4, 1); }
 
 TEST(train_stop_request_saves_checkpoint) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
-    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    TrainConfig c = small_config(METHOD_LORA, data, out);
     c.max_steps = 10;
     Record rec = {.stop_at = 2};  // what the CLI's SIGINT handler does
     TrainResult res;
@@ -250,7 +250,7 @@ TEST(train_stop_request_saves_checkpoint) {
 // Resumes a 3-step run stopped after 2 from its checkpoint with the last tensor whose name starts
 // with `tensor` corrupted by corrupt(): the run must fail with a message holding `where` and
 // `problem`, and save nothing.
-static void check_bad_checkpoint(int *failed_, TrainMethod method, const char *tensor, void (*corrupt)(char *bytes, const StTensor *m),
+static void check_bad_checkpoint(int *failed_, MethodId method, const char *tensor, void (*corrupt)(char *bytes, const StTensor *m),
                                  const char *where, const char *problem) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
@@ -315,24 +315,24 @@ static void make_int32(char *bytes, const StTensor *m) {
 
 // Resumed, a NaN AdamW moment went into the last step's update and the run saved an adapter of
 // NaNs (shown by fuzz/fuzz_checkpoint.c's check of what a resumed run saves).
-TEST(train_resume_refuses_non_finite_checkpoint) { check_bad_checkpoint(failed_, TRAIN_LORA, "adam_m/", put_nan, "state.safetensors", "non-finite"); }
+TEST(train_resume_refuses_non_finite_checkpoint) { check_bad_checkpoint(failed_, METHOD_LORA, "adam_m/", put_nan, "state.safetensors", "non-finite"); }
 // The refusal of an int32 tensor did not name the file (found by fuzz/fuzz_checkpoint.c).
 TEST(train_resume_refuses_int_checkpoint_tensor) {
-    check_bad_checkpoint(failed_, TRAIN_LORA, "adam_m/", make_int32, "state.safetensors", "not a float type");
+    check_bad_checkpoint(failed_, METHOD_LORA, "adam_m/", make_int32, "state.safetensors", "not a float type");
 }
 // A finite but huge moment made the last step's update overflow, with no forward after it to see
 // the result: the run saved an adapter with -inf (found by fuzz/fuzz_checkpoint.c).
-TEST(train_refuses_to_save_non_finite_weights) { check_bad_checkpoint(failed_, TRAIN_LORA, "adam_m/", put_huge, "step 3", "not finite"); }
+TEST(train_refuses_to_save_non_finite_weights) { check_bad_checkpoint(failed_, METHOD_LORA, "adam_m/", put_huge, "step 3", "not finite"); }
 // An AdaLoRA budget that is not the run's went into the schedule's int arithmetic, which overflowed
 // (found by fuzz/fuzz_checkpoint.c).
 TEST(train_resume_refuses_foreign_adalora_budget) {
-    check_bad_checkpoint(failed_, TRAIN_ADALORA, "adalora/budget", put_budget, "state.safetensors", "budget");
+    check_bad_checkpoint(failed_, METHOD_ADALORA, "adalora/budget", put_budget, "state.safetensors", "budget");
 }
 
 TEST(train_full_and_vera_save_loadable_outputs) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "d.csv", e2e_rows(0, 24)), *val = write_text(dir, "v.csv", e2e_rows(300, 8));
-    TrainMethod methods[] = {TRAIN_FULL, TRAIN_VERA};
+    MethodId methods[] = {METHOD_FULL, METHOD_VERA};
     for (int k = 0; k < 2; k++) {
         char *out = path_join(dir, k ? "vera" : "full");
         TrainConfig c = small_config(methods[k], data, out);
@@ -366,7 +366,7 @@ TEST(train_full_and_vera_save_loadable_outputs) {
 TEST(train_empty_dataset_is_an_error) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "empty.jsonl", xstrdup("\n")), *out = path_join(dir, "out");
-    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    TrainConfig c = small_config(METHOD_LORA, data, out);
     TrainResult res;
     CHECK(train_run(&c, NULL, &res) != 0);
     CHECK_MSG(strstr(peft_last_error(), "empty.jsonl") && strstr(peft_last_error(), "empty"), "%s", peft_last_error());
@@ -377,7 +377,7 @@ TEST(train_empty_dataset_is_an_error) {
 
 TEST(train_lr_schedules) {
     TrainConfig c;
-    train_config_defaults(&c, TRAIN_LORA);
+    train_config_defaults(&c, METHOD_LORA);
     c.lr = 1.0f;
     c.warmup_steps = 2;
     CHECK_NEAR(train_lr_at(&c, 0, 10), 0.5, 1e-12);
@@ -393,7 +393,7 @@ TEST(train_lr_schedules) {
 }
 
 // One step's weights (file `file` of out) with weight decay wd; the run is otherwise the same each time.
-static int one_step(TrainMethod method, const char *data, const char *out, float wd, SafeTensors *st, const char *file) {
+static int one_step(MethodId method, const char *data, const char *out, float wd, SafeTensors *st, const char *file) {
     TrainConfig c = small_config(method, data, out);
     c.max_steps = 1;
     c.data.seq_len = 64;
@@ -417,9 +417,9 @@ TEST(train_weight_decay_groups) {
     const char *dir = test_tmpdir();
     char *data = write_text(dir, "d.csv", e2e_rows(0, 8));
     const float lr = 1e-2f, wd = 0.5f;
-    static const TrainMethod methods[] = {TRAIN_FULL, TRAIN_VERA};
+    static const MethodId methods[] = {METHOD_FULL, METHOD_VERA};
     for (int k = 0; k < 2; k++) {
-        bool full = methods[k] == TRAIN_FULL;
+        bool full = methods[k] == METHOD_FULL;
         const char *file = full ? "model.safetensors" : "adapter_model.safetensors";
         char *out0 = path_join(dir, k ? "vera0" : "full0"), *out1 = path_join(dir, k ? "vera1" : "full1");
         char *base_path = path_join(test_tiny_model(), "model.safetensors");
@@ -521,7 +521,7 @@ TEST(train_resume_after_a_killed_checkpoint_save) {
     char *data = write_text(dir, "d.csv", e2e_rows(0, 16)), *out = path_join(dir, "out");
     char *ck = path_join(out, "checkpoint"), *ck_new = path_join(out, "checkpoint.new"), *ck_old = path_join(out, "checkpoint.old");
     char *ck2 = path_join(dir, "ck2"), *ck4 = path_join(dir, "ck4");
-    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    TrainConfig c = small_config(METHOD_LORA, data, out);
     c.max_steps = 20;
     c.data.seq_len = 64;
     c.stop_after = 2;
@@ -578,7 +578,7 @@ TEST(train_outputs_replaced_only_with_overwrite_and_together) {
     const char *names[] = {"adapter_model.safetensors", "adapter_config.json", "train_log.jsonl", "loss.svg"};
     char *files[4], *before[4], *saved = path_join(dir, "saved");
     for (int i = 0; i < 4; i++) files[i] = path_join(out, names[i]);
-    TrainConfig c = small_config(TRAIN_LORA, data, out);
+    TrainConfig c = small_config(METHOD_LORA, data, out);
     c.max_steps = 2;
     c.data.seq_len = 64;
     TrainResult res;

@@ -26,7 +26,7 @@ static float srand_f(float scale) { return (float)((2 * urand() - 1) * scale); }
 static Model *tiny_model(const char *json, uint64_t seed) { return test_model_from_json(json, seed); }
 
 static void vera_cfg(AdapterConfig *c, const char *targets, int r, float dropout) {
-    adapter_config_defaults(c, PEFT_VERA);
+    adapter_config_defaults(c, METHOD_VERA);
     c->r = r;
     c->dropout = dropout;
     c->prng_key = 7;

@@ -17,6 +17,7 @@
 #include "estimate.h"
 #include "model.h"
 #include "util.h"
+#include "train_step.h"
 #include "version.h"
 #include <math.h>
 #include <stdio.h>
@@ -46,10 +47,18 @@ static double model_flops(const Model *m, bool full, int B, int T) {
 }
 
 static uint64_t rs = 88172645463325252ull;
-static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)(rs >> 11); }
+static int32_t rnd_token(int V) {
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
+    return (int32_t)((uint32_t)(rs >> 11) % (uint32_t)V);
+}
 static int cmp_double(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 
-typedef struct { const char *family, *method; } Row;
+typedef struct {
+    const char *family, *method;  // the row's names in the table (method: its method and targets)
+    MethodId id;
+} Row;
 
 int main(int argc, char **argv) {
     int steps = 12, warm = 3;
@@ -79,11 +88,12 @@ int main(int argc, char **argv) {
                                     "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":32,\"max_position_embeddings\":4096}";
     static const char *llama13_cfg = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":5120,\"intermediate_size\":13824,"
                                      "\"num_hidden_layers\":40,\"num_attention_heads\":40,\"num_key_value_heads\":40,\"max_position_embeddings\":4096}";
-    static const Row large_rows[] = {{"llama-7b", "lora-qv"}, {"llama-13b", "lora-qv"}};
-    static const Row rows[] = {{"gpt2-124m", "full"},        {"gpt2-124m", "lora-qv"},     {"gpt2-124m", "lora-all"},
-                               {"gpt2-124m", "vera-all"},    {"gpt2-124m", "adalora-all"}, {"llama-1.1b", "lora-qv"},
-                               {"llama-1.1b", "lora-all"},   {"llama-1.1b", "vera-all"},   {"llama-1.1b", "adalora-all"},
-                               {"llama-1.1b", "full"}};
+    static const Row large_rows[] = {{"llama-7b", "lora-qv", METHOD_LORA}, {"llama-13b", "lora-qv", METHOD_LORA}};
+    static const Row rows[] = {{"gpt2-124m", "full", METHOD_FULL},         {"gpt2-124m", "lora-qv", METHOD_LORA},
+                               {"gpt2-124m", "lora-all", METHOD_LORA},     {"gpt2-124m", "vera-all", METHOD_VERA},
+                               {"gpt2-124m", "adalora-all", METHOD_ADALORA}, {"llama-1.1b", "lora-qv", METHOD_LORA},
+                               {"llama-1.1b", "lora-all", METHOD_LORA},    {"llama-1.1b", "vera-all", METHOD_VERA},
+                               {"llama-1.1b", "adalora-all", METHOD_ADALORA}, {"llama-1.1b", "full", METHOD_FULL}};
     Model *m = NULL;
     const char *cur_family = "";
     size_t n_rows = large ? sizeof large_rows / sizeof *large_rows : sizeof rows / sizeof *rows;
@@ -100,25 +110,25 @@ int main(int argc, char **argv) {
             cur_family = r->family;
         }
         int B = gpt2 ? 8 : large ? 1 : 4, T = gpt2 ? 1024 : 2048, N = B * T;
-        bool full = !strcmp(r->method, "full");
+        bool full = r->id == METHOD_FULL;
         int64_t est_bytes = -1;  // peft estimate's GPU total for this row
         EstModel em;
         if (est_model_from_config(&em, &m->cfg, r->family)) em.n_linears = -1;
         if (full) {
             model_train_all(m);
             AdapterConfig ac;
-            adapter_config_defaults(&ac, PEFT_LORA);
+            adapter_config_defaults(&ac, METHOD_LORA);
             Estimate e;
-            if (em.n_linears >= 0 && !estimate_compute(&e, &em, EST_FULL, &ac, B, T)) est_bytes = e.gpu.total;
+            if (em.n_linears >= 0 && !estimate_compute(&e, &em, METHOD_FULL, &ac, B, T)) est_bytes = e.gpu.total;
             adapter_config_free(&ac);
         } else {
             AdapterConfig ac;
-            PeftType type = !strncmp(r->method, "vera", 4) ? PEFT_VERA : !strncmp(r->method, "adalora", 7) ? PEFT_ADALORA : PEFT_LORA;
+            MethodId type = r->id;
             adapter_config_defaults(&ac, type);
             const char *all = gpt2 ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
             if (!strcmp(r->method, "lora-qv")) { ac.r = 8; ac.alpha = 16; adapter_config_set_targets(&ac, gpt2 ? "c_attn" : "q_proj,v_proj"); }
             else if (!strcmp(r->method, "lora-all")) { ac.r = 16; ac.alpha = 32; adapter_config_set_targets(&ac, all); }
-            else if (type == PEFT_VERA) { ac.r = 256; adapter_config_set_targets(&ac, all); }
+            else if (type == METHOD_VERA) { ac.r = 256; adapter_config_set_targets(&ac, all); }
             else {
                 // As the HF script: init_r 12, target_r 8; no task_type there, so no orthogonal regulariser either.
                 ac.init_r = ac.r = 12; ac.target_r = 8; ac.total_step = 10000; ac.deltaT = 10; ac.orth_reg_weight = 0;
@@ -126,8 +136,7 @@ int main(int argc, char **argv) {
             }
             ac.fan_in_fan_out = gpt2;
             Estimate est;
-            EstMethod method = type == PEFT_VERA ? EST_VERA : type == PEFT_ADALORA ? EST_ADALORA : EST_LORA;
-            if (em.n_linears >= 0 && !estimate_compute(&est, &em, method, &ac, B, T)) est_bytes = est.gpu.total;
+            if (em.n_linears >= 0 && !estimate_compute(&est, &em, type, &ac, B, T)) est_bytes = est.gpu.total;
             int e = adapters_attach(m, &ac, 1);
             adapter_config_free(&ac);
             if (e) { printf("%-24s error: %s\n", label, peft_last_error()); est_model_free(&em); continue; }
@@ -144,13 +153,15 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nt; i++) trainable += tp[i]->numel;
         if (!g) printf("%-24s not run: %s\n", label, peft_last_error());
         else {
-            int32_t *ids = xmalloc(sizeof(int32_t) * N);
+            RandomBatch rb = {xmalloc(sizeof(int32_t) * N), B, T, m->cfg.vocab_size, rnd_token};
             double *times = xcalloc(steps, sizeof(double));
+            // peft train's step (AdaLoRA's allocator included), without clipping as the HF script.
+            TrainStep st;
+            train_step_init(&st, m, g, 0.9f, 0.999f, 1e-8f, 0.01f, 0.0f, true);
             for (int s = 0; s < warm + steps; s++) {
-                for (int i = 0; i < N; i++) ids[i] = (int32_t)(rnd() % (uint32_t)m->cfg.vocab_size);
+                StepResult res;
                 double t0 = now_seconds();
-                loss = gpu_train_step(g, ids, ids, B, T, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.0);
-                if (!isnan(loss) && !strncmp(r->method, "adalora", 7) && gpu_adalora_update_scores(g, 0.85f, 0.85f)) loss = NAN;
+                loss = train_step_run(&st, s, 1, 1e-4, bench_random_batch, &rb, &res) ? NAN : res.loss;
                 double dt = now_seconds() - t0;
                 if (isnan(loss)) { printf("%-24s failed: %s\n", label, peft_last_error()); break; }
                 if (s >= warm) times[s - warm] = dt;
@@ -159,7 +170,8 @@ int main(int argc, char **argv) {
                 qsort(times, steps, sizeof(double), cmp_double);
                 med = times[steps / 2];
             }
-            free(ids);
+            train_step_free(&st);
+            free(rb.ids);
             free(times);
         }
         double peak_gib = gpu_peak_bytes() / 1073741824.0;

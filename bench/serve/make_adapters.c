@@ -65,7 +65,7 @@ int main(int argc, char **argv) {
         if (adapters_save(m, dir)) { fprintf(stderr, "make_adapters: %s\n", peft_last_error()); return 1; }
         free(dir);
     }
-    printf("wrote %d %s adapters to %s (%s-000 .. %s-%03d)\n", count, peft_type_name(set->cfg.type), out, prefix, prefix, count - 1);
+    printf("wrote %d %s adapters to %s (%s-000 .. %s-%03d)\n", count, method_get(set->cfg.type)->peft_type, out, prefix, prefix, count - 1);
     for (int p = 0; p < set->n_params; p++) free(orig[p]);
     free(orig);
     free(spread);

@@ -32,10 +32,10 @@ static void perturb(AdapterSet *set, uint64_t seed) {
 }
 
 // A detached set (attach: attached to m, then merged into its weights instead).
-static AdapterSet *make_set(Model *m, PeftType type, uint64_t seed, bool attach_and_merge) {
+static AdapterSet *make_set(Model *m, MethodId type, uint64_t seed, bool attach_and_merge) {
     AdapterConfig c;
     adapter_config_defaults(&c, type);
-    c.r = type == PEFT_VERA ? vera_r : lora_r;
+    c.r = type == METHOD_VERA ? vera_r : lora_r;
     c.alpha = 2.0f * c.r;
     c.prng_key = 0;  // one key: the VeRA sets share projections
     adapter_config_set_targets(&c, targets);
@@ -125,8 +125,8 @@ int main(int argc, char **argv) {
     AdapterSet *lora[K_MAX], *vera[K_MAX];
     int K = n_adapters > 0 ? n_adapters : batch < 100 ? batch : 100;
     if (K > K_MAX) { fprintf(stderr, "mixed_bench: --adapters 1..%d\n", K_MAX); return 2; }
-    for (int k = 0; k < K; k++) lora[k] = make_set(m, PEFT_LORA, 100 + k, false);
-    for (int k = 0; k < K; k++) vera[k] = make_set(m, PEFT_VERA, 300 + k, false);
+    for (int k = 0; k < K; k++) lora[k] = make_set(m, METHOD_LORA, 100 + k, false);
+    for (int k = 0; k < K; k++) vera[k] = make_set(m, METHOD_VERA, 300 + k, false);
     AdapterSet **one_lora = xmalloc(sizeof(AdapterSet *) * batch), **many_lora = xmalloc(sizeof(AdapterSet *) * batch);
     AdapterSet **one_vera = xmalloc(sizeof(AdapterSet *) * batch), **many_vera = xmalloc(sizeof(AdapterSet *) * batch);
     for (int i = 0; i < batch; i++) {
@@ -141,8 +141,8 @@ int main(int argc, char **argv) {
     for (int c = 0; c < NC; c++) best[c] = 1e30;
     // The merged runs: copies of the base with lora[0] (vera[0]) merged into the weights.
     Model *ml = model_create_random(&cfg, 1), *mv = model_create_random(&cfg, 1);
-    make_set(ml, PEFT_LORA, 100, true);
-    make_set(mv, PEFT_VERA, 300, true);
+    make_set(ml, METHOD_LORA, 100, true);
+    make_set(mv, METHOD_VERA, 300, true);
     if (cuda && (gpu_inference_attach(ml, GPU_BF16) || gpu_inference_attach(mv, GPU_BF16))) {
         fprintf(stderr, "mixed_bench: %s\n", peft_last_error());
         return 1;

@@ -103,7 +103,8 @@ double gpu_bf16_gemm_tflops(int n);
 // With PEFT_GPU_PROFILE=1 in the environment at gpu_model_create: the time per phase of the
 // training steps since the last report (ms per step), written to buf; -1 when not profiling.
 int gpu_profile_report(GpuModel *g, char *buf, size_t len);
-// Wait for the device; returns non-zero with the error of any failed launch.
+// Wait for the device at the end of a training step (it closes the step's profile, PEFT_GPU_PROFILE);
+// returns non-zero with the error of any failed launch.
 int gpu_sync(GpuModel *g);
 
 // ---- cached inference (gpu_infer.cu): kv_forward's twin, see generate.h ----

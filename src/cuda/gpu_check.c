@@ -223,12 +223,16 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
         c.beta1 = (float)cJSON_GetArrayItem(betas, 0)->valuedouble;
         c.beta2 = (float)cJSON_GetArrayItem(betas, 1)->valuedouble;
     }
-    if (!strcmp(mname, "lora") || !strcmp(mname, "full") || !strcmp(mname, "vera") || !strcmp(mname, "adalora")) {
-        run_case(&c, dir, !strcmp(mname, "full"));
+    MethodId id;
+    if (!method_parse(mname, &id)) {
+        run_case(&c, dir, id == METHOD_FULL);
         if (c.bf16 && res->status == CHECK_PASS) {  // bf16: report 1 - cosine (all gradients) and the worst tensor
             res->max_rel_err = 1.0 - c.ab;
             snprintf(res->detail, sizeof res->detail, "worst tensor cosine %.6f (%s); AdamW update %.1e", c.min_cos, c.min_name, c.max_update);
         }
-    } else check_result_set(res, CHECK_SKIP, "method \"%s\" is not on the GPU yet", mname);
+    } else {
+        peft_clear_error();  // not a method: a case of another kind (adalora-schedule)
+        check_result_set(res, CHECK_SKIP, "method \"%s\" is not on the GPU yet", mname);
+    }
     cJSON_Delete(j);
 }

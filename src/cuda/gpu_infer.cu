@@ -33,7 +33,8 @@ extern "C" {
 struct RowAd {
     const void *A, *B;
     const float *lambda_d, *lambda_b;
-    int r, vera;
+    int r;
+    GpuKind kind;  // the set's method: AD_VERA, else a plain product (LoRA; AdaLoRA with E folded into B)
 };
 
 // The linears that share a group's input (gpu_model.cuh Group), with their output columns.
@@ -206,7 +207,7 @@ __global__ void row_shrink_kernel(float *h, int ldh, const T *x, int in, const R
     const RowAd *base = rowad[n];
     if (!base) return;
     const RowAd *e = base + mb.li[m];
-    if (e->vera || k >= e->r) return;
+    if (e->kind == AD_VERA || k >= e->r) return;
     const T *xr = x + (size_t)n * in, *a = (const T *)e->A + (size_t)k * in;
     float dot = 0;
     constexpr int VN = 16 / sizeof(T);
@@ -237,7 +238,7 @@ __global__ void __launch_bounds__(EXPAND_THREADS) row_expand_kernel(T *y, int ld
     for (int m = 0; m < mb.n; m++) {
         if (mb.col_off[m] >= col0 + EXPAND_THREADS || mb.col_off[m] + mb.out[m] <= col0) continue;
         const RowAd *e = base + mb.li[m];
-        if (e->vera) continue;
+        if (e->kind == AD_VERA) continue;
         const float *hr = h + (size_t)n * ldh + m * rmax;
         for (int k = threadIdx.x; k < e->r; k += EXPAND_THREADS) cbuf[m * rmax + k] = hr[k];
     }
@@ -249,7 +250,7 @@ __global__ void __launch_bounds__(EXPAND_THREADS) row_expand_kernel(T *y, int ld
     int o = col - mb.col_off[m];
     if (o < 0 || o >= mb.out[m]) return;
     const RowAd *e = base + mb.li[m];
-    if (!e->r || e->vera) return;
+    if (!e->r || e->kind == AD_VERA) return;
     const T *b = (const T *)e->B + (size_t)o * e->r;
     const float *c = cbuf + m * rmax;
     float acc = 0;
@@ -285,7 +286,7 @@ __global__ void __launch_bounds__(VERA_THREADS) vera_expand_kernel(T *y, int ldy
             int n = n0 + i;
             float *c = cbuf + ((size_t)i * mb.n + m) * r;
             const RowAd *e = n < N && rowad[n] && voff[n] == want ? rowad[n] + mb.li[m] : nullptr;
-            bool on = e && e->vera && e->r == r && mb.col_off[m] < col0 + VERA_COLS && mb.col_off[m] + mb.out[m] > col0;
+            bool on = e && e->kind == AD_VERA && e->r == r && mb.col_off[m] < col0 + VERA_COLS && mb.col_off[m] + mb.out[m] > col0;
             for (int k = threadIdx.x; k < r; k += VERA_THREADS) c[k] = on ? h[(size_t)n * ldh + want + k] * e->lambda_d[k] : 0.0f;
         }
     __syncthreads();
@@ -313,7 +314,7 @@ __global__ void __launch_bounds__(VERA_THREADS) vera_expand_kernel(T *y, int ldy
         int n = n0 + i;
         if (!rowad[n] || voff[n] != want) continue;
         const RowAd *e = rowad[n] + mb.li[m];
-        if (!e->vera || e->r != r) continue;
+        if (!e->kind == AD_VERA || e->r != r) continue;
         float sum = 0;
         for (int q = 0; q < VERA_KSPLIT; q++) sum += part[q][i][cl];
         T *yp = y + (size_t)n * ldy + col;
@@ -559,7 +560,12 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
         }
     }
     DevSet ds = {set->uid, kv->calls, nullptr, -1, 0};
-    bool vera = set->cfg.type == PEFT_VERA;
+    GpuKind kind = set_kind(set);
+    if (kind == AD_NONE) {
+        peft_fail("CUDA backend: %s adapters are not implemented on the GPU", method_get(set->cfg.type) ? method_get(set->cfg.type)->title : "these");
+        return nullptr;
+    }
+    bool vera = kind == AD_VERA;
     if (vera && (ds.proj = find_proj(kv, set)) < 0) return nullptr;
     std::vector<RowAd> ents(m->n_linears);
     // Each entry's two tensors in the image: LoRA / AdaLoRA A and B, VeRA lambda_d and lambda_b.
@@ -572,8 +578,8 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
         if (!a || a->r <= 0) continue;
         const Linear *lin = &m->linears[li];
         e.r = a->r;
+        e.kind = kind;
         if (vera) {
-            e.vera = 1;
             off1[li] = put_tensor(img, false, a->lambda_d->w, (size_t)a->r);
             off2[li] = put_tensor(img, false, a->lambda_b->w, (size_t)lin->out);
         } else {
@@ -588,7 +594,7 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
     for (int li = 0; li < m->n_linears; li++) {
         RowAd &e = ents[li];
         if (!e.r) continue;
-        if (e.vera) {
+        if (e.kind == AD_VERA) {
             e.lambda_d = (const float *)(base + off1[li]);
             e.lambda_b = (const float *)(base + off2[li]);
         } else {
@@ -703,7 +709,7 @@ static int forward_infer(GpuKV *kv, int N, const int32_t *ids, const int *slot, 
         const AdapterSet *set = row_sets ? row_sets[n] : nullptr;
         if (!set) continue;
         if (set != last) {  // rows of one request come together
-            if (!(ds = device_set(kv, set))) return gpu_report_failure();
+            if (!(ds = device_set(kv, set))) return gpu_failed() ? gpu_report_failure() : -1;  // -1: device_set's peft_fail
             last = set;
             for (int li = 0; li < m->n_linears; li++)
                 if (set->by_linear[li] && set->by_linear[li]->r > 0) (ds->proj >= 0 ? ca.vera_li : ca.lora_li)[li] = 1;

@@ -166,9 +166,9 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
             return peft_fail("CUDA backend: %s: biases of one fused group must all be trainable or all frozen", lin->module);
         if (adapter_active(g, lin)) {
             Adapter *a = lin->adapter;
+            if (a->method->gpu == AD_NONE) return peft_fail("CUDA backend: %s adapters are not implemented on the GPU", a->method->title);
             AdMember *mb = &G->ad[G->n_ad++];
-            PeftType type = g->m->adapters->cfg.type;
-            mb->kind = type == PEFT_VERA ? AD_VERA : type == PEFT_ADALORA ? AD_ADALORA : AD_LORA;
+            mb->kind = a->method->gpu;
             mb->col_off = G->out;
             mb->out = lin->out;
             mb->r = a->r;
@@ -808,7 +808,7 @@ static void plan_linear(GpuModel *g, Linear *lin, bool contiguous, size_t extra 
 static int group_rank(GpuModel *g, Linear **lins, int n) {
     int R = 0;
     for (int i = 0; i < n; i++)
-        if (adapter_active(g, lins[i])) R = g->m->adapters->cfg.type == PEFT_VERA ? lins[i]->adapter->r : R + lins[i]->adapter->r;
+        if (adapter_active(g, lins[i])) R = lins[i]->adapter->method->gpu == AD_VERA ? lins[i]->adapter->r : R + lins[i]->adapter->r;
     return g->fuse_dx ? round8(R) : 0;
 }
 
@@ -959,7 +959,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
         return nullptr;
     }
     // VeRA's shared projections: A as the activation type for the GEMMs, B in fp32 for the effective Bs.
-    if (set && set->cfg.type == PEFT_VERA) {
+    if (set && set_kind(set) == AD_VERA) {
         size_t na = (size_t)set->cfg.r * set->vera_max_in, nb = (size_t)set->vera_max_out * set->cfg.r;
         g->vera_A = gpu_malloc(na * g->es, "VeRA's A");
         g->vera_B32 = (float *)gpu_malloc(nb * 4, "VeRA's B");
@@ -1043,7 +1043,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     }
     // AdaLoRA's orthogonal regulariser: on as in adalora_regularizer (a weight and a task_type; PEFT skips
     // AdaLoraModel.forward, and with it the regulariser, for adapters without a task_type).
-    if (!rc && set && set->cfg.type == PEFT_ADALORA && set->cfg.orth_reg_weight != 0 && set->cfg.task_type[0] && set->n)
+    if (!rc && set && set_kind(set) == AD_ADALORA && set->cfg.orth_reg_weight != 0 && set->cfg.task_type[0] && set->n)
         rc = orth_setup(g, set);
     if (!rc && g->G_cap) {
         g->G_scratch = (float *)gpu_malloc(sizeof(float) * g->G_cap, "adapter gradient scratch");
@@ -1269,6 +1269,7 @@ extern "C" double gpu_lm_loss(GpuModel *g) { return g->last_lm; }
 
 extern "C" int gpu_sync(GpuModel *g) {
     gpu_clear_failure();
+    prof_collect(g);  // the end of a training step (train_step.c): the profile's step closes here
     CU(cudaStreamSynchronize(g->st));
     return gpu_report_failure();
 }

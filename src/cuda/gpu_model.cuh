@@ -13,9 +13,15 @@ extern "C" {
 
 struct GpuInfer;  // gpu_infer.cu: KV-cache inference state (row adapters' device copies, scratch)
 
-enum { AD_LORA, AD_ADALORA, AD_VERA };
+// How the kernels run a set's method (AD_NONE: they do not).
+static inline GpuKind set_kind(const AdapterSet *set) {
+    const Method *m = method_get(set->cfg.type);
+    return m ? m->gpu : AD_NONE;
+}
+
 struct AdMember {
-    int kind, col_off, out, r, r_off;
+    GpuKind kind;  // the method's (its descriptor names the kernels that run it, method.h)
+    int col_off, out, r, r_off;
     float scaling;
     void *B;    // LoRA: the working copy of B [out, r]
     float *Bg;  // LoRA, AdaLoRA: d B

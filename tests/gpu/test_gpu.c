@@ -67,7 +67,7 @@ typedef struct {
     const char *name, *config, *targets;  // targets NULL: full fine-tuning
     int B, T;
     bool recompute;
-    PeftType type;
+    MethodId type;
 } RandCase;
 
 static void run_random(const RandCase *rc, GpuPrecision prec) {
@@ -79,9 +79,9 @@ static void run_random(const RandCase *rc, GpuPrecision prec) {
     if (rc->targets) {
         AdapterConfig ac;
         adapter_config_defaults(&ac, rc->type);
-        if (rc->type == PEFT_LORA) { ac.r = 8; ac.alpha = 16; }
-        if (rc->type == PEFT_VERA) ac.r = 32;
-        if (rc->type == PEFT_ADALORA) { ac.init_r = ac.r = 6; ac.target_r = 4; ac.total_step = 100; ac.orth_reg_weight = 0; }
+        if (rc->type == METHOD_LORA) { ac.r = 8; ac.alpha = 16; }
+        if (rc->type == METHOD_VERA) ac.r = 32;
+        if (rc->type == METHOD_ADALORA) { ac.init_r = ac.r = 6; ac.target_r = 4; ac.total_step = 100; ac.orth_reg_weight = 0; }
         ac.fan_in_fan_out = cfg.arch == ARCH_GPT2;
         adapter_config_set_targets(&ac, rc->targets);
         int e = adapters_attach(m, &ac, 7);
@@ -196,14 +196,14 @@ out:
 
 // ---------------- AdaLoRA's orthogonal regulariser, adapter dropout ----------------
 // A random model with an adapter on targets (the zero-initialised B / lambda_b / E given values when fill).
-static Model *adapted_model(const char *config, const char *targets, PeftType type, float dropout, bool fill) {
+static Model *adapted_model(const char *config, const char *targets, MethodId type, float dropout, bool fill) {
     ModelConfig cfg;
     if (config_parse(&cfg, config, "random")) return NULL;
     Model *m = model_create_random(&cfg, 42);
     AdapterConfig ac;
     adapter_config_defaults(&ac, type);
-    if (type == PEFT_LORA) { ac.r = 8; ac.alpha = 16; }
-    if (type == PEFT_ADALORA) { ac.init_r = ac.r = 6; ac.target_r = 4; ac.total_step = 100; }  // orth_reg_weight 0.5, task_type CAUSAL_LM
+    if (type == METHOD_LORA) { ac.r = 8; ac.alpha = 16; }
+    if (type == METHOD_ADALORA) { ac.init_r = ac.r = 6; ac.target_r = 4; ac.total_step = 100; }  // orth_reg_weight 0.5, task_type CAUSAL_LM
     ac.dropout = dropout;
     ac.fan_in_fan_out = cfg.arch == ARCH_GPT2;
     adapter_config_set_targets(&ac, targets);
@@ -256,7 +256,7 @@ static double gpu_loss_and_grads(GpuModel *g, const int32_t *ids, const int32_t 
 static void run_orth(const char *name, const char *config, const char *targets, int B, int T, GpuPrecision prec) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
-    Model *m = adapted_model(config, targets, PEFT_ADALORA, 0, true);
+    Model *m = adapted_model(config, targets, METHOD_ADALORA, 0, true);
     if (!m) { report("FAIL", label, peft_last_error()); return; }
     // A and B of std 0.1 instead of 0.02: A A^T and B^T B then differ from 0 enough to give P - I structure.
     for (int i = 0; i < m->adapters->n; i++) {
@@ -334,7 +334,7 @@ static void run_dropout(const char *name, const char *config, const char *target
     char label[128], detail[768] = "";
     snprintf(label, sizeof label, "%s [fp32+bf16]", name);
     const float p = 0.3f;
-    Model *m = adapted_model(config, targets, PEFT_LORA, p, true);
+    Model *m = adapted_model(config, targets, METHOD_LORA, p, true);
     if (!m) { report("FAIL", label, peft_last_error()); return; }
     int N = B * T, V = m->cfg.vocab_size;
     int32_t *ids = xmalloc(sizeof(int32_t) * N), *labels = xmalloc(sizeof(int32_t) * N);
@@ -444,7 +444,7 @@ out:
 static void run_dropout_scaling(const char *name, const char *config, const char *targets, int B, int T, float p) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
-    Model *m = adapted_model(config, targets, PEFT_LORA, p, false);
+    Model *m = adapted_model(config, targets, METHOD_LORA, p, false);
     if (!m) { report("FAIL", label, peft_last_error()); return; }
     int N = B * T, V = m->cfg.vocab_size, K = 64;
     int32_t *ids = xmalloc(sizeof(int32_t) * N), *labels = xmalloc(sizeof(int32_t) * N);
@@ -570,7 +570,7 @@ static void run_pack(const char *name, const char *config, const char *targets, 
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
     Model *m;
-    if (targets) m = adapted_model(config, targets, PEFT_LORA, 0, true);
+    if (targets) m = adapted_model(config, targets, METHOD_LORA, 0, true);
     else {
         ModelConfig cfg;
         m = config_parse(&cfg, config, "random") ? NULL : model_create_random(&cfg, 42);
@@ -692,7 +692,7 @@ static int train(TrainConfig *c, Rec *r, TrainResult *res) {
     return train_run(c, &cb, res);
 }
 
-static TrainConfig trainer_config(TrainMethod method, const char *out) {
+static TrainConfig trainer_config(MethodId method, const char *out) {
     TrainConfig c;
     train_config_defaults(&c, method);
     c.model_dir = tr_model;
@@ -707,8 +707,8 @@ static TrainConfig trainer_config(TrainMethod method, const char *out) {
     c.lr = 5e-3f;
     c.warmup_steps = 1;
     c.adapter.alpha = 16;
-    if (method == TRAIN_ADALORA) { c.adapter.init_r = 4; c.adapter.target_r = 2; }
-    if (method != TRAIN_FULL) adapter_config_set_targets(&c.adapter, "c_attn,c_proj,c_fc");
+    if (method == METHOD_ADALORA) { c.adapter.init_r = 4; c.adapter.target_r = 2; }
+    if (method != METHOD_FULL) adapter_config_set_targets(&c.adapter, "c_attn,c_proj,c_fc");
     return c;
 }
 
@@ -738,7 +738,7 @@ static double compare_tensor_files(const char *a, const char *b) {
 // step by step (loss, causal-LM loss, gradient norm) and in the saved adapter. AdaLoRA runs with its
 // regulariser (and without the allocator, whose rank choices could flip on near-equal scores). With
 // pack, --pack into sequences of 256 tokens (two or more of the data's rows in each).
-static void run_trainer_accum(const char *name, TrainMethod method, bool pack) {
+static void run_trainer_accum(const char *name, MethodId method, bool pack) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
@@ -766,7 +766,7 @@ static void run_trainer_accum(const char *name, TrainMethod method, bool pack) {
     double e_w = compare_tensor_files(fb, fa);
     free(fa);
     free(fb);
-    bool ok = a.n == 4 && b.n == 4 && e_loss <= 1e-5 && e_lm <= 1e-5 && e_norm <= 1e-4 && e_w <= 1e-4 && (method != TRAIN_ADALORA || reg > 0);
+    bool ok = a.n == 4 && b.n == 4 && e_loss <= 1e-5 && e_lm <= 1e-5 && e_norm <= 1e-4 && e_w <= 1e-4 && (method != METHOD_ADALORA || reg > 0);
     status = ok ? "PASS" : "FAIL";
     snprintf(detail, sizeof detail, "%d steps x 3 micro-batches: loss %.1e, lm loss %.1e, grad norm %.1e, adapter %.1e (max rel; "
              "regulariser %.4f)", b.n, e_loss, e_lm, e_norm, e_w, reg);
@@ -781,14 +781,14 @@ out:
 // losses (bit for bit unless the attention backward's fp32 atomics summed in another order; tol is
 // the relative difference allowed) and adapter. With accumulation and dropout; AdaLoRA with its
 // allocator (scores and rank pattern in the checkpoint).
-static void run_trainer_resume(const char *name, TrainMethod method, GpuPrecision prec, int steps, int stop, double tol) {
+static void run_trainer_resume(const char *name, MethodId method, GpuPrecision prec, int steps, int stop, double tol) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
     const char *pn = prec == GPU_BF16 ? "bf16" : "fp32";
     char *out_a = xasprintf("%s/resume-%s-%d-a", tr_root, pn, (int)method), *out_b = xasprintf("%s/resume-%s-%d-b", tr_root, pn, (int)method);
     TrainConfig c = trainer_config(method, out_a);
-    if (method == TRAIN_ADALORA) { c.adapter.tinit = 2; c.adapter.tfinal = 3; }  // the allocator masks ranks mid-run
+    if (method == METHOD_ADALORA) { c.adapter.tinit = 2; c.adapter.tfinal = 3; }  // the allocator masks ranks mid-run
     c.max_steps = steps;
     c.grad_accum = 2;
     c.schedule = SCHED_COSINE;
@@ -837,7 +837,7 @@ static void run_trainer_dropout(const char *name, GpuPrecision prec) {
     snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
     char *out = path_join(tr_root, prec == GPU_BF16 ? "dropout-bf16" : "dropout-fp32");
-    TrainConfig c = trainer_config(TRAIN_LORA, out);
+    TrainConfig c = trainer_config(METHOD_LORA, out);
     c.val_path = tr_val;
     c.batch = 8;
     c.max_steps = 30;
@@ -886,21 +886,21 @@ int main(int argc, char **argv) {
                 if (!only || strstr(cases[i], only)) run_fixture(roots[r], cases[i], p ? GPU_BF16 : GPU_FP32);
     }
     static const RandCase rcs[] = {
-        {"rand-gpt2-lora-all T100", GPT2_CFG, GPT2_ALL, 2, 100, false, PEFT_LORA},
-        {"rand-gpt2-full T128", GPT2_CFG, NULL, 2, 128, false, PEFT_LORA},
-        {"rand-gpt2-lora recompute T70", GPT2_CFG, "c_attn", 3, 70, true, PEFT_LORA},
-        {"rand-llama-lora-all GQA T100", LLAMA_CFG, LLAMA_ALL, 2, 100, false, PEFT_LORA},
-        {"rand-llama-full GQA T64", LLAMA_CFG, NULL, 2, 64, false, PEFT_LORA},
-        {"rand-mistral-lora window50 T200", MISTRAL_CFG, "q_proj,v_proj", 1, 200, false, PEFT_LORA},
-        {"rand-qwen2-lora qkv-bias T90", QWEN2_CFG, "q_proj,k_proj,v_proj,o_proj", 2, 90, true, PEFT_LORA},
-        {"rand-gpt2-vera-all T100", GPT2_CFG, GPT2_ALL, 2, 100, false, PEFT_VERA},
-        {"rand-llama-vera-all T80", LLAMA_CFG, LLAMA_ALL, 2, 80, false, PEFT_VERA},
-        {"rand-gpt2-adalora-all T100", GPT2_CFG, GPT2_ALL, 2, 100, false, PEFT_ADALORA},
-        {"rand-llama-adalora-all T80", LLAMA_CFG, LLAMA_ALL, 2, 80, true, PEFT_ADALORA},
-        {"rand-llama-lora-all T600", LLAMA_CFG, LLAMA_ALL, 1, 600, false, PEFT_LORA},
-        {"rand-mistral-vera window50 T520", MISTRAL_CFG, LLAMA_ALL, 1, 520, false, PEFT_VERA},
-        {"rand-llama-lora-all hd128 T200", LLAMA128_CFG, LLAMA_ALL, 2, 200, false, PEFT_LORA},
-        {"rand-mistral-full hd128 window50 T150", MISTRAL128_CFG, NULL, 1, 150, false, PEFT_LORA},
+        {"rand-gpt2-lora-all T100", GPT2_CFG, GPT2_ALL, 2, 100, false, METHOD_LORA},
+        {"rand-gpt2-full T128", GPT2_CFG, NULL, 2, 128, false, METHOD_LORA},
+        {"rand-gpt2-lora recompute T70", GPT2_CFG, "c_attn", 3, 70, true, METHOD_LORA},
+        {"rand-llama-lora-all GQA T100", LLAMA_CFG, LLAMA_ALL, 2, 100, false, METHOD_LORA},
+        {"rand-llama-full GQA T64", LLAMA_CFG, NULL, 2, 64, false, METHOD_LORA},
+        {"rand-mistral-lora window50 T200", MISTRAL_CFG, "q_proj,v_proj", 1, 200, false, METHOD_LORA},
+        {"rand-qwen2-lora qkv-bias T90", QWEN2_CFG, "q_proj,k_proj,v_proj,o_proj", 2, 90, true, METHOD_LORA},
+        {"rand-gpt2-vera-all T100", GPT2_CFG, GPT2_ALL, 2, 100, false, METHOD_VERA},
+        {"rand-llama-vera-all T80", LLAMA_CFG, LLAMA_ALL, 2, 80, false, METHOD_VERA},
+        {"rand-gpt2-adalora-all T100", GPT2_CFG, GPT2_ALL, 2, 100, false, METHOD_ADALORA},
+        {"rand-llama-adalora-all T80", LLAMA_CFG, LLAMA_ALL, 2, 80, true, METHOD_ADALORA},
+        {"rand-llama-lora-all T600", LLAMA_CFG, LLAMA_ALL, 1, 600, false, METHOD_LORA},
+        {"rand-mistral-vera window50 T520", MISTRAL_CFG, LLAMA_ALL, 1, 520, false, METHOD_VERA},
+        {"rand-llama-lora-all hd128 T200", LLAMA128_CFG, LLAMA_ALL, 2, 200, false, METHOD_LORA},
+        {"rand-mistral-full hd128 window50 T150", MISTRAL128_CFG, NULL, 1, 150, false, METHOD_LORA},
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof rcs / sizeof *rcs; i++)
@@ -931,14 +931,14 @@ int main(int argc, char **argv) {
 #define WANT(name) (!only || strstr(name, only))
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
-    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", TRAIN_LORA, false);
-    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", TRAIN_ADALORA, false);
-    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", TRAIN_LORA, true);
+    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false);
+    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", METHOD_ADALORA, false);
+    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true);
     if (WANT("train resume lora accum+dropout")) {
-        run_trainer_resume("train resume lora accum+dropout", TRAIN_LORA, GPU_FP32, 6, 2, 1e-6);
-        run_trainer_resume("train resume lora accum+dropout", TRAIN_LORA, GPU_BF16, 6, 2, 1e-4);
+        run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_FP32, 6, 2, 1e-6);
+        run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_BF16, 6, 2, 1e-4);
     }
-    if (WANT("train resume adalora allocator")) run_trainer_resume("train resume adalora allocator", TRAIN_ADALORA, GPU_FP32, 10, 4, 1e-6);
+    if (WANT("train resume adalora allocator")) run_trainer_resume("train resume adalora allocator", METHOD_ADALORA, GPU_FP32, 10, 4, 1e-6);
     if (WANT("train lora dropout")) {
         run_trainer_dropout("train lora dropout", GPU_FP32);
         run_trainer_dropout("train lora dropout", GPU_BF16);

@@ -31,12 +31,12 @@ static double urand(void) {
 }
 
 // A detached set with every tensor random (a fresh LoRA's B is zero: it would test nothing).
-static AdapterSet *random_set(Model *m, PeftType type, const char *targets, uint64_t seed) {
+static AdapterSet *random_set(Model *m, MethodId type, const char *targets, uint64_t seed) {
     AdapterConfig ac;
     adapter_config_defaults(&ac, type);
-    if (type == PEFT_LORA) { ac.r = 8; ac.alpha = 16; }
-    if (type == PEFT_VERA) ac.r = 32;
-    if (type == PEFT_ADALORA) { ac.init_r = ac.r = 6; ac.target_r = 4; ac.total_step = 100; }
+    if (type == METHOD_LORA) { ac.r = 8; ac.alpha = 16; }
+    if (type == METHOD_VERA) ac.r = 32;
+    if (type == METHOD_ADALORA) { ac.init_r = ac.r = 6; ac.target_r = 4; ac.total_step = 100; }
     ac.fan_in_fan_out = m->cfg.arch == ARCH_GPT2;
     adapter_config_set_targets(&ac, targets);
     AdapterSet *s = adapters_new_detached(m, &ac, seed);
@@ -98,8 +98,8 @@ static void test_kv_forward(const char *name, const char *config, const char *ta
     ModelConfig cfg;
     if (config_parse(&cfg, config, name)) { report(false, name, peft_last_error()); return; }
     Model *m = model_create_random(&cfg, 5);
-    AdapterSet *lora = random_set(m, PEFT_LORA, targets, 1), *vera = random_set(m, PEFT_VERA, targets, 2),
-               *ada = random_set(m, PEFT_ADALORA, targets, 3);
+    AdapterSet *lora = random_set(m, METHOD_LORA, targets, 1), *vera = random_set(m, METHOD_VERA, targets, 2),
+               *ada = random_set(m, METHOD_ADALORA, targets, 3);
     AdapterSet *sets[SLOTS] = {lora, vera, NULL, ada};
     size_t cap = (size_t)(64 * (STEPS + 2)) * cfg.vocab_size;
     float *ref = xmalloc(sizeof(float) * cap), *got = xmalloc(sizeof(float) * cap);
@@ -138,7 +138,7 @@ static void test_generate(const char *name, const char *config, const char *targ
     if (config_parse(&cfg, config, name)) { report(false, name, peft_last_error()); return; }
     Model *m = model_create_random(&cfg, 9);
     AdapterConfig ac;
-    adapter_config_defaults(&ac, PEFT_LORA);
+    adapter_config_defaults(&ac, METHOD_LORA);
     ac.r = 4;
     ac.fan_in_fan_out = cfg.arch == ARCH_GPT2;
     adapter_config_set_targets(&ac, targets);
