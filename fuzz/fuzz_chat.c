@@ -29,9 +29,10 @@ static void check_render(const ChatTemplate *ct, const cJSON *msgs, bool gen_pro
         int assistants = 0, k = 0;
         for (const cJSON *m = msgs->child; m; m = m->next) {
             const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-            if (!cJSON_IsString(role) || strcmp(role->valuestring, "assistant")) continue;
-            assistants++;
             size_t n;
+            const char *r = cJSON_IsString(role) ? json_bytes(role, &n) : NULL;
+            if (!r || n != 9 || memcmp(r, "assistant", 9)) continue;  // by length: a role may hold NUL bytes
+            assistants++;
             JStr content = cJSON_IsString(c) ? (JStr){json_bytes(c, &n), n} : (JStr){"", 0}, t = js_trim(content, true, true);
             if (t.n == 0) continue;  // an empty turn: its end of turn alone, or nothing
             FUZZ_CHECK(k < n_spans, "no span for assistant message %d", assistants - 1);
