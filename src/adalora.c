@@ -313,6 +313,8 @@ const Method adalora_method = {
     .save = adalora_save,
     .free_state = adalora_free_state,
     .after_step = adalora_update_and_allocate,
+    .after_step_gpu = adalora_update_and_allocate_gpu,
+    .sync_state_gpu = adalora_copy_scores_gpu,
     .save_state = adalora_save_state,
     .load_state = adalora_load_state,
 };

@@ -19,6 +19,12 @@
 // the schedule reference case records; at step == total_step - tfinal the final mask is applied
 // even when the flag is false). Returns -1 (peft_last_error) on bad options or a model without AdaLoRA.
 int adalora_update_and_allocate(Model *m, int step, int *mask_applied);
+// The same with the scores on the CUDA backend's device (gpu_adalora_*): only the triplet scores come
+// to the host when a mask is due, and E is masked there (the CUDA trainer's Method.after_step_gpu).
+int adalora_update_and_allocate_gpu(Model *m, struct GpuModel *g, int step, int *mask_applied);
+// The device's scores into the allocator's host arrays (down, before a checkpoint is written) or back
+// (after one is loaded): Method.sync_state_gpu.
+int adalora_copy_scores_gpu(AdapterSet *set, struct GpuModel *g, bool down);
 
 // The gpt2-adalora-schedule case: several real steps with the allocator (case is the parsed case.json).
 // Returns 0 when budgets, losses, rank pattern and final tensors match; else fills msg.

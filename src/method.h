@@ -14,6 +14,7 @@ typedef enum { METHOD_LORA, METHOD_VERA, METHOD_ADALORA, METHOD_FULL, METHOD_COU
 
 typedef struct AdapterSet AdapterSet;
 typedef struct Method Method;
+struct GpuModel;
 
 // A tensor a method gives every adapted module, as PEFT names and shapes it: its file key is
 // "base_model.model.<module>.<suffix>", its shape [rows, cols] in terms of the module's rank and
@@ -94,6 +95,10 @@ struct Method {
     // Optional: after each optimizer step at `step` (0-based), before the gradients are zeroed
     // (AdaLoRA's rank allocator): returns the method's budget (and sets *mask_applied), or -1.
     int (*after_step)(Model *m, int step, int *mask_applied);
+    // The same for the CUDA trainer, with the method's state on the device (required with after_step).
+    int (*after_step_gpu)(Model *m, struct GpuModel *g, int step, int *mask_applied);
+    // Optional: that device state copied into the host's (down, before save_state) or back (after load_state).
+    int (*sync_state_gpu)(AdapterSet *set, struct GpuModel *g, bool down);
     // Optional: the training state a checkpoint keeps beyond tensors and optimizer (AdaLoRA's
     // allocator scores and rank pattern), written into and read back from the checkpoint's file.
     void (*save_state)(AdapterSet *set, void *writer /*StWriter*/);

@@ -12,6 +12,7 @@
 #include "adalora.h"
 #include "adapter.h"
 #include "check.h"
+#include "cuda/gpu.h"
 #include "optim.h"
 #include "safetensors.h"
 #include "util.h"
@@ -41,8 +42,22 @@ void adalora_budget_bounds(const AdapterSet *set, int *init_bgt, int *target_bgt
 
 static Param *module_param(Adapter *a, int t) { return t == 0 ? a->A : t == 1 ? a->E : a->B; }
 
-// PEFT's update_ipt.
-static void update_scores(AdapterSet *set, AdaLoraState *st) {
+// Where the running scores live and E is masked: the host's (the CPU trainer: AdaLoraState's arrays,
+// the Params' values) or the device's (the CUDA trainer: gpu_adalora_*, the masters there). Triplets
+// are numbered over the modules in order, the ranks of each in order.
+typedef struct {
+    int (*update)(AdapterSet *set, void *dev);                       // PEFT's update_ipt
+    int (*triplet_scores)(AdapterSet *set, void *dev, double *score);
+    int (*zero_ranks)(AdapterSet *set, void *dev, const bool *kept);  // E_j = 0 where !kept
+    bool (*has_scores)(AdapterSet *set, void *dev);
+    void (*reset)(AdapterSet *set, void *dev);                       // PEFT's reset_ipt
+} ScoreStore;
+
+// ---- the host's scores ----
+
+static int host_update(AdapterSet *set, void *dev) {
+    (void)dev;
+    AdaLoraState *st = set->method_state;
     double b1 = set->cfg.beta1, b2 = set->cfg.beta2;
     for (int i = 0; i < set->n; i++)
         for (int t = 0; t < 3; t++) {
@@ -59,7 +74,84 @@ static void update_scores(AdapterSet *set, AdaLoraState *st) {
                 au[k] = b2 * au[k] + (1 - b2) * fabs(ipt - ai[k]);
             }
         }
+    return 0;
 }
+
+static int host_triplet_scores(AdapterSet *set, void *dev, double *score) {
+    (void)dev;
+    const AdaLoraState *st = set->method_state;
+    for (int i = 0, off = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        int r = a->r, in = a->lin->in, out = a->lin->out;
+        const AdaLoraModuleState *ms = &st->mod[i];
+        for (int j = 0; j < r; j++) {
+            double sA = 0, sB = 0, sE = 0;
+            if (ms->avg_ipt[0]) {
+                for (int k = 0; k < in; k++) sA += ms->avg_ipt[0][(long)j * in + k] * ms->avg_unc[0][(long)j * in + k];
+                for (int o = 0; o < out; o++) sB += ms->avg_ipt[2][(long)o * r + j] * ms->avg_unc[2][(long)o * r + j];
+                sE = ms->avg_ipt[1][j] * ms->avg_unc[1][j];
+            }
+            score[off + j] = sE + (sA / in + sB / out);
+        }
+        off += r;
+    }
+    return 0;
+}
+
+static int host_zero_ranks(AdapterSet *set, void *dev, const bool *kept) {
+    (void)dev;
+    for (int i = 0, off = 0; i < set->n; off += set->adapters[i].r, i++)
+        for (int j = 0; j < set->adapters[i].r; j++)
+            if (!kept[off + j]) set->adapters[i].E->w[j] = 0.0f;
+    return 0;
+}
+
+static bool host_has_scores(AdapterSet *set, void *dev) {
+    (void)dev;
+    const AdaLoraState *st = set->method_state;
+    return !set->n || st->mod[0].avg_ipt[0];
+}
+
+static void host_reset(AdapterSet *set, void *dev) {
+    (void)dev;
+    adalora_free_scores(set->method_state);
+}
+
+static const ScoreStore HOST = {host_update, host_triplet_scores, host_zero_ranks, host_has_scores, host_reset};
+
+// ---- the device's scores ----
+
+static GpuAdaModule *device_modules(AdapterSet *set) {
+    GpuAdaModule *mods = xcalloc(set->n ? set->n : 1, sizeof *mods);
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->adapters[i];
+        mods[i] = (GpuAdaModule){a->A, a->E, a->B, a->r, a->lin->in, a->lin->out};
+    }
+    return mods;
+}
+
+static int device_update(AdapterSet *set, void *dev) { return gpu_adalora_update_scores(dev, set->cfg.beta1, set->cfg.beta2); }
+
+static int device_triplet_scores(AdapterSet *set, void *dev, double *score) {
+    GpuAdaModule *mods = device_modules(set);
+    int rc = gpu_adalora_triplet_scores(dev, mods, set->n, score);
+    free(mods);
+    return rc;
+}
+
+static int device_zero_ranks(AdapterSet *set, void *dev, const bool *kept) {
+    GpuAdaModule *mods = device_modules(set);
+    int rc = gpu_adalora_zero_ranks(dev, mods, set->n, kept);
+    free(mods);
+    return rc;
+}
+
+static bool device_has_scores(AdapterSet *set, void *dev) { return !set->n || gpu_adalora_has_scores(dev); }
+static void device_reset(AdapterSet *set, void *dev) { (void)set; gpu_adalora_reset_scores(dev); }
+
+static const ScoreStore DEVICE = {device_update, device_triplet_scores, device_zero_ranks, device_has_scores, device_reset};
+
+// ---- the allocator ----
 
 static int cmp_double(const void *x, const void *y) {
     double a = *(const double *)x, b = *(const double *)y;
@@ -85,66 +177,54 @@ static void set_pattern(AdapterSet *set, int i, const bool *kept) {
         if (kept[j]) { e->mask[st->mod[i].orig_idx[j]] = true; e->rank++; }
 }
 
-// PEFT's mask_to_budget: E_i = 0 where the triplet score <= the k-th smallest, k = init_bgt - budget.
-static void mask_to_budget(AdapterSet *set, AdaLoraState *st, int budget) {
+static int total_ranks(const AdapterSet *set) {
     int total = 0;
     for (int i = 0; i < set->n; i++) total += set->adapters[i].r;
+    return total;
+}
+
+// PEFT's mask_to_budget: E_i = 0 where the triplet score <= the k-th smallest, k = init_bgt - budget.
+static int mask_to_budget(AdapterSet *set, AdaLoraState *st, int budget, const ScoreStore *ss, void *dev) {
+    int total = total_ranks(set), rc = -1;
     double *score = xcalloc(total ? total : 1, sizeof(double)), *sorted = xcalloc(total ? total : 1, sizeof(double));
-    for (int i = 0, off = 0; i < set->n; i++) {
-        Adapter *a = &set->adapters[i];
-        int r = a->r, in = a->lin->in, out = a->lin->out;
-        const AdaLoraModuleState *ms = &st->mod[i];
-        for (int j = 0; j < r; j++) {
-            double sA = 0, sB = 0, sE = 0;
-            if (ms->avg_ipt[0]) {
-                for (int k = 0; k < in; k++) sA += ms->avg_ipt[0][(long)j * in + k] * ms->avg_unc[0][(long)j * in + k];
-                for (int o = 0; o < out; o++) sB += ms->avg_ipt[2][(long)o * r + j] * ms->avg_unc[2][(long)o * r + j];
-                sE = ms->avg_ipt[1][j] * ms->avg_unc[1][j];
-            }
-            score[off + j] = sE + (sA / in + sB / out);
-        }
-        off += r;
-    }
+    bool *kept = xcalloc(total ? total : 1, sizeof(bool));
+    if (ss->triplet_scores(set, dev, score)) goto out;
     memcpy(sorted, score, sizeof(double) * total);
     qsort(sorted, total, sizeof(double), cmp_double);
     int k = st->init_bgt - budget;
     if (k > total) k = total;
     // torch.kthvalue needs k >= 1; a budget at or above init_bgt masks nothing here.
     double threshold = k >= 1 ? sorted[k - 1] : -INFINITY;
-    for (int i = 0, off = 0; i < set->n; i++) {
-        Adapter *a = &set->adapters[i];
-        bool *kept = xcalloc(a->r ? a->r : 1, sizeof(bool));
-        for (int j = 0; j < a->r; j++) {
-            kept[j] = !(score[off + j] <= threshold);
-            if (!kept[j]) a->E->w[j] = 0.0f;
-        }
-        set_pattern(set, i, kept);
-        free(kept);
-        off += a->r;
-    }
+    for (int t = 0; t < total; t++) kept[t] = !(score[t] <= threshold);
+    for (int i = 0, off = 0; i < set->n; off += set->adapters[i].r, i++) set_pattern(set, i, kept + off);
+    rc = ss->zero_ranks(set, dev, kept);
+out:
     free(score);
     free(sorted);
+    free(kept);
+    return rc;
 }
 
 // PEFT's mask_using_rank_pattern with the adapter's current rank pattern.
-static int mask_using_pattern(AdapterSet *set) {
+static int mask_using_pattern(AdapterSet *set, const ScoreStore *ss, void *dev) {
     if (set->cfg.n_rank_pattern == 0)
         return peft_fail("AdaLoRA: no rank pattern to apply after step total_step - tfinal (%d): the final allocation at that "
                          "step has not run", set->cfg.total_step - set->cfg.tfinal);
-    for (int i = 0; i < set->n; i++) {
-        Adapter *a = &set->adapters[i];
-        if (!adalora_pattern_entry(set, a->lin->module))
-            return peft_fail("AdaLoRA: the rank pattern has no entry for module %s", a->lin->module);
-        bool *kept = xcalloc(a->r ? a->r : 1, sizeof(bool));
-        adalora_kept_ranks(set, i, kept);
-        for (int j = 0; j < a->r; j++)
-            if (!kept[j]) a->E->w[j] = 0.0f;
-        free(kept);
+    int total = total_ranks(set);
+    bool *kept = xcalloc(total ? total : 1, sizeof(bool));
+    for (int i = 0, off = 0; i < set->n; off += set->adapters[i].r, i++) {
+        if (!adalora_pattern_entry(set, set->adapters[i].lin->module)) {
+            free(kept);
+            return peft_fail("AdaLoRA: the rank pattern has no entry for module %s", set->adapters[i].lin->module);
+        }
+        adalora_kept_ranks(set, i, kept + off);
     }
-    return 0;
+    int rc = ss->zero_ranks(set, dev, kept);
+    free(kept);
+    return rc;
 }
 
-int adalora_update_and_allocate(Model *m, int step, int *mask_applied) {
+static int update_and_allocate(Model *m, int step, int *mask_applied, const ScoreStore *ss, void *dev) {
     *mask_applied = 0;
     AdapterSet *set = m->adapters;
     if (!set || set->cfg.type != METHOD_ADALORA || !set->method_state) return peft_fail("AdaLoRA rank allocation: the model has no AdaLoRA adapter");
@@ -160,18 +240,47 @@ int adalora_update_and_allocate(Model *m, int step, int *mask_applied) {
     int budget = adalora_budget_schedule(st->init_bgt, st->target_bgt, c->tinit, c->tfinal, c->total_step, c->deltaT, step, &mask_ind);
     int final_step = c->total_step - c->tfinal;
     if (step < final_step) {
-        update_scores(set, st);
-        if (mask_ind) mask_to_budget(set, st, budget);
+        if (ss->update(set, dev) || (mask_ind && mask_to_budget(set, st, budget, ss, dev))) return -1;
     } else if (step == final_step) {
         // PEFT would fail on the missing scores (KeyError); all-zero scores would mask everything.
-        if (set->n && !st->mod[0].avg_ipt[0])
+        if (!ss->has_scores(set, dev))
             return peft_fail("AdaLoRA: no sensitivity scores for the final allocation at step %d: update_and_allocate "
                              "must run every step from the start of training", step);
-        mask_to_budget(set, st, budget);  // force_mask: the final pattern
-        adalora_free_scores(st);          // reset_ipt
-    } else if (mask_using_pattern(set)) return -1;
+        if (mask_to_budget(set, st, budget, ss, dev)) return -1;  // force_mask: the final pattern
+        ss->reset(set, dev);
+    } else if (mask_using_pattern(set, ss, dev)) return -1;
     *mask_applied = mask_ind;
     return budget;
+}
+
+int adalora_update_and_allocate(Model *m, int step, int *mask_applied) { return update_and_allocate(m, step, mask_applied, &HOST, NULL); }
+
+int adalora_update_and_allocate_gpu(Model *m, struct GpuModel *g, int step, int *mask_applied) {
+    return update_and_allocate(m, step, mask_applied, &DEVICE, g);
+}
+
+int adalora_copy_scores_gpu(AdapterSet *set, struct GpuModel *g, bool down) {
+    AdaLoraState *st = set->method_state;
+    if (down && !gpu_adalora_has_scores(g)) {  // none yet, or reset after the final allocation
+        adalora_free_scores(st);
+        return 0;
+    }
+    if (!down && (!set->n || !st->mod[0].avg_ipt[0])) {
+        gpu_adalora_reset_scores(g);
+        return 0;
+    }
+    for (int i = 0; i < set->n; i++)
+        for (int t = 0; t < 3; t++) {
+            Param *p = module_param(&set->adapters[i], t);
+            AdaLoraModuleState *ms = &st->mod[i];
+            if (down && !ms->avg_ipt[t]) {
+                ms->avg_ipt[t] = xcalloc(p->numel ? p->numel : 1, sizeof(double));
+                ms->avg_unc[t] = xcalloc(p->numel ? p->numel : 1, sizeof(double));
+            }
+            if (!ms->avg_ipt[t]) return peft_fail("AdaLoRA: no scores for %s", p->name);
+            if (gpu_adalora_copy_scores(g, p, ms->avg_ipt[t], ms->avg_unc[t], down)) return -1;
+        }
+    return 0;
 }
 
 // ---- the schedule reference case ----

@@ -524,9 +524,11 @@ static int check_trainables_finite(const Trainer *t, int step) {
 }
 
 static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
-    // On the GPU the master weights, the AdamW moments and step count live on the device.
+    const Method *sm = stateful_method(t);
+    // On the GPU the master weights, the AdamW moments and step count (and a method's state) live on the device.
     if (t->g && (gpu_download_trainables(t->g, false) ||
-                 gpu_download_optimizer(t->g, t->st.params, t->st.n_params, t->st.opt.m, t->st.opt.v, &t->st.opt.step)))
+                 gpu_download_optimizer(t->g, t->st.params, t->st.n_params, t->st.opt.m, t->st.opt.v, &t->st.opt.step) ||
+                 (sm && sm->sync_state_gpu && sm->sync_state_gpu(t->m->adapters, t->g, true))))
         return -1;
     if (check_trainables_finite(t, step)) return -1;
     if (make_dir(dir)) return -1;
@@ -541,7 +543,7 @@ static int write_checkpoint_files(Trainer *t, const char *dir, int step) {
             st_writer_add_f32(w, name, p->ndim, p->shape, data[k]);
         }
     }
-    if (stateful_method(t)) stateful_method(t)->save_state(t->m->adapters, w);
+    if (sm) sm->save_state(t->m->adapters, w);
     char *tensors = path_join(dir, CKPT_TENSORS), *state = path_join(dir, CKPT_STATE);
     int rc = st_writer_save(w, tensors);
     st_writer_free(w);
@@ -622,6 +624,8 @@ static int load_checkpoint_files(Trainer *t, const char *dir, int *step) {
     }
     if (stateful_method(t) && stateful_method(t)->load_state(t->m->adapters, &st, tensor_path)) goto out;
     if (t->g && (gpu_upload_trainables(t->g) || gpu_upload_optimizer(t->g, t->st.params, t->st.n_params, t->st.opt.m, t->st.opt.v, t->st.opt.step)))
+        goto out;
+    if (t->g && stateful_method(t) && stateful_method(t)->sync_state_gpu && stateful_method(t)->sync_state_gpu(t->m->adapters, t->g, false))
         goto out;
     rc = 0;
 out:

@@ -90,13 +90,12 @@ static int gpu_step_optimizer_step(TrainStep *s, float lr) {
     return gpu_adamw_step(s->g, lr, o->beta1, o->beta2, o->eps, o->weight_decay);
 }
 
-// The method's update runs on the host: the tensors and gradients come down for it, and what it
-// changed (AdaLoRA's masked E) goes back up.
+// The method's update with its state on the device (AdaLoRA: the scores stay there; only the
+// triplet scores come to the host when a mask is due).
 static int gpu_step_method_update(TrainStep *s, const Method *method, int step) {
-    int masked, budget;
-    if (gpu_download_trainables(s->g, true)) return -1;
-    if ((budget = method->after_step(s->m, step, &masked)) < 0 || gpu_upload_trainables(s->g)) return -1;
-    return budget;
+    int masked;
+    if (!method->after_step_gpu) return peft_fail("%s: no update after the step on the CUDA backend", method->title);
+    return method->after_step_gpu(s->m, s->g, step, &masked);
 }
 
 static int gpu_step_sync(TrainStep *s) { return gpu_sync(s->g); }

@@ -63,10 +63,27 @@ int gpu_adamw_step(GpuModel *g, float lr, float beta1, float beta2, float eps, f
 double gpu_train_step(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T,
                       float lr, float beta1, float beta2, float eps, float weight_decay, double max_norm);
 
-// AdaLoRA's sensitivity scores (PEFT RankAllocator.update_ipt), on the device for every trainable
-// element: ipt = |p * grad|, avg_ipt = b1 avg_ipt + (1-b1) ipt, avg_unc = b2 avg_unc + (1-b2) |ipt - avg_ipt|.
-// Call after a step, before the next zero_grad. (The masking of E every deltaT steps stays on the CPU side.)
+// AdaLoRA's rank allocator on the device (rank_allocator.c runs the schedule and picks the ranks).
+// Its sensitivity scores (PEFT RankAllocator.update_ipt), kept in fp32 for every trainable element:
+// ipt = |p * grad|, avg_ipt = b1 avg_ipt + (1-b1) ipt, avg_unc = b2 avg_unc + (1-b2) |ipt - avg_ipt|.
+// Call after a step, before the next zero_grad.
 int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2);
+// One AdaLoRA module's tensors: A [r, in], E [r], B [out, r].
+typedef struct {
+    const Param *A, *E, *B;
+    int r, in, out;
+} GpuAdaModule;
+// score[t] for every triplet (the modules in order, their ranks in order): s(E_j) + mean_k s(A_jk) +
+// mean_o s(B_oj) with s = avg_ipt * avg_unc. Only these values come to the host.
+int gpu_adalora_triplet_scores(GpuModel *g, const GpuAdaModule *mods, int n, double *score);
+// E_j = 0 on the device (masters and bf16 copies) for every triplet t with kept[t] false.
+int gpu_adalora_zero_ranks(GpuModel *g, const GpuAdaModule *mods, int n, const bool *kept);
+bool gpu_adalora_has_scores(const GpuModel *g);
+// PEFT's reset_ipt: the scores are dropped (the next update starts from zero).
+void gpu_adalora_reset_scores(GpuModel *g);
+// One tensor's scores (numel values each) to the host (down) or from it (checkpoints; converted
+// between the device's fp32 and the host's double).
+int gpu_adalora_copy_scores(GpuModel *g, const Param *p, double *ipt, double *unc, bool down);
 // Copy the trainable tensors (and their gradients when grads) back into the CPU Model's Params,
 // e.g. before adapters_save / model_save. gpu_upload_trainables copies them the other way.
 int gpu_download_trainables(GpuModel *g, bool grads);

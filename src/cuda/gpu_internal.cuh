@@ -151,6 +151,16 @@ template <typename T> void k_build_beff(T *beff, const float *B, int ldb, const 
 void k_adapter_grads(float *drow, float *dcol, float *dB, const float *G, const float *B, int ldb, const float *rowv, const float *colv,
                      float s, int out, int r, cudaStream_t st);
 void k_adalora_scores(float *avg_ipt, float *avg_unc, const float *p, const float *g, long n, float b1, float b2, cudaStream_t s);
+// AdaLoRA's triplet j of a module, as offsets into the trainables' layout: A's row j (in values), E_j,
+// and B's column j (out values, stride r).
+struct AdaTriplet {
+    long a, e, b;
+    int in, out, r;
+};
+// score[t] = s(E_j) + mean s(A_j.) + mean s(B_.j) for each of the n triplets (s = avg_ipt * avg_unc).
+void k_adalora_triplet_scores(const float *avg_ipt, const float *avg_unc, const AdaTriplet *trip, int n, double *score, cudaStream_t s);
+// E_j = 0 in the masters (and the bf16 copies when work) for every triplet with kept[t] == 0.
+void k_adalora_zero_ranks(float *master, bf16 *work, const AdaTriplet *trip, const unsigned char *kept, int n, cudaStream_t s);
 void k_adamw(float *p, const float *g, float *m, float *v, bf16 *work, long n, float decay_mul, float b1, float b2,
              float eps, float step_size, float bc2_sqrt, cudaStream_t s);
 void k_sumsq(float *partials, int n_partials, const float *x, long n, cudaStream_t s);

@@ -791,6 +791,48 @@ void k_adalora_scores(float *avg_ipt, float *avg_unc, const float *p, const floa
     KCHECK();
 }
 
+// A double sum over the block (blockDim.x a multiple of 32, at most 1024), valid in thread 0.
+static __device__ double block_sum_f64(double acc) {
+    __shared__ double sh[32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    __syncthreads();  // sh may still be read by a previous call
+    if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = acc;
+    __syncthreads();
+    acc = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : 0.0;
+    if (threadIdx.x < 32)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+// One block per triplet: score = s(E_j) + mean_k s(A_jk) + mean_o s(B_oj), s = avg_ipt * avg_unc
+// (rank_allocator.c's mask_to_budget, summed in double as there).
+__global__ void adalora_triplet_kernel(const float *ai, const float *au, const AdaTriplet *trip, double *score) {
+    const AdaTriplet t = trip[blockIdx.x];
+    double sa = 0, sb = 0;
+    for (int k = threadIdx.x; k < t.in; k += blockDim.x) sa += (double)ai[t.a + k] * au[t.a + k];
+    for (int o = threadIdx.x; o < t.out; o += blockDim.x) sb += (double)ai[t.b + (long)o * t.r] * au[t.b + (long)o * t.r];
+    sa = block_sum_f64(sa);
+    sb = block_sum_f64(sb);
+    if (threadIdx.x == 0) score[blockIdx.x] = (double)ai[t.e] * au[t.e] + (sa / t.in + sb / t.out);
+}
+void k_adalora_triplet_scores(const float *avg_ipt, const float *avg_unc, const AdaTriplet *trip, int n, double *score, cudaStream_t s) {
+    if (n <= 0) return;
+    adalora_triplet_kernel<<<n, 256, 0, s>>>(avg_ipt, avg_unc, trip, score);
+    KCHECK();
+}
+__global__ void adalora_zero_kernel(float *master, bf16 *work, const AdaTriplet *trip, const unsigned char *kept, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || kept[i]) return;
+    master[trip[i].e] = 0.0f;
+    if (work) work[trip[i].e] = __float2bfloat16(0.0f);
+}
+void k_adalora_zero_ranks(float *master, bf16 *work, const AdaTriplet *trip, const unsigned char *kept, int n, cudaStream_t s) {
+    if (n <= 0) return;
+    adalora_zero_kernel<<<(n + 255) / 256, 256, 0, s>>>(master, work, trip, kept, n);
+    KCHECK();
+}
+
 // ---------------- optimizer ----------------
 struct AdamArgs {
     float decay_mul, b1, b2, eps, step_size, bc2_sqrt;

@@ -836,6 +836,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     new (&g->slots) std::vector<Slot>();
     new (&g->act_allocs) std::vector<void *>();
     new (&g->beffs) std::vector<void *>();
+    new (&g->ada_host) std::vector<AdaTriplet>();
     new (&g->zero_ranges) std::vector<std::pair<size_t, size_t>>();
     g->m = m;
     g->cfg = *c;
@@ -1076,6 +1077,9 @@ extern "C" void gpu_model_free(GpuModel *g) {
     gpu_free(g->vera_B32);
     gpu_free(g->G_scratch);
     gpu_free(g->scores);
+    gpu_free(g->ada_trip);
+    gpu_free(g->ada_score);
+    gpu_free(g->ada_kept);
     gpu_free(g->orth_D);
     gpu_free(g->orth_ss);
     gpu_free(g->orth_off);
@@ -1085,6 +1089,7 @@ extern "C" void gpu_model_free(GpuModel *g) {
     for (void *p : g->beffs) gpu_free(p);
     g->beffs.~vector();
     g->zero_ranges.~vector();
+    g->ada_host.~vector();
     if (g->prof.ev) {
         for (int i = 0; i < PROF_MAX; i++) cudaEventDestroy(g->prof.ev[i]);
         free(g->prof.ev);
@@ -1325,5 +1330,90 @@ extern "C" int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2) 
     }
     k_adalora_scores(g->scores, g->scores + g->n_train, g->master, g->grad, (long)g->n_train, beta1, beta2, g->st);
     CU(cudaStreamSynchronize(g->st));
+    return gpu_report_failure();
+}
+
+// The modules' triplets in the trainables' layout, on the device in ada_trip (uploaded when they
+// changed); returns their count, or -1.
+static int ada_triplets(GpuModel *g, const GpuAdaModule *mods, int n) {
+    std::vector<AdaTriplet> t;
+    for (int i = 0; i < n; i++) {
+        const GpuAdaModule &m = mods[i];
+        const Slot *a = find_slot(g, m.A), *e = find_slot(g, m.E), *b = find_slot(g, m.B);
+        if (!a || !e || !b || !a->trainable || !e->trainable || !b->trainable)
+            return peft_fail("CUDA backend: AdaLoRA module %d's tensors are not trainable on the device", i);
+        for (int j = 0; j < m.r; j++) t.push_back({(long)a->off + (long)j * m.in, (long)e->off + j, (long)b->off + j, m.in, m.out, m.r});
+    }
+    if (t.size() == g->ada_host.size() && !memcmp(t.data(), g->ada_host.data(), sizeof(AdaTriplet) * t.size())) return (int)t.size();
+    if (t.size() > g->ada_cap) {
+        gpu_free(g->ada_trip);
+        gpu_free(g->ada_score);
+        gpu_free(g->ada_kept);
+        g->ada_trip = (AdaTriplet *)gpu_malloc(sizeof(AdaTriplet) * t.size(), "AdaLoRA triplets");
+        g->ada_score = (double *)gpu_malloc(sizeof(double) * t.size(), "AdaLoRA triplet scores");
+        g->ada_kept = (unsigned char *)gpu_malloc(t.size(), "AdaLoRA kept ranks");
+        g->ada_cap = g->ada_trip && g->ada_score && g->ada_kept ? t.size() : 0;
+        g->ada_host.clear();
+        if (!g->ada_cap) return gpu_report_failure(), -1;
+    }
+    g->ada_host = t;
+    CU(cudaMemcpyAsync(g->ada_trip, g->ada_host.data(), sizeof(AdaTriplet) * t.size(), cudaMemcpyHostToDevice, g->st));
+    return gpu_failed() ? (gpu_report_failure(), -1) : (int)t.size();
+}
+
+extern "C" int gpu_adalora_triplet_scores(GpuModel *g, const GpuAdaModule *mods, int n, double *score) {
+    gpu_clear_failure();
+    if (!g->scores) return peft_fail("CUDA backend: AdaLoRA's triplet scores before any score update");
+    int t = ada_triplets(g, mods, n);
+    if (t < 0) return -1;
+    k_adalora_triplet_scores(g->scores, g->scores + g->n_train, g->ada_trip, t, g->ada_score, g->st);
+    if (t) CU(cudaMemcpyAsync(score, g->ada_score, sizeof(double) * t, cudaMemcpyDeviceToHost, g->st));
+    CU(cudaStreamSynchronize(g->st));
+    return gpu_report_failure();
+}
+
+extern "C" int gpu_adalora_zero_ranks(GpuModel *g, const GpuAdaModule *mods, int n, const bool *kept) {
+    gpu_clear_failure();
+    int t = ada_triplets(g, mods, n);
+    if (t < 0) return -1;
+    std::vector<unsigned char> k(kept, kept + t);
+    if (t) CU(cudaMemcpyAsync(g->ada_kept, k.data(), t, cudaMemcpyHostToDevice, g->st));
+    k_adalora_zero_ranks(g->master, g->is_bf16 ? g->work : nullptr, g->ada_trip, g->ada_kept, t, g->st);
+    CU(cudaStreamSynchronize(g->st));  // (k is freed on return)
+    return gpu_report_failure();
+}
+
+extern "C" bool gpu_adalora_has_scores(const GpuModel *g) { return g->scores != nullptr; }
+
+extern "C" void gpu_adalora_reset_scores(GpuModel *g) {
+    cudaStreamSynchronize(g->st);
+    gpu_free(g->scores);
+    g->scores = nullptr;
+}
+
+extern "C" int gpu_adalora_copy_scores(GpuModel *g, const Param *p, double *ipt, double *unc, bool down) {
+    gpu_clear_failure();
+    const Slot *s = find_slot(g, p);
+    if (!s || !s->trainable) return peft_fail("CUDA backend: %s is not trainable on the device", p->name);
+    if (!g->scores) {
+        if (down) return peft_fail("CUDA backend: no AdaLoRA scores on the device");
+        g->scores = (float *)gpu_malloc(sizeof(float) * 2 * g->n_train, "AdaLoRA scores");
+        if (!g->scores) return gpu_report_failure();
+        CU(cudaMemsetAsync(g->scores, 0, sizeof(float) * 2 * g->n_train, g->st));
+    }
+    std::vector<float> f(2 * (size_t)p->numel);
+    float *dev[2] = {g->scores + s->off, g->scores + g->n_train + s->off};
+    double *host[2] = {ipt, unc};
+    CU(cudaStreamSynchronize(g->st));
+    for (int k = 0; k < 2; k++) {
+        float *fk = f.data() + k * (size_t)p->numel;
+        if (down) {
+            CU(cudaMemcpy(fk, dev[k], sizeof(float) * p->numel, cudaMemcpyDeviceToHost));
+            for (long i = 0; i < p->numel; i++) host[k][i] = fk[i];
+        } else {
+            for (long i = 0; i < p->numel; i++) fk[i] = (float)host[k][i];
+            CU(cudaMemcpy(dev[k], fk, sizeof(float) * p->numel, cudaMemcpyHostToDevice));
+        }
+    }
     return gpu_report_failure();
 }

@@ -108,6 +108,12 @@ struct GpuModel {
     // VeRA's shared projections; fp32 scratch for adapter gradients
     void *vera_A;
     float *vera_B32, *G_scratch, *scores;
+    // AdaLoRA's allocator: its triplets (as last uploaded), their scores and kept flags on the device
+    std::vector<AdaTriplet> ada_host;
+    AdaTriplet *ada_trip;
+    double *ada_score;
+    unsigned char *ada_kept;
+    size_t ada_cap;
     size_t G_cap;
     std::vector<void *> beffs;
     Prof prof;

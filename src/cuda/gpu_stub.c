@@ -56,6 +56,20 @@ void gpu_reset_peak(void) {}
 double gpu_bf16_gemm_tflops(int n) { (void)n; return 0; }
 int gpu_profile_report(GpuModel *g, char *buf, size_t len) { (void)g; (void)buf; (void)len; return -1; }
 int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2) { (void)g; (void)beta1; (void)beta2; return peft_fail("CUDA backend: %s", NO_CUDA); }
+int gpu_adalora_triplet_scores(GpuModel *g, const GpuAdaModule *mods, int n, double *score) {
+    (void)g; (void)mods; (void)n; (void)score;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+int gpu_adalora_zero_ranks(GpuModel *g, const GpuAdaModule *mods, int n, const bool *kept) {
+    (void)g; (void)mods; (void)n; (void)kept;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+bool gpu_adalora_has_scores(const GpuModel *g) { (void)g; return false; }
+void gpu_adalora_reset_scores(GpuModel *g) { (void)g; }
+int gpu_adalora_copy_scores(GpuModel *g, const Param *p, double *ipt, double *unc, bool down) {
+    (void)g; (void)p; (void)ipt; (void)unc; (void)down;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
 GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len) {
     (void)g; (void)n_slots; (void)max_len;
     peft_fail("CUDA backend: %s", NO_CUDA);

@@ -735,18 +735,20 @@ static double compare_tensor_files(const char *a, const char *b) {
 
 
 // Gradient accumulation (3 micro-batches per step) through train_run: the GPU in fp32 against the CPU,
-// step by step (loss, causal-LM loss, gradient norm) and in the saved adapter. AdaLoRA runs with its
-// regulariser (and without the allocator, whose rank choices could flip on near-equal scores). With
-// pack, --pack into sequences of 256 tokens (two or more of the data's rows in each).
-static void run_trainer_accum(const char *name, MethodId method, bool pack) {
+// step by step (loss, causal-LM loss, gradient norm, AdaLoRA's budget) and in the saved adapter. AdaLoRA
+// runs with its regulariser, and with allocate its rank allocator too (scores on the device, masks from
+// step 2 of 6 on: the same ranks kept unless two triplets' scores nearly tie). With pack, --pack into
+// sequences of 256 tokens (two or more of the data's rows in each).
+static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
     char *out_cpu = path_join(tr_root, "accum-cpu"), *out_gpu = path_join(tr_root, "accum-gpu");
     TrainConfig c = trainer_config(method, out_cpu);
     c.grad_accum = 3;
-    c.max_steps = 4;
-    c.adalora_allocate = false;
+    c.max_steps = allocate ? 6 : 4;
+    c.adalora_allocate = allocate;
+    if (allocate) { c.adapter.tinit = 1; c.adapter.tfinal = 2; }
     c.pack = pack;
     if (pack) c.data.seq_len = 256;
     Rec a, b;
@@ -757,7 +759,9 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack) {
     c.cuda = c.fp32 = true;
     if (train(&c, &b, &rb)) { snprintf(detail, sizeof detail, "GPU: %s", peft_last_error()); goto out; }
     double e_loss = 0, e_lm = 0, e_norm = 0, reg = a.loss[a.n - 1] - a.lm[a.n - 1];
+    bool budgets = true;
     for (int i = 0; i < a.n && i < b.n; i++) {
+        budgets &= a.budget[i] == b.budget[i];
         e_loss = fmax(e_loss, rel_diff(b.loss[i], a.loss[i]));
         e_lm = fmax(e_lm, rel_diff(b.lm[i], a.lm[i]));
         e_norm = fmax(e_norm, rel_diff(b.norm[i], a.norm[i]));
@@ -766,10 +770,11 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack) {
     double e_w = compare_tensor_files(fb, fa);
     free(fa);
     free(fb);
-    bool ok = a.n == 4 && b.n == 4 && e_loss <= 1e-5 && e_lm <= 1e-5 && e_norm <= 1e-4 && e_w <= 1e-4 && (method != METHOD_ADALORA || reg > 0);
+    bool ok = a.n == c.max_steps && b.n == c.max_steps && e_loss <= 1e-5 && e_lm <= 1e-5 && e_norm <= 1e-4 && e_w <= 1e-4 && budgets &&
+              (method != METHOD_ADALORA || reg > 0);
     status = ok ? "PASS" : "FAIL";
     snprintf(detail, sizeof detail, "%d steps x 3 micro-batches: loss %.1e, lm loss %.1e, grad norm %.1e, adapter %.1e (max rel; "
-             "regulariser %.4f)", b.n, e_loss, e_lm, e_norm, e_w, reg);
+             "regulariser %.4f; budgets %s, last %d)", b.n, e_loss, e_lm, e_norm, e_w, reg, budgets ? "equal" : "DIFFER", b.n ? b.budget[b.n - 1] : -1);
 out:
     report(status, label, detail);
     train_config_free(&c);
@@ -931,9 +936,10 @@ int main(int argc, char **argv) {
 #define WANT(name) (!only || strstr(name, only))
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
-    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false);
-    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", METHOD_ADALORA, false);
-    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true);
+    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false);
+    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", METHOD_ADALORA, false, false);
+    if (WANT("train grad-accum adalora allocator")) run_trainer_accum("train grad-accum adalora allocator", METHOD_ADALORA, false, true);
+    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true, false);
     if (WANT("train resume lora accum+dropout")) {
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_FP32, 6, 2, 1e-6);
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_BF16, 6, 2, 1e-4);
