@@ -14,6 +14,16 @@ typedef struct {
     bool *mask;              // [init_r] which ranks are kept (NULL when none given)
 } RankPatternEntry;
 
+// LoRA's rank_pattern / alpha_pattern entry: a key matched against module names as PEFT's
+// get_pattern_key does (the module is the key, or ends in "." + the key; the key is a regex).
+typedef struct {
+    char *key;
+    double value;
+} PatternEntry;
+
+// PEFT's bias option: which base biases train beside the adapter (and are saved with it).
+typedef enum { BIAS_NONE, BIAS_ALL, BIAS_LORA_ONLY } BiasMode;
+
 typedef struct {
     MethodId type;           // an adapter method (not METHOD_FULL)
     int r;                   // LoRA/VeRA rank; AdaLoRA uses init_r
@@ -23,6 +33,20 @@ typedef struct {
     int n_targets;
     char **targets;          // target_modules as a list ...
     char *target_regex;      // ... or as one regex (PEFT: a string is matched with re.fullmatch)
+    bool all_linear;         // target_modules "all-linear" as a string (PEFT: every linear but the output head)
+    // exclude_modules: a list (names or suffixes, as target_modules) or one regex
+    int n_exclude;
+    char **exclude;
+    char *exclude_regex;
+    // layers_to_transform (NULL: every layer) and layers_pattern (regexes naming the layer list)
+    int n_layers;
+    int *layers;
+    int n_layers_pattern;
+    char **layers_pattern;
+    // LoRA: per-module ranks and alphas, in the file's order (the first matching key wins)
+    int n_lora_rank_pattern, n_alpha_pattern;
+    PatternEntry *lora_rank_pattern, *alpha_pattern;
+    BiasMode bias;
     bool fan_in_fan_out;
     char *base_model;        // base_model_name_or_path (may be NULL)
     // PEFT's task_type: "CAUSAL_LM" for what we create; "" when a file says null. It matters:
@@ -73,6 +97,10 @@ struct AdapterSet {
     Adapter **by_linear;         // [model->n_linears]: this set's adapter on each linear (NULL: none)
     uint64_t vera_fingerprint;   // VeRA: hash of the projections' bytes (sets with equal ones share products)
     uint64_t uid;                // unique in this process (device copies are cached by it)
+    // bias "all" / "lora_only" (adapter_bias.c): the last n_bias of params are the model's trained
+    // biases under their PEFT names, bias_base[i] the model's Param of each
+    int n_bias;
+    Param **bias_base;
 };
 
 // PEFT's defaults for the method's config class (the method's default r).
@@ -87,9 +115,35 @@ void adapter_config_set_targets(AdapterConfig *c, const char *spec);
 // PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj).
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc);
 
-// PEFT's rule: a list entry matches a module named exactly so or ending in ".entry";
-// a string is a regex that must match the whole name.
+// PEFT's rule (check_target_module_exists): exclude_modules first; a string is a regex that must
+// match the whole name ("all-linear": every linear, the output head not being one here); a list
+// entry matches a module named exactly so, or one ending in ".entry" that is also in
+// layers_to_transform's layers.
 bool adapter_targets_module(const AdapterConfig *c, const char *module);
+
+// adapter_layout.c: exclude_modules, layers_to_transform + layers_pattern, LoRA's rank_pattern and
+// alpha_pattern, bias. Parse reads them from an adapter_config.json object (a cJSON *) into c (of
+// c->type, its targets already read) and applies check; check: PEFT's refusals of combinations.
+int adapter_layout_parse(AdapterConfig *c, const void *json, const char *path);
+int adapter_layout_check(const AdapterConfig *c, const char *path);
+void adapter_layout_free(AdapterConfig *c);
+void adapter_layout_copy(AdapterConfig *dst, const AdapterConfig *src);  // dst: a shallow copy of src
+void adapter_layout_to_json(const AdapterConfig *c, void *json);
+bool adapter_module_excluded(const AdapterConfig *c, const char *module);
+// Whether the module's layer is one of layers_to_transform (true when that is not given).
+bool adapter_module_in_layers(const AdapterConfig *c, const char *module);
+// LoRA's rank and lora_alpha for a module: rank_pattern's and alpha_pattern's first matching key, else r, lora_alpha.
+int adapter_module_rank(const AdapterConfig *c, const char *module);
+float adapter_module_alpha(const AdapterConfig *c, const char *module);
+const char *adapter_bias_name(BiasMode b);
+// Python's re.fullmatch(pattern, s) (PCRE2); false for a pattern that does not compile.
+bool regex_full_match(const char *pattern, const char *s);
+
+// adapter_bias.c: the base biases the bias option trains, appended to set->params (attached sets only).
+int adapter_bias_attach(AdapterSet *set);
+// A file's bias tensors: each one the set trains there with the base's size (used[i]: file tensor i is one).
+int adapter_bias_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);
+void adapter_bias_release(AdapterSet *set);                       // before set->params are freed
 
 // Create adapters on every matching linear of m (fresh initial values from seed).
 int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);
