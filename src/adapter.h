@@ -6,6 +6,7 @@
 #include "method.h"
 #include "model.h"
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -126,6 +127,10 @@ bool adapter_targets_module(const AdapterConfig *c, const char *module);
 // c->type, its targets already read) and applies check; check: PEFT's refusals of combinations.
 int adapter_layout_parse(AdapterConfig *c, const void *json, const char *path);
 int adapter_layout_check(const AdapterConfig *c, const char *path);
+// A JSON file of these keys alone (the CLI's --lora-options), read into c (its type and targets set).
+int adapter_layout_read_file(AdapterConfig *c, const char *path);
+// The options in force, one line each ("" when none): peft info.
+void adapter_layout_describe(const AdapterConfig *c, char *buf, size_t cap);
 void adapter_layout_free(AdapterConfig *c);
 void adapter_layout_copy(AdapterConfig *dst, const AdapterConfig *src);  // dst: a shallow copy of src
 void adapter_layout_to_json(const AdapterConfig *c, void *json);

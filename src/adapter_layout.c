@@ -263,3 +263,55 @@ void adapter_layout_to_json(const AdapterConfig *c, void *json) {
     cJSON_AddItemToObject(j, "rank_pattern", pattern_json(c->lora_rank_pattern, c->n_lora_rank_pattern));
     cJSON_AddItemToObject(j, "alpha_pattern", pattern_json(c->alpha_pattern, c->n_alpha_pattern));
 }
+
+// peft train / estimate --lora-options FILE: these keys alone, as adapter_config.json spells them.
+int adapter_layout_read_file(AdapterConfig *c, const char *path) {
+    static const char *const KEYS[] = {"exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "bias"};
+    char *text = read_file(path, NULL);
+    if (!text) return -1;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    int rc = (!j || !cJSON_IsObject(j)) ? peft_fail("%s: not a JSON object", path) : 0;
+    const cJSON *v;
+    if (!rc) cJSON_ArrayForEach(v, j) {
+        size_t k = 0;
+        while (k < sizeof KEYS / sizeof *KEYS && strcmp(KEYS[k], v->string)) k++;
+        if (k == sizeof KEYS / sizeof *KEYS) {
+            rc = peft_fail("%s: \"%s\" is not an option this file sets (exclude_modules, layers_to_transform, layers_pattern, "
+                           "rank_pattern, alpha_pattern, bias)", path, v->string);
+            break;
+        }
+        if (c->type != METHOD_LORA && strcmp(v->string, "exclude_modules") && strcmp(v->string, "layers_to_transform") &&
+            strcmp(v->string, "layers_pattern") && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none"))) {
+            rc = peft_fail("%s: \"%s\" is a LoRA option", path, v->string);
+            break;
+        }
+    }
+    if (!rc) {
+        adapter_layout_free(c);
+        rc = adapter_layout_parse(c, j, path);
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+// One line per option in force, for peft info: "exclude_modules [a, b]" and so on; "" when none.
+void adapter_layout_describe(const AdapterConfig *c, char *buf, size_t cap) {
+    size_t at = 0;
+    buf[0] = 0;
+#define PUT(...) (at += (size_t)snprintf(buf + at, at < cap ? cap - at : 0, __VA_ARGS__), at = at < cap ? at : cap)
+    if (c->exclude_regex) PUT("exclude       regex %s\n", c->exclude_regex);
+    for (int i = 0; i < c->n_exclude; i++) PUT("%s%s%s", i ? ", " : "exclude       ", c->exclude[i], i == c->n_exclude - 1 ? "\n" : "");
+    for (int i = 0; i < c->n_layers; i++) PUT("%s%d%s", i ? ", " : "layers        ", c->layers[i], i == c->n_layers - 1 ? "" : "");
+    if (c->n_layers) {
+        PUT(" (layers_to_transform");
+        for (int i = 0; i < c->n_layers_pattern; i++) PUT("%s%s", i ? ", " : "; layers_pattern ", c->layers_pattern[i]);
+        PUT(")\n");
+    }
+    for (int i = 0; i < c->n_lora_rank_pattern; i++)
+        PUT("%s%s: %g%s", i ? ", " : "rank_pattern  ", c->lora_rank_pattern[i].key, c->lora_rank_pattern[i].value, i == c->n_lora_rank_pattern - 1 ? "\n" : "");
+    for (int i = 0; i < c->n_alpha_pattern; i++)
+        PUT("%s%s: %g%s", i ? ", " : "alpha_pattern ", c->alpha_pattern[i].key, c->alpha_pattern[i].value, i == c->n_alpha_pattern - 1 ? "\n" : "");
+    if (c->bias != BIAS_NONE) PUT("bias          %s (the base's biases train and are saved with the adapter)\n", adapter_bias_name(c->bias));
+#undef PUT
+}

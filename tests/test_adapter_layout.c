@@ -4,6 +4,7 @@
 #include "test.h"
 #include "helpers.h"
 #include "adapter.h"
+#include "check.h"
 #include "safetensors.h"
 #include "util.h"
 #include <cjson/cJSON.h>
@@ -234,4 +235,28 @@ TEST(bias_option_trains_saves_and_loads_peft_biases) {
     rm_dir(dir);
     free(dir);
     model_free(m);
+}
+
+// The reference cases of these options (tools/reference_cases/cases.py, made on the GPU machine):
+// each one present must pass; the run is skipped, naming them, while some are not generated yet.
+TEST(layout_reference_cases) {
+    static const char *const cases[] = {
+        "mistral-lora", "qwen2-lora", "gpt2-lora-all-linear", "llama-lora-all-linear-exclude", "llama-lora-regex",
+        "qwen2-lora-exclude-regex", "mistral-lora-exclude", "gpt2-lora-layers", "llama-lora-layers-int", "llama-lora-patterns",
+        "gpt2-lora-patterns-rslora", "qwen2-lora-patterns-layers", "gpt2-lora-bias-all", "llama-lora-bias-all",
+        "qwen2-lora-bias-all-layers", "gpt2-lora-bias-lora-only", "qwen2-lora-bias-lora-only",
+    };
+    if (!fixtures_dir()) SKIP_NO_FIXTURES();
+    char missing[1024] = "";
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *dir = path_join(fixtures_dir(), cases[i]);
+        bool there = dir_exists(dir);
+        CheckResult r;
+        if (there) check_case(dir, &r);
+        free(dir);
+        if (!there) { snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " %s", cases[i]); continue; }
+        printf("  %s %s (max rel err %.3g) %s\n", r.status == CHECK_PASS ? "PASS" : "FAIL", r.name, r.max_rel_err, r.detail);
+        CHECK_MSG(r.status == CHECK_PASS, "%s: %s", cases[i], r.detail);
+    }
+    if (missing[0]) SKIP("reference cases not generated yet (tools/reference_cases):%s", missing);
 }
