@@ -111,6 +111,10 @@ int adapter_config_parse(AdapterConfig *c, const char *json_text, const char *pa
 // The adapter_config.json object PEFT expects (a cJSON *; the caller deletes it).
 void *adapter_config_to_json_object(const AdapterConfig *c);
 void adapter_config_free(AdapterConfig *c);
+// What this program does with a key of the method's adapter_config.json (NULL: not a key of its config
+// class), and every such key's name (at most cap; returns how many): docs/lora-config.md's table is checked against them.
+const ConfigKey *adapter_config_key(MethodId type, const char *name);
+int adapter_config_key_names(MethodId type, const char **names, int cap);
 // Comma-separated list, or a regex when it starts with "re:" (PEFT's string form); "all-linear" too.
 void adapter_config_set_targets(AdapterConfig *c, const char *spec);
 // PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj).

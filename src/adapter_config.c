@@ -165,6 +165,29 @@ static const ConfigKey *method_key(const Method *m, const char *name) {
     return find_key(COMMON_KEYS, sizeof COMMON_KEYS / sizeof *COMMON_KEYS, name);
 }
 
+const ConfigKey *adapter_config_key(MethodId type, const char *name) {
+    const Method *m = method_get(type);
+    return m ? method_key(m, name) : NULL;
+}
+
+int adapter_config_key_names(MethodId type, const char **names, int cap) {
+    int n = 0;
+    const int n_common = sizeof COMMON_KEYS / sizeof *COMMON_KEYS;
+    for (const Method *m = method_get(type); m; m = m->config_base)
+        for (int i = 0; i <= m->n_keys; i++) {
+            const char *k = i < m->n_keys ? m->keys[i].key : NULL;
+            bool seen = !k;
+            for (int j = 0; j < n && !seen; j++) seen = !strcmp(names[j], k);
+            if (!seen && n < cap) names[n++] = k;
+        }
+    for (int i = 0; i < n_common; i++) {
+        bool seen = false;
+        for (int j = 0; j < n && !seen; j++) seen = !strcmp(names[j], COMMON_KEYS[i].key);
+        if (!seen && n < cap) names[n++] = COMMON_KEYS[i].key;
+    }
+    return n;
+}
+
 static bool is_empty_value(const cJSON *v) {
     return cJSON_IsNull(v) || cJSON_IsFalse(v) || (cJSON_IsString(v) && !v->valuestring[0]) ||
            ((cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child);

@@ -153,3 +153,37 @@ TEST(method_table) {
     }
     model_free(m);
 }
+
+// docs/lora-config.md's table holds every key of LoRA's config, each with the code's status
+// (implemented / inert / refused) and accepted values, and no other key.
+TEST(docs_lora_config_table_matches_code) {
+    char *doc = read_file("docs/lora-config.md", NULL);
+    CHECK_MSG(doc, "%s", peft_last_error());
+    const char *names[128];
+    int n = adapter_config_key_names(METHOD_LORA, names, 128), rows = 0;
+    bool *seen = calloc((size_t)n, sizeof(bool));
+    static const char *const STATUS[] = {[KEY_USED] = "implemented", [KEY_INERT] = "inert", [KEY_DEFAULT] = "refused"};
+    for (char *line = strtok(doc, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "| `", 3)) continue;
+        char key[64] = "", status[32] = "", accepted[160] = "";
+        CHECK_MSG(sscanf(line, "| `%63[^`]` | %31[a-z] | %159[^|]|", key, status, accepted) >= 2, "bad row: %s", line);
+        const ConfigKey *k = adapter_config_key(METHOD_LORA, key);
+        CHECK_MSG(k, "%s: not a key of LoRA's config in the code", key);
+        CHECK_MSG(!strcmp(status, STATUS[k->use]), "%s: the doc says %s, the code %s", key, status, STATUS[k->use]);
+        for (char *e = accepted + strlen(accepted); e > accepted && e[-1] == ' '; ) *--e = 0;
+        char *list = xasprintf("[%s]", accepted);
+        cJSON *doc_values = cJSON_Parse(list), *code_values = k->accepted ? cJSON_Parse(k->accepted) : cJSON_CreateArray();
+        bool same = doc_values && cJSON_Compare(doc_values, code_values, true);
+        cJSON_Delete(doc_values);
+        cJSON_Delete(code_values);
+        free(list);
+        CHECK_MSG(same, "%s: the doc accepts [%s], the code %s", key, accepted, k->accepted ? k->accepted : "[]");
+        for (int i = 0; i < n; i++)
+            if (!strcmp(names[i], key)) { CHECK_MSG(!seen[i], "%s: two rows", key); seen[i] = true; }
+        rows++;
+    }
+    for (int i = 0; i < n; i++) CHECK_MSG(seen[i], "%s: a key of LoRA's config in the code, not in docs/lora-config.md", names[i]);
+    CHECK(rows == n);
+    free(seen);
+    free(doc);
+}
