@@ -147,7 +147,7 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     set->model = m;
     if (attach) m->adapters = set;
     if (cfg->r <= 0) { adapter_set_free(set); peft_fail("adapter rank r must be positive (got %d)", cfg->r); return NULL; }
-    if (adapter_layout_check(cfg, "adapter config")) { adapter_set_free(set); return NULL; }
+    if (adapter_layout_check(cfg, "adapter config") || adapter_layout_check_model(cfg, m)) { adapter_set_free(set); return NULL; }
     if (!attach && cfg->bias != BIAS_NONE) {
         adapter_set_free(set);
         peft_fail("bias \"%s\": the adapter replaces the base model's biases, so it is loaded onto the model alone (not beside other adapters)",

@@ -139,6 +139,8 @@ void adapter_layout_free(AdapterConfig *c);
 void adapter_layout_copy(AdapterConfig *dst, const AdapterConfig *src);  // dst: a shallow copy of src
 void adapter_layout_to_json(const AdapterConfig *c, void *json);
 bool adapter_module_excluded(const AdapterConfig *c, const char *module);
+// Refuses targets that match a module PEFT's LoRA would wrap but that is no Linear here (embeddings, lm_head).
+int adapter_layout_check_model(const AdapterConfig *c, const Model *m);
 // Whether the module's layer is one of layers_to_transform (true when that is not given).
 bool adapter_module_in_layers(const AdapterConfig *c, const char *module);
 // LoRA's rank and lora_alpha for a module: rank_pattern's and alpha_pattern's first matching key, else r, lora_alpha.

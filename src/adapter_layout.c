@@ -315,3 +315,23 @@ void adapter_layout_describe(const AdapterConfig *c, char *buf, size_t cap) {
     if (c->bias != BIAS_NONE) PUT("bias          %s (the base's biases train and are saved with the adapter)\n", adapter_bias_name(c->bias));
 #undef PUT
 }
+
+// Modules PEFT's LoRA would wrap that are no Linear here: the embeddings (PEFT's lora.Embedding,
+// lora_embedding_A / lora_embedding_B) and the output head (tied or not, transformers has an lm_head
+// module). A target that matches one is refused rather than left out.
+int adapter_layout_check_model(const AdapterConfig *c, const Model *m) {
+    const Param *emb[] = {m->wte, m->wpe};
+    for (int i = 0; i < 3; i++) {
+        char *module = i < 2 ? (emb[i] ? xstrdup(emb[i]->name) : NULL) : xstrdup("lm_head");
+        if (!module) continue;
+        char *dot = i < 2 ? strrchr(module, '.') : NULL;
+        if (dot) *dot = 0;  // "transformer.wte.weight" -> "transformer.wte"
+        bool hit = adapter_targets_module(c, module);
+        int rc = hit ? peft_fail("target_modules matches %s, %s: LoRA there (PEFT's %s) is not implemented", module,
+                                 i < 2 ? "an embedding" : "the output head", i < 2 ? "lora_embedding_A / lora_embedding_B" : "lora.Linear on lm_head")
+                     : 0;
+        free(module);
+        if (rc) return rc;
+    }
+    return 0;
+}

@@ -260,3 +260,22 @@ TEST(layout_reference_cases) {
     }
     if (missing[0]) SKIP("reference cases not generated yet (tools/reference_cases):%s", missing);
 }
+
+// PEFT wraps an embedding or lm_head a target names (lora.Embedding, lora.Linear): not implemented
+// here, so refused, never left out while the other targets are adapted.
+TEST(layout_refuses_targets_on_embeddings_and_head) {
+    static const struct { const char *json, *targets, *module; } cases[] = {
+        {NULL, "[\"q_proj\",\"embed_tokens\"]", "model.embed_tokens"}, {NULL, "[\"q_proj\",\"lm_head\"]", "lm_head"},
+        {NULL, "\".*(q_proj|lm_head)\"", "lm_head"}, {"gpt2", "[\"c_attn\",\"wte\"]", "transformer.wte"},
+        {"gpt2", "[\"c_attn\",\"transformer.wpe\"]", "transformer.wpe"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        AdapterConfig c;
+        CHECK(parse_lora(&c, cases[i].targets, cases[i].json ? "\"fan_in_fan_out\":true" : "") == 0);
+        Model *m = test_model_from_json(cases[i].json ? TINY_GPT2_JSON : TINY_LLAMA_JSON, 1);
+        int rc = adapters_attach(m, &c, 1);
+        adapter_config_free(&c);
+        model_free(m);
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), cases[i].module), "%s: %s", cases[i].targets, rc ? peft_last_error() : "attached");
+    }
+}
