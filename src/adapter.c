@@ -148,10 +148,10 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     if (attach) m->adapters = set;
     if (cfg->r <= 0) { adapter_set_free(set); peft_fail("adapter rank r must be positive (got %d)", cfg->r); return NULL; }
     if (adapter_layout_check(cfg, "adapter config") || adapter_layout_check_model(cfg, m)) { adapter_set_free(set); return NULL; }
-    if (!attach && cfg->bias != BIAS_NONE) {
+    if (!attach && (cfg->bias != BIAS_NONE || cfg->n_modules_to_save)) {
         adapter_set_free(set);
-        peft_fail("bias \"%s\": the adapter replaces the base model's biases, so it is loaded onto the model alone (not beside other adapters)",
-                  adapter_bias_name(cfg->bias));
+        peft_fail("%s: the adapter replaces base weights, so it is loaded onto the model alone (not beside other adapters)",
+                  cfg->n_modules_to_save ? "modules_to_save" : "bias");
         return NULL;
     }
     if (cfg->type == METHOD_ADALORA && cfg->target_r > cfg->init_r) { adapter_set_free(set); peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); return NULL; }
@@ -213,7 +213,7 @@ static int set_init(AdapterSet *set, uint64_t seed) {
         if (create_tensors(a) || method->init(set, a, &rng)) return -1;
     }
     set_fingerprint(set);
-    return adapter_bias_attach(set);
+    return adapter_base_attach(set);
 }
 
 static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed, bool attach) {
@@ -238,7 +238,7 @@ void adapter_set_free(AdapterSet *set) {
         free(a->extra);
         free(a->x_drop);
     }
-    adapter_bias_release(set);
+    adapter_base_release(set);
     for (int i = 0; i < set->n_params; i++) {
         free(set->params[i]->name);
         free(set->params[i]->w);
@@ -292,7 +292,7 @@ static int check_file(const AdapterSet *set, const SafeTensors *st, const char *
             free(name);
         }
     }
-    if (!rc) rc = adapter_bias_check_file(set, st, path, used);
+    if (!rc) rc = adapter_base_check_file(set, st, path, used);
     const Method *method = method_get(set->cfg.type);
     for (int i = 0; i < st->n && !rc; i++)
         if (!used[i] && !(method->owns_tensor && method->owns_tensor(set, st->tensors[i].name)))

@@ -48,6 +48,8 @@ typedef struct {
     int n_lora_rank_pattern, n_alpha_pattern;
     PatternEntry *lora_rank_pattern, *alpha_pattern;
     BiasMode bias;
+    int n_modules_to_save;   // modules trained in full beside the adapter (module names or their ends)
+    char **modules_to_save;
     bool fan_in_fan_out;
     char *base_model;        // base_model_name_or_path (may be NULL)
     // PEFT's task_type: "CAUSAL_LM" for what we create; "" when a file says null. It matters:
@@ -98,10 +100,10 @@ struct AdapterSet {
     Adapter **by_linear;         // [model->n_linears]: this set's adapter on each linear (NULL: none)
     uint64_t vera_fingerprint;   // VeRA: hash of the projections' bytes (sets with equal ones share products)
     uint64_t uid;                // unique in this process (device copies are cached by it)
-    // bias "all" / "lora_only" (adapter_bias.c): the last n_bias of params are the model's trained
-    // biases under their PEFT names, bias_base[i] the model's Param of each
-    int n_bias;
-    Param **bias_base;
+    // bias "all" / "lora_only" and modules_to_save (adapter_base.c): the last n_base of params are the
+    // model's parameters the adapter trains, under their PEFT names, base_of[i] the model's Param of each
+    int n_base;
+    Param **base_of;
 };
 
 // PEFT's defaults for the method's config class (the method's default r).
@@ -150,11 +152,11 @@ const char *adapter_bias_name(BiasMode b);
 // Python's re.fullmatch(pattern, s) (PCRE2); false for a pattern that does not compile.
 bool regex_full_match(const char *pattern, const char *s);
 
-// adapter_bias.c: the base biases the bias option trains, appended to set->params (attached sets only).
-int adapter_bias_attach(AdapterSet *set);
-// A file's bias tensors: each one the set trains there with the base's size (used[i]: file tensor i is one).
-int adapter_bias_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);
-void adapter_bias_release(AdapterSet *set);                       // before set->params are freed
+// adapter_base.c: the base parameters bias and modules_to_save train, appended to set->params (attached sets only).
+int adapter_base_attach(AdapterSet *set);
+// A file's tensors of those: each one the set trains there with the base's size (used[i]: file tensor i is one).
+int adapter_base_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);
+void adapter_base_release(AdapterSet *set);                       // before set->params are freed
 
 // Create adapters on every matching linear of m (fresh initial values from seed).
 int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);

@@ -36,6 +36,12 @@ static bool name_or_suffix(const char *module, const char *entry) {
 }
 
 bool adapter_module_excluded(const AdapterConfig *c, const char *module) {
+    for (int i = 0; i < c->n_modules_to_save; i++) {  // PEFT: (^|.*\.)<entry>($|\..*) is a module to save, never adapted
+        char *re = xasprintf("(.*\\.)?%s(\\..*)?", c->modules_to_save[i]);
+        bool hit = regex_full_match(re, module);
+        free(re);
+        if (hit) return true;
+    }
     if (c->exclude_regex) return regex_full_match(c->exclude_regex, module);
     for (int i = 0; i < c->n_exclude; i++)
         if (name_or_suffix(module, c->exclude[i])) return true;
@@ -158,6 +164,8 @@ int adapter_layout_check(const AdapterConfig *c, const char *path) {
     if (str_targets && c->n_layers_pattern) return peft_fail("%s: layers_pattern cannot be used when target_modules is a string (PEFT refuses it too)", path);
     if (c->n_layers_pattern && !c->layers)
         return peft_fail("%s: layers_pattern is given without layers_to_transform (PEFT refuses it too)", path);
+    if (c->n_modules_to_save && c->type != METHOD_LORA)
+        return peft_fail("%s: modules_to_save is implemented for LoRA only", path);
     if (c->bias != BIAS_NONE && c->type != METHOD_LORA)
         return peft_fail("%s: bias \"%s\" is implemented for LoRA only (%s saves no biases here)", path, adapter_bias_name(c->bias),
                          method_get(c->type) ? method_get(c->type)->title : "this method");
@@ -180,8 +188,11 @@ int adapter_layout_parse(AdapterConfig *c, const void *json, const char *path) {
     for (int i = 0; i < c->n_layers_pattern; i++)
         if (check_regex(c->layers_pattern[i], "layers_pattern", path)) return -1;
     if (parse_names(cJSON_GetObjectItemCaseSensitive(j, "exclude_modules"), "exclude_modules", &c->exclude, &c->n_exclude, &c->exclude_regex, path) ||
-        parse_layers(c, cJSON_GetObjectItemCaseSensitive(j, "layers_to_transform"), path))
+        parse_layers(c, cJSON_GetObjectItemCaseSensitive(j, "layers_to_transform"), path) ||
+        parse_names(cJSON_GetObjectItemCaseSensitive(j, "modules_to_save"), "modules_to_save", &c->modules_to_save, &c->n_modules_to_save, NULL, path))
         return -1;
+    for (int i = 0; i < c->n_modules_to_save; i++)
+        if (check_regex(c->modules_to_save[i], "modules_to_save", path)) return -1;
     if (c->type == METHOD_LORA &&
         (parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "rank_pattern"), "rank_pattern", true, &c->lora_rank_pattern, &c->n_lora_rank_pattern, path) ||
          parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "alpha_pattern"), "alpha_pattern", false, &c->alpha_pattern, &c->n_alpha_pattern, path)))
@@ -204,13 +215,14 @@ void adapter_layout_free(AdapterConfig *c) {
     free(c->exclude_regex);
     free(c->layers);
     free_list(c->layers_pattern, c->n_layers_pattern);
+    free_list(c->modules_to_save, c->n_modules_to_save);
     free_pattern(c->lora_rank_pattern, c->n_lora_rank_pattern);
     free_pattern(c->alpha_pattern, c->n_alpha_pattern);
-    c->exclude = c->layers_pattern = NULL;
+    c->exclude = c->layers_pattern = c->modules_to_save = NULL;
     c->exclude_regex = NULL;
     c->layers = NULL;
     c->lora_rank_pattern = c->alpha_pattern = NULL;
-    c->n_exclude = c->n_layers = c->n_layers_pattern = c->n_lora_rank_pattern = c->n_alpha_pattern = 0;
+    c->n_exclude = c->n_layers = c->n_layers_pattern = c->n_lora_rank_pattern = c->n_alpha_pattern = c->n_modules_to_save = 0;
 }
 
 static char **copy_list(char *const *list, int n) {
@@ -231,6 +243,7 @@ void adapter_layout_copy(AdapterConfig *dst, const AdapterConfig *src) {
     dst->layers = src->n_layers ? xmalloc(sizeof(int) * src->n_layers) : NULL;
     if (src->n_layers) memcpy(dst->layers, src->layers, sizeof(int) * src->n_layers);
     dst->layers_pattern = copy_list(src->layers_pattern, src->n_layers_pattern);
+    dst->modules_to_save = copy_list(src->modules_to_save, src->n_modules_to_save);
     dst->lora_rank_pattern = copy_pattern(src->lora_rank_pattern, src->n_lora_rank_pattern);
     dst->alpha_pattern = copy_pattern(src->alpha_pattern, src->n_alpha_pattern);
 }
@@ -257,6 +270,9 @@ void adapter_layout_to_json(const AdapterConfig *c, void *json) {
     else cJSON_Delete(ex);
     cJSON_AddItemToObject(j, "layers_to_transform", layers);
     cJSON_AddItemToObject(j, "layers_pattern", lp);
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "modules_to_save");
+    cJSON_AddItemToObject(j, "modules_to_save", c->n_modules_to_save ? cJSON_CreateStringArray((const char *const *)c->modules_to_save, c->n_modules_to_save)
+                                                                      : cJSON_CreateNull());
     if (c->type != METHOD_LORA) return;
     cJSON_DeleteItemFromObjectCaseSensitive(j, "rank_pattern");
     cJSON_DeleteItemFromObjectCaseSensitive(j, "alpha_pattern");
@@ -266,7 +282,7 @@ void adapter_layout_to_json(const AdapterConfig *c, void *json) {
 
 // peft train / estimate --lora-options FILE: these keys alone, as adapter_config.json spells them.
 int adapter_layout_read_file(AdapterConfig *c, const char *path) {
-    static const char *const KEYS[] = {"exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "bias"};
+    static const char *const KEYS[] = {"exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "bias", "modules_to_save"};
     char *text = read_file(path, NULL);
     if (!text) return -1;
     cJSON *j = cJSON_Parse(text);
@@ -278,7 +294,7 @@ int adapter_layout_read_file(AdapterConfig *c, const char *path) {
         while (k < sizeof KEYS / sizeof *KEYS && strcmp(KEYS[k], v->string)) k++;
         if (k == sizeof KEYS / sizeof *KEYS) {
             rc = peft_fail("%s: \"%s\" is not an option this file sets (exclude_modules, layers_to_transform, layers_pattern, "
-                           "rank_pattern, alpha_pattern, bias)", path, v->string);
+                           "rank_pattern, alpha_pattern, bias, modules_to_save)", path, v->string);
             break;
         }
         if (c->type != METHOD_LORA && strcmp(v->string, "exclude_modules") && strcmp(v->string, "layers_to_transform") &&
@@ -312,6 +328,8 @@ void adapter_layout_describe(const AdapterConfig *c, char *buf, size_t cap) {
         PUT("%s%s: %g%s", i ? ", " : "rank_pattern  ", c->lora_rank_pattern[i].key, c->lora_rank_pattern[i].value, i == c->n_lora_rank_pattern - 1 ? "\n" : "");
     for (int i = 0; i < c->n_alpha_pattern; i++)
         PUT("%s%s: %g%s", i ? ", " : "alpha_pattern ", c->alpha_pattern[i].key, c->alpha_pattern[i].value, i == c->n_alpha_pattern - 1 ? "\n" : "");
+    for (int i = 0; i < c->n_modules_to_save; i++)
+        PUT("%s%s%s", i ? ", " : "modules_to_save ", c->modules_to_save[i], i == c->n_modules_to_save - 1 ? " (trained in full, saved with the adapter)\n" : "");
     if (c->bias != BIAS_NONE) PUT("bias          %s (the base's biases train and are saved with the adapter)\n", adapter_bias_name(c->bias));
 #undef PUT
 }
@@ -320,6 +338,7 @@ void adapter_layout_describe(const AdapterConfig *c, char *buf, size_t cap) {
 // lora_embedding_A / lora_embedding_B) and the output head (tied or not, transformers has an lm_head
 // module). A target that matches one is refused rather than left out.
 int adapter_layout_check_model(const AdapterConfig *c, const Model *m) {
+    if (c->all_linear) return 0;  // linears only, the head not among them (PEFT's _maybe_include_all_linear_layers)
     const Param *emb[] = {m->wte, m->wpe};
     for (int i = 0; i < 3; i++) {
         char *module = i < 2 ? (emb[i] ? xstrdup(emb[i]->name) : NULL) : xstrdup("lm_head");

@@ -224,7 +224,7 @@ int64_t est_safetensors_bytes(const EstTensor *t, int n) {
 // The tensors adapters_save writes for the adapted modules, in its order, each module at rank r.
 // The base biases LoRA's bias option trains, in the order the model holds them (GPT-2: each layer's
 // ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj, then ln_f; the Llama family: its linears' biases):
-// their saved names (adapter_bias.c) into names[] when given (malloc'd), their values returned.
+// their saved names (adapter_base.c) into names[] when given (malloc'd), their values returned.
 static int64_t bias_tensors(const EstModel *em, const bool *adapted, BiasMode mode, char ***names, int64_t **sizes, int *n) {
     bool gpt2 = em->family == EST_DECODER_GPT2;
     int64_t total = 0, C = em->cfg.n_embd;
@@ -282,7 +282,7 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, Metho
                 "base_model.model.%s.%s", l->name, d->suffix);
         }
     }
-    if (lora && lora->bias != BIAS_NONE) {  // then the trained biases (adapter_bias.c appends them)
+    if (lora && lora->bias != BIAS_NONE) {  // then the trained biases (adapter_base.c appends them)
         int nb = 0;
         bias_tensors(em, adapted, lora->bias, NULL, NULL, &nb);
         char **bn = xcalloc(nb ? nb : 1, sizeof(char *));
@@ -584,6 +584,8 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     e->r = r;
     e->target_r = c->target_r;
     if (method != METHOD_FULL && r <= 0) return peft_fail("the rank must be positive (got %d)", r);
+    if (method != METHOD_FULL && c->n_modules_to_save)
+        return peft_fail("modules_to_save: peft estimate does not count modules trained in full beside the adapter yet");
     if (method == METHOD_ADALORA && (c->target_r < 0 || c->target_r > c->init_r))
         return peft_fail("AdaLoRA target_r %d must be in 0..init_r (%d)", c->target_r, c->init_r);
     bool *adapted = xcalloc(em->n_linears ? em->n_linears : 1, sizeof(bool));

@@ -62,6 +62,7 @@ static const ConfigKey LORA_KEYS[] = {
     {"init_lora_weights", KEY_INERT, "[true, false, \"gaussian\"]", "it changes the base weights or is not implemented"},
     {"rank_pattern", KEY_USED, NULL, NULL},        // adapter_layout.c, as alpha_pattern, exclude_modules and bias
     {"bias", KEY_USED, "[\"none\", \"all\", \"lora_only\"]", NULL},
+    {"modules_to_save", KEY_USED, NULL, NULL},     // adapter_base.c
     {"megatron_core", KEY_INERT, NULL, NULL},      // read only with megatron_config
     {"qalora_group_size", KEY_INERT, NULL, NULL},  // read only with use_qalora
     {"exclude_modules", KEY_USED, NULL, NULL},

@@ -92,7 +92,7 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
     }
     enum { LORA, ADALORA, VERA };
     static const struct { int method; const char *key, *value; } refused[] = {
-        {LORA, "modules_to_save", "[\"lm_head\"]"}, {LORA, "layers_to_transform", "[-1]"}, {LORA, "layers_pattern", "\"h\""},
+        {LORA, "modules_to_save", "\"lm_head\""}, {LORA, "layers_to_transform", "[-1]"}, {LORA, "layers_pattern", "\"h\""},
         {LORA, "alpha_pattern", "[16]"}, {LORA, "rank_pattern", "{\"c_attn\": 2.5}"}, {LORA, "bias", "true"},
         {LORA, "bias", "\"some\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "true"}, {LORA, "lora_bias", "true"},
         {LORA, "exclude_modules", "3"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"SEQ_CLS\""},

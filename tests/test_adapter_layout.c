@@ -1,4 +1,4 @@
-// PEFT's layout options (adapter_layout.c, adapter_bias.c): exclude_modules, layers_to_transform +
+// PEFT's layout options (adapter_layout.c, adapter_base.c): exclude_modules, layers_to_transform +
 // layers_pattern, "all-linear" as a string, LoRA's rank_pattern / alpha_pattern with PEFT's key rule,
 // the bias option; and PEFT's refusals of combinations.
 #include "test.h"
@@ -171,6 +171,18 @@ TEST(layout_patterns_attach_save_reload_and_merge) {
 
 static double loss_fn(Model *m, void *ctx) { return test_batch_loss(m, ctx); }
 
+// The trainable tensors' gradients against differences of the loss on a random batch.
+static int gradcheck(Model *m, uint64_t seed) {
+    int32_t ids[12], labels[12];
+    uint64_t s = seed;
+    test_random_batch(ids, labels, 12, m->cfg.vocab_size, &s);
+    TestBatch b = {ids, labels, 2, 6};
+    model_zero_grad(m);
+    model_forward(m, ids, labels, 2, 6);
+    model_backward(m);
+    return test_gradcheck(m, loss_fn, &b, 1e-3, 1e-2, 1e-4);
+}
+
 // bias "all" on GPT-2: every bias trains (gradients against differences), is saved under PEFT's names
 // and replaces the base's on load; "lora_only": only the adapted modules'.
 TEST(bias_option_trains_saves_and_loads_peft_biases) {
@@ -180,17 +192,10 @@ TEST(bias_option_trains_saves_and_loads_peft_biases) {
     CHECK(adapters_attach(m, &c, 1) == 0);
     adapter_config_free(&c);
     AdapterSet *set = m->adapters;
-    CHECK(set->n_bias == 13);  // ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj per layer, and ln_f
+    CHECK(set->n_base == 13);  // ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj per layer, and ln_f
     randomize_params(set, 7);  // the biases too: they are the model's own
     CHECK(model_find_param(m, "transformer.h.1.ln_2.bias")->w[0] == set->params[set->n_params - 13 + 9]->w[0]);
-    int32_t ids[12], labels[12];
-    uint64_t s = 3;
-    test_random_batch(ids, labels, 12, m->cfg.vocab_size, &s);
-    TestBatch b = {ids, labels, 2, 6};
-    model_zero_grad(m);
-    model_forward(m, ids, labels, 2, 6);
-    model_backward(m);
-    CHECK(test_gradcheck(m, loss_fn, &b, 1e-3, 1e-2, 1e-4));
+    CHECK(gradcheck(m, 3));
     long n;
     float *live = logits(m, &n);
     char *dir = tmp_dir("bias");
@@ -225,7 +230,7 @@ TEST(bias_option_trains_saves_and_loads_peft_biases) {
     m = test_model_from_json(TINY_GPT2_JSON, 6);
     CHECK(adapters_attach(m, &c, 1) == 0);
     adapter_config_free(&c);
-    CHECK(m->adapters->n_bias == 2 && m->adapters->n_params == 2 * 2 + 2);
+    CHECK(m->adapters->n_base == 2 && m->adapters->n_params == 2 * 2 + 2);
     CHECK(!strcmp(m->adapters->params[5]->name, "base_model.model.transformer.h.1.attn.c_attn.base_layer.bias"));
     CHECK(adapters_save(m, dir) == 0);
     test_set_adapter_key(dir, "bias", "\"none\"");  // the bias tensors are then no one's
@@ -244,7 +249,7 @@ TEST(layout_reference_cases) {
         "mistral-lora", "qwen2-lora", "gpt2-lora-all-linear", "llama-lora-all-linear-exclude", "llama-lora-regex",
         "qwen2-lora-exclude-regex", "mistral-lora-exclude", "gpt2-lora-layers", "llama-lora-layers-int", "llama-lora-patterns",
         "gpt2-lora-patterns-rslora", "qwen2-lora-patterns-layers", "gpt2-lora-bias-all", "llama-lora-bias-all",
-        "qwen2-lora-bias-all-layers", "gpt2-lora-bias-lora-only", "qwen2-lora-bias-lora-only",
+        "qwen2-lora-bias-all-layers", "llama-lora-modules-to-save", "qwen2-lora-modules-to-save-linear", "gpt2-lora-bias-lora-only", "qwen2-lora-bias-lora-only",
     };
     if (!fixtures_dir()) SKIP_NO_FIXTURES();
     char missing[1024] = "";
@@ -277,5 +282,48 @@ TEST(layout_refuses_targets_on_embeddings_and_head) {
         adapter_config_free(&c);
         model_free(m);
         CHECK_MSG(rc != 0 && strstr(peft_last_error(), cases[i].module), "%s: %s", cases[i].targets, rc ? peft_last_error() : "attached");
+    }
+}
+
+// modules_to_save: each module whose name ends with an entry trains in full (a gradient against
+// differences), is saved as PEFT names it and written over the base's on load; it is never adapted.
+TEST(modules_to_save_train_save_and_load) {
+    AdapterConfig c;
+    CHECK(parse_lora(&c, "[\"q_proj\",\"v_proj\"]", "\"modules_to_save\":[\"lm_head\",\"embed_tokens\",\"layers.1.self_attn.q_proj\"]") == 0);
+    Model *m = test_model_from_json(TINY_LLAMA_JSON, 8);
+    CHECK_MSG(adapters_attach(m, &c, 1) == 0, "%s", peft_last_error());
+    adapter_config_free(&c);
+    AdapterSet *set = m->adapters;
+    CHECK(set->n == 3 && set->n_base == 3);  // layer 1's q_proj is a module to save, not adapted
+    const char *names[] = {"base_model.model.model.embed_tokens.weight", "base_model.model.model.layers.1.self_attn.q_proj.weight",
+                           "base_model.model.lm_head.weight"};
+    for (int i = 0; i < 3; i++) CHECK_MSG(!strcmp(set->params[set->n_params - 3 + i]->name, names[i]), "%s", set->params[set->n_params - 3 + i]->name);
+    randomize_params(set, 11);
+    CHECK(gradcheck(m, 4));
+    long n;
+    float *live = logits(m, &n);
+    char *dir = tmp_dir("mts");
+    CHECK(adapters_save(m, dir) == 0);
+    Model *m2 = test_model_from_json(TINY_LLAMA_JSON, 8);
+    CHECK_MSG(adapters_load(m2, dir) == 0, "%s", peft_last_error());
+    float *reloaded = logits(m2, &n);
+    CHECK(!memcmp(live, reloaded, sizeof(float) * n));
+    model_free(m2);
+    rm_dir(dir);
+    free(dir);
+    free(live);
+    free(reloaded);
+    model_free(m);
+    // The tied embedding / head (PEFT would train a copy for one of its two uses) and a name no module has.
+    const char *refused[][2] = {{"[\"wte\"]", "ties"}, {"[\"lm_head\"]", "ties"}, {"[\"nothing\"]", "names no module"}};
+    for (int i = 0; i < 3; i++) {
+        char *extra = xasprintf("\"fan_in_fan_out\":true,\"modules_to_save\":%s", refused[i][0]);
+        CHECK(parse_lora(&c, "[\"c_attn\"]", extra) == 0);
+        free(extra);
+        m = test_model_from_json(TINY_GPT2_JSON, 8);
+        int rc = adapters_attach(m, &c, 1);
+        adapter_config_free(&c);
+        model_free(m);
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), refused[i][1]), "%s: %s", refused[i][0], rc ? peft_last_error() : "attached");
     }
 }

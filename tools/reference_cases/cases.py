@@ -135,6 +135,9 @@ CASES = [
     Case("gpt2", "lora", config=dict(bias="all"), suffix="bias-all"),
     Case("llama", "lora", config=dict(bias="all"), suffix="bias-all"),      # Llama has no bias: nothing more trains
     Case("qwen2", "lora", config=dict(bias="all", layers_to_transform=[0]), suffix="bias-all-layers"),
+    # modules_to_save: full trainable copies (an untied head and embedding; a linear, never adapted then).
+    Case("llama", "lora", config=dict(modules_to_save=["lm_head", "embed_tokens"]), suffix="modules-to-save"),
+    Case("qwen2", "lora", config=dict(modules_to_save=["layers.1.self_attn.q_proj"]), suffix="modules-to-save-linear"),
     # Last: PEFT before its fix of issue 3306 dropped lora_only's biases when saving (the run stops on it here).
     Case("gpt2", "lora", config=dict(bias="lora_only", target_modules=["c_attn", "c_fc"]), suffix="bias-lora-only"),
     Case("qwen2", "lora", config=dict(bias="lora_only", target_modules=["q_proj", "v_proj"]), suffix="bias-lora-only"),
