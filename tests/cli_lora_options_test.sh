@@ -42,6 +42,11 @@ check "estimate: adapter file bytes as written ($(stat -c %s "$ST"))" \
 run_ok "generate with the adapter (merged)" "$PEFT" generate --model "$M" --adapter "$TMP/a" --prompt "The" --max-tokens 3 --threads 1
 run_ok "generate with the adapter (live)" "$PEFT" generate --model "$M" --adapter "$TMP/a" --prompt "The" --max-tokens 3 --threads 1 --no-merge
 
+run_fails "export --to gguf refuses the adapter's trained biases" 1 'GGUF LoRA cannot hold' \
+    "$PEFT" export --model "$M" --adapter "$TMP/a" --to gguf --out "$TMP/a.gguf"
+check "nothing written" test ! -e "$TMP/a.gguf"
+run_ok "export --merge --to gguf takes them in the merged model" "$PEFT" export --model "$M" --adapter "$TMP/a" --merge --to gguf --out "$TMP/m.gguf"
+
 echo '{"bias": "lora_only"}' >"$TMP/bias.json"
 run_fails "train --device cuda refuses bias by name" 1 'bias "lora_only".*CUDA' \
     "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/bias.json" --device cuda --out "$TMP/cuda"
