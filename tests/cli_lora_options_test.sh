@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CLI tests of PEFT's LoRA layout options through --lora-options (exclude_modules, layers_to_transform
-# + layers_pattern, rank_pattern, alpha_pattern, bias): train writes them as PEFT does, info shows them,
-# estimate counts the trained parameters and the file exactly, generate loads the adapter, and the
-# CUDA backend refuses what it does not run (the biases).
+# + layers_pattern, rank_pattern, alpha_pattern, bias, modules_to_save): train writes them as PEFT does,
+# info shows them, estimate counts the trained parameters and the file exactly, generate loads the
+# adapter, and what does not run (on the CUDA backend, in a GGUF LoRA) is refused by name.
 # Usage: PEFT=build/peft bash tests/cli_lora_options_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -50,6 +50,12 @@ run_ok "export --merge --to gguf takes them in the merged model" "$PEFT" export 
 echo '{"bias": "lora_only"}' >"$TMP/bias.json"
 run_fails "train --device cuda refuses bias by name" 1 'bias "lora_only".*CUDA' \
     "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/bias.json" --device cuda --out "$TMP/cuda"
+echo '{"modules_to_save": ["ln_f"]}' >"$TMP/mts.json"
+run_fails "train --device cuda refuses modules_to_save by name" 1 'modules_to_save.*CUDA' \
+    "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/mts.json" --device cuda --out "$TMP/cuda"
+run_ok "train with modules_to_save on the CPU" "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/mts.json" --out "$TMP/mts"
+check "the module to save is in the adapter file under PEFT's name" \
+    bash -c "head -c 3000 '$TMP/mts/adapter_model.safetensors' | grep -q 'base_model.model.transformer.ln_f.weight'"
 echo '{"use_dora": true}' >"$TMP/bad.json"
 run_fails "an options file with another key" 1 'bad.json: "use_dora" is not an option' \
     "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/bad.json" --out "$TMP/b"
