@@ -148,12 +148,6 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     if (attach) m->adapters = set;
     if (cfg->r <= 0) { adapter_set_free(set); peft_fail("adapter rank r must be positive (got %d)", cfg->r); return NULL; }
     if (adapter_layout_check(cfg, "adapter config") || adapter_layout_check_model(cfg, m)) { adapter_set_free(set); return NULL; }
-    if (!attach && (cfg->bias != BIAS_NONE || cfg->n_modules_to_save)) {
-        adapter_set_free(set);
-        peft_fail("%s: the adapter replaces base weights, so it is loaded onto the model alone (not beside other adapters)",
-                  cfg->n_modules_to_save ? "modules_to_save" : "bias");
-        return NULL;
-    }
     if (cfg->type == METHOD_ADALORA && cfg->target_r > cfg->init_r) { adapter_set_free(set); peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); return NULL; }
     set->adapters = xcalloc(m->n_linears, sizeof(Adapter));
     set->by_linear = xcalloc(m->n_linears > 0 ? m->n_linears : 1, sizeof(Adapter *));

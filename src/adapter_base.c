@@ -64,14 +64,16 @@ static int check_modules_to_save(const AdapterSet *set) {
 int adapter_base_attach(AdapterSet *set) {
     if (set->cfg.bias == BIAS_NONE && set->cfg.n_modules_to_save == 0) return 0;
     Model *m = set->model;
-    if (m->adapters != set)
-        return peft_fail("%s: the adapter replaces base weights, so it is loaded onto the model alone (not beside other adapters)",
-                         set->cfg.n_modules_to_save ? "modules_to_save" : "bias");
     if (check_modules_to_save(set)) return -1;
     for (int i = 0; i < m->n_params; i++) {
         char *name = trained_name(set, i);
         if (!name) continue;
         Param *base = &m->params[i];
+        if (m->adapters != set) {  // a detached set (serving several adapters on one base)
+            free(name);
+            return peft_fail("%s: the adapter replaces the base's %s, so it is loaded onto the model alone (not beside other adapters)",
+                             set->cfg.n_modules_to_save ? "modules_to_save" : "bias", base->name);
+        }
         if (base->grad) { free(name); return peft_fail("%s already has a gradient: something else trains it", base->name); }
         Param *p = xcalloc(1, sizeof *p);
         p->name = name;
