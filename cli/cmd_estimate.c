@@ -80,7 +80,7 @@ static char *join_notes(const char *const *notes) {
 }
 
 int cmd_estimate(int argc, char **argv) {
-    const char *model = NULL, *method_s = method_name(METHOD_LORA), *targets = NULL;
+    const char *model = NULL, *method_s = method_name(METHOD_LORA), *targets = NULL, *lora_options = NULL;
     int r = -1, init_r = -1, target_r = -1, batch = 8, context = 0;
     float dropout = 0;
     bool json = false, no_save_projection = false, no_double_quant = false;
@@ -88,7 +88,7 @@ int cmd_estimate(int argc, char **argv) {
     char methods[128], help_method[160];
     method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
     snprintf(help_method, sizeof help_method, "%s (default %s)", methods, method_s);
-    Option opts[16] = {
+    Option opts[20] = {
         {"model", OPT_STRING, &model, "preset (roberta-base, roberta-large, gpt2, gpt2-medium, gpt2-large, gpt3-175b, "
                                       "llama-2-7b, llama-2-13b, tinyllama-1.1b), a config.json, or an HF model folder"},
         {"method", OPT_STRING, &method_s, help_method},
@@ -97,6 +97,8 @@ int cmd_estimate(int argc, char **argv) {
         {"target-r", OPT_INT, &target_r, "AdaLoRA final average rank (default 8)"},
         {"targets", OPT_STRING, &targets, "target modules: comma list, \"all-linear\", or re:REGEX (default: PEFT's for the model)"},
         {"dropout", OPT_FLOAT, &dropout, "adapter dropout (adds dropout(x) buffers to the CPU/GPU activations)"},
+        {"lora-options", OPT_STRING, &lora_options, "JSON file of PEFT's exclude_modules, layers_to_transform, layers_pattern, "
+                                                    "rank_pattern, alpha_pattern, bias"},
         {"no-save-projection", OPT_FLAG, &no_save_projection, "VeRA: the file omits vera_A/vera_B (both sizes are shown anyway)"},
         {"batch", OPT_INT, &batch, "sequences per step (default 8)"},
         {"context", OPT_INT, &context, "tokens per sequence (default min(512, the model's context))"},
@@ -138,6 +140,11 @@ int cmd_estimate(int argc, char **argv) {
     if (targets) adapter_config_set_targets(&c, targets);
     else if (em.family == EST_ENCODER_ROBERTA || em.family == EST_DECODER_GPT3) adapter_config_set_targets(&c, "query,value");
     else adapter_config_default_targets(&c, &em.cfg);
+    if (lora_options && adapter_layout_read_file(&c, lora_options)) {
+        adapter_config_free(&c);
+        est_model_free(&em);
+        return fail_with_library_error();
+    }
 
     Estimate e;
     if (estimate_compute(&e, &em, method, &c, batch, context)) {

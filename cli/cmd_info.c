@@ -67,7 +67,10 @@ int cmd_info(int argc, char **argv) {
         printf(" on %d modules (", s->n);
         if (s->cfg.target_regex) printf("regex %s", s->cfg.target_regex);
         for (int i = 0; i < s->cfg.n_targets; i++) printf("%s%s", i ? ", " : "", s->cfg.targets[i]);
-        printf(")\ntrainable     %s (%.4f%% of %s)\n", grouped(trainable, a), 100.0 * trainable / (base + trainable), grouped(base + trainable, b));
+        char options[2048];
+        adapter_layout_describe(&s->cfg, options, sizeof options);
+        printf(")\n%s", options);
+        printf("trainable     %s (%.4f%% of %s)\n", grouped(trainable, a), 100.0 * trainable / (base + trainable), grouped(base + trainable, b));
         long bytes = file_size(adapter_dir, "adapter_model.safetensors");
         printf("adapter file  %s bytes (adapter_model.safetensors)\n", grouped(bytes, a));
     }

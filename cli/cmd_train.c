@@ -84,7 +84,7 @@ static const char *method_defaults(char *buf, size_t cap, bool lr) {
 int cmd_train(int argc, char **argv) {
     TrainConfig c;
     train_config_defaults(&c, METHOD_LORA);
-    const char *method = method_name(METHOD_LORA), *targets = NULL, *schedule = "linear", *device = "cpu";
+    const char *method = method_name(METHOD_LORA), *targets = NULL, *schedule = "linear", *device = "cpu", *lora_options = NULL;
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
     bool rslora = false, no_allocate = false, no_double_quant = false;
@@ -109,6 +109,8 @@ int cmd_train(int argc, char **argv) {
         {"targets", OPT_STRING, &targets, "modules to adapt: names (comma-separated), all-linear, or re:REGEX (default: PEFT's)"},
         {"dropout", OPT_FLOAT, &c.adapter.dropout, "adapter dropout (default 0)"},
         {"rslora", OPT_FLAG, &rslora, "LoRA: scale by alpha/sqrt(r)"},
+        {"lora-options", OPT_STRING, &lora_options, "JSON file of PEFT's exclude_modules, layers_to_transform, layers_pattern, "
+                                                    "rank_pattern, alpha_pattern, bias (as adapter_config.json spells them)"},
         {"d-initial", OPT_FLOAT, &c.adapter.d_initial, "VeRA: initial lambda_d (default 0.1)"},
         {"init-r", OPT_INT, &c.adapter.init_r, "AdaLoRA: initial rank (default 12)"},
         {"target-r", OPT_INT, &c.adapter.target_r, "AdaLoRA: average target rank (default 8)"},
@@ -161,6 +163,11 @@ int cmd_train(int argc, char **argv) {
     if (!r) c.adapter.r = method_get(c.method)->default_r;  // the method's PEFT default
     if (r) c.adapter.r = c.method == METHOD_ADALORA ? (c.adapter.init_r = r) : r;
     if (targets) adapter_config_set_targets(&c.adapter, targets);
+    c.adapter.type = c.method;
+    if (lora_options && adapter_layout_read_file(&c.adapter, lora_options)) {
+        train_config_free(&c);
+        return fail_with_library_error();
+    }
     c.adapter.use_rslora = rslora;
     c.adalora_allocate = !no_allocate;
     c.max_grad_norm = clip;

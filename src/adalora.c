@@ -276,6 +276,9 @@ static const ConfigKey ADALORA_KEYS[] = {
     {"r", KEY_INERT, NULL, NULL},  // AdaLoRA's rank is init_r; PEFT ignores r too
     {"use_rslora", KEY_DEFAULT, NULL, "PEFT's AdaLoRA ignores it"},
     {"rank_pattern", KEY_USED, NULL, NULL},
+    {"alpha_pattern", KEY_DEFAULT, NULL, "per-module lora_alpha (PEFT's AdaLoRA does not read it)"},
+    {"bias", KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases (implemented for LoRA)"},
+    {"modules_to_save", KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter (implemented for LoRA)"},
     {"init_r", KEY_USED, NULL, NULL},
     {"target_r", KEY_USED, NULL, NULL},
     {"tinit", KEY_USED, NULL, NULL},

@@ -132,6 +132,7 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     set->cfg.target_regex = NULL;
     set->cfg.n_targets = 0;
     set->cfg.base_model = cfg->base_model ? xstrdup(cfg->base_model) : NULL;
+    adapter_layout_copy(&set->cfg, cfg);
     if (cfg->target_regex) set->cfg.target_regex = xstrdup(cfg->target_regex);
     for (int i = 0; i < cfg->n_targets; i++) {
         set->cfg.targets = xrealloc(set->cfg.targets, sizeof(char *) * (i + 1));
@@ -146,6 +147,7 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     set->model = m;
     if (attach) m->adapters = set;
     if (cfg->r <= 0) { adapter_set_free(set); peft_fail("adapter rank r must be positive (got %d)", cfg->r); return NULL; }
+    if (adapter_layout_check(cfg, "adapter config") || adapter_layout_check_model(cfg, m)) { adapter_set_free(set); return NULL; }
     if (cfg->type == METHOD_ADALORA && cfg->target_r > cfg->init_r) { adapter_set_free(set); peft_fail("AdaLoRA target_r %d exceeds init_r %d", cfg->target_r, cfg->init_r); return NULL; }
     set->adapters = xcalloc(m->n_linears, sizeof(Adapter));
     set->by_linear = xcalloc(m->n_linears > 0 ? m->n_linears : 1, sizeof(Adapter *));
@@ -155,7 +157,7 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
         a->method = method;
         a->set = set;
         a->lin = &m->linears[i];
-        a->r = cfg->r;
+        a->r = adapter_module_rank(cfg, a->lin->module);
         set->by_linear[i] = a;
         int rp = find_rank_pattern(cfg, a->lin->module);
         if (rp >= 0) a->r = cfg->rank_pattern[rp].rank;
@@ -205,7 +207,7 @@ static int set_init(AdapterSet *set, uint64_t seed) {
         if (create_tensors(a) || method->init(set, a, &rng)) return -1;
     }
     set_fingerprint(set);
-    return 0;
+    return adapter_base_attach(set);
 }
 
 static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed, bool attach) {
@@ -230,6 +232,7 @@ void adapter_set_free(AdapterSet *set) {
         free(a->extra);
         free(a->x_drop);
     }
+    adapter_base_release(set);
     for (int i = 0; i < set->n_params; i++) {
         free(set->params[i]->name);
         free(set->params[i]->w);
@@ -283,6 +286,7 @@ static int check_file(const AdapterSet *set, const SafeTensors *st, const char *
             free(name);
         }
     }
+    if (!rc) rc = adapter_base_check_file(set, st, path, used);
     const Method *method = method_get(set->cfg.type);
     for (int i = 0; i < st->n && !rc; i++)
         if (!used[i] && !(method->owns_tensor && method->owns_tensor(set, st->tensors[i].name)))

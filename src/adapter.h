@@ -6,6 +6,7 @@
 #include "method.h"
 #include "model.h"
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -13,6 +14,16 @@ typedef struct {
     int rank;                // AdaLoRA rank_pattern: ranks kept for this module
     bool *mask;              // [init_r] which ranks are kept (NULL when none given)
 } RankPatternEntry;
+
+// LoRA's rank_pattern / alpha_pattern entry: a key matched against module names as PEFT's
+// get_pattern_key does (the module is the key, or ends in "." + the key; the key is a regex).
+typedef struct {
+    char *key;
+    double value;
+} PatternEntry;
+
+// PEFT's bias option: which base biases train beside the adapter (and are saved with it).
+typedef enum { BIAS_NONE, BIAS_ALL, BIAS_LORA_ONLY } BiasMode;
 
 typedef struct {
     MethodId type;           // an adapter method (not METHOD_FULL)
@@ -23,6 +34,22 @@ typedef struct {
     int n_targets;
     char **targets;          // target_modules as a list ...
     char *target_regex;      // ... or as one regex (PEFT: a string is matched with re.fullmatch)
+    bool all_linear;         // target_modules "all-linear" as a string (PEFT: every linear but the output head)
+    // exclude_modules: a list (names or suffixes, as target_modules) or one regex
+    int n_exclude;
+    char **exclude;
+    char *exclude_regex;
+    // layers_to_transform (NULL: every layer) and layers_pattern (regexes naming the layer list)
+    int n_layers;
+    int *layers;
+    int n_layers_pattern;
+    char **layers_pattern;
+    // LoRA: per-module ranks and alphas, in the file's order (the first matching key wins)
+    int n_lora_rank_pattern, n_alpha_pattern;
+    PatternEntry *lora_rank_pattern, *alpha_pattern;
+    BiasMode bias;
+    int n_modules_to_save;   // modules trained in full beside the adapter (module names or their ends)
+    char **modules_to_save;
     bool fan_in_fan_out;
     char *base_model;        // base_model_name_or_path (may be NULL)
     // PEFT's task_type: "CAUSAL_LM" for what we create; "" when a file says null. It matters:
@@ -73,6 +100,10 @@ struct AdapterSet {
     Adapter **by_linear;         // [model->n_linears]: this set's adapter on each linear (NULL: none)
     uint64_t vera_fingerprint;   // VeRA: hash of the projections' bytes (sets with equal ones share products)
     uint64_t uid;                // unique in this process (device copies are cached by it)
+    // bias "all" / "lora_only" and modules_to_save (adapter_base.c): the last n_base of params are the
+    // model's parameters the adapter trains, under their PEFT names, base_of[i] the model's Param of each
+    int n_base;
+    Param **base_of;
 };
 
 // PEFT's defaults for the method's config class (the method's default r).
@@ -82,14 +113,50 @@ int adapter_config_parse(AdapterConfig *c, const char *json_text, const char *pa
 // The adapter_config.json object PEFT expects (a cJSON *; the caller deletes it).
 void *adapter_config_to_json_object(const AdapterConfig *c);
 void adapter_config_free(AdapterConfig *c);
+// What this program does with a key of the method's adapter_config.json (NULL: not a key of its config
+// class), and every such key's name (at most cap; returns how many): docs/lora-config.md's table is checked against them.
+const ConfigKey *adapter_config_key(MethodId type, const char *name);
+int adapter_config_key_names(MethodId type, const char **names, int cap);
 // Comma-separated list, or a regex when it starts with "re:" (PEFT's string form); "all-linear" too.
 void adapter_config_set_targets(AdapterConfig *c, const char *spec);
 // PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj).
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc);
 
-// PEFT's rule: a list entry matches a module named exactly so or ending in ".entry";
-// a string is a regex that must match the whole name.
+// PEFT's rule (check_target_module_exists): exclude_modules first; a string is a regex that must
+// match the whole name ("all-linear": every linear, the output head not being one here); a list
+// entry matches a module named exactly so, or one ending in ".entry" that is also in
+// layers_to_transform's layers.
 bool adapter_targets_module(const AdapterConfig *c, const char *module);
+
+// adapter_layout.c: exclude_modules, layers_to_transform + layers_pattern, LoRA's rank_pattern and
+// alpha_pattern, bias. Parse reads them from an adapter_config.json object (a cJSON *) into c (of
+// c->type, its targets already read) and applies check; check: PEFT's refusals of combinations.
+int adapter_layout_parse(AdapterConfig *c, const void *json, const char *path);
+int adapter_layout_check(const AdapterConfig *c, const char *path);
+// A JSON file of these keys alone (the CLI's --lora-options), read into c (its type and targets set).
+int adapter_layout_read_file(AdapterConfig *c, const char *path);
+// The options in force, one line each ("" when none): peft info.
+void adapter_layout_describe(const AdapterConfig *c, char *buf, size_t cap);
+void adapter_layout_free(AdapterConfig *c);
+void adapter_layout_copy(AdapterConfig *dst, const AdapterConfig *src);  // dst: a shallow copy of src
+void adapter_layout_to_json(const AdapterConfig *c, void *json);
+bool adapter_module_excluded(const AdapterConfig *c, const char *module);
+// Refuses targets that match a module PEFT's LoRA would wrap but that is no Linear here (embeddings, lm_head).
+int adapter_layout_check_model(const AdapterConfig *c, const Model *m);
+// Whether the module's layer is one of layers_to_transform (true when that is not given).
+bool adapter_module_in_layers(const AdapterConfig *c, const char *module);
+// LoRA's rank and lora_alpha for a module: rank_pattern's and alpha_pattern's first matching key, else r, lora_alpha.
+int adapter_module_rank(const AdapterConfig *c, const char *module);
+float adapter_module_alpha(const AdapterConfig *c, const char *module);
+const char *adapter_bias_name(BiasMode b);
+// Python's re.fullmatch(pattern, s) (PCRE2); false for a pattern that does not compile.
+bool regex_full_match(const char *pattern, const char *s);
+
+// adapter_base.c: the base parameters bias and modules_to_save train, appended to set->params (attached sets only).
+int adapter_base_attach(AdapterSet *set);
+// A file's tensors of those: each one the set trains there with the base's size (used[i]: file tensor i is one).
+int adapter_base_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);
+void adapter_base_release(AdapterSet *set);                       // before set->params are freed
 
 // Create adapters on every matching linear of m (fresh initial values from seed).
 int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);

@@ -39,6 +39,7 @@ static void clear_targets(AdapterConfig *c) {
 
 void adapter_config_free(AdapterConfig *c) {
     clear_targets(c);
+    adapter_layout_free(c);
     free(c->base_model);
     for (int i = 0; i < c->n_rank_pattern; i++) free(c->rank_pattern[i].mask);
     free(c->rank_pattern);
@@ -47,6 +48,7 @@ void adapter_config_free(AdapterConfig *c) {
 
 void adapter_config_set_targets(AdapterConfig *c, const char *spec) {
     clear_targets(c);
+    c->all_linear = !strcasecmp(spec, "all-linear");  // PEFT's string form, a list of one entry here
     if (!strncmp(spec, "re:", 3)) { c->target_regex = xstrdup(spec + 3); return; }
     char *copy = xstrdup(spec), *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -63,7 +65,7 @@ void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc) {
     if (mc->arch == ARCH_GPT2) c->fan_in_fan_out = true;
 }
 
-static bool regex_full_match(const char *pattern, const char *s) {
+bool regex_full_match(const char *pattern, const char *s) {
     int err;
     PCRE2_SIZE off;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED | PCRE2_ENDANCHORED, &err, &off, NULL);
@@ -76,16 +78,19 @@ static bool regex_full_match(const char *pattern, const char *s) {
 }
 
 bool adapter_targets_module(const AdapterConfig *c, const char *module) {
+    if (adapter_module_excluded(c, module)) return false;
+    if (c->all_linear) return true;
     if (c->target_regex) return regex_full_match(c->target_regex, module);
     size_t n = strlen(module);
+    bool suffix = false;
     for (int i = 0; i < c->n_targets; i++) {
         const char *t = c->targets[i];
         if (!strcmp(t, "all-linear")) return true;
         size_t k = strlen(t);
-        if (!strcmp(module, t)) return true;
-        if (n > k && module[n - k - 1] == '.' && !strcmp(module + n - k, t)) return true;
+        if (!strcmp(module, t)) return true;  // PEFT: an exact name is taken whatever layers_to_transform says
+        suffix |= n > k && module[n - k - 1] == '.' && !strcmp(module + n - k, t);
     }
-    return false;
+    return suffix && adapter_module_in_layers(c, module);
 }
 
 // ---- adapter_config.json ----
@@ -141,8 +146,8 @@ static const ConfigKey COMMON_KEYS[] = {
     {"inference_mode", KEY_INERT, NULL, NULL},
     {"bias", KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases"},
     {"modules_to_save", KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter"},
-    {"layers_to_transform", KEY_DEFAULT, NULL, "only some layers adapted"},
-    {"layers_pattern", KEY_DEFAULT, NULL, "the layers layers_to_transform counts"},
+    {"layers_to_transform", KEY_USED, NULL, NULL},  // adapter_layout.c
+    {"layers_pattern", KEY_USED, NULL, NULL},
 };
 
 static const ConfigKey *find_key(const ConfigKey *keys, int n, const char *name) {
@@ -158,6 +163,29 @@ static const ConfigKey *method_key(const Method *m, const char *name) {
         if (k) return k;
     }
     return find_key(COMMON_KEYS, sizeof COMMON_KEYS / sizeof *COMMON_KEYS, name);
+}
+
+const ConfigKey *adapter_config_key(MethodId type, const char *name) {
+    const Method *m = method_get(type);
+    return m ? method_key(m, name) : NULL;
+}
+
+int adapter_config_key_names(MethodId type, const char **names, int cap) {
+    int n = 0;
+    const int n_common = sizeof COMMON_KEYS / sizeof *COMMON_KEYS;
+    for (const Method *m = method_get(type); m; m = m->config_base)
+        for (int i = 0; i <= m->n_keys; i++) {
+            const char *k = i < m->n_keys ? m->keys[i].key : NULL;
+            bool seen = !k;
+            for (int j = 0; j < n && !seen; j++) seen = !strcmp(names[j], k);
+            if (!seen && n < cap) names[n++] = k;
+        }
+    for (int i = 0; i < n_common; i++) {
+        bool seen = false;
+        for (int j = 0; j < n && !seen; j++) seen = !strcmp(names[j], COMMON_KEYS[i].key);
+        if (!seen && n < cap) names[n++] = COMMON_KEYS[i].key;
+    }
+    return n;
 }
 
 static bool is_empty_value(const cJSON *v) {
@@ -248,7 +276,8 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
     const cJSON *bm = jfield(j, "base_model_name_or_path");
     if (bm && cJSON_IsString(bm)) c->base_model = xstrdup(bm->valuestring);
     const cJSON *t = jfield(j, "target_modules");
-    if (t && cJSON_IsString(t)) c->target_regex = xstrdup(t->valuestring);
+    if (t && cJSON_IsString(t) && !strcasecmp(t->valuestring, "all-linear")) adapter_config_set_targets(c, "all-linear");
+    else if (t && cJSON_IsString(t)) c->target_regex = xstrdup(t->valuestring);
     else if (t && cJSON_IsArray(t)) {
         const cJSON *e;
         cJSON_ArrayForEach(e, t) {
@@ -257,6 +286,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
             c->targets[c->n_targets++] = xstrdup(e->valuestring);
         }
     } else return peft_fail("%s: missing \"target_modules\"", path);
+    if (adapter_layout_parse(c, j, path)) return -1;
     if (type == METHOD_ADALORA && parse_rank_pattern(c, jfield(j, "rank_pattern"), path)) return -1;
     if (type == METHOD_ADALORA) c->r = c->init_r;
     if (c->r <= 0) return peft_fail("%s: r must be positive (got %d)", path, c->r);
@@ -309,6 +339,7 @@ void *adapter_config_to_json_object(const AdapterConfig *c) {
         cJSON_AddItemToObject(j, "alpha_pattern", cJSON_CreateObject());
     }
     if (c->type == METHOD_LORA) cJSON_AddItemToObject(j, "rank_pattern", cJSON_CreateObject());
+    adapter_layout_to_json(c, j);
     if (c->type == METHOD_ADALORA) {
         cJSON_AddNumberToObject(j, "init_r", c->init_r);
         cJSON_AddNumberToObject(j, "target_r", c->target_r);

@@ -222,7 +222,40 @@ int64_t est_safetensors_bytes(const EstTensor *t, int n) {
 }
 
 // The tensors adapters_save writes for the adapted modules, in its order, each module at rank r.
-static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, MethodId method, int r,
+// The base biases LoRA's bias option trains, in the order the model holds them (GPT-2: each layer's
+// ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj, then ln_f; the Llama family: its linears' biases):
+// their saved names (adapter_base.c) into names[] when given (malloc'd), their values returned.
+static int64_t bias_tensors(const EstModel *em, const bool *adapted, BiasMode mode, char ***names, int64_t **sizes, int *n) {
+    bool gpt2 = em->family == EST_DECODER_GPT2;
+    int64_t total = 0, C = em->cfg.n_embd;
+    int per_layer = gpt2 ? 4 : 0;  // GPT-2's linears per layer
+    for (int i = 0; i <= em->n_linears && mode != BIAS_NONE; i++) {
+        const char *name = NULL;
+        int64_t size = 0;
+        char norm[96];
+        bool last = i == em->n_linears;
+        if (gpt2 && mode == BIAS_ALL && (last || i % per_layer == 0 || i % per_layer == 2)) {  // ln_f, ln_1, ln_2 first
+            if (last) snprintf(norm, sizeof norm, "transformer.ln_f.bias");
+            else snprintf(norm, sizeof norm, "transformer.h.%d.ln_%d.bias", i / per_layer, i % per_layer == 0 ? 1 : 2);
+            if (names) (*names)[*n] = xasprintf("base_model.model.%s", norm);
+            if (sizes) (*sizes)[*n] = C;
+            (*n)++;
+            total += C;
+        }
+        if (last) break;
+        const EstLinear *l = &em->linears[i];
+        if (!l->bias || (mode == BIAS_LORA_ONLY && !adapted[i])) continue;
+        name = l->name;
+        size = l->out;
+        if (names) (*names)[*n] = xasprintf(adapted[i] ? "base_model.model.%s.base_layer.bias" : "base_model.model.%s.bias", name);
+        if (sizes) (*sizes)[*n] = size;
+        (*n)++;
+        total += size;
+    }
+    return total;
+}
+
+static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, MethodId method, int r, const AdapterConfig *lora,
                                   bool with_projection, int max_in, int max_out) {
     int n = 0, cap = 0;
     EstTensor *t = NULL;
@@ -242,11 +275,26 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, Metho
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         const EstLinear *l = &em->linears[i];
+        int mr = lora ? adapter_module_rank(lora, l->name) : r;  // LoRA's rank_pattern
         for (int k = 0; k < m->n_tensors; k++) {  // the method's tensors, in the order adapters_save writes them
             const AdapterTensor *d = &m->tensors[k];
-            ADD(d->vector ? 1 : 2, adapter_dim(d->rows, r, l->in, l->out), adapter_dim(d->cols, r, l->in, l->out),
+            ADD(d->vector ? 1 : 2, adapter_dim(d->rows, mr, l->in, l->out), adapter_dim(d->cols, mr, l->in, l->out),
                 "base_model.model.%s.%s", l->name, d->suffix);
         }
+    }
+    if (lora && lora->bias != BIAS_NONE) {  // then the trained biases (adapter_base.c appends them)
+        int nb = 0;
+        bias_tensors(em, adapted, lora->bias, NULL, NULL, &nb);
+        char **bn = xcalloc(nb ? nb : 1, sizeof(char *));
+        int64_t *bs = xcalloc(nb ? nb : 1, sizeof(int64_t));
+        nb = 0;
+        bias_tensors(em, adapted, lora->bias, &bn, &bs, &nb);
+        for (int i = 0; i < nb; i++) {
+            ADD(1, bs[i], 0, "%s", bn[i]);
+            free(bn[i]);
+        }
+        free(bn);
+        free(bs);
     }
     if (method == METHOD_VERA && with_projection) {
         ADD(2, r, max_in, "%s", "base_model.vera_A");
@@ -536,6 +584,8 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     e->r = r;
     e->target_r = c->target_r;
     if (method != METHOD_FULL && r <= 0) return peft_fail("the rank must be positive (got %d)", r);
+    if (method != METHOD_FULL && c->n_modules_to_save)
+        return peft_fail("modules_to_save: peft estimate does not count modules trained in full beside the adapter yet");
     if (method == METHOD_ADALORA && (c->target_r < 0 || c->target_r > c->init_r))
         return peft_fail("AdaLoRA target_r %d must be in 0..init_r (%d)", c->target_r, c->init_r);
     bool *adapted = xcalloc(em->n_linears ? em->n_linears : 1, sizeof(bool));
@@ -556,24 +606,28 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         const EstLinear *l = &em->linears[i];
-        e->trainable += method_module_params(desc, r, l->in, l->out);
+        e->trainable += method_module_params(desc, method == METHOD_LORA ? adapter_module_rank(c, l->name) : r, l->in, l->out);
         if (method == METHOD_ADALORA) e->adalora_final_params += method_module_params(desc, c->target_r, l->in, l->out);
         if (l->in > e->vera_max_in) e->vera_max_in = l->in;
         if (l->out > e->vera_max_out) e->vera_max_out = l->out;
+    }
+    if (method == METHOD_LORA) {
+        int nb = 0;
+        e->trainable += bias_tensors(em, adapted, c->bias, NULL, NULL, &nb);  // bias "all" / "lora_only"
     }
     if (method == METHOD_FULL) e->trainable = em->n_params;
     if (method == METHOD_VERA) e->vera_projection = (int64_t)r * e->vera_max_in + (int64_t)e->vera_max_out * r;
     else e->vera_max_in = e->vera_max_out = 0;
     if (method == METHOD_ADALORA) {
         e->adalora_budget_ranks = (int64_t)c->target_r * e->n_adapted;
-        e->adalora_final_file_bytes = adapter_file_bytes(em, adapted, method, c->target_r, false, 0, 0);
+        e->adalora_final_file_bytes = adapter_file_bytes(em, adapted, method, c->target_r, NULL, false, 0, 0);
     }
     if (method == METHOD_FULL) e->file_bytes = 4 * em->n_params;
     else if (method == METHOD_VERA) {
-        e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, true, e->vera_max_in, e->vera_max_out);
-        e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, false, 0, 0);
+        e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, NULL, true, e->vera_max_in, e->vera_max_out);
+        e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, NULL, false, 0, 0);
         e->file_bytes = c->save_projection ? e->file_bytes_with_projection : e->file_bytes_without_projection;
-    } else e->file_bytes = adapter_file_bytes(em, adapted, method, r, false, 0, 0);
+    } else e->file_bytes = adapter_file_bytes(em, adapted, method, r, method == METHOD_LORA ? c : NULL, false, 0, 0);
 
     // Memory. CPU: everything fp32, AdamW m and v fp32; AdaLoRA's allocator keeps two double
     // scores per trainable value. GPU: what the CUDA backend allocates (gpu_memory).

@@ -298,6 +298,10 @@ int gguf_export_model(const Model *m, GgufOutType type, const char *path) {
 int gguf_export_adapter(const Model *m, const char *adapter_dir, GgufOutType type, const char *path) {
     const AdapterSet *set = m->adapters;
     if (!set) return peft_fail("%s: no adapter is loaded", path);
+    if (set->n_base)  // llama.cpp's LoRA holds low-rank pairs only
+        return peft_fail("%s: the adapter also trains base weights (%s, e.g. %s), which a GGUF LoRA cannot hold: export the model with "
+                         "the adapter merged (--merge) instead", path, set->cfg.n_modules_to_save ? "modules_to_save" : "bias",
+                         set->base_of[0]->name);
     const char *arch = gguf_arch(&m->cfg);
     if (!arch) return peft_fail_context("%s: ", m->dir ? m->dir : "the model");
     // llama.cpp scales each module by alpha / r' (r' read from lora_b); a plain LoRA's own alpha

@@ -13,7 +13,8 @@
 static int lora_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
     const AdapterConfig *c = &set->cfg;
     int in = a->lin->in, r = a->r;
-    a->scaling = c->use_rslora ? c->alpha / sqrtf((float)r) : c->alpha / (float)r;
+    float alpha = adapter_module_alpha(c, a->lin->module);  // alpha_pattern's, else lora_alpha
+    a->scaling = c->use_rslora ? alpha / sqrtf((float)r) : alpha / (float)r;
     // PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)), i.e. uniform(+-1/sqrt(in)); B stays zero.
     TorchGen g;
     torch_gen_seed(&g, (*rng)++);
@@ -59,11 +60,13 @@ static const ConfigKey LORA_KEYS[] = {
     {"lora_dropout", KEY_USED, NULL, NULL},
     {"use_rslora", KEY_USED, NULL, NULL},
     {"init_lora_weights", KEY_INERT, "[true, false, \"gaussian\"]", "it changes the base weights or is not implemented"},
-    {"rank_pattern", KEY_DEFAULT, NULL, "per-module ranks"},
+    {"rank_pattern", KEY_USED, NULL, NULL},        // adapter_layout.c, as alpha_pattern, exclude_modules and bias
+    {"bias", KEY_USED, "[\"none\", \"all\", \"lora_only\"]", NULL},
+    {"modules_to_save", KEY_USED, NULL, NULL},     // adapter_base.c
     {"megatron_core", KEY_INERT, NULL, NULL},      // read only with megatron_config
     {"qalora_group_size", KEY_INERT, NULL, NULL},  // read only with use_qalora
-    {"exclude_modules", KEY_DEFAULT, NULL, "modules left out of target_modules"},
-    {"alpha_pattern", KEY_DEFAULT, NULL, "per-module lora_alpha"},
+    {"exclude_modules", KEY_USED, NULL, NULL},
+    {"alpha_pattern", KEY_USED, NULL, NULL},
     {"use_dora", KEY_DEFAULT, NULL, "DoRA's magnitude vectors"},
     {"lora_bias", KEY_DEFAULT, NULL, "a bias on lora_B"},
     {"use_qalora", KEY_DEFAULT, NULL, "QALoRA's pooled inputs"},

@@ -92,16 +92,17 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
     }
     enum { LORA, ADALORA, VERA };
     static const struct { int method; const char *key, *value; } refused[] = {
-        {LORA, "modules_to_save", "[\"lm_head\"]"}, {LORA, "layers_to_transform", "[0]"}, {LORA, "layers_pattern", "\"h\""},
-        {LORA, "alpha_pattern", "{\"c_attn\": 16}"}, {LORA, "rank_pattern", "{\"c_attn\": 2}"}, {LORA, "bias", "true"},
-        {LORA, "bias", "\"all\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "true"}, {LORA, "lora_bias", "true"},
-        {LORA, "exclude_modules", "[\"c_fc\"]"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"SEQ_CLS\""},
+        {LORA, "modules_to_save", "\"lm_head\""}, {LORA, "layers_to_transform", "[-1]"}, {LORA, "layers_pattern", "\"h\""},
+        {LORA, "alpha_pattern", "[16]"}, {LORA, "rank_pattern", "{\"c_attn\": 2.5}"}, {LORA, "bias", "true"},
+        {LORA, "bias", "\"some\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "true"}, {LORA, "lora_bias", "true"},
+        {LORA, "exclude_modules", "3"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"SEQ_CLS\""},
         {LORA, "trainable_token_indices", "[1, 2]"}, {LORA, "layer_replication", "[[0, 1]]"}, {LORA, "loftq_config", "{\"loftq_bits\": 4}"},
         {LORA, "lora_alpha", "1e39"}, {LORA, "lora_dropout", "1e39"}, {LORA, "use_rslora", "\"yes\""}, {LORA, "fan_in_fan_out", "1"},
         {LORA, "some_new_option", "true"}, {LORA, "d_initial", "0.1"},
         {ADALORA, "use_rslora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[\"lm_head\"]"},
+        {ADALORA, "alpha_pattern", "{\"c_attn\": 16}"}, {ADALORA, "bias", "\"all\""},
         {VERA, "lora_alpha", "8"}, {VERA, "d_initial", "1e39"}, {VERA, "modules_to_save", "[\"lm_head\"]"},
-        {VERA, "layers_to_transform", "0"}, {VERA, "bias", "\"lora_only\""}, {VERA, "init_weights", "\"x\""}, {VERA, "use_dora", "false"},
+        {VERA, "layers_to_transform", "\"x\""}, {VERA, "bias", "\"lora_only\""}, {VERA, "init_weights", "\"x\""}, {VERA, "use_dora", "false"},
     };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
         char *text = with_key(refused[i].method, refused[i].key, refused[i].value);
@@ -151,4 +152,38 @@ TEST(method_table) {
         adapter_config_free(&c);
     }
     model_free(m);
+}
+
+// docs/lora-config.md's table holds every key of LoRA's config, each with the code's status
+// (implemented / inert / refused) and accepted values, and no other key.
+TEST(docs_lora_config_table_matches_code) {
+    char *doc = read_file("docs/lora-config.md", NULL);
+    CHECK_MSG(doc, "%s", peft_last_error());
+    const char *names[128];
+    int n = adapter_config_key_names(METHOD_LORA, names, 128), rows = 0;
+    bool *seen = calloc((size_t)n, sizeof(bool));
+    static const char *const STATUS[] = {[KEY_USED] = "implemented", [KEY_INERT] = "inert", [KEY_DEFAULT] = "refused"};
+    for (char *line = strtok(doc, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "| `", 3)) continue;
+        char key[64] = "", status[32] = "", accepted[160] = "";
+        CHECK_MSG(sscanf(line, "| `%63[^`]` | %31[a-z] | %159[^|]|", key, status, accepted) >= 2, "bad row: %s", line);
+        const ConfigKey *k = adapter_config_key(METHOD_LORA, key);
+        CHECK_MSG(k, "%s: not a key of LoRA's config in the code", key);
+        CHECK_MSG(!strcmp(status, STATUS[k->use]), "%s: the doc says %s, the code %s", key, status, STATUS[k->use]);
+        for (char *e = accepted + strlen(accepted); e > accepted && e[-1] == ' '; ) *--e = 0;
+        char *list = xasprintf("[%s]", accepted);
+        cJSON *doc_values = cJSON_Parse(list), *code_values = k->accepted ? cJSON_Parse(k->accepted) : cJSON_CreateArray();
+        bool same = doc_values && cJSON_Compare(doc_values, code_values, true);
+        cJSON_Delete(doc_values);
+        cJSON_Delete(code_values);
+        free(list);
+        CHECK_MSG(same, "%s: the doc accepts [%s], the code %s", key, accepted, k->accepted ? k->accepted : "[]");
+        for (int i = 0; i < n; i++)
+            if (!strcmp(names[i], key)) { CHECK_MSG(!seen[i], "%s: two rows", key); seen[i] = true; }
+        rows++;
+    }
+    for (int i = 0; i < n; i++) CHECK_MSG(seen[i], "%s: a key of LoRA's config in the code, not in docs/lora-config.md", names[i]);
+    CHECK(rows == n);
+    free(seen);
+    free(doc);
 }

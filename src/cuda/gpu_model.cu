@@ -827,6 +827,13 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                 peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
                 return nullptr;
             }
+        // bias / modules_to_save (adapter_base.c): base weights the adapter trains, whose gradients this
+        // backend does not compute (its base copy is frozen).
+        if (set->n_base) {
+            peft_fail("CUDA backend: %s (base weights trained beside the adapter, e.g. %s) is not implemented on the GPU yet: use --device cpu",
+                      set->cfg.n_modules_to_save ? "modules_to_save" : "bias", set->base_of[0]->name);
+            return nullptr;
+        }
     }
     if (c->n_head % c->n_kv_head) {
         peft_fail("CUDA backend: n_head %d is not a multiple of n_kv_head %d", c->n_head, c->n_kv_head);

@@ -38,6 +38,19 @@ FAMILIES = {
                          rms_norm_eps=1e-5, attention_dropout=0.0, tie_word_embeddings=False),
                     dims=("vocab", "d", "ff", "L", "H", "KV"),
                     targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    # Llama's dims; Mistral's sliding window (4096) covers every sequence here; Qwen2 adds q/k/v biases.
+    "mistral": Family("MistralConfig",
+                      dict(vocab_size=96, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           rms_norm_eps=1e-5, attention_dropout=0.0, tie_word_embeddings=False),
+                      dims=("vocab", "d", "ff", "L", "H", "KV"),
+                      targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    "qwen2": Family("Qwen2Config",
+                    dict(vocab_size=96, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         rms_norm_eps=1e-5, attention_dropout=0.0, tie_word_embeddings=False),
+                    dims=("vocab", "d", "ff", "L", "H", "KV"),
+                    targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 }
 
 
@@ -102,6 +115,32 @@ CASES = [
     # 16 real steps: warm-up to step 3, the cubic budget to step 13, the final mask after.
     Case("gpt2", "adalora-schedule", config=dict(tinit=3, tfinal=3, deltaT=2, total_step=16),
          optimizer=dict(weight_decay=0.0)),
+    # LoRA's targeting and layout options (PEFT's own keys, issue 18): which modules, which ranks and alphas.
+    Case("mistral", "lora"),
+    Case("qwen2", "lora"),
+    Case("gpt2", "lora", config=dict(target_modules="all-linear"), suffix="all-linear"),
+    Case("llama", "lora", config=dict(target_modules="all-linear", exclude_modules=["down_proj", "layers.0.self_attn.k_proj"]),
+         suffix="all-linear-exclude"),
+    Case("llama", "lora", config=dict(target_modules=r".*\.(q|v|down)_proj"), suffix="regex"),
+    Case("qwen2", "lora", config=dict(exclude_modules=r".*\.1\.mlp\..*"), suffix="exclude-regex"),
+    Case("mistral", "lora", config=dict(exclude_modules=["o_proj", "gate_proj"]), suffix="exclude"),
+    Case("gpt2", "lora", config=dict(layers_to_transform=[1], layers_pattern="h"), suffix="layers"),
+    Case("llama", "lora", config=dict(layers_to_transform=0), suffix="layers-int"),
+    Case("llama", "lora", config=dict(rank_pattern={"v_proj": 2, "model.layers.1.mlp.down_proj": 6},
+                                      alpha_pattern={"q_proj": 16, r"layers\.1\..*gate_proj": 3}), suffix="patterns"),
+    Case("gpt2", "lora", config=dict(rank_pattern={"c_fc": 2}, alpha_pattern={"attn.c_proj": 2}, use_rslora=True),
+         suffix="patterns-rslora"),
+    Case("qwen2", "lora", config=dict(rank_pattern={"k_proj": 1}, layers_to_transform=[1]), suffix="patterns-layers"),
+    # bias: which base biases train beside the adapter and are saved with it.
+    Case("gpt2", "lora", config=dict(bias="all"), suffix="bias-all"),
+    Case("llama", "lora", config=dict(bias="all"), suffix="bias-all"),      # Llama has no bias: nothing more trains
+    Case("qwen2", "lora", config=dict(bias="all", layers_to_transform=[0]), suffix="bias-all-layers"),
+    # modules_to_save: full trainable copies (an untied head and embedding; a linear, never adapted then).
+    Case("llama", "lora", config=dict(modules_to_save=["lm_head", "embed_tokens"]), suffix="modules-to-save"),
+    Case("qwen2", "lora", config=dict(modules_to_save=["layers.1.self_attn.q_proj"]), suffix="modules-to-save-linear"),
+    # Last: PEFT before its fix of issue 3306 dropped lora_only's biases when saving (the run stops on it here).
+    Case("gpt2", "lora", config=dict(bias="lora_only", target_modules=["c_attn", "c_fc"]), suffix="bias-lora-only"),
+    Case("qwen2", "lora", config=dict(bias="lora_only", target_modules=["q_proj", "v_proj"]), suffix="bias-lora-only"),
 ]
 
 
@@ -112,7 +151,8 @@ def peft_arguments(case):
         if case.config:
             raise Fail(f"{case.name}: full fine-tuning takes no PEFT options ({sorted(case.config)})")
         return None
-    return dict(method.defaults, target_modules=list(FAMILIES[case.family].targets), **case.config)
+    # A case's own target_modules (a list, a regex string or "all-linear") replaces the family's.
+    return {**method.defaults, "target_modules": list(FAMILIES[case.family].targets), **case.config}
 
 
 def case_opts(case):

@@ -234,7 +234,9 @@ def bf16_reference(case_dir, method, ids, labels, grads):
     model.train()
     # PEFT's float32 cast of the adapter leaves AdaLoRA's ranknum (a count, never saved) trainable: the
     # float64 gradients' names pick the tensors.
-    named = [(n.replace(".default", ""), p) for n, p in model.named_parameters() if p.requires_grad]
+    # A module to save is trained as <module>.modules_to_save.default.<param>, saved as <module>.<param>.
+    named = [(n.replace(".modules_to_save.default.", ".").replace(".default", ""), p) for n, p in model.named_parameters()
+             if p.requires_grad]
     for k, _ in named:
         require(k in grads or "ranknum" in k, f"bf16: trainable {k} has no float64 gradient")
     named = [(k, p) for k, p in named if k in grads]
