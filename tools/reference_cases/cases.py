@@ -102,6 +102,11 @@ CASES = [
     # 16 real steps: warm-up to step 3, the cubic budget to step 13, the final mask after.
     Case("gpt2", "adalora-schedule", config=dict(tinit=3, tfinal=3, deltaT=2, total_step=16),
          optimizer=dict(weight_decay=0.0)),
+    # DoRA: GPT-2's Conv1D (fan_in_fan_out) and Llama's Linear, every linear; Llama on q,v with rsLoRA.
+    Case("gpt2", "lora", config=dict(use_dora=True), suffix="dora"),
+    Case("llama", "lora", config=dict(use_dora=True), suffix="dora"),
+    Case("llama", "lora", config=dict(use_dora=True, use_rslora=True, target_modules=["q_proj", "v_proj"]),
+         suffix="dora-qv-rslora"),
 ]
 
 
@@ -112,7 +117,8 @@ def peft_arguments(case):
         if case.config:
             raise Fail(f"{case.name}: full fine-tuning takes no PEFT options ({sorted(case.config)})")
         return None
-    return dict(method.defaults, target_modules=list(FAMILIES[case.family].targets), **case.config)
+    # A case's target_modules replaces the family's.
+    return dict(dict(method.defaults, target_modules=list(FAMILIES[case.family].targets)), **case.config)
 
 
 def case_opts(case):

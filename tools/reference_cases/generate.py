@@ -97,7 +97,14 @@ def randomize_trainable(model, gen):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
-                p.copy_(ADAPTER_STD * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                if "lora_magnitude_vector" in name:
+                    # DoRA's magnitude starts as the weight's row norms (PEFT's init): kept near them (a
+                    # magnitude around 0 would all but cancel the base layer), but not equal.
+                    require(bool((p > 0).all()), f"{name}: PEFT's initial magnitude is not positive")
+                    p.copy_(p.double() * (1 + ADAPTER_STD * noise))
+                else:
+                    p.copy_(ADAPTER_STD * noise)
                 require(bool((p != 0).all()), f"{name}: a random value came out 0")
 
 
@@ -223,6 +230,14 @@ def run_step(case, case_dir, gen):
     return {"bf16_reference": bf16_reference(case_dir, method, ids, labels, grads)}
 
 
+def stored_name(name):
+    """A runtime parameter's name as PEFT saves it: no adapter name, and DoRA's magnitude without its module's
+    ".weight" (get_peft_model_state_dict keeps the key of the days it was a plain parameter)."""
+    name = name.replace(".default", "")
+    suffix = ".lora_magnitude_vector.weight"
+    return name[:-len(".weight")] if name.endswith(suffix) else name
+
+
 def bf16_reference(case_dir, method, ids, labels, grads):
     """PyTorch's own bf16 gradient against the float64 one (cosines, all tensors as one vector and the
     worst tensor): how close bf16 can come on this case. The model is loaded in bfloat16 as users train
@@ -234,7 +249,7 @@ def bf16_reference(case_dir, method, ids, labels, grads):
     model.train()
     # PEFT's float32 cast of the adapter leaves AdaLoRA's ranknum (a count, never saved) trainable: the
     # float64 gradients' names pick the tensors.
-    named = [(n.replace(".default", ""), p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(stored_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
     for k, _ in named:
         require(k in grads or "ranknum" in k, f"bf16: trainable {k} has no float64 gradient")
     named = [(k, p) for k, p in named if k in grads]
