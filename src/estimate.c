@@ -509,13 +509,14 @@ int64_t est_gpu_activation_bytes(const EstModel *em, int B, int T) {
 }
 
 // Per adapted module, what the adapter keeps for backward (adapter_ensure_capacity): h [N,r],
-// extra [N,r] for VeRA (lambda_d h) and AdaLoRA (h E), dropout(x) [N,in] when dropout > 0.
+// extra [N,r] for VeRA (lambda_d h) and AdaLoRA (h E), [N,out] for DoRA, dropout(x) [N,in] when dropout > 0.
 static int64_t adapter_activation_elems(const EstModel *em, const bool *adapted, MethodId method, int r, float dropout, int64_t N) {
     int64_t n = 0;
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         n += N * (r ? r : 1);
-        if (method != METHOD_LORA) n += N * r;
+        if (method == METHOD_DORA) n += N * em->linears[i].out;  // DoRA: x W^T + s x A^T B^T
+        else if (method != METHOD_LORA) n += N * r;
         if (dropout > 0) n += N * em->linears[i].in;
     }
     return n;
