@@ -179,7 +179,7 @@ const Method dora_method = {
     .default_lr = 2e-4f,
     .config_base = &lora_method,
     .variant_key = "use_dora",
-    .gpu = AD_NONE,
+    .gpu = AD_DORA,
     .n_tensors = 3,
     .tensors = {{"lora_A.weight", DIM_RANK, DIM_IN, false, offsetof(Adapter, A)},
                 {"lora_B.weight", DIM_OUT, DIM_RANK, false, offsetof(Adapter, B)},

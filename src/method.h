@@ -46,9 +46,10 @@ typedef struct {
 } ConfigKey;
 
 // How the CUDA backend runs a method's modules (src/cuda: gpu_model.cu's training kernels and
-// gpu_infer.cu's per-row adapters): a LoRA product, AdaLoRA's with E between, or VeRA's shared
-// projections with per-module scaling vectors.
-typedef enum { AD_NONE, AD_LORA, AD_ADALORA, AD_VERA } GpuKind;
+// gpu_infer.cu's per-row adapters): a LoRA product, AdaLoRA's with E between, VeRA's shared
+// projections with per-module scaling vectors, or DoRA's LoRA product with its rescale (gpu_dora.cu;
+// the training kernels only: gpu_infer_supports says which kinds cached inference applies per row).
+typedef enum { AD_NONE, AD_LORA, AD_ADALORA, AD_VERA, AD_DORA } GpuKind;
 
 struct Method {
     MethodId id;
