@@ -31,22 +31,22 @@ template <typename T> void k_dora_norm(float *norm, const T *W, bool fifo, int l
     KCHECK();
 }
 
+// One block per row n (no index division), its threads along the columns.
 template <typename T>
-__global__ void dora_fwd_kernel(T *y, int ldy, T *e, const T *b, const T *resid, const float *norm, const float *m, int N, int out) {
-    long n_el = (long)N * out;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n_el; i += (long)gridDim.x * blockDim.x) {
-        int n = (int)(i / out), o = (int)(i % out);
-        long yi = (long)n * ldy + o;
-        float g = m[o] / norm[o], yv = to_f<T>(y[yi]), base = yv - (b ? to_f<T>(b[o]) : 0.0f), lora = to_f<T>(e[i]);
-        y[yi] = from_f<T>((resid ? to_f<T>(resid[yi]) : 0.0f) + yv + (g - 1.0f) * base + g * lora);
-        e[i] = from_f<T>(base + lora);
+__global__ void dora_fwd_kernel(T *y, int ldy, T *e, const T *b, const T *resid, const float *norm, const float *m, int out) {
+    long n = blockIdx.x;
+    T *yr = y + n * ldy, *er = e + n * out;
+    const T *rr = resid ? resid + n * ldy : nullptr;
+    for (int o = threadIdx.x; o < out; o += blockDim.x) {
+        float g = m[o] / norm[o], yv = to_f<T>(yr[o]), base = yv - (b ? to_f<T>(b[o]) : 0.0f), lora = to_f<T>(er[o]);
+        yr[o] = from_f<T>((rr ? to_f<T>(rr[o]) : 0.0f) + yv + (g - 1.0f) * base + g * lora);
+        er[o] = from_f<T>(base + lora);
     }
 }
 template <typename T>
 void k_dora_fwd(T *y, int ldy, T *e, const T *b, const T *resid, const float *norm, const float *m, int N, int out, cudaStream_t s) {
-    long n = (long)N * out;
-    int blocks = cdiv(n, 256);
-    dora_fwd_kernel<T><<<blocks < 65535 ? blocks : 65535, 256, 0, s>>>(y, ldy, e, b, resid, norm, m, N, out);
+    if (N <= 0) return;
+    dora_fwd_kernel<T><<<N, out >= 256 ? 256 : 128, 0, s>>>(y, ldy, e, b, resid, norm, m, out);
     KCHECK();
 }
 
