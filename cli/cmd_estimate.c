@@ -49,7 +49,7 @@ static const char *const CPU_NOTES[] = {
     "fp32: weights 4 B/param; each trainable adds its gradient 4 B and AdamW m, v 8 B (AdaLoRA: + 16 B of allocator scores, doubles)",
     "activations: the buffers transformer.c allocates for B x T tokens (per layer: residuals, norms and their statistics, q/k/v,",
     "  attention probabilities [B,NH,T,T], attention output, MLP activations; logits [N,V]; 5 scratch rows; backward's dres and d_norm)",
-    "  plus each adapted module's buffers (h [N,r]; VeRA/AdaLoRA another [N,r]; dropout(x) [N,in] when dropout > 0)",
+    "  plus each adapted module's buffers (h [N,r]; VeRA/AdaLoRA another [N,r]; DoRA [N,out]; dropout(x) [N,in] when dropout > 0)",
     "workspace: the largest short-lived buffers of an adapted module's backward (dh [N,r]; VeRA: + its scaled B [out,r])",
     "not counted: the attention backward's [T,T] per thread, OpenBLAS's GEMM buffers (a few MiB per thread), the data set",
     NULL,

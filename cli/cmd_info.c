@@ -64,6 +64,8 @@ int cmd_info(int argc, char **argv) {
         long trainable = model_count_params(m, true);
         printf("adapter       %s r=%d", method_get(s->cfg.type)->peft_type, s->cfg.r);
         if (s->cfg.type != METHOD_VERA) printf(" alpha=%g", s->cfg.alpha);
+        if (s->cfg.use_rslora) printf(" use_rslora");
+        if (method_get(s->cfg.type)->variant_key) printf(" %s (%s)", method_get(s->cfg.type)->variant_key, method_get(s->cfg.type)->title);
         printf(" on %d modules (", s->n);
         if (s->cfg.target_regex) printf("regex %s", s->cfg.target_regex);
         for (int i = 0; i < s->cfg.n_targets; i++) printf("%s%s", i ? ", " : "", s->cfg.targets[i]);

@@ -472,6 +472,21 @@ static void vera_rows(const Adapter *a0, AdapterSet *const *row_sets, int li, co
     free(U);
 }
 
+// The rows of a module whose method applies through its forward (rows_by_forward): gathered, run, put back.
+static void forward_rows(Adapter *a, const float *x, float *y, const int *rows, int n) {
+    int out = a->lin->out;
+    float *xbuf = NULL, *ybuf = NULL;
+    const float *X = gather_rows(x, a->lin->in, rows, n, &xbuf);
+    if (!rows_contiguous(rows, n)) {
+        ybuf = xmalloc(sizeof(float) * (size_t)n * out);
+        for (int i = 0; i < n; i++) memcpy(ybuf + (long)i * out, y + (long)rows[i] * out, sizeof(float) * out);
+    }
+    a->method->forward(a, X, ybuf ? ybuf : y + (long)rows[0] * out, n, false);
+    if (ybuf) for (int i = 0; i < n; i++) memcpy(y + (long)rows[i] * out, ybuf + (long)i * out, sizeof(float) * out);
+    free(xbuf);
+    free(ybuf);
+}
+
 // The hot-path test: equal shapes and fingerprints (adapters_same_vera_projection also compares the bytes).
 static bool same_projection_fast(const AdapterSet *a, const AdapterSet *b) {
     return a == b || (a->vera_A && b->vera_A && a->cfg.r == b->cfg.r && a->vera_max_in == b->vera_max_in &&
@@ -515,6 +530,7 @@ static void mixed_rows_forward(Model *m, Linear *lin, const float *x, float *y, 
     for (int g = 0; g < n_groups; g++) {
         RowGroup *G = &groups[g];
         if (G->vera) vera_rows(G->a, sets, li, x, y, rows + G->first, G->n);
+        else if (G->a->method->rows_by_forward) forward_rows(G->a, x, y, rows + G->first, G->n);
         else if (G->n >= MIN_GEMM_ROWS) lowrank_rows(G->a, x, y, rows + G->first, G->n);
         else {
             for (int i = 0; i < G->n; i++) singles[n_single++] = G->first + i;

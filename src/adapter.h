@@ -1,5 +1,5 @@
 // adapter.h: PEFT adapters on linear layers (LoRA, VeRA, AdaLoRA), in HF PEFT's file format.
-// Each method is a Method descriptor (method.h: lora.c, vera.c, adalora.c); this layer does what they share:
+// Each method is a Method descriptor (method.h: lora.c, vera.c, adalora.c, dora.c); this layer does what they share:
 // config files, PEFT's target-module matching, attaching, loading, saving, merging, and the
 // adapted linear's forward and backward.
 #pragma once
@@ -77,6 +77,8 @@ struct Adapter {
     float scaling;
     Param *A, *B, *E;            // LoRA: A [r,in], B [out,r]; AdaLoRA adds E [r,1]
     Param *lambda_d, *lambda_b;  // VeRA: [r], [out]
+    Param *magnitude;            // DoRA: [out] (PEFT's lora_magnitude_vector)
+    void *state;                 // method-specific per-module state (DoRA: the weight norm), freed by free_state
     // Saved by forward for backward, sized for cap_N rows.
     int cap_N;
     float *h;                    // x_in A^T (before any scaling) [N, r]

@@ -247,6 +247,19 @@ static int parse_rank_pattern(AdapterConfig *c, const cJSON *rp, const char *pat
     return 0;
 }
 
+// A variant of the file's method whose key is true (LoRA with use_dora: DoRA) is the adapter's method.
+static int find_variant(const cJSON *j, MethodId *type, const char *path) {
+    const Method *base = method_get(*type);
+    for (int i = 0; i < METHOD_COUNT; i++) {
+        const Method *v = method_get((MethodId)i);
+        bool on = false;
+        if (!v->variant_key || v->config_base != base) continue;
+        if (jbool(j, v->variant_key, &on, path)) return -1;
+        if (on) *type = v->id;
+    }
+    return 0;
+}
+
 static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *path) {
     const cJSON *pt = jfield(j, "peft_type");
     if (!pt || !cJSON_IsString(pt)) return peft_fail("%s: missing \"peft_type\"", path);
@@ -256,7 +269,8 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
         return peft_fail("%s: unknown peft_type \"%s\" (%s are supported)", path, pt->valuestring,
                          method_names(types, sizeof types, ", ", ", ", LIST_PEFT_TYPES));
     adapter_config_defaults(c, type);
-    if (check_keys(j, method_get(type), path)) return -1;
+    if (check_keys(j, method_get(type), path) || find_variant(j, &c->type, path)) return -1;
+    type = c->type;
     double key = 0;  // projection_prng_key: an integer seed; torch wraps negative ones to uint64
     if (jint(j, "r", &c->r, path) || jfloat(j, "lora_alpha", &c->alpha, path) ||
         jfloat(j, type == METHOD_VERA ? "vera_dropout" : "lora_dropout", &c->dropout, path) ||
@@ -338,7 +352,9 @@ void *adapter_config_to_json_object(const AdapterConfig *c) {
         cJSON_AddBoolToObject(j, "init_lora_weights", true);
         cJSON_AddItemToObject(j, "alpha_pattern", cJSON_CreateObject());
     }
-    if (c->type == METHOD_LORA) cJSON_AddItemToObject(j, "rank_pattern", cJSON_CreateObject());
+    const Method *m = method_get(c->type), *file_method = m->variant_key ? m->config_base : m;  // DoRA's file is LoRA's
+    if (file_method->id == METHOD_LORA) cJSON_AddItemToObject(j, "rank_pattern", cJSON_CreateObject());
+    if (m->variant_key) cJSON_AddBoolToObject(j, m->variant_key, true);
     adapter_layout_to_json(c, j);
     if (c->type == METHOD_ADALORA) {
         cJSON_AddNumberToObject(j, "init_r", c->init_r);

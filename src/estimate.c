@@ -473,7 +473,7 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
     if (!s.llama) arena_add(arena, C, false);  // final norm (+ bias)
     if (em->lm_head && !c->tie_word_embeddings) arena_add(arena, s.V * C + head_pad, false);
     // Adapter tensors, group by group: the A matrices of a group adjacent, then B, E, lambda_d, lambda_b per member.
-    int64_t beff = 0, g_cap = 0, vera_a = 0, vera_b = 0;
+    int64_t beff = 0, g_cap = 0, vera_a = 0, vera_b = 0, dora_fixed = 0, dora_S = 0;
     int vmax_in = 0, vmax_out = 0;
     for (int l = 0; !full && l < s.L; l++)
         for (int g = 0; g < s.per_layer; g++) {
@@ -494,8 +494,13 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
                 } else {
                     arena_add(&train, (int64_t)lin->out * r, false);     // B
                     if (method == METHOD_ADALORA) arena_add(&train, r, false);  // E
+                    if (method == METHOD_DORA) {  // the magnitude; its norm, e [N, out] and the s B A scratch
+                        arena_add(&train, lin->out, false);
+                        dora_fixed += 4 * lin->out + 2 * N * lin->out;
+                        dora_S = MAX(dora_S, 4 * (int64_t)lin->out * lin->in);
+                    }
                 }
-                if (method != METHOD_LORA) {
+                if (method != METHOD_LORA && method != METHOD_DORA) {
                     beff += 2LL * lin->out * r;
                     g_cap = MAX(g_cap, (int64_t)lin->out * r);
                 }
@@ -543,8 +548,8 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
     out->weights = 2 * base + 6 * train + vera_a + vera_b + beff;  // frozen bf16; trainables fp32 master + bf16 working copy
     out->grads = 4 * train + head_pending;
     out->optimizer = 8 * train + scores;
-    out->activations = acts;
-    out->workspace = fixed + 4 * g_cap;
+    out->activations = acts + dora_fixed;
+    out->workspace = fixed + 4 * g_cap + dora_S;
     int64_t training = out->weights + out->grads + out->optimizer + out->activations + out->workspace;
     int64_t creation = fixed + 2 * base + 18 * train + MAX(64LL << 20, vera_a + vera_b + 2 * vera_a);
     if (creation > training) out->workspace += creation - training;  // the upload's staging buffer sets the peak
@@ -557,13 +562,14 @@ int64_t est_gpu_activation_bytes(const EstModel *em, int B, int T) {
 }
 
 // Per adapted module, what the adapter keeps for backward (adapter_ensure_capacity): h [N,r],
-// extra [N,r] for VeRA (lambda_d h) and AdaLoRA (h E), dropout(x) [N,in] when dropout > 0.
+// extra [N,r] for VeRA (lambda_d h) and AdaLoRA (h E), [N,out] for DoRA, dropout(x) [N,in] when dropout > 0.
 static int64_t adapter_activation_elems(const EstModel *em, const bool *adapted, MethodId method, int r, float dropout, int64_t N) {
     int64_t n = 0;
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         n += N * (r ? r : 1);
-        if (method != METHOD_LORA) n += N * r;
+        if (method == METHOD_DORA) n += N * em->linears[i].out;  // DoRA: x W^T + s x A^T B^T
+        else if (method != METHOD_LORA) n += N * r;
         if (dropout > 0) n += N * em->linears[i].in;
     }
     return n;

@@ -315,6 +315,10 @@ int gguf_export_adapter(const Model *m, const char *adapter_dir, GgufOutType typ
     for (int i = 0; i < set->n && !rc; i++) {
         const Adapter *a = &set->adapters[i];
         if (a->merged) { rc = peft_fail("%s: the adapter is merged into the weights: export the model instead", path); break; }
+        if (!a->method->lowrank) {
+            rc = peft_fail("%s: a %s adapter is not a low-rank product llama.cpp's LoRA can load: export the model with the adapter merged (--merge)", path, a->method->title);
+            break;
+        }
         float *A, *B, scale;
         int r, heads;
         char base[64], name[80];

@@ -67,7 +67,7 @@ static const ConfigKey LORA_KEYS[] = {
     {"qalora_group_size", KEY_INERT, NULL, NULL},  // read only with use_qalora
     {"exclude_modules", KEY_USED, NULL, NULL},
     {"alpha_pattern", KEY_USED, NULL, NULL},
-    {"use_dora", KEY_DEFAULT, NULL, "DoRA's magnitude vectors"},
+    {"use_dora", KEY_USED, NULL, NULL},  // true: the file is a DoRA adapter (dora.c)
     {"lora_bias", KEY_DEFAULT, NULL, "a bias on lora_B"},
     {"use_qalora", KEY_DEFAULT, NULL, "QALoRA's pooled inputs"},
     {"use_bdlora", KEY_DEFAULT, NULL, "block-diagonal LoRA"},

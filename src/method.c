@@ -20,6 +20,7 @@ static const Method *const METHODS[METHOD_COUNT] = {
     [METHOD_VERA] = &vera_method,
     [METHOD_ADALORA] = &adalora_method,
     [METHOD_FULL] = &full_method,
+    [METHOD_DORA] = &dora_method,
 };
 
 const Method *method_get(MethodId id) {
@@ -36,7 +37,7 @@ int method_parse(const char *name, MethodId *out) {
 
 int method_from_peft_type(const char *peft_type, MethodId *out) {
     for (int i = 0; i < METHOD_COUNT; i++)
-        if (METHODS[i]->peft_type && !strcasecmp(peft_type, METHODS[i]->peft_type)) { *out = (MethodId)i; return 0; }
+        if (METHODS[i]->peft_type && !METHODS[i]->variant_key && !strcasecmp(peft_type, METHODS[i]->peft_type)) { *out = (MethodId)i; return 0; }
     return -1;
 }
 
@@ -54,12 +55,14 @@ const char *method_name(MethodId id) { return (unsigned)id < METHOD_COUNT ? METH
 
 const char *method_names(char *buf, size_t cap, const char *sep, const char *last, MethodList what) {
     int n = 0, k = 0;
-    for (int i = 0; i < METHOD_COUNT; i++) n += what == LIST_NAMES || METHODS[i]->peft_type;
+    // Listed: every method by name; the adapter methods by title; by peft_type, those that are not a variant.
+#define LISTED(m) (what == LIST_NAMES || ((m)->peft_type && (what == LIST_TITLES || !(m)->variant_key)))
+    for (int i = 0; i < METHOD_COUNT; i++) n += LISTED(METHODS[i]);
     size_t len = 0;
     buf[0] = 0;
     for (int i = 0; i < METHOD_COUNT; i++) {
         const Method *m = METHODS[i];
-        if (what != LIST_NAMES && !m->peft_type) continue;
+        if (!LISTED(m)) continue;
         const char *item = what == LIST_NAMES ? m->name : what == LIST_TITLES ? m->title : m->peft_type;
         int w = snprintf(buf + len, cap - len, "%s%s", k == 0 ? "" : k == n - 1 ? last : sep, item);
         if (w < 0 || (size_t)w >= cap - len) break;
@@ -67,4 +70,5 @@ const char *method_names(char *buf, size_t cap, const char *sep, const char *las
         k++;
     }
     return buf;
+#undef LISTED
 }

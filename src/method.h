@@ -1,5 +1,5 @@
 // method.h: the fine-tuning methods, one descriptor each, in one table indexed by MethodId.
-// lora.c, vera.c and adalora.c each define their descriptor (full fine-tuning's is in method.c):
+// lora.c, vera.c, adalora.c and dora.c each define their descriptor (full fine-tuning's is in method.c):
 // its name, the adapter_config.json keys it reads, its defaults, its tensors, its CPU ops, the GPU
 // kernels that run it and its checkpoint state. Everything that names, lists, configures, runs,
 // estimates or checkpoints a method goes through the table; an id that is not in it is an error.
@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { METHOD_LORA, METHOD_VERA, METHOD_ADALORA, METHOD_FULL, METHOD_COUNT } MethodId;
+typedef enum { METHOD_LORA, METHOD_VERA, METHOD_ADALORA, METHOD_FULL, METHOD_DORA, METHOD_COUNT } MethodId;
 
 typedef struct AdapterSet AdapterSet;
 typedef struct Method Method;
@@ -47,9 +47,10 @@ typedef struct {
 } ConfigKey;
 
 // How the CUDA backend runs a method's modules (src/cuda: gpu_model.cu's training kernels and
-// gpu_infer.cu's per-row adapters): a LoRA product, AdaLoRA's with E between, or VeRA's shared
-// projections with per-module scaling vectors.
-typedef enum { AD_NONE, AD_LORA, AD_ADALORA, AD_VERA } GpuKind;
+// gpu_infer.cu's per-row adapters): a LoRA product, AdaLoRA's with E between, VeRA's shared
+// projections with per-module scaling vectors, or DoRA's LoRA product with its rescale (gpu_dora.cu;
+// the training kernels only: gpu_infer_supports says which kinds cached inference applies per row).
+typedef enum { AD_NONE, AD_LORA, AD_ADALORA, AD_VERA, AD_DORA } GpuKind;
 
 struct Method {
     MethodId id;
@@ -62,6 +63,9 @@ struct Method {
     // (AdaLoRA's is LoRA's), whose keys it reads too unless it lists them itself. The keys every
     // method shares are adapter_config.c's.
     const Method *config_base;
+    // A variant of config_base's method, written as its peft_type with this key true (DoRA: LoRA's
+    // "use_dora"): a file of that peft_type with the key true loads as this method; NULL: none.
+    const char *variant_key;
     int n_keys;
     const ConfigKey *keys;
     GpuKind gpu;                 // AD_NONE: not on the CUDA backend (full fine-tuning needs no adapter kernels)
@@ -82,6 +86,10 @@ struct Method {
     // The same delta as a plain low-rank product, delta = scale * B'[out,r'] A'[r',in], every other
     // factor folded into A' and B' (malloc'd; NULL when r' is 0): for formats that only know LoRA.
     void (*lowrank)(const Adapter *a, float **A, float **B, int *r, float *scale);
+    // Serving rows of many adapter sets (adapter.c's mixed rows): true: forward runs on this module's
+    // rows gathered (DoRA rescales the rows' whole base result); false: the rows get the method's
+    // product (LoRA and AdaLoRA's low-rank product, VeRA's shared projections).
+    bool rows_by_forward;
     // Optional: a loss term over all modules (AdaLoRA's orthogonality); adds its gradient when want_grad.
     double (*regularizer)(AdapterSet *set, bool want_grad);
     // Optional: write method-specific config keys and tensors when saving (AdaLoRA slicing, VeRA projections).
@@ -105,18 +113,19 @@ struct Method {
     int (*load_state)(AdapterSet *set, const void *file /*SafeTensors*/, const char *path);
 };
 
-extern const Method lora_method, vera_method, adalora_method, full_method;
+extern const Method lora_method, vera_method, adalora_method, full_method, dora_method;
 
 // The method with this id; NULL (and peft_last_error) when there is none.
 const Method *method_get(MethodId id);
 // By name, in any case (lora, LoRA); an unknown name is an error listing the methods.
 int method_parse(const char *name, MethodId *out);
-// By adapter_config.json's peft_type, in any case (LORA); -1 without an error when none has it.
+// By adapter_config.json's peft_type, in any case (LORA; never a variant); -1 without an error when none has it.
 int method_from_peft_type(const char *peft_type, MethodId *out);
 // The name, or "?" for an id that is not a method.
 const char *method_name(MethodId id);
 // A list of the methods for messages and help, written into buf (returned): sep between the items,
 // last before the last one. LIST_NAMES: every method's name ("lora, vera, adalora or full");
-// LIST_TITLES, LIST_PEFT_TYPES: the adapter methods' ("LoRA, VeRA, AdaLoRA"; "LORA, VERA, ADALORA").
+// LIST_TITLES, LIST_PEFT_TYPES: the adapter methods' ("LoRA, VeRA, AdaLoRA"; "LORA, VERA, ADALORA": a
+// variant's peft_type is its base's, listed once).
 typedef enum { LIST_NAMES, LIST_TITLES, LIST_PEFT_TYPES } MethodList;
 const char *method_names(char *buf, size_t cap, const char *sep, const char *last, MethodList what);

@@ -83,7 +83,10 @@ static int quant_refusals(const TrainConfig *c, QuantType q) {
 
 static int check_config(const TrainConfig *c) {
     if (!c->model_dir || !c->data_path || !c->out_dir) return peft_fail("training needs a model, data and an output folder");
-    if (!method_get(c->method)) return -1;
+    const Method *method = method_get(c->method);
+    if (!method) return -1;
+    if (c->cuda && method->peft_type && method->gpu == AD_NONE)
+        return peft_fail("%s adapters with --device cuda are not implemented yet (the CPU path is)", method->title);
     if (c->batch < 1 || c->grad_accum < 1) return peft_fail("batch and gradient accumulation must be at least 1");
     if (c->max_steps < 0 || (c->max_steps == 0 && c->epochs < 1)) return peft_fail("give a positive number of steps or epochs");
     if (c->val_fraction < 0 || c->val_fraction >= 1) return peft_fail("the validation fraction must be in [0, 1) (got %g)", c->val_fraction);

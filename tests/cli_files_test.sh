@@ -58,7 +58,7 @@ done
 
 # ---- settings that are not implemented are refused, not ignored ----
 echo "# adapter_config.json: every key implemented or refused by name"
-for kv in 'modules_to_save:"lm_head"' 'layers_to_transform:[-1]' 'lora_alpha:1e39' 'bias:true' 'bias:"some"' 'use_dora:true' \
+for kv in 'modules_to_save:"lm_head"' 'layers_to_transform:[-1]' 'lora_alpha:1e39' 'bias:true' 'bias:"some"' 'use_dora:1' \
           'alpha_pattern:[16]' 'trainable_token_indices:[1]' 'task_type:"SEQ_CLS"' 'init_lora_weights:"pissa"' 'some_new_option:1'; do
     key=${kv%%:*}
     copy a lora; json_set "$TMP/a/adapter_config.json" "$key" "${kv#*:}"
@@ -68,6 +68,10 @@ copy a vera; json_set "$TMP/a/adapter_config.json" lora_alpha 8
 run_fails "VeRA with lora_alpha" 1 'adapter_config.json: unknown key "lora_alpha"' "$PEFT" info --model "$TMP/gpt2" --adapter "$TMP/a"
 copy a adalora; json_set "$TMP/a/adapter_config.json" use_rslora true
 run_fails "AdaLoRA with use_rslora" 1 'adapter_config.json: "use_rslora"' "$PEFT" info --model "$TMP/gpt2" --adapter "$TMP/a"
+copy a adalora; json_set "$TMP/a/adapter_config.json" use_dora true
+run_fails "AdaLoRA with use_dora (PEFT refuses it too)" 1 'adapter_config.json: "use_dora".*AdaLoRA does not support DoRA' "$PEFT" info --model "$TMP/gpt2" --adapter "$TMP/a"
+copy a lora; json_set "$TMP/a/adapter_config.json" use_dora true
+run_fails "use_dora without the magnitudes" 1 'missing tensor .*lora_magnitude_vector' "$PEFT" info --model "$TMP/gpt2" --adapter "$TMP/a"
 
 echo "# config.json: keys that change the math"
 for kv in 'tie_word_embeddings:1' 'scale_attn_by_inverse_layer_idx:true' 'activation_function:"relu"' 'layer_norm_epsilon:1e39'; do

@@ -52,9 +52,11 @@ perl -MJSON::PP -i -0pe '$j = JSON::PP->new->decode($_); $j->{pre_tokenizer} = {
     {type => "Split", pattern => {Regex => "\\w+|\\s+"}, behavior => "Isolated", invert => JSON::PP::false},
     {type => "ByteLevel", add_prefix_space => JSON::PP::false, use_regex => JSON::PP::false}]}; $_ = JSON::PP->new->encode($j)' "$TMP/other-pre/tokenizer.json"
 export_fails "a pre-tokenizer llama.cpp lacks" 1 "other-pre/tokenizer.json: this pre-tokenizer .* has no llama.cpp counterpart" --model "$TMP/other-pre" --to gguf
-cp -r "$TMP/llama-lora" "$TMP/dora"
-json_set "$TMP/dora/adapter_config.json" use_dora true
-export_fails "a DoRA adapter" 1 "use_dora" --model "$TMP/llama" --adapter "$TMP/dora" --to gguf
+train llama llama-dora --method dora --r 4 --targets q_proj,v_proj --lr 1e-2
+export_fails "a DoRA adapter (its magnitudes are no low-rank product)" 1 "DoRA adapter is not a low-rank product.*--merge" \
+    --model "$TMP/llama" --adapter "$TMP/llama-dora" --to gguf
+run_ok "a DoRA adapter merged into the model" "$PEFT" export --model "$TMP/llama" --adapter "$TMP/llama-dora" --merge --to gguf \
+    --out "$TMP/llama-dora-merged.gguf"
 
 # ---- the exports ----
 ex() { local out=$1; shift; run_ok "export $(basename "$out")" "$PEFT" export "$@" --to gguf --out "$out"; }

@@ -51,6 +51,24 @@ check "eval of the saved adapter = the last validation loss of training ($lora_e
 run_ok "eval of the base model on CSV" "$PEFT" eval --model "$M" --data "$D/e2e.csv" --seq-len 64 --threads 1
 check "eval output on CSV" grep -qE '^loss [0-9.]+  perplexity' "$TMP/out"
 
+# ---- DoRA: LoRA with use_dora, trained, evaluated, shown, generated with live and merged ----
+echo "# peft train --method dora"
+run_ok "train dora" "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --val "$D/val.txt" --method dora --steps 6 \
+    --lr 1e-2 --eval-every 3 --targets all-linear --out "$TMP/dora"
+check "dora adapter_config.json: a LoRA config with use_dora" \
+    grep -qE '"use_dora":[[:space:]]*true' "$TMP/dora/adapter_config.json"
+run_ok "eval the dora adapter" "$PEFT" eval --model "$M" --adapter "$TMP/dora" --data "$D/val.txt" --seq-len 64 --threads 1
+dora_eval=$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")
+check "eval of the saved DoRA adapter = the last validation loss of training ($dora_eval)" near "$dora_eval" "$(last_eval "$TMP/dora/train_log.jsonl")"
+run_ok "info on the dora adapter" "$PEFT" info --model "$M" --adapter "$TMP/dora"
+check "info shows use_dora" grep -q 'adapter       LORA r=8 alpha=8 use_dora (DoRA) on 8 modules' "$TMP/out"
+run_ok "generate with the dora adapter merged" "$PEFT" generate --model "$M" --adapter "$TMP/dora" --prompt "The Eagle" --max-tokens 8 --threads 1
+cp "$TMP/out" "$TMP/dora_merged.txt"
+run_ok "generate with the dora adapter live" "$PEFT" generate --model "$M" --adapter "$TMP/dora" --no-merge --prompt "The Eagle" --max-tokens 8 --threads 1
+check "merged and live DoRA generate the same text" cmp -s "$TMP/out" "$TMP/dora_merged.txt"
+run_fails "generate dora --no-merge --device cuda is refused by name" 1 'DoRA adapters do not run live on the GPU' \
+    "$PEFT" generate --model "$M" --adapter "$TMP/dora" --no-merge --device cuda --prompt "The Eagle" --max-tokens 2
+
 # ---- full fine-tuning on JSONL prompt/completion ----
 echo "# peft train --method full on JSONL"
 run_ok "train full" "$PEFT" train "${COMMON[@]}" --data "$D/pc.jsonl" --val-fraction 0.2 --method full --steps 4 \

@@ -40,7 +40,7 @@ TEST(adapter_config_errors) {
     CHECK(strstr(peft_last_error(), "IA3"));
     CHECK(adapter_config_parse(&c, "{\"peft_type\":\"LORA\",\"r\":4}", "a.json") != 0);
     CHECK(strstr(peft_last_error(), "target_modules"));
-    CHECK(adapter_config_parse(&c, "{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q\"],\"use_dora\":true}", "a.json") != 0);
+    CHECK(adapter_config_parse(&c, "{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q\"],\"use_dora\":\"yes\"}", "a.json") != 0);
     CHECK(adapter_config_parse(&c, "{\"peft_type\":\"VERA\",\"r\":4,\"target_modules\":[\"q\"],\"projection_prng_key\":1.5}", "a.json") != 0);
     CHECK(adapter_config_parse(&c, "{\"peft_type\":\"ADALORA\",\"init_r\":4,\"target_modules\":[\"q\"],\"rank_pattern\":{\"q.lora_E\":[true]}}", "a.json") != 0);
     CHECK(strstr(peft_last_error(), "init_r"));
@@ -94,12 +94,12 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
     static const struct { int method; const char *key, *value; } refused[] = {
         {LORA, "modules_to_save", "\"lm_head\""}, {LORA, "layers_to_transform", "[-1]"}, {LORA, "layers_pattern", "\"h\""},
         {LORA, "alpha_pattern", "[16]"}, {LORA, "rank_pattern", "{\"c_attn\": 2.5}"}, {LORA, "bias", "true"},
-        {LORA, "bias", "\"some\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "true"}, {LORA, "lora_bias", "true"},
+        {LORA, "bias", "\"some\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "1"}, {LORA, "lora_bias", "true"},
         {LORA, "exclude_modules", "3"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"SEQ_CLS\""},
         {LORA, "trainable_token_indices", "[1, 2]"}, {LORA, "layer_replication", "[[0, 1]]"}, {LORA, "loftq_config", "{\"loftq_bits\": 4}"},
         {LORA, "lora_alpha", "1e39"}, {LORA, "lora_dropout", "1e39"}, {LORA, "use_rslora", "\"yes\""}, {LORA, "fan_in_fan_out", "1"},
         {LORA, "some_new_option", "true"}, {LORA, "d_initial", "0.1"},
-        {ADALORA, "use_rslora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[\"lm_head\"]"},
+        {ADALORA, "use_rslora", "true"}, {ADALORA, "use_dora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[\"lm_head\"]"},
         {ADALORA, "alpha_pattern", "{\"c_attn\": 16}"}, {ADALORA, "bias", "\"all\""},
         {VERA, "lora_alpha", "8"}, {VERA, "d_initial", "1e39"}, {VERA, "modules_to_save", "[\"lm_head\"]"},
         {VERA, "layers_to_transform", "\"x\""}, {VERA, "bias", "\"lora_only\""}, {VERA, "init_weights", "\"x\""}, {VERA, "use_dora", "false"},
@@ -131,12 +131,13 @@ TEST(method_table) {
         CHECK(m && m->id == (MethodId)i && m->name && m->title && m->default_lr > 0);
         MethodId id;
         CHECK(method_parse(m->name, &id) == 0 && id == m->id);
-        CHECK(!m->peft_type || (method_from_peft_type(m->peft_type, &id) == 0 && id == m->id));
+        // A variant (DoRA) has its base's peft_type, which names the base.
+        CHECK(!m->peft_type || (method_from_peft_type(m->peft_type, &id) == 0 && id == (m->variant_key ? m->config_base->id : m->id)));
         CHECK(!m->peft_type == !m->forward);  // adapter methods, and only they, have ops
         for (int j = 0; j < i; j++) CHECK(strcmp(method_get((MethodId)j)->name, m->name));
     }
     MethodId id;
-    CHECK(method_parse("dora", &id) != 0 && strstr(peft_last_error(), "\"dora\"") && strstr(peft_last_error(), "lora, vera, adalora or full"));
+    CHECK(method_parse("boft", &id) != 0 && strstr(peft_last_error(), "\"boft\"") && strstr(peft_last_error(), "lora, vera, adalora, full or dora"));
     CHECK(method_from_peft_type("DORA", &id) != 0);
     CHECK(method_get(METHOD_COUNT) == NULL && strstr(peft_last_error(), "no method"));
 

@@ -120,12 +120,12 @@ TEST(estimate_matches_built_model_every_method) {
         {"gpt2", "c_attn"}, {"gpt2", "all-linear"}, {"gpt2", "c_proj"},
         {"llama", "q_proj,v_proj"}, {"llama", "all-linear"}, {"llama", "re:.*\\.(k_proj|down_proj)"},
     };
-    const MethodId types[] = {METHOD_LORA, METHOD_VERA, METHOD_ADALORA};
+    const MethodId types[] = {METHOD_LORA, METHOD_VERA, METHOD_ADALORA, METHOD_DORA};
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         ModelConfig mc = tiny(cases[k].type, !strcmp(cases[k].type, "gpt2"), false);
         EstModel em;
         CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
-        for (int t = 0; t < 3; t++)
+        for (int t = 0; t < 4; t++)
             for (int save_proj = 0; save_proj < 2; save_proj++) {
                 if (types[t] != METHOD_VERA && !save_proj) continue;
                 AdapterConfig c;
@@ -136,11 +136,10 @@ TEST(estimate_matches_built_model_every_method) {
                 adapter_config_set_targets(&c, cases[k].targets);
                 Model *m = model_create_random(&mc, 7);
                 CHECK_MSG(adapters_attach(m, &c, 3) == 0, "%s", peft_last_error());
-                MethodId method = types[t] == METHOD_LORA ? METHOD_LORA : types[t] == METHOD_VERA ? METHOD_VERA : METHOD_ADALORA;
                 Estimate e;
-                CHECK_MSG(estimate_compute(&e, &em, method, &c, 2, 8) == 0, "%s", peft_last_error());
+                CHECK_MSG(estimate_compute(&e, &em, types[t], &c, 2, 8) == 0, "%s", peft_last_error());
                 CHECK_MSG(e.trainable == model_count_params(m, true), "%s %s %s: %lld vs %ld", cases[k].type, cases[k].targets,
-                          method_get(types[t])->peft_type, (long long)e.trainable, model_count_params(m, true));
+                          method_get(types[t])->title, (long long)e.trainable, model_count_params(m, true));
                 CHECK(e.n_adapted == m->adapters->n);
                 if (types[t] == METHOD_VERA) CHECK(e.vera_max_in == m->adapters->vera_max_in && e.vera_max_out == m->adapters->vera_max_out);
                 const char *dir = test_tmpdir();
@@ -149,7 +148,7 @@ TEST(estimate_matches_built_model_every_method) {
                 int64_t got = file_size(path);
                 free(path);
                 CHECK_MSG(got == e.file_bytes, "%s %s %s save_projection=%d: file %lld bytes, estimate %lld", cases[k].type,
-                          cases[k].targets, method_get(types[t])->peft_type, save_proj, (long long)got, (long long)e.file_bytes);
+                          cases[k].targets, method_get(types[t])->title, save_proj, (long long)got, (long long)e.file_bytes);
                 // AdaLoRA with target_r = init_r: the final-budget file is this file.
                 if (types[t] == METHOD_ADALORA) CHECK(e.adalora_final_file_bytes == e.file_bytes && e.adalora_final_params == e.trainable);
                 model_free(m);

@@ -61,10 +61,11 @@ static AdapterSet *new_adalora_pruned(Model *m, const char *module, uint64_t see
 // Each linear of m over rows assigned to the sets (and the base) in a mixed pattern, against
 // the base product plus each row's own adapter forward over all rows.
 static void mixed_rows_check(int *failed_, Model *m, AdapterSet **sets, int n_sets) {
-    enum { N = 22 };
+    enum { N = 25 };
     // Runs (prefill-like), scattered rows (decode-like), single rows, and base rows: set 1 has 8
-    // rows in two runs and set 2 four scattered ones (gathered GEMMs), set 6 two (one by one).
-    int pattern[N] = {1, 1, 1, 1, 0, 2, 3, 3, 4, 5, 6, 2, 2, 0, 4, 3, 6, 1, 1, 1, 1, 2};
+    // rows in two runs and set 2 four scattered ones (gathered GEMMs), set 6 two (one by one), set 7
+    // (DoRA, through its forward) a run and a scattered row.
+    int pattern[N] = {1, 1, 1, 1, 0, 2, 3, 3, 4, 5, 6, 2, 2, 0, 4, 3, 6, 7, 1, 1, 1, 1, 2, 7, 7};
     uint64_t st = 99;
     AdapterSet *row_sets[N];
     for (int n = 0; n < N; n++) row_sets[n] = pattern[n] && pattern[n] <= n_sets ? sets[pattern[n] - 1] : NULL;
@@ -103,25 +104,26 @@ static void mixed_rows_check(int *failed_, Model *m, AdapterSet **sets, int n_se
 static void mixed_rows_case(int *failed_, const char *json, const char *qkv_module) {
     Model *m = test_model_from_json(json, 3);
     CHECK(m);
-    AdapterSet *sets[6] = {
+    AdapterSet *sets[7] = {
         new_set(m, METHOD_LORA, 4, "all-linear", 0, 1),
         new_set(m, METHOD_LORA, 2, qkv_module, 0, 2),          // another rank, one module only
         new_set(m, METHOD_VERA, 8, "all-linear", 7, 3),
         new_set(m, METHOD_VERA, 8, "all-linear", 7, 4),        // same projections, other lambdas
         new_set(m, METHOD_VERA, 8, "all-linear", 8, 5),        // other projections: its own products
         NULL,
+        new_set(m, METHOD_DORA, 3, "all-linear", 0, 6),
     };
     char module[256];
     snprintf(module, sizeof module, "%s", m->linears[0].module);
     sets[5] = new_adalora_pruned(m, module, 6);
-    for (int i = 0; i < 6; i++) CHECK_MSG(sets[i], "set %d: %s", i, peft_last_error());
+    for (int i = 0; i < 7; i++) CHECK_MSG(sets[i], "set %d: %s", i, peft_last_error());
     CHECK(m->adapters == NULL);
     for (int i = 0; i < m->n_linears; i++) CHECK(m->linears[i].adapter == NULL);  // detached: m untouched
     CHECK(adapters_same_vera_projection(sets[2], sets[3]));
     CHECK(!adapters_same_vera_projection(sets[2], sets[4]));
     CHECK(sets[5]->by_linear[0]->r == 3);
-    mixed_rows_check(failed_, m, sets, 6);
-    for (int i = 0; i < 6; i++) adapter_set_free(sets[i]);
+    mixed_rows_check(failed_, m, sets, 7);
+    for (int i = 0; i < 7; i++) adapter_set_free(sets[i]);
     model_free(m);
 }
 

@@ -1,6 +1,7 @@
 // bench_gpu.c: training throughput, peak GPU memory and MFU of the CUDA backend (bf16) on the
 // shapes of the issue: GPT-2 124M at 8x1024 and a TinyLlama-1.1B-shaped Llama at 4x2048, for full
-// fine-tuning, LoRA (q,v r8 / all linears r16), VeRA (all, r256) and AdaLoRA (all).
+// fine-tuning, LoRA (q,v r8 / all linears r16), DoRA (Llama, all linears r16: the issue's bar is 1.3x LoRA's
+// step), VeRA (all, r256) and AdaLoRA (all).
 //   bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl] [--version]
 // --large: instead, LoRA (q,v r8) on Llama-2-7B and -13B shapes at 1x2048, the issue's "largest Llama
 // that LoRA-trains at 1x2048 in 80 GB" (the peak shows whether it fits).
@@ -92,7 +93,8 @@ int main(int argc, char **argv) {
     static const Row rows[] = {{"gpt2-124m", "full", METHOD_FULL},         {"gpt2-124m", "lora-qv", METHOD_LORA},
                                {"gpt2-124m", "lora-all", METHOD_LORA},     {"gpt2-124m", "vera-all", METHOD_VERA},
                                {"gpt2-124m", "adalora-all", METHOD_ADALORA}, {"llama-1.1b", "lora-qv", METHOD_LORA},
-                               {"llama-1.1b", "lora-all", METHOD_LORA},    {"llama-1.1b", "vera-all", METHOD_VERA},
+                               {"llama-1.1b", "lora-all", METHOD_LORA},    {"llama-1.1b", "dora-all", METHOD_DORA},
+                               {"llama-1.1b", "vera-all", METHOD_VERA},
                                {"llama-1.1b", "adalora-all", METHOD_ADALORA}, {"llama-1.1b", "full", METHOD_FULL}};
     Model *m = NULL;
     const char *cur_family = "";
@@ -127,7 +129,7 @@ int main(int argc, char **argv) {
             adapter_config_defaults(&ac, type);
             const char *all = gpt2 ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
             if (!strcmp(r->method, "lora-qv")) { ac.r = 8; ac.alpha = 16; adapter_config_set_targets(&ac, gpt2 ? "c_attn" : "q_proj,v_proj"); }
-            else if (!strcmp(r->method, "lora-all")) { ac.r = 16; ac.alpha = 32; adapter_config_set_targets(&ac, all); }
+            else if (!strcmp(r->method, "lora-all") || !strcmp(r->method, "dora-all")) { ac.r = 16; ac.alpha = 32; adapter_config_set_targets(&ac, all); }
             else if (type == METHOD_VERA) { ac.r = 256; adapter_config_set_targets(&ac, all); }
             else {
                 // As the HF script: init_r 12, target_r 8; no task_type there, so no orthogonal regulariser either.
@@ -140,6 +142,12 @@ int main(int argc, char **argv) {
             int e = adapters_attach(m, &ac, 1);
             adapter_config_free(&ac);
             if (e) { printf("%-24s error: %s\n", label, peft_last_error()); est_model_free(&em); continue; }
+            // DoRA's magnitudes start at the weights' row norms, which are the host's zeros here (the device draws
+            // the weights): 1 instead, near the drawn rows' norms (0.02 sqrt(in)), so the layers keep their output.
+            for (int i = 0; type == METHOD_DORA && i < m->adapters->n; i++) {
+                Param *mag = m->adapters->adapters[i].magnitude;
+                for (long j = 0; j < mag->numel; j++) mag->w[j] = 1.0f;
+            }
         }
         if (em.n_linears >= 0) est_model_free(&em);
         if (recompute) est_bytes = -1;  // the estimate counts the stored MLP pre-activations (no --recompute)

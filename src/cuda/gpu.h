@@ -8,6 +8,7 @@
 // Every function that can fail returns non-zero / NULL / NAN with peft_last_error() set.
 #pragma once
 #include "check.h"
+#include "method.h"
 #include "model.h"
 #include <stdbool.h>
 #include <stddef.h>
@@ -133,6 +134,9 @@ typedef struct AdapterSet AdapterSet;
 // with the weights; a live one (m->adapters, or sets per row) is applied per row on the GPU.
 int gpu_inference_attach(Model *m, GpuPrecision precision);
 void gpu_inference_detach(Model *m);  // frees Model.gpu (no-op without one)
+// Whether cached inference applies a method of this kind per row (LoRA, AdaLoRA, VeRA; not DoRA,
+// whose rescale needs each row's base result alone: merged, it runs as plain weights).
+static inline bool gpu_infer_supports(GpuKind kind) { return kind == AD_LORA || kind == AD_ADALORA || kind == AD_VERA; }
 // Keys and values of n_slots sequences of up to max_len tokens (activation type). NULL + error.
 GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len);
 void gpu_kv_free(GpuKV *kv);

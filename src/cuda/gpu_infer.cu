@@ -561,8 +561,9 @@ static DevSet *device_set(GpuKV *kv, const AdapterSet *set) {
     }
     DevSet ds = {set->uid, kv->calls, nullptr, -1, 0};
     GpuKind kind = set_kind(set);
-    if (kind == AD_NONE) {
-        peft_fail("CUDA backend: %s adapters are not implemented on the GPU", method_get(set->cfg.type) ? method_get(set->cfg.type)->title : "these");
+    if (!gpu_infer_supports(kind)) {
+        peft_fail("CUDA backend: %s adapters are not applied per row on the GPU (merged into the weights they run: peft generate "
+                  "merges unless --no-merge; the CPU serves them)", method_get(set->cfg.type) ? method_get(set->cfg.type)->title : "these");
         return nullptr;
     }
     bool vera = kind == AD_VERA;

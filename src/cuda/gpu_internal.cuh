@@ -143,6 +143,14 @@ template <typename T> void k_cross_entropy(T *logits, int ld, const int *targets
                                           float inv_count, bool grad, cudaStream_t s);
 template <typename T> void k_bias_grad(float *db, const T *dy, int N, int width, int ld, cudaStream_t s);
 template <typename T> void k_colsum_mul(float *out, const T *a, const T *b, int N, int width, int lda, cudaStream_t s);
+// DoRA (gpu_dora.cu): norm[o] = ||W[o,:] + S[o,:]|| (W [out, in], or [in, out] when fifo, row stride ldw;
+// S fp32 [out, in]); the forward's rescale of a module's columns of y and its kept e; the backward's
+// magnitude gradient and dyg = dy g (dyg may be dy).
+template <typename T> void k_dora_norm(float *norm, const T *W, bool fifo, int ldw, const float *S, int out, int in, cudaStream_t s);
+template <typename T>
+void k_dora_fwd(T *y, int ldy, T *e, const T *b, const T *resid, const float *norm, const float *m, int N, int out, cudaStream_t s);
+template <typename T>
+void k_dora_bwd(float *dm, T *dyg, const T *dy, int ldy, const T *e, const float *norm, const float *m, int N, int out, cudaStream_t s);
 // Adapters: Beff[o,k] = s * rowv[o] * B[o*ldb + k] * colv[k] (rowv/colv may be NULL = 1), as T.
 template <typename T> void k_build_beff(T *beff, const float *B, int ldb, const float *rowv, const float *colv, float s, int out, int r,
                                        cudaStream_t st);

@@ -188,6 +188,9 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
                 mb->colv_g = gptr(g, a->lambda_d);
                 if (!mb->rowv || !mb->colv) return peft_fail("CUDA backend: %s: VeRA tensors were not placed", lin->module);
             } else {
+                if (mb->kind == AD_DORA && (G->wg || G->bg || g->drop_p > 0))
+                    return peft_fail("CUDA backend: %s: DoRA %s is not implemented on the GPU (the CPU path is)", lin->module,
+                                     g->drop_p > 0 ? "with lora_dropout" : "on a trained base weight or bias");
                 mb->r_off = G->R;
                 mb->B = wptr(g, a->B);
                 mb->Bg = gptr(g, a->B);
@@ -206,8 +209,20 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
                     mb->colv_g = gptr(g, a->E);
                     if (!mb->colv) return peft_fail("CUDA backend: %s: AdaLoRA's E was not placed", lin->module);
                 }
+                if (mb->kind == AD_DORA) {
+                    mb->Bm = mptr(g, a->B);
+                    mb->Am = mptr(g, a->A);
+                    mb->mag = mptr(g, a->magnitude);
+                    mb->mag_g = gptr(g, a->magnitude);
+                    if (!mb->mag || !mb->Am || !mb->Bm) return peft_fail("CUDA backend: %s: DoRA's magnitude was not placed", lin->module);
+                    mb->norm = (float *)gpu_malloc(sizeof(float) * lin->out, "DoRA's weight norms");
+                    if (!mb->norm) return gpu_report_failure();
+                    g->beffs.push_back(mb->norm);
+                    g->dora_S_cap = std::max(g->dora_S_cap, (size_t)lin->out * lin->in);
+                    G->dora = true;
+                }
             }
-            if (mb->kind != AD_LORA) {
+            if (mb->kind != AD_LORA && mb->kind != AD_DORA) {
                 mb->Beff = gpu_malloc((size_t)mb->out * mb->r * g->es, "adapter effective B");
                 if (!mb->Beff) return gpu_report_failure();
                 g->beffs.push_back(mb->Beff);
@@ -236,8 +251,11 @@ static void free_acts(GpuModel *g) {
         Layer *Ly = &g->L[l];
         Ly->res_mid = Ly->qkv_out = Ly->attn_y = Ly->fc = Ly->act = nullptr;
         Ly->qkv.h = Ly->o.h = Ly->up.h = Ly->down.h = nullptr;
+        Group *gs[4] = {&Ly->qkv, &Ly->o, &Ly->up, &Ly->down};
+        for (Group *G : gs)
+            for (int i = 0; i < G->n_ad; i++) G->ad[i].e = nullptr;
     }
-    g->xdrop = nullptr;
+    g->xdrop = g->dora_dy = nullptr;
     g->acts_ok = false;
     g->grad_ready = g->logits_ready = false;
 }
@@ -275,9 +293,13 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
         Ly->mean2 = ln ? stats + 3 * N : nullptr;
         Ly->lse = stats + 4 * (size_t)N;
         Group *gs[4] = {&Ly->qkv, &Ly->o, &Ly->up, &Ly->down};
-        for (Group *G : gs)
+        for (Group *G : gs) {
             if (G->n_ad) G->h = aalloc(g, (size_t)N * G->R * es, "adapter activations");
+            for (int i = 0; i < G->n_ad; i++)
+                if (G->ad[i].kind == AD_DORA) G->ad[i].e = aalloc(g, (size_t)N * G->ad[i].out * es, "DoRA activations");
+        }
     }
+    if (g->dora_S_cap && !g->is_bf16) g->dora_dy = aalloc(g, (size_t)N * C * es, "DoRA scratch");
     g->nbuf = aalloc(g, (size_t)N * C * es, "scratch");
     g->act = aalloc(g, (size_t)N * g->actw * es, "scratch");
     g->d_act = aalloc(g, (size_t)N * g->actw * es, "scratch");
@@ -359,7 +381,11 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     constexpr GDtype TT = gdtype<T>();
     int covered = 0;
     for (int i = 0; i < G->n_ad; i++) covered += G->ad[i].out;
-    bool adapters_first = G->n_ad && covered == G->out;
+    bool adapters_first = G->n_ad && covered == G->out && !G->dora;
+    // DoRA needs its columns' base result alone: its rescale adds the residual (a group with a
+    // residual, o or down, has one linear, so its DoRA member covers every column).
+    const T *resid_dora = G->dora ? resid : nullptr;
+    if (G->dora) resid = nullptr;
     auto base_gemm = [&](float beta, const T *c) {
         mark(g, P_GEMM_F);
         gemm(g->gc, false, !G->fifo, N, G->out, G->in, 1.0f, x, G->in, TT, G->w, G->fifo ? G->out : G->in, TT, beta, c, y, G->out, TT, G->b);
@@ -378,6 +404,13 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     gemm(g->gc, false, true, N, G->R, G->in, 1.0f, xa, G->in, TT, G->A, G->lda, TT, 0.0f, nullptr, h, G->R, TT, nullptr);
     for (int i = 0; i < G->n_ad; i++) {
         AdMember *mb = &G->ad[i];
+        if (mb->kind == AD_DORA) {  // e = s h B^T, then its columns of y rescaled
+            gemm(g->gc, false, true, N, mb->out, mb->r, mb->scaling, h + mb->r_off, G->R, TT, mb->B, mb->r, TT, 0.0f, nullptr, mb->e, mb->out,
+                 TT, nullptr);
+            k_dora_fwd<T>(y + mb->col_off, G->out, (T *)mb->e, G->b ? (const T *)G->b + mb->col_off : nullptr,
+                          resid_dora ? resid_dora + mb->col_off : nullptr, mb->norm, mb->mag, N, mb->out, g->st);
+            continue;
+        }
         const T *c = adapters_first ? (resid ? resid + mb->col_off : nullptr) : y + mb->col_off;
         gemm(g->gc, false, true, N, mb->out, mb->r, mb->Beff ? 1.0f : mb->scaling, h + mb->r_off, G->R, TT, mb->Beff ? mb->Beff : mb->B,
              mb->r, TT, c ? 1.0f : 0.0f, c, y + mb->col_off, G->out, TT, nullptr);
@@ -390,6 +423,17 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
 // columns, A into the rows, and dx = [dy | dh] [W; A] is one GEMM (no separate dx += dh A pass).
 template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, const T *dy, int ldy, T *dx, int N) {
     constexpr GDtype TT = gdtype<T>();
+    if (G->dora) {  // DoRA: dm, then dy g in its columns, which everything below then follows (gpu_dora.cu)
+        // In place: dy is this group's own scratch, except fp32's dres (the residual's gradient itself).
+        T *dyg = (const void *)dy == (const void *)g->dres ? (T *)g->dora_dy : (T *)dy;
+        mark(g, P_LORA_DB);
+        for (int i = 0; i < G->n_ad; i++) {
+            AdMember *mb = &G->ad[i];
+            if (mb->kind == AD_DORA)
+                k_dora_bwd<T>(mb->mag_g, dyg + mb->col_off, dy + mb->col_off, ldy, (const T *)mb->e, mb->norm, mb->mag, N, mb->out, g->st);
+        }
+        dy = dyg;
+    }
     if (!G->fused_dx) {
         mark(g, P_GEMM_DX);
         if (dx)
@@ -418,7 +462,7 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         gemm(g->gc, false, false, N, mb->r, mb->out, mb->Beff ? 1.0f : mb->scaling, dy + mb->col_off, ldy, TT, mb->Beff ? mb->Beff : mb->B,
              mb->r, TT, beta, dh + mb->r_off, dh + mb->r_off, lddh, TT, nullptr);
         mark(g, P_LORA_DB);
-        if (mb->kind == AD_LORA) {  // dB_i += s dy_i^T h_i [out_i, r]
+        if (mb->kind == AD_LORA || mb->kind == AD_DORA) {  // dB_i += s dy_i^T h_i [out_i, r]
             gemm(g->gc, true, false, mb->out, mb->r, N, mb->scaling, dy + mb->col_off, ldy, TT, h + mb->r_off, G->R, TT, 1.0f, mb->Bg, mb->Bg,
                  mb->r, G_F32, nullptr);
         } else {  // G = dy_i^T h_i, then the small reductions to the method's tensors
@@ -455,6 +499,14 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         gemm(g->gc, false, false, N, G->in, G->out + round8(G->R), 1.0f, dy, ldy, TT, G->w, G->in, TT, 0.0f, nullptr, dx, G->in, TT, nullptr);
     } else  // dx += dh A [N, in]
         gemm(g->gc, false, false, N, G->in, G->R, 1.0f, dh, lddh, TT, G->A, G->lda, TT, 1.0f, dx, dx, G->in, TT, nullptr);
+}
+
+// DoRA: this step's norm of W + s B A per output row (gpu_dora.cu), from A and B's fp32 masters.
+template <typename T> static void dora_norm(GpuModel *g, const Group *G, const AdMember *mb) {
+    gemm(g->gc, false, false, mb->out, G->in, mb->r, mb->scaling, mb->Bm, mb->r, G_F32, mb->Am, G->in, G_F32, 0.0f, nullptr, g->dora_S, G->in,
+         G_F32, nullptr);
+    const T *W = G->fifo ? (const T *)G->w + mb->col_off : (const T *)G->w + (size_t)mb->col_off * G->in;
+    k_dora_norm<T>(mb->norm, W, G->fifo, G->fifo ? G->out : G->in, g->dora_S, mb->out, G->in, g->st);
 }
 
 // ---------------- AdaLoRA's orthogonal regulariser ----------------
@@ -617,6 +669,7 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
             for (int i = 0; i < G->n_ad; i++) {
                 AdMember *mb = &G->ad[i];
                 if (mb->Beff) k_build_beff<T>((T *)mb->Beff, mb->Bm, mb->r, mb->rowv, mb->colv, mb->scaling, mb->out, mb->r, g->st);
+                if (mb->kind == AD_DORA) dora_norm<T>(g, G, mb);
             }
     }
     mark(g, P_EMBED);
@@ -929,6 +982,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                         plan(g, a->E, false);
                         plan(g, a->lambda_d, false);
                         plan(g, a->lambda_b, false);
+                        plan(g, a->magnitude, false);
                     }
             }
         }
@@ -1053,6 +1107,10 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     // AdaLoraModel.forward, and with it the regulariser, for adapters without a task_type).
     if (!rc && set && set_kind(set) == AD_ADALORA && set->cfg.orth_reg_weight != 0 && set->cfg.task_type[0] && set->n)
         rc = orth_setup(g, set);
+    if (!rc && g->dora_S_cap) {
+        g->dora_S = (float *)gpu_malloc(sizeof(float) * g->dora_S_cap, "DoRA's norm scratch");
+        if (!g->dora_S) rc = gpu_report_failure();
+    }
     if (!rc && g->G_cap) {
         g->G_scratch = (float *)gpu_malloc(sizeof(float) * g->G_cap, "adapter gradient scratch");
         if (!g->G_scratch) rc = gpu_report_failure();
@@ -1083,6 +1141,7 @@ extern "C" void gpu_model_free(GpuModel *g) {
     gpu_free(g->vera_A);
     gpu_free(g->vera_B32);
     gpu_free(g->G_scratch);
+    gpu_free(g->dora_S);
     gpu_free(g->scores);
     gpu_free(g->ada_trip);
     gpu_free(g->ada_score);

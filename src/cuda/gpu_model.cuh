@@ -31,6 +31,11 @@ struct AdMember {
     const float *Bm;               // fp32 B: AdaLoRA's master, VeRA's shared projection (ld r)
     const float *rowv, *colv;      // VeRA: lambda_b, lambda_d; AdaLoRA: colv = E
     float *rowv_g, *colv_g;
+    // DoRA (gpu_dora.cu): the magnitude's fp32 master and gradient, A's fp32 master (B's is Bm), the
+    // weight norm of this step's forward [out], and e [N, out] (the layer's, kept for backward).
+    const float *mag, *Am;
+    float *mag_g, *norm;
+    void *e;
 };
 struct Group {  // y[N, out] = x[N, in] W^T + b (+ LoRA members), one GEMM
     int in, out;
@@ -43,6 +48,7 @@ struct Group {  // y[N, out] = x[N, in] W^T + b (+ LoRA members), one GEMM
     void *A;  // [R, in]: the members' A stacked (VeRA: the shared A [r, max_in], lda = max_in, one h for all members)
     float *Ag;
     bool shared_h;
+    bool dora;      // a member is DoRA: the base GEMM runs first, without the residual (group_fwd)
     bool fused_dx;  // the weight has R spare rows after it (Aext) for the fused input gradient
     void *Aext;
     void *h;  // [N, R], per layer
@@ -115,7 +121,10 @@ struct GpuModel {
     unsigned char *ada_kept;
     size_t ada_cap;
     size_t G_cap;
-    std::vector<void *> beffs;
+    std::vector<void *> beffs;        // per-member device buffers (effective Bs, DoRA's norms)
+    float *dora_S;                    // DoRA: s B A of one module [out, in] fp32 (the largest module's size)
+    size_t dora_S_cap;
+    void *dora_dy;                    // DoRA, fp32: dy g of the o / down groups (their dy is dres itself) [N, C]
     Prof prof;
     // Lazy gradient zeroing: gpu_zero_grad clears only zero_ranges (tensors not written by a weight
     // GEMM); the next backward's weight GEMMs overwrite (beta 0) instead of accumulating.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make_cases.sh PEFT DUMP_LOGITS OUT_DIR: adapters trained and saved by peft.c (VeRA without its
-# projections, LoRA, AdaLoRA with a pruned rank pattern) and a merged model, each with our logits,
-# for tools/interop/check_peft.py to load with HF transformers + PEFT.
+# projections, LoRA, AdaLoRA with a pruned rank pattern, DoRA: LoRA with use_dora) and a merged
+# model, each with our logits, for tools/interop/check_peft.py to load with HF transformers + PEFT.
 set -euo pipefail
 PEFT=$1 DUMP=$2 OUT=$3
 rm -rf "$OUT"; mkdir -p "$OUT"
@@ -14,7 +14,7 @@ case_dir() {  # NAME MODEL ADAPTER(or empty)
 for arch in gpt2 llama; do
     base="$OUT/base-$arch"
     "$PEFT" init --arch $arch --layers 2 --hidden 64 --heads 4 --kv-heads 2 --context 64 --seed 3 --out "$base" >/dev/null
-    for method in lora vera adalora; do
+    for method in lora vera adalora dora; do
         name=$arch-$method
         extra=()
         [ $method = adalora ] && extra=(--init-r 6 --target-r 2 --tinit 2 --tfinal 2 --delta-t 1)

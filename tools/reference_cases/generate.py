@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 import transformers
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import save_file
 
-from cases import (B, DIM_ATTRS, FAMILIES, METHODS, Fail, PADDING, PROMPT, SCHEDULE_ORDER, T, TOLERANCE, case_opts,
-                   case_optimizer, peft_arguments)
+from cases import (B, DIM_ATTRS, FAMILIES, LABELS, METHODS, TASKS, Fail, PADDING, PROMPT, SCHEDULE_ORDER, T, TOLERANCE,
+                   case_opts, case_optimizer, peft_arguments)
 from compare import read_header
 
 # Scales of the random values: base matrices and embeddings, biases, norm gains around 1, adapter tensors.
@@ -25,6 +26,11 @@ BASE_STD, BIAS_STD, GAIN_STD, ADAPTER_STD = 0.08, 0.02, 0.1, 0.2
 # GPT2Config's sequence-summary dropout is for GPT2DoubleHeadsModel's head; a causal LM has none.
 UNUSED_DROPOUT_FIELDS = {"summary_first_dropout"}
 MAX_CASE_BYTES = 512 * 1024
+# torch.manual_seed before every PeftModel.from_pretrained: PEFT creates the modules (drawing nn.Linear's values,
+# and pissa_niter_K's random test matrix) before it loads the tensors; peft.c's loader draws from seed 0 too.
+LOAD_SEED = 0
+# init_lora_weights that change the base weights, saved by PEFT converted to a plain LoRA (converted/).
+MUTATING_INITS = ("pissa", "olora")
 
 
 def require(ok, what):
@@ -67,11 +73,28 @@ def check_no_dropout(model, config, where):
             raise Fail(f"{where}: dropout module {name} has p = {m.p}")
 
 
+def auto_class(case_or_task):
+    """The transformers auto class of a case's task (AutoModelForCausalLM, AutoModelForSequenceClassification)."""
+    task = case_or_task if isinstance(case_or_task, str) else case_or_task.task
+    return getattr(transformers, TASKS[task].auto_class)
+
+
+def model_config_args(case):
+    """The family's config arguments, with a seq_cls case's num_labels (and problem_type when it sets one)."""
+    args = dict(FAMILIES[case.family].config)
+    if case.task == "seq_cls":
+        labels = LABELS[case.labels]
+        args["num_labels"] = labels["num_labels"]
+        if labels["problem_type"]:
+            args["problem_type"] = labels["problem_type"]
+    return args
+
+
 def build_base(case, gen):
     fam = FAMILIES[case.family]
-    config = getattr(transformers, fam.config_class)(**fam.config, attn_implementation="eager")
+    config = getattr(transformers, fam.config_class)(**model_config_args(case), attn_implementation="eager")
     torch.manual_seed(case.seed)  # transformers' own init; every value is then overwritten from gen
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = auto_class(case).from_config(config)
     attn = model.config._attn_implementation
     require(attn == "eager", f"{case.name}: attention implementation {attn!r}, not 'eager'")
     # transformers keeps the constructor's attn_implementation out of config.json; the reference's config.json
@@ -97,8 +120,41 @@ def randomize_trainable(model, gen):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
-                p.copy_(ADAPTER_STD * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                if "lora_magnitude_vector" in name:
+                    # DoRA's magnitude starts as the weight's row norms (PEFT's init): kept near them (a
+                    # magnitude around 0 would all but cancel the base layer), but not equal.
+                    require(bool((p > 0).all()), f"{name}: PEFT's initial magnitude is not positive")
+                    p.copy_(p.double() * (1 + ADAPTER_STD * noise))
+                else:
+                    p.copy_(ADAPTER_STD * noise)
                 require(bool((p != 0).all()), f"{name}: a random value came out 0")
+
+
+def write_initial(pm, case_dir):
+    """init.safetensors: the trainable tensors as init_lora_weights made them (named as PEFT saves them) and the
+    weight of every adapted module after it (PiSSA and OLoRA leave the residual there), named as in model.safetensors."""
+    out = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in peft.get_peft_model_state_dict(pm).items()}
+    for name, m in pm.named_modules():
+        if isinstance(m, BaseTunerLayer):
+            key = name[len("base_model.model."):] + ".weight"
+            require(key not in out, f"{key} is also an adapter tensor's name")
+            out[key] = m.get_base_layer().weight.detach().to(torch.float32).contiguous().clone()
+    save_file(out, os.path.join(case_dir, "init.safetensors"))
+
+
+def write_converted(pm, case_dir, initial_dir):
+    """converted/: PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) of the adapter as it is now,
+    against its initial values saved in initial_dir: a plain LoRA of rank 2r for the original base (model/)."""
+    out = os.path.join(case_dir, "converted")
+    pm.save_pretrained(out, path_initial_model_for_weight_conversion=initial_dir)
+    shutil.rmtree(initial_dir)
+    card = os.path.join(out, "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+    with open(os.path.join(out, "adapter_config.json")) as f:
+        saved = json.load(f)
+    require(saved.get("init_lora_weights") is True, f"{out}: init_lora_weights {saved.get('init_lora_weights')!r} after the conversion")
 
 
 def save_adapter(pm, adapter_dir):
@@ -113,11 +169,12 @@ def save_adapter(pm, adapter_dir):
 
 # ---- loading back (float64) ---------------------------------------------------------------------------
 
-def load(case_dir, method, trainable):
-    """The case's model (+ adapter) as a user loads them, converted to float64."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
+def load(case_dir, method, trainable, task, adapter="adapter"):
+    """The case's model (+ adapter, a folder of the case) as a user loads them, converted to float64."""
+    model = auto_class(task).from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
     if method.peft_config is not None:
-        model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=trainable)
+        torch.manual_seed(LOAD_SEED)
+        model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, adapter), is_trainable=trainable)
     model = model.to(torch.float64)
     for name, p in model.named_parameters():
         require(p.dtype == torch.float64, f"{name} is {p.dtype} after the float64 conversion")
@@ -166,6 +223,67 @@ def adapted_weights(pm):
     return out
 
 
+def saved_module_tensors(pm):
+    """model.safetensors names of every tensor of the modules_to_save (SEQ_CLS: the head)."""
+    out = []
+    for name, m in pm.named_modules():
+        if isinstance(m, ModulesToSaveWrapper):
+            require(name.startswith("base_model.model."), f"module to save {name} outside base_model.model")
+            out += [f"{name[len('base_model.model.'):]}.{k}" for k in m.original_module.state_dict()]
+    return out
+
+
+def stored_name(runtime_name):
+    """A PEFT runtime parameter name as adapter_model.safetensors keys it: without the adapter name, a module
+    to save's copy under the module's own name, and DoRA's magnitude without its module's ".weight"
+    (get_peft_model_state_dict keeps the key of the days it was a plain parameter)."""
+    name = runtime_name.replace(".modules_to_save.default.", ".").replace(".default", "")
+    suffix = ".lora_magnitude_vector.weight"
+    return name[:-len(".weight")] if name.endswith(suffix) else name
+
+
+def batch(case, gen):
+    """The io batch: (model inputs, labels). causal_lm: random ids, labels = ids with row 0's prompt and row 1's
+    padding ignored. seq_cls: row 1 ends in PADDING pad tokens (attention_mask 0), BERT's second half is
+    token type 1 (its padding 0), labels per row as the case's kind (LABELS); float labels are float32 values."""
+    fam = FAMILIES[case.family]
+    vocab = fam.config["vocab_size"]
+    if case.task == "causal_lm":
+        ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
+        labels = ids.clone()
+        labels[0, :PROMPT] = -100
+        labels[1, T - PADDING:] = -100
+        return {"input_ids": ids}, labels
+    pad = fam.config["pad_token_id"]
+    ids = torch.randint(3, vocab, (B, T), generator=gen, dtype=torch.int64)  # 0..2: pad and special ids
+    mask = torch.ones(B, T, dtype=torch.int64)
+    ids[1, T - PADDING:] = pad
+    mask[1, T - PADDING:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if fam.config["type_vocab_size"] > 1:
+        types = torch.zeros(B, T, dtype=torch.int64)
+        types[:, T // 2:] = 1
+        types[mask == 0] = 0
+        inputs["token_type_ids"] = types
+    n = LABELS[case.labels]["num_labels"]
+    if case.labels == "single":
+        labels = torch.randint(0, n, (B,), generator=gen, dtype=torch.int64)
+    elif case.labels == "multi":
+        labels = torch.randint(0, 2, (B, n), generator=gen, dtype=torch.int64).to(torch.float64)
+    else:
+        labels = torch.randn(B, generator=gen, dtype=torch.float64).to(torch.float32).to(torch.float64)
+    return inputs, labels
+
+
+def classification_loss(logits, labels, case):
+    """transformers' sequence classification loss for the case's labels, in float64."""
+    if case.labels == "single":
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+    if case.labels == "multi":
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    return F.mse_loss(logits.squeeze(), labels.squeeze())
+
+
 def causal_lm_loss(logits, labels):
     """Mean cross-entropy of token t+1 given tokens <= t over the labels that are not -100, in float64."""
     v = logits.shape[-1]
@@ -187,21 +305,19 @@ def as_stored(named, what):
 def run_step(case, case_dir, gen):
     """io, grads, step and (with an adapter) merged: one forward, backward and AdamW step, then the merge."""
     method = METHODS[case.method]
-    vocab = FAMILIES[case.family].config["vocab_size"]
-    model = load(case_dir, method, trainable=True)
+    model = load(case_dir, method, trainable=True, task=case.task)
     model.train()
     named = trainable_tensors(model, method, case_dir)
-    ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
-    labels = ids.clone()
-    labels[0, :PROMPT] = -100
-    labels[1, T - PADDING:] = -100
+    inputs, labels = batch(case, gen)
 
-    out = model(input_ids=ids, labels=labels)
+    out = model(**inputs, labels=labels)
     require(out.logits.dtype == torch.float64, f"logits are {out.logits.dtype}, not float64")
     logits = out.logits.detach()
-    lm_loss = causal_lm_loss(logits, labels)
+    # causal_lm: lm_loss; seq_cls: cls_loss (the loss without any regulariser, as transformers computes it)
+    task_loss_name = "lm_loss" if case.task == "causal_lm" else "cls_loss"
+    task_loss = causal_lm_loss(logits, labels) if case.task == "causal_lm" else classification_loss(logits, labels, case)
     loss = out.loss
-    print(f"    loss {loss.item():.9g}, lm_loss {lm_loss.item():.9g}")
+    print(f"    loss {loss.item():.9g}, {task_loss_name} {task_loss.item():.9g}")
     loss.backward()
     for k, p in named:
         require(p.grad is not None, f"{k}: no gradient")
@@ -213,35 +329,35 @@ def run_step(case, case_dir, gen):
     opt.step()
     for k, p in named:
         require(not torch.equal(before[k], p.detach()), f"{k}: unchanged by the AdamW step")
-    save_file({"input_ids": ids, "labels": labels, "logits": logits.to(torch.float32).contiguous(),
-               "lm_loss": lm_loss.to(torch.float32), "loss": loss.detach().to(torch.float32)},
-              os.path.join(case_dir, "io.safetensors"))
+    io = dict(inputs)
+    io.update({"labels": labels if not labels.is_floating_point() else labels.to(torch.float32),
+               "logits": logits.to(torch.float32).contiguous(), task_loss_name: task_loss.to(torch.float32),
+               "loss": loss.detach().to(torch.float32)})
+    save_file(io, os.path.join(case_dir, "io.safetensors"))
     save_file(grads, os.path.join(case_dir, "grads.safetensors"))
     save_file(as_stored(named, lambda p: p), os.path.join(case_dir, "step.safetensors"))
     if method.peft_config is not None:
-        write_merged(case_dir, method, ids, logits)
-    return {"bf16_reference": bf16_reference(case_dir, method, ids, labels, grads)}
+        write_merged(case_dir, method, case.task, inputs, logits)
+    return {"bf16_reference": bf16_reference(case_dir, method, case.task, inputs, labels, grads)}
 
 
-def bf16_reference(case_dir, method, ids, labels, grads):
+def bf16_reference(case_dir, method, task, inputs, labels, grads):
     """PyTorch's own bf16 gradient against the float64 one (cosines, all tensors as one vector and the
     worst tensor): how close bf16 can come on this case. The model is loaded in bfloat16 as users train
     it (PEFT keeps the adapter in float32); the GPU check's bf16 bounds scale with these."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager",
-                                                             dtype=torch.bfloat16)
+    model = auto_class(task).from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager", dtype=torch.bfloat16)
     if method.peft_config is not None:
+        torch.manual_seed(LOAD_SEED)
         model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=True)
     model.train()
     # PEFT's float32 cast of the adapter leaves AdaLoRA's ranknum (a count, never saved) trainable: the
     # float64 gradients' names pick the tensors.
-    # A module to save is trained as <module>.modules_to_save.default.<param>, saved as <module>.<param>.
-    named = [(n.replace(".modules_to_save.default.", ".").replace(".default", ""), p) for n, p in model.named_parameters()
-             if p.requires_grad]
+    named = [(stored_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
     for k, _ in named:
         require(k in grads or "ranknum" in k, f"bf16: trainable {k} has no float64 gradient")
     named = [(k, p) for k, p in named if k in grads]
     require(sorted(k for k, _ in named) == sorted(grads), "bf16: not the float64 run's trainable tensors")
-    model(input_ids=ids, labels=labels).loss.backward()
+    model(**inputs, labels=labels.to(torch.bfloat16) if labels.is_floating_point() else labels).loss.backward()
     ab = aa = bb = 0.0
     worst = 1.0
     for k, p in named:
@@ -254,21 +370,22 @@ def bf16_reference(case_dir, method, ids, labels, grads):
     return {"grad_cosine": round(cos, 6), "worst_tensor_cosine": round(worst, 6), "dtype": "bfloat16", "device": "cpu"}
 
 
-def write_merged(case_dir, method, ids, logits):
+def write_merged(case_dir, method, task, inputs, logits):
     """merge_and_unload() of the adapter as saved; checks on the way that the saved adapter gives the same
-    logits as the training step saw, that it changes them, and that merging keeps them."""
-    pm = load(case_dir, method, trainable=False)
+    logits as the training step saw, that it changes them, and that merging keeps them. The merged file
+    holds every adapted weight and every tensor of the modules to save (the trained copies)."""
+    pm = load(case_dir, method, trainable=False, task=task)
     pm.eval()
     with torch.no_grad():
-        reloaded = pm(input_ids=ids).logits
+        reloaded = pm(**inputs).logits
         with pm.disable_adapter():
-            base = pm(input_ids=ids).logits
+            base = pm(**inputs).logits
     require(rel(reloaded, logits) < 1e-10, f"the saved adapter gives other logits (relative difference {rel(reloaded, logits):.3g})")
     require(rel(base, logits) > 1e-3, f"the adapter barely changes the logits (relative difference {rel(base, logits):.3g})")
-    keys = adapted_weights(pm)
+    keys = adapted_weights(pm) + saved_module_tensors(pm)
     merged = pm.merge_and_unload()
     with torch.no_grad():
-        merged_logits = merged(input_ids=ids).logits
+        merged_logits = merged(**inputs).logits
     require(rel(merged_logits, logits) < 1e-9, f"merged logits differ (relative {rel(merged_logits, logits):.3g})")
     state = merged.state_dict()
     _, stored = read_header(os.path.join(case_dir, "model", "model.safetensors"))
@@ -285,7 +402,7 @@ def run_schedule(case, case_dir, gen):
     args = peft_arguments(case)
     steps = args["total_step"]
     vocab = FAMILIES[case.family].config["vocab_size"]
-    pm = load(case_dir, method, trainable=True)
+    pm = load(case_dir, method, trainable=True, task=case.task)
     pm.train()
     named = trainable_tensors(pm, method, case_dir)
     tuner = pm.base_model
@@ -319,7 +436,60 @@ def run_schedule(case, case_dir, gen):
             "rank_pattern": rank_pattern, "init_bgt": int(alloc.init_bgt), "target_bgt": int(alloc.target_bgt)}
 
 
-RUNNERS = {"step": run_step, "schedule": run_schedule}
+def run_arithmetic(case, case_dir, gen):
+    """Two LoRA adapters in (adapter/, made by write_case, and adapter2/), PEFT's add_weighted_adapter of them
+    out (combined/, as save_pretrained writes it), and the combined adapter's logits on the base (io.safetensors,
+    float64, from combined/ loaded back as a user loads it)."""
+    method = METHODS[case.method]
+    combine = dict(case.combine)
+    second = combine.pop("second", {})
+    weights = combine.pop("weights")
+    base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
+    pm2 = peft.get_peft_model(base, peft.LoraConfig(**dict(peft_arguments(case), **second)))
+    randomize_trainable(pm2, gen)
+    save_adapter(pm2, os.path.join(case_dir, "adapter2"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
+    torch.manual_seed(LOAD_SEED)
+    pm = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), adapter_name="a")
+    pm.load_adapter(os.path.join(case_dir, "adapter2"), adapter_name="b")
+    # The new adapter's modules draw nn.Linear's values, then DARE's masks are torch.bernoulli draws: both from
+    # torch's global generator (peft merge --seed).
+    torch.manual_seed(case.seed)
+    pm.add_weighted_adapter(["a", "b"], weights, "combined", **combine)
+    out = os.path.join(case_dir, "saved")
+    pm.save_pretrained(out, selected_adapters=["combined"])
+    shutil.move(os.path.join(out, "combined"), os.path.join(case_dir, "combined"))
+    shutil.rmtree(out)
+    card = os.path.join(case_dir, "combined", "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        require(os.path.isfile(os.path.join(case_dir, "combined", f)), f"save_pretrained wrote no combined/{f}")
+    # Loaded from the case's (temporary) folder, the base names that path: written as the first adapter's
+    # (the base built from its config has no name), so two runs write the same bytes.
+    with open(os.path.join(case_dir, "adapter", "adapter_config.json")) as f:
+        base_name = json.load(f).get("base_model_name_or_path")
+    for d in ("adapter2", "combined"):
+        path = os.path.join(case_dir, d, "adapter_config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["base_model_name_or_path"] = base_name
+        with open(path, "w") as f:
+            f.write(json.dumps(cfg, indent=2, sort_keys=True))  # as PEFT writes it
+    vocab = FAMILIES[case.family].config["vocab_size"]
+    ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
+    pm = load(case_dir, method, trainable=False, task=case.task, adapter="combined")
+    pm.eval()
+    with torch.no_grad():
+        logits = pm(input_ids=ids).logits
+        with pm.disable_adapter():
+            plain = pm(input_ids=ids).logits
+    require(rel(plain, logits) > 1e-3, f"the combined adapter barely changes the logits (relative difference {rel(plain, logits):.3g})")
+    save_file({"input_ids": ids, "logits": logits.to(torch.float32).contiguous()}, os.path.join(case_dir, "io.safetensors"))
+    return {"combine": dict(combine, weights=weights, second=second, adapters=["adapter", "adapter2"], seed=case.seed)}
+
+
+RUNNERS = {"step": run_step, "schedule": run_schedule, "arithmetic": run_arithmetic}
 
 
 # ---- one case -------------------------------------------------------------------------------------------
@@ -328,12 +498,17 @@ def case_json(case, model_config, extra):
     dims = {k: getattr(model_config, DIM_ATTRS[k]) for k in FAMILIES[case.family].dims}
     doc = {"name": case.name, "family": case.family, "method": case.method, "dims": dims, "opts": case_opts(case),
            "B": B, "T": T}
+    if case.task != "causal_lm":  # (the causal_lm cases' case.json stays the shared cases')
+        doc["task"] = case.task
+        doc["labels"] = case.labels
     if "steps" in extra:
         doc["steps"] = extra.pop("steps")
+    if "combine" in extra:
+        doc["combine"] = extra.pop("combine")
     doc["optimizer"] = case_optimizer(case)
     doc.update(extra)
     doc["versions"] = versions()
-    if METHODS[case.method].runner == "step":
+    if METHODS[case.method].runner != "schedule":
         doc["tolerance"] = dict(TOLERANCE)
     return doc
 
@@ -356,12 +531,24 @@ def write_case(case, out_root, force):
             saved = json.load(f).get("attn_implementation")
         require(saved == "eager", f"{case.name}: model/config.json has attn_implementation {saved!r}, not 'eager'")
         args = peft_arguments(case)
+        init = "init_lora_weights" in case.config
+        extra = {}
         if args is not None:
+            if init:  # PEFT's initial values come from torch's global generator
+                torch.manual_seed(case.seed)
+                extra["init_seed"], extra["load_seed"] = case.seed, LOAD_SEED
             pm = peft.get_peft_model(base, getattr(peft, method.peft_config)(**args))
             check_no_dropout(pm, pm.peft_config[next(iter(pm.peft_config))], f"{case.name} adapter")
-            randomize_trainable(pm, gen)
+            converts = init and str(args["init_lora_weights"]).lower().startswith(MUTATING_INITS)
+            if init:
+                write_initial(pm, tmp)
+            if converts:  # the initial adapter, as PEFT's PiSSA / OLoRA examples save it before training
+                pm.save_pretrained(os.path.join(tmp, "initial"))
+            randomize_trainable(pm, gen)  # stands for training
             save_adapter(pm, os.path.join(tmp, "adapter"))
-        extra = RUNNERS[method.runner](case, tmp, gen)
+            if converts:
+                write_converted(pm, tmp, os.path.join(tmp, "initial"))
+        extra.update(RUNNERS[method.runner](case, tmp, gen))
         with open(os.path.join(tmp, "case.json"), "w") as f:
             json.dump(case_json(case, base.config, extra), f, indent=2)
         if os.path.exists(final):
