@@ -13,6 +13,12 @@
 
 static const char *const BIAS_NAMES[] = {"none", "all", "lora_only"};
 
+// LoRA's options are read for LoRA and its variants (DoRA: a LoRA file with use_dora).
+static bool lora_options(MethodId t) {
+    const Method *m = method_get(t);
+    return m && (m->id == METHOD_LORA || (m->variant_key && m->config_base == &lora_method));
+}
+
 const char *adapter_bias_name(BiasMode b) { return b >= 0 && b <= BIAS_LORA_ONLY ? BIAS_NAMES[b] : "?"; }
 
 static pcre2_code *compile(const char *pattern) {
@@ -164,9 +170,9 @@ int adapter_layout_check(const AdapterConfig *c, const char *path) {
     if (str_targets && c->n_layers_pattern) return peft_fail("%s: layers_pattern cannot be used when target_modules is a string (PEFT refuses it too)", path);
     if (c->n_layers_pattern && !c->layers)
         return peft_fail("%s: layers_pattern is given without layers_to_transform (PEFT refuses it too)", path);
-    if (c->n_modules_to_save && c->type != METHOD_LORA)
+    if (c->n_modules_to_save && !lora_options(c->type))
         return peft_fail("%s: modules_to_save is implemented for LoRA only", path);
-    if (c->bias != BIAS_NONE && c->type != METHOD_LORA)
+    if (c->bias != BIAS_NONE && !lora_options(c->type))
         return peft_fail("%s: bias \"%s\" is implemented for LoRA only (%s saves no biases here)", path, adapter_bias_name(c->bias),
                          method_get(c->type) ? method_get(c->type)->title : "this method");
     return 0;
@@ -193,7 +199,7 @@ int adapter_layout_parse(AdapterConfig *c, const void *json, const char *path) {
         return -1;
     for (int i = 0; i < c->n_modules_to_save; i++)
         if (check_regex(c->modules_to_save[i], "modules_to_save", path)) return -1;
-    if (c->type == METHOD_LORA &&
+    if (lora_options(c->type) &&
         (parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "rank_pattern"), "rank_pattern", true, &c->lora_rank_pattern, &c->n_lora_rank_pattern, path) ||
          parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "alpha_pattern"), "alpha_pattern", false, &c->alpha_pattern, &c->n_alpha_pattern, path)))
         return -1;
@@ -273,7 +279,7 @@ void adapter_layout_to_json(const AdapterConfig *c, void *json) {
     cJSON_DeleteItemFromObjectCaseSensitive(j, "modules_to_save");
     cJSON_AddItemToObject(j, "modules_to_save", c->n_modules_to_save ? cJSON_CreateStringArray((const char *const *)c->modules_to_save, c->n_modules_to_save)
                                                                       : cJSON_CreateNull());
-    if (c->type != METHOD_LORA) return;
+    if (!lora_options(c->type)) return;
     cJSON_DeleteItemFromObjectCaseSensitive(j, "rank_pattern");
     cJSON_DeleteItemFromObjectCaseSensitive(j, "alpha_pattern");
     cJSON_AddItemToObject(j, "rank_pattern", pattern_json(c->lora_rank_pattern, c->n_lora_rank_pattern));
@@ -297,7 +303,7 @@ int adapter_layout_read_file(AdapterConfig *c, const char *path) {
                            "rank_pattern, alpha_pattern, bias, modules_to_save)", path, v->string);
             break;
         }
-        if (c->type != METHOD_LORA && strcmp(v->string, "exclude_modules") && strcmp(v->string, "layers_to_transform") &&
+        if (!lora_options(c->type) && strcmp(v->string, "exclude_modules") && strcmp(v->string, "layers_to_transform") &&
             strcmp(v->string, "layers_pattern") && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none"))) {
             rc = peft_fail("%s: \"%s\" is a LoRA option", path, v->string);
             break;

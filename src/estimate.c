@@ -612,7 +612,7 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     for (int i = 0; i < em->n_linears; i++) {
         if (!adapted[i]) continue;
         const EstLinear *l = &em->linears[i];
-        e->trainable += method_module_params(desc, method == METHOD_LORA ? adapter_module_rank(c, l->name) : r, l->in, l->out);
+        e->trainable += method_module_params(desc, c->n_lora_rank_pattern ? adapter_module_rank(c, l->name) : r, l->in, l->out);  // LoRA's (and DoRA's) rank_pattern
         if (method == METHOD_ADALORA) e->adalora_final_params += method_module_params(desc, c->target_r, l->in, l->out);
         if (l->in > e->vera_max_in) e->vera_max_in = l->in;
         if (l->out > e->vera_max_out) e->vera_max_out = l->out;
@@ -633,7 +633,7 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, NULL, true, e->vera_max_in, e->vera_max_out);
         e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, NULL, false, 0, 0);
         e->file_bytes = c->save_projection ? e->file_bytes_with_projection : e->file_bytes_without_projection;
-    } else e->file_bytes = adapter_file_bytes(em, adapted, method, r, method == METHOD_LORA ? c : NULL, false, 0, 0);
+    } else e->file_bytes = adapter_file_bytes(em, adapted, method, r, c->n_lora_rank_pattern ? c : NULL, false, 0, 0);
 
     // Memory. CPU: everything fp32, AdamW m and v fp32; AdaLoRA's allocator keeps two double
     // scores per trainable value. GPU: what the CUDA backend allocates (gpu_memory).
