@@ -275,6 +275,8 @@ static int adalora_save(AdapterSet *set, void *writer, void *config_json) {
 static const ConfigKey ADALORA_KEYS[] = {
     {"r", KEY_INERT, NULL, NULL},  // AdaLoRA's rank is init_r; PEFT ignores r too
     {"use_rslora", KEY_DEFAULT, NULL, "PEFT's AdaLoRA ignores it"},
+    // AdaLoraLayer.reset_lora_parameters: any true value gives its own init (E zeros, A and B normal).
+    {"init_lora_weights", KEY_INERT, "[true, false, \"gaussian\"]", "not an AdaLoRA initialisation"},
     {"rank_pattern", KEY_USED, NULL, NULL},
     {"init_r", KEY_USED, NULL, NULL},
     {"target_r", KEY_USED, NULL, NULL},

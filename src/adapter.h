@@ -14,11 +14,17 @@ typedef struct {
     bool *mask;              // [init_r] which ranks are kept (NULL when none given)
 } RankPatternEntry;
 
+// LoRA's init_lora_weights (lora_init.c): true (Kaiming-uniform A, zero B), false (both as nn.Linear
+// draws them), "gaussian", "pissa", "pissa_niter_K" and "olora" (which also change the base weights).
+typedef enum { LORA_INIT_TRUE, LORA_INIT_FALSE, LORA_INIT_GAUSSIAN, LORA_INIT_PISSA, LORA_INIT_PISSA_NITER, LORA_INIT_OLORA } LoraInit;
+
 typedef struct {
     MethodId type;           // an adapter method (not METHOD_FULL)
     int r;                   // LoRA/VeRA rank; AdaLoRA uses init_r
     float alpha;             // lora_alpha (LoRA, AdaLoRA)
     bool use_rslora;
+    LoraInit init;           // LoRA's init_lora_weights
+    int init_niter;          // its K for "pissa_niter_K"
     float dropout;           // lora_dropout / vera_dropout
     int n_targets;
     char **targets;          // target_modules as a list ...
