@@ -46,7 +46,8 @@ class Method:
     peft_config: str    # the PEFT config class; None: full fine-tuning, no adapter
     defaults: dict      # its arguments besides target_modules (every dropout 0)
     opts: tuple         # (case.json "opts" name, PEFT argument) pairs
-    runner: str = "step"  # "step": one training step (io/grads/step/merged); "schedule": the AdaLoRA allocator run
+    runner: str = "step"  # "step": one training step (io/grads/step/merged); "schedule": the AdaLoRA allocator run;
+                          # "arithmetic": two adapters combined by add_weighted_adapter (combined/, io)
 
 
 ADALORA = dict(init_r=4, lora_alpha=8, target_r=2, tinit=2, tfinal=2, deltaT=1, total_step=10, lora_dropout=0.0)
@@ -63,6 +64,9 @@ METHODS = {
     "adalora-schedule": Method("AdaLoraConfig", ADALORA,
                                ADALORA_OPTS + tuple((k, k) for k in ("target_r", "tinit", "tfinal", "deltaT", "total_step")),
                                runner="schedule"),
+    # check.c runs a case whose method is "lora-arithmetic" through peft merge's adapter arithmetic (lora_combine.c).
+    "lora-arithmetic": Method("LoraConfig", dict(r=4, lora_alpha=8, lora_dropout=0.0), (("r", "r"), ("alpha", "lora_alpha")),
+                              runner="arithmetic"),
 }
 
 OPTIMIZER = dict(name="AdamW", lr=0.01, betas=[0.9, 0.999], eps=1e-08, weight_decay=0.01)
@@ -79,6 +83,9 @@ class Case:
     config: dict = field(default_factory=dict)     # PEFT arguments over the method's defaults
     optimizer: dict = field(default_factory=dict)  # over OPTIMIZER
     suffix: str = ""                               # names a case that sets options: <family>-<method>-<suffix>
+    # lora-arithmetic: add_weighted_adapter's arguments (weights, combination_type, density, ...) and "second",
+    # the second adapter's LoRA options over the first's.
+    combine: dict = field(default_factory=dict)
 
     @property
     def name(self):
@@ -102,6 +109,35 @@ CASES = [
     # 16 real steps: warm-up to step 3, the cubic budget to step 13, the final mask after.
     Case("gpt2", "adalora-schedule", config=dict(tinit=3, tfinal=3, deltaT=2, total_step=16),
          optimizer=dict(weight_decay=0.0)),
+    # init_lora_weights: init.safetensors holds PEFT's initial tensors (torch.manual_seed(seed) before get_peft_model)
+    # and the adapted base weights after them; PiSSA / OLoRA cases also hold converted/, PEFT's rank-2r conversion.
+    Case("llama", "lora", config=dict(init_lora_weights=True), suffix="init-true"),
+    Case("llama", "lora", config=dict(init_lora_weights=False), suffix="init-false"),
+    Case("llama", "lora", config=dict(init_lora_weights="gaussian"), suffix="init-gaussian"),
+    Case("gpt2", "lora", config=dict(init_lora_weights="gaussian"), suffix="init-gaussian"),
+    Case("llama", "lora", config=dict(init_lora_weights="pissa"), suffix="pissa"),
+    Case("gpt2", "lora", config=dict(init_lora_weights="pissa"), suffix="pissa"),
+    Case("llama", "lora", config=dict(init_lora_weights="pissa", use_rslora=True), suffix="pissa-rslora"),
+    Case("llama", "lora", config=dict(init_lora_weights="pissa_niter_2"), suffix="pissa-niter"),
+    Case("llama", "lora", config=dict(init_lora_weights="olora"), suffix="olora"),
+    # Adapter arithmetic: two adapters (the second with its own rank or targets where the type allows it).
+    Case("llama", "lora-arithmetic", suffix="linear",
+         combine=dict(combination_type="linear", weights=[0.7, -0.4],
+                      second=dict(target_modules=["q_proj", "v_proj", "down_proj"]))),
+    Case("llama", "lora-arithmetic", suffix="cat", combine=dict(combination_type="cat", weights=[0.7, 0.5],
+                                                                 second=dict(r=2, lora_alpha=4))),
+    Case("llama", "lora-arithmetic", suffix="svd", combine=dict(combination_type="svd", weights=[0.6, 0.8], svd_rank=3,
+                                                                 second=dict(r=2, lora_alpha=4))),
+    Case("gpt2", "lora-arithmetic", suffix="svd", combine=dict(combination_type="svd", weights=[1.0, -0.5])),
+    Case("llama", "lora-arithmetic", suffix="ties", combine=dict(combination_type="ties", weights=[0.7, 0.5], density=0.5)),
+    Case("llama", "lora-arithmetic", suffix="ties-frequency",
+         combine=dict(combination_type="ties", weights=[0.7, -0.3], density=0.6, majority_sign_method="frequency")),
+    Case("gpt2", "lora-arithmetic", suffix="ties", combine=dict(combination_type="ties", weights=[0.5, 0.5], density=0.3)),
+    Case("llama", "lora-arithmetic", suffix="magnitude-prune",
+         combine=dict(combination_type="magnitude_prune", weights=[0.7, 0.5], density=0.4)),
+    # DARE's masks are torch.bernoulli draws on the global generator (torch.manual_seed(seed) first).
+    Case("llama", "lora-arithmetic", suffix="dare-linear", combine=dict(combination_type="dare_linear", weights=[0.7, 0.5], density=0.6)),
+    Case("llama", "lora-arithmetic", suffix="dare-ties", combine=dict(combination_type="dare_ties", weights=[0.7, 0.5], density=0.6)),
 ]
 
 
@@ -144,3 +180,8 @@ def validate():
             raise Fail(f"{c.name}: unknown method {c.method!r} (known: {sorted(METHODS)})")
         peft_arguments(c)
         case_optimizer(c)
+        arithmetic = METHODS[c.method].runner == "arithmetic"
+        if arithmetic != bool(c.combine):
+            raise Fail(f"{c.name}: combine= is for lora-arithmetic cases, and they need it")
+        if arithmetic and (len(c.combine.get("weights", ())) != 2 or "combination_type" not in c.combine):
+            raise Fail(f"{c.name}: combine needs combination_type and two weights")

@@ -25,6 +25,11 @@ BASE_STD, BIAS_STD, GAIN_STD, ADAPTER_STD = 0.08, 0.02, 0.1, 0.2
 # GPT2Config's sequence-summary dropout is for GPT2DoubleHeadsModel's head; a causal LM has none.
 UNUSED_DROPOUT_FIELDS = {"summary_first_dropout"}
 MAX_CASE_BYTES = 512 * 1024
+# torch.manual_seed before every PeftModel.from_pretrained: PEFT creates the modules (drawing nn.Linear's values,
+# and pissa_niter_K's random test matrix) before it loads the tensors; peft.c's loader draws from seed 0 too.
+LOAD_SEED = 0
+# init_lora_weights that change the base weights, saved by PEFT converted to a plain LoRA (converted/).
+MUTATING_INITS = ("pissa", "olora")
 
 
 def require(ok, what):
@@ -101,6 +106,32 @@ def randomize_trainable(model, gen):
                 require(bool((p != 0).all()), f"{name}: a random value came out 0")
 
 
+def write_initial(pm, case_dir):
+    """init.safetensors: the trainable tensors as init_lora_weights made them (named as PEFT saves them) and the
+    weight of every adapted module after it (PiSSA and OLoRA leave the residual there), named as in model.safetensors."""
+    out = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in peft.get_peft_model_state_dict(pm).items()}
+    for name, m in pm.named_modules():
+        if isinstance(m, BaseTunerLayer):
+            key = name[len("base_model.model."):] + ".weight"
+            require(key not in out, f"{key} is also an adapter tensor's name")
+            out[key] = m.get_base_layer().weight.detach().to(torch.float32).contiguous().clone()
+    save_file(out, os.path.join(case_dir, "init.safetensors"))
+
+
+def write_converted(pm, case_dir, initial_dir):
+    """converted/: PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) of the adapter as it is now,
+    against its initial values saved in initial_dir: a plain LoRA of rank 2r for the original base (model/)."""
+    out = os.path.join(case_dir, "converted")
+    pm.save_pretrained(out, path_initial_model_for_weight_conversion=initial_dir)
+    shutil.rmtree(initial_dir)
+    card = os.path.join(out, "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+    with open(os.path.join(out, "adapter_config.json")) as f:
+        saved = json.load(f)
+    require(saved.get("init_lora_weights") is True, f"{out}: init_lora_weights {saved.get('init_lora_weights')!r} after the conversion")
+
+
 def save_adapter(pm, adapter_dir):
     pm.save_pretrained(adapter_dir)
     # PEFT also writes a model card; the reference folders hold the adapter files alone.
@@ -113,11 +144,12 @@ def save_adapter(pm, adapter_dir):
 
 # ---- loading back (float64) ---------------------------------------------------------------------------
 
-def load(case_dir, method, trainable):
-    """The case's model (+ adapter) as a user loads them, converted to float64."""
+def load(case_dir, method, trainable, adapter="adapter"):
+    """The case's model (+ adapter, a folder of the case) as a user loads them, converted to float64."""
     model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
     if method.peft_config is not None:
-        model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=trainable)
+        torch.manual_seed(LOAD_SEED)
+        model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, adapter), is_trainable=trainable)
     model = model.to(torch.float64)
     for name, p in model.named_parameters():
         require(p.dtype == torch.float64, f"{name} is {p.dtype} after the float64 conversion")
@@ -230,6 +262,7 @@ def bf16_reference(case_dir, method, ids, labels, grads):
     model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager",
                                                              dtype=torch.bfloat16)
     if method.peft_config is not None:
+        torch.manual_seed(LOAD_SEED)
         model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=True)
     model.train()
     # PEFT's float32 cast of the adapter leaves AdaLoRA's ranknum (a count, never saved) trainable: the
@@ -317,7 +350,49 @@ def run_schedule(case, case_dir, gen):
             "rank_pattern": rank_pattern, "init_bgt": int(alloc.init_bgt), "target_bgt": int(alloc.target_bgt)}
 
 
-RUNNERS = {"step": run_step, "schedule": run_schedule}
+def run_arithmetic(case, case_dir, gen):
+    """Two LoRA adapters in (adapter/, made by write_case, and adapter2/), PEFT's add_weighted_adapter of them
+    out (combined/, as save_pretrained writes it), and the combined adapter's logits on the base (io.safetensors,
+    float64, from combined/ loaded back as a user loads it)."""
+    method = METHODS[case.method]
+    combine = dict(case.combine)
+    second = combine.pop("second", {})
+    weights = combine.pop("weights")
+    base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
+    pm2 = peft.get_peft_model(base, peft.LoraConfig(**dict(peft_arguments(case), **second)))
+    randomize_trainable(pm2, gen)
+    save_adapter(pm2, os.path.join(case_dir, "adapter2"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
+    torch.manual_seed(LOAD_SEED)
+    pm = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), adapter_name="a")
+    pm.load_adapter(os.path.join(case_dir, "adapter2"), adapter_name="b")
+    # The new adapter's modules draw nn.Linear's values, then DARE's masks are torch.bernoulli draws: both from
+    # torch's global generator (peft merge --seed).
+    torch.manual_seed(case.seed)
+    pm.add_weighted_adapter(["a", "b"], weights, "combined", **combine)
+    out = os.path.join(case_dir, "saved")
+    pm.save_pretrained(out, selected_adapters=["combined"])
+    shutil.move(os.path.join(out, "combined"), os.path.join(case_dir, "combined"))
+    shutil.rmtree(out)
+    card = os.path.join(case_dir, "combined", "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        require(os.path.isfile(os.path.join(case_dir, "combined", f)), f"save_pretrained wrote no combined/{f}")
+    vocab = FAMILIES[case.family].config["vocab_size"]
+    ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
+    pm = load(case_dir, method, trainable=False, adapter="combined")
+    pm.eval()
+    with torch.no_grad():
+        logits = pm(input_ids=ids).logits
+        with pm.disable_adapter():
+            plain = pm(input_ids=ids).logits
+    require(rel(plain, logits) > 1e-3, f"the combined adapter barely changes the logits (relative difference {rel(plain, logits):.3g})")
+    save_file({"input_ids": ids, "logits": logits.to(torch.float32).contiguous()}, os.path.join(case_dir, "io.safetensors"))
+    return {"combine": dict(combine, weights=weights, second=second, adapters=["adapter", "adapter2"], seed=case.seed)}
+
+
+RUNNERS = {"step": run_step, "schedule": run_schedule, "arithmetic": run_arithmetic}
 
 
 # ---- one case -------------------------------------------------------------------------------------------
@@ -328,10 +403,12 @@ def case_json(case, model_config, extra):
            "B": B, "T": T}
     if "steps" in extra:
         doc["steps"] = extra.pop("steps")
+    if "combine" in extra:
+        doc["combine"] = extra.pop("combine")
     doc["optimizer"] = case_optimizer(case)
     doc.update(extra)
     doc["versions"] = versions()
-    if METHODS[case.method].runner == "step":
+    if METHODS[case.method].runner != "schedule":
         doc["tolerance"] = dict(TOLERANCE)
     return doc
 
@@ -354,12 +431,24 @@ def write_case(case, out_root, force):
             saved = json.load(f).get("attn_implementation")
         require(saved == "eager", f"{case.name}: model/config.json has attn_implementation {saved!r}, not 'eager'")
         args = peft_arguments(case)
+        init = "init_lora_weights" in case.config
+        extra = {}
         if args is not None:
+            if init:  # PEFT's initial values come from torch's global generator
+                torch.manual_seed(case.seed)
+                extra["init_seed"], extra["load_seed"] = case.seed, LOAD_SEED
             pm = peft.get_peft_model(base, getattr(peft, method.peft_config)(**args))
             check_no_dropout(pm, pm.peft_config[next(iter(pm.peft_config))], f"{case.name} adapter")
-            randomize_trainable(pm, gen)
+            converts = init and str(args["init_lora_weights"]).lower().startswith(MUTATING_INITS)
+            if init:
+                write_initial(pm, tmp)
+            if converts:  # the initial adapter, as PEFT's PiSSA / OLoRA examples save it before training
+                pm.save_pretrained(os.path.join(tmp, "initial"))
+            randomize_trainable(pm, gen)  # stands for training
             save_adapter(pm, os.path.join(tmp, "adapter"))
-        extra = RUNNERS[method.runner](case, tmp, gen)
+            if converts:
+                write_converted(pm, tmp, os.path.join(tmp, "initial"))
+        extra.update(RUNNERS[method.runner](case, tmp, gen))
         with open(os.path.join(tmp, "case.json"), "w") as f:
             json.dump(case_json(case, base.config, extra), f, indent=2)
         if os.path.exists(final):
