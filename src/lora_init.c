@@ -4,7 +4,9 @@
 // in double; PEFT's run in float32, so the values agree to float32 rounding (and singular vectors up
 // to a sign per rank, which the product B A and the residual do not see).
 #include "lora_init.h"
+#include "check.h"
 #include "linalg.h"
+#include "model.h"
 #include "safetensors.h"
 #include "torch_rng.h"
 #include "util.h"
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 // The set's generator and, for PiSSA / OLoRA, every module's initial A0 and B0 (for the conversion).
 typedef struct {
@@ -96,6 +99,11 @@ void lora_init_free_state(AdapterSet *set) {
     drop_initial(s, set->n);
     free(s);
     set->method_state = NULL;
+}
+
+TorchGen *lora_init_generator(AdapterSet *set) {
+    LoraState *s = set->method_state;
+    return s ? &s->gen : NULL;
 }
 
 int lora_init_after_load(AdapterSet *set, const void *file, const char *path) {
@@ -330,4 +338,166 @@ int lora_init_save(AdapterSet *set, void *writer, void *config_json) {
     cJSON_ReplaceItemInObject(j, "lora_alpha", cJSON_CreateNumber(alpha));
     cJSON_ReplaceItemInObject(j, "init_lora_weights", cJSON_CreateTrue());
     return 0;
+}
+
+// ---- the init reference cases ----
+
+typedef struct {
+    double worst;
+    char *msg;
+    size_t cap;
+} CaseCheck;
+
+static int case_within(CaseCheck *k, const char *what, const char *name, double e, double tol) {
+    if (e > k->worst || isnan(e)) k->worst = e;
+    if (e <= tol) return 0;
+    snprintf(k->msg, k->cap, "%s %s: relative error %.3g > %.1g", what, name, e, tol);
+    return -1;
+}
+
+static float *case_tensor(CaseCheck *k, const SafeTensors *st, const char *name, long n) {
+    const StTensor *t = st_find(st, name);
+    float *v = t && t->numel == n ? xmalloc(sizeof(float) * (n ? n : 1)) : NULL;
+    if (!v || st_to_f32(t, v)) {
+        snprintf(k->msg, k->cap, "%s: no tensor %s of %ld values", st->path, name, n);
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+// A [r,in] and B [out,r] against the reference; a decomposition's factors may differ by a sign per rank
+// (singular vectors, QR columns), which flips row j of A and column j of B together.
+static int compare_factors(CaseCheck *k, const Adapter *a, const float *refA, const float *refB, bool up_to_sign, double tol) {
+    int in = a->lin->in, out = a->lin->out, r = a->r;
+    float *A = xmalloc(sizeof(float) * r * in), *B = xmalloc(sizeof(float) * out * r);
+    memcpy(A, a->A->w, sizeof(float) * r * in);
+    memcpy(B, a->B->w, sizeof(float) * out * r);
+    for (int j = 0; up_to_sign && j < r; j++) {
+        double d = 0;
+        for (int i = 0; i < in; i++) d += (double)A[(long)j * in + i] * refA[(long)j * in + i];
+        if (d >= 0) continue;
+        for (int i = 0; i < in; i++) A[(long)j * in + i] = -A[(long)j * in + i];
+        for (int o = 0; o < out; o++) B[(long)o * r + j] = -B[(long)o * r + j];
+    }
+    int rc = case_within(k, "initial", a->A->name, rel_error(A, refA, (long)r * in), tol);
+    if (!rc) rc = case_within(k, "initial", a->B->name, rel_error(B, refB, (long)out * r), tol);
+    free(A);
+    free(B);
+    return rc;
+}
+
+// The logits of model/ with the adapter folder adapter_dir against io's.
+static int logits_with(CaseCheck *k, const char *dir, const char *adapter_dir, const char *what, const int32_t *ids, int Bn, int T,
+                       const float *ref, double tol) {
+    char *model_dir = path_join(dir, "model");
+    Model *m = model_load(model_dir);
+    free(model_dir);
+    int rc = -1;
+    if (!m || adapters_load(m, adapter_dir)) snprintf(k->msg, k->cap, "%s: %s", what, peft_last_error());
+    else if (!isnan(model_forward(m, ids, NULL, Bn, T)))
+        rc = case_within(k, what, "logits", rel_error(m->act.logits, ref, (long)Bn * T * m->cfg.vocab_size), tol);
+    model_free(m);
+    return rc;
+}
+
+// The adapter file's ("trained") tensors on m's set, which keeps its initial A0 and B0.
+static int load_trained(CaseCheck *k, AdapterSet *set, const char *dir) {
+    char *path = path_join(dir, "adapter/adapter_model.safetensors");
+    SafeTensors st = {0};
+    int rc = st_open(&st, path) ? -1 : 0;
+    if (rc) snprintf(k->msg, k->cap, "%s", peft_last_error());
+    for (int i = 0; !rc && i < set->n_params; i++) {
+        float *v = case_tensor(k, &st, set->params[i]->name, set->params[i]->numel);
+        if (!v) rc = -1;
+        else memcpy(set->params[i]->w, v, sizeof(float) * set->params[i]->numel);
+        free(v);
+    }
+    st_close(&st);
+    free(path);
+    return rc;
+}
+
+static int check_conversion(CaseCheck *k, const char *dir, Model *m) {
+    char *io_path = path_join(dir, "io.safetensors"), *conv = path_join(dir, "converted");
+    char *tmp = xasprintf("/tmp/peft-check-converted-%d", (int)getpid());
+    SafeTensors io = {0};
+    int32_t *ids = NULL;
+    float *ref = NULL;
+    int Bn = 0, T = 0, rc = st_open(&io, io_path) || check_read_ids(&io, "input_ids", &ids, &Bn, &T) ? -1 : 0;
+    if (rc) snprintf(k->msg, k->cap, "%s", peft_last_error());
+    if (!rc && !(ref = case_tensor(k, &io, "logits", (long)Bn * T * m->cfg.vocab_size))) rc = -1;
+    if (!rc) rc = load_trained(k, m->adapters, dir);
+    if (!rc && !isnan(model_forward(m, ids, NULL, Bn, T)))
+        rc = case_within(k, "adapter on our residual base", "logits", rel_error(m->act.logits, ref, (long)Bn * T * m->cfg.vocab_size), 1e-4);
+    if (!rc && adapters_save(m, tmp)) { snprintf(k->msg, k->cap, "saving converted: %s", peft_last_error()); rc = -1; }
+    if (!rc) rc = logits_with(k, dir, tmp, "our converted adapter on the original base", ids, Bn, T, ref, 1e-4);
+    if (!rc) rc = logits_with(k, dir, conv, "PEFT's converted adapter on the original base", ids, Bn, T, ref, 1e-4);
+    // The two converted configs agree on rank and alpha (PEFT's r * 2, lora_alpha * 2 or * sqrt 2).
+    AdapterConfig ours, theirs;
+    char *ours_path = path_join(tmp, "adapter_config.json"), *theirs_path = path_join(conv, "adapter_config.json");
+    if (!rc && !adapter_config_load(&ours, ours_path)) {
+        if (!adapter_config_load(&theirs, theirs_path)) {
+            if (ours.r != theirs.r || fabsf(ours.alpha - theirs.alpha) > 1e-5f * theirs.alpha || ours.init != theirs.init) {
+                snprintf(k->msg, k->cap, "converted config: r %d, lora_alpha %g here; PEFT's r %d, lora_alpha %g", ours.r, ours.alpha, theirs.r, theirs.alpha);
+                rc = -1;
+            }
+            adapter_config_free(&theirs);
+        } else rc = -1;
+        adapter_config_free(&ours);
+    } else if (!rc) rc = -1;
+    if (rc && !k->msg[0]) snprintf(k->msg, k->cap, "%s", peft_last_error());
+    char *cmd = xasprintf("rm -rf '%s'", tmp);
+    if (system(cmd) != 0) rc = -1;
+    free(cmd);
+    free(ours_path);
+    free(theirs_path);
+    st_close(&io);
+    free(ids);
+    free(ref);
+    free(io_path);
+    free(conv);
+    free(tmp);
+    return rc;
+}
+
+int lora_init_check_case(const char *dir, const void *case_json, double *max_err, char *msg, size_t cap) {
+    CaseCheck k = {.msg = msg, .cap = cap};
+    msg[0] = 0;
+    const cJSON *seed = cJSON_GetObjectItem(case_json, "init_seed");
+    char *model_dir = path_join(dir, "model"), *cfg_path = path_join(dir, "adapter/adapter_config.json"), *init_path = path_join(dir, "init.safetensors");
+    char *conv = path_join(dir, "converted");
+    AdapterConfig cfg;
+    SafeTensors st = {0};
+    Model *m = NULL;
+    int rc = -1;
+    if (!cJSON_IsNumber(seed)) snprintf(msg, cap, "%s/case.json: no init_seed", dir);
+    else if (adapter_config_load(&cfg, cfg_path)) snprintf(msg, cap, "%s", peft_last_error());
+    else {
+        if (!(m = model_load(model_dir)) || adapters_attach(m, &cfg, (uint64_t)seed->valuedouble) || st_open(&st, init_path))
+            snprintf(msg, cap, "%s", peft_last_error());
+        else rc = 0;
+        adapter_config_free(&cfg);
+    }
+    bool decomposed = m && m->adapters && lora_init_changes_base(&m->adapters->cfg);
+    for (int i = 0; !rc && i < m->adapters->n; i++) {
+        const Adapter *a = &m->adapters->adapters[i];
+        Param *w = a->lin->weight;
+        float *refA = case_tensor(&k, &st, a->A->name, a->A->numel), *refB = refA ? case_tensor(&k, &st, a->B->name, a->B->numel) : NULL;
+        float *refW = refB ? case_tensor(&k, &st, w->name, w->numel) : NULL;
+        rc = !refW ? -1 : compare_factors(&k, a, refA, refB, decomposed, decomposed ? 1e-4 : 1e-6);
+        if (!rc) rc = case_within(&k, "base weight after the initialisation", w->name, rel_error(w->w, refW, w->numel), decomposed ? 1e-4 : 0);
+        free(refA);
+        free(refB);
+        free(refW);
+    }
+    if (!rc && decomposed && dir_exists(conv)) rc = check_conversion(&k, dir, m);
+    st_close(&st);
+    model_free(m);
+    free(model_dir);
+    free(cfg_path);
+    free(init_path);
+    free(conv);
+    *max_err = k.worst;
+    return rc;
 }

@@ -2,6 +2,7 @@
 // conversion PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) documents.
 #pragma once
 #include "adapter.h"
+#include "torch_rng.h"
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -24,8 +25,18 @@ int lora_init_module(AdapterSet *set, Adapter *a, uint64_t seed);
 // After loading a file's tensors: the set is no longer at its initial values (save writes it as is).
 int lora_init_after_load(AdapterSet *set, const void *file, const char *path);
 void lora_init_free_state(AdapterSet *set);
+// The set's torch generator after its initial draws (NULL before any): add_weighted_adapter's DARE masks
+// come next from the same global generator in PEFT.
+TorchGen *lora_init_generator(AdapterSet *set);
 // LoRA's Method.save: the tensors as they are, or, for a PiSSA / OLoRA set trained from its
 // initialisation, PEFT's conversion to a plain LoRA of rank 2r on the original base:
 // A' = [A; A0], B' = [B, -B0], r' = 2r, lora_alpha' = 2 alpha (sqrt(2) alpha with rsLoRA),
 // init_lora_weights true (s' B' A' = s (B A - B0 A0) = W_res + s B A - W).
 int lora_init_save(AdapterSet *set, void *writer /*StWriter*/, void *config_json /*cJSON*/);
+
+// A reference case with init.safetensors (tools/reference_cases: init_lora_weights set; case: its parsed
+// case.json): our initialisation of model/ with adapter/'s config and case.json's init_seed against PEFT's
+// (tensors; PiSSA / OLoRA factors up to a sign per rank, and the residual base weights); with converted/,
+// the conversion: the adapter's tensors on the residual base, ours saved converted and PEFT's converted/,
+// each on the original base, give io.safetensors' logits. 0 when all match; else msg says what.
+int lora_init_check_case(const char *dir, const void *case_json, double *max_err, char *msg, size_t cap);
