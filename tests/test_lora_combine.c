@@ -8,7 +8,10 @@
 #include "../src/lora_combine.h"
 #include "../src/lora_init.h"
 #include "../src/model.h"
+#include "../src/check.h"
+#include "../src/safetensors.h"
 #include "../src/util.h"
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,4 +220,126 @@ TEST(combine_saves_and_reloads) {
     free(a);
     free_case(m, sets);
     model_free(m2);
+}
+
+// ---- peft check on lora-arithmetic and init cases laid out as the generator writes them, from our own
+// numbers: the checks pass on them and fail once PEFT's side is changed (the real cases come from
+// tools/reference_cases on the GPU machine) ----
+
+static void write_io(const char *dir, Model *m, const int32_t *ids, int T) {
+    int64_t ids64[16], shape[2] = {1, T}, lshape[3] = {1, T, m->cfg.vocab_size};
+    for (int t = 0; t < T; t++) ids64[t] = ids[t];
+    model_forward(m, ids, NULL, 1, T);
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "input_ids", DT_I64, 2, shape, ids64);
+    st_writer_add_f32(w, "logits", 3, lshape, m->act.logits);
+    char *path = path_join(dir, "io.safetensors");
+    st_writer_save(w, path);
+    st_writer_free(w);
+    free(path);
+}
+
+static void write_text(const char *dir, const char *name, const char *text) {
+    char *path = path_join(dir, name);
+    write_file_atomic(path, text, strlen(text));
+    free(path);
+}
+
+TEST(combine_check_runs_generator_layout) {
+    char dir[64], sub[128];
+    snprintf(dir, sizeof dir, "/tmp/peft-combine-case-%d", (int)getpid());
+    Model *base = test_model_from_json(TINY_LLAMA_JSON, 3), *m = test_model_from_json(TINY_LLAMA_JSON, 3);
+    snprintf(sub, sizeof sub, "%s/model", dir);
+    CHECK(model_save(base, sub) == 0);
+    AdapterSet *sets[2] = {lora_set(m, "q_proj,v_proj", 2, 4, 1), lora_set(m, "q_proj", 2, 8, 2)};
+    for (int k = 0; k < 2; k++) {
+        Model *tmp = test_model_from_json(TINY_LLAMA_JSON, 3);
+        tmp->adapters = sets[k];  // saved through the model, then detached again
+        snprintf(sub, sizeof sub, "%s/adapter%s", dir, k ? "2" : "");
+        CHECK(adapters_save(tmp, sub) == 0);
+        tmp->adapters = NULL;
+        model_free(tmp);
+    }
+    double w[2] = {0.6, -0.9};
+    CombineOptions o = opts(COMBINE_DARE_TIES, 0.7);
+    CHECK(lora_combine(m, sets, w, 2, &o) == 0);
+    snprintf(sub, sizeof sub, "%s/combined", dir);
+    CHECK(adapters_save(m, sub) == 0);
+    int32_t ids[6] = {1, 2, 3, 5, 8, 13};
+    write_io(dir, m, ids, 6);
+    write_text(dir, "case.json", "{\"method\": \"lora-arithmetic\", \"combine\": {\"combination_type\": \"dare_ties\", "
+                                 "\"weights\": [0.6, -0.9], \"density\": 0.7, \"seed\": 5}}");
+    CheckResult r;
+    check_case(dir, &r);
+    CHECK_MSG(r.status == CHECK_PASS, "%s", r.detail);
+    // Another seed draws other masks: the combined tensors differ from "PEFT's".
+    write_text(dir, "case.json", "{\"method\": \"lora-arithmetic\", \"combine\": {\"combination_type\": \"dare_ties\", "
+                                 "\"weights\": [0.6, -0.9], \"density\": 0.7, \"seed\": 6}}");
+    check_case(dir, &r);
+    CHECK_MSG(r.status == CHECK_FAIL && strstr(r.detail, "combined"), "%s", r.detail);
+    char *cmd = xasprintf("rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+    free(cmd);
+    model_free(base);
+    free_case(m, sets);
+}
+
+// init.safetensors: the set's A and B and, from `weights`, the base weight of each of its modules.
+static int write_init(const char *dir, const AdapterSet *set, Model *weights) {
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < set->n; i++) {
+        const Adapter *a = &set->adapters[i];
+        const Param *wt = model_find_linear(weights, a->lin->module)->weight;
+        st_writer_add_f32(w, a->A->name, 2, a->A->shape, a->A->w);
+        st_writer_add_f32(w, a->B->name, 2, a->B->shape, a->B->w);
+        st_writer_add_f32(w, wt->name, 2, wt->shape, wt->w);
+    }
+    char *path = path_join(dir, "init.safetensors");
+    int rc = st_writer_save(w, path);
+    st_writer_free(w);
+    free(path);
+    return rc;
+}
+
+// An init case: init.safetensors (our initial tensors and residual), adapter/ as PEFT saves it unconverted,
+// converted/ and io: the check passes, and fails when the stored residual is not the decomposition's.
+TEST(init_check_runs_generator_layout) {
+    char dir[64], sub[160];
+    snprintf(dir, sizeof dir, "/tmp/peft-init-case-%d", (int)getpid());
+    Model *base = test_model_from_json(TINY_LLAMA_JSON, 3), *m = test_model_from_json(TINY_LLAMA_JSON, 3);
+    snprintf(sub, sizeof sub, "%s/model", dir);
+    CHECK(model_save(base, sub) == 0);
+    AdapterConfig c;
+    adapter_config_defaults(&c, METHOD_LORA);
+    c.r = 2;
+    adapter_config_set_targets(&c, "q_proj,o_proj");
+    CHECK(lora_init_parse(&c, "pissa", "test") == 0);
+    CHECK(adapters_attach(m, &c, 77) == 0);
+    AdapterSet *set = m->adapters;
+    CHECK(write_init(dir, set, m) == 0);
+    for (int i = 0; i < set->n_params; i++)
+        for (long e = 0; e < set->params[i]->numel; e++) set->params[i]->w[e] *= 1.5f;  // "trained"
+    snprintf(sub, sizeof sub, "%s/converted", dir);
+    CHECK(adapters_save(m, sub) == 0);
+    int32_t ids[6] = {2, 7, 1, 8, 2, 8};
+    write_io(dir, m, ids, 6);
+    lora_init_after_load(set, NULL, NULL);  // now saved as it is: init_lora_weights "pissa", rank 2
+    snprintf(sub, sizeof sub, "%s/adapter", dir);
+    CHECK(adapters_save(m, sub) == 0);
+    write_text(dir, "case.json", "{\"method\": \"lora\", \"init_seed\": 77}");
+    cJSON *j = cJSON_Parse("{\"init_seed\": 77}");
+    char msg[1024];
+    double err = 0;
+    CHECK_MSG(lora_init_check_case(dir, j, &err, msg, sizeof msg) == 0, "%s", msg);
+    // A residual that is not ours: refused.
+    model_find_linear(base, "model.layers.1.self_attn.o_proj")->weight->w[3] += 0.01f;
+    CHECK(write_init(dir, set, base) == 0);
+    CHECK(lora_init_check_case(dir, j, &err, msg, sizeof msg) != 0 && strstr(msg, "initial"));
+    cJSON_Delete(j);
+    char *cmd = xasprintf("rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+    free(cmd);
+    adapter_config_free(&c);
+    model_free(base);
+    model_free(m);
 }
