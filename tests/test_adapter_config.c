@@ -102,6 +102,8 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
         {LORA, "init_lora_weights", "\"eva\""}, {LORA, "init_lora_weights", "\"corda\""}, {LORA, "init_lora_weights", "\"orthogonal\""},
         {LORA, "init_lora_weights", "\"pissa_niter_x\""}, {LORA, "init_lora_weights", "\"pissa_niter_\""}, {LORA, "init_lora_weights", "\"kaiming\""},
         {LORA, "init_lora_weights", "1"}, {ADALORA, "init_lora_weights", "\"pissa\""},
+        {ADALORA, "use_dora", "true"}, {ADALORA, "alpha_pattern", "{\"c_attn\": 4}"}, {ADALORA, "loftq_config", "{\"loftq_bits\": 4}"},
+        {ADALORA, "layers_to_transform", "[0]"}, {VERA, "projection_prng_key", "1.5"}, {VERA, "save_projection", "\"yes\""},
         {ADALORA, "use_rslora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[\"lm_head\"]"},
         {VERA, "lora_alpha", "8"}, {VERA, "d_initial", "1e39"}, {VERA, "modules_to_save", "[\"lm_head\"]"},
         {VERA, "layers_to_transform", "0"}, {VERA, "bias", "\"lora_only\""}, {VERA, "init_weights", "\"x\""}, {VERA, "use_dora", "false"},
@@ -112,6 +114,19 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
         int rc = adapter_config_parse(&c, text, "a.json");
         CHECK_MSG(rc != 0 && strstr(peft_last_error(), "a.json") && strstr(peft_last_error(), refused[i].key), "%s: %s",
                   text, rc ? peft_last_error() : "accepted");
+        free(text);
+    }
+    // Values PEFT 0.21 accepts that are implemented (LoRA's initialisations) or inert (AdaLoRA's and VeRA's
+    // init flags: the tensors come from the file).
+    static const struct { int method; const char *key, *value; } accepted[] = {
+        {LORA, "init_lora_weights", "false"}, {LORA, "init_lora_weights", "\"gaussian\""}, {LORA, "init_lora_weights", "\"pissa\""},
+        {LORA, "init_lora_weights", "\"pissa_niter_3\""}, {LORA, "init_lora_weights", "\"olora\""},
+        {ADALORA, "init_lora_weights", "false"}, {ADALORA, "init_lora_weights", "\"gaussian\""}, {VERA, "init_weights", "false"},
+    };
+    for (size_t i = 0; i < sizeof accepted / sizeof *accepted; i++) {
+        char *text = with_key(accepted[i].method, accepted[i].key, accepted[i].value);
+        CHECK_MSG(adapter_config_parse(&c, text, "a.json") == 0, "%s: %s", text, peft_last_error());
+        adapter_config_free(&c);
         free(text);
     }
     // Inert keys hold anything; "r" is inert for AdaLoRA (init_r is its rank).
