@@ -30,6 +30,9 @@ for init in pissa pissa_niter_2 olora; do
     got=$(eval_loss "$M" "$TMP/$init") want=$(last_eval "$TMP/$init")
     check "$init: the saved adapter on the original base evaluates as the run did ($got vs $want)" near "$got" "$want"
 done
+run_ok "train pissa with checkpoints" "$PEFT" train "${COMMON[@]}" --init-lora-weights pissa --save-every 2 --out "$TMP/ckpt"
+run_fails "resume with another init_lora_weights: refused" 1 'checkpoint has init_lora_weights "pissa" but this run has "olora"' \
+    "$PEFT" train "${COMMON[@]}" --init-lora-weights olora --save-every 2 --resume --out "$TMP/ckpt"
 run_ok "train gaussian" "$PEFT" train "${COMMON[@]}" --init-lora-weights gaussian --out "$TMP/gaussian"
 check "gaussian: adapter_config.json says so, rank 4" test "$(cfg "$TMP/gaussian" init_lora_weights) $(cfg "$TMP/gaussian" r)" = '"gaussian" 4'
 run_ok "info shows init_lora_weights" "$PEFT" info --model "$M" --adapter "$TMP/gaussian"
