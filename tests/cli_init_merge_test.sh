@@ -33,6 +33,11 @@ done
 run_ok "train pissa with checkpoints" "$PEFT" train "${COMMON[@]}" --init-lora-weights pissa --save-every 2 --out "$TMP/ckpt"
 run_fails "resume with another init_lora_weights: refused" 1 'checkpoint has init_lora_weights "pissa" but this run has "olora"' \
     "$PEFT" train "${COMMON[@]}" --init-lora-weights olora --save-every 2 --resume --out "$TMP/ckpt"
+# A file that says "pissa" (saved without the conversion) applies to the residual PEFT decomposes on load.
+mkdir -p "$TMP/raw" && cp "$TMP/pissa"/adapter_* "$TMP/raw/" && json_set "$TMP/raw/adapter_config.json" init_lora_weights '"pissa"'
+run_fails "export of an unconverted PiSSA adapter alone: refused" 1 'init_lora_weights pissa.*--merge' \
+    "$PEFT" export --model "$M" --adapter "$TMP/raw" --to gguf --out "$TMP/raw.gguf"
+run_ok "export of it merged" "$PEFT" export --model "$M" --adapter "$TMP/raw" --merge --to gguf --out "$TMP/raw-merged.gguf"
 run_ok "train gaussian" "$PEFT" train "${COMMON[@]}" --init-lora-weights gaussian --out "$TMP/gaussian"
 check "gaussian: adapter_config.json says so, rank 4" test "$(cfg "$TMP/gaussian" init_lora_weights) $(cfg "$TMP/gaussian" r)" = '"gaussian" 4'
 run_ok "info shows init_lora_weights" "$PEFT" info --model "$M" --adapter "$TMP/gaussian"
