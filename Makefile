@@ -8,7 +8,7 @@ CFLAGS  += -std=c11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GN
 # The OpenMP build of OpenBLAS: the pthread build (Debian's default alternative when both are
 # installed) spins its own threads against ours and wastes most of the cores.
 OPENBLAS_OMP := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
-LDLIBS  += $(if $(OPENBLAS_OMP),-L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas -lcjson -lpcre2-8 -lmicrohttpd -lm -fopenmp
+LDLIBS  += $(if $(OPENBLAS_OMP),-L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -llapacke -lopenblas -lcjson -lpcre2-8 -lmicrohttpd -lm -fopenmp
 comma   := ,
 FUZZ_LDLIBS := $(filter-out -fopenmp,$(LDLIBS))
 
@@ -21,7 +21,7 @@ LDFLAGS += -fsanitize=address,undefined,float-cast-overflow
 endif
 
 # Debian packages the build and tests need (checked by `make setup`).
-PACKAGES = build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libmicrohttpd-dev curl clang libomp-dev
+PACKAGES = build-essential libopenblas-openmp-dev liblapacke-dev libcjson-dev libpcre2-dev libmicrohttpd-dev curl clang libomp-dev
 
 LIB_SRC  = $(wildcard src/*.c)
 LIB_OBJ  = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)

@@ -5,6 +5,7 @@
 #include "adapter.h"
 #include "cli.h"
 #include "estimate.h"
+#include "lora_init.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -84,7 +85,7 @@ int cmd_estimate(int argc, char **argv) {
     int r = -1, init_r = -1, target_r = -1, batch = 8, context = 0;
     float dropout = 0;
     bool json = false, no_save_projection = false, no_double_quant = false;
-    const char *quantize = NULL;
+    const char *quantize = NULL, *init_weights = NULL;
     char methods[128], help_method[160];
     method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
     snprintf(help_method, sizeof help_method, "%s (default %s)", methods, method_s);
@@ -99,6 +100,7 @@ int cmd_estimate(int argc, char **argv) {
         {"dropout", OPT_FLOAT, &dropout, "adapter dropout (adds dropout(x) buffers to the CPU/GPU activations)"},
         {"lora-options", OPT_STRING, &lora_options, "JSON file of PEFT's exclude_modules, layers_to_transform, layers_pattern, "
                                                     "rank_pattern, alpha_pattern, bias"},
+        {"init-lora-weights", OPT_STRING, &init_weights, "LoRA: as peft train's (pissa, pissa_niter_K, olora: the file holds rank 2r)"},
         {"no-save-projection", OPT_FLAG, &no_save_projection, "VeRA: the file omits vera_A/vera_B (both sizes are shown anyway)"},
         {"batch", OPT_INT, &batch, "sequences per step (default 8)"},
         {"context", OPT_INT, &context, "tokens per sequence (default min(512, the model's context))"},
@@ -137,6 +139,12 @@ int cmd_estimate(int argc, char **argv) {
     } else if (r >= 0) c.r = r;
     c.dropout = dropout;
     c.save_projection = !no_save_projection;
+    if (init_weights && (method != METHOD_LORA || lora_init_parse(&c, init_weights, "--init-lora-weights"))) {
+        if (method != METHOD_LORA) peft_fail("--init-lora-weights is a LoRA option");
+        adapter_config_free(&c);
+        est_model_free(&em);
+        return fail_with_library_error();
+    }
     if (targets) adapter_config_set_targets(&c, targets);
     else if (em.family == EST_ENCODER_ROBERTA || em.family == EST_DECODER_GPT3) adapter_config_set_targets(&c, "query,value");
     else adapter_config_default_targets(&c, &em.cfg);

@@ -1,6 +1,7 @@
 // peft info --model DIR [--adapter DIR]: load and validate everything, then describe it.
 #include "adapter.h"
 #include "cli.h"
+#include "lora_init.h"
 #include "model.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -66,6 +67,9 @@ int cmd_info(int argc, char **argv) {
         if (s->cfg.type != METHOD_VERA) printf(" alpha=%g", s->cfg.alpha);
         if (s->cfg.use_rslora) printf(" use_rslora");
         if (method_get(s->cfg.type)->variant_key) printf(" %s (%s)", method_get(s->cfg.type)->variant_key, method_get(s->cfg.type)->title);
+        char init[32];
+        if (s->cfg.type == METHOD_LORA && s->cfg.init != LORA_INIT_TRUE)  // PiSSA / OLoRA: the base was decomposed on load, as in PEFT
+            printf(" init_lora_weights=%s%s", lora_init_text(&s->cfg, init, sizeof init), lora_init_changes_base(&s->cfg) ? " (base decomposed on load)" : "");
         printf(" on %d modules (", s->n);
         if (s->cfg.target_regex) printf("regex %s", s->cfg.target_regex);
         for (int i = 0; i < s->cfg.n_targets; i++) printf("%s%s", i ? ", " : "", s->cfg.targets[i]);

@@ -3,9 +3,13 @@
 // quantized by bitsandbytes is dequantized first (the merged weights are saved in fp32, which holds the
 // dequantized values exactly); --quantize quantizes the merged model again and says how far that moves
 // the logits from the unquantized merge.
+// peft merge --model DIR --adapters A:0.7,B:0.3 --combination TYPE [--density D] ... --out DIR: PEFT's
+// add_weighted_adapter of several LoRA adapters (lora_combine.c), saved as one adapter folder, or with
+// --into-model merged into the base as above.
 #include "adapter.h"
 #include "check.h"
 #include "cli.h"
+#include "lora_combine.h"
 #include "model.h"
 #include "util.h"
 #include <math.h>
@@ -28,21 +32,77 @@ static float *probe_logits(Model *m, long *n) {
     return out;
 }
 
+// "DIR:WEIGHT,DIR:WEIGHT,..." (a missing weight is 1): each adapter loaded beside the others on m, then
+// combined into m's adapter.
+static int combine_adapters(Model *m, const char *list, const CombineOptions *o) {
+    char *copy = xstrdup(list), *save = NULL;
+    AdapterSet **sets = NULL;
+    double *weights = NULL;
+    int n = 0, rc = 0;
+    for (char *item = strtok_r(copy, ",", &save); item && !rc; item = strtok_r(NULL, ",", &save)) {
+        char *colon = strrchr(item, ':'), *end = NULL;
+        double w = 1.0;
+        if (colon) {
+            w = strtod(colon + 1, &end);
+            if (end == colon + 1 || *end || !isfinite(w)) { rc = peft_fail("--adapters: \"%s\": the weight after ':' is not a number", item); break; }
+            *colon = 0;
+        }
+        sets = xrealloc(sets, sizeof *sets * (n + 1));
+        weights = xrealloc(weights, sizeof *weights * (n + 1));
+        weights[n] = w;
+        if (!(sets[n] = adapters_load_detached(m, item))) { rc = -1; break; }
+        n++;
+    }
+    if (!rc && n == 0) rc = peft_fail("--adapters: no adapter folders given");
+    if (!rc) rc = lora_combine(m, sets, weights, n, o);
+    for (int k = 0; k < n; k++) adapter_set_free(sets[k]);
+    free(sets);
+    free(weights);
+    free(copy);
+    return rc;
+}
+
 int cmd_merge(int argc, char **argv) {
-    const char *model_dir = NULL, *adapter_dir = NULL, *out = NULL, *quantize = NULL;
-    bool no_double_quant = false;
-    Option opts[8] = {
+    const char *model_dir = NULL, *adapter_dir = NULL, *out = NULL, *quantize = NULL, *adapters = NULL;
+    const char *combination = "svd", *sign = "total";
+    float density = NAN;
+    int svd_rank = 0, seed = 0;
+    bool no_double_quant = false, into_model = false;
+    Option opts[16] = {
         {"model", OPT_STRING, &model_dir, "HF model folder (may be one bitsandbytes quantized)"},
         {"adapter", OPT_STRING, &adapter_dir, "PEFT adapter folder"},
-        {"out", OPT_STRING, &out, "folder for the merged model"},
+        {"out", OPT_STRING, &out, "folder for the merged model (with --adapters: for the combined adapter)"},
+        {"adapters", OPT_STRING, &adapters, "LoRA adapter folders and weights to combine, as PEFT's add_weighted_adapter: DIR:W,DIR:W,..."},
+        {"combination", OPT_STRING, &combination, "linear, cat, svd (default), ties, dare_linear, dare_ties, magnitude_prune, or ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd"},
+        {"density", OPT_FLOAT, &density, "ties, dare_*, magnitude_prune: the fraction of each tensor kept"},
+        {"majority-sign", OPT_STRING, &sign, "ties, dare_ties: total (default) or frequency"},
+        {"svd-rank", OPT_INT, &svd_rank, "svd types: the combined rank (default: the largest input rank)"},
+        {"seed", OPT_INT, &seed, "torch.manual_seed before combining (DARE's random masks; default 0)"},
+        {"into-model", OPT_FLAG, &into_model, "with --adapters: merge the combined adapter into the model (--out: a model folder)"},
     };
-    int n_opts = 3 + quant_options(opts + 3, &quantize, &no_double_quant), qt;
+    int n_opts = 10 + quant_options(opts + 10, &quantize, &no_double_quant), qt;
     bool nested;
     if (parse_options("merge", argc, argv, opts, n_opts, NULL, 0, NULL)) return 2;
-    if (!model_dir || !adapter_dir || !out) { fprintf(stderr, "peft merge: --model, --adapter and --out are required\n"); return 2; }
+    if (!model_dir || !out || !adapter_dir == !adapters) {
+        fprintf(stderr, "peft merge: --model, --out and one of --adapter or --adapters are required\n");
+        return 2;
+    }
+    CombineOptions co = {.density = density, .svd_rank = svd_rank, .seed = (uint64_t)(uint32_t)seed};
+    if (adapters && (combine_type_parse(combination, &co.type) ||
+                     (strcmp(sign, "total") && strcmp(sign, "frequency") && peft_fail("--majority-sign must be total or frequency, not \"%s\"", sign)) ||
+                     (svd_rank < 0 && peft_fail("--svd-rank must be positive"))))
+        return fail_with_library_error();
+    co.sign_frequency = !strcmp(sign, "frequency");
     if (quant_resolve("merge", quantize, no_double_quant, &qt, &nested)) return 2;
+    if (adapters && !into_model && qt) { fprintf(stderr, "peft merge: --quantize quantizes a merged model: it needs --into-model with --adapters\n"); return 2; }
     Model *m = model_load(model_dir);
-    if (!m || adapters_load(m, adapter_dir)) { model_free(m); return fail_with_library_error(); }
+    if (!m || (adapters ? combine_adapters(m, adapters, &co) : adapters_load(m, adapter_dir))) { model_free(m); return fail_with_library_error(); }
+    if (adapters && !into_model) {
+        int rc = adapters_save(m, out);
+        if (!rc) printf("combined the adapters (%s) into %s: rank %d on %d modules\n", combine_type_name(co.type), out, m->adapters->cfg.r, m->adapters->n);
+        model_free(m);
+        return rc ? fail_with_library_error() : 0;
+    }
     if (m->quant) {
         printf("dequantized the %s base%s before merging\n", quant_type_name(m->quant), m->double_quant ? " (double quantization)" : "");
         model_dequantize(m);

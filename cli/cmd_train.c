@@ -1,6 +1,7 @@
 // peft train: options -> TrainConfig -> train_run, with a progress bar (or plain lines when
 // stderr is not a terminal). Ctrl-C saves a checkpoint and exits; --resume continues from it.
 #include "cli.h"
+#include "lora_init.h"
 #include "method.h"
 #include "progress.h"
 #include "train.h"
@@ -88,7 +89,7 @@ int cmd_train(int argc, char **argv) {
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
     bool rslora = false, no_allocate = false, no_double_quant = false;
-    const char *quantize = NULL;
+    const char *quantize = NULL, *init_weights = NULL;
     DataFlags data_flags = {0};
     char methods[128], rs[128], lrs[128], help_method[160], help_r[200], help_lr[200];
     method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
@@ -111,6 +112,7 @@ int cmd_train(int argc, char **argv) {
         {"rslora", OPT_FLAG, &rslora, "LoRA: scale by alpha/sqrt(r)"},
         {"lora-options", OPT_STRING, &lora_options, "JSON file of PEFT's exclude_modules, layers_to_transform, layers_pattern, "
                                                     "rank_pattern, alpha_pattern, bias (as adapter_config.json spells them)"},
+        {"init-lora-weights", OPT_STRING, &init_weights, "LoRA: true (default), false, gaussian, pissa, pissa_niter_K or olora (PiSSA / OLoRA: saved converted to a rank-2r LoRA of the original base)"},
         {"d-initial", OPT_FLOAT, &c.adapter.d_initial, "VeRA: initial lambda_d (default 0.1)"},
         {"init-r", OPT_INT, &c.adapter.init_r, "AdaLoRA: initial rank (default 12)"},
         {"target-r", OPT_INT, &c.adapter.target_r, "AdaLoRA: average target rank (default 8)"},
@@ -169,6 +171,15 @@ int cmd_train(int argc, char **argv) {
         return fail_with_library_error();
     }
     c.adapter.use_rslora = rslora;
+    if (init_weights && c.method != METHOD_LORA) {
+        fprintf(stderr, "peft train: --init-lora-weights is a LoRA option (--method %s has its own initialisation)\n", method_name(c.method));
+        train_config_free(&c);
+        return 2;
+    }
+    if (init_weights && lora_init_parse(&c.adapter, init_weights, "--init-lora-weights")) {
+        train_config_free(&c);
+        return fail_with_library_error();
+    }
     c.adalora_allocate = !no_allocate;
     c.max_grad_norm = clip;
     c.seed = (uint64_t)(uint32_t)seed;

@@ -276,6 +276,8 @@ static const ConfigKey ADALORA_KEYS[] = {
     {"r", KEY_INERT, NULL, NULL},  // AdaLoRA's rank is init_r; PEFT ignores r too
     {"use_rslora", KEY_DEFAULT, NULL, "PEFT's AdaLoRA ignores it"},
     {"use_dora", KEY_DEFAULT, NULL, "AdaLoRA does not support DoRA: PEFT's AdaLoraConfig refuses it"},
+    // AdaLoraLayer.reset_lora_parameters: any true value gives its own init (E zeros, A and B normal).
+    {"init_lora_weights", KEY_INERT, "[true, false, \"gaussian\"]", "not an AdaLoRA initialisation"},
     {"rank_pattern", KEY_USED, NULL, NULL},
     {"alpha_pattern", KEY_DEFAULT, NULL, "per-module lora_alpha (PEFT's AdaLoRA does not read it)"},
     {"bias", KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases (implemented for LoRA)"},

@@ -25,11 +25,17 @@ typedef struct {
 // PEFT's bias option: which base biases train beside the adapter (and are saved with it).
 typedef enum { BIAS_NONE, BIAS_ALL, BIAS_LORA_ONLY } BiasMode;
 
+// LoRA's init_lora_weights (lora_init.c): true (Kaiming-uniform A, zero B), false (both as nn.Linear
+// draws them), "gaussian", "pissa", "pissa_niter_K" and "olora" (which also change the base weights).
+typedef enum { LORA_INIT_TRUE, LORA_INIT_FALSE, LORA_INIT_GAUSSIAN, LORA_INIT_PISSA, LORA_INIT_PISSA_NITER, LORA_INIT_OLORA } LoraInit;
+
 typedef struct {
     MethodId type;           // an adapter method (not METHOD_FULL)
     int r;                   // LoRA/VeRA rank; AdaLoRA uses init_r
     float alpha;             // lora_alpha (LoRA, AdaLoRA)
     bool use_rslora;
+    LoraInit init;           // LoRA's init_lora_weights
+    int init_niter;          // its K for "pissa_niter_K"
     float dropout;           // lora_dropout / vera_dropout
     int n_targets;
     char **targets;          // target_modules as a list ...

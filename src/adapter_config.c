@@ -1,6 +1,7 @@
 // adapter_config.c: adapter_config.json as HF PEFT reads and writes it, and PEFT's rule for
 // which modules an adapter targets.
 #include "adapter.h"
+#include "lora_init.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -285,6 +286,11 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
     if (jbool(j, "use_rslora", &c->use_rslora, path) || jbool(j, "fan_in_fan_out", &c->fan_in_fan_out, path) ||
         jbool(j, "save_projection", &c->save_projection, path))
         return -1;
+    const cJSON *init = jfield(j, "init_lora_weights");
+    if (type == METHOD_LORA && init) {
+        if (!cJSON_IsBool(init) && !cJSON_IsString(init)) return peft_fail("%s: \"init_lora_weights\" must be true, false or a string", path);
+        if (lora_init_parse(c, cJSON_IsString(init) ? init->valuestring : cJSON_IsTrue(init) ? "true" : "false", path)) return -1;
+    }
     const cJSON *tt = jfield(j, "task_type");
     snprintf(c->task_type, sizeof c->task_type, "%s", tt && cJSON_IsString(tt) ? tt->valuestring : "");
     const cJSON *bm = jfield(j, "base_model_name_or_path");
@@ -349,7 +355,7 @@ void *adapter_config_to_json_object(const AdapterConfig *c) {
         cJSON_AddNumberToObject(j, "lora_alpha", c->alpha);
         cJSON_AddNumberToObject(j, "lora_dropout", c->dropout);
         cJSON_AddBoolToObject(j, "use_rslora", c->use_rslora);
-        cJSON_AddBoolToObject(j, "init_lora_weights", true);
+        cJSON_AddItemToObject(j, "init_lora_weights", lora_init_json(c));
         cJSON_AddItemToObject(j, "alpha_pattern", cJSON_CreateObject());
     }
     const Method *m = method_get(c->type), *file_method = m->variant_key ? m->config_base : m;  // DoRA's file is LoRA's

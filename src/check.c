@@ -4,6 +4,8 @@
 #include "check.h"
 #include "adapter.h"
 #include "adalora.h"
+#include "lora_combine.h"
+#include "lora_init.h"
 #include "model.h"
 #include "optim.h"
 #include "safetensors.h"
@@ -319,6 +321,18 @@ static void check_model_case(const char *dir, MethodId method, Case *c) {
     model_free(m);
 }
 
+// A case made with init_lora_weights (init.safetensors): PEFT's initial values too (lora_init.c).
+static void check_initialisation(const char *dir, const cJSON *j, CheckResult *res) {
+    char *path = path_join(dir, "init.safetensors");
+    bool has = file_exists(path);
+    free(path);
+    if (!has || res->status != CHECK_PASS) return;
+    char msg[1024];
+    double err = 0;
+    if (lora_init_check_case(dir, j, &err, msg, sizeof msg)) check_result_set(res, CHECK_FAIL, "%s", msg);
+    if (err > res->max_rel_err) res->max_rel_err = err;
+}
+
 void check_case(const char *dir_in, CheckResult *res) {
     memset(res, 0, sizeof *res);
     char dir[1024];
@@ -356,8 +370,15 @@ void check_case(const char *dir_in, CheckResult *res) {
         double err = 0;
         if (adalora_check_schedule(dir, j, &err, msg, sizeof msg)) check_result_set(res, CHECK_FAIL, "%s", msg);
         res->max_rel_err = err;
-    } else if (!method_parse(mname, &id)) check_model_case(dir, id, &c);
-    else check_result_set(res, CHECK_FAIL, "%s/case.json: unknown method \"%s\" (%s, adalora-schedule)", dir, mname,
+    } else if (!strcmp(mname, "lora-arithmetic")) {
+        char msg[1024] = "";
+        double err = 0;
+        if (lora_combine_check_case(dir, j, &err, msg, sizeof msg)) check_result_set(res, CHECK_FAIL, "%s", msg);
+        res->max_rel_err = err;
+    } else if (!method_parse(mname, &id)) {
+        check_model_case(dir, id, &c);
+        check_initialisation(dir, j, res);
+    } else check_result_set(res, CHECK_FAIL, "%s/case.json: unknown method \"%s\" (%s, adalora-schedule, lora-arithmetic)", dir, mname,
                           method_names(names, sizeof names, ", ", ", ", LIST_NAMES));
     free(c.ids);
     free(c.labels);

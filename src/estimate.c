@@ -1,5 +1,6 @@
 // estimate.c: parameter, file and memory estimates for PEFT methods (see estimate.h).
 #include "estimate.h"
+#include "lora_init.h"
 #include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -633,7 +634,8 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, NULL, true, e->vera_max_in, e->vera_max_out);
         e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, NULL, false, 0, 0);
         e->file_bytes = c->save_projection ? e->file_bytes_with_projection : e->file_bytes_without_projection;
-    } else e->file_bytes = adapter_file_bytes(em, adapted, method, r, c->n_lora_rank_pattern ? c : NULL, false, 0, 0);
+    } else  // PiSSA / OLoRA: saved converted to rank 2r (lora_init.c)
+        e->file_bytes = adapter_file_bytes(em, adapted, method, lora_init_changes_base(c) ? 2 * r : r, c->n_lora_rank_pattern ? c : NULL, false, 0, 0);
 
     // Memory. CPU: everything fp32, AdamW m and v fp32; AdaLoRA's allocator keeps two double
     // scores per trainable value. GPU: what the CUDA backend allocates (gpu_memory).

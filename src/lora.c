@@ -1,9 +1,10 @@
 // lora.c: LoRA (Hu et al. 2021) as HF PEFT implements it.
-//   y += scaling * (x A^T) B^T,  A [r,in] Kaiming-uniform (a = sqrt 5), B [out,r] zeros,
-//   scaling = alpha / r, or alpha / sqrt(r) with rsLoRA.
+//   y += scaling * (x A^T) B^T,  scaling = alpha / r, or alpha / sqrt(r) with rsLoRA;
+//   A [r,in] and B [out,r] start as init_lora_weights says (lora_init.c; by default A
+//   Kaiming-uniform with a = sqrt 5, B zeros).
 #include "adapter.h"
 #include "kernels.h"
-#include "torch_rng.h"
+#include "lora_init.h"
 #include "util.h"
 #include <math.h>
 #include <stddef.h>
@@ -12,14 +13,10 @@
 
 static int lora_init(AdapterSet *set, Adapter *a, uint64_t *rng) {
     const AdapterConfig *c = &set->cfg;
-    int in = a->lin->in, r = a->r;
+    int r = a->r;
     float alpha = adapter_module_alpha(c, a->lin->module);  // alpha_pattern's, else lora_alpha
     a->scaling = c->use_rslora ? alpha / sqrtf((float)r) : alpha / (float)r;
-    // PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)), i.e. uniform(+-1/sqrt(in)); B stays zero.
-    TorchGen g;
-    torch_gen_seed(&g, (*rng)++);
-    torch_kaiming_uniform_(&g, a->A->w, a->A->numel, sqrt(5.0), in);
-    return 0;
+    return lora_init_module(set, a, *rng);
 }
 
 static void lora_forward(Adapter *a, const float *x, float *y, int N, bool train) {
@@ -59,7 +56,7 @@ static const ConfigKey LORA_KEYS[] = {
     {"lora_alpha", KEY_USED, NULL, NULL},
     {"lora_dropout", KEY_USED, NULL, NULL},
     {"use_rslora", KEY_USED, NULL, NULL},
-    {"init_lora_weights", KEY_INERT, "[true, false, \"gaussian\"]", "it changes the base weights or is not implemented"},
+    {"init_lora_weights", KEY_USED, NULL, NULL},  // lora_init.c: refuses the ones not implemented by name
     {"rank_pattern", KEY_USED, NULL, NULL},        // adapter_layout.c, as alpha_pattern, exclude_modules and bias
     {"bias", KEY_USED, "[\"none\", \"all\", \"lora_only\"]", NULL},
     {"modules_to_save", KEY_USED, NULL, NULL},     // adapter_base.c
@@ -106,4 +103,7 @@ const Method lora_method = {
     .backward = lora_backward,
     .delta = lora_delta,
     .lowrank = lora_lowrank,
+    .save = lora_init_save,
+    .after_load = lora_init_after_load,
+    .free_state = lora_init_free_state,
 };

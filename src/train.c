@@ -2,6 +2,7 @@
 #include "train.h"
 #include "cuda/gpu.h"
 #include "adalora.h"
+#include "lora_init.h"
 #include "optim.h"
 #include "safetensors.h"
 #include "svg_plot.h"
@@ -466,6 +467,10 @@ static cJSON *checkpoint_state(const Trainer *t, int step) {
     cJSON_AddNumberToObject(j, "seq_len", t->c.data.seq_len);
     cJSON_AddNumberToObject(j, "train_sequences", t->train.n_seq);
     if (t->c.pack) cJSON_AddTrueToObject(j, "pack");
+    const AdapterSet *set = t->m->adapters;
+    char init[32];  // PiSSA / OLoRA: the base the tensors were trained on (written only when not the default)
+    if (set && set->cfg.type == METHOD_LORA && set->cfg.init != LORA_INIT_TRUE)
+        cJSON_AddStringToObject(j, "init_lora_weights", lora_init_text(&set->cfg, init, sizeof init));
     cJSON_AddNumberToObject(j, "trainable_tensors", t->st.n_params);
     return j;
 }
@@ -589,11 +594,11 @@ static int state_int(const cJSON *j, const char *key) {
 // The checkpoint must come from the same run: same method, seed, batch shape and data.
 static int check_same_run(const Trainer *t, const cJSON *saved, const char *path) {
     cJSON *now = checkpoint_state(t, 0);
-    static const char *keys[] = {"method", "seed", "total_steps", "batch", "grad_accum", "seq_len", "train_sequences", "trainable_tensors", "pack"};
+    static const char *keys[] = {"method", "seed", "total_steps", "batch", "grad_accum", "seq_len", "train_sequences", "trainable_tensors", "pack", "init_lora_weights"};
     int rc = 0;
     for (size_t i = 0; !rc && i < sizeof keys / sizeof *keys; i++) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(saved, keys[i]), *b = cJSON_GetObjectItemCaseSensitive(now, keys[i]);
-        if (!a && !b) continue;  // ("pack" is written only by packed runs)
+        if (!a && !b) continue;  // ("pack" and "init_lora_weights" are written only when not the default)
         if (!a || !cJSON_Compare(a, b, true)) {
             char *sa = a ? cJSON_PrintUnformatted(a) : xstrdup("(missing)"), *sb = b ? cJSON_PrintUnformatted(b) : xstrdup("(none)");
             rc = peft_fail("%s: the checkpoint has %s %s but this run has %s: resume with the same settings and data", path, keys[i], sa, sb);

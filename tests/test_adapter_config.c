@@ -95,12 +95,16 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
         {LORA, "modules_to_save", "\"lm_head\""}, {LORA, "layers_to_transform", "[-1]"}, {LORA, "layers_pattern", "\"h\""},
         {LORA, "alpha_pattern", "[16]"}, {LORA, "rank_pattern", "{\"c_attn\": 2.5}"}, {LORA, "bias", "true"},
         {LORA, "bias", "\"some\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "1"}, {LORA, "lora_bias", "true"},
-        {LORA, "exclude_modules", "3"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"SEQ_CLS\""},
+        {LORA, "exclude_modules", "3"}, {LORA, "init_lora_weights", "\"loftq\""}, {LORA, "task_type", "\"SEQ_CLS\""},
         {LORA, "trainable_token_indices", "[1, 2]"}, {LORA, "layer_replication", "[[0, 1]]"}, {LORA, "loftq_config", "{\"loftq_bits\": 4}"},
         {LORA, "lora_alpha", "1e39"}, {LORA, "lora_dropout", "1e39"}, {LORA, "use_rslora", "\"yes\""}, {LORA, "fan_in_fan_out", "1"},
         {LORA, "some_new_option", "true"}, {LORA, "d_initial", "0.1"},
         {ADALORA, "use_rslora", "true"}, {ADALORA, "use_dora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[\"lm_head\"]"},
         {ADALORA, "alpha_pattern", "{\"c_attn\": 16}"}, {ADALORA, "bias", "\"all\""},
+        {LORA, "init_lora_weights", "\"eva\""}, {LORA, "init_lora_weights", "\"corda\""}, {LORA, "init_lora_weights", "\"orthogonal\""},
+        {LORA, "init_lora_weights", "\"pissa_niter_x\""}, {LORA, "init_lora_weights", "\"pissa_niter_\""}, {LORA, "init_lora_weights", "\"kaiming\""},
+        {LORA, "init_lora_weights", "1"}, {ADALORA, "init_lora_weights", "\"pissa\""},
+        {ADALORA, "loftq_config", "{\"loftq_bits\": 4}"}, {VERA, "projection_prng_key", "1.5"}, {VERA, "save_projection", "\"yes\""},
         {VERA, "lora_alpha", "8"}, {VERA, "d_initial", "1e39"}, {VERA, "modules_to_save", "[\"lm_head\"]"},
         {VERA, "layers_to_transform", "\"x\""}, {VERA, "bias", "\"lora_only\""}, {VERA, "init_weights", "\"x\""}, {VERA, "use_dora", "false"},
     };
@@ -110,6 +114,19 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
         int rc = adapter_config_parse(&c, text, "a.json");
         CHECK_MSG(rc != 0 && strstr(peft_last_error(), "a.json") && strstr(peft_last_error(), refused[i].key), "%s: %s",
                   text, rc ? peft_last_error() : "accepted");
+        free(text);
+    }
+    // Values PEFT 0.21 accepts that are implemented (LoRA's initialisations) or inert (AdaLoRA's and VeRA's
+    // init flags: the tensors come from the file).
+    static const struct { int method; const char *key, *value; } accepted[] = {
+        {LORA, "init_lora_weights", "false"}, {LORA, "init_lora_weights", "\"gaussian\""}, {LORA, "init_lora_weights", "\"pissa\""},
+        {LORA, "init_lora_weights", "\"pissa_niter_3\""}, {LORA, "init_lora_weights", "\"olora\""},
+        {ADALORA, "init_lora_weights", "false"}, {ADALORA, "init_lora_weights", "\"gaussian\""}, {VERA, "init_weights", "false"},
+    };
+    for (size_t i = 0; i < sizeof accepted / sizeof *accepted; i++) {
+        char *text = with_key(accepted[i].method, accepted[i].key, accepted[i].value);
+        CHECK_MSG(adapter_config_parse(&c, text, "a.json") == 0, "%s: %s", text, peft_last_error());
+        adapter_config_free(&c);
         free(text);
     }
     // Inert keys hold anything; "r" is inert for AdaLoRA (init_r is its rank).

@@ -4,6 +4,7 @@
 #include "test.h"
 #include "adapter.h"
 #include "estimate.h"
+#include "lora_init.h"
 #include "model.h"
 #include "util.h"
 #include <malloc.h>
@@ -167,6 +168,33 @@ TEST(estimate_matches_built_model_every_method) {
         adapter_config_free(&c);
         est_model_free(&em);
     }
+}
+
+// PiSSA / OLoRA: the same trainable tensors, and the file peft train saves (converted, rank 2r) as predicted.
+TEST(estimate_lora_init_converted_file) {
+    ModelConfig mc = tiny("llama", false, false);
+    EstModel em;
+    CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
+    const char *inits[] = {"true", "pissa", "olora"};
+    for (int i = 0; i < 3; i++) {
+        AdapterConfig c;
+        adapter_config_defaults(&c, METHOD_LORA);
+        c.r = 3;
+        adapter_config_set_targets(&c, "q_proj,down_proj");
+        CHECK(lora_init_parse(&c, inits[i], "test") == 0);
+        Model *m = model_create_random(&mc, 7);
+        CHECK_MSG(adapters_attach(m, &c, 3) == 0, "%s", peft_last_error());
+        Estimate e;
+        CHECK(estimate_compute(&e, &em, METHOD_LORA, &c, 2, 8) == 0 && e.trainable == model_count_params(m, true));
+        const char *dir = test_tmpdir();
+        CHECK(adapters_save(m, dir) == 0);
+        char *path = path_join(dir, "adapter_model.safetensors");
+        CHECK_MSG(file_size(path) == e.file_bytes, "%s: file %lld, estimate %lld", inits[i], (long long)file_size(path), (long long)e.file_bytes);
+        free(path);
+        model_free(m);
+        adapter_config_free(&c);
+    }
+    est_model_free(&em);
 }
 
 TEST(estimate_targets_must_match) {
