@@ -2,6 +2,7 @@
 // configs say it: exclude_modules, layers_to_transform + layers_pattern (check_target_module_exists
 // in peft/tuners/tuners_utils.py), LoRA's rank_pattern and alpha_pattern (get_pattern_key), and bias.
 #include "adapter.h"
+#include "lora_init.h"
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -172,6 +173,11 @@ int adapter_layout_check(const AdapterConfig *c, const char *path) {
         return peft_fail("%s: layers_pattern is given without layers_to_transform (PEFT refuses it too)", path);
     if (c->n_modules_to_save && !lora_options(c->type))
         return peft_fail("%s: modules_to_save is implemented for LoRA only", path);
+    if (lora_init_changes_base(c) && (c->n_lora_rank_pattern || c->n_alpha_pattern))  // lora_init.c converts with one r and alpha
+        return peft_fail("%s: init_lora_weights %s with rank_pattern or alpha_pattern is not implemented", path, c->init == LORA_INIT_OLORA ? "olora" : "pissa");
+    if (lora_init_changes_base(c) && method_get(c->type) && method_get(c->type)->variant_key)
+        return peft_fail("%s: init_lora_weights %s with %s is not implemented", path, c->init == LORA_INIT_OLORA ? "olora" : "pissa",
+                         method_get(c->type)->variant_key);
     if (c->bias != BIAS_NONE && !lora_options(c->type))
         return peft_fail("%s: bias \"%s\" is implemented for LoRA only (%s saves no biases here)", path, adapter_bias_name(c->bias),
                          method_get(c->type) ? method_get(c->type)->title : "this method");
