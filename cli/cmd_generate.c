@@ -203,11 +203,6 @@ int cmd_generate(int argc, char **argv) {
         if (!no_merge && qt) fprintf(stderr, "peft generate: the adapter applies live (a quantized base is not merged into)\n");
         if (!no_merge) adapters_merge(m);
     }
-    if (!strcmp(device, "cuda") && m->quant) {
-        peft_fail("a quantized base (%s) does not run on the GPU yet (the CPU path does)", quant_type_name(m->quant));
-        rc = fail_with_library_error();
-        goto out;
-    }
     if (!strcmp(device, "cuda") && gpu_inference_attach(m, fp32 ? GPU_FP32 : GPU_BF16)) { rc = fail_with_library_error(); goto out; }
     GenParams p;
     gen_params_default(&p);

@@ -98,9 +98,10 @@ TEST(quant_train_refuses_full_and_cuda) {
     c.quantize = QUANT_NF4;
     TrainResult res;
     CHECK(train_run(&c, NULL, &res) != 0 && strstr(peft_last_error(), "full fine-tuning") && strstr(peft_last_error(), "nf4-quantized"));
+    // --device cuda trains on a quantized base: what stops this run is the missing GPU (or data), not the quantization.
     c.method = METHOD_LORA;
     c.cuda = true;
-    CHECK(train_run(&c, NULL, &res) != 0 && strstr(peft_last_error(), "--device cuda"));
+    CHECK(train_run(&c, NULL, &res) != 0 && !strstr(peft_last_error(), "quantized") && !strstr(peft_last_error(), "not implemented"));
     train_config_free(&c);
 }
 
