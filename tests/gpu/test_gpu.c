@@ -6,6 +6,9 @@
 // 2. Random models of shapes the tiny cases do not reach (head_dim 64 and 128: the flash-attention
 //    kernels; T not a multiple of 64; GQA; Mistral's sliding window; Qwen2's qkv bias; --recompute),
 //    GPU against the CPU path: fp32 to 1e-4 (logits, loss, every gradient), bf16 as above.
+// 3. A quantized base (--only quant): the device's dequantized weights bit for bit, GPU against the CPU's
+//    quantized model as in 2, train_run --device cuda --quantize against the CPU's run, and the
+//    quantization reference cases (tests/fixtures/quant or PEFT_QUANT_FIXTURES) when they exist.
 // Without a GPU (or in a build without nvcc) it prints a loud SKIPPED line and exits 0.
 #include "adapter.h"
 #include "byte_tokenizer.h"
@@ -977,7 +980,7 @@ static void run_quant_refuses_full(void) {
 }
 
 // train_run --device cuda --quantize on the tiny GPT-2 (LoRA on every linear): each step's loss
-// against the CPU's quantized run (fp32: 1e-5 relative, bf16: 2e-2), and the saved adapters.
+// against the CPU's quantized run (fp32: 1e-5 relative, bf16: 5e-2), and the saved adapters (fp32).
 static void run_trainer_quant(const char *name, QuantType t, bool nested, GpuPrecision prec) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
@@ -1001,7 +1004,7 @@ static void run_trainer_quant(const char *name, QuantType t, bool nested, GpuPre
     double e_w = compare_tensor_files(fb, fa);
     free(fa);
     free(fb);
-    double tol = prec == GPU_FP32 ? 1e-5 : 2e-2;
+    double tol = prec == GPU_FP32 ? 1e-5 : 5e-2;  // bf16: 8 steps of bf16 compute apart
     bool ok = a.n == 8 && b.n == 8 && e_loss <= tol && (prec == GPU_BF16 || e_w <= 1e-3);
     status = ok ? "PASS" : "FAIL";
     snprintf(detail, sizeof detail, "%d steps: loss %.4f -> %.4f (CPU %.4f -> %.4f), max rel diff %.1e; adapter %.1e", b.n, b.loss[0],
@@ -1113,6 +1116,14 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < sizeof quants / sizeof *quants; i++)
             if (WANT(quants[i].name)) run_quant(&quants[i], p ? GPU_BF16 : GPU_FP32);
     if (WANT("quant refuses full fine-tuning")) run_quant_refuses_full();
+    // The quantization reference cases (tools/quant_reference/make_cases.py: float64 on the dequantized base), when made.
+    const char *qroot = getenv("PEFT_QUANT_FIXTURES") ? getenv("PEFT_QUANT_FIXTURES") : "tests/fixtures/quant";
+    static const char *qcases[] = {"gpt2-lora-nf4", "gpt2-lora-nf4-nodq", "gpt2-lora-fp4", "gpt2-lora-fp4-nodq", "gpt2-lora-int8",
+                                   "llama-lora-nf4", "llama-lora-nf4-nodq", "llama-lora-fp4", "llama-lora-fp4-nodq", "llama-lora-int8"};
+    if (WANT("quant reference") && !dir_exists(qroot))
+        printf("\n*** SKIPPED: %s not found: the quantization reference cases not run on the GPU ***\n\n", qroot);
+    for (int p = 0; p < 2 && WANT("quant reference") && dir_exists(qroot); p++)
+        for (size_t i = 0; i < sizeof qcases / sizeof *qcases; i++) run_fixture(qroot, qcases[i], p ? GPU_BF16 : GPU_FP32);
     if (WANT("quant train nf4")) {
         run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_FP32);
         run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_BF16);
