@@ -62,6 +62,7 @@ static const char *const GPU_NOTES[] = {
     "  the MLP pre-activation, fp32 norm statistics and log-sum-exp, h [N,R] per adapted group; backward's buffers;",
     "  one classifier chunk of logits (at most 128 MiB), never [N,V]; with dropout one more [N, widest input]",
     "workspace: cuBLASLt's 32 MiB (and the 64 MiB upload staging buffer when it sets the peak)",
+    "--quantize: the blocks' linears as codes + fp32 block scales, dequantized group by group into one bf16 scratch (workspace)",
     "not counted: the CUDA context and cuBLASLt's own allocations (~0.5-1 GiB), the allocator's rounding",
     NULL,
 };
@@ -160,7 +161,7 @@ int cmd_estimate(int argc, char **argv) {
         est_model_free(&em);
         return fail_with_library_error();
     }
-    if (qt) estimate_quantize(&e, &em, qt, nested);
+    if (qt) estimate_quantize(&e, &em, &c, qt, nested);
     char a[48], b[48], h1[32], h2[32], h3[32], h4[32];
     const char *mname = method_get(method)->title;
     int64_t all = e.base_params + (method == METHOD_FULL ? 0 : e.trainable);
@@ -219,7 +220,7 @@ int cmd_estimate(int argc, char **argv) {
             cJSON_AddBoolToObject(jq, "double_quant", nested);
             cJSON_AddNumberToObject(jq, "linear_bytes", (double)e.quant_bytes);
             cJSON_AddNumberToObject(jq, "linear_fp32_bytes", (double)e.quant_fp32_bytes);
-            cJSON_AddStringToObject(jq, "applies_to", "cpu_fp32 (the GPU column is the unquantized base's)");
+            cJSON_AddStringToObject(jq, "applies_to", "cpu_fp32 and gpu_bf16");
         }
         cJSON *jmem = cJSON_AddObjectToObject(j, "memory");
         cJSON_AddNumberToObject(jmem, "batch", batch);
@@ -277,7 +278,7 @@ int cmd_estimate(int argc, char **argv) {
             printf("\n              in fp16/bf16: %s bytes of tensor data (%s)\n", grouped(2 * e.trainable, a), human(2 * e.trainable, h1));
         }
         if (qt)
-            printf("quantized     %d linears %s%s: %s (%s in fp32); one dequantized at a time (workspace); CPU column only\n",
+            printf("quantized     %d linears %s%s: %s (%s in fp32); one dequantized at a time (workspace; GPU: a group, in bf16)\n",
                    em.n_linears, quant_type_name(qt), nested ? " + double quantization" : "", human(e.quant_bytes, h1), human(e.quant_fp32_bytes, h2));
         printf("\ntraining memory, batch %d x context %d (%d tokens per step)\n", batch, context, batch * context);
         const char *col = method == METHOD_FULL ? method_name(METHOD_FULL) : mname;

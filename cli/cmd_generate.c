@@ -203,14 +203,9 @@ int cmd_generate(int argc, char **argv) {
         if (!no_merge && qt) fprintf(stderr, "peft generate: the adapter applies live (a quantized base is not merged into)\n");
         if (!no_merge) adapters_merge(m);
     }
-    if (!strcmp(device, "cuda") && m->adapters && no_merge && !gpu_infer_supports(method_get(m->adapters->cfg.type)->gpu)) {
+    if (!strcmp(device, "cuda") && m->adapters && (no_merge || qt) && !gpu_infer_supports(method_get(m->adapters->cfg.type)->gpu)) {
         peft_fail("%s: %s adapters do not run live on the GPU yet: without --no-merge they are merged (and run), or use --device cpu",
                   adapter_dir, method_get(m->adapters->cfg.type)->title);
-        rc = fail_with_library_error();
-        goto out;
-    }
-    if (!strcmp(device, "cuda") && m->quant) {
-        peft_fail("a quantized base (%s) does not run on the GPU yet (the CPU path does)", quant_type_name(m->quant));
         rc = fail_with_library_error();
         goto out;
     }

@@ -668,7 +668,35 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     return 0;
 }
 
-void estimate_quantize(Estimate *e, const EstModel *em, QuantType t, bool nested) {
+// The GPU column's part of estimate_quantize: the groups of every layer as gpu_memory places them.
+static void gpu_quantized(EstMemory *m, const EstModel *em, const bool *adapted, MethodId method, int r, float dropout, int B, int T,
+                          QuantType t) {
+    GpuShape s = gpu_shape(em, B, T);
+    bool fuse = s.llama && !(dropout > 0), four = t != QUANT_INT8;
+    int64_t removed = 0, device = 0, scratch = 0;
+    for (int l = 0; l < s.L; l++)
+        for (int g = 0; g < s.per_layer; g++) {
+            int64_t R = gpu_group_rank(em, &s, adapted, method, r, l, g), spare = fuse && R ? round8(R) : 0, out = 0, in = 0;
+            for (int k = 0; k < s.per_layer; k++) {
+                int i = l * s.per_layer + k;
+                if (i >= em->n_linears || gpu_group_of(&s, k) != g) continue;
+                const EstLinear *lin = &em->linears[i];
+                int64_t n = (int64_t)lin->in * lin->out, scales = four ? (n + QUANT_BLOCK - 1) / QUANT_BLOCK : lin->out;
+                device += ((four ? (n + 1) / 2 : n) + 255) / 256 * 256 + 4 * ((scales + 63) / 64 * 64);
+                removed += 2 * n;
+                out += lin->out;
+                in = lin->in;
+            }
+            if (!out) continue;
+            removed += 2 * spare * in;
+            scratch = MAX(scratch, 2 * (out + spare) * in);
+        }
+    m->weights += device - removed;
+    m->workspace += scratch;
+    mem_total(m);
+}
+
+void estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested) {
     int64_t fp32 = 0, q = 0, widest = 0;
     for (int i = 0; i < em->n_linears; i++) {
         const EstLinear *l = &em->linears[i];
@@ -684,4 +712,8 @@ void estimate_quantize(Estimate *e, const EstModel *em, QuantType t, bool nested
     e->cpu.weights += q - fp32;
     e->cpu.workspace += 4 * widest;
     mem_total(&e->cpu);
+    bool *adapted = xcalloc(em->n_linears ? em->n_linears : 1, sizeof(bool));
+    for (int i = 0; i < em->n_linears; i++) adapted[i] = adapter_targets_module(c, em->linears[i].name);
+    gpu_quantized(&e->gpu, em, adapted, e->method, e->r, c->dropout, e->batch, e->context, t);
+    free(adapted);
 }

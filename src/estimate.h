@@ -83,11 +83,14 @@ typedef struct {
 // full except dropout. Fails when the targets match no module.
 int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const AdapterConfig *c, int batch, int context);
 
-// The CPU column with the frozen linears quantized (--quantize; a method other than full): their
-// bytes as quant.c stores them (data, absmax or nested statistics, maps, SCB) in place of fp32, and
-// one linear's dequantized fp32 weight (the largest) as workspace. The GPU column is left as it is
-// (--quantize does not run on the GPU yet).
-void estimate_quantize(Estimate *e, const EstModel *em, QuantType t, bool nested);
+// Both columns with the frozen linears quantized (--quantize; a method other than full; c: the adapter
+// options estimate_compute had). CPU: their bytes as quant.c stores them (data, absmax or nested
+// statistics, maps, SCB) in place of fp32, and one linear's dequantized fp32 weight (the largest) as
+// workspace. GPU (gpu_quant.cu): the blocks' linears leave the bf16 arena (with the fused input
+// gradient's spare rows); each one's codes (256-byte aligned) and fp32 scales (4-bit: an absmax per
+// block, the double quantization undone on the host; int8: SCB per row; 64-float aligned) in their
+// place, and one bf16 scratch for the largest group's dequantized weights (+ the spare rows) as workspace.
+void estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested);
 
 // Pieces, exposed for tests and the CLI.
 // One tensor of a safetensors file, as st_writer sees it (fp32).

@@ -78,7 +78,6 @@ static int quant_refusals(const TrainConfig *c, QuantType q) {
     if (q && c->method == METHOD_FULL)
         return peft_fail("a %s-quantized base: full fine-tuning trains every weight, and a quantized base is frozen (train an adapter on it: lora, vera, adalora)",
                          quant_type_name(q));
-    if (q && c->cuda) return peft_fail("a %s-quantized base with --device cuda is not implemented yet (the CPU path is)", quant_type_name(q));
     return 0;
 }
 

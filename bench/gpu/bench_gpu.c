@@ -4,7 +4,9 @@
 // step), VeRA (all, r256) and AdaLoRA (all).
 //   bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl] [--version]
 // --large: instead, LoRA (q,v r8) on Llama-2-7B and -13B shapes at 1x2048, the issue's "largest Llama
-// that LoRA-trains at 1x2048 in 80 GB" (the peak shows whether it fits).
+// that LoRA-trains at 1x2048 in 80 GB" (the peak shows whether it fits); and QLoRA (issue 19): LoRA r64
+// on every linear over an nf4 base (codes and absmax drawn on the device), next to the same LoRA on the
+// bf16 base of the 7B shape.
 // Random weights drawn on the device, random tokens (labels = inputs, as the HF script), AdamW
 // over the trainable tensors. tok/s is B*T over the median step (forward, backward, AdamW, one
 // host sync). MFU = model FLOPs per step (counted from the shapes: linears and the head forward
@@ -59,6 +61,7 @@ static int cmp_double(const void *a, const void *b) { double x = *(const double 
 typedef struct {
     const char *family, *method;  // the row's names in the table (method: its method and targets)
     MethodId id;
+    QuantType quant;              // a quantized base (QLoRA): drawn quantized on the device (random codes and scales)
 } Row;
 
 int main(int argc, char **argv) {
@@ -89,13 +92,18 @@ int main(int argc, char **argv) {
                                     "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":32,\"max_position_embeddings\":4096}";
     static const char *llama13_cfg = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":5120,\"intermediate_size\":13824,"
                                      "\"num_hidden_layers\":40,\"num_attention_heads\":40,\"num_key_value_heads\":40,\"max_position_embeddings\":4096}";
-    static const Row large_rows[] = {{"llama-7b", "lora-qv", METHOD_LORA}, {"llama-13b", "lora-qv", METHOD_LORA}};
-    static const Row rows[] = {{"gpt2-124m", "full", METHOD_FULL},         {"gpt2-124m", "lora-qv", METHOD_LORA},
-                               {"gpt2-124m", "lora-all", METHOD_LORA},     {"gpt2-124m", "vera-all", METHOD_VERA},
-                               {"gpt2-124m", "adalora-all", METHOD_ADALORA}, {"llama-1.1b", "lora-qv", METHOD_LORA},
-                               {"llama-1.1b", "lora-all", METHOD_LORA},    {"llama-1.1b", "dora-all", METHOD_DORA},
-                               {"llama-1.1b", "vera-all", METHOD_VERA},
-                               {"llama-1.1b", "adalora-all", METHOD_ADALORA}, {"llama-1.1b", "full", METHOD_FULL}};
+    // QLoRA (the issue's 7B instruction tuning): LoRA r64 on every linear over an nf4 base, next to the same LoRA on the bf16 base.
+    static const Row large_rows[] = {{"llama-7b", "lora-qv", METHOD_LORA, QUANT_NONE},
+                                     {"llama-7b", "lora-all-r64", METHOD_LORA, QUANT_NONE},
+                                     {"llama-7b", "qlora-all-r64-nf4", METHOD_LORA, QUANT_NF4},
+                                     {"llama-13b", "lora-qv", METHOD_LORA, QUANT_NONE},
+                                     {"llama-13b", "qlora-all-r64-nf4", METHOD_LORA, QUANT_NF4}};
+    static const Row rows[] = {{"gpt2-124m", "full", METHOD_FULL, QUANT_NONE},         {"gpt2-124m", "lora-qv", METHOD_LORA, QUANT_NONE},
+                               {"gpt2-124m", "lora-all", METHOD_LORA, QUANT_NONE},     {"gpt2-124m", "vera-all", METHOD_VERA, QUANT_NONE},
+                               {"gpt2-124m", "adalora-all", METHOD_ADALORA, QUANT_NONE}, {"llama-1.1b", "lora-qv", METHOD_LORA, QUANT_NONE},
+                               {"llama-1.1b", "lora-all", METHOD_LORA, QUANT_NONE},    {"llama-1.1b", "dora-all", METHOD_DORA, QUANT_NONE},
+                               {"llama-1.1b", "vera-all", METHOD_VERA, QUANT_NONE},
+                               {"llama-1.1b", "adalora-all", METHOD_ADALORA, QUANT_NONE}, {"llama-1.1b", "full", METHOD_FULL, QUANT_NONE}};
     Model *m = NULL;
     const char *cur_family = "";
     size_t n_rows = large ? sizeof large_rows / sizeof *large_rows : sizeof rows / sizeof *rows;
@@ -130,6 +138,7 @@ int main(int argc, char **argv) {
             const char *all = gpt2 ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
             if (!strcmp(r->method, "lora-qv")) { ac.r = 8; ac.alpha = 16; adapter_config_set_targets(&ac, gpt2 ? "c_attn" : "q_proj,v_proj"); }
             else if (!strcmp(r->method, "lora-all") || !strcmp(r->method, "dora-all")) { ac.r = 16; ac.alpha = 32; adapter_config_set_targets(&ac, all); }
+            else if (strstr(r->method, "lora-all-r64")) { ac.r = 64; ac.alpha = 16; adapter_config_set_targets(&ac, all); }  // the QLoRA paper's
             else if (type == METHOD_VERA) { ac.r = 256; adapter_config_set_targets(&ac, all); }
             else {
                 // As the HF script: init_r 12, target_r 8; no task_type there, so no orthogonal regulariser either.
@@ -138,7 +147,10 @@ int main(int argc, char **argv) {
             }
             ac.fan_in_fan_out = gpt2;
             Estimate est;
-            if (em.n_linears >= 0 && !estimate_compute(&est, &em, type, &ac, B, T)) est_bytes = est.gpu.total;
+            if (em.n_linears >= 0 && !estimate_compute(&est, &em, type, &ac, B, T)) {
+                if (r->quant) estimate_quantize(&est, &em, &ac, r->quant, true);
+                est_bytes = est.gpu.total;
+            }
             int e = adapters_attach(m, &ac, 1);
             adapter_config_free(&ac);
             if (e) { printf("%-24s error: %s\n", label, peft_last_error()); est_model_free(&em); continue; }
@@ -152,7 +164,7 @@ int main(int argc, char **argv) {
         if (em.n_linears >= 0) est_model_free(&em);
         if (recompute) est_bytes = -1;  // the estimate counts the stored MLP pre-activations (no --recompute)
         gpu_reset_peak();
-        GpuOptions opt = {.precision = GPU_BF16, .recompute = recompute, .random_init_seed = 1};
+        GpuOptions opt = {.precision = GPU_BF16, .recompute = recompute, .random_init_seed = 1, .random_quant = r->quant};
         GpuModel *g = gpu_model_create(m, &opt);
         double med = NAN, loss = NAN, flops = model_flops(m, full, B, T);
         long trainable = 0;
@@ -192,9 +204,9 @@ int main(int argc, char **argv) {
             snprintf(line, sizeof line,
                      "{\"family\": \"%s\", \"method\": \"%s\", \"B\": %d, \"T\": %d, \"trainable\": %ld, \"step_ms\": %.2f, \"tok_s\": %.0f, "
                      "\"peak_GiB\": %.3f, \"est_GiB\": %.3f, \"tflop_per_step\": %.2f, \"mfu\": %.3f, \"gemm_peak_tflops\": %.0f, \"recompute\": %s, "
-                     "\"loss\": %.4f}",
+                     "\"loss\": %.4f, \"quant\": \"%s\"}",
                      r->family, r->method, B, T, trainable, med * 1e3, tok_s, peak_gib, est_bytes >= 0 ? est_bytes / 1073741824.0 : -1.0,
-                     flops / 1e12, mfu, peak_tflops, recompute ? "true" : "false", loss);
+                     flops / 1e12, mfu, peak_tflops, recompute ? "true" : "false", loss, quant_type_name(r->quant));
             printf("%s\n", line);
             if (out) { fprintf(out, "%s\n", line); fflush(out); }
         } else if (out) {

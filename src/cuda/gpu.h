@@ -28,6 +28,8 @@ typedef struct {
                              // token row by gpu_kv_forward, never trained)
     uint64_t random_init_seed;  // benchmarks: when non-zero, the base weights are drawn on the device
                                 // (std 0.02, norm weights 1, biases 0) and the host values are not read
+    QuantType random_quant;     // with random_init_seed: the blocks' linears quantized so, random codes and
+                                // scales drawn on the device (speed and memory only; the model needs no QWeights)
 } GpuOptions;
 
 typedef struct GpuModel GpuModel;
@@ -40,9 +42,14 @@ void gpu_describe(char *buf, size_t len);
 
 // Upload m (with its adapter set, if any) to the GPU. Supported adapters: LoRA, VeRA, AdaLoRA (with
 // its orthogonal regulariser, and dropout: see gpu_set_dropout), full fine-tuning (model_train_all),
-// or none (inference).
+// or none (inference). A quantized base (Linear.q, --quantize) stays quantized on the device: its codes
+// and fp32 block scales (the host's qweight_absmax: double quantization undone), each layer dequantized
+// into one reused scratch right before its GEMMs with quant.c's arithmetic (fp32 mode: bit for bit).
 GpuModel *gpu_model_create(Model *m, const GpuOptions *opt);
 void gpu_model_free(GpuModel *g);
+// A quantized linear's weight as the device dequantizes it for its GEMMs ([out, in], the activation
+// type widened to fp32), into out: the test of the dequantization itself.
+int gpu_dequantized_weight(GpuModel *g, const Linear *lin, float *out);
 
 // Forward over ids [B,T]. With labels: returns the mean causal-LM loss (plus AdaLoRA's orthogonal
 // regulariser when it is on: orth_reg_weight > 0 and a task_type, as on the CPU) and prepares backward

@@ -9,7 +9,8 @@
 // itself: PyTorch's own bf16 step gets 0.998 on the repository's llama-lora. A case that records
 // PyTorch's bf16 cosines (case.json's bf16_reference, tools/reference_cases) has its bounds widened to
 // BF16_SLACK times PyTorch's distance from 1: our LoRA GEMMs run in bf16 where PEFT keeps the adapter's
-// arithmetic in fp32 (2.6x PyTorch's distance on that case).
+// arithmetic in fp32 (2.6x PyTorch's distance on that case). A quantized case (case.json's
+// quantization, tools/quant_reference) loads its base quantized so, as `peft check` does.
 // Both modes hold the AdamW update (after - before) to CHECK_UPDATE_TOL against the CPU's AdamW (held
 // to the same tolerance against HF's by `peft check`) from the GPU's own gradient: bf16 mode keeps
 // fp32 master weights, fp32 gradients and moments and an fp32 step (bf16 is the compute copy only), so
@@ -32,6 +33,8 @@
 
 typedef struct {
     CheckResult *res;
+    QuantType quant;  // case.json's quantization (tools/quant_reference): the base's linears quantized on load
+    bool double_quant;
     double tol_logits, tol_grads, tol_step;
     float lr, beta1, beta2, eps, wd;
     bool bf16;
@@ -103,7 +106,7 @@ static void run_case(GCase *c, const char *dir, bool full) {
     GpuModel *g = NULL;
     float *logits = NULL, **before = NULL, **cpu_after = NULL;  // the trainable tensors before the step, and after the CPU's
     int n = 0;
-    Model *m = model_load(model_dir);
+    Model *m = model_load_quantized(model_dir, c->quant, c->double_quant);
     if (!m || (!full && adapters_load(m, adapter_dir))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (full) model_train_all(m);
     int B, T, B2, T2;
@@ -222,6 +225,13 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
     if (cJSON_GetArraySize(betas) == 2) {
         c.beta1 = (float)cJSON_GetArrayItem(betas, 0)->valuedouble;
         c.beta2 = (float)cJSON_GetArrayItem(betas, 1)->valuedouble;
+    }
+    const cJSON *q = cJSON_GetObjectItem(j, "quantization"), *qtype = cJSON_GetObjectItem(q, "type");
+    c.double_quant = cJSON_IsTrue(cJSON_GetObjectItem(q, "double_quant"));
+    if (q && !(cJSON_IsString(qtype) && !quant_type_parse(qtype->valuestring, &c.quant))) {
+        check_result_set(res, CHECK_FAIL, "%s/case.json: quantization: %s", dir, cJSON_IsString(qtype) ? peft_last_error() : "no type");
+        cJSON_Delete(j);
+        return;
     }
     MethodId id;
     if (!method_parse(mname, &id)) {

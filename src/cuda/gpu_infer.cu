@@ -627,6 +627,7 @@ template <typename T> static void linear_group(GpuKV *kv, const Group *G, const 
                                                const CallAdapters &ca) {
     GpuModel *g = kv->g;
     constexpr GDtype TT = gdtype<T>();
+    gpu_quant_dequant<T>(g, G);  // a quantized base: this group's weights into the scratch (G->w)
     gemm(g->gc, false, !G->fifo, N, G->out, G->in, 1.0f, x, G->in, TT, G->w, G->fifo ? G->out : G->in, TT, resid ? 1.0f : 0.0f,
          resid ? y : nullptr, y, ldy, TT, G->b);
     if (!ca.any) return;

@@ -65,14 +65,11 @@ void gpu_free(void *p) {
 extern "C" size_t gpu_peak_bytes(void) { return g_peak_bytes; }
 extern "C" void gpu_reset_peak(void) { g_peak_bytes = g_cur_bytes; }
 
-static const char *prof_names[P_N] = {"embedding", "norm fwd/recompute", "base GEMM fwd", "LoRA fwd", "rope", "attention fwd",
+static const char *prof_names[P_N] = {"embedding", "norm fwd/recompute", "dequantize", "base GEMM fwd", "LoRA fwd", "rope", "attention fwd",
                                       "activation fwd/bwd", "classifier (chunked)", "base GEMM dx", "weight/bias grads", "LoRA bwd dh",
                                       "LoRA bwd dB", "LoRA bwd dA",
                                       "attention bwd", "norm bwd", "AdamW", "other"};
 static const int N_PARTIALS = 1024;
-// Spare rows/columns of the fused adapter input gradient are rounded up to 8, so the fused GEMM's K
-// stays a multiple of 8 (an odd K takes cuBLASLt's slow kernels); the rows and columns past R stay 0.
-static int round8(int x) { return (x + 7) / 8 * 8; }
 
 static void mark(GpuModel *g, int cat) {
     Prof *p = &g->prof;
@@ -148,7 +145,8 @@ static bool adapter_active(const GpuModel *g, const Linear *lin) {
 static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
     memset(G, 0, sizeof *G);
     G->in = lins[0]->in;
-    G->fifo = lins[0]->fan_in_fan_out;
+    if ((G->n_q = gpu_quant_bind(g, G, lins, n)) < 0) return -1;
+    G->fifo = lins[0]->fan_in_fan_out && !G->n_q;  // quantized: dequantized as [out, in]
     if (G->fifo && n > 1) return peft_fail("CUDA backend: internal error: fused Conv1D group");
     G->w = wptr(g, lins[0]->weight);
     G->wg = gptr(g, lins[0]->weight);
@@ -158,7 +156,7 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
     for (int i = 0; i < n; i++) {
         Linear *lin = lins[i];
         if (lin->in != G->in) return peft_fail("CUDA backend: internal error: fused group inputs differ");
-        if ((char *)wptr(g, lin->weight) != (char *)G->w + (size_t)G->out * G->in * es_w)
+        if (!G->n_q && (char *)wptr(g, lin->weight) != (char *)G->w + (size_t)G->out * G->in * es_w)
             return peft_fail("CUDA backend: %s: weights of one fused group must all be trainable or all frozen", lin->module);
         if ((lin->bias != nullptr) != (G->b != nullptr))
             return peft_fail("CUDA backend: %s: a fused group must have biases on all or none of its modules", lin->module);
@@ -210,6 +208,8 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
                     if (!mb->colv) return peft_fail("CUDA backend: %s: AdaLoRA's E was not placed", lin->module);
                 }
                 if (mb->kind == AD_DORA) {
+                    if (lin->q)  // its norm reads W + s B A in full; the CPU runs DoRA on a quantized base
+                        return peft_fail("CUDA backend: %s: DoRA on a quantized base is not implemented on the GPU (--device cpu runs it)", lin->module);
                     mb->Bm = mptr(g, a->B);
                     mb->Am = mptr(g, a->A);
                     mb->mag = mptr(g, a->magnitude);
@@ -386,6 +386,10 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     // residual, o or down, has one linear, so its DoRA member covers every column).
     const T *resid_dora = G->dora ? resid : nullptr;
     if (G->dora) resid = nullptr;
+    if (G->n_q) {
+        mark(g, P_DEQUANT);
+        gpu_quant_dequant<T>(g, G);
+    }
     auto base_gemm = [&](float beta, const T *c) {
         mark(g, P_GEMM_F);
         gemm(g->gc, false, !G->fifo, N, G->out, G->in, 1.0f, x, G->in, TT, G->w, G->fifo ? G->out : G->in, TT, beta, c, y, G->out, TT, G->b);
@@ -433,6 +437,10 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
                 k_dora_bwd<T>(mb->mag_g, dyg + mb->col_off, dy + mb->col_off, ldy, (const T *)mb->e, mb->norm, mb->mag, N, mb->out, g->st);
         }
         dy = dyg;
+    }
+    if (G->n_q && dx) {  // the input gradient reads the weight: dequantized again (no weight gradient)
+        mark(g, P_DEQUANT);
+        gpu_quant_dequant<T>(g, G);
     }
     if (!G->fused_dx) {
         mark(g, P_GEMM_DX);
@@ -854,8 +862,9 @@ static int upload_all(GpuModel *g) {
     return gpu_failed() ? gpu_report_failure() : 0;
 }
 
+// A quantized weight is not in the arenas (gpu_quant.cu keeps it), nor its fused group's spare rows (the scratch has them).
 static void plan_linear(GpuModel *g, Linear *lin, bool contiguous, size_t extra = 0) {
-    if (lin) plan(g, lin->weight, contiguous, extra);
+    if (lin && !gpu_quant_linear(g, lin)) plan(g, lin->weight, contiguous, extra);
 }
 // The spare weight rows a group's fused input gradient needs (LoRA/AdaLoRA: the sum of ranks; VeRA: r), rounded up to 8.
 static int group_rank(GpuModel *g, Linear **lins, int n) {
@@ -928,6 +937,10 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     if (!CU(cudaStreamCreate(&g->st)) || !(g->gc = gemm_ctx_new(g->st)) ||
         !(g->partials = (float *)gpu_malloc(sizeof(float) * N_PARTIALS, "scratch"))) {
         gpu_report_failure();
+        gpu_model_free(g);
+        return nullptr;
+    }
+    if (gpu_quant_check(g)) {
         gpu_model_free(g);
         return nullptr;
     }
@@ -1015,7 +1028,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
             if (g->work) CU(cudaMemset(g->work, 0, 2 * g->n_train));
         }
     }
-    if (gpu_failed() || upload_all(g)) {
+    if (gpu_failed() || upload_all(g) || gpu_quant_upload(g)) {
         gpu_report_failure();
         gpu_model_free(g);
         return nullptr;
@@ -1067,6 +1080,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                  bind_group(g, &Ly->down, &b->down, 1);
         }
     }
+    if (!rc) rc = gpu_quant_scratch(g);
     g->ld_dqkv = g->S;
     g->ld_dfc = g->upw;
     g->ld_dres = g->C;
@@ -1130,6 +1144,7 @@ extern "C" void gpu_model_free(GpuModel *g) {
     if (!g) return;
     if (g->st) cudaStreamSynchronize(g->st);
     free_acts(g);
+    gpu_quant_free(g);
     gpu_free(g->head_pending);
     gpu_free(g->frozen);
     gpu_free(g->master);

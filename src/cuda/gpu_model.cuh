@@ -37,10 +37,22 @@ struct AdMember {
     float *mag_g, *norm;
     void *e;
 };
+// A quantized frozen weight on the device (gpu_quant.cu): its codes as the CPU stores them (4-bit: two a
+// byte, int8: one) and one fp32 scale per block (4-bit: the absmax, the double quantization undone on
+// the host) or per row (int8: SCB).
+struct GpuQWeight {
+    QuantType type;
+    QuantOut out_dtype;
+    int rows, cols, block;
+    const uint8_t *codes;
+    const float *scale;
+};
 struct Group {  // y[N, out] = x[N, in] W^T + b (+ LoRA members), one GEMM
     int in, out;
     bool fifo;  // W stored [in, out] (GPT-2 Conv1D)
     void *w, *b;
+    int n_q;          // a quantized base: the members' weights, dequantized into w (the shared scratch,
+    GpuQWeight q[3];  // [out, in]) right before each GEMM that reads it (gpu_quant_dequant)
     float *wg, *bg;
     int zero_bg_off, zero_bg_len;
     int n_ad, R, lda;
@@ -69,7 +81,7 @@ struct Slot {
 
 // Per-phase timing (PEFT_GPU_PROFILE=1 at creation): an event at every phase change of a training
 // step; each interval is added to the phase that began it.
-enum { P_EMBED, P_NORM, P_GEMM_F, P_LORA_F, P_ROPE, P_ATTN_F, P_ACT, P_HEAD, P_GEMM_DX, P_GEMM_DW, P_LORA_DH, P_LORA_DB, P_LORA_DA, P_ATTN_B, P_NORM_B, P_ADAM, P_OTHER, P_N };
+enum { P_EMBED, P_NORM, P_DEQUANT, P_GEMM_F, P_LORA_F, P_ROPE, P_ATTN_F, P_ACT, P_HEAD, P_GEMM_DX, P_GEMM_DW, P_LORA_DH, P_LORA_DB, P_LORA_DA, P_ATTN_B, P_NORM_B, P_ADAM, P_OTHER, P_N };
 enum { PROF_MAX = 8192 };
 struct Prof {
     bool on;
@@ -148,7 +160,36 @@ struct GpuModel {
     double orth_w, orth_num;           // orth_reg_weight; the number of A and B tensors it averages over
     bool orth_ready;                   // the last forward (with labels) computed the terms
     double last_lm, last_reg;          // the parts of the last loss
+    // A quantized base (gpu_quant.cu): every quantized linear's codes and scales, and the dequantization scratch.
+    uint8_t *qcodes;
+    float *qscales;
+    size_t *qoff;  // host [2 * n_linears]: each quantized linear's offsets in qcodes (bytes) and qscales (floats)
+    void *deq;
 };
+
+// Spare rows/columns of the fused adapter input gradient are rounded up to 8, so the fused GEMM's K
+// stays a multiple of 8 (an odd K takes cuBLASLt's slow kernels); the rows and columns past R stay 0.
+static inline int round8(int x) { return (x + 7) / 8 * 8; }
+
+// ---- a quantized frozen base (gpu_quant.cu) ----
+// Whether lin's weight lives quantized on the device: quantized on the host (--quantize), or drawn
+// quantized on the device (benchmarks: random_init_seed with random_quant).
+static inline bool gpu_quant_linear(const GpuModel *g, const Linear *lin) {
+    return lin->q || (g->opt.random_init_seed && g->opt.random_quant != QUANT_NONE);
+}
+// Before placement: refuses a quantized weight that is trainable.
+int gpu_quant_check(GpuModel *g);
+// The codes and scales of every quantized linear on the device (copied, or drawn for benchmarks).
+int gpu_quant_upload(GpuModel *g);
+// G's members' quantized weights into G->q (all of a group's members or none are quantized); returns
+// how many, or -1 with an error.
+int gpu_quant_bind(GpuModel *g, Group *G, Linear **lins, int n);
+// After binding: one scratch of the activation type for the largest quantized group (with the fused
+// input gradient's spare rows), which becomes every quantized group's w.
+int gpu_quant_scratch(GpuModel *g);
+// G's weights dequantized into G->w (nothing for an unquantized group), on the model's stream.
+template <typename T> void gpu_quant_dequant(GpuModel *g, const Group *G);
+void gpu_quant_free(GpuModel *g);
 
 // A block's linears in the GPU model's four groups (those sharing an input, one GEMM each): qkv,
 // attention output, MLP up (Llama: gate and up), MLP down; unused places are NULL.

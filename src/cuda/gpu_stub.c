@@ -18,6 +18,7 @@ GpuModel *gpu_model_create(Model *m, const GpuOptions *opt) {
     return NULL;
 }
 void gpu_model_free(GpuModel *g) { (void)g; }
+int gpu_dequantized_weight(GpuModel *g, const Linear *lin, float *out) { (void)g; (void)lin; (void)out; return peft_fail("CUDA backend: %s", NO_CUDA); }
 double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T) {
     (void)g; (void)ids; (void)labels; (void)B; (void)T;
     peft_fail("CUDA backend: %s", NO_CUDA);

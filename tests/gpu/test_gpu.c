@@ -6,6 +6,9 @@
 // 2. Random models of shapes the tiny cases do not reach (head_dim 64 and 128: the flash-attention
 //    kernels; T not a multiple of 64; GQA; Mistral's sliding window; Qwen2's qkv bias; --recompute),
 //    GPU against the CPU path: fp32 to 1e-4 (logits, loss, every gradient), bf16 as above.
+// 3. A quantized base (--only quant): the device's dequantized weights bit for bit, GPU against the CPU's
+//    quantized model as in 2, train_run --device cuda --quantize against the CPU's run, and the
+//    quantization reference cases (tests/fixtures/quant or PEFT_QUANT_FIXTURES) when they exist.
 // Without a GPU (or in a build without nvcc) it prints a loud SKIPPED line and exits 0.
 #include "adapter.h"
 #include "byte_tokenizer.h"
@@ -14,6 +17,7 @@
 #include "cuda/gpu.h"
 #include "data.h"
 #include "model.h"
+#include "quant.h"
 #include "safetensors.h"
 #include "train.h"
 #include "util.h"
@@ -71,6 +75,16 @@ typedef struct {
     MethodId type;
 } RandCase;
 
+// The CPU's logits (into logits [B*T, V]), then its loss and gradients (in the trainable Params).
+static double cpu_reference(Model *m, const int32_t *ids, const int32_t *labels, int B, int T, float *logits) {
+    model_forward(m, ids, NULL, B, T);
+    memcpy(logits, m->act.logits, sizeof(float) * (size_t)B * T * m->cfg.vocab_size);
+    model_zero_grad(m);
+    double loss = model_forward(m, ids, labels, B, T);
+    model_backward(m);
+    return loss;
+}
+
 static void run_random(const RandCase *rc, GpuPrecision prec) {
     char label[128], detail[512];
     snprintf(label, sizeof label, "%s [%s]", rc->name, prec == GPU_BF16 ? "bf16" : "fp32");
@@ -103,13 +117,8 @@ static void run_random(const RandCase *rc, GpuPrecision prec) {
         ids[i] = (int32_t)(urand() * V);
         labels[i] = (i % T) < 3 ? -100 : ids[i];  // a masked prompt
     }
-    // CPU reference
-    model_forward(m, ids, NULL, B, T);
     float *ref_logits = xmalloc(sizeof(float) * (size_t)N * V), *logits = xmalloc(sizeof(float) * (size_t)N * V);
-    memcpy(ref_logits, m->act.logits, sizeof(float) * (size_t)N * V);
-    model_zero_grad(m);
-    double ref_loss = model_forward(m, ids, labels, B, T);
-    model_backward(m);
+    double ref_loss = cpu_reference(m, ids, labels, B, T, ref_logits);
     Param **params;
     int n = model_trainable(m, &params);
     float **ref_grads = xcalloc(n, sizeof(float *));
@@ -900,6 +909,151 @@ static void run_trainer_dropout(const char *name, GpuPrecision prec) {
     free(out);
 }
 
+// ---------------- a quantized base (--quantize) ----------------
+// Every block linear of m quantized as --quantize does (od: the dequantization's out_dtype, as a loaded
+// folder's quant_state may say).
+static Model *quantize_all(Model *m, QuantType t, bool nested, QuantOut od) {
+    for (int i = 0; m && i < m->n_linears; i++) {
+        if (model_quantize_linear(m, &m->linears[i], t, nested)) { model_free(m); return NULL; }
+        m->linears[i].q->out_dtype = t == QUANT_INT8 ? QUANT_OUT_F32 : od;
+    }
+    return m;
+}
+
+// bf16's rounding of x (to nearest, ties to even), widened back.
+static float bf16_round(float x) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    b = (b + 0x7fff + ((b >> 16) & 1)) & 0xffff0000u;
+    memcpy(&x, &b, 4);
+    return x;
+}
+
+typedef struct {
+    const char *name, *config, *targets;
+    MethodId type;
+    QuantType quant;
+    bool nested, recompute;
+    QuantOut od;
+    int B, T;
+} QuantCase;
+
+// The device's dequantized weights (fp32: the CPU's bit for bit; bf16: the CPU's rounded to bf16, bit for
+// bit), then logits, loss and every adapter gradient against the CPU's quantized model (the bounds of
+// the random cases above), and a training step.
+static void run_quant(const QuantCase *qc, GpuPrecision prec) {
+    char label[160], detail[512] = "";
+    snprintf(label, sizeof label, "%s [%s]", qc->name, prec == GPU_BF16 ? "bf16" : "fp32");
+    Model *m = quantize_all(adapted_model(qc->config, qc->targets, qc->type, 0, true), qc->quant, qc->nested, qc->od);
+    if (!m) { report("FAIL", label, peft_last_error()); return; }
+    int B = qc->B, T = qc->T, N = B * T, V = m->cfg.vocab_size;
+    int32_t *ids = xmalloc(sizeof(int32_t) * N), *labels = xmalloc(sizeof(int32_t) * N);
+    random_batch(ids, labels, B, T, V);
+    float *ref_logits = xmalloc(sizeof(float) * (size_t)N * V), *logits = xmalloc(sizeof(float) * (size_t)N * V);
+    double ref_loss = cpu_reference(m, ids, labels, B, T, ref_logits);
+    Param **params;
+    int n = model_trainable(m, &params);
+    float **ref_grads = copy_tensors(params, n, true);
+    GpuOptions opt = {.precision = prec, .recompute = qc->recompute};
+    GpuModel *g = gpu_model_create(m, &opt);
+    const char *status = "FAIL";
+    long w_diff = 0, w_total = 0;
+    if (!g) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+    for (int i = 0; i < m->n_linears; i++) {
+        Linear *lin = &m->linears[i];
+        long nw = (long)lin->in * lin->out;
+        float *cpu = xmalloc(sizeof(float) * nw), *dev = xmalloc(sizeof(float) * nw);
+        qweight_dequantize(lin->q, cpu);
+        if (gpu_dequantized_weight(g, lin, dev)) w_diff = -1;
+        for (long j = 0; j < nw && w_diff >= 0; j++) {
+            float want = prec == GPU_BF16 ? bf16_round(cpu[j]) : cpu[j];
+            w_diff += memcmp(&want, &dev[j], 4) != 0;
+        }
+        w_total += nw;
+        free(cpu);
+        free(dev);
+        if (w_diff < 0) break;
+    }
+    if (w_diff < 0) { snprintf(detail, sizeof detail, "dequantized weights: %s", peft_last_error()); goto out; }
+    if (isnan(gpu_forward(g, ids, NULL, B, T)) || gpu_get_logits(g, logits)) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+    double e_logits = rel_error(logits, ref_logits, (long)N * V);
+    double loss = gpu_loss_and_grads(g, ids, labels, B, T, NULL);
+    if (isnan(loss)) { snprintf(detail, sizeof detail, "%s", peft_last_error()); goto out; }
+    double e_loss = fabs(loss - ref_loss) / fabs(ref_loss), worst_e = 0, worst_cos = 1;
+    for (int i = 0; i < n; i++) {
+        double e = rel_error(params[i]->grad, ref_grads[i], params[i]->numel), cs = cosine(params[i]->grad, ref_grads[i], params[i]->numel);
+        if (e > worst_e || isnan(e)) worst_e = e;
+        if (cs < worst_cos || isnan(cs)) worst_cos = cs;
+    }
+    double step = gpu_train_step(g, ids, labels, B, T, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0);
+    bool ok = w_diff == 0 && isfinite(step) &&
+              (prec == GPU_FP32 ? (e_logits <= 1e-4 && e_loss <= 1e-5 && worst_e <= 1e-4) : (e_loss <= 1e-2 && worst_cos >= 0.999 && e_logits <= 5e-2));
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "weights: %ld of %ld differ; logits %.1e loss %.1e grads: max rel %.1e, min cos %.6f, %d tensors; step loss %.4f",
+             w_diff, w_total, e_logits, e_loss, worst_e, worst_cos, n, step);
+out:
+    report(status, label, detail);
+    gpu_model_free(g);
+    free_tensors_copy(ref_grads, n);
+    free(ref_logits);
+    free(logits);
+    free(ids);
+    free(labels);
+    model_free(m);
+}
+
+// A quantized weight is frozen: full fine-tuning of a quantized model is refused by gpu_model_create.
+static void run_quant_refuses_full(void) {
+    ModelConfig cfg;
+    if (config_parse(&cfg, LLAMA_CFG, "random")) { report("FAIL", "quant refuses full fine-tuning", peft_last_error()); return; }
+    Model *m = quantize_all(model_create_random(&cfg, 42), QUANT_NF4, true, QUANT_OUT_F32);
+    if (!m) { report("FAIL", "quant refuses full fine-tuning", peft_last_error()); return; }
+    model_train_all(m);
+    GpuOptions opt = {.precision = GPU_BF16};
+    GpuModel *g = gpu_model_create(m, &opt);
+    bool ok = !g && strstr(peft_last_error(), "quantized") && strstr(peft_last_error(), "frozen");
+    report(ok ? "PASS" : "FAIL", "quant refuses full fine-tuning", g ? "the GPU model was built" : peft_last_error());
+    gpu_model_free(g);
+    model_free(m);
+}
+
+// train_run --device cuda --quantize on the tiny GPT-2 (LoRA on every linear): each step's loss
+// against the CPU's quantized run (fp32: 1e-5 relative, bf16: 5e-2), and the saved adapters (fp32).
+static void run_trainer_quant(const char *name, QuantType t, bool nested, GpuPrecision prec) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
+    char *out_cpu = xasprintf("%s/quant-cpu-%d", tr_root, (int)t), *out_gpu = xasprintf("%s/quant-gpu-%d-%d", tr_root, (int)t, (int)prec);
+    TrainConfig c = trainer_config(METHOD_LORA, out_cpu);
+    c.max_steps = 8;
+    c.quantize = t;
+    c.double_quant = nested;
+    Rec a, b;
+    TrainResult ra, rb;
+    const char *status = "FAIL";
+    if (train(&c, &a, &ra)) { snprintf(detail, sizeof detail, "CPU: %s", peft_last_error()); goto out; }
+    c.out_dir = out_gpu;
+    c.cuda = true;
+    c.fp32 = prec == GPU_FP32;
+    if (train(&c, &b, &rb)) { snprintf(detail, sizeof detail, "GPU: %s", peft_last_error()); goto out; }
+    double e_loss = 0;
+    for (int i = 0; i < a.n && i < b.n; i++) e_loss = fmax(e_loss, rel_diff(b.loss[i], a.loss[i]));
+    char *fa = path_join(out_cpu, "adapter_model.safetensors"), *fb = path_join(out_gpu, "adapter_model.safetensors");
+    double e_w = compare_tensor_files(fb, fa);
+    free(fa);
+    free(fb);
+    double tol = prec == GPU_FP32 ? 1e-5 : 5e-2;  // bf16: 8 steps of bf16 compute apart
+    bool ok = a.n == 8 && b.n == 8 && e_loss <= tol && (prec == GPU_BF16 || e_w <= 1e-3);
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "%d steps: loss %.4f -> %.4f (CPU %.4f -> %.4f), max rel diff %.1e; adapter %.1e", b.n, b.loss[0],
+             b.loss[b.n - 1], a.loss[0], a.loss[a.n - 1], e_loss, e_w);
+out:
+    report(status, label, detail);
+    train_config_free(&c);
+    free(out_cpu);
+    free(out_gpu);
+}
+
 int main(int argc, char **argv) {
     char why[512];
     if (!gpu_available(why, sizeof why)) {
@@ -990,6 +1144,38 @@ int main(int argc, char **argv) {
         run_trainer_dropout("train lora dropout", GPU_FP32);
         run_trainer_dropout("train lora dropout", GPU_BF16);
     }
+    // A quantized base: nf4 / fp4 / int8, double quantization on and off, GPT-2 and Llama, LoRA / VeRA / AdaLoRA.
+    static const QuantCase quants[] = {
+        {"quant gpt2-lora-all nf4", GPT2_CFG, GPT2_ALL, METHOD_LORA, QUANT_NF4, true, false, QUANT_OUT_F32, 2, 100},
+        {"quant gpt2-lora-all nf4-nodq", GPT2_CFG, GPT2_ALL, METHOD_LORA, QUANT_NF4, false, false, QUANT_OUT_F32, 2, 64},
+        {"quant gpt2-lora-all fp4", GPT2_CFG, GPT2_ALL, METHOD_LORA, QUANT_FP4, true, false, QUANT_OUT_F32, 2, 64},
+        {"quant gpt2-lora-all int8", GPT2_CFG, GPT2_ALL, METHOD_LORA, QUANT_INT8, false, false, QUANT_OUT_F32, 2, 64},
+        {"quant gpt2-adalora-all nf4", GPT2_CFG, GPT2_ALL, METHOD_ADALORA, QUANT_NF4, true, false, QUANT_OUT_F32, 2, 64},
+        {"quant llama-lora-all nf4", LLAMA_CFG, LLAMA_ALL, METHOD_LORA, QUANT_NF4, true, false, QUANT_OUT_F32, 2, 100},
+        {"quant llama-lora-all fp4-nodq", LLAMA_CFG, LLAMA_ALL, METHOD_LORA, QUANT_FP4, false, false, QUANT_OUT_F32, 2, 64},
+        {"quant llama-lora-all int8", LLAMA_CFG, LLAMA_ALL, METHOD_LORA, QUANT_INT8, false, false, QUANT_OUT_F32, 2, 64},
+        {"quant llama-lora-qv nf4 out-bf16", LLAMA_CFG, "q_proj,v_proj", METHOD_LORA, QUANT_NF4, true, false, QUANT_OUT_BF16, 2, 64},
+        {"quant llama-lora-all fp4 out-f16 recompute", LLAMA_CFG, LLAMA_ALL, METHOD_LORA, QUANT_FP4, true, true, QUANT_OUT_F16, 2, 64},
+        {"quant llama-vera-all nf4", LLAMA_CFG, LLAMA_ALL, METHOD_VERA, QUANT_NF4, true, false, QUANT_OUT_F32, 2, 64},
+        {"quant llama-adalora-all int8", LLAMA_CFG, LLAMA_ALL, METHOD_ADALORA, QUANT_INT8, false, false, QUANT_OUT_F32, 2, 64},
+    };
+    for (int p = 0; p < 2; p++)
+        for (size_t i = 0; i < sizeof quants / sizeof *quants; i++)
+            if (WANT(quants[i].name)) run_quant(&quants[i], p ? GPU_BF16 : GPU_FP32);
+    if (WANT("quant refuses full fine-tuning")) run_quant_refuses_full();
+    // The quantization reference cases (tools/quant_reference/make_cases.py: float64 on the dequantized base), when made.
+    const char *qroot = getenv("PEFT_QUANT_FIXTURES") ? getenv("PEFT_QUANT_FIXTURES") : "tests/fixtures/quant";
+    static const char *qcases[] = {"gpt2-lora-nf4", "gpt2-lora-nf4-nodq", "gpt2-lora-fp4", "gpt2-lora-fp4-nodq", "gpt2-lora-int8",
+                                   "llama-lora-nf4", "llama-lora-nf4-nodq", "llama-lora-fp4", "llama-lora-fp4-nodq", "llama-lora-int8"};
+    if (WANT("quant reference") && !dir_exists(qroot))
+        printf("\n*** SKIPPED: %s not found: the quantization reference cases not run on the GPU ***\n\n", qroot);
+    for (int p = 0; p < 2 && WANT("quant reference") && dir_exists(qroot); p++)
+        for (size_t i = 0; i < sizeof qcases / sizeof *qcases; i++) run_fixture(qroot, qcases[i], p ? GPU_BF16 : GPU_FP32);
+    if (WANT("quant train nf4")) {
+        run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_FP32);
+        run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_BF16);
+    }
+    if (WANT("quant train int8")) run_trainer_quant("quant train int8", QUANT_INT8, false, GPU_FP32);
 #undef WANT
     trainer_cleanup();
     printf("%d passed, %d failed, %d skipped; peak GPU memory %.1f MiB\n", n_pass, n_fail, n_skip, gpu_peak_bytes() / 1048576.0);

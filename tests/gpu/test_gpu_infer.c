@@ -3,7 +3,8 @@
 // models; every call mixes rows of a LoRA, a VeRA and an AdaLoRA set and the base (prefills of
 // different lengths, then decode steps, a slot copied as beam search does). fp32: logits to
 // 1e-4 of their scale; bf16: cosine similarity >= 0.999. Then generate() (greedy and beam
-// search) on the GPU in fp32 equals the CPU's tokens. Without a GPU: a loud SKIPPED line, exit 0.
+// search) on the GPU in fp32 equals the CPU's tokens. The same on quantized bases (nf4 / fp4 / int8). Without
+// a GPU: a loud SKIPPED line, exit 0.
 #include "adapter.h"
 #include "config.h"
 #include "cuda/gpu.h"
@@ -93,11 +94,22 @@ static long run_script(Model *m, AdapterSet **sets, float *out) {
     return n_out;
 }
 
-static void test_kv_forward(const char *name, const char *config, const char *targets) {
+// Every block linear of m quantized (q: QUANT_NONE leaves m as it is).
+static Model *quantized(Model *m, QuantType q) {
+    for (int i = 0; q && i < m->n_linears; i++)
+        if (model_quantize_linear(m, &m->linears[i], q, true)) {
+            model_free(m);
+            return NULL;
+        }
+    return m;
+}
+
+static void test_kv_forward(const char *name, const char *config, const char *targets, QuantType q) {
     char label[128], detail[256];
     ModelConfig cfg;
     if (config_parse(&cfg, config, name)) { report(false, name, peft_last_error()); return; }
-    Model *m = model_create_random(&cfg, 5);
+    Model *m = quantized(model_create_random(&cfg, 5), q);
+    if (!m) { report(false, name, peft_last_error()); return; }
     AdapterSet *lora = random_set(m, METHOD_LORA, targets, 1), *vera = random_set(m, METHOD_VERA, targets, 2),
                *ada = random_set(m, METHOD_ADALORA, targets, 3);
     AdapterSet *sets[SLOTS] = {lora, vera, NULL, ada};
@@ -132,11 +144,12 @@ static void test_kv_forward(const char *name, const char *config, const char *ta
 }
 
 // generate() with a live attached adapter: greedy and beam search, the GPU (fp32) against the CPU.
-static void test_generate(const char *name, const char *config, const char *targets) {
+static void test_generate(const char *name, const char *config, const char *targets, QuantType q) {
     char label[128], detail[256];
     ModelConfig cfg;
     if (config_parse(&cfg, config, name)) { report(false, name, peft_last_error()); return; }
-    Model *m = model_create_random(&cfg, 9);
+    Model *m = quantized(model_create_random(&cfg, 9), q);
+    if (!m) { report(false, name, peft_last_error()); return; }
     AdapterConfig ac;
     adapter_config_defaults(&ac, METHOD_LORA);
     ac.r = 4;
@@ -183,13 +196,18 @@ int main(void) {
         printf("\n*** SKIPPED: %s: GPU inference tests not run ***\n\n", why);
         return 0;
     }
-    test_kv_forward("infer gpt2 lora+vera+adalora all", GPT2_CFG, "c_attn,c_proj,c_fc");
-    test_kv_forward("infer gpt2 c_attn only", GPT2_CFG, "c_attn");
-    test_kv_forward("infer llama GQA all-linear", LLAMA_CFG, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
-    test_kv_forward("infer llama q,v", LLAMA_CFG, "q_proj,v_proj");
-    test_kv_forward("infer mistral window 20 all-linear", MISTRAL_CFG, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
-    test_generate("gpt2", GPT2_CFG, "c_attn");
-    test_generate("llama", LLAMA_CFG, "q_proj,v_proj");
+    test_kv_forward("infer gpt2 lora+vera+adalora all", GPT2_CFG, "c_attn,c_proj,c_fc", QUANT_NONE);
+    test_kv_forward("infer gpt2 c_attn only", GPT2_CFG, "c_attn", QUANT_NONE);
+    test_kv_forward("infer llama GQA all-linear", LLAMA_CFG, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", QUANT_NONE);
+    test_kv_forward("infer llama q,v", LLAMA_CFG, "q_proj,v_proj", QUANT_NONE);
+    test_kv_forward("infer mistral window 20 all-linear", MISTRAL_CFG, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", QUANT_NONE);
+    test_generate("gpt2", GPT2_CFG, "c_attn", QUANT_NONE);
+    test_generate("llama", LLAMA_CFG, "q_proj,v_proj", QUANT_NONE);
+    // A quantized base (--quantize): the upload and the dequantization scratch shared with training.
+    test_kv_forward("infer quant nf4 gpt2 lora+vera+adalora all", GPT2_CFG, "c_attn,c_proj,c_fc", QUANT_NF4);
+    test_kv_forward("infer quant int8 llama GQA all-linear", LLAMA_CFG, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", QUANT_INT8);
+    test_generate("quant fp4 gpt2", GPT2_CFG, "c_attn", QUANT_FP4);
+    test_generate("quant nf4 llama", LLAMA_CFG, "q_proj,v_proj", QUANT_NF4);
     printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
