@@ -1170,7 +1170,7 @@ int main(int argc, char **argv) {
     if (WANT("quant reference") && !dir_exists(qroot))
         printf("\n*** SKIPPED: %s not found: the quantization reference cases not run on the GPU ***\n\n", qroot);
     for (int p = 0; p < 2 && WANT("quant reference") && dir_exists(qroot); p++)
-        for (size_t i = 0; i < sizeof qcases / sizeof *qcases; i++) run_fixture(qroot, qcases[i], p ? GPU_BF16 : GPU_FP32);
+        for (size_t i = 0; i < sizeof qcases / sizeof *qcases; i++) run_fixture(qroot, qcases[i], p ? GPU_BF16 : GPU_FP32, false);
     if (WANT("quant train nf4")) {
         run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_FP32);
         run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_BF16);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make_cases.sh PEFT DUMP_LOGITS OUT_DIR: adapters trained and saved by peft.c (VeRA without its
-# projections, LoRA, AdaLoRA with a pruned rank pattern, DoRA: LoRA with use_dora) and a merged
+# projections, LoRA, AdaLoRA with a pruned rank pattern, DoRA: LoRA with use_dora, LoRA with PEFT's
+# options (patterns, layers, bias, modules_to_save), PiSSA saved converted) and a merged
 # model, each with our logits, for tools/interop/check_peft.py to load with HF transformers + PEFT.
 set -euo pipefail
 PEFT=$1 DUMP=$2 OUT=$3
@@ -20,6 +21,25 @@ for arch in gpt2 llama; do
         [ $method = adalora ] && extra=(--init-r 6 --target-r 2 --tinit 2 --tfinal 2 --delta-t 1)
         [ $method = vera ] && extra=(--r 16)
         "$PEFT" train --model "$base" --data "$text" --method $method --targets all-linear --steps 12 --batch 4 \
+            --seq-len 32 --lr 1e-2 --threads 2 --overwrite --out "$OUT/train-$name" "${extra[@]}" >/dev/null
+        case_dir $name ../base-$arch ../train-$name
+        "$DUMP" "$base" "$OUT/train-$name" "$OUT/$name/logits.safetensors"
+    done
+    # PEFT's LoRA options (issue 18): per-module ranks and alphas, layers, trained biases, a module to save;
+    # and PiSSA, saved converted to a rank-2r LoRA of the original base.
+    opts="$OUT/options-$arch.json"
+    if [ $arch = gpt2 ]; then
+        targets=c_attn,c_proj,c_fc
+        echo '{"bias": "all", "rank_pattern": {"c_fc": 2}, "alpha_pattern": {"attn.c_proj": 4}, "layers_to_transform": [1], "layers_pattern": "h"}' > "$opts"
+    else
+        targets=all-linear
+        echo '{"exclude_modules": ["down_proj"], "rank_pattern": {"v_proj": 2}, "alpha_pattern": {"q_proj": 4}, "modules_to_save": ["lm_head"]}' > "$opts"
+    fi
+    for variant in options pissa; do
+        name=$arch-lora-$variant
+        extra=(--lora-options "$opts")
+        [ $variant = pissa ] && extra=(--init-lora-weights pissa)
+        "$PEFT" train --model "$base" --data "$text" --method lora --targets $targets --steps 12 --batch 4 \
             --seq-len 32 --lr 1e-2 --threads 2 --overwrite --out "$OUT/train-$name" "${extra[@]}" >/dev/null
         case_dir $name ../base-$arch ../train-$name
         "$DUMP" "$base" "$OUT/train-$name" "$OUT/$name/logits.safetensors"
