@@ -151,7 +151,11 @@ static void run_random(const RandCase *rc, GpuPrecision prec) {
     // gpu_train_step (lazy gradient zeroing, the head's gradient accumulated in place) must give the
     // same weights as zero_grad + forward + backward + AdamW on a second copy from the same start.
     double e_step = 0;
-    {
+    if (rc->type == METHOD_DORA) {  // refused there (see gpu_train_step); the trainer's step is the separate calls checked above
+        GpuModel *g2 = gpu_model_create(m, &opt);
+        if (!g2 || !isnan(gpu_train_step(g2, ids, labels, B, T, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.0)) || !strstr(peft_last_error(), "DoRA")) ok = false;
+        gpu_model_free(g2);
+    } else {
         float **w1 = xcalloc(n, sizeof(float *));
         if (gpu_adamw_step(g, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f) || gpu_download_trainables(g, false)) ok = false;
         for (int i = 0; i < n; i++) {
@@ -168,7 +172,9 @@ static void run_random(const RandCase *rc, GpuPrecision prec) {
                 double e = rel_error(params[i]->w, w1[i], params[i]->numel);
                 if (e > e_step || isnan(e)) e_step = e;
             }
-        if (!(e_step <= 1e-4)) ok = false;  // same math; GEMM algorithms may differ (beta 0 vs 1)
+        // Same math; GEMM algorithms may differ (beta 0 vs 1), and in bf16 the attention backward's fp32 atomics sum in
+        // another order, which AdamW's first step (+-lr wherever a near-zero gradient flips sign) shows: 2.2e-4 once in bf16.
+        if (!(e_step <= (prec == GPU_FP32 ? 1e-4 : 1e-3))) ok = false;
         gpu_model_free(g2);
         for (int i = 0; i < n; i++) free(w1[i]);
         free(w1);
