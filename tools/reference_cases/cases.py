@@ -60,6 +60,12 @@ ENCODER_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=72, num_hid
                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
 ENCODER_ALL_LINEAR = ("query", "key", "value", "intermediate.dense", "output.dense")
 
+# Mistral's and Qwen2's tiny models: Llama's dims (head_dim from hidden_size / heads).
+LLAMA_LIKE = dict(vocab_size=96, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, attention_dropout=0.0,
+                  tie_word_embeddings=False)
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 FAMILIES = {
     "gpt2": Family("GPT2Config",
                    dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64,
@@ -79,18 +85,8 @@ FAMILIES = {
                    dims=("vocab", "d", "ff", "L", "H", "labels"), targets=("query", "value"), task="seq_cls",
                    method_targets={"adalora": ENCODER_ALL_LINEAR}),
     # Llama's dims; Mistral's sliding window (4096) covers every sequence here; Qwen2 adds q/k/v biases.
-    "mistral": Family("MistralConfig",
-                      dict(vocab_size=96, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                           rms_norm_eps=1e-5, attention_dropout=0.0, tie_word_embeddings=False),
-                      dims=("vocab", "d", "ff", "L", "H", "KV"),
-                      targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
-    "qwen2": Family("Qwen2Config",
-                    dict(vocab_size=96, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         rms_norm_eps=1e-5, attention_dropout=0.0, tie_word_embeddings=False),
-                    dims=("vocab", "d", "ff", "L", "H", "KV"),
-                    targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    "mistral": Family("MistralConfig", LLAMA_LIKE, dims=("vocab", "d", "ff", "L", "H", "KV"), targets=LLAMA_TARGETS),
+    "qwen2": Family("Qwen2Config", LLAMA_LIKE, dims=("vocab", "d", "ff", "L", "H", "KV"), targets=LLAMA_TARGETS),
 }
 
 
