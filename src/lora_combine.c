@@ -1,8 +1,8 @@
 // lora_combine.c: see lora_combine.h. Per adapted module of the new set, in the model's order (PEFT's
 // named_modules order):
 //   cat:    A = [w_1 s_1 A_1; w_2 s_2 A_2; ...], B = [B_1, B_2, ...]
-//   *svd:   D = combine(s_k B_k A_k with weights w_k s_k); D = U S V^T; B = U_r S_r, A = V_r^T
-//           (PEFT weighs the deltas, which already hold s_k, by w_k s_k again: reproduced)
+//   *svd:   D = combine(s_k B_k A_k with weights w_k); D = U S V^T; B = U_r S_r, A = V_r^T
+//           (the deltas hold s_k, so the weights do not, as in PEFT 0.21; before huggingface/peft#3111 they were w_k s_k)
 //   others: A = combine(A_k with weights sign(w_k s_k) sqrt|w_k s_k|), B = combine(B_k with sqrt|w_k s_k|)
 // where combine is merge_utils' task_arithmetic (linear), magnitude_prune, ties, dare_linear or dare_ties.
 #include "lora_combine.h"
@@ -158,7 +158,7 @@ static int combine_svd(Adapter *a, Adapter **in, const double *wk, int n, const 
     for (int j = 0; j < n; j++) {
         t[j] = xmalloc(sizeof(float) * numel);
         in[j]->method->delta(in[j], t[j]);  // get_delta_weight: s B A
-        w[j] = (float)(wk[j] * in[j]->scaling);
+        w[j] = (float)wk[j];
     }
     CombineType base = o->type == COMBINE_SVD ? COMBINE_LINEAR : o->type == COMBINE_TIES_SVD ? COMBINE_TIES
                      : o->type == COMBINE_DARE_LINEAR_SVD ? COMBINE_DARE_LINEAR : o->type == COMBINE_DARE_TIES_SVD ? COMBINE_DARE_TIES

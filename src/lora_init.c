@@ -418,21 +418,28 @@ static int load_trained(CaseCheck *k, AdapterSet *set, const char *dir) {
     return rc;
 }
 
+// The adapter as trained, three ways. adapter/ loaded on model/ as PEFT's reference run loads it (the
+// decomposition again, from the generator at load_seed, peft.c's loader's 0) against io's logits; then the
+// tensors on this run's residual (from init_seed), which the converted adapters (ours saved now, PEFT's
+// converted/) must give on the original base. pissa_niter_K's residual depends on the generator's draws, so
+// the two residuals differ there, and each is compared with the logits of its own draws.
 static int check_conversion(CaseCheck *k, const char *dir, Model *m) {
-    char *io_path = path_join(dir, "io.safetensors"), *conv = path_join(dir, "converted");
+    char *io_path = path_join(dir, "io.safetensors"), *conv = path_join(dir, "converted"), *adapter = path_join(dir, "adapter");
     char *tmp = xasprintf("/tmp/peft-check-converted-%d", (int)getpid());
     SafeTensors io = {0};
     int32_t *ids = NULL;
-    float *ref = NULL;
+    float *ref = NULL, *trained = NULL;
+    long n = 0;
     int Bn = 0, T = 0, rc = st_open(&io, io_path) || check_read_ids(&io, "input_ids", &ids, &Bn, &T) ? -1 : 0;
     if (rc) snprintf(k->msg, k->cap, "%s", peft_last_error());
-    if (!rc && !(ref = case_tensor(k, &io, "logits", (long)Bn * T * m->cfg.vocab_size))) rc = -1;
+    if (!rc && !(ref = case_tensor(k, &io, "logits", n = (long)Bn * T * m->cfg.vocab_size))) rc = -1;
+    if (!rc) rc = logits_with(k, dir, adapter, "adapter/ loaded on model/ (decomposed from the load_seed generator)", ids, Bn, T, ref, 1e-4);
     if (!rc) rc = load_trained(k, m->adapters, dir);
-    if (!rc && !isnan(model_forward(m, ids, NULL, Bn, T)))
-        rc = case_within(k, "adapter on our residual base", "logits", rel_error(m->act.logits, ref, (long)Bn * T * m->cfg.vocab_size), 1e-4);
+    if (!rc && isnan(model_forward(m, ids, NULL, Bn, T))) { snprintf(k->msg, k->cap, "forward: %s", peft_last_error()); rc = -1; }
+    if (!rc) memcpy(trained = xmalloc(sizeof(float) * n), m->act.logits, sizeof(float) * n);
     if (!rc && adapters_save(m, tmp)) { snprintf(k->msg, k->cap, "saving converted: %s", peft_last_error()); rc = -1; }
-    if (!rc) rc = logits_with(k, dir, tmp, "our converted adapter on the original base", ids, Bn, T, ref, 1e-4);
-    if (!rc) rc = logits_with(k, dir, conv, "PEFT's converted adapter on the original base", ids, Bn, T, ref, 1e-4);
+    if (!rc) rc = logits_with(k, dir, tmp, "our converted adapter on the original base, against the adapter on our init_seed residual", ids, Bn, T, trained, 1e-4);
+    if (!rc) rc = logits_with(k, dir, conv, "PEFT's converted adapter on the original base, against the adapter on our init_seed residual", ids, Bn, T, trained, 1e-4);
     // The two converted configs agree on rank and alpha (PEFT's r * 2, lora_alpha * 2 or * sqrt 2).
     AdapterConfig ours, theirs;
     char *ours_path = path_join(tmp, "adapter_config.json"), *theirs_path = path_join(conv, "adapter_config.json");
@@ -455,8 +462,10 @@ static int check_conversion(CaseCheck *k, const char *dir, Model *m) {
     st_close(&io);
     free(ids);
     free(ref);
+    free(trained);
     free(io_path);
     free(conv);
+    free(adapter);
     free(tmp);
     return rc;
 }
@@ -464,7 +473,7 @@ static int check_conversion(CaseCheck *k, const char *dir, Model *m) {
 int lora_init_check_case(const char *dir, const void *case_json, double *max_err, char *msg, size_t cap) {
     CaseCheck k = {.msg = msg, .cap = cap};
     msg[0] = 0;
-    const cJSON *seed = cJSON_GetObjectItem(case_json, "init_seed");
+    const cJSON *seed = cJSON_GetObjectItem(case_json, "init_seed"), *load_seed = cJSON_GetObjectItem(case_json, "load_seed");
     char *model_dir = path_join(dir, "model"), *cfg_path = path_join(dir, "adapter/adapter_config.json"), *init_path = path_join(dir, "init.safetensors");
     char *conv = path_join(dir, "converted");
     AdapterConfig cfg;
@@ -472,6 +481,8 @@ int lora_init_check_case(const char *dir, const void *case_json, double *max_err
     Model *m = NULL;
     int rc = -1;
     if (!cJSON_IsNumber(seed)) snprintf(msg, cap, "%s/case.json: no init_seed", dir);
+    else if (load_seed && !(cJSON_IsNumber(load_seed) && load_seed->valuedouble == 0))
+        snprintf(msg, cap, "%s/case.json: load_seed must be 0, the generator seed peft.c's loader decomposes with", dir);
     else if (adapter_config_load(&cfg, cfg_path)) snprintf(msg, cap, "%s", peft_last_error());
     else {
         if (!(m = model_load(model_dir)) || adapters_attach(m, &cfg, (uint64_t)seed->valuedouble) || st_open(&st, init_path))

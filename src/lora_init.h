@@ -37,6 +37,7 @@ int lora_init_save(AdapterSet *set, void *writer /*StWriter*/, void *config_json
 // A reference case with init.safetensors (tools/reference_cases: init_lora_weights set; case: its parsed
 // case.json): our initialisation of model/ with adapter/'s config and case.json's init_seed against PEFT's
 // (tensors; PiSSA / OLoRA factors up to a sign per rank, and the residual base weights); with converted/,
-// the conversion: the adapter's tensors on the residual base, ours saved converted and PEFT's converted/,
-// each on the original base, give io.safetensors' logits. 0 when all match; else msg says what.
+// the conversion: adapter/ loaded on model/ (decomposed again from the generator at load_seed, which must be
+// peft.c's loader's 0) gives io.safetensors' logits, and ours saved converted and PEFT's converted/, each on
+// the original base, give the adapter's tensors on the init_seed residual. 0 when all match; else msg says what.
 int lora_init_check_case(const char *dir, const void *case_json, double *max_err, char *msg, size_t cap);
