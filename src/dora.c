@@ -90,6 +90,7 @@ static void dora_free_state(AdapterSet *set) {
         free(st);
         set->adapters[i].state = NULL;
     }
+    lora_method.free_state(set);  // LoRA's init keeps its generator in the set's state (lora_init.c)
 }
 
 // extra [N,out] keeps x' W^T + s x' A^T B^T, the direction's output that m's gradient needs.
