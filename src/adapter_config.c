@@ -271,6 +271,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
                          method_names(types, sizeof types, ", ", ", ", LIST_PEFT_TYPES));
     adapter_config_defaults(c, type);
     if (check_keys(j, method_get(type), path) || find_variant(j, &c->type, path)) return -1;
+    MethodId file_type = type;  // LORA for DoRA too: LoRA's keys are read for its variants
     type = c->type;
     double key = 0;  // projection_prng_key: an integer seed; torch wraps negative ones to uint64
     if (jint(j, "r", &c->r, path) || jfloat(j, "lora_alpha", &c->alpha, path) ||
@@ -287,7 +288,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
         jbool(j, "save_projection", &c->save_projection, path))
         return -1;
     const cJSON *init = jfield(j, "init_lora_weights");
-    if (type == METHOD_LORA && init) {
+    if (file_type == METHOD_LORA && init) {
         if (!cJSON_IsBool(init) && !cJSON_IsString(init)) return peft_fail("%s: \"init_lora_weights\" must be true, false or a string", path);
         if (lora_init_parse(c, cJSON_IsString(init) ? init->valuestring : cJSON_IsTrue(init) ? "true" : "false", path)) return -1;
     }

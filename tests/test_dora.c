@@ -321,6 +321,12 @@ TEST(dora_config_use_dora) {
     CHECK(adapter_config_parse(&c, "{\"peft_type\":\"ADALORA\",\"init_r\":4,\"target_modules\":[\"q\"],\"use_dora\":true}", "a.json") != 0);
     CHECK(strstr(peft_last_error(), "use_dora") && strstr(peft_last_error(), "AdaLoRA does not support DoRA"));
     CHECK(adapter_config_parse(&c, "{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q\"],\"use_dora\":true,\"lora_bias\":true}", "a.json") != 0);
+    // LoRA's init_lora_weights is read for DoRA too: one that would decompose the base is refused by name.
+    CHECK(adapter_config_parse(&c, "{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q\"],\"use_dora\":true,\"init_lora_weights\":\"pissa\"}", "a.json") != 0);
+    CHECK(strstr(peft_last_error(), "pissa") && strstr(peft_last_error(), "use_dora"));
+    CHECK(adapter_config_parse(&c, "{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q\"],\"use_dora\":true,\"init_lora_weights\":\"kaiming\"}", "a.json") != 0);
+    CHECK(adapter_config_parse(&c, "{\"peft_type\":\"LORA\",\"r\":4,\"target_modules\":[\"q\"],\"use_dora\":true,\"init_lora_weights\":\"gaussian\"}", "a.json") == 0);
+    adapter_config_free(&c);
     MethodId id;
     CHECK(method_from_peft_type(lora_method.peft_type, &id) == 0 && id == METHOD_LORA);
     CHECK(method_parse("dora", &id) == 0 && id == METHOD_DORA);
