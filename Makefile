@@ -4,7 +4,13 @@
 CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2 -march=x86-64-v2
-CFLAGS  += -std=c11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -Icli
+# src/ is one folder per concern (docs/architecture.md); headers are included by name ("model.h"), so
+# every folder is on the include path, found by wildcard: a new folder needs no edit here. src itself
+# stays on it for "cuda/gpu.h".
+SRC_DIRS := $(patsubst %/,%,$(sort $(dir $(wildcard src/*/))))
+SRC_INC  := -Iinclude -Isrc $(SRC_DIRS:%=-I%)
+SRC_H     = $(wildcard include/*.h src/*.h src/*/*.h)
+CFLAGS  += -std=c11 -g $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE $(SRC_INC) -Icli
 # The OpenMP build of OpenBLAS: the pthread build (Debian's default alternative when both are
 # installed) spins its own threads against ours and wastes most of the cores.
 OPENBLAS_OMP := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
@@ -23,7 +29,8 @@ endif
 # Debian packages the build and tests need (checked by `make setup`).
 PACKAGES = build-essential libopenblas-openmp-dev liblapacke-dev libcjson-dev libpcre2-dev libmicrohttpd-dev curl clang libomp-dev
 
-LIB_SRC  = $(wildcard src/*.c)
+# The library: every folder's .c files but the CUDA backend's (GPU_OBJ below), and any still flat in src/.
+LIB_SRC  = $(wildcard src/*.c) $(filter-out src/cuda/%,$(wildcard src/*/*.c))
 LIB_OBJ  = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
 CLI_SRC  = $(wildcard cli/*.c)
 CLI_OBJ  = $(CLI_SRC:cli/%.c=$(BUILD)/cli/%.o)
@@ -45,7 +52,7 @@ endif
 GPU_OBJ    = $(BUILD)/cuda/gpu_check.o
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVFLAGS   += -std=c++17 -O3 -g -lineinfo -arch=$(CUDA_ARCH) -Iinclude -Isrc -Isrc/cuda
+NVFLAGS   += -std=c++17 -O3 -g -lineinfo -arch=$(CUDA_ARCH) $(SRC_INC)
 # sm_90a (Hopper's arch-specific instructions) enables the wgmma attention kernels.
 NVFLAGS   += $(if $(filter sm_90a,$(CUDA_ARCH)),-DPEFT_WGMMA)
 GPU_OBJ   += $(patsubst src/cuda/%.cu,$(BUILD)/cuda/%.o,$(wildcard src/cuda/*.cu))
@@ -64,26 +71,26 @@ GIT_REV := $(shell r=$$(git rev-parse --short=12 HEAD 2>/dev/null) || r=unknown;
 .PHONY: FORCE all setup test layout-check unit-test check-fixtures cli-test gpu-test demo bench bench-gpu bench-memory fuzz fuzz-smoke fuzz-seeds clean
 all: $(BUILD)/peft $(BUILD)/libpeft.a
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
+$(BUILD)/obj/%.o: src/%.c $(SRC_H) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/cli/%.o: cli/%.c $(wildcard src/*.h include/*.h cli/*.h) | $(BUILD)/.setup
+$(BUILD)/cli/%.o: cli/%.c $(SRC_H) $(wildcard cli/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/tests/%.o: tests/%.c $(wildcard src/*.h include/*.h tests/*.h fuzz/*.h) | $(BUILD)/.setup
+$(BUILD)/tests/%.o: tests/%.c $(SRC_H) $(wildcard tests/*.h fuzz/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/fuzz/%.o: fuzz/%.c $(wildcard src/*.h include/*.h fuzz/*.h) | $(BUILD)/.setup
+$(BUILD)/fuzz/%.o: fuzz/%.c $(SRC_H) $(wildcard fuzz/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/cuda/%.o: src/cuda/%.cu $(wildcard src/cuda/*.cuh src/cuda/*.h src/*.h) | $(BUILD)/.setup
+$(BUILD)/cuda/%.o: src/cuda/%.cu $(SRC_H) $(wildcard src/cuda/*.cuh) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
-$(BUILD)/cuda/%.o: src/cuda/%.c $(wildcard src/cuda/*.h src/*.h include/*.h) | $(BUILD)/.setup
+$(BUILD)/cuda/%.o: src/cuda/%.c $(SRC_H) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
-$(BUILD)/gpu/%.o: bench/gpu/%.c $(wildcard src/*.h src/cuda/*.h bench/*.h) | $(BUILD)/.setup
+$(BUILD)/gpu/%.o: bench/gpu/%.c $(SRC_H) $(wildcard bench/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -167,19 +174,19 @@ bench-memory: $(BUILD)/memory_bench
 # built by clang with ASan and UBSan in build-fuzz/, the same with or without SAN=1. With
 # -fopenmp=libgomp clang ignores the OpenMP loops (one thread) and links OpenBLAS's runtime.
 FUZZ_CC      ?= clang
-FUZZ_CFLAGS   = -std=c11 -g -O1 -D_GNU_SOURCE -fopenmp=libgomp -Iinclude -Isrc -fno-omit-frame-pointer \
+FUZZ_CFLAGS   = -std=c11 -g -O1 -D_GNU_SOURCE -fopenmp=libgomp $(SRC_INC) -fno-omit-frame-pointer \
                 -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_TARGETS  = $(patsubst fuzz/fuzz_%.c,build-fuzz/fuzz_%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_LIB_OBJ  = $(LIB_SRC:src/%.c=build-fuzz/obj/%.o) build-fuzz/obj/gpu_stub.o build-fuzz/obj/gpu_check.o
 FUZZ_SECONDS ?= 20
 
-build-fuzz/obj/%.o: src/%.c $(wildcard src/*.h include/*.h) | $(BUILD)/.setup
+build-fuzz/obj/%.o: src/%.c $(SRC_H) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
-build-fuzz/obj/%.o: src/cuda/%.c $(wildcard src/cuda/*.h src/*.h include/*.h) | $(BUILD)/.setup
+build-fuzz/obj/%.o: src/cuda/%.c $(SRC_H) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
-build-fuzz/fuzz/%.o: fuzz/%.c $(wildcard src/*.h include/*.h fuzz/*.h) | $(BUILD)/.setup
+build-fuzz/fuzz/%.o: fuzz/%.c $(SRC_H) $(wildcard fuzz/*.h) | $(BUILD)/.setup
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 build-fuzz/libpeft.a: $(FUZZ_LIB_OBJ)

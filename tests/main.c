@@ -2,7 +2,7 @@
 #define _GNU_SOURCE
 #endif
 #include "test.h"
-#include "../src/util.h"
+#include "util.h"
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>

@@ -4,14 +4,14 @@
 // reference cases; errors for impossible schedules.
 #include "test.h"
 #include "helpers.h"
-#include "../src/adalora.h"
-#include "../src/adapter.h"
-#include "../src/check.h"
-#include "../src/config.h"
-#include "../src/model.h"
-#include "../src/optim.h"
-#include "../src/safetensors.h"
-#include "../src/util.h"
+#include "adalora.h"
+#include "adapter.h"
+#include "check.h"
+#include "config.h"
+#include "model.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>

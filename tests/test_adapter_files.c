@@ -3,9 +3,9 @@
 // that nothing uses (refused by name rather than ignored).
 #include "test.h"
 #include "helpers.h"
-#include "../src/adapter.h"
-#include "../src/safetensors.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "safetensors.h"
+#include "util.h"
 #include <stdlib.h>
 #include <string.h>
 

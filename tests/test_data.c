@@ -2,12 +2,12 @@
 // quoting, truncation counts, the cache, splits, batches, and errors that name file and line.
 #include "test.h"
 #include "helpers.h"
-#include "../src/config.h"
-#include "../src/data.h"
-#include "../src/json_bytes.h"
-#include "../src/model.h"
-#include "../src/tokenizer.h"
-#include "../src/util.h"
+#include "config.h"
+#include "data.h"
+#include "json_bytes.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>

@@ -5,11 +5,11 @@
 // use_dora (and PEFT's refusals); the reference cases when generated (skipped by name until then).
 #include "test.h"
 #include "helpers.h"
-#include "../src/adapter.h"
-#include "../src/check.h"
-#include "../src/gguf_export.h"
-#include "../src/safetensors.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "check.h"
+#include "gguf_export.h"
+#include "safetensors.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>

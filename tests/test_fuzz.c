@@ -4,7 +4,7 @@
 // `make fuzz-seeds` remakes those our own code makes).
 #include "test.h"
 #include "../fuzz/fuzz.h"
-#include "../src/util.h"
+#include "util.h"
 #include <dirent.h>
 #include <stdlib.h>
 #include <string.h>

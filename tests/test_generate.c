@@ -1,11 +1,11 @@
 // test_generate.c: the KV-cache forward against the training forward, live vs merged adapters,
 // sampling, beam search, stop strings and streaming, on tiny random models.
 #include "test.h"
-#include "../src/adapter.h"
-#include "../src/generate.h"
-#include "../src/model.h"
-#include "../src/tokenizer.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "generate.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "util.h"
 #include <stdlib.h>
 #include <string.h>
 

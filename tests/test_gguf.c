@@ -4,9 +4,9 @@
 // back by llama.cpp and @huggingface/gguf in tests/cli_gguf_test.sh.
 #include "test.h"
 #include "helpers.h"
-#include "../src/gguf_export.h"
-#include "../src/gguf_writer.h"
-#include "../src/util.h"
+#include "gguf_export.h"
+#include "gguf_writer.h"
+#include "util.h"
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,9 +1,9 @@
 // test_jinja.c: the Jinja interpreter's errors, limits and byte handling (its rendering is checked
 // against @huggingface/jinja by tests/cli_template_test.sh).
 #include "test.h"
-#include "../src/jinja.h"
-#include "../src/json_bytes.h"
-#include "../src/util.h"
+#include "jinja.h"
+#include "json_bytes.h"
+#include "util.h"
 #include <stdlib.h>
 #include <string.h>
 

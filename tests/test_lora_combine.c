@@ -4,13 +4,13 @@
 // target union); PEFT's refusals; save and reload.
 #include "test.h"
 #include "helpers.h"
-#include "../src/adapter.h"
-#include "../src/lora_combine.h"
-#include "../src/lora_init.h"
-#include "../src/model.h"
-#include "../src/check.h"
-#include "../src/safetensors.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "lora_combine.h"
+#include "lora_init.h"
+#include "model.h"
+#include "check.h"
+#include "safetensors.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>

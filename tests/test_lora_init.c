@@ -5,12 +5,12 @@
 // base the logits the trained adapter gives on the residual base; what PEFT itself cannot do is refused.
 #include "test.h"
 #include "helpers.h"
-#include "../src/adapter.h"
-#include "../src/check.h"
-#include "../src/lora_init.h"
-#include "../src/model.h"
-#include "../src/torch_rng.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "check.h"
+#include "lora_init.h"
+#include "model.h"
+#include "torch_rng.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>

@@ -3,9 +3,9 @@
 // positions), Llama (rope, GQA) and Mistral's sliding window.
 #include "test.h"
 #include "helpers.h"
-#include "../src/data.h"
-#include "../src/model.h"
-#include "../src/util.h"
+#include "data.h"
+#include "model.h"
+#include "util.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -4,8 +4,8 @@
 // and the double-quantized statistics. tests/test_quant_cases.c compares with the torch reference.
 #include "test.h"
 #include "helpers.h"
-#include "../src/quant.h"
-#include "../src/util.h"
+#include "quant.h"
+#include "util.h"
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>

@@ -3,9 +3,9 @@
 // and every quantization, the packed bytes, the statistics (absmax, nested codes, nested absmax, offset,
 // the maps, SCB) and the dequantized values must be bit-identical. Skipped, loudly, without the cases.
 #include "test.h"
-#include "../src/quant.h"
-#include "../src/safetensors.h"
-#include "../src/util.h"
+#include "quant.h"
+#include "safetensors.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>

@@ -4,9 +4,9 @@
 // test_quant_bnb_folder checks the reference's model-bnb folders (run by test_quant_model.c).
 #include "test.h"
 #include "helpers.h"
-#include "../src/model.h"
-#include "../src/quant_files.h"
-#include "../src/util.h"
+#include "model.h"
+#include "quant_files.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>

@@ -4,11 +4,11 @@
 // model case of tools/quant_reference passes peft check (skipped without the cases).
 #include "test.h"
 #include "helpers.h"
-#include "../src/adapter.h"
-#include "../src/check.h"
-#include "../src/estimate.h"
-#include "../src/train.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "check.h"
+#include "estimate.h"
+#include "train.h"
+#include "util.h"
 #include <dirent.h>
 #include <stdlib.h>
 #include <string.h>

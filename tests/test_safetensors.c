@@ -2,8 +2,8 @@
 // sharded model folders, and one test per kind of malformed file (each must fail cleanly with
 // an error that names the file).
 #include "test.h"
-#include "../src/safetensors.h"
-#include "../src/util.h"
+#include "safetensors.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>

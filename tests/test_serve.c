@@ -4,13 +4,13 @@
 // limits (queue, timeout, cancel, prompt length); the adapter pool's LRU eviction.
 #include "test.h"
 #include "helpers.h"
-#include "../src/adapter.h"
-#include "../src/byte_tokenizer.h"
-#include "../src/config.h"
-#include "../src/generate.h"
-#include "../src/json_bytes.h"
-#include "../src/serve.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "byte_tokenizer.h"
+#include "config.h"
+#include "generate.h"
+#include "json_bytes.h"
+#include "serve.h"
+#include "util.h"
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

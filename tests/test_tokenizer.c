@@ -1,9 +1,9 @@
 // test_tokenizer.c: GPT-2 reference cases, hand-built tokenizer.json files in the Llama-2,
 // legacy Metaspace, GPT-2 and Llama-3 styles (expected ids worked out by hand below), and errors.
 #include "test.h"
-#include "../src/byte_tokenizer.h"
-#include "../src/tokenizer.h"
-#include "../src/util.h"
+#include "byte_tokenizer.h"
+#include "tokenizer.h"
+#include "util.h"
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

@@ -2,9 +2,9 @@
 // x86-64 CPU with AVX2/AVX512 (torch.Generator().manual_seed(...) and the named call),
 // stored as float bits, or comes from the hf-peft fixtures.
 #include "test.h"
-#include "../src/torch_rng.h"
-#include "../src/safetensors.h"
-#include "../src/util.h"
+#include "torch_rng.h"
+#include "safetensors.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>

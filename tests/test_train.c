@@ -5,9 +5,9 @@
 // evaluate to the loss training reported; an empty dataset is an error; weight decay skips the 1-D
 // tensors of full fine-tuning only.
 #include "test.h"
-#include "../src/safetensors.h"
-#include "../src/train.h"
-#include "../src/util.h"
+#include "safetensors.h"
+#include "train.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <float.h>

@@ -3,13 +3,13 @@
 // only the lambdas and reload to identical logits; merge/unmerge; the reference cases; errors.
 #include "test.h"
 #include "helpers.h"
-#include "../src/adapter.h"
-#include "../src/check.h"
-#include "../src/config.h"
-#include "../src/model.h"
-#include "../src/safetensors.h"
-#include "../src/torch_rng.h"
-#include "../src/util.h"
+#include "adapter.h"
+#include "check.h"
+#include "config.h"
+#include "model.h"
+#include "safetensors.h"
+#include "torch_rng.h"
+#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
