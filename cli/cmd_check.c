@@ -2,9 +2,8 @@
 // N skipped"; exit 1 on any FAIL, and on any SKIP unless --allow-skip (a folder that is no case, a
 // case the GPU does not run, no GPU: a check that did not happen is not a pass).
 // --device cuda runs the model cases on the GPU (fp32 parity mode, or --bf16).
-#include "check.h"
+#include "peft.h"
 #include "cli.h"
-#include "cuda/gpu.h"
 #include <stdio.h>
 #include <string.h>
 

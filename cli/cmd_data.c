@@ -7,12 +7,7 @@
 //                                                @huggingface/jinja); with --model, the text's
 //                                                token ids too ({"text", "ids"})
 #include "cli.h"
-#include "config.h"
-#include "data.h"
-#include "jinja.h"
-#include "tokenizer.h"
-#include "json_bytes.h"
-#include "util.h"
+#include "peft.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

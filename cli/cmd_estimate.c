@@ -2,11 +2,8 @@
 //               [--batch N] [--context N] [--json]
 // Trainable parameters, the adapter file's size and the training memory of a method, next to full
 // fine-tuning's, without loading or allocating the model.
-#include "adapter.h"
+#include "peft.h"
 #include "cli.h"
-#include "estimate.h"
-#include "lora_init.h"
-#include "util.h"
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>

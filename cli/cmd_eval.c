@@ -1,7 +1,6 @@
 // peft eval: the loss and perplexity of a model (with an adapter, if given) on a dataset.
 #include "cli.h"
-#include "train.h"
-#include "util.h"
+#include "peft.h"
 #include <stdio.h>
 
 

@@ -1,11 +1,8 @@
 // peft export --model DIR [--adapter DIR] [--merge] --to gguf --out FILE [--type f32|f16|bf16|q8_0]:
 // the model (without --adapter, or with the adapter merged) or the adapter alone as a GGUF file for
 // llama.cpp, Ollama and LM Studio (docs/gguf.md).
-#include "adapter.h"
+#include "peft.h"
 #include "cli.h"
-#include "gguf_export.h"
-#include "model.h"
-#include "util.h"
 #include <stdio.h>
 #include <string.h>
 

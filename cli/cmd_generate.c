@@ -3,15 +3,8 @@
 // prompt and each gets exactly one output line, in order (newlines in prompts and outputs are
 // written as \n, backslashes as \\). An adapter is merged into the weights unless --no-merge.
 // --ids prints each prompt's generated token ids instead (to compare with other tools).
-#include "adapter.h"
+#include "peft.h"
 #include "cli.h"
-#include "cuda/gpu.h"
-#include "data.h"
-#include "generate.h"
-#include "json_bytes.h"
-#include "model.h"
-#include "tokenizer.h"
-#include "util.h"
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>

@@ -1,10 +1,6 @@
 // peft info --model DIR [--adapter DIR]: load and validate everything, then describe it.
-#include "adapter.h"
+#include "peft.h"
 #include "cli.h"
-#include "lora_init.h"
-#include "model.h"
-#include "tokenizer.h"
-#include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>

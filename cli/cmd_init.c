@@ -1,12 +1,8 @@
 // peft init: a new HF model folder with random weights (std 0.02), to pretrain from scratch.
 // Without --tokenizer-from it gets a byte-level tokenizer (vocab 257); with it, the vocabulary is
 // the tokenizer's (its largest id + 1) unless --vocab asks for more.
-#include "byte_tokenizer.h"
+#include "peft.h"
 #include "cli.h"
-#include "estimate.h"
-#include "model.h"
-#include "tokenizer.h"
-#include "util.h"
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,12 +6,8 @@
 // peft merge --model DIR --adapters A:0.7,B:0.3 --combination TYPE [--density D] ... --out DIR: PEFT's
 // add_weighted_adapter of several LoRA adapters (lora_combine.c), saved as one adapter folder, or with
 // --into-model merged into the base as above.
-#include "adapter.h"
-#include "check.h"
+#include "peft.h"
 #include "cli.h"
-#include "lora_combine.h"
-#include "model.h"
-#include "util.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,8 +1,7 @@
 // peft quantize --model DIR --to nf4|fp4|int8 [--no-double-quant] --out DIR: the model with its linears
 // quantized as bitsandbytes does, saved as transformers saves such a model (from_pretrained loads it).
 #include "cli.h"
-#include "model.h"
-#include "util.h"
+#include "peft.h"
 #include <stdio.h>
 
 int cmd_quantize(int argc, char **argv) {

@@ -4,8 +4,7 @@
 //           blank lines: one reference per line), or a CSV/TSV with mr and ref columns, grouped by
 //           consecutive equal mr (e2e's testset_w_refs.csv)
 #include "cli.h"
-#include "metrics.h"
-#include "util.h"
+#include "peft.h"
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,8 +1,7 @@
 // peft serve --model DIR --adapters DIR [--port N] ...: an OpenAI-compatible HTTP server for one
 // base model and many adapters, batching requests for different adapters together (src/serve.h).
 #include "cli.h"
-#include "serve.h"
-#include "util.h"
+#include "peft.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

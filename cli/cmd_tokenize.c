@@ -2,8 +2,7 @@
 // reads the text from stdin (any bytes, NUL included). --decode turns ids back into text, written
 // byte for byte (NUL included).
 #include "cli.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "peft.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

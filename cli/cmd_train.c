@@ -1,11 +1,7 @@
 // peft train: options -> TrainConfig -> train_run, with a progress bar (or plain lines when
 // stderr is not a terminal). Ctrl-C saves a checkpoint and exits; --resume continues from it.
 #include "cli.h"
-#include "lora_init.h"
-#include "method.h"
-#include "progress.h"
-#include "train.h"
-#include "util.h"
+#include "peft.h"
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>

@@ -1,6 +1,5 @@
 #include "cli.h"
-#include "quant.h"
-#include "util.h"
+#include "peft.h"
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>

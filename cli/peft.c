@@ -1,7 +1,6 @@
 // peft: the command-line interface. Each subcommand is a thin layer over the library.
 #include "cli.h"
-#include "method.h"
-#include "version.h"
+#include "peft.h"
 #include <stdio.h>
 #include <string.h>
 
