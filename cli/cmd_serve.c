@@ -1,5 +1,5 @@
 // peft serve --model DIR --adapters DIR [--port N] ...: an OpenAI-compatible HTTP server for one
-// base model and many adapters, batching requests for different adapters together (src/serve.h).
+// base model and many adapters, batching requests for different adapters together (src/serve/serve.h).
 #include "cli.h"
 #include "peft.h"
 #include <stdio.h>

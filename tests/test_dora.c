@@ -1,4 +1,4 @@
-// test_dora.c: DoRA (src/dora.c). PEFT's formulas written out here in double on tiny models (the
+// test_dora.c: DoRA (src/methods/dora.c). PEFT's formulas written out here in double on tiny models (the
 // magnitude's start, the adapted linear's output); gradients against central differences of a loss
 // that holds the weight norm at its unperturbed value, as PEFT's detach does; merge == the live
 // adapter and unmerge restores the base; save/reload bit for bit under PEFT's names; the config's

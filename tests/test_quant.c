@@ -1,4 +1,4 @@
-// test_quant.c: bitsandbytes' 4-bit, double and int8 quantization (src/quant.c) against the
+// test_quant.c: bitsandbytes' 4-bit, double and int8 quantization (src/quant/quant.c) against the
 // definitions: hand-worked blocks (codes, nibble order, a padded odd block, an all-zero block),
 // every code value mapping to itself, the dynamic map's shape, the error bounds of a round trip,
 // and the double-quantized statistics. tests/test_quant_cases.c compares with the torch reference.

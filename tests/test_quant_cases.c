@@ -1,4 +1,4 @@
-// test_quant_cases.c: src/quant.c against the torch re-implementation of bitsandbytes' source
+// test_quant_cases.c: src/quant/quant.c against the torch re-implementation of bitsandbytes' source
 // (tools/quant_reference, cases in tests/fixtures/quant or PEFT_QUANT_FIXTURES): for every tensor case
 // and every quantization, the packed bytes, the statistics (absmax, nested codes, nested absmax, offset,
 // the maps, SCB) and the dequantized values must be bit-identical. Skipped, loudly, without the cases.

@@ -1,4 +1,4 @@
-// test_quant_files.c: bitsandbytes-quantized model folders (src/quant_files.c): what peft quantize
+// test_quant_files.c: bitsandbytes-quantized model folders (src/quant/quant_files.c): what peft quantize
 // writes loads back bit for bit (GPT-2 and Llama, nf4 / fp4 / int8, double quantization on and off);
 // every quantization_config key and quantized tensor that is not understood is refused by name;
 // test_quant_bnb_folder checks the reference's model-bnb folders (run by test_quant_model.c).

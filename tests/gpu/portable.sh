@@ -23,7 +23,7 @@ cc build/cli/*.o "${LIBS[@]}" -Wl,-Bstatic -lmicrohttpd -Wl,-Bdynamic -lgnutls -
 cc build/tests/gpu/test_gpu.o "${LIBS[@]}" -o "$OUT/test_gpu"
 cc build/tests/gpu/test_gpu_infer.o "${LIBS[@]}" -o "$OUT/test_gpu_infer"
 cc build/gpu/bench_gpu.o "${LIBS[@]}" -o "$OUT/bench_gpu"
-cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -Icli -c bench/memory_bench.c -o build/memory_bench.o
+cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc $(for d in src/*/; do printf -- "-I%s " "${d%/}"; done)-Icli -c bench/memory_bench.c -o build/memory_bench.o
 cc build/memory_bench.o "${LIBS[@]}" -o "$OUT/memory_bench"
 for l in libcjson.so.1 libgomp.so.1 libgfortran.so.5 libquadmath.so.0; do cp -L "/usr/lib/x86_64-linux-gnu/$l" "$OUT/lib/"; done
 # GnuTLS and its libraries (not the C library's own, which the machine has).

@@ -3,7 +3,7 @@ from its published source (bitsandbytes/functional.py: quantize_4bit / dequantiz
 quantize_blockwise with the dynamic map, QuantState.as_dict, int8_vectorwise_dequant; csrc/kernels.cu:
 kQuantizeBlockwise, dQuantizeNF4, dQuantizeFP4, dQuantize<0>, kDequantizeBlockwise, dDequantizeFP4Tree).
 bitsandbytes itself is not installed (no wheels on the GPU machine); this is the reference that
-src/quant.c is checked against. Every operation is one fp32 tensor operation, as each statement of the
+src/quant/quant.c is checked against. Every operation is one fp32 tensor operation, as each statement of the
 kernels is one fp32 operation (no fused multiply-add anywhere here).
 
 Where the source leaves the bits open, this file fixes them (and docs/quantization.md says so):
