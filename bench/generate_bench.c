@@ -3,9 +3,7 @@
 // the weights, and the same adapter applied live (unmerged). The zero-latency claim is that
 // merged costs nothing and live costs little (under 10% at r=8 on c_attn).
 //
-//   make build/libpeft.a
-//   cc -std=c11 -O2 -march=x86-64-v2 -fopenmp -D_GNU_SOURCE -Isrc bench/generate_bench.c build/libpeft.a
-//     -lopenblas -lcjson -lpcre2-8 -lmicrohttpd -lm -o build/generate_bench
+//   make build/generate_bench   (the Makefile's bench rule: every src folder on the include path)
 //   OMP_NUM_THREADS=2 ./build/generate_bench [new_tokens=128] [rounds=5] [prompt_tokens=32]
 //
 // Each round times every configuration once (interleaved, so drift hits all alike); the table
