@@ -1,0 +1,167 @@
+// Encoder tests (BERT, RoBERTa): config.json keys, finite-difference gradients of every problem
+// type's loss with padding and token types, padding that changes nothing, and the head's names.
+#include "test.h"
+#include "helpers.h"
+#include "adapter.h"
+#include "model.h"
+#include "util.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const TINY_ROBERTA_JSON =
+    "{\"model_type\": \"roberta\", \"vocab_size\": 30, \"hidden_size\": 16, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+    " \"intermediate_size\": 24, \"max_position_embeddings\": 20, \"type_vocab_size\": 1, \"layer_norm_eps\": 1e-5,"
+    " \"pad_token_id\": 1, \"hidden_act\": \"gelu\", \"hidden_dropout_prob\": 0.0, \"attention_probs_dropout_prob\": 0.0,"
+    " \"architectures\": [\"RobertaForSequenceClassification\"], \"id2label\": {\"0\": \"a\", \"1\": \"b\", \"2\": \"c\"}}";
+static const char *const TINY_BERT_JSON =
+    "{\"model_type\": \"bert\", \"vocab_size\": 30, \"hidden_size\": 16, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+    " \"intermediate_size\": 20, \"max_position_embeddings\": 16, \"type_vocab_size\": 2, \"layer_norm_eps\": 1e-12,"
+    " \"pad_token_id\": 0, \"hidden_act\": \"gelu_new\", \"num_labels\": 3, \"position_embedding_type\": \"absolute\"}";
+
+static Model *tiny_encoder(const char *json, int num_labels, const char *problem, uint64_t seed) {
+    ModelConfig c;
+    if (config_parse(&c, json, "config.json")) { fprintf(stderr, "%s\n", peft_last_error()); return NULL; }
+    c.num_labels = num_labels;
+    c.problem_type = !strcmp(problem, "single") ? PROBLEM_SINGLE_LABEL : !strcmp(problem, "multi") ? PROBLEM_MULTI_LABEL : PROBLEM_REGRESSION;
+    Model *m = model_create_random(&c, seed);
+    uint64_t s = seed;
+    for (int i = 0; i < m->n_params; i++) {  // large enough values that every path carries signal
+        Param *p = &m->params[i];
+        bool gain = strstr(p->name, "LayerNorm.weight") != NULL;
+        for (long j = 0; j < p->numel; j++) p->w[j] = gain ? 1.0f + 0.2f * (float)(test_urand(&s) - 0.5) : 0.5f * (float)(test_urand(&s) - 0.5);
+    }
+    return m;
+}
+
+typedef struct {
+    ClassifyBatch b;
+} EncBatch;
+
+static double enc_loss(Model *m, void *ctx) { return model_classify(m, &((EncBatch *)ctx)->b); }
+
+// Row 1 padded at the end (pad id, mask 0); BERT's second segment has token type 1.
+static void make_batch(const Model *m, int B, int T, int32_t *ids, int32_t *mask, int32_t *types, float *targets, uint64_t *s) {
+    const ModelConfig *c = &m->cfg;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int i = b * T + t;
+            bool pad = b == 1 && t >= T - 2;
+            ids[i] = pad ? c->pad_token_id : 2 + (int)(test_urand(s) * (c->vocab_size - 2));
+            mask[i] = !pad;
+            types[i] = c->type_vocab_size > 1 && t >= T / 2 && !pad;
+        }
+    ProblemType pt = model_problem_type(c, false);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < c->num_labels; j++) {
+            float u = (float)test_urand(s);
+            targets[b * c->num_labels + j] = pt == PROBLEM_SINGLE_LABEL ? (float)(b % c->num_labels) : pt == PROBLEM_MULTI_LABEL ? (u > 0.5f) : 2 * u - 1;
+        }
+}
+
+static int gradcheck(Model *m, int B, int T, uint64_t seed) {
+    int32_t ids[64], mask[64], types[64];
+    float targets[64];
+    uint64_t s = seed;
+    make_batch(m, B, T, ids, mask, types, targets, &s);
+    EncBatch eb = {{ids, mask, types, targets, false, B, T}};
+    model_zero_grad(m);
+    double loss = model_classify(m, &eb.b);
+    if (!isfinite(loss)) { fprintf(stderr, "  loss %g: %s\n", loss, peft_last_error()); return 0; }
+    model_backward(m);
+    return test_gradcheck(m, enc_loss, &eb, 1e-3, 1e-2, 1e-4);
+}
+
+TEST(encoder_config_keys) {
+    ModelConfig c;
+    CHECK(config_parse(&c, TINY_ROBERTA_JSON, "r.json") == 0);
+    CHECK(c.arch == ARCH_BERT && c.num_labels == 3 && c.pad_token_id == 1 && c.gelu_exact && c.problem_type == PROBLEM_AUTO);
+    CHECK(!strcmp(config_arch_name(&c), "RobertaForSequenceClassification"));
+    CHECK(config_parse(&c, TINY_BERT_JSON, "b.json") == 0);
+    CHECK(c.num_labels == 3 && !c.gelu_exact && c.type_vocab_size == 2);
+    struct { const char *from, *to, *error; } bad[] = {
+        {"\"hidden_act\": \"gelu_new\"", "\"hidden_act\": \"relu\"", "hidden_act \"relu\""},
+        {"\"position_embedding_type\": \"absolute\"", "\"position_embedding_type\": \"relative_key\"", "position_embedding_type"},
+        {"\"num_labels\": 3", "\"num_labels\": 3, \"is_decoder\": true", "is_decoder"},
+        {"\"num_labels\": 3", "\"num_labels\": 3, \"rotary_dim\": 4", "key \"rotary_dim\""},
+        {"\"num_labels\": 3", "\"num_labels\": 3, \"problem_type\": \"ranking\"", "problem_type"},
+        {"\"num_labels\": 3", "\"num_labels\": 2, \"id2label\": {\"0\": \"x\"}", "id2label has 1"},
+        {"\"model_type\": \"bert\"", "\"model_type\": \"deberta-v2\"", "DeBERTa is not"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *at = strstr(TINY_BERT_JSON, bad[i].from);
+        CHECK(at);
+        char *json = xasprintf("%.*s%s%s", (int)(at - TINY_BERT_JSON), TINY_BERT_JSON, bad[i].to, at + strlen(bad[i].from));
+        int rc = config_parse(&c, json, "b.json");
+        free(json);
+        CHECK_MSG(rc != 0 && strstr(peft_last_error(), bad[i].error), "case %zu: %s", i, peft_last_error());
+    }
+}
+
+TEST(encoder_gradcheck_full_every_problem_type) {
+    // (each problem type once, each architecture's head at least once: full fine-tuning's checks are slow)
+    struct { const char *json, *name, *problem; } runs[] = {
+        {TINY_ROBERTA_JSON, "roberta", "single"}, {TINY_BERT_JSON, "bert", "multi"}, {TINY_BERT_JSON, "bert", "regression"}};
+    for (int i = 0; i < 3; i++) {
+        Model *m = tiny_encoder(runs[i].json, i == 2 ? 1 : 3, runs[i].problem, 40 + i);
+        CHECK(m);
+        model_train_all(m);
+        int ok = gradcheck(m, 3, 6, 7 + i);
+        model_free(m);
+        CHECK_MSG(ok, "%s %s", runs[i].name, runs[i].problem);
+    }
+}
+
+TEST(encoder_gradcheck_lora_query_value) {
+    Model *m = tiny_encoder(TINY_ROBERTA_JSON, 3, "single", 3);
+    AdapterConfig ac;
+    adapter_config_defaults(&ac, METHOD_LORA);
+    ac.r = 2;
+    adapter_config_set_targets(&ac, "query,value");
+    CHECK(adapters_attach(m, &ac, 1) == 0);
+    adapter_config_free(&ac);
+    CHECK(m->adapters->n == 4);
+    uint64_t s = 9;
+    for (int i = 0; i < m->adapters->n_params; i++)
+        for (long j = 0; j < m->adapters->params[i]->numel; j++) m->adapters->params[i]->w[j] = 0.4f * (float)(test_urand(&s) - 0.5);
+    int ok = gradcheck(m, 2, 6, 5);
+    model_free(m);
+    CHECK(ok);
+}
+
+// Padding a sequence (pad ids, mask 0) leaves its logits as they were: RoBERTa's positions skip the
+// padding, and no token attends to it.
+TEST(encoder_padding_changes_nothing) {
+    const char *jsons[] = {TINY_ROBERTA_JSON, TINY_BERT_JSON};
+    for (int a = 0; a < 2; a++) {
+        Model *m = tiny_encoder(jsons[a], 3, "single", 11 + a);
+        int pad = m->cfg.pad_token_id;
+        int32_t ids[8] = {3, 7, 9, 4, 12, pad, pad, pad}, mask[8] = {1, 1, 1, 1, 1, 0, 0, 0};
+        ClassifyBatch full = {ids, mask, NULL, NULL, false, 1, 8}, cut = {ids, NULL, NULL, NULL, false, 1, 5};
+        CHECK(model_classify(m, &cut) == 0);
+        float ref[3];
+        memcpy(ref, m->act.logits, sizeof ref);
+        CHECK(model_classify(m, &full) == 0);
+        for (int j = 0; j < 3; j++) CHECK_MSG(fabsf(m->act.logits[j] - ref[j]) < 1e-5f, "%s logit %d: %g vs %g", a ? "bert" : "roberta", j, m->act.logits[j], ref[j]);
+        model_free(m);
+    }
+}
+
+TEST(encoder_head_names_and_refusals) {
+    Model *m = tiny_encoder(TINY_ROBERTA_JSON, 3, "single", 1);
+    CHECK(!strcmp(m->head_dense->module, "classifier.dense") && !strcmp(m->head_out->module, "classifier.out_proj"));
+    CHECK(model_find_param(m, "roberta.encoder.layer.1.attention.self.query.weight"));
+    int32_t ids[4] = {3, 4, 40, 5}, labels[4] = {0};
+    ClassifyBatch b = {ids, NULL, NULL, NULL, false, 1, 4};
+    CHECK(isnan(model_classify(m, &b)) && strstr(peft_last_error(), "outside the vocabulary"));
+    CHECK(isnan(model_forward(m, ids, labels, 1, 4)) && strstr(peft_last_error(), "encoder"));
+    ids[2] = 6;
+    float y = 3;
+    b.targets = &y;
+    b.int_targets = true;
+    CHECK(isnan(model_classify(m, &b)) && strstr(peft_last_error(), "class index"));
+    model_free(m);
+    m = tiny_encoder(TINY_BERT_JSON, 2, "single", 1);
+    CHECK(!strcmp(m->head_dense->module, "bert.pooler.dense") && !strcmp(m->head_out->module, "classifier"));
+    model_free(m);
+}
