@@ -121,6 +121,13 @@ static void set_fingerprint(AdapterSet *set) {
 // attach: also hook it into m->adapters (the training / single-adapter path); otherwise m is only read.
 static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     if (attach && m->adapters) { peft_fail("the model already has an adapter"); return NULL; }
+    bool seq_cls = !strcmp(cfg->task_type, "SEQ_CLS"), encoder = m->cfg.arch == ARCH_BERT;
+    if (seq_cls != encoder && (seq_cls || cfg->task_type[0])) {
+        peft_fail("task_type %s on %s is not supported (SEQ_CLS is for the encoders, BERT and RoBERTa; CAUSAL_LM for the decoders)",
+                  cfg->task_type, m->cfg.model_type);
+        return NULL;
+    }
+    if (!attach && cfg->n_modules_to_save) { peft_fail("an adapter with modules_to_save is not implemented for serving (one base, many adapters)"); return NULL; }
     const Method *method = method_get(cfg->type);
     if (!method) return NULL;
     if (!method->forward) { peft_fail("%s is not an adapter method", method->title); return NULL; }
@@ -137,6 +144,8 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
         set->cfg.targets = xrealloc(set->cfg.targets, sizeof(char *) * (i + 1));
         set->cfg.targets[set->cfg.n_targets++] = xstrdup(cfg->targets[i]);
     }
+    set->cfg.modules_to_save = cfg->n_modules_to_save ? xcalloc(cfg->n_modules_to_save, sizeof(char *)) : NULL;
+    for (int i = 0; i < cfg->n_modules_to_save; i++) set->cfg.modules_to_save[i] = xstrdup(cfg->modules_to_save[i]);
     set->cfg.rank_pattern = cfg->n_rank_pattern ? xcalloc(cfg->n_rank_pattern, sizeof(RankPatternEntry)) : NULL;
     for (int i = 0; i < cfg->n_rank_pattern; i++) {  // a pattern's masks have init_r entries (adapter_config.c checks)
         set->cfg.rank_pattern[i] = cfg->rank_pattern[i];
@@ -150,7 +159,7 @@ static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     set->adapters = xcalloc(m->n_linears, sizeof(Adapter));
     set->by_linear = xcalloc(m->n_linears > 0 ? m->n_linears : 1, sizeof(Adapter *));
     for (int i = 0; i < m->n_linears; i++) {
-        if (!adapter_targets_module(cfg, m->linears[i].module)) continue;
+        if (!adapter_targets_module(cfg, m->linears[i].module) || saved_modules_excludes(cfg, m->linears[i].module)) continue;
         Adapter *a = &set->adapters[set->n++];
         a->method = method;
         a->set = set;
@@ -205,7 +214,7 @@ static int set_init(AdapterSet *set, uint64_t seed) {
         if (create_tensors(a) || method->init(set, a, &rng)) return -1;
     }
     set_fingerprint(set);
-    return 0;
+    return saved_modules_init(set);
 }
 
 static AdapterSet *set_create(Model *m, const AdapterConfig *cfg, uint64_t seed, bool attach) {
@@ -223,6 +232,7 @@ void adapter_set_free(AdapterSet *set) {
     if (!set) return;
     if (set->model && set->model->adapters == set) set->model->adapters = NULL;
     if (set->adapters && set->n && set->adapters[0].method->free_state) set->adapters[0].method->free_state(set);
+    saved_modules_free(set);
     for (int i = 0; i < set->n; i++) {
         Adapter *a = &set->adapters[i];
         if (a->lin && a->lin->adapter == a) a->lin->adapter = NULL;
@@ -283,6 +293,7 @@ static int check_file(const AdapterSet *set, const SafeTensors *st, const char *
             free(name);
         }
     }
+    if (!rc) rc = saved_modules_check_file(set, st, path, used);
     const Method *method = method_get(set->cfg.type);
     for (int i = 0; i < st->n && !rc; i++)
         if (!used[i] && !(method->owns_tensor && method->owns_tensor(set, st->tensors[i].name)))
@@ -340,8 +351,10 @@ int adapters_save(Model *m, const char *dir) {
     cJSON *j = adapter_config_to_json_object(&set->cfg);
     const Method *method = set->adapters[0].method;
     int rc = 0;
-    if (method->save) rc = method->save(set, w, j);
-    else
+    if (method->save) {
+        rc = method->save(set, w, j);
+        saved_modules_save(set, w);
+    } else
         for (int i = 0; i < set->n_params; i++) {
             Param *p = set->params[i];
             st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
@@ -378,10 +391,12 @@ void adapters_merge(Model *m) {
     AdapterSet *set = m->adapters;
     for (int i = 0; set && i < set->n; i++)
         if (!set->adapters[i].merged && !set->adapters[i].lin->q) { apply_delta(&set->adapters[i], 1.0f); set->adapters[i].merged = true; }
+    if (set) saved_modules_merge(set, true);
 }
 
 void adapters_unmerge(Model *m) {
     AdapterSet *set = m->adapters;
+    if (set) saved_modules_merge(set, false);
     for (int i = 0; set && i < set->n; i++)
         if (set->adapters[i].merged) { apply_delta(&set->adapters[i], -1.0f); set->adapters[i].merged = false; }
 }

@@ -37,6 +37,10 @@ typedef struct {
     float beta1, beta2, orth_reg_weight;
     int n_rank_pattern;
     RankPatternEntry *rank_pattern;
+    // modules_to_save: whole modules trained and saved beside the adapter (saved_modules.c). PEFT's
+    // SEQ_CLS task adds "classifier" and "score", the classification heads.
+    int n_modules_to_save;
+    char **modules_to_save;
 } AdapterConfig;
 
 typedef struct AdapterSet AdapterSet;
@@ -73,6 +77,7 @@ struct AdapterSet {
     Adapter **by_linear;         // [model->n_linears]: this set's adapter on each linear (NULL: none)
     uint64_t vera_fingerprint;   // VeRA: hash of the projections' bytes (sets with equal ones share products)
     uint64_t uid;                // unique in this process (device copies are cached by it)
+    struct SavedModules *saved;  // modules_to_save: the trained copies (saved_modules.c), NULL when none
 };
 
 // PEFT's defaults for the method's config class (the method's default r).
@@ -84,7 +89,10 @@ void *adapter_config_to_json_object(const AdapterConfig *c);
 void adapter_config_free(AdapterConfig *c);
 // Comma-separated list, or a regex when it starts with "re:" (PEFT's string form); "all-linear" too.
 void adapter_config_set_targets(AdapterConfig *c, const char *spec);
-// PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj).
+// Appends a module name to modules_to_save.
+void adapter_config_add_module_to_save(AdapterConfig *c, const char *name);
+// PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj;
+// bert, roberta: query,value).
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc);
 
 // PEFT's rule: a list entry matches a module named exactly so or ending in ".entry";
@@ -102,6 +110,27 @@ void adapters_free(Model *m);
 void adapters_merge(Model *m);
 void adapters_unmerge(Model *m);
 double adapters_regularizer(Model *m, bool want_grad);
+
+// ---- modules_to_save (saved_modules.c) ----
+// As PEFT's ModulesToSaveWrapper: every base tensor inside a module whose name ends with an entry of
+// modules_to_save gets a trainable copy, appended to set->params under PEFT's file key
+// "base_model.model.<tensor>"; the model computes with the copies while the set is attached.
+// Implemented for linear layers' weights and biases (the classification heads); anything else is
+// refused by name.
+// Whether a model tensor lies in a module to save (PEFT's rule: a module's name ends with an entry).
+bool saved_modules_covers(const AdapterConfig *c, const char *tensor);
+// Whether PEFT keeps the adapter off this module: it lies inside a module to save.
+bool saved_modules_excludes(const AdapterConfig *c, const char *module);
+// The file holds every copy with its shape; marks them in used[] (per file tensor).
+int saved_modules_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);
+// Create the copies (the base's values) and, for an attached set, compute with them.
+int saved_modules_init(AdapterSet *set);
+// Write the copies (for a method whose save writes only its own tensors).
+void saved_modules_save(const AdapterSet *set, void *writer /*StWriter*/);
+// merge: the base tensors take the copies' values (PEFT's merge_and_unload keeps the trained module);
+// unmerge swaps them back.
+void saved_modules_merge(AdapterSet *set, bool merge);
+void saved_modules_free(AdapterSet *set);
 
 // Used by the methods.
 void adapter_ensure_capacity(Adapter *a, int N, long extra_per_row);

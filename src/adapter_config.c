@@ -42,6 +42,8 @@ void adapter_config_free(AdapterConfig *c) {
     free(c->base_model);
     for (int i = 0; i < c->n_rank_pattern; i++) free(c->rank_pattern[i].mask);
     free(c->rank_pattern);
+    for (int i = 0; i < c->n_modules_to_save; i++) free(c->modules_to_save[i]);
+    free(c->modules_to_save);
     memset(c, 0, sizeof *c);
 }
 
@@ -59,7 +61,7 @@ void adapter_config_set_targets(AdapterConfig *c, const char *spec) {
 }
 
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc) {
-    adapter_config_set_targets(c, mc->arch == ARCH_GPT2 ? "c_attn" : "q_proj,v_proj");
+    adapter_config_set_targets(c, mc->arch == ARCH_GPT2 ? "c_attn" : mc->arch == ARCH_BERT ? "query,value" : "q_proj,v_proj");
     if (mc->arch == ARCH_GPT2) c->fan_in_fan_out = true;
 }
 
@@ -132,7 +134,7 @@ static int jbool(const cJSON *o, const char *name, bool *out, const char *path) 
 static const ConfigKey COMMON_KEYS[] = {
     {"peft_type", KEY_USED, NULL, NULL},
     {"target_modules", KEY_USED, NULL, NULL},
-    {"task_type", KEY_USED, "[null, \"CAUSAL_LM\"]", "another task type puts a classification or seq2seq head on the model"},
+    {"task_type", KEY_USED, "[null, \"CAUSAL_LM\", \"SEQ_CLS\"]", "another task type puts another head on the model"},
     {"fan_in_fan_out", KEY_USED, NULL, NULL},  // as PEFT: the layer type decides (GPT-2's Conv1D: true)
     {"auto_mapping", KEY_INERT, NULL, NULL},
     {"base_model_name_or_path", KEY_INERT, NULL, NULL},
@@ -140,7 +142,7 @@ static const ConfigKey COMMON_KEYS[] = {
     {"peft_version", KEY_INERT, NULL, NULL},
     {"inference_mode", KEY_INERT, NULL, NULL},
     {"bias", KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases"},
-    {"modules_to_save", KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter"},
+    {"modules_to_save", KEY_USED, NULL, NULL},  // linear layers (saved_modules.c)
     {"layers_to_transform", KEY_DEFAULT, NULL, "only some layers adapted"},
     {"layers_pattern", KEY_DEFAULT, NULL, "the layers layers_to_transform counts"},
 };
@@ -219,6 +221,28 @@ static int parse_rank_pattern(AdapterConfig *c, const cJSON *rp, const char *pat
     return 0;
 }
 
+void adapter_config_add_module_to_save(AdapterConfig *c, const char *name) {
+    c->modules_to_save = xrealloc(c->modules_to_save, sizeof(char *) * (c->n_modules_to_save + 1));
+    c->modules_to_save[c->n_modules_to_save++] = xstrdup(name);
+}
+
+// modules_to_save: a list of module names (or null). PeftModelForSequenceClassification adds its heads'
+// names, "classifier" and "score", to a SEQ_CLS adapter's list (the saved file already has them; PEFT
+// adds them again as it loads, which matches the same modules).
+static int parse_modules_to_save(AdapterConfig *c, const cJSON *list, const char *path) {
+    if (list && !cJSON_IsArray(list)) return peft_fail("%s: modules_to_save must be a list of module names", path);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, list) {
+        if (!cJSON_IsString(e) || !e->valuestring[0]) return peft_fail("%s: modules_to_save must hold module names", path);
+        adapter_config_add_module_to_save(c, e->valuestring);
+    }
+    if (!strcmp(c->task_type, "SEQ_CLS") && !list) {
+        adapter_config_add_module_to_save(c, "classifier");
+        adapter_config_add_module_to_save(c, "score");
+    }
+    return 0;
+}
+
 static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *path) {
     const cJSON *pt = jfield(j, "peft_type");
     if (!pt || !cJSON_IsString(pt)) return peft_fail("%s: missing \"peft_type\"", path);
@@ -245,6 +269,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
         return -1;
     const cJSON *tt = jfield(j, "task_type");
     snprintf(c->task_type, sizeof c->task_type, "%s", tt && cJSON_IsString(tt) ? tt->valuestring : "");
+    if (parse_modules_to_save(c, jfield(j, "modules_to_save"), path)) return -1;
     const cJSON *bm = jfield(j, "base_model_name_or_path");
     if (bm && cJSON_IsString(bm)) c->base_model = xstrdup(bm->valuestring);
     const cJSON *t = jfield(j, "target_modules");
@@ -294,7 +319,9 @@ void *adapter_config_to_json_object(const AdapterConfig *c) {
     cJSON_AddBoolToObject(j, "fan_in_fan_out", c->fan_in_fan_out);
     cJSON_AddStringToObject(j, "bias", "none");
     cJSON_AddBoolToObject(j, "inference_mode", true);
-    cJSON_AddNullToObject(j, "modules_to_save");
+    if (c->n_modules_to_save)
+        cJSON_AddItemToObject(j, "modules_to_save", cJSON_CreateStringArray((const char *const *)c->modules_to_save, c->n_modules_to_save));
+    else cJSON_AddNullToObject(j, "modules_to_save");
     if (c->type == METHOD_VERA) {
         cJSON_AddNumberToObject(j, "vera_dropout", c->dropout);
         cJSON_AddNumberToObject(j, "d_initial", c->d_initial);

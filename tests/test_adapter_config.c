@@ -92,15 +92,15 @@ TEST(adapter_config_keys_are_implemented_or_refused) {
     }
     enum { LORA, ADALORA, VERA };
     static const struct { int method; const char *key, *value; } refused[] = {
-        {LORA, "modules_to_save", "[\"lm_head\"]"}, {LORA, "layers_to_transform", "[0]"}, {LORA, "layers_pattern", "\"h\""},
+        {LORA, "modules_to_save", "\"lm_head\""}, {LORA, "layers_to_transform", "[0]"}, {LORA, "layers_pattern", "\"h\""},
         {LORA, "alpha_pattern", "{\"c_attn\": 16}"}, {LORA, "rank_pattern", "{\"c_attn\": 2}"}, {LORA, "bias", "true"},
         {LORA, "bias", "\"all\""}, {LORA, "bias", "null"}, {LORA, "use_dora", "true"}, {LORA, "lora_bias", "true"},
-        {LORA, "exclude_modules", "[\"c_fc\"]"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"SEQ_CLS\""},
+        {LORA, "exclude_modules", "[\"c_fc\"]"}, {LORA, "init_lora_weights", "\"pissa\""}, {LORA, "task_type", "\"TOKEN_CLS\""},
         {LORA, "trainable_token_indices", "[1, 2]"}, {LORA, "layer_replication", "[[0, 1]]"}, {LORA, "loftq_config", "{\"loftq_bits\": 4}"},
         {LORA, "lora_alpha", "1e39"}, {LORA, "lora_dropout", "1e39"}, {LORA, "use_rslora", "\"yes\""}, {LORA, "fan_in_fan_out", "1"},
         {LORA, "some_new_option", "true"}, {LORA, "d_initial", "0.1"},
-        {ADALORA, "use_rslora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[\"lm_head\"]"},
-        {VERA, "lora_alpha", "8"}, {VERA, "d_initial", "1e39"}, {VERA, "modules_to_save", "[\"lm_head\"]"},
+        {ADALORA, "use_rslora", "true"}, {ADALORA, "beta1", "1e39"}, {ADALORA, "modules_to_save", "[1]"},
+        {VERA, "lora_alpha", "8"}, {VERA, "d_initial", "1e39"}, {VERA, "modules_to_save", "{}"},
         {VERA, "layers_to_transform", "0"}, {VERA, "bias", "\"lora_only\""}, {VERA, "init_weights", "\"x\""}, {VERA, "use_dora", "false"},
     };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {

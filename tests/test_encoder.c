@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *const TINY_ROBERTA_JSON =
     "{\"model_type\": \"roberta\", \"vocab_size\": 30, \"hidden_size\": 16, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
@@ -112,21 +113,121 @@ TEST(encoder_gradcheck_full_every_problem_type) {
     }
 }
 
-TEST(encoder_gradcheck_lora_query_value) {
-    Model *m = tiny_encoder(TINY_ROBERTA_JSON, 3, "single", 3);
+// PEFT's SEQ_CLS: LoRA on query,value, the head trains as modules_to_save.
+static void attach_seq_cls(Model *m, MethodId method, const char *targets, uint64_t seed) {
     AdapterConfig ac;
-    adapter_config_defaults(&ac, METHOD_LORA);
-    ac.r = 2;
-    adapter_config_set_targets(&ac, "query,value");
-    CHECK(adapters_attach(m, &ac, 1) == 0);
+    adapter_config_defaults(&ac, method);
+    ac.r = ac.init_r = 2;
+    ac.target_r = 1;
+    snprintf(ac.task_type, sizeof ac.task_type, "SEQ_CLS");
+    adapter_config_add_module_to_save(&ac, "classifier");
+    adapter_config_add_module_to_save(&ac, "score");
+    adapter_config_set_targets(&ac, targets);
+    int rc = adapters_attach(m, &ac, 1);
     adapter_config_free(&ac);
-    CHECK(m->adapters->n == 4);
-    uint64_t s = 9;
-    for (int i = 0; i < m->adapters->n_params; i++)
+    if (rc) { fprintf(stderr, "  attach: %s\n", peft_last_error()); return; }
+    uint64_t s = seed;
+    for (int i = 0; i < m->adapters->n_params; i++)  // every tensor non-zero (LoRA's B starts at 0)
         for (long j = 0; j < m->adapters->params[i]->numel; j++) m->adapters->params[i]->w[j] = 0.4f * (float)(test_urand(&s) - 0.5);
+}
+
+TEST(encoder_gradcheck_seq_cls_lora_and_head) {
+    Model *m = tiny_encoder(TINY_ROBERTA_JSON, 3, "single", 3);
+    attach_seq_cls(m, METHOD_LORA, "query,value", 9);
+    CHECK(m->adapters && m->adapters->n == 4);
+    // A and B of 4 modules, then the head's copies under PEFT's keys
+    CHECK(m->adapters->n_params == 8 + 4);
+    CHECK(!strcmp(m->adapters->params[8]->name, "base_model.model.classifier.dense.weight"));
+    CHECK(!strcmp(m->adapters->params[11]->name, "base_model.model.classifier.out_proj.bias"));
+    CHECK(m->head_dense->weight == m->adapters->params[8]);
     int ok = gradcheck(m, 2, 6, 5);
     model_free(m);
     CHECK(ok);
+    m = tiny_encoder(TINY_BERT_JSON, 3, "multi", 4);  // BERT: the pooler is the base's, frozen
+    attach_seq_cls(m, METHOD_ADALORA, "query,key,value,intermediate.dense,output.dense", 10);
+    CHECK(m->adapters && m->adapters->n == 12 && m->adapters->n_params == 36 + 2);
+    CHECK(!strcmp(m->adapters->params[36]->name, "base_model.model.classifier.weight"));
+    ok = gradcheck(m, 2, 6, 6);
+    model_free(m);
+    CHECK(ok);
+}
+
+static float *logits_of(Model *m, const ClassifyBatch *b) {
+    if (model_classify(m, b) != 0) return NULL;
+    float *out = xmalloc(sizeof(float) * b->B * m->cfg.num_labels);
+    memcpy(out, m->act.logits, sizeof(float) * b->B * m->cfg.num_labels);
+    return out;
+}
+
+// The adapter with its head saves under PEFT's keys and loads back bit for bit; merging gives the
+// live adapter's logits and unmerging restores the base exactly.
+TEST(encoder_seq_cls_save_load_merge) {
+    MethodId methods[] = {METHOD_LORA, METHOD_VERA, METHOD_ADALORA};
+    for (int k = 0; k < 3; k++) {
+        Model *m = tiny_encoder(TINY_ROBERTA_JSON, 3, "single", 20 + k);
+        char *dir = xasprintf("/tmp/peft-test-enc-%d-%d", (int)getpid(), k), *model_dir = path_join(dir, "model"), *ad_dir = path_join(dir, "adapter");
+        CHECK(model_save(m, model_dir) == 0);
+        attach_seq_cls(m, methods[k], "query,value", 30 + k);
+        CHECK(m->adapters);
+        int32_t ids[10] = {0, 5, 9, 13, 2, 0, 7, 8, 1, 1}, mask[10] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+        ClassifyBatch b = {ids, mask, NULL, NULL, false, 2, 5};
+        float *live = logits_of(m, &b);
+        CHECK(live && adapters_save(m, ad_dir) == 0);
+        Model *m2 = model_load(model_dir);
+        CHECK_MSG(m2 && adapters_load(m2, ad_dir) == 0, "%s", peft_last_error());
+        float *again = logits_of(m2, &b);
+        CHECK(again && !memcmp(again, live, sizeof(float) * 6));
+        char *cfg_path = path_join(ad_dir, "adapter_config.json"), *text = read_file(cfg_path, NULL);
+        CHECK(text && strstr(text, "\"SEQ_CLS\"") && strstr(text, "\"classifier\""));
+        float *base_head = xmalloc(sizeof(float) * m2->head_out->weight->numel);
+        Param *orig = model_find_param(m2, "classifier.out_proj.weight");
+        memcpy(base_head, orig->w, sizeof(float) * orig->numel);
+        adapters_merge(m2);
+        float *merged = logits_of(m2, &b);
+        for (int j = 0; j < 6; j++) CHECK_MSG(fabsf(merged[j] - live[j]) < 1e-5f, "method %d logit %d: %g vs %g", k, j, merged[j], live[j]);
+        CHECK(m2->head_out->weight == orig && memcmp(orig->w, base_head, sizeof(float) * orig->numel));  // merged: the trained head
+        adapters_unmerge(m2);
+        CHECK(!memcmp(orig->w, base_head, sizeof(float) * orig->numel) && m2->head_out->weight != orig);
+        adapters_free(m2);
+        CHECK(m2->head_out->weight == orig && !memcmp(orig->w, base_head, sizeof(float) * orig->numel));
+        free(live); free(again); free(merged); free(base_head); free(text); free(cfg_path);
+        model_free(m);
+        model_free(m2);
+        char *cmd = xasprintf("rm -rf '%s'", dir);
+        CHECK(system(cmd) == 0);
+        free(cmd); free(dir); free(model_dir); free(ad_dir);
+    }
+}
+
+TEST(encoder_task_type_refusals) {
+    ModelConfig c;
+    CHECK(config_parse(&c, TINY_GPT2_JSON, "g.json") == 0);
+    Model *m = model_create_random(&c, 1);
+    AdapterConfig ac;
+    adapter_config_defaults(&ac, METHOD_LORA);
+    adapter_config_set_targets(&ac, "c_attn");
+    snprintf(ac.task_type, sizeof ac.task_type, "SEQ_CLS");
+    CHECK(adapters_attach(m, &ac, 1) != 0 && strstr(peft_last_error(), "SEQ_CLS"));
+    snprintf(ac.task_type, sizeof ac.task_type, "CAUSAL_LM");
+    adapter_config_add_module_to_save(&ac, "lm_head");  // tied to wte: no module of its own
+    CHECK(adapters_attach(m, &ac, 1) != 0 && strstr(peft_last_error(), "modules_to_save [lm_head] matched no module"));
+    adapter_config_free(&ac);
+    adapter_config_defaults(&ac, METHOD_LORA);
+    adapter_config_set_targets(&ac, "c_attn");
+    adapter_config_add_module_to_save(&ac, "ln_f");  // a LayerNorm: not implemented
+    CHECK(adapters_attach(m, &ac, 1) != 0 && strstr(peft_last_error(), "not a linear layer"));
+    adapter_config_free(&ac);
+    model_free(m);
+    m = tiny_encoder(TINY_ROBERTA_JSON, 3, "single", 1);
+    adapter_config_defaults(&ac, METHOD_LORA);  // CAUSAL_LM on an encoder
+    adapter_config_set_targets(&ac, "query");
+    CHECK(adapters_attach(m, &ac, 1) != 0 && strstr(peft_last_error(), "CAUSAL_LM"));
+    snprintf(ac.task_type, sizeof ac.task_type, "SEQ_CLS");
+    adapter_config_add_module_to_save(&ac, "classifier");
+    adapter_config_set_targets(&ac, "dense");  // classifier.dense is the head's: PEFT leaves it out
+    CHECK(adapters_attach(m, &ac, 1) == 0 && m->adapters->n == 2 * 3 && !m->head_dense->adapter);
+    adapter_config_free(&ac);
+    model_free(m);
 }
 
 // Padding a sequence (pad ids, mask 0) leaves its logits as they were: RoBERTa's positions skip the
