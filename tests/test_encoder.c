@@ -3,7 +3,10 @@
 #include "test.h"
 #include "helpers.h"
 #include "adapter.h"
+#include "check.h"
 #include "model.h"
+#include "optim.h"
+#include "safetensors.h"
 #include "util.h"
 #include <math.h>
 #include <stdlib.h>
@@ -265,4 +268,127 @@ TEST(encoder_head_names_and_refusals) {
     m = tiny_encoder(TINY_BERT_JSON, 2, "single", 1);
     CHECK(!strcmp(m->head_dense->module, "bert.pooler.dense") && !strcmp(m->head_out->module, "classifier"));
     model_free(m);
+}
+
+// ---- peft check on seq_cls cases ----
+
+static void put_ids(StWriter *w, const char *name, const int32_t *v, int ndim, int64_t d0, int64_t d1) {
+    int64_t shape[2] = {d0, d1}, n = ndim == 2 ? d0 * d1 : d0, *tmp = xmalloc(sizeof(int64_t) * n);
+    for (long i = 0; i < n; i++) tmp[i] = v[i];
+    st_writer_add(w, name, DT_I64, ndim, shape, tmp);
+    free(tmp);
+}
+
+static void put_scalar(StWriter *w, const char *name, double v) {
+    float f = (float)v;
+    st_writer_add_f32(w, name, 0, NULL, &f);
+}
+
+// A seq_cls case folder in tools/reference_cases' layout made from our own numbers: peft check's
+// seq_cls path (its io, its loss names, the head's keys, the merge of modules_to_save) must PASS it.
+static int self_case(const char *root, const char *json, MethodId method) {
+    Model *m = tiny_encoder(json, 3, "single", 77);
+    m->cfg.problem_type = PROBLEM_AUTO;
+    char *dir = xasprintf("%s/case-%d", root, (int)method), *model_dir = path_join(dir, "model"), *ad_dir = path_join(dir, "adapter");
+    model_save(m, model_dir);
+    if (method == METHOD_FULL) model_train_all(m);
+    else attach_seq_cls(m, method, "query,value", 5);
+    if (method != METHOD_FULL) adapters_save(m, ad_dir);
+    int B = 2, T = 6;
+    int32_t ids[12], mask[12], types[12], y[2] = {2, 0};
+    float targets[6];
+    uint64_t s = 3;
+    make_batch(m, B, T, ids, mask, types, targets, &s);
+    targets[0] = 2;  // single-label: the class indices of y
+    targets[1] = 0;
+    bool bert = m->cfg.type_vocab_size > 1;
+    ClassifyBatch b = {ids, mask, bert ? types : NULL, targets, true, B, T};
+    model_zero_grad(m);
+    double loss = model_classify(m, &b);
+    float logits[6];
+    memcpy(logits, m->act.logits, sizeof logits);
+    double cls_loss = m->act.lm_loss;
+    model_backward(m);
+    StWriter *io = st_writer_new(), *grads = st_writer_new(), *step = st_writer_new(), *merged = st_writer_new();
+    put_ids(io, "input_ids", ids, 2, B, T);
+    put_ids(io, "attention_mask", mask, 2, B, T);
+    if (bert) put_ids(io, "token_type_ids", types, 2, B, T);
+    put_ids(io, "labels", y, 1, B, 0);
+    int64_t ls[2] = {B, 3};
+    st_writer_add_f32(io, "logits", 2, ls, logits);
+    put_scalar(io, "loss", loss);
+    put_scalar(io, "cls_loss", cls_loss);
+    Param **params;
+    int n = model_trainable(m, &params);
+    for (int i = 0; i < n; i++) st_writer_add_f32(grads, params[i]->name, params[i]->ndim, params[i]->shape, params[i]->grad);
+    AdamW opt;
+    adamw_init(&opt, params, n, 0.01f, 0.9f, 0.999f, 1e-8f, 0.01f);
+    adamw_step(&opt, params, n, 0.01f);
+    adamw_free(&opt);
+    for (int i = 0; i < n; i++) st_writer_add_f32(step, params[i]->name, params[i]->ndim, params[i]->shape, params[i]->w);
+    int rc = 0;
+    if (method != METHOD_FULL) {  // merged: from the adapter as saved
+        Model *m2 = model_load(model_dir);
+        rc = !m2 || adapters_load(m2, ad_dir);
+        if (!rc) {
+            adapters_merge(m2);
+            for (int i = 0; i < m2->n_params; i++)
+                if (strstr(m2->params[i].name, "query.weight") || strstr(m2->params[i].name, "value.weight") || strstr(m2->params[i].name, "classifier"))
+                    st_writer_add_f32(merged, m2->params[i].name, m2->params[i].ndim, m2->params[i].shape, m2->params[i].w);
+        }
+        model_free(m2);
+    }
+    const char *names[] = {"io", "grads", "step", "merged"};
+    StWriter *ws[] = {io, grads, step, merged};
+    for (int i = 0; i < 4; i++) {
+        char *file = xasprintf("%s/%s.safetensors", dir, names[i]);
+        if (i < 3 || method != METHOD_FULL) rc |= st_writer_save(ws[i], file);
+        st_writer_free(ws[i]);
+        free(file);
+    }
+    char *case_json = path_join(dir, "case.json"), *text = xasprintf(
+        "{\"name\": \"self\", \"family\": \"%s\", \"method\": \"%s\", \"task\": \"seq_cls\", \"labels\": \"single\", \"B\": 2, \"T\": 6,"
+        " \"optimizer\": {\"name\": \"AdamW\", \"lr\": 0.01, \"betas\": [0.9, 0.999], \"eps\": 1e-08, \"weight_decay\": 0.01}}",
+        bert ? "bert" : "roberta", method_name(method));
+    rc |= write_file_atomic(case_json, text, strlen(text));
+    free(case_json);
+    free(text);
+    model_free(m);
+    CheckResult r;
+    if (!rc) check_case(dir, &r);
+    if (!rc && r.status != CHECK_PASS) fprintf(stderr, "  %s %s: %s\n", method_name(method), bert ? "bert" : "roberta", r.detail);
+    free(dir);
+    free(model_dir);
+    free(ad_dir);
+    return !rc && r.status == CHECK_PASS;
+}
+
+TEST(encoder_check_reads_seq_cls_cases) {
+    char *root = xasprintf("/tmp/peft-test-enc-check-%d", (int)getpid());
+    CHECK(self_case(root, TINY_ROBERTA_JSON, METHOD_LORA));
+    CHECK(self_case(root, TINY_BERT_JSON, METHOD_ADALORA));
+    CHECK(self_case(root, TINY_BERT_JSON, METHOD_FULL));
+    char *cmd = xasprintf("rm -rf '%s'", root);
+    CHECK(system(cmd) == 0);
+    free(cmd);
+    free(root);
+}
+
+// The generator's cases (tools/reference_cases, task seq_cls): each is checked when its folder exists,
+// and skipped by name until the cases are generated.
+TEST(encoder_reference_cases) {
+    const char *cases[] = {"roberta-full", "roberta-lora", "roberta-vera", "roberta-adalora", "bert-full", "bert-lora",
+                           "bert-vera", "bert-adalora", "roberta-lora-regression", "bert-lora-multilabel"};
+    int found = 0;
+    for (size_t i = 0; fixtures_dir() && i < sizeof cases / sizeof *cases; i++) {
+        char *dir = path_join(fixtures_dir(), cases[i]);
+        if (!dir_exists(dir)) { free(dir); continue; }
+        found++;
+        CheckResult r;
+        check_case(dir, &r);
+        free(dir);
+        printf("  %s %s (max rel err %.3g) %s\n", r.status == CHECK_PASS ? "PASS" : "FAIL", r.name, r.max_rel_err, r.detail);
+        CHECK_MSG(r.status == CHECK_PASS, "%s: %s", cases[i], r.detail);
+    }
+    if (!found) SKIP("no seq_cls reference case (roberta-lora, bert-lora, ...) in the fixtures yet: tools/reference_cases makes them");
 }

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 import transformers
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import save_file
 
-from cases import (B, DIM_ATTRS, FAMILIES, METHODS, Fail, PADDING, PROMPT, SCHEDULE_ORDER, T, TOLERANCE, case_opts,
-                   case_optimizer, peft_arguments)
+from cases import (B, DIM_ATTRS, FAMILIES, LABELS, METHODS, TASKS, Fail, PADDING, PROMPT, SCHEDULE_ORDER, T, TOLERANCE,
+                   case_opts, case_optimizer, peft_arguments)
 from compare import read_header
 
 # Scales of the random values: base matrices and embeddings, biases, norm gains around 1, adapter tensors.
@@ -67,11 +68,28 @@ def check_no_dropout(model, config, where):
             raise Fail(f"{where}: dropout module {name} has p = {m.p}")
 
 
+def auto_class(case_or_task):
+    """The transformers auto class of a case's task (AutoModelForCausalLM, AutoModelForSequenceClassification)."""
+    task = case_or_task if isinstance(case_or_task, str) else case_or_task.task
+    return getattr(transformers, TASKS[task].auto_class)
+
+
+def model_config_args(case):
+    """The family's config arguments, with a seq_cls case's num_labels (and problem_type when it sets one)."""
+    args = dict(FAMILIES[case.family].config)
+    if case.task == "seq_cls":
+        labels = LABELS[case.labels]
+        args["num_labels"] = labels["num_labels"]
+        if labels["problem_type"]:
+            args["problem_type"] = labels["problem_type"]
+    return args
+
+
 def build_base(case, gen):
     fam = FAMILIES[case.family]
-    config = getattr(transformers, fam.config_class)(**fam.config, attn_implementation="eager")
+    config = getattr(transformers, fam.config_class)(**model_config_args(case), attn_implementation="eager")
     torch.manual_seed(case.seed)  # transformers' own init; every value is then overwritten from gen
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = auto_class(case).from_config(config)
     attn = model.config._attn_implementation
     require(attn == "eager", f"{case.name}: attention implementation {attn!r}, not 'eager'")
     # transformers keeps the constructor's attn_implementation out of config.json; the reference's config.json
@@ -113,9 +131,9 @@ def save_adapter(pm, adapter_dir):
 
 # ---- loading back (float64) ---------------------------------------------------------------------------
 
-def load(case_dir, method, trainable):
+def load(case_dir, method, trainable, task):
     """The case's model (+ adapter) as a user loads them, converted to float64."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
+    model = auto_class(task).from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager")
     if method.peft_config is not None:
         model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=trainable)
     model = model.to(torch.float64)
@@ -166,6 +184,64 @@ def adapted_weights(pm):
     return out
 
 
+def saved_module_tensors(pm):
+    """model.safetensors names of every tensor of the modules_to_save (SEQ_CLS: the head)."""
+    out = []
+    for name, m in pm.named_modules():
+        if isinstance(m, ModulesToSaveWrapper):
+            require(name.startswith("base_model.model."), f"module to save {name} outside base_model.model")
+            out += [f"{name[len('base_model.model.'):]}.{k}" for k in m.original_module.state_dict()]
+    return out
+
+
+def stored_name(runtime_name):
+    """A PEFT runtime parameter name as adapter_model.safetensors keys it: without the adapter name, and a
+    module to save's copy under the module's own name."""
+    return runtime_name.replace(".modules_to_save.default.", ".").replace(".default", "")
+
+
+def batch(case, gen):
+    """The io batch: (model inputs, labels). causal_lm: random ids, labels = ids with row 0's prompt and row 1's
+    padding ignored. seq_cls: row 1 ends in PADDING pad tokens (attention_mask 0), BERT's second half is
+    token type 1 (its padding 0), labels per row as the case's kind (LABELS); float labels are float32 values."""
+    fam = FAMILIES[case.family]
+    vocab = fam.config["vocab_size"]
+    if case.task == "causal_lm":
+        ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
+        labels = ids.clone()
+        labels[0, :PROMPT] = -100
+        labels[1, T - PADDING:] = -100
+        return {"input_ids": ids}, labels
+    pad = fam.config["pad_token_id"]
+    ids = torch.randint(3, vocab, (B, T), generator=gen, dtype=torch.int64)  # 0..2: pad and special ids
+    mask = torch.ones(B, T, dtype=torch.int64)
+    ids[1, T - PADDING:] = pad
+    mask[1, T - PADDING:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if fam.config["type_vocab_size"] > 1:
+        types = torch.zeros(B, T, dtype=torch.int64)
+        types[:, T // 2:] = 1
+        types[mask == 0] = 0
+        inputs["token_type_ids"] = types
+    n = LABELS[case.labels]["num_labels"]
+    if case.labels == "single":
+        labels = torch.randint(0, n, (B,), generator=gen, dtype=torch.int64)
+    elif case.labels == "multi":
+        labels = torch.randint(0, 2, (B, n), generator=gen, dtype=torch.int64).to(torch.float64)
+    else:
+        labels = torch.randn(B, generator=gen, dtype=torch.float64).to(torch.float32).to(torch.float64)
+    return inputs, labels
+
+
+def classification_loss(logits, labels, case):
+    """transformers' sequence classification loss for the case's labels, in float64."""
+    if case.labels == "single":
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+    if case.labels == "multi":
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    return F.mse_loss(logits.squeeze(), labels.squeeze())
+
+
 def causal_lm_loss(logits, labels):
     """Mean cross-entropy of token t+1 given tokens <= t over the labels that are not -100, in float64."""
     v = logits.shape[-1]
@@ -187,21 +263,19 @@ def as_stored(named, what):
 def run_step(case, case_dir, gen):
     """io, grads, step and (with an adapter) merged: one forward, backward and AdamW step, then the merge."""
     method = METHODS[case.method]
-    vocab = FAMILIES[case.family].config["vocab_size"]
-    model = load(case_dir, method, trainable=True)
+    model = load(case_dir, method, trainable=True, task=case.task)
     model.train()
     named = trainable_tensors(model, method, case_dir)
-    ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
-    labels = ids.clone()
-    labels[0, :PROMPT] = -100
-    labels[1, T - PADDING:] = -100
+    inputs, labels = batch(case, gen)
 
-    out = model(input_ids=ids, labels=labels)
+    out = model(**inputs, labels=labels)
     require(out.logits.dtype == torch.float64, f"logits are {out.logits.dtype}, not float64")
     logits = out.logits.detach()
-    lm_loss = causal_lm_loss(logits, labels)
+    # causal_lm: lm_loss; seq_cls: cls_loss (the loss without any regulariser, as transformers computes it)
+    task_loss_name = "lm_loss" if case.task == "causal_lm" else "cls_loss"
+    task_loss = causal_lm_loss(logits, labels) if case.task == "causal_lm" else classification_loss(logits, labels, case)
     loss = out.loss
-    print(f"    loss {loss.item():.9g}, lm_loss {lm_loss.item():.9g}")
+    print(f"    loss {loss.item():.9g}, {task_loss_name} {task_loss.item():.9g}")
     loss.backward()
     for k, p in named:
         require(p.grad is not None, f"{k}: no gradient")
@@ -213,33 +287,34 @@ def run_step(case, case_dir, gen):
     opt.step()
     for k, p in named:
         require(not torch.equal(before[k], p.detach()), f"{k}: unchanged by the AdamW step")
-    save_file({"input_ids": ids, "labels": labels, "logits": logits.to(torch.float32).contiguous(),
-               "lm_loss": lm_loss.to(torch.float32), "loss": loss.detach().to(torch.float32)},
-              os.path.join(case_dir, "io.safetensors"))
+    io = dict(inputs)
+    io.update({"labels": labels if not labels.is_floating_point() else labels.to(torch.float32),
+               "logits": logits.to(torch.float32).contiguous(), task_loss_name: task_loss.to(torch.float32),
+               "loss": loss.detach().to(torch.float32)})
+    save_file(io, os.path.join(case_dir, "io.safetensors"))
     save_file(grads, os.path.join(case_dir, "grads.safetensors"))
     save_file(as_stored(named, lambda p: p), os.path.join(case_dir, "step.safetensors"))
     if method.peft_config is not None:
-        write_merged(case_dir, method, ids, logits)
-    return {"bf16_reference": bf16_reference(case_dir, method, ids, labels, grads)}
+        write_merged(case_dir, method, case.task, inputs, logits)
+    return {"bf16_reference": bf16_reference(case_dir, method, case.task, inputs, labels, grads)}
 
 
-def bf16_reference(case_dir, method, ids, labels, grads):
+def bf16_reference(case_dir, method, task, inputs, labels, grads):
     """PyTorch's own bf16 gradient against the float64 one (cosines, all tensors as one vector and the
     worst tensor): how close bf16 can come on this case. The model is loaded in bfloat16 as users train
     it (PEFT keeps the adapter in float32); the GPU check's bf16 bounds scale with these."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager",
-                                                             dtype=torch.bfloat16)
+    model = auto_class(task).from_pretrained(os.path.join(case_dir, "model"), attn_implementation="eager", dtype=torch.bfloat16)
     if method.peft_config is not None:
         model = peft.PeftModel.from_pretrained(model, os.path.join(case_dir, "adapter"), is_trainable=True)
     model.train()
     # PEFT's float32 cast of the adapter leaves AdaLoRA's ranknum (a count, never saved) trainable: the
     # float64 gradients' names pick the tensors.
-    named = [(n.replace(".default", ""), p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(stored_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
     for k, _ in named:
         require(k in grads or "ranknum" in k, f"bf16: trainable {k} has no float64 gradient")
     named = [(k, p) for k, p in named if k in grads]
     require(sorted(k for k, _ in named) == sorted(grads), "bf16: not the float64 run's trainable tensors")
-    model(input_ids=ids, labels=labels).loss.backward()
+    model(**inputs, labels=labels.to(torch.bfloat16) if labels.is_floating_point() else labels).loss.backward()
     ab = aa = bb = 0.0
     worst = 1.0
     for k, p in named:
@@ -252,21 +327,22 @@ def bf16_reference(case_dir, method, ids, labels, grads):
     return {"grad_cosine": round(cos, 6), "worst_tensor_cosine": round(worst, 6), "dtype": "bfloat16", "device": "cpu"}
 
 
-def write_merged(case_dir, method, ids, logits):
+def write_merged(case_dir, method, task, inputs, logits):
     """merge_and_unload() of the adapter as saved; checks on the way that the saved adapter gives the same
-    logits as the training step saw, that it changes them, and that merging keeps them."""
-    pm = load(case_dir, method, trainable=False)
+    logits as the training step saw, that it changes them, and that merging keeps them. The merged file
+    holds every adapted weight and every tensor of the modules to save (the trained copies)."""
+    pm = load(case_dir, method, trainable=False, task=task)
     pm.eval()
     with torch.no_grad():
-        reloaded = pm(input_ids=ids).logits
+        reloaded = pm(**inputs).logits
         with pm.disable_adapter():
-            base = pm(input_ids=ids).logits
+            base = pm(**inputs).logits
     require(rel(reloaded, logits) < 1e-10, f"the saved adapter gives other logits (relative difference {rel(reloaded, logits):.3g})")
     require(rel(base, logits) > 1e-3, f"the adapter barely changes the logits (relative difference {rel(base, logits):.3g})")
-    keys = adapted_weights(pm)
+    keys = adapted_weights(pm) + saved_module_tensors(pm)
     merged = pm.merge_and_unload()
     with torch.no_grad():
-        merged_logits = merged(input_ids=ids).logits
+        merged_logits = merged(**inputs).logits
     require(rel(merged_logits, logits) < 1e-9, f"merged logits differ (relative {rel(merged_logits, logits):.3g})")
     state = merged.state_dict()
     _, stored = read_header(os.path.join(case_dir, "model", "model.safetensors"))
@@ -283,7 +359,7 @@ def run_schedule(case, case_dir, gen):
     args = peft_arguments(case)
     steps = args["total_step"]
     vocab = FAMILIES[case.family].config["vocab_size"]
-    pm = load(case_dir, method, trainable=True)
+    pm = load(case_dir, method, trainable=True, task=case.task)
     pm.train()
     named = trainable_tensors(pm, method, case_dir)
     tuner = pm.base_model
@@ -326,6 +402,9 @@ def case_json(case, model_config, extra):
     dims = {k: getattr(model_config, DIM_ATTRS[k]) for k in FAMILIES[case.family].dims}
     doc = {"name": case.name, "family": case.family, "method": case.method, "dims": dims, "opts": case_opts(case),
            "B": B, "T": T}
+    if case.task != "causal_lm":  # (the causal_lm cases' case.json stays the shared cases')
+        doc["task"] = case.task
+        doc["labels"] = case.labels
     if "steps" in extra:
         doc["steps"] = extra.pop("steps")
     doc["optimizer"] = case_optimizer(case)
