@@ -92,6 +92,12 @@ static void masked_attention_backward(float *dq, float *dk, float *dv, const flo
     }
 }
 
+int model_require_decoder(const ModelConfig *c, const char *what) {
+    if (c->arch != ARCH_BERT) return 0;
+    return peft_fail("%s is an encoder: %s needs a decoder (an encoder classifies sequences: peft train --task classify, "
+                     "peft eval --task classify, peft predict)", c->model_type, what);
+}
+
 ProblemType model_problem_type(const ModelConfig *c, bool int_targets) {
     if (c->problem_type != PROBLEM_AUTO) return c->problem_type;
     if (c->num_labels == 1) return PROBLEM_REGRESSION;

@@ -151,6 +151,9 @@ typedef struct {
 // Logits [B, num_labels] in m->act.logits; with targets, returns the loss (transformers' loss for the
 // problem type, plus any adapter regulariser) and prepares model_backward. NAN on error.
 double model_classify(Model *m, const ClassifyBatch *b);
+// 0 for a decoder; for an encoder an error naming `what` (generation, causal-LM training, ...) and
+// what an encoder does instead.
+int model_require_decoder(const ModelConfig *c, const char *what);
 // The loss transformers uses for this config and these labels (config.problem_type, else: one label
 // regression, integer labels single-label, other labels multi-label).
 ProblemType model_problem_type(const ModelConfig *c, bool int_targets);

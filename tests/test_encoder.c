@@ -4,6 +4,7 @@
 #include "helpers.h"
 #include "adapter.h"
 #include "check.h"
+#include "classify.h"
 #include "model.h"
 #include "optim.h"
 #include "safetensors.h"
@@ -391,4 +392,23 @@ TEST(encoder_reference_cases) {
         CHECK_MSG(r.status == CHECK_PASS, "%s: %s", cases[i], r.detail);
     }
     if (!found) SKIP("no seq_cls reference case (roberta-lora, bert-lora, ...) in the fixtures yet: tools/reference_cases makes them");
+}
+
+// GLUE's metrics on small cases worked out by hand (sklearn's and scipy's definitions).
+TEST(classify_metrics_by_hand) {
+    ClassifyMetrics s;
+    float p3[] = {0, 1, 1, 0, 2}, g3[] = {0, 1, 0, 0, 2};
+    classify_metrics(p3, g3, 5, 3, &s);
+    CHECK_NEAR(s.accuracy, 0.8, 1e-12);
+    CHECK_NEAR(s.f1, (0.8 + 2.0 / 3 + 1) / 3, 1e-12);       // macro F1
+    CHECK_NEAR(s.mcc, 11 / sqrt(224.0), 1e-12);              // (c s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t))
+    float p2[] = {1, 1, 0, 0}, g2[] = {1, 0, 0, 1};
+    classify_metrics(p2, g2, 4, 2, &s);
+    CHECK(s.accuracy == 0.5 && s.f1 == 0.5 && s.mcc == 0);   // binary F1: class 1's
+    float pr[] = {1, 1, 2}, gr[] = {1, 2, 3};
+    classify_metrics(pr, gr, 3, 1, &s);
+    CHECK(s.regression);
+    CHECK_NEAR(s.spearman, 1.5 / sqrt(3.0), 1e-12);          // tied ranks share 1.5
+    CHECK_NEAR(s.pearson, 1.5 / sqrt(3.0), 1e-12);
+    CHECK_NEAR(s.mse, 2.0 / 3, 1e-12);
 }
