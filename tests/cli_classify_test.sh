@@ -40,6 +40,24 @@ done
 run_ok "eval of full fine-tuning's model folder" "$PEFT" eval --task classify --model "$TMP/full" --data "$D/val.csv" --text-pair-column other
 run_ok "eval of the AdaLoRA adapter" "$PEFT" eval --task classify --model "$M" --adapter "$TMP/adalora" --data "$D/val.csv" --text-pair-column other
 
+echo "# BERT with a WordPiece tokenizer (BertNormalizer, BertPreTokenizer), text pairs with token types"
+T=$TMP/wp
+mkdir -p "$T"
+vocab='"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4, "awful": 5, "great": 6, "table": 7, "thing": 8'
+for d in 0 1 2 3 4 5 6 7 8 9; do vocab="$vocab, \"$d\": $((9 + d)), \"##$d\": $((19 + d))"; done
+cat >"$T/tokenizer.json" <<JSON
+{"model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": {$vocab}},
+ "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+ "pre_tokenizer": {"type": "BertPreTokenizer"}, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+ "added_tokens": [{"id": 0, "content": "[PAD]", "special": true}, {"id": 2, "content": "[CLS]", "special": true}, {"id": 3, "content": "[SEP]", "special": true}]}
+JSON
+run_ok "init --arch bert with the WordPiece tokenizer" "$PEFT" init --arch bert --tokenizer-from "$T" --layers 2 --hidden 32 --heads 4 \
+    --context 32 --labels 3 --out "$TMP/bert"
+run_ok "train bert lora on text pairs" "$PEFT" train "${COMMON[@]}" --model "$TMP/bert" --data "$D/val.csv" --val "$D/val.csv" \
+    --text-pair-column other --method lora --epochs 25 --lr 3e-2 --out "$TMP/bert-lora"
+check "bert: accuracy 1 on the validation data after training" grep -q "after training: accuracy 1.0000" "$TMP/err"
+check "bert adapter holds the classifier under PEFT's name" grep -q "base_model.model.classifier.weight" "$TMP/bert-lora/adapter_model.safetensors"
+
 echo "# regression (one output)"
 "$PEFT" init --arch roberta --layers 1 --hidden 16 --heads 2 --context 32 --labels 1 --out "$TMP/reg" >/dev/null
 for i in $(seq 1 16); do echo "{\"text\": \"score $i\", \"label\": $i.5}"; done >"$D/reg.jsonl"
