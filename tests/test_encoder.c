@@ -5,6 +5,7 @@
 #include "adapter.h"
 #include "check.h"
 #include "classify.h"
+#include "estimate.h"
 #include "model.h"
 #include "optim.h"
 #include "safetensors.h"
@@ -479,4 +480,37 @@ TEST(wordpiece_bert_uncased) {
     t = tiny_wordpiece("{\"type\": \"BertNormalizer\", \"lowercase\": false}");  // cased: no accent stripping
     CHECK(t && encodes_to(t, "Hello cafe\xC3\xA9", (int32_t[]){1, 1}, 2));
     tokenizer_free(t);
+}
+
+// peft estimate on an encoder folder: the base's parameters, the trainable ones (the method's and the
+// head's copies) and the adapter file's bytes, each exactly what the built model and adapters_save give.
+TEST(encoder_estimate_is_exact) {
+    MethodId methods[] = {METHOD_LORA, METHOD_VERA, METHOD_ADALORA};
+    const char *jsons[] = {TINY_ROBERTA_JSON, TINY_BERT_JSON};
+    for (int a = 0; a < 2; a++)
+        for (int k = 0; k < 3; k++) {
+            Model *m = tiny_encoder(jsons[a], 3, "single", 5);
+            EstModel em;
+            CHECK(est_model_from_config(&em, &m->cfg, "tiny") == 0);
+            CHECK_MSG(em.n_params == model_count_params(m, false), "%lld vs %ld", (long long)em.n_params, model_count_params(m, false));
+            const char *targets = k == 2 ? "query,key,value,intermediate.dense,output.dense" : "query,value";
+            attach_seq_cls(m, methods[k], targets, 1);
+            AdapterConfig ac = m->adapters->cfg;
+            if (methods[k] == METHOD_VERA) ac.save_projection = true;
+            Estimate e;
+            CHECK(estimate_compute(&e, &em, methods[k], &ac, 2, 8) == 0);
+            CHECK_MSG(e.trainable == model_count_params(m, false) - em.n_params, "%s: %lld vs %ld (r %d, %d modules)", method_name(methods[k]),
+                      (long long)e.trainable, model_count_params(m, false) - em.n_params, e.r, e.n_adapted);
+            char *dir = xasprintf("/tmp/peft-test-enc-est-%d", (int)getpid()), *file = path_join(dir, "adapter_model.safetensors");
+            CHECK(adapters_save(m, dir) == 0);
+            size_t len;
+            char *bytes = read_file(file, &len);
+            CHECK_MSG(bytes && (int64_t)len == e.file_bytes, "%s %d: file %zu, estimate %lld", method_name(methods[k]), a, len, (long long)e.file_bytes);
+            free(bytes);
+            char *cmd = xasprintf("rm -rf '%s'", dir);
+            CHECK(system(cmd) == 0);
+            free(cmd); free(file); free(dir);
+            est_model_free(&em);
+            model_free(m);
+        }
 }
