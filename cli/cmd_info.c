@@ -67,7 +67,13 @@ int cmd_info(int argc, char **argv) {
         printf(" on %d modules (", s->n);
         if (s->cfg.target_regex) printf("regex %s", s->cfg.target_regex);
         for (int i = 0; i < s->cfg.n_targets; i++) printf("%s%s", i ? ", " : "", s->cfg.targets[i]);
-        printf(")\ntrainable     %s (%.4f%% of %s)\n", grouped(trainable, a), 100.0 * trainable / (base + trainable), grouped(base + trainable, b));
+        printf(")\n");
+        if (s->cfg.n_modules_to_save) {  // PEFT's modules_to_save (SEQ_CLS: the classification head)
+            printf("task          %s; modules_to_save", s->cfg.task_type[0] ? s->cfg.task_type : "null");
+            for (int i = 0; i < s->cfg.n_modules_to_save; i++) printf("%s%s", i ? ", " : " ", s->cfg.modules_to_save[i]);
+            printf(" (trained whole, saved beside the adapter)\n");
+        }
+        printf("trainable     %s (%.4f%% of %s)\n", grouped(trainable, a), 100.0 * trainable / (base + trainable), grouped(base + trainable, b));
         long bytes = file_size(adapter_dir, "adapter_model.safetensors");
         printf("adapter file  %s bytes (adapter_model.safetensors)\n", grouped(bytes, a));
     }

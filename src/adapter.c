@@ -315,7 +315,8 @@ static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
     set = set_plan(m, &cfg, attach);
     adapter_config_free(&cfg);
     if (!set) { peft_fail_context("%s: ", cfg_path); goto out_paths; }
-    if (st_open(&st, st_path) || check_file(set, &st, st_path) || set_init(set, 0)) goto fail;
+    if (st_open(&st, st_path) || check_file(set, &st, st_path)) goto fail;
+    if (set_init(set, 0)) { peft_fail_context("%s: ", cfg_path); goto fail; }  // (what the config asks for: modules_to_save, r)
     for (int i = 0; i < set->n_params; i++) {
         Param *p = set->params[i];
         if (st_to_f32_finite(st_find(&st, p->name), p->w, st_path)) goto fail;

@@ -74,6 +74,12 @@ printf '{"text": "a", "label": 0}\n{"text": "b", "label": 7}\n' >"$D/bad.jsonl"
 run_fails "a label outside the classes names the file and line" 1 'bad.jsonl:2: label "7"' "$PEFT" train "${COMMON[@]}" --data "$D/bad.jsonl" --out "$TMP/x"
 run_fails "an unknown task" 2 "task must be lm or classify" "$PEFT" train "${COMMON[@]}" --task tag --data "$D/train.jsonl" --out "$TMP/x"
 check "nothing written by the refused runs" test ! -e "$TMP/x/adapter_model.safetensors"
+mkdir -p "$TMP/case"
+echo '{"name": "roberta-lora", "family": "roberta", "method": "lora", "task": "seq_cls"}' >"$TMP/case/case.json"
+"$PEFT" check --device cuda "$TMP/case" >"$TMP/out" 2>&1
+check "peft check --device cuda skips a seq_cls case by name" grep -q 'SKIP case task "seq_cls" (sequence classification: BERT, RoBERTa) is not implemented on the GPU' "$TMP/out"
+run_ok "peft info names the task and modules_to_save" "$PEFT" info --model "$M" --adapter "$TMP/lora"
+check "peft info: task SEQ_CLS; modules_to_save classifier, score" grep -q "task          SEQ_CLS; modules_to_save classifier, score" "$TMP/out"
 
 echo "$passed passed, $failed failed, 0 skipped"
 [ "$failed" -eq 0 ]
