@@ -49,6 +49,12 @@ typedef struct {
     float lr, beta1, beta2, eps, wd;
     int B, T;
     int32_t *ids, *labels;
+    // case.json's "task": "seq_cls" (an encoder's sequence classification, io: attention_mask, token_type_ids,
+    // labels per row), else a causal LM
+    bool classify;
+    int32_t *mask, *types;
+    float *targets;
+    bool int_targets;
 } Case;
 
 // Records the worst error and fails the case past tol. Returns 0 when within.
@@ -149,6 +155,40 @@ int check_read_ids(const SafeTensors *io, const char *name, int32_t **out, int *
     return 0;
 }
 
+// A seq_cls case's io: attention_mask [B,T], token_type_ids [B,T] when the model has token types, and
+// labels: int64 class indices [B], or floats [B] / [B, num_labels].
+static int read_classify_io(Case *c, const Model *m, const SafeTensors *io) {
+    int B, T;
+    if (check_read_ids(io, "attention_mask", &c->mask, &B, &T)) return -1;
+    if (B != c->B || T != c->T) return peft_fail("%s: attention_mask is [%d, %d], input_ids [%d, %d]", io->path, B, T, c->B, c->T);
+    if (st_find(io, "token_type_ids") && check_read_ids(io, "token_type_ids", &c->types, &B, &T)) return -1;
+    if (c->types && (B != c->B || T != c->T)) return peft_fail("%s: token_type_ids is [%d, %d], input_ids [%d, %d]", io->path, B, T, c->B, c->T);
+    const StTensor *t = st_find(io, "labels");
+    if (!t) return peft_fail("%s: no labels", io->path);
+    c->int_targets = t->dtype == DT_I64 || t->dtype == DT_I32;
+    long want = model_problem_type(&m->cfg, c->int_targets) == PROBLEM_SINGLE_LABEL ? c->B : (long)c->B * m->cfg.num_labels;
+    if (t->numel != want) return peft_fail("%s: labels has %lld values, the model's problem type needs %ld", io->path, (long long)t->numel, want);
+    c->targets = xmalloc(sizeof(float) * want);
+    if (!c->int_targets) return st_to_f32(t, c->targets);
+    int64_t *tmp = xmalloc(sizeof(int64_t) * want);
+    int rc = st_to_i64(t, tmp);
+    for (long i = 0; !rc && i < want; i++) c->targets[i] = (float)tmp[i];
+    free(tmp);
+    return rc;
+}
+
+// The case's forward: logits (without labels) or the loss (with them). NAN on error.
+static double case_forward(const Case *c, Model *m, bool with_labels) {
+    if (!c->classify) return model_forward(m, c->ids, with_labels ? c->labels : NULL, c->B, c->T);
+    ClassifyBatch b = {c->ids, c->mask, c->types, with_labels ? c->targets : NULL, c->int_targets, c->B, c->T};
+    return model_classify(m, &b);
+}
+
+// How many logits the case's forward gives.
+static long case_logits(const Case *c, const Model *m) {
+    return c->classify ? (long)c->B * m->cfg.num_labels : (long)c->B * c->T * m->cfg.vocab_size;
+}
+
 static float scalar(const SafeTensors *st, const char *name) {
     const StTensor *t = st_find(st, name);
     float v = NAN;
@@ -160,17 +200,19 @@ static float scalar(const SafeTensors *st, const char *name) {
 static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     CheckResult *r = c->res;
     int B, T;
-    if (check_read_ids(io, "input_ids", &c->ids, &B, &T) || check_read_ids(io, "labels", &c->labels, &c->B, &c->T)) {
+    if (check_read_ids(io, "input_ids", &c->ids, &B, &T) || (!c->classify && check_read_ids(io, "labels", &c->labels, &c->B, &c->T))) {
         check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         return -1;
     }
     c->B = B; c->T = T;
-    if (isnan(model_forward(m, c->ids, NULL, B, T))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
-    if (compare_with_file(c, "logits", io, "logits", m->act.logits, (long)B * T * m->cfg.vocab_size, c->tol_logits)) return -1;
-    double loss = model_forward(m, c->ids, c->labels, B, T);
-    float ref_loss = scalar(io, "loss"), ref_lm = scalar(io, "lm_loss");
+    if (c->classify && read_classify_io(c, m, io)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (isnan(case_forward(c, m, false))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (compare_with_file(c, "logits", io, "logits", m->act.logits, case_logits(c, m), c->tol_logits)) return -1;
+    double loss = case_forward(c, m, true);
+    const char *task_loss = c->classify ? "cls_loss" : "lm_loss";  // the loss without a regulariser
+    float ref_loss = scalar(io, "loss"), ref_lm = scalar(io, task_loss);
     float got_loss = (float)loss, got_lm = (float)m->act.lm_loss;
-    if (compare(c, "loss", "lm_loss", &got_lm, &ref_lm, 1, c->tol_logits) || compare(c, "loss", "loss", &got_loss, &ref_loss, 1, c->tol_logits)) return -1;
+    if (compare(c, "loss", task_loss, &got_lm, &ref_lm, 1, c->tol_logits) || compare(c, "loss", "loss", &got_loss, &ref_loss, 1, c->tol_logits)) return -1;
 
     model_zero_grad(m);
     model_backward(m);
@@ -240,6 +282,9 @@ static int check_merge(Case *c, const char *dir) {
         Param *w = set->adapters[i].lin->weight;
         rc = compare_with_file(c, "merged weight", &merged, w->name, w->w, w->numel, c->tol_merged);
     }
+    for (int i = 0; !rc && i < m->n_params; i++)  // modules_to_save: merged, the base holds the trained copies
+        if (adapter_base_to_save(&set->cfg, m->params[i].name))
+            rc = compare_with_file(c, "merged module to save", &merged, m->params[i].name, m->params[i].w, m->params[i].numel, c->tol_merged);
     adapters_unmerge(m);
     for (int i = 0; !rc && i < set->n; i++) {
         Param *w = set->adapters[i].lin->weight;
@@ -263,11 +308,11 @@ static int check_save_roundtrip(Case *c, Model *m) {
     free(model_dir);
     if (!m2 || adapters_load(m2, tmp)) { check_result_set(c->res, CHECK_FAIL, "reloading the saved adapter: %s", peft_last_error()); rc = -1; }
     if (!rc) {
-        long n = (long)c->B * c->T * m->cfg.vocab_size;
-        model_forward(m, c->ids, NULL, c->B, c->T);
+        long n = case_logits(c, m);
+        case_forward(c, m, false);
         float *a = xmalloc(sizeof(float) * n);
         memcpy(a, m->act.logits, sizeof(float) * n);
-        model_forward(m2, c->ids, NULL, c->B, c->T);
+        case_forward(c, m2, false);
         rc = compare(c, "saved and reloaded adapter", "logits", m2->act.logits, a, n, 1e-6);
         free(a);
     }
@@ -361,8 +406,14 @@ void check_case(const char *dir_in, CheckResult *res) {
     cJSON *j = NULL;
     if (read_case(&c, dir, &j)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); return; }
     if (read_quantization(&c, j, dir)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); cJSON_Delete(j); return; }
-    const cJSON *method = cJSON_GetObjectItem(j, "method");
+    const cJSON *method = cJSON_GetObjectItem(j, "method"), *task = cJSON_GetObjectItem(j, "task");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
+    if (task && !(cJSON_IsString(task) && (!strcmp(task->valuestring, "seq_cls") || !strcmp(task->valuestring, "causal_lm")))) {
+        check_result_set(res, CHECK_FAIL, "%s/case.json: task must be \"causal_lm\" or \"seq_cls\"", dir);
+        cJSON_Delete(j);
+        return;
+    }
+    c.classify = task && !strcmp(task->valuestring, "seq_cls");
     MethodId id;
     char names[128];
     if (!strcmp(mname, "adalora-schedule")) {
@@ -382,5 +433,8 @@ void check_case(const char *dir_in, CheckResult *res) {
                           method_names(names, sizeof names, ", ", ", ", LIST_NAMES));
     free(c.ids);
     free(c.labels);
+    free(c.mask);
+    free(c.types);
+    free(c.targets);
     cJSON_Delete(j);
 }
