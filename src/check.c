@@ -19,9 +19,13 @@
 #include <string.h>
 #include <unistd.h>
 
-double rel_error(const float *a, const float *ref, long n) { return update_rel_error(NULL, a, ref, n); }
+double rel_error(const float *a, const float *ref, long n) { return floored_error(NULL, a, ref, n, 0); }
 
 double update_rel_error(const float *before, const float *after, const float *ref_after, long n) {
+    return floored_error(before, after, ref_after, n, 0);
+}
+
+double floored_error(const float *before, const float *after, const float *ref_after, long n, double floor_rms) {
     double num = 0, den = 0;
     for (long i = 0; i < n; i++) {
         double d = (double)after[i] - ref_after[i], u = (double)ref_after[i] - (before ? before[i] : 0.0);
@@ -29,6 +33,8 @@ double update_rel_error(const float *before, const float *after, const float *re
         den += u * u;
     }
     if (!isfinite(num)) return INFINITY;
+    double floor_sq = floor_rms * floor_rms * (double)n;  // the norm of n elements of floor_rms each, squared
+    if (den < floor_sq) den = floor_sq;
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
@@ -220,7 +226,7 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     int n = model_trainable(m, &params);
     char *grads_path = path_join(c->dir, "grads.safetensors"), *step_path = path_join(c->dir, "step.safetensors");
     SafeTensors grads = {0}, step = {0};
-    float **before = NULL;  // the trainable tensors before the step
+    float **before = NULL, **refs = NULL;  // the trainable tensors before the step, the reference gradients
     int rc = -1;
     if (st_open(&grads, grads_path) || st_open(&step, step_path)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (grads.n != n) { check_result_set(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
@@ -229,32 +235,46 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     // visibly different update (1.8e-4 of gpt2-full's from our own gradient). From the same gradient the
     // update (after - before) agrees to fp32 rounding, which is what lets CHECK_UPDATE_TOL be tight.
     before = xcalloc(n, sizeof(float *));
+    refs = xcalloc(n, sizeof(float *));
+    double sumsq = 0;  // the case's gradient scale: the RMS of every reference gradient element
+    long count = 0;
     for (int i = 0; i < n; i++) {
-        float *ref = check_load_reference(r, "gradient", &grads, params[i]->name, params[i]->numel);
-        if (!ref) goto out;
-        int bad = compare(c, "gradient", params[i]->name, params[i]->grad, ref, params[i]->numel, c->tol_grads);
-        memcpy(params[i]->grad, ref, sizeof(float) * params[i]->numel);
-        free(ref);
+        if (!(refs[i] = check_load_reference(r, "gradient", &grads, params[i]->name, params[i]->numel))) goto out;
+        for (long j = 0; j < params[i]->numel; j++) sumsq += (double)refs[i][j] * refs[i][j];
+        count += params[i]->numel;
+    }
+    double rms = count ? sqrt(sumsq / count) : 0;
+    for (int i = 0; i < n; i++) {
+        Param *p = params[i];
+        int bad = within(c, "gradient", p->name, floored_error(NULL, p->grad, refs[i], p->numel, CHECK_GRAD_FLOOR * rms), c->tol_grads);
+        memcpy(p->grad, refs[i], sizeof(float) * p->numel);
         if (bad) goto out;
-        before[i] = xmalloc(sizeof(float) * params[i]->numel);
-        memcpy(before[i], params[i]->w, sizeof(float) * params[i]->numel);
+        before[i] = xmalloc(sizeof(float) * p->numel);
+        memcpy(before[i], p->w, sizeof(float) * p->numel);
     }
     AdamW opt;
     adamw_init(&opt, params, n, c->lr, c->beta1, c->beta2, c->eps, c->wd);
     adamw_step(&opt, params, n, c->lr);
     adamw_free(&opt);
+    sumsq = 0;  // the case's update scale: the RMS of every reference update element (refs: the weights after the step now)
+    for (int i = 0; i < n; i++) {
+        free(refs[i]);
+        if (!(refs[i] = check_load_reference(r, "AdamW step", &step, params[i]->name, params[i]->numel))) goto out;
+        for (long j = 0; j < params[i]->numel; j++) sumsq += ((double)refs[i][j] - before[i][j]) * ((double)refs[i][j] - before[i][j]);
+    }
+    rms = count ? sqrt(sumsq / count) : 0;
     for (int i = 0; i < n; i++) {
         Param *p = params[i];
-        float *ref = check_load_reference(r, "AdamW step", &step, p->name, p->numel);
-        int bad = !ref || compare(c, "AdamW step", p->name, p->w, ref, p->numel, c->tol_step) ||
-                  within(c, "AdamW update", p->name, update_rel_error(before[i], p->w, ref, p->numel), c->tol_update);
-        free(ref);
-        if (bad) goto out;
+        if (compare(c, "AdamW step", p->name, p->w, refs[i], p->numel, c->tol_step) ||
+            within(c, "AdamW update", p->name, floored_error(before[i], p->w, refs[i], p->numel, CHECK_UPDATE_FLOOR * rms), c->tol_update))
+            goto out;
     }
     rc = 0;
 out:
     for (int i = 0; before && i < n; i++) free(before[i]);
+    for (int i = 0; refs && i < n; i++) free(refs[i]);
     free(before);
+    free(refs);
     st_close(&grads);
     st_close(&step);
     free(grads_path);

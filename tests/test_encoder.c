@@ -376,6 +376,20 @@ TEST(encoder_check_reads_seq_cls_cases) {
     free(root);
 }
 
+// peft check's floor (check.h): a vanishing reference is compared absolutely at the floor, anything
+// above it relatively as before, and a wrong value below the floor still fails the tolerance.
+TEST(check_floor_only_for_vanishing_references) {
+    float got[2] = {1e-9f, -1e-9f}, ref[2] = {1e-17f, 0};
+    CHECK(rel_error(got, ref, 2) > 1e7);                              // the key bias's 4e+08 before the floor
+    CHECK(fabs(floored_error(NULL, got, ref, 2, 1e-6) - 1e-3) < 1e-6);  // 1e-9 against the floor 1e-6
+    float big[2] = {1.01f, 2.0f}, big_ref[2] = {1.0f, 2.0f};
+    CHECK(floored_error(NULL, big, big_ref, 2, 1e-4) == rel_error(big, big_ref, 2));
+    float small[2] = {2e-5f, 0}, small_ref[2] = {1e-5f, 0};          // below the floor, but twice the reference
+    CHECK(floored_error(NULL, small, small_ref, 2, 1e-4) > 1e-3 * 50);
+    float before[2] = {1, 1}, after[2] = {1.001f, 1}, ref_after[2] = {1.001f, 1};
+    CHECK(floored_error(before, after, ref_after, 2, 1e-2) == update_rel_error(before, after, ref_after, 2));
+}
+
 // The generator's cases (tools/reference_cases, task seq_cls): each is checked when its folder exists,
 // and skipped by name until the cases are generated.
 TEST(encoder_reference_cases) {
