@@ -45,7 +45,7 @@ int cmd_eval(int argc, char **argv) {
         cols.text = c.data.text_column;
         ClassifyMetrics s;
         int n_ex = 0;
-        if (classify_run(c.model_dir, c.adapter_dir, c.data_path, &cols, c.data.seq_len, c.batch, true, &s, NULL, &n_ex, NULL))
+        if (classify_run(c.model_dir, c.adapter_dir, c.data_path, &cols, c.data.seq_len, c.batch, true, &s, NULL, &n_ex, NULL, NULL))
             return fail_with_library_error();
         if (s.regression) printf("pearson %.4f  spearman %.4f  mse %.6g  (%d examples)\n", s.pearson, s.spearman, s.mse, s.n);
         else printf("accuracy %.4f  f1 %.4f  mcc %.4f  (%d examples)\n", s.accuracy, s.f1, s.mcc, s.n);

@@ -8,7 +8,7 @@
 #include <string.h>
 
 int cmd_predict(int argc, char **argv) {
-    const char *model_dir = NULL, *adapter_dir = NULL, *data = NULL, *out = NULL;
+    const char *model_dir = NULL, *adapter_dir = NULL, *data = NULL, *out = NULL, *logits = NULL;
     ClassifyColumns cols = {0};
     int batch = 8, seq_len = 0;
     Option opts[] = {
@@ -16,6 +16,7 @@ int cmd_predict(int argc, char **argv) {
         {"adapter", OPT_STRING, &adapter_dir, "PEFT adapter folder (task_type SEQ_CLS) to apply"},
         {"data", OPT_STRING, &data, ".csv or .jsonl file; a label column, if any, is not read"},
         {"out", OPT_STRING, &out, "write the labels here (default: standard output)"},
+        {"logits", OPT_STRING, &logits, "also write the token ids (padded to one batch) and the logits to this .safetensors file"},
         {"text-column", OPT_STRING, &cols.text, "the text's column (default text, else sentence)"},
         {"text-pair-column", OPT_STRING, &cols.text_pair, "the second text's column, for text pairs (default: none)"},
         {"batch", OPT_INT, &batch, "sequences per batch (default 8)"},
@@ -30,7 +31,7 @@ int cmd_predict(int argc, char **argv) {
     float *pred = NULL;
     char **names = NULL;
     int n = 0;
-    if (classify_run(model_dir, adapter_dir, data, &cols, seq_len, batch, false, NULL, &pred, &n, &names)) return fail_with_library_error();
+    if (classify_run(model_dir, adapter_dir, data, &cols, seq_len, batch, false, NULL, &pred, &n, &names, logits)) return fail_with_library_error();
     char *text = xstrdup("");
     size_t len = 0;
     for (int i = 0; i < n; i++) {  // one label a line

@@ -2,6 +2,7 @@
 #include "classify.h"
 #include "data.h"
 #include "json_bytes.h"
+#include "safetensors.h"
 #include "train_step.h"
 #include "util.h"
 #include <cjson/cJSON.h>
@@ -272,7 +273,7 @@ static void batch_fill(Batch *bt, const Model *m, const ClassifyData *d, const i
     bt->b = (ClassifyBatch){bt->ids, bt->mask, types ? bt->types : NULL, d->labels ? bt->targets : NULL, m->cfg.num_labels > 1, B, T};
 }
 
-int classify_predict(Model *m, const ClassifyData *d, int batch, float *out) {
+int classify_predict(Model *m, const ClassifyData *d, int batch, float *out, float *logits) {
     bool training = m->training;
     m->training = false;
     Batch bt;
@@ -289,6 +290,7 @@ int classify_predict(Model *m, const ClassifyData *d, int batch, float *out) {
             int best = 0;
             for (int j = 1; j < NL; j++) if (z[j] > z[best]) best = j;
             out[s + b] = NL == 1 ? z[0] : (float)best;
+            if (logits) memcpy(logits + (long)(s + b) * NL, z, sizeof(float) * NL);
         }
     }
     free(idx);
@@ -470,7 +472,7 @@ static void describe_metrics(const TrainCallbacks *cb, const char *what, const C
 
 static int evaluate(Model *m, const ClassifyData *d, int batch, ClassifyMetrics *out) {
     float *pred = xmalloc(sizeof(float) * d->n);
-    int rc = classify_predict(m, d, batch, pred);
+    int rc = classify_predict(m, d, batch, pred, NULL);
     if (!rc) classify_metrics(pred, d->labels, d->n, m->cfg.num_labels, out);
     free(pred);
     return rc;
@@ -569,8 +571,37 @@ out:
     return rc;
 }
 
+// The examples as one padded batch (input_ids, attention_mask, token_type_ids when the model has token
+// types; int64 [n, max_len], padded as batch_fill pads) and their logits (float32 [n, num_labels]).
+static int write_logits(const char *path, const Model *m, const ClassifyData *d, const float *logits) {
+    int T = d->max_len > 0 ? d->max_len : 1, NL = m->cfg.num_labels;
+    long nt = (long)d->n * T;
+    int64_t *ids = xmalloc(sizeof(int64_t) * (nt ? nt : 1)), *mask = xmalloc(sizeof(int64_t) * (nt ? nt : 1)),
+            *types = xmalloc(sizeof(int64_t) * (nt ? nt : 1));
+    for (int e = 0; e < d->n; e++)
+        for (int t = 0; t < T; t++) {
+            long i = (long)e * T + t;
+            bool in = t < d->len[e];
+            ids[i] = in ? d->ids[e][t] : m->cfg.pad_token_id;
+            mask[i] = in;
+            types[i] = in ? d->types[e][t] : 0;
+        }
+    StWriter *w = st_writer_new();
+    int64_t shape[2] = {d->n, T}, shape_logits[2] = {d->n, NL};
+    st_writer_add(w, "input_ids", DT_I64, 2, shape, ids);
+    st_writer_add(w, "attention_mask", DT_I64, 2, shape, mask);
+    if (m->cfg.type_vocab_size > 1) st_writer_add(w, "token_type_ids", DT_I64, 2, shape, types);
+    st_writer_add_f32(w, "logits", 2, shape_logits, logits);
+    int rc = st_writer_save(w, path);
+    st_writer_free(w);
+    free(ids);
+    free(mask);
+    free(types);
+    return rc;
+}
+
 int classify_run(const char *model_dir, const char *adapter_dir, const char *data_path, const ClassifyColumns *cols, int seq_len, int batch,
-                 bool need_labels, ClassifyMetrics *metrics, float **preds, int *n, char ***names) {
+                 bool need_labels, ClassifyMetrics *metrics, float **preds, int *n, char ***names, const char *logits_path) {
     Model *m = model_load(model_dir);
     Tokenizer *tok = m ? tokenizer_load(model_dir) : NULL;
     ClassifyData d = {0};
@@ -578,10 +609,13 @@ int classify_run(const char *model_dir, const char *adapter_dir, const char *dat
     if (!rc && m->cfg.arch != ARCH_BERT) rc = peft_fail("%s: classification needs an encoder (BERT, RoBERTa), not %s", model_dir, m->cfg.model_type);
     if (!rc && adapter_dir) rc = adapters_load(m, adapter_dir);
     if (!rc) rc = classify_data_load(&d, data_path, m, tok, cols, seq_len, need_labels);
-    float *pred = NULL;
+    float *pred = NULL, *logits = NULL;
     if (!rc) {
         pred = xmalloc(sizeof(float) * d.n);
-        rc = classify_predict(m, &d, batch > 0 ? batch : 8, pred);
+        logits = logits_path ? xmalloc(sizeof(float) * ((long)d.n * m->cfg.num_labels + 1)) : NULL;
+        rc = classify_predict(m, &d, batch > 0 ? batch : 8, pred, logits);
+        if (!rc && logits_path) rc = write_logits(logits_path, m, &d, logits);
+        free(logits);
     }
     if (!rc && need_labels && metrics) classify_metrics(pred, d.labels, d.n, m->cfg.num_labels, metrics);
     if (!rc && names) *names = m->cfg.num_labels > 1 ? label_names(model_dir, m->cfg.num_labels) : NULL;

@@ -35,8 +35,8 @@ int classify_data_load(ClassifyData *d, const char *path, const Model *m, const 
 void classify_data_free(ClassifyData *d);
 
 // The model's predictions for examples [0, d->n): class indices (or values, regression) in out[n],
-// batches of `batch`, eval mode.
-int classify_predict(Model *m, const ClassifyData *d, int batch, float *out);
+// batches of `batch`, eval mode; logits (may be NULL): [n, num_labels].
+int classify_predict(Model *m, const ClassifyData *d, int batch, float *out, float *logits);
 
 // GLUE's metrics: accuracy, F1 (binary: of class 1; more classes: the macro average), Matthews
 // correlation (its multi-class form), and for regression Pearson and Spearman correlations and MSE.
@@ -55,6 +55,10 @@ void classify_metrics(const float *pred, const float *gold, int n, int num_label
 int classify_train(const TrainConfig *c, const ClassifyColumns *cols, const TrainCallbacks *cb, TrainResult *res);
 // Loads model (+ adapter) and data, predicts, and (need_labels) scores. preds (may be NULL): malloc'd [n];
 // label_names (may be NULL): config.json's id2label names, NULL-terminated, or NULL (none, or regression).
+// logits_path (may be NULL): a safetensors file of the examples padded to one batch (input_ids,
+// attention_mask, token_type_ids: int64 [n, T]) and their logits (float32 [n, num_labels]), so that
+// another implementation can be run on the same ids (tools/interop).
 int classify_run(const char *model_dir, const char *adapter_dir, const char *data_path, const ClassifyColumns *cols, int seq_len,
-                 int batch, bool need_labels, ClassifyMetrics *metrics, float **preds, int *n, char ***label_names);
+                 int batch, bool need_labels, ClassifyMetrics *metrics, float **preds, int *n, char ***label_names,
+                 const char *logits_path);
 void classify_names_free(char **names);

@@ -2,7 +2,7 @@
 # CLI tests of sequence classification with an encoder: `peft init --arch roberta` (a tiny random
 # RoBERTa classifier with the byte-level tokenizer), `peft train --task classify` with LoRA, VeRA,
 # AdaLoRA and full fine-tuning on JSONL and CSV (text pairs too), `peft eval --task classify`'s
-# metrics, `peft predict`'s labels, regression, and what is refused by name (the GPU, generation,
+# metrics, `peft predict`'s labels (and --logits), regression, and what is refused by name (the GPU, generation,
 # bad labels naming the file and line).
 # Usage: PEFT=build/peft bash tests/cli_classify_test.sh
 set -u
@@ -33,6 +33,11 @@ run_ok "eval --task classify" "$PEFT" eval --task classify --model "$M" --adapte
 check "eval: accuracy, f1 and mcc of the saved adapter" grep -q "accuracy 1.0000  f1 1.0000  mcc 1.0000  (30 examples)" "$TMP/out"
 run_ok "predict to a file" "$PEFT" predict --model "$M" --adapter "$TMP/lora" --data "$D/val.csv" --out "$TMP/pred.txt"
 check "predict: one label a line, the gold ones" test "$(tail -n +2 "$D/val.csv" | sed 's/.*,//' | tr -d '\r')" = "$(cat "$TMP/pred.txt")"
+run_ok "predict --logits" "$PEFT" predict --model "$M" --adapter "$TMP/lora" --data "$D/val.csv" --logits "$TMP/logits.safetensors"
+check "predict --logits: the same labels on stdout" test "$(cat "$TMP/out")" = "$(cat "$TMP/pred.txt")"
+check "predict --logits: ids and mask [30, T], logits [30, 3]" grep -qE \
+    '"input_ids":\{"dtype":"I64","shape":\[30,[0-9]+\].*"attention_mask":\{"dtype":"I64","shape":\[30,[0-9]+\].*"logits":\{"dtype":"F32","shape":\[30,3\]' \
+    "$TMP/logits.safetensors"
 for method in vera adalora full; do
     run_ok "train $method (text pairs)" "$PEFT" train "${COMMON[@]}" --data "$D/val.csv" --text-pair-column other --method $method \
         --steps 3 --out "$TMP/$method"
