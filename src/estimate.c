@@ -342,8 +342,8 @@ static int64_t widest_layer(const ModelConfig *c) {
     return w;
 }
 
-// transformer.c's ensure_activations, buffer by buffer, plus model_backward's dres and d_norm.
-// RoBERTa and GPT-3 are counted as the GPT-2 path would keep them (packed qkv, layer norms).
+// transformer.c's ensure_activations, buffer by buffer, plus model_backward's dres and d_norm (an
+// encoder's: encoder_backward's dres and the head's rows). GPT-3 is counted as the GPT-2 path would keep it.
 int64_t est_cpu_activation_bytes(const EstModel *em, int B, int T) {
     const ModelConfig *c = &em->cfg;
     int64_t N = (int64_t)B * T, L = c->n_layer, C = c->n_embd, I = c->n_inner, V = c->vocab_size;
@@ -364,6 +364,12 @@ int64_t est_cpu_activation_bytes(const EstModel *em, int B, int T) {
                      + 5 * N * wide      // scratch[5]
                      + (llama ? 2 * (int64_t)T * (HD / 2) : 0)  // rope tables
                      + 2 * N * C;        // model_backward: dres, d_norm
+    if (em->family == EST_ENCODER_ROBERTA) {  // encoder.c: logits [N rows, num_labels] (B used), the head's rows
+        int64_t NL = c->num_labels > 0 ? c->num_labels : 2;
+        global += N * NL + 3LL * B * C + B * NL  // head_in, head_pre, head_act, targets
+                  - N * C + 3LL * B * C + B * NL;  // encoder_backward: dres (no d_norm), d_in, d_pre, d_act, dlogits
+        return 4 * (L * per_layer + global) + 6 * N * 4;  // + ids, labels, positions, mask, token types, RoBERTa's positions
+    }
     return 4 * (L * per_layer + global) + 2 * N * 4;  // floats, plus labels and ids (int32)
 }
 
@@ -650,8 +656,10 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         int nb = 0;
         e->trainable += bias_tensors(em, adapted, c->bias, NULL, NULL, &nb);  // bias "all" / "lora_only"
     }
-    for (int i = 0; method != METHOD_FULL && i < em->n_linears; i++)  // the head trains whole (modules_to_save)
-        if (em->linears[i].saved) e->trainable += (int64_t)em->linears[i].in * em->linears[i].out + em->linears[i].out;
+    int64_t in_place = 0;  // the head trains whole (modules_to_save), the model's own tensors (adapter_base.c)
+    for (int i = 0; method != METHOD_FULL && i < em->n_linears; i++)
+        if (em->linears[i].saved) in_place += (int64_t)em->linears[i].in * em->linears[i].out + em->linears[i].out;
+    e->trainable += in_place;
     if (method == METHOD_FULL) e->trainable = em->n_params;
     if (method == METHOD_VERA) e->vera_projection = (int64_t)r * e->vera_max_in + (int64_t)e->vera_max_out * r;
     else e->vera_max_in = e->vera_max_out = 0;
@@ -685,7 +693,7 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
             if (adapted[i])
                 temp = MAX(temp, N * r + (method == METHOD_VERA ? (int64_t)em->linears[i].out * r : 0) +
                                      (c->dropout > 0 ? N * em->linears[i].in : 0));
-        e->cpu = (EstMemory){.weights = 4 * (P + Tr + e->vera_projection), .grads = 4 * Tr,
+        e->cpu = (EstMemory){.weights = 4 * (P + Tr - in_place + e->vera_projection), .grads = 4 * Tr,
                              .optimizer = 8 * Tr + (method == METHOD_ADALORA ? 16 * Tr : 0), .activations = cpu_act + 4 * extra,
                              .workspace = 4 * temp};
         gpu_memory(&e->gpu, em, adapted, method, r, c->dropout, batch, context);
