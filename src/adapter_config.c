@@ -5,8 +5,6 @@
 #include "util.h"
 #include <cjson/cJSON.h>
 #include <math.h>
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,18 +62,6 @@ void adapter_config_set_targets(AdapterConfig *c, const char *spec) {
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc) {
     adapter_config_set_targets(c, mc->arch == ARCH_GPT2 ? "c_attn" : mc->arch == ARCH_BERT ? "query,value" : "q_proj,v_proj");
     if (mc->arch == ARCH_GPT2) c->fan_in_fan_out = true;
-}
-
-bool regex_full_match(const char *pattern, const char *s) {
-    int err;
-    PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED | PCRE2_ENDANCHORED, &err, &off, NULL);
-    if (!re) return false;
-    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
-    bool ok = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, md, NULL) >= 0;
-    pcre2_match_data_free(md);
-    pcre2_code_free(re);
-    return ok;
 }
 
 bool adapter_targets_module(const AdapterConfig *c, const char *module) {
