@@ -294,7 +294,9 @@ int cmd_estimate(int argc, char **argv) {
                    human(rows[i].v[2], h3), human(rows[i].v[3], h4));
         printf("\nCPU column (this program):\n");
         for (int i = 0; CPU_NOTES[i]; i++) printf("  %s\n", CPU_NOTES[i]);
-        if (em.family == EST_ENCODER_ROBERTA || em.family == EST_DECODER_GPT3)
+        if (em.family == EST_ENCODER_ROBERTA)
+            printf("  (an encoder, %s: encoder.c's buffers, the same per layer; logits [B, num_labels], no d_norm)\n", em.name);
+        if (em.family == EST_DECODER_GPT3)
             printf("  (this program trains GPT-2 and Llama-family models: for %s the CPU column counts what the GPT-2 path would keep)\n", em.name);
         printf("GPU column (this program's CUDA backend, bf16):\n");
         for (int i = 0; GPU_NOTES[i]; i++) printf("  %s\n", GPU_NOTES[i]);

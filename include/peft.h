@@ -26,6 +26,7 @@
 #include "progress.h"
 #include "estimate.h"
 #include "check.h"
+#include "classify.h"
 
 #include "generate.h"
 #include "metrics.h"

@@ -8,6 +8,7 @@
 #include "model.h"
 #include "util.h"
 #include <malloc.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -266,6 +267,31 @@ TEST(estimate_cpu_activations_match_allocations) {
         est_model_free(&em);
         model_free(m);
     }
+    // An encoder (encoder.c's model_classify): the same buffers but logits [B, num_labels] and the head's rows.
+    ModelConfig mc;
+    CHECK(config_parse(&mc, "{\"model_type\": \"roberta\", \"vocab_size\": 30, \"hidden_size\": 16, \"num_hidden_layers\": 2,"
+                            " \"num_attention_heads\": 4, \"intermediate_size\": 24, \"max_position_embeddings\": 20,"
+                            " \"type_vocab_size\": 1, \"pad_token_id\": 1, \"num_labels\": 3}", "r.json") == 0);
+    Model *m = model_create_random(&mc, 5);
+    int B = 3, T = 8, N = B * T, NL = 3, C = mc.n_embd;
+    int32_t ids[24], mask[24];
+    float y[3] = {0, 2, 1};
+    for (int i = 0; i < N; i++) { ids[i] = 3 + i % 20; mask[i] = 1; }
+    ClassifyBatch b = {ids, mask, NULL, y, true, B, T};
+    CHECK(!isnan(model_classify(m, &b)));  // warm up BLAS / OpenMP
+    activations_free(&m->act, mc.n_layer);
+    struct mallinfo2 before = mallinfo2();
+    CHECK(!isnan(model_classify(m, &b)));
+    struct mallinfo2 after = mallinfo2();
+    int64_t used = (int64_t)(after.uordblks + after.hblkhd) - (int64_t)(before.uordblks + before.hblkhd);
+    EstModel em;
+    CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
+    // forward allocates everything but encoder_backward's dres [N,C], d_in, d_pre, d_act [B,C] and dlogits [B,NL]
+    int64_t expect = est_cpu_activation_bytes(&em, B, T) - 4LL * (N * C + 3 * B * C + B * NL);
+    int64_t slack = 64LL * (30 + 16 * mc.n_layer);
+    CHECK_MSG(used >= expect && used <= expect + slack, "roberta: heap grew %lld bytes, estimate %lld", (long long)used, (long long)expect);
+    est_model_free(&em);
+    model_free(m);
 #endif
 }
 

@@ -263,6 +263,12 @@ TEST(lora_init_refusals) {
     CHECK(adapters_attach(m, &c, 1) != 0 && strstr(peft_last_error(), "min(in, out) = 16"));
     adapter_config_free(&c);
     CHECK(lora_init_parse(&c, "loftq", "x") != 0 && strstr(peft_last_error(), "LoftQ"));
+    lora_cfg(&c, "c_attn", 2, "pissa_niter_3");  // the refusal names the value as the file spells it
+    c.alpha_pattern = xcalloc(1, sizeof(PatternEntry));
+    c.alpha_pattern[0] = (PatternEntry){xstrdup("c_attn"), 4};
+    c.n_alpha_pattern = 1;
+    CHECK(adapter_layout_check(&c, "cfg") != 0 && strstr(peft_last_error(), "init_lora_weights pissa_niter_3 with rank_pattern"));
+    adapter_config_free(&c);
     model_free(m);
 }
 

@@ -8,6 +8,7 @@
 #include <math.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,17 +23,61 @@ static bool lora_options(MethodId t) {
 
 const char *adapter_bias_name(BiasMode b) { return b >= 0 && b <= BIAS_LORA_ONLY ? BIAS_NAMES[b] : "?"; }
 
-static pcre2_code *compile(const char *pattern) {
+static pcre2_code *compile(const char *pattern, uint32_t options) {
     int err;
     PCRE2_SIZE off;
-    return pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, 0, &err, &off, NULL);
+    return pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, options, &err, &off, NULL);
 }
 
 static int check_regex(const char *pattern, const char *what, const char *path) {
-    pcre2_code *re = compile(pattern);
+    pcre2_code *re = compile(pattern, 0);
     if (!re) return peft_fail("%s: %s \"%s\" is not a valid regular expression", path, what, pattern);
     pcre2_code_free(re);
     return 0;
+}
+
+// Each pattern is compiled once in the process, not once per module it is matched against (a config's
+// patterns meet every module of the model, again for every adapter loaded): compiled code is read-only,
+// so threads share it (a match data block is per match). Past CACHE_MAX patterns, one is compiled for
+// the match and freed after it (owned).
+enum { CACHE_MAX = 1024 };
+typedef struct {
+    char *pattern;
+    uint32_t options;
+    pcre2_code *code;
+} CachedRegex;
+static CachedRegex cache[CACHE_MAX];
+static int n_cache;
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static pcre2_code *compiled(const char *pattern, uint32_t options, bool *owned) {
+    pthread_mutex_lock(&cache_lock);
+    pcre2_code *code = NULL;
+    int i = 0;
+    while (i < n_cache && (cache[i].options != options || strcmp(cache[i].pattern, pattern))) i++;
+    *owned = i == n_cache && n_cache == CACHE_MAX;
+    if (i < n_cache) code = cache[i].code;
+    else {
+        code = compile(pattern, options);  // NULL (no valid pattern) is cached too
+        if (!*owned) cache[n_cache++] = (CachedRegex){xstrdup(pattern), options, code};
+    }
+    pthread_mutex_unlock(&cache_lock);
+    return code;
+}
+
+static void release(pcre2_code *code, bool owned) {
+    if (owned) pcre2_code_free(code);
+}
+
+bool regex_full_match(const char *pattern, const char *s) {
+    bool owned;
+    pcre2_code *re = compiled(pattern, PCRE2_ANCHORED | PCRE2_ENDANCHORED, &owned);
+    if (!re) return false;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    bool ok = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, md, NULL) >= 0;
+    pcre2_match_data_free(md);
+    release(re, owned);
+    return ok;
 }
 
 // A list entry names a module exactly or is a suffix after a dot (PEFT's rule for target_modules and
@@ -59,7 +104,8 @@ bool adapter_module_excluded(const AdapterConfig *c, const char *module) {
 // layers_pattern, else the first pattern p with re.match(rf".*?\.{p}\.(\d+)\."); -1: none.
 static long layer_index(const char *pattern, const char *module) {
     char *re_text = pattern ? xasprintf(".*?\\.%s\\.(\\d+)\\.", pattern) : xstrdup(".*?\\.[^.]*\\.(\\d+)\\.");
-    pcre2_code *re = compile(re_text);
+    bool owned;
+    pcre2_code *re = compiled(re_text, 0, &owned);
     free(re_text);
     if (!re) return -1;
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
@@ -74,7 +120,7 @@ static long layer_index(const char *pattern, const char *module) {
         }
     }
     pcre2_match_data_free(md);
-    pcre2_code_free(re);
+    release(re, owned);
     return index;
 }
 
@@ -171,12 +217,11 @@ int adapter_layout_check(const AdapterConfig *c, const char *path) {
     if (str_targets && c->n_layers_pattern) return peft_fail("%s: layers_pattern cannot be used when target_modules is a string (PEFT refuses it too)", path);
     if (c->n_layers_pattern && !c->layers)
         return peft_fail("%s: layers_pattern is given without layers_to_transform (PEFT refuses it too)", path);
-    if (c->n_modules_to_save && !lora_options(c->type))
-        return peft_fail("%s: modules_to_save is implemented for LoRA only", path);
+    char init[32];
     if (lora_init_changes_base(c) && (c->n_lora_rank_pattern || c->n_alpha_pattern))  // lora_init.c converts with one r and alpha
-        return peft_fail("%s: init_lora_weights %s with rank_pattern or alpha_pattern is not implemented", path, c->init == LORA_INIT_OLORA ? "olora" : "pissa");
+        return peft_fail("%s: init_lora_weights %s with rank_pattern or alpha_pattern is not implemented", path, lora_init_text(c, init, sizeof init));
     if (lora_init_changes_base(c) && method_get(c->type) && method_get(c->type)->variant_key)
-        return peft_fail("%s: init_lora_weights %s with %s is not implemented", path, c->init == LORA_INIT_OLORA ? "olora" : "pissa",
+        return peft_fail("%s: init_lora_weights %s with %s is not implemented", path, lora_init_text(c, init, sizeof init),
                          method_get(c->type)->variant_key);
     if (c->bias != BIAS_NONE && !lora_options(c->type))
         return peft_fail("%s: bias \"%s\" is implemented for LoRA only (%s saves no biases here)", path, adapter_bias_name(c->bias),

@@ -228,9 +228,10 @@ int lora_combine(Model *m, AdapterSet *const *sets, const double *weights, int n
     for (int k = 0; k < n; k++) {
         if (sets[k]->cfg.type != METHOD_LORA)
             return peft_fail("adapter %d is %s: add_weighted_adapter combines LoRA adapters", k + 1, method_get(sets[k]->cfg.type)->title);
+        char init[32];
         if (lora_init_changes_base(&sets[k]->cfg))
             return peft_fail("adapter %d says init_lora_weights %s: convert it to plain LoRA first (peft train saves it so)", k + 1,
-                             sets[k]->cfg.init == LORA_INIT_OLORA ? "olora" : "pissa");
+                             lora_init_text(&sets[k]->cfg, init, sizeof init));
         if (!isfinite(weights[k])) return peft_fail("adapter %d: weight %g is not finite", k + 1, weights[k]);
     }
     if (needs_density(o.type) && isnan(o.density))

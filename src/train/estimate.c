@@ -24,6 +24,7 @@ static void add_linear(EstModel *em, int *cap, const char *name, int in, int out
     l->in = in;
     l->out = out;
     l->bias = bias;
+    l->saved = false;
 }
 
 static int64_t linear_params(const EstModel *em) {
@@ -51,7 +52,25 @@ int est_model_from_config(EstModel *em, const ModelConfig *c, const char *name) 
     int cap = 0, C = c->n_embd, I = c->n_inner;
     int64_t V = c->vocab_size, L = c->n_layer;
     char buf[256];
-    if (c->arch == ARCH_GPT2) {
+    if (c->arch == ARCH_BERT) {  // model.c's build_bert: the encoder's linears, then the head's
+        bool roberta = !strcmp(c->model_type, "roberta");
+        const char *pre = roberta ? "roberta" : "bert";
+        em->family = EST_ENCODER_ROBERTA;
+        em->lm_head = false;
+        static const char *const names[] = {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                                            "intermediate.dense", "output.dense"};
+        for (int l = 0; l < c->n_layer; l++)
+            for (int k = 0; k < 6; k++) {
+                snprintf(buf, sizeof buf, "%s.encoder.layer.%d.%s", pre, l, names[k]);
+                add_linear(em, &cap, buf, k == 5 ? I : C, k == 4 ? I : k == 5 ? C : C, true);
+            }
+        add_linear(em, &cap, roberta ? "classifier.dense" : "bert.pooler.dense", C, C, true);
+        em->linears[em->n_linears - 1].saved = roberta;
+        add_linear(em, &cap, roberta ? "classifier.out_proj" : "classifier", C, c->num_labels, true);
+        em->linears[em->n_linears - 1].saved = true;
+        // word, position and token-type embeddings, their LayerNorm, two LayerNorms per layer
+        em->n_params = V * C + (int64_t)c->n_positions * C + (int64_t)c->type_vocab_size * C + 2 * C + L * 4 * C;
+    } else if (c->arch == ARCH_GPT2) {
         em->family = EST_DECODER_GPT2;
         for (int l = 0; l < c->n_layer; l++) {
             snprintf(buf, sizeof buf, "transformer.h.%d.attn.c_attn", l); add_linear(em, &cap, buf, C, 3 * C, true);
@@ -301,6 +320,11 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, Metho
         ADD(2, r, max_in, "%s", "base_model.vera_A");
         ADD(2, max_out, r, "%s", "base_model.vera_B");
     }
+    for (int i = 0; i < em->n_linears; i++)  // modules_to_save: the head's copies, after what the method writes
+        if (em->linears[i].saved) {
+            ADD(2, em->linears[i].out, em->linears[i].in, "base_model.model.%s.weight", em->linears[i].name);
+            ADD(1, em->linears[i].out, 0, "base_model.model.%s.bias", em->linears[i].name);
+        }
 #undef ADD
     int64_t bytes = est_safetensors_bytes(t, n);
     for (int i = 0; i < n; i++) free(names[i]);
@@ -318,8 +342,8 @@ static int64_t widest_layer(const ModelConfig *c) {
     return w;
 }
 
-// transformer.c's ensure_activations, buffer by buffer, plus model_backward's dres and d_norm.
-// RoBERTa and GPT-3 are counted as the GPT-2 path would keep them (packed qkv, layer norms).
+// transformer.c's ensure_activations, buffer by buffer, plus model_backward's dres and d_norm (an
+// encoder's: encoder_backward's dres and the head's rows). GPT-3 is counted as the GPT-2 path would keep it.
 int64_t est_cpu_activation_bytes(const EstModel *em, int B, int T) {
     const ModelConfig *c = &em->cfg;
     int64_t N = (int64_t)B * T, L = c->n_layer, C = c->n_embd, I = c->n_inner, V = c->vocab_size;
@@ -340,6 +364,12 @@ int64_t est_cpu_activation_bytes(const EstModel *em, int B, int T) {
                      + 5 * N * wide      // scratch[5]
                      + (llama ? 2 * (int64_t)T * (HD / 2) : 0)  // rope tables
                      + 2 * N * C;        // model_backward: dres, d_norm
+    if (em->family == EST_ENCODER_ROBERTA) {  // encoder.c: logits [N rows, num_labels] (B used), the head's rows
+        int64_t NL = c->num_labels > 0 ? c->num_labels : 2;
+        global += N * NL + 3LL * B * C + B * NL  // head_in, head_pre, head_act, targets
+                  - N * C + 3LL * B * C + B * NL;  // encoder_backward: dres (no d_norm), d_in, d_pre, d_act, dlogits
+        return 4 * (L * per_layer + global) + 6 * N * 4;  // + ids, labels, positions, mask, token types, RoBERTa's positions
+    }
     return 4 * (L * per_layer + global) + 2 * N * 4;  // floats, plus labels and ids (int32)
 }
 
@@ -591,14 +621,18 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     e->r = r;
     e->target_r = c->target_r;
     if (method != METHOD_FULL && r <= 0) return peft_fail("the rank must be positive (got %d)", r);
-    if (method != METHOD_FULL && c->n_modules_to_save)
-        return peft_fail("modules_to_save: peft estimate does not count modules trained in full beside the adapter yet");
+    for (int k = 0; method != METHOD_FULL && k < c->n_modules_to_save; k++) {  // an encoder's head is counted (EstLinear.saved)
+        const char *entry = c->modules_to_save[k];
+        if (em->family != EST_ENCODER_ROBERTA || (strcmp(entry, "classifier") && strcmp(entry, "score")))
+            return peft_fail("modules_to_save \"%s\": peft estimate does not count modules trained in full beside the adapter yet "
+                             "(but an encoder's classification head)", entry);
+    }
     if (method == METHOD_ADALORA && (c->target_r < 0 || c->target_r > c->init_r))
         return peft_fail("AdaLoRA target_r %d must be in 0..init_r (%d)", c->target_r, c->init_r);
     bool *adapted = xcalloc(em->n_linears ? em->n_linears : 1, sizeof(bool));
     if (method != METHOD_FULL) {
         for (int i = 0; i < em->n_linears; i++)
-            if ((adapted[i] = adapter_targets_module(c, em->linears[i].name))) e->n_adapted++;
+            if ((adapted[i] = !em->linears[i].saved && adapter_targets_module(c, em->linears[i].name))) e->n_adapted++;
         if (e->n_adapted == 0) {
             free(adapted);
             if (c->target_regex) return peft_fail("target_modules \"%s\" matched no module of %s", c->target_regex, em->name);
@@ -622,6 +656,10 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         int nb = 0;
         e->trainable += bias_tensors(em, adapted, c->bias, NULL, NULL, &nb);  // bias "all" / "lora_only"
     }
+    int64_t in_place = 0;  // the head trains whole (modules_to_save), the model's own tensors (adapter_base.c)
+    for (int i = 0; method != METHOD_FULL && i < em->n_linears; i++)
+        if (em->linears[i].saved) in_place += (int64_t)em->linears[i].in * em->linears[i].out + em->linears[i].out;
+    e->trainable += in_place;
     if (method == METHOD_FULL) e->trainable = em->n_params;
     if (method == METHOD_VERA) e->vera_projection = (int64_t)r * e->vera_max_in + (int64_t)e->vera_max_out * r;
     else e->vera_max_in = e->vera_max_out = 0;
@@ -655,7 +693,7 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
             if (adapted[i])
                 temp = MAX(temp, N * r + (method == METHOD_VERA ? (int64_t)em->linears[i].out * r : 0) +
                                      (c->dropout > 0 ? N * em->linears[i].in : 0));
-        e->cpu = (EstMemory){.weights = 4 * (P + Tr + e->vera_projection), .grads = 4 * Tr,
+        e->cpu = (EstMemory){.weights = 4 * (P + Tr - in_place + e->vera_projection), .grads = 4 * Tr,
                              .optimizer = 8 * Tr + (method == METHOD_ADALORA ? 16 * Tr : 0), .activations = cpu_act + 4 * extra,
                              .workspace = 4 * temp};
         gpu_memory(&e->gpu, em, adapted, method, r, c->dropout, batch, context);
