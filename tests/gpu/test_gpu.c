@@ -52,6 +52,19 @@ static void run_fixture(const char *root, const char *name, GpuPrecision prec, b
     report(r.status == CHECK_PASS ? "PASS" : r.status == CHECK_FAIL ? "FAIL" : "SKIP", label, detail);
 }
 
+// --only A,B,...: the checks whose names contain any of the comma-separated parts (all without --only).
+static bool wanted(const char *name, const char *only) {
+    if (!only) return true;
+    for (const char *p = only;;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        for (const char *s = name; n && *s; s++)
+            if (!strncmp(s, p, n)) return true;
+        if (!e) return false;
+        p = e + 1;
+    }
+}
+
 // ---------------- random models against the CPU ----------------
 static uint64_t rng = 0x1234567;
 static double urand(void) {
@@ -786,8 +799,9 @@ static double compare_tensor_files(const char *a, const char *b) {
 // step by step (loss, causal-LM loss, gradient norm, AdaLoRA's budget) and in the saved adapter. AdaLoRA
 // runs with its regulariser, and with allocate its rank allocator too (scores on the device, masks from
 // step 2 of 6 on: the same ranks kept unless two triplets' scores nearly tie). With pack, --pack into
-// sequences of 256 tokens (two or more of the data's rows in each).
-static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate) {
+// sequences of 256 tokens (two or more of the data's rows in each). With base, LoRA also trains every bias (bias "all") and
+// the final norm (modules_to_save ln_f), saved in the adapter.
+static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate, bool base) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
@@ -799,6 +813,12 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack, bool
     if (allocate) { c.adapter.tinit = 1; c.adapter.tfinal = 2; }
     c.pack = pack;
     if (pack) c.data.seq_len = 256;
+    if (base) {
+        c.adapter.bias = BIAS_ALL;
+        c.adapter.modules_to_save = xmalloc(sizeof(char *));
+        c.adapter.modules_to_save[0] = xstrdup("ln_f");
+        c.adapter.n_modules_to_save = 1;
+    }
     Rec a, b;
     TrainResult ra, rb;
     const char *status = "FAIL";
@@ -1068,7 +1088,7 @@ int main(int argc, char **argv) {
     }
     gpu_describe(why, sizeof why);
     printf("GPU: %s\n", why);
-    // test_gpu [FIXTURES_DIR...] [--only NAME]: the reference cases of each folder, then the other checks.
+    // test_gpu [FIXTURES_DIR...] [--only NAME[,NAME...]]: the reference cases of each folder, then the other checks.
     const char *roots[8] = {"tests/fixtures/hf-peft"}, *only = NULL;
     int n_roots = 0;
     for (int a = 1; a < argc; a++) {
@@ -1078,13 +1098,19 @@ int main(int argc, char **argv) {
     if (!n_roots) n_roots = 1;
     static const char *cases[] = {"gpt2-lora", "gpt2-full", "llama-lora", "llama-full", "gpt2-vera", "gpt2-adalora", "llama-vera", "llama-adalora"};
     static const char *dora_cases[] = {"gpt2-lora-dora", "llama-lora-dora", "llama-lora-dora-qv-rslora"};  // the repository's own
+    // bias and modules_to_save (issue 18; the repository's own): base weights trained beside LoRA, some of them in a fused
+    // group whose other members stay frozen (Qwen2's q/k/v with lora_only on q, v; layer 1's q_proj as a module to save).
+    static const char *base_cases[] = {"gpt2-lora-bias-all", "gpt2-lora-bias-lora-only", "llama-lora-bias-all", "qwen2-lora-bias-all-layers",
+                                       "qwen2-lora-bias-lora-only", "llama-lora-modules-to-save", "qwen2-lora-modules-to-save-linear"};
     for (int r = 0; r < n_roots; r++) {
         if (!dir_exists(roots[r])) printf("\n*** SKIPPED: %s not found: HF PEFT reference cases not run on the GPU ***\n\n", roots[r]);
         for (int p = 0; p < 2; p++) {
             for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-                if (!only || strstr(cases[i], only)) run_fixture(roots[r], cases[i], p ? GPU_BF16 : GPU_FP32, false);
+                if (wanted(cases[i], only)) run_fixture(roots[r], cases[i], p ? GPU_BF16 : GPU_FP32, false);
             for (size_t i = 0; r == 0 && i < sizeof dora_cases / sizeof *dora_cases; i++)
-                if (!only || strstr(dora_cases[i], only)) run_fixture(roots[r], dora_cases[i], p ? GPU_BF16 : GPU_FP32, true);
+                if (wanted(dora_cases[i], only)) run_fixture(roots[r], dora_cases[i], p ? GPU_BF16 : GPU_FP32, true);
+            for (size_t i = 0; r == 0 && i < sizeof base_cases / sizeof *base_cases; i++)
+                if (wanted(base_cases[i], only)) run_fixture(roots[r], base_cases[i], p ? GPU_BF16 : GPU_FP32, false);
         }
     }
     static const RandCase rcs[] = {
@@ -1109,7 +1135,7 @@ int main(int argc, char **argv) {
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof rcs / sizeof *rcs; i++)
-            if (!only || strstr(rcs[i].name, only)) run_random(&rcs[i], p ? GPU_BF16 : GPU_FP32);
+            if (wanted(rcs[i].name, only)) run_random(&rcs[i], p ? GPU_BF16 : GPU_FP32);
     // AdaLoRA's orthogonal regulariser, adapter dropout (random models, the GPU against the CPU and itself).
     static const struct { const char *name, *config, *targets; int B, T; } orth[] = {
         {"orth-reg gpt2-adalora-all T64", GPT2_CFG, GPT2_ALL, 2, 64},
@@ -1120,9 +1146,9 @@ int main(int argc, char **argv) {
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof orth / sizeof *orth; i++)
-            if (!only || strstr(orth[i].name, only)) run_orth(orth[i].name, orth[i].config, orth[i].targets, orth[i].B, orth[i].T, p ? GPU_BF16 : GPU_FP32);
+            if (wanted(orth[i].name, only)) run_orth(orth[i].name, orth[i].config, orth[i].targets, orth[i].B, orth[i].T, p ? GPU_BF16 : GPU_FP32);
     for (size_t i = 0; i < sizeof drop / sizeof *drop; i++)
-        if (!only || strstr(drop[i].name, only)) run_dropout(drop[i].name, drop[i].config, drop[i].targets, drop[i].B, drop[i].T);
+        if (wanted(drop[i].name, only)) run_dropout(drop[i].name, drop[i].config, drop[i].targets, drop[i].B, drop[i].T);
     // Packing: GPT-2 (wpe, every gradient), Llama (rope, GQA), a sliding window, head_dim 128.
     static const struct { const char *name, *config, *targets; int window; } packs[] = {
         {"pack gpt2-full", GPT2_CFG, NULL, 0},
@@ -1132,15 +1158,17 @@ int main(int argc, char **argv) {
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof packs / sizeof *packs; i++)
-            if (!only || strstr(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
-#define WANT(name) (!only || strstr(name, only))
+            if (wanted(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
+#define WANT(name) (wanted(name, only))
     if (WANT("dora refusals")) run_dora_refusals();
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
-    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false);
-    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", METHOD_ADALORA, false, false);
-    if (WANT("train grad-accum adalora allocator")) run_trainer_accum("train grad-accum adalora allocator", METHOD_ADALORA, false, true);
-    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true, false);
+    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false, false);
+    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", METHOD_ADALORA, false, false, false);
+    if (WANT("train grad-accum adalora allocator")) run_trainer_accum("train grad-accum adalora allocator", METHOD_ADALORA, false, true, false);
+    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true, false, false);
+    if (WANT("train grad-accum lora bias+modules-to-save"))
+        run_trainer_accum("train grad-accum lora bias+modules-to-save", METHOD_LORA, false, false, true);
     if (WANT("train resume lora accum+dropout")) {
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_FP32, 6, 2, 1e-6);
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_BF16, 6, 2, 1e-4);
