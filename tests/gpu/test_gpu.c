@@ -1043,6 +1043,103 @@ static void run_quant_refuses_full(void) {
     model_free(m);
 }
 
+// ---------------- the encoders' attention: bidirectional, with a key padding mask ----------------
+// float64 reference of gpu_attention_bidir: per row b, head h (GQA: KV head h / (NH / NKV)) and query t, softmax of
+// scale q k_j over the keys j with mask[b, j] set, times v; then the backward from dout (accumulated into dqkv).
+static void attn_bidir_ref(int B, int T, int NH, int NKV, int HD, const int32_t *mask, const float *qkv, const float *dout, float *out,
+                           float *dqkv) {
+    int S = (NH + 2 * NKV) * HD, QW = NH * HD, KVW = NKV * HD;
+    double scale = 1.0 / sqrt((double)HD);
+    double *p = xmalloc(sizeof(double) * T), *dp = xmalloc(sizeof(double) * T), *acc = xcalloc((size_t)B * T * S, sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                int kvh = h / (NH / NKV);
+                long n = (long)b * T + t;
+                const float *q = qkv + n * S + h * HD, *dq = dout + n * QW + h * HD;
+                double mx = -INFINITY, sum = 0, D = 0;
+                for (int j = 0; j < T; j++) {
+                    p[j] = -INFINITY;
+                    if (!mask[(long)b * T + j]) continue;
+                    const float *k = qkv + ((long)b * T + j) * S + QW + kvh * HD;
+                    double dot = 0;
+                    for (int i = 0; i < HD; i++) dot += (double)q[i] * k[i];
+                    p[j] = dot * scale;
+                    mx = fmax(mx, p[j]);
+                }
+                for (int j = 0; j < T; j++) sum += (p[j] = exp(p[j] - mx));
+                for (int j = 0; j < T; j++) {
+                    p[j] /= sum;
+                    const float *v = qkv + ((long)b * T + j) * S + QW + KVW + kvh * HD;
+                    dp[j] = 0;
+                    for (int i = 0; i < HD; i++) dp[j] += (double)dq[i] * v[i];
+                    D += p[j] * dp[j];
+                }
+                for (int i = 0; i < HD; i++) {
+                    double o = 0;
+                    for (int j = 0; j < T; j++) o += p[j] * qkv[((long)b * T + j) * S + QW + KVW + kvh * HD + i];
+                    out[n * QW + h * HD + i] = (float)o;
+                }
+                for (int j = 0; j < T; j++) {
+                    if (p[j] == 0) continue;
+                    double ds = p[j] * (dp[j] - D) * scale;
+                    long kj = ((long)b * T + j) * S + QW + kvh * HD;
+                    for (int i = 0; i < HD; i++) {
+                        acc[n * S + h * HD + i] += ds * qkv[kj + i];
+                        acc[kj + i] += ds * q[i];
+                        acc[kj + KVW + i] += p[j] * dq[i];
+                    }
+                }
+            }
+    for (long i = 0; i < (long)B * T * S; i++) dqkv[i] = (float)acc[i];
+    free(p);
+    free(dp);
+    free(acc);
+}
+
+// gpu_attention_bidir against attn_bidir_ref: row 0 all real tokens, row 1 right padding, row 2 left padding with holes;
+// the output and dq, dk, dv within tol (fp32 1e-4; bf16 2e-2, its inputs rounded to bf16 for both), and the padding
+// keys' dk, dv exactly 0 (probability 0: no gradient reaches them).
+static void run_attn_bidir(const char *name, int B, int T, int NH, int NKV, int HD, GpuPrecision prec) {
+    char label[128], detail[256];
+    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    int S = (NH + 2 * NKV) * HD, QW = NH * HD;
+    long N = (long)B * T;
+    float *qkv = xmalloc(sizeof(float) * N * S), *dout = xmalloc(sizeof(float) * N * QW);
+    float *out = xmalloc(sizeof(float) * N * QW), *dqkv = xmalloc(sizeof(float) * N * S);
+    float *ref_out = xmalloc(sizeof(float) * N * QW), *ref_dqkv = xmalloc(sizeof(float) * N * S);
+    int32_t *mask = xmalloc(sizeof(int32_t) * N);
+    for (long i = 0; i < N * S; i++) qkv[i] = (float)(4 * urand() - 2);  // scores up to ~|q||k|/sqrt(HD): peaked rows too
+    for (long i = 0; i < N * QW; i++) dout[i] = (float)(2 * urand() - 1);
+    if (prec == GPU_BF16) {
+        for (long i = 0; i < N * S; i++) qkv[i] = bf16_round(qkv[i]);
+        for (long i = 0; i < N * QW; i++) dout[i] = bf16_round(dout[i]);
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            mask[(long)b * T + t] = b % 3 == 0 ? 1 : b % 3 == 1 ? t < T * 2 / 5 : t >= T / 3 && t % 7 != 3;
+    const char *status = "FAIL";
+    if (gpu_attention_bidir(B, T, NH, NKV, HD, mask, prec, qkv, dout, out, dqkv)) {
+        snprintf(detail, sizeof detail, "%s", peft_last_error());
+    } else {
+        attn_bidir_ref(B, T, NH, NKV, HD, mask, qkv, dout, ref_out, ref_dqkv);
+        double e_out = rel_error(out, ref_out, N * QW), e_d = rel_error(dqkv, ref_dqkv, N * S), pad = 0;
+        for (long n = 0; n < N; n++)
+            for (int i = QW; i < S && !mask[n]; i++) pad = fmax(pad, fabs(dqkv[n * S + i]));
+        double tol = prec == GPU_BF16 ? 2e-2 : 1e-4;
+        status = e_out <= tol && e_d <= tol && pad == 0 ? "PASS" : "FAIL";
+        snprintf(detail, sizeof detail, "out %.1e, dqkv %.1e (rel; bound %.0e), padding keys' |dk|,|dv| max %.1e", e_out, e_d, tol, pad);
+    }
+    report(status, label, detail);
+    free(qkv);
+    free(dout);
+    free(out);
+    free(dqkv);
+    free(ref_out);
+    free(ref_dqkv);
+    free(mask);
+}
+
 // train_run --device cuda --quantize on the tiny GPT-2 (LoRA on every linear): each step's loss
 // against the CPU's quantized run (fp32: 1e-5 relative, bf16: 5e-2), and the saved adapters (fp32).
 static void run_trainer_quant(const char *name, QuantType t, bool nested, GpuPrecision prec) {
@@ -1210,6 +1307,17 @@ int main(int argc, char **argv) {
         run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_BF16);
     }
     if (WANT("quant train int8")) run_trainer_quant("quant train int8", QUANT_INT8, false, GPU_FP32);
+    // The encoders' attention (bidirectional, key padding mask): the flash kernels (head_dim 64, 128; bf16), the generic ones
+    // (fp32, and head_dim 16 as the tiny reference encoders have), GQA, T not a multiple of 64.
+    static const struct { const char *name; int B, T, NH, NKV, HD; } attns[] = {
+        {"attn-bidir hd64 GQA T150", 3, 150, 4, 2, 64},
+        {"attn-bidir hd128 T100", 3, 100, 2, 2, 128},
+        {"attn-bidir hd16 T40", 3, 40, 4, 4, 16},
+        {"attn-bidir hd64 T64", 2, 64, 2, 2, 64},
+    };
+    for (int p = 0; p < 2; p++)
+        for (size_t i = 0; i < sizeof attns / sizeof *attns; i++)
+            if (WANT(attns[i].name)) run_attn_bidir(attns[i].name, attns[i].B, attns[i].T, attns[i].NH, attns[i].NKV, attns[i].HD, p ? GPU_BF16 : GPU_FP32);
 #undef WANT
     trainer_cleanup();
     printf("%d passed, %d failed, %d skipped; peak GPU memory %.1f MiB\n", n_pass, n_fail, n_skip, gpu_peak_bytes() / 1048576.0);
