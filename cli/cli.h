@@ -16,6 +16,8 @@ int cmd_estimate(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_data(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
+
 
 // Options are "--name value" or "--flag". A command declares what it accepts; anything else is an error.
 typedef enum { OPT_STRING, OPT_INT, OPT_FLOAT, OPT_FLAG } OptKind;
@@ -44,3 +46,9 @@ int quant_options(Option *o, const char **quantize, bool *no_double_quant);
 // Their meaning: *type (QUANT_NONE without --quantize, as int: a QuantType) and *nested (double
 // quantization, 4-bit only). Prints the error and returns 2 when they are invalid.
 int quant_resolve(const char *command, const char *quantize, bool no_double_quant, int *type, bool *nested);
+
+// --task, --label-column and --text-pair-column (train, eval): fills o[], returns how many. *task is
+// "lm" (default) or "classify" (classify.h); task_is_classify checks it (prints the error: -1).
+struct ClassifyColumns;
+int classify_options(Option *o, const char **task, struct ClassifyColumns *cols);
+int task_is_classify(const char *command, const char *task);

@@ -196,7 +196,7 @@ int cmd_generate(int argc, char **argv) {
     Model *m = NULL;
     if (prompts_file && !(lines = read_lines(prompts_file, &n_prompts, &line_lens))) { rc = fail_with_library_error(); goto out; }
     m = model_load_quantized(model_dir, qt, nested);
-    if (!m) { rc = fail_with_library_error(); goto out; }
+    if (!m || model_require_decoder(&m->cfg, "peft generate")) { rc = fail_with_library_error(); goto out; }
     if (!(tok = tokenizer_load(model_dir))) { rc = fail_with_library_error(); goto out; }
     if (adapter_dir) {
         if (adapters_load(m, adapter_dir)) { rc = fail_with_library_error(); goto out; }

@@ -1,4 +1,6 @@
-// peft init: a new HF model folder with random weights (std 0.02), to pretrain from scratch.
+// peft init: a new HF model folder with random weights (std 0.02), to pretrain from scratch (or, for
+// --arch roberta or bert, a random sequence classifier of --labels classes: tests and benchmarks;
+// bert needs --tokenizer-from a WordPiece tokenizer with [CLS], [SEP] and [PAD]).
 // Without --tokenizer-from it gets a byte-level tokenizer (vocab 257); with it, the vocabulary is
 // the tokenizer's (its largest id + 1) unless --vocab asks for more.
 #include "byte_tokenizer.h"
@@ -23,9 +25,10 @@ static int copy_if_present(const char *from_dir, const char *to_dir, const char 
 
 int cmd_init(int argc, char **argv) {
     const char *arch = "gpt2", *out = NULL, *tok_from = NULL;
-    int layers = 4, hidden = 128, heads = 4, kv_heads = 0, inner = 0, context = 256, vocab = 0, seed = 1;
+    int layers = 4, hidden = 128, heads = 4, kv_heads = 0, inner = 0, context = 256, vocab = 0, seed = 1, labels = 2;
     Option opts[] = {
-        {"arch", OPT_STRING, &arch, "gpt2 | llama | mistral | qwen2 (default gpt2)"},
+        {"arch", OPT_STRING, &arch, "gpt2 | llama | mistral | qwen2 | roberta | bert (default gpt2)"},
+        {"labels", OPT_INT, &labels, "roberta, bert: the classification head's outputs (default 2; 1: regression)"},
         {"layers", OPT_INT, &layers, "number of blocks (default 4)"},
         {"hidden", OPT_INT, &hidden, "hidden size (default 128)"},
         {"heads", OPT_INT, &heads, "attention heads (default 4)"},
@@ -39,23 +42,27 @@ int cmd_init(int argc, char **argv) {
     };
     if (parse_options("init", argc, argv, opts, sizeof opts / sizeof *opts, NULL, 0, NULL)) return 2;
     if (!out) { fprintf(stderr, "peft init: --out DIR is required\n"); return 2; }
-    bool gpt2 = !strcmp(arch, "gpt2");
-    if (!gpt2 && strcmp(arch, "llama") && strcmp(arch, "mistral") && strcmp(arch, "qwen2")) {
-        fprintf(stderr, "peft init: unknown --arch %s (gpt2, llama, mistral, qwen2)\n", arch);
+    bool gpt2 = !strcmp(arch, "gpt2"), roberta = !strcmp(arch, "roberta"), bert = !strcmp(arch, "bert"), encoder = roberta || bert;
+    if (!gpt2 && !encoder && strcmp(arch, "llama") && strcmp(arch, "mistral") && strcmp(arch, "qwen2")) {
+        fprintf(stderr, "peft init: unknown --arch %s (gpt2, llama, mistral, qwen2, roberta, bert)\n", arch);
         return 2;
     }
+    if (encoder && (labels < 1 || labels > 65536)) { fprintf(stderr, "peft init: --labels must be in [1, 65536]\n"); return 2; }
+    if (bert && !tok_from) { fprintf(stderr, "peft init: --arch bert needs --tokenizer-from a WordPiece tokenizer ([CLS], [SEP], [PAD])\n"); return 2; }
     if (hidden <= 0 || heads <= 0 || layers <= 0 || context <= 0 || hidden % heads) {
         fprintf(stderr, "peft init: sizes must be positive and --hidden divisible by --heads\n");
         return 2;
     }
-    int tok_vocab = BYTE_TOKENIZER_VOCAB, bos = BYTE_TOKENIZER_EOS, eos = BYTE_TOKENIZER_EOS;
+    int tok_vocab = BYTE_TOKENIZER_VOCAB, bos = BYTE_TOKENIZER_EOS, eos = BYTE_TOKENIZER_EOS, pad = 0;
     if (tok_from) {
         Tokenizer *tok = tokenizer_load(tok_from);
         if (!tok) return fail_with_library_error();
         tok_vocab = tokenizer_vocab_size(tok);
         bos = tokenizer_bos(tok);
         eos = tokenizer_eos(tok);
+        pad = tokenizer_token_id(tok, "[PAD]");
         tokenizer_free(tok);
+        if (bert && pad < 0) { fprintf(stderr, "peft init: %s has no [PAD] token\n", tok_from); return 2; }
     }
     if (vocab && vocab < tok_vocab) {
         fprintf(stderr, "peft init: --vocab %d is smaller than the tokenizer's %d ids (%s)\n", vocab, tok_vocab, tok_from ? tok_from : "byte-level");
@@ -63,10 +70,10 @@ int cmd_init(int argc, char **argv) {
     }
     ModelConfig c = {0};
     snprintf(c.model_type, sizeof c.model_type, "%s", arch);
-    c.arch = gpt2 ? ARCH_GPT2 : ARCH_LLAMA;
+    c.arch = gpt2 ? ARCH_GPT2 : encoder ? ARCH_BERT : ARCH_LLAMA;
     c.n_layer = layers; c.n_embd = hidden; c.n_head = heads; c.n_kv_head = kv_heads ? kv_heads : heads;
     c.head_dim = hidden / heads;
-    long long inner_default = gpt2 ? 4LL * hidden : (8LL * hidden / 3 + 7) / 8 * 8;  // too large: config_validate refuses --hidden
+    long long inner_default = gpt2 || encoder ? 4LL * hidden : (8LL * hidden / 3 + 7) / 8 * 8;  // too large: config_validate refuses --hidden
     c.n_inner = inner ? inner : (int)(inner_default > INT_MAX ? INT_MAX : inner_default);
     c.n_positions = context;
     c.vocab_size = vocab ? vocab : tok_vocab;
@@ -77,6 +84,23 @@ int cmd_init(int argc, char **argv) {
     c.o_bias = c.mlp_bias = gpt2;
     c.bos_token_id = bos;
     c.eos_token_id = eos;
+    if (roberta) {  // RoBERTa's special ids (<s> 0, <pad> 1, </s> 2): bytes 0..2 of the byte-level tokenizer
+        c.bos_token_id = 0;
+        c.pad_token_id = 1;
+        c.eos_token_id = 2;
+        c.n_positions = context + 2;  // positions start after the padding id
+        c.type_vocab_size = 1;
+    }
+    if (bert) {  // [CLS] and [SEP] come from the tokenizer; segments A and B
+        c.bos_token_id = c.eos_token_id = -1;
+        c.pad_token_id = pad;
+        c.type_vocab_size = 2;
+    }
+    if (encoder) {
+        c.gelu_exact = true;
+        c.num_labels = labels;
+        c.qkv_bias = c.o_bias = c.mlp_bias = true;
+    }
     if (c.n_head % c.n_kv_head) { fprintf(stderr, "peft init: --heads must be divisible by --kv-heads\n"); return 2; }
     if (config_validate(&c, "peft init")) { fprintf(stderr, "%s\n", peft_last_error()); return 2; }
     EstModel em;

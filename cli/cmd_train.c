@@ -1,6 +1,7 @@
 // peft train: options -> TrainConfig -> train_run, with a progress bar (or plain lines when
 // stderr is not a terminal). Ctrl-C saves a checkpoint and exits; --resume continues from it.
 #include "cli.h"
+#include "classify.h"
 #include "lora_init.h"
 #include "method.h"
 #include "progress.h"
@@ -29,6 +30,24 @@ int data_options(Option *o, DataOptions *d, DataFlags *f) {
     };
     memcpy(o, list, sizeof list);
     return sizeof list / sizeof *list;
+}
+
+int classify_options(Option *o, const char **task, ClassifyColumns *cols) {
+    const Option list[] = {
+        {"task", OPT_STRING, task, "lm (default: causal language modelling) or classify (an encoder's sequence classification: "
+                                   "CSV / JSONL with --text-column, --label-column and, for pairs, --text-pair-column)"},
+        {"label-column", OPT_STRING, &cols->label, "--task classify: the label's column (default label)"},
+        {"text-pair-column", OPT_STRING, &cols->text_pair, "--task classify: the second text's column, for text pairs (default: none)"},
+    };
+    memcpy(o, list, sizeof list);
+    return sizeof list / sizeof *list;
+}
+
+int task_is_classify(const char *command, const char *task) {
+    if (!task || !strcmp(task, "lm")) return 0;
+    if (!strcmp(task, "classify")) return 1;
+    fprintf(stderr, "peft %s: --task must be lm or classify (got %s)\n", command, task);
+    return -1;
 }
 
 int data_options_finish(DataOptions *d, const DataFlags *f) {
@@ -89,7 +108,8 @@ int cmd_train(int argc, char **argv) {
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
     bool rslora = false, no_allocate = false, no_double_quant = false;
-    const char *quantize = NULL, *init_weights = NULL;
+    const char *quantize = NULL, *init_weights = NULL, *task = NULL;
+    ClassifyColumns cols = {0};
     DataFlags data_flags = {0};
     char methods[128], rs[128], lrs[128], help_method[160], help_r[200], help_lr[200];
     method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
@@ -147,6 +167,7 @@ int cmd_train(int argc, char **argv) {
     while (opts[n].name) n++;
     n += data_options(opts + n, &c.data, &data_flags);
     n += quant_options(opts + n, &quantize, &no_double_quant);
+    n += classify_options(opts + n, &task, &cols);
     char *pos[1];
     int rc = parse_options("train", argc, argv, opts, n, pos, 0, NULL);
     if (rc) { train_config_free(&c); return rc == 1 ? 0 : 2; }
@@ -196,10 +217,12 @@ int cmd_train(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
     TrainResult res;
-    rc = train_run(&c, &cb, &res);
+    int classify = task_is_classify("train", task);
+    cols.text = c.data.text_column;
+    rc = classify < 0 ? -1 : classify ? classify_train(&c, &cols, &cb, &res) : train_run(&c, &cb, &res);
     sigaction(SIGINT, &old, NULL);
     progress_free(ui.progress);
-    if (rc) { train_config_free(&c); return fail_with_library_error(); }
+    if (rc) { train_config_free(&c); return classify < 0 ? 2 : fail_with_library_error(); }
     if (res.stopped) {
         fprintf(stderr, "stopped at step %d of %d; the checkpoint is in %s/checkpoint: continue with --resume\n", res.steps_done,
                 res.total_steps, c.out_dir);
@@ -207,7 +230,7 @@ int cmd_train(int argc, char **argv) {
         return 130;  // interrupted by SIGINT, as shells report it
     }
     fprintf(stderr, "done: %d steps, last loss %.4f", res.steps_done, res.last_loss);
-    if (res.n_val) fprintf(stderr, ", validation loss %.4f -> %.4f", res.first_val_loss, res.last_val_loss);
+    if (res.n_val && !classify) fprintf(stderr, ", validation loss %.4f -> %.4f", res.first_val_loss, res.last_val_loss);
     fprintf(stderr, "; output in %s\n", c.out_dir);
     train_config_free(&c);
     return 0;

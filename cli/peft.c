@@ -13,7 +13,8 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
     {"export", cmd_export, "to llama.cpp / Ollama: peft export --model DIR [--adapter DIR] [--merge] --to gguf --out FILE"},
     {"train", cmd_train, "fine-tune: peft train --model DIR --data PATH --method %s --out DIR"},
     {"generate", cmd_generate, "generate text: peft generate --model DIR [--adapter DIR] --prompt TEXT"},
-    {"eval", cmd_eval, "loss and perplexity: peft eval --model DIR [--adapter DIR] --data PATH"},
+    {"eval", cmd_eval, "loss and perplexity: peft eval --model DIR [--adapter DIR] --data PATH (--task classify: accuracy, F1, MCC)"},
+    {"predict", cmd_predict, "an encoder's labels for a CSV / JSONL file: peft predict --model DIR [--adapter DIR] --data PATH"},
     {"init", cmd_init, "new random model folder: peft init --arch gpt2 --layers 4 --hidden 128 --out DIR"},
     {"estimate", cmd_estimate, "parameters, file size and training memory of a method: peft estimate --model NAME --method vera --r 256"},
     {"score", cmd_score, "corpus BLEU-4 and ROUGE-L: peft score --hyp FILE --refs FILE"},
@@ -24,7 +25,8 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
 
 static void usage(FILE *f) {
     char titles[128], names[128];
-    fprintf(f, "peft: parameter-efficient fine-tuning (%s) of GPT-2 and Llama-family models\n\nusage: peft COMMAND [options]\n\n",
+    fprintf(f, "peft: parameter-efficient fine-tuning (%s) of GPT-2 and Llama-family models, and of BERT and RoBERTa classifiers\n\n"
+               "usage: peft COMMAND [options]\n\n",
             method_names(titles, sizeof titles, ", ", ", ", LIST_TITLES));
     method_names(names, sizeof names, "|", "|", LIST_NAMES);
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {

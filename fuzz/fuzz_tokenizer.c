@@ -23,7 +23,8 @@ static bool round_trips(const Tokenizer *t, const char *x, size_t n) {
     return true;
 }
 
-// The decoded text and the streamed pieces: equal whenever the pieces join into valid UTF-8.
+// The decoded text and the streamed pieces: equal whenever the pieces join into valid UTF-8 (after
+// the WordPiece decoder's cleanup, which decode applies to the whole text).
 static void check_decode(const Tokenizer *t, const int32_t *ids, int n) {
     size_t text_len;
     char *text = tokenizer_decode(t, ids, n, &text_len);
@@ -36,6 +37,7 @@ static void check_decode(const Tokenizer *t, const int32_t *ids, int n) {
         const char *piece = tokenizer_token_bytes(t, ids[i], &strip, &len);
         tok_buf_put(&joined, piece, len);
     }
+    if (t->dec_cleanup) tok_wordpiece_cleanup(&joined);
     if (tok_utf8_valid(joined.data, joined.len))
         FUZZ_CHECK(text_len == joined.len && !memcmp(text, joined.data, text_len), "decode \"%.*s\" but the streamed pieces \"%.*s\"",
                    (int)text_len, text, (int)joined.len, joined.data);

@@ -281,7 +281,6 @@ static const ConfigKey ADALORA_KEYS[] = {
     {"rank_pattern", KEY_USED, NULL, NULL},
     {"alpha_pattern", KEY_DEFAULT, NULL, "per-module lora_alpha (PEFT's AdaLoRA does not read it)"},
     {"bias", KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases (implemented for LoRA)"},
-    {"modules_to_save", KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter (implemented for LoRA)"},
     {"init_r", KEY_USED, NULL, NULL},
     {"target_r", KEY_USED, NULL, NULL},
     {"tinit", KEY_USED, NULL, NULL},

@@ -121,6 +121,12 @@ static void set_fingerprint(AdapterSet *set) {
 // attach: also hook it into m->adapters (the training / single-adapter path); otherwise m is only read.
 static AdapterSet *set_plan(Model *m, const AdapterConfig *cfg, bool attach) {
     if (attach && m->adapters) { peft_fail("the model already has an adapter"); return NULL; }
+    bool seq_cls = !strcmp(cfg->task_type, "SEQ_CLS"), encoder = m->cfg.arch == ARCH_BERT;
+    if (seq_cls != encoder && (seq_cls || cfg->task_type[0])) {
+        peft_fail("task_type %s on %s is not supported (SEQ_CLS is for the encoders, BERT and RoBERTa; CAUSAL_LM for the decoders)",
+                  cfg->task_type, m->cfg.model_type);
+        return NULL;
+    }
     const Method *method = method_get(cfg->type);
     if (!method) return NULL;
     if (!method->forward) { peft_fail("%s is not an adapter method", method->title); return NULL; }
@@ -308,7 +314,8 @@ static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
     set = set_plan(m, &cfg, attach);
     adapter_config_free(&cfg);
     if (!set) { peft_fail_context("%s: ", cfg_path); goto out_paths; }
-    if (st_open(&st, st_path) || check_file(set, &st, st_path) || set_init(set, 0)) goto fail;
+    if (st_open(&st, st_path) || check_file(set, &st, st_path)) goto fail;
+    if (set_init(set, 0)) { peft_fail_context("%s: ", cfg_path); goto fail; }  // (what the config asks for: modules_to_save, r)
     for (int i = 0; i < set->n_params; i++) {
         Param *p = set->params[i];
         if (st_to_f32_finite(st_find(&st, p->name), p->w, st_path)) goto fail;
@@ -344,8 +351,10 @@ int adapters_save(Model *m, const char *dir) {
     cJSON *j = adapter_config_to_json_object(&set->cfg);
     const Method *method = set->adapters[0].method;
     int rc = 0;
-    if (method->save) rc = method->save(set, w, j);
-    else
+    if (method->save) {
+        rc = method->save(set, w, j);
+        adapter_base_save(set, w);
+    } else
         for (int i = 0; i < set->n_params; i++) {
             Param *p = set->params[i];
             st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);

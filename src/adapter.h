@@ -54,7 +54,8 @@ typedef struct {
     int n_lora_rank_pattern, n_alpha_pattern;
     PatternEntry *lora_rank_pattern, *alpha_pattern;
     BiasMode bias;
-    int n_modules_to_save;   // modules trained in full beside the adapter (module names or their ends)
+    int n_modules_to_save;   // modules trained in full beside the adapter (module names or their ends;
+                             // PEFT's SEQ_CLS task adds "classifier" and "score", the classification heads)
     char **modules_to_save;
     bool fan_in_fan_out;
     char *base_model;        // base_model_name_or_path (may be NULL)
@@ -127,7 +128,10 @@ const ConfigKey *adapter_config_key(MethodId type, const char *name);
 int adapter_config_key_names(MethodId type, const char **names, int cap);
 // Comma-separated list, or a regex when it starts with "re:" (PEFT's string form); "all-linear" too.
 void adapter_config_set_targets(AdapterConfig *c, const char *spec);
-// PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj).
+// Appends a module name to modules_to_save.
+void adapter_config_add_module_to_save(AdapterConfig *c, const char *name);
+// PEFT's default targets for the architecture when none are given (gpt2: c_attn; llama: q_proj,v_proj;
+// bert, roberta: query,value).
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc);
 
 // PEFT's rule (check_target_module_exists): exclude_modules first; a string is a regex that must
@@ -161,10 +165,14 @@ const char *adapter_bias_name(BiasMode b);
 bool regex_full_match(const char *pattern, const char *s);
 
 // adapter_base.c: the base parameters bias and modules_to_save train, appended to set->params (attached sets only).
+// Whether a model parameter lies in a module to save (PEFT: some module above it ends with an entry).
+bool adapter_base_to_save(const AdapterConfig *c, const char *param);
 int adapter_base_attach(AdapterSet *set);
 // A file's tensors of those: each one the set trains there with the base's size (used[i]: file tensor i is one).
 int adapter_base_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);
 void adapter_base_release(AdapterSet *set);                       // before set->params are freed
+// Writes them (adapters_save, after a method's save, which writes the method's own tensors).
+void adapter_base_save(const AdapterSet *set, void *writer /*StWriter*/);
 
 // Create adapters on every matching linear of m (fresh initial values from seed).
 int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);

@@ -22,18 +22,31 @@ static bool ends_with(const char *s, const char *suffix) {
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
+// PEFT's _set_trainable: a module is wrapped when its name ends with the entry (as strings), and
+// every parameter inside it trains: whether some module above the parameter is one.
+static bool in_module_to_save(const char *param, const char *entry) {
+    char *module = xstrdup(param);
+    bool hit = false;
+    for (char *dot = strrchr(module, '.'); dot && !hit; dot = strrchr(module, '.')) {
+        *dot = 0;
+        hit = ends_with(module, entry);
+    }
+    free(module);
+    return hit;
+}
+
+bool adapter_base_to_save(const AdapterConfig *c, const char *param) {
+    for (int k = 0; k < c->n_modules_to_save; k++)
+        if (in_module_to_save(param, c->modules_to_save[k])) return true;
+    return false;
+}
+
 // The saved name of base parameter i when the set trains it, else NULL (malloc'd).
 static char *trained_name(const AdapterSet *set, int i) {
     const Model *m = set->model;
     const AdapterConfig *c = &set->cfg;
     const Param *base = &m->params[i];
-    const char *dot = strrchr(base->name, '.');
-    size_t module_len = dot ? (size_t)(dot - base->name) : 0;
-    char *module = xasprintf("%.*s", (int)module_len, base->name);
-    bool to_save = false;
-    for (int k = 0; k < c->n_modules_to_save && !to_save; k++) to_save = ends_with(module, c->modules_to_save[k]);
-    free(module);
-    if (to_save) return xasprintf("base_model.model.%s", base->name);
+    if (adapter_base_to_save(c, base->name)) return xasprintf("base_model.model.%s", base->name);
     const Linear *lin = NULL;
     for (int k = 0; k < m->n_linears && !lin; k++)
         if (m->linears[k].bias == base) lin = &m->linears[k];
@@ -88,15 +101,13 @@ int adapter_base_attach(AdapterSet *set) {
         set->base_of[set->n_base++] = base;
         if (!(p->grad = base->grad = try_calloc(p->numel, sizeof(float), p->name))) return -1;
     }
-    for (int k = 0; k < set->cfg.n_modules_to_save; k++) {  // PEFT: a name no module has is an error
-        bool found = false;
-        for (int i = 0; i < set->n_base && !found; i++) {
-            const char *dot = strrchr(set->base_of[i]->name, '.');
-            char *module = xasprintf("%.*s", (int)(dot ? dot - set->base_of[i]->name : 0), set->base_of[i]->name);
-            found = ends_with(module, set->cfg.modules_to_save[k]);
-            free(module);
-        }
-        if (!found) return peft_fail("modules_to_save \"%s\" names no module of the model with parameters", set->cfg.modules_to_save[k]);
+    bool found = false;  // PEFT (_set_trainable): an error when no entry names a module (SEQ_CLS's "score" is not RoBERTa's)
+    for (int i = 0; i < set->n_base && !found; i++) found = adapter_base_to_save(&set->cfg, set->base_of[i]->name);
+    if (set->cfg.n_modules_to_save && !found) {
+        char list[512] = "";
+        for (int k = 0; k < set->cfg.n_modules_to_save; k++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", set->cfg.modules_to_save[k]);
+        return peft_fail("modules_to_save [%s] names no module of the model with parameters", list);
     }
     return 0;  // bias with no bias at all (Llama's linears and norms have none): PEFT trains none either
 }
@@ -129,4 +140,11 @@ void adapter_base_release(AdapterSet *set) {
     free(set->base_of);
     set->base_of = NULL;
     set->n_base = 0;
+}
+
+void adapter_base_save(const AdapterSet *set, void *writer) {
+    for (int i = set->n_params - set->n_base; i < set->n_params; i++) {
+        const Param *p = set->params[i];
+        st_writer_add_f32(writer, p->name, p->ndim, p->shape, p->w);
+    }
 }

@@ -62,7 +62,7 @@ void adapter_config_set_targets(AdapterConfig *c, const char *spec) {
 }
 
 void adapter_config_default_targets(AdapterConfig *c, const ModelConfig *mc) {
-    adapter_config_set_targets(c, mc->arch == ARCH_GPT2 ? "c_attn" : "q_proj,v_proj");
+    adapter_config_set_targets(c, mc->arch == ARCH_GPT2 ? "c_attn" : mc->arch == ARCH_BERT ? "query,value" : "q_proj,v_proj");
     if (mc->arch == ARCH_GPT2) c->fan_in_fan_out = true;
 }
 
@@ -138,7 +138,7 @@ static int jbool(const cJSON *o, const char *name, bool *out, const char *path) 
 static const ConfigKey COMMON_KEYS[] = {
     {"peft_type", KEY_USED, NULL, NULL},
     {"target_modules", KEY_USED, NULL, NULL},
-    {"task_type", KEY_USED, "[null, \"CAUSAL_LM\"]", "another task type puts a classification or seq2seq head on the model"},
+    {"task_type", KEY_USED, "[null, \"CAUSAL_LM\", \"SEQ_CLS\"]", "another task type puts another head on the model"},
     {"fan_in_fan_out", KEY_USED, NULL, NULL},  // as PEFT: the layer type decides (GPT-2's Conv1D: true)
     {"auto_mapping", KEY_INERT, NULL, NULL},
     {"base_model_name_or_path", KEY_INERT, NULL, NULL},
@@ -146,7 +146,7 @@ static const ConfigKey COMMON_KEYS[] = {
     {"peft_version", KEY_INERT, NULL, NULL},
     {"inference_mode", KEY_INERT, NULL, NULL},
     {"bias", KEY_DEFAULT, "[\"none\"]", "it trains and saves the base model's biases"},
-    {"modules_to_save", KEY_DEFAULT, NULL, "whole modules trained and saved beside the adapter"},
+    {"modules_to_save", KEY_USED, NULL, NULL},  // adapter_base.c
     {"layers_to_transform", KEY_USED, NULL, NULL},  // adapter_layout.c
     {"layers_pattern", KEY_USED, NULL, NULL},
 };
@@ -248,6 +248,21 @@ static int parse_rank_pattern(AdapterConfig *c, const cJSON *rp, const char *pat
     return 0;
 }
 
+void adapter_config_add_module_to_save(AdapterConfig *c, const char *name) {
+    for (int i = 0; i < c->n_modules_to_save; i++)
+        if (!strcmp(c->modules_to_save[i], name)) return;
+    c->modules_to_save = xrealloc(c->modules_to_save, sizeof(char *) * (c->n_modules_to_save + 1));
+    c->modules_to_save[c->n_modules_to_save++] = xstrdup(name);
+}
+
+// PeftModelForSequenceClassification adds its heads' names, "classifier" and "score", to a SEQ_CLS
+// adapter's modules_to_save (the file PEFT saves already has them).
+static void add_task_modules(AdapterConfig *c) {
+    if (strcmp(c->task_type, "SEQ_CLS")) return;
+    adapter_config_add_module_to_save(c, "classifier");
+    adapter_config_add_module_to_save(c, "score");
+}
+
 // A variant of the file's method whose key is true (LoRA with use_dora: DoRA) is the adapter's method.
 static int find_variant(const cJSON *j, MethodId *type, const char *path) {
     const Method *base = method_get(*type);
@@ -308,6 +323,7 @@ static int parse_adapter_config(AdapterConfig *c, const cJSON *j, const char *pa
         }
     } else return peft_fail("%s: missing \"target_modules\"", path);
     if (adapter_layout_parse(c, j, path)) return -1;
+    add_task_modules(c);
     if (type == METHOD_ADALORA && parse_rank_pattern(c, jfield(j, "rank_pattern"), path)) return -1;
     if (type == METHOD_ADALORA) c->r = c->init_r;
     if (c->r <= 0) return peft_fail("%s: r must be positive (got %d)", path, c->r);

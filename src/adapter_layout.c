@@ -171,8 +171,6 @@ int adapter_layout_check(const AdapterConfig *c, const char *path) {
     if (str_targets && c->n_layers_pattern) return peft_fail("%s: layers_pattern cannot be used when target_modules is a string (PEFT refuses it too)", path);
     if (c->n_layers_pattern && !c->layers)
         return peft_fail("%s: layers_pattern is given without layers_to_transform (PEFT refuses it too)", path);
-    if (c->n_modules_to_save && !lora_options(c->type))
-        return peft_fail("%s: modules_to_save is implemented for LoRA only", path);
     if (lora_init_changes_base(c) && (c->n_lora_rank_pattern || c->n_alpha_pattern))  // lora_init.c converts with one r and alpha
         return peft_fail("%s: init_lora_weights %s with rank_pattern or alpha_pattern is not implemented", path, c->init == LORA_INIT_OLORA ? "olora" : "pissa");
     if (lora_init_changes_base(c) && method_get(c->type) && method_get(c->type)->variant_key)

@@ -304,6 +304,7 @@ static void bpe_long_word(Encoder *e, const uint8_t *w, size_t n) {
 
 void tok_bpe_word(Encoder *e, const char *w, size_t n) {
     if (n == 0) return;
+    if (e->tok->wordpiece) { tok_wordpiece_word(e, w, n); return; }
     if (n > LONG_WORD && !e->tok->ignore_merges) bpe_long_word(e, (const uint8_t *)w, n);
     else bpe_cached(e, (const uint8_t *)w, n);
 }

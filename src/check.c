@@ -19,9 +19,13 @@
 #include <string.h>
 #include <unistd.h>
 
-double rel_error(const float *a, const float *ref, long n) { return update_rel_error(NULL, a, ref, n); }
+double rel_error(const float *a, const float *ref, long n) { return floored_error(NULL, a, ref, n, 0); }
 
 double update_rel_error(const float *before, const float *after, const float *ref_after, long n) {
+    return floored_error(before, after, ref_after, n, 0);
+}
+
+double floored_error(const float *before, const float *after, const float *ref_after, long n, double floor_rms) {
     double num = 0, den = 0;
     for (long i = 0; i < n; i++) {
         double d = (double)after[i] - ref_after[i], u = (double)ref_after[i] - (before ? before[i] : 0.0);
@@ -29,6 +33,8 @@ double update_rel_error(const float *before, const float *after, const float *re
         den += u * u;
     }
     if (!isfinite(num)) return INFINITY;
+    double floor_sq = floor_rms * floor_rms * (double)n;  // the norm of n elements of floor_rms each, squared
+    if (den < floor_sq) den = floor_sq;
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
@@ -49,6 +55,12 @@ typedef struct {
     float lr, beta1, beta2, eps, wd;
     int B, T;
     int32_t *ids, *labels;
+    // case.json's "task": "seq_cls" (an encoder's sequence classification, io: attention_mask, token_type_ids,
+    // labels per row), else a causal LM
+    bool classify;
+    int32_t *mask, *types;
+    float *targets;
+    bool int_targets;
 } Case;
 
 // Records the worst error and fails the case past tol. Returns 0 when within.
@@ -149,6 +161,40 @@ int check_read_ids(const SafeTensors *io, const char *name, int32_t **out, int *
     return 0;
 }
 
+// A seq_cls case's io: attention_mask [B,T], token_type_ids [B,T] when the model has token types, and
+// labels: int64 class indices [B], or floats [B] / [B, num_labels].
+static int read_classify_io(Case *c, const Model *m, const SafeTensors *io) {
+    int B, T;
+    if (check_read_ids(io, "attention_mask", &c->mask, &B, &T)) return -1;
+    if (B != c->B || T != c->T) return peft_fail("%s: attention_mask is [%d, %d], input_ids [%d, %d]", io->path, B, T, c->B, c->T);
+    if (st_find(io, "token_type_ids") && check_read_ids(io, "token_type_ids", &c->types, &B, &T)) return -1;
+    if (c->types && (B != c->B || T != c->T)) return peft_fail("%s: token_type_ids is [%d, %d], input_ids [%d, %d]", io->path, B, T, c->B, c->T);
+    const StTensor *t = st_find(io, "labels");
+    if (!t) return peft_fail("%s: no labels", io->path);
+    c->int_targets = t->dtype == DT_I64 || t->dtype == DT_I32;
+    long want = model_problem_type(&m->cfg, c->int_targets) == PROBLEM_SINGLE_LABEL ? c->B : (long)c->B * m->cfg.num_labels;
+    if (t->numel != want) return peft_fail("%s: labels has %lld values, the model's problem type needs %ld", io->path, (long long)t->numel, want);
+    c->targets = xmalloc(sizeof(float) * want);
+    if (!c->int_targets) return st_to_f32(t, c->targets);
+    int64_t *tmp = xmalloc(sizeof(int64_t) * want);
+    int rc = st_to_i64(t, tmp);
+    for (long i = 0; !rc && i < want; i++) c->targets[i] = (float)tmp[i];
+    free(tmp);
+    return rc;
+}
+
+// The case's forward: logits (without labels) or the loss (with them). NAN on error.
+static double case_forward(const Case *c, Model *m, bool with_labels) {
+    if (!c->classify) return model_forward(m, c->ids, with_labels ? c->labels : NULL, c->B, c->T);
+    ClassifyBatch b = {c->ids, c->mask, c->types, with_labels ? c->targets : NULL, c->int_targets, c->B, c->T};
+    return model_classify(m, &b);
+}
+
+// How many logits the case's forward gives.
+static long case_logits(const Case *c, const Model *m) {
+    return c->classify ? (long)c->B * m->cfg.num_labels : (long)c->B * c->T * m->cfg.vocab_size;
+}
+
 static float scalar(const SafeTensors *st, const char *name) {
     const StTensor *t = st_find(st, name);
     float v = NAN;
@@ -160,17 +206,19 @@ static float scalar(const SafeTensors *st, const char *name) {
 static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     CheckResult *r = c->res;
     int B, T;
-    if (check_read_ids(io, "input_ids", &c->ids, &B, &T) || check_read_ids(io, "labels", &c->labels, &c->B, &c->T)) {
+    if (check_read_ids(io, "input_ids", &c->ids, &B, &T) || (!c->classify && check_read_ids(io, "labels", &c->labels, &c->B, &c->T))) {
         check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         return -1;
     }
     c->B = B; c->T = T;
-    if (isnan(model_forward(m, c->ids, NULL, B, T))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
-    if (compare_with_file(c, "logits", io, "logits", m->act.logits, (long)B * T * m->cfg.vocab_size, c->tol_logits)) return -1;
-    double loss = model_forward(m, c->ids, c->labels, B, T);
-    float ref_loss = scalar(io, "loss"), ref_lm = scalar(io, "lm_loss");
+    if (c->classify && read_classify_io(c, m, io)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (isnan(case_forward(c, m, false))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (compare_with_file(c, "logits", io, "logits", m->act.logits, case_logits(c, m), c->tol_logits)) return -1;
+    double loss = case_forward(c, m, true);
+    const char *task_loss = c->classify ? "cls_loss" : "lm_loss";  // the loss without a regulariser
+    float ref_loss = scalar(io, "loss"), ref_lm = scalar(io, task_loss);
     float got_loss = (float)loss, got_lm = (float)m->act.lm_loss;
-    if (compare(c, "loss", "lm_loss", &got_lm, &ref_lm, 1, c->tol_logits) || compare(c, "loss", "loss", &got_loss, &ref_loss, 1, c->tol_logits)) return -1;
+    if (compare(c, "loss", task_loss, &got_lm, &ref_lm, 1, c->tol_logits) || compare(c, "loss", "loss", &got_loss, &ref_loss, 1, c->tol_logits)) return -1;
 
     model_zero_grad(m);
     model_backward(m);
@@ -178,7 +226,7 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     int n = model_trainable(m, &params);
     char *grads_path = path_join(c->dir, "grads.safetensors"), *step_path = path_join(c->dir, "step.safetensors");
     SafeTensors grads = {0}, step = {0};
-    float **before = NULL;  // the trainable tensors before the step
+    float **before = NULL, **refs = NULL;  // the trainable tensors before the step, the reference gradients
     int rc = -1;
     if (st_open(&grads, grads_path) || st_open(&step, step_path)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (grads.n != n) { check_result_set(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
@@ -187,32 +235,46 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     // visibly different update (1.8e-4 of gpt2-full's from our own gradient). From the same gradient the
     // update (after - before) agrees to fp32 rounding, which is what lets CHECK_UPDATE_TOL be tight.
     before = xcalloc(n, sizeof(float *));
+    refs = xcalloc(n, sizeof(float *));
+    double sumsq = 0;  // the case's gradient scale: the RMS of every reference gradient element
+    long count = 0;
     for (int i = 0; i < n; i++) {
-        float *ref = check_load_reference(r, "gradient", &grads, params[i]->name, params[i]->numel);
-        if (!ref) goto out;
-        int bad = compare(c, "gradient", params[i]->name, params[i]->grad, ref, params[i]->numel, c->tol_grads);
-        memcpy(params[i]->grad, ref, sizeof(float) * params[i]->numel);
-        free(ref);
+        if (!(refs[i] = check_load_reference(r, "gradient", &grads, params[i]->name, params[i]->numel))) goto out;
+        for (long j = 0; j < params[i]->numel; j++) sumsq += (double)refs[i][j] * refs[i][j];
+        count += params[i]->numel;
+    }
+    double rms = count ? sqrt(sumsq / count) : 0;
+    for (int i = 0; i < n; i++) {
+        Param *p = params[i];
+        int bad = within(c, "gradient", p->name, floored_error(NULL, p->grad, refs[i], p->numel, CHECK_GRAD_FLOOR * rms), c->tol_grads);
+        memcpy(p->grad, refs[i], sizeof(float) * p->numel);
         if (bad) goto out;
-        before[i] = xmalloc(sizeof(float) * params[i]->numel);
-        memcpy(before[i], params[i]->w, sizeof(float) * params[i]->numel);
+        before[i] = xmalloc(sizeof(float) * p->numel);
+        memcpy(before[i], p->w, sizeof(float) * p->numel);
     }
     AdamW opt;
     adamw_init(&opt, params, n, c->lr, c->beta1, c->beta2, c->eps, c->wd);
     adamw_step(&opt, params, n, c->lr);
     adamw_free(&opt);
+    sumsq = 0;  // the case's update scale: the RMS of every reference update element (refs: the weights after the step now)
+    for (int i = 0; i < n; i++) {
+        free(refs[i]);
+        if (!(refs[i] = check_load_reference(r, "AdamW step", &step, params[i]->name, params[i]->numel))) goto out;
+        for (long j = 0; j < params[i]->numel; j++) sumsq += ((double)refs[i][j] - before[i][j]) * ((double)refs[i][j] - before[i][j]);
+    }
+    rms = count ? sqrt(sumsq / count) : 0;
     for (int i = 0; i < n; i++) {
         Param *p = params[i];
-        float *ref = check_load_reference(r, "AdamW step", &step, p->name, p->numel);
-        int bad = !ref || compare(c, "AdamW step", p->name, p->w, ref, p->numel, c->tol_step) ||
-                  within(c, "AdamW update", p->name, update_rel_error(before[i], p->w, ref, p->numel), c->tol_update);
-        free(ref);
-        if (bad) goto out;
+        if (compare(c, "AdamW step", p->name, p->w, refs[i], p->numel, c->tol_step) ||
+            within(c, "AdamW update", p->name, floored_error(before[i], p->w, refs[i], p->numel, CHECK_UPDATE_FLOOR * rms), c->tol_update))
+            goto out;
     }
     rc = 0;
 out:
     for (int i = 0; before && i < n; i++) free(before[i]);
+    for (int i = 0; refs && i < n; i++) free(refs[i]);
     free(before);
+    free(refs);
     st_close(&grads);
     st_close(&step);
     free(grads_path);
@@ -240,6 +302,9 @@ static int check_merge(Case *c, const char *dir) {
         Param *w = set->adapters[i].lin->weight;
         rc = compare_with_file(c, "merged weight", &merged, w->name, w->w, w->numel, c->tol_merged);
     }
+    for (int i = 0; !rc && i < m->n_params; i++)  // modules_to_save: merged, the base holds the trained copies
+        if (adapter_base_to_save(&set->cfg, m->params[i].name))
+            rc = compare_with_file(c, "merged module to save", &merged, m->params[i].name, m->params[i].w, m->params[i].numel, c->tol_merged);
     adapters_unmerge(m);
     for (int i = 0; !rc && i < set->n; i++) {
         Param *w = set->adapters[i].lin->weight;
@@ -263,11 +328,11 @@ static int check_save_roundtrip(Case *c, Model *m) {
     free(model_dir);
     if (!m2 || adapters_load(m2, tmp)) { check_result_set(c->res, CHECK_FAIL, "reloading the saved adapter: %s", peft_last_error()); rc = -1; }
     if (!rc) {
-        long n = (long)c->B * c->T * m->cfg.vocab_size;
-        model_forward(m, c->ids, NULL, c->B, c->T);
+        long n = case_logits(c, m);
+        case_forward(c, m, false);
         float *a = xmalloc(sizeof(float) * n);
         memcpy(a, m->act.logits, sizeof(float) * n);
-        model_forward(m2, c->ids, NULL, c->B, c->T);
+        case_forward(c, m2, false);
         rc = compare(c, "saved and reloaded adapter", "logits", m2->act.logits, a, n, 1e-6);
         free(a);
     }
@@ -361,8 +426,14 @@ void check_case(const char *dir_in, CheckResult *res) {
     cJSON *j = NULL;
     if (read_case(&c, dir, &j)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); return; }
     if (read_quantization(&c, j, dir)) { check_result_set(res, CHECK_FAIL, "%s", peft_last_error()); cJSON_Delete(j); return; }
-    const cJSON *method = cJSON_GetObjectItem(j, "method");
+    const cJSON *method = cJSON_GetObjectItem(j, "method"), *task = cJSON_GetObjectItem(j, "task");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
+    if (task && !(cJSON_IsString(task) && (!strcmp(task->valuestring, "seq_cls") || !strcmp(task->valuestring, "causal_lm")))) {
+        check_result_set(res, CHECK_FAIL, "%s/case.json: task must be \"causal_lm\" or \"seq_cls\"", dir);
+        cJSON_Delete(j);
+        return;
+    }
+    c.classify = task && !strcmp(task->valuestring, "seq_cls");
     MethodId id;
     char names[128];
     if (!strcmp(mname, "adalora-schedule")) {
@@ -382,5 +453,8 @@ void check_case(const char *dir_in, CheckResult *res) {
                           method_names(names, sizeof names, ", ", ", ", LIST_NAMES));
     free(c.ids);
     free(c.labels);
+    free(c.mask);
+    free(c.types);
+    free(c.targets);
     cJSON_Delete(j);
 }

@@ -21,6 +21,18 @@ double rel_error(const float *a, const float *ref, long n);
 // reference's from the same weights (before NULL: zeros, i.e. rel_error; absolute when the reference
 // does not move).
 double update_rel_error(const float *before, const float *after, const float *ref_after, long n);
+// update_rel_error (rel_error when before is NULL), but against at least the norm n elements of
+// floor_rms each would have (an absolute error for a reference below that).
+double floored_error(const float *before, const float *after, const float *ref_after, long n, double floor_rms);
+// A gradient that vanishes in exact arithmetic (an encoder's attention key bias: softmax ignores a shift
+// shared by a row's scores) is float32 rounding here and float64 rounding in PEFT: ~1e-9 against ~1e-17,
+// a meaningless relative error; its AdamW update is then the weight decay alone, ~1e-3 of an Adam step,
+// where the fp32 rounding of the stored weights is a visible fraction. peft check compares each gradient
+// against at least CHECK_GRAD_FLOOR times the RMS of all the case's reference gradients (per element),
+// and each update against at least CHECK_UPDATE_FLOOR times the RMS of all its reference updates: a
+// tensor above the floor is compared relatively as before; one below it absolutely, at tolerance x floor.
+#define CHECK_GRAD_FLOOR 1e-4
+#define CHECK_UPDATE_FLOOR 1e-2
 // The update's tolerance (case.json's tolerance.update_rel overrides it). From the same gradient our
 // AdamW update is within fp32 rounding of HF's: <= 5e-6 on every case, bounded by 2^-24 |w| / lr per
 // element (the stored weights' rounding). A weight decay of 0 or 0.08 instead of 0.01 moves some tensor's

@@ -204,6 +204,76 @@ static int parse_llama(ModelConfig *c, const cJSON *j, const char *path) {
     return parse_rope(c, j, path);
 }
 
+// BERT and RoBERTa (transformers' BertConfig / RobertaConfig and PretrainedConfig's keys). Every key
+// of the file is one of these: read, metadata that changes nothing computed here, or refused unless
+// it holds its no-op value; any other key is refused by name.
+static const char *const BERT_INERT_KEYS[] = {
+    "model_type", "architectures", "dtype", "torch_dtype", "transformers_version", "_name_or_path", "initializer_range",
+    "use_cache", "gradient_checkpointing", "output_attentions", "output_hidden_states", "return_dict", "label2id",
+    "finetuning_task", "tokenizer_class", "attn_implementation", "tie_word_embeddings", "sep_token_id", "cls_token_id",
+    "id2label", NULL};
+static const char *const BERT_USED_KEYS[] = {
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "max_position_embeddings",
+    "type_vocab_size", "layer_norm_eps", "pad_token_id", "num_labels", "problem_type", "position_embedding_type",
+    "is_decoder", "add_cross_attention", "chunk_size_feed_forward", "bos_token_id", "eos_token_id", NULL};
+
+static bool in_list(const char *const *list, const char *s) {
+    for (int i = 0; list[i]; i++)
+        if (!strcmp(list[i], s)) return true;
+    return false;
+}
+
+static int parse_bert(ModelConfig *c, const cJSON *j, const char *path) {
+    c->arch = ARCH_BERT;
+    bool roberta = !strcmp(c->model_type, "roberta");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, j)
+        if (!in_list(BERT_USED_KEYS, e->string) && !in_list(BERT_INERT_KEYS, e->string))
+            return peft_fail("%s: key \"%s\" is not supported for %s (refused rather than ignored: it may change what the model computes)",
+                             path, e->string, c->model_type);
+    if (get_int(j, "hidden_size", -2, &c->n_embd, path) || get_int(j, "num_attention_heads", -2, &c->n_head, path) ||
+        get_int(j, "num_hidden_layers", -2, &c->n_layer, path) || get_int(j, "intermediate_size", -2, &c->n_inner, path) ||
+        get_int(j, "vocab_size", -2, &c->vocab_size, path) || get_int(j, "max_position_embeddings", 512, &c->n_positions, path) ||
+        get_int(j, "type_vocab_size", 2, &c->type_vocab_size, path) || get_float(j, "layer_norm_eps", 1e-12f, &c->norm_eps, path) ||
+        get_int(j, "pad_token_id", roberta ? 1 : 0, &c->pad_token_id, path) ||
+        get_int(j, "bos_token_id", roberta ? 0 : -1, &c->bos_token_id, path) || get_int(j, "eos_token_id", roberta ? 2 : -1, &c->eos_token_id, path))
+        return -1;
+    c->n_kv_head = c->n_head;
+    c->qkv_bias = c->o_bias = c->mlp_bias = true;
+    // num_labels: the key (transformers' constructor argument), else id2label's size, else 2.
+    const cJSON *id2label = field(j, "id2label");
+    if (id2label && !cJSON_IsObject(id2label)) return peft_fail("%s: id2label must be an object", path);
+    if (get_int(j, "num_labels", id2label ? cJSON_GetArraySize(id2label) : 2, &c->num_labels, path)) return -1;
+    if (c->num_labels < 1 || c->num_labels > 1 << 16) return peft_fail("%s: num_labels %d must be in [1, 65536]", path, c->num_labels);
+    if (id2label && cJSON_GetArraySize(id2label) != c->num_labels)
+        return peft_fail("%s: id2label has %d labels but num_labels is %d", path, cJSON_GetArraySize(id2label), c->num_labels);
+    const cJSON *pt = field(j, "problem_type");
+    static const char *const problems[] = {"single_label_classification", "multi_label_classification", "regression", NULL};
+    if (pt && !(cJSON_IsString(pt) && in_list(problems, pt->valuestring)))
+        return peft_fail("%s: problem_type must be one of single_label_classification, multi_label_classification, regression", path);
+    c->problem_type = !pt ? PROBLEM_AUTO : !strcmp(pt->valuestring, problems[0]) ? PROBLEM_SINGLE_LABEL
+                    : !strcmp(pt->valuestring, problems[1]) ? PROBLEM_MULTI_LABEL : PROBLEM_REGRESSION;
+    // transformers' ACT2FN: "gelu" is the exact (erf) GELU, "gelu_new" / "gelu_pytorch_tanh" the tanh one.
+    const cJSON *act = field(j, "hidden_act");
+    const char *a = act && cJSON_IsString(act) ? act->valuestring : act ? "?" : "gelu";
+    if (strcmp(a, "gelu") && strcmp(a, "gelu_new") && strcmp(a, "gelu_pytorch_tanh"))
+        return peft_fail("%s: hidden_act \"%s\" is not supported (gelu, gelu_new, gelu_pytorch_tanh are)", path, a);
+    c->gelu_exact = !strcmp(a, "gelu");
+    static const char *const dropouts[] = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", NULL};
+    if (want_value(j, "position_embedding_type", "\"absolute\"", "relative position embeddings", path) ||
+        want_value(j, "is_decoder", "false", "causal attention", path) ||
+        want_value(j, "add_cross_attention", "false", "cross-attention to an encoder", path) ||
+        want_value(j, "chunk_size_feed_forward", "0", "a chunked feed-forward (the same numbers, not implemented)", path) ||
+        read_dropout(c, j, dropouts, path))
+        return -1;
+    // RoBERTa's positions start after the padding index: max_position_embeddings counts it.
+    if (roberta && c->n_positions <= c->pad_token_id + 1)
+        return peft_fail("%s: max_position_embeddings %d leaves no position after pad_token_id %d", path, c->n_positions, c->pad_token_id);
+    if (c->type_vocab_size <= 0 || c->type_vocab_size > 1 << 16) return peft_fail("%s: type_vocab_size %d must be in [1, 65536]", path, c->type_vocab_size);
+    return 0;
+}
+
 // Far above any released model (about 100 layers, hidden sizes near 16K, vocabularies near 256K,
 // contexts of a few million), and low enough that every width model.c derives from them fits an
 // int and no config.json asks for an absurd allocation before a weight is read.
@@ -256,7 +326,8 @@ int config_parse(ModelConfig *c, const char *text, const char *path) {
     if (!strcmp(mt->valuestring, "gpt2")) rc = parse_gpt2(c, j, path);
     else if (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "mistral") || !strcmp(mt->valuestring, "qwen2"))
         rc = parse_llama(c, j, path);
-    else rc = peft_fail("%s: model_type \"%s\" is not supported (gpt2, llama, mistral, qwen2 are)", path, mt->valuestring);
+    else if (!strcmp(mt->valuestring, "bert") || !strcmp(mt->valuestring, "roberta")) rc = parse_bert(c, j, path);
+    else rc = peft_fail("%s: model_type \"%s\" is not supported (gpt2, llama, mistral, qwen2, bert, roberta are; DeBERTa is not)", path, mt->valuestring);
     if (rc) goto done;
 
     rc = config_validate(c, path);
@@ -275,6 +346,7 @@ int config_load(ModelConfig *c, const char *path) {
 
 const char *config_arch_name(const ModelConfig *c) {
     if (c->arch == ARCH_GPT2) return "GPT2LMHeadModel";
+    if (c->arch == ARCH_BERT) return strcmp(c->model_type, "roberta") ? "BertForSequenceClassification" : "RobertaForSequenceClassification";
     if (!strcmp(c->model_type, "mistral")) return "MistralForCausalLM";
     if (!strcmp(c->model_type, "qwen2")) return "Qwen2ForCausalLM";
     return "LlamaForCausalLM";
@@ -303,6 +375,21 @@ char *config_to_json(const ModelConfig *c) {
         cJSON_AddNumberToObject(j, "resid_pdrop", 0);
         cJSON_AddNumberToObject(j, "embd_pdrop", 0);
         cJSON_AddNumberToObject(j, "attn_pdrop", 0);
+    } else if (c->arch == ARCH_BERT) {
+        static const char *const problems[] = {NULL, "single_label_classification", "multi_label_classification", "regression"};
+        cJSON_AddNumberToObject(j, "hidden_size", c->n_embd);
+        cJSON_AddNumberToObject(j, "num_attention_heads", c->n_head);
+        cJSON_AddNumberToObject(j, "num_hidden_layers", c->n_layer);
+        cJSON_AddNumberToObject(j, "intermediate_size", c->n_inner);
+        cJSON_AddNumberToObject(j, "max_position_embeddings", c->n_positions);
+        cJSON_AddNumberToObject(j, "type_vocab_size", c->type_vocab_size);
+        cJSON_AddNumberToObject(j, "layer_norm_eps", c->norm_eps);
+        cJSON_AddNumberToObject(j, "pad_token_id", c->pad_token_id);
+        cJSON_AddStringToObject(j, "hidden_act", c->gelu_exact ? "gelu" : "gelu_new");
+        cJSON_AddNumberToObject(j, "num_labels", c->num_labels);
+        if (c->problem_type) cJSON_AddStringToObject(j, "problem_type", problems[c->problem_type]);
+        cJSON_AddNumberToObject(j, "hidden_dropout_prob", 0);
+        cJSON_AddNumberToObject(j, "attention_probs_dropout_prob", 0);
     } else {
         cJSON_AddNumberToObject(j, "hidden_size", c->n_embd);
         cJSON_AddNumberToObject(j, "num_attention_heads", c->n_head);

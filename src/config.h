@@ -5,7 +5,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum { ARCH_GPT2, ARCH_LLAMA } Arch;  // LLAMA covers llama, mistral, qwen2
+typedef enum { ARCH_GPT2, ARCH_LLAMA, ARCH_BERT } Arch;  // LLAMA covers llama, mistral, qwen2; BERT: bert, roberta (encoders)
+// An encoder's classification loss, as transformers picks it (config.problem_type, else from
+// num_labels and the labels' dtype: PROBLEM_AUTO).
+typedef enum { PROBLEM_AUTO, PROBLEM_SINGLE_LABEL, PROBLEM_MULTI_LABEL, PROBLEM_REGRESSION } ProblemType;
 typedef enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } RopeType;
 
 typedef struct {
@@ -32,6 +35,13 @@ typedef struct {
     float dropout;            // the largest base-model dropout probability (not implemented: training refuses > 0)
     const char *dropout_key;  // its config.json key (a static string), NULL when none
     int bos_token_id, eos_token_id;
+    // Encoders (ARCH_BERT): post-LayerNorm blocks, learned positions, token types, a sequence
+    // classification head of num_labels outputs.
+    int type_vocab_size;
+    int pad_token_id;         // RoBERTa: positions count from pad_token_id + 1, padding sits at pad_token_id
+    bool gelu_exact;          // hidden_act "gelu" (erf); false: the tanh approximation (gelu_new, gelu_pytorch_tanh)
+    int num_labels;
+    ProblemType problem_type;
 } ModelConfig;
 
 // Parses and validates; errors name the file and the field.

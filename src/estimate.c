@@ -24,6 +24,7 @@ static void add_linear(EstModel *em, int *cap, const char *name, int in, int out
     l->in = in;
     l->out = out;
     l->bias = bias;
+    l->saved = false;
 }
 
 static int64_t linear_params(const EstModel *em) {
@@ -51,7 +52,25 @@ int est_model_from_config(EstModel *em, const ModelConfig *c, const char *name) 
     int cap = 0, C = c->n_embd, I = c->n_inner;
     int64_t V = c->vocab_size, L = c->n_layer;
     char buf[256];
-    if (c->arch == ARCH_GPT2) {
+    if (c->arch == ARCH_BERT) {  // model.c's build_bert: the encoder's linears, then the head's
+        bool roberta = !strcmp(c->model_type, "roberta");
+        const char *pre = roberta ? "roberta" : "bert";
+        em->family = EST_ENCODER_ROBERTA;
+        em->lm_head = false;
+        static const char *const names[] = {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                                            "intermediate.dense", "output.dense"};
+        for (int l = 0; l < c->n_layer; l++)
+            for (int k = 0; k < 6; k++) {
+                snprintf(buf, sizeof buf, "%s.encoder.layer.%d.%s", pre, l, names[k]);
+                add_linear(em, &cap, buf, k == 5 ? I : C, k == 4 ? I : k == 5 ? C : C, true);
+            }
+        add_linear(em, &cap, roberta ? "classifier.dense" : "bert.pooler.dense", C, C, true);
+        em->linears[em->n_linears - 1].saved = roberta;
+        add_linear(em, &cap, roberta ? "classifier.out_proj" : "classifier", C, c->num_labels, true);
+        em->linears[em->n_linears - 1].saved = true;
+        // word, position and token-type embeddings, their LayerNorm, two LayerNorms per layer
+        em->n_params = V * C + (int64_t)c->n_positions * C + (int64_t)c->type_vocab_size * C + 2 * C + L * 4 * C;
+    } else if (c->arch == ARCH_GPT2) {
         em->family = EST_DECODER_GPT2;
         for (int l = 0; l < c->n_layer; l++) {
             snprintf(buf, sizeof buf, "transformer.h.%d.attn.c_attn", l); add_linear(em, &cap, buf, C, 3 * C, true);
@@ -301,6 +320,11 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, Metho
         ADD(2, r, max_in, "%s", "base_model.vera_A");
         ADD(2, max_out, r, "%s", "base_model.vera_B");
     }
+    for (int i = 0; i < em->n_linears; i++)  // modules_to_save: the head's copies, after what the method writes
+        if (em->linears[i].saved) {
+            ADD(2, em->linears[i].out, em->linears[i].in, "base_model.model.%s.weight", em->linears[i].name);
+            ADD(1, em->linears[i].out, 0, "base_model.model.%s.bias", em->linears[i].name);
+        }
 #undef ADD
     int64_t bytes = est_safetensors_bytes(t, n);
     for (int i = 0; i < n; i++) free(names[i]);
@@ -591,14 +615,18 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     e->r = r;
     e->target_r = c->target_r;
     if (method != METHOD_FULL && r <= 0) return peft_fail("the rank must be positive (got %d)", r);
-    if (method != METHOD_FULL && c->n_modules_to_save)
-        return peft_fail("modules_to_save: peft estimate does not count modules trained in full beside the adapter yet");
+    for (int k = 0; method != METHOD_FULL && k < c->n_modules_to_save; k++) {  // an encoder's head is counted (EstLinear.saved)
+        const char *entry = c->modules_to_save[k];
+        if (em->family != EST_ENCODER_ROBERTA || (strcmp(entry, "classifier") && strcmp(entry, "score")))
+            return peft_fail("modules_to_save \"%s\": peft estimate does not count modules trained in full beside the adapter yet "
+                             "(but an encoder's classification head)", entry);
+    }
     if (method == METHOD_ADALORA && (c->target_r < 0 || c->target_r > c->init_r))
         return peft_fail("AdaLoRA target_r %d must be in 0..init_r (%d)", c->target_r, c->init_r);
     bool *adapted = xcalloc(em->n_linears ? em->n_linears : 1, sizeof(bool));
     if (method != METHOD_FULL) {
         for (int i = 0; i < em->n_linears; i++)
-            if ((adapted[i] = adapter_targets_module(c, em->linears[i].name))) e->n_adapted++;
+            if ((adapted[i] = !em->linears[i].saved && adapter_targets_module(c, em->linears[i].name))) e->n_adapted++;
         if (e->n_adapted == 0) {
             free(adapted);
             if (c->target_regex) return peft_fail("target_modules \"%s\" matched no module of %s", c->target_regex, em->name);
@@ -622,6 +650,8 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         int nb = 0;
         e->trainable += bias_tensors(em, adapted, c->bias, NULL, NULL, &nb);  // bias "all" / "lora_only"
     }
+    for (int i = 0; method != METHOD_FULL && i < em->n_linears; i++)  // the head trains whole (modules_to_save)
+        if (em->linears[i].saved) e->trainable += (int64_t)em->linears[i].in * em->linears[i].out + em->linears[i].out;
     if (method == METHOD_FULL) e->trainable = em->n_params;
     if (method == METHOD_VERA) e->vera_projection = (int64_t)r * e->vera_max_in + (int64_t)e->vera_max_out * r;
     else e->vera_max_in = e->vera_max_out = 0;

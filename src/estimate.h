@@ -16,6 +16,7 @@ typedef struct {
     char *name;      // HF module name, e.g. "transformer.h.0.attn.c_attn", "encoder.layer.0.attention.self.query"
     int in, out;
     bool bias;
+    bool saved;      // an encoder's classification head: trained whole as modules_to_save (SEQ_CLS), never adapted
 } EstLinear;
 
 typedef enum { EST_DECODER_GPT2, EST_DECODER_LLAMA, EST_ENCODER_ROBERTA, EST_DECODER_GPT3 } EstFamily;

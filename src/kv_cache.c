@@ -36,6 +36,7 @@ struct KVCache {
 KVCache *kv_cache_new(const Model *m, int n_slots, int max_len) {
     const ModelConfig *c = &m->cfg;
     if (n_slots <= 0 || max_len <= 0) { peft_fail("KV cache needs positive slots and length (got %d, %d)", n_slots, max_len); return NULL; }
+    if (model_require_decoder(c, "generation")) return NULL;
     if (c->arch == ARCH_GPT2 && max_len > c->n_positions) {
         peft_fail("a sequence of %d tokens exceeds the model's n_positions %d", max_len, c->n_positions);
         return NULL;

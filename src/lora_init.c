@@ -308,8 +308,8 @@ int lora_init_module(AdapterSet *set, Adapter *a, uint64_t seed) {
 int lora_init_save(AdapterSet *set, void *writer, void *config_json) {
     StWriter *w = writer;
     LoraState *s = set->method_state;
-    if (!s || !s->A0) {
-        for (int i = 0; i < set->n_params; i++) {
+    if (!s || !s->A0) {  // (adapters_save writes the base parameters the set trains, the last n_base)
+        for (int i = 0; i < set->n_params - set->n_base; i++) {
             const Param *p = set->params[i];
             st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
         }

@@ -92,6 +92,43 @@ static void build_llama(Model *m, int cap) {
     m->n_linears = li;
 }
 
+// BERT / RoBERTa as transformers' *ForSequenceClassification names them: "bert." or "roberta." before
+// the encoder; the head is RoBERTa's classifier.dense + classifier.out_proj, or BERT's pooler + classifier.
+static void build_bert(Model *m, int cap) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->n_embd, li = 0;
+    bool roberta = !strcmp(c->model_type, "roberta");
+    const char *pre = roberta ? "roberta" : "bert";
+    char name[256];
+#define E(suffix) (snprintf(name, sizeof name, "%s.embeddings." suffix, pre), name)
+    m->wte = add_param(m, cap, E("word_embeddings.weight"), c->vocab_size, C);
+    m->wpe = add_param(m, cap, E("position_embeddings.weight"), c->n_positions, C);
+    m->wtt = add_param(m, cap, E("token_type_embeddings.weight"), c->type_vocab_size, C);
+    m->emb_norm_w = add_param(m, cap, E("LayerNorm.weight"), C, 0);
+    m->emb_norm_b = add_param(m, cap, E("LayerNorm.bias"), C, 0);
+#undef E
+    for (int l = 0; l < c->n_layer; l++) {
+        Block *b = &m->blocks[l];
+#define P(field, suffix, rows) (snprintf(name, sizeof name, "%s.encoder.layer.%d." suffix, pre, l), b->field = add_param(m, cap, name, rows, 0))
+#define L(field, suffix, in, out) (snprintf(name, sizeof name, "%s.encoder.layer.%d." suffix, pre, l), b->field = add_linear(m, cap, &li, name, in, out, true))
+        L(q, "attention.self.query", C, C);
+        L(k, "attention.self.key", C, C);
+        L(v, "attention.self.value", C, C);
+        L(o, "attention.output.dense", C, C);
+        P(norm1_w, "attention.output.LayerNorm.weight", C);
+        P(norm1_b, "attention.output.LayerNorm.bias", C);
+        L(fc, "intermediate.dense", C, c->n_inner);
+        L(fc_out, "output.dense", c->n_inner, C);
+        P(norm2_w, "output.LayerNorm.weight", C);
+        P(norm2_b, "output.LayerNorm.bias", C);
+#undef P
+#undef L
+    }
+    m->head_dense = add_linear(m, cap, &li, roberta ? "classifier.dense" : "bert.pooler.dense", C, C, true);
+    m->head_out = add_linear(m, cap, &li, roberta ? "classifier.out_proj" : "classifier", C, c->num_labels, true);
+    m->n_linears = li;
+}
+
 // Rotary inverse frequencies, with transformers' linear and llama3 rope scaling.
 static void build_inv_freq(Model *m) {
     const ModelConfig *c = &m->cfg;
@@ -121,11 +158,12 @@ static void build_inv_freq(Model *m) {
 static Model *model_build(const ModelConfig *cfg) {
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *cfg;
-    int cap = 4 + cfg->n_layer * 20;
+    int cap = 12 + cfg->n_layer * 20;
     m->params = xcalloc(cap, sizeof(Param));
     m->blocks = xcalloc(cfg->n_layer, sizeof(Block));
-    m->linears = xcalloc(cfg->n_layer * 7, sizeof(Linear));
+    m->linears = xcalloc(cfg->n_layer * 7 + 2, sizeof(Linear));
     if (cfg->arch == ARCH_GPT2) build_gpt2(m, cap);
+    else if (cfg->arch == ARCH_BERT) build_bert(m, cap);
     else { build_llama(m, cap); build_inv_freq(m); }
     return m;
 }
@@ -148,7 +186,7 @@ Model *model_create_random(const ModelConfig *cfg, uint64_t seed) {
     uint64_t s = seed;
     for (int i = 0; i < m->n_params; i++) {
         Param *p = &m->params[i];
-        bool is_norm = strstr(p->name, "ln_") || strstr(p->name, "norm");
+        bool is_norm = strstr(p->name, "ln_") || strstr(p->name, "norm") || strstr(p->name, "LayerNorm");
         if (p->ndim == 1) { for (long j = 0; j < p->numel; j++) p->w[j] = is_norm && strstr(p->name, "weight") ? 1.0f : 0.0f; continue; }
         for (long j = 0; j < p->numel; j += 2) {  // Box-Muller, std 0.02
             double u1 = ((rng_next(&s) >> 11) + 1.0) * 0x1.0p-53, u2 = (rng_next(&s) >> 11) * 0x1.0p-53;
@@ -165,6 +203,14 @@ static const StTensor *find_weight(const Param *p, const StModel *st, const char
     const StTensor *t = st_model_find(st, p->name, file);
     // The original GPT-2 checkpoints name tensors without the "transformer." prefix.
     if (!t && gpt2 && !strncmp(p->name, "transformer.", 12)) t = st_model_find(st, p->name + 12, file);
+    // Old BERT checkpoints call a LayerNorm's weight and bias gamma and beta (transformers renames them).
+    size_t n = strlen(p->name);
+    bool ln_w = n > 16 && !strcmp(p->name + n - 16, "LayerNorm.weight"), ln_b = n > 14 && !strcmp(p->name + n - 14, "LayerNorm.bias");
+    if (!t && (ln_w || ln_b)) {
+        char *old = xasprintf("%.*s%s", (int)(n - (ln_w ? 6 : 4)), p->name, ln_w ? "gamma" : "beta");
+        t = st_model_find(st, old, file);
+        free(old);
+    }
     if (!t) { peft_fail("%s: the weights have no tensor %s", dir, p->name); return NULL; }
     bool ok = t->numel == p->numel && ((p->ndim == 1 && t->ndim == 1) || (p->ndim == 2 && t->ndim == 2 && t->shape[0] == p->shape[0] && t->shape[1] == p->shape[1]));
     if (ok) return t;
@@ -244,6 +290,25 @@ static int folder_quantization(const char *dir, QuantType *t) {
     return rc;
 }
 
+// An encoder checkpoint saved without a classification head (e.g. roberta-base, a masked-LM one):
+// the head from params[first] on is new, as transformers makes it: weights N(0, 0.02), biases 0
+// (the values differ from torch's draws; a note says so). RoBERTa's pooler-less head is new whole;
+// BERT's pooler is the checkpoint's when it has one.
+static int init_new_head(Model *m, int first, const char *dir) {
+    uint64_t s = 0x5EED;
+    for (int i = first; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        if (!(p->w = try_calloc(p->numel, sizeof(float), p->name))) return -1;
+        for (long j = 0; p->ndim == 2 && j < p->numel; j++) {
+            double u1 = ((rng_next(&s) >> 11) + 1.0) * 0x1.0p-53, u2 = (rng_next(&s) >> 11) * 0x1.0p-53;
+            p->w[j] = (float)(sqrt(-2 * log(u1)) * cos(2 * M_PI * u2) * 0.02);
+        }
+    }
+    fprintf(stderr, "peft: note: %s has no %s: the classification head (%d labels) starts from random weights, as transformers would start it\n",
+            dir, m->head_out->weight->name, m->cfg.num_labels);
+    return 0;
+}
+
 // Every tensor is found and its shape checked before any weight is allocated: the sizes come from
 // the file, not from what config.json claims. A quantized linear's fp32 weight lives only until it
 // is quantized.
@@ -267,10 +332,15 @@ Model *model_load_quantized(const char *dir, QuantType t, bool nested) {
     const char **file = xcalloc(m->n_params, sizeof *file);
     Linear **lin_of = xcalloc(m->n_params, sizeof *lin_of);
     for (int i = 0; i < m->n_linears; i++) lin_of[m->linears[i].weight - m->params] = &m->linears[i];
+    int head = 0;  // an encoder without its classification head (a pretrained checkpoint): the head's first param
+    if (cfg.arch == ARCH_BERT && !st_model_find(&st, m->head_out->weight->name, &file[0]))
+        head = (int)((st_model_find(&st, m->head_dense->weight->name, &file[0]) ? m->head_out : m->head_dense)->weight - m->params);
     for (int i = 0; i < m->n_params && !rc; i++)
-        if (!(saved && lin_of[i]) && !(src[i] = find_weight(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2, &file[i]))) rc = -1;
+        if (!(saved && lin_of[i]) && !(head && i >= head) && !(src[i] = find_weight(&m->params[i], &st, dir, cfg.arch == ARCH_GPT2, &file[i]))) rc = -1;
+    if (head && !rc) rc = init_new_head(m, head, dir);
     for (int i = 0; i < m->n_params && !rc; i++) {
         Linear *lin = lin_of[i];
+        if (head && i >= head) continue;
         if (saved && lin) {
             lin->q = xcalloc(1, sizeof(QWeight));
             rc = quant_read_linear(lin->q, &st, lin->module, saved, lin->out, lin->in, dir);

@@ -34,9 +34,11 @@ typedef struct {
 } Linear;
 
 typedef struct {
-    Param *norm1_w, *norm1_b;    // GPT-2 ln_1 / Llama input_layernorm (no bias)
-    Param *norm2_w, *norm2_b;    // GPT-2 ln_2 / Llama post_attention_layernorm
-    Linear *qkv, *attn_out, *fc, *fc_out;                // GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj
+    Param *norm1_w, *norm1_b;    // GPT-2 ln_1 / Llama input_layernorm (no bias) / BERT attention.output.LayerNorm (after attention)
+    Param *norm2_w, *norm2_b;    // GPT-2 ln_2 / Llama post_attention_layernorm / BERT output.LayerNorm (after the MLP)
+    Linear *qkv, *attn_out, *fc, *fc_out;                // GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj; BERT: fc, fc_out
+                                                         // (intermediate.dense, output.dense), q, k, v, o (query, key, value,
+                                                         // attention.output.dense)
     Linear *q, *k, *v, *o, *gate, *up, *down;            // Llama family
 } Block;
 
@@ -61,6 +63,13 @@ typedef struct {
     int32_t *pos;               // packed sequences: each token's position in its example [N]
     bool packed;                // the last forward was of packed rows (pos holds their positions)
     float *scratch[5];          // backward work buffers, [N, widest layer] each
+    // Encoders (encoder.c): x0 holds the embeddings' sum and final_norm (with final_mean/rstd) their
+    // LayerNorm, res_mid / res_out the residual sums before each block's two LayerNorms, norm1 / norm2
+    // their outputs; logits are [B, num_labels].
+    int32_t *mask, *types, *enc_pos;   // attention mask (1: attend), token types, positions [N]
+    float *head_in, *head_pre, *head_act;  // the head's input (each row's first token) [B,C], dense, tanh [B,C]
+    float *targets;             // the last forward's labels, [B] (single label) or [B, num_labels]
+    int problem;                // its ProblemType
     double lm_loss;             // causal-LM part of the last loss
     int cap_N, cap_T;           // what the buffers are sized for
 } Activations;
@@ -72,7 +81,11 @@ typedef struct Model {
     char *dir;
     int n_params;
     Param *params;               // base weights, in file order of our naming
-    Param *wte, *wpe, *norm_f_w, *norm_f_b, *lm_head;  // lm_head == wte when tied
+    Param *wte, *wpe, *norm_f_w, *norm_f_b, *lm_head;  // lm_head == wte when tied; encoders have no lm_head
+    Param *wtt, *emb_norm_w, *emb_norm_b;              // encoders: token type embeddings, the embeddings' LayerNorm
+    Linear *head_dense, *head_out;                     // encoders' sequence classification head: tanh(dense(first token)),
+                                                       // then out (RoBERTa: classifier.dense, classifier.out_proj;
+                                                       // BERT: bert.pooler.dense, classifier)
     Block *blocks;
     int n_linears;
     Linear *linears;             // every linear module, in model order
@@ -125,11 +138,35 @@ long model_count_params(const Model *m, bool trainable_only);
 // regulariser) and prepares backward; logits are in m->act.logits only when labels is NULL.
 // Returns NAN on error.
 double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B, int T);
+// Encoders (ARCH_BERT): one batch of B sequences of T tokens for sequence classification.
+typedef struct {
+    const int32_t *ids;          // [B,T]
+    const int32_t *mask;         // [B,T] attention mask (1 attend, 0 padding); NULL: every token
+    const int32_t *types;        // [B,T] token type ids; NULL: all 0
+    const float *targets;        // NULL: logits only; else [B] class indices (single label, < 0: ignored)
+                                 // or [B, num_labels] values (regression, multi-label 0/1)
+    bool int_targets;            // the labels are integers (transformers' problem_type choice reads their dtype)
+    int B, T;
+} ClassifyBatch;
+// Logits [B, num_labels] in m->act.logits; with targets, returns the loss (transformers' loss for the
+// problem type, plus any adapter regulariser) and prepares model_backward. NAN on error.
+double model_classify(Model *m, const ClassifyBatch *b);
+// 0 for a decoder; for an encoder an error naming `what` (generation, causal-LM training, ...) and
+// what an encoder does instead.
+int model_require_decoder(const ModelConfig *c, const char *what);
+// The loss transformers uses for this config and these labels (config.problem_type, else: one label
+// regression, integer labels single-label, other labels multi-label).
+ProblemType model_problem_type(const ModelConfig *c, bool int_targets);
+
 // Accumulate d loss / d p into every trainable Param's grad.
 void model_backward(Model *m);
 void model_zero_grad(Model *m);
 
 void activations_free(Activations *a, int n_layer);
+// transformer.c: size m->act for B sequences of T tokens (reused when the shape is the same).
+void ensure_activations(Model *m, int B, int T);
+// encoder.c: model_backward of an encoder.
+void encoder_backward(Model *m);
 
 // Write the base weights (HF names; tied lm_head omitted) and config.json to an HF folder; quantized
 // linears as transformers saves bitsandbytes ones, with config.json's quantization_config.

@@ -19,15 +19,17 @@ static void replace_all(TokBuf *out, const char *s, size_t n, const char *from, 
     tok_buf_put(out, s + start, n - start);
 }
 
-// Returns the normalized text (malloc'd) or NULL when there is no normalizer.
-static char *normalize(const Tokenizer *t, const char *s, size_t n, size_t *out_len) {
+// Returns the normalized text (malloc'd) or NULL when there is no normalizer (or an error: *failed).
+static char *normalize(const Tokenizer *t, const char *s, size_t n, size_t *out_len, bool *failed) {
     if (t->n_norm == 0) return NULL;
     TokBuf cur = {0};
     tok_buf_put(&cur, s, n);
     for (int i = 0; i < t->n_norm; i++) {
         const NormStep *step = &t->norm[i];
         TokBuf next = {0};
-        if (step->kind == NORM_PREPEND) {
+        if (step->kind == NORM_BERT) {
+            if (tok_bert_normalize(t, cur.data, cur.len, &next)) { free(next.data); free(cur.data); *failed = true; return NULL; }
+        } else if (step->kind == NORM_PREPEND) {
             if (cur.len) tok_buf_put(&next, step->to, strlen(step->to)); // HF prepends to non-empty text only
             tok_buf_put(&next, cur.data, cur.len);
         } else {
@@ -123,13 +125,16 @@ static int run_step(Encoder *e, int step, const char *s, size_t n, bool at_start
     case PRE_SPLIT: return split_isolated(e, step + 1, p->re, s, n, at_start);
     case PRE_BYTE_LEVEL: return byte_level_step(e, step, s, n, at_start);
     case PRE_METASPACE: return metaspace_step(e, step, s, n, at_start);
+    case PRE_BERT: return tok_bert_pre_step(e, step + 1, s, n, at_start, emit);
     }
     return peft_fail("%s: internal error: bad pre-tokenizer step", e->tok->source);
 }
 
 int tok_encode_stretch(Encoder *e, const char *s, size_t n, bool at_text_start) {
     size_t len = n;
-    char *norm = normalize(e->tok, s, n, &len);
+    bool failed = false;
+    char *norm = normalize(e->tok, s, n, &len, &failed);
+    if (failed) return -1;
     int rc = emit(e, 0, norm ? norm : s, len, at_text_start);
     free(norm);
     return rc;

@@ -57,7 +57,7 @@ int serve_run(const ServeOptions *o) {
     AdapterPool *pool = NULL;
     Scheduler *sched = NULL;
     HttpServer *http = NULL;
-    if (!(m = model_load_quantized(o->model_dir, o->quantize, o->double_quant))) goto out;
+    if (!(m = model_load_quantized(o->model_dir, o->quantize, o->double_quant)) || model_require_decoder(&m->cfg, "peft serve")) goto out;
     if (!(tok = tokenizer_load(o->model_dir))) goto out;
     if (o->cuda && gpu_inference_attach(m, o->fp32 ? GPU_FP32 : GPU_BF16)) goto out;
     const ModelConfig *c = &m->cfg;

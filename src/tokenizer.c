@@ -147,6 +147,14 @@ static bool unmap_bytes(const char *s, size_t n, TokBuf *out) {
 // decoder's Replace steps (e.g. "▁" -> " ") and its ByteLevel mapping apply. As in HF, a token with
 // a character outside the byte mapping (an added token like "<｜end｜>") is taken verbatim.
 static void decode_piece(const Tokenizer *t, const char *text, TokBuf *out, bool *is_byte) {
+    if (t->dec_wordpiece) {  // WordPiece: "##x" continues the word before, any other token starts one
+        size_t plen = strlen(t->wp_prefix);
+        bool cont = !strncmp(text, t->wp_prefix, plen);
+        *is_byte = false;
+        if (!cont) tok_buf_put(out, " ", 1);
+        tok_buf_put(out, text + (cont ? plen : 0), strlen(text) - (cont ? plen : 0));
+        return;
+    }
     int b = t->dec_byte_fallback ? byte_token_value(text) : -1;
     *is_byte = b >= 0;
     if (b >= 0) { uint8_t c = (uint8_t)b; tok_buf_put(out, &c, 1); return; }
@@ -242,6 +250,7 @@ void tokenizer_free(Tokenizer *t) {
     free(t->added);
     for (int i = 0; i < t->n_norm; i++) { free(t->norm[i].from); free(t->norm[i].to); }
     for (int i = 0; i < t->n_pre; i++) { pcre2_code_free(t->pre[i].re); free(t->pre[i].pattern); }
+    for (int i = 0; i < BERT_CLASSES; i++) pcre2_code_free(t->bert_re[i]);
     for (int i = 0; i < t->n_dec_replace; i++) { free(t->dec_replace[i].from); free(t->dec_replace[i].to); }
     free(t->piece_data);
     free(t->piece_off);
@@ -341,6 +350,7 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, size_t *le
     while ((int)skip < t->dec_strip_start && skip < raw.len && raw.data[skip] == ' ') skip++;
     tok_buf_put(&out, "", 0);
     tok_buf_put_lossy(&out, raw.data + skip, raw.len - skip);
+    if (t->dec_cleanup) tok_wordpiece_cleanup(&out);
     free(raw.data);
     *len = out.len;
     return out.data;

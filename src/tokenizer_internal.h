@@ -6,6 +6,7 @@
 //   bpe.c             one word -> ids (merges by rank, byte fallback, word cache)
 //   tok_text.c        UTF-8 helpers and GPT-2's byte <-> character mapping
 //   tok_gguf.c        the vocabulary as GGUF metadata, for llama.cpp
+//   wordpiece.c       BERT's WordPiece model, BertNormalizer and BertPreTokenizer
 #pragma once
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -27,14 +28,14 @@ typedef struct {
 } AddedToken;
 
 // A string substitution: normalizer Replace / Prepend, decoder Replace.
-typedef enum { NORM_PREPEND, NORM_REPLACE } NormKind;
+typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_BERT } NormKind;  // NORM_BERT: Tokenizer.bert_* (wordpiece.c)
 typedef struct {
     NormKind kind;
     char *from; // REPLACE only
     char *to;
 } NormStep;
 
-typedef enum { PRE_SPLIT, PRE_BYTE_LEVEL, PRE_METASPACE } PreKind;
+typedef enum { PRE_SPLIT, PRE_BYTE_LEVEL, PRE_METASPACE, PRE_BERT } PreKind;
 typedef enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER } PrependScheme;
 typedef struct {
     PreKind kind;
@@ -48,6 +49,8 @@ typedef struct {
 } PreStep;
 
 typedef struct WordCache WordCache;
+
+enum { BERT_CONTROL, BERT_PUNCT, BERT_MARK, BERT_CLASSES };  // Unicode classes wordpiece.c tests characters for
 
 struct Tokenizer {
     char *source; // the file it was loaded from, for messages
@@ -95,6 +98,14 @@ struct Tokenizer {
     int32_t bos, eos;
     bool add_bos;
     WordCache *cache;
+
+    // WordPiece (wordpiece.c): the model, BertNormalizer's options, the decoder.
+    bool wordpiece;
+    char wp_prefix[16];     // continuing_subword_prefix, "##"
+    int wp_max_chars;       // max_input_chars_per_word
+    bool bert_clean_text, bert_chinese, bert_strip_accents, bert_lowercase;
+    pcre2_code *bert_re[BERT_CLASSES];
+    bool dec_wordpiece, dec_cleanup;
 };
 
 // Growable byte buffer, always NUL-terminated once written to.
@@ -152,6 +163,14 @@ int tok_read_configs(Tokenizer *t, const char *config_json, const char *tokenize
 // pretokenize.c: normalize one stretch of text between added tokens, cut it into words and BPE them.
 // at_text_start: the stretch begins the input (Metaspace's prepend_scheme "first").
 int tok_encode_stretch(Encoder *e, const char *s, size_t n, bool at_text_start);
+
+// wordpiece.c
+int tok_bert_classes(Tokenizer *t);  // compiles bert_re (once)
+int tok_bert_normalize(const Tokenizer *t, const char *s, size_t n, TokBuf *out);
+int tok_bert_pre_step(Encoder *e, int next_step, const char *s, size_t n, bool at_start,
+                      int (*emit)(Encoder *, int, const char *, size_t, bool));
+void tok_wordpiece_word(Encoder *e, const char *w, size_t n);
+void tok_wordpiece_cleanup(TokBuf *text);
 
 // bpe.c
 void tok_build_joined(Tokenizer *t); // call once the vocabulary is complete

@@ -71,9 +71,28 @@ static int read_merges(Tokenizer *t, const char *path, const cJSON *merges) {
     return 0;
 }
 
+// BERT's WordPiece: vocab, unk_token (required: a word it cannot spell is that token), the
+// continuing-subword prefix and the longest word in characters.
+static int read_wordpiece(Tokenizer *t, const char *path, const cJSON *model) {
+    t->wordpiece = true;
+    const char *prefix = str_item(model, "continuing_subword_prefix"), *unk = str_item(model, "unk_token");
+    if (!prefix) prefix = "##";
+    if (strlen(prefix) >= sizeof t->wp_prefix) return peft_fail("%s: model.continuing_subword_prefix \"%s\" is too long", path, prefix);
+    strcpy(t->wp_prefix, prefix);
+    t->wp_max_chars = 100;
+    const cJSON *max = item(model, "max_input_chars_per_word");
+    if (max && (!int_value(max, &t->wp_max_chars) || t->wp_max_chars <= 0))
+        return peft_fail("%s: model.max_input_chars_per_word must be a positive integer", path);
+    if (read_vocab(t, path, "model.vocab", item(model, "vocab")) < 0) return -1;
+    if (!unk || (t->unk_id = tok_find(t, unk, strlen(unk))) < 0)
+        return peft_fail("%s: model.unk_token \"%s\" is missing from model.vocab", path, unk ? unk : "(none)");
+    return 0;
+}
+
 static int read_model(Tokenizer *t, const char *path, const cJSON *model) {
     if (!cJSON_IsObject(model)) return peft_fail("%s: \"model\" is missing or not an object", path);
     const char *type = str_item(model, "type");
+    if (type && strcmp(type, "WordPiece") == 0) return read_wordpiece(t, path, model);
     // Files from old versions of tokenizers leave out the type; a BPE model is told by its merges.
     if (type ? strcmp(type, "BPE") != 0 : !item(model, "merges")) return unsupported(path, "model", type);
     const char *prefix = str_item(model, "continuing_subword_prefix"), *suffix = str_item(model, "end_of_word_suffix");
@@ -144,6 +163,14 @@ static int read_normalizer(Tokenizer *t, const char *path, const char *field, co
     // NFC leaves text that is already composed unchanged, which is nearly all text (and all ASCII).
     // Composing decomposed accents would need the Unicode tables, which we do not carry.
     if (type && strcmp(type, "NFC") == 0) return 0;
+    if (type && strcmp(type, "BertNormalizer") == 0) {
+        const cJSON *strip = item(node, "strip_accents");
+        t->bert_clean_text = bool_item(node, "clean_text", true);
+        t->bert_chinese = bool_item(node, "handle_chinese_chars", true);
+        t->bert_lowercase = bool_item(node, "lowercase", true);
+        t->bert_strip_accents = is_null(strip) ? t->bert_lowercase : bool_item(node, "strip_accents", false);
+        return tok_bert_classes(t) < 0 ? -1 : add_norm(t, path, field, NORM_BERT, NULL, "");
+    }
     return unsupported(path, field, type);
 }
 
@@ -218,6 +245,7 @@ static int read_pre_tokenizer(Tokenizer *t, const char *path, const char *field,
     if (type && strcmp(type, "Split") == 0) return read_split(t, path, field, node);
     if (type && strcmp(type, "ByteLevel") == 0) return read_byte_level(t, path, field, node);
     if (type && strcmp(type, "Metaspace") == 0) return read_metaspace(t, path, field, node);
+    if (type && strcmp(type, "BertPreTokenizer") == 0) return tok_bert_classes(t) < 0 || !add_pre(t, path, field, PRE_BERT) ? -1 : 0;
     return unsupported(path, field, type);
 }
 
@@ -266,6 +294,15 @@ static int read_decoder(Tokenizer *t, const char *path, const char *field, const
     if (type && strcmp(type, "Fuse") == 0) { *after_fuse = true; return 0; }
     if (type && strcmp(type, "Strip") == 0) return read_strip(t, path, field, node, *after_fuse);
     if (type && strcmp(type, "Metaspace") == 0) return read_metaspace_decoder(t, path, field, node);
+    if (type && strcmp(type, "WordPiece") == 0) {  // "##x" glued to the token before, other tokens after a space
+        const char *prefix = str_item(node, "prefix");
+        if (!t->wordpiece) return peft_fail("%s: %s.type \"WordPiece\" decodes a WordPiece model only", path, field);
+        if (prefix && strcmp(prefix, t->wp_prefix)) return peft_fail("%s: %s.prefix \"%s\" differs from the model's \"%s\"", path, field, prefix, t->wp_prefix);
+        t->dec_wordpiece = true;
+        t->dec_cleanup = bool_item(node, "cleanup", true);
+        t->dec_strip_start = 1;
+        return 0;
+    }
     if (type && strcmp(type, "Replace") == 0) {
         const char *from = string_pattern(node), *to = str_item(node, "content");
         if (!from || !*from || !to) return peft_fail("%s: %s: only Replace with a non-empty {\"String\": ...} pattern and a content is supported", path, field);

@@ -274,6 +274,7 @@ static int setup(Trainer *t, const TrainConfig *cfg) {
     if (t->c.threads > 0) omp_set_num_threads(t->c.threads);
     if (make_dir(t->c.out_dir)) return -1;
     if (!(t->m = model_load_quantized(t->c.model_dir, t->c.quantize, t->c.double_quant)) || !(t->tok = tokenizer_load(t->c.model_dir))) return -1;
+    if (model_require_decoder(&t->m->cfg, "causal-LM training")) return -1;
     if (quant_refusals(&t->c, t->m->quant)) return -1;
     if (t->m->quant)
         message(t, "base quantized %s%s: %ld linears, dequantized one at a time for each GEMM", quant_type_name(t->m->quant),
@@ -853,7 +854,7 @@ int eval_run(const EvalConfig *cfg, EvalInfo *out, void (*on_message)(void *, co
     int threads_before = omp_get_max_threads();
     if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
     Model *m = model_load_quantized(cfg->model_dir, cfg->quantize, cfg->double_quant);
-    Tokenizer *tok = m ? tokenizer_load(cfg->model_dir) : NULL;
+    Tokenizer *tok = m && !model_require_decoder(&m->cfg, "the causal-LM loss") ? tokenizer_load(cfg->model_dir) : NULL;
     int rc = tok ? 0 : -1;
     if (!rc && cfg->adapter_dir) rc = adapters_load(m, cfg->adapter_dir);
     DataOptions opt = cfg->data;

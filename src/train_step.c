@@ -30,7 +30,7 @@ static void cpu_zero_grad(TrainStep *s) {
 static int cpu_forward(TrainStep *s, const MicroBatch *mb, double *loss, double *lm_loss) {
     s->m->dropout_seed = mb->dropout_seed;
     s->m->positions = mb->positions;
-    *loss = model_forward(s->m, mb->ids, mb->labels, mb->B, mb->T);
+    *loss = mb->classify ? model_classify(s->m, mb->classify) : model_forward(s->m, mb->ids, mb->labels, mb->B, mb->T);
     s->m->positions = NULL;  // (backward reads the forward's own copy; evaluation is unpacked)
     *lm_loss = s->m->act.lm_loss;
     return 0;
@@ -71,6 +71,7 @@ static const StepBackend CPU = {cpu_zero_grad, cpu_forward, cpu_backward, cpu_sc
 static void gpu_step_zero_grad(TrainStep *s) { gpu_zero_grad(s->g); }
 
 static int gpu_step_forward(TrainStep *s, const MicroBatch *mb, double *loss, double *lm_loss) {
+    if (mb->classify) return peft_fail("sequence classification (BERT, RoBERTa) is not implemented on --device cuda");
     gpu_set_dropout(s->g, true, mb->dropout_seed);
     s->m->positions = mb->positions;
     *loss = gpu_forward(s->g, mb->ids, mb->labels, mb->B, mb->T);

@@ -33,6 +33,7 @@ typedef struct {
     int B, T;
     uint64_t dropout_seed;
     long tokens;
+    const ClassifyBatch *classify;  // an encoder's sequence classification batch (CPU only); ids/labels unused
 } MicroBatch;
 // Fills micro-batch k (0-based) of the step; returns -1 (peft_last_error) on failure.
 typedef int (*MicroBatchFn)(void *user, int k, MicroBatch *mb);

@@ -37,16 +37,20 @@ void activations_free(Activations *a, int L) {
                            a->norm2_rstd, a->q, a->k, a->v, a->att, a->attn_y, a->fc, a->fc_act, a->up};
     for (size_t i = 0; i < sizeof per_layer / sizeof *per_layer; i++) free_layers(per_layer[i], L);
     float *flat[] = {a->x0, a->final_norm, a->final_mean, a->final_rstd, a->logits, a->rope_cos, a->rope_sin,
-                     a->scratch[0], a->scratch[1], a->scratch[2], a->scratch[3], a->scratch[4]};
+                     a->scratch[0], a->scratch[1], a->scratch[2], a->scratch[3], a->scratch[4], a->head_in, a->head_pre,
+                     a->head_act, a->targets};
     for (size_t i = 0; i < sizeof flat / sizeof *flat; i++) free(flat[i]);
     free(a->labels);
     free(a->ids);
     free(a->pos);
+    free(a->mask);
+    free(a->types);
+    free(a->enc_pos);
     memset(a, 0, sizeof *a);
 }
 
 // (Re)allocate what forward keeps for backward when B*T or T grows.
-static void ensure_activations(Model *m, int B, int T) {
+void ensure_activations(Model *m, int B, int T) {
     Activations *a = &m->act;
     const ModelConfig *c = &m->cfg;
     int N = B * T, L = c->n_layer, C = c->n_embd;
@@ -56,7 +60,7 @@ static void ensure_activations(Model *m, int B, int T) {
     a->B = B;
     a->T = T;
     int HD = c->head_dim, QW = c->n_head * HD, KVW = c->n_kv_head * HD;
-    bool gpt2 = c->arch == ARCH_GPT2;
+    bool gpt2 = c->arch == ARCH_GPT2, encoder = c->arch == ARCH_BERT;
     a->x0 = alloc_rows(N, C);
     a->res_mid = alloc_layers(L, N, C);
     a->res_out = alloc_layers(L, N, C);
@@ -67,7 +71,8 @@ static void ensure_activations(Model *m, int B, int T) {
     a->norm2_mean = alloc_layers(L, N, 1);
     a->norm2_rstd = alloc_layers(L, N, 1);
     a->q = alloc_layers(L, N, gpt2 ? 3L * C : QW);
-    if (!gpt2) { a->k = alloc_layers(L, N, KVW); a->v = alloc_layers(L, N, KVW); a->up = alloc_layers(L, N, c->n_inner); }
+    if (!gpt2) { a->k = alloc_layers(L, N, KVW); a->v = alloc_layers(L, N, KVW); }
+    if (!gpt2 && !encoder) a->up = alloc_layers(L, N, c->n_inner);
     a->att = alloc_layers(L, B, (long)c->n_head * T * T);
     a->attn_y = alloc_layers(L, N, QW);
     a->fc = alloc_layers(L, N, c->n_inner);
@@ -75,13 +80,21 @@ static void ensure_activations(Model *m, int B, int T) {
     a->final_norm = alloc_rows(N, C);
     a->final_mean = alloc_rows(N, 1);
     a->final_rstd = alloc_rows(N, 1);
-    a->logits = alloc_rows(N, c->vocab_size);
+    a->logits = alloc_rows(N, encoder ? c->num_labels : c->vocab_size);  // an encoder's: [B, num_labels]
     a->labels = xcalloc(N, sizeof(int32_t));
     a->ids = xcalloc(N, sizeof(int32_t));
     a->pos = xcalloc(N, sizeof(int32_t));
     long wide = widest_layer(c);
     for (int i = 0; i < 5; i++) a->scratch[i] = alloc_rows(N, wide > C ? wide : C);
-    if (!gpt2) {
+    if (encoder) {
+        a->mask = xcalloc(N, sizeof(int32_t));
+        a->types = xcalloc(N, sizeof(int32_t));
+        a->enc_pos = xcalloc(N, sizeof(int32_t));
+        a->head_in = alloc_rows(B, C);
+        a->head_pre = alloc_rows(B, C);
+        a->head_act = alloc_rows(B, C);
+        a->targets = alloc_rows(B, c->num_labels);
+    } else if (!gpt2) {
         a->rope_cos = alloc_rows(T, HD / 2);
         a->rope_sin = alloc_rows(T, HD / 2);
         rope_tables(a->rope_cos, a->rope_sin, T, HD, m->inv_freq);
@@ -145,6 +158,7 @@ static void llama_block_forward(Model *m, int l, const float *x, int N) {
 
 double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B, int T) {
     const ModelConfig *c = &m->cfg;
+    if (c->arch == ARCH_BERT) { peft_fail("%s is an encoder: it classifies sequences (model_classify), it has no language-model head", c->model_type); return NAN; }
     if (B <= 0 || T <= 0) { peft_fail("batch shape must be positive (B=%d, T=%d)", B, T); return NAN; }
     if (c->arch == ARCH_GPT2 && T > c->n_positions) { peft_fail("sequence length %d exceeds the model's n_positions %d", T, c->n_positions); return NAN; }
     int N = B * T, C = c->n_embd, V = c->vocab_size;
@@ -245,6 +259,7 @@ static void llama_block_backward(Model *m, int l, const float *x, float *dres, i
 void model_backward(Model *m) {
     Activations *a = &m->act;
     const ModelConfig *c = &m->cfg;
+    if (c->arch == ARCH_BERT) { encoder_backward(m); return; }
     int N = a->B * a->T, C = c->n_embd, V = c->vocab_size, L = c->n_layer;
     float *dres = xcalloc((long)N * C, sizeof(float)), *d_norm = xcalloc((long)N * C, sizeof(float));
     // Classifier: logits = final_norm lm_head^T; a->logits holds d loss / d logits.

@@ -148,9 +148,12 @@ static void vera_lowrank(const Adapter *a, float **A, float **B, int *r, float *
 static int vera_save(AdapterSet *set, void *writer, void *config_json) {
     (void)config_json;  // adapter_config_to_json_object already writes save_projection and the key
     StWriter *w = writer;
-    for (int i = 0; i < set->n_params; i++) {
-        const Param *p = set->params[i];
-        st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
+    for (int i = 0; i < set->n; i++) {  // the modules' tensors (adapters_save adds modules_to_save's)
+        const Adapter *a = &set->adapters[i];
+        for (int k = 0; k < a->method->n_tensors; k++) {
+            const Param *p = *(Param *const *)((const char *)a + a->method->tensors[k].field);
+            st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
+        }
     }
     if (set->cfg.save_projection) {
         int64_t sa[2] = {set->cfg.r, set->vera_max_in}, sb[2] = {set->vera_max_out, set->cfg.r};

@@ -75,8 +75,8 @@ fresh m gpt2-lora/model; sed -i 's/"vocab_size": 96/"vocab_size": 97/' "$TMP/m/c
 expect_error "tensor shape disagrees with config" "transformer.wte.weight has shape \[96, 32\]" "$PEFT" info --model "$TMP/m"
 fresh m llama-lora/model; sed -i 's/"num_key_value_heads": 2/"num_key_value_heads": 3/' "$TMP/m/config.json"
 expect_error "heads not divisible by kv heads" "num_key_value_heads" "$PEFT" info --model "$TMP/m"
-fresh m llama-lora/model; sed -i 's/"model_type": "llama"/"model_type": "bert"/' "$TMP/m/config.json"
-expect_error "unknown architecture" "model_type.*bert" "$PEFT" info --model "$TMP/m"
+fresh m llama-lora/model; sed -i 's/"model_type": "llama"/"model_type": "t5"/' "$TMP/m/config.json"
+expect_error "unknown architecture" "model_type.*t5" "$PEFT" info --model "$TMP/m"
 fresh m gpt2-lora/model; hl=$(header_len "$TMP/m/model.safetensors"); patch "$TMP/m/model.safetensors" $((8 + hl)) '\x00\x00\xc0\x7f'
 expect_error "NaN weight" "non-finite" "$PEFT" info --model "$TMP/m"
 

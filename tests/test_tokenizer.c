@@ -521,13 +521,14 @@ TEST(tokenizer_errors) {
     CHECK(json_fails_with("[1, 2]", "not a JSON object", NULL));
     CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"merges\": []}}", "model.vocab", "missing"));
     CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}", "model.merges", NULL));
-    CHECK(json_fails_with("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", "model.type \"WordPiece\"", "not supported"));
+    CHECK(json_fails_with("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", "model.type \"Unigram\"", "not supported"));
+    CHECK(json_fails_with("{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}", "model.unk_token", "missing"));
     CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}", "model.vocab[\"a\"]", NULL));
     CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}", "model.merges[0]", "\"ab\" is not in the vocabulary"));
     CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a c\"]}}", "model.merges[0]", "\"c\" is not in the vocabulary"));
     CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a\"]}}", "model.merges[0]", NULL));
-    CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"BertPreTokenizer\"}}",
-                          "pre_tokenizer.type \"BertPreTokenizer\"", "not supported"));
+    CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"WhitespaceSplit\"}}",
+                          "pre_tokenizer.type \"WhitespaceSplit\"", "not supported"));
     CHECK(json_fails_with("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": "
                           "[{\"type\": \"ByteLevel\", \"use_regex\": false}, {\"type\": \"Digits\"}]}}",
                           "pre_tokenizer.pretokenizers[1].type \"Digits\"", NULL));

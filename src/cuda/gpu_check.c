@@ -202,12 +202,18 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
     snprintf(res->name, sizeof res->name, "%.127s", base ? base + 1 : dir);
     res->status = CHECK_PASS;
     char why[256];
-    if (!gpu_available(why, sizeof why)) { check_result_set(res, CHECK_SKIP, "no GPU: %s", why); return; }
     char *path = path_join(dir, "case.json");
     char *text = file_exists(path) ? read_file(path, NULL) : NULL;
     free(path);
     cJSON *j = text ? cJSON_Parse(text) : NULL;
     free(text);
+    const cJSON *task = j ? cJSON_GetObjectItem(j, "task") : NULL;
+    if (cJSON_IsString(task) && strcmp(task->valuestring, "causal_lm")) {  // the encoders run on the CPU only
+        check_result_set(res, CHECK_SKIP, "task \"%s\" (sequence classification: BERT, RoBERTa) is not implemented on the GPU", task->valuestring);
+        cJSON_Delete(j);
+        return;
+    }
+    if (!gpu_available(why, sizeof why)) { check_result_set(res, CHECK_SKIP, "no GPU: %s", why); cJSON_Delete(j); return; }
     if (!j) { check_result_set(res, CHECK_SKIP, "not a model reference case (no readable case.json)"); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method"), *tol = cJSON_GetObjectItem(j, "tolerance"), *opt = cJSON_GetObjectItem(j, "optimizer");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";

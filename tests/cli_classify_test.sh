@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# CLI tests of sequence classification with an encoder: `peft init --arch roberta` (a tiny random
+# RoBERTa classifier with the byte-level tokenizer), `peft train --task classify` with LoRA, VeRA,
+# AdaLoRA and full fine-tuning on JSONL and CSV (text pairs too), `peft eval --task classify`'s
+# metrics, `peft predict`'s labels (and --logits), regression, and what is refused by name (the GPU, generation,
+# bad labels naming the file and line).
+# Usage: PEFT=build/peft bash tests/cli_classify_test.sh
+set -u
+PEFT=${PEFT:-build/peft}
+TMP=$(mktemp -d /tmp/peft-cli-classify.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/cli_lib.sh"
+
+M=$TMP/model
+"$PEFT" init --arch roberta --layers 2 --hidden 32 --heads 4 --context 64 --labels 3 --seed 3 --out "$M" >/dev/null
+D=$TMP/data
+mkdir -p "$D"
+# Three classes told apart by one word; the pair file repeats the text as its second column.
+words=(awful great table)
+for i in $(seq 0 89); do y=$((i % 3)); echo "{\"text\": \"the ${words[$y]} thing $i\", \"label\": $y}"; done >"$D/train.jsonl"
+{ echo "sentence,other,label"; for i in $(seq 90 119); do y=$((i % 3)); echo "\"the ${words[$y]} thing $i\",\"thing $i\",$y"; done; } >"$D/val.csv"
+COMMON=(--task classify --model "$M" --batch 8 --threads 1)
+
+echo "# peft train --task classify"
+run_ok "train lora (JSONL, CSV validation)" "$PEFT" train "${COMMON[@]}" --data "$D/train.jsonl" --val "$D/val.csv" --method lora \
+    --epochs 12 --lr 3e-2 --out "$TMP/lora"
+check "lora: accuracy 1 on the validation data after training" grep -q "after training: accuracy 1.0000" "$TMP/err"
+check "lora adapter_config.json: task_type SEQ_CLS, modules_to_save classifier" \
+    grep -q '"task_type":[[:space:]]*"SEQ_CLS"' "$TMP/lora/adapter_config.json"
+check "lora adapter holds the head under PEFT's names" grep -q "base_model.model.classifier.out_proj.weight" "$TMP/lora/adapter_model.safetensors"
+check "train_log.jsonl: a line per step" test "$(grep -c '"cls_loss"' "$TMP/lora/train_log.jsonl")" -eq 144
+run_ok "eval --task classify" "$PEFT" eval --task classify --model "$M" --adapter "$TMP/lora" --data "$D/val.csv"
+check "eval: accuracy, f1 and mcc of the saved adapter" grep -q "accuracy 1.0000  f1 1.0000  mcc 1.0000  (30 examples)" "$TMP/out"
+run_ok "predict to a file" "$PEFT" predict --model "$M" --adapter "$TMP/lora" --data "$D/val.csv" --out "$TMP/pred.txt"
+check "predict: one label a line, the gold ones" test "$(tail -n +2 "$D/val.csv" | sed 's/.*,//' | tr -d '\r')" = "$(cat "$TMP/pred.txt")"
+run_ok "predict --logits" "$PEFT" predict --model "$M" --adapter "$TMP/lora" --data "$D/val.csv" --logits "$TMP/logits.safetensors"
+check "predict --logits: the same labels on stdout" test "$(cat "$TMP/out")" = "$(cat "$TMP/pred.txt")"
+check "predict --logits: ids and mask [30, T], logits [30, 3]" grep -qE \
+    '"input_ids":\{"dtype":"I64","shape":\[30,[0-9]+\].*"attention_mask":\{"dtype":"I64","shape":\[30,[0-9]+\].*"logits":\{"dtype":"F32","shape":\[30,3\]' \
+    "$TMP/logits.safetensors"
+for method in vera adalora full; do
+    run_ok "train $method (text pairs)" "$PEFT" train "${COMMON[@]}" --data "$D/val.csv" --text-pair-column other --method $method \
+        --steps 3 --out "$TMP/$method"
+done
+run_ok "eval of full fine-tuning's model folder" "$PEFT" eval --task classify --model "$TMP/full" --data "$D/val.csv" --text-pair-column other
+run_ok "eval of the AdaLoRA adapter" "$PEFT" eval --task classify --model "$M" --adapter "$TMP/adalora" --data "$D/val.csv" --text-pair-column other
+
+echo "# BERT with a WordPiece tokenizer (BertNormalizer, BertPreTokenizer), text pairs with token types"
+T=$TMP/wp
+mkdir -p "$T"
+vocab='"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4, "awful": 5, "great": 6, "table": 7, "thing": 8'
+for d in 0 1 2 3 4 5 6 7 8 9; do vocab="$vocab, \"$d\": $((9 + d)), \"##$d\": $((19 + d))"; done
+cat >"$T/tokenizer.json" <<JSON
+{"model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": {$vocab}},
+ "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+ "pre_tokenizer": {"type": "BertPreTokenizer"}, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+ "added_tokens": [{"id": 0, "content": "[PAD]", "special": true}, {"id": 2, "content": "[CLS]", "special": true}, {"id": 3, "content": "[SEP]", "special": true}]}
+JSON
+run_ok "init --arch bert with the WordPiece tokenizer" "$PEFT" init --arch bert --tokenizer-from "$T" --layers 2 --hidden 32 --heads 4 \
+    --context 32 --labels 3 --out "$TMP/bert"
+run_ok "train bert lora on text pairs" "$PEFT" train "${COMMON[@]}" --model "$TMP/bert" --data "$D/val.csv" --val "$D/val.csv" \
+    --text-pair-column other --method lora --epochs 25 --lr 3e-2 --out "$TMP/bert-lora"
+check "bert: accuracy 1 on the validation data after training" grep -q "after training: accuracy 1.0000" "$TMP/err"
+check "bert adapter holds the classifier under PEFT's name" grep -q "base_model.model.classifier.weight" "$TMP/bert-lora/adapter_model.safetensors"
+
+echo "# regression (one output)"
+"$PEFT" init --arch roberta --layers 1 --hidden 16 --heads 2 --context 32 --labels 1 --out "$TMP/reg" >/dev/null
+for i in $(seq 1 16); do echo "{\"text\": \"score $i\", \"label\": $i.5}"; done >"$D/reg.jsonl"
+run_ok "train lora, regression" "$PEFT" train "${COMMON[@]}" --model "$TMP/reg" --data "$D/reg.jsonl" --steps 2 --out "$TMP/reg-lora"
+run_ok "eval regression" "$PEFT" eval --task classify --model "$TMP/reg" --adapter "$TMP/reg-lora" --data "$D/reg.jsonl"
+check "eval regression: pearson, spearman, mse" grep -q "^pearson .* spearman .* mse .*(16 examples)" "$TMP/out"
+
+echo "# refusals"
+run_fails "--device cuda is refused by name" 1 "task classify: --device cuda" "$PEFT" train "${COMMON[@]}" --data "$D/train.jsonl" \
+    --device cuda --out "$TMP/x"
+run_fails "causal-LM training of an encoder is refused" 1 "roberta is an encoder" "$PEFT" train --model "$M" --data "$D/train.jsonl" --out "$TMP/x"
+run_fails "generation with an encoder is refused" 1 "roberta is an encoder" "$PEFT" generate --model "$M" --prompt hi
+printf '{"text": "a", "label": 0}\n{"text": "b", "label": 7}\n' >"$D/bad.jsonl"
+run_fails "a label outside the classes names the file and line" 1 'bad.jsonl:2: label "7"' "$PEFT" train "${COMMON[@]}" --data "$D/bad.jsonl" --out "$TMP/x"
+run_fails "an unknown task" 2 "task must be lm or classify" "$PEFT" train "${COMMON[@]}" --task tag --data "$D/train.jsonl" --out "$TMP/x"
+check "nothing written by the refused runs" test ! -e "$TMP/x/adapter_model.safetensors"
+mkdir -p "$TMP/case"
+echo '{"name": "roberta-lora", "family": "roberta", "method": "lora", "task": "seq_cls"}' >"$TMP/case/case.json"
+"$PEFT" check --device cuda "$TMP/case" >"$TMP/out" 2>&1
+check "peft check --device cuda skips a seq_cls case by name" grep -q 'SKIP case task "seq_cls" (sequence classification: BERT, RoBERTa) is not implemented on the GPU' "$TMP/out"
+run_ok "peft info names the task and modules_to_save" "$PEFT" info --model "$M" --adapter "$TMP/lora"
+check "peft info: task SEQ_CLS" grep -q "^task  *SEQ_CLS$" "$TMP/out"
+check "peft info: modules_to_save classifier, score" grep -q "^modules_to_save classifier, score (trained in full" "$TMP/out"
+
+echo "$passed passed, $failed failed, 0 skipped"
+[ "$failed" -eq 0 ]
