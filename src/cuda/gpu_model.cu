@@ -915,6 +915,10 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                 return nullptr;
             }
     }
+    if (c->arch == ARCH_BERT) {  // its embeddings, post-LayerNorm blocks and head are the CPU's (encoder.c) only
+        peft_fail("CUDA backend: %s is an encoder (BERT, RoBERTa): not implemented on the GPU yet (--device cpu runs it)", c->model_type);
+        return nullptr;
+    }
     if (c->n_head % c->n_kv_head) {
         peft_fail("CUDA backend: n_head %d is not a multiple of n_kv_head %d", c->n_head, c->n_kv_head);
         return nullptr;

@@ -1043,6 +1043,23 @@ static void run_quant_refuses_full(void) {
     model_free(m);
 }
 
+// The encoders (BERT, RoBERTa) are not on the GPU yet: gpu_model_create refuses one by name (before, it would have
+// read the blocks as Llama's).
+static void run_encoder_refused(void) {
+    ModelConfig cfg;
+    const char *json = "{\"model_type\": \"roberta\", \"vocab_size\": 30, \"hidden_size\": 16, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 4, \"intermediate_size\": 24, \"max_position_embeddings\": 20, \"type_vocab_size\": 1, "
+                       "\"layer_norm_eps\": 1e-5, \"pad_token_id\": 1, \"hidden_act\": \"gelu\", \"num_labels\": 2}";
+    if (config_parse(&cfg, json, "random")) { report("FAIL", "encoder refused", peft_last_error()); return; }
+    Model *m = model_create_random(&cfg, 42);
+    GpuOptions opt = {.precision = GPU_FP32};
+    GpuModel *g = gpu_model_create(m, &opt);
+    bool ok = !g && strstr(peft_last_error(), "roberta is an encoder");
+    report(ok ? "PASS" : "FAIL", "encoder refused", g ? "the GPU model was built" : peft_last_error());
+    gpu_model_free(g);
+    model_free(m);
+}
+
 // ---------------- the encoders' attention: bidirectional, with a key padding mask ----------------
 // float64 reference of gpu_attention_bidir: per row b, head h (GQA: KV head h / (NH / NKV)) and query t, softmax of
 // scale q k_j over the keys j with mask[b, j] set, times v; then the backward from dout (accumulated into dqkv).
@@ -1307,6 +1324,7 @@ int main(int argc, char **argv) {
         run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_BF16);
     }
     if (WANT("quant train int8")) run_trainer_quant("quant train int8", QUANT_INT8, false, GPU_FP32);
+    if (WANT("encoder refused")) run_encoder_refused();
     // The encoders' attention (bidirectional, key padding mask): the flash kernels (head_dim 64, 128; bf16), the generic ones
     // (fp32, and head_dim 16 as the tiny reference encoders have), GQA, T not a multiple of 64.
     static const struct { const char *name; int B, T, NH, NKV, HD; } attns[] = {
