@@ -47,12 +47,7 @@ run_fails "export --to gguf refuses the adapter's trained biases" 1 'GGUF LoRA c
 check "nothing written" test ! -e "$TMP/a.gguf"
 run_ok "export --merge --to gguf takes them in the merged model" "$PEFT" export --model "$M" --adapter "$TMP/a" --merge --to gguf --out "$TMP/m.gguf"
 
-echo '{"bias": "lora_only"}' >"$TMP/bias.json"
-run_fails "train --device cuda refuses bias by name" 1 'bias "lora_only".*CUDA' \
-    "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/bias.json" --device cuda --out "$TMP/cuda"
-echo '{"modules_to_save": ["ln_f"]}' >"$TMP/mts.json"
-run_fails "train --device cuda refuses modules_to_save by name" 1 'modules_to_save.*CUDA' \
-    "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/mts.json" --device cuda --out "$TMP/cuda"
+echo '{"modules_to_save": ["ln_f"]}' >"$TMP/mts.json"  # (bias and modules_to_save on --device cuda: tests/gpu/test_gpu.c)
 run_ok "train with modules_to_save on the CPU" "$PEFT" train "${COMMON[@]}" --lora-options "$TMP/mts.json" --out "$TMP/mts"
 check "the module to save is in the adapter file under PEFT's name" \
     bash -c "head -c 3000 '$TMP/mts/adapter_model.safetensors' | grep -q 'base_model.model.transformer.ln_f.weight'"

@@ -155,6 +155,13 @@ int gpu_kv_copy(GpuKV *kv, int dst, int src, int len);
 int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
                    const int *out_rows, int n_out, float *logits);
 
+// Test hook of the encoders' attention (test_gpu): bidirectional attention with a key mask over qkv [B*T, (NH + 2 NKV) HD]
+// (rows q | k | v, no rope), mask [B*T] (non-zero: a real token; NULL: all; every row needs one), the forward into
+// out [B*T, NH HD] and, with dout [B*T, NH HD], the backward into dqkv [B*T, (NH + 2 NKV) HD], in prec's activation
+// type (bf16: the flash kernels at head_dim 64 and 128, the generic ones otherwise). Host arrays; 0 or -1 with the error.
+int gpu_attention_bidir(int B, int T, int NH, int NKV, int HD, const int32_t *mask, GpuPrecision prec, const float *qkv,
+                        const float *dout, float *out, float *dqkv);
+
 // Run one HF PEFT reference case directory on the GPU (check.c's layout: logits, loss,
 // gradients, one AdamW step). fp32: the case's own tolerances. bf16: both losses within 1e-2 relative,
 // every gradient's cosine similarity >= 0.999. Both: the AdamW update within CHECK_UPDATE_TOL of the

@@ -11,6 +11,12 @@
 // first is non-decreasing in t, so a query tile's first row bounds the keys any of its rows needs (key
 // tiles wholly before it are skipped) and its last row says whether a key tile needs the mask. The flash
 // kernels take it as the template flag PACK: without positions they are the code they were.
+// Encoders (AttnDims.bidir): every query attends to every key of its row whose kmask entry is set; the
+// flash kernels take it as the template flag ENC (mma.sync kernels only: the wgmma ones stay causal).
+extern "C" {
+#include "model.h"
+}
+#include "gpu.h"
 #include "gpu_internal.cuh"
 #include <algorithm>
 #include <math.h>
@@ -19,14 +25,19 @@
 #define LOG2E 1.4426950408889634f
 
 
-// first: the first key of q's example (PACK), ignored otherwise.
-template <bool PACK> __device__ __forceinline__ bool masked(int key, int q, int Tn, int window, int first) {
+// first: the first key of q's example (PACK), ignored otherwise. km: the row's key mask (ENC; NULL: none).
+template <bool PACK, bool ENC = false>
+__device__ __forceinline__ bool masked(int key, int q, int Tn, int window, int first, const int *km = nullptr) {
+    if constexpr (ENC) return key >= Tn || q >= Tn || (km && !km[key]);
     return key > q || key >= Tn || q >= Tn || (window > 0 && key < q - window + 1) || (PACK && key < first);
 }
+// Bidirectional attention: whether key j of row b is masked out (padding).
+__device__ __forceinline__ bool key_off(const AttnDims &d, int b, int j) { return d.kmask && !d.kmask[(long)b * d.T + j]; }
 // first(q) of row b (q < T).
 __device__ __forceinline__ int example_start(const AttnDims &d, int b, int q) { return q - d.pos[(long)b * d.T + q]; }
 // The first key of query t's softmax: the window's and (packed) its example's start.
 __device__ __forceinline__ int first_key(const AttnDims &d, int b, int t) {
+    if (d.bidir) return 0;
     int t0 = (d.window > 0 && t - d.window + 1 > 0) ? t - d.window + 1 : 0;
     return d.pos ? max(t0, example_start(d, b, t)) : t0;
 }
@@ -45,9 +56,13 @@ __global__ void attn_generic_fwd_kernel(T *out, float *lse, const T *qkv, AttnDi
     const T *qrow = qkv + ((long)b * d.T + t) * d.S + h * d.HD;
     for (int i = lane; i < d.HD; i += 32) qs[i] = to_f<T>(qrow[i]);
     __syncwarp();
-    int t0 = first_key(d, b, t);
+    int t0 = first_key(d, b, t), t1 = d.bidir ? d.T - 1 : t;
     float mx = -INFINITY;
-    for (int j = t0 + lane; j <= t; j += 32) {
+    for (int j = t0 + lane; j <= t1; j += 32) {
+        if (key_off(d, b, j)) {  // padding: probability 0
+            sc[j] = -INFINITY;
+            continue;
+        }
         const T *kr = qkv + ((long)b * d.T + j) * d.S + d.QW + kvh * d.HD;
         float dot = 0;
         for (int i = 0; i < d.HD; i++) dot += qs[i] * to_f<T>(kr[i]);
@@ -57,7 +72,7 @@ __global__ void attn_generic_fwd_kernel(T *out, float *lse, const T *qkv, AttnDi
     }
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     float sum = 0;
-    for (int j = t0 + lane; j <= t; j += 32) {
+    for (int j = t0 + lane; j <= t1; j += 32) {
         float e = expf(sc[j] - mx);
         sc[j] = e;
         sum += e;
@@ -68,7 +83,7 @@ __global__ void attn_generic_fwd_kernel(T *out, float *lse, const T *qkv, AttnDi
     T *orow = out + ((long)b * d.T + t) * d.QW + h * d.HD;
     for (int i = lane; i < d.HD; i += 32) {
         float acc = 0;
-        for (int j = t0; j <= t; j++) acc += sc[j] * to_f<T>(qkv[((long)b * d.T + j) * d.S + d.QW + d.KVW + kvh * d.HD + i]);
+        for (int j = t0; j <= t1; j++) acc += sc[j] * to_f<T>(qkv[((long)b * d.T + j) * d.S + d.QW + d.KVW + kvh * d.HD + i]);
         orow[i] = from_f<T>(acc * inv);
     }
     if (lane == 0) lse[((long)b * d.NH + h) * d.T + t] = mx + logf(sum);
@@ -93,10 +108,14 @@ __global__ void attn_generic_bwd_kernel(float *dq_acc, float *dkv_acc, const T *
     }
     __syncwarp();
     float L = lse[((long)b * d.NH + h) * d.T + t];
-    int t0 = first_key(d, b, t);
+    int t0 = first_key(d, b, t), t1 = d.bidir ? d.T - 1 : t;
     int KVW = d.KVW;
     float Dv = 0;
-    for (int j = t0 + lane; j <= t; j += 32) {
+    for (int j = t0 + lane; j <= t1; j += 32) {
+        if (key_off(d, b, j)) {  // padding: p = 0, so no gradient through it
+            sc[j] = dps[j] = 0;
+            continue;
+        }
         const T *kr = qkv + ((long)b * d.T + j) * d.S + d.QW + kvh * d.HD;
         const T *vr = kr + KVW;
         float dot = 0, dp = 0;
@@ -110,7 +129,8 @@ __global__ void attn_generic_bwd_kernel(float *dq_acc, float *dkv_acc, const T *
         Dv += p * dp;
     }
     for (int o = 16; o > 0; o >>= 1) Dv += __shfl_xor_sync(0xffffffffu, Dv, o);
-    for (int j = t0 + lane; j <= t; j += 32) {
+    for (int j = t0 + lane; j <= t1; j += 32) {
+        if (key_off(d, b, j)) continue;  // sc[j] stays 0
         float p = sc[j];
         float ds = p * (dps[j] - Dv) * d.scale;
         sc[j] = ds;
@@ -123,7 +143,7 @@ __global__ void attn_generic_bwd_kernel(float *dq_acc, float *dkv_acc, const T *
     __syncwarp();
     for (int i = lane; i < d.HD; i += 32) {
         float acc = 0;
-        for (int j = t0; j <= t; j++) acc += sc[j] * to_f<T>(qkv[((long)b * d.T + j) * d.S + d.QW + kvh * d.HD + i]);
+        for (int j = t0; j <= t1; j++) acc += sc[j] * to_f<T>(qkv[((long)b * d.T + j) * d.S + d.QW + kvh * d.HD + i]);
         dq_acc[n * d.QW + h * d.HD + i] = acc;
     }
 }
@@ -192,17 +212,17 @@ struct RowSoftmax {
 };
 // Scales the scores to log2 units and masks them, updates the running max and sum, turns s into
 // P = 2^(s - max) and rescales the output accumulators o (n of them) to the new max.
-// first_a / first_b: the first keys of rows a and b's examples (PACK).
-template <bool PACK, int NO>
+// first_a / first_b: the first keys of rows a and b's examples (PACK). km: the row's key mask (ENC).
+template <bool PACK, bool ENC, int NO>
 __device__ __forceinline__ void softmax_block(float (&s)[32], float (&o)[NO], RowSoftmax &st, float sl2, bool need_mask, int key0, int row_a,
-                                              int row_b, int first_a, int first_b, int c, const AttnDims &d) {
+                                              int row_b, int first_a, int first_b, int c, const AttnDims &d, const int *km = nullptr) {
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 8; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             float v = s[4 * j + e] * sl2;
-            if (need_mask && masked<PACK>(key0 + j * 8 + 2 * c + (e & 1), e < 2 ? row_a : row_b, d.T, d.window, e < 2 ? first_a : first_b))
+            if (need_mask && masked<PACK, ENC>(key0 + j * 8 + 2 * c + (e & 1), e < 2 ? row_a : row_b, d.T, d.window, e < 2 ? first_a : first_b, km))
                 v = -INFINITY;
             s[4 * j + e] = v;
             if (e < 2) mx0 = fmaxf(mx0, v);
@@ -288,7 +308,7 @@ __device__ __forceinline__ int pack_last_query(const AttnDims &d, int b, int k0)
 // (A 128-row, 8-warp variant that skips wholly-masked tiles per warp measured slower on the H100:
 // 12.0 against 7.9 ms per Llama-1.1B step.)
 #define FF_SMEM(HD) (5 * FA_B * ((HD) + 8) * 2)
-template <int HD, bool PACK>
+template <int HD, bool PACK, bool ENC>
 __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, AttnDims d) {
     constexpr int LD = HD + 8, TILE = FA_B * LD;
     extern __shared__ __align__(16) unsigned char ff_smem[];
@@ -300,7 +320,8 @@ __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash_fwd_kernel(bf16 *
     const bf16 *base = qkv + (long)b * d.T * d.S;
     const bf16 *qg = base + h * HD, *kg = base + d.QW + kvh * HD, *vg = base + d.QW + d.KVW + kvh * HD;
     int q0 = qb * FA_B;
-    int kb_start = d.window > 0 ? max(0, q0 - d.window + 1) / FA_B : 0, kb_end = qb;
+    int kb_start = d.window > 0 ? max(0, q0 - d.window + 1) / FA_B : 0, kb_end = ENC ? (d.T - 1) / FA_B : qb;
+    const int *km = ENC && d.kmask ? d.kmask + (long)b * d.T : nullptr;
     int first_a, first_b, mask_below;
     pack_fwd_tile<PACK>(d, b, q0, q0 + warp * 16 + g, q0 + warp * 16 + g + 8, kb_start, first_a, first_b, mask_below);
     load_tile<HD>(sQ, qg, d.S, q0, d.T, tid);
@@ -343,8 +364,8 @@ __global__ void __launch_bounds__(128, HD == 64 ? 4 : 2) flash_fwd_kernel(bf16 *
                 mma16816(s + 4 * j, qf[kk], b0, b1);
                 mma16816(s + 4 * j + 4, qf[kk], b2, b3);
             }
-        bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0 || (PACK && kb * FA_B < mask_below);
-        softmax_block<PACK>(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, first_a, first_b, c, d);
+        bool need_mask = ENC || kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0 || (PACK && kb * FA_B < mask_below);
+        softmax_block<PACK, ENC>(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, first_a, first_b, c, d, km);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             uint32_t a[4] = {pack2(s[8 * kk], s[8 * kk + 1]), pack2(s[8 * kk + 2], s[8 * kk + 3]), pack2(s[8 * kk + 4], s[8 * kk + 5]),
@@ -392,7 +413,7 @@ __global__ void attn_D_kernel(float *D, const bf16 *dout, const bf16 *out, AttnD
 // K and V stay in shared memory and their fragments are re-read each iteration: fewer registers,
 // three blocks (12 warps) per SM at HD 64; at 128, where dK and dV alone take 128 registers, 255
 // registers and 112 KiB of shared memory a block leave room for two.
-template <int HD, bool PACK>
+template <int HD, bool PACK, bool ENC>
 __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     flash_bwd_kernel(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf, AttnDims d) {
     constexpr int LD = HD + 8, TILE = FA_B * LD;
@@ -409,7 +430,8 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     const bf16 *qg = base + h * HD, *dog = dout + (long)b * d.T * d.QW + h * HD;
     const float *lrow = lse + ((long)b * d.NH + h) * d.T, *Drow = Dbuf + ((long)b * d.NH + h) * d.T;
     int k0 = kb * FA_B;
-    int qb_end = (d.T - 1) / FA_B;
+    int qb_start = ENC ? 0 : kb, qb_end = (d.T - 1) / FA_B;  // ENC: every query block sees this key block
+    const int *km = ENC && d.kmask ? d.kmask + (long)b * d.T : nullptr;
     if (d.window > 0) qb_end = min(qb_end, (k0 + FA_B - 1 + d.window - 1) / FA_B);
     if constexpr (PACK) qb_end = min(qb_end, pack_last_query(d, b, k0) / FA_B);
     auto load_q = [&](int qb, int buf) {
@@ -433,10 +455,10 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
     };
     load_tile<HD>(sK, base + d.QW + kvh * HD, d.S, k0, d.T, tid);
     load_tile<HD>(sV, base + d.QW + d.KVW + kvh * HD, d.S, k0, d.T, tid);
-    load_q(kb, 0);
+    load_q(qb_start, 0);
     cp_commit();
-    store_ld(0, fetch_ld(kb));
-    store_first(0, fetch_first(kb));
+    store_ld(0, fetch_ld(qb_start));
+    store_first(0, fetch_first(qb_start));
     cp_wait<0>();
     __syncthreads();
     int r0 = warp * 16 + g;
@@ -447,8 +469,8 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
         for (int e = 0; e < 4; e++) dk[j][e] = dv[j][e] = 0;
     float sl2 = d.scale * LOG2E;
     int key_a = k0 + r0, key_b = key_a + 8;
-    for (int qb = kb; qb <= qb_end; qb++) {
-        int buf = (qb - kb) & 1;
+    for (int qb = qb_start; qb <= qb_end; qb++) {
+        int buf = (qb - qb_start) & 1;
         float next_ld = 0.0f;
         int next_first = 0;
         if (qb < qb_end) {
@@ -486,7 +508,7 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
             }
         }
         const int *sF = sFb + buf * FA_B;
-        bool need_mask = qb == kb || q0 + FA_B > d.T || d.window > 0 || (PACK && sF[min(FA_B, d.T - q0) - 1] > k0);
+        bool need_mask = ENC || qb == kb || q0 + FA_B > d.T || d.window > 0 || (PACK && sF[min(FA_B, d.T - q0) - 1] > k0);
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -494,7 +516,7 @@ __global__ void __launch_bounds__(128, HD == 64 ? 3 : 2)
                 int ql = j * 8 + 2 * c + (e & 1);
                 int key = e < 2 ? key_a : key_b;
                 float p = exp2f(st[j][e] * sl2 - sL[ql]);
-                if (need_mask && masked<PACK>(key, q0 + ql, d.T, d.window, PACK ? sF[ql] : 0)) p = 0.0f;
+                if (need_mask && masked<PACK, ENC>(key, q0 + ql, d.T, d.window, PACK ? sF[ql] : 0, km)) p = 0.0f;
                 st[j][e] = p;
                 dp[j][e] = p * (dp[j][e] - sD[ql]);
             }
@@ -881,7 +903,7 @@ template <bool PACK> __global__ void __launch_bounds__(128, 4) flash_fwd_wg_kern
         wg_wait0();
         reg_fence(s);
         bool need_mask = kb * FA_B + FA_B - 1 > q0 || kb * FA_B + FA_B > d.T || d.window > 0 || (PACK && kb * FA_B < mask_below);
-        softmax_block<PACK>(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, first_a, first_b, c, d);
+        softmax_block<PACK, false>(s, o, st, sl2, need_mask, kb * FA_B, row_a, row_b, first_a, first_b, c, d);
         uint32_t ap[16];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
@@ -926,38 +948,49 @@ static void allow_smem(const void *kernel, int bytes) {
     CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     done.push_back(kernel);
 }
-template <int HD, bool PACK> static void flash_forward_as(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
-    if (HD == 64 && use_wgmma()) {
+// ENC (bidirectional): the mma.sync kernels at every head size (the wgmma ones are causal only).
+template <int HD, bool PACK, bool ENC = false>
+static void flash_forward_as(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
+    if (HD == 64 && use_wgmma() && !ENC) {
         allow_smem((const void *)flash_fwd_wg_kernel<PACK>, FFW_SMEM);
         flash_fwd_wg_kernel<PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FFW_SMEM, s>>>(out, lse, qkv, d);
     } else {
-        allow_smem((const void *)flash_fwd_kernel<HD, PACK>, FF_SMEM(HD));
-        flash_fwd_kernel<HD, PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FF_SMEM(HD), s>>>(out, lse, qkv, d);
+        allow_smem((const void *)flash_fwd_kernel<HD, PACK, ENC>, FF_SMEM(HD));
+        flash_fwd_kernel<HD, PACK, ENC><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FF_SMEM(HD), s>>>(out, lse, qkv, d);
     }
     KCHECK();
 }
 template <int HD> static void flash_forward(bf16 *out, float *lse, const bf16 *qkv, const AttnDims &d, cudaStream_t s) {
-    if (d.pos) flash_forward_as<HD, true>(out, lse, qkv, d, s);
+    if (d.bidir) flash_forward_as<HD, false, true>(out, lse, qkv, d, s);  // attn_check: no packing
+    else if (d.pos) flash_forward_as<HD, true>(out, lse, qkv, d, s);
     else flash_forward_as<HD, false>(out, lse, qkv, d, s);
 }
-template <int HD, bool PACK>
+template <int HD, bool PACK, bool ENC = false>
 static void flash_backward_as(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf,
                               const AttnDims &d, cudaStream_t s) {
-    if (HD == 64 && use_wgmma()) {
+    if (HD == 64 && use_wgmma() && !ENC) {
         allow_smem((const void *)flash_bwd_wg_kernel<PACK>, FBW_SMEM);
         flash_bwd_wg_kernel<PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, FBW_SMEM, s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
     } else {
         int smem = FB_SMEM(HD) + (PACK ? PACK_SMEM : 0);
-        allow_smem((const void *)flash_bwd_kernel<HD, PACK>, smem);
-        flash_bwd_kernel<HD, PACK><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, smem, s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
+        allow_smem((const void *)flash_bwd_kernel<HD, PACK, ENC>, smem);
+        flash_bwd_kernel<HD, PACK, ENC><<<dim3(cdiv(d.T, FA_B), d.NH, d.B), 128, smem, s>>>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d);
     }
     KCHECK();
 }
 template <int HD>
 static void flash_backward(float *dkv_acc, float *dq_acc, const bf16 *dout, const bf16 *qkv, const float *lse, const float *Dbuf,
                            const AttnDims &d, cudaStream_t s) {
-    if (d.pos) flash_backward_as<HD, true>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d, s);
+    if (d.bidir) flash_backward_as<HD, false, true>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d, s);
+    else if (d.pos) flash_backward_as<HD, true>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d, s);
     else flash_backward_as<HD, false>(dkv_acc, dq_acc, dout, qkv, lse, Dbuf, d, s);
+}
+
+int attn_check(const AttnDims &d) {
+    if (d.bidir && d.window > 0) return peft_fail("CUDA backend: bidirectional attention with a sliding window is not implemented");
+    if (d.bidir && d.pos) return peft_fail("CUDA backend: bidirectional attention over packed rows is not implemented");
+    if (!d.bidir && d.kmask) return peft_fail("CUDA backend: internal error: a key mask with causal attention");
+    return 0;
 }
 
 static size_t generic_smem(const AttnDims &d, int warps, int extra) { return (size_t)warps * (d.T + extra * d.HD) * sizeof(float); }
@@ -1007,3 +1040,70 @@ template void attn_backward<float>(float *, float *, float *, float *, const flo
                                    const float *, const float *, AttnDims, cudaStream_t);
 template void attn_backward<bf16>(bf16 *, float *, float *, float *, const bf16 *, const bf16 *, const bf16 *, const float *,
                                   const float *, const float *, AttnDims, cudaStream_t);
+
+// ============================ test hook (gpu.h) ============================
+template <typename T> static T host_from_f(float x) {
+    if constexpr (sizeof(T) == 2) return __float2bfloat16(x);
+    else return x;
+}
+template <typename T> static float host_to_f(T x) {
+    if constexpr (sizeof(T) == 2) return __bfloat162float(x);
+    else return x;
+}
+template <typename T> static T *upload_as(const float *x, long n, const char *what) {
+    std::vector<T> h(n);
+    for (long i = 0; i < n; i++) h[i] = host_from_f<T>(x[i]);
+    T *d = (T *)gpu_malloc(sizeof(T) * n, what);
+    if (d) CU(cudaMemcpy(d, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
+    return d;
+}
+template <typename T> static void download_as(float *x, const T *d, long n) {
+    std::vector<T> h(n);
+    if (!CU(cudaMemcpy(h.data(), d, sizeof(T) * n, cudaMemcpyDeviceToHost))) return;
+    for (long i = 0; i < n; i++) x[i] = host_to_f<T>(h[i]);
+}
+template <typename T>
+static int attention_bidir_as(int B, int Tn, int NH, int NKV, int HD, const int32_t *mask, const float *qkv, const float *dout, float *out,
+                              float *dqkv) {
+    int S = (NH + 2 * NKV) * HD, QW = NH * HD, KVW = NKV * HD;
+    long N = (long)B * Tn;
+    AttnDims d = {B, Tn, NH, NKV, HD, S, QW, KVW, 0, 1.0f / sqrtf((float)HD), S, nullptr, true, nullptr};
+    if (attn_check(d)) return -1;
+    cudaStream_t st = nullptr;
+    T *qkv_d = upload_as<T>(qkv, N * S, "attention test"), *out_d = (T *)gpu_malloc(sizeof(T) * N * QW, "attention test");
+    T *dout_d = dout ? upload_as<T>(dout, N * QW, "attention test") : nullptr;
+    T *dqkv_d = dout ? (T *)gpu_malloc(sizeof(T) * N * S, "attention test") : nullptr;
+    float *lse = (float *)gpu_malloc(sizeof(float) * N * NH, "attention test");
+    float *dq_acc = dout ? (float *)gpu_malloc(sizeof(float) * N * QW, "attention test") : nullptr;
+    float *dkv_acc = dout ? (float *)gpu_malloc(sizeof(float) * N * 2 * KVW, "attention test") : nullptr;
+    float *Dbuf = dout ? (float *)gpu_malloc(sizeof(float) * N * NH, "attention test") : nullptr;
+    int *km = mask ? (int *)gpu_malloc(sizeof(int) * N, "attention test") : nullptr;
+    if (km) CU(cudaMemcpy(km, mask, sizeof(int) * N, cudaMemcpyHostToDevice));
+    d.kmask = km;
+    if (!gpu_failed() && CU(cudaStreamCreate(&st))) {
+        attn_forward<T>(out_d, lse, qkv_d, d, st);
+        if (dout) attn_backward<T>(dqkv_d, dq_acc, dkv_acc, Dbuf, dout_d, out_d, qkv_d, lse, nullptr, nullptr, d, st);
+        if (CU(cudaStreamSynchronize(st))) {
+            download_as<T>(out, out_d, N * QW);
+            if (dout) download_as<T>(dqkv, dqkv_d, N * S);
+        }
+    }
+    if (st) cudaStreamDestroy(st);
+    void *bufs[] = {qkv_d, out_d, dout_d, dqkv_d, lse, dq_acc, dkv_acc, Dbuf, km};
+    for (void *p : bufs) gpu_free(p);
+    return gpu_report_failure();
+}
+
+extern "C" int gpu_attention_bidir(int B, int Tn, int NH, int NKV, int HD, const int32_t *mask, GpuPrecision prec, const float *qkv,
+                                   const float *dout, float *out, float *dqkv) {
+    gpu_clear_failure();
+    if (B <= 0 || Tn <= 0 || NH <= 0 || NKV <= 0 || HD <= 0 || NH % NKV)
+        return peft_fail("attention test: bad shape B=%d T=%d NH=%d NKV=%d HD=%d", B, Tn, NH, NKV, HD);
+    for (int b = 0; mask && b < B; b++) {
+        bool any = false;
+        for (int t = 0; t < Tn; t++) any |= mask[(long)b * Tn + t] != 0;
+        if (!any) return peft_fail("attention test: row %d has no key in its mask", b);
+    }
+    return prec == GPU_BF16 ? attention_bidir_as<bf16>(B, Tn, NH, NKV, HD, mask, qkv, dout, out, dqkv)
+                            : attention_bidir_as<float>(B, Tn, NH, NKV, HD, mask, qkv, dout, out, dqkv);
+}

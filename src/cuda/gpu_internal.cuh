@@ -191,7 +191,14 @@ struct AttnDims {
     const int *pos;  // packing: [B*T] each token's position in its example (0 at its first token, then +1
                      // each; validated by the caller), so that query t attends only to keys t - pos[t] .. t;
                      // NULL: one sequence per row
+    // Encoders: bidirectional attention (every query sees every key of its row) over the keys whose kmask
+    // [B*T] entry is non-zero (NULL: all); no window, no packing, and every row has a key (attn_check).
+    bool bidir;
+    const int *kmask;
 };
+// Refuses dimensions the kernels do not run (bidirectional attention with a window or packing; a bidirectional
+// row without any key is the caller's to refuse, on the host). 0 or -1 with peft_last_error() set.
+int attn_check(const AttnDims &d);
 // out [N, QW], lse [B, NH, T] (natural log). qkv rows [N, S]: q | k | v.
 template <typename T> void attn_forward(T *out, float *lse, const T *qkv, AttnDims d, cudaStream_t s);
 // dqkv [N, S] (written), using dq_acc [N, QW] and dkv_acc [N, 2 KVW] fp32 scratch, Dbuf [B*NH*T].

@@ -105,18 +105,29 @@ extern "C" int gpu_profile_report(GpuModel *g, char *buf, size_t len) {
 }
 
 // ---------------- parameter placement ----------------
+// bias / modules_to_save (adapter_base.c): the adapter set's Param of a base parameter it trains (the
+// model's values and gradient under PEFT's name), else NULL.
+static Param *set_param(const GpuModel *g, const Param *p) {
+    const AdapterSet *set = g->opt.base_only ? nullptr : g->m->adapters;
+    for (int i = 0; set && i < set->n_base; i++)
+        if (set->base_of[i] == p) return set->params[set->n_params - set->n_base + i];
+    return nullptr;
+}
+static bool trained(const GpuModel *g, const Param *p) { return p && ((p->trainable && p->grad) || set_param(g, p)); }
 // extra: zeros after the tensor (the classifier's rows padded to ldV, so its GEMMs have even shapes).
-static void plan(GpuModel *g, Param *p, bool contiguous, size_t extra = 0) {
+// ride: a frozen member of a fused group that trains another member goes to the trainable arena too (a rider).
+static void plan(GpuModel *g, Param *p, bool contiguous, size_t extra = 0, bool ride = false) {
     if (!p) return;
-    bool tr = p->trainable && p->grad;
+    Param *sp = set_param(g, p);
+    bool own = trained(g, p), tr = own || ride;
     size_t &n = tr ? g->n_train : g->n_frozen;
     if (!contiguous) n = (n + 63) & ~(size_t)63;
-    g->slots.push_back({p, n, tr});
+    g->slots.push_back({sp ? sp : p, n, tr, sp ? p : nullptr, tr && !own});
     n += p->numel + extra;
 }
 static const Slot *find_slot(GpuModel *g, const Param *p) {
     for (const Slot &s : g->slots)
-        if (s.p == p) return &s;
+        if (s.p == p || s.base == p) return &s;
     return nullptr;
 }
 static void *wptr(GpuModel *g, const Param *p) {
@@ -162,6 +173,9 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
             return peft_fail("CUDA backend: %s: a fused group must have biases on all or none of its modules", lin->module);
         if (G->b && (char *)wptr(g, lin->bias) != (char *)G->b + (size_t)G->out * es_w)
             return peft_fail("CUDA backend: %s: biases of one fused group must all be trainable or all frozen", lin->module);
+        if (!G->n_q && find_slot(g, lin->weight)->rider) G->w_ride[G->n_w_ride++] = {G->out, lin->out};
+        if (lin->bias && find_slot(g, lin->bias)->rider) G->b_ride[G->n_b_ride++] = {G->out, lin->out};
+        if ((G->n_w_ride || G->n_b_ride) && G->fifo) return peft_fail("CUDA backend: internal error: riders in a Conv1D group");
         if (adapter_active(g, lin)) {
             Adapter *a = lin->adapter;
             if (a->method->gpu == AD_NONE) return peft_fail("CUDA backend: %s adapters are not implemented on the GPU", a->method->title);
@@ -458,6 +472,10 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         k_bias_grad<T>(G->bg, dy, N, G->out, ldy, g->st);
         if (G->zero_bg_len) CU(cudaMemsetAsync(G->bg + G->zero_bg_off, 0, sizeof(float) * G->zero_bg_len, g->st));
     }
+    // Riders (bias / modules_to_save): the frozen members' rows of the group's weight and bias gradients.
+    for (int i = 0; i < G->n_w_ride; i++)
+        CU(cudaMemsetAsync(G->wg + (size_t)G->w_ride[i].off * G->in, 0, sizeof(float) * G->w_ride[i].len * G->in, g->st));
+    for (int i = 0; i < G->n_b_ride; i++) CU(cudaMemsetAsync(G->bg + G->b_ride[i].off, 0, sizeof(float) * G->b_ride[i].len, g->st));
     if (!G->n_ad) return;
     T *h = (T *)G->h;
     T *dh = G->fused_dx ? (T *)dy + G->out : (T *)g->dh;  // fused: dh lives in dy's spare columns
@@ -830,7 +848,8 @@ static int upload_all(GpuModel *g) {
     Model *m = g->m;
     for (const Slot &s : g->slots) {
         Param *p = s.p;
-        bool base = p >= m->params && p < m->params + m->n_params;
+        const Param *mp = s.base ? s.base : p;
+        bool base = mp >= m->params && mp < m->params + m->n_params;
         if (base && g->opt.random_init_seed) {
             bool is_norm = strstr(p->name, "ln_") || strstr(p->name, "norm");
             float std = p->ndim == 2 ? 0.02f : (is_norm && strstr(p->name, "weight") ? -2.0f : -1.0f);  // 1.0 / 0.0 constants
@@ -863,8 +882,14 @@ static int upload_all(GpuModel *g) {
 }
 
 // A quantized weight is not in the arenas (gpu_quant.cu keeps it), nor its fused group's spare rows (the scratch has them).
-static void plan_linear(GpuModel *g, Linear *lin, bool contiguous, size_t extra = 0) {
-    if (lin && !gpu_quant_linear(g, lin)) plan(g, lin->weight, contiguous, extra);
+static void plan_linear(GpuModel *g, Linear *lin, bool contiguous, size_t extra = 0, bool ride = false) {
+    if (lin && !gpu_quant_linear(g, lin)) plan(g, lin->weight, contiguous, extra, ride);
+}
+// Whether a fused group trains any member's weight (bias: its bias): then all ride in the trainable arena.
+static bool group_trains(const GpuModel *g, Linear **lins, int n, bool bias) {
+    for (int i = 0; i < n; i++)
+        if (trained(g, bias ? lins[i]->bias : lins[i]->weight)) return true;
+    return false;
 }
 // The spare weight rows a group's fused input gradient needs (LoRA/AdaLoRA: the sum of ranks; VeRA: r), rounded up to 8.
 static int group_rank(GpuModel *g, Linear **lins, int n) {
@@ -889,13 +914,10 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                 peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
                 return nullptr;
             }
-        // bias / modules_to_save (adapter_base.c): base weights the adapter trains, whose gradients this
-        // backend does not compute (its base copy is frozen).
-        if (set->n_base) {
-            peft_fail("CUDA backend: %s (base weights trained beside the adapter, e.g. %s) is not implemented on the GPU yet: use --device cpu",
-                      set->cfg.n_modules_to_save ? "modules_to_save" : "bias", set->base_of[0]->name);
-            return nullptr;
-        }
+    }
+    if (c->arch == ARCH_BERT) {  // its embeddings, post-LayerNorm blocks and head are the CPU's (encoder.c) only
+        peft_fail("CUDA backend: %s is an encoder (BERT, RoBERTa): not implemented on the GPU yet (--device cpu runs it)", c->model_type);
+        return nullptr;
     }
     if (c->n_head % c->n_kv_head) {
         peft_fail("CUDA backend: n_head %d is not a multiple of n_kv_head %d", c->n_head, c->n_kv_head);
@@ -961,14 +983,18 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
             }
         } else {
             Linear *qkv[3] = {b->q, b->k, b->v}, *gu[2] = {b->gate, b->up};
-            plan_linear(g, b->q, false); plan_linear(g, b->k, true);
-            plan_linear(g, b->v, true, (size_t)group_rank(g, qkv, 3) * g->C);
-            if (b->q->bias) { plan(g, b->q->bias, false); plan(g, b->k->bias, true); plan(g, b->v->bias, true); }
+            bool wr = group_trains(g, qkv, 3, false), br = group_trains(g, qkv, 3, true), gr = group_trains(g, gu, 2, false);
+            plan_linear(g, b->q, false, 0, wr); plan_linear(g, b->k, true, 0, wr);
+            plan_linear(g, b->v, true, (size_t)group_rank(g, qkv, 3) * g->C, wr);
+            if (b->q->bias) { plan(g, b->q->bias, false, 0, br); plan(g, b->k->bias, true, 0, br); plan(g, b->v->bias, true, 0, br); }
             plan_linear(g, b->o, false, (size_t)group_rank(g, &b->o, 1) * g->QW);
             if (b->o->bias) plan(g, b->o->bias, false);
             plan(g, b->norm2_w, false);
-            plan_linear(g, b->gate, false); plan_linear(g, b->up, true, (size_t)group_rank(g, gu, 2) * g->C);
-            if (b->gate->bias) { plan(g, b->gate->bias, false); plan(g, b->up->bias, true); }
+            plan_linear(g, b->gate, false, 0, gr); plan_linear(g, b->up, true, (size_t)group_rank(g, gu, 2) * g->C, gr);
+            if (b->gate->bias) {
+                bool ubr = group_trains(g, gu, 2, true);
+                plan(g, b->gate->bias, false, 0, ubr); plan(g, b->up->bias, true, 0, ubr);
+            }
             plan_linear(g, b->down, false, (size_t)group_rank(g, &b->down, 1) * g->I);
             if (b->down->bias) plan(g, b->down->bias, false);
         }
@@ -1249,16 +1275,16 @@ extern "C" int gpu_adamw_step(GpuModel *g, float lr, float beta1, float beta2, f
     g->adam_step++;
     double bc1 = 1.0 - pow(beta1, g->adam_step), bc2 = 1.0 - pow(beta2, g->adam_step);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    bool all_decay = true;
+    bool all_decay = true;  // riders: no decay (their gradient is 0, so their moments and weights stay as they are)
     for (const Slot &s : g->slots)
-        if (s.trainable && !s.p->decay) all_decay = false;
+        if (s.trainable && (!s.p->decay || s.rider)) all_decay = false;
     if (all_decay) {
         k_adamw(g->master, g->grad, g->am, g->av, g->work, (long)g->n_train, 1.0f - lr * weight_decay, beta1, beta2, eps, step_size, bc2_sqrt, g->st);
     } else {
         for (const Slot &s : g->slots)
             if (s.trainable)
                 k_adamw(g->master + s.off, g->grad + s.off, g->am + s.off, g->av + s.off, g->work ? g->work + s.off : nullptr, s.p->numel,
-                        s.p->decay ? 1.0f - lr * weight_decay : 1.0f, beta1, beta2, eps, step_size, bc2_sqrt, g->st);
+                        s.p->decay && !s.rider ? 1.0f - lr * weight_decay : 1.0f, beta1, beta2, eps, step_size, bc2_sqrt, g->st);
     }
     return gpu_failed() ? gpu_report_failure() : 0;
 }
@@ -1293,7 +1319,7 @@ extern "C" int gpu_download_trainables(GpuModel *g, bool grads) {
     if (grads) settle_grads(g);
     CU(cudaStreamSynchronize(g->st));
     for (const Slot &s : g->slots) {
-        if (!s.trainable) continue;
+        if (!s.trainable || s.rider) continue;
         CU(cudaMemcpy(s.p->w, g->master + s.off, sizeof(float) * s.p->numel, cudaMemcpyDeviceToHost));
         if (grads && s.p->grad) CU(cudaMemcpy(s.p->grad, g->grad + s.off, sizeof(float) * s.p->numel, cudaMemcpyDeviceToHost));
     }

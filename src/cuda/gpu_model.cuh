@@ -55,6 +55,11 @@ struct Group {  // y[N, out] = x[N, in] W^T + b (+ LoRA members), one GEMM
     GpuQWeight q[3];  // [out, in]) right before each GEMM that reads it (gpu_quant_dequant)
     float *wg, *bg;
     int zero_bg_off, zero_bg_len;
+    // Riders (bias / modules_to_save training some members of a fused group): the frozen members' weights
+    // (biases) sit in the trainable arena beside the trained ones, so the group stays one GEMM; their
+    // gradient columns [off, off + len) are zeroed after each backward, and AdamW leaves them unchanged.
+    int n_w_ride, n_b_ride;
+    struct { int off, len; } w_ride[3], b_ride[3];
     int n_ad, R, lda;
     AdMember ad[3];
     void *A;  // [R, in]: the members' A stacked (VeRA: the shared A [r, max_in], lda = max_in, one h for all members)
@@ -74,9 +79,11 @@ struct Layer {
     float *mean1, *rstd1, *mean2, *rstd2, *lse;
 };
 struct Slot {
-    Param *p;
+    Param *p;           // a base parameter the adapter trains (bias / modules_to_save): the set's Param (PEFT's name)
     size_t off;
     bool trainable;
+    const Param *base;  // ...and the model's Param it stands for (the same values and gradient), else NULL
+    bool rider;         // trainable on the device only, as a fused group's frozen member (Group's riders)
 };
 
 // Per-phase timing (PEFT_GPU_PROFILE=1 at creation): an event at every phase change of a training

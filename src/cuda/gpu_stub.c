@@ -85,3 +85,8 @@ int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const 
 }
 int gpu_inference_attach(Model *m, GpuPrecision precision) { (void)m; (void)precision; return peft_fail("CUDA backend: %s", NO_CUDA); }
 void gpu_inference_detach(Model *m) { (void)m; }
+int gpu_attention_bidir(int B, int T, int NH, int NKV, int HD, const int32_t *mask, GpuPrecision prec, const float *qkv,
+                        const float *dout, float *out, float *dqkv) {
+    (void)B; (void)T; (void)NH; (void)NKV; (void)HD; (void)mask; (void)prec; (void)qkv; (void)dout; (void)out; (void)dqkv;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}

@@ -52,6 +52,19 @@ static void run_fixture(const char *root, const char *name, GpuPrecision prec, b
     report(r.status == CHECK_PASS ? "PASS" : r.status == CHECK_FAIL ? "FAIL" : "SKIP", label, detail);
 }
 
+// --only A,B,...: the checks whose names contain any of the comma-separated parts (all without --only).
+static bool wanted(const char *name, const char *only) {
+    if (!only) return true;
+    for (const char *p = only;;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        for (const char *s = name; n && *s; s++)
+            if (!strncmp(s, p, n)) return true;
+        if (!e) return false;
+        p = e + 1;
+    }
+}
+
 // ---------------- random models against the CPU ----------------
 static uint64_t rng = 0x1234567;
 static double urand(void) {
@@ -786,8 +799,9 @@ static double compare_tensor_files(const char *a, const char *b) {
 // step by step (loss, causal-LM loss, gradient norm, AdaLoRA's budget) and in the saved adapter. AdaLoRA
 // runs with its regulariser, and with allocate its rank allocator too (scores on the device, masks from
 // step 2 of 6 on: the same ranks kept unless two triplets' scores nearly tie). With pack, --pack into
-// sequences of 256 tokens (two or more of the data's rows in each).
-static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate) {
+// sequences of 256 tokens (two or more of the data's rows in each). With base, LoRA also trains every bias (bias "all") and
+// the final norm (modules_to_save ln_f), saved in the adapter.
+static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate, bool base) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
@@ -799,6 +813,12 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack, bool
     if (allocate) { c.adapter.tinit = 1; c.adapter.tfinal = 2; }
     c.pack = pack;
     if (pack) c.data.seq_len = 256;
+    if (base) {
+        c.adapter.bias = BIAS_ALL;
+        c.adapter.modules_to_save = xmalloc(sizeof(char *));
+        c.adapter.modules_to_save[0] = xstrdup("ln_f");
+        c.adapter.n_modules_to_save = 1;
+    }
     Rec a, b;
     TrainResult ra, rb;
     const char *status = "FAIL";
@@ -1023,6 +1043,120 @@ static void run_quant_refuses_full(void) {
     model_free(m);
 }
 
+// The encoders (BERT, RoBERTa) are not on the GPU yet: gpu_model_create refuses one by name (before, it would have
+// read the blocks as Llama's).
+static void run_encoder_refused(void) {
+    ModelConfig cfg;
+    const char *json = "{\"model_type\": \"roberta\", \"vocab_size\": 30, \"hidden_size\": 16, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 4, \"intermediate_size\": 24, \"max_position_embeddings\": 20, \"type_vocab_size\": 1, "
+                       "\"layer_norm_eps\": 1e-5, \"pad_token_id\": 1, \"hidden_act\": \"gelu\", \"num_labels\": 2}";
+    if (config_parse(&cfg, json, "random")) { report("FAIL", "encoder refused", peft_last_error()); return; }
+    Model *m = model_create_random(&cfg, 42);
+    GpuOptions opt = {.precision = GPU_FP32};
+    GpuModel *g = gpu_model_create(m, &opt);
+    bool ok = !g && strstr(peft_last_error(), "roberta is an encoder");
+    report(ok ? "PASS" : "FAIL", "encoder refused", g ? "the GPU model was built" : peft_last_error());
+    gpu_model_free(g);
+    model_free(m);
+}
+
+// ---------------- the encoders' attention: bidirectional, with a key padding mask ----------------
+// float64 reference of gpu_attention_bidir: per row b, head h (GQA: KV head h / (NH / NKV)) and query t, softmax of
+// scale q k_j over the keys j with mask[b, j] set, times v; then the backward from dout (accumulated into dqkv).
+static void attn_bidir_ref(int B, int T, int NH, int NKV, int HD, const int32_t *mask, const float *qkv, const float *dout, float *out,
+                           float *dqkv) {
+    int S = (NH + 2 * NKV) * HD, QW = NH * HD, KVW = NKV * HD;
+    double scale = 1.0 / sqrt((double)HD);
+    double *p = xmalloc(sizeof(double) * T), *dp = xmalloc(sizeof(double) * T), *acc = xcalloc((size_t)B * T * S, sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                int kvh = h / (NH / NKV);
+                long n = (long)b * T + t;
+                const float *q = qkv + n * S + h * HD, *dq = dout + n * QW + h * HD;
+                double mx = -INFINITY, sum = 0, D = 0;
+                for (int j = 0; j < T; j++) {
+                    p[j] = -INFINITY;
+                    if (!mask[(long)b * T + j]) continue;
+                    const float *k = qkv + ((long)b * T + j) * S + QW + kvh * HD;
+                    double dot = 0;
+                    for (int i = 0; i < HD; i++) dot += (double)q[i] * k[i];
+                    p[j] = dot * scale;
+                    mx = fmax(mx, p[j]);
+                }
+                for (int j = 0; j < T; j++) sum += (p[j] = exp(p[j] - mx));
+                for (int j = 0; j < T; j++) {
+                    p[j] /= sum;
+                    const float *v = qkv + ((long)b * T + j) * S + QW + KVW + kvh * HD;
+                    dp[j] = 0;
+                    for (int i = 0; i < HD; i++) dp[j] += (double)dq[i] * v[i];
+                    D += p[j] * dp[j];
+                }
+                for (int i = 0; i < HD; i++) {
+                    double o = 0;
+                    for (int j = 0; j < T; j++) o += p[j] * qkv[((long)b * T + j) * S + QW + KVW + kvh * HD + i];
+                    out[n * QW + h * HD + i] = (float)o;
+                }
+                for (int j = 0; j < T; j++) {
+                    if (p[j] == 0) continue;
+                    double ds = p[j] * (dp[j] - D) * scale;
+                    long kj = ((long)b * T + j) * S + QW + kvh * HD;
+                    for (int i = 0; i < HD; i++) {
+                        acc[n * S + h * HD + i] += ds * qkv[kj + i];
+                        acc[kj + i] += ds * q[i];
+                        acc[kj + KVW + i] += p[j] * dq[i];
+                    }
+                }
+            }
+    for (long i = 0; i < (long)B * T * S; i++) dqkv[i] = (float)acc[i];
+    free(p);
+    free(dp);
+    free(acc);
+}
+
+// gpu_attention_bidir against attn_bidir_ref: row 0 all real tokens, row 1 right padding, row 2 left padding with holes;
+// the output and dq, dk, dv within tol (fp32 1e-4; bf16 2e-2, its inputs rounded to bf16 for both), and the padding
+// keys' dk, dv exactly 0 (probability 0: no gradient reaches them).
+static void run_attn_bidir(const char *name, int B, int T, int NH, int NKV, int HD, GpuPrecision prec) {
+    char label[128], detail[256];
+    snprintf(label, sizeof label, "%s [%s]", name, prec == GPU_BF16 ? "bf16" : "fp32");
+    int S = (NH + 2 * NKV) * HD, QW = NH * HD;
+    long N = (long)B * T;
+    float *qkv = xmalloc(sizeof(float) * N * S), *dout = xmalloc(sizeof(float) * N * QW);
+    float *out = xmalloc(sizeof(float) * N * QW), *dqkv = xmalloc(sizeof(float) * N * S);
+    float *ref_out = xmalloc(sizeof(float) * N * QW), *ref_dqkv = xmalloc(sizeof(float) * N * S);
+    int32_t *mask = xmalloc(sizeof(int32_t) * N);
+    for (long i = 0; i < N * S; i++) qkv[i] = (float)(4 * urand() - 2);  // scores up to ~|q||k|/sqrt(HD): peaked rows too
+    for (long i = 0; i < N * QW; i++) dout[i] = (float)(2 * urand() - 1);
+    if (prec == GPU_BF16) {
+        for (long i = 0; i < N * S; i++) qkv[i] = bf16_round(qkv[i]);
+        for (long i = 0; i < N * QW; i++) dout[i] = bf16_round(dout[i]);
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            mask[(long)b * T + t] = b % 3 == 0 ? 1 : b % 3 == 1 ? t < T * 2 / 5 : t >= T / 3 && t % 7 != 3;
+    const char *status = "FAIL";
+    if (gpu_attention_bidir(B, T, NH, NKV, HD, mask, prec, qkv, dout, out, dqkv)) {
+        snprintf(detail, sizeof detail, "%s", peft_last_error());
+    } else {
+        attn_bidir_ref(B, T, NH, NKV, HD, mask, qkv, dout, ref_out, ref_dqkv);
+        double e_out = rel_error(out, ref_out, N * QW), e_d = rel_error(dqkv, ref_dqkv, N * S), pad = 0;
+        for (long n = 0; n < N; n++)
+            for (int i = QW; i < S && !mask[n]; i++) pad = fmax(pad, fabs(dqkv[n * S + i]));
+        double tol = prec == GPU_BF16 ? 2e-2 : 1e-4;
+        status = e_out <= tol && e_d <= tol && pad == 0 ? "PASS" : "FAIL";
+        snprintf(detail, sizeof detail, "out %.1e, dqkv %.1e (rel; bound %.0e), padding keys' |dk|,|dv| max %.1e", e_out, e_d, tol, pad);
+    }
+    report(status, label, detail);
+    free(qkv);
+    free(dout);
+    free(out);
+    free(dqkv);
+    free(ref_out);
+    free(ref_dqkv);
+    free(mask);
+}
+
 // train_run --device cuda --quantize on the tiny GPT-2 (LoRA on every linear): each step's loss
 // against the CPU's quantized run (fp32: 1e-5 relative, bf16: 5e-2), and the saved adapters (fp32).
 static void run_trainer_quant(const char *name, QuantType t, bool nested, GpuPrecision prec) {
@@ -1068,7 +1202,7 @@ int main(int argc, char **argv) {
     }
     gpu_describe(why, sizeof why);
     printf("GPU: %s\n", why);
-    // test_gpu [FIXTURES_DIR...] [--only NAME]: the reference cases of each folder, then the other checks.
+    // test_gpu [FIXTURES_DIR...] [--only NAME[,NAME...]]: the reference cases of each folder, then the other checks.
     const char *roots[8] = {"tests/fixtures/hf-peft"}, *only = NULL;
     int n_roots = 0;
     for (int a = 1; a < argc; a++) {
@@ -1078,13 +1212,19 @@ int main(int argc, char **argv) {
     if (!n_roots) n_roots = 1;
     static const char *cases[] = {"gpt2-lora", "gpt2-full", "llama-lora", "llama-full", "gpt2-vera", "gpt2-adalora", "llama-vera", "llama-adalora"};
     static const char *dora_cases[] = {"gpt2-lora-dora", "llama-lora-dora", "llama-lora-dora-qv-rslora"};  // the repository's own
+    // bias and modules_to_save (issue 18; the repository's own): base weights trained beside LoRA, some of them in a fused
+    // group whose other members stay frozen (Qwen2's q/k/v with lora_only on q, v; layer 1's q_proj as a module to save).
+    static const char *base_cases[] = {"gpt2-lora-bias-all", "gpt2-lora-bias-lora-only", "llama-lora-bias-all", "qwen2-lora-bias-all-layers",
+                                       "qwen2-lora-bias-lora-only", "llama-lora-modules-to-save", "qwen2-lora-modules-to-save-linear"};
     for (int r = 0; r < n_roots; r++) {
         if (!dir_exists(roots[r])) printf("\n*** SKIPPED: %s not found: HF PEFT reference cases not run on the GPU ***\n\n", roots[r]);
         for (int p = 0; p < 2; p++) {
             for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-                if (!only || strstr(cases[i], only)) run_fixture(roots[r], cases[i], p ? GPU_BF16 : GPU_FP32, false);
+                if (wanted(cases[i], only)) run_fixture(roots[r], cases[i], p ? GPU_BF16 : GPU_FP32, false);
             for (size_t i = 0; r == 0 && i < sizeof dora_cases / sizeof *dora_cases; i++)
-                if (!only || strstr(dora_cases[i], only)) run_fixture(roots[r], dora_cases[i], p ? GPU_BF16 : GPU_FP32, true);
+                if (wanted(dora_cases[i], only)) run_fixture(roots[r], dora_cases[i], p ? GPU_BF16 : GPU_FP32, true);
+            for (size_t i = 0; r == 0 && i < sizeof base_cases / sizeof *base_cases; i++)
+                if (wanted(base_cases[i], only)) run_fixture(roots[r], base_cases[i], p ? GPU_BF16 : GPU_FP32, false);
         }
     }
     static const RandCase rcs[] = {
@@ -1109,7 +1249,7 @@ int main(int argc, char **argv) {
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof rcs / sizeof *rcs; i++)
-            if (!only || strstr(rcs[i].name, only)) run_random(&rcs[i], p ? GPU_BF16 : GPU_FP32);
+            if (wanted(rcs[i].name, only)) run_random(&rcs[i], p ? GPU_BF16 : GPU_FP32);
     // AdaLoRA's orthogonal regulariser, adapter dropout (random models, the GPU against the CPU and itself).
     static const struct { const char *name, *config, *targets; int B, T; } orth[] = {
         {"orth-reg gpt2-adalora-all T64", GPT2_CFG, GPT2_ALL, 2, 64},
@@ -1120,9 +1260,9 @@ int main(int argc, char **argv) {
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof orth / sizeof *orth; i++)
-            if (!only || strstr(orth[i].name, only)) run_orth(orth[i].name, orth[i].config, orth[i].targets, orth[i].B, orth[i].T, p ? GPU_BF16 : GPU_FP32);
+            if (wanted(orth[i].name, only)) run_orth(orth[i].name, orth[i].config, orth[i].targets, orth[i].B, orth[i].T, p ? GPU_BF16 : GPU_FP32);
     for (size_t i = 0; i < sizeof drop / sizeof *drop; i++)
-        if (!only || strstr(drop[i].name, only)) run_dropout(drop[i].name, drop[i].config, drop[i].targets, drop[i].B, drop[i].T);
+        if (wanted(drop[i].name, only)) run_dropout(drop[i].name, drop[i].config, drop[i].targets, drop[i].B, drop[i].T);
     // Packing: GPT-2 (wpe, every gradient), Llama (rope, GQA), a sliding window, head_dim 128.
     static const struct { const char *name, *config, *targets; int window; } packs[] = {
         {"pack gpt2-full", GPT2_CFG, NULL, 0},
@@ -1132,15 +1272,17 @@ int main(int argc, char **argv) {
     };
     for (int p = 0; p < 2; p++)
         for (size_t i = 0; i < sizeof packs / sizeof *packs; i++)
-            if (!only || strstr(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
-#define WANT(name) (!only || strstr(name, only))
+            if (wanted(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
+#define WANT(name) (wanted(name, only))
     if (WANT("dora refusals")) run_dora_refusals();
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
-    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false);
-    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", METHOD_ADALORA, false, false);
-    if (WANT("train grad-accum adalora allocator")) run_trainer_accum("train grad-accum adalora allocator", METHOD_ADALORA, false, true);
-    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true, false);
+    if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false, false);
+    if (WANT("train grad-accum adalora+orth-reg")) run_trainer_accum("train grad-accum adalora+orth-reg", METHOD_ADALORA, false, false, false);
+    if (WANT("train grad-accum adalora allocator")) run_trainer_accum("train grad-accum adalora allocator", METHOD_ADALORA, false, true, false);
+    if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true, false, false);
+    if (WANT("train grad-accum lora bias+modules-to-save"))
+        run_trainer_accum("train grad-accum lora bias+modules-to-save", METHOD_LORA, false, false, true);
     if (WANT("train resume lora accum+dropout")) {
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_FP32, 6, 2, 1e-6);
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_BF16, 6, 2, 1e-4);
@@ -1182,6 +1324,18 @@ int main(int argc, char **argv) {
         run_trainer_quant("quant train nf4", QUANT_NF4, true, GPU_BF16);
     }
     if (WANT("quant train int8")) run_trainer_quant("quant train int8", QUANT_INT8, false, GPU_FP32);
+    if (WANT("encoder refused")) run_encoder_refused();
+    // The encoders' attention (bidirectional, key padding mask): the flash kernels (head_dim 64, 128; bf16), the generic ones
+    // (fp32, and head_dim 16 as the tiny reference encoders have), GQA, T not a multiple of 64.
+    static const struct { const char *name; int B, T, NH, NKV, HD; } attns[] = {
+        {"attn-bidir hd64 GQA T150", 3, 150, 4, 2, 64},
+        {"attn-bidir hd128 T100", 3, 100, 2, 2, 128},
+        {"attn-bidir hd16 T40", 3, 40, 4, 4, 16},
+        {"attn-bidir hd64 T64", 2, 64, 2, 2, 64},
+    };
+    for (int p = 0; p < 2; p++)
+        for (size_t i = 0; i < sizeof attns / sizeof *attns; i++)
+            if (WANT(attns[i].name)) run_attn_bidir(attns[i].name, attns[i].B, attns[i].T, attns[i].NH, attns[i].NKV, attns[i].HD, p ? GPU_BF16 : GPU_FP32);
 #undef WANT
     trainer_cleanup();
     printf("%d passed, %d failed, %d skipped; peak GPU memory %.1f MiB\n", n_pass, n_fail, n_skip, gpu_peak_bytes() / 1048576.0);
