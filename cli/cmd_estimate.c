@@ -83,7 +83,7 @@ int cmd_estimate(int argc, char **argv) {
     int r = -1, init_r = -1, target_r = -1, batch = 8, context = 0;
     float dropout = 0;
     bool json = false, no_save_projection = false, no_double_quant = false;
-    const char *quantize = NULL, *init_weights = NULL;
+    const char *quantize = NULL, *init_weights = NULL, *recompute = "none";
     char methods[128], help_method[160];
     method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
     snprintf(help_method, sizeof help_method, "%s (default %s)", methods, method_s);
@@ -102,6 +102,7 @@ int cmd_estimate(int argc, char **argv) {
         {"no-save-projection", OPT_FLAG, &no_save_projection, "VeRA: the file omits vera_A/vera_B (both sizes are shown anyway)"},
         {"batch", OPT_INT, &batch, "sequences per step (default 8)"},
         {"context", OPT_INT, &context, "tokens per sequence (default min(512, the model's context))"},
+        {"recompute", OPT_STRING, &recompute, "GPU column: as peft train --recompute: none (default), mlp or layer"},
         {"json", OPT_FLAG, &json, "print JSON for scripts"},
     };
     int n_opts = 0, qt;
@@ -117,6 +118,11 @@ int cmd_estimate(int argc, char **argv) {
         return 2;
     }
     if (batch <= 0) { fprintf(stderr, "peft estimate: --batch must be positive\n"); return 2; }
+    static const char *const recompute_modes[] = {"none", "mlp", "layer"};  // gpu.h's GpuRecompute, in order
+    int rc_mode = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(recompute, recompute_modes[i])) rc_mode = i;
+    if (rc_mode < 0) { fprintf(stderr, "peft estimate: --recompute must be none, mlp or layer (got \"%s\")\n", recompute); return 2; }
     if (!(dropout >= 0 && dropout < 1)) { fprintf(stderr, "peft estimate: --dropout must be in [0, 1)\n"); return 2; }
     if (qt && method == METHOD_FULL) { fprintf(stderr, "peft estimate: --quantize freezes the base: full fine-tuning is refused with it\n"); return 2; }
 
@@ -159,6 +165,7 @@ int cmd_estimate(int argc, char **argv) {
         return fail_with_library_error();
     }
     if (qt) estimate_quantize(&e, &em, &c, qt, nested);
+    estimate_recompute(&e, &em, &c, rc_mode);
     char a[48], b[48], h1[32], h2[32], h3[32], h4[32];
     const char *mname = method_get(method)->title;
     int64_t all = e.base_params + (method == METHOD_FULL ? 0 : e.trainable);
@@ -229,6 +236,7 @@ int cmd_estimate(int argc, char **argv) {
         cJSON_AddStringToObject(jc, "assumptions", notes);
         free(notes);
         cJSON *jg = cJSON_AddObjectToObject(jmem, "gpu_bf16");
+        cJSON_AddStringToObject(jg, "recompute", recompute);
         cJSON_AddItemToObject(jg, "method", mem_json(&e.gpu));
         cJSON_AddItemToObject(jg, method_name(METHOD_FULL), mem_json(&e.gpu_full));
         notes = join_notes(GPU_NOTES);
@@ -300,6 +308,8 @@ int cmd_estimate(int argc, char **argv) {
             printf("  (this program trains GPT-2 and Llama-family models: for %s the CPU column counts what the GPT-2 path would keep)\n", em.name);
         printf("GPU column (this program's CUDA backend, bf16):\n");
         for (int i = 0; GPU_NOTES[i]; i++) printf("  %s\n", GPU_NOTES[i]);
+        if (rc_mode == 1) printf("  --recompute mlp: one MLP pre-activation scratch instead of every layer's pre-activation and activation\n");
+        if (rc_mode == 2) printf("  --recompute layer: of each block only its input is kept; one block's activations serve every layer\n");
     }
     adapter_config_free(&c);
     est_model_free(&em);

@@ -103,7 +103,7 @@ int cmd_train(int argc, char **argv) {
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
     bool rslora = false, no_allocate = false, no_double_quant = false;
-    const char *quantize = NULL, *init_weights = NULL, *task = NULL;
+    const char *quantize = NULL, *init_weights = NULL, *task = NULL, *recompute = NULL;
     ClassifyColumns cols = {0};
     DataFlags data_flags = {0};
     char methods[128], rs[128], lrs[128], help_method[160], help_r[200], help_lr[200];
@@ -156,7 +156,8 @@ int cmd_train(int argc, char **argv) {
         {"log-every", OPT_INT, &log_every, "without a terminal, print a progress line every N steps (default 10)"},
         {"device", OPT_STRING, &device, "cpu (default) or cuda"},
         {"fp32", OPT_FLAG, &c.fp32, "with --device cuda: fp32 compute (parity mode) instead of bf16"},
-        {"recompute", OPT_FLAG, &c.recompute, "with --device cuda: recompute activations in backward (less memory)"},
+        {"recompute", OPT_STRING, &recompute, "with --device cuda: recompute in backward instead of keeping (less memory): mlp (the MLP's "
+                                              "up-projections) or layer (every block; only the block inputs are kept)"},
     };
     int n = 0;
     while (opts[n].name) n++;
@@ -200,6 +201,12 @@ int cmd_train(int argc, char **argv) {
     c.max_grad_norm = clip;
     c.seed = (uint64_t)(uint32_t)seed;
     c.cuda = !strcmp(device, "cuda");
+    if (recompute && strcmp(recompute, "mlp") && strcmp(recompute, "layer")) {
+        fprintf(stderr, "peft train: --recompute must be mlp or layer (got \"%s\")\n", recompute);
+        train_config_free(&c);
+        return 2;
+    }
+    c.recompute = !recompute ? 0 : !strcmp(recompute, "mlp") ? 1 : 2;  // gpu.h's GpuRecompute
     if (!c.cuda && strcmp(device, "cpu")) {
         fprintf(stderr, "peft train: --device must be cpu or cuda\n");
         train_config_free(&c);

@@ -138,6 +138,11 @@ run_fails "full fine-tuning of a folder saved quantized is refused" 1 'nf4-quant
 run_ok "export of the nf4 folder to GGUF (dequantized)" "$PEFT" export --model "$TMP/m-nf4" --to gguf --out "$TMP/m-nf4.gguf"
 run_fails "an unknown quantization is refused" 2 'quantization "int4" is not supported' "$PEFT" eval --model "$M" --data "$D/val.txt" --quantize int4
 run_fails "--no-double-quant with int8 is refused" 2 'no-double-quant goes with --quantize nf4 or fp4' "$PEFT" eval --model "$M" --data "$D/val.txt" --quantize int8 --no-double-quant
+run_fails "--recompute on the CPU is refused" 1 'recompute is for --device cuda' "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --recompute layer --out "$TMP/x"
+run_fails "an unknown --recompute is refused" 2 'recompute must be mlp or layer' "$PEFT" train "${COMMON[@]}" --data "$D/train.txt" --recompute blocks --out "$TMP/x"
+run_ok "estimate --recompute layer" "$PEFT" estimate --model llama-2-7b --targets all-linear --r 64 --quantize nf4 --batch 1 --context 2048 --recompute layer --json
+check "estimate names the recompute mode" grep -q '"recompute":[[:space:]]*"layer"' "$TMP/out"
+run_fails "estimate refuses an unknown --recompute" 2 'recompute must be none, mlp or layer' "$PEFT" estimate --model gpt2 --recompute all
 
 # ---- errors ----
 echo "# data errors"

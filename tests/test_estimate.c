@@ -334,3 +334,33 @@ TEST(estimate_gpu_matches_measured_peaks) {
         est_model_free(&em);
     }
 }
+
+// --recompute (gpu.h's GpuRecompute) on the QLoRA run: Llama-2-7B, nf4, LoRA r64 on every linear, 1 x 2048.
+// Without it the GPU column is the measured 14.42 GiB (docs/gpu-bench.md); layer keeps of 32 blocks' activations
+// only the inputs, a hand count of what 31 blocks no longer hold; mlp in between.
+TEST(estimate_gpu_recompute) {
+    EstModel em;
+    CHECK(est_model_preset(&em, "llama-2-7b") == 0);
+    AdapterConfig c;
+    adapter_config_defaults(&c, METHOD_LORA);
+    c.r = 64;
+    adapter_config_set_targets(&c, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+    Estimate e[3];
+    for (int mode = 0; mode < 3; mode++) {
+        CHECK(estimate_compute(&e[mode], &em, METHOD_LORA, &c, 1, 2048) == 0);
+        estimate_quantize(&e[mode], &em, &c, QUANT_NF4, true);
+        estimate_recompute(&e[mode], &em, &c, mode);
+    }
+    CHECK_MSG(fabs(e[0].gpu.total / 1073741824.0 - 14.42) <= 0.006, "no recompute: %.3f GiB", e[0].gpu.total / 1073741824.0);
+    int64_t N = 2048, C = 4096, I = 11008, NH = 32;
+    // per block: the residual after attention, q|k|v, the attention output, gate|up, fp32 statistics and
+    // log-sum-exp; the SwiGLU output (down is adapted); h of q|k|v (r 192), o (64), gate|up (128), down (64)
+    int64_t block = 2 * N * (C + 3 * C + C + 2 * I) + 4 * N * (4 + NH), act = 2 * N * I, h = 2 * N * (192 + 64 + 128 + 64);
+    CHECK(e[0].gpu.activations - e[2].gpu.activations == 31 * block + 32 * act + 31 * h);
+    CHECK(e[0].gpu.activations - e[1].gpu.activations == 31 * 2 * N * 2 * I + 32 * act);
+    CHECK(e[2].gpu.total < 10.0 * 1073741824.0);
+    CHECK(e[2].gpu.weights == e[0].gpu.weights && e[2].gpu.workspace == e[0].gpu.workspace);
+    CHECK(e[2].gpu_full.activations < e[1].gpu_full.activations && e[1].gpu_full.activations < e[0].gpu_full.activations);
+    adapter_config_free(&c);
+    est_model_free(&em);
+}

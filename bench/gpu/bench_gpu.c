@@ -2,11 +2,17 @@
 // shapes of the issue: GPT-2 124M at 8x1024 and a TinyLlama-1.1B-shaped Llama at 4x2048, for full
 // fine-tuning, LoRA (q,v r8 / all linears r16), DoRA (Llama, all linears r16: the issue's bar is 1.3x LoRA's
 // step), VeRA (all, r256) and AdaLoRA (all).
-//   bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl] [--version]
+//   bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute mlp|layer] [--out FILE.jsonl] [--version]
 // --large: instead, LoRA (q,v r8) on Llama-2-7B and -13B shapes at 1x2048, the issue's "largest Llama
 // that LoRA-trains at 1x2048 in 80 GB" (the peak shows whether it fits); and QLoRA (issue 19): LoRA r64
 // on every linear over an nf4 base (codes and absmax drawn on the device), next to the same LoRA on the
-// bf16 base of the 7B shape.
+// bf16 base of the 7B shape, and on the 13B and Llama-2-70B shapes (80 layers, 8192, 28672, GQA 8). The
+// issue's bars: 7B <= 10 GiB, 13B <= 16 GiB; 70B on one 80 GB GPU. Those need --recompute layer; peft
+// estimate at 1x2048 without / with it: 7B 14.42 / 7.99 GiB, 13B 23.52 / 13.41, 70B 89.62 / 55.39 (70B: 41.5
+// GiB of weights, the nf4 codes and fp32 absmax with bf16 embeddings and LoRA r64's masters and copies,
+// 9.3 of LoRA's gradients and AdamW moments, and 80 blocks' activations, 38 GiB kept, 3.8 recomputed):
+//   bench_gpu --large --recompute layer --only r64
+// --recompute mlp|layer: what the backward recomputes (gpu.h's GpuRecompute); peft estimate counts it.
 // Random weights drawn on the device, random tokens (labels = inputs, as the HF script), AdamW
 // over the trainable tensors. tok/s is B*T over the median step (forward, backward, AdamW, one
 // host sync). MFU = model FLOPs per step (counted from the shapes: linears and the head forward
@@ -66,18 +72,20 @@ typedef struct {
 
 int main(int argc, char **argv) {
     int steps = 12, warm = 3;
-    bool quick = false, large = false, recompute = false;
+    bool quick = false, large = false;
+    int recompute = GPU_RECOMPUTE_NONE;
     const char *only = NULL, *out_path = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = true;
         else if (!strcmp(argv[i], "--large")) large = true;
-        else if (!strcmp(argv[i], "--recompute")) recompute = true;
+        else if (!strcmp(argv[i], "--recompute") && i + 1 < argc && !strcmp(argv[i + 1], "mlp")) recompute = GPU_RECOMPUTE_MLP, i++;
+        else if (!strcmp(argv[i], "--recompute") && i + 1 < argc && !strcmp(argv[i + 1], "layer")) recompute = GPU_RECOMPUTE_LAYER, i++;
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warm") && i + 1 < argc) warm = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
         else if (!strcmp(argv[i], "--version")) { printf("bench_gpu %s\n", peft_version); return 0; }
-        else { fprintf(stderr, "usage: bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute] [--out FILE.jsonl]\n"); return 2; }
+        else { fprintf(stderr, "usage: bench_gpu [--quick] [--large] [--steps N] [--warm N] [--only SUBSTR] [--recompute mlp|layer] [--out FILE.jsonl]\n"); return 2; }
     }
     char why[512];
     if (!gpu_available(why, sizeof why)) { printf("*** SKIPPED: %s: GPU benchmark not run ***\n", why); return 0; }
@@ -92,12 +100,15 @@ int main(int argc, char **argv) {
                                     "\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":32,\"max_position_embeddings\":4096}";
     static const char *llama13_cfg = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":5120,\"intermediate_size\":13824,"
                                      "\"num_hidden_layers\":40,\"num_attention_heads\":40,\"num_key_value_heads\":40,\"max_position_embeddings\":4096}";
+    static const char *llama70_cfg = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":8192,\"intermediate_size\":28672,"
+                                     "\"num_hidden_layers\":80,\"num_attention_heads\":64,\"num_key_value_heads\":8,\"max_position_embeddings\":4096}";
     // QLoRA (the issue's 7B instruction tuning): LoRA r64 on every linear over an nf4 base, next to the same LoRA on the bf16 base.
     static const Row large_rows[] = {{"llama-7b", "lora-qv", METHOD_LORA, QUANT_NONE},
                                      {"llama-7b", "lora-all-r64", METHOD_LORA, QUANT_NONE},
                                      {"llama-7b", "qlora-all-r64-nf4", METHOD_LORA, QUANT_NF4},
                                      {"llama-13b", "lora-qv", METHOD_LORA, QUANT_NONE},
-                                     {"llama-13b", "qlora-all-r64-nf4", METHOD_LORA, QUANT_NF4}};
+                                     {"llama-13b", "qlora-all-r64-nf4", METHOD_LORA, QUANT_NF4},
+                                     {"llama-70b", "qlora-all-r64-nf4", METHOD_LORA, QUANT_NF4}};
     static const Row rows[] = {{"gpt2-124m", "full", METHOD_FULL, QUANT_NONE},         {"gpt2-124m", "lora-qv", METHOD_LORA, QUANT_NONE},
                                {"gpt2-124m", "lora-all", METHOD_LORA, QUANT_NONE},     {"gpt2-124m", "vera-all", METHOD_VERA, QUANT_NONE},
                                {"gpt2-124m", "adalora-all", METHOD_ADALORA, QUANT_NONE}, {"llama-1.1b", "lora-qv", METHOD_LORA, QUANT_NONE},
@@ -116,7 +127,8 @@ int main(int argc, char **argv) {
         if (only && !strstr(label, only)) continue;
         if (strcmp(cur_family, r->family)) {
             model_free(m);
-            m = bench_model(gpt2 ? gpt2_cfg : !strcmp(r->family, "llama-7b") ? llama7_cfg : !strcmp(r->family, "llama-13b") ? llama13_cfg : llama_cfg);
+            m = bench_model(gpt2 ? gpt2_cfg : !strcmp(r->family, "llama-7b") ? llama7_cfg : !strcmp(r->family, "llama-13b") ? llama13_cfg
+                            : !strcmp(r->family, "llama-70b") ? llama70_cfg : llama_cfg);
             cur_family = r->family;
         }
         int B = gpt2 ? 8 : large ? 1 : 4, T = gpt2 ? 1024 : 2048, N = B * T;
@@ -129,7 +141,10 @@ int main(int argc, char **argv) {
             AdapterConfig ac;
             adapter_config_defaults(&ac, METHOD_LORA);
             Estimate e;
-            if (em.n_linears >= 0 && !estimate_compute(&e, &em, METHOD_FULL, &ac, B, T)) est_bytes = e.gpu.total;
+            if (em.n_linears >= 0 && !estimate_compute(&e, &em, METHOD_FULL, &ac, B, T)) {
+                estimate_recompute(&e, &em, &ac, recompute);
+                est_bytes = e.gpu.total;
+            }
             adapter_config_free(&ac);
         } else {
             AdapterConfig ac;
@@ -149,6 +164,7 @@ int main(int argc, char **argv) {
             Estimate est;
             if (em.n_linears >= 0 && !estimate_compute(&est, &em, type, &ac, B, T)) {
                 if (r->quant) estimate_quantize(&est, &em, &ac, r->quant, true);
+                estimate_recompute(&est, &em, &ac, recompute);
                 est_bytes = est.gpu.total;
             }
             int e = adapters_attach(m, &ac, 1);
@@ -162,7 +178,6 @@ int main(int argc, char **argv) {
             }
         }
         if (em.n_linears >= 0) est_model_free(&em);
-        if (recompute) est_bytes = -1;  // the estimate counts the stored MLP pre-activations (no --recompute)
         gpu_reset_peak();
         GpuOptions opt = {.precision = GPU_BF16, .recompute = recompute, .random_init_seed = 1, .random_quant = r->quant};
         GpuModel *g = gpu_model_create(m, &opt);
@@ -203,10 +218,10 @@ int main(int argc, char **argv) {
             char line[512];
             snprintf(line, sizeof line,
                      "{\"family\": \"%s\", \"method\": \"%s\", \"B\": %d, \"T\": %d, \"trainable\": %ld, \"step_ms\": %.2f, \"tok_s\": %.0f, "
-                     "\"peak_GiB\": %.3f, \"est_GiB\": %.3f, \"tflop_per_step\": %.2f, \"mfu\": %.3f, \"gemm_peak_tflops\": %.0f, \"recompute\": %s, "
+                     "\"peak_GiB\": %.3f, \"est_GiB\": %.3f, \"tflop_per_step\": %.2f, \"mfu\": %.3f, \"gemm_peak_tflops\": %.0f, \"recompute\": \"%s\", "
                      "\"loss\": %.4f, \"quant\": \"%s\"}",
                      r->family, r->method, B, T, trainable, med * 1e3, tok_s, peak_gib, est_bytes >= 0 ? est_bytes / 1073741824.0 : -1.0,
-                     flops / 1e12, mfu, peak_tflops, recompute ? "true" : "false", loss, quant_type_name(r->quant));
+                     flops / 1e12, mfu, peak_tflops, recompute == GPU_RECOMPUTE_LAYER ? "layer" : recompute ? "mlp" : "none", loss, quant_type_name(r->quant));
             printf("%s\n", line);
             if (out) { fprintf(out, "%s\n", line); fflush(out); }
         } else if (out) {

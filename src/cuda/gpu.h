@@ -19,10 +19,20 @@ extern "C" {
 #endif
 
 typedef enum { GPU_FP32 = 0, GPU_BF16 = 1 } GpuPrecision;
+// What the backward recomputes instead of keeping it from the forward (GpuOptions.recompute, peft train
+// --recompute mlp|layer). Either gives the loss and gradients of GPU_RECOMPUTE_NONE: the same kernels on
+// the same inputs (dropout masks are regenerated from the forward's seed), except that the attention
+// backward's fp32 atomics may sum in another order, as between any two backwards.
+typedef enum {
+    GPU_RECOMPUTE_NONE = 0,
+    GPU_RECOMPUTE_MLP = 1,    // the MLP's up-projection(s) and activation: one scratch instead of every layer's
+    GPU_RECOMPUTE_LAYER = 2,  // every block: the forward keeps only each block's input; the backward re-runs the
+                              // block's forward (all but the down projection's output) into one set of buffers
+} GpuRecompute;
 
 typedef struct {
     GpuPrecision precision;  // GPU_BF16: bf16 compute, fp32 masters; GPU_FP32: parity mode
-    bool recompute;          // recompute the MLP's up-projections in backward instead of keeping them
+    int recompute;           // GpuRecompute (a bool's true is GPU_RECOMPUTE_MLP)
     int logits_chunk;        // rows of logits per classifier chunk (0 = automatic)
     bool base_only;          // inference: upload the base weights only (attached adapters are applied per
                              // token row by gpu_kv_forward, never trained)

@@ -10,8 +10,10 @@
 //
 // Kept for backward per layer: the block input (the previous block's output), the residual
 // after attention, q|k|v after rope, the attention output and its log-sum-exp, the MLP
-// pre-activations (unless --recompute), norm statistics, and h of each adapted group. Normalised
-// inputs and activations are recomputed from those in backward.
+// pre-activations (unless --recompute mlp), norm statistics, and h of each adapted group. Normalised
+// inputs and activations are recomputed from those in backward. With --recompute layer only the
+// block inputs are kept: every layer's other activations are one set of buffers, which the backward
+// fills again by re-running the block's forward right before the block's backward.
 extern "C" {
 #include "adapter.h"
 #include "kernels.h"
@@ -251,6 +253,33 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
 }
 
 // ---------------- activations ----------------
+static bool mlp_rc(const GpuModel *g) { return g->opt.recompute == GPU_RECOMPUTE_MLP; }
+
+static void *aalloc(GpuModel *g, size_t bytes, const char *what);
+
+// --recompute layer: h of each group's place (qkv, o, up, down) and each DoRA member's e are one buffer
+// for every layer, the size of the largest layer's (ranks and targets may differ from layer to layer).
+static void share_adapter_acts(GpuModel *g, int N) {
+    for (int gi = 0; gi < 4; gi++) {
+        int R = 0, eo[3] = {0, 0, 0};
+        for (int l = 0; l < g->cfg.n_layer; l++) {
+            Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down}, *G = gs[gi];
+            if (G->n_ad) R = std::max(R, G->R);
+            for (int i = 0; i < G->n_ad; i++)
+                if (G->ad[i].kind == AD_DORA) eo[i] = std::max(eo[i], G->ad[i].out);
+        }
+        void *h = R ? aalloc(g, (size_t)N * R * g->es, "adapter activations") : nullptr, *e[3] = {nullptr, nullptr, nullptr};
+        for (int i = 0; i < 3; i++)
+            if (eo[i]) e[i] = aalloc(g, (size_t)N * eo[i] * g->es, "DoRA activations");
+        for (int l = 0; l < g->cfg.n_layer; l++) {
+            Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down}, *G = gs[gi];
+            if (G->n_ad) G->h = h;
+            for (int i = 0; i < G->n_ad; i++)
+                if (G->ad[i].kind == AD_DORA) G->ad[i].e = e[i];
+        }
+    }
+}
+
 static void free_acts(GpuModel *g) {
     for (void *p : g->act_allocs) gpu_free(p);
     g->act_allocs.clear();
@@ -291,13 +320,19 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
     size_t es = g->es;
     g->res = (void **)calloc(Ln + 1, sizeof(void *));
     for (int l = 0; l <= Ln; l++) g->res[l] = aalloc(g, (size_t)N * C * es, "the residual stream");
-    bool ln = g->gpt2;
+    bool ln = g->gpt2, layer_rc = g->opt.recompute == GPU_RECOMPUTE_LAYER;
     for (int l = 0; l < Ln; l++) {
         Layer *Ly = &g->L[l];
+        if (layer_rc && l) {  // layer 0's buffers (the adapters' are shared below)
+            const Layer *L0 = &g->L[0];
+            Ly->res_mid = L0->res_mid; Ly->qkv_out = L0->qkv_out; Ly->attn_y = L0->attn_y; Ly->fc = L0->fc;
+            Ly->rstd1 = L0->rstd1; Ly->rstd2 = L0->rstd2; Ly->mean1 = L0->mean1; Ly->mean2 = L0->mean2; Ly->lse = L0->lse;
+            continue;
+        }
         Ly->res_mid = aalloc(g, (size_t)N * C * es, "activations");
         Ly->qkv_out = aalloc(g, (size_t)N * g->S * es, "activations");
         Ly->attn_y = aalloc(g, (size_t)N * g->QW * es, "activations");
-        if (!g->opt.recompute) Ly->fc = aalloc(g, (size_t)N * g->upw * es, "activations");
+        if (!mlp_rc(g)) Ly->fc = aalloc(g, (size_t)N * g->upw * es, "activations");
         if (!g->opt.recompute && (Ly->down.wg || Ly->down.n_ad)) Ly->act = aalloc(g, (size_t)N * g->actw * es, "activations");
         float *stats = (float *)aalloc(g, sizeof(float) * (size_t)N * (4 + g->NH), "activations");
         if (!stats) break;
@@ -308,17 +343,21 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
         Ly->lse = stats + 4 * (size_t)N;
         Group *gs[4] = {&Ly->qkv, &Ly->o, &Ly->up, &Ly->down};
         for (Group *G : gs) {
+            if (layer_rc) break;
             if (G->n_ad) G->h = aalloc(g, (size_t)N * G->R * es, "adapter activations");
             for (int i = 0; i < G->n_ad; i++)
                 if (G->ad[i].kind == AD_DORA) G->ad[i].e = aalloc(g, (size_t)N * G->ad[i].out * es, "DoRA activations");
         }
     }
+    if (layer_rc) share_adapter_acts(g, N);
     if (g->dora_S_cap && !g->is_bf16) g->dora_dy = aalloc(g, (size_t)N * C * es, "DoRA scratch");
     g->nbuf = aalloc(g, (size_t)N * C * es, "scratch");
     g->act = aalloc(g, (size_t)N * g->actw * es, "scratch");
+    for (int l = 0; layer_rc && l < Ln; l++)  // the re-run forward leaves the block's activation there for its backward
+        if (g->L[l].down.wg || g->L[l].down.n_ad) g->L[l].act = g->act;
     g->d_act = aalloc(g, (size_t)N * g->actw * es, "scratch");
     g->d_fc = aalloc(g, (size_t)N * g->ld_dfc * es, "scratch");
-    if (g->opt.recompute) g->fc_scratch = aalloc(g, (size_t)N * g->upw * es, "scratch");
+    if (mlp_rc(g)) g->fc_scratch = aalloc(g, (size_t)N * g->upw * es, "scratch");
     g->d_n = aalloc(g, (size_t)N * C * es, "scratch");
     g->d_attn = aalloc(g, (size_t)N * g->QW * es, "scratch");
     g->dqkv = aalloc(g, (size_t)N * g->ld_dqkv * es, "scratch");
@@ -388,6 +427,19 @@ static uint64_t group_drop_seed(const GpuModel *g, const Group *G) {
     return host_mix64(g->drop_fwd_seed ^ host_mix64((uint64_t)((const char *)G - (const char *)g->L)));
 }
 
+// h = drop(x) A^T [N, R], kept for backward: the adapters' input (x, or drop(x) in a forward with dropout)
+// down to their ranks.
+template <typename T> static void group_h(GpuModel *g, Group *G, const T *x, int N) {
+    constexpr GDtype TT = gdtype<T>();
+    mark(g, P_LORA_F);
+    const T *xa = x;
+    if (g->drop_fwd) {
+        k_dropout<T>((T *)g->xdrop, x, (long)N * G->in, g->drop_p, group_drop_seed(g, G), false, g->st);
+        xa = (const T *)g->xdrop;
+    }
+    gemm(g->gc, false, true, N, G->R, G->in, 1.0f, xa, G->in, TT, G->A, G->lda, TT, 0.0f, nullptr, G->h, G->R, TT, nullptr);
+}
+
 // When the adapters cover every output column (LoRA on all of q, k, v...), their up-projections run
 // first, writing y (plus the residual), and the base GEMM adds onto y in its epilogue, which its
 // arithmetic hides: y is written once by the adapters instead of read and written again.
@@ -412,14 +464,8 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
         base_gemm(resid ? 1.0f : 0.0f, resid);
         if (!G->n_ad) return;
     }
-    mark(g, P_LORA_F);
+    group_h<T>(g, G, x, N);
     T *h = (T *)G->h;
-    const T *xa = x;  // the adapters' input: x, or drop(x) in a forward with dropout (h = drop(x) A^T)
-    if (g->drop_fwd) {
-        k_dropout<T>((T *)g->xdrop, x, (long)N * G->in, g->drop_p, group_drop_seed(g, G), false, g->st);
-        xa = (const T *)g->xdrop;
-    }
-    gemm(g->gc, false, true, N, G->R, G->in, 1.0f, xa, G->in, TT, G->A, G->lda, TT, 0.0f, nullptr, h, G->R, TT, nullptr);
     for (int i = 0; i < G->n_ad; i++) {
         AdMember *mb = &G->ad[i];
         if (mb->kind == AD_DORA) {  // e = s h B^T, then its columns of y rescaled
@@ -623,7 +669,9 @@ template <typename T> static void act_fwd(GpuModel *g, T *act, const T *fc) {
     else k_swiglu_fwd<T>(act, fc, g->N, g->I, g->st);
 }
 
-template <typename T> static void layer_fwd(GpuModel *g, int l) {
+// again: the backward's re-run of --recompute layer, which leaves out the down projection's output (the
+// next block's input, kept from the forward; a DoRA member needs it for its e) and computes only its h.
+template <typename T> static void layer_fwd(GpuModel *g, int l, bool again) {
     Layer *Ly = &g->L[l];
     int N = g->N, C = g->C;
     float eps = g->cfg.norm_eps;
@@ -638,12 +686,15 @@ template <typename T> static void layer_fwd(GpuModel *g, int l) {
     group_fwd<T>(g, &Ly->o, (T *)Ly->attn_y, (T *)Ly->res_mid, x, N);
     mark(g, P_NORM);
     k_norm_fwd<T>(nb, Ly->mean2, Ly->rstd2, (T *)Ly->res_mid, (T *)Ly->n2w, (T *)Ly->n2b, N, C, eps, g->gpt2, false, g->st);
-    T *fc = (T *)(g->opt.recompute ? g->fc_scratch : Ly->fc);
+    T *fc = (T *)(mlp_rc(g) ? g->fc_scratch : Ly->fc);
     group_fwd<T>(g, &Ly->up, nb, fc, nullptr, N);
     mark(g, P_ACT);
     T *act = (T *)(Ly->act ? Ly->act : g->act);
     act_fwd<T>(g, act, fc);
-    group_fwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, N);
+    if (again && !Ly->down.dora) {
+        if (Ly->down.n_ad) group_h<T>(g, &Ly->down, act, N);
+    } else
+        group_fwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, N);
 }
 
 // Packed rows (Model.positions): every example's positions count 0, 1, 2, ... (the kernels index the
@@ -702,7 +753,7 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
     CU(cudaMemcpyAsync(g->ids_d, g->ids_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
     if (g->packed) CU(cudaMemcpyAsync(g->pos_d, g->pos_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
     k_embed_fwd<T>((T *)g->res[0], g->ids_d, (T *)g->wte, (T *)g->wpe, positions(g), N, Tn, C, g->st);
-    for (int l = 0; l < c->n_layer; l++) layer_fwd<T>(g, l);
+    for (int l = 0; l < c->n_layer; l++) layer_fwd<T>(g, l, false);
     mark(g, P_NORM);
     k_norm_fwd<T>((T *)g->nf, g->gpt2 ? g->meanf : nullptr, g->rstdf, (T *)g->res[c->n_layer], (T *)g->nfw, (T *)g->nfb, N, C, c->norm_eps,
                   g->gpt2, false, g->st);
@@ -766,12 +817,12 @@ template <typename T> static void layer_bwd(GpuModel *g, int l) {
     T *x = (T *)g->res[l], *nb = (T *)g->nbuf;
     T *dres_T = g->is_bf16 ? (T *)g->dres_t : (T *)g->dres;
     T *dres_copy = g->is_bf16 ? (T *)g->dres_t : nullptr;
-    T *fc = (T *)(g->opt.recompute ? g->fc_scratch : Ly->fc);
+    T *fc = (T *)(mlp_rc(g) ? g->fc_scratch : Ly->fc);
     bool need_n2 = Ly->up.wg || Ly->up.n_ad;
     mark(g, P_NORM);
-    if (g->opt.recompute || need_n2)
+    if (mlp_rc(g) || need_n2)
         k_norm_fwd<T>(nb, Ly->mean2, Ly->rstd2, (T *)Ly->res_mid, (T *)Ly->n2w, (T *)Ly->n2b, N, C, eps, g->gpt2, true, g->st);
-    if (g->opt.recompute) group_fwd<T>(g, &Ly->up, nb, fc, nullptr, N);
+    if (mlp_rc(g)) group_fwd<T>(g, &Ly->up, nb, fc, nullptr, N);
     // MLP
     mark(g, P_ACT);
     T *act = (T *)(Ly->act ? Ly->act : g->act);
@@ -808,7 +859,10 @@ template <typename T> static int backward_impl(GpuModel *g) {
     mark(g, P_NORM_B);
     k_norm_bwd<T>(g->dres, g->is_bf16 ? (T *)g->dres_t : nullptr, g->nfw_g, g->nfb_g, (T *)g->d_n, (T *)g->res[Ln], (T *)g->nfw,
                   g->gpt2 ? g->meanf : nullptr, g->rstdf, N, C, g->gpt2, g->st, g->is_bf16 ? g->ld_dres : C);
-    for (int l = Ln - 1; l >= 0; l--) layer_bwd<T>(g, l);
+    for (int l = Ln - 1; l >= 0; l--) {
+        if (g->opt.recompute == GPU_RECOMPUTE_LAYER) layer_fwd<T>(g, l, true);
+        layer_bwd<T>(g, l);
+    }
     g->fresh_grads = false;
     if (g->orth_ready) orth_backward(g);
     mark(g, P_EMBED);
@@ -921,6 +975,10 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     }
     if (c->n_head % c->n_kv_head) {
         peft_fail("CUDA backend: n_head %d is not a multiple of n_kv_head %d", c->n_head, c->n_kv_head);
+        return nullptr;
+    }
+    if (opt_in && (opt_in->recompute < GPU_RECOMPUTE_NONE || opt_in->recompute > GPU_RECOMPUTE_LAYER)) {
+        peft_fail("CUDA backend: unknown recompute mode %d", opt_in->recompute);
         return nullptr;
     }
     GpuModel *g = (GpuModel *)calloc(1, sizeof(GpuModel));

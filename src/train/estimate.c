@@ -734,6 +734,51 @@ static void gpu_quantized(EstMemory *m, const EstModel *em, const bool *adapted,
     mem_total(m);
 }
 
+// The change --recompute (1 mlp, 2 layer) makes to gpu_memory's activations (adapted NULL: full fine-tuning):
+// ensure_acts' allocations with and without it.
+static int64_t gpu_recompute_delta(const EstModel *em, const bool *adapted, MethodId method, int r, int B, int T, int mode) {
+    GpuShape s = gpu_shape(em, B, T);
+    int64_t N = s.N, C = s.C;
+    bool down_kept = !adapted;
+    for (int i = 0; adapted && i < s.L * s.per_layer && i < em->n_linears; i++)
+        if (adapted[i] && i % s.per_layer == s.per_layer - 1) down_kept = true;
+    int64_t mlp = s.L * (2 * N * s.upw + (down_kept ? 2 * N * s.I : 0));  // every layer's pre-activation and activation
+    if (mode == 1) return 2 * N * s.upw - mlp;                            // one pre-activation scratch instead
+    if (mode != 2) return 0;
+    int64_t per_layer = 2 * N * C + 2 * N * s.S + 2 * N * s.QW + 2 * N * s.upw + 4 * N * (4 + s.NH);
+    int64_t delta = -(s.L - 1) * per_layer - (down_kept ? s.L * 2 * N * s.I : 0);
+    for (int g = 0; g < s.per_layer; g++) {  // h and DoRA's e: each place's largest instead of every layer's
+        int64_t R_max = 0, e_max[3] = {0, 0, 0};
+        for (int l = 0; l < s.L; l++) {
+            int64_t R = gpu_group_rank(em, &s, adapted, method, r, l, g);
+            delta -= 2 * N * R;
+            R_max = MAX(R_max, R);
+            for (int k = 0, m = 0; method == METHOD_DORA && k < s.per_layer; k++) {
+                int i = l * s.per_layer + k;
+                if (i >= em->n_linears || gpu_group_of(&s, k) != g || !adapted[i]) continue;
+                delta -= 2 * N * em->linears[i].out;
+                e_max[m] = MAX(e_max[m], 2 * N * em->linears[i].out);
+                m++;
+            }
+        }
+        delta += 2 * N * R_max + e_max[0] + e_max[1] + e_max[2];
+    }
+    return delta;
+}
+
+void estimate_recompute(Estimate *e, const EstModel *em, const AdapterConfig *c, int mode) {
+    bool *adapted = NULL;
+    if (e->method != METHOD_FULL) {
+        adapted = xcalloc(em->n_linears ? em->n_linears : 1, sizeof(bool));
+        for (int i = 0; i < em->n_linears; i++) adapted[i] = adapter_targets_module(c, em->linears[i].name);
+    }
+    e->gpu.activations += gpu_recompute_delta(em, adapted, e->method, e->r, e->batch, e->context, mode);
+    e->gpu_full.activations += gpu_recompute_delta(em, NULL, METHOD_FULL, 0, e->batch, e->context, mode);
+    mem_total(&e->gpu);
+    mem_total(&e->gpu_full);
+    free(adapted);
+}
+
 void estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested) {
     int64_t fp32 = 0, q = 0, widest = 0;
     for (int i = 0; i < em->n_linears; i++) {

@@ -93,6 +93,13 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
 // place, and one bf16 scratch for the largest group's dequantized weights (+ the spare rows) as workspace.
 void estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested);
 
+// The GPU column with --recompute (gpu.h's GpuRecompute: 1 mlp, 2 layer; 0 changes nothing), for this
+// method and for full fine-tuning (c: the adapter options estimate_compute had). mlp: the MLP
+// pre-activations and activations of every layer give way to one pre-activation scratch; layer: of each
+// block only its input (the residual stream) is kept, and one block's activations (the largest h of each
+// group's place, DoRA's e) serve every layer.
+void estimate_recompute(Estimate *e, const EstModel *em, const AdapterConfig *c, int mode);
+
 // Pieces, exposed for tests and the CLI.
 // One tensor of a safetensors file, as st_writer sees it (fp32).
 typedef struct {

@@ -93,6 +93,7 @@ static int check_config(const TrainConfig *c) {
     if (c->val_path && c->val_fraction > 0) return peft_fail("give a validation file or a validation fraction, not both");
     if (c->lr < 0 || c->weight_decay < 0 || c->max_grad_norm < 0 || c->warmup_steps < 0) return peft_fail("lr, weight decay, clipping and warm-up must not be negative");
     if (c->eval_every < 0 || c->save_every < 0 || c->stop_after < 0) return peft_fail("eval/save intervals must not be negative");
+    if (c->recompute && !c->cuda) return peft_fail("--recompute is for --device cuda (the CPU path keeps its activations)");
     return quant_refusals(c, c->quantize);
 }
 
@@ -358,6 +359,7 @@ static void log_step(Trainer *t, const TrainStepInfo *s) {
     cJSON_AddNumberToObject(j, "tokens", (double)s->tokens);
     cJSON_AddNumberToObject(j, "tokens_per_s", s->tokens_per_s);
     cJSON_AddNumberToObject(j, "elapsed_s", s->elapsed_s);
+    if (t->g) cJSON_AddNumberToObject(j, "gpu_peak_bytes", (double)gpu_peak_bytes());  // every byte the CUDA backend allocated, at its high-water mark
     if (s->budget >= 0) {  // AdaLoRA: the budget and what each module keeps of it
         cJSON_AddNumberToObject(j, "budget", s->budget);
         cJSON *ranks = cJSON_AddObjectToObject(j, "ranks");

@@ -62,7 +62,7 @@ typedef struct {
                                  // Tests use it to interrupt a run at a known step.
     bool cuda;                   // train on the GPU (src/cuda): bf16 compute unless fp32
     bool fp32;                   // with cuda: the fp32 parity mode
-    bool recompute;              // with cuda: recompute activations in backward to save memory
+    int recompute;               // with cuda: what backward recomputes to save memory (gpu.h's GpuRecompute: 0 none, 1 mlp, 2 layer)
     QuantType quantize;          // the frozen base's linears quantized (QUANT_NONE: fp32)
     bool double_quant;           // with 4-bit: the block statistics quantized to 8 bits
 } TrainConfig;

@@ -9,6 +9,9 @@
 // 3. A quantized base (--only quant): the device's dequantized weights bit for bit, GPU against the CPU's
 //    quantized model as in 2, train_run --device cuda --quantize against the CPU's run, and the
 //    quantization reference cases (tests/fixtures/quant or PEFT_QUANT_FIXTURES) when they exist.
+// 4. --recompute layer / mlp against no recompute (--only recompute): the same loss bit for bit, the same
+//    gradients up to the attention backward's atomics, less memory (LoRA, dropout, quantized bases, AdaLoRA,
+//    VeRA, DoRA, full fine-tuning).
 // Without a GPU (or in a build without nvcc) it prints a loud SKIPPED line and exits 0.
 #include "adapter.h"
 #include "byte_tokenizer.h"
@@ -1028,6 +1031,99 @@ out:
     model_free(m);
 }
 
+// --recompute layer (and mlp) against no recompute, on one model and batch: four GPU models in turn (none, none
+// again, layer, mlp) with the same dropout seed, each GEMM shape on the same cuBLASLt algorithm (PEFT_GPU_NO_TUNE).
+// The forwards run the same kernels on the same inputs, so the losses should be equal bit for bit, and the
+// gradients too except where the attention backward's fp32 atomics sum in another order; what is required: the
+// recomputing runs within 10 times the spread of the two runs without recompute, or of 1e-6 (fp32) / 1e-3 (bf16)
+// in the loss and 1e-5 / 1e-2 in the gradients, relative; the detail says what was bit-identical. Then one
+// training step (AdamW, clipping) from the same start: the weights within the bounds of run_random's step check;
+// and the training's peak (after creation) with layer below none's.
+typedef struct {
+    const char *name, *config, *targets;  // targets NULL: full fine-tuning
+    MethodId type;
+    QuantType quant;
+    float dropout;
+    int B, T;
+} RecomputeCase;
+
+static void run_recompute(const RecomputeCase *rc, GpuPrecision prec) {
+    char label[160], detail[640] = "";
+    snprintf(label, sizeof label, "%s [%s]", rc->name, prec == GPU_BF16 ? "bf16" : "fp32");
+    Model *m;
+    if (rc->targets) m = adapted_model(rc->config, rc->targets, rc->type, rc->dropout, true);
+    else {
+        ModelConfig cfg;
+        m = config_parse(&cfg, rc->config, "random") ? NULL : model_create_random(&cfg, 42);
+        if (m) model_train_all(m);
+    }
+    if (m && rc->quant) m = quantize_all(m, rc->quant, true, QUANT_OUT_F32);
+    if (!m) { report("FAIL", label, peft_last_error()); return; }
+    int B = rc->B, T = rc->T, N = B * T;
+    int32_t *ids = xmalloc(sizeof(int32_t) * N), *labels = xmalloc(sizeof(int32_t) * N);
+    random_batch(ids, labels, B, T, m->cfg.vocab_size);
+    Param **params;
+    int n = model_trainable(m, &params);
+    float **w0 = copy_tensors(params, n, false), **grads[4] = {NULL}, **stepped[4] = {NULL};
+    static const int modes[4] = {GPU_RECOMPUTE_NONE, GPU_RECOMPUTE_NONE, GPU_RECOMPUTE_LAYER, GPU_RECOMPUTE_MLP};
+    double loss[4], step_loss[4];
+    size_t peak[4];
+    bool dora = rc->type == METHOD_DORA;  // gpu_train_step refuses DoRA (see there): no step
+    const char *status = "FAIL";
+    setenv("PEFT_GPU_NO_TUNE", "1", 1);
+    for (int k = 0; k < 4; k++) {
+        for (int i = 0; i < n; i++) memcpy(params[i]->w, w0[i], sizeof(float) * params[i]->numel);
+        GpuOptions opt = {.precision = prec, .recompute = modes[k]};
+        GpuModel *g = gpu_model_create(m, &opt);
+        gpu_reset_peak();  // the training's peak (the upload's staging buffer can exceed a tiny model's)
+        if (g && rc->dropout > 0) gpu_set_dropout(g, true, 5);
+        loss[k] = g ? gpu_loss_and_grads(g, ids, labels, B, T, NULL) : NAN;
+        if (!isnan(loss[k])) grads[k] = copy_tensors(params, n, true);
+        step_loss[k] = g && !isnan(loss[k]) && !dora ? gpu_train_step(g, ids, labels, B, T, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0) : 0;
+        if (!isnan(step_loss[k]) && !dora && g && !gpu_download_trainables(g, false)) stepped[k] = copy_tensors(params, n, false);
+        peak[k] = gpu_peak_bytes();
+        gpu_model_free(g);
+        if (!grads[k] || (!dora && !stepped[k])) { snprintf(detail, sizeof detail, "recompute mode %d: %s", modes[k], peft_last_error()); goto out; }
+    }
+    {
+        double spread = 0, worst[4] = {0}, worst_step[4] = {0};
+        int same[4] = {0};
+        for (int i = 0; i < n; i++) {
+            long ni = params[i]->numel;
+            spread = fmax(spread, rel_error(grads[1][i], grads[0][i], ni));
+            for (int k = 1; k < 4; k++) {
+                double e = rel_error(grads[k][i], grads[0][i], ni);
+                if (e > worst[k] || isnan(e)) worst[k] = e;
+                same[k] += !memcmp(grads[k][i], grads[0][i], sizeof(float) * ni);
+                double es = dora ? 0 : rel_error(stepped[k][i], stepped[0][i], ni);
+                if (es > worst_step[k] || isnan(es)) worst_step[k] = es;
+            }
+        }
+        bool fp32 = prec == GPU_FP32;
+        double bound = fmax(10 * spread, fp32 ? 1e-5 : 1e-2), step_tol = fp32 ? 1e-4 : 1e-3;
+        double loss_bound = fmax(10 * rel_diff(loss[1], loss[0]), fp32 ? 1e-6 : 1e-3);
+        bool ok = peak[2] < peak[0];
+        for (int k = 2; k < 4; k++)
+            ok = ok && rel_diff(loss[k], loss[0]) <= loss_bound && worst[k] <= bound && worst_step[k] <= step_tol &&
+                 (dora || rel_diff(step_loss[k], step_loss[0]) <= loss_bound);
+        status = ok ? "PASS" : "FAIL";
+        snprintf(detail, sizeof detail,
+                 "loss %.6f (bit-identical: rerun %d, layer %d, mlp %d); grads bit-identical rerun %d, layer %d, mlp %d of %d, max rel "
+                 "layer %.1e, mlp %.1e, rerun spread %.1e; step layer %.1e mlp %.1e; peak none %.2f layer %.2f mlp %.2f MiB",
+                 loss[0], !memcmp(&loss[1], &loss[0], sizeof(double)), !memcmp(&loss[2], &loss[0], sizeof(double)),
+                 !memcmp(&loss[3], &loss[0], sizeof(double)), same[1], same[2], same[3], n, worst[2], worst[3], spread, worst_step[2],
+                 worst_step[3], peak[0] / 1048576.0, peak[2] / 1048576.0, peak[3] / 1048576.0);
+    }
+out:
+    unsetenv("PEFT_GPU_NO_TUNE");
+    report(status, label, detail);
+    for (int k = 0; k < 4; k++) { free_tensors_copy(grads[k], n); free_tensors_copy(stepped[k], n); }
+    free_tensors_copy(w0, n);
+    free(ids);
+    free(labels);
+    model_free(m);
+}
+
 // A quantized weight is frozen: full fine-tuning of a quantized model is refused by gpu_model_create.
 static void run_quant_refuses_full(void) {
     ModelConfig cfg;
@@ -1311,6 +1407,24 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < sizeof quants / sizeof *quants; i++)
             if (WANT(quants[i].name)) run_quant(&quants[i], p ? GPU_BF16 : GPU_FP32);
     if (WANT("quant refuses full fine-tuning")) run_quant_refuses_full();
+    // --recompute layer / mlp against none: LoRA (with dropout), a quantized base, AdaLoRA (its regulariser on), VeRA,
+    // DoRA, full fine-tuning, GPT-2 and Llama.
+    static const RecomputeCase rcomp[] = {
+        {"recompute gpt2-lora-all", GPT2_CFG, GPT2_ALL, METHOD_LORA, QUANT_NONE, 0, 2, 100},
+        {"recompute llama-lora-all dropout", LLAMA_CFG, LLAMA_ALL, METHOD_LORA, QUANT_NONE, 0.2f, 2, 64},
+        {"recompute llama-lora-qv,down", LLAMA_CFG, "q_proj,v_proj,down_proj", METHOD_LORA, QUANT_NONE, 0, 2, 80},
+        {"recompute llama-lora-all nf4", LLAMA_CFG, LLAMA_ALL, METHOD_LORA, QUANT_NF4, 0, 2, 64},
+        {"recompute gpt2-lora-all nf4 dropout", GPT2_CFG, GPT2_ALL, METHOD_LORA, QUANT_NF4, 0.2f, 2, 64},
+        {"recompute llama-adalora-all", LLAMA_CFG, LLAMA_ALL, METHOD_ADALORA, QUANT_NONE, 0, 2, 64},
+        {"recompute llama-adalora-all int8", LLAMA_CFG, LLAMA_ALL, METHOD_ADALORA, QUANT_INT8, 0, 2, 64},
+        {"recompute llama-vera-all", LLAMA_CFG, LLAMA_ALL, METHOD_VERA, QUANT_NONE, 0, 2, 64},
+        {"recompute gpt2-vera-all fp4", GPT2_CFG, GPT2_ALL, METHOD_VERA, QUANT_FP4, 0, 2, 64},
+        {"recompute llama-dora-all", LLAMA_CFG, LLAMA_ALL, METHOD_DORA, QUANT_NONE, 0, 2, 64},
+        {"recompute llama-full", LLAMA_CFG, NULL, METHOD_LORA, QUANT_NONE, 0, 2, 64},
+    };
+    for (int p = 0; p < 2; p++)
+        for (size_t i = 0; i < sizeof rcomp / sizeof *rcomp; i++)
+            if (WANT(rcomp[i].name)) run_recompute(&rcomp[i], p ? GPU_BF16 : GPU_FP32);
     // The quantization reference cases (tools/quant_reference/make_cases.py: float64 on the dequantized base), when made.
     const char *qroot = getenv("PEFT_QUANT_FIXTURES") ? getenv("PEFT_QUANT_FIXTURES") : "tests/fixtures/quant";
     static const char *qcases[] = {"gpt2-lora-nf4", "gpt2-lora-nf4-nodq", "gpt2-lora-fp4", "gpt2-lora-fp4-nodq", "gpt2-lora-int8",
