@@ -44,6 +44,15 @@ __attribute__((constructor)) static void choose_blas_kernels(void) {
 void matmul_ld(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
                bool transA, bool transB, float alpha, float beta) {
     if (M == 0 || N == 0) return;
+    // One row (a decode step at batch 1): a matrix-vector product. sgemm packs all of op(B) on every
+    // call, which makes M = 1 2-4x slower than sgemv, whose time is that of reading B once. C's row is
+    // then alpha op(B)^T a + beta C: op(B)^T is B itself when transB (B [N,K]), else B^T (B [K,N]);
+    // a's elements are lda apart when transA. (K = 0 stays with sgemm: sgemv would not scale C by beta.)
+    if (M == 1 && K > 0) {
+        cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, transB ? N : K, transB ? K : N, alpha, B, ldb, A,
+                    transA ? lda : 1, beta, C, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
