@@ -1,13 +1,16 @@
-// generate_bench.c: decode speed (tokens/s at batch 1) of a GPT-2-small-shaped random model
-// (n_embd 768, 12 layers, 12 heads, vocab 50257): the base model, a LoRA adapter merged into
-// the weights, and the same adapter applied live (unmerged). The zero-latency claim is that
-// merged costs nothing and live costs little (under 10% at r=8 on c_attn).
+// generate_bench.c: CPU decode speed at batch 1 through generate() (generate.h), the loop `peft
+// generate` runs (its CLI adds only the tokenizer around it), on random models of two shapes:
+// GPT-2 124M (768 x 12 layers, vocab 50257) and the Llama-60M shape of train_bench (512 x 8 layers,
+// 8 heads / 4 kv heads, vocab 32000). Per shape: the base model greedy and sampling, a LoRA adapter
+// merged and live, LoRA on every linear, and VeRA, live. Decode tok/s = (new - 1) tokens over the time
+// a generate() of `new` tokens takes beyond one of a single token (the prefill and the first token).
 //
 //   make build/generate_bench   (the Makefile's bench rule: every src folder on the include path)
-//   OMP_NUM_THREADS=2 ./build/generate_bench [new_tokens=128] [rounds=5] [prompt_tokens=32]
+//   OMP_NUM_THREADS=2 ./build/generate_bench [new_tokens=64] [rounds=5] [prompt_tokens=16] [only=substring]
 //
 // Each round times every configuration once (interleaved, so drift hits all alike); the table
-// gives the median over rounds. Greedy decoding, one token per step after a prefill.
+// gives the median over rounds. Greedy: kv_forward_greedy's path; sampling: temperature 0.8,
+// top-k 50, top-p 0.95 (gen_sample on the logits). eos is off, so every run makes `new` tokens.
 #include "adapter.h"
 #include "generate.h"
 #include "util.h"
@@ -21,7 +24,7 @@ typedef struct {
     const char *targets;  // NULL: no adapter
     MethodId type;
     int r;
-    bool merged;
+    bool merged, sample;
 } Setup;
 
 static int cmp_double(const void *a, const void *b) {
@@ -29,32 +32,19 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
-    return best;
-}
-
-// Prefill `plen` tokens, then decode n_new greedily; returns decode tokens/s (prefill time in *prefill_s).
-static double run(Model *m, KVCache *kv, const int32_t *prompt, int plen, int n_new, double *prefill_s, int32_t *out) {
-    int V = m->cfg.vocab_size;
-    static float *logits;
-    if (!logits) logits = xmalloc(sizeof(float) * V);
-    kv_cache_reset(kv, 0);
-    KVRow row = {0, plen};
+static double gen_seconds(Model *m, const int32_t *prompt, int plen, int n_new, bool sample, int32_t *out) {
+    GenParams p;
+    gen_params_default(&p);
+    p.max_new_tokens = n_new;
+    p.eos_id = GEN_EOS_NONE;
+    if (sample) { p.temperature = 0.8f; p.top_k = 50; p.top_p = 0.95f; p.seed = 5; }
+    GenResult res;
     double t0 = now_seconds();
-    if (kv_forward(m, kv, &row, 1, prompt, logits, false)) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }
-    double t1 = now_seconds();
-    int32_t id = argmax(logits, V);
-    row.n = 1;
-    for (int i = 0; i < n_new; i++) {
-        out[i] = id;
-        if (kv_forward(m, kv, &row, 1, &id, logits, false)) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }
-        id = argmax(logits, V);
-    }
-    double t2 = now_seconds();
-    *prefill_s = t1 - t0;
-    return n_new / (t2 - t1);
+    if (generate(m, NULL, &prompt, &plen, 1, &p, NULL, NULL, &res)) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }
+    double t = now_seconds() - t0;
+    if (out) memcpy(out, res.ids, sizeof(int32_t) * res.n_ids);
+    gen_result_free(&res);
+    return t;
 }
 
 static Model *make_model(const ModelConfig *c, const Setup *s) {
@@ -65,7 +55,7 @@ static Model *make_model(const ModelConfig *c, const Setup *s) {
     cfg.r = s->r;
     cfg.alpha = 2.0f * s->r;
     adapter_config_set_targets(&cfg, s->targets);
-    cfg.fan_in_fan_out = true;
+    cfg.fan_in_fan_out = c->arch == ARCH_GPT2;
     if (adapters_attach(m, &cfg, 7)) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }
     adapter_config_free(&cfg);
     // Non-zero B (LoRA starts with B = 0), so the adapter changes the output.
@@ -77,65 +67,98 @@ static Model *make_model(const ModelConfig *c, const Setup *s) {
     return m;
 }
 
-int main(int argc, char **argv) {
-    int n_new = argc > 1 ? atoi(argv[1]) : 128, rounds = argc > 2 ? atoi(argv[2]) : 5, plen = argc > 3 ? atoi(argv[3]) : 32;
-    ModelConfig c = {0};
-    c.arch = ARCH_GPT2;
-    strcpy(c.model_type, "gpt2");
-    c.vocab_size = 50257;
-    c.n_layer = 12;
-    c.n_embd = 768;
-    c.n_head = c.n_kv_head = 12;
-    c.head_dim = 64;
-    c.n_inner = 3072;
-    c.n_positions = 1024;
-    c.norm_eps = 1e-5f;
-    c.tie_word_embeddings = true;
-    c.qkv_bias = c.o_bias = c.mlp_bias = true;
-    c.bos_token_id = c.eos_token_id = 50256;
-    Setup setups[] = {
-        {"base", NULL, METHOD_LORA, 0, false},
-        {"LoRA r=8 c_attn, merged", "c_attn", METHOD_LORA, 8, true},
-        {"LoRA r=8 c_attn, live", "c_attn", METHOD_LORA, 8, false},
-        {"LoRA r=8 all linear, live", "c_attn,c_proj,c_fc", METHOD_LORA, 8, false},
-        {"VeRA r=256 c_attn, live", "c_attn", METHOD_VERA, 256, false},
-    };
-    enum { NS = sizeof setups / sizeof *setups };
-    Model *models[NS];
-    for (int s = 0; s < NS; s++) models[s] = make_model(&c, &setups[s]);
-    KVCache *kv = kv_cache_new(models[0], 1, plen + n_new + 1);
-    int32_t *prompt = xmalloc(sizeof(int32_t) * plen), *out = xmalloc(sizeof(int32_t) * n_new), *out_live = xmalloc(sizeof(int32_t) * n_new);
+static ModelConfig gpt2_124m(void) {
+    ModelConfig c = {.arch = ARCH_GPT2, .model_type = "gpt2", .vocab_size = 50257, .n_layer = 12, .n_embd = 768, .n_head = 12,
+                     .n_kv_head = 12, .head_dim = 64, .n_inner = 3072, .n_positions = 1024, .norm_eps = 1e-5f,
+                     .tie_word_embeddings = true, .qkv_bias = true, .o_bias = true, .mlp_bias = true,
+                     .bos_token_id = 50256, .eos_token_id = 50256};
+    return c;
+}
+
+static ModelConfig llama_60m(void) {
+    ModelConfig c = {.arch = ARCH_LLAMA, .model_type = "llama", .vocab_size = 32000, .n_layer = 8, .n_embd = 512, .n_head = 8,
+                     .n_kv_head = 4, .head_dim = 64, .n_inner = 1376, .n_positions = 1024, .norm_eps = 1e-6f, .rope_theta = 10000.0f,
+                     .bos_token_id = 1, .eos_token_id = 2};
+    return c;
+}
+
+// Times the setups of one shape; prints its table rows. Returns 0 when merged and live LoRA agree.
+static void bench_shape(const char *shape, ModelConfig c, const Setup *setups, int ns, int n_new, int rounds, int plen, const char *only) {
+    Model *models[16];
+    bool on[16];
+    int n_on = 0;
+    for (int s = 0; s < ns; s++) {
+        char full[128];
+        snprintf(full, sizeof full, "%s %s", shape, setups[s].name);
+        on[s] = !only || strstr(full, only);
+        models[s] = on[s] ? make_model(&c, &setups[s]) : NULL;
+        n_on += on[s];
+    }
+    if (!n_on) return;
+    int32_t *prompt = xmalloc(sizeof(int32_t) * plen);
     GenRng r;
     gen_rng_seed(&r, 1);
     for (int i = 0; i < plen; i++) prompt[i] = (int32_t)(gen_rng_uniform(&r) * c.vocab_size);
-    double tps[NS][64], pre[NS][64];
-    if (rounds > 64) rounds = 64;
-    double dummy;
-    for (int s = 0; s < NS; s++) run(models[s], kv, prompt, plen, 8, &dummy, out);  // warm up
+    double tps[16][64];
+    for (int s = 0; s < ns; s++) if (on[s]) gen_seconds(models[s], prompt, plen, 4, setups[s].sample, NULL);  // warm up
     for (int k = 0; k < rounds; k++)
-        for (int s = 0; s < NS; s++) tps[s][k] = run(models[s], kv, prompt, plen, n_new, &pre[s][k], s == 2 ? out_live : out);
-    // Merged and live must agree (greedy path of the same adapter).
-    run(models[1], kv, prompt, plen, n_new, &dummy, out);
-    int agree = 0;
-    while (agree < n_new && out[agree] == out_live[agree]) agree++;
-    printf("GPT-2-small-shaped random model (768 x 12 layers, vocab 50257), batch 1, %d prompt + %d new tokens, "
-           "%d OpenMP threads, median of %d rounds\n\n",
-           plen, n_new, omp_get_max_threads(), rounds);
-    printf("| %-28s | %12s | %10s | %12s |\n", "configuration", "decode tok/s", "vs base", "prefill ms");
-    printf("|------------------------------|--------------|------------|--------------|\n");
+        for (int s = 0; s < ns; s++) {
+            if (!on[s]) continue;
+            double t1 = gen_seconds(models[s], prompt, plen, 1, setups[s].sample, NULL);
+            double tn = gen_seconds(models[s], prompt, plen, n_new, setups[s].sample, NULL);
+            tps[s][k] = (n_new - 1) / (tn - t1);
+        }
     double base = 0;
-    for (int s = 0; s < NS; s++) {
+    for (int s = 0; s < ns; s++) {
+        if (!on[s]) continue;
         qsort(tps[s], rounds, sizeof(double), cmp_double);
-        qsort(pre[s], rounds, sizeof(double), cmp_double);
         double med = tps[s][rounds / 2];
         if (s == 0) base = med;
-        printf("| %-28s | %12.2f | %+9.1f%% | %12.1f |\n", setups[s].name, med, 100.0 * (base / med - 1.0), 1e3 * pre[s][rounds / 2]);
+        char vs[32] = "";
+        if (base > 0) snprintf(vs, sizeof vs, "%+.1f%%", 100.0 * (base / med - 1.0));
+        printf("| %-10s | %-28s | %12.2f | %10s |\n", shape, setups[s].name, med, vs);
     }
-    printf("\n(vs base: extra time per token.) Greedy tokens of merged vs live agree for %d of %d steps.\n", agree, n_new);
-    for (int s = 0; s < NS; s++) model_free(models[s]);
-    kv_cache_free(kv);
+    // Merged and live LoRA: the same greedy tokens (rows 1 and 2 of every shape's list).
+    if (on[1] && on[2]) {
+        int32_t *a = xmalloc(sizeof(int32_t) * n_new), *b = xmalloc(sizeof(int32_t) * n_new);
+        gen_seconds(models[1], prompt, plen, n_new, false, a);
+        gen_seconds(models[2], prompt, plen, n_new, false, b);
+        int agree = 0;
+        while (agree < n_new && a[agree] == b[agree]) agree++;
+        printf("| %-10s | merged vs live greedy tokens agree for %d of %d |  |  |\n", shape, agree, n_new);
+        free(a);
+        free(b);
+    }
+    for (int s = 0; s < ns; s++) model_free(models[s]);
     free(prompt);
-    free(out);
-    free(out_live);
+}
+
+int main(int argc, char **argv) {
+    int n_new = argc > 1 ? atoi(argv[1]) : 64, rounds = argc > 2 ? atoi(argv[2]) : 5, plen = argc > 3 ? atoi(argv[3]) : 16;
+    const char *only = argc > 4 ? argv[4] : NULL;
+    if (rounds > 64) rounds = 64;
+    if (rounds < 1 || n_new < 2 || plen < 1) { fprintf(stderr, "usage: generate_bench [new_tokens>=2] [rounds>=1] [prompt_tokens>=1] [only]\n"); return 2; }
+    printf("batch 1, %d prompt + %d new tokens, %d OpenMP threads, median of %d rounds (vs base: extra time per token)\n\n",
+           plen, n_new, omp_get_max_threads(), rounds);
+    printf("| shape      | configuration                | decode tok/s |    vs base |\n");
+    printf("|------------|------------------------------|--------------|------------|\n");
+    const Setup gpt2[] = {
+        {"base, greedy", NULL, METHOD_LORA, 0, false, false},
+        {"LoRA r=8 c_attn, merged", "c_attn", METHOD_LORA, 8, true, false},
+        {"LoRA r=8 c_attn, live", "c_attn", METHOD_LORA, 8, false, false},
+        {"LoRA r=8 all linear, live", "c_attn,c_proj,c_fc", METHOD_LORA, 8, false, false},
+        {"VeRA r=256 c_attn, live", "c_attn", METHOD_VERA, 256, false, false},
+        {"base, sampling", NULL, METHOD_LORA, 0, false, true},
+    };
+    const Setup llama[] = {
+        {"base, greedy", NULL, METHOD_LORA, 0, false, false},
+        {"LoRA r=8 q,v, merged", "q_proj,v_proj", METHOD_LORA, 8, true, false},
+        {"LoRA r=8 q,v, live", "q_proj,v_proj", METHOD_LORA, 8, false, false},
+        {"LoRA r=8 all linear, live", "all-linear", METHOD_LORA, 8, false, false},
+        {"VeRA r=256 q,v, live", "q_proj,v_proj", METHOD_VERA, 256, false, false},
+        {"base, sampling", NULL, METHOD_LORA, 0, false, true},
+    };
+    bench_shape("gpt2-124m", gpt2_124m(), gpt2, sizeof gpt2 / sizeof *gpt2, n_new, rounds, plen, only);
+    bench_shape("llama-60m", llama_60m(), llama, sizeof llama / sizeof *llama, n_new, rounds, plen, only);
     return 0;
 }

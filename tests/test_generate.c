@@ -297,6 +297,46 @@ TEST(generate_vera_merged_equals_live_gpt2) {
     model_free(m);
 }
 
+// Live VeRA keeps each module's diag(lambda_b) B between calls (vera.c): after its vectors change in
+// place (as an optimizer step changes them), the live logits still equal the merged adapter's.
+TEST(generate_vera_live_follows_changed_lambdas) {
+    ModelConfig c = tiny_gpt2(64);
+    Model *m = tiny_model(&c, 6);
+    AdapterConfig cfg;
+    adapter_config_defaults(&cfg, METHOD_VERA);
+    cfg.r = 8;
+    adapter_config_set_targets(&cfg, "c_attn,c_fc");
+    cfg.fan_in_fan_out = true;
+    int rc = adapters_attach(m, &cfg, 5);
+    adapter_config_free(&cfg);
+    CHECK_MSG(rc == 0, "%s", peft_last_error());
+    int32_t prompt[5] = {3, 14, 15, 9, 2};
+    int V = c.vocab_size;
+    float *before = xmalloc(sizeof(float) * 5 * V), *live = xmalloc(sizeof(float) * 5 * V), *merged = xmalloc(sizeof(float) * 5 * V);
+    KVRow row = {0, 5};
+    KVCache *kv = kv_cache_new(m, 1, 5);
+    randomize_adapter(m, 11);
+    kv_forward(m, kv, &row, 1, prompt, before, true);
+    randomize_adapter(m, 12);
+    kv_cache_reset(kv, 0);
+    kv_forward(m, kv, &row, 1, prompt, live, true);
+    adapters_merge(m);
+    kv_cache_reset(kv, 0);
+    kv_forward(m, kv, &row, 1, prompt, merged, true);
+    double scale = max_abs(merged, 5L * V), d_live = 0, d_before = 0;
+    for (long i = 0; i < 5L * V; i++) {
+        d_live = fmax(d_live, fabs(live[i] - merged[i]));
+        d_before = fmax(d_before, fabs(before[i] - merged[i]));
+    }
+    kv_cache_free(kv);
+    free(before);
+    free(live);
+    free(merged);
+    model_free(m);
+    CHECK_MSG(d_before > 1e-2 * scale, "the change does not change the logits (%g)", d_before);
+    CHECK_MSG(d_live <= 1e-4 * scale, "live logits after the change differ from merged by %g (scale %g)", d_live, scale);
+}
+
 // A batch of prompts of different lengths gives each prompt what it gets alone.
 TEST(generate_batch_equals_single) {
     ModelConfig c = tiny_llama(0);

@@ -58,3 +58,31 @@ TEST(cross_entropy_matches_double_precision) {
     CHECK_NEAR(logits[3], ref_g3, 1e-5 * fabs(ref_g3));  // fp32 softmax: the argument carries ~1 ulp of logz
     CHECK_NEAR(logits[7], ref_g7, 1e-6);
 }
+
+// matmul's one-row path (a matrix-vector product) against its rows in a batched call (sgemm), for
+// every transposition, leading dimensions wider than the matrices, and alpha / beta: equal to fp32
+// rounding (the summation order may differ). Each product is also checked against double precision.
+TEST(matmul_one_row_matches_batched_rows) {
+    enum { M = 3, N = 37, K = 29, LD = 41 };
+    static float A[LD * LD], B[LD * LD], C0[M * LD], Cb[M * LD], C1[LD];
+    for (int i = 0; i < LD * LD; i++) { A[i] = sinf(0.7f * i); B[i] = cosf(0.3f * i + 1.0f); }
+    for (int tA = 0; tA < 2; tA++)
+        for (int tB = 0; tB < 2; tB++) {
+            for (int i = 0; i < M * LD; i++) C0[i] = 0.25f * sinf(0.11f * i);
+            memcpy(Cb, C0, sizeof Cb);
+            matmul_ld(Cb, LD, A, LD, B, LD, M, N, K, tA, tB, 1.5f, 0.5f);
+            for (int row = 0; row < M; row++) {
+                // Row `row` of op(A) alone: it starts at A + row*LD (stored [M,K]) or A + row (stored [K,M]).
+                memcpy(C1, C0 + row * LD, sizeof(float) * N);
+                matmul_ld(C1, N, A + (tA ? row : row * LD), LD, B, LD, 1, N, K, tA, tB, 1.5f, 0.5f);
+                for (int j = 0; j < N; j++) {
+                    double ref = 0.5 * C0[row * LD + j];
+                    for (int k = 0; k < K; k++)
+                        ref += 1.5 * (tA ? A[k * LD + row] : A[row * LD + k]) * (tB ? B[j * LD + k] : B[k * LD + j]);
+                    CHECK_MSG(fabs(C1[j] - Cb[row * LD + j]) <= 1e-5 * (1 + fabs(ref)) && fabs(C1[j] - ref) <= 1e-5 * (1 + fabs(ref)),
+                              "transA %d transB %d row %d col %d: one row %g, batched %g, double %g", tA, tB, row, j, C1[j],
+                              Cb[row * LD + j], ref);
+                }
+            }
+        }
+}

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Loops over fewer elements than this stay on one thread: a decode step's one row of a norm, an
+// activation or a residual is done before a parallel region would have started its threads.
+enum { PAR_MIN_ELEMS = 16384 };
+
 // OpenBLAS 0.3.21 (Debian 12's) does not know recent CPU models (as VMs report them) and may choose
 // kernels below what the CPU runs: on AVX-512 Xeons it falls back to its Prescott (SSE3) kernels (sgemm
 // at 33 instead of 144 GFLOP/s on 2 threads). AVX2 kernels on an AVX-512 CPU cost too (training on the
@@ -44,6 +48,15 @@ __attribute__((constructor)) static void choose_blas_kernels(void) {
 void matmul_ld(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
                bool transA, bool transB, float alpha, float beta) {
     if (M == 0 || N == 0) return;
+    // One row (a decode step at batch 1): a matrix-vector product. sgemm packs all of op(B) on every
+    // call, which makes M = 1 2-4x slower than sgemv, whose time is that of reading B once. C's row is
+    // then alpha op(B)^T a + beta C: op(B)^T is B itself when transB (B [N,K]), else B^T (B [K,N]);
+    // a's elements are lda apart when transA. (K = 0 stays with sgemm: sgemv would not scale C by beta.)
+    if (M == 1 && K > 0) {
+        cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, transB ? N : K, transB ? K : N, alpha, B, ldb, A,
+                    transA ? lda : 1, beta, C, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -53,7 +66,7 @@ void matmul(float *C, const float *A, const float *B, int M, int N, int K, bool 
 }
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b, int N, int C, float eps) {
-#pragma omp parallel for
+#pragma omp parallel for if ((long)N * C >= PAR_MIN_ELEMS)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (long)i * C;
         double m = 0, v = 0;
@@ -107,7 +120,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 }
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
-#pragma omp parallel for
+#pragma omp parallel for if ((long)N * C >= PAR_MIN_ELEMS)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (long)i * C;
         double ss = 0;
@@ -178,7 +191,7 @@ static inline float fast_tanh(float u) {
 }
 
 void gelu_forward(float *out, const float *inp, long n) {
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= PAR_MIN_ELEMS)
     for (long i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_SCALE * (x + 0.044715f * x * x * x)));
@@ -211,7 +224,7 @@ static inline float sigmoid(float g) {
 }
 
 void swiglu_forward(float *out, const float *gate, const float *up, long n) {
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= PAR_MIN_ELEMS)
     for (long i = 0; i < n; i++) {
         float g = gate[i];
         out[i] = g * sigmoid(g) * up[i];
@@ -240,7 +253,7 @@ void rope_tables(float *cos_t, float *sin_t, int T, int HD, const float *inv_fre
 // sign = +1 rotates forward; the backward pass is the rotation by -angle.
 static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int nheads, int HD, const int32_t *pos, float sign) {
     int half = HD / 2;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((long)B * T * nheads * HD >= PAR_MIN_ELEMS)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < nheads; h++) {
@@ -369,12 +382,12 @@ double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T,
 }
 
 void add_inplace(float *a, const float *b, long n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= PAR_MIN_ELEMS)
     for (long i = 0; i < n; i++) a[i] += b[i];
 }
 
 void add_bias(float *y, const float *bias, int N, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if ((long)N * C >= PAR_MIN_ELEMS)
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) y[(long)i * C + c] += bias[c];
 }

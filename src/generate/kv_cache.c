@@ -11,8 +11,6 @@
 #include "generate.h"
 #include "kernels.h"
 #include "util.h"
-#include <cblas.h>
-#undef I  // complex.h's imaginary unit (via OpenBLAS); I is the MLP width here
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -314,11 +312,10 @@ static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
     }
     if (c->arch == ARCH_GPT2) layernorm_forward(kv->xn, kv->mean, kv->rstd, h, m->norm_f_w->w, m->norm_f_b->w, M, C, c->norm_eps);
     else rmsnorm_forward(kv->xn, kv->rstd, h, m->norm_f_w->w, M, C, c->norm_eps);
-    // One or two rows (batch-1 decode): a matrix-vector product per row. OpenBLAS's sgemm packs
-    // the whole [V, C] head for every call, which makes M = 1 about 3x slower than sgemv.
-    if (M <= 2)
-        for (int r = 0; r < M; r++)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, m->lm_head->w, C, kv->xn + (long)r * C, 1, 0.0f, logits + (long)r * V, 1);
+    // Two rows: one matrix-vector product each (matmul's one-row path) also beats sgemm, which packs
+    // the whole [V, C] head for every call.
+    if (M == 2)
+        for (int r = 0; r < M; r++) matmul(logits + (long)r * V, kv->xn + (long)r * C, m->lm_head->w, 1, V, C, false, true, 1.0f, 0.0f);
     else matmul(logits, kv->xn, m->lm_head->w, M, V, C, false, true, 1.0f, 0.0f);
     return 0;
 }

@@ -69,6 +69,42 @@ static float *scaled_B(const Adapter *a, bool with_d) {
     return Bs;
 }
 
+// A module's diag(lambda_b) B_sl, kept between calls (a->state): rebuilding it on every call cost live
+// generation a third of its time per token. It is rebuilt when lambda_b or the projections changed (an
+// optimizer step, a load, a caller writing the tensors), which the copy of lambda_b it was made from and
+// the projections' fingerprint tell; comparing them reads [out] floats, the rebuild [out, r].
+typedef struct {
+    float *Bs;         // [out, r]
+    float *lambda_b;   // [out]: the lambda_b Bs was made from
+    uint64_t fingerprint;
+} VeraState;
+
+static const float *lambda_b_scaled_B(Adapter *a) {
+    int out = a->lin->out;
+    VeraState *st = a->state;
+    size_t lb_bytes = sizeof(float) * out;
+    if (st && st->fingerprint == a->set->vera_fingerprint && !memcmp(st->lambda_b, a->lambda_b->w, lb_bytes)) return st->Bs;
+    if (!st) {
+        st = a->state = xcalloc(1, sizeof *st);
+        st->lambda_b = xmalloc(lb_bytes);
+    } else free(st->Bs);
+    st->Bs = scaled_B(a, false);
+    memcpy(st->lambda_b, a->lambda_b->w, lb_bytes);
+    st->fingerprint = a->set->vera_fingerprint;
+    return st->Bs;
+}
+
+static void vera_free_state(AdapterSet *set) {
+    for (int i = 0; i < set->n; i++) {
+        VeraState *st = set->adapters[i].state;
+        if (!st) continue;
+        free(st->Bs);
+        free(st->lambda_b);
+        free(st);
+        set->adapters[i].state = NULL;
+    }
+}
+
 // Keeps h = x A_sl^T [N,r] (a->h) and hd = lambda_d * h [N,r] (a->extra) for backward; both are
 // only N*r. The un-scaled output u = hd B_sl^T [N,out] is never stored: the one place backward
 // needs it, d lambda_b[o] = sum_n dy[n,o] u[n,o], equals sum_k B[o,k] (dy^T hd)[o,k], an [out,r]
@@ -87,9 +123,7 @@ static void vera_forward(Adapter *a, const float *x, float *y, int N, bool train
     for (int n = 0; n < N; n++)
         for (int k = 0; k < r; k++) hd[(long)n * r + k] = a->h[(long)n * r + k] * ld[k];
     // y += lambda_b * (hd B_sl^T) = hd (diag(lambda_b) B_sl)^T
-    float *Bs = scaled_B(a, false);
-    matmul(y, hd, Bs, N, out, r, false, true, 1.0f, 1.0f);
-    free(Bs);
+    matmul(y, hd, lambda_b_scaled_B(a), N, out, r, false, true, 1.0f, 1.0f);
 }
 
 static void vera_backward(Adapter *a, const float *x, const float *dy, float *dx, int N) {
@@ -108,10 +142,8 @@ static void vera_backward(Adapter *a, const float *x, const float *dy, float *dx
     }
     free(G);
     // dhd = (dy * lambda_b) B_sl = dy (diag(lambda_b) B_sl)  [N,r]
-    float *Bs = scaled_B(a, false);
     float *dh = xmalloc(sizeof(float) * (size_t)N * r);
-    matmul(dh, dy, Bs, N, r, out, false, false, 1.0f, 0.0f);
-    free(Bs);
+    matmul(dh, dy, lambda_b_scaled_B(a), N, r, out, false, false, 1.0f, 0.0f);
     // d lambda_d[k] += sum_n dhd[n,k] h[n,k]; then dh = dhd * lambda_d
     double *gld = xcalloc(r, sizeof(double));
     for (int n = 0; n < N; n++)
@@ -224,4 +256,5 @@ const Method vera_method = {
     .save = vera_save,
     .after_load = vera_after_load,
     .owns_tensor = vera_owns_tensor,
+    .free_state = vera_free_state,
 };

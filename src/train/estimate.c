@@ -686,14 +686,15 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         e->gpu = e->gpu_full;
     } else {
         int64_t extra = adapter_activation_elems(em, adapted, method, r, c->dropout, N);
-        // The largest short-lived buffers of one adapted module's backward: dh [N,r]; VeRA also its
-        // scaled B [out,r]; with dropout the input gradient through the mask [N,in].
-        int64_t temp = 0;
+        // The largest short-lived buffers of one adapted module's backward: dh [N,r]; with dropout the
+        // input gradient through the mask [N,in]. VeRA keeps each module's scaled B [out,r] (vera.c).
+        int64_t temp = 0, vera_scaled_B = 0;
         for (int i = 0; i < em->n_linears; i++)
-            if (adapted[i])
-                temp = MAX(temp, N * r + (method == METHOD_VERA ? (int64_t)em->linears[i].out * r : 0) +
-                                     (c->dropout > 0 ? N * em->linears[i].in : 0));
-        e->cpu = (EstMemory){.weights = 4 * (P + Tr - in_place + e->vera_projection), .grads = 4 * Tr,
+            if (adapted[i]) {
+                temp = MAX(temp, N * r + (c->dropout > 0 ? N * em->linears[i].in : 0));
+                if (method == METHOD_VERA) vera_scaled_B += (int64_t)em->linears[i].out * r;
+            }
+        e->cpu = (EstMemory){.weights = 4 * (P + Tr - in_place + e->vera_projection + vera_scaled_B), .grads = 4 * Tr,
                              .optimizer = 8 * Tr + (method == METHOD_ADALORA ? 16 * Tr : 0), .activations = cpu_act + 4 * extra,
                              .workspace = 4 * temp};
         gpu_memory(&e->gpu, em, adapted, method, r, c->dropout, batch, context);
