@@ -292,6 +292,7 @@ static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
             memcpy(kv->sin + (long)i * half, kv->rope_sin + (long)kv->tok_pos[i] * half, sizeof(float) * half);
         }
     }
+    adapter_embed_inputs(m, ids, N, kv->x);
     bool training = m->training;
     m->training = false;  // no adapter dropout at inference
     for (int l = 0; l < c->n_layer; l++) {
@@ -319,6 +320,7 @@ static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
         for (int r = 0; r < M; r++)
             cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, m->lm_head->w, C, kv->xn + (long)r * C, 1, 0.0f, logits + (long)r * V, 1);
     else matmul(logits, kv->xn, m->lm_head->w, M, V, C, false, true, 1.0f, 0.0f);
+    adapter_embed_logits(m, kv->xn, M, logits);
     return 0;
 }
 
