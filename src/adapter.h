@@ -209,6 +209,24 @@ void adapter_embed_backward_inputs(Model *m, const int32_t *ids, const float *dr
 // (at most 2: the embedding, an untied head) into out, returning how many.
 void adapter_embed_merge(AdapterSet *set, bool merge);
 int adapter_embed_weights(const AdapterSet *set, Param **out);
+// The embedding tensors a config gives a model whose input embedding is module emb (tied: to the head), in
+// adapters_save's order: LoRA's A and B, each trained weight's rows, then the embedding's base weight PEFT
+// saves beside them (trained false; optional on load). Names malloc'd; -1 (an error) for a dict key naming
+// neither the embedding nor an untied lm_head. peft estimate counts them; loading checks a file against them.
+enum { EMBED_TENSORS_MAX = 5 };
+typedef struct {
+    char *name;
+    int64_t rows, cols;
+    bool trained;
+} EmbedTensor;
+int adapter_embed_plan(const AdapterConfig *c, const char *emb, bool tied, int64_t vocab, int64_t dim, EmbedTensor *out);
+// peft info's line for LoRA on the embedding ("" when none; trainable tokens are adapter_embed_describe's).
+void adapter_embed_describe_set(const AdapterSet *set, char *buf, size_t cap);
+// Whether merging changes the output head too (LoRA on an embedding the head is tied to: PEFT's merge
+// adds the delta to the shared weight while the live adapter leaves the head alone).
+bool adapter_embed_merge_changes_head(const AdapterSet *set);
+// What the set's embedding adapters are, for messages (NULL: none): backends and formats without them refuse by it.
+const char *adapter_embed_what(const AdapterSet *set);
 
 // Create adapters on every matching linear of m (fresh initial values from seed).
 int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);

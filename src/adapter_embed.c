@@ -306,51 +306,65 @@ int adapter_embed_attach(AdapterSet *set, uint64_t seed) {
     return 0;
 }
 
-static int check_tensor(const SafeTensors *st, const char *name, int64_t rows, int64_t cols, const char *path, bool *used) {
-    const StTensor *t = st_find(st, name);
-    int64_t shape[2] = {rows, cols};
+// Appends the tensor unless a module's two entries named it already (refused when the adapter is made).
+static int add_tensor(EmbedTensor *out, int n, char *name, int64_t rows, int64_t cols, bool trained) {
+    for (int k = 0; k < n; k++)
+        if (!strcmp(out[k].name, name)) { free(name); return n; }
+    out[n] = (EmbedTensor){name, rows, cols, trained};
+    return n + 1;
+}
+
+int adapter_embed_plan(const AdapterConfig *c, const char *emb, bool tied, int64_t V, int64_t C, EmbedTensor *out) {
+    int n = 0;
+    bool lora = c->type == METHOD_LORA && !c->all_linear && adapter_targets_module(c, emb);
+    if (lora) {
+        int r = adapter_module_rank(c, emb);
+        n = add_tensor(out, n, xasprintf("base_model.model.%s.lora_embedding_A", emb), r, V, true);
+        n = add_tensor(out, n, xasprintf("base_model.model.%s.lora_embedding_B", emb), C, r, true);
+    }
+    for (int i = 0; i < c->n_token_targets; i++) {
+        const TokenTarget *t = &c->token_targets[i];
+        bool on_emb = !t->module || ends_with(emb, t->module), on_head = t->module && ends_with("lm_head", t->module) && !tied;
+        if (!on_emb && !on_head) {
+            for (int k = 0; k < n; k++) free(out[k].name);
+            return peft_fail("trainable_token_indices[\"%s\"] names neither the embedding %s nor an untied lm_head", t->module, emb);
+        }
+        if (on_emb) n = add_tensor(out, n, xasprintf("base_model.model.%s.token_adapter.trainable_tokens_delta", emb), t->n, C, true);
+        if (on_head) n = add_tensor(out, n, xstrdup("base_model.model.lm_head.token_adapter.trainable_tokens_delta"), t->n, C, true);
+    }
+    if (lora && saves_base(c)) n = add_tensor(out, n, xasprintf("base_model.model.%s.base_layer.weight", emb), V, C, false);
+    return n;
+}
+
+static int check_tensor(const SafeTensors *st, const EmbedTensor *e, const char *path, bool *used) {
+    const StTensor *t = st_find(st, e->name);
+    int64_t shape[2] = {e->rows, e->cols};
     char got[160], want[64];
-    int rc = !t ? peft_fail("%s: missing tensor %s", path, name)
-           : t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols
-               ? peft_fail("%s: tensor %s has shape [%s] but the base model and adapter_config.json need [%s]", path, name,
-                           st_shape_text(t->ndim, t->shape, got, sizeof got), st_shape_text(2, shape, want, sizeof want))
-               : 0;
-    if (!rc) used[t - st->tensors] = true;
-    return rc;
+    if (!t && e->trained) return peft_fail("%s: missing tensor %s", path, e->name);
+    if (t && (t->ndim != 2 || t->shape[0] != e->rows || t->shape[1] != e->cols))
+        return peft_fail("%s: tensor %s has shape [%s] but the base model and adapter_config.json need [%s]", path, e->name,
+                         st_shape_text(t->ndim, t->shape, got, sizeof got), st_shape_text(2, shape, want, sizeof want));
+    if (t) used[t - st->tensors] = true;
+    return 0;
 }
 
 // Before anything is allocated (the set is planned, not initialised): the tensors the config gives the
-// embedding, named and shaped from the config and the model.
+// embedding, named and shaped from the config and the model (the base weight PEFT saves is optional).
 int adapter_embed_check_file(const AdapterSet *set, const void *file, const char *path, bool *used) {
-    const SafeTensors *st = file;
     const Model *m = set->model;
-    int64_t V = m->cfg.vocab_size, C = m->cfg.n_embd;
-    int rc = 0;
-    if (adapter_embed_targeted(&set->cfg, m)) {
-        char *module = adapter_embed_module(m), *a = xasprintf("base_model.model.%s.lora_embedding_A", module),
-             *b = xasprintf("base_model.model.%s.lora_embedding_B", module), *base = xasprintf("base_model.model.%s.base_layer.weight", module);
-        int r = adapter_module_rank(&set->cfg, module);
-        rc = check_tensor(st, a, r, V, path, used) || check_tensor(st, b, C, r, path, used) ? -1 : 0;
-        const StTensor *t = rc ? NULL : st_find(st, base);
-        if (t && t->numel != m->wte->numel) rc = peft_fail("%s: tensor %s has %lld values, the base model's embedding %ld", path, base, (long long)t->numel, m->wte->numel);
-        else if (t) used[t - st->tensors] = true;
-        free(module);
-        free(a);
-        free(b);
-        free(base);
-    }
-    for (int i = 0; i < set->cfg.n_token_targets && !rc; i++) {
-        const TokenTarget *t = &set->cfg.token_targets[i];
+    for (int i = 0; i < set->cfg.n_token_targets; i++) {  // the modules a key names: refused here by name
         const Param *weights[2];
         int n;
-        rc = token_modules(m, t, weights, &n);
-        for (int w = 0; w < n && !rc; w++) {
-            char *module = module_of(weights[w]), *name = xasprintf("base_model.model.%s.token_adapter.trainable_tokens_delta", module);
-            rc = check_tensor(st, name, t->n, C, path, used);
-            free(name);
-            free(module);
-        }
+        if (token_modules(m, &set->cfg.token_targets[i], weights, &n)) return -1;
     }
+    EmbedTensor t[EMBED_TENSORS_MAX];
+    char *emb = adapter_embed_module(m);
+    int n = adapter_embed_plan(&set->cfg, emb, m->lm_head == m->wte, m->cfg.vocab_size, m->cfg.n_embd, t), rc = n < 0 ? -1 : 0;
+    for (int i = 0; i < n; i++) {
+        if (!rc) rc = check_tensor(file, &t[i], path, used);
+        free(t[i].name);
+    }
+    free(emb);
     return rc;
 }
 
@@ -494,6 +508,25 @@ void adapter_embed_merge(AdapterSet *set, bool merge) {
             memcpy(t->weight->w + (long)t->indices[j] * C, (merge ? t->values->w : t->original) + (long)j * C, sizeof(float) * C);
     }
     e->merged = merge;
+}
+
+void adapter_embed_describe_set(const AdapterSet *set, char *buf, size_t cap) {
+    const EmbedAdapters *e = set->embed;
+    buf[0] = 0;
+    if (!e || !e->A) return;
+    char *module = adapter_embed_module(set->model);
+    snprintf(buf, cap, "embedding     LoRA on %s r=%d scaling=%g (lora_embedding_A [%d, %lld], lora_embedding_B [%lld, %d]%s)\n", module, e->r,
+             e->scaling, e->r, (long long)e->A->shape[1], (long long)e->B->shape[0], e->r, e->save_base ? "; its base weight saved too, as PEFT does" : "");
+    free(module);
+}
+
+bool adapter_embed_merge_changes_head(const AdapterSet *set) {
+    return set && set->embed && set->embed->A && set->model->lm_head == set->model->wte;
+}
+
+const char *adapter_embed_what(const AdapterSet *set) {
+    const EmbedAdapters *e = set ? set->embed : NULL;
+    return !e ? NULL : e->A ? "LoRA on the token embedding (lora_embedding_A / lora_embedding_B)" : "trainable_token_indices (trained embedding rows)";
 }
 
 int adapter_embed_weights(const AdapterSet *set, Param **out) {

@@ -227,6 +227,8 @@ static int attach_method(Trainer *t) {
     const AdapterConfig *ac = &t->m->adapters->cfg;  // the GPU step keeps its own copy of the base's weights
     if (t->c.cuda && ac->n_modules_to_save)
         return peft_fail("modules_to_save (training base modules in full beside the adapter) is not on the CUDA backend yet: train it with --device cpu");
+    if (t->c.cuda && adapter_embed_what(t->m->adapters))
+        return peft_fail("%s is not on the CUDA backend yet: train it with --device cpu", adapter_embed_what(t->m->adapters));
     if (t->c.cuda && ac->bias != BIAS_NONE)
         return peft_fail("bias \"%s\" (training the base model's biases) is not on the CUDA backend yet: train it with --device cpu",
                          adapter_bias_name(ac->bias));

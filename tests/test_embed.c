@@ -6,12 +6,14 @@
 #include "helpers.h"
 #include "../src/adapter.h"
 #include "../src/check.h"
+#include "../src/estimate.h"
 #include "../src/safetensors.h"
 #include "../src/util.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static int parse(AdapterConfig *c, const char *targets, const char *extra) {
     char *text = xasprintf("{\"peft_type\":\"LORA\",\"r\":3,\"lora_alpha\":6,\"target_modules\":%s%s%s}", targets, *extra ? "," : "", extra);
@@ -213,6 +215,39 @@ TEST(embed_save_and_reload_as_peft_names_them) {
         free(st_path);
         free(dir);
         model_free(m2);
+        model_free(m);
+    }
+}
+
+// peft estimate counts the embedding's tensors exactly: the trainable parameters and the adapter file's bytes
+// of the built model (rank_pattern on the embedding, PEFT's saved base weight, a tied and an untied head).
+TEST(embed_estimate_matches_built_model) {
+    const struct { const char *json, *targets, *extra; } cases[] = {
+        {TINY_GPT2_JSON, "[\"wte\",\"c_attn\"]", "\"fan_in_fan_out\":true"},
+        {TINY_LLAMA_JSON, "[\"embed_tokens\",\"q_proj\"]", "\"rank_pattern\":{\"embed_tokens\":5}"},
+        {TINY_LLAMA_JSON, "\".*(embed_tokens|v_proj)\"", ""},
+        {TINY_GPT2_JSON, "[\"c_attn\"]", "\"fan_in_fan_out\":true,\"trainable_token_indices\":[3,17,30]"},
+        {TINY_LLAMA_JSON, "[\"q_proj\"]", "\"trainable_token_indices\":{\"embed_tokens\":[5,9],\"lm_head\":[9,33,2]},\"bias\":\"all\""},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        AdapterConfig c;
+        CHECK(parse(&c, cases[k].targets, cases[k].extra) == 0);
+        Model *m = test_model_from_json(cases[k].json, 5);
+        CHECK_MSG(adapters_attach(m, &c, 1) == 0, "%s", peft_last_error());
+        EstModel em;
+        CHECK(est_model_from_config(&em, &m->cfg, "tiny") == 0);
+        Estimate e;
+        CHECK_MSG(estimate_compute(&e, &em, METHOD_LORA, &c, 2, 8) == 0, "%s", peft_last_error());
+        CHECK_MSG(e.trainable == model_count_params(m, true), "case %zu: estimate %lld, model %ld", k, (long long)e.trainable, model_count_params(m, true));
+        char *dir = xasprintf("%s/embed-estimate-%zu", test_tmpdir(), k), *path = path_join(dir, "adapter_model.safetensors");
+        CHECK(adapters_save(m, dir) == 0);
+        struct stat sb;
+        CHECK(stat(path, &sb) == 0);
+        CHECK_MSG(sb.st_size == e.file_bytes, "case %zu: file %lld bytes, estimate %lld", k, (long long)sb.st_size, (long long)e.file_bytes);
+        free(path);
+        free(dir);
+        est_model_free(&em);
+        adapter_config_free(&c);
         model_free(m);
     }
 }
