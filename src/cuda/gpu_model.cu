@@ -896,6 +896,11 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                       set->cfg.n_modules_to_save ? "modules_to_save" : "bias", set->base_of[0]->name);
             return nullptr;
         }
+        // adapter_embed.c: the embedding lookup and the head's trained rows are CPU hooks only.
+        if (adapter_embed_what(set)) {
+            peft_fail("CUDA backend: %s is not implemented on the GPU yet: use --device cpu", adapter_embed_what(set));
+            return nullptr;
+        }
     }
     if (c->n_head % c->n_kv_head) {
         peft_fail("CUDA backend: n_head %d is not a multiple of n_kv_head %d", c->n_head, c->n_kv_head);
