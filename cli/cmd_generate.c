@@ -194,11 +194,21 @@ int cmd_generate(int argc, char **argv) {
     if (adapter_dir) {
         if (adapters_load(m, adapter_dir)) { rc = fail_with_library_error(); goto out; }
         if (!no_merge && qt) fprintf(stderr, "peft generate: the adapter applies live (a quantized base is not merged into)\n");
+        if (!no_merge && adapter_embed_merge_changes_head(m->adapters)) {
+            fprintf(stderr, "peft generate: the adapter applies live (merging LoRA on the tied embedding, as PEFT's merge does, would change the output head too)\n");
+            no_merge = true;
+        }
         if (!no_merge) adapters_merge(m);
     }
     if (!strcmp(device, "cuda") && m->adapters && (no_merge || qt) && !gpu_infer_supports(method_get(m->adapters->cfg.type)->gpu)) {
         peft_fail("%s: %s adapters do not run live on the GPU yet: without --no-merge they are merged (and run), or use --device cpu",
                   adapter_dir, method_get(m->adapters->cfg.type)->title);
+        rc = fail_with_library_error();
+        goto out;
+    }
+    if (!strcmp(device, "cuda") && no_merge && adapter_embed_what(m->adapters)) {  // merged, it is in the weights the GPU copies
+        peft_fail("%s: %s does not run live on the GPU yet: merged (without --no-merge, an untied embedding) it runs, or use --device cpu", adapter_dir,
+                  adapter_embed_what(m->adapters));
         rc = fail_with_library_error();
         goto out;
     }

@@ -73,6 +73,8 @@ int cmd_info(int argc, char **argv) {
         adapter_layout_describe(&s->cfg, options, sizeof options);
         printf(")\n%s", options);
         if (s->cfg.task_type[0]) printf("task          %s\n", s->cfg.task_type);
+        adapter_embed_describe_set(s, options, sizeof options);
+        printf("%s", options);
         printf("trainable     %s (%.4f%% of %s)\n", grouped(trainable, a), 100.0 * trainable / (base + trainable), grouped(base + trainable, b));
         long bytes = file_size(adapter_dir, "adapter_model.safetensors");
         printf("adapter file  %s bytes (adapter_model.safetensors)\n", grouped(bytes, a));

@@ -59,7 +59,7 @@ done
 # ---- settings that are not implemented are refused, not ignored ----
 echo "# adapter_config.json: every key implemented or refused by name"
 for kv in 'modules_to_save:"lm_head"' 'layers_to_transform:[-1]' 'lora_alpha:1e39' 'bias:true' 'bias:"some"' 'use_dora:1' \
-          'alpha_pattern:[16]' 'trainable_token_indices:[1]' 'task_type:"SEQ_CLS"' 'init_lora_weights:"loftq"' 'some_new_option:1'; do
+          'alpha_pattern:[16]' 'trainable_token_indices:[1,1]' 'task_type:"SEQ_CLS"' 'init_lora_weights:"loftq"' 'some_new_option:1'; do
     key=${kv%%:*}
     copy a lora; json_set "$TMP/a/adapter_config.json" "$key" "${kv#*:}"
     run_fails "adapter $key ${kv#*:}" 1 "adapter_config.json: .*\"?$key\"?" "$PEFT" generate --model "$TMP/gpt2" --adapter "$TMP/a" --prompt hi --max-tokens 4

@@ -1,6 +1,7 @@
 #include "helpers.h"
 #include "test.h"
 #include "adapter.h"
+#include "check.h"
 #include "byte_tokenizer.h"
 #include "config.h"
 #include "util.h"
@@ -145,4 +146,27 @@ int test_gradcheck(Model *m, TestLossFn f, void *ctx, double eps, double rtol, d
         free(d);
     }
     return ok;
+}
+
+int test_reference_cases(int *failed, const char *const *cases, int n, char *missing, size_t cap) {
+    int ran = 0;
+    missing[0] = 0;
+    for (int i = 0; i < n; i++) {
+        char *dir = path_join(fixtures_dir(), cases[i]);
+        bool there = dir_exists(dir);
+        CheckResult r;
+        if (there) check_case(dir, &r);
+        free(dir);
+        if (!there) {
+            snprintf(missing + strlen(missing), cap - strlen(missing), " %s", cases[i]);
+            continue;
+        }
+        ran++;
+        printf("  %s %s (max rel err %.3g) %s\n", r.status == CHECK_PASS ? "PASS" : "FAIL", r.name, r.max_rel_err, r.detail);
+        if (r.status != CHECK_PASS) {
+            fprintf(stderr, "  %s: %s\n", cases[i], r.detail);
+            *failed = TEST_FAILED;
+        }
+    }
+    return ran;
 }

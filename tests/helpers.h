@@ -36,3 +36,7 @@ int test_gradcheck(Model *m, TestLossFn f, void *ctx, double eps, double rtol, d
 // A quantization reference case's model-bnb folder against its dequant.safetensors and against what we
 // save for it (test_quant_files.c). 1 when it matches.
 int test_quant_bnb_folder(const char *case_dir);
+// peft check on each named reference case that is generated (fixtures_dir()): each line printed, any
+// that does not PASS marks the test failed (*failed); the names not generated yet go into missing
+// (space-separated). Returns how many ran.
+int test_reference_cases(int *failed, const char *const *cases, int n, char *missing, size_t cap);

@@ -297,6 +297,13 @@ static int check_merge(Case *c, const char *dir) {
     SafeTensors merged = {0};
     int rc = st_open(&merged, path);
     if (rc) check_result_set(c->res, CHECK_FAIL, "%s", peft_last_error());
+    Param *emb[2];  // the embedding and an untied head an embedding adapter changes (adapter_embed.c)
+    int n_emb = adapter_embed_weights(set, emb);
+    float *emb_before[2];
+    for (int i = 0; i < n_emb; i++) {
+        emb_before[i] = xmalloc(sizeof(float) * emb[i]->numel);
+        memcpy(emb_before[i], emb[i]->w, sizeof(float) * emb[i]->numel);
+    }
     adapters_merge(m);
     for (int i = 0; !rc && i < set->n; i++) {
         Param *w = set->adapters[i].lin->weight;
@@ -305,12 +312,15 @@ static int check_merge(Case *c, const char *dir) {
     for (int i = 0; !rc && i < m->n_params; i++)  // modules_to_save: merged, the base holds the trained copies
         if (adapter_base_to_save(&set->cfg, m->params[i].name))
             rc = compare_with_file(c, "merged module to save", &merged, m->params[i].name, m->params[i].w, m->params[i].numel, c->tol_merged);
+    for (int i = 0; !rc && i < n_emb; i++) rc = compare_with_file(c, "merged weight", &merged, emb[i]->name, emb[i]->w, emb[i]->numel, c->tol_merged);
     adapters_unmerge(m);
     for (int i = 0; !rc && i < set->n; i++) {
         Param *w = set->adapters[i].lin->weight;
         rc = compare(c, "unmerged weight", w->name, w->w, before[i], w->numel, 1e-6);
     }
+    for (int i = 0; !rc && i < n_emb; i++) rc = compare(c, "unmerged weight", emb[i]->name, emb[i]->w, emb_before[i], emb[i]->numel, 1e-6);
     for (int i = 0; i < set->n; i++) free(before[i]);
+    for (int i = 0; i < n_emb; i++) free(emb_before[i]);
     free(before);
     st_close(&merged);
     free(path);

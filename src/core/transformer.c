@@ -179,6 +179,7 @@ double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B,
         memcpy(x, m->wte->w + (long)ids[i] * C, sizeof(float) * C);
         if (m->wpe) add_inplace(x, m->wpe->w + (long)(pos ? pos[i] : i % T) * C, C);
     }
+    adapter_embed_inputs(m, ids, N, a->x0);
     const float *x = a->x0;
     for (int l = 0; l < c->n_layer; l++) {
         if (c->arch == ARCH_GPT2) gpt2_block_forward(m, l, x, N);
@@ -188,6 +189,7 @@ double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B,
     if (c->arch == ARCH_GPT2) layernorm_forward(a->final_norm, a->final_mean, a->final_rstd, x, m->norm_f_w->w, m->norm_f_b->w, N, C, c->norm_eps);
     else rmsnorm_forward(a->final_norm, a->final_rstd, x, m->norm_f_w->w, N, C, c->norm_eps);
     matmul(a->logits, a->final_norm, m->lm_head->w, N, V, C, false, true, 1.0f, 0.0f);
+    adapter_embed_logits(m, a->final_norm, N, a->logits);
     if (!labels) return 0.0;
     memcpy(a->labels, labels, sizeof(int32_t) * N);
     a->lm_loss = cross_entropy_shifted(a->logits, labels, B, T, V, true, NULL);
@@ -265,6 +267,7 @@ void model_backward(Model *m) {
     // Classifier: logits = final_norm lm_head^T; a->logits holds d loss / d logits.
     matmul(d_norm, a->logits, m->lm_head->w, N, C, V, false, false, 1.0f, 0.0f);
     if (m->lm_head->grad) matmul(m->lm_head->grad, a->logits, a->final_norm, V, C, N, true, false, 1.0f, 1.0f);
+    adapter_embed_backward_head(m, a->logits, a->final_norm, N, d_norm);
     const float *x_last = L ? a->res_out[L - 1] : a->x0;
     if (c->arch == ARCH_GPT2) layernorm_backward(dres, m->norm_f_w->grad, m->norm_f_b->grad, d_norm, x_last, m->norm_f_w->w, a->final_mean, a->final_rstd, N, C);
     else rmsnorm_backward(dres, m->norm_f_w->grad, d_norm, x_last, m->norm_f_w->w, a->final_rstd, N, C);
@@ -279,6 +282,7 @@ void model_backward(Model *m) {
         for (int col = 0; col < C; col++)
             for (int i = 0; i < N; i++) m->wte->grad[(long)a->ids[i] * C + col] += dres[(long)i * C + col];
     }
+    adapter_embed_backward_inputs(m, a->ids, dres, N);
     if (m->wpe && m->wpe->grad) {
         const int32_t *pos = positions(m);
 #pragma omp parallel for

@@ -968,6 +968,11 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                 peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
                 return nullptr;
             }
+        // adapter_embed.c: the embedding lookup and the head's trained rows are CPU hooks only.
+        if (adapter_embed_what(set)) {
+            peft_fail("CUDA backend: %s is not implemented on the GPU yet: use --device cpu", adapter_embed_what(set));
+            return nullptr;
+        }
     }
     if (c->arch == ARCH_BERT) {  // its embeddings, post-LayerNorm blocks and head are the CPU's (encoder.c) only
         peft_fail("CUDA backend: %s is an encoder (BERT, RoBERTa): not implemented on the GPU yet (--device cpu runs it)", c->model_type);

@@ -303,6 +303,9 @@ int gguf_export_adapter(const Model *m, const char *adapter_dir, GgufOutType typ
         return peft_fail("%s: the adapter also trains base weights (%s, e.g. %s), which a GGUF LoRA cannot hold: export the model with "
                          "the adapter merged (--merge) instead", path, set->cfg.n_modules_to_save ? "modules_to_save" : "bias",
                          set->base_of[0]->name);
+    if (adapter_embed_what(set))
+        return peft_fail("%s: the adapter has %s, which this GGUF LoRA export does not write: export the model with the adapter merged "
+                         "(--merge) instead", path, adapter_embed_what(set));
     char init[32];
     if (lora_init_changes_base(&set->cfg))  // its delta is relative to the residual it decomposed on load
         return peft_fail("%s: adapter_config.json says init_lora_weights %s: the adapter applies to the residual base PEFT decomposes on "

@@ -291,6 +291,7 @@ static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
             memcpy(kv->sin + (long)i * half, kv->rope_sin + (long)kv->tok_pos[i] * half, sizeof(float) * half);
         }
     }
+    adapter_embed_inputs(m, ids, N, kv->x);
     bool training = m->training;
     m->training = false;  // no adapter dropout at inference
     for (int l = 0; l < c->n_layer; l++) {
@@ -317,6 +318,7 @@ static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
     if (M == 2)
         for (int r = 0; r < M; r++) matmul(logits + (long)r * V, kv->xn + (long)r * C, m->lm_head->w, 1, V, C, false, true, 1.0f, 0.0f);
     else matmul(logits, kv->xn, m->lm_head->w, M, V, C, false, true, 1.0f, 0.0f);
+    adapter_embed_logits(m, kv->xn, M, logits);
     return 0;
 }
 

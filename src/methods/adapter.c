@@ -213,6 +213,7 @@ static int set_init(AdapterSet *set, uint64_t seed) {
         if (create_tensors(a) || method->init(set, a, &rng)) return -1;
     }
     set_fingerprint(set);
+    if (adapter_embed_attach(set, seed)) return -1;
     return adapter_base_attach(set);
 }
 
@@ -239,6 +240,7 @@ void adapter_set_free(AdapterSet *set) {
         free(a->x_drop);
     }
     adapter_base_release(set);
+    adapter_embed_free(set);
     for (int i = 0; i < set->n_params; i++) {
         free(set->params[i]->name);
         free(set->params[i]->w);
@@ -293,6 +295,7 @@ static int check_file(const AdapterSet *set, const SafeTensors *st, const char *
         }
     }
     if (!rc) rc = adapter_base_check_file(set, st, path, used);
+    if (!rc) rc = adapter_embed_check_file(set, st, path, used);
     const Method *method = method_get(set->cfg.type);
     for (int i = 0; i < st->n && !rc; i++)
         if (!used[i] && !(method->owns_tensor && method->owns_tensor(set, st->tensors[i].name)))
@@ -322,6 +325,7 @@ static AdapterSet *load_set(Model *m, const char *dir, bool attach) {
     }
     const Method *method = set->adapters[0].method;
     if (method->after_load && method->after_load(set, &st, st_path)) goto fail;
+    if (adapter_embed_after_load(set, &st, st_path)) goto fail;
     set_fingerprint(set);
     result = set;
     goto out;
@@ -359,6 +363,7 @@ int adapters_save(Model *m, const char *dir) {
             Param *p = set->params[i];
             st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
         }
+    if (!rc) rc = adapter_embed_save(set, w);
     char *st_path = path_join(dir, "adapter_model.safetensors");
     char *cfg_path = path_join(dir, "adapter_config.json");
     char *text = cJSON_Print(j);
@@ -391,12 +396,14 @@ void adapters_merge(Model *m) {
     AdapterSet *set = m->adapters;
     for (int i = 0; set && i < set->n; i++)
         if (!set->adapters[i].merged && !set->adapters[i].lin->q) { apply_delta(&set->adapters[i], 1.0f); set->adapters[i].merged = true; }
+    if (set) adapter_embed_merge(set, true);
 }
 
 void adapters_unmerge(Model *m) {
     AdapterSet *set = m->adapters;
     for (int i = 0; set && i < set->n; i++)
         if (set->adapters[i].merged) { apply_delta(&set->adapters[i], -1.0f); set->adapters[i].merged = false; }
+    if (set) adapter_embed_merge(set, false);
 }
 
 double adapters_regularizer(Model *m, bool want_grad) {

@@ -29,6 +29,13 @@ typedef enum { BIAS_NONE, BIAS_ALL, BIAS_LORA_ONLY } BiasMode;
 // draws them), "gaussian", "pissa", "pissa_niter_K" and "olora" (which also change the base weights).
 typedef enum { LORA_INIT_TRUE, LORA_INIT_FALSE, LORA_INIT_GAUSSIAN, LORA_INIT_PISSA, LORA_INIT_PISSA_NITER, LORA_INIT_OLORA } LoraInit;
 
+// trainable_token_indices (adapter_embed.c): the rows of one module's weight that train.
+typedef struct {
+    char *module;            // the dict form's key (PEFT: every module whose name ends with it); NULL: the list form (the input embedding)
+    int n;
+    int32_t *indices;
+} TokenTarget;
+
 typedef struct {
     MethodId type;           // an adapter method (not METHOD_FULL)
     int r;                   // LoRA/VeRA rank; AdaLoRA uses init_r
@@ -57,6 +64,8 @@ typedef struct {
     int n_modules_to_save;   // modules trained in full beside the adapter (module names or their ends;
                              // PEFT's SEQ_CLS task adds "classifier" and "score", the classification heads)
     char **modules_to_save;
+    int n_token_targets;     // trainable_token_indices: one target for a list, one per key for a dict
+    TokenTarget *token_targets;
     bool fan_in_fan_out;
     char *base_model;        // base_model_name_or_path (may be NULL)
     // PEFT's task_type: "CAUSAL_LM" for what we create; "" when a file says null. It matters:
@@ -113,6 +122,7 @@ struct AdapterSet {
     // model's parameters the adapter trains, under their PEFT names, base_of[i] the model's Param of each
     int n_base;
     Param **base_of;
+    struct EmbedAdapters *embed; // adapter_embed.c: LoRA on the token embedding, trainable tokens (NULL: neither)
 };
 
 // PEFT's defaults for the method's config class (the method's default r).
@@ -173,6 +183,58 @@ int adapter_base_check_file(const AdapterSet *set, const void *file /*SafeTensor
 void adapter_base_release(AdapterSet *set);                       // before set->params are freed
 // Writes them (adapters_save, after a method's save, which writes the method's own tensors).
 void adapter_base_save(const AdapterSet *set, void *writer /*StWriter*/);
+
+// adapter_embed.c: LoRA on the token embedding (lora_embedding_A / lora_embedding_B) and
+// trainable_token_indices (token_adapter.trainable_tokens_delta), as PEFT 0.21 computes and saves them.
+// The config key: parsed from an adapter_config.json object, checked (PEFT's refusals), written, described.
+int adapter_embed_parse(AdapterConfig *c, const void *json, const char *path);
+int adapter_embed_check(const AdapterConfig *c, const char *path);
+void adapter_embed_to_json(const AdapterConfig *c, void *json);
+void adapter_embed_describe(const AdapterConfig *c, char *buf, size_t cap);  // appends one line when set
+void adapter_embed_config_free(AdapterConfig *c);
+void adapter_embed_config_copy(AdapterConfig *dst, const AdapterConfig *src);
+// The module name of the input embedding ("model.embed_tokens"; malloc'd), and whether LoRA's targets
+// adapt it (LoRA and no variant: DoRA's embedding is not implemented).
+char *adapter_embed_module(const Model *m);
+bool adapter_embed_targeted(const AdapterConfig *c, const Model *m);
+// Creates the set's embedding tensors (appended to set->params, before adapter_base_attach's) with their
+// initial values (LoRA: A 0, B N(0, 1) from seed; tokens: the base rows); 0 when the config has none.
+int adapter_embed_attach(AdapterSet *set, uint64_t seed);
+// A file's embedding tensors: each the set has, with its shape (used[i]: file tensor i is one); the
+// embedding's base weight PEFT saves beside them ("<module>.base_layer.weight") is written over the base by after_load.
+int adapter_embed_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);
+int adapter_embed_after_load(AdapterSet *set, const void *file /*SafeTensors*/, const char *path);
+int adapter_embed_save(const AdapterSet *set, void *writer /*StWriter*/);
+void adapter_embed_free(AdapterSet *set);
+// The forward and backward shares (m->adapters' embedding adapters; nothing when merged or per-row sets):
+// x[N, C] embeddings of ids += the adapter's change; logits[N, V] of the final norm xn: trained rows of the
+// head; backward: the head's share of d_norm and the trained rows' gradients, then the embedding's.
+void adapter_embed_inputs(const Model *m, const int32_t *ids, int N, float *x);
+void adapter_embed_logits(const Model *m, const float *xn, int N, float *logits);
+void adapter_embed_backward_head(Model *m, const float *dlogits, const float *xn, int N, float *d_norm);
+void adapter_embed_backward_inputs(Model *m, const int32_t *ids, const float *dres, int N);
+// Merge (true) writes the change into the weights, unmerge takes it back out; the weights it changes
+// (at most 2: the embedding, an untied head) into out, returning how many.
+void adapter_embed_merge(AdapterSet *set, bool merge);
+int adapter_embed_weights(const AdapterSet *set, Param **out);
+// The embedding tensors a config gives a model whose input embedding is module emb (tied: to the head), in
+// adapters_save's order: LoRA's A and B, each trained weight's rows, then the embedding's base weight PEFT
+// saves beside them (trained false; optional on load). Names malloc'd; -1 (an error) for a dict key naming
+// neither the embedding nor an untied lm_head. peft estimate counts them; loading checks a file against them.
+enum { EMBED_TENSORS_MAX = 5 };
+typedef struct {
+    char *name;
+    int64_t rows, cols;
+    bool trained;
+} EmbedTensor;
+int adapter_embed_plan(const AdapterConfig *c, const char *emb, bool tied, int64_t vocab, int64_t dim, EmbedTensor *out);
+// peft info's line for LoRA on the embedding ("" when none; trainable tokens are adapter_embed_describe's).
+void adapter_embed_describe_set(const AdapterSet *set, char *buf, size_t cap);
+// Whether merging changes the output head too (LoRA on an embedding the head is tied to: PEFT's merge
+// adds the delta to the shared weight while the live adapter leaves the head alone).
+bool adapter_embed_merge_changes_head(const AdapterSet *set);
+// What the set's embedding adapters are, for messages (NULL: none): backends and formats without them refuse by it.
+const char *adapter_embed_what(const AdapterSet *set);
 
 // Create adapters on every matching linear of m (fresh initial values from seed).
 int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);

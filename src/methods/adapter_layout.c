@@ -226,7 +226,7 @@ int adapter_layout_check(const AdapterConfig *c, const char *path) {
     if (c->bias != BIAS_NONE && !lora_options(c->type))
         return peft_fail("%s: bias \"%s\" is implemented for LoRA only (%s saves no biases here)", path, adapter_bias_name(c->bias),
                          method_get(c->type) ? method_get(c->type)->title : "this method");
-    return 0;
+    return adapter_embed_check(c, path);
 }
 
 int adapter_layout_parse(AdapterConfig *c, const void *json, const char *path) {
@@ -254,6 +254,7 @@ int adapter_layout_parse(AdapterConfig *c, const void *json, const char *path) {
         (parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "rank_pattern"), "rank_pattern", true, &c->lora_rank_pattern, &c->n_lora_rank_pattern, path) ||
          parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "alpha_pattern"), "alpha_pattern", false, &c->alpha_pattern, &c->n_alpha_pattern, path)))
         return -1;
+    if (adapter_embed_parse(c, j, path)) return -1;
     return adapter_layout_check(c, path);
 }
 
@@ -275,6 +276,7 @@ void adapter_layout_free(AdapterConfig *c) {
     free_list(c->modules_to_save, c->n_modules_to_save);
     free_pattern(c->lora_rank_pattern, c->n_lora_rank_pattern);
     free_pattern(c->alpha_pattern, c->n_alpha_pattern);
+    adapter_embed_config_free(c);
     c->exclude = c->layers_pattern = c->modules_to_save = NULL;
     c->exclude_regex = NULL;
     c->layers = NULL;
@@ -303,6 +305,7 @@ void adapter_layout_copy(AdapterConfig *dst, const AdapterConfig *src) {
     dst->modules_to_save = copy_list(src->modules_to_save, src->n_modules_to_save);
     dst->lora_rank_pattern = copy_pattern(src->lora_rank_pattern, src->n_lora_rank_pattern);
     dst->alpha_pattern = copy_pattern(src->alpha_pattern, src->n_alpha_pattern);
+    adapter_embed_config_copy(dst, src);
 }
 
 static cJSON *pattern_json(const PatternEntry *p, int n) {
@@ -330,6 +333,7 @@ void adapter_layout_to_json(const AdapterConfig *c, void *json) {
     cJSON_DeleteItemFromObjectCaseSensitive(j, "modules_to_save");
     cJSON_AddItemToObject(j, "modules_to_save", c->n_modules_to_save ? cJSON_CreateStringArray((const char *const *)c->modules_to_save, c->n_modules_to_save)
                                                                       : cJSON_CreateNull());
+    adapter_embed_to_json(c, j);
     if (!lora_options(c->type)) return;
     cJSON_DeleteItemFromObjectCaseSensitive(j, "rank_pattern");
     cJSON_DeleteItemFromObjectCaseSensitive(j, "alpha_pattern");
@@ -339,7 +343,8 @@ void adapter_layout_to_json(const AdapterConfig *c, void *json) {
 
 // peft train / estimate --lora-options FILE: these keys alone, as adapter_config.json spells them.
 int adapter_layout_read_file(AdapterConfig *c, const char *path) {
-    static const char *const KEYS[] = {"exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "bias", "modules_to_save"};
+    static const char *const KEYS[] = {"exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "bias", "modules_to_save",
+                                       "trainable_token_indices"};
     char *text = read_file(path, NULL);
     if (!text) return -1;
     cJSON *j = cJSON_Parse(text);
@@ -351,7 +356,7 @@ int adapter_layout_read_file(AdapterConfig *c, const char *path) {
         while (k < sizeof KEYS / sizeof *KEYS && strcmp(KEYS[k], v->string)) k++;
         if (k == sizeof KEYS / sizeof *KEYS) {
             rc = peft_fail("%s: \"%s\" is not an option this file sets (exclude_modules, layers_to_transform, layers_pattern, "
-                           "rank_pattern, alpha_pattern, bias, modules_to_save)", path, v->string);
+                           "rank_pattern, alpha_pattern, bias, modules_to_save, trainable_token_indices)", path, v->string);
             break;
         }
         if (!lora_options(c->type) && strcmp(v->string, "exclude_modules") && strcmp(v->string, "layers_to_transform") &&
@@ -389,22 +394,27 @@ void adapter_layout_describe(const AdapterConfig *c, char *buf, size_t cap) {
         PUT("%s%s%s", i ? ", " : "modules_to_save ", c->modules_to_save[i], i == c->n_modules_to_save - 1 ? " (trained in full, saved with the adapter)\n" : "");
     if (c->bias != BIAS_NONE) PUT("bias          %s (the base's biases train and are saved with the adapter)\n", adapter_bias_name(c->bias));
 #undef PUT
+    adapter_embed_describe(c, buf, cap);
 }
 
 // Modules PEFT's LoRA would wrap that are no Linear here: the embeddings (PEFT's lora.Embedding,
-// lora_embedding_A / lora_embedding_B) and the output head (tied or not, transformers has an lm_head
-// module). A target that matches one is refused rather than left out.
+// lora_embedding_A / lora_embedding_B: implemented for LoRA's token embedding, adapter_embed.c) and the
+// output head (tied or not, transformers has an lm_head module). A target that matches one that is not
+// implemented is refused rather than left out.
 int adapter_layout_check_model(const AdapterConfig *c, const Model *m) {
     if (c->all_linear) return 0;  // linears only, the head not among them (PEFT's _maybe_include_all_linear_layers)
     const Param *emb[] = {m->wte, m->wpe};
     for (int i = 0; i < 3; i++) {
+        if (i == 0 && adapter_embed_targeted(c, m)) continue;
         char *module = i < 2 ? (emb[i] ? xstrdup(emb[i]->name) : NULL) : xstrdup("lm_head");
         if (!module) continue;
         char *dot = i < 2 ? strrchr(module, '.') : NULL;
         if (dot) *dot = 0;  // "transformer.wte.weight" -> "transformer.wte"
         bool hit = adapter_targets_module(c, module);
-        int rc = hit ? peft_fail("target_modules matches %s, %s: LoRA there (PEFT's %s) is not implemented", module,
-                                 i < 2 ? "an embedding" : "the output head", i < 2 ? "lora_embedding_A / lora_embedding_B" : "lora.Linear on lm_head")
+        int rc = hit ? peft_fail("target_modules matches %s, %s: %s there (PEFT's %s) is not implemented%s", module,
+                                 i == 0 ? "the token embedding" : i == 1 ? "the position embedding" : "the output head",
+                                 method_get(c->type) ? method_get(c->type)->title : "an adapter",
+                                 i < 2 ? "lora_embedding_A / lora_embedding_B" : "lora.Linear on lm_head", i == 0 ? " (LoRA's is)" : "")
                      : 0;
         free(module);
         if (rc) return rc;

@@ -70,7 +70,7 @@ static const ConfigKey LORA_KEYS[] = {
     {"use_bdlora", KEY_DEFAULT, NULL, "block-diagonal LoRA"},
     {"layer_replication", KEY_DEFAULT, NULL, "repeated layers of the base model"},
     {"target_parameters", KEY_DEFAULT, NULL, "LoRA on parameters rather than modules"},
-    {"trainable_token_indices", KEY_DEFAULT, NULL, "trained rows of the embedding"},
+    {"trainable_token_indices", KEY_USED, NULL, NULL},  // adapter_embed.c
     {"ensure_weight_tying", KEY_DEFAULT, NULL, "tied copies of saved modules"},
     {"alora_invocation_tokens", KEY_DEFAULT, NULL, "activated LoRA (applied after these tokens only)"},
     {"megatron_config", KEY_DEFAULT, NULL, "Megatron's parallel layers"},

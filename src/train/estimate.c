@@ -276,7 +276,7 @@ static int64_t bias_tensors(const EstModel *em, const bool *adapted, BiasMode mo
 }
 
 static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, MethodId method, int r, const AdapterConfig *lora,
-                                  bool with_projection, int max_in, int max_out) {
+                                  bool with_projection, int max_in, int max_out, const EmbedTensor *emb, int n_emb) {
     int n = 0, cap = 0;
     EstTensor *t = NULL;
     char **names = NULL;
@@ -302,6 +302,8 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, Metho
                 "base_model.model.%s.%s", l->name, d->suffix);
         }
     }
+    for (int i = 0; i < n_emb; i++)  // then the embedding's (adapter_embed.c)
+        if (emb[i].trained) ADD(2, emb[i].rows, emb[i].cols, "%s", emb[i].name);
     if (lora && lora->bias != BIAS_NONE) {  // then the trained biases (adapter_base.c appends them)
         int nb = 0;
         bias_tensors(em, adapted, lora->bias, NULL, NULL, &nb);
@@ -316,6 +318,8 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, Metho
         free(bn);
         free(bs);
     }
+    for (int i = 0; i < n_emb; i++)  // the embedding's base weight PEFT saves, last (adapters_save)
+        if (!emb[i].trained) ADD(2, emb[i].rows, emb[i].cols, "%s", emb[i].name);
     if (method == METHOD_VERA && with_projection) {
         ADD(2, r, max_in, "%s", "base_model.vera_A");
         ADD(2, max_out, r, "%s", "base_model.vera_B");
@@ -606,6 +610,19 @@ static int64_t adapter_activation_elems(const EstModel *em, const bool *adapted,
     return n;
 }
 
+// The embedding tensors of the config (adapter_embed.c's plan) for a GPT-2 or Llama-family model.
+static int embed_tensors(const EstModel *em, const AdapterConfig *c, EmbedTensor *out) {
+    const char *emb = em->family == EST_DECODER_GPT2 ? "transformer.wte" : em->family == EST_DECODER_LLAMA ? "model.embed_tokens" : NULL;
+    if (!emb) {
+        bool any = c->n_token_targets > 0;
+        for (int i = 0; i < c->n_targets && !any; i++) any = strstr(c->targets[i], "embed") || strstr(c->targets[i], "wte");
+        return any ? peft_fail("%s: peft estimate counts embedding adapters (LoRA on the embedding, trainable_token_indices) on GPT-2 and "
+                               "Llama-family models only", em->name)
+                   : 0;
+    }
+    return adapter_embed_plan(c, emb, em->cfg.tie_word_embeddings, em->cfg.vocab_size, em->cfg.n_embd, out);
+}
+
 static void mem_total(EstMemory *m) { m->total = m->weights + m->grads + m->optimizer + m->activations + m->workspace; }
 
 int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const AdapterConfig *c, int batch, int context) {
@@ -660,20 +677,28 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     for (int i = 0; method != METHOD_FULL && i < em->n_linears; i++)
         if (em->linears[i].saved) in_place += (int64_t)em->linears[i].in * em->linears[i].out + em->linears[i].out;
     e->trainable += in_place;
+    EmbedTensor emb[EMBED_TENSORS_MAX];  // LoRA on the token embedding, trainable_token_indices
+    int n_emb = method == METHOD_FULL ? 0 : embed_tensors(em, c, emb);
+    if (n_emb < 0) {
+        free(adapted);
+        return -1;
+    }
+    for (int i = 0; i < n_emb; i++) e->trainable += emb[i].trained ? emb[i].rows * emb[i].cols : 0;
     if (method == METHOD_FULL) e->trainable = em->n_params;
     if (method == METHOD_VERA) e->vera_projection = (int64_t)r * e->vera_max_in + (int64_t)e->vera_max_out * r;
     else e->vera_max_in = e->vera_max_out = 0;
     if (method == METHOD_ADALORA) {
         e->adalora_budget_ranks = (int64_t)c->target_r * e->n_adapted;
-        e->adalora_final_file_bytes = adapter_file_bytes(em, adapted, method, c->target_r, NULL, false, 0, 0);
+        e->adalora_final_file_bytes = adapter_file_bytes(em, adapted, method, c->target_r, NULL, false, 0, 0, NULL, 0);
     }
     if (method == METHOD_FULL) e->file_bytes = 4 * em->n_params;
     else if (method == METHOD_VERA) {
-        e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, NULL, true, e->vera_max_in, e->vera_max_out);
-        e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, NULL, false, 0, 0);
+        e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, NULL, true, e->vera_max_in, e->vera_max_out, NULL, 0);
+        e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, NULL, false, 0, 0, NULL, 0);
         e->file_bytes = c->save_projection ? e->file_bytes_with_projection : e->file_bytes_without_projection;
     } else  // PiSSA / OLoRA: saved converted to rank 2r (lora_init.c)
-        e->file_bytes = adapter_file_bytes(em, adapted, method, lora_init_changes_base(c) ? 2 * r : r, c->n_lora_rank_pattern ? c : NULL, false, 0, 0);
+        e->file_bytes = adapter_file_bytes(em, adapted, method, lora_init_changes_base(c) ? 2 * r : r, c->n_lora_rank_pattern ? c : NULL, false, 0, 0,
+                                           emb, n_emb);
 
     // Memory. CPU: everything fp32, AdamW m and v fp32; AdaLoRA's allocator keeps two double
     // scores per trainable value. GPU: what the CUDA backend allocates (gpu_memory).
@@ -704,6 +729,7 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     mem_total(&e->cpu_full);
     mem_total(&e->gpu_full);
     free(adapted);
+    for (int i = 0; i < n_emb; i++) free(emb[i].name);
     return 0;
 }
 

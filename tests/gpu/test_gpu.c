@@ -562,6 +562,40 @@ static void run_dora_refusals(void) {
     report(ok ? "PASS" : "FAIL", "dora refusals (per-row inference)", detail);
 }
 
+// LoRA on the token embedding and trainable_token_indices (adapter_embed.c) are CPU-only: the GPU trainer
+// refuses them by name, and their reference cases are skipped by name.
+static void run_embed_refusals(const char *root) {
+    for (int k = 0; k < 2; k++) {
+        Model *m = adapted_model(GPT2_CFG, k ? "c_attn" : "wte,c_attn", METHOD_LORA, 0, false);
+        if (m && k) {  // trained rows of the embedding instead: a fresh set with trainable_token_indices [3, 5]
+            AdapterConfig ac;
+            adapter_config_defaults(&ac, METHOD_LORA);
+            ac.fan_in_fan_out = true;
+            adapter_config_set_targets(&ac, "c_attn");
+            ac.token_targets = xcalloc(1, sizeof(TokenTarget));
+            ac.token_targets[0] = (TokenTarget){NULL, 2, xmalloc(2 * sizeof(int32_t))};
+            ac.token_targets[0].indices[0] = 3;
+            ac.token_targets[0].indices[1] = 5;
+            ac.n_token_targets = 1;
+            adapters_free(m);
+            if (adapters_attach(m, &ac, 7)) { model_free(m); m = NULL; }
+            adapter_config_free(&ac);
+        }
+        GpuOptions opt = {.precision = GPU_FP32};
+        GpuModel *g = m ? gpu_model_create(m, &opt) : NULL;
+        const char *want = k ? "trainable_token_indices" : "LoRA on the token embedding";
+        bool ok = m && !g && strstr(peft_last_error(), want) && strstr(peft_last_error(), "not implemented on the GPU");
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", g ? "accepted" : peft_last_error());
+        gpu_model_free(g);
+        model_free(m);
+        report(ok ? "PASS" : "FAIL", k ? "embed refusals (trainable tokens)" : "embed refusals (LoRA on wte)", detail);
+    }
+    static const char *cases[] = {"gpt2-lora-embedding", "llama-lora-embedding", "gpt2-lora-trainable-tokens", "llama-lora-trainable-tokens",
+                                  "llama-lora-trainable-tokens-dict"};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_fixture(root, cases[i], GPU_FP32, true);
+}
+
 // Examples of these lengths (1 to 150 tokens: within one 64-row tile and across several) packed into
 // sequences of up to PACK_SEQ tokens: 3 of 239, 222 and 170, where whole key tiles lie before a query
 // tile's examples (skipped) and tiles hold several examples (masked).
@@ -1371,6 +1405,7 @@ int main(int argc, char **argv) {
             if (wanted(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
 #define WANT(name) (wanted(name, only))
     if (WANT("dora refusals")) run_dora_refusals();
+    if (WANT("embed refusals")) run_embed_refusals(roots[0]);
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
     if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false, false);

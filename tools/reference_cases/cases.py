@@ -235,6 +235,17 @@ CASES = [
     # Last: PEFT before its fix of issue 3306 dropped lora_only's biases when saving (the run stops on it here).
     Case("gpt2", "lora", config=dict(bias="lora_only", target_modules=["c_attn", "c_fc"]), suffix="bias-lora-only"),
     Case("qwen2", "lora", config=dict(bias="lora_only", target_modules=["q_proj", "v_proj"]), suffix="bias-lora-only"),
+    # LoRA on the token embedding (PEFT's lora.Embedding: lora_embedding_A [r, vocab], B [d, r]). GPT-2's wte is tied
+    # to the head, which keeps the base weight (PEFT does not tie the adapter; merging changes both uses).
+    Case("gpt2", "lora", config=dict(target_modules=["wte", "c_attn"]), suffix="embedding"),
+    Case("llama", "lora", config=dict(target_modules=["embed_tokens", "q_proj", "v_proj"], lora_alpha=6), suffix="embedding"),
+    # trainable_token_indices: these rows of the embedding trained (their values saved); the io batch holds every
+    # index. A list is the input embedding's (tied to GPT-2's head, which PEFT ties too); a dict names the modules.
+    Case("gpt2", "lora", config=dict(trainable_token_indices=[3, 17, 42]), suffix="trainable-tokens"),
+    Case("llama", "lora", config=dict(trainable_token_indices=[3, 17, 42]), suffix="trainable-tokens"),
+    Case("llama", "lora", config=dict(target_modules=["q_proj", "v_proj"],
+                                      trainable_token_indices={"embed_tokens": [5, 9], "lm_head": [9, 60, 2]}),
+         suffix="trainable-tokens-dict"),
 ]
 
 

@@ -13,6 +13,7 @@ import peft
 import torch
 import torch.nn.functional as F
 import transformers
+from peft.tuners.lora.layer import Embedding as LoraEmbedding
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import save_file
@@ -213,14 +214,33 @@ def trainable_tensors(model, method, case_dir):
 
 
 def adapted_weights(pm):
-    """model.safetensors names of the weights that carry an adapter."""
+    """model.safetensors names of the weights that carry an adapter (trainable tokens: the wrapped module's, whose
+    TrainableTokensLayer is its "token_adapter")."""
     out = []
     for name, m in pm.named_modules():
         if isinstance(m, BaseTunerLayer):
             require(name.startswith("base_model.model."), f"adapted module {name} outside base_model.model")
+            name = name.removesuffix(".token_adapter")
             out.append(name[len("base_model.model."):] + ".weight")
     require(out, "the adapter wraps no module")
     return out
+
+
+def token_indices(case):
+    """Every index of the case's trainable_token_indices (a list, or a dict of lists), in order, once."""
+    tti = case.config.get("trainable_token_indices")
+    lists = tti.values() if isinstance(tti, dict) else [tti] if tti else []
+    return list(dict.fromkeys(i for indices in lists for i in indices))
+
+
+def tied_lora_embedding(pm):
+    """Whether a LoRA embedding (lora.Embedding) wraps a weight the output head shares (GPT-2's tied wte): PEFT 0.21
+    does not tie the adapter (ensure_weight_tying false), so the head keeps the base weight, and merging, which adds
+    the delta to that shared weight, changes the head too: the merged model's logits differ from the adapter's."""
+    head = pm.get_output_embeddings()
+    head_weight = getattr(head, "weight", None)
+    return any(isinstance(m, LoraEmbedding) and head_weight is not None and
+               m.get_base_layer().weight.data_ptr() == head_weight.data_ptr() for m in pm.modules())
 
 
 def saved_module_tensors(pm):
@@ -250,6 +270,11 @@ def batch(case, gen):
     vocab = fam.config["vocab_size"]
     if case.task == "causal_lm":
         ids = torch.randint(0, vocab, (B, T), generator=gen, dtype=torch.int64)
+        # trainable tokens: each trained row is an input of row 1 (an embedding row gets a gradient only when used)
+        indices = token_indices(case)
+        if indices:
+            require(len(indices) <= T - PADDING, f"{case.name}: more trainable token indices than row 1 has tokens")
+            ids[1, :len(indices)] = torch.tensor(indices, dtype=torch.int64)
         labels = ids.clone()
         labels[0, :PROMPT] = -100
         labels[1, T - PADDING:] = -100
@@ -383,14 +408,22 @@ def write_merged(case_dir, method, task, inputs, logits):
     require(rel(reloaded, logits) < 1e-10, f"the saved adapter gives other logits (relative difference {rel(reloaded, logits):.3g})")
     require(rel(base, logits) > 1e-3, f"the adapter barely changes the logits (relative difference {rel(base, logits):.3g})")
     keys = adapted_weights(pm) + saved_module_tensors(pm)
+    tied = tied_lora_embedding(pm)
     merged = pm.merge_and_unload()
     with torch.no_grad():
         merged_logits = merged(**inputs).logits
-    require(rel(merged_logits, logits) < 1e-9, f"merged logits differ (relative {rel(merged_logits, logits):.3g})")
+    if tied:
+        print(f"    LoRA on a tied embedding: the merged model's logits differ by {rel(merged_logits, logits):.3g} (PEFT's merge)")
+    else:
+        require(rel(merged_logits, logits) < 1e-9, f"merged logits differ (relative {rel(merged_logits, logits):.3g})")
     state = merged.state_dict()
     _, stored = read_header(os.path.join(case_dir, "model", "model.safetensors"))
+    stored_ptrs = {state[k].data_ptr() for k in stored if k in state}
     out = {}
     for k in keys:
+        # A tied head's token adapter (GPT-2's lm_head, tied to wte) writes the weight model.safetensors keeps once.
+        if k not in stored and (k not in state or state[k].data_ptr() in stored_ptrs):
+            continue
         require(k in state and k in stored, f"merged weight {k} is not a weight of the base model")
         out[k] = state[k].detach().to(torch.float32).contiguous()
     save_file(out, os.path.join(case_dir, "merged.safetensors"))
