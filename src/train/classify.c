@@ -553,6 +553,10 @@ int classify_train(const TrainConfig *cfg, const ClassifyColumns *cols, const Tr
         res->n_val = val.n;
     }
     res->n_train = train.n;
+    // Saving holds the file twice (the writer's copies, then the file's bytes): the optimizer state and
+    // the activations go first, so that saving a fully fine-tuned model does not set the run's peak.
+    train_step_free(&st);
+    activations_free(&m->act, m->cfg.n_layer);
     rc = c.method == METHOD_FULL ? model_save(m, c.out_dir) : adapters_save(m, c.out_dir);
     if (fclose(log)) rc = rc ? rc : peft_fail("%s: write failed", log_tmp);
     log = NULL;
