@@ -1,8 +1,7 @@
 // peft predict: an encoder classifier's label for every record of a CSV / JSONL file, one a line
 // (config.json's id2label name, else the class index; regression: the value), to --out or stdout.
 #include "cli.h"
-#include "classify.h"
-#include "util.h"
+#include "peft.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
