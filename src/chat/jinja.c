@@ -1265,6 +1265,8 @@ static int render(In *I, const JNodes *body, Scope *s, JBuf *out) {
 }
 
 int jinja_render(const JinjaTemplate *t, const cJSON *const *vars, int n_vars, char **out, size_t *out_len) {
+    for (int k = 0; k < n_vars; k++)  // an array's items have no names to bind
+        if (vars[k] && !cJSON_IsObject(vars[k])) return peft_fail("%s: the variables must be a JSON object", jinja_source(t));
     In I = {.t = t};
     Scope *global = scope_new(&I, NULL);
     static const struct { const char *name; int kind; } builtins[] = {
