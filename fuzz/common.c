@@ -117,3 +117,17 @@ char *fuzz_model_dir(const char *name, const char *config_json) {
     free(tc_path);
     return dir;
 }
+
+void fuzz_check_dataset(const Dataset *ds, const Tokenizer *tok, int seq_len) {
+    long loss = 0;
+    for (int s = 0; s < ds->n_seq; s++) {
+        long a = ds->offset[s], z = ds->offset[s + 1];
+        FUZZ_CHECK(z - a >= 1 && z - a <= seq_len && z - a <= ds->max_len, "sequence %d has %ld tokens (seq_len %d)", s, z - a, seq_len);
+        for (long i = a; i < z; i++) {
+            FUZZ_CHECK(ds->ids[i] >= 0 && ds->ids[i] < tokenizer_vocab_size(tok), "id %d", ds->ids[i]);
+            FUZZ_CHECK(ds->labels[i] == -100 || ds->labels[i] == ds->ids[i], "label %d for id %d", ds->labels[i], ds->ids[i]);
+            loss += i > a && ds->labels[i] != -100;  // the first position predicts nothing
+        }
+    }
+    FUZZ_CHECK(loss == ds->n_loss_tokens, "%ld loss tokens counted as %ld", loss, ds->n_loss_tokens);
+}

@@ -5,6 +5,7 @@
 // tests/test_fuzz.c replays fuzz/corpus/NAME and fuzz/regressions/NAME through the same functions.
 // Inputs made of two files are the first, a NUL byte, then the second (fuzz_split).
 #pragma once
+#include "data.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,6 +17,7 @@ int fuzz_tokenizer(const uint8_t *data, size_t size);    // a tokenizer.json, NU
 int fuzz_adapter(const uint8_t *data, size_t size);      // adapter_config.json, NUL, adapter_model.safetensors
 int fuzz_checkpoint(const uint8_t *data, size_t size);   // checkpoint state.json, NUL, state.safetensors
 int fuzz_jinja(const uint8_t *data, size_t size);        // a Jinja template, NUL, a JSON object of variables
+int fuzz_data(const uint8_t *data, size_t size);         // a byte picking the reader, then a data file
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \
@@ -39,6 +41,10 @@ extern const char *const FUZZ_GPT2_CONFIG, *const FUZZ_LLAMA_CONFIG;
 // A model folder fuzz_dir()/name: config.json, random weights (seed 1), the byte-level tokenizer
 // and a ChatML chat template. Returns its path (malloc'd); aborts when it cannot be made.
 char *fuzz_model_dir(const char *name, const char *config_json);
+
+// A tokenized dataset's invariants: sequences of 1..seq_len vocabulary ids, each label -100 or its
+// own token, n_loss_tokens their count (the first position of a sequence predicts nothing).
+void fuzz_check_dataset(const Dataset *ds, const Tokenizer *tok, int seq_len);
 
 // Seeds (fuzz/seeds.c): two files as one input (the first, NUL, the second), *data malloc'd;
 // a checkpoint of fuzz_checkpoint's run for method (lora, vera or adalora). 0, or -1 with

@@ -57,17 +57,7 @@ static void check_dataset(const char *model_dir, const Tokenizer *tok, const cha
     DataOptions opt = {.seq_len = 256, .no_cache = true};
     Dataset ds = {0};
     if (dataset_load(&ds, path, tok, model_dir, &opt) == 0) {
-        long loss = 0;
-        for (int s = 0; s < ds.n_seq; s++) {
-            long a = ds.offset[s], z = ds.offset[s + 1];
-            FUZZ_CHECK(z - a >= 1 && z - a <= opt.seq_len, "sequence %d has %ld tokens", s, z - a);
-            for (long i = a; i < z; i++) {
-                FUZZ_CHECK(ds.ids[i] >= 0 && ds.ids[i] < tokenizer_vocab_size(tok), "id %d", ds.ids[i]);
-                FUZZ_CHECK(ds.labels[i] == -100 || ds.labels[i] == ds.ids[i], "label %d for id %d", ds.labels[i], ds.ids[i]);
-                loss += i > a && ds.labels[i] != -100;  // the first position predicts nothing
-            }
-        }
-        FUZZ_CHECK(loss == ds.n_loss_tokens, "%ld loss tokens counted as %ld", loss, ds.n_loss_tokens);
+        fuzz_check_dataset(&ds, tok, opt.seq_len);
         dataset_free(&ds);
     }
     free(path);

@@ -53,3 +53,4 @@ TEST(fuzz_replay_tokenizer) { replay(failed_, "tokenizer", fuzz_tokenizer); }
 TEST(fuzz_replay_adapter) { replay(failed_, "adapter", fuzz_adapter); }
 TEST(fuzz_replay_checkpoint) { replay(failed_, "checkpoint", fuzz_checkpoint); }
 TEST(fuzz_replay_jinja) { replay(failed_, "jinja", fuzz_jinja); }
+TEST(fuzz_replay_data) { replay(failed_, "data", fuzz_data); }
