@@ -18,6 +18,32 @@ const char *const FUZZ_LLAMA_CONFIG =
     "{\"model_type\":\"llama\",\"vocab_size\":257,\"hidden_size\":16,\"intermediate_size\":24,\"num_attention_heads\":4,"
     "\"num_key_value_heads\":2,\"num_hidden_layers\":2,\"max_position_embeddings\":32,\"rms_norm_eps\":1e-5,"
     "\"hidden_act\":\"silu\",\"tie_word_embeddings\":false,\"bos_token_id\":256,\"eos_token_id\":256}";
+const char *const FUZZ_ROBERTA_CONFIG =
+    "{\"model_type\":\"roberta\",\"vocab_size\":257,\"hidden_size\":16,\"num_hidden_layers\":1,\"num_attention_heads\":2,"
+    "\"intermediate_size\":24,\"max_position_embeddings\":40,\"type_vocab_size\":1,\"layer_norm_eps\":1e-5,"
+    "\"pad_token_id\":1,\"bos_token_id\":256,\"eos_token_id\":256,\"hidden_act\":\"gelu\",\"num_labels\":3,"
+    "\"id2label\":{\"0\":\"neg\",\"1\":\"neu\",\"2\":\"pos\"}}";
+
+// fuzz_model's configs: the tiny models above, a Qwen2, and three saved quantized by bitsandbytes.
+#define TINY_LLAMA_KEYS \
+    "\"vocab_size\":257,\"hidden_size\":16,\"intermediate_size\":24,\"num_attention_heads\":4,\"num_key_value_heads\":2," \
+    "\"num_hidden_layers\":2,\"max_position_embeddings\":32,\"rms_norm_eps\":1e-5,\"hidden_act\":\"silu\",\"bos_token_id\":256,\"eos_token_id\":256"
+#define BNB(four, eight, type, nested) \
+    ",\"quantization_config\":{\"quant_method\":\"bitsandbytes\",\"load_in_4bit\":" four ",\"load_in_8bit\":" eight \
+    ",\"bnb_4bit_quant_type\":\"" type "\",\"bnb_4bit_use_double_quant\":" nested "}}"
+const char *fuzz_model_config(int kind) {
+    switch (kind) {
+    case 0: return FUZZ_GPT2_CONFIG;
+    case 1: return FUZZ_LLAMA_CONFIG;
+    case 2: return "{\"model_type\":\"qwen2\",\"tie_word_embeddings\":true," TINY_LLAMA_KEYS "}";
+    case 3: return FUZZ_ROBERTA_CONFIG;
+    case 4: return "{\"model_type\":\"llama\",\"tie_word_embeddings\":false," TINY_LLAMA_KEYS BNB("true", "false", "nf4", "true");
+    case 5: return "{\"model_type\":\"gpt2\",\"vocab_size\":257,\"n_embd\":16,\"n_head\":2,\"n_layer\":2,\"n_positions\":32,"
+                   "\"layer_norm_epsilon\":1e-5,\"bos_token_id\":256,\"eos_token_id\":256" BNB("true", "false", "fp4", "false");
+    default: return "{\"model_type\":\"llama\",\"tie_word_embeddings\":false," TINY_LLAMA_KEYS BNB("false", "true", "fp4", "false");
+    }
+}
+
 
 // Qwen2's template: ChatML with a default system turn.
 static const char *const CHATML_TEMPLATE =

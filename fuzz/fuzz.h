@@ -18,6 +18,7 @@ int fuzz_adapter(const uint8_t *data, size_t size);      // adapter_config.json,
 int fuzz_checkpoint(const uint8_t *data, size_t size);   // checkpoint state.json, NUL, state.safetensors
 int fuzz_jinja(const uint8_t *data, size_t size);        // a Jinja template, NUL, a JSON object of variables
 int fuzz_data(const uint8_t *data, size_t size);         // a byte picking the reader, then a data file
+int fuzz_model(const uint8_t *data, size_t size);        // a byte picking config.json, then model.safetensors
 
 // A broken property: says which and where on stderr, then aborts.
 #define FUZZ_CHECK(cond, ...) \
@@ -38,6 +39,12 @@ char *fuzz_clear(const char *sub);
 
 // Tiny models (2 layers, hidden 16, the byte-level tokenizer's 257 ids).
 extern const char *const FUZZ_GPT2_CONFIG, *const FUZZ_LLAMA_CONFIG;
+// A tiny RoBERTa classifier over the same ids (<s> and </s> are 256; classes neg, neu, pos).
+extern const char *const FUZZ_ROBERTA_CONFIG;
+// fuzz_model's config.json of each kind 0..FUZZ_MODEL_CONFIGS-1: GPT-2, Llama, Qwen2, RoBERTa, and
+// saved by bitsandbytes: Llama NF4 with double quantization, GPT-2 FP4, Llama int8.
+enum { FUZZ_MODEL_CONFIGS = 7 };
+const char *fuzz_model_config(int kind);
 // A model folder fuzz_dir()/name: config.json, random weights (seed 1), the byte-level tokenizer
 // and a ChatML chat template. Returns its path (malloc'd); aborts when it cannot be made.
 char *fuzz_model_dir(const char *name, const char *config_json);

@@ -14,12 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-// A RoBERTa over the byte-level tokenizer: <s> and </s> are bos / eos (256), three named classes.
-static const char *const ROBERTA_CONFIG =
-    "{\"model_type\":\"roberta\",\"vocab_size\":257,\"hidden_size\":16,\"num_hidden_layers\":1,\"num_attention_heads\":2,"
-    "\"intermediate_size\":24,\"max_position_embeddings\":40,\"type_vocab_size\":1,\"layer_norm_eps\":1e-5,"
-    "\"pad_token_id\":1,\"bos_token_id\":256,\"eos_token_id\":256,\"hidden_act\":\"gelu\",\"num_labels\":3,"
-    "\"id2label\":{\"0\":\"neg\",\"1\":\"neu\",\"2\":\"pos\"}}";
+// A RoBERTa with one output (regression) beside FUZZ_ROBERTA_CONFIG's three classes.
 static const char *const REGRESSION_CONFIG =
     "{\"model_type\":\"roberta\",\"vocab_size\":257,\"hidden_size\":16,\"num_hidden_layers\":1,\"num_attention_heads\":2,"
     "\"intermediate_size\":24,\"max_position_embeddings\":40,\"type_vocab_size\":1,\"layer_norm_eps\":1e-5,"
@@ -71,9 +66,9 @@ int fuzz_data(const uint8_t *data, size_t size) {
     static Model *classifier, *regressor;
     if (!model_dir) {
         model_dir = fuzz_model_dir("data-gpt2", FUZZ_GPT2_CONFIG);
-        char *c_dir = fuzz_model_dir("data-roberta", ROBERTA_CONFIG), *r_dir = fuzz_model_dir("data-regression", REGRESSION_CONFIG);
+        char *c_dir = fuzz_model_dir("data-roberta", FUZZ_ROBERTA_CONFIG), *r_dir = fuzz_model_dir("data-regression", REGRESSION_CONFIG);
         char *c_config = path_join(c_dir, "config.json");  // as given: a random model's own config.json has no id2label
-        FUZZ_CHECK(!write_file_atomic(c_config, ROBERTA_CONFIG, strlen(ROBERTA_CONFIG)), "%s", peft_last_error());
+        FUZZ_CHECK(!write_file_atomic(c_config, FUZZ_ROBERTA_CONFIG, strlen(FUZZ_ROBERTA_CONFIG)), "%s", peft_last_error());
         free(c_config);
         FUZZ_CHECK((tok = tokenizer_load(model_dir)) && (classifier = model_load(c_dir)) && (regressor = model_load(r_dir)), "%s", peft_last_error());
         free(c_dir);

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # name:longest input (bytes). fuzz/NAME.dict is the target's dictionary when present.
-TARGETS="safetensors:4096 json:4096 http:4096 chat:4096 tokenizer:8192 adapter:16384 checkpoint:16384 jinja:4096 data:4096"
+TARGETS="safetensors:4096 json:4096 http:4096 chat:4096 tokenizer:8192 adapter:16384 checkpoint:16384 jinja:4096 data:4096 model:65536"
 
 SECONDS_TO_RUN=${1:-60}
 shift || true

@@ -1,10 +1,13 @@
 // seeds.c: the fuzz seeds our own code makes (`make fuzz-seeds` writes them into fuzz/corpus):
 // the byte-level tokenizer with a text (tokenizer/valid_byte_level.bin), adapters of the tiny
-// models (adapter/valid_*.bin) and checkpoints of fuzz_checkpoint's run (checkpoint/valid_*.bin).
+// models (adapter/valid_*.bin), checkpoints of fuzz_checkpoint's run (checkpoint/valid_*.bin) and
+// the weights of fuzz_model's tiny models as model_save writes them (model/valid_*.bin).
 // tests/test_fuzz.c checks that the targets still accept every valid_* seed.
 #include "fuzz.h"
 #include "adapter.h"
 #include "config.h"
+#include "model.h"
+#include "quant.h"
 #include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +54,31 @@ static int adapter_seed(const AdapterSeed *s, uint8_t **data, size_t *size) {
     return rc ? -1 : 0;
 }
 
+// fuzz_model's input for config kind: the byte, then model.safetensors of a random model of that config
+// (quantized as `peft quantize` does it for the bitsandbytes kinds).
+static int model_seed(int kind, QuantType t, bool nested, uint8_t **data, size_t *size) {
+    ModelConfig mc;
+    Model *m = NULL, *q = NULL;
+    char *plain = fuzz_clear("seed-model"), *saved = fuzz_clear("seed-model-q"), *st = path_join(t ? saved : plain, "model.safetensors");
+    size_t n = 0;
+    uint8_t *bytes = NULL;
+    int rc = config_parse(&mc, fuzz_model_config(kind), "seed") || !(m = model_create_random(&mc, 1)) || model_save(m, plain) ||
+             (t && (!(q = model_load_quantized(plain, t, nested)) || model_save(q, saved))) || !(bytes = (uint8_t *)read_file(st, &n));
+    if (!rc) {
+        *data = xmalloc(n + 1);
+        (*data)[0] = (uint8_t)kind;
+        memcpy(*data + 1, bytes, n);
+        *size = n + 1;
+    }
+    free(bytes);
+    model_free(m);
+    model_free(q);
+    free(plain);
+    free(saved);
+    free(st);
+    return rc ? -1 : 0;
+}
+
 int main(int argc, char **argv) {
     const char *corpus = argc > 1 ? argv[1] : "fuzz/corpus";
     uint8_t *data;
@@ -72,6 +100,11 @@ int main(int argc, char **argv) {
         rc = adapter_seed(&adapters[i], &data, &size) || write_seed(corpus, "adapter", adapters[i].name, data, size);
     static const char *methods[] = {"lora", "vera", "adalora"};
     for (int i = 0; !rc && i < 3; i++) rc = fuzz_checkpoint_seed(methods[i], &data, &size) || write_seed(corpus, "checkpoint", methods[i], data, size);
+    static const struct { const char *name; QuantType t; bool nested; } models[FUZZ_MODEL_CONFIGS] = {
+        {"gpt2", QUANT_NONE, false}, {"llama", QUANT_NONE, false}, {"qwen2", QUANT_NONE, false}, {"roberta", QUANT_NONE, false},
+        {"llama_nf4_double_quant", QUANT_NF4, true}, {"gpt2_fp4", QUANT_FP4, false}, {"llama_int8", QUANT_INT8, false}};
+    for (int k = 0; !rc && k < FUZZ_MODEL_CONFIGS; k++)
+        rc = model_seed(k, models[k].t, models[k].nested, &data, &size) || write_seed(corpus, "model", models[k].name, data, size);
     if (rc) fprintf(stderr, "fuzz seeds: %s\n", peft_last_error());
     return rc ? 1 : 0;
 }

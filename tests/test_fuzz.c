@@ -54,3 +54,4 @@ TEST(fuzz_replay_adapter) { replay(failed_, "adapter", fuzz_adapter); }
 TEST(fuzz_replay_checkpoint) { replay(failed_, "checkpoint", fuzz_checkpoint); }
 TEST(fuzz_replay_jinja) { replay(failed_, "jinja", fuzz_jinja); }
 TEST(fuzz_replay_data) { replay(failed_, "data", fuzz_data); }
+TEST(fuzz_replay_model) { replay(failed_, "model", fuzz_model); }
