@@ -105,6 +105,7 @@ static const StTensor *get(const StModel *st, const char *name, DType dt, int64_
 static int read_f32(const StTensor *t, float *out, const char *dir) { return st_to_f32_finite(t, out, dir); }
 
 // quant_state.bitsandbytes__<type>'s JSON: every key checked.
+// name: "FILE: tensor NAME", what every error of it starts with.
 static int read_quant_state(QWeight *q, const StTensor *t, const char *name, bool nested, int64_t rows, int64_t cols) {
     cJSON *j = cJSON_ParseWithLength((const char *)t->data, t->nbytes);
     if (!cJSON_IsObject(j)) { cJSON_Delete(j); return peft_fail("%s: not a JSON object", name); }
@@ -159,7 +160,12 @@ static int read_4bit(QWeight *q, const StModel *st, const char *w, const char *d
     snprintf(name, sizeof name, "%s.quant_state.bitsandbytes__%s", w, tname);
     const StTensor *qs = get(st, name, DT_U8, -1, dir);
     if (!qs) return -1;
-    if (read_quant_state(q, qs, name, nested, q->rows, q->cols)) return -1;
+    const char *file = dir;
+    find(st, name, &file);
+    char *where = xasprintf("%s: tensor %s", file, name);
+    int rc = read_quant_state(q, qs, where, nested, q->rows, q->cols);
+    free(where);
+    if (rc) return -1;
     q->n_blocks = (n + q->block - 1) / q->block;
     quant_4bit_map(q->type, q->map);
     const StTensor *t;
