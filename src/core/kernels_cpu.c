@@ -442,11 +442,19 @@ void add_bias(float *y, const float *bias, int N, int C) {
         for (int c = 0; c < C; c++) y[(long)i * C + c] += bias[c];
 }
 
+// Columns in blocks, rows in order within each: every column's sum keeps its order (the same bits
+// at any thread count), and a row's block is read whole rather than one float a cache line.
 void bias_backward(float *dbias, const float *dy, int N, int C) {
+    enum { COLS = 64 };
 #pragma omp parallel for
-    for (int c = 0; c < C; c++) {
-        double s = 0;
-        for (int i = 0; i < N; i++) s += dy[(long)i * C + c];
-        dbias[c] += (float)s;
+    for (int c0 = 0; c0 < C; c0 += COLS) {
+        int n = C - c0 < COLS ? C - c0 : COLS;
+        double s[COLS] = {0};
+        for (int i = 0; i < N; i++) {
+            const float *row = dy + (long)i * C + c0;
+#pragma omp simd
+            for (int c = 0; c < n; c++) s[c] += row[c];
+        }
+        for (int c = 0; c < n; c++) dbias[c0 + c] += (float)s[c];
     }
 }

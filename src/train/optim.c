@@ -61,15 +61,36 @@ void adamw_step(AdamW *opt, Param **params, int n, float lr) {
     }
 }
 
-double clip_grad_norm(Param **params, int n, double max_norm) {
+SIMD_CLONES static double sum_squares(const float *g, long n) {
     double ss = 0;
-    for (int t = 0; t < n; t++)
-        for (long i = 0; i < params[t]->numel; i++) ss += (double)params[t]->grad[i] * params[t]->grad[i];
+#pragma omp simd reduction(+ : ss)
+    for (long i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    return ss;
+}
+
+// The squared norm by blocks of a fixed size, their sums added in order: in parallel, with the same
+// bits at any thread count (it was one thread's double sum over every gradient, each step).
+double clip_grad_norm(Param **params, int n, double max_norm) {
+    enum { BLOCK = 16384 };
+    double ss = 0;
+    for (int t = 0; t < n; t++) {
+        const float *g = params[t]->grad;
+        long numel = params[t]->numel, nb = (numel + BLOCK - 1) / BLOCK;
+        double *part = xmalloc(sizeof(double) * (nb ? nb : 1));
+#pragma omp parallel for if (nb > 4)
+        for (long b = 0; b < nb; b++) part[b] = sum_squares(g + b * BLOCK, numel - b * BLOCK < BLOCK ? numel - b * BLOCK : BLOCK);
+        for (long b = 0; b < nb; b++) ss += part[b];
+        free(part);
+    }
     double norm = sqrt(ss);
     if (max_norm > 0 && norm > max_norm) {
         float k = (float)(max_norm / (norm + 1e-6));
-        for (int t = 0; t < n; t++)
-            for (long i = 0; i < params[t]->numel; i++) params[t]->grad[i] *= k;
+        for (int t = 0; t < n; t++) {
+            float *g = params[t]->grad;
+            long numel = params[t]->numel;
+#pragma omp parallel for simd if (numel > 65536)
+            for (long i = 0; i < numel; i++) g[i] *= k;
+        }
     }
     return norm;
 }
