@@ -332,18 +332,23 @@ SIMD_CLONES static void causal_softmax_row(float *a, int t, int T, int window, i
     for (int t2 = 0; t2 < T; t2++) a[t2] = (t2 >= t0 && t2 <= t) ? a[t2] * inv : 0.0f;
 }
 
-// Row t of dS from dP (in d) and P: P (dP - rowsum(P dP)) scale, zero above the diagonal.
-SIMD_CLONES static void softmax_backward_row(float *d, const float *p, int t, int T, float scale) {
+// Row t of dS from dP (in d) and P: P (dP - rowsum(P dP)) scale, zero above the diagonal up to n.
+SIMD_CLONES static void softmax_backward_row(float *d, const float *p, int t, int n, float scale) {
     float sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int t2 = 0; t2 <= t; t2++) sum += p[t2] * d[t2];
 #pragma omp simd
-    for (int t2 = 0; t2 < T; t2++) d[t2] = t2 <= t ? p[t2] * (d[t2] - sum) * scale : 0.0f;
+    for (int t2 = 0; t2 < n; t2++) d[t2] = t2 <= t ? p[t2] * (d[t2] - sum) * scale : 0.0f;
 }
 
+// Queries go in blocks of this many rows: block [r0, r1) sees only keys 0..r1-1, so the products skip
+// the square's masked upper blocks (T = 256: 10 of 16 blocks computed).
+enum { ATT_ROWS = 64 };
+
 // Per (sequence, head): S = scale Q K^T, P = softmax(S) kept in att, O = P V. Each head is a few
-// GEMMs; OpenBLAS runs them single-threaded inside this parallel loop. The masked half of S is
-// computed and discarded: BLAS on the full square is still far faster than masked loops.
+// GEMMs by blocks of query rows (ATT_ROWS); OpenBLAS runs them single-threaded inside this parallel
+// loop. A block's masked keys below its last row are computed and discarded: BLAS on the block is
+// still far faster than masked loops.
 void attention_forward(float *out, float *att, const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
     int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV, os = NH * HD;
 #pragma omp parallel for collapse(2)
@@ -352,14 +357,18 @@ void attention_forward(float *out, float *att, const float *q, int qs, const flo
             int kvh = h / group;
             const float *Q = q + (long)b * T * qs + h * HD, *K = k + (long)b * T * ks + kvh * HD, *V = v + (long)b * T * vs + kvh * HD;
             float *P = att + ((long)b * NH + h) * T * T, *O = out + (long)b * T * os + h * HD;
-            matmul_ld(P, T, Q, qs, K, ks, T, T, HD, false, true, s.scale, 0.0f);
-            for (int t = 0; t < T; t++) causal_softmax_row(P + (long)t * T, t, T, s.window, s.pos ? t - s.pos[b * T + t] : 0);
-            matmul_ld(O, os, P, T, V, vs, T, HD, T, false, false, 1.0f, 0.0f);
+            for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+                int r1 = T - r0 < ATT_ROWS ? T : r0 + ATT_ROWS;
+                matmul_ld(P + (long)r0 * T, T, Q + (long)r0 * qs, qs, K, ks, r1 - r0, r1, HD, false, true, s.scale, 0.0f);
+                for (int t = r0; t < r1; t++) causal_softmax_row(P + (long)t * T, t, T, s.window, s.pos ? t - s.pos[b * T + t] : 0);
+                matmul_ld(O + (long)r0 * os, os, P + (long)r0 * T, T, V, vs, r1 - r0, HD, r1, false, false, 1.0f, 0.0f);
+            }
         }
 }
 
 // Per (sequence, kv head), so the query heads that share K and V add into dK, dV in one thread:
-// dP = dO V^T, dV += P^T dO, dS = P (dP - rowsum(P dP)) scale, dQ += dS K, dK += dS^T Q.
+// dP = dO V^T, dV += P^T dO, dS = P (dP - rowsum(P dP)) scale, dQ += dS K, dK += dS^T Q, by the
+// forward's blocks of query rows (a block's rows reach keys 0..r1-1 only).
 // (P is zero outside each query's keys, window and example alike: the masks need no code here.)
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
                         const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
@@ -376,11 +385,16 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                     const float *Q = q + (long)b * T * qs + h * HD, *dO = dout + (long)b * T * os + h * HD;
                     const float *P = att + ((long)b * NH + h) * T * T;
                     float *dQ = dq + (long)b * T * qs + h * HD;
-                    matmul_ld(dS, T, dO, os, V, vs, T, T, HD, false, true, 1.0f, 0.0f);   // dP
-                    matmul_ld(dV, vs, P, T, dO, os, T, HD, T, true, false, 1.0f, 1.0f);
-                    for (int t = 0; t < T; t++) softmax_backward_row(dS + (long)t * T, P + (long)t * T, t, T, s.scale);
-                    matmul_ld(dQ, qs, dS, T, K, ks, T, HD, T, false, false, 1.0f, 1.0f);
-                    matmul_ld(dK, ks, dS, T, Q, qs, T, HD, T, true, false, 1.0f, 1.0f);
+                    for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+                        int r1 = T - r0 < ATT_ROWS ? T : r0 + ATT_ROWS, n = r1 - r0;
+                        const float *Pb = P + (long)r0 * T, *dOb = dO + (long)r0 * os;
+                        float *dSb = dS + (long)r0 * T;
+                        matmul_ld(dSb, T, dOb, os, V, vs, n, r1, HD, false, true, 1.0f, 0.0f);  // dP
+                        matmul_ld(dV, vs, Pb, T, dOb, os, r1, HD, n, true, false, 1.0f, 1.0f);
+                        for (int t = r0; t < r1; t++) softmax_backward_row(dS + (long)t * T, P + (long)t * T, t, r1, s.scale);
+                        matmul_ld(dQ + (long)r0 * qs, qs, dSb, T, K, ks, n, HD, r1, false, false, 1.0f, 1.0f);
+                        matmul_ld(dK, ks, dSb, T, Q + (long)r0 * qs, qs, r1, HD, n, true, false, 1.0f, 1.0f);
+                    }
                 }
             }
         free(dS);
