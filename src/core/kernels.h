@@ -6,6 +6,16 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+// The element-wise loops (activations, norms, softmax, cross-entropy, AdamW) are compiled for
+// AVX-512 and AVX2 beside the build's baseline (x86-64-v2: 4 floats a vector) and the loader picks
+// the CPU's (an ifunc). Vector width changes no element-wise result (and -std=c11 contracts no FMA);
+// only a simd reduction's order follows it.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SIMD_CLONES
+#endif
+
 // C[M,N] = alpha * op(A) op(B) + beta * C, row-major. op(A) is [M,K]: A is stored [M,K],
 // or [K,M] when transA. op(B) is [K,N]: B is stored [K,N], or [N,K] when transB.
 void matmul(float *C, const float *A, const float *B, int M, int N, int K, bool transA, bool transB, float alpha, float beta);

@@ -65,20 +65,44 @@ void matmul(float *C, const float *A, const float *B, int M, int N, int K, bool 
     matmul_ld(C, N, A, transA ? M : K, B, transB ? K : N, M, N, K, transA, transB, alpha, beta);
 }
 
+// The norms' sums are double, in simd order (a serial double sum waits ~4 cycles an element).
+SIMD_CLONES static void layernorm_row(float *o, float *mean, float *rstd, const float *x, const float *w, const float *b, int C, float eps) {
+    double m = 0, v = 0;
+#pragma omp simd reduction(+ : m)
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+#pragma omp simd reduction(+ : v)
+    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+    v /= C;
+    float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
+#pragma omp simd
+    for (int c = 0; c < C; c++) o[c] = ((x[c] - mf) * s) * w[c] + b[c];
+    *mean = mf;
+    *rstd = s;
+}
+
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b, int N, int C, float eps) {
 #pragma omp parallel for if ((long)N * C >= PAR_MIN_ELEMS)
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (long)i * C;
-        double m = 0, v = 0;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
-        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
-        v /= C;
-        float s = (float)(1.0 / sqrt(v + eps));
-        float *o = out + (long)i * C;
-        for (int c = 0; c < C; c++) o[c] = ((x[c] - (float)m) * s) * w[c] + b[c];
-        mean[i] = (float)m;
-        rstd[i] = s;
+    for (int i = 0; i < N; i++) layernorm_row(out + (long)i * C, mean + i, rstd + i, inp + (long)i * C, w, b, C, eps);
+}
+
+SIMD_CLONES static void layernorm_backward_row(float *dx, float *dw_local, float *db_local, const float *dy, const float *x, const float *w,
+                                               float m, float s, int C) {
+    double dnorm_mean = 0, dnorm_norm_mean = 0;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
+    for (int c = 0; c < C; c++) {
+        float norm = (x[c] - m) * s, dnorm = w[c] * dy[c];
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= C;
+    dnorm_norm_mean /= C;
+#pragma omp simd
+    for (int c = 0; c < C; c++) {
+        float norm = (x[c] - m) * s, dnorm = w[c] * dy[c];
+        dw_local[c] += norm * dy[c];
+        db_local[c] += dy[c];
+        dx[c] += (float)((dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
     }
 }
 
@@ -92,25 +116,8 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
         memset(dw_local, 0, sizeof dw_local);
         memset(db_local, 0, sizeof db_local);
 #pragma omp for
-        for (int i = 0; i < N; i++) {
-            const float *x = inp + (long)i * C, *dy = dout + (long)i * C;
-            float *dx = dinp + (long)i * C;
-            float m = mean[i], s = rstd[i];
-            double dnorm_mean = 0, dnorm_norm_mean = 0;
-            for (int c = 0; c < C; c++) {
-                float norm = (x[c] - m) * s, dnorm = w[c] * dy[c];
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * norm;
-            }
-            dnorm_mean /= C;
-            dnorm_norm_mean /= C;
-            for (int c = 0; c < C; c++) {
-                float norm = (x[c] - m) * s, dnorm = w[c] * dy[c];
-                dw_local[c] += norm * dy[c];
-                db_local[c] += dy[c];
-                dx[c] += (float)((dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
-            }
-        }
+        for (int i = 0; i < N; i++)
+            layernorm_backward_row(dinp + (long)i * C, dw_local, db_local, dout + (long)i * C, inp + (long)i * C, w, mean[i], rstd[i], C);
 #pragma omp critical
         for (int c = 0; c < C; c++) {
             if (dw) dw[c] += dw_local[c];
@@ -119,16 +126,30 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
 }
 
+SIMD_CLONES static void rmsnorm_row(float *o, float *rstd, const float *x, const float *w, int C, float eps) {
+    double ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+    float s = (float)(1.0 / sqrt(ss / C + eps));
+#pragma omp simd
+    for (int c = 0; c < C; c++) o[c] = w[c] * (x[c] * s);
+    *rstd = s;
+}
+
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
 #pragma omp parallel for if ((long)N * C >= PAR_MIN_ELEMS)
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (long)i * C;
-        double ss = 0;
-        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
-        float s = (float)(1.0 / sqrt(ss / C + eps));
-        float *o = out + (long)i * C;
-        for (int c = 0; c < C; c++) o[c] = w[c] * (x[c] * s);
-        rstd[i] = s;
+    for (int i = 0; i < N; i++) rmsnorm_row(out + (long)i * C, rstd + i, inp + (long)i * C, w, C, eps);
+}
+
+SIMD_CLONES static void rmsnorm_backward_row(float *dx, float *dw_local, const float *dy, const float *x, const float *w, float s, int C) {
+    double dot = 0;  // sum_c dy*w*x
+#pragma omp simd reduction(+ : dot)
+    for (int c = 0; c < C; c++) dot += (double)dy[c] * w[c] * x[c];
+    float k = (float)(dot * s * s * s / C);
+#pragma omp simd
+    for (int c = 0; c < C; c++) {
+        dw_local[c] += dy[c] * x[c] * s;
+        dx[c] += dy[c] * w[c] * s - k * x[c];
     }
 }
 
@@ -138,18 +159,7 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
         float dw_local[C];
         memset(dw_local, 0, sizeof dw_local);
 #pragma omp for
-        for (int i = 0; i < N; i++) {
-            const float *x = inp + (long)i * C, *dy = dout + (long)i * C;
-            float *dx = dinp + (long)i * C;
-            float s = rstd[i];
-            double dot = 0;  // sum_c dy*w*x
-            for (int c = 0; c < C; c++) dot += (double)dy[c] * w[c] * x[c];
-            float k = (float)(dot * s * s * s / C);
-            for (int c = 0; c < C; c++) {
-                dw_local[c] += dy[c] * x[c] * s;
-                dx[c] += dy[c] * w[c] * s - k * x[c];
-            }
-        }
+        for (int i = 0; i < N; i++) rmsnorm_backward_row(dinp + (long)i * C, dw_local, dout + (long)i * C, inp + (long)i * C, w, rstd[i], C);
 #pragma omp critical
         for (int c = 0; c < C; c++) if (dw) dw[c] += dw_local[c];
     }
@@ -190,23 +200,37 @@ static inline float fast_tanh(float u) {
     return copysignf((1.0f - e) / (1.0f + e), u);
 }
 
-void gelu_forward(float *out, const float *inp, long n) {
-#pragma omp parallel for simd if (n >= PAR_MIN_ELEMS)
-    for (long i = 0; i < n; i++) {
+// The element-wise kernels run over blocks of this many elements (one call of a cloned function each).
+enum { SIMD_BLOCK = 4096 };
+static inline long block_end(long i, long n) { return n - i < SIMD_BLOCK ? n : i + SIMD_BLOCK; }
+
+SIMD_CLONES static void gelu_forward_range(float *out, const float *inp, long i0, long i1) {
+#pragma omp simd
+    for (long i = i0; i < i1; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_SCALE * (x + 0.044715f * x * x * x)));
     }
 }
 
-void gelu_backward(float *dinp, const float *inp, const float *dout, long n) {
-#pragma omp parallel for simd
-    for (long i = 0; i < n; i++) {
+void gelu_forward(float *out, const float *inp, long n) {
+#pragma omp parallel for if (n >= PAR_MIN_ELEMS)
+    for (long i = 0; i < n; i += SIMD_BLOCK) gelu_forward_range(out, inp, i, block_end(i, n));
+}
+
+SIMD_CLONES static void gelu_backward_range(float *dinp, const float *inp, const float *dout, long i0, long i1) {
+#pragma omp simd
+    for (long i = i0; i < i1; i++) {
         float x = inp[i];
         float t = fast_tanh(GELU_SCALE * (x + 0.044715f * x * x * x));
         float sech2 = 1.0f - t * t;
         float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] += grad * dout[i];
     }
+}
+
+void gelu_backward(float *dinp, const float *inp, const float *dout, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i += SIMD_BLOCK) gelu_backward_range(dinp, inp, dout, i, block_end(i, n));
 }
 
 // The logistic function without a branch (so that SwiGLU's loops vectorise): from e = e^-|g|, 1/(1+e)
@@ -223,21 +247,31 @@ static inline float sigmoid(float g) {
     return r;
 }
 
-void swiglu_forward(float *out, const float *gate, const float *up, long n) {
-#pragma omp parallel for simd if (n >= PAR_MIN_ELEMS)
-    for (long i = 0; i < n; i++) {
+SIMD_CLONES static void swiglu_forward_range(float *out, const float *gate, const float *up, long i0, long i1) {
+#pragma omp simd
+    for (long i = i0; i < i1; i++) {
         float g = gate[i];
         out[i] = g * sigmoid(g) * up[i];
     }
 }
 
-void swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout, long n) {
-#pragma omp parallel for simd
-    for (long i = 0; i < n; i++) {
+void swiglu_forward(float *out, const float *gate, const float *up, long n) {
+#pragma omp parallel for if (n >= PAR_MIN_ELEMS)
+    for (long i = 0; i < n; i += SIMD_BLOCK) swiglu_forward_range(out, gate, up, i, block_end(i, n));
+}
+
+SIMD_CLONES static void swiglu_backward_range(float *dgate, float *dup, const float *gate, const float *up, const float *dout, long i0, long i1) {
+#pragma omp simd
+    for (long i = i0; i < i1; i++) {
         float g = gate[i], sig = sigmoid(g);
         dup[i] += dout[i] * g * sig;
         dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
     }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i += SIMD_BLOCK) swiglu_backward_range(dgate, dup, gate, up, dout, i, block_end(i, n));
 }
 
 void rope_tables(float *cos_t, float *sin_t, int T, int HD, const float *inv_freq) {
@@ -280,20 +314,41 @@ static inline int window_start(int t, int window) { return (window > 0 && t - wi
 
 // Row t of scores S [T,T] -> causal (and windowed) softmax probabilities over keys from `first`
 // on (the start of t's example when packed), zeros elsewhere.
-static void causal_softmax_row(float *a, int t, int T, int window, int first) {
+// (The exponentials are exp_nonpos's, as the cross-entropy's, so that the row vectorises.)
+SIMD_CLONES static void causal_softmax_row(float *a, int t, int T, int window, int first) {
     int t0 = window_start(t, window);
     if (first > t0) t0 = first;
     float maxv = -INFINITY;
-    for (int t2 = t0; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
+#pragma omp simd reduction(max : maxv)
+    for (int t2 = t0; t2 <= t; t2++) maxv = a[t2] > maxv ? a[t2] : maxv;
     float sum = 0;
-    for (int t2 = t0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+#pragma omp simd reduction(+ : sum)
+    for (int t2 = t0; t2 <= t; t2++) {
+        a[t2] = exp_nonpos(a[t2] - maxv);
+        sum += a[t2];
+    }
     float inv = 1.0f / sum;
+#pragma omp simd
     for (int t2 = 0; t2 < T; t2++) a[t2] = (t2 >= t0 && t2 <= t) ? a[t2] * inv : 0.0f;
 }
 
+// Row t of dS from dP (in d) and P: P (dP - rowsum(P dP)) scale, zero above the diagonal up to n.
+SIMD_CLONES static void softmax_backward_row(float *d, const float *p, int t, int n, float scale) {
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int t2 = 0; t2 <= t; t2++) sum += p[t2] * d[t2];
+#pragma omp simd
+    for (int t2 = 0; t2 < n; t2++) d[t2] = t2 <= t ? p[t2] * (d[t2] - sum) * scale : 0.0f;
+}
+
+// Queries go in blocks of this many rows: block [r0, r1) sees only keys 0..r1-1, so the products skip
+// the square's masked upper blocks (T = 256: 10 of 16 blocks computed).
+enum { ATT_ROWS = 64 };
+
 // Per (sequence, head): S = scale Q K^T, P = softmax(S) kept in att, O = P V. Each head is a few
-// GEMMs; OpenBLAS runs them single-threaded inside this parallel loop. The masked half of S is
-// computed and discarded: BLAS on the full square is still far faster than masked loops.
+// GEMMs by blocks of query rows (ATT_ROWS); OpenBLAS runs them single-threaded inside this parallel
+// loop. A block's masked keys below its last row are computed and discarded: BLAS on the block is
+// still far faster than masked loops.
 void attention_forward(float *out, float *att, const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
     int B = s.B, T = s.T, NH = s.NH, HD = s.HD, group = s.NH / s.NKV, os = NH * HD;
 #pragma omp parallel for collapse(2)
@@ -302,14 +357,18 @@ void attention_forward(float *out, float *att, const float *q, int qs, const flo
             int kvh = h / group;
             const float *Q = q + (long)b * T * qs + h * HD, *K = k + (long)b * T * ks + kvh * HD, *V = v + (long)b * T * vs + kvh * HD;
             float *P = att + ((long)b * NH + h) * T * T, *O = out + (long)b * T * os + h * HD;
-            matmul_ld(P, T, Q, qs, K, ks, T, T, HD, false, true, s.scale, 0.0f);
-            for (int t = 0; t < T; t++) causal_softmax_row(P + (long)t * T, t, T, s.window, s.pos ? t - s.pos[b * T + t] : 0);
-            matmul_ld(O, os, P, T, V, vs, T, HD, T, false, false, 1.0f, 0.0f);
+            for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+                int r1 = T - r0 < ATT_ROWS ? T : r0 + ATT_ROWS;
+                matmul_ld(P + (long)r0 * T, T, Q + (long)r0 * qs, qs, K, ks, r1 - r0, r1, HD, false, true, s.scale, 0.0f);
+                for (int t = r0; t < r1; t++) causal_softmax_row(P + (long)t * T, t, T, s.window, s.pos ? t - s.pos[b * T + t] : 0);
+                matmul_ld(O + (long)r0 * os, os, P + (long)r0 * T, T, V, vs, r1 - r0, HD, r1, false, false, 1.0f, 0.0f);
+            }
         }
 }
 
 // Per (sequence, kv head), so the query heads that share K and V add into dK, dV in one thread:
-// dP = dO V^T, dV += P^T dO, dS = P (dP - rowsum(P dP)) scale, dQ += dS K, dK += dS^T Q.
+// dP = dO V^T, dV += P^T dO, dS = P (dP - rowsum(P dP)) scale, dQ += dS K, dK += dS^T Q, by the
+// forward's blocks of query rows (a block's rows reach keys 0..r1-1 only).
 // (P is zero outside each query's keys, window and example alike: the masks need no code here.)
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att,
                         const float *q, int qs, const float *k, int ks, const float *v, int vs, AttnShape s) {
@@ -326,16 +385,16 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                     const float *Q = q + (long)b * T * qs + h * HD, *dO = dout + (long)b * T * os + h * HD;
                     const float *P = att + ((long)b * NH + h) * T * T;
                     float *dQ = dq + (long)b * T * qs + h * HD;
-                    matmul_ld(dS, T, dO, os, V, vs, T, T, HD, false, true, 1.0f, 0.0f);   // dP
-                    matmul_ld(dV, vs, P, T, dO, os, T, HD, T, true, false, 1.0f, 1.0f);
-                    for (int t = 0; t < T; t++) {
-                        const float *p = P + (long)t * T;
-                        float *d = dS + (long)t * T, sum = 0;
-                        for (int t2 = 0; t2 <= t; t2++) sum += p[t2] * d[t2];
-                        for (int t2 = 0; t2 < T; t2++) d[t2] = t2 <= t ? p[t2] * (d[t2] - sum) * s.scale : 0.0f;
+                    for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+                        int r1 = T - r0 < ATT_ROWS ? T : r0 + ATT_ROWS, n = r1 - r0;
+                        const float *Pb = P + (long)r0 * T, *dOb = dO + (long)r0 * os;
+                        float *dSb = dS + (long)r0 * T;
+                        matmul_ld(dSb, T, dOb, os, V, vs, n, r1, HD, false, true, 1.0f, 0.0f);  // dP
+                        matmul_ld(dV, vs, Pb, T, dOb, os, r1, HD, n, true, false, 1.0f, 1.0f);
+                        for (int t = r0; t < r1; t++) softmax_backward_row(dS + (long)t * T, P + (long)t * T, t, r1, s.scale);
+                        matmul_ld(dQ + (long)r0 * qs, qs, dSb, T, K, ks, n, HD, r1, false, false, 1.0f, 1.0f);
+                        matmul_ld(dK, ks, dSb, T, Q + (long)r0 * qs, qs, r1, HD, n, true, false, 1.0f, 1.0f);
                     }
-                    matmul_ld(dQ, qs, dS, T, K, ks, T, HD, T, false, false, 1.0f, 1.0f);
-                    matmul_ld(dK, ks, dS, T, Q, qs, T, HD, T, true, false, 1.0f, 1.0f);
                 }
             }
         free(dS);
@@ -344,7 +403,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 
 // fp32 exponentials (as torch's fp32 softmax), summed in double: a double exp per logit cost ~6% of a
 // GPT-2 training step (50257 logits a row, twice).
-double row_logsumexp(const float *x, int n) {
+SIMD_CLONES double row_logsumexp(const float *x, int n) {
     float maxv = -INFINITY;
 #pragma omp simd reduction(max : maxv)
     for (int j = 0; j < n; j++) maxv = x[j] > maxv ? x[j] : maxv;
@@ -352,6 +411,12 @@ double row_logsumexp(const float *x, int n) {
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < n; j++) sum += exp_nonpos(x[j] - maxv);
     return maxv + log(sum);
+}
+
+// row = e^(row - logz) k: the softmax of a row whose log-sum-exp is logz, scaled.
+SIMD_CLONES static void softmax_scaled(float *row, int n, float logz, float k) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) row[j] = exp_nonpos(row[j] - logz) * k;
 }
 
 double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T, int V, bool want_grad, int *count_out) {
@@ -371,9 +436,8 @@ double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T,
         double logz = row_logsumexp(row, V);
         loss += logz - row[target];
         if (want_grad) {
-            float inv_count = 1.0f / count, lz = (float)logz;
-#pragma omp simd
-            for (int j = 0; j < V; j++) row[j] = exp_nonpos(row[j] - lz) * inv_count;
+            float inv_count = 1.0f / count;
+            softmax_scaled(row, V, (float)logz, inv_count);
             row[target] -= inv_count;
         }
     }
@@ -392,11 +456,19 @@ void add_bias(float *y, const float *bias, int N, int C) {
         for (int c = 0; c < C; c++) y[(long)i * C + c] += bias[c];
 }
 
+// Columns in blocks, rows in order within each: every column's sum keeps its order (the same bits
+// at any thread count), and a row's block is read whole rather than one float a cache line.
 void bias_backward(float *dbias, const float *dy, int N, int C) {
+    enum { COLS = 64 };
 #pragma omp parallel for
-    for (int c = 0; c < C; c++) {
-        double s = 0;
-        for (int i = 0; i < N; i++) s += dy[(long)i * C + c];
-        dbias[c] += (float)s;
+    for (int c0 = 0; c0 < C; c0 += COLS) {
+        int n = C - c0 < COLS ? C - c0 : COLS;
+        double s[COLS] = {0};
+        for (int i = 0; i < N; i++) {
+            const float *row = dy + (long)i * C + c0;
+#pragma omp simd
+            for (int c = 0; c < n; c++) s[c] += row[c];
+        }
+        for (int c = 0; c < n; c++) dbias[c0 + c] += (float)s[c];
     }
 }

@@ -434,10 +434,17 @@ long model_count_params(const Model *m, bool trainable_only) {
     return n;
 }
 
+// In parallel blocks: one thread's memset of GPT-2's 124M gradients (0.5 GB) is a serial stretch of each step.
 void model_zero_grad(Model *m) {
+    enum { BLOCK = 1 << 16 };
     Param **list;
     int n = model_trainable(m, &list);
-    for (int i = 0; i < n; i++) memset(list[i]->grad, 0, sizeof(float) * list[i]->numel);
+    for (int i = 0; i < n; i++) {
+        float *g = list[i]->grad;
+        long numel = list[i]->numel;
+#pragma omp parallel for if (numel > 4 * BLOCK)
+        for (long j = 0; j < numel; j += BLOCK) memset(g + j, 0, sizeof(float) * (numel - j < BLOCK ? numel - j : BLOCK));
+    }
 }
 
 static bool file_exists_in(const char *dir, const char *name) {

@@ -276,18 +276,22 @@ void model_backward(Model *m) {
         if (c->arch == ARCH_GPT2) gpt2_block_backward(m, l, x, dres, N);
         else llama_block_backward(m, l, x, dres, N);
     }
-    // Embeddings: rows of the same token add into one gradient row, so split the work by column.
+    // Embeddings: rows of the same token add into one gradient row, so split the work by column
+    // (blocks of columns, so that each row's part is read whole; every element's sum keeps its order).
+    enum { COLS = 32 };
     if (m->wte->grad) {
 #pragma omp parallel for
-        for (int col = 0; col < C; col++)
-            for (int i = 0; i < N; i++) m->wte->grad[(long)a->ids[i] * C + col] += dres[(long)i * C + col];
+        for (int c0 = 0; c0 < C; c0 += COLS)
+            for (int i = 0; i < N; i++)
+                for (int col = c0; col < c0 + COLS && col < C; col++) m->wte->grad[(long)a->ids[i] * C + col] += dres[(long)i * C + col];
     }
     adapter_embed_backward_inputs(m, a->ids, dres, N);
     if (m->wpe && m->wpe->grad) {
         const int32_t *pos = positions(m);
 #pragma omp parallel for
-        for (int col = 0; col < C; col++)
-            for (int i = 0; i < N; i++) m->wpe->grad[(long)(pos ? pos[i] : i % a->T) * C + col] += dres[(long)i * C + col];
+        for (int c0 = 0; c0 < C; c0 += COLS)
+            for (int i = 0; i < N; i++)
+                for (int col = c0; col < c0 + COLS && col < C; col++) m->wpe->grad[(long)(pos ? pos[i] : i % a->T) * C + col] += dres[(long)i * C + col];
     }
     adapters_regularizer(m, true);
     free(d_norm);

@@ -1,4 +1,5 @@
 #include "optim.h"
+#include "kernels.h"
 #include "util.h"
 #include <math.h>
 #include <stdlib.h>
@@ -31,6 +32,18 @@ void adamw_free(AdamW *opt) {
 }
 
 // torch's single-tensor AdamW: p *= 1 - lr*wd; m,v updated; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+// One pass over elements [i0, i1) of a tensor (vectorised: sqrtf and the division are exact in any width).
+SIMD_CLONES static void adamw_range(float *w, float *m, float *v, const float *g, long i0, long i1, float decay, float b1, float b2,
+                                    float step_size, float bc2_sqrt, float eps) {
+#pragma omp simd
+    for (long i = i0; i < i1; i++) {
+        w[i] *= decay;
+        m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+        w[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    }
+}
+
 void adamw_step(AdamW *opt, Param **params, int n, float lr) {
     opt->step++;
     double bc1 = 1.0 - pow(opt->beta1, opt->step), bc2 = 1.0 - pow(opt->beta2, opt->step);
@@ -40,25 +53,44 @@ void adamw_step(AdamW *opt, Param **params, int n, float lr) {
         Param *p = params[t];
         float *w = p->w, *g = p->grad, *m = opt->m[t], *v = opt->v[t];
         float decay = p->decay ? 1.0f - lr * opt->weight_decay : 1.0f;
-#pragma omp parallel for if (p->numel > 65536)
-        for (long i = 0; i < p->numel; i++) {
-            w[i] *= decay;
-            m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-            w[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
-        }
+        enum { BLOCK = 16384 };
+        long numel = p->numel;
+#pragma omp parallel for if (numel > 65536)
+        for (long i = 0; i < numel; i += BLOCK)
+            adamw_range(w, m, v, g, i, numel - i < BLOCK ? numel : i + BLOCK, decay, b1, b2, step_size, bc2_sqrt, eps);
     }
 }
 
-double clip_grad_norm(Param **params, int n, double max_norm) {
+SIMD_CLONES static double sum_squares(const float *g, long n) {
     double ss = 0;
-    for (int t = 0; t < n; t++)
-        for (long i = 0; i < params[t]->numel; i++) ss += (double)params[t]->grad[i] * params[t]->grad[i];
+#pragma omp simd reduction(+ : ss)
+    for (long i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    return ss;
+}
+
+// The squared norm by blocks of a fixed size, their sums added in order: in parallel, with the same
+// bits at any thread count (it was one thread's double sum over every gradient, each step).
+double clip_grad_norm(Param **params, int n, double max_norm) {
+    enum { BLOCK = 16384 };
+    double ss = 0;
+    for (int t = 0; t < n; t++) {
+        const float *g = params[t]->grad;
+        long numel = params[t]->numel, nb = (numel + BLOCK - 1) / BLOCK;
+        double *part = xmalloc(sizeof(double) * (nb ? nb : 1));
+#pragma omp parallel for if (nb > 4)
+        for (long b = 0; b < nb; b++) part[b] = sum_squares(g + b * BLOCK, numel - b * BLOCK < BLOCK ? numel - b * BLOCK : BLOCK);
+        for (long b = 0; b < nb; b++) ss += part[b];
+        free(part);
+    }
     double norm = sqrt(ss);
     if (max_norm > 0 && norm > max_norm) {
         float k = (float)(max_norm / (norm + 1e-6));
-        for (int t = 0; t < n; t++)
-            for (long i = 0; i < params[t]->numel; i++) params[t]->grad[i] *= k;
+        for (int t = 0; t < n; t++) {
+            float *g = params[t]->grad;
+            long numel = params[t]->numel;
+#pragma omp parallel for simd if (numel > 65536)
+            for (long i = 0; i < numel; i++) g[i] *= k;
+        }
     }
     return norm;
 }
