@@ -9,10 +9,11 @@
 #        are; KEEP=1 keeps the work folder; PREFIX_CACHE: the server's --prefix-cache in the
 #        table, default 0: every prompt prefilled, as before the cache)
 # MODE=overhead: only issue 22's serving rows, in one short run: 100 LoRA adapters through HTTP at
-# each of CLIENTS_LIST (default "32 128") clients (PER_CLIENT requests each, default 16), prefix cache off, beside the bare decode step at
-# the same batch (mixed_bench, rows on K distinct LoRA adapters) and their ratio; then a shared
+# each of CLIENTS_LIST (default "32 128") clients (PER_CLIENT requests each, default 16), prefix cache
+# off, then on (the prompts cached: the HTTP and scheduling overhead without prefill), beside the bare
+# decode step at the same batch (mixed_bench, rows on K distinct LoRA adapters) and their ratio; then a shared
 # system prompt (SYSTEM tokens, default 256, + PROMPT tokens of each request's own) with the prefix
-# cache off and on (128 prompts: one per adapter). loadgen prints each run's p50 / p99 latency and
+# cache off and on (one server each way serves both kinds of prompt). loadgen prints each run's p50 / p99 latency and
 # the server's steps, tokens per step and forward share (the rest of its scheduler's time is host work).
 #   DEVICE=cuda ARCH=llama LAYERS=22 HIDDEN=2048 HEADS=32 KV_HEADS=4 INNER=5632 VOCAB=32000 MODE=overhead \
 #     NO_BUILD=1 bash bench/serve/run.sh .carry/gpu
@@ -65,38 +66,40 @@ serve() {  # model-dir [clients [prefix-cache]]: starts the server (every adapte
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 load() { "$B/serve/loadgen" --port "$PORT" --clients "$CLIENTS" --requests "$REQUESTS" --prompt-tokens "$PROMPT" --max-tokens "$TOKENS" "$@"; }
 field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if ($i == k) print $(i-1) }'; }  # the number before a unit (tok/s)
+after() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if ($i == k) print $(i+1) }'; }  # the number after a name (p50)
 
 if [ "${MODE:-}" = overhead ]; then
     SYSTEM=${SYSTEM:-256}
-    echo "| clients | HTTP tokens/s | bare decode step tokens/s | HTTP / step | p50 latency (s) | p99 latency (s) |" > "$W/ratio.md"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |" >> "$W/ratio.md"
+    echo "| clients | prompts | HTTP tokens/s | bare decode step tokens/s | HTTP / step | p50 latency (s) | p99 latency (s) |" > "$W/ratio.md"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |" >> "$W/ratio.md"
     echo "| clients | prefix cache | requests/s | tokens/s | p50 latency (s) | p99 latency (s) | speed-up |" > "$W/prefix.md"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |" >> "$W/prefix.md"
     for c in ${CLIENTS_LIST:-32 128}; do
         n=$((c * ${PER_CLIENT:-16}))
-        serve "$W/base" "$c" 0
-        load --clients "$c" --prefix lora --adapters 100 --requests 100 --label warm-up >/dev/null
-        http=$(load --clients "$c" --requests "$n" --prefix lora --adapters 100 --label "LoRA-r16-http" | tee /dev/stderr)
-        stop
         step=$("$B/serve/mixed_bench" --arch "$ARCH" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --kv-heads "$KV_HEADS" --inner "$INNER" \
             ${VOCAB:+--vocab "$VOCAB"} --targets "$TARGETS" --batch "$c" --adapters 100 --device "$DEVICE" --reps 20 |
             awk -F'|' '$2 ~ /LoRA, K distinct/ { gsub(/ /, "", $4); print $4 }')
-        t=$(echo "$http" | field tok/s)
-        echo "| $c | $t | $step | $(awk -v a="$t" -v b="$step" 'BEGIN { printf "%.2f", a / b }') | $(echo "$http" | awk '{ for (i = 1; i <= NF; i++) if ($i == "p50") print $(i+1) }') | $(echo "$http" | awk '{ for (i = 1; i <= NF; i++) if ($i == "p99") print $(i+1) }') |" >> "$W/ratio.md"
-        # A shared system prompt, cache off then on (one cached prompt per adapter), interleaved.
-        off=
-        for cache in 0 128; do
+        # Cache off: every prompt prefilled. Cache on (256 prompts: one per adapter and prompt kind): the
+        # identical prompts are cached (only their last token computed: the HTTP and scheduling overhead
+        # without prefill), and a shared system prompt's part is.
+        for cache in 0 256; do
             serve "$W/base" "$c" "$cache"
-            load --clients "$c" --prefix lora --adapters 100 --requests 100 --system-tokens "$SYSTEM" --label warm-up >/dev/null
-            out=$(load --clients "$c" --requests "$n" --prefix lora --adapters 100 --system-tokens "$SYSTEM" --label "system-$SYSTEM-cache-$cache" | tee /dev/stderr)
-            stop
+            load --clients "$c" --prefix lora --adapters 100 --requests 100 --label warm-up >/dev/null
+            out=$(load --clients "$c" --requests "$n" --prefix lora --adapters 100 --label "LoRA-r16-cache-$cache")
+            echo "$out" >&2
             t=$(echo "$out" | field tok/s)
-            [ -z "$off" ] && off=$t
-            echo "| $c | $([ "$cache" = 0 ] && echo off || echo "on ($cache prompts)") | $(echo "$out" | field req/s) | $t | $(echo "$out" | awk '{ for (i = 1; i <= NF; i++) if ($i == "p50") print $(i+1) }') | $(echo "$out" | awk '{ for (i = 1; i <= NF; i++) if ($i == "p99") print $(i+1) }') | $(awk -v a="$t" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') |" >> "$W/prefix.md"
+            echo "| $c | $([ "$cache" = 0 ] && echo prefilled || echo "cached (one per adapter)") | $t | $step | $(awk -v a="$t" -v b="$step" 'BEGIN { printf "%.2f", a / b }') | $(echo "$out" | after p50) | $(echo "$out" | after p99) |" >> "$W/ratio.md"
+            load --clients "$c" --prefix lora --adapters 100 --requests 100 --system-tokens "$SYSTEM" --label warm-up >/dev/null
+            out=$(load --clients "$c" --requests "$n" --prefix lora --adapters 100 --system-tokens "$SYSTEM" --label "system-$SYSTEM-cache-$cache")
+            stop
+            echo "$out" >&2
+            t=$(echo "$out" | field tok/s)
+            [ "$cache" = 0 ] && off=$t
+            echo "| $c | $([ "$cache" = 0 ] && echo off || echo "on ($cache prompts)") | $(echo "$out" | field req/s) | $t | $(echo "$out" | after p50) | $(echo "$out" | after p99) | $(awk -v a="$t" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') |" >> "$W/prefix.md"
         done
     done
     echo
-    echo "100 LoRA r16 adapters, $PROMPT prompt + $TOKENS generated tokens, prefix cache off:"
+    echo "100 LoRA r16 adapters, $PROMPT prompt + $TOKENS generated tokens (the same prompt for every request):"
     cat "$W/ratio.md"
     echo
     echo "A shared $SYSTEM-token system prompt + $PROMPT tokens of each request's own, 100 LoRA r16 adapters:"
