@@ -37,6 +37,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-queue", OPT_INT, &o.max_queue, "requests that may wait for a slot; more get 429 (default 64)"},
         {"max-tokens", OPT_INT, &o.max_tokens, "largest max_tokens a request may ask for (default 256)"},
         {"max-adapters", OPT_INT, &o.max_adapters, "adapters kept in memory; the least recently used unused one goes (default 64)"},
+        {"prefix-cache", OPT_INT, &o.prefix_cache, "prompts kept so that requests sharing their start (same adapter) skip computing it (default 4; 0 = off)"},
         {"context", OPT_INT, &o.context, "tokens per request, prompt + output (default: the model's positions, at most 2048)"},
         {"timeout", OPT_FLOAT, &timeout, "seconds a request may take, waiting included (default 300; 0 = none)"},
         {"max-body", OPT_INT, &max_body_kib, "largest request body in KiB (default 1024)"},
@@ -60,9 +61,9 @@ int cmd_serve(int argc, char **argv) {
     if (strcmp(device, "cpu") && strcmp(device, "cuda")) { fprintf(stderr, "peft serve: --device must be cpu or cuda (got %s)\n", device); return 2; }
     o.cuda = !strcmp(device, "cuda");
     if (o.max_requests < 1 || o.max_tokens < 1 || o.max_adapters < 1 || o.max_queue < 0 || timeout < 0 || o.port < 0 || o.port > 65535 ||
-        o.threads < 0 || o.context < 0 || max_body_kib < 1 || o.max_connections < HTTP_THREADS || o.max_connections_per_ip < 0 || o.idle_timeout < 1) {
+        o.threads < 0 || o.context < 0 || o.prefix_cache < 0 || max_body_kib < 1 || o.max_connections < HTTP_THREADS || o.max_connections_per_ip < 0 || o.idle_timeout < 1) {
         fprintf(stderr, "peft serve: --max-requests, --max-tokens, --max-adapters, --max-body, --idle-timeout must be >= 1; --max-queue, --timeout, "
-                        "--threads, --context, --max-connections-per-ip >= 0; --max-connections >= %d; --port 0..65535\n", HTTP_THREADS);
+                        "--threads, --context, --prefix-cache, --max-connections-per-ip >= 0; --max-connections >= %d; --port 0..65535\n", HTTP_THREADS);
         return 2;
     }
     if (o.adapters_dir && !dir_exists(o.adapters_dir)) { fprintf(stderr, "peft serve: --adapters %s is not a folder\n", o.adapters_dir); return 2; }

@@ -110,6 +110,15 @@ ev=$(printf '%s' "$h" | jget '$j->{adapter_evictions}')
 steps=$(printf '%s' "$h" | jget '$j->{steps}'); toks=$(printf '%s' "$h" | jget '$j->{tokens}')
 echo "  $steps forward steps for $toks tokens"
 
+# The prefix cache: a request whose prompt starts as the previous one's (same adapter) computes only
+# the rest; its text is still peft generate's.
+p0=$(curl -s -m 10 $U/health | jget '$j->{prefix_hits}')
+post $U/v1/completions '{"model": "cat", "prompt": "the cat sat on the mat. the cat", "max_tokens": 8, "temperature": 0}' >/dev/null
+r=$(post $U/v1/completions '{"model": "cat", "prompt": "the cat sat on the mat. the dog", "max_tokens": 8, "temperature": 0}' | body_of | jget '$j->{choices}[0]{text}')
+p1=$(curl -s -m 10 $U/health | jget '$j->{prefix_hits}')
+want=$("$PEFT" generate --model "$TMP/base" --adapter "$TMP/adapters/cat" --prompt "the cat sat on the mat. the dog" --max-tokens 8 2>/dev/null)
+check "a prompt that starts as a cached one: one prefix hit, peft generate's text" "$((p1 - p0)) [$r]" "1 [$want]"
+
 # usage and finish_reason
 r=$(post $U/v1/completions '{"model": "cat", "prompt": "the ", "max_tokens": 5, "temperature": 0}' | body_of)
 check "usage counts tokens" "$(printf '%s' "$r" | jget '"$j->{usage}{prompt_tokens} $j->{usage}{completion_tokens} $j->{choices}[0]{finish_reason}"')" "4 5 length"

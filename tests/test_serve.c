@@ -1,7 +1,8 @@
 // test_serve.c: serving many adapters on one base. The mixed-row linear (m->row_adapters)
 // against each adapter's own forward; detached loading; the scheduler's continuous batching
 // against generate_text alone (same greedy tokens and text, whatever shares the batch); its
-// limits (queue, timeout, cancel, prompt length); the adapter pool's LRU eviction.
+// limits (queue, timeout, cancel, prompt length); the adapter pool's LRU eviction; the prefix cache
+// (exact, per adapter set, LRU).
 #include "test.h"
 #include "helpers.h"
 #include "adapter.h"
@@ -11,6 +12,7 @@
 #include "json_bytes.h"
 #include "serve.h"
 #include "util.h"
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -417,6 +419,131 @@ TEST(serve_scheduler_limits) {
     tokenizer_free(tok);
     model_free(m);
 }
+
+// The prefix cache is exact as batching is: a slot that starts from a copy of another slot's first k
+// keys and values, then computes the rest of the prompt, gives the logits of the whole prompt
+// computed at once up to the last bits that OpenBLAS's sgemm gives a row by its place in the batch
+// (which other requests in a step shift anyway).
+static void prefix_copy_case(int *failed_, const char *json) {
+    const char *dir;
+    Model *m = byte_model_json(json, &dir, 24);
+    CHECK(m);
+    int32_t p[40];
+    for (int i = 0; i < 40; i++) p[i] = 'a' + (i * 7) % 26;
+    int V = m->cfg.vocab_size, k = 29;
+    KVCache *kv = kv_cache_new(m, 3, 48);
+    CHECK(kv);
+    float *whole = xmalloc(sizeof(float) * V), *part = xmalloc(sizeof(float) * V), *scratch = xmalloc(sizeof(float) * V);
+    KVRow a = {0, 40}, b = {1, k}, c = {2, 40 - k};
+    CHECK(kv_forward(m, kv, &a, 1, p, whole, false) == 0);
+    CHECK(kv_forward(m, kv, &b, 1, p, scratch, false) == 0);
+    kv_cache_copy_prefix(kv, 2, 1, k);
+    CHECK(kv_cache_len(kv, 2) == k);
+    CHECK(kv_forward(m, kv, &c, 1, p + k, part, false) == 0);
+    float worst = 0, top = 0;
+    for (int i = 0; i < V; i++) {
+        worst = fmaxf(worst, fabsf(whole[i] - part[i]));
+        top = fmaxf(top, fabsf(whole[i]));
+    }
+    CHECK_MSG(worst <= 1e-5f * top, "logits differ by %g (largest %g)", worst, top);
+    free(whole);
+    free(part);
+    free(scratch);
+    kv_cache_free(kv);
+    model_free(m);
+}
+
+TEST(serve_prefix_copy_exact_gpt2) { prefix_copy_case(failed_, BYTE_GPT2); }
+TEST(serve_prefix_copy_exact_llama) { prefix_copy_case(failed_, BYTE_LLAMA); }
+
+// Requests sharing a system prompt, one after another, for the base and two adapters served from a
+// pool that holds one adapter at a time (so each switch frees a set and loads another): with 2
+// cached prompts, their tokens (greedy and sampled) equal those without the cache, a request hits
+// only a prompt of the same load of its own adapter set, and the least recently used prompt goes.
+static void run_prefix_sequence(int *failed_, Model *m, const Tokenizer *tok, const char *root, int prefix_slots, int32_t **ids, int *n_ids,
+                                long *hits) {
+    AdapterPool *pool = adapter_pool_new(m, 1);
+    char *warn = NULL;
+    CHECK(adapter_pool_scan(pool, root, &warn) == 0);
+    free(warn);
+    SchedulerOptions so = {.max_requests = 2, .max_len = 64, .max_queue = 4, .threads = 1, .prefix_slots = prefix_slots};
+    Scheduler *s = scheduler_new(m, tok, &so);
+    CHECK_MSG(s, "%s", peft_last_error());
+    static const char *sys = "Be brief and kind.\n";
+    static const struct { const char *model, *user; float temperature; } reqs[] = {
+        {NULL, "What is a cat?", 0},  {NULL, "Who won?", 0},       {"a", "What is a cat?", 0}, {"a", "Name three dogs.", 0.9f},
+        {"b", "What is a cat?", 0}, {"a", "Who won?", 0}, {NULL, "Name three dogs.", 0}, {NULL, "Why?", 0.9f},
+    };
+    for (int i = 0; i < 8; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "%s%s", sys, reqs[i].user);
+        int32_t *p = NULL;
+        int plen = 0;
+        tokenizer_encode(tok, text, strlen(text), &p, &plen);
+        GenParams gp;
+        gen_params_default(&gp);
+        gp.max_new_tokens = 12;
+        gp.temperature = reqs[i].temperature;
+        gp.seed = 5 + i;
+        gp.eos_id = GEN_EOS_NONE;
+        AdapterSet *set = NULL;
+        PoolEntry *e = NULL;
+        int status = 0;
+        if (reqs[i].model) CHECK_MSG((e = adapter_pool_acquire(pool, reqs[i].model, &set, &status, 5.0)), "%s", peft_last_error());
+        ServeRequest *r = serve_request_new(p, plen, &gp, set, pool, e, 0);
+        free(p);
+        CHECK(scheduler_submit(s, r, &status) == 0);
+        ServeStatus st;
+        free(wait_text(r, &st));
+        CHECK(st.finish == SERVE_FINISH_LENGTH);
+        n_ids[i] = serve_request_tokens(r, &ids[i]);
+        serve_request_unref(r);
+        // The scheduler lets go of the request (and its adapter) just after its end.
+        for (int t = 0; t < 200; t++) {
+            SchedulerStats ss;
+            scheduler_stats(s, &ss);
+            hits[i] = ss.prefix_hits;
+            if (ss.active == 0) break;
+            usleep(5000);
+        }
+    }
+    scheduler_free(s);
+    adapter_pool_free(pool);
+}
+
+static void prefix_cache_case(int *failed_, const char *json, const char *targets) {
+    const char *dir;
+    Model *m = byte_model_json(json, &dir, 25);
+    CHECK(m);
+    Tokenizer *tok = tokenizer_load(dir);
+    CHECK_MSG(tok, "%s", peft_last_error());
+    char *root = path_join(dir, "prefix-adapters");
+    char *pa = save_random_adapter(m, root, "a", METHOD_LORA, 4, targets, 0, 31), *pb = save_random_adapter(m, root, "b", METHOD_LORA, 4, targets, 0, 32);
+    CHECK_MSG(pa && pb, "%s", peft_last_error());
+    int32_t *on[8], *off[8];
+    int n_on[8], n_off[8];
+    long hits_on[8], hits_off[8];
+    run_prefix_sequence(failed_, m, tok, root, 2, on, n_on, hits_on);
+    run_prefix_sequence(failed_, m, tok, root, 0, off, n_off, hits_off);
+    // Hits: base after base; a after a (same load); b, and a reloaded after b, miss; the base's
+    // first prompt was evicted by b's.
+    static const long expect[8] = {0, 1, 1, 2, 2, 2, 2, 3};
+    for (int i = 0; i < 8; i++) {
+        CHECK_MSG(hits_on[i] == expect[i], "request %d: %ld prefix hits, expected %ld", i, hits_on[i], expect[i]);
+        CHECK(hits_off[i] == 0);
+        CHECK_MSG(n_on[i] == 12 && n_off[i] == 12 && !memcmp(on[i], off[i], sizeof(int32_t) * 12), "request %d: other tokens with the cache", i);
+        free(on[i]);
+        free(off[i]);
+    }
+    free(pa);
+    free(pb);
+    free(root);
+    tokenizer_free(tok);
+    model_free(m);
+}
+
+TEST(serve_prefix_cache_gpt2) { prefix_cache_case(failed_, BYTE_GPT2, "c_attn,c_fc"); }
+TEST(serve_prefix_cache_llama) { prefix_cache_case(failed_, BYTE_LLAMA, "q_proj,v_proj"); }
 
 typedef struct { AdapterPool *pool; PoolEntry *e; } ReleaseLater;
 static void *release_later(void *arg) {

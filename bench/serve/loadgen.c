@@ -2,14 +2,19 @@
 // keep-alive HTTP/1.1 connection, send R requests in all (POST /v1/completions, greedy, a fixed
 // prompt of L tokens (the byte tokenizer: one per character) and exactly T new tokens with
 // ignore_eos), request i naming adapter i mod K (or "base"). Reports requests/s, tokens/s
-// (generated tokens, from the responses' usage) and the p50 / p99 latency.
-//   loadgen --port P [--clients N] [--requests R] [--prompt-tokens L] [--max-tokens T]
+// (generated tokens, from the responses' usage) and the p50 / p99 latency, then from the server's
+// /health before and after: its forward steps, tokens per step, the share of the time its
+// scheduler spent in the model's forward, and its prefix cache hits.
+// --system-tokens S: every prompt starts with the same S-token system part, then L tokens of its
+// own (request i's starts with i), so that only the system part can be shared.
+//   loadgen --port P [--clients N] [--requests R] [--prompt-tokens L] [--system-tokens S] [--max-tokens T]
 //           [--prefix NAME --adapters K | --base] [--label TEXT]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,13 +22,13 @@
 #include <time.h>
 #include <unistd.h>
 
-static int port = 8000, clients = 16, requests = 96, prompt_tokens = 32, max_tokens = 32, n_adapters = 0;
+static int port = 8000, clients = 16, requests = 96, prompt_tokens = 32, system_tokens = 0, max_tokens = 32, n_adapters = 0;
 static const char *prefix = "adapter", *label = "";
 static atomic_int next_req;
 static double *latency;
 static long *gen_tokens;
 static atomic_int errors;
-static char prompt[4096];
+static char prompt[4096], system_part[4096];
 
 static double now(void) {
     struct timespec ts;
@@ -84,12 +89,14 @@ static void *client(void *arg) {
     for (;;) {
         int i = atomic_fetch_add(&next_req, 1);
         if (i >= requests) break;
-        char model[128];
+        char model[128], text[4096 + 32];
+        if (system_tokens) snprintf(text, sizeof text, "%s%d%s", system_part, i, prompt + snprintf(NULL, 0, "%d", i));
+        else snprintf(text, sizeof text, "%s", prompt);
         if (n_adapters > 0) snprintf(model, sizeof model, "%s-%03d", prefix, i % n_adapters);
         else snprintf(model, sizeof model, "base");
         int bl = snprintf(body, sizeof body,
                           "{\"model\": \"%s\", \"prompt\": \"%s\", \"max_tokens\": %d, \"temperature\": 0, \"ignore_eos\": true}", model,
-                          prompt, max_tokens);
+                          text, max_tokens);
         int rl = snprintf(req, sizeof req,
                           "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", bl,
                           body);
@@ -114,6 +121,21 @@ static void *client(void *arg) {
     return NULL;
 }
 
+// The server's /health counters: steps, tokens, forward_seconds, prefix_hits (zeros when it fails).
+static void health(double v[4]) {
+    static const char *keys[4] = {"\"steps\":", "\"tokens\":", "\"forward_seconds\":", "\"prefix_hits\":"};
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    char *buf = malloc(1 << 16);
+    int fd = connect_local();
+    bool ok = fd >= 0 && roundtrip(fd, req, sizeof req - 1, buf, 1 << 16) == 200;
+    for (int k = 0; k < 4; k++) {
+        const char *at = ok ? strstr(buf, keys[k]) : NULL;
+        v[k] = at ? atof(at + strlen(keys[k])) : 0;
+    }
+    if (fd >= 0) close(fd);
+    free(buf);
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -127,19 +149,26 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--requests")) requests = atoi(v), i++;
         else if (!strcmp(a, "--prompt-tokens")) prompt_tokens = atoi(v), i++;
         else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v), i++;
+        else if (!strcmp(a, "--system-tokens")) system_tokens = atoi(v), i++;
         else if (!strcmp(a, "--adapters")) n_adapters = atoi(v), i++;
         else if (!strcmp(a, "--prefix")) prefix = v, i++;
         else if (!strcmp(a, "--label")) label = v, i++;
         else if (!strcmp(a, "--base")) n_adapters = 0;
         else { fprintf(stderr, "loadgen: unknown option %s\n", a); return 2; }
     }
-    if (clients < 1 || requests < 1 || prompt_tokens < 1 || prompt_tokens >= (int)sizeof prompt || max_tokens < 1) {
+    if (clients < 1 || requests < 1 || prompt_tokens < 8 || prompt_tokens >= (int)sizeof prompt || system_tokens < 0 ||
+        system_tokens >= (int)sizeof system_part || max_tokens < 1) {
         fprintf(stderr, "loadgen: bad sizes\n");
         return 2;
     }
     static const char words[] = "the quick brown fox jumps over the lazy dog ";
     for (int i = 0; i < prompt_tokens; i++) prompt[i] = words[i % (sizeof words - 1)];
     prompt[prompt_tokens] = 0;
+    static const char sys[] = "you are a helpful assistant. answer in one short line. ";
+    for (int i = 0; i < system_tokens; i++) system_part[i] = sys[i % (sizeof sys - 1)];
+    system_part[system_tokens] = 0;
+    double h0[4], h1[4];
+    health(h0);
     latency = calloc(requests, sizeof(double));
     gen_tokens = calloc(requests, sizeof(long));
     pthread_t *th = malloc(sizeof(pthread_t) * clients);
@@ -147,12 +176,16 @@ int main(int argc, char **argv) {
     for (int i = 0; i < clients; i++) pthread_create(&th[i], NULL, client, NULL);
     for (int i = 0; i < clients; i++) pthread_join(th[i], NULL);
     double dt = now() - t0;
+    health(h1);
+    double steps = h1[0] - h0[0];
     long toks = 0;
     for (int i = 0; i < requests; i++) toks += gen_tokens[i];
     qsort(latency, requests, sizeof(double), cmp_double);
     double p50 = latency[(requests - 1) / 2], p99 = latency[(int)((requests - 1) * 0.99 + 0.5)];
     int ok = requests - atomic_load(&errors);
-    printf("%-22s K=%-3d clients=%-3d requests=%d (%d ok)  %.2f req/s  %.0f tok/s  p50 %.3f s  p99 %.3f s  (%.1f s)\n", label, n_adapters, clients,
-           requests, ok, ok / dt, toks / dt, p50, p99, dt);
+    printf("%-22s K=%-3d clients=%-3d requests=%d (%d ok)  %.2f req/s  %.0f tok/s  p50 %.3f s  p99 %.3f s  (%.1f s)  steps %.0f/s  %.1f tokens/step  "
+           "forward %.0f%%  prefix hits %.0f\n",
+           label, n_adapters, clients, requests, ok, ok / dt, toks / dt, p50, p99, dt, steps / dt, steps > 0 ? (h1[1] - h0[1]) / steps : 0,
+           100 * (h1[2] - h0[2]) / dt, h1[3] - h0[3]);
     return atomic_load(&errors) ? 1 : 0;
 }

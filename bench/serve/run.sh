@@ -6,7 +6,17 @@
 # Usage: bash bench/serve/run.sh [BUILD]     (env: CLIENTS, REQUESTS, PROMPT, TOKENS, THREADS,
 #        ROUNDS; the model: ARCH (gpt2, llama), LAYERS, HIDDEN, HEADS, KV_HEADS, INNER, VOCAB;
 #        TARGETS: adapted modules; DEVICE: cpu or cuda; NO_BUILD=1: use BUILD's binaries as they
-#        are; KEEP=1 keeps the work folder)
+#        are; KEEP=1 keeps the work folder; PREFIX_CACHE: the server's --prefix-cache in the
+#        table, default 0: every prompt prefilled, as before the cache)
+# MODE=overhead: only issue 22's serving rows, in one short run: 100 LoRA adapters through HTTP at
+# each of CLIENTS_LIST (default "32 128") clients (PER_CLIENT requests each, default 16), prefix cache
+# off, then on (the prompts cached: the HTTP and scheduling overhead without prefill), beside the bare
+# decode step at the same batch (mixed_bench, rows on K distinct LoRA adapters) and their ratio; then a shared
+# system prompt (SYSTEM tokens, default 256, + PROMPT tokens of each request's own) with the prefix
+# cache off and on (one server each way serves both kinds of prompt). loadgen prints each run's p50 / p99 latency and
+# the server's steps, tokens per step and forward share (the rest of its scheduler's time is host work).
+#   DEVICE=cuda ARCH=llama LAYERS=22 HIDDEN=2048 HEADS=32 KV_HEADS=4 INNER=5632 VOCAB=32000 MODE=overhead \
+#     NO_BUILD=1 bash bench/serve/run.sh .carry/gpu
 # The GPU run in docs/serve-bench.md: a TinyLlama-1.1B-shaped model, LoRA / VeRA on q_proj,v_proj:
 #   DEVICE=cuda ARCH=llama LAYERS=22 HIDDEN=2048 HEADS=32 KV_HEADS=4 INNER=5632 VOCAB=32000 CLIENTS=32 bash bench/serve/run.sh
 set -eu
@@ -31,21 +41,18 @@ echo "# peft serve benchmark: $(date -u +%Y-%m-%d) on $(nproc --all) cores ($(gr
 [ "$DEVICE" = cuda ] && nvidia-smi -L 2>/dev/null | sed 's/^/# /'
 echo "# model: $ARCH $LAYERS layers, hidden $HIDDEN, heads $HEADS/$KV_HEADS, MLP $INNER, vocabulary ${VOCAB:-257 (bytes)}; adapters on $TARGETS; $CLIENTS clients, $REQUESTS requests of $PROMPT prompt + $TOKENS generated tokens; --device $DEVICE --threads $THREADS"
 "$PEFT" init --arch "$ARCH" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --kv-heads "$KV_HEADS" --inner "$INNER" \
-    ${VOCAB:+--vocab "$VOCAB"} --context 256 --seed 3 --out "$W/base" >/dev/null
+    ${VOCAB:+--vocab "$VOCAB"} --context 512 --seed 3 --out "$W/base" >/dev/null
 for i in $(seq 1 100); do echo "the quick brown fox jumps over the lazy dog."; done > "$W/text.txt"
 # One trained adapter of each kind (a few steps: the values only need to be adapter-like), then
-# 100 perturbed copies of each, and each merged into a copy of the base.
+# 100 perturbed copies of each, and each merged into a copy of the base (VeRA's and the merges
+# after MODE=overhead's rows, which need only the LoRA adapters).
 "$PEFT" train --model "$W/base" --data "$W/text.txt" --method lora --r 16 --alpha 32 --targets "$TARGETS" --device "$DEVICE" \
     --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-lora" >/dev/null 2>&1
-"$PEFT" train --model "$W/base" --data "$W/text.txt" --method vera --r 256 --targets "$TARGETS" --device "$DEVICE" \
-    --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-vera" >/dev/null 2>&1
 "$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-lora" --out "$W/adapters" --count 100 --prefix lora >/dev/null
-"$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-vera" --out "$W/adapters" --count 100 --prefix vera --seed 2 >/dev/null
-"$PEFT" merge --model "$W/base" --adapter "$W/adapters/lora-000" --out "$W/merged-lora" >/dev/null
-"$PEFT" merge --model "$W/base" --adapter "$W/adapters/vera-000" --out "$W/merged-vera" >/dev/null
 
-serve() {  # model-dir: starts the server (all 200 adapters in memory), sets PORT; every client is one address here
-    "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "$CLIENTS" --max-adapters 256 --max-connections-per-ip 0 \
+serve() {  # model-dir [clients [prefix-cache]]: starts the server (every adapter in memory), sets PORT; every client is one address here
+    "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "${2:-$CLIENTS}" --max-adapters 256 --max-connections-per-ip 0 \
+        --prefix-cache "${3:-${PREFIX_CACHE:-0}}" --context $((${SYSTEM:-0} + PROMPT + TOKENS + 16)) \
         --max-tokens "$TOKENS" --threads "$THREADS" --device "$DEVICE" --quiet > "$W/server.out" 2> "$W/server.err" &
     SERVER=$!
     PORT=
@@ -58,6 +65,52 @@ serve() {  # model-dir: starts the server (all 200 adapters in memory), sets POR
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 load() { "$B/serve/loadgen" --port "$PORT" --clients "$CLIENTS" --requests "$REQUESTS" --prompt-tokens "$PROMPT" --max-tokens "$TOKENS" "$@"; }
+field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if ($i == k) print $(i-1) }'; }  # the number before a unit (tok/s)
+after() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) if ($i == k) print $(i+1) }'; }  # the number after a name (p50)
+
+if [ "${MODE:-}" = overhead ]; then
+    SYSTEM=${SYSTEM:-256}
+    echo "| clients | prompts | HTTP tokens/s | bare decode step tokens/s | HTTP / step | p50 latency (s) | p99 latency (s) |" > "$W/ratio.md"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |" >> "$W/ratio.md"
+    echo "| clients | prefix cache | requests/s | tokens/s | p50 latency (s) | p99 latency (s) | speed-up |" > "$W/prefix.md"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |" >> "$W/prefix.md"
+    for c in ${CLIENTS_LIST:-32 128}; do
+        n=$((c * ${PER_CLIENT:-16}))
+        step=$("$B/serve/mixed_bench" --arch "$ARCH" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --kv-heads "$KV_HEADS" --inner "$INNER" \
+            ${VOCAB:+--vocab "$VOCAB"} --targets "$TARGETS" --batch "$c" --adapters 100 --device "$DEVICE" --reps 20 |
+            awk -F'|' '$2 ~ /LoRA, K distinct/ { gsub(/ /, "", $4); print $4 }')
+        # Cache off: every prompt prefilled. Cache on (256 prompts: one per adapter and prompt kind): the
+        # identical prompts are cached (only their last token computed: the HTTP and scheduling overhead
+        # without prefill), and a shared system prompt's part is.
+        for cache in 0 256; do
+            serve "$W/base" "$c" "$cache"
+            load --clients "$c" --prefix lora --adapters 100 --requests 100 --label warm-up >/dev/null
+            out=$(load --clients "$c" --requests "$n" --prefix lora --adapters 100 --label "LoRA-r16-cache-$cache")
+            echo "$out" >&2
+            t=$(echo "$out" | field tok/s)
+            echo "| $c | $([ "$cache" = 0 ] && echo prefilled || echo "cached (one per adapter)") | $t | $step | $(awk -v a="$t" -v b="$step" 'BEGIN { printf "%.2f", a / b }') | $(echo "$out" | after p50) | $(echo "$out" | after p99) |" >> "$W/ratio.md"
+            load --clients "$c" --prefix lora --adapters 100 --requests 100 --system-tokens "$SYSTEM" --label warm-up >/dev/null
+            out=$(load --clients "$c" --requests "$n" --prefix lora --adapters 100 --system-tokens "$SYSTEM" --label "system-$SYSTEM-cache-$cache")
+            stop
+            echo "$out" >&2
+            t=$(echo "$out" | field tok/s)
+            [ "$cache" = 0 ] && off=$t
+            echo "| $c | $([ "$cache" = 0 ] && echo off || echo "on ($cache prompts)") | $(echo "$out" | field req/s) | $t | $(echo "$out" | after p50) | $(echo "$out" | after p99) | $(awk -v a="$t" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') |" >> "$W/prefix.md"
+        done
+    done
+    echo
+    echo "100 LoRA r16 adapters, $PROMPT prompt + $TOKENS generated tokens (the same prompt for every request):"
+    cat "$W/ratio.md"
+    echo
+    echo "A shared $SYSTEM-token system prompt + $PROMPT tokens of each request's own, 100 LoRA r16 adapters:"
+    cat "$W/prefix.md"
+    exit 0
+fi
+"$PEFT" train --model "$W/base" --data "$W/text.txt" --method vera --r 256 --targets "$TARGETS" --device "$DEVICE" \
+    --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-vera" >/dev/null 2>&1
+"$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-vera" --out "$W/adapters" --count 100 --prefix vera --seed 2 >/dev/null
+"$PEFT" merge --model "$W/base" --adapter "$W/adapters/lora-000" --out "$W/merged-lora" >/dev/null
+"$PEFT" merge --model "$W/base" --adapter "$W/adapters/vera-000" --out "$W/merged-vera" >/dev/null
 
 # ROUNDS rounds, every configuration once per round (interleaved, so that a busy machine's
 # slow spells spread over all of them); the table takes each configuration's median round.

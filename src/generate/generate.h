@@ -29,6 +29,7 @@ int kv_cache_len(const KVCache *kv, int slot);        // tokens cached in the sl
 void kv_cache_reset(KVCache *kv, int slot);            // empty the slot (O(1))
 void kv_cache_truncate(KVCache *kv, int slot, int len); // keep the first len tokens
 void kv_cache_copy(KVCache *kv, int dst, int src);     // dst becomes a copy of src (beam search)
+void kv_cache_copy_prefix(KVCache *kv, int dst, int src, int len);  // ... of src's first len tokens (a prefix cache)
 
 // One row of a cached forward: n new tokens for `slot`, at positions len .. len+n-1.
 typedef struct { int slot, n; } KVRow;

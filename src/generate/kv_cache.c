@@ -110,18 +110,22 @@ static inline float *slot_k(const KVCache *kv, int l, int slot) { return kv->k +
 static inline float *slot_v(const KVCache *kv, int l, int slot) { return kv->v + ((size_t)l * kv->n_slots + slot) * kv->max_len * kv->kvw; }
 
 void kv_cache_copy(KVCache *kv, int dst, int src) {
-    if (dst == src || dst < 0 || src < 0 || dst >= kv->n_slots || src >= kv->n_slots) return;
+    if (src >= 0 && src < kv->n_slots) kv_cache_copy_prefix(kv, dst, src, kv->len[src]);
+}
+
+void kv_cache_copy_prefix(KVCache *kv, int dst, int src, int len) {
+    if (dst == src || dst < 0 || src < 0 || dst >= kv->n_slots || src >= kv->n_slots || len < 0 || len > kv->len[src]) return;
     if (kv->gpu) {
-        gpu_kv_copy(kv->gpu, dst, src, kv->len[src]);  // queued, done before the next kv_forward (where a device failure shows)
-        kv->len[dst] = kv->len[src];
+        gpu_kv_copy(kv->gpu, dst, src, len);  // queued, done before the next kv_forward (where a device failure shows)
+        kv->len[dst] = len;
         return;
     }
-    size_t n = (size_t)kv->len[src] * kv->kvw * sizeof(float);
+    size_t n = (size_t)len * kv->kvw * sizeof(float);
     for (int l = 0; l < kv->n_layer; l++) {
         memcpy(slot_k(kv, l, dst), slot_k(kv, l, src), n);
         memcpy(slot_v(kv, l, dst), slot_v(kv, l, src), n);
     }
-    kv->len[dst] = kv->len[src];
+    kv->len[dst] = len;
 }
 
 // Each new token's slot and position, for N tokens.

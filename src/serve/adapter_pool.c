@@ -32,6 +32,7 @@ struct PoolEntry {
     bool loading;
     bool removed;             // unregistered: freed when refs reaches 0
     uint64_t last_used;
+    uint64_t serial;          // which load set is (adapter_pool_entry_serial)
 };
 
 struct AdapterPool {
@@ -210,7 +211,7 @@ static int load_entry(AdapterPool *p, PoolEntry *e, int *status, double wait_s) 
     e->set = set;
     share_projection(p, e);
     snprintf(e->peft_type, sizeof e->peft_type, "%s", method_get(set->cfg.type)->peft_type);
-    p->loads++;
+    e->serial = (uint64_t)++p->loads;
     return 0;
 }
 
@@ -399,6 +400,8 @@ void adapter_pool_release(AdapterPool *p, PoolEntry *e) {
     drop_if_unused(p, e);
     pthread_mutex_unlock(&p->mu);
 }
+
+uint64_t adapter_pool_entry_serial(const PoolEntry *e) { return e ? e->serial : 0; }
 
 void *adapter_pool_list_json(AdapterPool *p) {
     cJSON *a = cJSON_CreateArray();

@@ -465,8 +465,9 @@ static void conn_news(void *arg) {
     Conn *cn = arg;
     HttpServer *h = cn->h;
     pthread_mutex_lock(&h->mu);
+    bool had = cn->news;  // then the waker was told already
     cn->news = true;
-    if (cn->suspended) wake(h);
+    if (cn->suspended && !had) wake(h);
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -763,7 +764,8 @@ static void start_generation(Conn *cn, AdapterSet *set, PoolEntry *entry) {
     HttpServer *h = cn->h;
     ServeRequest *r = serve_request_new(cn->q.prompt, cn->q.plen, &cn->q.p, set, h->ctx.pool, entry, h->ctx.o->timeout_s);
     params_free(&cn->q);
-    serve_request_on_change(r, conn_news, cn);
+    if (cn->stream) serve_request_on_change(r, conn_news, cn);
+    else serve_request_on_end(r, conn_news, cn);  // answer_text wants the whole text: one wake-up, not one per token
     int status = 503, rc = atomic_load(&h->stopping) ? peft_fail("the server is shutting down") : scheduler_submit(h->ctx.sched, r, &status);
     if (rc) {
         job_fail(cn, status, peft_last_error(), status == 400 ? "prompt" : NULL);
@@ -1006,6 +1008,9 @@ static enum MHD_Result health(Conn *cn, const char *method, const char *url) {
     cJSON_AddNumberToObject(j, "timed_out", (double)s.timed_out);
     cJSON_AddNumberToObject(j, "steps", (double)s.steps);
     cJSON_AddNumberToObject(j, "tokens", (double)s.tokens);
+    cJSON_AddNumberToObject(j, "forward_seconds", s.forward_s);
+    cJSON_AddNumberToObject(j, "prefix_hits", (double)s.prefix_hits);
+    cJSON_AddNumberToObject(j, "prefix_tokens", (double)s.prefix_tokens);
     cJSON_AddNumberToObject(j, "adapters_registered", p.registered);
     cJSON_AddNumberToObject(j, "adapters_loaded", p.loaded);
     cJSON_AddNumberToObject(j, "adapter_loads", (double)p.loads);

@@ -35,10 +35,12 @@ struct ServeRequest {
     AdapterSet *set;
     AdapterPool *pool;
     PoolEntry *entry;
+    uint64_t serial;              // the pool's load of set (0: no pool entry); the prefix cache's key with set
     double deadline;              // now_seconds() clock; 0 = none
     // The scheduler's.
     int slot, max_gen, eos;
     bool prefilled;
+    int cached, hit;             // prompt tokens taken from the prefix cache, and from which entry (-1: none)
     int strip;                   // tokenizer_token_bytes' state (the text starts with our first token when the prompt is bos alone)
     int32_t *hist;
     int n_hist;
@@ -53,6 +55,7 @@ struct ServeRequest {
     ServeStatus st;
     void (*on_change)(void *);    // told of new text and of the end
     void *on_change_user;
+    bool end_only;                // on_change told of the end only (serve_request_on_end)
     atomic_bool cancelled;
     int refs;
 };
@@ -72,6 +75,7 @@ ServeRequest *serve_request_new(const int32_t *prompt, int plen, const GenParams
     r->set = set;
     r->pool = pool;
     r->entry = entry;
+    r->serial = adapter_pool_entry_serial(entry);
     r->deadline = timeout_s > 0 ? now_seconds() + timeout_s : 0;
     r->slot = -1;
     r->st.n_prompt = plen;
@@ -109,12 +113,16 @@ void serve_request_unref(ServeRequest *r) {
 
 void serve_request_cancel(ServeRequest *r) { atomic_store(&r->cancelled, true); }
 
-void serve_request_on_change(ServeRequest *r, void (*fn)(void *user), void *user) {
+static void set_on_change(ServeRequest *r, void (*fn)(void *user), void *user, bool end_only) {
     pthread_mutex_lock(&r->mu);
     r->on_change = fn;
     r->on_change_user = user;
+    r->end_only = end_only;
     pthread_mutex_unlock(&r->mu);
 }
+
+void serve_request_on_change(ServeRequest *r, void (*fn)(void *user), void *user) { set_on_change(r, fn, user, false); }
+void serve_request_on_end(ServeRequest *r, void (*fn)(void *user), void *user) { set_on_change(r, fn, user, true); }
 
 static void abs_time(struct timespec *ts, double wait_s) {
     clock_gettime(CLOCK_REALTIME, ts);
@@ -158,7 +166,7 @@ static void publish(ServeRequest *r, const char *piece, size_t n) {
     bytes_append(&r->out, &r->out_len, &r->out_cap, piece, n);
     r->st.n_gen = r->hist ? r->n_hist - r->plen : 0;
     pthread_cond_broadcast(&r->cv);
-    if (r->on_change) r->on_change(r->on_change_user);
+    if (r->on_change && !r->end_only) r->on_change(r->on_change_user);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -179,6 +187,21 @@ static void finish(ServeRequest *r, ServeFinish f, int status, const char *error
 
 // ---- the scheduler ----
 
+// The prefix cache: requests whose prompts start alike (a shared system prompt) on the same adapter
+// set reuse the keys and values of that start instead of computing them again. Recent prompts are
+// kept in prefix_slots extra KV slots; a new request copies the longest start it shares with one of
+// them (PREFIX_MIN tokens at least, all but its last prompt token at most) into its own slot and
+// prefills only the rest. Exact: a position's keys and values depend only on the tokens up to it
+// (and on the adapter set), and each token row's arithmetic does not depend on the other rows.
+enum { PREFIX_MIN = 8 };
+typedef struct {
+    const AdapterSet *set;
+    uint64_t serial;    // with set: a set freed and another loaded at its address never matches
+    int32_t *ids;
+    int len;            // 0: empty
+    uint64_t used;
+} PrefixEntry;
+
 struct Scheduler {
     Model *m;
     const Tokenizer *tok;
@@ -194,8 +217,52 @@ struct Scheduler {
     // The scheduler thread's.
     ServeRequest **active;        // [max_requests], by slot
     int n_active;                 // (also read under mu for stats)
-    long steps, tokens, completed, cancelled, timed_out;
+    long steps, tokens, completed, cancelled, timed_out, prefix_hits, prefix_tokens;
+    double forward_s;             // time in kv_forward
+    PrefixEntry *prefix;          // [o.prefix_slots], KV slots max_requests.. (the scheduler thread's)
+    uint64_t prefix_clock;
 };
+
+// The longest start of r's prompt (all but its last token at most) cached for r's adapter set, copied
+// into r's slot: the prompt tokens r need not compute. Under s->mu (admission).
+static int prefix_take(Scheduler *s, ServeRequest *r) {
+    int best = -1, best_n = 0;
+    for (int i = 0; i < s->o.prefix_slots; i++) {
+        const PrefixEntry *e = &s->prefix[i];
+        if (!e->len || e->set != r->set || e->serial != r->serial) continue;
+        int n = 0, lim = e->len < r->plen - 1 ? e->len : r->plen - 1;
+        while (n < lim && e->ids[n] == r->prompt[n]) n++;
+        if (n > best_n) best = i, best_n = n;
+    }
+    r->hit = best_n >= PREFIX_MIN ? best : -1;
+    if (r->hit < 0) return 0;
+    s->prefix[best].used = ++s->prefix_clock;
+    kv_cache_copy_prefix(s->kv, r->slot, s->o.max_requests + best, best_n);
+    s->prefix_hits++;
+    s->prefix_tokens += best_n;
+    return best_n;
+}
+
+// After r's prefill: keeps its prompt (in an empty or the least recently used entry), unless the
+// entry it started from already holds more than the part r shared with it; a prompt that extends
+// a whole entry (a conversation's next turn) replaces that entry.
+static void prefix_store(Scheduler *s, ServeRequest *r) {
+    int i = r->hit;
+    if (!s->o.prefix_slots || r->plen < PREFIX_MIN || (i >= 0 && r->cached < s->prefix[i].len)) return;
+    if (i < 0) {
+        i = 0;
+        for (int j = 1; j < s->o.prefix_slots; j++)
+            if (s->prefix[j].used < s->prefix[i].used) i = j;  // an empty entry's is 0
+    }
+    PrefixEntry *e = &s->prefix[i];
+    kv_cache_copy_prefix(s->kv, s->o.max_requests + i, r->slot, r->plen);
+    e->ids = xrealloc(e->ids, sizeof(int32_t) * r->plen);
+    memcpy(e->ids, r->prompt, sizeof(int32_t) * r->plen);
+    e->len = r->plen;
+    e->set = r->set;
+    e->serial = r->serial;
+    e->used = ++s->prefix_clock;
+}
 
 static bool is_eos(const ServeRequest *r, int id) {
     if (id == r->eos) return true;
@@ -227,6 +294,7 @@ static void admit(Scheduler *s, ServeRequest *r, int slot) {
     s->active[slot] = r;
     s->n_active++;
     kv_cache_reset(s->kv, slot);
+    r->cached = prefix_take(s, r);
     r->max_gen = r->params.max_new_tokens;
     if (r->plen + r->max_gen > s->o.max_len) r->max_gen = s->o.max_len - r->plen;
     int eos = r->params.eos_id;
@@ -321,14 +389,14 @@ static void *scheduler_main(void *arg) {
             if (atomic_load(&r->cancelled)) { retire(s, r, SERVE_FINISH_CANCELLED, 0, NULL); continue; }
             if (r->deadline > 0 && now >= r->deadline) { retire(s, r, SERVE_FINISH_TIMEOUT, 408, "the request timed out"); continue; }
             if (r->max_gen <= 0) { retire(s, r, SERVE_FINISH_LENGTH, 0, NULL); continue; }
-            int n = r->prefilled ? 1 : r->plen;
+            int n = r->prefilled ? 1 : r->plen - r->cached;
             if (n_tok + n > cap_tok) {
                 while (n_tok + n > cap_tok) cap_tok *= 2;
                 ids = xrealloc(ids, sizeof(int32_t) * cap_tok);
                 row_sets = xrealloc(row_sets, sizeof(AdapterSet *) * cap_tok);
             }
             if (r->prefilled) ids[n_tok] = r->hist[r->n_hist - 1];
-            else memcpy(ids + n_tok, r->prompt, sizeof(int32_t) * r->plen);
+            else memcpy(ids + n_tok, r->prompt + r->cached, sizeof(int32_t) * n);
             for (int i = 0; i < n; i++) row_sets[n_tok + i] = r->set;
             rows[n_rows] = (KVRow){slot, n};
             row_req[n_rows++] = r;
@@ -338,7 +406,9 @@ static void *scheduler_main(void *arg) {
         if (n_rows == 0) continue;
         // 3. One forward over every row, each token with its request's adapter.
         s->m->row_adapters = row_sets;
+        double t0 = now_seconds();
         int rc = all_greedy ? kv_forward_greedy(s->m, s->kv, rows, n_rows, ids, chosen) : kv_forward(s->m, s->kv, rows, n_rows, ids, logits, false);
+        double dt = now_seconds() - t0;
         s->m->row_adapters = NULL;
         if (rc) {
             char msg[512];
@@ -350,10 +420,12 @@ static void *scheduler_main(void *arg) {
         pthread_mutex_lock(&s->mu);
         s->steps++;
         s->tokens += n_tok;
+        s->forward_s += dt;
         pthread_mutex_unlock(&s->mu);
         // 4. Sample, stream, retire.
         for (int i = 0; i < n_rows; i++) {
             ServeRequest *r = row_req[i];
+            if (!r->prefilled) prefix_store(s, r);
             r->prefilled = true;
             ServeFinish why;
             if (step_request(s, r, all_greedy ? chosen[i] : -1, logits + (long)i * V, work, seen, &why)) retire(s, r, why, 0, NULL);
@@ -386,7 +458,8 @@ static void *scheduler_main(void *arg) {
 
 Scheduler *scheduler_new(Model *m, const Tokenizer *tok, const SchedulerOptions *o) {
     if (o->max_requests <= 0 || o->max_len <= 1) { peft_fail("the scheduler needs max_requests >= 1 and max_len >= 2"); return NULL; }
-    KVCache *kv = kv_cache_new(m, o->max_requests, o->max_len);
+    if (o->prefix_slots < 0) { peft_fail("the scheduler needs prefix_slots >= 0"); return NULL; }
+    KVCache *kv = kv_cache_new(m, o->max_requests + o->prefix_slots, o->max_len);
     if (!kv) return NULL;
     Scheduler *s = xcalloc(1, sizeof *s);
     s->m = m;
@@ -397,12 +470,14 @@ Scheduler *scheduler_new(Model *m, const Tokenizer *tok, const SchedulerOptions 
     s->V = m->cfg.vocab_size;
     s->bos = tok && tokenizer_bos(tok) >= 0 ? tokenizer_bos(tok) : m->cfg.bos_token_id;
     s->active = xcalloc(o->max_requests, sizeof(ServeRequest *));
+    s->prefix = xcalloc(o->prefix_slots > 0 ? o->prefix_slots : 1, sizeof(PrefixEntry));
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     m->training = false;
     if (pthread_create(&s->thread, NULL, scheduler_main, s)) {
         kv_cache_free(kv);
         free(s->active);
+        free(s->prefix);
         free(s);
         peft_fail("cannot start the scheduler thread");
         return NULL;
@@ -425,6 +500,8 @@ void scheduler_free(Scheduler *s) {
     scheduler_stop(s);
     kv_cache_free(s->kv);
     free(s->active);
+    for (int i = 0; i < s->o.prefix_slots; i++) free(s->prefix[i].ids);
+    free(s->prefix);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);
@@ -478,5 +555,8 @@ void scheduler_stats(Scheduler *s, SchedulerStats *st) {
     st->completed = s->completed;
     st->cancelled = s->cancelled;
     st->timed_out = s->timed_out;
+    st->prefix_hits = s->prefix_hits;
+    st->prefix_tokens = s->prefix_tokens;
+    st->forward_s = s->forward_s;
     pthread_mutex_unlock(&s->mu);
 }

@@ -31,14 +31,15 @@ void serve_options_default(ServeOptions *o) {
     o->max_connections = 512;
     o->max_connections_per_ip = 32;
     o->idle_timeout = 15;
+    o->prefix_cache = 4;
 }
 
 
 int serve_run(const ServeOptions *o) {
     if (o->max_requests < 1 || o->max_tokens < 1 || o->max_adapters < 1 || o->max_queue < 0 || o->timeout_s < 0 || o->port < 0 ||
-        o->port > 65535 || o->max_body < 64 || o->max_connections < HTTP_THREADS || o->max_connections_per_ip < 0 || o->idle_timeout < 1)
-        return peft_fail("serve: --max-requests, --max-tokens, --max-adapters and --idle-timeout must be >= 1, --max-queue, --timeout and "
-                         "--max-connections-per-ip >= 0, --max-connections >= %d, --port 0..65535", HTTP_THREADS);
+        o->port > 65535 || o->max_body < 64 || o->max_connections < HTTP_THREADS || o->max_connections_per_ip < 0 || o->idle_timeout < 1 || o->prefix_cache < 0)
+        return peft_fail("serve: --max-requests, --max-tokens, --max-adapters and --idle-timeout must be >= 1, --max-queue, --timeout, "
+                         "--prefix-cache and --max-connections-per-ip >= 0, --max-connections >= %d, --port 0..65535", HTTP_THREADS);
     // Every thread started from here on leaves SIGINT / SIGTERM to this one.
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -74,7 +75,8 @@ int serve_run(const ServeOptions *o) {
         if (warnings) fprintf(stderr, "peft serve: %s", warnings);
         free(warnings);
     }
-    SchedulerOptions so = {.max_requests = o->max_requests, .max_len = max_len, .max_queue = o->max_queue, .threads = o->threads};
+    SchedulerOptions so = {.max_requests = o->max_requests, .max_len = max_len, .max_queue = o->max_queue, .threads = o->threads,
+                         .prefix_slots = o->prefix_cache};
     if (!(sched = scheduler_new(m, tok, &so))) goto out;
     HttpContext ctx = {.m = m, .tok = tok, .sched = sched, .pool = pool, .o = o, .model_dir = o->model_dir, .max_len = max_len};
     gen_params_default(&ctx.defaults);
@@ -83,9 +85,9 @@ int serve_run(const ServeOptions *o) {
     if (!(http = http_server_start(&ctx, &port))) goto out;
     PoolStats ps;
     adapter_pool_stats(pool, &ps);
-    double kv_bytes = 2.0 * c->n_layer * o->max_requests * (double)max_len * c->n_kv_head * c->head_dim * sizeof(float);
-    fprintf(stderr, "peft serve: %s (%d layers, hidden %d), %d adapters (%d loaded), %d concurrent requests x %d tokens (KV cache %.0f MiB)\n",
-            o->model_dir, c->n_layer, c->n_embd, ps.registered, ps.loaded, o->max_requests, max_len, kv_bytes / (1 << 20));
+    double kv_bytes = 2.0 * c->n_layer * (o->max_requests + o->prefix_cache) * (double)max_len * c->n_kv_head * c->head_dim * sizeof(float);
+    fprintf(stderr, "peft serve: %s (%d layers, hidden %d), %d adapters (%d loaded), %d concurrent requests x %d tokens, %d cached prompts (KV cache %.0f MiB)\n",
+            o->model_dir, c->n_layer, c->n_embd, ps.registered, ps.loaded, o->max_requests, max_len, o->prefix_cache, kv_bytes / (1 << 20));
     printf("listening on http://%s:%d\n", o->host, port);
     fflush(stdout);
     while (!atomic_load(&stop_requested)) {

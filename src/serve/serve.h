@@ -41,6 +41,9 @@ int adapter_pool_remove(AdapterPool *p, const char *name, int *status);
 // NULL + *status: 404 unknown name, 429 every slot still in use, 500 the folder no longer loads.
 PoolEntry *adapter_pool_acquire(AdapterPool *p, const char *name, AdapterSet **set, int *status, double wait_s);
 void adapter_pool_release(AdapterPool *p, PoolEntry *e);
+// Which load of its adapter a held entry's set is (> 0; 0 for NULL): a set freed and loaded again,
+// or another loaded at the same address, has another serial.
+uint64_t adapter_pool_entry_serial(const PoolEntry *e);
 // Ends every wait for room at once (503) and refuses later ones: the server is stopping.
 void adapter_pool_stop(AdapterPool *p);
 bool adapter_pool_has(AdapterPool *p, const char *name);
@@ -77,6 +80,8 @@ void serve_request_cancel(ServeRequest *r);
 // the request's lock held: fn must not call into the request). fn NULL stops it: once this returns,
 // the previous fn is not running and will not run again.
 void serve_request_on_change(ServeRequest *r, void (*fn)(void *user), void *user);
+// The same, told of the end only: a reader that wants the whole text is not woken for every token.
+void serve_request_on_end(ServeRequest *r, void (*fn)(void *user), void *user);
 
 typedef struct {
     ServeFinish finish;      // SERVE_RUNNING until done
@@ -96,6 +101,7 @@ typedef struct {
     int max_len;        // tokens per request, prompt + output (<= the model's positions for GPT-2)
     int max_queue;      // requests waiting for a slot; beyond that a submit is refused (429)
     int threads;        // OpenMP threads of the scheduler thread (0 = default)
+    int prefix_slots;   // prompts kept for the prefix cache (extra KV slots; 0 = no cache)
 } SchedulerOptions;
 
 // Starts the scheduler thread. tok may be NULL (no text, no stop strings).
@@ -107,7 +113,13 @@ void scheduler_free(Scheduler *s);
 // Queues a request (the scheduler takes its own reference). Errors: *status 400 (prompt too long
 // for max_len, bad parameters), 429 (queue full), 503 (stopping).
 int scheduler_submit(Scheduler *s, ServeRequest *r, int *status);
-typedef struct { int active, queued, max_requests; long steps, tokens, completed, cancelled, timed_out; } SchedulerStats;
+// prefix_hits: requests that started from a cached prompt; prefix_tokens: prompt tokens they did not
+// compute; forward_s: seconds in the model's forward (the rest of the scheduler's time is host work).
+typedef struct {
+    int active, queued, max_requests;
+    long steps, tokens, completed, cancelled, timed_out, prefix_hits, prefix_tokens;
+    double forward_s;
+} SchedulerStats;
 void scheduler_stats(Scheduler *s, SchedulerStats *st);
 
 // ---- the server (serve.c, http_api.c) ----
@@ -126,6 +138,7 @@ typedef struct {
     bool allow_any_adapter_path;  // POST /v1/adapters may name folders outside adapters_dir
     int threads;             // 0 = default
     int context;             // tokens per request (prompt + output); 0 = min(model positions, 2048)
+    int prefix_cache;        // 4: prompts kept for the prefix cache (SchedulerOptions.prefix_slots)
     size_t max_body;         // 1 MiB
     int max_connections;     // 512 open at once; more are closed as they come (>= HTTP_THREADS)
     int max_connections_per_ip;  // 32 from one client address; 0 = no limit

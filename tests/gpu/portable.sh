@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build self-contained copies of peft, test_gpu, test_gpu_infer, bench_gpu and memory_bench for a GPU machine that has the
+# Build self-contained copies of peft, test_gpu, test_gpu_infer, bench_gpu, memory_bench and the serving benchmark's tools for a GPU machine that has the
 # CUDA toolkit but none of the Debian packages (the lent device machine): OpenBLAS is replaced by
 # tests/gpu/cblas_fallback.c, LAPACKE with the reference LAPACK and BLAS it calls (PiSSA's SVD, OLoRA's QR)
 # and PCRE2 and libmicrohttpd are linked statically, libgfortran (the reference LAPACK's runtime), libcjson, libgomp and
@@ -25,6 +25,13 @@ cc build/tests/gpu/test_gpu_infer.o "${LIBS[@]}" -o "$OUT/test_gpu_infer"
 cc build/gpu/bench_gpu.o "${LIBS[@]}" -o "$OUT/bench_gpu"
 cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc $(for d in src/*/; do printf -- "-I%s " "${d%/}"; done)-Icli -c bench/memory_bench.c -o build/memory_bench.o
 cc build/memory_bench.o "${LIBS[@]}" -o "$OUT/memory_bench"
+# The serving benchmark's tools, for `NO_BUILD=1 bash bench/serve/run.sh OUTDIR` (their libraries: OUTDIR/lib).
+mkdir -p "$OUT/serve"
+for t in make_adapters mixed_bench; do
+    cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc $(for d in src/*/; do printf -- "-I%s " "${d%/}"; done)-c "bench/serve/$t.c" -o "build/serve-$t.o"
+    cc "build/serve-$t.o" "${LIBS[@]}" -Wl,-rpath,'$ORIGIN/../lib' -o "$OUT/serve/$t"
+done
+cc -std=c11 -O2 -D_GNU_SOURCE -pthread bench/serve/loadgen.c -o "$OUT/serve/loadgen"
 for l in libcjson.so.1 libgomp.so.1 libgfortran.so.5 libquadmath.so.0; do cp -L "/usr/lib/x86_64-linux-gnu/$l" "$OUT/lib/"; done
 # GnuTLS and its libraries (not the C library's own, which the machine has).
 ldd "$OUT/peft" | awk '/=> \// {print $3}' | grep -E 'lib(gnutls|p11-kit|idn2|unistring|tasn1|nettle|hogweed|gmp|ffi)\.' |
