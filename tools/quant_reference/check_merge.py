@@ -34,7 +34,7 @@ QUANTS = [("nf4", []), ("fp4", ["--no-double-quant"]), ("int8", []), ("none", []
 def run(*cmd):
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
     if r.returncode:
-        sys.exit(f"failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout}{r.stderr}")
+        raise RuntimeError(f"failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout}{r.stderr}")
     return r.stdout
 
 
@@ -95,6 +95,43 @@ def compare(ours, theirs, ids, torch):
     return differ, total, errs[0], errs[1]
 
 
+def one_case(args, torch, bnb, load, work, text, base, arch, q, qargs):
+    """One base quantized so, a LoRA trained on it, merged by us and by PEFT: (problems, linears dequantized,
+    weights differing, weights compared, logits error with the models in bf16, in fp32)."""
+    from peft import PeftModel
+    name = f"{arch}-{q}"
+    qbase = base if q == "none" else os.path.join(work, f"base-{name}")
+    if q != "none":
+        run(args.peft, "quantize", "--model", base, "--to", q, *qargs, "--out", qbase)
+    lora, merged = os.path.join(work, f"lora-{name}"), os.path.join(work, f"merged-{name}")
+    run(args.peft, "train", "--model", qbase, "--data", text, "--method", "lora", "--targets", "all-linear", "--steps", 12,
+        "--batch", 4, "--seq-len", 32, "--lr", "2e-2", "--threads", args.threads, "--overwrite", "--out", lora)
+    said = run(args.peft, "merge", "--model", qbase, "--adapter", lora, "--out", merged, *(["--dtype", "bf16"] if q == "none" else []))
+    problems = []
+    if "(bf16)" not in said:
+        problems.append(f"peft merge did not say bf16: {said.strip()!r}")
+    cfg = json.load(open(os.path.join(merged, "config.json")))
+    if "quantization_config" in cfg or cfg.get("dtype") != "bfloat16" or cfg.get("torch_dtype") != "bfloat16":
+        problems.append(f"config.json: quantization_config {'quantization_config' in cfg}, dtype {cfg.get('dtype')}, "
+                        f"torch_dtype {cfg.get('torch_dtype')}")
+    if folder_dtypes(merged) != {"BF16"}:
+        problems.append(f"model.safetensors dtypes {sorted(folder_dtypes(merged))}")
+    ours = load(merged, "auto")
+    if {p.dtype for p in ours.parameters()} != {torch.bfloat16}:
+        problems.append(f"transformers loaded it as {sorted({str(p.dtype) for p in ours.parameters()})}")
+    ours = ours.to(torch.bfloat16)
+    if q == "none":
+        theirs, n_q = load(base, torch.bfloat16), 0
+    else:
+        n_q = dequantized_folder(qbase, os.path.join(work, f"dequantized-{name}"), torch, bnb)
+        theirs = load(os.path.join(work, f"dequantized-{name}"), torch.bfloat16)
+    theirs = PeftModel.from_pretrained(theirs, lora).merge_and_unload().eval()
+    vocab = theirs.config.vocab_size
+    ids = torch.tensor([[(i * 37 + 11) % vocab for i in range(r * 32, (r + 1) * 32)] for r in range(2)])
+    differ, total, err_bf16, err_fp32 = compare(ours, theirs, ids, torch)
+    return problems, n_q, differ, total, err_bf16, err_fp32
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("peft", help="the peft binary (e.g. .carry/gpu/peft)")
@@ -102,12 +139,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
+    import peft
     import torch
     import transformers
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
     import bnb_torch as bnb
-    import peft
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
@@ -126,38 +162,13 @@ def main():
             "--seed", 3, "--out", base)
         for q, qargs in QUANTS:
             name = f"{arch}-{q}"
-            qbase = base if q == "none" else os.path.join(work, f"base-{name}")
-            if q != "none":
-                run(args.peft, "quantize", "--model", base, "--to", q, *qargs, "--out", qbase)
-            lora, merged = os.path.join(work, f"lora-{name}"), os.path.join(work, f"merged-{name}")
-            run(args.peft, "train", "--model", qbase, "--data", text, "--method", "lora", "--targets", "all-linear", "--steps", 12,
-                "--batch", 4, "--seq-len", 32, "--lr", "2e-2", "--threads", args.threads, "--overwrite", "--out", lora)
-            said = run(args.peft, "merge", "--model", qbase, "--adapter", lora, "--out", merged, *(["--dtype", "bf16"] if q == "none" else []))
-            problems = []
-            if "(bf16)" not in said:
-                problems.append(f"peft merge did not say bf16: {said.strip()!r}")
-            cfg = json.load(open(os.path.join(merged, "config.json")))
-            if "quantization_config" in cfg or cfg.get("dtype") != "bfloat16" or cfg.get("torch_dtype") != "bfloat16":
-                problems.append(f"config.json: quantization_config {'quantization_config' in cfg}, dtype {cfg.get('dtype')}, "
-                                f"torch_dtype {cfg.get('torch_dtype')}")
-            if folder_dtypes(merged) != {"BF16"}:
-                problems.append(f"model.safetensors dtypes {sorted(folder_dtypes(merged))}")
-            ours = load(merged, "auto")
-            if {p.dtype for p in ours.parameters()} != {torch.bfloat16}:
-                problems.append(f"transformers loaded it as {sorted({str(p.dtype) for p in ours.parameters()})}")
-            ours = ours.to(torch.bfloat16)
-            if q == "none":
-                theirs, n_q = load(base, torch.bfloat16), 0
-            else:
-                n_q = dequantized_folder(qbase, os.path.join(work, f"dequantized-{name}"), torch, bnb)
-                theirs = load(os.path.join(work, f"dequantized-{name}"), torch.bfloat16)
-            theirs = PeftModel.from_pretrained(theirs, lora).merge_and_unload().eval()
-            vocab = theirs.config.vocab_size
-            ids = torch.tensor([[(i * 37 + 11) % vocab for i in range(r * 32, (r + 1) * 32)] for r in range(2)])
-            differ, total, err_bf16, err_fp32 = compare(ours, theirs, ids, torch)
+            try:
+                problems, n_q, differ, total, err_bf16, err_fp32 = one_case(args, torch, bnb, load, work, text, base, arch, q, qargs)
+            except Exception as e:  # one case's failure is reported, the others still run
+                problems, n_q, differ, total, err_bf16, err_fp32 = [f"{type(e).__name__}: {e}"], 0, -1, 0, float("inf"), float("inf")
             passed = not problems and err_bf16 <= TOL and err_fp32 <= TOL
             ok &= passed
-            worst = max(worst, err_bf16, err_fp32)
+            worst = max(worst, *(e if e == e else float("inf") for e in (err_bf16, err_fp32)))  # a NaN is the worst
             print(f"{'PASS' if passed else 'FAIL'} {name:11s} {n_q:2d} linears dequantized; merged weights differing from PEFT's: "
                   f"{differ} of {total}; logits max|diff|/max|ref|: bf16 {err_bf16:.2e}, fp32 {err_fp32:.2e}"
                   + "".join(f"\n    {p}" for p in problems), flush=True)
