@@ -1,8 +1,9 @@
 // peft merge --model DIR --adapter DIR --out DIR: W += delta for every adapted module, saved as an
 // HF model folder that transformers loads like the base (zero added inference latency). A base saved
-// quantized by bitsandbytes is dequantized first (the merged weights are saved in fp32, which holds the
-// dequantized values exactly); --quantize quantizes the merged model again and says how far that moves
-// the logits from the unquantized merge.
+// quantized by bitsandbytes is dequantized first and the merge saved in bf16 by default, computed as
+// PEFT's dequantize-then-merge in bf16 (--dtype fp32: the dequantized values exactly, plus the delta);
+// --quantize quantizes the merged model again and says how far that moves the logits from the
+// unquantized merge. An unquantized base keeps fp32 unless --dtype bf16.
 // peft merge --model DIR --adapters A:0.7,B:0.3 --combination TYPE [--density D] ... --out DIR: PEFT's
 // add_weighted_adapter of several LoRA adapters (lora_combine.c), saved as one adapter folder, or with
 // --into-model merged into the base as above.
@@ -60,7 +61,7 @@ static int combine_adapters(Model *m, const char *list, const CombineOptions *o)
 
 int cmd_merge(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *out = NULL, *quantize = NULL, *adapters = NULL;
-    const char *combination = "svd", *sign = "total";
+    const char *combination = "svd", *sign = "total", *dtype = NULL;
     float density = NAN;
     int svd_rank = 0, seed = 0;
     bool no_double_quant = false, into_model = false;
@@ -75,8 +76,10 @@ int cmd_merge(int argc, char **argv) {
         {"svd-rank", OPT_INT, &svd_rank, "svd types: the combined rank (default: the largest input rank)"},
         {"seed", OPT_INT, &seed, "torch.manual_seed before combining (DARE's random masks; default 0)"},
         {"into-model", OPT_FLAG, &into_model, "with --adapters: merge the combined adapter into the model (--out: a model folder)"},
+        {"dtype", OPT_STRING, &dtype, "fp32 or bf16: the merged model's weights (default: bf16 for a base saved quantized, as PEFT's "
+                                      "dequantize-then-merge in bf16; fp32 for any other base, as it is held)"},
     };
-    int n_opts = 10 + quant_options(opts + 10, &quantize, &no_double_quant), qt;
+    int n_opts = 11 + quant_options(opts + 11, &quantize, &no_double_quant), qt;
     bool nested;
     if (parse_options("merge", argc, argv, opts, n_opts, NULL, 0, NULL)) return 2;
     if (!model_dir || !out || !adapter_dir == !adapters) {
@@ -91,6 +94,12 @@ int cmd_merge(int argc, char **argv) {
     co.sign_frequency = !strcmp(sign, "frequency");
     if (quant_resolve("merge", quantize, no_double_quant, &qt, &nested)) return 2;
     if (adapters && !into_model && qt) { fprintf(stderr, "peft merge: --quantize quantizes a merged model: it needs --into-model with --adapters\n"); return 2; }
+    if (dtype && strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) { fprintf(stderr, "peft merge: --dtype must be fp32 or bf16, not \"%s\"\n", dtype); return 2; }
+    if (dtype && (qt || (adapters && !into_model))) {
+        fprintf(stderr, "peft merge: --dtype is a merged model's dtype: %s\n",
+                qt ? "with --quantize its linears are quantized (the other weights stay fp32)" : "it needs --into-model with --adapters");
+        return 2;
+    }
     Model *m = model_load(model_dir);
     if (!m || (adapters ? combine_adapters(m, adapters, &co) : adapters_load(m, adapter_dir))) { model_free(m); return fail_with_library_error(); }
     if (adapters && !into_model) {
@@ -99,10 +108,13 @@ int cmd_merge(int argc, char **argv) {
         model_free(m);
         return rc ? fail_with_library_error() : 0;
     }
+    bool bf16 = dtype ? !strcmp(dtype, "bf16") : m->quant && !qt;
     if (m->quant) {
         printf("dequantized the %s base%s before merging\n", quant_type_name(m->quant), m->double_quant ? " (double quantization)" : "");
         model_dequantize(m);
     }
+    // PEFT merging into a base loaded in bf16: the bf16 weight plus the fp32 delta, rounded to bf16 again.
+    if (bf16) model_round_bf16(m);
     adapters_merge(m);
     int rc = 0;
     if (qt) {
@@ -115,10 +127,10 @@ int cmd_merge(int argc, char **argv) {
         free(merged);
         free(requant);
     }
-    if (!rc) rc = model_save(m, out);
+    if (!rc) rc = bf16 ? model_save_bf16(m, out) : model_save(m, out);
     int n = m->adapters->n;
     model_free(m);
     if (rc) return fail_with_library_error();
-    printf("merged %d modules into %s\n", n, out);
+    printf("merged %d modules into %s (%s)\n", n, out, qt ? quant_type_name(qt) : bf16 ? "bf16" : "fp32");
     return 0;
 }

@@ -125,11 +125,43 @@ run_ok "peft quantize --to nf4 writes a bitsandbytes folder" "$PEFT" quantize --
 check "its config.json has bitsandbytes' quantization_config" grep -q '"bnb_4bit_quant_type":[[:space:]]*"nf4"' "$TMP/m-nf4/config.json"
 run_ok "eval of the saved nf4 model" "$PEFT" eval --model "$TMP/m-nf4" --adapter "$TMP/qlora" --data "$D/val.txt" --seq-len 64 --threads 1
 check "the saved nf4 model evaluates as --quantize nf4 does" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+# The header's dtypes of a safetensors file, sorted and unique, comma-separated.
+st_dtypes() { head -c "$((8 + $(od -An -tu8 -N8 "$1")))" "$1" | tail -c +9 | grep -o '"dtype":"[A-Z0-9]*"' | cut -d'"' -f4 | sort -u | paste -sd, -; }
+near_bf16() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < 2e-2) }'; }
 run_ok "merge into the nf4 model" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/m-merged"
 check "merge says it dequantized the base" grep -q 'dequantized the nf4 base' "$TMP/out"
-run_ok "eval of the merge" "$PEFT" eval --model "$TMP/m-merged" --data "$D/val.txt" --seq-len 64 --threads 1
-check "the merge (fp32, no quantization_config) = the adapter live on the nf4 base" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+check "merge says it saved bf16 (the default for a quantized base)" grep -qE 'merged [0-9]+ modules into .* \(bf16\)' "$TMP/out"
+check "the bf16 merge: every tensor BF16" test "$(st_dtypes "$TMP/m-merged/model.safetensors")" = BF16
+check "the bf16 merge's config.json: dtype and torch_dtype bfloat16" \
+    test "$(grep -cE '"(torch_)?dtype":[[:space:]]*"bfloat16"' "$TMP/m-merged/config.json")" -eq 2
 check "the merge's config.json has no quantization_config" test "$(count "$TMP/m-merged/config.json" quantization_config)" -eq 0
+run_ok "eval of the bf16 merge" "$PEFT" eval --model "$TMP/m-merged" --data "$D/val.txt" --seq-len 64 --threads 1
+check "the bf16 merge = the adapter live on the nf4 base, within bf16's rounding" near_bf16 "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+run_ok "generate with the bf16 merge" "$PEFT" generate --model "$TMP/m-merged" --prompt "The Eagle" --max-tokens 4 --threads 1
+run_ok "merge into the nf4 model --dtype fp32" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/m-merged32" --dtype fp32
+check "the fp32 merge: every tensor F32" test "$(st_dtypes "$TMP/m-merged32/model.safetensors")" = F32
+run_ok "eval of the fp32 merge" "$PEFT" eval --model "$TMP/m-merged32" --data "$D/val.txt" --seq-len 64 --threads 1
+check "the fp32 merge (no quantization_config) = the adapter live on the nf4 base" near "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$(last_eval "$TMP/qlora/train_log.jsonl")"
+check "the fp32 merge's config.json has no quantization_config" test "$(count "$TMP/m-merged32/config.json" quantization_config)" -eq 0
+run_ok "merge into an unquantized base keeps fp32" "$PEFT" merge --model "$M" --adapter "$TMP/lora" --out "$TMP/m-plain"
+check "the unquantized merge: every tensor F32, said so" test "$(st_dtypes "$TMP/m-plain/model.safetensors")" = F32 -a -n "$(grep '(fp32)' "$TMP/out")"
+run_ok "merge into an unquantized base --dtype bf16" "$PEFT" merge --model "$M" --adapter "$TMP/lora" --out "$TMP/m-plain16" --dtype bf16
+check "its tensors are BF16" test "$(st_dtypes "$TMP/m-plain16/model.safetensors")" = BF16
+for method in vera adalora; do
+    extra=(); [ $method = adalora ] && extra=(--init-r 6 --target-r 2 --tinit 1 --tfinal 1 --delta-t 1)
+    run_ok "train $method on the nf4 folder" "$PEFT" train --model "$TMP/m-nf4" --data "$D/train.txt" --method $method --steps 3 --seq-len 64 \
+        --batch 4 --threads 1 --lr 1e-2 --out "$TMP/q$method" "${extra[@]}"
+    run_ok "eval $method live on the nf4 folder" "$PEFT" eval --model "$TMP/m-nf4" --adapter "$TMP/q$method" --data "$D/val.txt" --seq-len 64 --threads 1
+    live=$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")
+    run_ok "merge $method into the nf4 folder (bf16)" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/q$method" --out "$TMP/m-q$method"
+    run_ok "eval of the $method merge" "$PEFT" eval --model "$TMP/m-q$method" --data "$D/val.txt" --seq-len 64 --threads 1
+    check "the $method bf16 merge = $method live on the nf4 base, within bf16's rounding" near_bf16 "$(sed 's/^loss \([0-9.]*\).*/\1/' "$TMP/out")" "$live"
+done
+run_fails "merge --dtype fp16 is refused" 2 'dtype must be fp32 or bf16, not "fp16"' "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/x" --dtype fp16
+run_fails "merge --dtype with --quantize is refused" 2 'with --quantize its linears are quantized' \
+    "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/x" --dtype bf16 --quantize nf4
+run_fails "merge --dtype with --adapters and no --into-model is refused" 2 'dtype is a merged model.s dtype: it needs --into-model' \
+    "$PEFT" merge --model "$M" --adapters "$TMP/lora:0.5" --combination linear --out "$TMP/x" --dtype bf16
 run_ok "merge into the nf4 model, quantized again to int8" "$PEFT" merge --model "$TMP/m-nf4" --adapter "$TMP/qlora" --out "$TMP/m-merged8" --quantize int8
 check "merge --quantize says how far the logits move" grep -qE 're-quantized to int8: the logits of a 64-token probe move by [0-9.e-]+ \(relative\)' "$TMP/out"
 run_fails "--quantize on a folder saved quantized otherwise is refused" 1 'saved quantized as nf4; --quantize int8' "$PEFT" eval --model "$TMP/m-nf4" --data "$D/val.txt" --quantize int8

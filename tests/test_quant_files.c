@@ -1,13 +1,17 @@
 // test_quant_files.c: bitsandbytes-quantized model folders (src/quant/quant_files.c): what peft quantize
 // writes loads back bit for bit (GPT-2 and Llama, nf4 / fp4 / int8, double quantization on and off);
-// every quantization_config key and quantized tensor that is not understood is refused by name;
+// every quantization_config key and quantized tensor that is not understood is refused by name; the
+// bf16 merge into a quantized base (peft merge's default) saves and reloads as it should;
 // test_quant_bnb_folder checks the reference's model-bnb folders (run by test_quant_model.c).
 #include "test.h"
 #include "helpers.h"
+#include "adapter.h"
+#include "check.h"
 #include "model.h"
 #include "quant_files.h"
 #include "util.h"
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,4 +162,83 @@ int test_quant_bnb_folder(const char *case_dir) {
     free(deq);
     free(out);
     return ok;
+}
+
+// peft merge's default for a quantized base: dequantized, rounded to bf16 (the base as transformers holds
+// it loaded in bf16), the delta added in fp32 (PEFT's bf16 weight += fp32 delta), saved in bf16. The folder
+// has only BF16 tensors and a config.json with dtype bfloat16 and no quantization_config; it loads back as
+// the merged weights rounded to bf16, bit for bit, and its logits are the adapter's live on the quantized
+// base within bf16's rounding.
+static int merge_bf16(const char *json, QuantType t, MethodId method) {
+    Model *m = test_model_from_json(json, 4), *back = NULL;
+    for (int i = 0; i < m->n_linears; i++) model_quantize_linear(m, &m->linears[i], t, true);
+    AdapterConfig c;
+    adapter_config_defaults(&c, method);
+    c.r = c.init_r = 4;
+    c.target_r = 2;
+    adapter_config_set_targets(&c, "all-linear");
+    int ok = adapters_attach(m, &c, 5) == 0;
+    adapter_config_free(&c);
+    uint64_t s = 11;
+    for (int i = 0; ok && i < m->adapters->n_params; i++)  // a delta the size of the weights
+        for (long k = 0; k < m->adapters->params[i]->numel; k++) m->adapters->params[i]->w[k] = (float)(test_urand(&s) - 0.5) * 0.6f;
+    enum { B = 2, T = 6 };
+    int32_t ids[B * T];
+    test_random_batch(ids, NULL, B * T, m->cfg.vocab_size, &s);
+    long n = (long)B * T * m->cfg.vocab_size;
+    float *live = NULL;
+    if (ok && !isnan(model_forward(m, ids, NULL, B, T))) live = test_copy_logits(m, n);
+    model_dequantize(m);
+    model_round_bf16(m);
+    adapters_merge(m);
+    const char *dir = test_tmpdir();
+    ok = ok && live && model_save_bf16(m, dir) == 0 && (back = model_load(dir)) && !back->quant;
+    if (!ok) fprintf(stderr, "  %s: %s\n", quant_type_name(t), peft_last_error());
+    for (int i = 0; ok && i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        float *want = xmalloc(sizeof(float) * p->numel);
+        memcpy(want, p->w, sizeof(float) * p->numel);
+        quant_round(QUANT_OUT_BF16, want, p->numel);
+        ok = !memcmp(want, back->params[i].w, sizeof(float) * p->numel);
+        if (!ok) fprintf(stderr, "  %s: %s is not the merged weight in bf16\n", quant_type_name(t), p->name);
+        free(want);
+    }
+    SafeTensors st = {0};
+    char *path = path_join(dir, "model.safetensors"), *cfg_path = path_join(dir, "config.json"), *text = read_file(cfg_path, NULL);
+    ok = ok && st_open(&st, path) == 0;
+    for (int i = 0; ok && i < st.n; i++)
+        if (st.tensors[i].dtype != DT_BF16) { fprintf(stderr, "  %s is not BF16\n", st.tensors[i].name); ok = 0; }
+    cJSON *j = text ? cJSON_Parse(text) : NULL, *d = cJSON_GetObjectItem(j, "dtype"), *td = cJSON_GetObjectItem(j, "torch_dtype");
+    ok = ok && j && !cJSON_GetObjectItem(j, "quantization_config") && cJSON_IsString(d) && !strcmp(d->valuestring, "bfloat16") &&
+         cJSON_IsString(td) && !strcmp(td->valuestring, "bfloat16");
+    if (ok && !isnan(model_forward(back, ids, NULL, B, T))) {
+        double e = rel_error(back->act.logits, live, n);
+        if (!(e > 0 && e < 1e-2)) { fprintf(stderr, "  %s: the bf16 merge's logits are %g from the adapter live\n", quant_type_name(t), e); ok = 0; }
+    } else ok = 0;
+    cJSON_Delete(j);
+    st_close(&st);
+    free(text);
+    free(cfg_path);
+    free(path);
+    free(live);
+    model_free(m);
+    model_free(back);
+    return ok;
+}
+
+TEST(quant_files_merge_bf16) {
+    CHECK(merge_bf16(TINY_LLAMA_JSON, QUANT_NF4, METHOD_LORA));
+    CHECK(merge_bf16(TINY_GPT2_JSON, QUANT_INT8, METHOD_VERA));
+    CHECK(merge_bf16(TINY_GPT2_JSON, QUANT_FP4, METHOD_ADALORA));
+}
+
+TEST(quant_files_bf16_refusals) {
+    Model *m = test_model_from_json(TINY_LLAMA_JSON, 4);
+    m->lm_head->w[3] = 3.4e38f;  // finite in fp32, beyond bf16's largest (about 3.39e38)
+    CHECK(model_save_bf16(m, test_tmpdir()) != 0 && strstr(peft_last_error(), "lm_head.weight: value") &&
+          strstr(peft_last_error(), "beyond bf16's range"));
+    m->lm_head->w[3] = 0;
+    model_quantize_linear(m, &m->linears[0], QUANT_NF4, true);
+    CHECK(model_save_bf16(m, test_tmpdir()) != 0 && strstr(peft_last_error(), "quantized linears is not saved in bf16"));
+    model_free(m);
 }

@@ -454,9 +454,10 @@ static bool file_exists_in(const char *dir, const char *name) {
     return ok;
 }
 
-// config.json of a model whose source or self is quantized: the source's (or config_to_json's) with
-// quantization_config set to the model's (or removed: a dequantized merge).
-static char *quantized_config(Model *m) {
+// config.json of a model whose source or self is quantized, or saved in bf16: the source's (or
+// config_to_json's) with quantization_config set to the model's (or removed: a dequantized merge) and,
+// in bf16, the dtype transformers writes ("dtype") and the key transformers before 4.56 reads ("torch_dtype").
+static char *rewritten_config(Model *m, bool bf16) {
     char *path = m->dir ? path_join(m->dir, "config.json") : NULL;
     char *text = path && file_exists(path) ? read_file(path, NULL) : config_to_json(&m->cfg);
     free(path);
@@ -465,39 +466,72 @@ static char *quantized_config(Model *m) {
     if (!j) return NULL;
     cJSON_DeleteItemFromObject(j, "quantization_config");
     if (m->quant) cJSON_AddItemToObject(j, "quantization_config", quant_config_json(m->quant, m->double_quant));
+    for (int k = 0; bf16 && k < 2; k++) {
+        const char *key = k ? "torch_dtype" : "dtype";
+        cJSON_DeleteItemFromObject(j, key);
+        cJSON_AddStringToObject(j, key, "bfloat16");
+    }
     text = cJSON_Print(j);
     cJSON_Delete(j);
     return text;
 }
 
-// Copies the folder's config.json (and tokenizer files) and writes every base weight in fp32, a
+void model_round_bf16(Model *m) {
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].w) quant_round(QUANT_OUT_BF16, m->params[i].w, m->params[i].numel);
+}
+
+// p's values in bf16 (to nearest, ties to even) into the writer; a finite value beyond bf16's range is refused.
+static int add_bf16(StWriter *w, const Param *p) {
+    float *x = try_calloc(p->numel ? p->numel : 1, sizeof(float), p->name);
+    uint16_t *h = x ? try_calloc(p->numel ? p->numel : 1, sizeof(uint16_t), p->name) : NULL;
+    int rc = h ? 0 : -1;
+    if (h) memcpy(x, p->w, sizeof(float) * p->numel);
+    if (h) quant_round(QUANT_OUT_BF16, x, p->numel);
+    for (long i = 0; h && !rc && i < p->numel; i++) {
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        h[i] = (uint16_t)(b >> 16);
+        if (isinf(x[i]) && isfinite(p->w[i]))
+            rc = peft_fail("tensor %s: value %g (element %ld) is beyond bf16's range", p->name, p->w[i], i);
+    }
+    if (!rc) st_writer_add(w, p->name, DT_BF16, p->ndim, p->shape, h);
+    free(x);
+    free(h);
+    return rc;
+}
+
+// Copies the folder's config.json (and tokenizer files) and writes every base weight in fp32 (or bf16), a
 // quantized linear as transformers saves a bitsandbytes one (config.json then gets quantization_config).
-int model_save(Model *m, const char *dir) {
+static int save_folder(Model *m, const char *dir, bool bf16) {
+    if (bf16 && m->quant) return peft_fail("%s: a model with quantized linears is not saved in bf16 (dequantize it first)", dir);
     if (make_dir(dir)) return -1;
     StWriter *w = st_writer_new();
-    for (int i = 0; i < m->n_params; i++) {
+    int rc = 0;
+    for (int i = 0; i < m->n_params && !rc; i++) {
         Param *p = &m->params[i];
-        if (p->w) st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
+        if (p->w && bf16) rc = add_bf16(w, p);
+        else if (p->w) st_writer_add_f32(w, p->name, p->ndim, p->shape, p->w);
     }
     for (int i = 0; i < m->n_linears; i++)  // a quantized linear: the tensors transformers saves for it
         if (m->linears[i].q) quant_write_linear(w, m->linears[i].module, m->linears[i].q);
     char *path = path_join(dir, "model.safetensors");
-    int rc = st_writer_save(w, path);
+    if (!rc) rc = st_writer_save(w, path);
     free(path);
     st_writer_free(w);
     static const char *copied[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                                    "vocab.json", "merges.txt", "special_tokens_map.json", NULL};
     QuantType source = QUANT_NONE;
     if (!rc && m->dir && file_exists_in(m->dir, "config.json")) rc = folder_quantization(m->dir, &source);
-    bool requantized = m->quant || source;
-    if (!rc && (requantized || !(m->dir && file_exists_in(m->dir, "config.json")))) {
-        char *text = requantized ? quantized_config(m) : config_to_json(&m->cfg), *cfg_path = path_join(dir, "config.json");
+    bool rewrite = m->quant || source || bf16;  // config.json rewritten: quantization_config, dtype
+    if (!rc && (rewrite || !(m->dir && file_exists_in(m->dir, "config.json")))) {
+        char *text = rewrite ? rewritten_config(m, bf16) : config_to_json(&m->cfg), *cfg_path = path_join(dir, "config.json");
         rc = text ? write_file_atomic(cfg_path, text, strlen(text)) : peft_fail("%s: config.json is not JSON", m->dir);
         free(text);
         free(cfg_path);
     }
     for (int i = 0; !rc && m->dir && copied[i]; i++) {
-        if (requantized && !strcmp(copied[i], "config.json")) continue;
+        if (rewrite && !strcmp(copied[i], "config.json")) continue;
         char *src = path_join(m->dir, copied[i]), *dst = path_join(dir, copied[i]);
         if (file_exists(src)) rc = copy_file(src, dst);
         free(src);
@@ -505,3 +539,6 @@ int model_save(Model *m, const char *dir) {
     }
     return rc;
 }
+
+int model_save(Model *m, const char *dir) { return save_folder(m, dir, false); }
+int model_save_bf16(Model *m, const char *dir) { return save_folder(m, dir, true); }

@@ -171,6 +171,13 @@ void encoder_backward(Model *m);
 // Write the base weights (HF names; tied lm_head omitted) and config.json to an HF folder; quantized
 // linears as transformers saves bitsandbytes ones, with config.json's quantization_config.
 int model_save(Model *m, const char *dir);
+// model_save with every base weight in bf16 (rounded to nearest, ties to even; a finite value beyond bf16's
+// range is refused by name) and config.json's dtype "bfloat16", no quantization_config: what transformers
+// saves of a bf16 model. A model with quantized linears is refused (model_dequantize first).
+int model_save_bf16(Model *m, const char *dir);
+// Every base weight rounded to bf16 and kept in fp32: the base as transformers holds it loaded with
+// dtype bfloat16 (a bitsandbytes base: its dequantized weights .to(bfloat16), as model.dequantize() does).
+void model_round_bf16(Model *m);
 
 // Every trainable parameter, in a stable order (adapter tensors, or all base weights).
 int model_trainable(Model *m, Param ***out);

@@ -257,9 +257,8 @@ static void absmax_range(const QWeight *q, long b0, long nb, float *out) {
 
 void qweight_absmax(const QWeight *q, float *absmax) { absmax_range(q, 0, q->n_blocks, absmax); }
 
-// Rounds fp32 values to bf16 / fp16 (to nearest, ties to even, as the kernels' conversions) and back.
-static void round_to(QuantOut d, float *x, long n) {
-    for (long i = 0; i < n; i++) {
+void quant_round(QuantOut d, float *x, long n) {
+    for (long i = 0; d != QUANT_OUT_F32 && i < n; i++) {
         if (d == QUANT_OUT_BF16) {
             uint32_t b = (uint32_t)gguf_f32_to_bf16(x[i]) << 16;
             memcpy(&x[i], &b, 4);
@@ -286,7 +285,7 @@ void qweight_dequantize_rows(const QWeight *q, int64_t row0, int64_t nrows, floa
     absmax_range(q, b0, nb, absmax);
     decode_blocks(q->type, q->data, absmax, q->block, b0, nb, first, count, out);
     free(absmax);
-    if (q->out_dtype != QUANT_OUT_F32) round_to(q->out_dtype, out, count);
+    quant_round(q->out_dtype, out, count);
 }
 
 void qweight_dequantize(const QWeight *q, float *out) { qweight_dequantize_rows(q, 0, q->rows, out); }

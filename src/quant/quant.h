@@ -43,6 +43,9 @@ float quant_mean(const float *x, long n);
 
 // bitsandbytes dequantizes into the weight's original dtype: fp32 products rounded to it.
 typedef enum { QUANT_OUT_F32, QUANT_OUT_BF16, QUANT_OUT_F16 } QuantOut;
+// x[n] rounded to that dtype (to nearest, ties to even, as the kernels' conversions and torch's .to())
+// and kept in fp32; QUANT_OUT_F32 leaves them.
+void quant_round(QuantOut d, float *x, long n);
 
 // A quantized weight matrix [rows, cols] in bitsandbytes' storage.
 typedef struct {

@@ -88,10 +88,10 @@ def quantize_4bit(x, qtype):
     return packed[:(x.numel() + 1) // 2].clone(), absmax
 
 
-def dequantize_4bit(packed, absmax, n, qtype):
+def dequantize_4bit(packed, absmax, n, qtype, block=BLOCK):
     """kDequantizeBlockwise for NF4 / FP4 into fp32 [n]."""
     codes = torch.stack([packed >> 4, packed & 15], dim=1).reshape(-1)[:n].long()
-    m = absmax.repeat_interleave(BLOCK)[:n]
+    m = absmax.repeat_interleave(block)[:n]
     if qtype == "nf4":
         return torch.tensor(NF4, dtype=F32)[codes] * m
     sign = torch.where(codes >= 8, c32(-1.0), c32(1.0))
@@ -211,6 +211,28 @@ def serialized(prefix, q):
     blob = json.dumps(extra).encode()
     out[f"{prefix}.weight.quant_state.bitsandbytes__{q['quant_type']}"] = torch.tensor(list(blob), dtype=torch.uint8)
     return out
+
+
+def dequantize_saved(tensors, prefix):
+    """One linear `prefix` of a saved bitsandbytes model (the tensors serialized() names) dequantized as
+    transformers' dequantize_bnb_weight does before its .to(dtype): 4-bit QuantState.from_dict (the stored
+    nested_quant_map and nested_offset, a 0-dim fp32 tensor), then dequantize_4bit (the nested absmax
+    dequantized blockwise, the offset added, then kDequantizeBlockwise, rounded to the quant_state's dtype);
+    8-bit int8_vectorwise_dequant (int8 * SCB * (1/127) in fp32). Returns [out, in]."""
+    w = tensors[f"{prefix}.weight"]
+    if f"{prefix}.SCB" in tensors:
+        return w.to(F32) * tensors[f"{prefix}.SCB"].view(-1, 1) * c32(7.874015718698502e-3)
+    qtype = next(k.rsplit("__", 1)[1] for k in tensors if k.startswith(f"{prefix}.weight.quant_state.bitsandbytes__"))
+    qs = json.loads(bytes(tensors[f"{prefix}.weight.quant_state.bitsandbytes__{qtype}"].tolist()).decode())
+    assert qs["quant_type"] == qtype, (prefix, qs)
+    absmax = tensors[f"{prefix}.weight.absmax"]
+    if "nested_offset" in qs:
+        absmax = dequantize_blockwise(absmax, tensors[f"{prefix}.weight.nested_absmax"], tensors[f"{prefix}.weight.nested_quant_map"],
+                                      qs["nested_blocksize"])
+        absmax = absmax + torch.tensor(float(qs["nested_offset"]), dtype=F32)
+    n = qs["shape"][0] * qs["shape"][1]
+    out = dequantize_4bit(w.reshape(-1), absmax.to(F32), n, qtype, qs["blocksize"])
+    return out.to(getattr(torch, qs["dtype"])).view(qs["shape"])
 
 
 def quantization_config(qtype, double_quant):
