@@ -50,18 +50,14 @@ for i in $(seq 1 100); do echo "the quick brown fox jumps over the lazy dog."; d
     --lr 1e-2 --steps 5 --batch 2 --seq-len 64 --out "$W/src-lora" >/dev/null 2>&1
 "$B/serve/make_adapters" --model "$W/base" --adapter "$W/src-lora" --out "$W/adapters" --count 100 --prefix lora >/dev/null
 
+. "$(dirname "$0")/../../tools/serve_start.sh"
 serve() {  # model-dir [clients [prefix-cache]]: starts the server (every adapter in memory), sets PORT; every client is one address here
-    "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "${2:-$CLIENTS}" --max-adapters 256 --max-connections-per-ip 0 \
-        --prefix-cache "${3:-${PREFIX_CACHE:-0}}" --context $((${SYSTEM:-0} + PROMPT + TOKENS + 16)) \
-        --max-tokens "$TOKENS" --threads "$THREADS" --device "$DEVICE" --quiet > "$W/server.out" 2> "$W/server.err" &
-    SERVER=$!
-    PORT=
-    for i in $(seq 1 1200); do
-        PORT=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$W/server.out")
-        [ -n "$PORT" ] && return 0
-        sleep 0.1
-    done
-    echo "server did not start: $(cat "$W/server.err")"; exit 1
+    local rc=0
+    serve_start "$W/server.out" "$W/server.err" 1200 --model "$1" --adapters "$W/adapters" --max-requests "${2:-$CLIENTS}" --max-adapters 256 \
+        --max-connections-per-ip 0 --prefix-cache "${3:-${PREFIX_CACHE:-0}}" --context $((${SYSTEM:-0} + PROMPT + TOKENS + 16)) \
+        --max-tokens "$TOKENS" --threads "$THREADS" --device "$DEVICE" --quiet || rc=1
+    SERVER=$SERVE_PID
+    [ $rc = 0 ] || { echo "server did not start: $(cat "$W/server.err")"; exit 1; }
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 load() { "$B/serve/loadgen" --port "$PORT" --clients "$CLIENTS" --requests "$REQUESTS" --prompt-tokens "$PROMPT" --max-tokens "$TOKENS" "$@"; }
