@@ -180,7 +180,8 @@ static void store_kv(KVCache *kv, int l, int N, const float *k, int ks, const fl
 }
 
 // Causal attention of each new token over its slot's cached keys 0..pos (the window's last
-// `window` of them when set), written as attention_forward computes it (same operation order).
+// `window` of them when set): attention_forward's formula, equal to its results within fp32 rounding
+// (it takes its exponentials from a polynomial and sums in SIMD order, so that its rows vectorise).
 static void cached_attention(KVCache *kv, const ModelConfig *c, int l, int N, float *out, const float *q, int qs) {
     int NH = c->n_head, HD = c->head_dim, group = c->n_head / c->n_kv_head, kvw = kv->kvw, window = c->sliding_window;
     float scale = 1.0f / sqrtf((float)HD);
