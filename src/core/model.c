@@ -3,6 +3,7 @@
 #include "adapter.h"
 #include "safetensors.h"
 #include "quant_files.h"
+#include "gguf_writer.h"
 #include <cjson/cJSON.h>
 #include "util.h"
 #include <math.h>
@@ -483,20 +484,14 @@ void model_round_bf16(Model *m) {
 
 // p's values in bf16 (to nearest, ties to even) into the writer; a finite value beyond bf16's range is refused.
 static int add_bf16(StWriter *w, const Param *p) {
-    float *x = try_calloc(p->numel ? p->numel : 1, sizeof(float), p->name);
-    uint16_t *h = x ? try_calloc(p->numel ? p->numel : 1, sizeof(uint16_t), p->name) : NULL;
+    uint16_t *h = try_calloc(p->numel ? p->numel : 1, sizeof(uint16_t), p->name);
     int rc = h ? 0 : -1;
-    if (h) memcpy(x, p->w, sizeof(float) * p->numel);
-    if (h) quant_round(QUANT_OUT_BF16, x, p->numel);
     for (long i = 0; h && !rc && i < p->numel; i++) {
-        uint32_t b;
-        memcpy(&b, &x[i], 4);
-        h[i] = (uint16_t)(b >> 16);
-        if (isinf(x[i]) && isfinite(p->w[i]))
+        h[i] = gguf_f32_to_bf16(p->w[i]);
+        if ((h[i] & 0x7fff) == 0x7f80 && isfinite(p->w[i]))  // rounded to infinity
             rc = peft_fail("tensor %s: value %g (element %ld) is beyond bf16's range", p->name, p->w[i], i);
     }
     if (!rc) st_writer_add(w, p->name, DT_BF16, p->ndim, p->shape, h);
-    free(x);
     free(h);
     return rc;
 }
