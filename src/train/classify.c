@@ -93,7 +93,7 @@ static int add_example(Loader *L, const char *a, size_t na, const char *b, size_
     }
     bool roberta = !strcmp(L->m->cfg.model_type, "roberta");
     int extra = pair ? (roberta ? 4 : 3) : 2;
-    if (L->seq_len <= extra) { free(ta); free(tb); return peft_fail("sequence length %d leaves no room for text", L->seq_len); }
+    if (L->seq_len <= extra) { free(ta); free(tb); return peft_fail("%s: sequence length %d leaves no room for text", L->where, L->seq_len); }
     while (la + lb + extra > L->seq_len) {  // longest_first: one token at a time from the longer text
         if (la > lb) la--;
         else lb--;
