@@ -1,6 +1,7 @@
 // gpu_check.c: an HF PEFT reference case run on the GPU (the layout check.c reads: model/,
-// adapter/, case.json, io/grads/step.safetensors). fp32 mode holds the case's own tolerances for
-// logits, both losses (lm_loss, and loss with AdaLoRA's regulariser), gradients and the weights after
+// adapter/, case.json, io/grads/step.safetensors; a causal LM, or an encoder's sequence classification,
+// task "seq_cls", through gpu_classify). fp32 mode holds the case's own tolerances for
+// logits, both losses (lm_loss / cls_loss, and loss with AdaLoRA's regulariser), gradients and the weights after
 // one AdamW step; gradients and updates are compared as peft check compares them (check.c's check_floored:
 // a vanishing gradient, e.g. an encoder's key bias, is held to check.h's floor, not to its own rounding). bf16 mode (the bf16 criteria) holds both losses to 1e-2 relative and the
 // gradient (all trainable tensors as one vector) to cosine similarity >= 0.999, each tensor's own
@@ -39,6 +40,7 @@ typedef struct {
     double tol_logits, tol_grads, tol_step;
     float lr, beta1, beta2, eps, wd;
     bool bf16;
+    bool classify;  // case.json's task "seq_cls": an encoder's sequence classification (check.c's layout)
     double min_cos, ab, aa, bb;  // worst tensor cosine; sums for the global one
     double cos_bound, tensor_cos_bound;  // bf16: the least global and per-tensor gradient cosine
     double max_update;           // the AdamW update's worst relative error against the CPU's
@@ -100,13 +102,32 @@ static void bf16_bounds(GCase *c, const cJSON *ref) {
     c->tensor_cos_bound = fmin(0.99, 1.0 - BF16_SLACK * (1.0 - w));
 }
 
+// The case's batch: a causal LM's ids and labels, or a seq_cls case's (check_read_classify_io).
+typedef struct {
+    int32_t *ids, *labels, *mask, *types;
+    float *targets;
+    bool int_targets;
+    int B, T;
+} GBatch;
+
+// The case's forward on the device: logits (without labels; into logits) or the loss (with them). NAN on error.
+static double case_forward(const GCase *c, GpuModel *g, const GBatch *b, bool with_labels, float *logits) {
+    if (c->classify) {
+        ClassifyBatch cb = {b->ids, b->mask, b->types, with_labels ? b->targets : NULL, b->int_targets, b->B, b->T};
+        return gpu_classify(g, &cb, logits);
+    }
+    double loss = gpu_forward(g, b->ids, with_labels ? b->labels : NULL, b->B, b->T);
+    if (!with_labels && !isnan(loss) && gpu_get_logits(g, logits)) return NAN;
+    return loss;
+}
+
 static void run_case(GCase *c, const char *dir, bool full) {
     CheckResult *r = c->res;
     char *model_dir = path_join(dir, "model"), *adapter_dir = path_join(dir, "adapter");
     char *io_path = path_join(dir, "io.safetensors"), *grads_path = path_join(dir, "grads.safetensors");
     char *step_path = path_join(dir, "step.safetensors");
     SafeTensors io = {0}, grads = {0}, step = {0};
-    int32_t *ids = NULL, *labels = NULL;
+    GBatch bt = {0};
     GpuModel *g = NULL;
     // the trainable tensors before the step, after the CPU's, the reference gradients, and ours (gradients, then weights)
     float *logits = NULL, **before = NULL, **cpu_after = NULL, **refs = NULL, **got = NULL;
@@ -118,9 +139,10 @@ static void run_case(GCase *c, const char *dir, bool full) {
         goto out;
     }
     if (full) model_train_all(m);
-    int B, T, B2, T2;
-    if (st_open(&io, io_path) || st_open(&grads, grads_path) || st_open(&step, step_path) || check_read_ids(&io, "input_ids", &ids, &B, &T) ||
-        check_read_ids(&io, "labels", &labels, &B2, &T2)) {
+    int B2, T2;
+    if (st_open(&io, io_path) || st_open(&grads, grads_path) || st_open(&step, step_path) || check_read_ids(&io, "input_ids", &bt.ids, &bt.B, &bt.T) ||
+        (c->classify ? check_read_classify_io(&io, &m->cfg, bt.B, bt.T, &bt.mask, &bt.types, &bt.targets, &bt.int_targets)
+                     : check_read_ids(&io, "labels", &bt.labels, &B2, &T2))) {
         check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         goto out;
     }
@@ -128,16 +150,17 @@ static void run_case(GCase *c, const char *dir, bool full) {
     g = gpu_model_create(m, &opt);
     if (!g) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     // logits
-    long nl = (long)B * T * m->cfg.vocab_size;
+    long nl = c->classify ? (long)bt.B * m->cfg.num_labels : (long)bt.B * bt.T * m->cfg.vocab_size;
     logits = xmalloc(sizeof(float) * nl);
-    if (isnan(gpu_forward(g, ids, NULL, B, T)) || gpu_get_logits(g, logits)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (isnan(case_forward(c, g, &bt, false, logits))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (compare_ref(c, "logits", &io, "logits", logits, nl, c->bf16 ? 5e-2 : c->tol_logits)) goto out;
     // loss
-    double loss = gpu_forward(g, ids, labels, B, T);
+    double loss = case_forward(c, g, &bt, true, NULL);
     if (isnan(loss)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     float got_loss = (float)loss, got_lm = (float)gpu_lm_loss(g);
     double tol_loss = c->bf16 ? 1e-2 : c->tol_logits;
-    if (compare_ref(c, "loss", &io, "lm_loss", &got_lm, 1, tol_loss) || compare_ref(c, "loss", &io, "loss", &got_loss, 1, tol_loss)) goto out;
+    const char *task_loss = c->classify ? "cls_loss" : "lm_loss";  // the loss without a regulariser
+    if (compare_ref(c, "loss", &io, task_loss, &got_lm, 1, tol_loss) || compare_ref(c, "loss", &io, "loss", &got_loss, 1, tol_loss)) goto out;
     // gradients
     gpu_zero_grad(g);
     if (gpu_backward(g) || gpu_download_trainables(g, true)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
@@ -204,8 +227,11 @@ out:
     st_close(&io);
     st_close(&grads);
     st_close(&step);
-    free(ids);
-    free(labels);
+    free(bt.ids);
+    free(bt.labels);
+    free(bt.mask);
+    free(bt.types);
+    free(bt.targets);
     free(logits);
     free(model_dir);
     free(adapter_dir);
@@ -230,8 +256,8 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
     cJSON *j = text ? cJSON_Parse(text) : NULL;
     free(text);
     const cJSON *task = j ? cJSON_GetObjectItem(j, "task") : NULL;
-    if (cJSON_IsString(task) && strcmp(task->valuestring, "causal_lm")) {  // the encoders run on the CPU only
-        check_result_set(res, CHECK_SKIP, "task \"%s\" (sequence classification: BERT, RoBERTa) is not implemented on the GPU", task->valuestring);
+    if (task && !(cJSON_IsString(task) && (!strcmp(task->valuestring, "seq_cls") || !strcmp(task->valuestring, "causal_lm")))) {
+        check_result_set(res, CHECK_FAIL, "%s/case.json: task must be \"causal_lm\" or \"seq_cls\"", dir);
         cJSON_Delete(j);
         return;
     }
@@ -239,7 +265,7 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
     if (!j) { check_result_set(res, CHECK_SKIP, "not a model reference case (no readable case.json)"); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method"), *tol = cJSON_GetObjectItem(j, "tolerance"), *opt = cJSON_GetObjectItem(j, "optimizer");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
-    GCase c = {.res = res, .bf16 = precision == GPU_BF16, .min_cos = 1.0};
+    GCase c = {.res = res, .bf16 = precision == GPU_BF16, .classify = task && !strcmp(task->valuestring, "seq_cls"), .min_cos = 1.0};
     c.tol_logits = num(tol, "logits_rel", 1e-4);
     c.tol_grads = num(tol, "grads_rel", 1e-3);
     c.tol_step = num(tol, "step_rel", 1e-3);
