@@ -55,6 +55,8 @@ void gpu_describe(char *buf, size_t len);
 // or none (inference). A quantized base (Linear.q, --quantize) stays quantized on the device: its codes
 // and fp32 block scales (the host's qweight_absmax: double quantization undone), each layer dequantized
 // into one reused scratch right before its GEMMs with quant.c's arithmetic (fp32 mode: bit for bit).
+// An encoder (BERT, RoBERTa) goes up with its classification head (forward: gpu_classify); what it does not
+// run there is refused by name (recompute, a quantized base, DoRA, an adapter on the head, inference).
 GpuModel *gpu_model_create(Model *m, const GpuOptions *opt);
 void gpu_model_free(GpuModel *g);
 // A quantized linear's weight as the device dequantizes it for its GEMMs ([out, in], the activation
@@ -70,6 +72,12 @@ int gpu_dequantized_weight(GpuModel *g, const Linear *lin, float *out);
 // as model_forward does; the backward after it uses the same positions.
 double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T);
 int gpu_get_logits(GpuModel *g, float *out);
+// Encoders (BERT, RoBERTa; gpu_model_create uploads them with their head): model_classify on the device. The
+// batch is checked as model_classify checks it; logits (when not NULL) get [B, num_labels] in fp32. With
+// targets: returns the loss (transformers' loss for the problem type, computed on the host from the logits as
+// encoder.c computes it, plus AdaLoRA's regulariser when on) and prepares gpu_backward; without: 0. NAN on
+// error. gpu_forward and gpu_train_step refuse an encoder (the trainer's step runs it through this call).
+double gpu_classify(GpuModel *g, const ClassifyBatch *b, float *logits);
 // Accumulate d loss / d p into the trainable tensors' device gradients (after a forward with labels).
 int gpu_backward(GpuModel *g);
 void gpu_zero_grad(GpuModel *g);

@@ -183,6 +183,19 @@ template <typename T> void k_dropout(T *out, const T *x, long n, float p, uint64
 // which is d ||D_t||_F / d D_t times coef2 / 2, ready for the gradient GEMMs.
 void k_orth_finalize(float *D, const long *off, const int *r, double *ss, int n_terms, double coef2, cudaStream_t s);
 
+// ---- encoders (gpu_encoder.cu) ----
+// x0 [N, C] = (wte[ids] + wtt[types]) + wpe[pos] (the embeddings' sum before their LayerNorm).
+template <typename T>
+void k_enc_embed(T *x0, const int *ids, const int *types, const int *pos, const T *wte, const T *wtt, const T *wpe, int N, int C, cudaStream_t s);
+// The exact GELU (hidden_act "gelu"): out = x Phi(x); dx = GELU'(x) dout (written).
+template <typename T> void k_gelu_erf_fwd(T *out, const T *x, long n, cudaStream_t s);
+template <typename T> void k_gelu_erf_bwd(T *dx, const T *x, const T *dout, long n, cudaStream_t s);
+// The head's tanh, and its backward from the output y: dx = dy (1 - y^2) (written).
+template <typename T> void k_tanh_fwd(T *out, const T *x, long n, cudaStream_t s);
+template <typename T> void k_tanh_bwd(T *dx, const T *y, const T *dy, long n, cudaStream_t s);
+// out = a (fp32) + b.
+template <typename T> void k_enc_sum(T *out, const float *a, const T *b, long n, cudaStream_t s);
+
 // ---- attention (gpu_attention.cu) ----
 struct AttnDims {
     int B, T, NH, NKV, HD, S, QW, KVW, window;

@@ -76,6 +76,7 @@ struct Layer {
     Group qkv, o, up, down;
     void *res_mid, *qkv_out, *attn_y, *fc;
     void *act;  // the MLP activation, kept when the down projection's backward needs it (else NULL)
+    void *r2;   // encoders: the sum before the block's second LayerNorm (down(act) + LN1's output) [N, C]
     float *mean1, *rstd1, *mean2, *rstd2, *lse;
 };
 struct Slot {
@@ -172,6 +173,20 @@ struct GpuModel {
     float *qscales;
     size_t *qoff;  // host [2 * n_linears]: each quantized linear's offsets in qcodes (bytes) and qscales (floats)
     void *deq;
+    // Encoders (BERT, RoBERTa: gpu_model.cu's encoder section). Their layers' groups are q|k|v, o, fc, fc_out;
+    // the head is two groups on each sequence's first token (hd: dense, then tanh; ho: out), and the loss
+    // is the host's (encoder_head_loss on the [B, num_labels] logits, as the CPU).
+    bool enc;
+    void *wtt, *embw, *embb;
+    float *wtt_g, *embw_g, *embb_g;
+    Group hd, ho;
+    void *x0;                          // the embeddings' sum before their LayerNorm [N, C] (its stats: meanf, rstdf)
+    void *hbuf;                        // the head's rows [B, C] x 6: input, dense, tanh, and their gradients
+    void *logits_t, *dlogits_t;        // [B, num_labels]
+    float *dl_stage;                   // fp32 [B, num_labels]: d loss / d logits from the host
+    int *mask_d, *types_d;             // [N]; positions in pos_d
+    int NL;
+    double enc_loss;                   // the last forward's loss (without the regulariser)
 };
 
 // Spare rows/columns of the fused adapter input gradient are rounded up to 8, so the fused GEMM's K
@@ -203,5 +218,6 @@ void gpu_quant_free(GpuModel *g);
 static inline void block_groups(const GpuModel *g, const Block *b, Linear *groups[4][3]) {
     Linear *gpt2[4][3] = {{b->qkv}, {b->attn_out}, {b->fc}, {b->fc_out}};
     Linear *llama[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->gate, b->up}, {b->down}};
-    memcpy(groups, g->gpt2 ? gpt2 : llama, sizeof gpt2);
+    Linear *enc[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->fc}, {b->fc_out}};
+    memcpy(groups, g->enc ? enc : g->gpt2 ? gpt2 : llama, sizeof gpt2);
 }

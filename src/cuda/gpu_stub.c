@@ -25,6 +25,11 @@ double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B
     return NAN;
 }
 int gpu_get_logits(GpuModel *g, float *out) { (void)g; (void)out; return peft_fail("CUDA backend: %s", NO_CUDA); }
+double gpu_classify(GpuModel *g, const ClassifyBatch *b, float *logits) {
+    (void)g; (void)b; (void)logits;
+    peft_fail("CUDA backend: %s", NO_CUDA);
+    return NAN;
+}
 int gpu_backward(GpuModel *g) { (void)g; return peft_fail("CUDA backend: %s", NO_CUDA); }
 void gpu_zero_grad(GpuModel *g) { (void)g; }
 double gpu_clip_grad_norm(GpuModel *g, double max_norm) { (void)g; (void)max_norm; return NAN; }
