@@ -243,8 +243,6 @@ static int attach_method(Trainer *t) {
         free(a.targets);
     }
     if (rc) return -1;
-    if (t->c.cuda && adapter_embed_what(t->m->adapters))  // the GPU step keeps its own copy of the base's weights
-        return peft_fail("%s is not on the CUDA backend yet: train it with --device cpu", adapter_embed_what(t->m->adapters));
     const char *norm_bias = norm_bias_alone(t->m);
     if (t->c.cuda && norm_bias)
         return peft_fail("the adapter trains %s without its LayerNorm's weight (bias \"all\" or \"lora_only\"): not on the CUDA backend yet "
