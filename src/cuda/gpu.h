@@ -52,7 +52,8 @@ void gpu_describe(char *buf, size_t len);
 
 // Upload m (with its adapter set, if any) to the GPU. Supported adapters: LoRA, VeRA, AdaLoRA (with
 // its orthogonal regulariser, and dropout: see gpu_set_dropout), full fine-tuning (model_train_all),
-// or none (inference). A quantized base (Linear.q, --quantize) stays quantized on the device: its codes
+// or none (inference); with LoRA, also LoRA on the token embedding and trainable_token_indices
+// (gpu_embed.cu). A quantized base (Linear.q, --quantize) stays quantized on the device: its codes
 // and fp32 block scales (the host's qweight_absmax: double quantization undone), each layer dequantized
 // into one reused scratch right before its GEMMs with quant.c's arithmetic (fp32 mode: bit for bit).
 // An encoder (BERT, RoBERTa) goes up with its classification head (forward: gpu_classify); what it does not

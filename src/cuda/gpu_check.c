@@ -134,10 +134,6 @@ static void run_case(GCase *c, const char *dir, bool full) {
     int n = 0;
     Model *m = model_load_quantized(model_dir, c->quant, c->double_quant);
     if (!m || (!full && adapters_load(m, adapter_dir))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
-    if (!full && adapter_embed_what(m->adapters)) {  // gpu_model_create refuses it: the case is the CPU's
-        check_result_set(r, CHECK_SKIP, "%s is not on the GPU yet", adapter_embed_what(m->adapters));
-        goto out;
-    }
     if (full) model_train_all(m);
     int B2, T2;
     if (st_open(&io, io_path) || st_open(&grads, grads_path) || st_open(&step, step_path) || check_read_ids(&io, "input_ids", &bt.ids, &bt.B, &bt.T) ||

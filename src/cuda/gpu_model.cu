@@ -147,6 +147,45 @@ static float *mptr(GpuModel *g, const Param *p) {
     return s && s->trainable ? g->master + s->off : nullptr;
 }
 
+// ---- the token embedding's adapters (gpu_embed.cu): placed beside the others, bound after the arenas ----
+static void embed_plan(GpuModel *g, const AdapterSet *set) {
+    EmbedView v;
+    if (!adapter_embed_view(set, &v)) return;
+    plan(g, v.A, false);
+    plan(g, v.B, false);
+    for (int k = 0; k < v.n_rows; k++) plan(g, v.rows[k].values, false);
+}
+static int embed_bind(GpuModel *g, const AdapterSet *set) {
+    EmbedView v;
+    if (!adapter_embed_view(set, &v)) return 0;
+    if (v.merged) return peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
+    GpuEmbed *e = g->emb = (GpuEmbed *)calloc(1, sizeof(GpuEmbed));
+    if (v.A) {
+        e->A = mptr(g, v.A);
+        e->B = mptr(g, v.B);
+        e->Ag = gptr(g, v.A);
+        e->Bg = gptr(g, v.B);
+        e->r = v.r;
+        e->scaling = v.scaling;
+        if (!e->A || !e->B || !e->Ag || !e->Bg) return peft_fail("CUDA backend: LoRA on the embedding: its tensors were not placed");
+    }
+    e->n_rows = v.n_rows;
+    for (int k = 0; k < v.n_rows; k++) {
+        GpuEmbedRows *t = &e->rows[k];
+        const Slot *w = find_slot(g, v.rows[k].weight);
+        if (!w || w->trainable)  // the trained rows are written over the frozen weight's
+            return peft_fail("CUDA backend: trainable_token_indices on %s, which trains in full, is not implemented on the GPU", v.rows[k].weight->name);
+        t->values = wptr(g, v.rows[k].values);
+        t->values_g = gptr(g, v.rows[k].values);
+        t->weight = wptr(g, v.rows[k].weight);
+        t->n = v.rows[k].n;
+        t->input = v.rows[k].input;
+        t->head = v.rows[k].head;
+        if (!t->values || !t->values_g || !t->weight) return peft_fail("CUDA backend: %s was not placed", v.rows[k].values->name);
+    }
+    return gpu_embed_upload(g, &v);
+}
+
 // With base_only (cached inference), attached adapters are not part of the GPU model: gpu_infer.cu
 // applies them per token row.
 static bool adapter_active(const GpuModel *g, const Linear *lin) {
@@ -777,7 +816,9 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
     mark(g, P_EMBED);
     CU(cudaMemcpyAsync(g->ids_d, g->ids_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
     if (g->packed) CU(cudaMemcpyAsync(g->pos_d, g->pos_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    gpu_embed_rows<T>(g);  // trainable tokens: their rows over the embedding's and the head's
     k_embed_fwd<T>((T *)g->res[0], g->ids_d, (T *)g->wte, (T *)g->wpe, positions(g), N, Tn, C, g->st);
+    gpu_embed_fwd<T>(g, (T *)g->res[0], N);  // LoRA on the embedding
     for (int l = 0; l < c->n_layer; l++) layer_fwd<T>(g, l, false);
     mark(g, P_NORM);
     k_norm_fwd<T>((T *)g->nf, g->gpt2 ? g->meanf : nullptr, g->rstdf, (T *)g->res[c->n_layer], (T *)g->nfw, (T *)g->nfb, N, C, c->norm_eps,
@@ -806,6 +847,7 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
         int LV = g->ldV;
         gemm(g->gc, false, true, rows, LV, C, 1.0f, nf + (size_t)r0 * C, C, TT, g->head, C, TT, 0.0f, nullptr, lg, LV, TT, nullptr);
         k_cross_entropy<T>(lg, LV, g->tgt_d + r0, g->loss_rows + r0, rows, V, inv, true, g->st);
+        gpu_embed_head_bwd<T>(g, lg, LV, nf + (size_t)r0 * C, rows, r0 == 0);  // the head's trained rows
         gemm(g->gc, false, false, rows, C, LV, 1.0f, lg, LV, TT, g->head, C, TT, 0.0f, nullptr, dnf + (size_t)r0 * C, C, TT, nullptr);
         if (g->head_g && g->direct_head)
             gemm(g->gc, true, false, LV, C, rows, 1.0f, lg, LV, TT, nf + (size_t)r0 * C, C, TT, 1.0f, g->head_g, g->head_g, C, G_F32, nullptr);
@@ -1022,6 +1064,7 @@ template <typename T> static int backward_impl(GpuModel *g) {
     if (g->orth_ready) orth_backward(g);
     mark(g, P_EMBED);
     if (g->wte_g || g->wpe_g) k_embed_bwd(g->wte_g, g->wpe_g, g->dres, g->ids_d, positions(g), N, g->T, C, g->st);
+    if (gpu_embed_bwd(g, N)) return -1;
     return gpu_failed() ? gpu_report_failure() : 0;
 }
 
@@ -1180,11 +1223,6 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                 peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
                 return nullptr;
             }
-        // adapter_embed.c: the embedding lookup and the head's trained rows are CPU hooks only.
-        if (adapter_embed_what(set)) {
-            peft_fail("CUDA backend: %s is not implemented on the GPU yet: use --device cpu", adapter_embed_what(set));
-            return nullptr;
-        }
     }
     if (c->arch == ARCH_BERT && enc_refusal(m, opt_in, set)) return nullptr;
     if (c->n_head % c->n_kv_head) {
@@ -1307,6 +1345,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
             }
         }
     }
+    if (set) embed_plan(g, set);
     // Every trainable tensor must have been placed.
     Param **tp;
     int nt = model_trainable(m, &tp);
@@ -1402,6 +1441,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
         rc = bind_group(g, &g->hd, &m->head_dense, 1) || bind_group(g, &g->ho, &m->head_out, 1);
     }
     if (!rc) rc = gpu_quant_scratch(g);
+    if (!rc && set) rc = embed_bind(g, set);
     g->ld_dqkv = g->S;
     g->ld_dfc = g->upw;
     g->ld_dres = g->C;
@@ -1466,6 +1506,7 @@ extern "C" void gpu_model_free(GpuModel *g) {
     if (g->st) cudaStreamSynchronize(g->st);
     free_acts(g);
     gpu_quant_free(g);
+    gpu_embed_free(g);
     gpu_free(g->head_pending);
     gpu_free(g->frozen);
     gpu_free(g->master);

@@ -87,6 +87,30 @@ struct Slot {
     bool rider;         // trainable on the device only, as a fused group's frozen member (Group's riders)
 };
 
+// ---- the token embedding's adapters (gpu_embed.cu; adapter_embed.c on the CPU) ----
+// LoRA on the embedding: x += s B A[:, id] from the fp32 masters; trainable tokens: the trained rows are
+// copied over the frozen weight's (the embedding's, a head's: PEFT replaces them) before each forward.
+struct GpuEmbedRows {
+    void *values;      // [n, C] working copy (the activation type)
+    float *values_g;   // its gradient
+    void *weight;      // the frozen weight whose rows it replaces (g->wte or g->head)
+    int *indices;      // device [n]
+    int *row_of;       // device [V]: j with indices[j] == token, or -1 (input rows)
+    float *pending;    // [n, C]: the head's share of the gradient, from the last forward with labels (head rows)
+    int n;
+    bool input, head;
+};
+struct GpuEmbed {
+    const float *A, *B;  // LoRA's fp32 masters, A [r, V], B [C, r]; NULL: none
+    float *Ag, *Bg;
+    int r;
+    float scaling;
+    float *hA, *dh;      // [cap, r] each: A's gathered columns (the forward's, for dB) and d h (for dA)
+    int cap;
+    int n_rows;
+    GpuEmbedRows rows[2];
+};
+
 // Per-phase timing (PEFT_GPU_PROFILE=1 at creation): an event at every phase change of a training
 // step; each interval is added to the phase that began it.
 enum { P_EMBED, P_NORM, P_DEQUANT, P_GEMM_F, P_LORA_F, P_ROPE, P_ATTN_F, P_ACT, P_HEAD, P_GEMM_DX, P_GEMM_DW, P_LORA_DH, P_LORA_DB, P_LORA_DA, P_ATTN_B, P_NORM_B, P_ADAM, P_OTHER, P_N };
@@ -168,6 +192,7 @@ struct GpuModel {
     double orth_w, orth_num;           // orth_reg_weight; the number of A and B tensors it averages over
     bool orth_ready;                   // the last forward (with labels) computed the terms
     double last_lm, last_reg;          // the parts of the last loss
+    GpuEmbed *emb;  // gpu_embed.cu: LoRA on the token embedding, trainable tokens (NULL: neither)
     // A quantized base (gpu_quant.cu): every quantized linear's codes and scales, and the dequantization scratch.
     uint8_t *qcodes;
     float *qscales;
@@ -212,6 +237,21 @@ int gpu_quant_scratch(GpuModel *g);
 // G's weights dequantized into G->w (nothing for an unquantized group), on the model's stream.
 template <typename T> void gpu_quant_dequant(GpuModel *g, const Group *G);
 void gpu_quant_free(GpuModel *g);
+
+// ---- the token embedding's adapters (gpu_embed.cu) ----
+// g->emb's device index arrays from the set's view (its tensors' pointers were bound by gpu_model.cu).
+int gpu_embed_upload(GpuModel *g, const EmbedView *v);
+void gpu_embed_free(GpuModel *g);
+// Before a forward: the trained rows over their weights' rows.
+template <typename T> void gpu_embed_rows(GpuModel *g);
+// After the embedding lookup x [N, C] of ids_d: LoRA's share (and A's gathered columns for the backward).
+template <typename T> void gpu_embed_fwd(GpuModel *g, T *x, int N);
+// A classifier chunk (first: the forward's first): the head's trained rows' gradient from d logits [rows, ld] and the
+// final norm's output nf [rows, C], kept pending for the backward (as the head's own: a forward need not be followed by one).
+template <typename T> void gpu_embed_head_bwd(GpuModel *g, const T *dlogits, int ld, const T *nf, int rows, bool first);
+// After the blocks' backward: the head's pending share into the rows' gradient, and the embedding's gradient dres [N, C]
+// (fp32) into LoRA's A, B and the input rows.
+int gpu_embed_bwd(GpuModel *g, int N);
 
 // A block's linears in the GPU model's four groups (those sharing an input, one GEMM each): qkv,
 // attention output, MLP up (Llama: gate and up), MLP down; unused places are NULL.

@@ -225,8 +225,6 @@ static int attach_method(Trainer *t) {
         free(a.targets);
     }
     if (rc) return -1;
-    if (t->c.cuda && adapter_embed_what(t->m->adapters))  // the GPU step keeps its own copy of the base's weights
-        return peft_fail("%s is not on the CUDA backend yet: train it with --device cpu", adapter_embed_what(t->m->adapters));
     AdapterConfig *saved = &t->m->adapters->cfg;  // what adapters_save writes
     free(saved->base_model);
     saved->base_model = xstrdup(t->c.model_dir);

@@ -563,40 +563,6 @@ static void run_dora_refusals(void) {
     report(ok ? "PASS" : "FAIL", "dora refusals (per-row inference)", detail);
 }
 
-// LoRA on the token embedding and trainable_token_indices (adapter_embed.c) are CPU-only: the GPU trainer
-// refuses them by name, and their reference cases are skipped by name.
-static void run_embed_refusals(const char *root) {
-    for (int k = 0; k < 2; k++) {
-        Model *m = adapted_model(GPT2_CFG, k ? "c_attn" : "wte,c_attn", METHOD_LORA, 0, false);
-        if (m && k) {  // trained rows of the embedding instead: a fresh set with trainable_token_indices [3, 5]
-            AdapterConfig ac;
-            adapter_config_defaults(&ac, METHOD_LORA);
-            ac.fan_in_fan_out = true;
-            adapter_config_set_targets(&ac, "c_attn");
-            ac.token_targets = xcalloc(1, sizeof(TokenTarget));
-            ac.token_targets[0] = (TokenTarget){NULL, 2, xmalloc(2 * sizeof(int32_t))};
-            ac.token_targets[0].indices[0] = 3;
-            ac.token_targets[0].indices[1] = 5;
-            ac.n_token_targets = 1;
-            adapters_free(m);
-            if (adapters_attach(m, &ac, 7)) { model_free(m); m = NULL; }
-            adapter_config_free(&ac);
-        }
-        GpuOptions opt = {.precision = GPU_FP32};
-        GpuModel *g = m ? gpu_model_create(m, &opt) : NULL;
-        const char *want = k ? "trainable_token_indices" : "LoRA on the token embedding";
-        bool ok = m && !g && strstr(peft_last_error(), want) && strstr(peft_last_error(), "not implemented on the GPU");
-        char detail[512];
-        snprintf(detail, sizeof detail, "%s", g ? "accepted" : peft_last_error());
-        gpu_model_free(g);
-        model_free(m);
-        report(ok ? "PASS" : "FAIL", k ? "embed refusals (trainable tokens)" : "embed refusals (LoRA on wte)", detail);
-    }
-    static const char *cases[] = {"gpt2-lora-embedding", "llama-lora-embedding", "gpt2-lora-trainable-tokens", "llama-lora-trainable-tokens",
-                                  "llama-lora-trainable-tokens-dict"};
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_fixture(root, cases[i], GPU_FP32, true);
-}
-
 // Examples of these lengths (1 to 150 tokens: within one 64-row tile and across several) packed into
 // sequences of up to PACK_SEQ tokens: 3 of 239, 222 and 170, where whole key tiles lie before a query
 // tile's examples (skipped) and tiles hold several examples (masked).
@@ -853,9 +819,11 @@ static double run_diffs(const Rec *a, const Rec *b, const char *out_a, const cha
 // step by step (loss, causal-LM loss, gradient norm, AdaLoRA's budget) and in the saved adapter. AdaLoRA
 // runs with its regulariser, and with allocate its rank allocator too (scores on the device, masks from
 // step 2 of 6 on: the same ranks kept unless two triplets' scores nearly tie). With pack, --pack into
-// sequences of 256 tokens (two or more of the data's rows in each). With base, LoRA also trains every bias (bias "all") and
-// the final norm (modules_to_save ln_f), saved in the adapter.
-static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate, bool base) {
+// sequences of 256 tokens (two or more of the data's rows in each). extra: ACCUM_BASE: LoRA also trains every bias
+// (bias "all") and the final norm (modules_to_save ln_f), saved in the adapter; ACCUM_EMBED_LORA: LoRA on the tied wte too
+// (lora_embedding_A / B); ACCUM_TOKENS: trainable_token_indices on the tied wte (the input and the head), tokens seen and not.
+enum { ACCUM_NONE, ACCUM_BASE, ACCUM_EMBED_LORA, ACCUM_TOKENS };
+static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate, int extra) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
@@ -867,7 +835,15 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack, bool
     if (allocate) { c.adapter.tinit = 1; c.adapter.tfinal = 2; }
     c.pack = pack;
     if (pack) c.data.seq_len = 256;
-    if (base) {
+    if (extra == ACCUM_EMBED_LORA) adapter_config_set_targets(&c.adapter, "wte,c_attn,c_proj,c_fc");
+    if (extra == ACCUM_TOKENS) {  // 'e', 'a' and ' ' in every row, 256 (eos) at their ends, 7 never
+        static const int32_t rows[] = {101, 7, 97, 32, 256};
+        c.adapter.token_targets = xcalloc(1, sizeof(TokenTarget));
+        c.adapter.token_targets[0] = (TokenTarget){NULL, 5, xmalloc(sizeof rows)};
+        memcpy(c.adapter.token_targets[0].indices, rows, sizeof rows);
+        c.adapter.n_token_targets = 1;
+    }
+    if (extra == ACCUM_BASE) {
         c.adapter.bias = BIAS_ALL;
         c.adapter.modules_to_save = xmalloc(sizeof(char *));
         c.adapter.modules_to_save[0] = xstrdup("ln_f");
@@ -1427,6 +1403,10 @@ int main(int argc, char **argv) {
     // The encoders' sequence classification (issue 23; task seq_cls): the head trained as modules_to_save, the three losses.
     static const char *enc_cases[] = {"bert-lora", "bert-full", "bert-vera", "bert-adalora", "bert-lora-multilabel",
                                       "roberta-lora", "roberta-full", "roberta-adalora", "roberta-lora-regression"};
+    // LoRA on the token embedding, trainable_token_indices (issue 18; the repository's own): GPT-2's tied head, Llama's untied one
+    // (the dict case trains rows of both).
+    static const char *embed_cases[] = {"gpt2-lora-embedding", "llama-lora-embedding", "gpt2-lora-trainable-tokens", "llama-lora-trainable-tokens",
+                                        "llama-lora-trainable-tokens-dict"};
     for (int r = 0; r < n_roots; r++) {
         if (!dir_exists(roots[r])) printf("\n*** SKIPPED: %s not found: HF PEFT reference cases not run on the GPU ***\n\n", roots[r]);
         for (int p = 0; p < 2; p++) {
@@ -1438,6 +1418,8 @@ int main(int argc, char **argv) {
                 if (wanted(base_cases[i], only)) run_fixture(roots[r], base_cases[i], p ? GPU_BF16 : GPU_FP32, false);
             for (size_t i = 0; r == 0 && i < sizeof enc_cases / sizeof *enc_cases; i++)
                 if (wanted(enc_cases[i], only)) run_fixture(roots[r], enc_cases[i], p ? GPU_BF16 : GPU_FP32, false);
+            for (size_t i = 0; r == 0 && i < sizeof embed_cases / sizeof *embed_cases; i++)
+                if (wanted(embed_cases[i], only)) run_fixture(roots[r], embed_cases[i], p ? GPU_BF16 : GPU_FP32, false);
         }
     }
     static const RandCase rcs[] = {
@@ -1488,7 +1470,6 @@ int main(int argc, char **argv) {
             if (wanted(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
 #define WANT(name) (wanted(name, only))
     if (WANT("dora refusals")) run_dora_refusals();
-    if (WANT("embed refusals")) run_embed_refusals(roots[0]);
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
     if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false, false);
@@ -1496,7 +1477,11 @@ int main(int argc, char **argv) {
     if (WANT("train grad-accum adalora allocator")) run_trainer_accum("train grad-accum adalora allocator", METHOD_ADALORA, false, true, false);
     if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true, false, false);
     if (WANT("train grad-accum lora bias+modules-to-save"))
-        run_trainer_accum("train grad-accum lora bias+modules-to-save", METHOD_LORA, false, false, true);
+        run_trainer_accum("train grad-accum lora bias+modules-to-save", METHOD_LORA, false, false, ACCUM_BASE);
+    if (WANT("train grad-accum lora-embedding tied"))
+        run_trainer_accum("train grad-accum lora-embedding tied", METHOD_LORA, false, false, ACCUM_EMBED_LORA);
+    if (WANT("train grad-accum trainable-tokens tied"))
+        run_trainer_accum("train grad-accum trainable-tokens tied", METHOD_LORA, false, false, ACCUM_TOKENS);
     if (WANT("train resume lora accum+dropout")) {
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_FP32, 6, 2, 1e-6);
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_BF16, 6, 2, 1e-4);
