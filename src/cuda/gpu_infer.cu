@@ -61,11 +61,12 @@ struct DevProj {  // a VeRA projection pair, shared by every set with the same f
 struct StepKey {
     int N, n_out;
     bool gather;       // out_rows given (else every row's logits)
+    bool fresh;        // one token per slot (kv_attention_kernel appends the keys and values)
     GpuSampling s;
 };
 static bool same_key(const StepKey &a, const StepKey &b) {
-    return a.N == b.N && a.n_out == b.n_out && a.gather == b.gather && a.s.temperature == b.s.temperature && a.s.top_k == b.s.top_k &&
-           a.s.top_p == b.s.top_p && a.s.seed == b.s.seed;
+    return a.N == b.N && a.n_out == b.n_out && a.gather == b.gather && a.fresh == b.fresh && a.s.temperature == b.s.temperature &&
+           a.s.top_k == b.s.top_k && a.s.top_p == b.s.top_p && a.s.seed == b.s.seed;
 }
 struct StepGraph {
     StepKey key;
@@ -99,6 +100,7 @@ struct GpuKV {
     bool graphs_on;
     StepKey last_key;            // the previous call's shape (a graph is captured when it repeats)
     bool have_last;
+    std::vector<char> seen;      // one_token_per_slot's marks
 };
 enum { LOGITS_PINNED_ROWS = 256 };
 
@@ -167,24 +169,32 @@ __device__ float block_reduce(float v, bool is_max, float *red) {
 
 // Causal attention of each new token (row n, head h) over its slot's keys t0..pos, with an online
 // softmax over chunks of ATT_CHUNK keys: a warp per key for the scores, a thread per dimension for
-// the values.
+// the values. fresh (one new token per slot: a decode step): the token's own key and value are read
+// from qkv, and the first head of each KV group writes them into the cache (kv_append_kernel's work,
+// a launch fewer per layer); the group's other heads read only older positions from the cache.
 template <typename T>
-__global__ void __launch_bounds__(ATT_THREADS) kv_attention_kernel(T *out, const T *qkv, int S, const T *K, const T *V, const int *slot,
-                                                                   const int *pos, int NH, int NKV, int HD, int KVW, int max_len, int window,
-                                                                   float scale) {
+__global__ void __launch_bounds__(ATT_THREADS) kv_attention_kernel(T *out, const T *qkv, int S, T *K, T *V, const int *slot, const int *pos,
+                                                                   int NH, int NKV, int HD, int KVW, int QW, int max_len, int window,
+                                                                   float scale, bool fresh) {
     __shared__ float q[HD_MAX], s[ATT_CHUNK], red[ATT_WARPS];
     int n = blockIdx.x, h = blockIdx.y, kvh = h / (NH / NKV), p = pos[n];
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     int t0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-    const T *Kb = K + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
-    const T *Vb = V + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
+    T *Kb = K + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
+    T *Vb = V + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
+    const T *kn = qkv + (size_t)n * S + QW + (size_t)kvh * HD, *vn = kn + KVW;  // the token's own key and value
+    if (fresh && h % (NH / NKV) == 0)
+        for (int d = threadIdx.x; d < HD; d += ATT_THREADS) {
+            Kb[(size_t)p * KVW + d] = kn[d];
+            Vb[(size_t)p * KVW + d] = vn[d];
+        }
     for (int d = threadIdx.x; d < HD; d += ATT_THREADS) q[d] = to_f<T>(qkv[(size_t)n * S + (size_t)h * HD + d]);
     __syncthreads();
     float acc[HD_MAX / ATT_THREADS] = {0}, m_run = -INFINITY, l_run = 0;
     for (int c0 = t0; c0 <= p; c0 += ATT_CHUNK) {
         int cn = min(ATT_CHUNK, p + 1 - c0);
         for (int j = w; j < cn; j += ATT_WARPS) {
-            const T *kt = Kb + (size_t)(c0 + j) * KVW;
+            const T *kt = fresh && c0 + j == p ? kn : Kb + (size_t)(c0 + j) * KVW;
             float dot = 0;
             for (int d = lane; d < HD; d += 32) dot += q[d] * to_f<T>(kt[d]);
             dot = warp_sum(dot);
@@ -209,7 +219,7 @@ __global__ void __launch_bounds__(ATT_THREADS) kv_attention_kernel(T *out, const
             int d = threadIdx.x + i * ATT_THREADS;
             if (d >= HD) break;
             float a = acc[i] * f;
-            for (int j = 0; j < cn; j++) a += s[j] * to_f<T>(Vb[(size_t)(c0 + j) * KVW + d]);
+            for (int j = 0; j < cn; j++) a += s[j] * to_f<T>((fresh && c0 + j == p ? vn : Vb + (size_t)(c0 + j) * KVW)[d]);
             acc[i] = a;
         }
         __syncthreads();  // before the next chunk overwrites s
@@ -704,7 +714,7 @@ template <typename T> static void linear_group(GpuKV *kv, const Group *G, const 
         }
 }
 
-template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const CallAdapters &ca) {
+template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const CallAdapters &ca, bool fresh) {
     GpuModel *g = kv->g;
     Layer *Ly = &g->L[l];
     const Members *mb = &kv->mem[l * 4];
@@ -714,13 +724,15 @@ template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const Cal
     k_norm_fwd<T>(xn, g->gpt2 ? kv->mean : nullptr, kv->rstd, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, false, g->st);
     linear_group<T>(kv, &Ly->qkv, &mb[0], xn, qkv, g->S, false, N, ca);
     if (!g->gpt2) k_rope_fwd<T>(qkv, kv->cos_rows, kv->sin_rows, nullptr, N, N, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
-    long total = (long)N * g->KVW;
-    kv_append_kernel<T><<<std::min(cdiv(total, 256), 65535), 256, 0, g->st>>>((T *)kv->K[l], (T *)kv->V[l], qkv, g->S, g->QW, g->KVW,
-                                                                                 kv->slot_d, kv->pos_d, N, kv->max_len);
-    KCHECK();
-    kv_attention_kernel<T><<<dim3(N, g->NH), ATT_THREADS, 0, g->st>>>(att, qkv, g->S, (const T *)kv->K[l], (const T *)kv->V[l], kv->slot_d,
-                                                                      kv->pos_d, g->NH, g->NKV, g->HD, g->KVW, kv->max_len,
-                                                                      g->cfg.sliding_window, 1.0f / sqrtf((float)g->HD));
+    if (!fresh) {  // (fresh: the attention kernel appends them)
+        long total = (long)N * g->KVW;
+        kv_append_kernel<T><<<std::min(cdiv(total, 256), 65535), 256, 0, g->st>>>((T *)kv->K[l], (T *)kv->V[l], qkv, g->S, g->QW, g->KVW,
+                                                                                     kv->slot_d, kv->pos_d, N, kv->max_len);
+        KCHECK();
+    }
+    kv_attention_kernel<T><<<dim3(N, g->NH), ATT_THREADS, 0, g->st>>>(att, qkv, g->S, (T *)kv->K[l], (T *)kv->V[l], kv->slot_d, kv->pos_d,
+                                                                      g->NH, g->NKV, g->HD, g->KVW, g->QW, kv->max_len, g->cfg.sliding_window,
+                                                                      1.0f / sqrtf((float)g->HD), fresh);
     KCHECK();
     linear_group<T>(kv, &Ly->o, &mb[1], att, x, C, true, N, ca);  // x += attention out
     k_norm_fwd<T>(xn, g->gpt2 ? kv->mean : nullptr, kv->rstd, x, (T *)Ly->n2w, (T *)Ly->n2b, N, C, eps, g->gpt2, false, g->st);
@@ -728,6 +740,18 @@ template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const Cal
     if (g->gpt2) k_gelu_fwd<T>((T *)kv->act, (T *)kv->fc, (long)N * g->actw, g->st);
     else k_swiglu_fwd<T>((T *)kv->act, (T *)kv->fc, N, g->I, g->st);
     linear_group<T>(kv, &Ly->down, &mb[3], (T *)kv->act, x, C, true, N, ca);  // x += MLP out
+}
+
+// Whether the N tokens are in N different slots (a decode step), kv->seen's marks cleared after.
+static bool one_token_per_slot(GpuKV *kv, int N, const int *slot) {
+    if (N > kv->n_slots) return false;
+    kv->seen.assign(kv->n_slots, 0);
+    bool one = true;
+    for (int n = 0; n < N && one; n++) {
+        if (slot[n] < 0 || slot[n] >= kv->n_slots || kv->seen[slot[n]]) one = false;
+        else kv->seen[slot[n]] = 1;
+    }
+    return one;
 }
 
 // One step on the device, from the staged row data (kv->host) to the chosen tokens (kv->next_host,
@@ -743,7 +767,7 @@ template <typename T> static void enqueue_step(GpuKV *kv, const StepKey &k, bool
     embed_pos_kernel<T><<<N, 256, 0, g->st>>>((T *)kv->x, kv->ids_d, kv->pos_d, (const T *)g->wte, (const T *)g->wpe, g->C, kv->cos_tab,
                                               kv->sin_tab, g->gpt2 ? nullptr : kv->cos_rows, kv->sin_rows, half);
     KCHECK();
-    for (int l = 0; l < kv->n_layer; l++) layer_infer<T>(kv, l, N, ca);
+    for (int l = 0; l < kv->n_layer; l++) layer_infer<T>(kv, l, N, ca, k.fresh);
     // The head over the rows whose logits are wanted.
     const T *hx = (const T *)kv->x;
     if (k.gather) {
@@ -852,7 +876,7 @@ static int forward_infer(GpuKV *kv, int N, const int32_t *ids, const int *slot, 
     if (out_rows) memcpy(hb + sizeof(int) * 4 * cap, out_rows, sizeof(int) * n_out);
     memcpy(hb + ((char *)kv->rowad_d - (char *)kv->ids_d), rowad.data(), sizeof(void *) * N);
     // Decode steps of one shape without adapters: a CUDA graph of the whole step.
-    StepKey key = {N, n_out, out_rows != nullptr, sel ? *sel : GpuSampling{}};
+    StepKey key = {N, n_out, out_rows != nullptr, one_token_per_slot(kv, N, slot), sel ? *sel : GpuSampling{}};
     StepGraph *sg = sel && !ca.any && kv->graphs_on ? step_graph<T>(kv, key, ca) : nullptr;
     if (sg) CU(cudaGraphLaunch(sg->exec, g->st));
     else enqueue_step<T>(kv, key, sel != nullptr, ca, logits);
