@@ -181,12 +181,10 @@ typedef struct GpuSampling {
 // gpu_kv_forward, but the logits stay on the device: next[n_out] gets each output row's token, chosen
 // there (only the ids come back). Repeated calls of the same shape without adapters replay a CUDA graph
 // of the whole step (captured on the second call of a shape; a capture that fails turns graphs off for
-// this cache and the step runs as launched kernels).
+// this cache and the step runs as launched kernels). PEFT_GPU_GRAPHS=0 in the environment at
+// gpu_kv_new turns graphs off (tests compare both).
 int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
                         const int *out_rows, int n_out, const GpuSampling *s, int32_t *next);
-// CUDA graphs for gpu_kv_forward_next's steps: on by default (PEFT_GPU_GRAPHS=0 in the environment at
-// gpu_kv_new turns them off); tests compare both.
-void gpu_kv_set_graphs(GpuKV *kv, bool on);
 // Test hook of the device sampler: rows [n_rows, V] of fp32 logits (host), pos[n_rows] the positions
 // the draws hash; the chosen tokens into next. 0 or -1 with the error.
 int gpu_sample_logits(const float *logits, int n_rows, int V, const int *pos, const GpuSampling *s, int32_t *next);

@@ -912,11 +912,6 @@ extern "C" int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const i
                           : forward_infer<float>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, nullptr, s, next);
 }
 
-extern "C" void gpu_kv_set_graphs(GpuKV *kv, bool on) {
-    if (!on) drop_graphs(kv);
-    kv->graphs_on = on;
-}
-
 extern "C" int gpu_inference_attach(Model *m, GpuPrecision precision) {
     if (m->gpu) return 0;
     GpuOptions o = {};

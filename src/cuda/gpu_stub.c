@@ -88,7 +88,6 @@ int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const int *slot, c
     (void)kv; (void)N; (void)ids; (void)slot; (void)pos; (void)row_sets; (void)out_rows; (void)n_out; (void)s; (void)next;
     return peft_fail("CUDA backend: %s", NO_CUDA);
 }
-void gpu_kv_set_graphs(GpuKV *kv, bool on) { (void)kv; (void)on; }
 int gpu_sample_logits(const float *logits, int n_rows, int V, const int *pos, const GpuSampling *s, int32_t *next) {
     (void)logits; (void)n_rows; (void)V; (void)pos; (void)s; (void)next;
     return peft_fail("CUDA backend: %s", NO_CUDA);
