@@ -63,30 +63,39 @@ __device__ float sel_scan(float v, float *red, float *total) {
 // The key at which the weights of the keys in descending order first add up to want (weight(i, &key)
 // gives token i's key and weight; tokens of weight 0 are left out). *above: the weight of the larger
 // keys (below want). When rounding leaves want out of reach, the smallest key of positive weight.
-// Keys sharing a digit (most tokens, in the first pass) are summed across the warp first, so that the
-// shared histogram gets one atomic per distinct digit and warp instead of one per token.
+// Each warp has its own histogram (hist: [SEL_WARPS][256]), and the tokens of one step of a warp that
+// share a digit (most tokens, in the first pass) are summed across the warp first: no atomics, and the
+// sums are made in a fixed order (a run's draws repeat exactly).
 template <typename F> __device__ uint32_t radix_select(F weight, int V, float want, float *hist, float *above) {
     __shared__ uint32_t sh_prefix;
     __shared__ float sh_above;
     uint32_t prefix = 0, mask = 0;
     float acc_above = 0;
-    int lane = threadIdx.x & 31;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    float *mine = hist + w * 256;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0;
+        for (int d = threadIdx.x; d < SEL_WARPS * 256; d += blockDim.x) hist[d] = 0;
         __syncthreads();
         for (int i0 = 0; i0 < V; i0 += blockDim.x) {  // whole warps step together (the shuffles below)
             int i = i0 + threadIdx.x;
             uint32_t k = 0;
-            float w = i < V ? weight(i, &k) : 0.0f;
-            bool in = w > 0 && (k & mask) == prefix;
+            float wt = i < V ? weight(i, &k) : 0.0f;
+            bool in = wt > 0 && (k & mask) == prefix;
             int digit = in ? (int)((k >> shift) & 255) : -1;
             unsigned peers = __match_any_sync(0xffffffffu, digit);
             float sum = 0;
             for (int j = 0; j < 32; j++) {
-                float o = __shfl_sync(0xffffffffu, w, j);
+                float o = __shfl_sync(0xffffffffu, wt, j);
                 if (peers >> j & 1) sum += o;
             }
-            if (in && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], sum);
+            if (in && lane == __ffs(peers) - 1) mine[digit] += sum;  // one lane per digit in this warp
+            __syncwarp();
+        }
+        __syncthreads();
+        if (threadIdx.x < 256) {  // the warps' histograms into the first
+            float t = 0;
+            for (int i = 0; i < SEL_WARPS; i++) t += hist[i * 256 + threadIdx.x];
+            hist[threadIdx.x] = t;
         }
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -155,7 +164,7 @@ __device__ __forceinline__ double draw_uniform(uint64_t seed, int pos) {
 // the position the draw hashes.
 __global__ void __launch_bounds__(SEL_THREADS) sample_kernel(int32_t *next, const float *logits, int V, const int *pos, const int *rows,
                                                              GpuSampling s) {
-    __shared__ float hist[256], red[SEL_WARPS];
+    __shared__ float hist[SEL_WARPS * 256], red[SEL_WARPS];
     __shared__ int pick, last_kept;
     const float *x = logits + (size_t)blockIdx.x * V;
     float inv_t = 1.0f / s.temperature;
