@@ -71,8 +71,9 @@ static bool same_key(const StepKey &a, const StepKey &b) {
 struct StepGraph {
     StepKey key;
     cudaGraphExec_t exec;
+    long last_used;    // GpuKV::calls
 };
-enum { MAX_STEP_GRAPHS = 8 };
+enum { MAX_STEP_GRAPHS = 64 };  // a server's steps come in many sizes; the least recently used goes
 
 struct GpuKV {
     GpuModel *g;
@@ -794,14 +795,19 @@ template <typename T> static void enqueue_step(GpuKV *kv, const StepKey &k, bool
 // driver cannot capture) turns graphs off for this cache; the step then runs as before.
 template <typename T> static StepGraph *step_graph(GpuKV *kv, const StepKey &k, const CallAdapters &ca) {
     for (StepGraph &sg : kv->graphs)
-        if (same_key(sg.key, k)) return &sg;
+        if (same_key(sg.key, k)) {
+            sg.last_used = kv->calls;
+            return &sg;
+        }
     bool repeated = kv->have_last && same_key(kv->last_key, k);
     kv->last_key = k;
     kv->have_last = true;
     if (!repeated) return nullptr;
     if (kv->graphs.size() >= MAX_STEP_GRAPHS) {
-        cudaGraphExecDestroy(kv->graphs.front().exec);
-        kv->graphs.erase(kv->graphs.begin());
+        auto lru = std::min_element(kv->graphs.begin(), kv->graphs.end(),
+                                    [](const StepGraph &a, const StepGraph &b) { return a.last_used < b.last_used; });
+        cudaGraphExecDestroy(lru->exec);
+        kv->graphs.erase(lru);
     }
     GpuModel *g = kv->g;
     cudaGraph_t graph = nullptr;
@@ -822,7 +828,7 @@ template <typename T> static StepGraph *step_graph(GpuKV *kv, const StepKey &k, 
         kv->graphs_on = false;
         return nullptr;
     }
-    kv->graphs.push_back({k, exec});
+    kv->graphs.push_back({k, exec, kv->calls});
     return &kv->graphs.back();
 }
 

@@ -305,12 +305,12 @@ static void test_device_argmax(const char *name, const char *config) {
 
 // generate() on the GPU with CUDA graphs and without (PEFT_GPU_GRAPHS=0): the same tokens, greedy and
 // sampled (temperature, top-k, top-p on the device); a sampled run repeats itself for its seed, and
-// another seed gives other tokens.
-static void test_graphs(const char *name, const char *config) {
+// another seed gives other tokens. q: a quantized base (its dequantization kernels in the graph).
+static void test_graphs(const char *name, const char *config, QuantType q) {
     char label[128], detail[256];
     ModelConfig cfg;
     if (config_parse(&cfg, config, name)) { report(false, name, peft_last_error()); return; }
-    Model *m = model_create_random(&cfg, 13);
+    Model *m = quantized(model_create_random(&cfg, 13), q);
     if (!m) { report(false, name, peft_last_error()); return; }
     int32_t p0[] = {1, 2, 3, 4, 5}, p1[] = {9, 8}, p2[] = {100, 200, 300, 400, 500, 600, 700};
     const int32_t *prompts[] = {p0, p1, p2};
@@ -386,8 +386,9 @@ int main(void) {
     test_sampler("sample ties: top_p 0.3", 4.0f, 1.0f, (GpuSampling){1.0f, 0, 0.3f, 7});
     test_device_argmax("device argmax = host argmax gpt2", GPT2_CFG);
     test_device_argmax("device argmax = host argmax llama", LLAMA_CFG);
-    test_graphs("gpt2", GPT2_CFG);
-    test_graphs("llama", LLAMA_CFG);
+    test_graphs("gpt2", GPT2_CFG, QUANT_NONE);
+    test_graphs("llama", LLAMA_CFG, QUANT_NONE);
+    test_graphs("quant nf4 llama", LLAMA_CFG, QUANT_NF4);
     printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
