@@ -173,6 +173,30 @@ int gpu_kv_copy(GpuKV *kv, int dst, int src, int len);
 // writes fp32 logits [n_out, V] of the tokens listed in out_rows (NULL: all, n_out == N).
 int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
                    const int *out_rows, int n_out, float *logits);
+// How gpu_kv_forward_next chooses each row's next token on the device. Greedy (temperature <= 0 or
+// top_k == 1): the argmax, first maximum (gen_argmax). Otherwise HF's warpers as gen_sample applies them
+// (no repetition penalty: that needs the history, and stays on the host): logits / temperature, top-k
+// (every token at least the k-th largest score, ties kept), top-p (the most likely tokens while the mass
+// before them is below top_p), then one draw. The draw's uniform number is a counter-based hash of
+// (seed, the position of the token whose logits are sampled), not the host's xoshiro stream: a run is
+// reproducible for a seed, and rows at the same position with the same seed draw the same number, as
+// generate()'s groups (each seeded alike) do on the host.
+typedef struct GpuSampling {
+    float temperature;  // <= 0: greedy
+    int top_k;          // 0: off
+    float top_p;        // 1: off
+    uint64_t seed;
+} GpuSampling;
+// gpu_kv_forward, but the logits stay on the device: next[n_out] gets each output row's token, chosen
+// there (only the ids come back). Repeated calls of the same shape without adapters replay a CUDA graph
+// of the whole step (captured on the second call of a shape; a capture that fails turns graphs off for
+// this cache and the step runs as launched kernels). PEFT_GPU_GRAPHS=0 in the environment at
+// gpu_kv_new turns graphs off (tests compare both).
+int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
+                        const int *out_rows, int n_out, const GpuSampling *s, int32_t *next);
+// Test hook of the device sampler: rows [n_rows, V] of fp32 logits (host), pos[n_rows] the positions
+// the draws hash; the chosen tokens into next. 0 or -1 with the error.
+int gpu_sample_logits(const float *logits, int n_rows, int V, const int *pos, const GpuSampling *s, int32_t *next);
 
 // Test hook of the encoders' attention (test_gpu): bidirectional attention with a key mask over qkv [B*T, (NH + 2 NKV) HD]
 // (rows q | k | v, no rope), mask [B*T] (non-zero: a real token; NULL: all; every row needs one), the forward into

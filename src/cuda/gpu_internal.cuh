@@ -218,3 +218,11 @@ template <typename T> void attn_forward(T *out, float *lse, const T *qkv, AttnDi
 template <typename T> void attn_backward(T *dqkv, float *dq_acc, float *dkv_acc, float *Dbuf, const T *dout, const T *out,
                                         const T *qkv, const float *lse, const float *cos_t, const float *sin_t, AttnDims d,
                                         cudaStream_t s);
+
+// ---- the next token on the device (gpu_sample.cu) ----
+struct GpuSampling;
+bool gpu_sampling_greedy(const GpuSampling *s);  // temperature <= 0 or top_k == 1: the argmax
+// next[r] for each of n_rows rows of fp32 logits [n_rows, V] (gpu.h GpuSampling); the draw of row r hashes
+// pos[rows ? rows[r] : r] (device arrays).
+void k_select_tokens(int32_t *next, const float *logits, int n_rows, int V, const int *pos, const int *rows, const GpuSampling *s,
+                     cudaStream_t st);

@@ -88,6 +88,15 @@ int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const 
     (void)kv; (void)N; (void)ids; (void)slot; (void)pos; (void)row_sets; (void)out_rows; (void)n_out; (void)logits;
     return peft_fail("CUDA backend: %s", NO_CUDA);
 }
+int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
+                        const int *out_rows, int n_out, const GpuSampling *s, int32_t *next) {
+    (void)kv; (void)N; (void)ids; (void)slot; (void)pos; (void)row_sets; (void)out_rows; (void)n_out; (void)s; (void)next;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+int gpu_sample_logits(const float *logits, int n_rows, int V, const int *pos, const GpuSampling *s, int32_t *next) {
+    (void)logits; (void)n_rows; (void)V; (void)pos; (void)s; (void)next;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
 int gpu_inference_attach(Model *m, GpuPrecision precision) { (void)m; (void)precision; return peft_fail("CUDA backend: %s", NO_CUDA); }
 void gpu_inference_detach(Model *m) { (void)m; }
 int gpu_attention_bidir(int B, int T, int NH, int NKV, int HD, const int32_t *mask, GpuPrecision prec, const float *qkv,
