@@ -18,16 +18,20 @@
 #include <unistd.h>
 
 // A detached LoRA set with both factors random (init false: nn.Linear's draws), rank r, lora_alpha alpha.
-static AdapterSet *lora_set(Model *m, const char *targets, int r, float alpha, uint64_t seed) {
+static AdapterSet *lora_set_rs(Model *m, const char *targets, int r, float alpha, uint64_t seed, bool rslora) {
     AdapterConfig c;
     adapter_config_defaults(&c, METHOD_LORA);
     c.r = r;
     c.alpha = alpha;
+    c.use_rslora = rslora;
     c.init = LORA_INIT_FALSE;
     adapter_config_set_targets(&c, targets);
     AdapterSet *s = adapters_new_detached(m, &c, seed);
     adapter_config_free(&c);
     return s;
+}
+static AdapterSet *lora_set(Model *m, const char *targets, int r, float alpha, uint64_t seed) {
+    return lora_set_rs(m, targets, r, alpha, seed, false);
 }
 
 // The model (and its combined set) and the two input sets.
@@ -90,6 +94,31 @@ TEST(combine_cat_and_svd_are_exact_sums) {
     // The default svd rank is the largest input rank.
     o.svd_rank = 0;
     CHECK(lora_combine(m, sets, w, 2, &o) == 0 && m->adapters->cfg.r == 3);
+    free_case(m, sets);
+}
+
+// rsLoRA inputs: their scalings (lora_alpha / sqrt r) go into the factors as any other's, so the new adapter's
+// must be 1: use_rslora false with r = lora_alpha (PEFT since huggingface/peft#3449; it used to inherit the first
+// adapter's use_rslora, making the result sqrt(r) times too large). cat and svd: the exact weighted sum; linear
+// of one adapter with weight 1: that adapter again.
+TEST(combine_rslora_inputs_give_scaling_one) {
+    Model *m = test_model_from_json(TINY_LLAMA_JSON, 1);
+    AdapterSet *sets[2] = {lora_set_rs(m, "q_proj,v_proj", 4, 6, 1, true), lora_set(m, "q_proj,v_proj", 4, 3, 2)};
+    CHECK(sets[0]->adapters[0].scaling == 3.0f);  // 6 / sqrt 4
+    double w[2] = {0.7, -0.4}, one = 1;
+    const CombineType types[] = {COMBINE_CAT, COMBINE_SVD};  // exact sums (linear's cross terms are not)
+    for (int t = 0; t < 2; t++) {
+        CombineOptions o = opts(types[t], NAN);
+        o.svd_rank = 8;
+        CHECK_MSG(lora_combine(m, sets, w, 2, &o) == 0, "%s", peft_last_error());
+        const AdapterConfig *c = &m->adapters->cfg;
+        CHECK(!c->use_rslora && c->alpha == c->r && m->adapters->adapters[0].scaling == 1.0f);
+        CHECK_MSG(delta_error(m, sets, w, 2) < 1e-5, "%s: %g", combine_type_name(types[t]), delta_error(m, sets, w, 2));
+        adapters_free(m);
+    }
+    CombineOptions o = opts(COMBINE_LINEAR, NAN);
+    CHECK(lora_combine(m, sets, &one, 1, &o) == 0 && !m->adapters->cfg.use_rslora);
+    CHECK_MSG(delta_error(m, sets, &one, 1) < 1e-6, "one rsLoRA adapter, weight 1: %g", delta_error(m, sets, &one, 1));
     free_case(m, sets);
 }
 

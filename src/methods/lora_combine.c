@@ -247,6 +247,9 @@ int lora_combine(Model *m, AdapterSet *const *sets, const double *weights, int n
     if (union_targets(&c, sets, n)) return -1;
     c.r = r;
     c.alpha = (float)r;
+    // The factors hold every input's scaling (rsLoRA's alpha / sqrt r included): the new one's is 1. PEFT inherited
+    // the first adapter's use_rslora (then sqrt(r)) until huggingface/peft#3449 reset it.
+    c.use_rslora = false;
     c.base_model = sets[0]->cfg.base_model;  // copied by the set
     int rc = adapters_attach(m, &c, o.seed);  // the new modules' own draws, from torch.manual_seed(seed)
     c.base_model = NULL;
@@ -342,9 +345,11 @@ int lora_combine_check_case(const char *dir, const void *case_json, double *max_
     else if (adapters_load(ref, c_dir)) fail_msg(msg, cap, "PEFT's combined adapter");
     else rc = 0;
     AdapterSet *ours = !rc ? m->adapters : NULL, *theirs = !rc ? ref->adapters : NULL;
-    if (!rc && (ours->cfg.r != theirs->cfg.r || ours->cfg.alpha != theirs->cfg.alpha || ours->n != theirs->n || !same_targets(&ours->cfg, &theirs->cfg))) {
-        snprintf(msg, cap, "combined config: r %d, lora_alpha %g, %d modules here; PEFT's r %d, lora_alpha %g, %d modules (or other target_modules)",
-                 ours->cfg.r, ours->cfg.alpha, ours->n, theirs->cfg.r, theirs->cfg.alpha, theirs->n);
+    if (!rc && (ours->cfg.r != theirs->cfg.r || ours->cfg.alpha != theirs->cfg.alpha || ours->cfg.use_rslora != theirs->cfg.use_rslora ||
+                ours->n != theirs->n || !same_targets(&ours->cfg, &theirs->cfg))) {
+        snprintf(msg, cap, "combined config: r %d, lora_alpha %g, use_rslora %d, %d modules here; PEFT's r %d, lora_alpha %g, use_rslora %d, "
+                 "%d modules (or other target_modules)", ours->cfg.r, ours->cfg.alpha, ours->cfg.use_rslora, ours->n, theirs->cfg.r,
+                 theirs->cfg.alpha, theirs->cfg.use_rslora, theirs->n);
         rc = -1;
     }
     for (int i = 0; !rc && i < ours->n; i++) {

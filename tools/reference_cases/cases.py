@@ -201,6 +201,12 @@ CASES = [
     Case("gpt2", "lora-arithmetic", suffix="ties", combine=dict(combination_type="ties", weights=[0.5, 0.5], density=0.3)),
     Case("llama", "lora-arithmetic", suffix="magnitude-prune",
          combine=dict(combination_type="magnitude_prune", weights=[0.7, 0.5], density=0.4)),
+    # rsLoRA inputs (the first one's use_rslora, which the combined config used to inherit): cat with a plain second
+    # adapter of another rank, linear with both rsLoRA (huggingface/peft#3449: the combined adapter's scaling is 1).
+    Case("llama", "lora-arithmetic", config=dict(use_rslora=True), suffix="cat-rslora",
+         combine=dict(combination_type="cat", weights=[0.7, 0.5], second=dict(use_rslora=False, r=2, lora_alpha=4))),
+    Case("llama", "lora-arithmetic", config=dict(use_rslora=True), suffix="linear-rslora",
+         combine=dict(combination_type="linear", weights=[0.7, -0.4])),
     # DARE's masks are torch.bernoulli draws on the global generator (torch.manual_seed(seed) first).
     Case("llama", "lora-arithmetic", suffix="dare-linear", combine=dict(combination_type="dare_linear", weights=[0.7, 0.5], density=0.6)),
     Case("llama", "lora-arithmetic", suffix="dare-ties", combine=dict(combination_type="dare_ties", weights=[0.7, 0.5], density=0.6)),
