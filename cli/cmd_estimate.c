@@ -164,7 +164,11 @@ int cmd_estimate(int argc, char **argv) {
         est_model_free(&em);
         return fail_with_library_error();
     }
-    if (qt) estimate_quantize(&e, &em, &c, qt, nested);
+    if (qt && estimate_quantize(&e, &em, &c, qt, nested)) {
+        adapter_config_free(&c);
+        est_model_free(&em);
+        return fail_with_library_error();
+    }
     estimate_recompute(&e, &em, &c, rc_mode);
     char a[48], b[48], h1[32], h2[32], h3[32], h4[32];
     const char *mname = method_get(method)->title;

@@ -171,6 +171,122 @@ TEST(estimate_matches_built_model_every_method) {
     }
 }
 
+// modules_to_save (and bias "all" beside it) on GPT-2 and Llama: the head, the embedding, a norm, a linear of
+// every layer. Against the attached model: the trainable count, the file adapters_save writes (bytes), the CPU
+// column (each tensor once: the trained base tensors are the model's own; their gradients and moments). A tied
+// model refuses its embedding / head as adapters_attach does, and an entry that names nothing as it does; with
+// --quantize, a linear to save.
+TEST(estimate_modules_to_save_matches_built_model) {
+    const struct { const char *type; bool tied; const char *targets, *save; bool bias; } cases[] = {
+        {"gpt2", false, "c_attn", "lm_head", false},   {"gpt2", false, "c_attn", "wte", false},
+        {"gpt2", false, "c_attn", "ln_f", true},       {"gpt2", false, "c_attn", "c_fc", false},
+        {"llama", false, "v_proj", "lm_head", false},  {"llama", false, "v_proj", "embed_tokens", false},
+        {"llama", false, "v_proj", "model.norm", false}, {"llama", false, "v_proj", "q_proj", false},
+        {"qwen2", false, "v_proj", "q_proj", true},    {"llama", false, "v_proj", "input_layernorm", false},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        ModelConfig mc = tiny(cases[k].type, cases[k].tied, false);
+        EstModel em;
+        CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
+        AdapterConfig c;
+        adapter_config_defaults(&c, METHOD_LORA);
+        c.r = 3;
+        if (cases[k].bias) c.bias = BIAS_ALL;
+        adapter_config_set_targets(&c, cases[k].targets);
+        adapter_config_add_module_to_save(&c, cases[k].save);
+        Model *m = model_create_random(&mc, 7);
+        CHECK_MSG(adapters_attach(m, &c, 3) == 0, "%s", peft_last_error());
+        Estimate e;
+        CHECK_MSG(estimate_compute(&e, &em, METHOD_LORA, &c, 2, 8) == 0, "%s %s: %s", cases[k].type, cases[k].save, peft_last_error());
+        CHECK_MSG(e.trainable == model_count_params(m, true), "%s %s: trainable %lld vs %ld", cases[k].type, cases[k].save,
+                  (long long)e.trainable, model_count_params(m, true));
+        const AdapterSet *set = m->adapters;
+        int64_t own = 0;  // the adapter's own tensors (the trained base ones are the model's)
+        for (int i = 0; i < set->n_params - set->n_base; i++) own += set->params[i]->numel;
+        CHECK(set->n_base > 0);
+        CHECK_MSG(e.cpu.weights == 4 * (em.n_params + own) && e.cpu.grads == 4 * e.trainable && e.cpu.optimizer == 8 * e.trainable,
+                  "%s %s: CPU weights %lld, expected %lld", cases[k].type, cases[k].save, (long long)e.cpu.weights,
+                  (long long)(4 * (em.n_params + own)));
+        const char *dir = test_tmpdir();
+        CHECK_MSG(adapters_save(m, dir) == 0, "%s", peft_last_error());
+        char *path = path_join(dir, "adapter_model.safetensors");
+        CHECK_MSG(file_size(path) == e.file_bytes, "%s %s: file %lld bytes, estimate %lld", cases[k].type, cases[k].save,
+                  (long long)file_size(path), (long long)e.file_bytes);
+        free(path);
+        model_free(m);
+        adapter_config_free(&c);
+        est_model_free(&em);
+    }
+    // Tied embedding and head: refused by name, as adapters_attach refuses it; an entry naming nothing too.
+    const char *refused[][3] = {{"gpt2", "wte", "ties its embedding and output head"}, {"llama", "lm_head", "ties its embedding and output head"},
+                                {"llama", "no_such_module", "names no module"}};
+    for (int k = 0; k < 3; k++) {
+        ModelConfig mc = tiny(refused[k][0], k < 2, false);
+        EstModel em;
+        CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
+        AdapterConfig c;
+        adapter_config_defaults(&c, METHOD_LORA);
+        adapter_config_set_targets(&c, mc.arch == ARCH_GPT2 ? "c_attn" : "v_proj");
+        adapter_config_add_module_to_save(&c, refused[k][1]);
+        Model *m = model_create_random(&mc, 7);
+        CHECK(adapters_attach(m, &c, 3) != 0 && strstr(peft_last_error(), refused[k][2]));
+        Estimate e;
+        CHECK_MSG(estimate_compute(&e, &em, METHOD_LORA, &c, 2, 8) != 0 && strstr(peft_last_error(), refused[k][2]), "%s: %s", refused[k][1],
+                  peft_last_error());
+        model_free(m);
+        adapter_config_free(&c);
+        est_model_free(&em);
+    }
+    // --quantize: a linear to save is refused (a trained full copy of a quantized linear is not implemented).
+    ModelConfig mc = tiny("llama", false, false);
+    EstModel em;
+    CHECK(est_model_from_config(&em, &mc, "tiny") == 0);
+    AdapterConfig c;
+    adapter_config_defaults(&c, METHOD_LORA);
+    adapter_config_set_targets(&c, "v_proj");
+    adapter_config_add_module_to_save(&c, "q_proj");
+    Estimate e;
+    CHECK(estimate_compute(&e, &em, METHOD_LORA, &c, 2, 8) == 0);
+    CHECK(estimate_quantize(&e, &em, &c, QUANT_NF4, true) != 0 && strstr(peft_last_error(), "self_attn.q_proj is quantized"));
+    adapter_config_free(&c);
+    est_model_free(&em);
+}
+
+// The GPU column's arenas with modules_to_save (gpu_model.cu's plan(): a trained base tensor in the trainable
+// arena, 18 B a value instead of 2; a fused group's frozen members riding with a trained one; a trained head's
+// staged gradient [ldV, C] fp32), on shapes whose tensors are all multiples of 64 values (no alignment slack).
+TEST(estimate_gpu_modules_to_save_arenas) {
+    const struct { const char *type, *targets, *save; int64_t moved, pending; } cases[] = {
+        {"gpt2", "c_attn", "ln_f", 2 * 64, 0},
+        // q trains, k and v ride, with v's fused-input-gradient spare rows (round8(r 3) = 8 rows of C): 3 layers
+        {"llama", "v_proj", "q_proj", 3 * (64 * 64 + 2 * 32 * 64 + 8 * 64), 0},
+        {"llama", "v_proj", "lm_head", 64 * 64, 64 * 64},  // vocab 37, padded to 64 rows
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        ModelConfig mc = tiny(cases[k].type, false, false);
+        mc.n_embd = 64;
+        mc.head_dim = 16;
+        mc.n_inner = 128;
+        EstModel em;
+        CHECK(est_model_from_config(&em, &mc, "tiny64") == 0);
+        Estimate e[2];
+        for (int with = 0; with < 2; with++) {
+            AdapterConfig c;
+            adapter_config_defaults(&c, METHOD_LORA);
+            c.r = 3;
+            adapter_config_set_targets(&c, cases[k].targets);
+            if (with) adapter_config_add_module_to_save(&c, cases[k].save);
+            CHECK_MSG(estimate_compute(&e[with], &em, METHOD_LORA, &c, 2, 64) == 0, "%s", peft_last_error());
+            adapter_config_free(&c);
+        }
+        int64_t moved = cases[k].moved, pending = cases[k].pending;
+        CHECK_MSG(e[1].gpu.grads - e[0].gpu.grads == 4 * moved + 4 * pending, "%s %s: gradients %lld more", cases[k].type, cases[k].save,
+                  (long long)(e[1].gpu.grads - e[0].gpu.grads));
+        CHECK(e[1].gpu.weights - e[0].gpu.weights == (6 - 2) * moved && e[1].gpu.optimizer - e[0].gpu.optimizer == 8 * moved);
+        est_model_free(&em);
+    }
+}
+
 // PiSSA / OLoRA: the same trainable tensors, and the file peft train saves (converted, rank 2r) as predicted.
 TEST(estimate_lora_init_converted_file) {
     ModelConfig mc = tiny("llama", false, false);

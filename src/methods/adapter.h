@@ -177,6 +177,9 @@ bool regex_full_match(const char *pattern, const char *s);
 // adapter_base.c: the base parameters bias and modules_to_save train, appended to set->params (attached sets only).
 // Whether a model parameter lies in a module to save (PEFT: some module above it ends with an entry).
 bool adapter_base_to_save(const AdapterConfig *c, const char *param);
+// A model that ties its embedding (parameter wte_name) and head: an entry naming either is refused (PEFT would
+// train a copy for one of the two uses only, unless ensure_weight_tying, which is refused).
+int adapter_base_refuse_tied(const AdapterConfig *c, const char *wte_name);
 int adapter_base_attach(AdapterSet *set);
 // A file's tensors of those: each one the set trains there with the base's size (used[i]: file tensor i is one).
 int adapter_base_check_file(const AdapterSet *set, const void *file /*SafeTensors*/, const char *path, bool *used);

@@ -55,18 +55,25 @@ static char *trained_name(const AdapterSet *set, int i) {
     return a ? xasprintf("base_model.model.%s.base_layer.bias", lin->module) : xasprintf("base_model.model.%s", base->name);
 }
 
+int adapter_base_refuse_tied(const AdapterConfig *c, const char *wte_name) {
+    for (int k = 0; k < c->n_modules_to_save; k++) {
+        const char *e = c->modules_to_save[k];
+        bool head = ends_with("lm_head", e), emb = ends_with(wte_name, e) || ends_with("transformer.wte", e) || ends_with("model.embed_tokens", e);
+        if (head || emb)
+            return peft_fail("modules_to_save \"%s\": the model ties its embedding and output head; PEFT would train a copy for one "
+                             "of the two uses only: not implemented (untie the weights, or leave it out)", e);
+    }
+    return 0;
+}
+
 // modules_to_save entries PEFT would copy but that are no trainable parameter here: the tied output
-// head (PEFT trains a copy for one of its two uses, the other keeping the base's, unless
-// ensure_weight_tying, which is refused) and quantized linears.
+// head (adapter_base_refuse_tied) and quantized linears.
 static int check_modules_to_save(const AdapterSet *set) {
     const Model *m = set->model;
     const AdapterConfig *c = &set->cfg;
+    if (m->lm_head == m->wte && adapter_base_refuse_tied(c, m->wte->name)) return -1;
     for (int k = 0; k < c->n_modules_to_save; k++) {
         const char *e = c->modules_to_save[k];
-        bool head = ends_with("lm_head", e), emb = ends_with(m->wte->name, e) || ends_with("transformer.wte", e) || ends_with("model.embed_tokens", e);
-        if (m->lm_head == m->wte && (head || emb))
-            return peft_fail("modules_to_save \"%s\": the model ties its embedding and output head; PEFT would train a copy for one "
-                             "of the two uses only: not implemented (untie the weights, or leave it out)", e);
         for (int i = 0; i < m->n_linears; i++)
             if (m->linears[i].q && ends_with(m->linears[i].module, e))
                 return peft_fail("modules_to_save \"%s\": %s is quantized; a trained full copy of it is not implemented", e, m->linears[i].module);

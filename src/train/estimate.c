@@ -2,6 +2,7 @@
 #include "estimate.h"
 #include "lora_init.h"
 #include "util.h"
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,8 +276,94 @@ static int64_t bias_tensors(const EstModel *em, const bool *adapted, BiasMode mo
     return total;
 }
 
+// ---- base parameters an adapter trains (adapter_base.c: bias, modules_to_save) ----
+
+// A base parameter of a GPT-2 / Llama-family decoder as model.c names and stores it; lin: the linear whose
+// weight or bias it is, else -1.
+typedef struct {
+    char name[192];
+    int ndim;
+    int64_t shape[2];
+    int lin;
+} BaseParam;
+
+static bool est_decoder(const EstModel *em) { return em->family == EST_DECODER_GPT2 || em->family == EST_DECODER_LLAMA; }
+
+// Every base parameter of a decoder in model.c's order (build_gpt2, build_llama); the count.
+static int decoder_params(const EstModel *em, BaseParam **out) {
+    const ModelConfig *c = &em->cfg;
+    bool gpt2 = em->family == EST_DECODER_GPT2;
+    int per = gpt2 ? 4 : 7, n = 0, cap = 16 + c->n_layer * 24;
+    int64_t C = c->n_embd, V = c->vocab_size;
+    BaseParam *p = xcalloc(cap, sizeof *p);
+#define PUT(nd, s0, s1, li, ...) (snprintf(p[n].name, sizeof p[n].name, __VA_ARGS__), p[n].ndim = nd, p[n].shape[0] = s0, p[n].shape[1] = s1, p[n++].lin = li)
+    PUT(2, V, C, -1, "%s", gpt2 ? "transformer.wte.weight" : "model.embed_tokens.weight");
+    if (gpt2) PUT(2, c->n_positions, C, -1, "transformer.wpe.weight");
+    for (int l = 0; l < c->n_layer; l++) {
+        if (gpt2) { PUT(1, C, 0, -1, "transformer.h.%d.ln_1.weight", l); PUT(1, C, 0, -1, "transformer.h.%d.ln_1.bias", l); }
+        else PUT(1, C, 0, -1, "model.layers.%d.input_layernorm.weight", l);
+        for (int k = 0; k < per; k++) {
+            int i = l * per + k;
+            const EstLinear *li = &em->linears[i];
+            if (gpt2) PUT(2, li->in, li->out, i, "%s.weight", li->name);  // Conv1D: [in, out]
+            else PUT(2, li->out, li->in, i, "%s.weight", li->name);
+            if (li->bias) PUT(1, li->out, 0, i, "%s.bias", li->name);
+            if (gpt2 && k == 1) { PUT(1, C, 0, -1, "transformer.h.%d.ln_2.weight", l); PUT(1, C, 0, -1, "transformer.h.%d.ln_2.bias", l); }
+            if (!gpt2 && k == 3) PUT(1, C, 0, -1, "model.layers.%d.post_attention_layernorm.weight", l);
+        }
+    }
+    if (gpt2) { PUT(1, C, 0, -1, "transformer.ln_f.weight"); PUT(1, C, 0, -1, "transformer.ln_f.bias"); }
+    else PUT(1, C, 0, -1, "model.norm.weight");
+    if (!c->tie_word_embeddings) PUT(2, V, C, -1, "lm_head.weight");
+#undef PUT
+    *out = p;
+    return n;
+}
+
+// The name adapters_save gives p when the adapter trains it (adapter_base.c's trained_name), else NULL (malloc'd).
+static char *base_saved_name(const EstModel *em, const bool *adapted, const AdapterConfig *c, const BaseParam *p) {
+    if (adapter_base_to_save(c, p->name)) return xasprintf("base_model.model.%s", p->name);
+    bool bias = p->lin >= 0 && strstr(p->name + strlen(em->linears[p->lin].name), "bias"), own = bias && adapted[p->lin];
+    if (c->bias == BIAS_NONE || (c->bias == BIAS_ALL ? !strstr(p->name, "bias") : !own)) return NULL;
+    return own ? xasprintf("base_model.model.%s.base_layer.bias", em->linears[p->lin].name) : xasprintf("base_model.model.%s", p->name);
+}
+
+// A decoder's base parameters the adapter trains (bias, modules_to_save), in the order adapters_save writes
+// them (the model's), into t / names when given (names malloc'd); their values returned. Refused as
+// adapter_base.c refuses: a module to save on a tied embedding / head, entries that name no parameter.
+static int64_t base_trained(const EstModel *em, const bool *adapted, const AdapterConfig *c, EstTensor *t, char **names, int *n) {
+    if (c->n_modules_to_save && em->cfg.tie_word_embeddings &&
+        adapter_base_refuse_tied(c, em->family == EST_DECODER_GPT2 ? "transformer.wte.weight" : "model.embed_tokens.weight"))
+        return -1;
+    BaseParam *p;
+    int np = decoder_params(em, &p);
+    int64_t total = 0;
+    bool saved_any = false;
+    *n = 0;
+    for (int i = 0; i < np; i++) {
+        char *name = base_saved_name(em, adapted, c, &p[i]);
+        if (!name) continue;
+        saved_any = saved_any || adapter_base_to_save(c, p[i].name);
+        total += p[i].ndim == 1 ? p[i].shape[0] : p[i].shape[0] * p[i].shape[1];
+        if (t) {
+            names[*n] = name;
+            t[*n] = (EstTensor){name, p[i].ndim, {p[i].shape[0], p[i].shape[1]}};
+        } else free(name);
+        (*n)++;
+    }
+    free(p);
+    if (c->n_modules_to_save && !saved_any) {
+        char list[512] = "";
+        for (int k = 0; k < c->n_modules_to_save; k++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", c->modules_to_save[k]);
+        return peft_fail("modules_to_save [%s] names no module of %s with parameters", list, em->name);
+    }
+    return total;
+}
+
+// base: the options whose trained base parameters a decoder's file holds (bias, modules_to_save), or NULL.
 static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, MethodId method, int r, const AdapterConfig *lora,
-                                  bool with_projection, int max_in, int max_out, const EmbedTensor *emb, int n_emb) {
+                                  bool with_projection, int max_in, int max_out, const EmbedTensor *emb, int n_emb, const AdapterConfig *base) {
     int n = 0, cap = 0;
     EstTensor *t = NULL;
     char **names = NULL;
@@ -304,7 +391,20 @@ static int64_t adapter_file_bytes(const EstModel *em, const bool *adapted, Metho
     }
     for (int i = 0; i < n_emb; i++)  // then the embedding's (adapter_embed.c)
         if (emb[i].trained) ADD(2, emb[i].rows, emb[i].cols, "%s", emb[i].name);
-    if (lora && lora->bias != BIAS_NONE) {  // then the trained biases (adapter_base.c appends them)
+    if (base && est_decoder(em)) {  // then the trained base parameters (adapter_base.c appends them)
+        int nb = 0;
+        if (base_trained(em, adapted, base, NULL, NULL, &nb) > 0) {
+            EstTensor *bt = xcalloc(nb, sizeof *bt);
+            char **bn = xcalloc(nb, sizeof *bn);
+            base_trained(em, adapted, base, bt, bn, &nb);
+            for (int i = 0; i < nb; i++) {
+                ADD(bt[i].ndim, bt[i].shape[0], bt[i].shape[1], "%s", bn[i]);
+                free(bn[i]);
+            }
+            free(bt);
+            free(bn);
+        }
+    } else if (lora && lora->bias != BIAS_NONE) {  // then the trained biases (adapter_base.c appends them)
         int nb = 0;
         bias_tensors(em, adapted, lora->bias, NULL, NULL, &nb);
         char **bn = xcalloc(nb ? nb : 1, sizeof(char *));
@@ -452,16 +552,37 @@ static int64_t gpu_group_rank(const EstModel *em, const GpuShape *s, const bool 
     return R;
 }
 
-// adapted == NULL: full fine-tuning (every base weight trainable, no adapter set).
-static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, MethodId method, int r, float dropout, int B, int T) {
+// Whether the CUDA backend trains base parameter `name` (plan(): full fine-tuning, or a decoder's bias /
+// modules_to_save, lc; lin: the linear whose weight or bias it is, else -1).
+static bool gpu_trains(const EstModel *em, const bool *adapted, const AdapterConfig *lc, int lin, const char *fmt, ...) {
+    if (!adapted) return true;
+    if (!lc || !est_decoder(em) || (lc->bias == BIAS_NONE && !lc->n_modules_to_save)) return false;
+    BaseParam p = {.lin = lin};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p.name, sizeof p.name, fmt, ap);
+    va_end(ap);
+    char *saved = base_saved_name(em, adapted, lc, &p);
+    free(saved);
+    return saved != NULL;
+}
+
+// adapted == NULL: full fine-tuning (every base weight trainable, no adapter set). lc: the adapter's options
+// (bias and modules_to_save train base parameters), or NULL.
+static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, const AdapterConfig *lc, MethodId method, int r, float dropout,
+                       int B, int T) {
     GpuShape s = gpu_shape(em, B, T);
     const ModelConfig *c = &em->cfg;
     bool full = adapted == NULL, drop = !full && dropout > 0, fuse = s.llama && !full && !drop;
     int64_t N = s.N, C = s.C, head_pad = (s.ldV - s.V) * C;
-    // Parameter arenas, in plan()'s order.
-    int64_t base = 0, train = 0, *arena = full ? &train : &base;
-    arena_add(arena, s.V * C + (em->lm_head && c->tie_word_embeddings ? head_pad : 0), false);
-    if (!s.llama) arena_add(arena, (int64_t)c->n_positions * C, false);
+    // Parameter arenas, in plan()'s order: a tensor the run trains (or a fused group's frozen member riding
+    // with a trained one) in the trainable arena, the others frozen.
+    int64_t base = 0, train = 0;
+#define ARENA(tr) ((tr) ? &train : &base)
+#define TRAINS(lin, ...) gpu_trains(em, adapted, lc, lin, __VA_ARGS__)
+    const char *wte = s.llama ? "model.embed_tokens.weight" : "transformer.wte.weight";
+    arena_add(ARENA(TRAINS(-1, "%s", wte)), s.V * C + (em->lm_head && c->tie_word_embeddings ? head_pad : 0), false);
+    if (!s.llama) arena_add(ARENA(TRAINS(-1, "transformer.wpe.weight")), (int64_t)c->n_positions * C, false);
     int64_t ld_dqkv = s.S, ld_dfc = s.upw, ld_dres = C, Rmax = 0;
     for (int l = 0; l < s.L; l++) {
         int64_t R[7] = {0};
@@ -469,21 +590,25 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
             R[g] = gpu_group_rank(em, &s, adapted, method, r, l, g);
             if (R[g] > Rmax) Rmax = R[g];
         }
-        const EstLinear *li = &em->linears[(size_t)l * s.per_layer];
+        int i0 = l * s.per_layer;
+        const EstLinear *li = &em->linears[(size_t)i0];
+#define W(k) TRAINS(i0 + (k), "%s.weight", li[k].name)
+#define BI(k) (li[k].bias && TRAINS(i0 + (k), "%s.bias", li[k].name))
         if (s.llama) {
-            arena_add(arena, C, false);  // input_layernorm
-            arena_add(arena, (int64_t)li[0].in * li[0].out, false);
-            arena_add(arena, (int64_t)li[1].in * li[1].out, true);
-            arena_add(arena, (int64_t)li[2].in * li[2].out + (fuse && R[0] ? round8(R[0]) * C : 0), true);
-            if (li[0].bias) { arena_add(arena, li[0].out, false); arena_add(arena, li[1].out, true); arena_add(arena, li[2].out, true); }
-            arena_add(arena, (int64_t)li[3].in * li[3].out + (fuse && R[1] ? round8(R[1]) * s.QW : 0), false);
-            if (li[3].bias) arena_add(arena, C, false);
-            arena_add(arena, C, false);  // post_attention_layernorm
-            arena_add(arena, (int64_t)li[4].in * li[4].out, false);
-            arena_add(arena, (int64_t)li[5].in * li[5].out + (fuse && R[2] ? round8(R[2]) * C : 0), true);
-            if (li[4].bias) { arena_add(arena, li[4].out, false); arena_add(arena, li[5].out, true); }
-            arena_add(arena, (int64_t)li[6].in * li[6].out + (fuse && R[3] ? round8(R[3]) * s.I : 0), false);
-            if (li[6].bias) arena_add(arena, C, false);
+            bool wr = W(0) || W(1) || W(2), br = BI(0) || BI(1) || BI(2), gr = W(4) || W(5), ubr = BI(4) || BI(5);
+            arena_add(ARENA(TRAINS(-1, "model.layers.%d.input_layernorm.weight", l)), C, false);
+            arena_add(ARENA(wr), (int64_t)li[0].in * li[0].out, false);
+            arena_add(ARENA(wr), (int64_t)li[1].in * li[1].out, true);
+            arena_add(ARENA(wr), (int64_t)li[2].in * li[2].out + (fuse && R[0] ? round8(R[0]) * C : 0), true);
+            if (li[0].bias) { arena_add(ARENA(br), li[0].out, false); arena_add(ARENA(br), li[1].out, true); arena_add(ARENA(br), li[2].out, true); }
+            arena_add(ARENA(W(3)), (int64_t)li[3].in * li[3].out + (fuse && R[1] ? round8(R[1]) * s.QW : 0), false);
+            if (li[3].bias) arena_add(ARENA(BI(3)), C, false);
+            arena_add(ARENA(TRAINS(-1, "model.layers.%d.post_attention_layernorm.weight", l)), C, false);
+            arena_add(ARENA(gr), (int64_t)li[4].in * li[4].out, false);
+            arena_add(ARENA(gr), (int64_t)li[5].in * li[5].out + (fuse && R[2] ? round8(R[2]) * C : 0), true);
+            if (li[4].bias) { arena_add(ARENA(ubr), li[4].out, false); arena_add(ARENA(ubr), li[5].out, true); }
+            arena_add(ARENA(W(6)), (int64_t)li[6].in * li[6].out + (fuse && R[3] ? round8(R[3]) * s.I : 0), false);
+            if (li[6].bias) arena_add(ARENA(BI(6)), C, false);
             if (fuse) {  // padded strides of the dy buffers (ceil8 of out + round8(R))
                 if (R[0]) ld_dqkv = MAX(ld_dqkv, round8(s.S + round8(R[0])));
                 if (R[2]) ld_dfc = MAX(ld_dfc, round8(s.upw + round8(R[2])));
@@ -491,22 +616,30 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
                 if (R[3]) ld_dres = MAX(ld_dres, round8(C + round8(R[3])));
             }
         } else {  // GPT-2 (other presets are counted as the GPT-2 path would place them)
-            arena_add(arena, C, false);
-            arena_add(arena, C, false);  // ln_1
+            arena_add(ARENA(TRAINS(-1, "transformer.h.%d.ln_1.weight", l)), C, false);
+            arena_add(ARENA(TRAINS(-1, "transformer.h.%d.ln_1.bias", l)), C, false);
             for (int k = 0; k < s.per_layer; k++) {
-                arena_add(arena, (int64_t)li[k].in * li[k].out, false);
-                if (li[k].bias) arena_add(arena, li[k].out, false);
-                if (k == 1) { arena_add(arena, C, false); arena_add(arena, C, false); }  // ln_2
+                arena_add(ARENA(W(k)), (int64_t)li[k].in * li[k].out, false);
+                if (li[k].bias) arena_add(ARENA(BI(k)), li[k].out, false);
+                if (k == 1) {
+                    arena_add(ARENA(TRAINS(-1, "transformer.h.%d.ln_2.weight", l)), C, false);
+                    arena_add(ARENA(TRAINS(-1, "transformer.h.%d.ln_2.bias", l)), C, false);
+                }
             }
         }
+#undef W
+#undef BI
     }
     for (int i = (int)(s.L * s.per_layer); i < em->n_linears; i++) {  // RoBERTa's pooler
-        arena_add(arena, (int64_t)em->linears[i].in * em->linears[i].out, false);
-        if (em->linears[i].bias) arena_add(arena, em->linears[i].out, false);
+        arena_add(ARENA(full), (int64_t)em->linears[i].in * em->linears[i].out, false);
+        if (em->linears[i].bias) arena_add(ARENA(full), em->linears[i].out, false);
     }
-    arena_add(arena, C, false);
-    if (!s.llama) arena_add(arena, C, false);  // final norm (+ bias)
-    if (em->lm_head && !c->tie_word_embeddings) arena_add(arena, s.V * C + head_pad, false);
+    arena_add(ARENA(TRAINS(-1, s.llama ? "model.norm.weight" : "transformer.ln_f.weight")), C, false);
+    if (!s.llama) arena_add(ARENA(TRAINS(-1, "transformer.ln_f.bias")), C, false);  // final norm (+ bias)
+    bool head_trains = em->lm_head && (c->tie_word_embeddings ? TRAINS(-1, "%s", wte) : TRAINS(-1, "lm_head.weight"));
+    if (em->lm_head && !c->tie_word_embeddings) arena_add(ARENA(head_trains), s.V * C + head_pad, false);
+#undef ARENA
+#undef TRAINS
     // Adapter tensors, group by group: the A matrices of a group adjacent, then B, E, lambda_d, lambda_b per member.
     int64_t beff = 0, g_cap = 0, vera_a = 0, vera_b = 0, dora_fixed = 0, dora_S = 0;
     int vmax_in = 0, vmax_out = 0;
@@ -578,7 +711,7 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
             + 2 * chunk * s.ldV                   // one classifier chunk
             + (s.llama ? 4 * s.T * s.HD : 0);     // rope cos, sin [T, HD/2] fp32
     int64_t fixed = (32LL << 20) + 4 * 1024;      // cuBLASLt workspace, reduction partials
-    int64_t head_pending = full && em->lm_head ? 4 * s.ldV * C : 0;
+    int64_t head_pending = head_trains ? 4 * s.ldV * C : 0;  // the classifier's gradient, staged (gpu_model.cu)
     int64_t scores = method == METHOD_ADALORA && !full ? 8 * train : 0;
     out->weights = 2 * base + 6 * train + vera_a + vera_b + beff;  // frozen bf16; trainables fp32 master + bf16 working copy
     out->grads = 4 * train + head_pending;
@@ -592,7 +725,7 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
 
 int64_t est_gpu_activation_bytes(const EstModel *em, int B, int T) {
     EstMemory m;
-    gpu_memory(&m, em, NULL, METHOD_FULL, 0, 0, B, T);
+    gpu_memory(&m, em, NULL, NULL, METHOD_FULL, 0, 0, B, T);
     return m.activations;
 }
 
@@ -638,11 +771,11 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     e->r = r;
     e->target_r = c->target_r;
     if (method != METHOD_FULL && r <= 0) return peft_fail("the rank must be positive (got %d)", r);
-    for (int k = 0; method != METHOD_FULL && k < c->n_modules_to_save; k++) {  // an encoder's head is counted (EstLinear.saved)
+    for (int k = 0; method != METHOD_FULL && !est_decoder(em) && k < c->n_modules_to_save; k++) {  // an encoder's head: EstLinear.saved
         const char *entry = c->modules_to_save[k];
         if (em->family != EST_ENCODER_ROBERTA || (strcmp(entry, "classifier") && strcmp(entry, "score")))
-            return peft_fail("modules_to_save \"%s\": peft estimate does not count modules trained in full beside the adapter yet "
-                             "(but an encoder's classification head)", entry);
+            return peft_fail("modules_to_save \"%s\": peft estimate counts modules trained in full beside the adapter on GPT-2 and "
+                             "Llama-family models (and an encoder's classification head)", entry);
     }
     if (method == METHOD_ADALORA && (c->target_r < 0 || c->target_r > c->init_r))
         return peft_fail("AdaLoRA target_r %d must be in 0..init_r (%d)", c->target_r, c->init_r);
@@ -669,13 +802,21 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         if (l->in > e->vera_max_in) e->vera_max_in = l->in;
         if (l->out > e->vera_max_out) e->vera_max_out = l->out;
     }
-    if (method == METHOD_LORA) {
+    // Base parameters trained in place (adapter_base.c: the model's own tensors): a decoder's bias and
+    // modules_to_save, an encoder's head (modules_to_save) and LoRA's biases.
+    int64_t in_place = 0;
+    if (method != METHOD_FULL && est_decoder(em)) {
         int nb = 0;
-        e->trainable += bias_tensors(em, adapted, c->bias, NULL, NULL, &nb);  // bias "all" / "lora_only"
+        if ((in_place = base_trained(em, adapted, c, NULL, NULL, &nb)) < 0) {
+            free(adapted);
+            return -1;
+        }
+    } else if (method != METHOD_FULL) {
+        int nb = 0;
+        for (int i = 0; i < em->n_linears; i++)
+            if (em->linears[i].saved) in_place += (int64_t)em->linears[i].in * em->linears[i].out + em->linears[i].out;
+        if (method == METHOD_LORA) e->trainable += bias_tensors(em, adapted, c->bias, NULL, NULL, &nb);  // bias "all" / "lora_only"
     }
-    int64_t in_place = 0;  // the head trains whole (modules_to_save), the model's own tensors (adapter_base.c)
-    for (int i = 0; method != METHOD_FULL && i < em->n_linears; i++)
-        if (em->linears[i].saved) in_place += (int64_t)em->linears[i].in * em->linears[i].out + em->linears[i].out;
     e->trainable += in_place;
     EmbedTensor emb[EMBED_TENSORS_MAX];  // LoRA on the token embedding, trainable_token_indices
     int n_emb = method == METHOD_FULL ? 0 : embed_tensors(em, c, emb);
@@ -689,23 +830,23 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
     else e->vera_max_in = e->vera_max_out = 0;
     if (method == METHOD_ADALORA) {
         e->adalora_budget_ranks = (int64_t)c->target_r * e->n_adapted;
-        e->adalora_final_file_bytes = adapter_file_bytes(em, adapted, method, c->target_r, NULL, false, 0, 0, NULL, 0);
+        e->adalora_final_file_bytes = adapter_file_bytes(em, adapted, method, c->target_r, NULL, false, 0, 0, NULL, 0, c);
     }
     if (method == METHOD_FULL) e->file_bytes = 4 * em->n_params;
     else if (method == METHOD_VERA) {
-        e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, NULL, true, e->vera_max_in, e->vera_max_out, NULL, 0);
-        e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, NULL, false, 0, 0, NULL, 0);
+        e->file_bytes_with_projection = adapter_file_bytes(em, adapted, method, r, NULL, true, e->vera_max_in, e->vera_max_out, NULL, 0, c);
+        e->file_bytes_without_projection = adapter_file_bytes(em, adapted, method, r, NULL, false, 0, 0, NULL, 0, c);
         e->file_bytes = c->save_projection ? e->file_bytes_with_projection : e->file_bytes_without_projection;
     } else  // PiSSA / OLoRA: saved converted to rank 2r (lora_init.c)
         e->file_bytes = adapter_file_bytes(em, adapted, method, lora_init_changes_base(c) ? 2 * r : r, c->n_lora_rank_pattern ? c : NULL, false, 0, 0,
-                                           emb, n_emb);
+                                           emb, n_emb, c);
 
     // Memory. CPU: everything fp32, AdamW m and v fp32; AdaLoRA's allocator keeps two double
     // scores per trainable value. GPU: what the CUDA backend allocates (gpu_memory).
     int64_t N = (int64_t)batch * context, P = em->n_params, Tr = e->trainable;
     int64_t cpu_act = est_cpu_activation_bytes(em, batch, context);
     e->cpu_full = (EstMemory){.weights = 4 * P, .grads = 4 * P, .optimizer = 8 * P, .activations = cpu_act};
-    gpu_memory(&e->gpu_full, em, NULL, METHOD_FULL, 0, 0, batch, context);
+    gpu_memory(&e->gpu_full, em, NULL, NULL, METHOD_FULL, 0, 0, batch, context);
     if (method == METHOD_FULL) {
         e->cpu = e->cpu_full;
         e->gpu = e->gpu_full;
@@ -722,7 +863,7 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
         e->cpu = (EstMemory){.weights = 4 * (P + Tr - in_place + e->vera_projection + vera_scaled_B), .grads = 4 * Tr,
                              .optimizer = 8 * Tr + (method == METHOD_ADALORA ? 16 * Tr : 0), .activations = cpu_act + 4 * extra,
                              .workspace = 4 * temp};
-        gpu_memory(&e->gpu, em, adapted, method, r, c->dropout, batch, context);
+        gpu_memory(&e->gpu, em, adapted, c, method, r, c->dropout, batch, context);
     }
     mem_total(&e->cpu);
     mem_total(&e->gpu);
@@ -799,7 +940,13 @@ void estimate_recompute(Estimate *e, const EstModel *em, const AdapterConfig *c,
     free(adapted);
 }
 
-void estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested) {
+int estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested) {
+    for (int i = 0; e->method != METHOD_FULL && i < em->n_linears; i++) {  // as adapter_base.c refuses it
+        char *w = xasprintf("%s.weight", em->linears[i].name);
+        bool saved = adapter_base_to_save(c, w);
+        free(w);
+        if (saved) return peft_fail("modules_to_save: %s is quantized; a trained full copy of it is not implemented", em->linears[i].name);
+    }
     int64_t fp32 = 0, q = 0, widest = 0;
     for (int i = 0; i < em->n_linears; i++) {
         const EstLinear *l = &em->linears[i];
@@ -819,4 +966,5 @@ void estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, 
     for (int i = 0; i < em->n_linears; i++) adapted[i] = adapter_targets_module(c, em->linears[i].name);
     gpu_quantized(&e->gpu, em, adapted, e->method, e->r, c->dropout, e->batch, e->context, t);
     free(adapted);
+    return 0;
 }

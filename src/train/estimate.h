@@ -91,13 +91,14 @@ int estimate_compute(Estimate *e, const EstModel *em, MethodId method, const Ada
 // gradient's spare rows); each one's codes (256-byte aligned) and fp32 scales (4-bit: an absmax per
 // block, the double quantization undone on the host; int8: SCB per row; 64-float aligned) in their
 // place, and one bf16 scratch for the largest group's dequantized weights (+ the spare rows) as workspace.
-void estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested);
+// A linear in modules_to_save is refused (as the model refuses a trained full copy of a quantized linear).
+int estimate_quantize(Estimate *e, const EstModel *em, const AdapterConfig *c, QuantType t, bool nested);
 
 // The GPU column with --recompute (gpu.h's GpuRecompute: 1 mlp, 2 layer; 0 changes nothing), for this
 // method and for full fine-tuning (c: the adapter options estimate_compute had). mlp: the MLP
 // pre-activations and activations of every layer give way to one pre-activation scratch; layer: of each
 // block only its input (the residual stream) is kept, and one block's activations (the largest h of each
-// group's place, DoRA's e) serve every layer.
+// group's place) serve every layer.
 void estimate_recompute(Estimate *e, const EstModel *em, const AdapterConfig *c, int mode);
 
 // Pieces, exposed for tests and the CLI.
