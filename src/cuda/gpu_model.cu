@@ -1530,6 +1530,15 @@ extern "C" int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2) 
     return gpu_report_failure();
 }
 
+// Field by field: memcmp would also compare AdaTriplet's tail padding, whose bytes are indeterminate.
+static bool same_triplets(const std::vector<AdaTriplet> &x, const std::vector<AdaTriplet> &y) {
+    if (x.size() != y.size()) return false;
+    for (size_t i = 0; i < x.size(); i++)
+        if (x[i].a != y[i].a || x[i].e != y[i].e || x[i].b != y[i].b || x[i].in != y[i].in || x[i].out != y[i].out || x[i].r != y[i].r)
+            return false;
+    return true;
+}
+
 // The modules' triplets in the trainables' layout, on the device in ada_trip (uploaded when they
 // changed); returns their count, or -1.
 static int ada_triplets(GpuModel *g, const GpuAdaModule *mods, int n) {
@@ -1541,7 +1550,7 @@ static int ada_triplets(GpuModel *g, const GpuAdaModule *mods, int n) {
             return peft_fail("CUDA backend: AdaLoRA module %d's tensors are not trainable on the device", i);
         for (int j = 0; j < m.r; j++) t.push_back({(long)a->off + (long)j * m.in, (long)e->off + j, (long)b->off + j, m.in, m.out, m.r});
     }
-    if (t.size() == g->ada_host.size() && !memcmp(t.data(), g->ada_host.data(), sizeof(AdaTriplet) * t.size())) return (int)t.size();
+    if (same_triplets(t, g->ada_host)) return (int)t.size();
     if (t.size() > g->ada_cap) {
         gpu_free(g->ada_trip);
         gpu_free(g->ada_score);
