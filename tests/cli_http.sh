@@ -31,15 +31,11 @@ post() {
 status_of() { tail -n 1; }
 body_of() { sed '$d'; }
 
-start_server() {  # log-name args...: sets PORT (bounded wait for "listening on")
-    local name=$1; shift
-    "$PEFT" serve "$@" --port 0 >"$TMP/$name.out" 2>"$TMP/$name.err" &
-    PIDS+=($!)
-    PORT=
-    for i in $(seq 1 100); do
-        PORT=$(sed -n 's|^listening on http://[0-9.]*:\([0-9]*\)$|\1|p' "$TMP/$name.out")
-        [ -n "$PORT" ] && return 0
-        sleep 0.1
-    done
-    return 1
+. "$(dirname "${BASH_SOURCE[0]}")/../tools/serve_start.sh"
+start_server() {  # log-name args...: sets PORT (a bounded wait for "listening on")
+    local name=$1 rc=0
+    shift
+    serve_start "$TMP/$name.out" "$TMP/$name.err" 100 "$@" || rc=1
+    PIDS+=("$SERVE_PID")
+    return $rc
 }

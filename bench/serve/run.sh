@@ -44,17 +44,13 @@ for i in $(seq 1 100); do echo "the quick brown fox jumps over the lazy dog."; d
 "$PEFT" merge --model "$W/base" --adapter "$W/adapters/lora-000" --out "$W/merged-lora" >/dev/null
 "$PEFT" merge --model "$W/base" --adapter "$W/adapters/vera-000" --out "$W/merged-vera" >/dev/null
 
+. "$(dirname "$0")/../../tools/serve_start.sh"
 serve() {  # model-dir: starts the server (all 200 adapters in memory), sets PORT; every client is one address here
-    "$PEFT" serve --model "$1" --adapters "$W/adapters" --port 0 --max-requests "$CLIENTS" --max-adapters 256 --max-connections-per-ip 0 \
-        --max-tokens "$TOKENS" --threads "$THREADS" --device "$DEVICE" --quiet > "$W/server.out" 2> "$W/server.err" &
-    SERVER=$!
-    PORT=
-    for i in $(seq 1 1200); do
-        PORT=$(sed -n 's|^listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$W/server.out")
-        [ -n "$PORT" ] && return 0
-        sleep 0.1
-    done
-    echo "server did not start: $(cat "$W/server.err")"; exit 1
+    local rc=0
+    serve_start "$W/server.out" "$W/server.err" 1200 --model "$1" --adapters "$W/adapters" --max-requests "$CLIENTS" --max-adapters 256 \
+        --max-connections-per-ip 0 --max-tokens "$TOKENS" --threads "$THREADS" --device "$DEVICE" --quiet || rc=1
+    SERVER=$SERVE_PID
+    [ $rc = 0 ] || { echo "server did not start: $(cat "$W/server.err")"; exit 1; }
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 load() { "$B/serve/loadgen" --port "$PORT" --clients "$CLIENTS" --requests "$REQUESTS" --prompt-tokens "$PROMPT" --max-tokens "$TOKENS" "$@"; }
