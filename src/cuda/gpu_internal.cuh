@@ -143,14 +143,25 @@ template <typename T> void k_cross_entropy(T *logits, int ld, const int *targets
                                           float inv_count, bool grad, cudaStream_t s);
 template <typename T> void k_bias_grad(float *db, const T *dy, int N, int width, int ld, cudaStream_t s);
 template <typename T> void k_colsum_mul(float *out, const T *a, const T *b, int N, int width, int lda, cudaStream_t s);
-// DoRA (gpu_dora.cu): norm[o] = ||W[o,:] + S[o,:]|| (W [out, in], or [in, out] when fifo, row stride ldw;
-// S fp32 [out, in]); the forward's rescale of a module's columns of y and its kept e; the backward's
-// magnitude gradient and dyg = dy g (dyg may be dy).
-template <typename T> void k_dora_norm(float *norm, const T *W, bool fifo, int ldw, const float *S, int out, int in, cudaStream_t s);
+// DoRA (gpu_dora.cu): norm[o] = sqrt(||W[o,:]||^2 + B[o,:] X[o,:]^T) (W [out, in], or [in, out] when fifo, row
+// stride ldw; B, X fp32 [out, r]); the forward's rescale of a module's columns of y (in place); the backward's
+// magnitude gradient from the kept output y (rope undone on its q, k columns) and dyg = dy g (dyg may be dy).
+struct DoraRope {
+    const float *cos_t, *sin_t;  // NULL: no column is rotated (rot_end 0)
+    const int *pos;              // packed positions, or NULL for n % Tn
+    int Tn, HD, col_off, rot_end;  // the module's first column in the group; the group's rotated columns [0, rot_end)
+};
 template <typename T>
-void k_dora_fwd(T *y, int ldy, T *e, const T *b, const T *resid, const float *norm, const float *m, int N, int out, cudaStream_t s);
+void k_dora_norm(float *norm, const T *W, bool fifo, int ldw, const float *B, const float *X, int r, int out, int in, cudaStream_t s);
+template <typename T> void k_dora_fwd(T *y, int ldy, const T *b, const T *resid, const float *norm, const float *m, int N, int out, cudaStream_t s);
 template <typename T>
-void k_dora_bwd(float *dm, T *dyg, const T *dy, int ldy, const T *e, const float *norm, const float *m, int N, int out, cudaStream_t s);
+void k_dora_bwd(float *dm, T *dyg, const T *dy, int ldy, const T *y, const T *resid, int ldv, const T *b, const float *norm, const float *m,
+                DoraRope rp, int N, int out, cudaStream_t s);
+// Llama's MLP with DoRA on gate and up: k_swiglu_bwd and both modules' k_dora_bwd in one pass (gu's gate columns
+// [0, I), up's [I, 2I); b NULL or the group's bias [2I]).
+template <typename T>
+void k_dora_swiglu_bwd(float *dm_g, float *dm_u, T *dgu, int ldo, const T *gu, const T *dout, const T *b, const float *norm_g, const float *m_g,
+                       const float *norm_u, const float *m_u, int N, int I, cudaStream_t s);
 // Adapters: Beff[o,k] = s * rowv[o] * B[o*ldb + k] * colv[k] (rowv/colv may be NULL = 1), as T.
 template <typename T> void k_build_beff(T *beff, const float *B, int ldb, const float *rowv, const float *colv, float s, int out, int r,
                                        cudaStream_t st);

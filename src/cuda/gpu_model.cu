@@ -192,6 +192,9 @@ static bool adapter_active(const GpuModel *g, const Linear *lin) {
     return !g->opt.base_only && lin && lin->adapter && !lin->adapter->merged && lin->adapter->r > 0;
 }
 
+// DoRA's norm scratch (dora_norm): A A^T [r, r], padded to 64 floats (256 bytes) so that X after it stays aligned.
+static size_t dora_scratch_rr(int r) { return ((size_t)r * r + 63) / 64 * 64; }
+
 // Bind a group of linears that share their input, in column order. Their weights (and biases,
 // and A matrices) must be adjacent: plan() placed them so.
 static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
@@ -270,10 +273,15 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
                     mb->mag = mptr(g, a->magnitude);
                     mb->mag_g = gptr(g, a->magnitude);
                     if (!mb->mag || !mb->Am || !mb->Bm) return peft_fail("CUDA backend: %s: DoRA's magnitude was not placed", lin->module);
+                    // The backward reads e back from y = b + (m / norm) e: a zero magnitude leaves none there.
+                    for (long j = 0; j < a->magnitude->numel; j++)
+                        if (a->magnitude->w[j] == 0.0f)
+                            return peft_fail("CUDA backend: %s: DoRA's magnitude is 0 in row %ld: not implemented on the GPU (--device cpu runs it)",
+                                             lin->module, j);
                     mb->norm = (float *)gpu_malloc(sizeof(float) * lin->out, "DoRA's weight norms");
                     if (!mb->norm) return gpu_report_failure();
                     g->beffs.push_back(mb->norm);
-                    g->dora_S_cap = std::max(g->dora_S_cap, (size_t)lin->out * lin->in);
+                    g->dora_S_cap = std::max(g->dora_S_cap, dora_scratch_rr(a->r) + (size_t)lin->out * a->r);
                     G->dora = true;
                 }
             }
@@ -296,25 +304,19 @@ static bool mlp_rc(const GpuModel *g) { return g->opt.recompute == GPU_RECOMPUTE
 
 static void *aalloc(GpuModel *g, size_t bytes, const char *what);
 
-// --recompute layer: h of each group's place (qkv, o, up, down) and each DoRA member's e are one buffer
-// for every layer, the size of the largest layer's (ranks and targets may differ from layer to layer).
+// --recompute layer: h of each group's place (qkv, o, up, down) is one buffer for every layer, the size of
+// the largest layer's (ranks and targets may differ from layer to layer).
 static void share_adapter_acts(GpuModel *g, int N) {
     for (int gi = 0; gi < 4; gi++) {
-        int R = 0, eo[3] = {0, 0, 0};
+        int R = 0;
         for (int l = 0; l < g->cfg.n_layer; l++) {
             Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down}, *G = gs[gi];
             if (G->n_ad) R = std::max(R, G->R);
-            for (int i = 0; i < G->n_ad; i++)
-                if (G->ad[i].kind == AD_DORA) eo[i] = std::max(eo[i], G->ad[i].out);
         }
-        void *h = R ? aalloc(g, (size_t)N * R * g->es, "adapter activations") : nullptr, *e[3] = {nullptr, nullptr, nullptr};
-        for (int i = 0; i < 3; i++)
-            if (eo[i]) e[i] = aalloc(g, (size_t)N * eo[i] * g->es, "DoRA activations");
+        void *h = R ? aalloc(g, (size_t)N * R * g->es, "adapter activations") : nullptr;
         for (int l = 0; l < g->cfg.n_layer; l++) {
             Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down}, *G = gs[gi];
             if (G->n_ad) G->h = h;
-            for (int i = 0; i < G->n_ad; i++)
-                if (G->ad[i].kind == AD_DORA) G->ad[i].e = e[i];
         }
     }
 }
@@ -333,9 +335,6 @@ static void free_acts(GpuModel *g) {
         Layer *Ly = &g->L[l];
         Ly->res_mid = Ly->qkv_out = Ly->attn_y = Ly->fc = Ly->act = Ly->r2 = nullptr;
         Ly->qkv.h = Ly->o.h = Ly->up.h = Ly->down.h = nullptr;
-        Group *gs[4] = {&Ly->qkv, &Ly->o, &Ly->up, &Ly->down};
-        for (Group *G : gs)
-            for (int i = 0; i < G->n_ad; i++) G->ad[i].e = nullptr;
     }
     g->xdrop = g->dora_dy = nullptr;
     g->x0 = g->hbuf = g->logits_t = g->dlogits_t = nullptr;
@@ -400,8 +399,6 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
         for (Group *G : gs) {
             if (layer_rc) break;
             if (G->n_ad) G->h = aalloc(g, (size_t)N * G->R * es, "adapter activations");
-            for (int i = 0; i < G->n_ad; i++)
-                if (G->ad[i].kind == AD_DORA) G->ad[i].e = aalloc(g, (size_t)N * G->ad[i].out * es, "DoRA activations");
         }
     }
     if (layer_rc) share_adapter_acts(g, N);
@@ -503,9 +500,9 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     constexpr GDtype TT = gdtype<T>();
     int covered = 0;
     for (int i = 0; i < G->n_ad; i++) covered += G->ad[i].out;
-    bool adapters_first = G->n_ad && covered == G->out && !G->dora;
-    // DoRA needs its columns' base result alone: its rescale adds the residual (a group with a
-    // residual, o or down, has one linear, so its DoRA member covers every column).
+    bool adapters_first = G->n_ad && covered == G->out;
+    // DoRA rescales its columns' x W^T + s h B^T and adds the residual after (a group with a residual,
+    // o or down, has one linear, so its DoRA member covers every column).
     const T *resid_dora = G->dora ? resid : nullptr;
     if (G->dora) resid = nullptr;
     if (G->n_q) {
@@ -524,33 +521,41 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     T *h = (T *)G->h;
     for (int i = 0; i < G->n_ad; i++) {
         AdMember *mb = &G->ad[i];
-        if (mb->kind == AD_DORA) {  // e = s h B^T, then its columns of y rescaled
-            gemm(g->gc, false, true, N, mb->out, mb->r, mb->scaling, h + mb->r_off, G->R, TT, mb->B, mb->r, TT, 0.0f, nullptr, mb->e, mb->out,
-                 TT, nullptr);
-            k_dora_fwd<T>(y + mb->col_off, G->out, (T *)mb->e, G->b ? (const T *)G->b + mb->col_off : nullptr,
-                          resid_dora ? resid_dora + mb->col_off : nullptr, mb->norm, mb->mag, N, mb->out, g->st);
-            continue;
-        }
         const T *c = adapters_first ? (resid ? resid + mb->col_off : nullptr) : y + mb->col_off;
         gemm(g->gc, false, true, N, mb->out, mb->r, mb->Beff ? 1.0f : mb->scaling, h + mb->r_off, G->R, TT, mb->Beff ? mb->Beff : mb->B,
              mb->r, TT, c ? 1.0f : 0.0f, c, y + mb->col_off, G->out, TT, nullptr);
     }
     if (adapters_first) base_gemm(1.0f, y);
+    for (int i = 0; G->dora && i < G->n_ad; i++) {  // y = resid + b + g (y - b) in each DoRA member's columns
+        AdMember *mb = &G->ad[i];
+        if (mb->kind == AD_DORA)
+            k_dora_fwd<T>(y + mb->col_off, G->out, G->b ? (const T *)G->b + mb->col_off : nullptr, resid_dora ? resid_dora + mb->col_off : nullptr,
+                          mb->norm, mb->mag, N, mb->out, g->st);
+    }
 }
+
+static const int *positions(const GpuModel *g);
 
 // dy has row stride ldy >= out. With fused_dx (bf16, nn.Linear layout, an adapter): dy's rows have
 // R spare columns after out, and the weight R spare rows after its out rows; dh goes into the
 // columns, A into the rows, and dx = [dy | dh] [W; A] is one GEMM (no separate dx += dh A pass).
-template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, const T *dy, int ldy, T *dx, int N) {
+// y, resid: the group's forward output and residual input (row stride out), as kept; roped: y's q and k
+// columns are after rope (Llama's qkv). Only DoRA reads them; y NULL: the caller has applied DoRA's backward
+// (k_dora_swiglu_bwd) and dy is already dy g.
+template <typename T>
+static void group_bwd(GpuModel *g, Group *G, const T *x, const T *y, const T *resid, bool roped, const T *dy, int ldy, T *dx, int N) {
     constexpr GDtype TT = gdtype<T>();
-    if (G->dora) {  // DoRA: dm, then dy g in its columns, which everything below then follows (gpu_dora.cu)
+    if (G->dora && y) {  // DoRA: dm, then dy g in its columns, which everything below then follows (gpu_dora.cu)
         // In place: dy is this group's own scratch, except fp32's dres (the residual's gradient itself).
         T *dyg = (const void *)dy == (const void *)g->dres ? (T *)g->dora_dy : (T *)dy;
         mark(g, P_LORA_DB);
         for (int i = 0; i < G->n_ad; i++) {
             AdMember *mb = &G->ad[i];
+            DoraRope rp = {nullptr, nullptr, positions(g), g->T, g->HD, mb->col_off, 0};
+            if (roped) { rp.cos_t = g->cos_t; rp.sin_t = g->sin_t; rp.rot_end = g->QW + g->KVW; }
             if (mb->kind == AD_DORA)
-                k_dora_bwd<T>(mb->mag_g, dyg + mb->col_off, dy + mb->col_off, ldy, (const T *)mb->e, mb->norm, mb->mag, N, mb->out, g->st);
+                k_dora_bwd<T>(mb->mag_g, dyg + mb->col_off, dy + mb->col_off, ldy, y + mb->col_off, resid ? resid + mb->col_off : nullptr, G->out,
+                              G->b ? (const T *)G->b + mb->col_off : nullptr, mb->norm, mb->mag, rp, N, mb->out, g->st);
         }
         dy = dyg;
     }
@@ -629,12 +634,18 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         gemm(g->gc, false, false, N, G->in, G->R, 1.0f, dh, lddh, TT, G->A, G->lda, TT, 1.0f, dx, dx, G->in, TT, nullptr);
 }
 
-// DoRA: this step's norm of W + s B A per output row (gpu_dora.cu), from A and B's fp32 masters.
+// DoRA: this step's norm of W + s B A per output row (gpu_dora.cu): ||W[o,:]||^2 + B[o,:] X[o,:]^T with
+// X = s^2 B (A A^T) + 2 s W A^T [out, r], from B's fp32 master, A's (A A^T) and A's working copy (W A^T, W's type).
 template <typename T> static void dora_norm(GpuModel *g, const Group *G, const AdMember *mb) {
-    gemm(g->gc, false, false, mb->out, G->in, mb->r, mb->scaling, mb->Bm, mb->r, G_F32, mb->Am, G->in, G_F32, 0.0f, nullptr, g->dora_S, G->in,
-         G_F32, nullptr);
+    constexpr GDtype TT = gdtype<T>();
+    float s = mb->scaling, *AA = g->dora_S, *X = g->dora_S + dora_scratch_rr(mb->r);
     const T *W = G->fifo ? (const T *)G->w + mb->col_off : (const T *)G->w + (size_t)mb->col_off * G->in;
-    k_dora_norm<T>(mb->norm, W, G->fifo, G->fifo ? G->out : G->in, g->dora_S, mb->out, G->in, g->st);
+    const T *A = (const T *)G->A + (size_t)mb->r_off * G->lda;
+    int ldw = G->fifo ? G->out : G->in;
+    gemm(g->gc, false, true, mb->r, mb->r, G->in, 1.0f, mb->Am, G->in, G_F32, mb->Am, G->in, G_F32, 0.0f, nullptr, AA, mb->r, G_F32, nullptr);
+    gemm(g->gc, false, false, mb->out, mb->r, mb->r, s * s, mb->Bm, mb->r, G_F32, AA, mb->r, G_F32, 0.0f, nullptr, X, mb->r, G_F32, nullptr);
+    gemm(g->gc, G->fifo, true, mb->out, mb->r, G->in, 2.0f * s, W, ldw, TT, A, G->lda, TT, 1.0f, X, X, mb->r, G_F32, nullptr);
+    k_dora_norm<T>(mb->norm, W, G->fifo, ldw, mb->Bm, X, mb->r, mb->out, G->in, g->st);
 }
 
 // ---------------- AdaLoRA's orthogonal regulariser ----------------
@@ -729,7 +740,7 @@ template <typename T> static void act_fwd(GpuModel *g, T *act, const T *fc) {
 }
 
 // again: the backward's re-run of --recompute layer, which leaves out the down projection's output (the
-// next block's input, kept from the forward; a DoRA member needs it for its e) and computes only its h.
+// next block's input, kept from the forward) and computes only its h.
 template <typename T> static void layer_fwd(GpuModel *g, int l, bool again) {
     Layer *Ly = &g->L[l];
     int N = g->N, C = g->C;
@@ -750,7 +761,7 @@ template <typename T> static void layer_fwd(GpuModel *g, int l, bool again) {
     mark(g, P_ACT);
     T *act = (T *)(Ly->act ? Ly->act : g->act);
     act_fwd<T>(g, act, fc);
-    if (again && !Ly->down.dora) {
+    if (again) {
         if (Ly->down.n_ad) group_h<T>(g, &Ly->down, act, N);
     } else
         group_fwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, N);
@@ -1006,6 +1017,12 @@ template <typename T> static int enc_backward(GpuModel *g) {
 }
 
 // ---------------- backward ----------------
+// Llama's MLP with DoRA on gate and up (the members at columns 0 and I): its SwiGLU backward applies DoRA's too.
+static bool dora_swiglu(const GpuModel *g, const Group *G) {
+    return !g->gpt2 && G->dora && G->n_ad == 2 && G->ad[0].kind == AD_DORA && G->ad[1].kind == AD_DORA && G->ad[0].col_off == 0 &&
+           G->ad[0].out == g->I && G->ad[1].col_off == g->I && G->ad[1].out == g->I;
+}
+
 template <typename T> static void layer_bwd(GpuModel *g, int l) {
     Layer *Ly = &g->L[l];
     int N = g->N, C = g->C;
@@ -1024,23 +1041,28 @@ template <typename T> static void layer_bwd(GpuModel *g, int l) {
     T *act = (T *)(Ly->act ? Ly->act : g->act);
     if (!Ly->act && (Ly->down.wg || Ly->down.n_ad)) act_fwd<T>(g, act, fc);
     int ld_dres = g->is_bf16 ? g->ld_dres : C;
-    group_bwd<T>(g, &Ly->down, act, dres_T, ld_dres, (T *)g->d_act, N);
+    group_bwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, false, dres_T, ld_dres, (T *)g->d_act, N);
     mark(g, P_ACT);
+    bool fused = dora_swiglu(g, &Ly->up);
+    const AdMember *gm = &Ly->up.ad[0], *um = &Ly->up.ad[1];
     if (g->gpt2) k_gelu_bwd<T>((T *)g->d_fc, fc, (T *)g->d_act, (long)N * g->actw, g->st);
+    else if (fused)
+        k_dora_swiglu_bwd<T>(gm->mag_g, um->mag_g, (T *)g->d_fc, g->ld_dfc, fc, (T *)g->d_act, (const T *)Ly->up.b, gm->norm, gm->mag, um->norm,
+                             um->mag, N, g->I, g->st);
     else k_swiglu_bwd<T>((T *)g->d_fc, fc, (T *)g->d_act, N, g->I, g->st, g->ld_dfc);
-    group_bwd<T>(g, &Ly->up, nb, (T *)g->d_fc, g->ld_dfc, (T *)g->d_n, N);
+    group_bwd<T>(g, &Ly->up, nb, fused ? nullptr : fc, nullptr, false, (T *)g->d_fc, g->ld_dfc, (T *)g->d_n, N);
     mark(g, P_NORM_B);
     k_norm_bwd<T>(g->dres, dres_copy, Ly->n2wg, Ly->n2bg, (T *)g->d_n, (T *)Ly->res_mid, (T *)Ly->n2w, Ly->mean2, Ly->rstd2, N, C,
                   g->gpt2, g->st, ld_dres);
     // attention
-    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, dres_T, ld_dres, (T *)g->d_attn, N);
+    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, (T *)Ly->res_mid, x, false, dres_T, ld_dres, (T *)g->d_attn, N);
     mark(g, P_ATTN_B);
     attn_backward<T>((T *)g->dqkv, g->dq_acc, g->dkv_acc, g->Dbuf, (T *)g->d_attn, (T *)Ly->attn_y, (T *)Ly->qkv_out, Ly->lse, g->cos_t,
                      g->sin_t, attn_dims(g), g->st);
     mark(g, P_NORM);
     if (Ly->qkv.wg || Ly->qkv.n_ad)
         k_norm_fwd<T>(nb, Ly->mean1, Ly->rstd1, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, true, g->st);
-    group_bwd<T>(g, &Ly->qkv, nb, (T *)g->dqkv, g->ld_dqkv, (T *)g->d_n, N);
+    group_bwd<T>(g, &Ly->qkv, nb, (T *)Ly->qkv_out, nullptr, !g->gpt2, (T *)g->dqkv, g->ld_dqkv, (T *)g->d_n, N);
     mark(g, P_NORM_B);
     k_norm_bwd<T>(g->dres, dres_copy, Ly->n1wg, Ly->n1bg, (T *)g->d_n, x, (T *)Ly->n1w, Ly->mean1, Ly->rstd1, N, C, g->gpt2, g->st, ld_dres);
 }
@@ -1792,6 +1814,15 @@ extern "C" int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2) 
     return gpu_report_failure();
 }
 
+// Field by field: memcmp would also compare AdaTriplet's tail padding, whose bytes are indeterminate.
+static bool same_triplets(const std::vector<AdaTriplet> &x, const std::vector<AdaTriplet> &y) {
+    if (x.size() != y.size()) return false;
+    for (size_t i = 0; i < x.size(); i++)
+        if (x[i].a != y[i].a || x[i].e != y[i].e || x[i].b != y[i].b || x[i].in != y[i].in || x[i].out != y[i].out || x[i].r != y[i].r)
+            return false;
+    return true;
+}
+
 // The modules' triplets in the trainables' layout, on the device in ada_trip (uploaded when they
 // changed); returns their count, or -1.
 static int ada_triplets(GpuModel *g, const GpuAdaModule *mods, int n) {
@@ -1803,7 +1834,7 @@ static int ada_triplets(GpuModel *g, const GpuAdaModule *mods, int n) {
             return peft_fail("CUDA backend: AdaLoRA module %d's tensors are not trainable on the device", i);
         for (int j = 0; j < m.r; j++) t.push_back({(long)a->off + (long)j * m.in, (long)e->off + j, (long)b->off + j, m.in, m.out, m.r});
     }
-    if (t.size() == g->ada_host.size() && !memcmp(t.data(), g->ada_host.data(), sizeof(AdaTriplet) * t.size())) return (int)t.size();
+    if (same_triplets(t, g->ada_host)) return (int)t.size();
     if (t.size() > g->ada_cap) {
         gpu_free(g->ada_trip);
         gpu_free(g->ada_score);

@@ -31,11 +31,10 @@ struct AdMember {
     const float *Bm;               // fp32 B: AdaLoRA's master, VeRA's shared projection (ld r)
     const float *rowv, *colv;      // VeRA: lambda_b, lambda_d; AdaLoRA: colv = E
     float *rowv_g, *colv_g;
-    // DoRA (gpu_dora.cu): the magnitude's fp32 master and gradient, A's fp32 master (B's is Bm), the
-    // weight norm of this step's forward [out], and e [N, out] (the layer's, kept for backward).
+    // DoRA (gpu_dora.cu): the magnitude's fp32 master and gradient, A's fp32 master (B's is Bm), and the
+    // weight norm of this step's forward [out] (the backward reads its direction back from the kept output).
     const float *mag, *Am;
     float *mag_g, *norm;
-    void *e;
 };
 // A quantized frozen weight on the device (gpu_quant.cu): its codes as the CPU stores them (4-bit: two a
 // byte, int8: one) and one fp32 scale per block (4-bit: the absmax, the double quantization undone on
@@ -166,7 +165,7 @@ struct GpuModel {
     size_t ada_cap;
     size_t G_cap;
     std::vector<void *> beffs;        // per-member device buffers (effective Bs, DoRA's norms)
-    float *dora_S;                    // DoRA: s B A of one module [out, in] fp32 (the largest module's size)
+    float *dora_S;                    // DoRA's norm scratch, fp32: A A^T [r, r] (padded to 64) and X [out, r] of one module
     size_t dora_S_cap;
     void *dora_dy;                    // DoRA, fp32: dy g of the o / down groups (their dy is dres itself) [N, C]
     Prof prof;

@@ -531,8 +531,8 @@ out:
 // ---------------- the trainer on the GPU (train_run --device cuda) ----------------
 // A tiny GPT-2 (byte tokenizer, 2 layers, C = 32) and E2E-like text rows in a scratch folder.
 // ---------------- packing (Model.positions) ----------------
-// DoRA on the GPU: with lora_dropout, refused by name (the CPU path runs it); cached inference
-// refuses its rows by name (merged, it runs as plain weights).
+// DoRA on the GPU: with lora_dropout or a zero magnitude, refused by name (the CPU path runs it); cached
+// inference refuses its rows by name (merged, it runs as plain weights).
 static void run_dora_refusals(void) {
     Model *m = adapted_model(LLAMA_CFG, "q_proj,v_proj", METHOD_DORA, 0.1f, true);
     GpuOptions opt = {.precision = GPU_FP32};
@@ -543,6 +543,15 @@ static void run_dora_refusals(void) {
     gpu_model_free(g);
     model_free(m);
     report(ok ? "PASS" : "FAIL", "dora refusals (dropout)", detail);
+    // The backward reads a module's direction back from its output y = b + (m / norm) e: a zero magnitude leaves none.
+    m = adapted_model(LLAMA_CFG, "q_proj,v_proj", METHOD_DORA, 0, true);
+    if (m) m->adapters->adapters[1].magnitude->w[3] = 0.0f;
+    g = m ? gpu_model_create(m, &opt) : NULL;
+    ok = m && !g && strstr(peft_last_error(), "magnitude is 0 in row 3");
+    snprintf(detail, sizeof detail, "a zero magnitude: %s", g ? "accepted" : peft_last_error());
+    gpu_model_free(g);
+    model_free(m);
+    report(ok ? "PASS" : "FAIL", "dora refusals (zero magnitude)", detail);
     m = adapted_model(LLAMA_CFG, "q_proj,v_proj", METHOD_DORA, 0, true);
     GpuKV *kv = NULL;
     int rc = m ? gpu_inference_attach(m, GPU_FP32) : -1;
