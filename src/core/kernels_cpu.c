@@ -403,7 +403,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 
 // fp32 exponentials (as torch's fp32 softmax), summed in double: a double exp per logit cost ~6% of a
 // GPT-2 training step (50257 logits a row, twice).
-SIMD_CLONES double row_logsumexp(const float *x, int n) {
+SIMD_CLONES static double logsumexp_row(const float *x, int n) {
     float maxv = -INFINITY;
 #pragma omp simd reduction(max : maxv)
     for (int j = 0; j < n; j++) maxv = x[j] > maxv ? x[j] : maxv;
@@ -412,6 +412,9 @@ SIMD_CLONES double row_logsumexp(const float *x, int n) {
     for (int j = 0; j < n; j++) sum += exp_nonpos(x[j] - maxv);
     return maxv + log(sum);
 }
+
+// Exported without clones: clang's multiversioned functions must be declared so in every unit that calls them.
+double row_logsumexp(const float *x, int n) { return logsumexp_row(x, n); }
 
 // row = e^(row - logz) k: the softmax of a row whose log-sum-exp is logz, scaled.
 SIMD_CLONES static void softmax_scaled(float *row, int n, float logz, float k) {
@@ -433,7 +436,7 @@ double cross_entropy_shifted(float *logits, const int32_t *labels, int B, int T,
             if (want_grad) memset(row, 0, sizeof(float) * V);
             continue;
         }
-        double logz = row_logsumexp(row, V);
+        double logz = logsumexp_row(row, V);
         loss += logz - row[target];
         if (want_grad) {
             float inv_count = 1.0f / count;
