@@ -975,22 +975,23 @@ template <typename T> static void enc_layer_bwd(GpuModel *g, int l, T *dout) {
     float eps = g->cfg.norm_eps;
     T *x = (T *)g->res[l], *n1 = (T *)g->nbuf, *dn = (T *)g->d_n, *act = (T *)(Ly->act ? Ly->act : g->act);
     T *dres_T = g->is_bf16 ? (T *)g->dres_t : (T *)g->dres, *dres_copy = g->is_bf16 ? (T *)g->dres_t : nullptr;
+    // (group_bwd's y and resid are DoRA's, which an encoder refuses: nullptr.)
     // out = LN2(r2), r2 = down(gelu(up(n1))) + n1
     CU(cudaMemsetAsync(g->dres, 0, sizeof(float) * NC, g->st));
     k_norm_bwd<T>(g->dres, dres_copy, Ly->n2wg, Ly->n2bg, dout, (T *)Ly->r2, (T *)Ly->n2w, Ly->mean2, Ly->rstd2, N, C, true, g->st, C);
-    group_bwd<T>(g, &Ly->down, act, dres_T, C, (T *)g->d_act, N);
+    group_bwd<T>(g, &Ly->down, act, nullptr, nullptr, false, dres_T, C, (T *)g->d_act, N);
     if (g->cfg.gelu_exact) k_gelu_erf_bwd<T>((T *)g->d_fc, (T *)Ly->fc, (T *)g->d_act, (long)N * g->actw, g->st);
     else k_gelu_bwd<T>((T *)g->d_fc, (T *)Ly->fc, (T *)g->d_act, (long)N * g->actw, g->st);
     if (Ly->up.wg || Ly->up.n_ad) k_norm_fwd<T>(n1, Ly->mean1, Ly->rstd1, (T *)Ly->res_mid, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, true, true, g->st);
-    group_bwd<T>(g, &Ly->up, n1, (T *)g->d_fc, g->ld_dfc, dn, N);
+    group_bwd<T>(g, &Ly->up, n1, nullptr, nullptr, false, (T *)g->d_fc, g->ld_dfc, dn, N);
     k_enc_sum<T>(dout, g->dres, dn, NC, g->st);  // d n1
     // n1 = LN1(r1), r1 = o(attn(x)) + x
     CU(cudaMemsetAsync(g->dres, 0, sizeof(float) * NC, g->st));
     k_norm_bwd<T>(g->dres, dres_copy, Ly->n1wg, Ly->n1bg, dout, (T *)Ly->res_mid, (T *)Ly->n1w, Ly->mean1, Ly->rstd1, N, C, true, g->st, C);
-    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, dres_T, C, (T *)g->d_attn, N);
+    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, nullptr, nullptr, false, dres_T, C, (T *)g->d_attn, N);
     attn_backward<T>((T *)g->dqkv, g->dq_acc, g->dkv_acc, g->Dbuf, (T *)g->d_attn, (T *)Ly->attn_y, (T *)Ly->qkv_out, Ly->lse, nullptr, nullptr,
                      attn_dims(g), g->st);
-    group_bwd<T>(g, &Ly->qkv, x, (T *)g->dqkv, g->ld_dqkv, dn, N);
+    group_bwd<T>(g, &Ly->qkv, x, nullptr, nullptr, false, (T *)g->dqkv, g->ld_dqkv, dn, N);
     k_enc_sum<T>(dout, g->dres, dn, NC, g->st);  // d x
 }
 
@@ -999,9 +1000,9 @@ template <typename T> static int enc_backward(GpuModel *g) {
     size_t BC = (size_t)B * C, row = (size_t)C * g->es;
     T *hin = (T *)g->hbuf, *hpre = hin + BC, *hact = hpre + BC, *dhact = hact + BC, *dhpre = dhact + BC, *dhin = dhpre + BC;
     T *dout = (T *)g->nf;  // d loss / d (the current block's output)
-    group_bwd<T>(g, &g->ho, hact, (T *)g->dlogits_t, g->NL, dhact, B);
+    group_bwd<T>(g, &g->ho, hact, nullptr, nullptr, false, (T *)g->dlogits_t, g->NL, dhact, B);
     k_tanh_bwd<T>(dhpre, hact, dhact, (long)BC, g->st);
-    group_bwd<T>(g, &g->hd, hin, dhpre, C, dhin, B);
+    group_bwd<T>(g, &g->hd, hin, nullptr, nullptr, false, dhpre, C, dhin, B);
     CU(cudaMemsetAsync(dout, 0, (size_t)N * row, g->st));
     CU(cudaMemcpy2DAsync(dout, (size_t)g->T * row, dhin, row, row, B, cudaMemcpyDeviceToDevice, g->st));
     for (int l = g->cfg.n_layer - 1; l >= 0; l--) enc_layer_bwd<T>(g, l, dout);
