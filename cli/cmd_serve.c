@@ -2,7 +2,6 @@
 // base model and many adapters, batching requests for different adapters together (src/serve/serve.h).
 #include "cli.h"
 #include "peft.h"
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +23,6 @@ static char *take_key(const char *given, int argc, char **argv, const char *opti
 int cmd_serve(int argc, char **argv) {
     ServeOptions o;
     serve_options_default(&o);
-    o.prefix_cache = INT_MIN;  // not given: the default of the device (below)
     const char *device = "cpu";
     float timeout = (float)o.timeout_s;
     int max_body_kib = (int)(o.max_body >> 10);
@@ -39,7 +37,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-queue", OPT_INT, &o.max_queue, "requests that may wait for a slot; more get 429 (default 64)"},
         {"max-tokens", OPT_INT, &o.max_tokens, "largest max_tokens a request may ask for (default 256)"},
         {"max-adapters", OPT_INT, &o.max_adapters, "adapters kept in memory; the least recently used unused one goes (default 64)"},
-        {"prefix-cache", OPT_INT, &o.prefix_cache, "prompts kept so that requests sharing their start (same adapter) skip computing it (default 4 on the CPU, 0 = off on cuda)"},
+        {"prefix-cache", OPT_INT, &o.prefix_cache, "prompts kept so that requests sharing their start (same adapter) skip computing it (default 4; 0 = off)"},
         {"context", OPT_INT, &o.context, "tokens per request, prompt + output (default: the model's positions, at most 2048)"},
         {"timeout", OPT_FLOAT, &timeout, "seconds a request may take, waiting included (default 300; 0 = none)"},
         {"max-body", OPT_INT, &max_body_kib, "largest request body in KiB (default 1024)"},
@@ -62,7 +60,6 @@ int cmd_serve(int argc, char **argv) {
     if (!o.model_dir) { fprintf(stderr, "peft serve: --model DIR is required\n"); return 2; }
     if (strcmp(device, "cpu") && strcmp(device, "cuda")) { fprintf(stderr, "peft serve: --device must be cpu or cuda (got %s)\n", device); return 2; }
     o.cuda = !strcmp(device, "cuda");
-    if (o.prefix_cache == INT_MIN) o.prefix_cache = o.cuda ? 0 : 4;
     if (o.max_requests < 1 || o.max_tokens < 1 || o.max_adapters < 1 || o.max_queue < 0 || timeout < 0 || o.port < 0 || o.port > 65535 ||
         o.threads < 0 || o.context < 0 || o.prefix_cache < 0 || max_body_kib < 1 || o.max_connections < HTTP_THREADS || o.max_connections_per_ip < 0 || o.idle_timeout < 1) {
         fprintf(stderr, "peft serve: --max-requests, --max-tokens, --max-adapters, --max-body, --idle-timeout must be >= 1; --max-queue, --timeout, "

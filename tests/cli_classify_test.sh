@@ -2,8 +2,8 @@
 # CLI tests of sequence classification with an encoder: `peft init --arch roberta` (a tiny random
 # RoBERTa classifier with the byte-level tokenizer), `peft train --task classify` with LoRA, VeRA,
 # AdaLoRA and full fine-tuning on JSONL and CSV (text pairs too), `peft eval --task classify`'s
-# metrics, `peft predict`'s labels (and --logits), regression, and what is refused by name (the GPU, generation,
-# bad labels naming the file and line).
+# metrics, `peft predict`'s labels (and --logits), regression, and what is refused by name (generation, bad labels
+# naming the file and line); --device cuda goes on to the GPU (none here).
 # Usage: PEFT=build/peft bash tests/cli_classify_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -71,8 +71,10 @@ run_ok "eval regression" "$PEFT" eval --task classify --model "$TMP/reg" --adapt
 check "eval regression: pearson, spearman, mse" grep -q "^pearson .* spearman .* mse .*(16 examples)" "$TMP/out"
 
 echo "# refusals"
-run_fails "--device cuda is refused by name" 1 "task classify: --device cuda" "$PEFT" train "${COMMON[@]}" --data "$D/train.jsonl" \
+# --device cuda trains on the GPU (tests/gpu/test_gpu.c: "train classify"): here it goes on to the missing GPU.
+run_fails "--device cuda goes on to the GPU" 1 "CUDA backend: " "$PEFT" train "${COMMON[@]}" --data "$D/train.jsonl" \
     --device cuda --out "$TMP/x"
+check "--device cuda is no longer refused as a classify option" bash -c "! grep -q 'task classify: --device cuda' '$TMP/err'"
 run_fails "causal-LM training of an encoder is refused" 1 "roberta is an encoder" "$PEFT" train --model "$M" --data "$D/train.jsonl" --out "$TMP/x"
 run_fails "generation with an encoder is refused" 1 "roberta is an encoder" "$PEFT" generate --model "$M" --prompt hi
 printf '{"text": "a", "label": 0}\n{"text": "b", "label": 7}\n' >"$D/bad.jsonl"
@@ -82,7 +84,7 @@ check "nothing written by the refused runs" test ! -e "$TMP/x/adapter_model.safe
 mkdir -p "$TMP/case"
 echo '{"name": "roberta-lora", "family": "roberta", "method": "lora", "task": "seq_cls"}' >"$TMP/case/case.json"
 "$PEFT" check --device cuda "$TMP/case" >"$TMP/out" 2>&1
-check "peft check --device cuda skips a seq_cls case by name" grep -q 'SKIP case task "seq_cls" (sequence classification: BERT, RoBERTa) is not implemented on the GPU' "$TMP/out"
+check "peft check --device cuda takes a seq_cls case to the GPU (skipped here: no GPU)" grep -q 'SKIP case no GPU' "$TMP/out"
 run_ok "peft info names the task and modules_to_save" "$PEFT" info --model "$M" --adapter "$TMP/lora"
 check "peft info: task SEQ_CLS" grep -q "^task  *SEQ_CLS$" "$TMP/out"
 check "peft info: modules_to_save classifier, score" grep -q "^modules_to_save classifier, score (trained in full" "$TMP/out"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CLI tests of the token embedding in a LoRA adapter (src/methods/adapter_embed.c): LoRA on GPT-2's wte through
 # --targets and trainable_token_indices through --lora-options train, save under PEFT's names, show in
-# info, count exactly in estimate, generate (merged and live); the GPU (train, live generate) and a GGUF
-# LoRA refuse them by name.
+# info, count exactly in estimate, generate (merged and live); the GPU's live generate and a GGUF LoRA
+# refuse them by name (train --device cuda runs them: tests/gpu/test_gpu.c).
 # Usage: PEFT=build/peft bash tests/cli_embed_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -51,10 +51,6 @@ check "info shows the trained tokens" grep -q '^trainable tokens the input embed
 check "estimate counts them exactly" estimate_matches "$TMP/tok" --targets c_attn --lora-options "$TMP/tokens.json"
 run_ok "generate with it (live)" "$PEFT" generate --model "$M" --adapter "$TMP/tok" --prompt "The" --max-tokens 3 --threads 1 --no-merge
 
-run_fails "train --device cuda refuses LoRA on the embedding by name" 1 'LoRA on the token embedding.*CUDA' \
-    "$PEFT" train "${COMMON[@]}" --targets wte,c_attn --device cuda --out "$TMP/cuda"
-run_fails "train --device cuda refuses trainable_token_indices by name" 1 'trainable_token_indices.*CUDA' \
-    "$PEFT" train "${COMMON[@]}" --targets c_attn --lora-options "$TMP/tokens.json" --device cuda --out "$TMP/cuda"
 run_fails "generate --no-merge --device cuda refuses it by name" 1 'trainable_token_indices.*does not run live on the GPU' \
     "$PEFT" generate --model "$M" --adapter "$TMP/tok" --no-merge --device cuda --prompt "The" --max-tokens 2
 run_fails "export --to gguf refuses it by name" 1 'LoRA on the token embedding.*--merge' \

@@ -451,6 +451,34 @@ TEST(estimate_gpu_matches_measured_peaks) {
     }
 }
 
+// DoRA on the GPU keeps nothing per token beyond LoRA's (the backward reads its direction back from the kept
+// outputs, gpu_dora.cu): over LoRA at the same rank, the magnitudes (trainable), one fp32 norm per output row,
+// and the norm's scratch A A^T [r, r] (padded to 64 floats) + X [out, r] of the widest module (gate, up: 5632).
+TEST(estimate_gpu_dora_over_lora) {
+    static const char *llama_json = "{\"model_type\":\"llama\",\"vocab_size\":32000,\"hidden_size\":2048,\"intermediate_size\":5632,"
+                                    "\"num_hidden_layers\":22,\"num_attention_heads\":32,\"num_key_value_heads\":4,"
+                                    "\"max_position_embeddings\":2048}";
+    ModelConfig mc;
+    CHECK(config_parse(&mc, llama_json, "tinyllama") == 0);
+    EstModel em;
+    CHECK(est_model_from_config(&em, &mc, "tinyllama") == 0);
+    Estimate e[2];
+    for (int k = 0; k < 2; k++) {
+        AdapterConfig c;
+        adapter_config_defaults(&c, METHOD_LORA);
+        c.r = 16;
+        adapter_config_set_targets(&c, "all-linear");
+        CHECK(estimate_compute(&e[k], &em, k ? METHOD_DORA : METHOD_LORA, &c, 4, 2048) == 0);
+        adapter_config_free(&c);
+    }
+    int64_t outs = 22LL * (2048 + 256 + 256 + 2048 + 5632 + 5632 + 2048);
+    CHECK_MSG(e[1].gpu.activations - e[0].gpu.activations == 4 * outs, "DoRA's activations %lld over LoRA's",
+              (long long)(e[1].gpu.activations - e[0].gpu.activations));
+    CHECK(e[1].gpu.workspace - e[0].gpu.workspace == 4 * (256 + 5632 * 16));
+    CHECK(e[1].trainable - e[0].trainable == outs);
+    est_model_free(&em);
+}
+
 // --recompute (gpu.h's GpuRecompute) on the QLoRA run: Llama-2-7B, nf4, LoRA r64 on every linear, 1 x 2048.
 // Without it the GPU column is the measured 14.42 GiB (docs/gpu-bench.md); layer keeps of 32 blocks' activations
 // only the inputs, a hand count of what 31 blocks no longer hold; mlp in between.

@@ -161,26 +161,51 @@ int check_read_ids(const SafeTensors *io, const char *name, int32_t **out, int *
     return 0;
 }
 
-// A seq_cls case's io: attention_mask [B,T], token_type_ids [B,T] when the model has token types, and
-// labels: int64 class indices [B], or floats [B] / [B, num_labels].
-static int read_classify_io(Case *c, const Model *m, const SafeTensors *io) {
-    int B, T;
-    if (check_read_ids(io, "attention_mask", &c->mask, &B, &T)) return -1;
-    if (B != c->B || T != c->T) return peft_fail("%s: attention_mask is [%d, %d], input_ids [%d, %d]", io->path, B, T, c->B, c->T);
-    if (st_find(io, "token_type_ids") && check_read_ids(io, "token_type_ids", &c->types, &B, &T)) return -1;
-    if (c->types && (B != c->B || T != c->T)) return peft_fail("%s: token_type_ids is [%d, %d], input_ids [%d, %d]", io->path, B, T, c->B, c->T);
-    const StTensor *t = st_find(io, "labels");
-    if (!t) return peft_fail("%s: no labels", io->path);
-    c->int_targets = t->dtype == DT_I64 || t->dtype == DT_I32;
-    long want = model_problem_type(&m->cfg, c->int_targets) == PROBLEM_SINGLE_LABEL ? c->B : (long)c->B * m->cfg.num_labels;
-    if (t->numel != want) return peft_fail("%s: labels has %lld values, the model's problem type needs %ld", io->path, (long long)t->numel, want);
-    c->targets = xmalloc(sizeof(float) * want);
-    if (!c->int_targets) return st_to_f32(t, c->targets);
+int check_read_classify_io(const SafeTensors *io, const ModelConfig *cfg, int B, int T, int32_t **mask, int32_t **types, float **targets,
+                           bool *int_targets) {
+    int b, t;
+    if (check_read_ids(io, "attention_mask", mask, &b, &t)) return -1;
+    if (b != B || t != T) return peft_fail("%s: attention_mask is [%d, %d], input_ids [%d, %d]", io->path, b, t, B, T);
+    if (st_find(io, "token_type_ids") && check_read_ids(io, "token_type_ids", types, &b, &t)) return -1;
+    if (*types && (b != B || t != T)) return peft_fail("%s: token_type_ids is [%d, %d], input_ids [%d, %d]", io->path, b, t, B, T);
+    const StTensor *lt = st_find(io, "labels");
+    if (!lt) return peft_fail("%s: no labels", io->path);
+    *int_targets = lt->dtype == DT_I64 || lt->dtype == DT_I32;
+    long want = model_problem_type(cfg, *int_targets) == PROBLEM_SINGLE_LABEL ? B : (long)B * cfg->num_labels;
+    if (lt->numel != want) return peft_fail("%s: labels has %lld values, the model's problem type needs %ld", io->path, (long long)lt->numel, want);
+    *targets = xmalloc(sizeof(float) * want);
+    if (!*int_targets) return st_to_f32(lt, *targets);
     int64_t *tmp = xmalloc(sizeof(int64_t) * want);
-    int rc = st_to_i64(t, tmp);
-    for (long i = 0; !rc && i < want; i++) c->targets[i] = (float)tmp[i];
+    int rc = st_to_i64(lt, tmp);
+    for (long i = 0; !rc && i < want; i++) (*targets)[i] = (float)tmp[i];
     free(tmp);
     return rc;
+}
+
+double check_rms(Param *const *params, int n, float *const *before, float *const *ref) {
+    double sumsq = 0;
+    long count = 0;
+    for (int i = 0; i < n; i++)
+        for (long j = 0; j < params[i]->numel; j++) {
+            double u = (double)ref[i][j] - (before ? before[i][j] : 0.0);
+            sumsq += u * u;
+            count++;
+        }
+    return count ? sqrt(sumsq / count) : 0;
+}
+
+int check_floored(CheckResult *r, const char *what, Param *const *params, int n, float *const *before, float *const *got, float *const *ref,
+                  double floor, double tol) {
+    double rms = check_rms(params, n, before, ref);
+    for (int i = 0; i < n; i++) {
+        double e = floored_error(before ? before[i] : NULL, got[i], ref[i], params[i]->numel, floor * rms);
+        if (e > r->max_rel_err || isnan(e)) r->max_rel_err = e;
+        if (!(e <= tol)) {
+            check_result_set(r, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, params[i]->name, e, tol);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 // The case's forward: logits (without labels) or the loss (with them). NAN on error.
@@ -211,7 +236,7 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
         return -1;
     }
     c->B = B; c->T = T;
-    if (c->classify && read_classify_io(c, m, io)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
+    if (c->classify && check_read_classify_io(io, &m->cfg, c->B, c->T, &c->mask, &c->types, &c->targets, &c->int_targets)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
     if (isnan(case_forward(c, m, false))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); return -1; }
     if (compare_with_file(c, "logits", io, "logits", m->act.logits, case_logits(c, m), c->tol_logits)) return -1;
     double loss = case_forward(c, m, true);
@@ -226,7 +251,7 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     int n = model_trainable(m, &params);
     char *grads_path = path_join(c->dir, "grads.safetensors"), *step_path = path_join(c->dir, "step.safetensors");
     SafeTensors grads = {0}, step = {0};
-    float **before = NULL, **refs = NULL;  // the trainable tensors before the step, the reference gradients
+    float **before = NULL, **refs = NULL, **got = NULL;  // the trainable tensors before the step, the reference gradients, ours
     int rc = -1;
     if (st_open(&grads, grads_path) || st_open(&step, step_path)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     if (grads.n != n) { check_result_set(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
@@ -236,19 +261,15 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     // update (after - before) agrees to fp32 rounding, which is what lets CHECK_UPDATE_TOL be tight.
     before = xcalloc(n, sizeof(float *));
     refs = xcalloc(n, sizeof(float *));
-    double sumsq = 0;  // the case's gradient scale: the RMS of every reference gradient element
-    long count = 0;
+    got = xcalloc(n, sizeof(float *));
     for (int i = 0; i < n; i++) {
         if (!(refs[i] = check_load_reference(r, "gradient", &grads, params[i]->name, params[i]->numel))) goto out;
-        for (long j = 0; j < params[i]->numel; j++) sumsq += (double)refs[i][j] * refs[i][j];
-        count += params[i]->numel;
+        got[i] = params[i]->grad;
     }
-    double rms = count ? sqrt(sumsq / count) : 0;
+    if (check_floored(r, "gradient", params, n, NULL, got, refs, CHECK_GRAD_FLOOR, c->tol_grads)) goto out;
     for (int i = 0; i < n; i++) {
         Param *p = params[i];
-        int bad = within(c, "gradient", p->name, floored_error(NULL, p->grad, refs[i], p->numel, CHECK_GRAD_FLOOR * rms), c->tol_grads);
         memcpy(p->grad, refs[i], sizeof(float) * p->numel);
-        if (bad) goto out;
         before[i] = xmalloc(sizeof(float) * p->numel);
         memcpy(before[i], p->w, sizeof(float) * p->numel);
     }
@@ -256,25 +277,21 @@ static int check_training_step(Case *c, Model *m, const SafeTensors *io) {
     adamw_init(&opt, params, n, c->lr, c->beta1, c->beta2, c->eps, c->wd);
     adamw_step(&opt, params, n, c->lr);
     adamw_free(&opt);
-    sumsq = 0;  // the case's update scale: the RMS of every reference update element (refs: the weights after the step now)
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) {  // refs: the weights after the step now
         free(refs[i]);
         if (!(refs[i] = check_load_reference(r, "AdamW step", &step, params[i]->name, params[i]->numel))) goto out;
-        for (long j = 0; j < params[i]->numel; j++) sumsq += ((double)refs[i][j] - before[i][j]) * ((double)refs[i][j] - before[i][j]);
+        got[i] = params[i]->w;
     }
-    rms = count ? sqrt(sumsq / count) : 0;
-    for (int i = 0; i < n; i++) {
-        Param *p = params[i];
-        if (compare(c, "AdamW step", p->name, p->w, refs[i], p->numel, c->tol_step) ||
-            within(c, "AdamW update", p->name, floored_error(before[i], p->w, refs[i], p->numel, CHECK_UPDATE_FLOOR * rms), c->tol_update))
-            goto out;
-    }
+    for (int i = 0; i < n; i++)
+        if (compare(c, "AdamW step", params[i]->name, params[i]->w, refs[i], params[i]->numel, c->tol_step)) goto out;
+    if (check_floored(r, "AdamW update", params, n, before, got, refs, CHECK_UPDATE_FLOOR, c->tol_update)) goto out;
     rc = 0;
 out:
     for (int i = 0; before && i < n; i++) free(before[i]);
     for (int i = 0; refs && i < n; i++) free(refs[i]);
     free(before);
     free(refs);
+    free(got);
     st_close(&grads);
     st_close(&step);
     free(grads_path);

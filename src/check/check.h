@@ -2,7 +2,9 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include "model.h"
 #include "safetensors.h"
+#include <stdbool.h>
 
 typedef enum { CHECK_PASS, CHECK_FAIL, CHECK_SKIP } CheckStatus;
 
@@ -45,3 +47,15 @@ void check_result_set(CheckResult *r, CheckStatus st, const char *fmt, ...) __at
 float *check_load_reference(CheckResult *r, const char *what, const SafeTensors *st, const char *name, long n);
 // The [B,T] integer tensor `name` of a case's io.safetensors as int32 (*out: xmalloc'd).
 int check_read_ids(const SafeTensors *io, const char *name, int32_t **out, int *B, int *T);
+// A seq_cls case's io beside its input_ids [B,T]: attention_mask [B,T], token_type_ids [B,T] when present (else
+// *types stays NULL), and labels: int64 class indices [B], or floats [B] / [B, num_labels] (xmalloc'd).
+int check_read_classify_io(const SafeTensors *io, const ModelConfig *cfg, int B, int T, int32_t **mask, int32_t **types, float **targets,
+                           bool *int_targets);
+// The comparison both peft check and the GPU's check (gpu_check.c) hold n tensors to: got[i] against ref[i]
+// by floored_error (before: the update after - before against ref - before), floored at `floor` times the
+// RMS of every reference element of the n tensors (CHECK_GRAD_FLOOR for gradients, CHECK_UPDATE_FLOOR for
+// updates), each within tol. Records the worst in r->max_rel_err; FAIL naming `what` and the tensor.
+int check_floored(CheckResult *r, const char *what, Param *const *params, int n, float *const *before, float *const *got, float *const *ref,
+                  double floor, double tol);
+// The RMS of every element of the n reference tensors (before: of ref - before), the scale check_floored floors at.
+double check_rms(Param *const *params, int n, float *const *before, float *const *ref);

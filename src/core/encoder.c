@@ -189,6 +189,16 @@ static int check_batch(const Model *m, const ClassifyBatch *bt) {
     return 0;
 }
 
+int encoder_check_batch(const Model *m, const ClassifyBatch *bt, int32_t *pos) {
+    if (check_batch(m, bt)) return -1;
+    if (bt->targets && check_targets(bt, model_problem_type(&m->cfg, bt->int_targets), m->cfg.num_labels)) return -1;
+    return positions_of(m, bt->ids, pos, bt->B, bt->T);
+}
+
+double encoder_head_loss(const float *logits, float *dlogits, const float *targets, ProblemType pt, int B, int NL) {
+    return head_loss((float *)logits, dlogits, targets, pt, B, NL);
+}
+
 static void block_forward(Model *m, int l, const float *x, int N) {
     Activations *a = &m->act;
     Block *b = &m->blocks[l];

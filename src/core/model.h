@@ -151,6 +151,13 @@ typedef struct {
 // Logits [B, num_labels] in m->act.logits; with targets, returns the loss (transformers' loss for the
 // problem type, plus any adapter regulariser) and prepares model_backward. NAN on error.
 double model_classify(Model *m, const ClassifyBatch *b);
+// encoder.c, for the GPU's forward (cuda/gpu_model.cu): checks a batch as model_classify does (ids, token types,
+// mask, and the targets for the problem type when given) and writes each token's position [B*T] (RoBERTa's
+// padding offset, BERT's 0..T-1). 0 or -1 with the error.
+int encoder_check_batch(const Model *m, const ClassifyBatch *bt, int32_t *pos);
+// transformers' loss of logits [B, NL] for the problem type, as model_classify computes it (in double); dlogits
+// (when not NULL) gets d loss / d logits.
+double encoder_head_loss(const float *logits, float *dlogits, const float *targets, ProblemType pt, int B, int NL);
 // 0 for a decoder; for an encoder an error naming `what` (generation, causal-LM training, ...) and
 // what an encoder does instead.
 int model_require_decoder(const ModelConfig *c, const char *what);

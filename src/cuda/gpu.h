@@ -52,9 +52,12 @@ void gpu_describe(char *buf, size_t len);
 
 // Upload m (with its adapter set, if any) to the GPU. Supported adapters: LoRA, VeRA, AdaLoRA (with
 // its orthogonal regulariser, and dropout: see gpu_set_dropout), full fine-tuning (model_train_all),
-// or none (inference). A quantized base (Linear.q, --quantize) stays quantized on the device: its codes
+// or none (inference); with LoRA, also LoRA on the token embedding and trainable_token_indices
+// (gpu_embed.cu). A quantized base (Linear.q, --quantize) stays quantized on the device: its codes
 // and fp32 block scales (the host's qweight_absmax: double quantization undone), each layer dequantized
 // into one reused scratch right before its GEMMs with quant.c's arithmetic (fp32 mode: bit for bit).
+// An encoder (BERT, RoBERTa) goes up with its classification head (forward: gpu_classify); what it does not
+// run there is refused by name (recompute, a quantized base, DoRA, an adapter on the head, inference).
 GpuModel *gpu_model_create(Model *m, const GpuOptions *opt);
 void gpu_model_free(GpuModel *g);
 // A quantized linear's weight as the device dequantizes it for its GEMMs ([out, in], the activation
@@ -70,6 +73,12 @@ int gpu_dequantized_weight(GpuModel *g, const Linear *lin, float *out);
 // as model_forward does; the backward after it uses the same positions.
 double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T);
 int gpu_get_logits(GpuModel *g, float *out);
+// Encoders (BERT, RoBERTa; gpu_model_create uploads them with their head): model_classify on the device. The
+// batch is checked as model_classify checks it; logits (when not NULL) get [B, num_labels] in fp32. With
+// targets: returns the loss (transformers' loss for the problem type, computed on the host from the logits as
+// encoder.c computes it, plus AdaLoRA's regulariser when on) and prepares gpu_backward; without: 0. NAN on
+// error. gpu_forward and gpu_train_step refuse an encoder (the trainer's step runs it through this call).
+double gpu_classify(GpuModel *g, const ClassifyBatch *b, float *logits);
 // Accumulate d loss / d p into the trainable tensors' device gradients (after a forward with labels).
 int gpu_backward(GpuModel *g);
 void gpu_zero_grad(GpuModel *g);
@@ -164,6 +173,30 @@ int gpu_kv_copy(GpuKV *kv, int dst, int src, int len);
 // writes fp32 logits [n_out, V] of the tokens listed in out_rows (NULL: all, n_out == N).
 int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
                    const int *out_rows, int n_out, float *logits);
+// How gpu_kv_forward_next chooses each row's next token on the device. Greedy (temperature <= 0 or
+// top_k == 1): the argmax, first maximum (gen_argmax). Otherwise HF's warpers as gen_sample applies them
+// (no repetition penalty: that needs the history, and stays on the host): logits / temperature, top-k
+// (every token at least the k-th largest score, ties kept), top-p (the most likely tokens while the mass
+// before them is below top_p), then one draw. The draw's uniform number is a counter-based hash of
+// (seed, the position of the token whose logits are sampled), not the host's xoshiro stream: a run is
+// reproducible for a seed, and rows at the same position with the same seed draw the same number, as
+// generate()'s groups (each seeded alike) do on the host.
+typedef struct GpuSampling {
+    float temperature;  // <= 0: greedy
+    int top_k;          // 0: off
+    float top_p;        // 1: off
+    uint64_t seed;
+} GpuSampling;
+// gpu_kv_forward, but the logits stay on the device: next[n_out] gets each output row's token, chosen
+// there (only the ids come back). Repeated calls of the same shape without adapters replay a CUDA graph
+// of the whole step (captured on the second call of a shape; a capture that fails turns graphs off for
+// this cache and the step runs as launched kernels). PEFT_GPU_GRAPHS=0 in the environment at
+// gpu_kv_new turns graphs off (tests compare both).
+int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
+                        const int *out_rows, int n_out, const GpuSampling *s, int32_t *next);
+// Test hook of the device sampler: rows [n_rows, V] of fp32 logits (host), pos[n_rows] the positions
+// the draws hash; the chosen tokens into next. 0 or -1 with the error.
+int gpu_sample_logits(const float *logits, int n_rows, int V, const int *pos, const GpuSampling *s, int32_t *next);
 
 // Test hook of the encoders' attention (test_gpu): bidirectional attention with a key mask over qkv [B*T, (NH + 2 NKV) HD]
 // (rows q | k | v, no rope), mask [B*T] (non-zero: a real token; NULL: all; every row needs one), the forward into

@@ -1,9 +1,11 @@
 // gpu_check.c: an HF PEFT reference case run on the GPU (the layout check.c reads: model/,
-// adapter/, case.json, io/grads/step.safetensors). fp32 mode holds the case's own tolerances for
-// logits, both losses (lm_loss, and loss with AdaLoRA's regulariser), gradients and the weights after
-// one AdamW step. bf16 mode (the bf16 criteria) holds both losses to 1e-2 relative and the
+// adapter/, case.json, io/grads/step.safetensors; a causal LM, or an encoder's sequence classification,
+// task "seq_cls", through gpu_classify). fp32 mode holds the case's own tolerances for
+// logits, both losses (lm_loss / cls_loss, and loss with AdaLoRA's regulariser), gradients and the weights after
+// one AdamW step; gradients and updates are compared as peft check compares them (check.c's check_floored:
+// a vanishing gradient, e.g. an encoder's key bias, is held to check.h's floor, not to its own rounding). bf16 mode (the bf16 criteria) holds both losses to 1e-2 relative and the
 // gradient (all trainable tensors as one vector) to cosine similarity >= 0.999, each tensor's own
-// cosine to >= 0.99, the logits to 5e-2, and reports the weights after the step: on the tiny
+// cosine to >= 0.99 (a vanishing one aside), the logits to 5e-2, and reports the weights after the step: on the tiny
 // reference models a few small tensors whose gradient is a sum with cancellation (a key projection's
 // LoRA B, AdaLoRA's E) land between 0.998 and 0.999 with bf16 weights. Some cases are harder for bf16
 // itself: PyTorch's own bf16 step gets 0.998 on the repository's llama-lora. A case that records
@@ -38,6 +40,7 @@ typedef struct {
     double tol_logits, tol_grads, tol_step;
     float lr, beta1, beta2, eps, wd;
     bool bf16;
+    bool classify;  // case.json's task "seq_cls": an encoder's sequence classification (check.c's layout)
     double min_cos, ab, aa, bb;  // worst tensor cosine; sums for the global one
     double cos_bound, tensor_cos_bound;  // bf16: the least global and per-tensor gradient cosine
     double max_update;           // the AdamW update's worst relative error against the CPU's
@@ -56,24 +59,27 @@ static double cosine(const float *a, const float *b, long n) {
     return ab / sqrt(aa * bb);
 }
 
-// Loads the reference tensor `name` from st and compares it with got. mode 0: relative error
-// <= tol; mode 1: cosine similarity >= tol; mode 2: relative error, recorded but never failing.
-static int compare_ref(GCase *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol, int mode) {
+// The logits, a loss: relative error within tol (recorded as the case's worst).
+static int compare_ref(GCase *c, const char *what, const SafeTensors *st, const char *name, const float *got, long n, double tol) {
     float *ref = check_load_reference(c->res, what, st, name, n);
     if (!ref) return -1;
-    int rc = 0;
-    if (mode == 1) {
-        double cs = cosine(got, ref, n);
-        if (cs < c->min_cos) { c->min_cos = cs; snprintf(c->min_name, sizeof c->min_name, "%s", name); }
-        for (long i = 0; i < n; i++) { c->ab += (double)got[i] * ref[i]; c->aa += (double)got[i] * got[i]; c->bb += (double)ref[i] * ref[i]; }
-        if (!(cs >= tol)) { check_result_set(c->res, CHECK_FAIL, "%s %s: cosine similarity %.6f < %.3f", what, name, cs, tol); rc = -1; }
-    } else {
-        double e = rel_error(got, ref, n);
-        if (mode == 0 && (e > c->res->max_rel_err || isnan(e))) c->res->max_rel_err = e;
-        if (mode == 0 && !(e <= tol)) { check_result_set(c->res, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, name, e, tol); rc = -1; }
-    }
+    double e = rel_error(got, ref, n);
     free(ref);
-    return rc;
+    if (e > c->res->max_rel_err || isnan(e)) c->res->max_rel_err = e;
+    if (e <= tol) return 0;
+    check_result_set(c->res, CHECK_FAIL, "%s %s: relative error %.3g > %.1g", what, name, e, tol);
+    return -1;
+}
+
+// bf16: each gradient's cosine with its reference >= tol (the worst kept, and the sums for the global one; tol < 0:
+// the sums only).
+static int compare_cosine(GCase *c, const char *name, const float *got, const float *ref, long n, double tol) {
+    double cs = cosine(got, ref, n);
+    if (tol >= 0 && cs < c->min_cos) { c->min_cos = cs; snprintf(c->min_name, sizeof c->min_name, "%s", name); }
+    for (long i = 0; i < n; i++) { c->ab += (double)got[i] * ref[i]; c->aa += (double)got[i] * got[i]; c->bb += (double)ref[i] * ref[i]; }
+    if (cs >= tol) return 0;
+    check_result_set(c->res, CHECK_FAIL, "gradient %s: cosine similarity %.6f < %.3f", name, cs, tol);
+    return -1;
 }
 
 static float *weights_copy(const Param *p) {
@@ -96,26 +102,43 @@ static void bf16_bounds(GCase *c, const cJSON *ref) {
     c->tensor_cos_bound = fmin(0.99, 1.0 - BF16_SLACK * (1.0 - w));
 }
 
+// The case's batch: a causal LM's ids and labels, or a seq_cls case's (check_read_classify_io).
+typedef struct {
+    int32_t *ids, *labels, *mask, *types;
+    float *targets;
+    bool int_targets;
+    int B, T;
+} GBatch;
+
+// The case's forward on the device: logits (without labels; into logits) or the loss (with them). NAN on error.
+static double case_forward(const GCase *c, GpuModel *g, const GBatch *b, bool with_labels, float *logits) {
+    if (c->classify) {
+        ClassifyBatch cb = {b->ids, b->mask, b->types, with_labels ? b->targets : NULL, b->int_targets, b->B, b->T};
+        return gpu_classify(g, &cb, logits);
+    }
+    double loss = gpu_forward(g, b->ids, with_labels ? b->labels : NULL, b->B, b->T);
+    if (!with_labels && !isnan(loss) && gpu_get_logits(g, logits)) return NAN;
+    return loss;
+}
+
 static void run_case(GCase *c, const char *dir, bool full) {
     CheckResult *r = c->res;
     char *model_dir = path_join(dir, "model"), *adapter_dir = path_join(dir, "adapter");
     char *io_path = path_join(dir, "io.safetensors"), *grads_path = path_join(dir, "grads.safetensors");
     char *step_path = path_join(dir, "step.safetensors");
     SafeTensors io = {0}, grads = {0}, step = {0};
-    int32_t *ids = NULL, *labels = NULL;
+    GBatch bt = {0};
     GpuModel *g = NULL;
-    float *logits = NULL, **before = NULL, **cpu_after = NULL;  // the trainable tensors before the step, and after the CPU's
+    // the trainable tensors before the step, after the CPU's, the reference gradients, and ours (gradients, then weights)
+    float *logits = NULL, **before = NULL, **cpu_after = NULL, **refs = NULL, **got = NULL;
     int n = 0;
     Model *m = model_load_quantized(model_dir, c->quant, c->double_quant);
     if (!m || (!full && adapters_load(m, adapter_dir))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
-    if (!full && adapter_embed_what(m->adapters)) {  // gpu_model_create refuses it: the case is the CPU's
-        check_result_set(r, CHECK_SKIP, "%s is not on the GPU yet", adapter_embed_what(m->adapters));
-        goto out;
-    }
     if (full) model_train_all(m);
-    int B, T, B2, T2;
-    if (st_open(&io, io_path) || st_open(&grads, grads_path) || st_open(&step, step_path) || check_read_ids(&io, "input_ids", &ids, &B, &T) ||
-        check_read_ids(&io, "labels", &labels, &B2, &T2)) {
+    int B2, T2;
+    if (st_open(&io, io_path) || st_open(&grads, grads_path) || st_open(&step, step_path) || check_read_ids(&io, "input_ids", &bt.ids, &bt.B, &bt.T) ||
+        (c->classify ? check_read_classify_io(&io, &m->cfg, bt.B, bt.T, &bt.mask, &bt.types, &bt.targets, &bt.int_targets)
+                     : check_read_ids(&io, "labels", &bt.labels, &B2, &T2))) {
         check_result_set(r, CHECK_FAIL, "%s", peft_last_error());
         goto out;
     }
@@ -123,25 +146,37 @@ static void run_case(GCase *c, const char *dir, bool full) {
     g = gpu_model_create(m, &opt);
     if (!g) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     // logits
-    long nl = (long)B * T * m->cfg.vocab_size;
+    long nl = c->classify ? (long)bt.B * m->cfg.num_labels : (long)bt.B * bt.T * m->cfg.vocab_size;
     logits = xmalloc(sizeof(float) * nl);
-    if (isnan(gpu_forward(g, ids, NULL, B, T)) || gpu_get_logits(g, logits)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
-    if (compare_ref(c, "logits", &io, "logits", logits, nl, c->bf16 ? 5e-2 : c->tol_logits, 0)) goto out;
+    if (isnan(case_forward(c, g, &bt, false, logits))) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
+    if (compare_ref(c, "logits", &io, "logits", logits, nl, c->bf16 ? 5e-2 : c->tol_logits)) goto out;
     // loss
-    double loss = gpu_forward(g, ids, labels, B, T);
+    double loss = case_forward(c, g, &bt, true, NULL);
     if (isnan(loss)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     float got_loss = (float)loss, got_lm = (float)gpu_lm_loss(g);
     double tol_loss = c->bf16 ? 1e-2 : c->tol_logits;
-    if (compare_ref(c, "loss", &io, "lm_loss", &got_lm, 1, tol_loss, 0) || compare_ref(c, "loss", &io, "loss", &got_loss, 1, tol_loss, 0)) goto out;
+    const char *task_loss = c->classify ? "cls_loss" : "lm_loss";  // the loss without a regulariser
+    if (compare_ref(c, "loss", &io, task_loss, &got_lm, 1, tol_loss) || compare_ref(c, "loss", &io, "loss", &got_loss, 1, tol_loss)) goto out;
     // gradients
     gpu_zero_grad(g);
     if (gpu_backward(g) || gpu_download_trainables(g, true)) { check_result_set(r, CHECK_FAIL, "%s", peft_last_error()); goto out; }
     Param **params;
     n = model_trainable(m, &params);
     if (grads.n != n) { check_result_set(r, CHECK_FAIL, "gradients: the reference has %d trainable tensors, we have %d", grads.n, n); goto out; }
-    for (int i = 0; i < n; i++)
-        if (compare_ref(c, "gradient", &grads, params[i]->name, params[i]->grad, params[i]->numel, c->bf16 ? c->tensor_cos_bound : c->tol_grads, c->bf16 ? 1 : 0))
-            goto out;
+    refs = xcalloc(n, sizeof(float *));
+    got = xcalloc(n, sizeof(float *));
+    for (int i = 0; i < n; i++) {
+        if (!(refs[i] = check_load_reference(r, "gradient", &grads, params[i]->name, params[i]->numel))) goto out;
+        got[i] = params[i]->grad;
+    }
+    if (!c->bf16 && check_floored(r, "gradient", params, n, NULL, got, refs, CHECK_GRAD_FLOOR, c->tol_grads)) goto out;
+    // bf16: each tensor's cosine, but for one whose reference vanishes (below check.h's floor: an encoder's key bias),
+    // whose direction is rounding on both sides; it still counts in the global cosine.
+    double floor_rms = CHECK_GRAD_FLOOR * check_rms(params, n, NULL, refs);
+    for (int i = 0; c->bf16 && i < n; i++) {
+        bool vanishing = check_rms(&params[i], 1, NULL, &refs[i]) < floor_rms;
+        if (compare_cosine(c, params[i]->name, got[i], refs[i], params[i]->numel, vanishing ? -1.0 : c->tensor_cos_bound)) goto out;
+    }
     if (c->bf16) {
         double cs = (c->aa == 0 && c->bb == 0) ? 1.0 : (c->aa == 0 || c->bb == 0) ? 0.0 : c->ab / sqrt(c->aa * c->bb);
         if (!(cs >= c->cos_bound)) {
@@ -165,29 +200,34 @@ static void run_case(GCase *c, const char *dir, bool full) {
         goto out;
     }
     for (int i = 0; i < n; i++) {
-        Param *p = params[i];
-        if (compare_ref(c, "AdamW step", &step, p->name, p->w, p->numel, c->tol_step, c->bf16 ? 2 : 0)) goto out;
-        double e = update_rel_error(before[i], p->w, cpu_after[i], p->numel);
-        if (e > c->max_update || isnan(e)) c->max_update = e;
-        if (e > r->max_rel_err || isnan(e)) r->max_rel_err = e;  // fp32's report (bf16 reports the cosine instead)
-        if (!(e <= CHECK_UPDATE_TOL)) {
-            check_result_set(r, CHECK_FAIL, "AdamW update %s: relative error %.3g > %.1g against the CPU's AdamW from the same gradient", p->name, e,
-                             CHECK_UPDATE_TOL);
-            goto out;
-        }
+        got[i] = params[i]->w;
+        if (!c->bf16 && compare_ref(c, "AdamW step", &step, params[i]->name, params[i]->w, params[i]->numel, c->tol_step)) goto out;
     }
+    double worst = r->max_rel_err;  // check_floored records the updates' worst alone: bf16 reports it beside the cosine
+    r->max_rel_err = 0;
+    if (check_floored(r, "AdamW update (against the CPU's AdamW from the same gradient)", params, n, before, got, cpu_after, CHECK_UPDATE_FLOOR,
+                      CHECK_UPDATE_TOL))
+        goto out;
+    c->max_update = r->max_rel_err;
+    r->max_rel_err = fmax(worst, r->max_rel_err);
 out:
     for (int i = 0; before && i < n; i++) free(before[i]);
     for (int i = 0; cpu_after && i < n; i++) free(cpu_after[i]);
+    for (int i = 0; refs && i < n; i++) free(refs[i]);
     free(before);
     free(cpu_after);
+    free(refs);
+    free(got);
     gpu_model_free(g);
     model_free(m);
     st_close(&io);
     st_close(&grads);
     st_close(&step);
-    free(ids);
-    free(labels);
+    free(bt.ids);
+    free(bt.labels);
+    free(bt.mask);
+    free(bt.types);
+    free(bt.targets);
     free(logits);
     free(model_dir);
     free(adapter_dir);
@@ -212,8 +252,8 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
     cJSON *j = text ? cJSON_Parse(text) : NULL;
     free(text);
     const cJSON *task = j ? cJSON_GetObjectItem(j, "task") : NULL;
-    if (cJSON_IsString(task) && strcmp(task->valuestring, "causal_lm")) {  // the encoders run on the CPU only
-        check_result_set(res, CHECK_SKIP, "task \"%s\" (sequence classification: BERT, RoBERTa) is not implemented on the GPU", task->valuestring);
+    if (task && !(cJSON_IsString(task) && (!strcmp(task->valuestring, "seq_cls") || !strcmp(task->valuestring, "causal_lm")))) {
+        check_result_set(res, CHECK_FAIL, "%s/case.json: task must be \"causal_lm\" or \"seq_cls\"", dir);
         cJSON_Delete(j);
         return;
     }
@@ -221,7 +261,7 @@ void gpu_check_case(const char *dir_in, GpuPrecision precision, CheckResult *res
     if (!j) { check_result_set(res, CHECK_SKIP, "not a model reference case (no readable case.json)"); return; }
     const cJSON *method = cJSON_GetObjectItem(j, "method"), *tol = cJSON_GetObjectItem(j, "tolerance"), *opt = cJSON_GetObjectItem(j, "optimizer");
     const char *mname = cJSON_IsString(method) ? method->valuestring : "";
-    GCase c = {.res = res, .bf16 = precision == GPU_BF16, .min_cos = 1.0};
+    GCase c = {.res = res, .bf16 = precision == GPU_BF16, .classify = task && !strcmp(task->valuestring, "seq_cls"), .min_cos = 1.0};
     c.tol_logits = num(tol, "logits_rel", 1e-4);
     c.tol_grads = num(tol, "grads_rel", 1e-3);
     c.tol_step = num(tol, "step_rel", 1e-3);

@@ -56,6 +56,25 @@ struct DevProj {  // a VeRA projection pair, shared by every set with the same f
     void *BT;     // B [max_out, r] transposed, [r, max_out]: the expand kernel's reads are then coalesced
 };
 
+// A decode step's shape, all that a CUDA graph of it bakes in: the row data, positions included, is
+// read from device memory, which the step's first copy fills from the pinned staging.
+struct StepKey {
+    int N, n_out;
+    bool gather;       // out_rows given (else every row's logits)
+    bool fresh;        // one token per slot (kv_attention_kernel appends the keys and values)
+    GpuSampling s;
+};
+static bool same_key(const StepKey &a, const StepKey &b) {
+    return a.N == b.N && a.n_out == b.n_out && a.gather == b.gather && a.fresh == b.fresh && a.s.temperature == b.s.temperature &&
+           a.s.top_k == b.s.top_k && a.s.top_p == b.s.top_p && a.s.seed == b.s.seed;
+}
+struct StepGraph {
+    StepKey key;
+    cudaGraphExec_t exec;
+    long last_used;    // GpuKV::calls
+};
+enum { MAX_STEP_GRAPHS = 64 };  // a server's steps come in many sizes; the least recently used goes
+
 struct GpuKV {
     GpuModel *g;
     int n_slots, max_len, n_layer, KVW;
@@ -76,6 +95,13 @@ struct GpuKV {
     const RowAd **rowad_d;
     void *host;                  // pinned staging of the per-row arrays
     float *logits_host;          // pinned staging of up to LOGITS_PINNED_ROWS rows of logits
+    int32_t *next_d, *next_host; // gpu_kv_forward_next's tokens [cap] (device, pinned)
+    // CUDA graphs of gpu_kv_forward_next's steps (made for the buffers above: dropped with them)
+    std::vector<StepGraph> graphs;
+    bool graphs_on;
+    StepKey last_key;            // the previous call's shape (a graph is captured when it repeats)
+    bool have_last;
+    std::vector<char> seen;      // one_token_per_slot's marks
 };
 enum { LOGITS_PINNED_ROWS = 256 };
 
@@ -144,24 +170,32 @@ __device__ float block_reduce(float v, bool is_max, float *red) {
 
 // Causal attention of each new token (row n, head h) over its slot's keys t0..pos, with an online
 // softmax over chunks of ATT_CHUNK keys: a warp per key for the scores, a thread per dimension for
-// the values.
+// the values. fresh (one new token per slot: a decode step): the token's own key and value are read
+// from qkv, and the first head of each KV group writes them into the cache (kv_append_kernel's work,
+// a launch fewer per layer); the group's other heads read only older positions from the cache.
 template <typename T>
-__global__ void __launch_bounds__(ATT_THREADS) kv_attention_kernel(T *out, const T *qkv, int S, const T *K, const T *V, const int *slot,
-                                                                   const int *pos, int NH, int NKV, int HD, int KVW, int max_len, int window,
-                                                                   float scale) {
+__global__ void __launch_bounds__(ATT_THREADS) kv_attention_kernel(T *out, const T *qkv, int S, T *K, T *V, const int *slot, const int *pos,
+                                                                   int NH, int NKV, int HD, int KVW, int QW, int max_len, int window,
+                                                                   float scale, bool fresh) {
     __shared__ float q[HD_MAX], s[ATT_CHUNK], red[ATT_WARPS];
     int n = blockIdx.x, h = blockIdx.y, kvh = h / (NH / NKV), p = pos[n];
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     int t0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-    const T *Kb = K + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
-    const T *Vb = V + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
+    T *Kb = K + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
+    T *Vb = V + (size_t)slot[n] * max_len * KVW + (size_t)kvh * HD;
+    const T *kn = qkv + (size_t)n * S + QW + (size_t)kvh * HD, *vn = kn + KVW;  // the token's own key and value
+    if (fresh && h % (NH / NKV) == 0)
+        for (int d = threadIdx.x; d < HD; d += ATT_THREADS) {
+            Kb[(size_t)p * KVW + d] = kn[d];
+            Vb[(size_t)p * KVW + d] = vn[d];
+        }
     for (int d = threadIdx.x; d < HD; d += ATT_THREADS) q[d] = to_f<T>(qkv[(size_t)n * S + (size_t)h * HD + d]);
     __syncthreads();
     float acc[HD_MAX / ATT_THREADS] = {0}, m_run = -INFINITY, l_run = 0;
     for (int c0 = t0; c0 <= p; c0 += ATT_CHUNK) {
         int cn = min(ATT_CHUNK, p + 1 - c0);
         for (int j = w; j < cn; j += ATT_WARPS) {
-            const T *kt = Kb + (size_t)(c0 + j) * KVW;
+            const T *kt = fresh && c0 + j == p ? kn : Kb + (size_t)(c0 + j) * KVW;
             float dot = 0;
             for (int d = lane; d < HD; d += 32) dot += q[d] * to_f<T>(kt[d]);
             dot = warp_sum(dot);
@@ -186,7 +220,7 @@ __global__ void __launch_bounds__(ATT_THREADS) kv_attention_kernel(T *out, const
             int d = threadIdx.x + i * ATT_THREADS;
             if (d >= HD) break;
             float a = acc[i] * f;
-            for (int j = 0; j < cn; j++) a += s[j] * to_f<T>(Vb[(size_t)(c0 + j) * KVW + d]);
+            for (int j = 0; j < cn; j++) a += s[j] * to_f<T>((fresh && c0 + j == p ? vn : Vb + (size_t)(c0 + j) * KVW)[d]);
             acc[i] = a;
         }
         __syncthreads();  // before the next chunk overwrites s
@@ -328,12 +362,23 @@ template <typename T> __global__ void gather_rows_kernel(T *dst, const T *src, c
 }
 
 // ---------------- the cache ----------------
+static void drop_graphs(GpuKV *kv) {
+    for (StepGraph &sg : kv->graphs) cudaGraphExecDestroy(sg.exec);
+    kv->graphs.clear();
+    kv->have_last = false;
+}
+
 static void free_call_buffers(GpuKV *kv) {
+    drop_graphs(kv);  // they name these buffers
     void *bufs[] = {kv->x, kv->xn, kv->qkv, kv->att, kv->fc, kv->act, kv->mean, kv->h, kv->cos_rows, kv->logits, kv->ids_d};
     for (void *p : bufs) gpu_free(p);
     kv->x = kv->xn = kv->qkv = kv->att = kv->fc = kv->act = nullptr;
     kv->mean = kv->rstd = kv->h = kv->cos_rows = kv->sin_rows = kv->logits = nullptr;
     kv->ids_d = nullptr;
+    gpu_free(kv->next_d);
+    kv->next_d = nullptr;
+    if (kv->next_host) cudaFreeHost(kv->next_host);
+    kv->next_host = nullptr;
     if (kv->host) cudaFreeHost(kv->host);
     if (kv->logits_host) cudaFreeHost(kv->logits_host);
     kv->host = nullptr;
@@ -370,7 +415,9 @@ static int ensure_call_buffers(GpuKV *kv, int N, int h_floats) {
         kv->outrows_d = kv->voff_d + cap;
         kv->rowad_d = (const RowAd **)(((uintptr_t)(kv->outrows_d + cap) + 15) & ~(uintptr_t)15);
     }
+    kv->next_d = (int32_t *)gpu_malloc(sizeof(int32_t) * (size_t)cap, "inference tokens");
     CU(cudaMallocHost(&kv->host, bytes));
+    CU(cudaMallocHost((void **)&kv->next_host, sizeof(int32_t) * (size_t)cap));
     CU(cudaMallocHost((void **)&kv->logits_host, sizeof(float) * (size_t)std::min(cap, (int)LOGITS_PINNED_ROWS) * g->V));
     if (gpu_failed()) {
         free_call_buffers(kv);
@@ -392,6 +439,8 @@ extern "C" GpuKV *gpu_kv_new(GpuModel *g, int n_slots, int max_len) {
     kv->n_slots = n_slots;
     kv->max_len = max_len;
     kv->n_layer = g->cfg.n_layer;
+    const char *graphs = getenv("PEFT_GPU_GRAPHS");
+    kv->graphs_on = !(graphs && !strcmp(graphs, "0"));
     kv->KVW = g->KVW;
     kv->K = (void **)calloc(kv->n_layer, sizeof(void *));
     kv->V = (void **)calloc(kv->n_layer, sizeof(void *));
@@ -666,7 +715,7 @@ template <typename T> static void linear_group(GpuKV *kv, const Group *G, const 
         }
 }
 
-template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const CallAdapters &ca) {
+template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const CallAdapters &ca, bool fresh) {
     GpuModel *g = kv->g;
     Layer *Ly = &g->L[l];
     const Members *mb = &kv->mem[l * 4];
@@ -676,13 +725,15 @@ template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const Cal
     k_norm_fwd<T>(xn, g->gpt2 ? kv->mean : nullptr, kv->rstd, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, false, g->st);
     linear_group<T>(kv, &Ly->qkv, &mb[0], xn, qkv, g->S, false, N, ca);
     if (!g->gpt2) k_rope_fwd<T>(qkv, kv->cos_rows, kv->sin_rows, nullptr, N, N, g->NH, g->NKV, g->HD, g->S, g->QW, g->st);
-    long total = (long)N * g->KVW;
-    kv_append_kernel<T><<<std::min(cdiv(total, 256), 65535), 256, 0, g->st>>>((T *)kv->K[l], (T *)kv->V[l], qkv, g->S, g->QW, g->KVW,
-                                                                                 kv->slot_d, kv->pos_d, N, kv->max_len);
-    KCHECK();
-    kv_attention_kernel<T><<<dim3(N, g->NH), ATT_THREADS, 0, g->st>>>(att, qkv, g->S, (const T *)kv->K[l], (const T *)kv->V[l], kv->slot_d,
-                                                                      kv->pos_d, g->NH, g->NKV, g->HD, g->KVW, kv->max_len,
-                                                                      g->cfg.sliding_window, 1.0f / sqrtf((float)g->HD));
+    if (!fresh) {  // (fresh: the attention kernel appends them)
+        long total = (long)N * g->KVW;
+        kv_append_kernel<T><<<std::min(cdiv(total, 256), 65535), 256, 0, g->st>>>((T *)kv->K[l], (T *)kv->V[l], qkv, g->S, g->QW, g->KVW,
+                                                                                     kv->slot_d, kv->pos_d, N, kv->max_len);
+        KCHECK();
+    }
+    kv_attention_kernel<T><<<dim3(N, g->NH), ATT_THREADS, 0, g->st>>>(att, qkv, g->S, (T *)kv->K[l], (T *)kv->V[l], kv->slot_d, kv->pos_d,
+                                                                      g->NH, g->NKV, g->HD, g->KVW, g->QW, kv->max_len, g->cfg.sliding_window,
+                                                                      1.0f / sqrtf((float)g->HD), fresh);
     KCHECK();
     linear_group<T>(kv, &Ly->o, &mb[1], att, x, C, true, N, ca);  // x += attention out
     k_norm_fwd<T>(xn, g->gpt2 ? kv->mean : nullptr, kv->rstd, x, (T *)Ly->n2w, (T *)Ly->n2b, N, C, eps, g->gpt2, false, g->st);
@@ -692,12 +743,100 @@ template <typename T> static void layer_infer(GpuKV *kv, int l, int N, const Cal
     linear_group<T>(kv, &Ly->down, &mb[3], (T *)kv->act, x, C, true, N, ca);  // x += MLP out
 }
 
+// Whether the N tokens are in N different slots (a decode step), kv->seen's marks cleared after.
+static bool one_token_per_slot(GpuKV *kv, int N, const int *slot) {
+    if (N > kv->n_slots) return false;
+    kv->seen.assign(kv->n_slots, 0);
+    bool one = true;
+    for (int n = 0; n < N && one; n++) {
+        if (slot[n] < 0 || slot[n] >= kv->n_slots || kv->seen[slot[n]]) one = false;
+        else kv->seen[slot[n]] = 1;
+    }
+    return one;
+}
+
+// One step on the device, from the staged row data (kv->host) to the chosen tokens (kv->next_host,
+// sel) or the logits (kv->logits_host, or logits itself when they are too many for it): what a
+// step's CUDA graph holds. Nothing in it reads the host but the staged rows.
+template <typename T> static void enqueue_step(GpuKV *kv, const StepKey &k, bool sel, const CallAdapters &ca, float *logits) {
+    GpuModel *g = kv->g;
+    constexpr GDtype TT = gdtype<T>();
+    int N = k.N, n_out = k.n_out;
+    size_t rowad_off = (char *)kv->rowad_d - (char *)kv->ids_d;
+    CU(cudaMemcpyAsync(kv->ids_d, kv->host, rowad_off + sizeof(void *) * N, cudaMemcpyHostToDevice, g->st));
+    int half = g->HD / 2;
+    embed_pos_kernel<T><<<N, 256, 0, g->st>>>((T *)kv->x, kv->ids_d, kv->pos_d, (const T *)g->wte, (const T *)g->wpe, g->C, kv->cos_tab,
+                                              kv->sin_tab, g->gpt2 ? nullptr : kv->cos_rows, kv->sin_rows, half);
+    KCHECK();
+    for (int l = 0; l < kv->n_layer; l++) layer_infer<T>(kv, l, N, ca, k.fresh);
+    // The head over the rows whose logits are wanted.
+    const T *hx = (const T *)kv->x;
+    if (k.gather) {
+        gather_rows_kernel<T><<<n_out, 256, 0, g->st>>>((T *)kv->att, (const T *)kv->x, kv->outrows_d, g->C);  // att is free now
+        KCHECK();
+        hx = (const T *)kv->att;
+    }
+    k_norm_fwd<T>((T *)kv->xn, g->gpt2 ? kv->mean : nullptr, kv->rstd, hx, (T *)g->nfw, (T *)g->nfb, n_out, g->C, g->cfg.norm_eps, g->gpt2,
+                  false, g->st);
+    gemm(g->gc, false, true, n_out, g->V, g->C, 1.0f, kv->xn, g->C, TT, g->head, g->C, TT, 0.0f, nullptr, kv->logits, g->V, G_F32, nullptr);
+    if (sel) {  // only the tokens come back
+        k_select_tokens(kv->next_d, kv->logits, n_out, g->V, kv->pos_d, k.gather ? kv->outrows_d : nullptr, &k.s, g->st);
+        CU(cudaMemcpyAsync(kv->next_host, kv->next_d, sizeof(int32_t) * n_out, cudaMemcpyDeviceToHost, g->st));
+        return;
+    }
+    // Through pinned memory when it fits (a copy into pageable memory is several times slower).
+    size_t lbytes = sizeof(float) * (size_t)n_out * g->V;
+    CU(cudaMemcpyAsync(n_out <= LOGITS_PINNED_ROWS ? kv->logits_host : logits, kv->logits, lbytes, cudaMemcpyDeviceToHost, g->st));
+}
+
+// The graph of this step's shape: found, or captured when the previous call had the same shape (a
+// shape's first call runs as launched kernels, which also makes its GEMM plans: planning times
+// candidates, which a capture cannot). NULL: run it launched. A capture that fails (a call the
+// driver cannot capture) turns graphs off for this cache; the step then runs as before.
+template <typename T> static StepGraph *step_graph(GpuKV *kv, const StepKey &k, const CallAdapters &ca) {
+    for (StepGraph &sg : kv->graphs)
+        if (same_key(sg.key, k)) {
+            sg.last_used = kv->calls;
+            return &sg;
+        }
+    bool repeated = kv->have_last && same_key(kv->last_key, k);
+    kv->last_key = k;
+    kv->have_last = true;
+    if (!repeated) return nullptr;
+    if (kv->graphs.size() >= MAX_STEP_GRAPHS) {
+        auto lru = std::min_element(kv->graphs.begin(), kv->graphs.end(),
+                                    [](const StepGraph &a, const StepGraph &b) { return a.last_used < b.last_used; });
+        cudaGraphExecDestroy(lru->exec);
+        kv->graphs.erase(lru);
+    }
+    GpuModel *g = kv->g;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    bool ok = cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+    if (ok) {
+        enqueue_step<T>(kv, k, true, ca, nullptr);
+        ok = cudaStreamEndCapture(g->st, &graph) == cudaSuccess && !gpu_failed();
+    }
+    if (ok) ok = cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+    if (graph) cudaGraphDestroy(graph);
+    if (!ok) {
+        if (exec) cudaGraphExecDestroy(exec);
+        const char *why = gpu_failed() ? (gpu_report_failure(), peft_last_error()) : cudaGetErrorString(cudaGetLastError());
+        fprintf(stderr, "peft: CUDA graph capture of a decode step failed (%s); this cache runs its steps as launched kernels\n", why);
+        cudaGetLastError();  // the capture's error, not the step's (nothing ran)
+        gpu_clear_failure();
+        kv->graphs_on = false;
+        return nullptr;
+    }
+    kv->graphs.push_back({k, exec, kv->calls});
+    return &kv->graphs.back();
+}
+
 template <typename T>
 static int forward_infer(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
-                         const int *out_rows, int n_out, float *logits) {
+                         const int *out_rows, int n_out, float *logits, const GpuSampling *sel, int32_t *next) {
     GpuModel *g = kv->g;
     Model *m = g->m;
-    constexpr GDtype TT = gdtype<T>();
     kv->calls++;
     // The adapters of this call: upload new sets, and note what each linear needs.
     CallAdapters ca = {};
@@ -732,7 +871,7 @@ static int forward_infer(GpuKV *kv, int N, const int32_t *ids, const int *slot, 
     for (int n = 0; n < N; n++)
         if (proj_of[n] >= 0) voff[n] = ca.vbase + (int)(std::find(ca.projs.begin(), ca.projs.end(), proj_of[n]) - ca.projs.begin()) * ca.vr;
     if (ensure_call_buffers(kv, N, ca.vbase + (int)ca.projs.size() * ca.vr)) return -1;
-    // Row data: one pinned staging buffer, one copy.
+    // Row data: one pinned staging buffer, one copy (made by the step itself: a graph replays it).
     char *hb = (char *)kv->host;
     size_t ib = sizeof(int) * (size_t)N;
     int cap = kv->cap;
@@ -741,31 +880,17 @@ static int forward_infer(GpuKV *kv, int N, const int32_t *ids, const int *slot, 
     memcpy(hb + sizeof(int) * 2 * cap, slot, ib);
     memcpy(hb + sizeof(int) * 3 * cap, voff.data(), ib);
     if (out_rows) memcpy(hb + sizeof(int) * 4 * cap, out_rows, sizeof(int) * n_out);
-    size_t rowad_off = (char *)kv->rowad_d - (char *)kv->ids_d;
-    memcpy(hb + rowad_off, rowad.data(), sizeof(void *) * N);
-    CU(cudaMemcpyAsync(kv->ids_d, hb, rowad_off + sizeof(void *) * N, cudaMemcpyHostToDevice, g->st));
-    int half = g->HD / 2;
-    embed_pos_kernel<T><<<N, 256, 0, g->st>>>((T *)kv->x, kv->ids_d, kv->pos_d, (const T *)g->wte, (const T *)g->wpe, g->C, kv->cos_tab,
-                                              kv->sin_tab, g->gpt2 ? nullptr : kv->cos_rows, kv->sin_rows, half);
-    KCHECK();
-    for (int l = 0; l < kv->n_layer; l++) layer_infer<T>(kv, l, N, ca);
-    // The head over the rows whose logits are wanted.
-    const T *hx = (const T *)kv->x;
-    if (out_rows) {
-        gather_rows_kernel<T><<<n_out, 256, 0, g->st>>>((T *)kv->att, (const T *)kv->x, kv->outrows_d, g->C);  // att is free now
-        KCHECK();
-        hx = (const T *)kv->att;
-    }
-    k_norm_fwd<T>((T *)kv->xn, g->gpt2 ? kv->mean : nullptr, kv->rstd, hx, (T *)g->nfw, (T *)g->nfb, n_out, g->C, g->cfg.norm_eps, g->gpt2,
-                  false, g->st);
-    gemm(g->gc, false, true, n_out, g->V, g->C, 1.0f, kv->xn, g->C, TT, g->head, g->C, TT, 0.0f, nullptr, kv->logits, g->V, G_F32, nullptr);
-    // Through pinned memory when it fits (a copy into pageable memory is several times slower).
-    size_t lbytes = sizeof(float) * (size_t)n_out * g->V;
-    bool pinned = n_out <= LOGITS_PINNED_ROWS;
-    CU(cudaMemcpyAsync(pinned ? kv->logits_host : logits, kv->logits, lbytes, cudaMemcpyDeviceToHost, g->st));
+    memcpy(hb + ((char *)kv->rowad_d - (char *)kv->ids_d), rowad.data(), sizeof(void *) * N);
+    // Decode steps of one shape without adapters: a CUDA graph of the whole step.
+    StepKey key = {N, n_out, out_rows != nullptr, one_token_per_slot(kv, N, slot), sel ? *sel : GpuSampling{}};
+    StepGraph *sg = sel && !ca.any && kv->graphs_on ? step_graph<T>(kv, key, ca) : nullptr;
+    if (sg) CU(cudaGraphLaunch(sg->exec, g->st));
+    else enqueue_step<T>(kv, key, sel != nullptr, ca, logits);
     CU(cudaStreamSynchronize(g->st));
-    if (pinned && !gpu_failed()) memcpy(logits, kv->logits_host, lbytes);
-    return gpu_report_failure();
+    if (gpu_failed()) return gpu_report_failure();
+    if (sel) memcpy(next, kv->next_host, sizeof(int32_t) * n_out);
+    else if (n_out <= LOGITS_PINNED_ROWS) memcpy(logits, kv->logits_host, sizeof(float) * (size_t)n_out * g->V);
+    return 0;
 }
 
 extern "C" int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
@@ -775,8 +900,22 @@ extern "C" int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *s
     if (!out_rows && n_out != N) return peft_fail("gpu_kv_forward: all logits means n_out == N");
     flush_copies(kv);
     if (gpu_failed()) return gpu_report_failure();
-    return kv->g->is_bf16 ? forward_infer<bf16>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, logits)
-                          : forward_infer<float>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, logits);
+    return kv->g->is_bf16 ? forward_infer<bf16>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, logits, nullptr, nullptr)
+                          : forward_infer<float>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, logits, nullptr, nullptr);
+}
+
+extern "C" int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
+                                   const int *out_rows, int n_out, const GpuSampling *s, int32_t *next) {
+    gpu_clear_failure();
+    if (N <= 0 || n_out <= 0) return peft_fail("gpu_kv_forward_next: no rows");
+    if (!out_rows && n_out != N) return peft_fail("gpu_kv_forward_next: all rows means n_out == N");
+    if (!s || !next) return peft_fail("gpu_kv_forward_next: no sampling parameters or output");
+    if (!gpu_sampling_greedy(s) && !(s->top_k >= 0 && s->top_p > 0 && s->top_p <= 1))
+        return peft_fail("gpu_kv_forward_next: top_k %d / top_p %g out of range", s->top_k, s->top_p);
+    flush_copies(kv);
+    if (gpu_failed()) return gpu_report_failure();
+    return kv->g->is_bf16 ? forward_infer<bf16>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, nullptr, s, next)
+                          : forward_infer<float>(kv, N, ids, slot, pos, row_sets, out_rows, n_out, nullptr, s, next);
 }
 
 extern "C" int gpu_inference_attach(Model *m, GpuPrecision precision) {

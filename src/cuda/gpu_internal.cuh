@@ -143,14 +143,25 @@ template <typename T> void k_cross_entropy(T *logits, int ld, const int *targets
                                           float inv_count, bool grad, cudaStream_t s);
 template <typename T> void k_bias_grad(float *db, const T *dy, int N, int width, int ld, cudaStream_t s);
 template <typename T> void k_colsum_mul(float *out, const T *a, const T *b, int N, int width, int lda, cudaStream_t s);
-// DoRA (gpu_dora.cu): norm[o] = ||W[o,:] + S[o,:]|| (W [out, in], or [in, out] when fifo, row stride ldw;
-// S fp32 [out, in]); the forward's rescale of a module's columns of y and its kept e; the backward's
-// magnitude gradient and dyg = dy g (dyg may be dy).
-template <typename T> void k_dora_norm(float *norm, const T *W, bool fifo, int ldw, const float *S, int out, int in, cudaStream_t s);
+// DoRA (gpu_dora.cu): norm[o] = sqrt(||W[o,:]||^2 + B[o,:] X[o,:]^T) (W [out, in], or [in, out] when fifo, row
+// stride ldw; B, X fp32 [out, r]); the forward's rescale of a module's columns of y (in place); the backward's
+// magnitude gradient from the kept output y (rope undone on its q, k columns) and dyg = dy g (dyg may be dy).
+struct DoraRope {
+    const float *cos_t, *sin_t;  // NULL: no column is rotated (rot_end 0)
+    const int *pos;              // packed positions, or NULL for n % Tn
+    int Tn, HD, col_off, rot_end;  // the module's first column in the group; the group's rotated columns [0, rot_end)
+};
 template <typename T>
-void k_dora_fwd(T *y, int ldy, T *e, const T *b, const T *resid, const float *norm, const float *m, int N, int out, cudaStream_t s);
+void k_dora_norm(float *norm, const T *W, bool fifo, int ldw, const float *B, const float *X, int r, int out, int in, cudaStream_t s);
+template <typename T> void k_dora_fwd(T *y, int ldy, const T *b, const T *resid, const float *norm, const float *m, int N, int out, cudaStream_t s);
 template <typename T>
-void k_dora_bwd(float *dm, T *dyg, const T *dy, int ldy, const T *e, const float *norm, const float *m, int N, int out, cudaStream_t s);
+void k_dora_bwd(float *dm, T *dyg, const T *dy, int ldy, const T *y, const T *resid, int ldv, const T *b, const float *norm, const float *m,
+                DoraRope rp, int N, int out, cudaStream_t s);
+// Llama's MLP with DoRA on gate and up: k_swiglu_bwd and both modules' k_dora_bwd in one pass (gu's gate columns
+// [0, I), up's [I, 2I); b NULL or the group's bias [2I]).
+template <typename T>
+void k_dora_swiglu_bwd(float *dm_g, float *dm_u, T *dgu, int ldo, const T *gu, const T *dout, const T *b, const float *norm_g, const float *m_g,
+                       const float *norm_u, const float *m_u, int N, int I, cudaStream_t s);
 // Adapters: Beff[o,k] = s * rowv[o] * B[o*ldb + k] * colv[k] (rowv/colv may be NULL = 1), as T.
 template <typename T> void k_build_beff(T *beff, const float *B, int ldb, const float *rowv, const float *colv, float s, int out, int r,
                                        cudaStream_t st);
@@ -183,6 +194,19 @@ template <typename T> void k_dropout(T *out, const T *x, long n, float p, uint64
 // which is d ||D_t||_F / d D_t times coef2 / 2, ready for the gradient GEMMs.
 void k_orth_finalize(float *D, const long *off, const int *r, double *ss, int n_terms, double coef2, cudaStream_t s);
 
+// ---- encoders (gpu_encoder.cu) ----
+// x0 [N, C] = (wte[ids] + wtt[types]) + wpe[pos] (the embeddings' sum before their LayerNorm).
+template <typename T>
+void k_enc_embed(T *x0, const int *ids, const int *types, const int *pos, const T *wte, const T *wtt, const T *wpe, int N, int C, cudaStream_t s);
+// The exact GELU (hidden_act "gelu"): out = x Phi(x); dx = GELU'(x) dout (written).
+template <typename T> void k_gelu_erf_fwd(T *out, const T *x, long n, cudaStream_t s);
+template <typename T> void k_gelu_erf_bwd(T *dx, const T *x, const T *dout, long n, cudaStream_t s);
+// The head's tanh, and its backward from the output y: dx = dy (1 - y^2) (written).
+template <typename T> void k_tanh_fwd(T *out, const T *x, long n, cudaStream_t s);
+template <typename T> void k_tanh_bwd(T *dx, const T *y, const T *dy, long n, cudaStream_t s);
+// out = a (fp32) + b.
+template <typename T> void k_enc_sum(T *out, const float *a, const T *b, long n, cudaStream_t s);
+
 // ---- attention (gpu_attention.cu) ----
 struct AttnDims {
     int B, T, NH, NKV, HD, S, QW, KVW, window;
@@ -205,3 +229,11 @@ template <typename T> void attn_forward(T *out, float *lse, const T *qkv, AttnDi
 template <typename T> void attn_backward(T *dqkv, float *dq_acc, float *dkv_acc, float *Dbuf, const T *dout, const T *out,
                                         const T *qkv, const float *lse, const float *cos_t, const float *sin_t, AttnDims d,
                                         cudaStream_t s);
+
+// ---- the next token on the device (gpu_sample.cu) ----
+struct GpuSampling;
+bool gpu_sampling_greedy(const GpuSampling *s);  // temperature <= 0 or top_k == 1: the argmax
+// next[r] for each of n_rows rows of fp32 logits [n_rows, V] (gpu.h GpuSampling); the draw of row r hashes
+// pos[rows ? rows[r] : r] (device arrays).
+void k_select_tokens(int32_t *next, const float *logits, int n_rows, int V, const int *pos, const int *rows, const GpuSampling *s,
+                     cudaStream_t st);

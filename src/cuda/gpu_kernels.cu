@@ -183,7 +183,7 @@ __global__ void norm_bwd_kernel(float *dres, T *dres_t, float *dw, float *db, co
                                 const float *mean_in, const float *rstd_in, int N, int C, bool layernorm, int ldt) {
     extern __shared__ float sh[];
     float *sdw = sh, *sdb = sh + C;
-    bool wgrad = dw != nullptr;
+    bool wgrad = dw || db;  // a LayerNorm's bias may train without its weight (PEFT's bias "all")
     if (wgrad) {
         for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = 0;
         __syncthreads();
@@ -238,7 +238,7 @@ __global__ void norm_bwd_kernel(float *dres, T *dres_t, float *dw, float *db, co
     if (wgrad) {
         __syncthreads();
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            atomicAdd(&dw[c], sdw[c]);
+            if (dw) atomicAdd(&dw[c], sdw[c]);
             if (db) atomicAdd(&db[c], sdb[c]);
         }
     }
@@ -332,7 +332,7 @@ __global__ void norm_bwd_reg_kernel(float *dres, T *dres_t, float *dw, float *db
     }
     __syncthreads();
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        atomicAdd(&dw[c], sdw[c]);
+        if (dw) atomicAdd(&dw[c], sdw[c]);
         if (db) atomicAdd(&db[c], sdb[c]);
     }
 }
@@ -362,16 +362,16 @@ template <typename T>
 void k_norm_bwd(float *dres, T *dres_t, float *dw, float *db, const T *dout, const T *x, const T *w, const float *mean,
                 const float *rstd, int N, int C, bool layernorm, cudaStream_t s, int ldt) {
     constexpr int VN = 16 / sizeof(T);
-    if (dw && C % VN == 0 && C <= 8 * 32 * VN && ldt % VN == 0) {
+    if ((dw || db) && C % VN == 0 && C <= 8 * 32 * VN && ldt % VN == 0) {
         int it = (C / VN + 31) / 32;
         if (it <= 2) launch_norm_bwd_reg<T, VN, 2>(dres, dres_t, dw, db, dout, x, w, mean, rstd, N, C, layernorm, s, ldt);
         else if (it <= 4) launch_norm_bwd_reg<T, VN, 4>(dres, dres_t, dw, db, dout, x, w, mean, rstd, N, C, layernorm, s, ldt);
         else launch_norm_bwd_reg<T, VN, 8>(dres, dres_t, dw, db, dout, x, w, mean, rstd, N, C, layernorm, s, ldt);
         return;
     }
-    size_t smem = dw ? 2 * (size_t)C * sizeof(float) : 0;
+    size_t smem = dw || db ? 2 * (size_t)C * sizeof(float) : 0;
     // With weight gradients, fewer blocks (each flushes C atomics); otherwise one warp per row.
-    int grid = dw ? 264 : cdiv(N, 8);
+    int grid = dw || db ? 264 : cdiv(N, 8);
     if (grid > cdiv(N, 8)) grid = cdiv(N, 8);
     static bool attr_set[2][2];
     bool vec = C % VN == 0 && (C % 4 == 0);

@@ -147,11 +147,53 @@ static float *mptr(GpuModel *g, const Param *p) {
     return s && s->trainable ? g->master + s->off : nullptr;
 }
 
+// ---- the token embedding's adapters (gpu_embed.cu): placed beside the others, bound after the arenas ----
+static void embed_plan(GpuModel *g, const AdapterSet *set) {
+    EmbedView v;
+    if (!adapter_embed_view(set, &v)) return;
+    plan(g, v.A, false);
+    plan(g, v.B, false);
+    for (int k = 0; k < v.n_rows; k++) plan(g, v.rows[k].values, false);
+}
+static int embed_bind(GpuModel *g, const AdapterSet *set) {
+    EmbedView v;
+    if (!adapter_embed_view(set, &v)) return 0;
+    if (v.merged) return peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
+    GpuEmbed *e = g->emb = (GpuEmbed *)calloc(1, sizeof(GpuEmbed));
+    if (v.A) {
+        e->A = mptr(g, v.A);
+        e->B = mptr(g, v.B);
+        e->Ag = gptr(g, v.A);
+        e->Bg = gptr(g, v.B);
+        e->r = v.r;
+        e->scaling = v.scaling;
+        if (!e->A || !e->B || !e->Ag || !e->Bg) return peft_fail("CUDA backend: LoRA on the embedding: its tensors were not placed");
+    }
+    e->n_rows = v.n_rows;
+    for (int k = 0; k < v.n_rows; k++) {
+        GpuEmbedRows *t = &e->rows[k];
+        const Slot *w = find_slot(g, v.rows[k].weight);
+        if (!w || w->trainable)  // the trained rows are written over the frozen weight's
+            return peft_fail("CUDA backend: trainable_token_indices on %s, which trains in full, is not implemented on the GPU", v.rows[k].weight->name);
+        t->values = wptr(g, v.rows[k].values);
+        t->values_g = gptr(g, v.rows[k].values);
+        t->weight = wptr(g, v.rows[k].weight);
+        t->n = v.rows[k].n;
+        t->input = v.rows[k].input;
+        t->head = v.rows[k].head;
+        if (!t->values || !t->values_g || !t->weight) return peft_fail("CUDA backend: %s was not placed", v.rows[k].values->name);
+    }
+    return gpu_embed_upload(g, &v);
+}
+
 // With base_only (cached inference), attached adapters are not part of the GPU model: gpu_infer.cu
 // applies them per token row.
 static bool adapter_active(const GpuModel *g, const Linear *lin) {
     return !g->opt.base_only && lin && lin->adapter && !lin->adapter->merged && lin->adapter->r > 0;
 }
+
+// DoRA's norm scratch (dora_norm): A A^T [r, r], padded to 64 floats (256 bytes) so that X after it stays aligned.
+static size_t dora_scratch_rr(int r) { return ((size_t)r * r + 63) / 64 * 64; }
 
 // Bind a group of linears that share their input, in column order. Their weights (and biases,
 // and A matrices) must be adjacent: plan() placed them so.
@@ -231,10 +273,15 @@ static int bind_group(GpuModel *g, Group *G, Linear **lins, int n) {
                     mb->mag = mptr(g, a->magnitude);
                     mb->mag_g = gptr(g, a->magnitude);
                     if (!mb->mag || !mb->Am || !mb->Bm) return peft_fail("CUDA backend: %s: DoRA's magnitude was not placed", lin->module);
+                    // The backward reads e back from y = b + (m / norm) e: a zero magnitude leaves none there.
+                    for (long j = 0; j < a->magnitude->numel; j++)
+                        if (a->magnitude->w[j] == 0.0f)
+                            return peft_fail("CUDA backend: %s: DoRA's magnitude is 0 in row %ld: not implemented on the GPU (--device cpu runs it)",
+                                             lin->module, j);
                     mb->norm = (float *)gpu_malloc(sizeof(float) * lin->out, "DoRA's weight norms");
                     if (!mb->norm) return gpu_report_failure();
                     g->beffs.push_back(mb->norm);
-                    g->dora_S_cap = std::max(g->dora_S_cap, (size_t)lin->out * lin->in);
+                    g->dora_S_cap = std::max(g->dora_S_cap, dora_scratch_rr(a->r) + (size_t)lin->out * a->r);
                     G->dora = true;
                 }
             }
@@ -257,25 +304,19 @@ static bool mlp_rc(const GpuModel *g) { return g->opt.recompute == GPU_RECOMPUTE
 
 static void *aalloc(GpuModel *g, size_t bytes, const char *what);
 
-// --recompute layer: h of each group's place (qkv, o, up, down) and each DoRA member's e are one buffer
-// for every layer, the size of the largest layer's (ranks and targets may differ from layer to layer).
+// --recompute layer: h of each group's place (qkv, o, up, down) is one buffer for every layer, the size of
+// the largest layer's (ranks and targets may differ from layer to layer).
 static void share_adapter_acts(GpuModel *g, int N) {
     for (int gi = 0; gi < 4; gi++) {
-        int R = 0, eo[3] = {0, 0, 0};
+        int R = 0;
         for (int l = 0; l < g->cfg.n_layer; l++) {
             Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down}, *G = gs[gi];
             if (G->n_ad) R = std::max(R, G->R);
-            for (int i = 0; i < G->n_ad; i++)
-                if (G->ad[i].kind == AD_DORA) eo[i] = std::max(eo[i], G->ad[i].out);
         }
-        void *h = R ? aalloc(g, (size_t)N * R * g->es, "adapter activations") : nullptr, *e[3] = {nullptr, nullptr, nullptr};
-        for (int i = 0; i < 3; i++)
-            if (eo[i]) e[i] = aalloc(g, (size_t)N * eo[i] * g->es, "DoRA activations");
+        void *h = R ? aalloc(g, (size_t)N * R * g->es, "adapter activations") : nullptr;
         for (int l = 0; l < g->cfg.n_layer; l++) {
             Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down}, *G = gs[gi];
             if (G->n_ad) G->h = h;
-            for (int i = 0; i < G->n_ad; i++)
-                if (G->ad[i].kind == AD_DORA) G->ad[i].e = e[i];
         }
     }
 }
@@ -292,13 +333,13 @@ static void free_acts(GpuModel *g) {
     g->logits_f32 = nullptr;
     for (int l = 0; g->L && l < g->cfg.n_layer; l++) {
         Layer *Ly = &g->L[l];
-        Ly->res_mid = Ly->qkv_out = Ly->attn_y = Ly->fc = Ly->act = nullptr;
+        Ly->res_mid = Ly->qkv_out = Ly->attn_y = Ly->fc = Ly->act = Ly->r2 = nullptr;
         Ly->qkv.h = Ly->o.h = Ly->up.h = Ly->down.h = nullptr;
-        Group *gs[4] = {&Ly->qkv, &Ly->o, &Ly->up, &Ly->down};
-        for (Group *G : gs)
-            for (int i = 0; i < G->n_ad; i++) G->ad[i].e = nullptr;
     }
     g->xdrop = g->dora_dy = nullptr;
+    g->x0 = g->hbuf = g->logits_t = g->dlogits_t = nullptr;
+    g->dl_stage = nullptr;
+    g->mask_d = g->types_d = nullptr;
     g->acts_ok = false;
     g->grad_ready = g->logits_ready = false;
 }
@@ -307,6 +348,18 @@ static void *aalloc(GpuModel *g, size_t bytes, const char *what) {
     void *p = gpu_malloc(bytes, what);
     if (p) g->act_allocs.push_back(p);
     return p;
+}
+
+// ---- encoders: their own activations (ensure_acts; freed with the others) ----
+static void enc_acts(GpuModel *g, int B, int N) {
+    size_t es = g->es;
+    g->x0 = aalloc(g, (size_t)N * g->C * es, "the embeddings");
+    g->hbuf = aalloc(g, 6 * (size_t)B * g->C * es, "the classification head");
+    g->logits_t = aalloc(g, (size_t)B * g->NL * es, "the classification logits");
+    g->dlogits_t = aalloc(g, (size_t)B * g->NL * es, "the classification logits");
+    g->dl_stage = (float *)aalloc(g, sizeof(float) * (size_t)B * g->NL, "the classification logits");
+    g->mask_d = (int *)aalloc(g, sizeof(int) * 2 * (size_t)N, "the attention mask and token types");
+    g->types_d = g->mask_d ? g->mask_d + N : nullptr;
 }
 
 static int ensure_acts(GpuModel *g, int B, int Tn) {
@@ -320,7 +373,7 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
     size_t es = g->es;
     g->res = (void **)calloc(Ln + 1, sizeof(void *));
     for (int l = 0; l <= Ln; l++) g->res[l] = aalloc(g, (size_t)N * C * es, "the residual stream");
-    bool ln = g->gpt2, layer_rc = g->opt.recompute == GPU_RECOMPUTE_LAYER;
+    bool ln = g->gpt2 || g->enc, layer_rc = g->opt.recompute == GPU_RECOMPUTE_LAYER;
     for (int l = 0; l < Ln; l++) {
         Layer *Ly = &g->L[l];
         if (layer_rc && l) {  // layer 0's buffers (the adapters' are shared below)
@@ -333,6 +386,7 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
         Ly->qkv_out = aalloc(g, (size_t)N * g->S * es, "activations");
         Ly->attn_y = aalloc(g, (size_t)N * g->QW * es, "activations");
         if (!mlp_rc(g)) Ly->fc = aalloc(g, (size_t)N * g->upw * es, "activations");
+        if (g->enc) Ly->r2 = aalloc(g, (size_t)N * C * es, "activations");
         if (!g->opt.recompute && (Ly->down.wg || Ly->down.n_ad)) Ly->act = aalloc(g, (size_t)N * g->actw * es, "activations");
         float *stats = (float *)aalloc(g, sizeof(float) * (size_t)N * (4 + g->NH), "activations");
         if (!stats) break;
@@ -345,8 +399,6 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
         for (Group *G : gs) {
             if (layer_rc) break;
             if (G->n_ad) G->h = aalloc(g, (size_t)N * G->R * es, "adapter activations");
-            for (int i = 0; i < G->n_ad; i++)
-                if (G->ad[i].kind == AD_DORA) G->ad[i].e = aalloc(g, (size_t)N * G->ad[i].out * es, "DoRA activations");
         }
     }
     if (layer_rc) share_adapter_acts(g, N);
@@ -384,8 +436,9 @@ static int ensure_acts(GpuModel *g, int B, int Tn) {
     }
     if (chunk > N) chunk = N;
     g->chunk = chunk;
-    g->logits = aalloc(g, (size_t)chunk * g->ldV * es, "the logits chunk");
-    if (!g->gpt2) {
+    g->logits = g->enc ? nullptr : aalloc(g, (size_t)chunk * g->ldV * es, "the logits chunk");
+    if (g->enc) enc_acts(g, B, N);
+    else if (!g->gpt2) {
         int half = g->HD / 2;
         float *hc = (float *)malloc(sizeof(float) * (size_t)Tn * half * 2);
         rope_tables(hc, hc + (size_t)Tn * half, Tn, g->HD, g->m->inv_freq);
@@ -447,9 +500,9 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     constexpr GDtype TT = gdtype<T>();
     int covered = 0;
     for (int i = 0; i < G->n_ad; i++) covered += G->ad[i].out;
-    bool adapters_first = G->n_ad && covered == G->out && !G->dora;
-    // DoRA needs its columns' base result alone: its rescale adds the residual (a group with a
-    // residual, o or down, has one linear, so its DoRA member covers every column).
+    bool adapters_first = G->n_ad && covered == G->out;
+    // DoRA rescales its columns' x W^T + s h B^T and adds the residual after (a group with a residual,
+    // o or down, has one linear, so its DoRA member covers every column).
     const T *resid_dora = G->dora ? resid : nullptr;
     if (G->dora) resid = nullptr;
     if (G->n_q) {
@@ -468,33 +521,41 @@ template <typename T> static void group_fwd(GpuModel *g, Group *G, const T *x, T
     T *h = (T *)G->h;
     for (int i = 0; i < G->n_ad; i++) {
         AdMember *mb = &G->ad[i];
-        if (mb->kind == AD_DORA) {  // e = s h B^T, then its columns of y rescaled
-            gemm(g->gc, false, true, N, mb->out, mb->r, mb->scaling, h + mb->r_off, G->R, TT, mb->B, mb->r, TT, 0.0f, nullptr, mb->e, mb->out,
-                 TT, nullptr);
-            k_dora_fwd<T>(y + mb->col_off, G->out, (T *)mb->e, G->b ? (const T *)G->b + mb->col_off : nullptr,
-                          resid_dora ? resid_dora + mb->col_off : nullptr, mb->norm, mb->mag, N, mb->out, g->st);
-            continue;
-        }
         const T *c = adapters_first ? (resid ? resid + mb->col_off : nullptr) : y + mb->col_off;
         gemm(g->gc, false, true, N, mb->out, mb->r, mb->Beff ? 1.0f : mb->scaling, h + mb->r_off, G->R, TT, mb->Beff ? mb->Beff : mb->B,
              mb->r, TT, c ? 1.0f : 0.0f, c, y + mb->col_off, G->out, TT, nullptr);
     }
     if (adapters_first) base_gemm(1.0f, y);
+    for (int i = 0; G->dora && i < G->n_ad; i++) {  // y = resid + b + g (y - b) in each DoRA member's columns
+        AdMember *mb = &G->ad[i];
+        if (mb->kind == AD_DORA)
+            k_dora_fwd<T>(y + mb->col_off, G->out, G->b ? (const T *)G->b + mb->col_off : nullptr, resid_dora ? resid_dora + mb->col_off : nullptr,
+                          mb->norm, mb->mag, N, mb->out, g->st);
+    }
 }
+
+static const int *positions(const GpuModel *g);
 
 // dy has row stride ldy >= out. With fused_dx (bf16, nn.Linear layout, an adapter): dy's rows have
 // R spare columns after out, and the weight R spare rows after its out rows; dh goes into the
 // columns, A into the rows, and dx = [dy | dh] [W; A] is one GEMM (no separate dx += dh A pass).
-template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, const T *dy, int ldy, T *dx, int N) {
+// y, resid: the group's forward output and residual input (row stride out), as kept; roped: y's q and k
+// columns are after rope (Llama's qkv). Only DoRA reads them; y NULL: the caller has applied DoRA's backward
+// (k_dora_swiglu_bwd) and dy is already dy g.
+template <typename T>
+static void group_bwd(GpuModel *g, Group *G, const T *x, const T *y, const T *resid, bool roped, const T *dy, int ldy, T *dx, int N) {
     constexpr GDtype TT = gdtype<T>();
-    if (G->dora) {  // DoRA: dm, then dy g in its columns, which everything below then follows (gpu_dora.cu)
+    if (G->dora && y) {  // DoRA: dm, then dy g in its columns, which everything below then follows (gpu_dora.cu)
         // In place: dy is this group's own scratch, except fp32's dres (the residual's gradient itself).
         T *dyg = (const void *)dy == (const void *)g->dres ? (T *)g->dora_dy : (T *)dy;
         mark(g, P_LORA_DB);
         for (int i = 0; i < G->n_ad; i++) {
             AdMember *mb = &G->ad[i];
+            DoraRope rp = {nullptr, nullptr, positions(g), g->T, g->HD, mb->col_off, 0};
+            if (roped) { rp.cos_t = g->cos_t; rp.sin_t = g->sin_t; rp.rot_end = g->QW + g->KVW; }
             if (mb->kind == AD_DORA)
-                k_dora_bwd<T>(mb->mag_g, dyg + mb->col_off, dy + mb->col_off, ldy, (const T *)mb->e, mb->norm, mb->mag, N, mb->out, g->st);
+                k_dora_bwd<T>(mb->mag_g, dyg + mb->col_off, dy + mb->col_off, ldy, y + mb->col_off, resid ? resid + mb->col_off : nullptr, G->out,
+                              G->b ? (const T *)G->b + mb->col_off : nullptr, mb->norm, mb->mag, rp, N, mb->out, g->st);
         }
         dy = dyg;
     }
@@ -573,12 +634,18 @@ template <typename T> static void group_bwd(GpuModel *g, Group *G, const T *x, c
         gemm(g->gc, false, false, N, G->in, G->R, 1.0f, dh, lddh, TT, G->A, G->lda, TT, 1.0f, dx, dx, G->in, TT, nullptr);
 }
 
-// DoRA: this step's norm of W + s B A per output row (gpu_dora.cu), from A and B's fp32 masters.
+// DoRA: this step's norm of W + s B A per output row (gpu_dora.cu): ||W[o,:]||^2 + B[o,:] X[o,:]^T with
+// X = s^2 B (A A^T) + 2 s W A^T [out, r], from B's fp32 master, A's (A A^T) and A's working copy (W A^T, W's type).
 template <typename T> static void dora_norm(GpuModel *g, const Group *G, const AdMember *mb) {
-    gemm(g->gc, false, false, mb->out, G->in, mb->r, mb->scaling, mb->Bm, mb->r, G_F32, mb->Am, G->in, G_F32, 0.0f, nullptr, g->dora_S, G->in,
-         G_F32, nullptr);
+    constexpr GDtype TT = gdtype<T>();
+    float s = mb->scaling, *AA = g->dora_S, *X = g->dora_S + dora_scratch_rr(mb->r);
     const T *W = G->fifo ? (const T *)G->w + mb->col_off : (const T *)G->w + (size_t)mb->col_off * G->in;
-    k_dora_norm<T>(mb->norm, W, G->fifo, G->fifo ? G->out : G->in, g->dora_S, mb->out, G->in, g->st);
+    const T *A = (const T *)G->A + (size_t)mb->r_off * G->lda;
+    int ldw = G->fifo ? G->out : G->in;
+    gemm(g->gc, false, true, mb->r, mb->r, G->in, 1.0f, mb->Am, G->in, G_F32, mb->Am, G->in, G_F32, 0.0f, nullptr, AA, mb->r, G_F32, nullptr);
+    gemm(g->gc, false, false, mb->out, mb->r, mb->r, s * s, mb->Bm, mb->r, G_F32, AA, mb->r, G_F32, 0.0f, nullptr, X, mb->r, G_F32, nullptr);
+    gemm(g->gc, G->fifo, true, mb->out, mb->r, G->in, 2.0f * s, W, ldw, TT, A, G->lda, TT, 1.0f, X, X, mb->r, G_F32, nullptr);
+    k_dora_norm<T>(mb->norm, W, G->fifo, ldw, mb->Bm, X, mb->r, mb->out, G->in, g->st);
 }
 
 // ---------------- AdaLoRA's orthogonal regulariser ----------------
@@ -659,8 +726,11 @@ static void orth_backward(GpuModel *g) {
 static const int *positions(const GpuModel *g) { return g->packed ? g->pos_d : nullptr; }
 
 static AttnDims attn_dims(GpuModel *g) {
-    return AttnDims{g->B, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->KVW, g->cfg.sliding_window, 1.0f / sqrtf((float)g->HD), g->ld_dqkv,
-                    positions(g)};
+    AttnDims d{g->B, g->T, g->NH, g->NKV, g->HD, g->S, g->QW, g->KVW, g->cfg.sliding_window, 1.0f / sqrtf((float)g->HD), g->ld_dqkv,
+               positions(g)};
+    d.bidir = g->enc;  // encoders: every key of the row that its attention mask keeps
+    d.kmask = g->enc ? g->mask_d : nullptr;
+    return d;
 }
 
 // ---------------- forward ----------------
@@ -670,7 +740,7 @@ template <typename T> static void act_fwd(GpuModel *g, T *act, const T *fc) {
 }
 
 // again: the backward's re-run of --recompute layer, which leaves out the down projection's output (the
-// next block's input, kept from the forward; a DoRA member needs it for its e) and computes only its h.
+// next block's input, kept from the forward) and computes only its h.
 template <typename T> static void layer_fwd(GpuModel *g, int l, bool again) {
     Layer *Ly = &g->L[l];
     int N = g->N, C = g->C;
@@ -691,7 +761,7 @@ template <typename T> static void layer_fwd(GpuModel *g, int l, bool again) {
     mark(g, P_ACT);
     T *act = (T *)(Ly->act ? Ly->act : g->act);
     act_fwd<T>(g, act, fc);
-    if (again && !Ly->down.dora) {
+    if (again) {
         if (Ly->down.n_ad) group_h<T>(g, &Ly->down, act, N);
     } else
         group_fwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, N);
@@ -708,6 +778,20 @@ static int check_positions(const int32_t *pos, int B, int Tn) {
                                  t, p, t ? pos[(long)b * Tn + t - 1] : -1);
         }
     return 0;
+}
+
+// Before a forward: the adapters' effective Bs (AdaLoRA, VeRA) and DoRA's weight norms from this step's masters.
+template <typename T> static void adapters_prepare(GpuModel *g) {
+    mark(g, P_LORA_F);
+    for (int l = 0; l < g->cfg.n_layer; l++) {
+        Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down};
+        for (Group *G : gs)
+            for (int i = 0; i < G->n_ad; i++) {
+                AdMember *mb = &G->ad[i];
+                if (mb->Beff) k_build_beff<T>((T *)mb->Beff, mb->Bm, mb->r, mb->rowv, mb->colv, mb->scaling, mb->out, mb->r, g->st);
+                if (mb->kind == AD_DORA) dora_norm<T>(g, G, mb);
+            }
+    }
 }
 
 // Everything up to the loss; with labels also the classifier's backward (d final-norm output
@@ -739,20 +823,13 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
     g->drop_fwd_seed = g->drop_seed;
     g->orth_ready = false;
     memcpy(g->ids_host, ids, sizeof(int) * N);
-    mark(g, P_LORA_F);
-    for (int l = 0; l < c->n_layer; l++) {
-        Group *gs[4] = {&g->L[l].qkv, &g->L[l].o, &g->L[l].up, &g->L[l].down};
-        for (Group *G : gs)
-            for (int i = 0; i < G->n_ad; i++) {
-                AdMember *mb = &G->ad[i];
-                if (mb->Beff) k_build_beff<T>((T *)mb->Beff, mb->Bm, mb->r, mb->rowv, mb->colv, mb->scaling, mb->out, mb->r, g->st);
-                if (mb->kind == AD_DORA) dora_norm<T>(g, G, mb);
-            }
-    }
+    adapters_prepare<T>(g);
     mark(g, P_EMBED);
     CU(cudaMemcpyAsync(g->ids_d, g->ids_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
     if (g->packed) CU(cudaMemcpyAsync(g->pos_d, g->pos_host, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    gpu_embed_rows<T>(g);  // trainable tokens: their rows over the embedding's and the head's
     k_embed_fwd<T>((T *)g->res[0], g->ids_d, (T *)g->wte, (T *)g->wpe, positions(g), N, Tn, C, g->st);
+    gpu_embed_fwd<T>(g, (T *)g->res[0], N);  // LoRA on the embedding
     for (int l = 0; l < c->n_layer; l++) layer_fwd<T>(g, l, false);
     mark(g, P_NORM);
     k_norm_fwd<T>((T *)g->nf, g->gpt2 ? g->meanf : nullptr, g->rstdf, (T *)g->res[c->n_layer], (T *)g->nfw, (T *)g->nfb, N, C, c->norm_eps,
@@ -781,6 +858,7 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
         int LV = g->ldV;
         gemm(g->gc, false, true, rows, LV, C, 1.0f, nf + (size_t)r0 * C, C, TT, g->head, C, TT, 0.0f, nullptr, lg, LV, TT, nullptr);
         k_cross_entropy<T>(lg, LV, g->tgt_d + r0, g->loss_rows + r0, rows, V, inv, true, g->st);
+        gpu_embed_head_bwd<T>(g, lg, LV, nf + (size_t)r0 * C, rows, r0 == 0);  // the head's trained rows
         gemm(g->gc, false, false, rows, C, LV, 1.0f, lg, LV, TT, g->head, C, TT, 0.0f, nullptr, dnf + (size_t)r0 * C, C, TT, nullptr);
         if (g->head_g && g->direct_head)
             gemm(g->gc, true, false, LV, C, rows, 1.0f, lg, LV, TT, nf + (size_t)r0 * C, C, TT, 1.0f, g->head_g, g->head_g, C, G_F32, nullptr);
@@ -799,7 +877,7 @@ template <typename T> static int forward_impl(GpuModel *g, const int32_t *ids, c
 static double loss_from_host(GpuModel *g) {
     double s = 0;
     for (int i = 0; i < g->N; i++) s += g->loss_host[i];
-    g->last_lm = g->count ? s / g->count : 0.0;
+    g->last_lm = g->enc ? g->enc_loss : g->count ? s / g->count : 0.0;
     g->last_reg = 0;
     if (g->orth_ready) {
         double sum = 0;
@@ -809,7 +887,143 @@ static double loss_from_host(GpuModel *g) {
     return g->last_lm + g->last_reg;
 }
 
+// ---------------- encoders (BERT, RoBERTa): forward and backward ----------------
+// encoder.c's model on the device: LN(embeddings), post-LayerNorm blocks (r1 = o(attn(x)) + x, n1 = LN1(r1),
+// r2 = down(gelu(up(n1))) + n1, out = LN2(r2)) with bidirectional attention over the mask, and the head on
+// each sequence's first token. Kept per layer: the block input (res[l]), q|k|v, the attention output and its
+// lse, r1 (res_mid), the MLP's pre-activation (and activation when its backward needs it), r2 and the two
+// LayerNorms' statistics; n1 is recomputed from r1. The loss is the host's, on the [B, num_labels] logits.
+template <typename T> static float host_float(T x) {
+    if constexpr (sizeof(T) == 2) return __bfloat162float(x);
+    else return x;
+}
+
+template <typename T> static void enc_layer_fwd(GpuModel *g, int l) {
+    Layer *Ly = &g->L[l];
+    int N = g->N, C = g->C;
+    float eps = g->cfg.norm_eps;
+    T *x = (T *)g->res[l], *n1 = (T *)g->nbuf, *act = (T *)(Ly->act ? Ly->act : g->act);
+    group_fwd<T>(g, &Ly->qkv, x, (T *)Ly->qkv_out, nullptr, N);
+    attn_forward<T>((T *)Ly->attn_y, Ly->lse, (T *)Ly->qkv_out, attn_dims(g), g->st);
+    group_fwd<T>(g, &Ly->o, (T *)Ly->attn_y, (T *)Ly->res_mid, x, N);
+    k_norm_fwd<T>(n1, Ly->mean1, Ly->rstd1, (T *)Ly->res_mid, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, true, false, g->st);
+    group_fwd<T>(g, &Ly->up, n1, (T *)Ly->fc, nullptr, N);
+    if (g->cfg.gelu_exact) k_gelu_erf_fwd<T>(act, (T *)Ly->fc, (long)N * g->actw, g->st);
+    else k_gelu_fwd<T>(act, (T *)Ly->fc, (long)N * g->actw, g->st);
+    group_fwd<T>(g, &Ly->down, act, (T *)Ly->r2, n1, N);
+    k_norm_fwd<T>((T *)g->res[l + 1], Ly->mean2, Ly->rstd2, (T *)Ly->r2, (T *)Ly->n2w, (T *)Ly->n2b, N, C, eps, true, false, g->st);
+}
+
+// The batch (checked as model_classify checks it) to the logits (fp32 [B, num_labels] into logits when not
+// NULL); with targets, the loss (enc_loss) and d loss / d logits on the device for enc_backward.
+template <typename T> static int enc_forward(GpuModel *g, const ClassifyBatch *bt, float *logits) {
+    const ModelConfig *c = &g->cfg;
+    int B = bt->B, Tn = bt->T;
+    if (B <= 0 || Tn <= 0) return peft_fail("batch shape must be positive (B=%d, T=%d)", B, Tn);
+    int N = B * Tn, C = g->C, NL = g->NL;
+    std::vector<int32_t> pos(N), mask(N), types(N);
+    if (encoder_check_batch(g->m, bt, pos.data())) return -1;
+    for (int i = 0; i < N; i++) {
+        mask[i] = bt->mask ? bt->mask[i] : 1;
+        types[i] = bt->types ? bt->types[i] : 0;
+    }
+    if (ensure_acts(g, B, Tn)) return -1;
+    if (attn_check(attn_dims(g))) return -1;
+    g->grad_ready = g->logits_ready = false;
+    g->packed = false;
+    g->drop_fwd = g->drop_on && g->drop_p > 0;  // backward regenerates this forward's masks
+    g->drop_fwd_seed = g->drop_seed;
+    g->orth_ready = false;
+    adapters_prepare<T>(g);
+    // (pageable sources: each copy has read its source when it returns)
+    CU(cudaMemcpyAsync(g->ids_d, bt->ids, sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    CU(cudaMemcpyAsync(g->pos_d, pos.data(), sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    CU(cudaMemcpyAsync(g->mask_d, mask.data(), sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    CU(cudaMemcpyAsync(g->types_d, types.data(), sizeof(int) * N, cudaMemcpyHostToDevice, g->st));
+    k_enc_embed<T>((T *)g->x0, g->ids_d, g->types_d, g->pos_d, (const T *)g->wte, (const T *)g->wtt, (const T *)g->wpe, N, C, g->st);
+    k_norm_fwd<T>((T *)g->res[0], g->meanf, g->rstdf, (T *)g->x0, (T *)g->embw, (T *)g->embb, N, C, c->norm_eps, true, false, g->st);
+    for (int l = 0; l < c->n_layer; l++) enc_layer_fwd<T>(g, l);
+    T *hin = (T *)g->hbuf, *hpre = hin + (size_t)B * C, *hact = hpre + (size_t)B * C;
+    size_t row = (size_t)C * g->es;
+    CU(cudaMemcpy2DAsync(hin, row, g->res[c->n_layer], (size_t)Tn * row, row, B, cudaMemcpyDeviceToDevice, g->st));
+    group_fwd<T>(g, &g->hd, hin, hpre, nullptr, B);
+    k_tanh_fwd<T>(hact, hpre, (long)B * C, g->st);
+    group_fwd<T>(g, &g->ho, hact, (T *)g->logits_t, nullptr, B);
+    std::vector<T> lt((size_t)B * NL);
+    std::vector<float> lf((size_t)B * NL), dl((size_t)B * NL);
+    CU(cudaMemcpyAsync(lt.data(), g->logits_t, sizeof(T) * B * NL, cudaMemcpyDeviceToHost, g->st));
+    if (bt->targets && g->n_orth) orth_forward(g);
+    if (!CU(cudaStreamSynchronize(g->st))) return gpu_report_failure();
+    for (size_t i = 0; i < lf.size(); i++) lf[i] = host_float<T>(lt[i]);
+    if (logits) memcpy(logits, lf.data(), sizeof(float) * lf.size());
+    if (!bt->targets) return gpu_failed() ? gpu_report_failure() : 0;
+    g->enc_loss = encoder_head_loss(lf.data(), dl.data(), bt->targets, model_problem_type(c, bt->int_targets), B, NL);
+    CU(cudaMemcpyAsync(g->dl_stage, dl.data(), sizeof(float) * B * NL, cudaMemcpyHostToDevice, g->st));
+    k_convert_f32<T>((T *)g->dlogits_t, g->dl_stage, (long)B * NL, g->st);
+    CU(cudaStreamSynchronize(g->st));  // (dl is freed on return)
+    if (gpu_failed()) return gpu_report_failure();
+    g->grad_ready = true;
+    return 0;
+}
+
+// dout: d loss / d (the block's output) in, d loss / d (its input) out. dres (fp32, and dres_t in bf16) holds
+// each LayerNorm's input gradient, d_n the branch's input gradient, which k_enc_sum adds to the skip.
+template <typename T> static void enc_layer_bwd(GpuModel *g, int l, T *dout) {
+    Layer *Ly = &g->L[l];
+    int N = g->N, C = g->C;
+    long NC = (long)N * C;
+    float eps = g->cfg.norm_eps;
+    T *x = (T *)g->res[l], *n1 = (T *)g->nbuf, *dn = (T *)g->d_n, *act = (T *)(Ly->act ? Ly->act : g->act);
+    T *dres_T = g->is_bf16 ? (T *)g->dres_t : (T *)g->dres, *dres_copy = g->is_bf16 ? (T *)g->dres_t : nullptr;
+    // (group_bwd's y and resid are DoRA's, which an encoder refuses: nullptr.)
+    // out = LN2(r2), r2 = down(gelu(up(n1))) + n1
+    CU(cudaMemsetAsync(g->dres, 0, sizeof(float) * NC, g->st));
+    k_norm_bwd<T>(g->dres, dres_copy, Ly->n2wg, Ly->n2bg, dout, (T *)Ly->r2, (T *)Ly->n2w, Ly->mean2, Ly->rstd2, N, C, true, g->st, C);
+    group_bwd<T>(g, &Ly->down, act, nullptr, nullptr, false, dres_T, C, (T *)g->d_act, N);
+    if (g->cfg.gelu_exact) k_gelu_erf_bwd<T>((T *)g->d_fc, (T *)Ly->fc, (T *)g->d_act, (long)N * g->actw, g->st);
+    else k_gelu_bwd<T>((T *)g->d_fc, (T *)Ly->fc, (T *)g->d_act, (long)N * g->actw, g->st);
+    if (Ly->up.wg || Ly->up.n_ad) k_norm_fwd<T>(n1, Ly->mean1, Ly->rstd1, (T *)Ly->res_mid, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, true, true, g->st);
+    group_bwd<T>(g, &Ly->up, n1, nullptr, nullptr, false, (T *)g->d_fc, g->ld_dfc, dn, N);
+    k_enc_sum<T>(dout, g->dres, dn, NC, g->st);  // d n1
+    // n1 = LN1(r1), r1 = o(attn(x)) + x
+    CU(cudaMemsetAsync(g->dres, 0, sizeof(float) * NC, g->st));
+    k_norm_bwd<T>(g->dres, dres_copy, Ly->n1wg, Ly->n1bg, dout, (T *)Ly->res_mid, (T *)Ly->n1w, Ly->mean1, Ly->rstd1, N, C, true, g->st, C);
+    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, nullptr, nullptr, false, dres_T, C, (T *)g->d_attn, N);
+    attn_backward<T>((T *)g->dqkv, g->dq_acc, g->dkv_acc, g->Dbuf, (T *)g->d_attn, (T *)Ly->attn_y, (T *)Ly->qkv_out, Ly->lse, nullptr, nullptr,
+                     attn_dims(g), g->st);
+    group_bwd<T>(g, &Ly->qkv, x, nullptr, nullptr, false, (T *)g->dqkv, g->ld_dqkv, dn, N);
+    k_enc_sum<T>(dout, g->dres, dn, NC, g->st);  // d x
+}
+
+template <typename T> static int enc_backward(GpuModel *g) {
+    int B = g->B, N = g->N, C = g->C;
+    size_t BC = (size_t)B * C, row = (size_t)C * g->es;
+    T *hin = (T *)g->hbuf, *hpre = hin + BC, *hact = hpre + BC, *dhact = hact + BC, *dhpre = dhact + BC, *dhin = dhpre + BC;
+    T *dout = (T *)g->nf;  // d loss / d (the current block's output)
+    group_bwd<T>(g, &g->ho, hact, nullptr, nullptr, false, (T *)g->dlogits_t, g->NL, dhact, B);
+    k_tanh_bwd<T>(dhpre, hact, dhact, (long)BC, g->st);
+    group_bwd<T>(g, &g->hd, hin, nullptr, nullptr, false, dhpre, C, dhin, B);
+    CU(cudaMemsetAsync(dout, 0, (size_t)N * row, g->st));
+    CU(cudaMemcpy2DAsync(dout, (size_t)g->T * row, dhin, row, row, B, cudaMemcpyDeviceToDevice, g->st));
+    for (int l = g->cfg.n_layer - 1; l >= 0; l--) enc_layer_bwd<T>(g, l, dout);
+    g->fresh_grads = false;
+    if (g->orth_ready) orth_backward(g);
+    // the embeddings' LayerNorm, then the rows of their three tables
+    CU(cudaMemsetAsync(g->dres, 0, sizeof(float) * (size_t)N * C, g->st));
+    k_norm_bwd<T>(g->dres, nullptr, g->embw_g, g->embb_g, dout, (T *)g->x0, (T *)g->embw, g->meanf, g->rstdf, N, C, true, g->st, C);
+    if (g->wte_g) k_embed_bwd(g->wte_g, nullptr, g->dres, g->ids_d, nullptr, N, g->T, C, g->st);
+    if (g->wpe_g) k_embed_bwd(g->wpe_g, nullptr, g->dres, g->pos_d, nullptr, N, g->T, C, g->st);
+    if (g->wtt_g) k_embed_bwd(g->wtt_g, nullptr, g->dres, g->types_d, nullptr, N, g->T, C, g->st);
+    return gpu_failed() ? gpu_report_failure() : 0;
+}
+
 // ---------------- backward ----------------
+// Llama's MLP with DoRA on gate and up (the members at columns 0 and I): its SwiGLU backward applies DoRA's too.
+static bool dora_swiglu(const GpuModel *g, const Group *G) {
+    return !g->gpt2 && G->dora && G->n_ad == 2 && G->ad[0].kind == AD_DORA && G->ad[1].kind == AD_DORA && G->ad[0].col_off == 0 &&
+           G->ad[0].out == g->I && G->ad[1].col_off == g->I && G->ad[1].out == g->I;
+}
+
 template <typename T> static void layer_bwd(GpuModel *g, int l) {
     Layer *Ly = &g->L[l];
     int N = g->N, C = g->C;
@@ -828,23 +1042,28 @@ template <typename T> static void layer_bwd(GpuModel *g, int l) {
     T *act = (T *)(Ly->act ? Ly->act : g->act);
     if (!Ly->act && (Ly->down.wg || Ly->down.n_ad)) act_fwd<T>(g, act, fc);
     int ld_dres = g->is_bf16 ? g->ld_dres : C;
-    group_bwd<T>(g, &Ly->down, act, dres_T, ld_dres, (T *)g->d_act, N);
+    group_bwd<T>(g, &Ly->down, act, (T *)g->res[l + 1], (T *)Ly->res_mid, false, dres_T, ld_dres, (T *)g->d_act, N);
     mark(g, P_ACT);
+    bool fused = dora_swiglu(g, &Ly->up);
+    const AdMember *gm = &Ly->up.ad[0], *um = &Ly->up.ad[1];
     if (g->gpt2) k_gelu_bwd<T>((T *)g->d_fc, fc, (T *)g->d_act, (long)N * g->actw, g->st);
+    else if (fused)
+        k_dora_swiglu_bwd<T>(gm->mag_g, um->mag_g, (T *)g->d_fc, g->ld_dfc, fc, (T *)g->d_act, (const T *)Ly->up.b, gm->norm, gm->mag, um->norm,
+                             um->mag, N, g->I, g->st);
     else k_swiglu_bwd<T>((T *)g->d_fc, fc, (T *)g->d_act, N, g->I, g->st, g->ld_dfc);
-    group_bwd<T>(g, &Ly->up, nb, (T *)g->d_fc, g->ld_dfc, (T *)g->d_n, N);
+    group_bwd<T>(g, &Ly->up, nb, fused ? nullptr : fc, nullptr, false, (T *)g->d_fc, g->ld_dfc, (T *)g->d_n, N);
     mark(g, P_NORM_B);
     k_norm_bwd<T>(g->dres, dres_copy, Ly->n2wg, Ly->n2bg, (T *)g->d_n, (T *)Ly->res_mid, (T *)Ly->n2w, Ly->mean2, Ly->rstd2, N, C,
                   g->gpt2, g->st, ld_dres);
     // attention
-    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, dres_T, ld_dres, (T *)g->d_attn, N);
+    group_bwd<T>(g, &Ly->o, (T *)Ly->attn_y, (T *)Ly->res_mid, x, false, dres_T, ld_dres, (T *)g->d_attn, N);
     mark(g, P_ATTN_B);
     attn_backward<T>((T *)g->dqkv, g->dq_acc, g->dkv_acc, g->Dbuf, (T *)g->d_attn, (T *)Ly->attn_y, (T *)Ly->qkv_out, Ly->lse, g->cos_t,
                      g->sin_t, attn_dims(g), g->st);
     mark(g, P_NORM);
     if (Ly->qkv.wg || Ly->qkv.n_ad)
         k_norm_fwd<T>(nb, Ly->mean1, Ly->rstd1, x, (T *)Ly->n1w, (T *)Ly->n1b, N, C, eps, g->gpt2, true, g->st);
-    group_bwd<T>(g, &Ly->qkv, nb, (T *)g->dqkv, g->ld_dqkv, (T *)g->d_n, N);
+    group_bwd<T>(g, &Ly->qkv, nb, (T *)Ly->qkv_out, nullptr, !g->gpt2, (T *)g->dqkv, g->ld_dqkv, (T *)g->d_n, N);
     mark(g, P_NORM_B);
     k_norm_bwd<T>(g->dres, dres_copy, Ly->n1wg, Ly->n1bg, (T *)g->d_n, x, (T *)Ly->n1w, Ly->mean1, Ly->rstd1, N, C, g->gpt2, g->st, ld_dres);
 }
@@ -852,6 +1071,7 @@ template <typename T> static void layer_bwd(GpuModel *g, int l) {
 template <typename T> static int backward_impl(GpuModel *g) {
     if (!g->grad_ready) return peft_fail("CUDA backend: backward needs a forward with labels first");
     g->grad_ready = false;
+    if (g->enc) return enc_backward<T>(g);
     int N = g->N, C = g->C, Ln = g->cfg.n_layer;
     mark(g, P_OTHER);
     CU(cudaMemsetAsync(g->dres, 0, sizeof(float) * (size_t)N * C, g->st));
@@ -867,6 +1087,7 @@ template <typename T> static int backward_impl(GpuModel *g) {
     if (g->orth_ready) orth_backward(g);
     mark(g, P_EMBED);
     if (g->wte_g || g->wpe_g) k_embed_bwd(g->wte_g, g->wpe_g, g->dres, g->ids_d, positions(g), N, g->T, C, g->st);
+    if (gpu_embed_bwd(g, N)) return -1;
     return gpu_failed() ? gpu_report_failure() : 0;
 }
 
@@ -953,6 +1174,63 @@ static int group_rank(GpuModel *g, Linear **lins, int n) {
     return g->fuse_dx ? round8(R) : 0;
 }
 
+// ---- encoders: what the device does not run, and their placement ----
+static int enc_refusal(const Model *m, const GpuOptions *opt, const AdapterSet *set) {
+    const char *what = opt && opt->base_only ? "cached inference (generation: a decoder's)"
+                     : opt && opt->recompute ? "--recompute"
+                     : opt && opt->random_init_seed ? "random weights drawn on the device (benchmarks)"
+                     : m->quant != QUANT_NONE ? "a quantized base"
+                     : set && set_kind(set) == AD_DORA ? "DoRA"
+                     : !m->head_dense || !m->head_out ? "a model without the classification head" : nullptr;
+    for (int i = 0; !what && set && i < set->n; i++)
+        if (set->adapters[i].lin == m->head_dense || set->adapters[i].lin == m->head_out) what = "an adapter on the classification head";
+    if (!what) return 0;
+    return peft_fail("CUDA backend: %s is an encoder (BERT, RoBERTa): %s is not implemented for encoders on the GPU (--device cpu runs it)",
+                     m->cfg.model_type, what);
+}
+
+// The embeddings' tables and LayerNorm, each block's linears (q, k, v adjacent: one group), biases and
+// LayerNorms, and the head's two linears.
+static void enc_plan(GpuModel *g) {
+    Model *m = g->m;
+    plan(g, m->wtt, false);
+    plan(g, m->emb_norm_w, false);
+    plan(g, m->emb_norm_b, false);
+    for (int l = 0; l < g->cfg.n_layer; l++) {
+        Block *b = &m->blocks[l];
+        Linear *qkv[3] = {b->q, b->k, b->v};
+        bool wr = group_trains(g, qkv, 3, false), br = group_trains(g, qkv, 3, true);
+        plan_linear(g, b->q, false, 0, wr); plan_linear(g, b->k, true, 0, wr); plan_linear(g, b->v, true, 0, wr);
+        if (b->q->bias) { plan(g, b->q->bias, false, 0, br); plan(g, b->k->bias, true, 0, br); plan(g, b->v->bias, true, 0, br); }
+        Linear *single[3] = {b->o, b->fc, b->fc_out};
+        for (Linear *lin : single) {
+            plan_linear(g, lin, false);
+            plan(g, lin->bias, false);
+        }
+        plan(g, b->norm1_w, false); plan(g, b->norm1_b, false);
+        plan(g, b->norm2_w, false); plan(g, b->norm2_b, false);
+    }
+    Linear *head[2] = {m->head_dense, m->head_out};
+    for (Linear *lin : head) {
+        plan_linear(g, lin, false);
+        plan(g, lin->bias, false);
+    }
+}
+
+// A LayerNorm's bias trained without its weight (bias "all" or "lora_only"): k_norm_bwd computes the bias
+// gradient only beside the weight's (train.c refuses it for decoders), so it is refused by name.
+static const Param *enc_norm_bias_alone(const GpuModel *g) {
+    const Model *m = g->m;
+    std::vector<std::pair<const Param *, const Param *>> norms = {{m->emb_norm_w, m->emb_norm_b}};
+    for (int l = 0; l < g->cfg.n_layer; l++) {
+        norms.push_back({m->blocks[l].norm1_w, m->blocks[l].norm1_b});
+        norms.push_back({m->blocks[l].norm2_w, m->blocks[l].norm2_b});
+    }
+    for (auto &n : norms)
+        if (trained(g, n.second) && !trained(g, n.first)) return n.second;
+    return nullptr;
+}
+
 extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     gpu_clear_failure();
     char why[256];
@@ -968,16 +1246,8 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                 peft_fail("CUDA backend: the adapter is merged into the weights; unmerge it first");
                 return nullptr;
             }
-        // adapter_embed.c: the embedding lookup and the head's trained rows are CPU hooks only.
-        if (adapter_embed_what(set)) {
-            peft_fail("CUDA backend: %s is not implemented on the GPU yet: use --device cpu", adapter_embed_what(set));
-            return nullptr;
-        }
     }
-    if (c->arch == ARCH_BERT) {  // its embeddings, post-LayerNorm blocks and head are the CPU's (encoder.c) only
-        peft_fail("CUDA backend: %s is an encoder (BERT, RoBERTa): not implemented on the GPU yet (--device cpu runs it)", c->model_type);
-        return nullptr;
-    }
+    if (c->arch == ARCH_BERT && enc_refusal(m, opt_in, set)) return nullptr;
     if (c->n_head % c->n_kv_head) {
         peft_fail("CUDA backend: n_head %d is not a multiple of n_kv_head %d", c->n_head, c->n_kv_head);
         return nullptr;
@@ -1003,6 +1273,8 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     }
     g->is_bf16 = g->opt.precision == GPU_BF16;
     g->gpt2 = c->arch == ARCH_GPT2;
+    g->enc = c->arch == ARCH_BERT;
+    g->NL = c->num_labels;
     g->es = g->is_bf16 ? 2 : 4;
     g->C = c->n_embd;
     g->NH = c->n_head;
@@ -1013,12 +1285,12 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     g->S = g->QW + 2 * g->KVW;
     g->I = c->n_inner;
     g->V = c->vocab_size;
-    g->upw = g->gpt2 ? c->n_inner : 2 * c->n_inner;
+    g->upw = g->gpt2 || g->enc ? c->n_inner : 2 * c->n_inner;  // Llama's gate | up
     g->actw = c->n_inner;
     g->ldV = (g->V + 63) / 64 * 64;
     g->drop_p = set ? set->cfg.dropout : 0.0f;
     // The fused input gradient assumes the adapters' input is x itself: not with dropout.
-    g->fuse_dx = g->is_bf16 && !g->gpt2 && set && !(g->drop_p > 0) && !getenv("PEFT_GPU_NO_FUSED_DX");
+    g->fuse_dx = g->is_bf16 && !g->gpt2 && !g->enc && set && !(g->drop_p > 0) && !getenv("PEFT_GPU_NO_FUSED_DX");
     if (!CU(cudaStreamCreate(&g->st)) || !(g->gc = gemm_ctx_new(g->st)) ||
         !(g->partials = (float *)gpu_malloc(sizeof(float) * N_PARTIALS, "scratch"))) {
         gpu_report_failure();
@@ -1033,7 +1305,14 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
     size_t head_pad = (size_t)(g->ldV - g->V) * g->C;
     plan(g, m->wte, false, m->lm_head == m->wte ? head_pad : 0);
     plan(g, m->wpe, false);
-    for (int l = 0; l < c->n_layer; l++) {
+    if (g->enc) enc_plan(g);
+    if (g->enc && enc_norm_bias_alone(g)) {
+        peft_fail("CUDA backend: %s trains without its LayerNorm's weight: not on the GPU yet (the bias gradient is computed only beside "
+                  "the weight's): --device cpu runs it", enc_norm_bias_alone(g)->name);
+        gpu_model_free(g);
+        return nullptr;
+    }
+    for (int l = 0; l < c->n_layer && !g->enc; l++) {
         Block *b = &m->blocks[l];
         plan(g, b->norm1_w, false);
         plan(g, b->norm1_b, false);
@@ -1089,6 +1368,7 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
             }
         }
     }
+    if (set) embed_plan(g, set);
     // Every trainable tensor must have been placed.
     Param **tp;
     int nt = model_trainable(m, &tp);
@@ -1157,7 +1437,15 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
         Ly->n1b = wptr(g, b->norm1_b); Ly->n1bg = gptr(g, b->norm1_b);
         Ly->n2w = wptr(g, b->norm2_w); Ly->n2wg = gptr(g, b->norm2_w);
         Ly->n2b = wptr(g, b->norm2_b); Ly->n2bg = gptr(g, b->norm2_b);
-        if (g->gpt2) {
+        if (g->enc) {
+            Linear *qkv[3] = {b->q, b->k, b->v};
+            rc = bind_group(g, &Ly->qkv, qkv, 3) || bind_group(g, &Ly->o, &b->o, 1) || bind_group(g, &Ly->up, &b->fc, 1) ||
+                 bind_group(g, &Ly->down, &b->fc_out, 1);
+            // The key bias's gradient is exactly zero (softmax ignores a shift shared by a row's scores), as GPT-2's:
+            // kept zero, where its rounding (~1e-9) would become a whole +-lr in AdamW's first steps.
+            Ly->qkv.zero_bg_off = g->QW;
+            Ly->qkv.zero_bg_len = Ly->qkv.bg ? g->KVW : 0;
+        } else if (g->gpt2) {
             rc = bind_group(g, &Ly->qkv, &b->qkv, 1) || bind_group(g, &Ly->o, &b->attn_out, 1) || bind_group(g, &Ly->up, &b->fc, 1) ||
                  bind_group(g, &Ly->down, &b->fc_out, 1);
             // GPT-2's key bias gets an exactly-zero gradient (see transformer.c): keep it zero.
@@ -1169,7 +1457,14 @@ extern "C" GpuModel *gpu_model_create(Model *m, const GpuOptions *opt_in) {
                  bind_group(g, &Ly->down, &b->down, 1);
         }
     }
+    if (!rc && g->enc) {
+        g->wtt = wptr(g, m->wtt); g->wtt_g = gptr(g, m->wtt);
+        g->embw = wptr(g, m->emb_norm_w); g->embw_g = gptr(g, m->emb_norm_w);
+        g->embb = wptr(g, m->emb_norm_b); g->embb_g = gptr(g, m->emb_norm_b);
+        rc = bind_group(g, &g->hd, &m->head_dense, 1) || bind_group(g, &g->ho, &m->head_out, 1);
+    }
     if (!rc) rc = gpu_quant_scratch(g);
+    if (!rc && set) rc = embed_bind(g, set);
     g->ld_dqkv = g->S;
     g->ld_dfc = g->upw;
     g->ld_dres = g->C;
@@ -1234,6 +1529,7 @@ extern "C" void gpu_model_free(GpuModel *g) {
     if (g->st) cudaStreamSynchronize(g->st);
     free_acts(g);
     gpu_quant_free(g);
+    gpu_embed_free(g);
     gpu_free(g->head_pending);
     gpu_free(g->frozen);
     gpu_free(g->master);
@@ -1276,6 +1572,7 @@ extern "C" void gpu_model_free(GpuModel *g) {
 // ---------------- API ----------------
 extern "C" double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T) {
     gpu_clear_failure();
+    if (g->enc) return peft_fail("CUDA backend: %s is an encoder: its forward is gpu_classify", g->cfg.model_type), NAN;
     int rc = g->is_bf16 ? forward_impl<bf16>(g, ids, labels, B, T) : forward_impl<float>(g, ids, labels, B, T);
     if (rc) return NAN;
     if (!CU(cudaStreamSynchronize(g->st))) {
@@ -1283,6 +1580,14 @@ extern "C" double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *la
         return NAN;
     }
     return labels ? loss_from_host(g) : 0.0;
+}
+
+extern "C" double gpu_classify(GpuModel *g, const ClassifyBatch *bt, float *logits) {
+    gpu_clear_failure();
+    if (!g->enc) return peft_fail("CUDA backend: %s is not an encoder: sequence classification needs BERT or RoBERTa", g->cfg.model_type), NAN;
+    int rc = g->is_bf16 ? enc_forward<bf16>(g, bt, logits) : enc_forward<float>(g, bt, logits);
+    if (rc) return NAN;
+    return bt->targets ? loss_from_host(g) : 0.0;
 }
 
 extern "C" int gpu_get_logits(GpuModel *g, float *out) {
@@ -1355,6 +1660,8 @@ extern "C" int gpu_adamw_step(GpuModel *g, float lr, float beta1, float beta2, f
 extern "C" double gpu_train_step(GpuModel *g, const int32_t *ids, const int32_t *labels, int B, int T, float lr, float beta1, float beta2,
                                  float eps, float weight_decay, double max_norm) {
     gpu_clear_failure();
+    if (g->enc)  // (the trainer's step runs encoders through gpu_classify, gpu_backward and gpu_adamw_step)
+        return peft_fail("CUDA backend: gpu_train_step takes a decoder's batch; %s is an encoder", g->cfg.model_type), NAN;
     for (int l = 0; l < g->cfg.n_layer; l++) {
         const Layer *L = &g->L[l];
         if (L->qkv.dora || L->o.dora || L->up.dora || L->down.dora)  // in bf16 its weights came 3e-3 from the separate calls'; not found why yet
@@ -1508,6 +1815,15 @@ extern "C" int gpu_adalora_update_scores(GpuModel *g, float beta1, float beta2) 
     return gpu_report_failure();
 }
 
+// Field by field: memcmp would also compare AdaTriplet's tail padding, whose bytes are indeterminate.
+static bool same_triplets(const std::vector<AdaTriplet> &x, const std::vector<AdaTriplet> &y) {
+    if (x.size() != y.size()) return false;
+    for (size_t i = 0; i < x.size(); i++)
+        if (x[i].a != y[i].a || x[i].e != y[i].e || x[i].b != y[i].b || x[i].in != y[i].in || x[i].out != y[i].out || x[i].r != y[i].r)
+            return false;
+    return true;
+}
+
 // The modules' triplets in the trainables' layout, on the device in ada_trip (uploaded when they
 // changed); returns their count, or -1.
 static int ada_triplets(GpuModel *g, const GpuAdaModule *mods, int n) {
@@ -1519,7 +1835,7 @@ static int ada_triplets(GpuModel *g, const GpuAdaModule *mods, int n) {
             return peft_fail("CUDA backend: AdaLoRA module %d's tensors are not trainable on the device", i);
         for (int j = 0; j < m.r; j++) t.push_back({(long)a->off + (long)j * m.in, (long)e->off + j, (long)b->off + j, m.in, m.out, m.r});
     }
-    if (t.size() == g->ada_host.size() && !memcmp(t.data(), g->ada_host.data(), sizeof(AdaTriplet) * t.size())) return (int)t.size();
+    if (same_triplets(t, g->ada_host)) return (int)t.size();
     if (t.size() > g->ada_cap) {
         gpu_free(g->ada_trip);
         gpu_free(g->ada_score);

@@ -31,11 +31,10 @@ struct AdMember {
     const float *Bm;               // fp32 B: AdaLoRA's master, VeRA's shared projection (ld r)
     const float *rowv, *colv;      // VeRA: lambda_b, lambda_d; AdaLoRA: colv = E
     float *rowv_g, *colv_g;
-    // DoRA (gpu_dora.cu): the magnitude's fp32 master and gradient, A's fp32 master (B's is Bm), the
-    // weight norm of this step's forward [out], and e [N, out] (the layer's, kept for backward).
+    // DoRA (gpu_dora.cu): the magnitude's fp32 master and gradient, A's fp32 master (B's is Bm), and the
+    // weight norm of this step's forward [out] (the backward reads its direction back from the kept output).
     const float *mag, *Am;
     float *mag_g, *norm;
-    void *e;
 };
 // A quantized frozen weight on the device (gpu_quant.cu): its codes as the CPU stores them (4-bit: two a
 // byte, int8: one) and one fp32 scale per block (4-bit: the absmax, the double quantization undone on
@@ -76,6 +75,7 @@ struct Layer {
     Group qkv, o, up, down;
     void *res_mid, *qkv_out, *attn_y, *fc;
     void *act;  // the MLP activation, kept when the down projection's backward needs it (else NULL)
+    void *r2;   // encoders: the sum before the block's second LayerNorm (down(act) + LN1's output) [N, C]
     float *mean1, *rstd1, *mean2, *rstd2, *lse;
 };
 struct Slot {
@@ -84,6 +84,30 @@ struct Slot {
     bool trainable;
     const Param *base;  // ...and the model's Param it stands for (the same values and gradient), else NULL
     bool rider;         // trainable on the device only, as a fused group's frozen member (Group's riders)
+};
+
+// ---- the token embedding's adapters (gpu_embed.cu; adapter_embed.c on the CPU) ----
+// LoRA on the embedding: x += s B A[:, id] from the fp32 masters; trainable tokens: the trained rows are
+// copied over the frozen weight's (the embedding's, a head's: PEFT replaces them) before each forward.
+struct GpuEmbedRows {
+    void *values;      // [n, C] working copy (the activation type)
+    float *values_g;   // its gradient
+    void *weight;      // the frozen weight whose rows it replaces (g->wte or g->head)
+    int *indices;      // device [n]
+    int *row_of;       // device [V]: j with indices[j] == token, or -1 (input rows)
+    float *pending;    // [n, C]: the head's share of the gradient, from the last forward with labels (head rows)
+    int n;
+    bool input, head;
+};
+struct GpuEmbed {
+    const float *A, *B;  // LoRA's fp32 masters, A [r, V], B [C, r]; NULL: none
+    float *Ag, *Bg;
+    int r;
+    float scaling;
+    float *hA, *dh;      // [cap, r] each: A's gathered columns (the forward's, for dB) and d h (for dA)
+    int cap;
+    int n_rows;
+    GpuEmbedRows rows[2];
 };
 
 // Per-phase timing (PEFT_GPU_PROFILE=1 at creation): an event at every phase change of a training
@@ -141,7 +165,7 @@ struct GpuModel {
     size_t ada_cap;
     size_t G_cap;
     std::vector<void *> beffs;        // per-member device buffers (effective Bs, DoRA's norms)
-    float *dora_S;                    // DoRA: s B A of one module [out, in] fp32 (the largest module's size)
+    float *dora_S;                    // DoRA's norm scratch, fp32: A A^T [r, r] (padded to 64) and X [out, r] of one module
     size_t dora_S_cap;
     void *dora_dy;                    // DoRA, fp32: dy g of the o / down groups (their dy is dres itself) [N, C]
     Prof prof;
@@ -167,11 +191,26 @@ struct GpuModel {
     double orth_w, orth_num;           // orth_reg_weight; the number of A and B tensors it averages over
     bool orth_ready;                   // the last forward (with labels) computed the terms
     double last_lm, last_reg;          // the parts of the last loss
+    GpuEmbed *emb;  // gpu_embed.cu: LoRA on the token embedding, trainable tokens (NULL: neither)
     // A quantized base (gpu_quant.cu): every quantized linear's codes and scales, and the dequantization scratch.
     uint8_t *qcodes;
     float *qscales;
     size_t *qoff;  // host [2 * n_linears]: each quantized linear's offsets in qcodes (bytes) and qscales (floats)
     void *deq;
+    // Encoders (BERT, RoBERTa: gpu_model.cu's encoder section). Their layers' groups are q|k|v, o, fc, fc_out;
+    // the head is two groups on each sequence's first token (hd: dense, then tanh; ho: out), and the loss
+    // is the host's (encoder_head_loss on the [B, num_labels] logits, as the CPU).
+    bool enc;
+    void *wtt, *embw, *embb;
+    float *wtt_g, *embw_g, *embb_g;
+    Group hd, ho;
+    void *x0;                          // the embeddings' sum before their LayerNorm [N, C] (its stats: meanf, rstdf)
+    void *hbuf;                        // the head's rows [B, C] x 6: input, dense, tanh, and their gradients
+    void *logits_t, *dlogits_t;        // [B, num_labels]
+    float *dl_stage;                   // fp32 [B, num_labels]: d loss / d logits from the host
+    int *mask_d, *types_d;             // [N]; positions in pos_d
+    int NL;
+    double enc_loss;                   // the last forward's loss (without the regulariser)
 };
 
 // Spare rows/columns of the fused adapter input gradient are rounded up to 8, so the fused GEMM's K
@@ -198,10 +237,26 @@ int gpu_quant_scratch(GpuModel *g);
 template <typename T> void gpu_quant_dequant(GpuModel *g, const Group *G);
 void gpu_quant_free(GpuModel *g);
 
+// ---- the token embedding's adapters (gpu_embed.cu) ----
+// g->emb's device index arrays from the set's view (its tensors' pointers were bound by gpu_model.cu).
+int gpu_embed_upload(GpuModel *g, const EmbedView *v);
+void gpu_embed_free(GpuModel *g);
+// Before a forward: the trained rows over their weights' rows.
+template <typename T> void gpu_embed_rows(GpuModel *g);
+// After the embedding lookup x [N, C] of ids_d: LoRA's share (and A's gathered columns for the backward).
+template <typename T> void gpu_embed_fwd(GpuModel *g, T *x, int N);
+// A classifier chunk (first: the forward's first): the head's trained rows' gradient from d logits [rows, ld] and the
+// final norm's output nf [rows, C], kept pending for the backward (as the head's own: a forward need not be followed by one).
+template <typename T> void gpu_embed_head_bwd(GpuModel *g, const T *dlogits, int ld, const T *nf, int rows, bool first);
+// After the blocks' backward: the head's pending share into the rows' gradient, and the embedding's gradient dres [N, C]
+// (fp32) into LoRA's A, B and the input rows.
+int gpu_embed_bwd(GpuModel *g, int N);
+
 // A block's linears in the GPU model's four groups (those sharing an input, one GEMM each): qkv,
 // attention output, MLP up (Llama: gate and up), MLP down; unused places are NULL.
 static inline void block_groups(const GpuModel *g, const Block *b, Linear *groups[4][3]) {
     Linear *gpt2[4][3] = {{b->qkv}, {b->attn_out}, {b->fc}, {b->fc_out}};
     Linear *llama[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->gate, b->up}, {b->down}};
-    memcpy(groups, g->gpt2 ? gpt2 : llama, sizeof gpt2);
+    Linear *enc[4][3] = {{b->q, b->k, b->v}, {b->o}, {b->fc}, {b->fc_out}};
+    memcpy(groups, g->enc ? enc : g->gpt2 ? gpt2 : llama, sizeof gpt2);
 }

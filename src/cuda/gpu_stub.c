@@ -25,6 +25,11 @@ double gpu_forward(GpuModel *g, const int32_t *ids, const int32_t *labels, int B
     return NAN;
 }
 int gpu_get_logits(GpuModel *g, float *out) { (void)g; (void)out; return peft_fail("CUDA backend: %s", NO_CUDA); }
+double gpu_classify(GpuModel *g, const ClassifyBatch *b, float *logits) {
+    (void)g; (void)b; (void)logits;
+    peft_fail("CUDA backend: %s", NO_CUDA);
+    return NAN;
+}
 int gpu_backward(GpuModel *g) { (void)g; return peft_fail("CUDA backend: %s", NO_CUDA); }
 void gpu_zero_grad(GpuModel *g) { (void)g; }
 double gpu_clip_grad_norm(GpuModel *g, double max_norm) { (void)g; (void)max_norm; return NAN; }
@@ -81,6 +86,15 @@ int gpu_kv_copy(GpuKV *kv, int dst, int src, int len) { (void)kv; (void)dst; (vo
 int gpu_kv_forward(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
                    const int *out_rows, int n_out, float *logits) {
     (void)kv; (void)N; (void)ids; (void)slot; (void)pos; (void)row_sets; (void)out_rows; (void)n_out; (void)logits;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+int gpu_kv_forward_next(GpuKV *kv, int N, const int32_t *ids, const int *slot, const int *pos, AdapterSet *const *row_sets,
+                        const int *out_rows, int n_out, const GpuSampling *s, int32_t *next) {
+    (void)kv; (void)N; (void)ids; (void)slot; (void)pos; (void)row_sets; (void)out_rows; (void)n_out; (void)s; (void)next;
+    return peft_fail("CUDA backend: %s", NO_CUDA);
+}
+int gpu_sample_logits(const float *logits, int n_rows, int V, const int *pos, const GpuSampling *s, int32_t *next) {
+    (void)logits; (void)n_rows; (void)V; (void)pos; (void)s; (void)next;
     return peft_fail("CUDA backend: %s", NO_CUDA);
 }
 int gpu_inference_attach(Model *m, GpuPrecision precision) { (void)m; (void)precision; return peft_fail("CUDA backend: %s", NO_CUDA); }

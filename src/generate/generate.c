@@ -365,10 +365,12 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
             g->beams[0].slot = i * nb;
         }
     }
-    // Plain greedy decoding asks the cache for the chosen tokens only.
-    bool plain_greedy = !beam && gen_is_plain_greedy(p);
-    float *logits = plain_greedy ? NULL : xmalloc(sizeof(float) * (size_t)n * nb * V);
-    int32_t *next = plain_greedy ? xmalloc(sizeof(int32_t) * (size_t)n) : NULL;
+    // Plain greedy decoding asks the cache for the chosen tokens only; so does sampling where the
+    // cache's device draws them (a GPU cache, kv_samples_on_device).
+    bool plain_greedy = !beam && gen_is_plain_greedy(p), dev_sample = !beam && !plain_greedy && kv_samples_on_device(kv, p);
+    bool chosen = plain_greedy || dev_sample;
+    float *logits = chosen ? NULL : xmalloc(sizeof(float) * (size_t)n * nb * V);
+    int32_t *next = chosen ? xmalloc(sizeof(int32_t) * (size_t)n) : NULL;
     // This step's rows and the next step's (beam search makes more rows than it reads).
     KVRow *rows = xmalloc(sizeof(KVRow) * (size_t)n * nb), *rows2 = xmalloc(sizeof(KVRow) * (size_t)n * nb);
     int *row_group = xmalloc(sizeof(int) * (size_t)n * nb), *row_group2 = xmalloc(sizeof(int) * (size_t)n * nb);
@@ -397,7 +399,10 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
         n_ids += gs[i].plen;
     }
     while (n_rows > 0) {
-        if (plain_greedy ? kv_forward_greedy(m, kv, rows, n_rows, ids, next) : kv_forward(m, kv, rows, n_rows, ids, logits, false)) {
+        int frc = plain_greedy ? kv_forward_greedy(m, kv, rows, n_rows, ids, next)
+                  : dev_sample ? kv_forward_sample(m, kv, rows, n_rows, ids, p, next)
+                               : kv_forward(m, kv, rows, n_rows, ids, logits, false);
+        if (frc) {
             rc = -1;
             break;
         }
@@ -413,7 +418,7 @@ int generate(Model *m, const Tokenizer *tok, const int32_t *const *prompts, cons
             Group *g = &gs[gi];
             GenResult *res = &results[gi];
             if (!beam) {
-                int id = plain_greedy ? next[r] : gen_sample(logits + (long)r * V, V, p, g->hist, g->n_hist, &g->rng, work, seen);
+                int id = chosen ? next[r] : gen_sample(logits + (long)r * V, V, p, g->hist, g->n_hist, &g->rng, work, seen);
                 r++;
                 if (is_eos(p, eos, id)) { g->done = true; res->finish = GEN_FINISH_EOS; }
                 else {

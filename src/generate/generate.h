@@ -42,7 +42,8 @@ typedef struct { int slot, n; } KVRow;
 // Not thread-safe per cache; uses OpenMP and OpenBLAS threads inside.
 int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits);
 // kv_forward for greedy decoding: writes each row's next token, the argmax (first maximum) of its
-// last token's logits, to next [n_rows]; the logits stay in the cache's own buffer.
+// last token's logits, to next [n_rows]; the logits stay in the cache's own buffer (on the GPU:
+// on the device, where the argmax runs; only the tokens come back).
 int kv_forward_greedy(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, int32_t *next);
 
 // ---- sampling (sampling.c) ----
@@ -97,6 +98,12 @@ int gen_sample(float *logits, int V, const GenParams *p, const int32_t *history,
 // seen as above).
 void gen_repetition_penalty(float *logits, int V, float penalty, const int32_t *history, int n_history, const int32_t *more, int n_more,
                             uint8_t *seen);
+// Whether kv_forward_sample can draw p's tokens on the cache's device: a GPU cache, no repetition
+// penalty (the device does not keep the history). The draw is gpu.h's GpuSampling: HF's warpers, a
+// counter-based random number of (seed, position) instead of the host's xoshiro stream.
+bool kv_samples_on_device(const KVCache *kv, const GenParams *p);
+// kv_forward choosing each row's next token on the device by p (greedy or sampled), into next [n_rows].
+int kv_forward_sample(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, const GenParams *p, int32_t *next);
 // In-place log-softmax of x [V] (beam search scores).
 void gen_log_softmax(float *x, int V);
 

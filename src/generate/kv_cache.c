@@ -258,7 +258,9 @@ static void llama_block(Model *m, KVCache *kv, int l, int N) {
 
 // The GPU half of kv_forward (rows already checked, positions set). Each token's adapter set:
 // the server's per-row sets, else the model's attached adapter when it is live (not merged).
-static int gpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, int N, const int32_t *ids, float *logits, bool all_logits) {
+// With next: each row's token chosen on the device (sp's sampling; NULL: greedy), no logits.
+static int gpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, int N, const int32_t *ids, float *logits, bool all_logits,
+                            const GenParams *sp, int32_t *next) {
     AdapterSet **sets = m->row_adapters, **all = NULL;
     if (!sets && m->adapters && m->adapters->n && !m->adapters->adapters[0].merged) {
         all = xmalloc(sizeof(AdapterSet *) * N);
@@ -266,11 +268,16 @@ static int gpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
         sets = all;
     }
     int *last = NULL;
-    if (!all_logits) {
+    if (!all_logits && N > n_rows) {  // (one token per row: every row's logits, no gather)
         last = xmalloc(sizeof(int) * n_rows);
         for (int r = 0, end = 0; r < n_rows; r++) last[r] = (end += rows[r].n) - 1;
     }
-    int rc = gpu_kv_forward(kv->gpu, N, ids, kv->tok_slot, kv->tok_pos, sets, last, all_logits ? N : n_rows, logits);
+    int n_out = all_logits ? N : n_rows, rc;
+    if (next) {
+        GpuSampling s = {0};
+        if (sp) s = (GpuSampling){sp->temperature, sp->top_k, sp->top_p, sp->seed};
+        rc = gpu_kv_forward_next(kv->gpu, N, ids, kv->tok_slot, kv->tok_pos, sets, last, n_out, &s, next);
+    } else rc = gpu_kv_forward(kv->gpu, N, ids, kv->tok_slot, kv->tok_pos, sets, last, n_out, logits);
     if (!rc)
         for (int r = 0; r < n_rows; r++) kv->len[rows[r].slot] += rows[r].n;
     free(last);
@@ -327,10 +334,10 @@ static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
     return 0;
 }
 
-// kv_forward, or (next non-NULL) kv_forward_greedy: the logits go to the cache's own buffer and
-// each row's argmax to next.
+// kv_forward, or (next non-NULL) kv_forward_greedy / kv_forward_sample: each row's argmax (sp NULL)
+// or draw to next. On the CPU the logits go to the cache's own buffer; on the GPU they stay there.
 static int cached_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits,
-                          int32_t *next) {
+                          const GenParams *sp, int32_t *next) {
     const ModelConfig *c = &m->cfg;
     int V = c->vocab_size;
     if (n_rows <= 0) return peft_fail("kv_forward: no rows");
@@ -358,6 +365,7 @@ static int cached_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, 
             kv->tok_slot[i] = rows[r].slot;
             kv->tok_pos[i] = kv->len[rows[r].slot] + j;
         }
+    if (next && kv->gpu) return gpu_rows_forward(m, kv, rows, n_rows, N, ids, NULL, false, sp, next);
     if (next) {
         if (n_rows > kv->greedy_rows) {
             free(kv->greedy_logits);
@@ -367,7 +375,8 @@ static int cached_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, 
         logits = kv->greedy_logits;
         all_logits = false;
     }
-    int rc = kv->gpu ? gpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits) : cpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits);
+    int rc = kv->gpu ? gpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits, NULL, NULL)
+                     : cpu_rows_forward(m, kv, rows, n_rows, N, ids, logits, all_logits);
     if (!rc && next)
 #pragma omp parallel for if (n_rows > 4)
         for (int r = 0; r < n_rows; r++) next[r] = gen_argmax(logits + (long)r * V, V);
@@ -375,9 +384,16 @@ static int cached_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, 
 }
 
 int kv_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, float *logits, bool all_logits) {
-    return cached_forward(m, kv, rows, n_rows, ids, logits, all_logits, NULL);
+    return cached_forward(m, kv, rows, n_rows, ids, logits, all_logits, NULL, NULL);
 }
 
 int kv_forward_greedy(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, int32_t *next) {
-    return cached_forward(m, kv, rows, n_rows, ids, NULL, false, next);
+    return cached_forward(m, kv, rows, n_rows, ids, NULL, false, NULL, next);
+}
+
+bool kv_samples_on_device(const KVCache *kv, const GenParams *p) { return kv->gpu && p->repetition_penalty == 1.0f; }
+
+int kv_forward_sample(Model *m, KVCache *kv, const KVRow *rows, int n_rows, const int32_t *ids, const GenParams *p, int32_t *next) {
+    if (!kv_samples_on_device(kv, p)) return peft_fail("kv_forward_sample: sampling on the device needs a GPU cache and no repetition penalty");
+    return cached_forward(m, kv, rows, n_rows, ids, NULL, false, p, next);
 }

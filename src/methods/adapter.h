@@ -238,6 +238,22 @@ void adapter_embed_describe_set(const AdapterSet *set, char *buf, size_t cap);
 bool adapter_embed_merge_changes_head(const AdapterSet *set);
 // What the set's embedding adapters are, for messages (NULL: none): backends and formats without them refuse by it.
 const char *adapter_embed_what(const AdapterSet *set);
+// The set's embedding adapters as tensors, for the CUDA backend (src/cuda/gpu_embed.cu), which computes what
+// adapter_embed_inputs / _logits / _backward_* compute from them. False when the set has none.
+typedef struct {
+    Param *A, *B;  // LoRA: lora_embedding_A [r, vocab], lora_embedding_B [dim, r]; NULL: no LoRA on the embedding
+    int r;
+    float scaling;
+    bool merged;
+    int n_rows;
+    struct {
+        Param *weight, *values;   // the module's weight; trainable_tokens_delta [n, dim] (the rows' values)
+        const int32_t *indices;   // [n]
+        int n;
+        bool input, head;         // the rows replace embedding rows / the head's weights (a tied embedding: both)
+    } rows[2];
+} EmbedView;
+bool adapter_embed_view(const AdapterSet *set, EmbedView *v);
 
 // Create adapters on every matching linear of m (fresh initial values from seed).
 int adapters_attach(Model *m, const AdapterConfig *c, uint64_t seed);

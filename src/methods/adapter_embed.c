@@ -537,3 +537,25 @@ int adapter_embed_weights(const AdapterSet *set, Param **out) {
         if (n == 0 || out[0] != e->tok[k].weight) out[n++] = e->tok[k].weight;
     return n;
 }
+
+bool adapter_embed_view(const AdapterSet *set, EmbedView *v) {
+    const EmbedAdapters *e = set ? set->embed : NULL;
+    memset(v, 0, sizeof *v);
+    if (!e) return false;
+    v->A = e->A;
+    v->B = e->B;
+    v->r = e->r;
+    v->scaling = e->scaling;
+    v->merged = e->merged;
+    v->n_rows = e->n_tok;
+    for (int k = 0; k < e->n_tok; k++) {
+        const TokenRows *t = &e->tok[k];
+        v->rows[k].weight = t->weight;
+        v->rows[k].values = t->values;
+        v->rows[k].indices = t->indices;
+        v->rows[k].n = t->n;
+        v->rows[k].input = t->input;
+        v->rows[k].head = t->head;
+    }
+    return true;
+}

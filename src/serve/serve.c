@@ -40,8 +40,6 @@ int serve_run(const ServeOptions *o) {
         o->port > 65535 || o->max_body < 64 || o->max_connections < HTTP_THREADS || o->max_connections_per_ip < 0 || o->idle_timeout < 1 || o->prefix_cache < 0)
         return peft_fail("serve: --max-requests, --max-tokens, --max-adapters and --idle-timeout must be >= 1, --max-queue, --timeout, "
                          "--prefix-cache and --max-connections-per-ip >= 0, --max-connections >= %d, --port 0..65535", HTTP_THREADS);
-    if (o->cuda && o->prefix_cache > 0)  // its device path (a slot's prefix copied, then a prefill from there) has not run on a GPU
-        return peft_fail("serve: --prefix-cache on --device cuda is not available yet (it has not been tested on a GPU): use --prefix-cache 0");
     // Every thread started from here on leaves SIGINT / SIGTERM to this one.
     sigset_t sigs;
     sigemptyset(&sigs);

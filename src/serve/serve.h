@@ -138,8 +138,7 @@ typedef struct {
     bool allow_any_adapter_path;  // POST /v1/adapters may name folders outside adapters_dir
     int threads;             // 0 = default
     int context;             // tokens per request (prompt + output); 0 = min(model positions, 2048)
-    int prefix_cache;        // 4: prompts kept for the prefix cache (SchedulerOptions.prefix_slots); 0 with cuda
-                             // (its device path has not run on a GPU yet: refused there)
+    int prefix_cache;        // 4: prompts kept for the prefix cache (SchedulerOptions.prefix_slots)
     size_t max_body;         // 1 MiB
     int max_connections;     // 512 open at once; more are closed as they come (>= HTTP_THREADS)
     int max_connections_per_ip;  // 32 from one client address; 0 = no limit

@@ -1,5 +1,6 @@
 // classify.c: sequence classification data, training, evaluation and prediction (classify.h).
 #include "classify.h"
+#include "cuda/gpu.h"
 #include "data.h"
 #include "json_bytes.h"
 #include "safetensors.h"
@@ -413,7 +414,7 @@ static int next_batch(void *user, int k, MicroBatch *mb) {
 }
 
 static int refuse_options(const TrainConfig *c) {
-    const char *what = c->cuda ? "--device cuda (the encoders run on the CPU)" : c->pack ? "--pack" : c->quantize ? "--quantize"
+    const char *what = c->pack ? "--pack" : c->quantize ? "--quantize"
                      : c->resume ? "--resume" : c->save_every ? "--save-every" : c->val_fraction > 0 ? "--val-fraction"
                      : c->eval_every ? "--eval-every" : NULL;
     return what ? peft_fail("--task classify: %s is not implemented", what) : 0;
@@ -495,6 +496,7 @@ int classify_train(const TrainConfig *cfg, const ClassifyColumns *cols, const Tr
     Tokenizer *tok = m ? tokenizer_load(c.model_dir) : NULL;
     ClassifyData train = {0}, val = {0};
     TrainStep st = {0};
+    GpuModel *g = NULL;  // --device cuda: the step's model (the host's trainables are refreshed from it before evaluating and saving)
     Feeder f = {0};
     FILE *log = NULL;
     char *log_path = NULL, *log_tmp = NULL;
@@ -518,7 +520,14 @@ int classify_train(const TrainConfig *cfg, const ClassifyColumns *cols, const Tr
            model_count_params(m, false));
     f.perm = xmalloc(sizeof(int) * train.n);
     batch_alloc(&f.bt, c.batch, train.max_len);
-    train_step_init(&st, m, NULL, c.beta1, c.beta2, c.eps, c.weight_decay, c.max_grad_norm, c.adalora_allocate);
+    if (c.cuda) {
+        GpuOptions opt = {.precision = c.fp32 ? GPU_FP32 : GPU_BF16, .recompute = c.recompute};
+        if (!(g = gpu_model_create(m, &opt))) { rc = -1; goto out; }
+        char dev[256];
+        gpu_describe(dev, sizeof dev);
+        report(cb, "device: %s (%s)", dev, c.fp32 ? "fp32" : "bf16 compute, fp32 master weights");
+    }
+    train_step_init(&st, m, g, c.beta1, c.beta2, c.eps, c.weight_decay, c.max_grad_norm, c.adalora_allocate);
     log_path = path_join(c.out_dir, "train_log.jsonl");
     log_tmp = xasprintf("%s.partial", log_path);
     if (!(log = fopen(log_tmp, "w"))) { rc = peft_fail("%s: cannot write", log_tmp); goto out; }
@@ -546,6 +555,9 @@ int classify_train(const TrainConfig *cfg, const ClassifyColumns *cols, const Tr
         res->steps_done = step + 1;
         res->last_loss = sr.loss;
     }
+    if (g && (rc = gpu_download_trainables(g, false))) goto out;
+    gpu_model_free(g);
+    g = NULL;
     if (val.n) {
         ClassifyMetrics s;
         if ((rc = evaluate(m, &val, c.batch, &s))) goto out;
@@ -567,6 +579,7 @@ out:
     free(log_path);
     free(log_tmp);
     train_step_free(&st);
+    gpu_model_free(g);
     if (f.perm) { free(f.perm); batch_free(&f.bt); }
     classify_data_free(&train);
     classify_data_free(&val);

@@ -662,10 +662,10 @@ static void gpu_memory(EstMemory *out, const EstModel *em, const bool *adapted, 
                 } else {
                     arena_add(&train, (int64_t)lin->out * r, false);     // B
                     if (method == METHOD_ADALORA) arena_add(&train, r, false);  // E
-                    if (method == METHOD_DORA) {  // the magnitude; its norm, e [N, out] and the s B A scratch
+                    if (method == METHOD_DORA) {  // the magnitude; its norm and the norm's scratch A A^T, X [out, r]
                         arena_add(&train, lin->out, false);
-                        dora_fixed += 4 * lin->out + 2 * N * lin->out;
-                        dora_S = MAX(dora_S, 4 * (int64_t)lin->out * lin->in);
+                        dora_fixed += 4 * lin->out;
+                        dora_S = MAX(dora_S, 4 * (((int64_t)r * r + 63) / 64 * 64 + (int64_t)lin->out * r));
                     }
                 }
                 if (method != METHOD_LORA && method != METHOD_DORA) {
@@ -915,21 +915,14 @@ static int64_t gpu_recompute_delta(const EstModel *em, const bool *adapted, Meth
     if (mode != 2) return 0;
     int64_t per_layer = 2 * N * C + 2 * N * s.S + 2 * N * s.QW + 2 * N * s.upw + 4 * N * (4 + s.NH);
     int64_t delta = -(s.L - 1) * per_layer - (down_kept ? s.L * 2 * N * s.I : 0);
-    for (int g = 0; g < s.per_layer; g++) {  // h and DoRA's e: each place's largest instead of every layer's
-        int64_t R_max = 0, e_max[3] = {0, 0, 0};
+    for (int g = 0; g < s.per_layer; g++) {  // h: each place's largest instead of every layer's
+        int64_t R_max = 0;
         for (int l = 0; l < s.L; l++) {
             int64_t R = gpu_group_rank(em, &s, adapted, method, r, l, g);
             delta -= 2 * N * R;
             R_max = MAX(R_max, R);
-            for (int k = 0, m = 0; method == METHOD_DORA && k < s.per_layer; k++) {
-                int i = l * s.per_layer + k;
-                if (i >= em->n_linears || gpu_group_of(&s, k) != g || !adapted[i]) continue;
-                delta -= 2 * N * em->linears[i].out;
-                e_max[m] = MAX(e_max[m], 2 * N * em->linears[i].out);
-                m++;
-            }
         }
-        delta += 2 * N * R_max + e_max[0] + e_max[1] + e_max[2];
+        delta += 2 * N * R_max;
     }
     return delta;
 }

@@ -198,24 +198,6 @@ static int pack_data(Trainer *t) {
     return 0;
 }
 
-// The CUDA backend computes a LayerNorm's bias gradient only beside its weight's: the name of a norm bias
-// the adapter trains while the norm's weight stays frozen (bias "all" on GPT-2), else NULL.
-static const char *norm_bias_alone(const Model *m) {
-    const AdapterSet *set = m->adapters;
-    int n_norms = 2 * m->cfg.n_layer + 1;
-    for (int i = 0; set && i < n_norms; i++) {
-        const Block *b = i < n_norms - 1 ? &m->blocks[i / 2] : NULL;
-        const Param *w = !b ? m->norm_f_w : i % 2 ? b->norm2_w : b->norm1_w, *bias = !b ? m->norm_f_b : i % 2 ? b->norm2_b : b->norm1_b;
-        bool w_trains = false, b_trains = false;
-        for (int k = 0; bias && k < set->n_base; k++) {
-            w_trains |= set->base_of[k] == w;
-            b_trains |= set->base_of[k] == bias;
-        }
-        if (b_trains && !w_trains) return bias->name;
-    }
-    return NULL;
-}
-
 static int attach_method(Trainer *t) {
     const Method *method = method_get(t->c.method);
     if (!method) return -1;
@@ -243,12 +225,6 @@ static int attach_method(Trainer *t) {
         free(a.targets);
     }
     if (rc) return -1;
-    if (t->c.cuda && adapter_embed_what(t->m->adapters))  // the GPU step keeps its own copy of the base's weights
-        return peft_fail("%s is not on the CUDA backend yet: train it with --device cpu", adapter_embed_what(t->m->adapters));
-    const char *norm_bias = norm_bias_alone(t->m);
-    if (t->c.cuda && norm_bias)
-        return peft_fail("the adapter trains %s without its LayerNorm's weight (bias \"all\" or \"lora_only\"): not on the CUDA backend yet "
-                         "(its gradient is not computed there): train it with --device cpu", norm_bias);
     AdapterConfig *saved = &t->m->adapters->cfg;  // what adapters_save writes
     free(saved->base_model);
     saved->base_model = xstrdup(t->c.model_dir);

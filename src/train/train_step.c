@@ -71,10 +71,9 @@ static const StepBackend CPU = {cpu_zero_grad, cpu_forward, cpu_backward, cpu_sc
 static void gpu_step_zero_grad(TrainStep *s) { gpu_zero_grad(s->g); }
 
 static int gpu_step_forward(TrainStep *s, const MicroBatch *mb, double *loss, double *lm_loss) {
-    if (mb->classify) return peft_fail("sequence classification (BERT, RoBERTa) is not implemented on --device cuda");
     gpu_set_dropout(s->g, true, mb->dropout_seed);
     s->m->positions = mb->positions;
-    *loss = gpu_forward(s->g, mb->ids, mb->labels, mb->B, mb->T);
+    *loss = mb->classify ? gpu_classify(s->g, mb->classify, NULL) : gpu_forward(s->g, mb->ids, mb->labels, mb->B, mb->T);
     s->m->positions = NULL;
     gpu_set_dropout(s->g, false, 0);  // evaluation between steps never drops
     if (isnan(*loss) && peft_last_error()[0]) return -1;

@@ -17,6 +17,7 @@
 #include "byte_tokenizer.h"
 #include "check.h"
 #include "config.h"
+#include "classify.h"
 #include "cuda/gpu.h"
 #include "data.h"
 #include "model.h"
@@ -530,8 +531,8 @@ out:
 // ---------------- the trainer on the GPU (train_run --device cuda) ----------------
 // A tiny GPT-2 (byte tokenizer, 2 layers, C = 32) and E2E-like text rows in a scratch folder.
 // ---------------- packing (Model.positions) ----------------
-// DoRA on the GPU: with lora_dropout, refused by name (the CPU path runs it); cached inference
-// refuses its rows by name (merged, it runs as plain weights).
+// DoRA on the GPU: with lora_dropout or a zero magnitude, refused by name (the CPU path runs it); cached
+// inference refuses its rows by name (merged, it runs as plain weights).
 static void run_dora_refusals(void) {
     Model *m = adapted_model(LLAMA_CFG, "q_proj,v_proj", METHOD_DORA, 0.1f, true);
     GpuOptions opt = {.precision = GPU_FP32};
@@ -542,6 +543,15 @@ static void run_dora_refusals(void) {
     gpu_model_free(g);
     model_free(m);
     report(ok ? "PASS" : "FAIL", "dora refusals (dropout)", detail);
+    // The backward reads a module's direction back from its output y = b + (m / norm) e: a zero magnitude leaves none.
+    m = adapted_model(LLAMA_CFG, "q_proj,v_proj", METHOD_DORA, 0, true);
+    if (m) m->adapters->adapters[1].magnitude->w[3] = 0.0f;
+    g = m ? gpu_model_create(m, &opt) : NULL;
+    ok = m && !g && strstr(peft_last_error(), "magnitude is 0 in row 3");
+    snprintf(detail, sizeof detail, "a zero magnitude: %s", g ? "accepted" : peft_last_error());
+    gpu_model_free(g);
+    model_free(m);
+    report(ok ? "PASS" : "FAIL", "dora refusals (zero magnitude)", detail);
     m = adapted_model(LLAMA_CFG, "q_proj,v_proj", METHOD_DORA, 0, true);
     GpuKV *kv = NULL;
     int rc = m ? gpu_inference_attach(m, GPU_FP32) : -1;
@@ -560,40 +570,6 @@ static void run_dora_refusals(void) {
     if (m) gpu_inference_detach(m);
     model_free(m);
     report(ok ? "PASS" : "FAIL", "dora refusals (per-row inference)", detail);
-}
-
-// LoRA on the token embedding and trainable_token_indices (adapter_embed.c) are CPU-only: the GPU trainer
-// refuses them by name, and their reference cases are skipped by name.
-static void run_embed_refusals(const char *root) {
-    for (int k = 0; k < 2; k++) {
-        Model *m = adapted_model(GPT2_CFG, k ? "c_attn" : "wte,c_attn", METHOD_LORA, 0, false);
-        if (m && k) {  // trained rows of the embedding instead: a fresh set with trainable_token_indices [3, 5]
-            AdapterConfig ac;
-            adapter_config_defaults(&ac, METHOD_LORA);
-            ac.fan_in_fan_out = true;
-            adapter_config_set_targets(&ac, "c_attn");
-            ac.token_targets = xcalloc(1, sizeof(TokenTarget));
-            ac.token_targets[0] = (TokenTarget){NULL, 2, xmalloc(2 * sizeof(int32_t))};
-            ac.token_targets[0].indices[0] = 3;
-            ac.token_targets[0].indices[1] = 5;
-            ac.n_token_targets = 1;
-            adapters_free(m);
-            if (adapters_attach(m, &ac, 7)) { model_free(m); m = NULL; }
-            adapter_config_free(&ac);
-        }
-        GpuOptions opt = {.precision = GPU_FP32};
-        GpuModel *g = m ? gpu_model_create(m, &opt) : NULL;
-        const char *want = k ? "trainable_token_indices" : "LoRA on the token embedding";
-        bool ok = m && !g && strstr(peft_last_error(), want) && strstr(peft_last_error(), "not implemented on the GPU");
-        char detail[512];
-        snprintf(detail, sizeof detail, "%s", g ? "accepted" : peft_last_error());
-        gpu_model_free(g);
-        model_free(m);
-        report(ok ? "PASS" : "FAIL", k ? "embed refusals (trainable tokens)" : "embed refusals (LoRA on wte)", detail);
-    }
-    static const char *cases[] = {"gpt2-lora-embedding", "llama-lora-embedding", "gpt2-lora-trainable-tokens", "llama-lora-trainable-tokens",
-                                  "llama-lora-trainable-tokens-dict"};
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_fixture(root, cases[i], GPU_FP32, true);
 }
 
 // Examples of these lengths (1 to 150 tokens: within one 64-row tile and across several) packed into
@@ -832,13 +808,31 @@ static double compare_tensor_files(const char *a, const char *b) {
 }
 
 
+// Two runs' largest relative differences step by step (loss, the loss without a regulariser, gradient norm; into
+// e_loss, e_lm, e_norm) and between the adapters they saved in out_a and out_b (returned).
+static double run_diffs(const Rec *a, const Rec *b, const char *out_a, const char *out_b, double *e_loss, double *e_lm, double *e_norm) {
+    *e_loss = *e_lm = *e_norm = 0;
+    for (int i = 0; i < a->n && i < b->n; i++) {
+        *e_loss = fmax(*e_loss, rel_diff(b->loss[i], a->loss[i]));
+        *e_lm = fmax(*e_lm, rel_diff(b->lm[i], a->lm[i]));
+        *e_norm = fmax(*e_norm, rel_diff(b->norm[i], a->norm[i]));
+    }
+    char *fa = path_join(out_a, "adapter_model.safetensors"), *fb = path_join(out_b, "adapter_model.safetensors");
+    double e_w = compare_tensor_files(fb, fa);
+    free(fa);
+    free(fb);
+    return e_w;
+}
+
 // Gradient accumulation (3 micro-batches per step) through train_run: the GPU in fp32 against the CPU,
 // step by step (loss, causal-LM loss, gradient norm, AdaLoRA's budget) and in the saved adapter. AdaLoRA
 // runs with its regulariser, and with allocate its rank allocator too (scores on the device, masks from
 // step 2 of 6 on: the same ranks kept unless two triplets' scores nearly tie). With pack, --pack into
-// sequences of 256 tokens (two or more of the data's rows in each). With base, LoRA also trains every bias (bias "all") and
-// the final norm (modules_to_save ln_f), saved in the adapter.
-static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate, bool base) {
+// sequences of 256 tokens (two or more of the data's rows in each). extra: ACCUM_BASE: LoRA also trains every bias
+// (bias "all") and the final norm (modules_to_save ln_f), saved in the adapter; ACCUM_EMBED_LORA: LoRA on the tied wte too
+// (lora_embedding_A / B); ACCUM_TOKENS: trainable_token_indices on the tied wte (the input and the head), tokens seen and not.
+enum { ACCUM_NONE, ACCUM_BASE, ACCUM_EMBED_LORA, ACCUM_TOKENS };
+static void run_trainer_accum(const char *name, MethodId method, bool pack, bool allocate, int extra) {
     char label[128], detail[512] = "";
     snprintf(label, sizeof label, "%s [fp32]", name);
     if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
@@ -850,7 +844,15 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack, bool
     if (allocate) { c.adapter.tinit = 1; c.adapter.tfinal = 2; }
     c.pack = pack;
     if (pack) c.data.seq_len = 256;
-    if (base) {
+    if (extra == ACCUM_EMBED_LORA) adapter_config_set_targets(&c.adapter, "wte,c_attn,c_proj,c_fc");
+    if (extra == ACCUM_TOKENS) {  // 'e', 'a' and ' ' in every row, 256 (eos) at their ends, 7 never
+        static const int32_t rows[] = {101, 7, 97, 32, 256};
+        c.adapter.token_targets = xcalloc(1, sizeof(TokenTarget));
+        c.adapter.token_targets[0] = (TokenTarget){NULL, 5, xmalloc(sizeof rows)};
+        memcpy(c.adapter.token_targets[0].indices, rows, sizeof rows);
+        c.adapter.n_token_targets = 1;
+    }
+    if (extra == ACCUM_BASE) {
         c.adapter.bias = BIAS_ALL;
         c.adapter.modules_to_save = xmalloc(sizeof(char *));
         c.adapter.modules_to_save[0] = xstrdup("ln_f");
@@ -863,18 +865,9 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack, bool
     c.out_dir = out_gpu;
     c.cuda = c.fp32 = true;
     if (train(&c, &b, &rb)) { snprintf(detail, sizeof detail, "GPU: %s", peft_last_error()); goto out; }
-    double e_loss = 0, e_lm = 0, e_norm = 0, reg = a.loss[a.n - 1] - a.lm[a.n - 1];
+    double e_loss, e_lm, e_norm, reg = a.loss[a.n - 1] - a.lm[a.n - 1], e_w = run_diffs(&a, &b, out_cpu, out_gpu, &e_loss, &e_lm, &e_norm);
     bool budgets = true;
-    for (int i = 0; i < a.n && i < b.n; i++) {
-        budgets &= a.budget[i] == b.budget[i];
-        e_loss = fmax(e_loss, rel_diff(b.loss[i], a.loss[i]));
-        e_lm = fmax(e_lm, rel_diff(b.lm[i], a.lm[i]));
-        e_norm = fmax(e_norm, rel_diff(b.norm[i], a.norm[i]));
-    }
-    char *fa = path_join(out_cpu, "adapter_model.safetensors"), *fb = path_join(out_gpu, "adapter_model.safetensors");
-    double e_w = compare_tensor_files(fb, fa);
-    free(fa);
-    free(fb);
+    for (int i = 0; i < a.n && i < b.n; i++) budgets &= a.budget[i] == b.budget[i];
     bool ok = a.n == c.max_steps && b.n == c.max_steps && e_loss <= 1e-5 && e_lm <= 1e-5 && e_norm <= 1e-4 && e_w <= 1e-4 && budgets &&
               (method != METHOD_ADALORA || reg > 0);
     status = ok ? "PASS" : "FAIL";
@@ -883,6 +876,77 @@ static void run_trainer_accum(const char *name, MethodId method, bool pack, bool
 out:
     report(status, label, detail);
     train_config_free(&c);
+    free(out_cpu);
+    free(out_gpu);
+}
+
+// peft train --task classify --device cuda (--fp32) against the CPU: a random RoBERTa (byte-level tokenizer, texts of
+// different lengths, so padded batches), 4 steps of 2 micro-batches of 4, the step's losses and gradient norms to 1e-5 /
+// 1e-4 and the saved adapter to 1e-4: the head trains as modules_to_save beside the adapter (AdaLoRA on every linear of
+// the blocks). (Full fine-tuning is the reference cases' bert-full / roberta-full: trained, the key bias's gradient is
+// rounding on both sides, which AdamW's first steps turn into +-lr.)
+static void run_trainer_classify(const char *name, MethodId method) {
+    char label[128], detail[512] = "";
+    snprintf(label, sizeof label, "%s [fp32]", name);
+    if (!trainer_fixture()) { report("FAIL", label, "cannot write the tiny model and data"); return; }
+    char *model = path_join(tr_root, "roberta"), *data = path_join(tr_root, "classify.jsonl");
+    char *out_cpu = path_join(tr_root, "classify-cpu"), *out_gpu = path_join(tr_root, "classify-gpu");
+    const char *json = "{\"model_type\": \"roberta\", \"vocab_size\": 257, \"hidden_size\": 32, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 4, \"intermediate_size\": 64, \"max_position_embeddings\": 130, \"type_vocab_size\": 1, "
+                       "\"layer_norm_eps\": 1e-5, \"pad_token_id\": 1, \"bos_token_id\": 0, \"eos_token_id\": 2, \"hidden_act\": \"gelu\", "
+                       "\"num_labels\": 3, \"hidden_dropout_prob\": 0, \"attention_probs_dropout_prob\": 0}";
+    ModelConfig cfg;
+    Model *m = NULL;
+    FILE *f = NULL;
+    TrainConfig c;
+    train_config_defaults(&c, method);
+    const char *status = "FAIL";
+    if (config_parse(&cfg, json, "random") || make_dir(model) || !(m = model_create_random(&cfg, 11)) || model_save(m, model) ||
+        byte_tokenizer_write(model) || !(f = fopen(data, "w"))) {
+        snprintf(detail, sizeof detail, "cannot write the tiny RoBERTa: %s", peft_last_error());
+        goto out;
+    }
+    for (int i = 0; i < 40; i++)
+        fprintf(f, "{\"text\": \"%.*s\", \"label\": %d}\n", 4 + (i * 7) % 30, "the cheap Italian place in the city centre serves food", i % 3);
+    fclose(f);
+    c.model_dir = model;
+    c.data_path = data;
+    c.out_dir = out_cpu;
+    c.overwrite = true;
+    c.batch = 4;
+    c.grad_accum = 2;
+    c.max_steps = 4;
+    c.seed = 5;
+    c.threads = 2;
+    c.lr = 5e-3f;
+    c.adalora_allocate = false;  // (the allocator on the GPU: "train grad-accum adalora allocator")
+    if (method == METHOD_ADALORA) {
+        c.adapter.init_r = 4;
+        c.adapter.target_r = 2;
+        adapter_config_set_targets(&c.adapter, "query,key,value,attention.output.dense,intermediate.dense,output.dense");
+    }
+    ClassifyColumns cols = {0};
+    Rec a, b;
+    TrainResult ra, rb;
+    TrainCallbacks cba = {.on_step = rec_step, .user = &a}, cbb = {.on_step = rec_step, .user = &b};
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    if (classify_train(&c, &cols, &cba, &ra)) { snprintf(detail, sizeof detail, "CPU: %s", peft_last_error()); goto out; }
+    c.out_dir = out_gpu;
+    c.cuda = c.fp32 = true;
+    if (classify_train(&c, &cols, &cbb, &rb)) { snprintf(detail, sizeof detail, "GPU: %s", peft_last_error()); goto out; }
+    double e_loss, e_lm, e_norm, e_w = run_diffs(&a, &b, out_cpu, out_gpu, &e_loss, &e_lm, &e_norm);
+    bool ok = a.n == c.max_steps && b.n == c.max_steps && e_loss <= 1e-5 && e_lm <= 1e-5 && e_norm <= 1e-4 && e_w <= 1e-4;
+    status = ok ? "PASS" : "FAIL";
+    snprintf(detail, sizeof detail, "%d steps x 2 micro-batches: loss %.1e, grad norm %.1e, saved %.1e (max rel; loss %.4f -> %.4f)", b.n, e_loss,
+             e_norm, e_w, b.n ? b.loss[0] : NAN, b.n ? b.loss[b.n - 1] : NAN);
+out:
+    report(status, label, detail);
+    c.model_dir = c.data_path = c.out_dir = NULL;
+    train_config_free(&c);
+    model_free(m);
+    free(model);
+    free(data);
     free(out_cpu);
     free(out_gpu);
 }
@@ -1173,8 +1237,7 @@ static void run_quant_refuses_full(void) {
     model_free(m);
 }
 
-// The encoders (BERT, RoBERTa) are not on the GPU yet: gpu_model_create refuses one by name (before, it would have
-// read the blocks as Llama's).
+// What the encoders (BERT, RoBERTa) do not run on the GPU is refused by name: here --recompute.
 static void run_encoder_refused(void) {
     ModelConfig cfg;
     const char *json = "{\"model_type\": \"roberta\", \"vocab_size\": 30, \"hidden_size\": 16, \"num_hidden_layers\": 2, "
@@ -1182,9 +1245,9 @@ static void run_encoder_refused(void) {
                        "\"layer_norm_eps\": 1e-5, \"pad_token_id\": 1, \"hidden_act\": \"gelu\", \"num_labels\": 2}";
     if (config_parse(&cfg, json, "random")) { report("FAIL", "encoder refused", peft_last_error()); return; }
     Model *m = model_create_random(&cfg, 42);
-    GpuOptions opt = {.precision = GPU_FP32};
+    GpuOptions opt = {.precision = GPU_FP32, .recompute = GPU_RECOMPUTE_MLP};
     GpuModel *g = gpu_model_create(m, &opt);
-    bool ok = !g && strstr(peft_last_error(), "roberta is an encoder");
+    bool ok = !g && strstr(peft_last_error(), "roberta is an encoder") && strstr(peft_last_error(), "--recompute");
     report(ok ? "PASS" : "FAIL", "encoder refused", g ? "the GPU model was built" : peft_last_error());
     gpu_model_free(g);
     model_free(m);
@@ -1346,6 +1409,13 @@ int main(int argc, char **argv) {
     // group whose other members stay frozen (Qwen2's q/k/v with lora_only on q, v; layer 1's q_proj as a module to save).
     static const char *base_cases[] = {"gpt2-lora-bias-all", "gpt2-lora-bias-lora-only", "llama-lora-bias-all", "qwen2-lora-bias-all-layers",
                                        "qwen2-lora-bias-lora-only", "llama-lora-modules-to-save", "qwen2-lora-modules-to-save-linear"};
+    // The encoders' sequence classification (issue 23; task seq_cls): the head trained as modules_to_save, the three losses.
+    static const char *enc_cases[] = {"bert-lora", "bert-full", "bert-vera", "bert-adalora", "bert-lora-multilabel",
+                                      "roberta-lora", "roberta-full", "roberta-adalora", "roberta-lora-regression"};
+    // LoRA on the token embedding, trainable_token_indices (issue 18; the repository's own): GPT-2's tied head, Llama's untied one
+    // (the dict case trains rows of both).
+    static const char *embed_cases[] = {"gpt2-lora-embedding", "llama-lora-embedding", "gpt2-lora-trainable-tokens", "llama-lora-trainable-tokens",
+                                        "llama-lora-trainable-tokens-dict"};
     for (int r = 0; r < n_roots; r++) {
         if (!dir_exists(roots[r])) printf("\n*** SKIPPED: %s not found: HF PEFT reference cases not run on the GPU ***\n\n", roots[r]);
         for (int p = 0; p < 2; p++) {
@@ -1355,6 +1425,10 @@ int main(int argc, char **argv) {
                 if (wanted(dora_cases[i], only)) run_fixture(roots[r], dora_cases[i], p ? GPU_BF16 : GPU_FP32, true);
             for (size_t i = 0; r == 0 && i < sizeof base_cases / sizeof *base_cases; i++)
                 if (wanted(base_cases[i], only)) run_fixture(roots[r], base_cases[i], p ? GPU_BF16 : GPU_FP32, false);
+            for (size_t i = 0; r == 0 && i < sizeof enc_cases / sizeof *enc_cases; i++)
+                if (wanted(enc_cases[i], only)) run_fixture(roots[r], enc_cases[i], p ? GPU_BF16 : GPU_FP32, false);
+            for (size_t i = 0; r == 0 && i < sizeof embed_cases / sizeof *embed_cases; i++)
+                if (wanted(embed_cases[i], only)) run_fixture(roots[r], embed_cases[i], p ? GPU_BF16 : GPU_FP32, false);
         }
     }
     static const RandCase rcs[] = {
@@ -1405,7 +1479,6 @@ int main(int argc, char **argv) {
             if (wanted(packs[i].name, only)) run_pack(packs[i].name, packs[i].config, packs[i].targets, packs[i].window, p ? GPU_BF16 : GPU_FP32);
 #define WANT(name) (wanted(name, only))
     if (WANT("dora refusals")) run_dora_refusals();
-    if (WANT("embed refusals")) run_embed_refusals(roots[0]);
     if (WANT("dropout-scaling gpt2-lora-all T64")) run_dropout_scaling("dropout-scaling gpt2-lora-all T64", GPT2_CFG, GPT2_ALL, 2, 64, 0.5f);
     // The trainer (train_run --device cuda) on a tiny GPT-2: accumulation against the CPU, resume, dropout.
     if (WANT("train grad-accum lora")) run_trainer_accum("train grad-accum lora", METHOD_LORA, false, false, false);
@@ -1413,7 +1486,11 @@ int main(int argc, char **argv) {
     if (WANT("train grad-accum adalora allocator")) run_trainer_accum("train grad-accum adalora allocator", METHOD_ADALORA, false, true, false);
     if (WANT("train pack grad-accum lora")) run_trainer_accum("train pack grad-accum lora", METHOD_LORA, true, false, false);
     if (WANT("train grad-accum lora bias+modules-to-save"))
-        run_trainer_accum("train grad-accum lora bias+modules-to-save", METHOD_LORA, false, false, true);
+        run_trainer_accum("train grad-accum lora bias+modules-to-save", METHOD_LORA, false, false, ACCUM_BASE);
+    if (WANT("train grad-accum lora-embedding tied"))
+        run_trainer_accum("train grad-accum lora-embedding tied", METHOD_LORA, false, false, ACCUM_EMBED_LORA);
+    if (WANT("train grad-accum trainable-tokens tied"))
+        run_trainer_accum("train grad-accum trainable-tokens tied", METHOD_LORA, false, false, ACCUM_TOKENS);
     if (WANT("train resume lora accum+dropout")) {
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_FP32, 6, 2, 1e-6);
         run_trainer_resume("train resume lora accum+dropout", METHOD_LORA, GPU_BF16, 6, 2, 1e-4);
@@ -1474,6 +1551,8 @@ int main(int argc, char **argv) {
     }
     if (WANT("quant train int8")) run_trainer_quant("quant train int8", QUANT_INT8, false, GPU_FP32);
     if (WANT("encoder refused")) run_encoder_refused();
+    if (WANT("train classify lora")) run_trainer_classify("train classify lora", METHOD_LORA);
+    if (WANT("train classify adalora")) run_trainer_classify("train classify adalora", METHOD_ADALORA);
     // The encoders' attention (bidirectional, key padding mask): the flash kernels (head_dim 64, 128; bf16), the generic ones
     // (fp32, and head_dim 16 as the tiny reference encoders have), GQA, T not a multiple of 64.
     static const struct { const char *name; int B, T, NH, NKV, HD; } attns[] = {

@@ -184,6 +184,173 @@ static void test_generate(const char *name, const char *config, const char *targ
     model_free(m);
 }
 
+// ---- tokens chosen on the device (gpu_kv_forward_next), CUDA graphs of the decode step ----
+
+// The host's kept set and probabilities of gen_sample's warpers for one row (doubles): prob[V] (0: dropped).
+static void expected_probs(const float *x, int V, const GpuSampling *s, double *prob) {
+    float *val = xmalloc(sizeof(float) * V);
+    int *idx = xmalloc(sizeof(int) * V);
+    for (int i = 0; i < V; i++) { val[i] = x[i] * (1.0f / s->temperature); idx[i] = i; }
+    for (int i = 1; i < V; i++)  // descending, ties by id (insertion sort: V is small here)
+        for (int j = i; j > 0 && (val[idx[j - 1]] < val[idx[j]] || (val[idx[j - 1]] == val[idx[j]] && idx[j - 1] > idx[j])); j--) {
+            int t = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = t;
+        }
+    int n = V;
+    if (s->top_k > 0 && s->top_k < V) {
+        float kth = val[idx[s->top_k - 1]];
+        while (n > 0 && val[idx[n - 1]] < kth) n--;
+    }
+    double maxv = val[idx[0]], total = 0;
+    for (int j = 0; j < n; j++) total += exp(val[idx[j]] - maxv);
+    if (s->top_p < 1.0f) {
+        double before = 0;
+        int keep = 0;
+        while (keep < n && (keep == 0 || before < s->top_p * total)) before += exp(val[idx[keep++]] - maxv);
+        n = keep;
+    }
+    memset(prob, 0, sizeof(double) * V);
+    double kept = 0;
+    for (int j = 0; j < n; j++) kept += (prob[idx[j]] = exp(val[idx[j]] - maxv));
+    for (int i = 0; i < V; i++) prob[i] /= kept;
+    free(val);
+    free(idx);
+}
+
+// The device sampler on one row of logits drawn R times (R positions): every token in the host's
+// kept set, the draws' total variation from the host's probabilities within 1.5 times its expected
+// value for R fair draws (plus 0.005); greedy (temperature 0, top_k 1) is gen_argmax.
+static void test_sampler(const char *name, float spread, float step, GpuSampling s) {
+    enum { V = 1000, R = 16384 };
+    char detail[256];
+    float *x = xmalloc(sizeof(float) * (size_t)R * V);
+    int *pos = xmalloc(sizeof(int) * R);
+    int32_t *got = xmalloc(sizeof(int32_t) * R);
+    double *prob = xmalloc(sizeof(double) * V), *freq = xcalloc(V, sizeof(double));
+    uint64_t saved = rng;
+    rng = 1234;
+    for (int i = 0; i < V; i++) {  // roughly normal scores, rounded to `step` when set (ties)
+        float v = (float)((urand() + urand() + urand() - 1.5) * spread);
+        x[i] = step > 0 ? roundf(v / step) * step : v;
+    }
+    rng = saved;
+    for (int r = 0; r < R; r++) {
+        memcpy(x + (size_t)r * V, x, sizeof(float) * V);
+        pos[r] = 17 + r;
+    }
+    int rc = gpu_sample_logits(x, R, V, pos, &s, got);
+    bool greedy = !(s.temperature > 0) || s.top_k == 1;
+    int outside = 0;
+    double tv = 0, tv_fair = 0;
+    if (!rc) {
+        if (greedy) {
+            int want = gen_argmax(x, V);
+            for (int r = 0; r < R; r++) outside += got[r] != want;
+        } else {
+            expected_probs(x, V, &s, prob);
+            for (int r = 0; r < R; r++) {
+                if (got[r] < 0 || got[r] >= V || prob[got[r]] == 0) { outside++; continue; }
+                freq[got[r]] += 1.0 / R;
+            }
+            for (int i = 0; i < V; i++) {
+                tv += 0.5 * fabs(freq[i] - prob[i]);
+                tv_fair += 0.5 * sqrt(2 * prob[i] * (1 - prob[i]) / (M_PI * R));  // E|freq - prob| of a fair sampler
+            }
+        }
+    }
+    snprintf(detail, sizeof detail, "%s%d of %d draws outside the host's choice, total variation %.4f (fair: %.4f)", rc ? peft_last_error() : "",
+             outside, R, tv, tv_fair);
+    report(!rc && outside == 0 && tv <= 1.5 * tv_fair + 0.005, name, detail);
+    free(x); free(pos); free(got); free(prob); free(freq);
+}
+
+// Greedy decoding on the GPU: kv_forward_greedy (argmax on the device, CUDA graphs from the second decode
+// step) gives the argmax of kv_forward's logits (the host path) at every step, fp32 and bf16.
+static void test_device_argmax(const char *name, const char *config) {
+    char label[128], detail[256];
+    ModelConfig cfg;
+    if (config_parse(&cfg, config, name)) { report(false, name, peft_last_error()); return; }
+    Model *m = model_create_random(&cfg, 11);
+    if (!m) { report(false, name, peft_last_error()); return; }
+    int V = cfg.vocab_size;
+    for (int p = 0; p < 2; p++) {
+        snprintf(label, sizeof label, "%s [%s]", name, p ? "bf16" : "fp32");
+        if (gpu_inference_attach(m, p ? GPU_BF16 : GPU_FP32)) { report(false, label, peft_last_error()); continue; }
+        KVCache *a = kv_cache_new(m, SLOTS, MAX_LEN), *b = kv_cache_new(m, SLOTS, MAX_LEN);
+        float *logits = xmalloc(sizeof(float) * (size_t)64 * V);
+        int32_t ids[64], next[SLOTS];
+        KVRow rows[SLOTS];
+        int prefill[SLOTS] = {5, 9, 2, 13}, N = 0, same = 0, total = 0, rc = a && b ? 0 : -1;
+        for (int s = 0; s < SLOTS; s++) {
+            rows[s] = (KVRow){s, prefill[s]};
+            for (int j = 0; j < prefill[s]; j++) ids[N++] = (int32_t)((s * 37 + j * 11) % V);
+        }
+        for (int step = 0; step < 12 && !rc; step++) {
+            if ((rc = kv_forward(m, a, rows, SLOTS, ids, logits, false)) || (rc = kv_forward_greedy(m, b, rows, SLOTS, ids, next))) break;
+            for (int s = 0; s < SLOTS; s++, total++) {
+                int want = gen_argmax(logits + (size_t)s * V, V);
+                same += next[s] == want;
+                ids[s] = want;  // both caches go on with the host's token
+                rows[s] = (KVRow){s, 1};
+            }
+        }
+        snprintf(detail, sizeof detail, "%s%d of %d tokens equal", rc ? peft_last_error() : "", same, total);
+        report(!rc && same == total && total > 0, label, detail);
+        free(logits);
+        kv_cache_free(a);
+        kv_cache_free(b);
+        gpu_inference_detach(m);
+    }
+    model_free(m);
+}
+
+// generate() on the GPU with CUDA graphs and without (PEFT_GPU_GRAPHS=0): the same tokens, greedy and
+// sampled (temperature, top-k, top-p on the device); a sampled run repeats itself for its seed, and
+// another seed gives other tokens. q: a quantized base (its dequantization kernels in the graph).
+static void test_graphs(const char *name, const char *config, QuantType q) {
+    char label[128], detail[256];
+    ModelConfig cfg;
+    if (config_parse(&cfg, config, name)) { report(false, name, peft_last_error()); return; }
+    Model *m = quantized(model_create_random(&cfg, 13), q);
+    if (!m) { report(false, name, peft_last_error()); return; }
+    int32_t p0[] = {1, 2, 3, 4, 5}, p1[] = {9, 8}, p2[] = {100, 200, 300, 400, 500, 600, 700};
+    const int32_t *prompts[] = {p0, p1, p2};
+    int lens[] = {5, 2, 7};
+    for (int prec = 0; prec < 2; prec++)
+        for (int sample = 0; sample < 2; sample++) {
+            GenParams gp;
+            gen_params_default(&gp);
+            gp.max_new_tokens = 20;
+            gp.eos_id = GEN_EOS_NONE;
+            if (sample) { gp.temperature = 1.5f; gp.top_k = 40; gp.top_p = 0.95f; gp.seed = 7; }
+            snprintf(label, sizeof label, "%s graphs %s [%s]", name, sample ? "sampled" : "greedy", prec ? "bf16" : "fp32");
+            GenResult r[4][3] = {{{0}}};
+            int rc = gpu_inference_attach(m, prec ? GPU_BF16 : GPU_FP32);
+            for (int run = 0; run < 4 && !rc; run++) {  // graphs, no graphs, graphs again, another seed
+                setenv("PEFT_GPU_GRAPHS", run == 1 ? "0" : "1", 1);
+                GenParams q = gp;
+                if (run == 3) q.seed = 8;
+                rc = generate(m, NULL, prompts, lens, 3, &q, NULL, NULL, r[run]);
+            }
+            unsetenv("PEFT_GPU_GRAPHS");
+            gpu_inference_detach(m);
+            int same = 0, again = 0, other = 0, total = 0, bad = 0;
+            for (int i = 0; i < 3 && !rc; i++)
+                for (int j = 0; j < r[0][i].n_ids; j++, total++) {
+                    same += j < r[1][i].n_ids && r[0][i].ids[j] == r[1][i].ids[j];
+                    again += j < r[2][i].n_ids && r[0][i].ids[j] == r[2][i].ids[j];
+                    other += j < r[3][i].n_ids && r[0][i].ids[j] == r[3][i].ids[j];
+                    bad += r[0][i].ids[j] < 0 || r[0][i].ids[j] >= cfg.vocab_size;
+                }
+            snprintf(detail, sizeof detail, "%s%d of %d tokens equal without graphs, %d on a rerun, %d with another seed", rc ? peft_last_error() : "",
+                     same, total, again, other);
+            bool ok = !rc && total == 60 && same == total && again == total && !bad && (sample ? other < total : other == total);
+            report(ok, label, detail);
+            for (int k = 0; k < 4; k++)
+                for (int i = 0; i < 3; i++) gen_result_free(&r[k][i]);
+        }
+    model_free(m);
+}
+
 #define GPT2_CFG "{\"model_type\":\"gpt2\",\"vocab_size\":1000,\"n_embd\":128,\"n_layer\":2,\"n_head\":2,\"n_positions\":256}"
 #define LLAMA_CFG "{\"model_type\":\"llama\",\"vocab_size\":1000,\"hidden_size\":256,\"intermediate_size\":384,\"num_hidden_layers\":2," \
                   "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"max_position_embeddings\":512,\"rms_norm_eps\":1e-5}"
@@ -208,6 +375,20 @@ int main(void) {
     test_kv_forward("infer quant int8 llama GQA all-linear", LLAMA_CFG, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", QUANT_INT8);
     test_generate("quant fp4 gpt2", GPT2_CFG, "c_attn", QUANT_FP4);
     test_generate("quant nf4 llama", LLAMA_CFG, "q_proj,v_proj", QUANT_NF4);
+    // Tokens chosen on the device, CUDA graphs of the decode step.
+    test_sampler("sample greedy (temperature 0)", 3.0f, 0, (GpuSampling){0, 0, 1.0f, 1});
+    test_sampler("sample top_k 1", 3.0f, 0, (GpuSampling){0.7f, 1, 1.0f, 1});
+    test_sampler("sample temperature 0.8", 3.0f, 0, (GpuSampling){0.8f, 0, 1.0f, 2});
+    test_sampler("sample top_k 50", 3.0f, 0, (GpuSampling){0.8f, 50, 1.0f, 3});
+    test_sampler("sample top_p 0.9", 3.0f, 0, (GpuSampling){0.8f, 0, 0.9f, 4});
+    test_sampler("sample top_k 50 top_p 0.9 temperature 1.3", 3.0f, 0, (GpuSampling){1.3f, 50, 0.9f, 5});
+    test_sampler("sample ties: top_k 20 top_p 0.5", 3.0f, 0.5f, (GpuSampling){1.0f, 20, 0.5f, 6});
+    test_sampler("sample ties: top_p 0.3", 4.0f, 1.0f, (GpuSampling){1.0f, 0, 0.3f, 7});
+    test_device_argmax("device argmax = host argmax gpt2", GPT2_CFG);
+    test_device_argmax("device argmax = host argmax llama", LLAMA_CFG);
+    test_graphs("gpt2", GPT2_CFG, QUANT_NONE);
+    test_graphs("llama", LLAMA_CFG, QUANT_NONE);
+    test_graphs("quant nf4 llama", LLAMA_CFG, QUANT_NF4);
     printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
