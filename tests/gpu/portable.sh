@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build self-contained copies of peft, test_gpu, test_gpu_infer, bench_gpu, memory_bench and the serving benchmark's tools for a GPU machine that has the
+# Build self-contained copies of peft, test_gpu, test_gpu_infer, bench_gpu, memory_bench, dump_logits and the serving benchmark's tools for a GPU machine that has the
 # CUDA toolkit but none of the Debian packages (the lent device machine): OpenBLAS is replaced by
 # tests/gpu/cblas_fallback.c, LAPACKE with the reference LAPACK and BLAS it calls (PiSSA's SVD, OLoRA's QR)
 # and PCRE2 and libmicrohttpd are linked statically, libgfortran (the reference LAPACK's runtime), libcjson, libgomp and
@@ -23,8 +23,12 @@ cc build/cli/*.o "${LIBS[@]}" -Wl,-Bstatic -lmicrohttpd -Wl,-Bdynamic -lgnutls -
 cc build/tests/gpu/test_gpu.o "${LIBS[@]}" -o "$OUT/test_gpu"
 cc build/tests/gpu/test_gpu_infer.o "${LIBS[@]}" -o "$OUT/test_gpu_infer"
 cc build/gpu/bench_gpu.o "${LIBS[@]}" -o "$OUT/bench_gpu"
-cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc $(for d in src/*/; do printf -- "-I%s " "${d%/}"; done)-Icli -c bench/memory_bench.c -o build/memory_bench.o
-cc build/memory_bench.o "${LIBS[@]}" -o "$OUT/memory_bench"
+# memory_bench, and dump_logits for tools/interop/make_cases.sh (PEFT loads what we write).
+for src in bench/memory_bench.c tools/interop/dump_logits.c; do
+    t=$(basename "$src" .c)
+    cc -std=c11 -g -O2 -fopenmp -D_GNU_SOURCE -Iinclude -Isrc $(for d in src/*/; do printf -- "-I%s " "${d%/}"; done)-Icli -c "$src" -o "build/$t.o"
+    cc "build/$t.o" "${LIBS[@]}" -o "$OUT/$t"
+done
 # The serving benchmark's tools, for `NO_BUILD=1 bash bench/serve/run.sh OUTDIR` (their libraries: OUTDIR/lib).
 mkdir -p "$OUT/serve"
 for t in make_adapters mixed_bench; do
