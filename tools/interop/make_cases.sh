@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make_cases.sh PEFT DUMP_LOGITS OUT_DIR: adapters trained and saved by peft.c (VeRA without its
 # projections, LoRA, AdaLoRA with a pruned rank pattern, DoRA: LoRA with use_dora, LoRA with PEFT's
-# options (patterns, layers, bias, modules_to_save), PiSSA saved converted) and a merged
+# options (patterns, layers, bias, modules_to_save), PiSSA saved converted, LoRA on the embedding, trainable
+# tokens, two LoRAs combined by `peft merge --adapters` as cat / svd / ties) and a merged
 # model, each with our logits, for tools/interop/check_peft.py to load with HF transformers + PEFT.
 set -euo pipefail
 PEFT=$1 DUMP=$2 OUT=$3
@@ -43,6 +44,27 @@ for arch in gpt2 llama; do
             --seq-len 32 --lr 1e-2 --threads 2 --overwrite --out "$OUT/train-$name" "${extra[@]}" >/dev/null
         case_dir $name ../base-$arch ../train-$name
         "$DUMP" "$base" "$OUT/train-$name" "$OUT/$name/logits.safetensors"
+    done
+    # LoRA on the input embedding beside the linears, and trainable_token_indices (rows of the embedding that train).
+    emb=$([ $arch = gpt2 ] && echo wte,c_attn || echo embed_tokens,q_proj,v_proj)
+    echo '{"trainable_token_indices": [5, 17, 40]}' > "$OUT/tokens-$arch.json"
+    for variant in embedding tokens; do
+        name=$arch-lora-$variant
+        if [ $variant = embedding ]; then extra=(--targets "$emb"); else extra=(--targets "$targets" --lora-options "$OUT/tokens-$arch.json"); fi
+        "$PEFT" train --model "$base" --data "$text" --method lora --steps 12 --batch 4 \
+            --seq-len 32 --lr 1e-2 --threads 2 --overwrite --out "$OUT/train-$name" "${extra[@]}" >/dev/null
+        case_dir $name ../base-$arch ../train-$name
+        "$DUMP" "$base" "$OUT/train-$name" "$OUT/$name/logits.safetensors"
+    done
+    # Adapter arithmetic (PEFT's add_weighted_adapter): two LoRAs (another seed) combined into one PEFT adapter folder.
+    "$PEFT" train --model "$base" --data "$text" --method lora --targets all-linear --steps 12 --batch 4 --seq-len 32 --lr 1e-2 \
+        --threads 2 --seed 7 --overwrite --out "$OUT/train-$arch-lora-seed7" >/dev/null
+    for combination in cat svd ties; do
+        name=$arch-lora-$combination
+        "$PEFT" merge --model "$base" --adapters "$OUT/train-$arch-lora:0.7,$OUT/train-$arch-lora-seed7:0.5" --combination $combination \
+            --density 0.5 --out "$OUT/combined-$name" >/dev/null
+        case_dir $name ../base-$arch ../combined-$name
+        "$DUMP" "$base" "$OUT/combined-$name" "$OUT/$name/logits.safetensors"
     done
     "$PEFT" merge --model "$base" --adapter "$OUT/train-$arch-lora" --out "$OUT/merged-$arch" >/dev/null
     case_dir $arch-lora-merged ../merged-$arch ""
