@@ -13,9 +13,14 @@ quantization, fp4 without, int8) and a LoRA on every linear trained on it by `pe
           loaded in bf16 (what model.dequantize() gives with dtype bfloat16), the adapter loaded by
           PeftModel.from_pretrained and merged by merge_and_unload(): PEFT's dequantize-then-merge in bf16.
 Also an unquantized base merged with `--dtype bf16` (theirs: the base loaded in bf16, then PEFT's merge).
-Prints per case the merged weights that differ bit for bit, and max |logits diff| / max |logits| of a
-fixed batch, the models run in bf16 (as loaded) and cast to fp32; a case passes when both are <= 1e-3
-(issue 19's bar). Exit 1 when any case fails. CPU only; a minute or so.
+Prints per case the merged weights that differ bit for bit and by how many bf16 ulps at most, and max |logits
+diff| / max |logits| of a fixed batch, the models run in bf16 (as loaded) and cast to fp32. A case passes when
+no weight is more than 1 ulp apart (the fp32 delta B A is summed in another order than torch's, so a value
+near a bf16 rounding boundary may round the other way: a handful in 10^5 on 2026-12-07), the fp32 run's
+logits are within 1e-3 (issue 19's bar) and the bf16 run's within BF16_TOL: a bf16 forward rounds every
+activation to 2^-8 relative, so one weight 1 ulp apart moves logits by about that much, and 1e-3 is below what a
+bf16 forward can resolve (H100 machine, 2026-12-07: 2e-3 to 7e-3 with 1 to 6 weights apart per case, fp32
+2e-7 to 9e-5). Exit 1 when any case fails. CPU only; a minute or so.
 """
 import argparse
 import json
@@ -28,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 TOL = 1e-3
+BF16_TOL = 2.0**-6  # a few bf16 ulps of the largest logit
 QUANTS = [("nf4", []), ("fp4", ["--no-double-quant"]), ("int8", []), ("none", [])]
 
 
@@ -79,12 +85,15 @@ def folder_dtypes(d):
 
 
 def compare(ours, theirs, ids, torch):
-    """(weights differing bit for bit, weights compared, logits error in bf16, in fp32)."""
+    """(weights differing bit for bit, the most bf16 ulps apart, weights compared, logits error in bf16, in fp32)."""
     so, st = ours.state_dict(), theirs.state_dict()
-    differ = total = 0
+    differ = total = ulps = 0
     for k, v in st.items():
         if k in so:
-            differ += (so[k].view(torch.int16) != v.view(torch.int16)).sum().item() if v.dtype == torch.bfloat16 else (so[k] != v).sum().item()
+            a, b = so[k].to(torch.bfloat16).view(torch.int16).int(), v.to(torch.bfloat16).view(torch.int16).int()
+            a, b = torch.where(a < 0, -32768 - a, a), torch.where(b < 0, -32768 - b, b)  # sign-magnitude to one ordered scale
+            differ += (a != b).sum().item()
+            ulps = max(ulps, (a - b).abs().max().item() if v.numel() else 0)
             total += v.numel()
     errs = []
     for cast in (False, True):
@@ -92,7 +101,7 @@ def compare(ours, theirs, ids, torch):
             a = (ours.float() if cast else ours)(input_ids=ids).logits.float()
             b = (theirs.float() if cast else theirs)(input_ids=ids).logits.float()
         errs.append(((a - b).abs().max() / b.abs().max()).item())
-    return differ, total, errs[0], errs[1]
+    return differ, ulps, total, errs[0], errs[1]
 
 
 def one_case(args, torch, bnb, load, work, text, base, arch, q, qargs):
@@ -128,8 +137,8 @@ def one_case(args, torch, bnb, load, work, text, base, arch, q, qargs):
     theirs = PeftModel.from_pretrained(theirs, lora).merge_and_unload().eval()
     vocab = theirs.config.vocab_size
     ids = torch.tensor([[(i * 37 + 11) % vocab for i in range(r * 32, (r + 1) * 32)] for r in range(2)])
-    differ, total, err_bf16, err_fp32 = compare(ours, theirs, ids, torch)
-    return problems, n_q, differ, total, err_bf16, err_fp32
+    differ, ulps, total, err_bf16, err_fp32 = compare(ours, theirs, ids, torch)
+    return problems, n_q, differ, ulps, total, err_bf16, err_fp32
 
 
 def main():
@@ -163,16 +172,16 @@ def main():
         for q, qargs in QUANTS:
             name = f"{arch}-{q}"
             try:
-                problems, n_q, differ, total, err_bf16, err_fp32 = one_case(args, torch, bnb, load, work, text, base, arch, q, qargs)
+                problems, n_q, differ, ulps, total, err_bf16, err_fp32 = one_case(args, torch, bnb, load, work, text, base, arch, q, qargs)
             except Exception as e:  # one case's failure is reported, the others still run
-                problems, n_q, differ, total, err_bf16, err_fp32 = [f"{type(e).__name__}: {e}"], 0, -1, 0, float("inf"), float("inf")
-            passed = not problems and err_bf16 <= TOL and err_fp32 <= TOL
+                problems, n_q, differ, ulps, total, err_bf16, err_fp32 = [f"{type(e).__name__}: {e}"], 0, -1, -1, 0, float("inf"), float("inf")
+            passed = not problems and 0 <= ulps <= 1 and err_bf16 <= BF16_TOL and err_fp32 <= TOL
             ok &= passed
-            worst = max(worst, *(e if e == e else float("inf") for e in (err_bf16, err_fp32)))  # a NaN is the worst
+            worst = max(worst, err_fp32 if err_fp32 == err_fp32 else float("inf"))  # a NaN is the worst
             print(f"{'PASS' if passed else 'FAIL'} {name:11s} {n_q:2d} linears dequantized; merged weights differing from PEFT's: "
-                  f"{differ} of {total}; logits max|diff|/max|ref|: bf16 {err_bf16:.2e}, fp32 {err_fp32:.2e}"
+                  f"{differ} of {total} (at most {ulps} ulp); logits max|diff|/max|ref|: bf16 {err_bf16:.2e}, fp32 {err_fp32:.2e}"
                   + "".join(f"\n    {p}" for p in problems), flush=True)
-    print(f"worst {worst:.2e} (bar {TOL:g}); models in {work}")
+    print(f"worst fp32 {worst:.2e} (bar {TOL:g}; bf16 bar {BF16_TOL:g}, weights 1 ulp); models in {work}")
     sys.exit(0 if ok else 1)
 
 
