@@ -1,8 +1,10 @@
 // generate_bench.c: CPU decode speed at batch 1 through generate() (generate.h), the loop `peft
 // generate` runs (its CLI adds only the tokenizer around it), on random models of two shapes:
 // GPT-2 124M (768 x 12 layers, vocab 50257) and the Llama-60M shape of train_bench (512 x 8 layers,
-// 8 heads / 4 kv heads, vocab 32000). Per shape: the base model greedy and sampling, a LoRA adapter
-// merged and live, LoRA on every linear, and VeRA, live. Decode tok/s = (new - 1) tokens over the time
+// 8 heads / 4 kv heads, vocab 32000). Each shape's model is saved in bf16 (as HF checkpoints are) to
+// a temporary folder and every configuration loads it from there, then takes model_keep_bf16 as
+// `peft generate` does (PEFT_BF16_WEIGHTS=0: the fp32 weights). Per shape: the base model greedy and
+// sampling, a LoRA adapter merged and live, LoRA on every linear, and VeRA, live. Decode tok/s = (new - 1) tokens over the time
 // a generate() of `new` tokens takes beyond one of a single token (the prefill and the first token).
 //
 //   make build/generate_bench   (the Makefile's bench rule: every src folder on the include path)
@@ -14,10 +16,12 @@
 #include "adapter.h"
 #include "generate.h"
 #include "util.h"
+#include <dirent.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const char *name;
@@ -47,9 +51,11 @@ static double gen_seconds(Model *m, const int32_t *prompt, int plen, int n_new, 
     return t;
 }
 
-static Model *make_model(const ModelConfig *c, const Setup *s) {
-    Model *m = model_create_random(c, 1);
-    if (!s->targets) return m;
+// The model of dir (a bf16 folder) with the setup's adapter, merged or live, then its bf16 weights kept.
+static Model *make_model(const char *dir, const ModelConfig *c, const Setup *s) {
+    Model *m = model_load(dir);
+    if (!m) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }
+    if (!s->targets) { model_keep_bf16(m, true); return m; }
     AdapterConfig cfg;
     adapter_config_defaults(&cfg, s->type);
     cfg.r = s->r;
@@ -64,7 +70,30 @@ static Model *make_model(const ModelConfig *c, const Setup *s) {
     for (int i = 0; i < m->adapters->n_params; i++)
         for (long j = 0; j < m->adapters->params[i]->numel; j++) m->adapters->params[i]->w[j] = (float)(gen_rng_uniform(&r) - 0.5) * 0.02f;
     if (s->merged) adapters_merge(m);
+    model_keep_bf16(m, true);
     return m;
+}
+
+// A random model of config c saved in bf16 into a new temporary folder (removed by remove_folder).
+static char *bf16_folder(const ModelConfig *c) {
+    char *dir = xstrdup("/tmp/generate_bench.XXXXXX");
+    Model *m = model_create_random(c, 1);
+    if (!mkdtemp(dir) || model_save_bf16(m, dir)) { fprintf(stderr, "%s: %s\n", dir, peft_last_error()); exit(1); }
+    model_free(m);
+    return dir;
+}
+
+static void remove_folder(char *dir) {
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *path = path_join(dir, e->d_name);
+        unlink(path);
+        free(path);
+    }
+    if (d) closedir(d);
+    rmdir(dir);
+    free(dir);
 }
 
 static ModelConfig gpt2_124m(void) {
@@ -90,11 +119,12 @@ static void bench_shape(const char *shape, ModelConfig c, const Setup *setups, i
     for (int s = 0; s < ns; s++) {
         char full[128];
         snprintf(full, sizeof full, "%s %s", shape, setups[s].name);
-        on[s] = !only || strstr(full, only);
-        models[s] = on[s] ? make_model(&c, &setups[s]) : NULL;
-        n_on += on[s];
+        n_on += on[s] = !only || strstr(full, only);
     }
     if (!n_on) return;
+    char *dir = bf16_folder(&c);
+    for (int s = 0; s < ns; s++) models[s] = on[s] ? make_model(dir, &c, &setups[s]) : NULL;
+    remove_folder(dir);
     int32_t *prompt = xmalloc(sizeof(int32_t) * plen);
     GenRng r;
     gen_rng_seed(&r, 1);

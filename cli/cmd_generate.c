@@ -159,7 +159,7 @@ int cmd_generate(int argc, char **argv) {
         {"ignore-eos", OPT_FLAG, &ignore_eos, "do not stop at the end-of-sequence token (benchmarks)"},
         {"ids", OPT_FLAG, &print_ids, "print the generated token ids, space separated (\"eos\" last when it stopped there), a line per prompt"},
         {"device", OPT_STRING, &device, "cpu (default) or cuda"},
-        {"fp32", OPT_FLAG, &fp32, "with --device cuda: fp32 weights and activations (default bf16)"},
+        {"fp32", OPT_FLAG, &fp32, "fp32 weights: with --device cuda, and activations (default bf16); on the CPU, no bf16 copy of weights that are exactly bf16"},
     };
     int n_opts = 0, qt;
     bool nested;
@@ -200,6 +200,8 @@ int cmd_generate(int argc, char **argv) {
         }
         if (!no_merge) adapters_merge(m);
     }
+    // On the CPU, weights that are exactly bf16 (after any merge) are read in bf16: half the bytes a token.
+    if (!strcmp(device, "cpu") && !fp32) model_keep_bf16(m, true);
     if (!strcmp(device, "cuda") && m->adapters && (no_merge || qt) && !gpu_infer_supports(method_get(m->adapters->cfg.type)->gpu)) {
         peft_fail("%s: %s adapters do not run live on the GPU yet: without --no-merge they are merged (and run), or use --device cpu",
                   adapter_dir, method_get(m->adapters->cfg.type)->title);

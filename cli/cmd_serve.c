@@ -49,7 +49,7 @@ int cmd_serve(int argc, char **argv) {
         {"allow-any-adapter-path", OPT_FLAG, &o.allow_any_adapter_path, "POST /v1/adapters may load any folder (default: only inside --adapters)"},
         {"threads", OPT_INT, &o.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)"},
         {"device", OPT_STRING, &device, "cpu (default) or cuda"},
-        {"fp32", OPT_FLAG, &o.fp32, "with --device cuda: fp32 weights and activations (default bf16)"},
+        {"fp32", OPT_FLAG, &o.fp32, "fp32 weights: with --device cuda, and activations (default bf16); on the CPU, no bf16 copy of weights that are exactly bf16"},
         {"quiet", OPT_FLAG, &o.quiet, "no access log on stderr"},
     };
     int n_opts = 0;

@@ -26,5 +26,16 @@ echo "  adapter: the cat$merged" | head -2
 case "$merged" in " sat on the mat."*) ok "the adapter completes the trained sentence" ;; *) bad "the adapter completes the trained sentence" ;; esac
 [ "$base" != "$merged" ] && ok "the base model says something else" || bad "the base model says something else"
 [ "$merged" = "$live" ] && ok "merged and live adapters generate the same" || bad "merged and live adapters generate the same"
+# A model saved in bf16 (as HF checkpoints are): its weights are read in bf16 (model_keep_bf16) unless
+# --fp32, with the same greedy tokens, base and with the adapter live or merged (a merged weight is no
+# longer bf16: it stays fp32).
+"$PEFT" merge --model "$TMP/base" --adapter "$TMP/lora" --dtype bf16 --out "$TMP/bf16" >/dev/null 2>"$TMP/err" || bad "merge --dtype bf16 ($(tail -c 300 "$TMP/err"))"
+gen16() { OMP_NUM_THREADS=2 "$PEFT" generate --model "$TMP/bf16" "$@" --prompt "the cat" --max-tokens 20 --ids 2>/dev/null; }
+same=1
+for args in "" "--adapter $TMP/lora" "--adapter $TMP/lora --no-merge"; do
+    a=$(gen16 $args) b=$(gen16 $args --fp32)
+    { [ -n "$a" ] && [ "$a" = "$b" ]; } || { same=0; echo "  $args: bf16 [$a] fp32 [$b]"; }
+done
+[ $same = 1 ] && ok "bf16 weights and --fp32 generate the same tokens" || bad "bf16 weights and --fp32 generate the same tokens"
 echo "$passed passed, $failed failed, 0 skipped"
 [ $failed -eq 0 ]

@@ -585,3 +585,108 @@ TEST(generate_stop_strings_and_streaming) {
     CHECK(cut_ok);
     CHECK(beam_ok);
 }
+
+// ---- bf16 weights (model_keep_bf16) ----
+
+// A tiny model whose weights are exactly bf16 (as loaded from bf16 safetensors), kept in bf16 with the
+// fp32 copies dropped when keep.
+static Model *bf16_model(const ModelConfig *c, uint64_t seed, bool keep) {
+    Model *m = tiny_model(c, seed);
+    model_round_bf16(m);
+    if (keep) model_keep_bf16(m, true);
+    return m;
+}
+
+// Every linear and the head in bf16, their fp32 copies gone but the tied embedding's; nothing of a
+// model not exactly bf16; a weight that is not exact stays fp32; PEFT_BF16_WEIGHTS=0 turns it off.
+TEST(generate_bf16_weights_only_when_exact) {
+    ModelConfig g = tiny_gpt2(64), l = tiny_llama(0);
+    Model *m = tiny_model(&g, 1);
+    CHECK(model_keep_bf16(m, true) == 0 && m->linears[0].weight->w);
+    model_free(m);
+    m = bf16_model(&g, 1, false);
+    m->linears[1].weight->w[5] += 1e-6f;
+    CHECK(model_keep_bf16(m, true) == m->n_linears);  // the other linears and the head
+    CHECK(m->linears[1].weight->w && !m->linears[1].weight->w16 && !m->linears[0].weight->w && m->linears[0].weight->w16);
+    CHECK(m->lm_head == m->wte && m->wte->w && m->wte->w16);
+    model_free(m);
+    m = bf16_model(&l, 1, true);
+    CHECK(!m->lm_head->w && m->lm_head->w16 && m->wte->w && !m->wte->w16);
+    model_free(m);
+    setenv("PEFT_BF16_WEIGHTS", "0", 1);
+    m = bf16_model(&l, 1, false);
+    CHECK(model_keep_bf16(m, true) == 0);
+    unsetenv("PEFT_BF16_WEIGHTS");
+    model_free(m);
+}
+
+// The cached decode (a few rows: bf16 matrix-vector products) against the full forward (many rows:
+// blocks widened for sgemm), both on the bf16 weights.
+TEST(generate_bf16_weights_cached_logits) {
+    ModelConfig g = tiny_gpt2(64), l = tiny_llama(0);
+    Model *m = bf16_model(&g, 1, true);
+    double err = cached_vs_full(m, 12);
+    CHECK_MSG(err < 1e-5, "GPT-2: cached vs full relative difference %g", err);
+    model_free(m);
+    m = bf16_model(&l, 2, true);
+    err = cached_vs_full(m, 12);
+    CHECK_MSG(err < 1e-5, "Llama: cached vs full relative difference %g", err);
+    model_free(m);
+}
+
+// The same model in fp32 and with its weights in bf16: prompt logits equal to fp32 rounding, and the
+// same greedy tokens; with a LoRA live (on the bf16 base) and a DoRA live (its weight norm read from
+// the bf16 weights, a Conv1D's transposed) too.
+static void bf16_vs_fp32(int *failed_, const ModelConfig *c, MethodId type, const char *targets) {
+    Model *a = bf16_model(c, 3, false), *b = bf16_model(c, 3, false);
+    for (int k = 0; targets && k < 2; k++) {
+        AdapterConfig cfg;
+        adapter_config_defaults(&cfg, type);
+        cfg.r = 4;
+        adapter_config_set_targets(&cfg, targets);
+        cfg.fan_in_fan_out = c->arch == ARCH_GPT2;
+        CHECK_MSG(adapters_attach(k ? b : a, &cfg, 5) == 0, "%s", peft_last_error());
+        adapter_config_free(&cfg);
+        randomize_adapter(k ? b : a, 11);
+    }
+    CHECK(model_keep_bf16(b, true) > 0);
+    int32_t prompt[5] = {3, 14, 15, 9, 2}, ta[24], tb[24];
+    int V = c->vocab_size;
+    float *la = xmalloc(sizeof(float) * 5 * V), *lb = xmalloc(sizeof(float) * 5 * V);
+    KVRow row = {0, 5};
+    KVCache *ka = kv_cache_new(a, 1, 5), *kb = kv_cache_new(b, 1, 5);
+    CHECK(!kv_forward(a, ka, &row, 1, prompt, la, true) && !kv_forward(b, kb, &row, 1, prompt, lb, true));
+    double scale = max_abs(la, 5L * V), d = 0;
+    for (long i = 0; i < 5L * V; i++) if (fabs(la[i] - lb[i]) > d) d = fabs(la[i] - lb[i]);
+    CHECK_MSG(d <= 1e-5 * scale, "fp32 vs bf16 weights: logits differ by %g (scale %g)", d, scale);
+    CHECK(greedy(a, prompt, 5, 24, ta) == 24 && greedy(b, prompt, 5, 24, tb) == 24);
+    CHECK_MSG(!memcmp(ta, tb, sizeof ta), "greedy output differs between fp32 and bf16 weights");
+    kv_cache_free(ka);
+    kv_cache_free(kb);
+    free(la);
+    free(lb);
+    model_free(a);
+    model_free(b);
+}
+
+TEST(generate_bf16_weights_same_greedy_tokens) {
+    ModelConfig g = tiny_gpt2(64), l = tiny_llama(0);
+    bf16_vs_fp32(failed_, &g, METHOD_LORA, NULL);
+    bf16_vs_fp32(failed_, &l, METHOD_LORA, NULL);
+    bf16_vs_fp32(failed_, &g, METHOD_LORA, "c_attn,c_proj,c_fc");
+    bf16_vs_fp32(failed_, &l, METHOD_LORA, "all-linear");
+    bf16_vs_fp32(failed_, &g, METHOD_DORA, "c_attn,c_fc");
+    bf16_vs_fp32(failed_, &l, METHOD_DORA, "q_proj,down_proj");
+}
+
+// Merging into bf16 weights (after model_keep_bf16) widens them back first: live and merged agree.
+TEST(generate_bf16_weights_merge_after_keep) {
+    ModelConfig g = tiny_gpt2(64), l = tiny_llama(0);
+    Model *m = bf16_model(&g, 4, true);
+    merged_vs_live(failed_, m, METHOD_LORA, "c_attn,c_proj,c_fc", true);
+    CHECK(m->linears[0].weight->w && !m->linears[0].weight->w16);
+    model_free(m);
+    m = bf16_model(&l, 5, true);
+    merged_vs_live(failed_, m, METHOD_LORA, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", false);
+    model_free(m);
+}

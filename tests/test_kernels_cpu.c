@@ -59,6 +59,36 @@ TEST(cross_entropy_matches_double_precision) {
     CHECK_NEAR(logits[7], ref_g7, 1e-6);
 }
 
+// matmul_bf16 against matmul on the same weights widened to fp32: equal to fp32 rounding (the sums go in
+// another order), for row counts on both sides of its matrix-vector / blocked-sgemm switch and N beyond
+// one block of rows.
+TEST(matmul_bf16_matches_fp32_matmul) {
+    enum { N = 300, KMAX = 130 };
+    static const int Ms[] = {1, 2, 8, 9, 20}, Ks[] = {64, 130, 7};
+    static float A[20 * KMAX], W[N * KMAX], C[20 * N], Cr[20 * N];
+    static uint16_t W16[N * KMAX];
+    for (int i = 0; i < 20 * KMAX; i++) A[i] = sinf(0.7f * i);
+    for (int i = 0; i < N * KMAX; i++) {
+        W16[i] = (uint16_t)(0x3C00 + (i * 2654435761u >> 20) % 0x100) ^ (i % 3 ? 0 : 0x8000);  // |w| in [2^-7, 2^-5)
+        W[i] = bf16_to_f32(W16[i]);
+    }
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+            int M = Ms[mi], K = Ks[ki];
+            matmul_bf16(C, A, W16, M, N, K);
+            matmul(Cr, A, W, M, N, K, false, true, 1.0f, 0.0f);
+            double worst = 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double mag = 0;  // sum |a w|: the scale of the summation's rounding
+                    for (int k = 0; k < K; k++) mag += fabs(A[i * K + k] * W[j * K + k]);
+                    double d = fabs(C[i * N + j] - Cr[i * N + j]) / (mag + 1e-30);
+                    if (d > worst) worst = d;
+                }
+            CHECK_MSG(worst <= 1e-5, "M %d K %d: relative difference %g", M, K, worst);
+        }
+}
+
 // matmul's one-row path (a matrix-vector product) against its rows in a batched call (sgemm), for
 // every transposition, leading dimensions wider than the matrices, and alpha / beta: equal to fp32
 // rounding (the summation order may differ). Each product is also checked against double precision.

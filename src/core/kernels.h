@@ -23,6 +23,16 @@ void matmul(float *C, const float *A, const float *B, int M, int N, int K, bool 
 void matmul_ld(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
                bool transA, bool transB, float alpha, float beta);
 
+// bf16 weights for inference (model_keep_bf16): a bf16 value's bits are the upper half of its fp32's, so
+// widening is exact and a product with a bf16 weight equals the fp32 weight's up to summation order.
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+// C[M,N] = A[M,K] W^T with W [N,K] (nn.Linear's layout) in bf16, products and sums in fp32. A few rows
+// (decode steps): W read once, from bf16; more rows: blocks of W widened to fp32 for sgemm.
+void matmul_bf16(float *C, const float *A, const uint16_t *W, int M, int N, int K);
+
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b, int N, int C, float eps);
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
                         const float *mean, const float *rstd, int N, int C);

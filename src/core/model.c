@@ -1,6 +1,7 @@
 // model.c: building a Model from a config, loading HF weights into it, saving it back.
 #include "model.h"
 #include "adapter.h"
+#include "kernels.h"
 #include "safetensors.h"
 #include "quant_files.h"
 #include "gguf_writer.h"
@@ -274,16 +275,30 @@ void model_dequantize(Model *m) {
 }
 
 const float *model_linear_weight(Model *m, Linear *lin, bool *fan_in_fan_out) {
-    if (!lin->q) { *fan_in_fan_out = lin->fan_in_fan_out; return lin->weight->w; }
+    const Param *p = lin->weight;
+    if (!lin->q && p->w) { *fan_in_fan_out = lin->fan_in_fan_out; return p->w; }
     size_t n = (size_t)lin->in * lin->out;
     if (n > m->deq_cap) {
         free(m->deq_buf);
         m->deq_buf = xmalloc(sizeof(float) * n);
         m->deq_cap = n;
     }
-    qweight_dequantize(lin->q, m->deq_buf);
+    if (lin->q) qweight_dequantize(lin->q, m->deq_buf);
+    else linear_weight_rows(lin, 0, lin->out, m->deq_buf);  // bf16 only: widened
     *fan_in_fan_out = false;
     return m->deq_buf;
+}
+
+void linear_weight_rows(const Linear *lin, int o0, int n, float *out) {
+    const Param *p = lin->weight;
+    long in = lin->in;
+    if (lin->q) qweight_dequantize_rows(lin->q, o0, n, out);
+    else if (!p->w)  // bf16 only, [out, in]
+        for (long i = 0; i < n * in; i++) out[i] = bf16_to_f32(p->w16[o0 * in + i]);
+    else if (!lin->fan_in_fan_out) memcpy(out, p->w + o0 * in, sizeof(float) * n * in);
+    else
+        for (int k = 0; k < n; k++)  // Conv1D [in, out]: column o0 + k
+            for (long i = 0; i < in; i++) out[k * in + i] = p->w[i * lin->out + o0 + k];
 }
 
 // The quantization config.json's quantization_config says the folder's linears are saved in.
@@ -377,6 +392,7 @@ void model_free(Model *m) {
     for (int i = 0; i < m->n_params; i++) {
         free(m->params[i].name);
         free(m->params[i].w);
+        free(m->params[i].w16);
         free(m->params[i].grad);
     }
     for (int i = 0; i < m->n_linears; i++) {

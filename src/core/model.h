@@ -14,7 +14,9 @@ typedef struct {
     int ndim;
     int64_t shape[2];
     long numel;
-    float *w;
+    float *w;         // NULL for a quantized linear's weight (Linear.q) or when only w16 is kept
+    uint16_t *w16;    // inference on the CPU: w's values in bf16 when every one is exactly bf16 (model_keep_bf16)
+    bool w16_t;       // w16 is w transposed: a Conv1D weight's, kept [out, in] as every linear's (rows: its outputs)
     float *grad;      // allocated only when trainable
     bool trainable;
     bool decay;       // AdamW weight decay applies (all trainables, as torch's default group)
@@ -124,9 +126,30 @@ int model_quantize_linear(Model *m, Linear *lin, QuantType t, bool nested);
 // Every quantized linear back to an fp32 weight (its dequantized values, exactly), the quantized copy freed.
 void model_dequantize(Model *m);
 // The weight the linear's GEMMs use: weight->w as stored (*fan_in_fan_out as the module's), or a
-// quantized weight dequantized into m->deq_buf as [out, in] (*fan_in_fan_out false), valid until the
-// next call. The CPU's reference path: one layer dequantized at a time, then the fp32 GEMM.
+// quantized or a bf16-only weight (model_keep_bf16) dequantized / widened into m->deq_buf as [out, in]
+// (*fan_in_fan_out false), valid until the next call. The CPU's reference path: one layer dequantized
+// at a time, then the fp32 GEMM.
 const float *model_linear_weight(Model *m, Linear *lin, bool *fan_in_fan_out);
+// Rows [o0, o0 + n) of lin's weight as [n, in] fp32 (transposed from a Conv1D, dequantized, widened from
+// bf16): for readers that may run beside the model's forward (no m->deq_buf).
+void linear_weight_rows(const Linear *lin, int o0, int n, float *out);
+
+// bf16 weights for inference on the CPU (bf16_weights.c): a decode step at batch 1 reads every weight
+// once per token, so bf16 halves its bytes. Each frozen linear weight and the output head whose values
+// are all exactly bf16 (a model loaded from bf16 safetensors, as HF checkpoints are) gets a bf16 copy
+// (Param.w16) that the forward's products read (matmul_bf16): the same products, summed in fp32, in
+// another order. drop_fp32 (inference-only runs): their fp32 copies are freed, except the output head's
+// when the embedding is tied to it (the embedding lookup reads it). Weights not exact (a merged adapter's)
+// or quantized stay as they are. Not for a model with a GPU copy or that trains. The environment's
+// PEFT_BF16_WEIGHTS=0 turns it off (A/B runs). Returns how many weights it keeps in bf16.
+int model_keep_bf16(Model *m, bool drop_fp32);
+// p's fp32 values back (widened from w16 when dropped) and w16 freed: before p's values change (a merge).
+void param_release_bf16(Param *p);
+// Rows [row0, row0 + n) of p (not transposed in w16: an embedding, the head) in fp32, from w or widened
+// from w16; p unchanged.
+void param_rows(const Param *p, long row0, long n, float *out);
+// The output head's logits [M, V] of x [M, C] (its bf16 copy when it has one).
+void model_head_forward(Model *m, const float *x, float *logits, int M);
 Param *model_find_param(Model *m, const char *name);
 Linear *model_find_linear(Model *m, const char *module);
 

@@ -188,7 +188,7 @@ double model_forward(Model *m, const int32_t *ids, const int32_t *labels, int B,
     }
     if (c->arch == ARCH_GPT2) layernorm_forward(a->final_norm, a->final_mean, a->final_rstd, x, m->norm_f_w->w, m->norm_f_b->w, N, C, c->norm_eps);
     else rmsnorm_forward(a->final_norm, a->final_rstd, x, m->norm_f_w->w, N, C, c->norm_eps);
-    matmul(a->logits, a->final_norm, m->lm_head->w, N, V, C, false, true, 1.0f, 0.0f);
+    model_head_forward(m, a->final_norm, a->logits, N);
     adapter_embed_logits(m, a->final_norm, N, a->logits);
     if (!labels) return 0.0;
     memcpy(a->labels, labels, sizeof(int32_t) * N);

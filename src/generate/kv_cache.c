@@ -288,7 +288,7 @@ static int gpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
 // The CPU half of kv_forward (rows already checked, positions set).
 static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows, int N, const int32_t *ids, float *logits, bool all_logits) {
     const ModelConfig *c = &m->cfg;
-    int C = c->n_embd, V = c->vocab_size, half = c->head_dim / 2;
+    int C = c->n_embd, half = c->head_dim / 2;
     ensure_work(kv, c, N);
 #pragma omp parallel for if (N > 16)
     for (int i = 0; i < N; i++) {
@@ -325,11 +325,7 @@ static int cpu_rows_forward(Model *m, KVCache *kv, const KVRow *rows, int n_rows
     }
     if (c->arch == ARCH_GPT2) layernorm_forward(kv->xn, kv->mean, kv->rstd, h, m->norm_f_w->w, m->norm_f_b->w, M, C, c->norm_eps);
     else rmsnorm_forward(kv->xn, kv->rstd, h, m->norm_f_w->w, M, C, c->norm_eps);
-    // Two rows: one matrix-vector product each (matmul's one-row path) also beats sgemm, which packs
-    // the whole [V, C] head for every call.
-    if (M == 2)
-        for (int r = 0; r < M; r++) matmul(logits + (long)r * V, kv->xn + (long)r * C, m->lm_head->w, 1, V, C, false, true, 1.0f, 0.0f);
-    else matmul(logits, kv->xn, m->lm_head->w, M, V, C, false, true, 1.0f, 0.0f);
+    model_head_forward(m, kv->xn, logits, M);
     adapter_embed_logits(m, kv->xn, M, logits);
     return 0;
 }

@@ -382,6 +382,7 @@ int adapters_save(Model *m, const char *dir) {
 static void apply_delta(Adapter *a, float sign) {
     Linear *lin = a->lin;
     float *delta = xmalloc(sizeof(float) * lin->in * lin->out);
+    param_release_bf16(lin->weight);  // W changes: no longer bf16
     a->method->delta(a, delta);
     float *W = lin->weight->w;
     for (int o = 0; o < lin->out; o++)
@@ -571,9 +572,12 @@ static void mixed_rows_forward(Model *m, Linear *lin, const float *x, float *y, 
 }
 
 void linear_forward(Model *m, Linear *lin, const float *x, float *y, int N) {
-    bool fan;
-    const float *W = model_linear_weight(m, lin, &fan);
-    matmul(y, x, W, N, lin->out, lin->in, false, !fan, 1.0f, 0.0f);
+    if (lin->weight->w16) matmul_bf16(y, x, lin->weight->w16, N, lin->out, lin->in);  // [out, in]
+    else {
+        bool fan;
+        const float *W = model_linear_weight(m, lin, &fan);
+        matmul(y, x, W, N, lin->out, lin->in, false, !fan, 1.0f, 0.0f);
+    }
     if (lin->bias) add_bias(y, lin->bias->w, N, lin->out);
     if (m->row_adapters) { mixed_rows_forward(m, lin, x, y, N); return; }
     Adapter *a = lin->adapter;

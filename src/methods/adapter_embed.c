@@ -283,7 +283,7 @@ static int attach_tokens(AdapterSet *set, EmbedAdapters *e, const TokenTarget *t
         for (int k = 0; k < t->n; k++) r->row_of[t->indices[k]] = k;
         if (!(r->values = new_param(set, xasprintf("base_model.model.%s.token_adapter.trainable_tokens_delta", module), t->n, C))) return -1;
         r->original = xmalloc(sizeof(float) * t->n * C);
-        for (int k = 0; k < t->n; k++) memcpy(r->original + (long)k * C, r->weight->w + (long)t->indices[k] * C, sizeof(float) * C);
+        for (int k = 0; k < t->n; k++) param_rows(r->weight, t->indices[k], 1, r->original + (long)k * C);
         memcpy(r->values->w, r->original, sizeof(float) * t->n * C);  // PEFT's init_weights: the base rows
     }
     return 0;
@@ -496,6 +496,8 @@ void adapter_embed_merge(AdapterSet *set, bool merge) {
     const Model *m = set->model;
     int C = m->cfg.n_embd, V = m->cfg.vocab_size, r = e->r;
     float sign = merge ? 1.0f : -1.0f;
+    if (e->A) param_release_bf16(m->wte);  // the rows change: no longer bf16
+    for (int k = 0; k < e->n_tok; k++) param_release_bf16(e->tok[k].weight);
     for (int v = 0; e->A && v < V; v++)  // W[v, c] += scaling (B A)[c, v]
         for (int c = 0; c < C; c++) {
             double s = 0;

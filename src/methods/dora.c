@@ -31,13 +31,13 @@ enum { NORM_ROWS = 64 };  // rows of W + s B A materialised at a time
 static void weight_norm(const Adapter *a, float *norm, bool lora) {
     const Linear *lin = a->lin;
     int in = lin->in, out = lin->out, r = a->r;
-    float *blk = xmalloc(sizeof(float) * NORM_ROWS * in), *deq = lin->q ? xmalloc(sizeof(float) * NORM_ROWS * in) : NULL;
-    const float *W = lin->q ? NULL : lin->weight->w;
+    const float *W = lin->q ? NULL : lin->weight->w;  // NULL: quantized or bf16 only (model_keep_bf16)
+    float *blk = xmalloc(sizeof(float) * NORM_ROWS * in), *deq = W ? NULL : xmalloc(sizeof(float) * NORM_ROWS * in);
     for (int o0 = 0; o0 < out; o0 += NORM_ROWS) {
         int n = out - o0 < NORM_ROWS ? out - o0 : NORM_ROWS;
         if (lora) matmul(blk, a->B->w + (long)o0 * r, a->A->w, n, in, r, false, false, a->scaling, 0.0f);  // s B[o0:] A
         else memset(blk, 0, sizeof(float) * n * in);
-        if (deq) qweight_dequantize_rows(lin->q, o0, n, deq);
+        if (deq) linear_weight_rows(lin, o0, n, deq);
 #pragma omp parallel for if ((long)n * in > 65536)
         for (int k = 0; k < n; k++) {
             double ss = 0;

@@ -262,6 +262,7 @@ static int decompose(Adapter *a, LoraState *s) {
         return peft_fail("%s: OLoRA on a Conv1D layer (fan_in_fan_out, GPT-2) is refused: PEFT 0.21's olora_init decomposes the "
                          "stored [in, out] weight, and the lora_A / lora_B it makes do not fit the layer", lin->module);
     if (r > k) return peft_fail("%s: %s needs r <= min(in, out) = %d (r is %d)", lin->module, name, k, r);
+    param_release_bf16(lin->weight);  // W changes below: no longer bf16
     double *W = weight_out_in(lin, lin->fan_in_fan_out);
     double *A = xmalloc(sizeof(double) * r * in), *B = xmalloc(sizeof(double) * out * r);
     int rc = c->init == LORA_INIT_OLORA ? olora(a, W, A, B) : pissa(a, &s->gen, W, A, B);

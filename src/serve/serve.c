@@ -61,6 +61,7 @@ int serve_run(const ServeOptions *o) {
     if (!(m = model_load_quantized(o->model_dir, o->quantize, o->double_quant)) || model_require_decoder(&m->cfg, "peft serve")) goto out;
     if (!(tok = tokenizer_load(o->model_dir))) goto out;
     if (o->cuda && gpu_inference_attach(m, o->fp32 ? GPU_FP32 : GPU_BF16)) goto out;
+    if (!o->cuda && !o->fp32) model_keep_bf16(m, true);  // weights exactly bf16 read in bf16: half the bytes a token
     const ModelConfig *c = &m->cfg;
     int max_len = o->context > 0 ? o->context : c->n_positions < 2048 ? c->n_positions : 2048;
     if (c->arch == ARCH_GPT2 && max_len > c->n_positions) {

@@ -145,7 +145,7 @@ typedef struct {
     int idle_timeout;        // 15: seconds a connection may send nothing (headers, body, between requests)
     bool quiet;              // no access log
     bool cuda;               // the model runs on the GPU (bf16, or fp32 with fp32)
-    bool fp32;
+    bool fp32;               // on the CPU: no bf16 copies of the weights that are exactly bf16 (model_keep_bf16)
     int quantize;            // a QuantType: the base's linears quantized on load (0: none)
     bool double_quant;
 } ServeOptions;
