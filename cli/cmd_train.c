@@ -99,7 +99,7 @@ static const char *method_defaults(char *buf, size_t cap, bool lr) {
 int cmd_train(int argc, char **argv) {
     TrainConfig c;
     train_config_defaults(&c, METHOD_LORA);
-    const char *method = method_name(METHOD_LORA), *targets = NULL, *schedule = "linear", *device = "cpu", *lora_options = NULL;
+    const char *method = NULL, *targets = NULL, *schedule = "linear", *device = "cpu", *lora_options = NULL;
     int r = 0, seed = 42, log_every = 10;
     float clip = c.max_grad_norm;
     bool rslora = false, no_allocate = false, no_double_quant = false;
@@ -108,7 +108,7 @@ int cmd_train(int argc, char **argv) {
     DataFlags data_flags = {0};
     char methods[128], rs[128], lrs[128], help_method[160], help_r[200], help_lr[200];
     method_names(methods, sizeof methods, " | ", " | ", LIST_NAMES);
-    snprintf(help_method, sizeof help_method, "%s (default %s)", methods, method);
+    snprintf(help_method, sizeof help_method, "%s (default %s)", methods, method_name(METHOD_LORA));
     snprintf(help_r, sizeof help_r, "rank (default: %s; AdaLoRA: same as --init-r)", method_defaults(rs, sizeof rs, false));
     snprintf(help_lr, sizeof help_lr, "peak learning rate (default: %s)", method_defaults(lrs, sizeof lrs, true));
     Option opts[64] = {
@@ -118,6 +118,8 @@ int cmd_train(int argc, char **argv) {
         {"val-fraction", OPT_FLOAT, &c.val_fraction, "hold out this fraction of --data for validation"},
         {"out", OPT_STRING, &c.out_dir, "output folder: adapter (or model), train_log.jsonl, loss.svg (*.partial.* until saved), checkpoint/"},
         {"overwrite", OPT_FLAG, &c.overwrite, "replace the outputs of another run in --out (a folder holding them is refused otherwise)"},
+        {"head-only", OPT_FLAG, &c.head_only, "--task classify: train the classifier head alone, the base frozen (linear probing; "
+                                               "--method full's model folder, the base's weights and the trained head)"},
         {"no-base-dropout", OPT_FLAG, &c.no_base_dropout, "train without the base model's dropout (config.json's resid_pdrop, attention_dropout, ...: not implemented, so refused otherwise)"},
         {"method", OPT_STRING, &method, help_method},
         {"r", OPT_INT, &r, help_r},
@@ -175,6 +177,7 @@ int cmd_train(int argc, char **argv) {
         train_config_free(&c);
         return 2;
     }
+    if (!method) method = method_name(c.head_only ? METHOD_FULL : METHOD_LORA);
     if (method_parse(method, &c.method) || lr_schedule_parse(schedule, &c.schedule) || data_options_finish(&c.data, &data_flags)) {
         train_config_free(&c);
         return fail_with_library_error();

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CLI tests of sequence classification with an encoder: `peft init --arch roberta` (a tiny random
 # RoBERTa classifier with the byte-level tokenizer), `peft train --task classify` with LoRA, VeRA,
-# AdaLoRA and full fine-tuning on JSONL and CSV (text pairs too), `peft eval --task classify`'s
-# metrics, `peft predict`'s labels (and --logits), regression, and what is refused by name (generation, bad labels
-# naming the file and line); --device cuda goes on to the GPU (none here).
+# AdaLoRA, full fine-tuning and the head alone (--head-only) on JSONL and CSV (text pairs too),
+# `peft eval --task classify`'s metrics, `peft predict`'s labels (and --logits), regression, and what
+# is refused by name (generation, bad labels naming the file and line); --device cuda goes on to the
+# GPU (none here).
 # Usage: PEFT=build/peft bash tests/cli_classify_test.sh
 set -u
 PEFT=${PEFT:-build/peft}
@@ -44,6 +45,35 @@ for method in vera adalora full; do
 done
 run_ok "eval of full fine-tuning's model folder" "$PEFT" eval --task classify --model "$TMP/full" --data "$D/val.csv" --text-pair-column other
 run_ok "eval of the AdaLoRA adapter" "$PEFT" eval --task classify --model "$M" --adapter "$TMP/adalora" --data "$D/val.csv" --text-pair-column other
+
+echo "# the frozen base: the head alone (linear probing)"
+# The tensors whose bytes differ between two safetensors files (or are missing from the second).
+diff_tensors() {
+    perl -MJSON::PP -e 'sub rd { open my $h, "<:raw", $_[0] or die "$_[0]: $!"; local $/; my $d = <$h>; my $n = unpack "Q<", substr $d, 0, 8;
+            my $j = JSON::PP->new->decode(substr $d, 8, $n); delete $j->{__metadata__}; return ($j, substr $d, 8 + $n) }
+        my ($a, $da) = rd($ARGV[0]); my ($b, $db) = rd($ARGV[1]);
+        for my $k (sort keys %$a) { my ($s, $e) = @{$a->{$k}{data_offsets}}; my ($s2, $e2) = @{$b->{$k} ? $b->{$k}{data_offsets} : [0, 0]};
+            print "$k\n" if substr($da, $s, $e - $s) ne substr($db, $s2, $e2 - $s2) }' "$1" "$2"
+}
+run_ok "train --head-only (no --method: full's model folder)" "$PEFT" train "${COMMON[@]}" --data "$D/train.jsonl" --val "$D/val.csv" --head-only \
+    --epochs 2 --lr 1e-2 --out "$TMP/head"
+check "head-only: the head's 1155 parameters train (classifier.dense 32x32+32, out_proj 32x3+3)" grep -q "1155 trainable parameters" "$TMP/err"
+check "head-only: saved as a model folder" \
+    test -s "$TMP/head/model.safetensors" -a -s "$TMP/head/config.json" -a ! -e "$TMP/head/adapter_model.safetensors"
+check "head-only: the head's four tensors changed, every base weight is the base's" \
+    test "$(diff_tensors "$M/model.safetensors" "$TMP/head/model.safetensors" | tr '\n' ' ')" = \
+    "classifier.dense.bias classifier.dense.weight classifier.out_proj.bias classifier.out_proj.weight "
+run_ok "eval of the head-only model folder" "$PEFT" eval --task classify --model "$TMP/head" --data "$D/val.csv"
+check "eval: the metrics of the trained head" grep -q "^accuracy .* f1 .* mcc .*(30 examples)" "$TMP/out"
+run_ok "predict with the head-only model folder" "$PEFT" predict --model "$TMP/head" --data "$D/val.csv" --out "$TMP/head-pred.txt"
+check "predict: a label for each of the 30 examples" test "$(wc -l <"$TMP/head-pred.txt")" -eq 30
+run_fails "--head-only on --task lm is refused by name" 1 "--head-only trains a classifier's head: it is a --task classify option" \
+    "$PEFT" train --model "$M" --data "$D/train.jsonl" --head-only --out "$TMP/x"
+run_fails "--head-only with an adapter method is refused" 1 "--head-only .* takes --method full \(got lora\)" \
+    "$PEFT" train "${COMMON[@]}" --data "$D/train.jsonl" --head-only --method lora --out "$TMP/x"
+run_fails "--head-only on the GPU is refused by name" 1 "--head-only with --device cuda is not implemented" \
+    "$PEFT" train "${COMMON[@]}" --data "$D/train.jsonl" --head-only --device cuda --out "$TMP/x"
+check "nothing written by the refused head-only runs" test ! -e "$TMP/x/model.safetensors"
 
 echo "# BERT with a WordPiece tokenizer (BertNormalizer, BertPreTokenizer), text pairs with token types"
 T=$TMP/wp

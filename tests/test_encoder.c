@@ -118,6 +118,27 @@ TEST(encoder_gradcheck_full_every_problem_type) {
     }
 }
 
+// The frozen base (peft train --head-only): only classifier.* trains, and the backward ends at the head.
+TEST(encoder_gradcheck_head_only) {
+    const char *jsons[] = {TINY_ROBERTA_JSON, TINY_BERT_JSON};
+    for (int a = 0; a < 2; a++) {
+        Model *m = tiny_encoder(jsons[a], 3, "single", 50 + a);
+        CHECK(m);
+        int n = 0;
+        for (int i = 0; i < m->n_params; i++) {
+            Param *p = &m->params[i];
+            if (strncmp(p->name, "classifier.", 11)) continue;
+            p->trainable = true;
+            p->grad = xcalloc(p->numel, sizeof(float));
+            n++;
+        }
+        CHECK_MSG(n == (a ? 2 : 4), "%d head tensors", n);
+        int ok = gradcheck(m, 3, 6, 9 + a);
+        model_free(m);
+        CHECK_MSG(ok, "%s", a ? "bert" : "roberta");
+    }
+}
+
 // PEFT's SEQ_CLS: LoRA on query,value, the head trains as modules_to_save.
 static void attach_seq_cls(Model *m, MethodId method, const char *targets, uint64_t seed) {
     AdapterConfig ac;

@@ -291,6 +291,19 @@ static void block_backward(Model *m, int l, const float *x, float *dres, int N) 
     linear_backward(m, b->v, x, s[4], dres, N);
 }
 
+// Whether anything below the head trains: adapters or a base weight. Training the head alone (peft
+// train --head-only, linear probing) ends the backward at the head.
+static bool body_trains(const Model *m) {
+    if (m->adapters) return true;
+    const Param *head[] = {m->head_dense->weight, m->head_dense->bias, m->head_out->weight, m->head_out->bias};
+    for (int i = 0; i < m->n_params; i++) {
+        bool in_head = false;
+        for (size_t k = 0; k < sizeof head / sizeof *head; k++) in_head |= &m->params[i] == head[k];
+        if (m->params[i].grad && !in_head) return true;
+    }
+    return false;
+}
+
 void encoder_backward(Model *m) {
     Activations *a = &m->act;
     const ModelConfig *c = &m->cfg;
@@ -302,20 +315,22 @@ void encoder_backward(Model *m) {
     linear_backward(m, m->head_out, a->head_act, dlogits, d_act, B);
     for (long i = 0; i < (long)B * C; i++) d_pre[i] = d_act[i] * (1.0f - a->head_act[i] * a->head_act[i]);
     linear_backward(m, m->head_dense, a->head_in, d_pre, d_in, B);
-    for (int b = 0; b < B; b++) memcpy(dres + (long)b * T * C, d_in + (long)b * C, sizeof(float) * C);
-    for (int l = c->n_layer - 1; l >= 0; l--) block_backward(m, l, l ? a->norm2[l - 1] : a->final_norm, dres, N);
-    float *dx0 = a->scratch[0];
-    memset(dx0, 0, sizeof(float) * N * C);
-    layernorm_backward(dx0, m->emb_norm_w->grad, m->emb_norm_b->grad, dres, a->x0, m->emb_norm_w->w, a->final_mean, a->final_rstd, N, C);
-    // Rows of the same token (position, type) add into one gradient row: split the work by column.
-    struct { Param *p; const int32_t *row; } tables[] = {{m->wte, a->ids}, {m->wpe, a->enc_pos}, {m->wtt, a->types}};
-    for (size_t k = 0; k < sizeof tables / sizeof *tables; k++) {
-        float *g = tables[k].p->grad;
-        const int32_t *row = tables[k].row;
-        if (!g) continue;
+    if (body_trains(m)) {
+        for (int b = 0; b < B; b++) memcpy(dres + (long)b * T * C, d_in + (long)b * C, sizeof(float) * C);
+        for (int l = c->n_layer - 1; l >= 0; l--) block_backward(m, l, l ? a->norm2[l - 1] : a->final_norm, dres, N);
+        float *dx0 = a->scratch[0];
+        memset(dx0, 0, sizeof(float) * N * C);
+        layernorm_backward(dx0, m->emb_norm_w->grad, m->emb_norm_b->grad, dres, a->x0, m->emb_norm_w->w, a->final_mean, a->final_rstd, N, C);
+        // Rows of the same token (position, type) add into one gradient row: split the work by column.
+        struct { Param *p; const int32_t *row; } tables[] = {{m->wte, a->ids}, {m->wpe, a->enc_pos}, {m->wtt, a->types}};
+        for (size_t k = 0; k < sizeof tables / sizeof *tables; k++) {
+            float *g = tables[k].p->grad;
+            const int32_t *row = tables[k].row;
+            if (!g) continue;
 #pragma omp parallel for
-        for (int col = 0; col < C; col++)
-            for (int i = 0; i < N; i++) g[(long)row[i] * C + col] += dx0[(long)i * C + col];
+            for (int col = 0; col < C; col++)
+                for (int i = 0; i < N; i++) g[(long)row[i] * C + col] += dx0[(long)i * C + col];
+        }
     }
     adapters_regularizer(m, true);
     free(dlogits);

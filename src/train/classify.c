@@ -416,14 +416,23 @@ static int next_batch(void *user, int k, MicroBatch *mb) {
 static int refuse_options(const TrainConfig *c) {
     const char *what = c->pack ? "--pack" : c->quantize ? "--quantize"
                      : c->resume ? "--resume" : c->save_every ? "--save-every" : c->val_fraction > 0 ? "--val-fraction"
-                     : c->eval_every ? "--eval-every" : NULL;
+                     : c->eval_every ? "--eval-every" : c->head_only && c->cuda ? "--head-only with --device cuda" : NULL;
+    if (c->head_only && c->method != METHOD_FULL)
+        return peft_fail("--head-only trains the full model's head alone, not an adapter: it takes --method full (got %s)", method_name(c->method));
     return what ? peft_fail("--task classify: %s is not implemented", what) : 0;
 }
 
 static int attach(Model *m, const TrainConfig *c, int total_steps) {
     if (c->method == METHOD_FULL) {
-        model_train_all(m);
-        for (int i = 0; i < m->n_params; i++) m->params[i].decay = m->params[i].ndim == 2;  // HF Trainer's groups
+        for (int i = 0; i < m->n_params; i++) {  // model_train_all, with HF Trainer's decay groups
+            Param *p = &m->params[i];
+            // Linear probing: PEFT's SEQ_CLS head (modules_to_save "classifier": RoBERTa's dense and
+            // out_proj, BERT's classifier) trains, the rest stays the base's.
+            if (c->head_only && strncmp(p->name, "classifier.", 11)) continue;
+            p->trainable = true;
+            p->decay = p->ndim == 2;
+            if (!p->grad) p->grad = xcalloc(p->numel, sizeof(float));
+        }
         return 0;
     }
     AdapterConfig a = c->adapter;  // shares the caller's allocations; what is added here is freed here

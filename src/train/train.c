@@ -85,6 +85,7 @@ static int check_config(const TrainConfig *c) {
     if (!c->model_dir || !c->data_path || !c->out_dir) return peft_fail("training needs a model, data and an output folder");
     const Method *method = method_get(c->method);
     if (!method) return -1;
+    if (c->head_only) return peft_fail("--head-only trains a classifier's head: it is a --task classify option");
     if (c->cuda && method->peft_type && method->gpu == AD_NONE)
         return peft_fail("%s adapters with --device cuda are not implemented yet (the CPU path is)", method->title);
     if (c->batch < 1 || c->grad_accum < 1) return peft_fail("batch and gradient accumulation must be at least 1");

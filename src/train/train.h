@@ -58,6 +58,7 @@ typedef struct {
     bool resume;                 // continue from out_dir/checkpoint
     bool overwrite;              // replace another run's outputs in out_dir (otherwise such a folder is refused)
     bool no_base_dropout;        // train although config.json asks for base-model dropout, which is not implemented
+    bool head_only;              // --task classify with full: the SEQ_CLS head alone trains (linear probing), the base frozen
     int stop_after;              // stop (saving a checkpoint) once this many steps are done; 0: off.
                                  // Tests use it to interrupt a run at a known step.
     bool cuda;                   // train on the GPU (src/cuda): bf16 compute unless fp32
